@@ -1,0 +1,27 @@
+# Set-up is part of every target: a fresh clone needs nothing but Python 3.10+.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOME_DIR ?= $(CURDIR)/.kbingest
+
+.PHONY: run test bench setup clean
+$(BIN)/kbingest: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+setup: $(BIN)/kbingest
+
+run: setup  ## the dashboard ingesting the sample shipped in samples/waf
+	$(BIN)/kbingest --home $(HOME_DIR) ingest samples/waf --kb sample
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

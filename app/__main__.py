@@ -1,0 +1,4 @@
+from app.cli import entry
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,123 @@
+"""Headless mode: the job runs in worker threads, this thread prints JSON Lines snapshots.
+
+stdout carries status JSON only (one object a line, flushed); stderr carries what a person reads.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional, TextIO
+
+from app.exit_codes import ExitCode, exit_code_for
+from pipeline.engine import IngestJob
+from pipeline.models import JobStatusResponse
+from pipeline.status import JobStatus
+from pipeline.textsafe import printable
+
+POLL_S = 0.1
+MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes
+
+
+class JsonLinesReporter:
+    """Decides which snapshots become lines: every status or phase change, progress at most every 0.5 s."""
+
+    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.clock = clock
+        self._last_key: Optional[tuple] = None
+        self._last_progress: Optional[tuple] = None
+        self._last_at = -1e9
+        self.lines = 0
+
+    @staticmethod
+    def _key(s: JobStatusResponse) -> tuple:
+        return (s.status, s.phase, tuple(p.status for p in s.phase_details), s.error)
+
+    @staticmethod
+    def _progress(s: JobStatusResponse) -> tuple:
+        return (s.progress, tuple(p.items_processed for p in s.phase_details),
+                tuple(p.items_total for p in s.phase_details), s.message)
+
+    def offer(self, s: JobStatusResponse, force: bool = False) -> bool:
+        key, prog, now = self._key(s), self._progress(s), self.clock()
+        if not force and key == self._last_key:
+            if prog == self._last_progress or now - self._last_at < MIN_INTERVAL_S:
+                return False
+        self.out.write(s.to_json() + "\n")
+        self.out.flush()
+        self._last_key, self._last_progress, self._last_at = key, prog, now
+        self.lines += 1
+        return True
+
+
+def _progress_line(s: JobStatusResponse) -> str:
+    cur = next((p for p in s.phase_details if p.name == s.phase), None)
+    parts = [f"{s.status.value:9}", f"{s.progress:5.1f}%", s.phase.value]
+    if cur is not None:
+        parts.append(f"{cur.items_processed}/{cur.items_total}")
+        if cur.rate:
+            parts.append(f"{cur.rate:.1f}/s")
+        if cur.eta_seconds is not None:
+            parts.append(f"ETA {int(cur.eta_seconds) // 60}m{int(cur.eta_seconds) % 60:02d}s")
+    return " ".join(parts)
+
+
+def summary_line(s: JobStatusResponse) -> str:
+    m = s.metrics
+    text = f"kbingest: job {s.job_id} {s.status.value}: {s.message}"
+    if m.get("documents_failed"):
+        text += f" ({m['documents_failed']} document error(s): `kbingest status {s.job_id}` lists them)"
+    return printable(text)
+
+
+def run_batch(job: IngestJob, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+              on_start: Optional[Callable[[], None]] = None) -> ExitCode:
+    reporter = JsonLinesReporter(out)
+    reporter.offer(job.snapshot(), force=True)  # the first line: the job exists
+    tty = err.isatty()
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            result["snap"] = job.run()
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    def on_signal(signum: int, _frame: object) -> None:
+        err.write(f"\nkbingest: {signal.Signals(signum).name}: pausing job {job.job_id} (checkpoint first)…\n")
+        err.flush()
+        job.pause()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    th = threading.Thread(target=work, name="kbingest-job", daemon=True)
+    th.start()
+    if on_start:
+        on_start()
+    try:
+        while th.is_alive():
+            th.join(POLL_S)
+            snap = job.snapshot()
+            reporter.offer(snap)
+            if tty:
+                err.write("\r\x1b[2K" + _progress_line(snap))
+                err.flush()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if tty:
+        err.write("\r\x1b[2K")
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    final = job.snapshot()
+    reporter.offer(final, force=True)
+    err.write(summary_line(final) + "\n")
+    if final.status == JobStatus.PAUSED:
+        err.write(f"kbingest: resume with: kbingest resume {job.job_id}\n")
+    for e in job.errors[:20]:
+        err.write(printable(f"  {e.phase}: {e.path}: {e.kind}: {e.message}") + "\n")
+    if len(job.errors) > 20:
+        err.write(f"  … and {len(job.errors) - 20} more\n")
+    err.flush()
+    return exit_code_for(final)

@@ -1,0 +1,1 @@
+"""kbingest engine: loading -> chunking -> embedding -> indexing. Never imports Textual."""

@@ -1,0 +1,601 @@
+"""Split Markdown / plain text into chunks the embedding model can read whole.
+
+One document goes through:
+  front matter -> blocks (markdown-it block tokens, each kept as its raw source lines), grouped into
+  sections by heading -> ONE batched token count of every block -> blocks over budget cut into atoms
+  (list items, sentences, code lines, table rows; then words, then characters) -> greedy packing of
+  whole units per section, with a heading-path prefix and an overlap tail on continuation chunks.
+
+Token counts are added up rather than re-counted. The model's BERT pre-tokenizer never lets a token
+cross whitespace or a punctuation character, so for any split made at whitespace or punctuation,
+count(a + sep + b) == count(a) + count(b). Every split below is of that kind, except cuts inside a
+word: those pieces are re-counted and always rendered as separate pieces (never glued back).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from markdown_it import MarkdownIt
+
+from pipeline.tokens import TokenCounter, default_counter
+
+CHUNKER_VERSION = "1"
+MODEL_MAX_TOKENS = 254            # all-MiniLM-L6-v2 reads 256 positions, minus [CLS] and [SEP]
+MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
+MARKDOWN_MAX_CHARS = 16_000_000   # markdown-it-py costs ~0.3 s/MB: larger documents are chunked as plain text
+MAX_HEADING_CHARS = 256           # a heading's text in heading_path is cut to this length
+
+_SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s)|\Z)", re.S)
+_NON_SPACE = re.compile(r"\S")
+_BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
+_FRONT_MATTER_KEY = re.compile(r"([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*))?$")
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+
+
+class ChunkingError(Exception):
+    """A document that cannot be chunked in bounded time and memory."""
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    max_tokens: int = 240        # budget of a chunk's text, model tokenizer, no special tokens
+    overlap_tokens: int = 32     # tail of the previous chunk of the same section repeated (0 = none)
+    max_chars: int = 4000        # hard cap on characters per chunk (guards [UNK]-only giant words)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_tokens <= MODEL_MAX_TOKENS:
+            raise ValueError(f"max_tokens must be in 8..{MODEL_MAX_TOKENS} for this model, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError(f"overlap_tokens must be in 0..max_tokens-1, got {self.overlap_tokens}")
+        if self.max_chars < 64:
+            raise ValueError(f"max_chars must be >= 64, got {self.max_chars}")
+
+    def fingerprint(self) -> str:
+        return f"v{CHUNKER_VERSION}-t{self.max_tokens}-o{self.overlap_tokens}-c{self.max_chars}"
+
+
+@dataclass(frozen=True)
+class ChunkDraft:
+    text: str            # the text to embed
+    heading_path: str    # headings above it, outermost first, joined with " > " ("" where none)
+    position: int        # 0-based index of the chunk within the document
+
+
+@dataclass(frozen=True)
+class ChunkedDocument:
+    title: str | None
+    metadata: dict[str, str]
+    chunks: list[ChunkDraft]
+
+
+# ---- internal structures ---------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Block:
+    kind: str                  # heading | prose | list | code | table | lines
+    text: str                  # what is cut into units (for code/table: the body inside head/foot)
+    raw: str = ""              # the whole block, used when head/foot are too big to repeat
+    head: str = ""             # code: opening fence line; table: header + delimiter rows
+    foot: str = ""             # code: closing fence
+    item_lines: list[int] = field(default_factory=list)  # list: first line of each item (in text)
+    tokens: int | None = None  # None = not counted (too long to fit anyway)
+    groups: list[list[tuple[int, int]]] | None = None  # atoms (spans of text), when cut or counted by atoms
+    atom_tokens: list[int | None] | None = None        # count per atom, flattened; None = not counted
+    head_tokens: int = 0
+    foot_tokens: int = 0
+    wrap_chars: int = 0        # head + foot + their newlines, added to every piece of the block
+
+    @property
+    def wrap_tokens(self) -> int:
+        return self.head_tokens + self.foot_tokens
+
+
+@dataclass(eq=False)
+class _Section:
+    path: str
+    blocks: list[_Block]
+    prefix: str = ""           # first line of continuation chunks ("" = none)
+    prefix_tokens: int = 0
+    prefix_chars: int = 0      # prefix plus the blank line after it
+
+
+class _Unit(NamedTuple):
+    """A span of one block's text that is packed whole. Units of one block that follow each other
+    in a chunk are rendered as one span, unless `new_piece` (the span was cut inside a word)."""
+    block: int
+    start: int
+    end: int
+    tokens: int
+    new_piece: bool = False
+
+
+# ---- front matter and headings ---------------------------------------------------------------
+
+def split_front_matter(text: str) -> tuple[dict[str, str], str]:
+    """(scalar key/values of a leading `---` YAML block, the rest). Never raises."""
+    if not text.startswith("---"):
+        return {}, text
+    first_end = text.find("\n")
+    if first_end < 0 or text[:first_end].rstrip() != "---":
+        return {}, text
+    pos, lines = first_end + 1, []
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        line = text[pos:end]
+        if line.rstrip() in ("---", "..."):
+            return _parse_front_matter(lines), text[end + 1:]
+        lines.append(line)
+        pos = end + 1
+    return {}, text  # never closed: not front matter
+
+
+def _parse_front_matter(lines: list[str]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for line in lines:
+        m = _FRONT_MATTER_KEY.match(line)
+        if not m:
+            continue  # indented (nested) lines, list items, comments, junk
+        value = (m.group(2) or "").strip()
+        if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
+            value = value[1:-1]
+        elif not value or value[0] in "[{|>&*!#":
+            continue  # nested mapping, flow collection, block scalar, anchor, tag: not a plain scalar
+        else:
+            value = re.split(r"\s#", value, maxsplit=1)[0].rstrip()
+        meta[m.group(1)] = value
+    return meta
+
+
+def _squash_spaces(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _is_closing_fence(line: str, markup: str) -> bool:
+    s = line.strip()
+    return len(s) >= len(markup) and s == s[0] * len(s) and s[0] == markup[0]
+
+
+def _is_punct(ch: str) -> bool:
+    """BERT's punctuation test: the pre-tokenizer isolates these characters."""
+    o = ord(ch)
+    if 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_clean_cut(text: str, pos: int) -> bool:
+    """True when no token can span position pos (so token counts of both sides add up)."""
+    before, at = text[pos - 1], text[pos]
+    return before.isspace() or at.isspace() or _is_punct(before) or _is_punct(at)
+
+
+def _rstrip_end(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    return [m.span() for m in _SENTENCE.finditer(text, start, end)]
+
+
+def _line_spans(text: str) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for line in text.split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line.rstrip())))
+        pos += len(line) + 1
+    return spans
+
+
+def _char_windows(text: str, start: int, end: int, max_chars: int):
+    """Spans of at most max_chars, cut at the last whitespace when there is one."""
+    pos = start
+    while True:
+        m = _NON_SPACE.search(text, pos, end)
+        if not m:
+            return
+        pos = m.start()
+        stop = min(pos + max_chars, end)
+        if stop < end and not text[stop].isspace():
+            cut = max(text.rfind(" ", pos, stop), text.rfind("\n", pos, stop), text.rfind("\t", pos, stop))
+            if cut > pos:
+                stop = cut
+        yield pos, _rstrip_end(text, pos, stop)
+        pos = stop
+
+
+# ---- the chunker -----------------------------------------------------------------------------
+
+class Chunker:
+    def __init__(self, settings: ChunkSettings, counter: TokenCounter | None = None):
+        self.settings = settings
+        self.counter = counter or default_counter()
+        self._md = MarkdownIt("commonmark").enable("table")
+        self._md.disable("inline")                       # block structure is all we need
+        self._inline_md = MarkdownIt("commonmark")      # heading text only
+        # blocks longer than this are counted by atoms (they are most likely over budget and would
+        # otherwise be tokenized twice)
+        self._atomize_chars = 4 * settings.max_tokens
+
+    def chunk(self, text: str, *, markdown: bool = True) -> ChunkedDocument:
+        if len(text) > MAX_DOCUMENT_CHARS:
+            raise ChunkingError(f"document of {len(text):,} characters is over the {MAX_DOCUMENT_CHARS:,} limit")
+        text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
+        metadata, body = split_front_matter(text)
+        first_h1 = None
+        if markdown and len(body) <= MARKDOWN_MAX_CHARS:
+            try:
+                sections, first_h1 = self._markdown_sections(body)
+            except RecursionError:
+                sections = self._plain_sections(body)
+        else:
+            sections = self._plain_sections(body)
+        chunks = [ChunkDraft(t, path, i) for i, (path, t) in enumerate(self._chunk_sections(sections))]
+        return ChunkedDocument(metadata.get("title") or first_h1, metadata, chunks)
+
+    # -- blocks ---------------------------------------------------------------------------------
+    def _plain_sections(self, body: str) -> list[_Section]:
+        blocks = [_Block("prose", p.strip()) for p in _BLANK_LINES.split(body) if p.strip()]
+        return [_Section("", blocks)] if blocks else []
+
+    def _markdown_sections(self, body: str) -> tuple[list[_Section], str | None]:
+        lines = body.split("\n")
+        tokens = self._md.parse(body)
+        sections = [_Section("", [])]
+        stack: list[tuple[int, str]] = []   # (level, text) of the headings above
+        first_h1 = None
+        covered = 0                         # lines before this are in a block already
+        current_list: _Block | None = None
+        list_start = 0
+
+        def add_loose_lines(start: int, end: int) -> None:  # lines no block token covers
+            raw = "\n".join(lines[start:end]).strip()
+            if raw:
+                sections[-1].blocks.append(_Block("prose", raw))
+
+        for i, tok in enumerate(tokens):
+            if tok.type == "list_item_open" and tok.level == 1 and current_list is not None and tok.map:
+                current_list.item_lines.append(tok.map[0] - list_start)
+                continue
+            if tok.level != 0 or tok.map is None or tok.nesting == -1:
+                continue
+            start, end = tok.map
+            if start > covered:
+                add_loose_lines(covered, start)
+            covered = max(covered, end)
+            raw = "\n".join(lines[start:end]).rstrip()
+            current_list = None
+            if not raw.strip():
+                continue
+            if tok.type == "heading_open":
+                level = int(tok.tag[1:])
+                heading = self._heading_text(tokens[i + 1].content if i + 1 < len(tokens) else "")
+                while stack and stack[-1][0] >= level:
+                    stack.pop()
+                stack.append((level, heading))
+                if first_h1 is None and level == 1 and heading:
+                    first_h1 = heading
+                sections.append(_Section(" > ".join(h for _, h in stack if h), [_Block("heading", raw)]))
+            elif tok.type in ("bullet_list_open", "ordered_list_open"):
+                current_list, list_start = _Block("list", raw), start
+                sections[-1].blocks.append(current_list)
+            elif tok.type == "fence":
+                sections[-1].blocks.append(self._fence_block(lines[start:end], tok.markup, raw))
+            elif tok.type == "table_open":
+                sections[-1].blocks.append(self._table_block(lines[start:end], raw))
+            elif tok.type in ("code_block", "html_block"):
+                sections[-1].blocks.append(_Block("lines", raw))
+            else:  # paragraph, blockquote, hr, anything else
+                sections[-1].blocks.append(_Block("prose", raw))
+        if covered < len(lines):
+            add_loose_lines(covered, len(lines))
+        return [s for s in sections if s.blocks], first_h1
+
+    @staticmethod
+    def _fence_block(lines: list[str], markup: str, raw: str) -> _Block:
+        closed = len(lines) >= 2 and _is_closing_fence(lines[-1], markup)
+        body = "\n".join(lines[1:-1] if closed else lines[1:]).rstrip()
+        if not body.strip():
+            return _Block("lines", raw)
+        foot = lines[-1].strip() if closed else markup
+        return _Block("code", body, raw=raw, head=lines[0].rstrip(), foot=foot)
+
+    @staticmethod
+    def _table_block(lines: list[str], raw: str) -> _Block:
+        body = "\n".join(lines[2:]).rstrip()
+        if len(lines) < 3 or not body.strip():
+            return _Block("lines", raw)
+        return _Block("table", body, raw=raw, head=lines[0].rstrip() + "\n" + lines[1].rstrip())
+
+    def _heading_text(self, content: str) -> str:
+        content = content[: MAX_HEADING_CHARS * 4]
+        if len(content) > 1000:  # pathological heading: a cheap approximation is enough
+            text = re.sub(r"[*_`]", "", _MD_LINK.sub(r"\1", content))
+        else:
+            parts = []
+            for child in self._inline_md.parseInline(content)[0].children or []:
+                if child.type in ("text", "text_special", "code_inline", "image"):
+                    parts.append(child.content)
+                elif child.type in ("softbreak", "hardbreak"):
+                    parts.append(" ")
+            text = "".join(parts)
+        return _squash_spaces(text)[:MAX_HEADING_CHARS].rstrip()
+
+    # -- counting -------------------------------------------------------------------------------
+    def _chunk_sections(self, sections: list[_Section]) -> list[tuple[str, str]]:
+        s = self.settings
+        # 1. ONE batched count: prefixes, wrappers, and each block -- or, for a block long enough to
+        #    be over budget, its atoms (the block's count is then their sum).
+        texts: list[str] = []
+        slots: list[tuple[object, object]] = []
+
+        def want(target: object, key: object, text: str) -> None:
+            texts.append(text)
+            slots.append((target, key))
+
+        for sec in sections:
+            if sec.path:
+                sec.prefix = sec.path[: s.max_chars // 4].rstrip()
+                want(sec, "prefix_tokens", sec.prefix)
+            for b in sec.blocks:
+                if b.head:
+                    want(b, "head_tokens", b.head)
+                if b.foot:
+                    want(b, "foot_tokens", b.foot)
+                if len(b.text) > self._atomize_chars:
+                    self._want_atoms(b, want)
+                elif b.text:
+                    want(b, "tokens", b.text)
+        self._count_into(texts, slots)
+
+        # 2. budgets per section; blocks whose atoms are not counted yet get a second batch (rare)
+        texts, slots = [], []
+        for sec in sections:
+            self._fit_prefix(sec)
+            for b in sec.blocks:
+                self._set_wrapper(b, s.max_tokens - sec.prefix_tokens, s.max_chars - sec.prefix_chars)
+                if not self._fits_whole(sec, b) and b.groups is None:
+                    self._want_atoms(b, want)
+        self._count_into(texts, slots)
+
+        # 3. units, then packing, section by section
+        out: list[tuple[str, str]] = []
+        for sec in sections:
+            units: list[_Unit] = []
+            for bi, b in enumerate(sec.blocks):
+                if self._fits_whole(sec, b):
+                    units.append(_Unit(bi, 0, len(b.text), b.tokens))
+                else:
+                    units += [u._replace(block=bi) for u in self._units_from_atoms(sec, b)]
+            out += [(sec.path, text) for text in self._pack(sec, units)]
+        return out
+
+    def _want_atoms(self, b: _Block, want) -> None:
+        b.groups = self._atom_groups(b)
+        spans = [span for group in b.groups for span in group]
+        b.atom_tokens = [None] * len(spans)
+        for i, (a, e) in enumerate(spans):
+            if e - a <= self.settings.max_chars:   # longer ones are cut by characters anyway
+                want(b.atom_tokens, i, b.text[a:e])
+
+    def _count_into(self, texts: list[str], slots: list[tuple[object, object]]) -> None:
+        for (target, key), n in zip(slots, self.counter.count_batch(texts)):
+            if isinstance(target, list):
+                target[key] = n
+            else:
+                setattr(target, key, n)
+
+    def _fits_whole(self, sec: _Section, b: _Block) -> bool:
+        if b.tokens is None and b.atom_tokens is not None and None not in b.atom_tokens:
+            b.tokens = sum(b.atom_tokens)   # whitespace-separated atoms: counts add up
+        return (b.tokens is not None
+                and b.wrap_tokens + b.tokens <= self.settings.max_tokens - sec.prefix_tokens
+                and b.wrap_chars + len(b.text) <= self.settings.max_chars - sec.prefix_chars)
+
+    def _fit_prefix(self, sec: _Section) -> None:
+        """Keep the heading-path prefix within a quarter of the token budget (cut it, or drop it)."""
+        limit = self.settings.max_tokens // 4
+        if sec.prefix and sec.prefix_tokens > limit:
+            offsets = self.counter.offsets(sec.prefix)
+            sec.prefix = sec.prefix[: offsets[limit][0]].rstrip()
+            sec.prefix_tokens = self.counter.count(sec.prefix)
+            if sec.prefix_tokens > limit or not sec.prefix:
+                sec.prefix, sec.prefix_tokens = "", 0
+        sec.prefix_chars = len(sec.prefix) + 2 if sec.prefix else 0
+
+    @staticmethod
+    def _set_wrapper(b: _Block, max_t: int, max_c: int) -> None:
+        """Code and tables repeat their head (and foot) in every piece; drop them when too big."""
+        if not b.head:
+            return
+        b.wrap_chars = len(b.head) + 1 + (len(b.foot) + 1 if b.foot else 0)
+        if b.wrap_tokens > max_t // 2 or b.wrap_chars > max_c // 2:
+            b.kind, b.text, b.head, b.foot, b.tokens = "lines", b.raw, "", "", None
+            b.groups = b.atom_tokens = None
+            b.head_tokens = b.foot_tokens = b.wrap_chars = 0
+
+    @staticmethod
+    def _atom_groups(b: _Block) -> list[list[tuple[int, int]]]:
+        """Spans of an oversize block: one group per list item (sentences), else one atom per group."""
+        if b.kind in ("code", "table", "lines"):
+            return [[span] for span in _line_spans(b.text)]
+        if b.kind == "list" and len(b.item_lines) > 1:
+            line_starts = [0]
+            for line in b.text.split("\n"):
+                line_starts.append(line_starts[-1] + len(line) + 1)
+            starts = sorted({0} | {line_starts[k] for k in b.item_lines if k < len(line_starts) - 1})
+            bounds = zip(starts, starts[1:] + [len(b.text)])
+            groups = [_sentence_spans(b.text, a, _rstrip_end(b.text, a, e)) for a, e in bounds]
+            return [g for g in groups if g]
+        return [[span] for span in _sentence_spans(b.text, 0, len(b.text))]
+
+    def _units_from_atoms(self, sec: _Section, b: _Block) -> list[_Unit]:
+        """Whole list items (or other groups) that fit, else their atoms, else atoms cut smaller."""
+        max_t = self.settings.max_tokens - sec.prefix_tokens - b.wrap_tokens
+        max_c = self.settings.max_chars - sec.prefix_chars - b.wrap_chars
+        counts = iter(b.atom_tokens)
+        units: list[_Unit] = []
+        for group in b.groups:
+            atoms = [(a, e, next(counts)) for a, e in group]
+            if all(t is not None for _, _, t in atoms):
+                group_tokens = sum(t for _, _, t in atoms)
+                if group_tokens <= max_t and group[-1][1] - group[0][0] <= max_c:
+                    units.append(_Unit(0, group[0][0], group[-1][1], group_tokens))
+                    continue
+            for a, e, t in atoms:
+                if t is not None and t <= max_t and e - a <= max_c:
+                    units.append(_Unit(0, a, e, t))
+                else:
+                    units += self._split_long_span(b.text, a, e, max_t, max_c)
+        return units
+
+    # -- cutting a span with no sentence boundary: words, then tokens, then characters ----------
+    def _split_long_span(self, text: str, start: int, end: int, max_t: int, max_c: int) -> list[_Unit]:
+        windows = list(_char_windows(text, start, end, max_c))
+        units: list[_Unit] = []
+        prev_end = -1
+        for (a, e), n in zip(windows, self.counter.count_batch([text[a:e] for a, e in windows])):
+            mid_word = a == prev_end  # window cut inside a word: never glue it back to the previous one
+            if n <= max_t:
+                units.append(_Unit(0, a, e, n, mid_word))
+            else:
+                units += self._cut_by_tokens(text, a, e, max_t, mid_word)
+            prev_end = e
+        return units
+
+    def _cut_by_tokens(self, text: str, start: int, end: int, max_t: int, mid_word: bool) -> list[_Unit]:
+        window = text[start:end]
+        offsets = self.counter.offsets(window)
+        spans: list[tuple[int, int, bool]] = []   # (start, end, cut inside a word before it)
+        i, piece_start, inside_word = 0, 0, mid_word
+        while len(offsets) - i > max_t:
+            k = i + max_t
+            while k > i and not _is_clean_cut(window, offsets[k][0]):
+                k -= 1
+            clean = k > i
+            k = k if clean else i + max_t
+            cut = offsets[k][0]
+            spans.append((piece_start, _rstrip_end(window, piece_start, cut), inside_word))
+            i, piece_start, inside_word = k, cut, not clean
+        spans.append((piece_start, len(window), inside_word))
+        spans = [(a, e, w) for a, e, w in spans if window[a:e].strip()]
+        counts = self.counter.count_batch([window[a:e] for a, e, _ in spans])  # exact: cuts may be mid-word
+        units: list[_Unit] = []
+        for (a, e, w), n in zip(spans, counts):
+            if n <= max_t:
+                units.append(_Unit(0, start + a, start + e, n, w))
+            else:
+                units += self._cut_by_chars(text, start + a, start + e, max_t)
+        return units
+
+    def _cut_by_chars(self, text: str, start: int, end: int, max_t: int) -> list[_Unit]:
+        """Last resort: slices of max_t characters (a character is at most one token), halved until they fit."""
+        size, todo, units = max(1, max_t), [(start, end)], []
+        while todo:
+            slices = [(pos, min(pos + size, e)) for a, e in todo for pos in range(a, e, size)]
+            slices = [(a, e) for a, e in slices if text[a:e].strip()]
+            todo = []
+            for (a, e), n in zip(slices, self.counter.count_batch([text[a:e] for a, e in slices])):
+                if n <= max_t or e - a == 1:
+                    units.append(_Unit(0, a, e, n, True))
+                else:
+                    todo.append((a, e))
+            size = max(1, size // 2)
+        units.sort(key=lambda u: u.start)
+        return units
+
+    # -- packing --------------------------------------------------------------------------------
+    @staticmethod
+    def _added_cost(sec: _Section, last: _Unit | None, u: _Unit) -> tuple[int, int]:
+        """(tokens, chars) that appending unit u after unit `last` (None: chunk empty) adds."""
+        if last is not None and last.block == u.block and not u.new_piece:
+            return u.tokens, u.end - last.end
+        b = sec.blocks[u.block]
+        return b.wrap_tokens + u.tokens, (0 if last is None else 2) + b.wrap_chars + u.end - u.start
+
+    def _cost(self, sec: _Section, units: list[_Unit]) -> tuple[int, int]:
+        """(tokens, chars) of a continuation chunk made of these units."""
+        t, c, last = sec.prefix_tokens, sec.prefix_chars, None
+        for u in units:
+            dt, dc = self._added_cost(sec, last, u)
+            t, c, last = t + dt, c + dc, u
+        return t, c
+
+    def _pack(self, sec: _Section, units: list[_Unit]) -> list[str]:
+        s = self.settings
+        chunks: list[str] = []
+        current: list[_Unit] = []
+        tokens = chars = 0
+        continuation = False
+        for u in units:
+            dt, dc = self._added_cost(sec, current[-1] if current else None, u)
+            if current and (tokens + dt > s.max_tokens or chars + dc > s.max_chars):
+                chunks.append(self._render(sec, current, continuation))
+                continuation = True
+                current = self._overlap(sec, current, u) if s.overlap_tokens else []
+                tokens, chars = self._cost(sec, current)
+                dt, dc = self._added_cost(sec, current[-1] if current else None, u)
+            current.append(u)
+            tokens, chars = tokens + dt, chars + dc
+        if current:
+            chunks.append(self._render(sec, current, continuation))
+        return chunks
+
+    def _overlap(self, sec: _Section, previous: list[_Unit], nxt: _Unit) -> list[_Unit]:
+        """Trailing whole units (or sentences) of the previous chunk, within overlap_tokens and the budget."""
+        s = self.settings
+        base_t, _ = self._cost(sec, [nxt])
+        chosen: list[_Unit] = []
+
+        def fits(candidate: list[_Unit]) -> bool:
+            t, c = self._cost(sec, candidate + [nxt])
+            return t - base_t <= s.overlap_tokens and t <= s.max_tokens and c <= s.max_chars
+
+        for u in reversed(previous[-64:]):
+            b = sec.blocks[u.block]
+            if b.kind == "heading":
+                break
+            if fits([u] + chosen):
+                chosen.insert(0, u)
+                continue
+            if b.kind in ("prose", "list"):
+                for sentence in reversed(self._tail_sentences(b, u)):
+                    if not fits([sentence] + chosen):
+                        break
+                    chosen.insert(0, sentence)
+            break
+        return chosen
+
+    def _tail_sentences(self, b: _Block, u: _Unit) -> list[_Unit]:
+        """The last few sentences of a unit, counted (only they can fit in an overlap)."""
+        max_chars = self.settings.overlap_tokens * 12   # more text than this is (nearly) never that few tokens
+        spans = []
+        for a, e in reversed(_sentence_spans(b.text, u.start, u.end)[1:][-4:]):
+            if u.end - a > max_chars:
+                break
+            spans.insert(0, (a, e))
+        if not spans:
+            return []
+        counts = self.counter.count_batch([b.text[a:e] for a, e in spans])
+        return [_Unit(u.block, a, e, n) for (a, e), n in zip(spans, counts)]
+
+    def _render(self, sec: _Section, units: list[_Unit], continuation: bool) -> str:
+        pieces: list[str] = []
+        run_start = 0
+        for i, u in enumerate(units):
+            last = i + 1 == len(units) or units[i + 1].block != u.block or units[i + 1].new_piece
+            if not last:
+                continue
+            b = sec.blocks[u.block]
+            body = b.text[units[run_start].start:u.end]
+            if b.head:
+                body = f"{b.head}\n{body}\n{b.foot}" if b.foot else f"{b.head}\n{body}"
+            pieces.append(body)
+            run_start = i + 1
+        text = "\n\n".join(pieces)
+        return f"{sec.prefix}\n\n{text}" if continuation and sec.prefix else text

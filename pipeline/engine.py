@@ -1,0 +1,698 @@
+"""The ingestion engine: four phases as a streaming pipeline of worker threads.
+
+    loader --docs--> chunker --doc chunks--> embedder --embedded docs--> indexer (the one writer)
+
+Bounded queues join the threads, so memory stays flat whatever the corpus size. A document is the
+unit of commit: its chunks reach LanceDB in one commit, then the checkpoint is recorded in the job
+store. Resuming, retrying or re-running walks the sources again and skips every document whose
+version (content hash + settings) the table already holds, so nothing is indexed twice and
+nothing half-written is trusted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Optional
+
+from pipeline import ids
+from pipeline.chunking import Chunker, ChunkSettings
+from pipeline.embedding import Embedder, make_embedder
+from pipeline.index import KnowledgeBase, StoredDoc
+from pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
+                              walk, walk_within)
+from pipeline.locking import EngineLock, is_locked
+from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
+from pipeline.paths import Home, validate_name
+from pipeline.status import JobPhase, JobStatus
+from pipeline.store import JobStore
+from pipeline.tracker import PhaseTracker
+
+log = logging.getLogger("kbingest.engine")
+
+QUEUE_DOCS = 16          # loaded documents waiting to be chunked
+QUEUE_CHUNKED = 16       # chunked documents waiting to be embedded
+QUEUE_EMBEDDED = 64      # embedded documents waiting to be indexed
+HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
+CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
+MAX_ERRORS_IN_STATUS = 100
+INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
+
+
+def new_job_id(kb: str) -> str:
+    return f"{kb}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Doc:
+    """A document on its way through the pipeline."""
+
+    path: str
+    doc_id: str
+    version: str
+    replaces: bool                      # the table held another version of it
+    title: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)   # chunk rows, vectors added by the embedder
+    dropped: bool = False               # failed in embedding: nothing of it is written
+
+
+class _Stop(Exception):
+    """Raised inside a worker when the job is asked to stop."""
+
+
+class _PhaseFailed(Exception):
+    def __init__(self, phase: JobPhase, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+_END = object()  # end of stream marker
+
+
+class IngestJob:
+    """One job: its config, tracker, and the threads that run it. `run()` blocks until the job
+    stops (completed, paused, cancelled, failed); `pause()`/`cancel()` may come from any thread."""
+
+    def __init__(self, home: Home, store: JobStore, record: JobRecord,
+                 embedder_factory: Optional[Callable[[JobConfig], Embedder]] = None) -> None:
+        self.home = home
+        self.store = store
+        self.record = record
+        self.config = record.config
+        self.job_id = record.job_id
+        self.tracker = PhaseTracker.from_snapshot(record.status)
+        self._embedder_factory = embedder_factory or (
+            lambda c: make_embedder(c.embedder, c.model, c.batch_size, c.threads))
+        self._errors: list[DocumentError] = list(record.doc_errors)
+        self._errors_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stop_reason: Optional[JobStatus] = None
+        self._failure: Optional[_PhaseFailed] = None
+        self._threads: list[threading.Thread] = []
+        self._embedder_cache: Optional[Embedder] = None
+        self._ckpt_lock = threading.Lock()
+        self._final = False
+        self._monitor_stop = threading.Event()
+        self.done = threading.Event()
+        self.last_commit_at: Optional[float] = None  # monotonic time of the last LanceDB write
+
+    # ---- creating and loading ---------------------------------------------------------------
+    @classmethod
+    def create(cls, home: Home, store: JobStore, config: JobConfig, job_id: Optional[str] = None,
+               **kw: Any) -> "IngestJob":
+        validate_name(config.kb, "knowledge base name")
+        job_id = validate_name(job_id or new_job_id(config.kb), "job id")
+        snap = PhaseTracker(job_id, config.kb).snapshot()
+        now = iso(utcnow())
+        rec = JobRecord(job_id=job_id, config=config, status=snap, created_at=now, updated_at=now)
+        store.put(rec)
+        return cls(home, store, rec, **kw)
+
+    @classmethod
+    def load(cls, home: Home, store: JobStore, job_id: str, **kw: Any) -> "IngestJob":
+        rec = store.get(validate_name(job_id, "job id"))
+        if rec is None:
+            raise KeyError(f"no job {job_id!r} in {home.root}")
+        return cls(home, store, rec, **kw)
+
+    # ---- control ----------------------------------------------------------------------------
+    def snapshot(self) -> JobStatusResponse:
+        return self.tracker.snapshot()
+
+    @property
+    def errors(self) -> list[DocumentError]:
+        with self._errors_lock:
+            return list(self._errors)
+
+    def pause(self) -> None:
+        self._request_stop(JobStatus.PAUSED)
+
+    def cancel(self) -> None:
+        self._request_stop(JobStatus.CANCELLED)
+
+    def _request_stop(self, why: JobStatus) -> None:
+        if self._stop_reason is None or why == JobStatus.CANCELLED:
+            self._stop_reason = why
+        self.tracker.set_message("cancelling…" if why == JobStatus.CANCELLED else "pausing: finishing the batch in flight…")
+        self._stop.set()
+
+    # ---- the run ----------------------------------------------------------------------------
+    def run(self) -> JobStatusResponse:
+        """Run (or resume) the job to its next resting state. Holds the home's engine lock."""
+        lock = EngineLock(self.home.engine_lock_file).acquire()
+        try:
+            return self._run_locked()
+        finally:
+            lock.release()
+            self.done.set()
+
+    def _run_locked(self) -> JobStatusResponse:
+        t = self.tracker
+        if t.status == JobStatus.CANCELLED:
+            raise ValueError(f"job {self.job_id} was cancelled and cannot be resumed")
+        retry = t.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+        if t.status == JobStatus.RUNNING:  # found running with no engine: it was interrupted
+            t.set_status(JobStatus.PAUSED, INTERRUPTED)
+        if t.status != JobStatus.PENDING:
+            t.reset_phases(keep_progress=not retry)
+        with self._errors_lock:  # every run walks the sources again and finds every problem again
+            self._errors.clear()
+        self.store.update(self.job_id, lambda r: r.model_copy(update={"control": None, "owner_pid": os.getpid()}))
+        t.set_status(JobStatus.RUNNING, "starting: loading the model and the knowledge base")
+        self._checkpoint()
+        monitor = threading.Thread(target=self._monitor, name="kbingest-monitor", daemon=True)
+        monitor.start()
+        try:
+            if self.config.watch:
+                self._watch()
+            else:
+                self._run_pass()
+        except BaseException as e:  # the one error handler: anything unexpected fails the job cleanly
+            if not isinstance(e, _PhaseFailed):
+                log.exception("job %s failed", self.job_id)
+                e = _PhaseFailed(self._current_phase(), f"{type(e).__name__}: {e}")
+            self._failure = e
+            self._stop.set()
+        finally:
+            for th in self._threads:
+                th.join()
+            self._threads.clear()
+        self._monitor_stop.set()
+        monitor.join()
+        self._finish()
+        return self.snapshot()
+
+    def _current_phase(self) -> JobPhase:
+        p = self.tracker.snapshot().phase
+        return JobPhase.LOADING if p == JobPhase.COMPLETED else p
+
+    def _finish(self) -> None:
+        t = self.tracker
+        n_err = len(self.errors)
+        if self._failure is not None:
+            f = self._failure
+            t.fail_phase(f.phase, str(f))
+            t.set_status(JobStatus.FAILED, f"failed in {f.phase.value}: {f}", error=str(f))
+        elif self._stop_reason == JobStatus.CANCELLED:
+            t.set_status(JobStatus.CANCELLED, "cancelled: chunks already indexed stay in the knowledge base")
+        elif self._stop_reason == JobStatus.PAUSED:
+            t.set_status(JobStatus.PAUSED, "paused: checkpoint saved; resume to continue")
+        else:
+            m = t.snapshot().metrics
+            msg = (f"completed: {m.get('documents_added', 0)} added, {m.get('documents_replaced', 0)} replaced, "
+                   f"{m.get('documents_skipped', 0)} unchanged, {m.get('documents_removed', 0)} removed, "
+                   f"{m.get('chunks_indexed', 0)} chunks indexed")
+            if n_err:
+                msg += f"; {n_err} document(s) failed"
+            t.set_status(JobStatus.COMPLETED, msg)
+        self._checkpoint(final=True)
+
+    # ---- persistence ------------------------------------------------------------------------
+    def _checkpoint(self, final: bool = False) -> None:
+        with self._ckpt_lock:
+            if self._final:
+                return
+            self._final = final
+            snap = self.snapshot()
+            errors = self.errors
+
+            def apply(r: JobRecord) -> JobRecord:
+                upd: dict[str, Any] = {"status": snap, "doc_errors": errors}
+                if final:
+                    upd.update(control=None, owner_pid=None)
+                return r.model_copy(update=upd)
+
+            self.store.update(self.job_id, apply)
+
+    def _monitor(self) -> None:
+        """Heartbeat to the store, and pause/cancel requests from another process."""
+        last_beat, last_version = 0.0, -1
+        while not self._monitor_stop.wait(CONTROL_POLL_S):
+            try:
+                control = self.store.control_of(self.job_id)
+                if control == "pause" and not self._stop.is_set():
+                    self.pause()
+                elif control == "cancel" and self._stop_reason != JobStatus.CANCELLED:
+                    self.cancel()
+                now = time.monotonic()
+                if now - last_beat >= HEARTBEAT_S and self.tracker.version != last_version:
+                    last_beat, last_version = now, self.tracker.version
+                    self._checkpoint()
+            except Exception:  # the store being briefly unreadable must not kill the job
+                log.exception("monitor")
+
+    # ---- errors -----------------------------------------------------------------------------
+    def _doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
+        with self._errors_lock:
+            self._errors.append(DocumentError(path=path, phase=phase.value, kind=kind, message=message,
+                                              attempts=attempts))
+            errs = [e for e in self._errors if e.phase == phase.value]
+            shown = [e.model_dump() for e in self._errors[:MAX_ERRORS_IN_STATUS]]
+            total = len(self._errors)
+        t = self.tracker
+        t.set_metric("documents_failed", total)
+        t.set_metric("document_errors", shown)
+        t.set_phase_error(phase, f"{len(errs)} document(s) failed; last: {path}: {message}")
+
+    # ---- watching ---------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """A full pass, then one pass per burst of changes until the job is paused or cancelled.
+        The feed starts before the first pass, so nothing saved during it is missed."""
+        from pipeline.watch import ChangeFeed
+
+        t = self.tracker
+        with ChangeFeed(self.config.sources) as feed:
+            self._run_pass()
+            while not self._stop.is_set():
+                if feed.warning:
+                    t.set_metric("watch_warning", feed.warning)
+                t.set_message(f"watching {len(self.config.sources)} source(s) for changes")
+                burst = feed.next_burst(timeout=0.25)
+                if burst is None or self._stop.is_set():
+                    continue
+                t.reset_phases(keep_progress=False)
+                t.incr_metric("watch_bursts")
+                self._run_pass(None if burst.rescan else sorted(burst.paths))
+
+    # ---- the streaming pass -----------------------------------------------------------------
+    def _embedder(self) -> Embedder:
+        if self._embedder_cache is None:
+            self.tracker.set_message("loading the embedding model")
+            self._embedder_cache = self._embedder_factory(self.config)
+        return self._embedder_cache
+
+    def _run_pass(self, scope: Optional[list[str]] = None) -> None:
+        """One pass over the sources (scope None) or over these paths below them (a watch burst)."""
+        c = self.config
+        t = self.tracker
+        kb = KnowledgeBase(self.home, c.kb)
+        stored = kb.stored_docs()
+        embedder = self._embedder()
+        kb.ensure(embedder.dim)
+        settings = ChunkSettings(max_tokens=c.max_tokens, overlap_tokens=c.overlap_tokens, max_chars=c.max_chars)
+        chunker = Chunker(settings)
+        for key in ("documents_found", "documents_skipped", "documents_added", "documents_replaced",
+                    "documents_removed", "files_ignored", "chunks_created", "chunks_embedded", "chunks_indexed",
+                    "commits"):
+            t.set_metric(key, 0)
+        t.set_metric("documents_failed", len(self.errors))
+        t.set_message("ingesting")
+        q_docs: queue.Queue = queue.Queue(QUEUE_DOCS)
+        q_chunked: queue.Queue = queue.Queue(QUEUE_CHUNKED)
+        q_embedded: queue.Queue = queue.Queue(QUEUE_EMBEDDED)
+        workers = [
+            ("loader", lambda: self._load(stored, settings.fingerprint(), embedder.model, q_docs, scope)),
+            ("chunker", lambda: self._chunk(chunker, settings.fingerprint(), embedder.model, q_docs, q_chunked)),
+            ("embedder", lambda: self._embed(embedder, q_chunked, q_embedded)),
+            ("indexer", lambda: self._index(kb, q_embedded)),
+        ]
+        for name, fn in workers:
+            th = threading.Thread(target=self._worker, args=(name, fn), name=f"kbingest-{name}", daemon=True)
+            self._threads.append(th)
+            th.start()
+        for th in self._threads:
+            th.join()
+        self._threads.clear()
+        if self._failure is not None:
+            raise self._failure
+
+    def _worker(self, name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except _Stop:
+            pass
+        except _PhaseFailed as e:
+            if self._failure is None:
+                self._failure = e
+            self._stop.set()
+        except BaseException as e:
+            log.exception("worker %s", name)
+            if self._failure is None:
+                phase = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
+                         "embedder": JobPhase.EMBEDDING}.get(name, JobPhase.INDEXING)
+                self._failure = _PhaseFailed(phase, f"{type(e).__name__}: {e}")
+            self._stop.set()
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _get(self, q: queue.Queue) -> Any:
+        while True:
+            if self._stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    # loading ---------------------------------------------------------------------------------
+    def _scoped_walk(self, scope: Optional[list[str]], limits: LoadLimits) -> tuple[Iterable, list[str]]:
+        """What to walk, and the paths inside which a stored document not seen is gone."""
+        roots = [os.path.abspath(s) for s in self.config.sources]
+        if scope is None:
+            return walk(self.config.sources, limits), roots
+
+        def items():
+            for root in roots:
+                inside = [p for p in scope if p == root or p.startswith(os.path.join(root, ""))]
+                if inside:
+                    yield from walk_within(root, inside, limits)
+        return items(), [os.path.abspath(p) for p in scope]
+
+    def _load(self, stored: dict[str, StoredDoc], fingerprint: str, model: str, out: queue.Queue,
+              scope: Optional[list[str]] = None) -> None:
+        t = self.tracker
+        c = self.config
+        limits = LoadLimits(max_file_bytes=c.max_file_bytes, max_depth=c.max_depth, max_files=c.max_files,
+                            follow_links=c.follow_links)
+        t.start_phase(JobPhase.LOADING)
+        seen: set[str] = set()
+        complete_walk = True
+        items, covered = self._scoped_walk(scope, limits)
+        for item in items:
+            if self._stop.is_set():
+                raise _Stop
+            if isinstance(item, Skipped):
+                t.incr_metric("files_ignored")
+                continue
+            if isinstance(item, Problem):
+                if item.kind == "too_many_files":
+                    complete_walk = False
+                self._doc_error(item.path, JobPhase.LOADING, item.kind, item.message)
+                if item.kind != "vanished":
+                    seen.add(ids.doc_id(item.path))  # refused now, but what it had indexed stays
+                continue
+            t.add_total(JobPhase.LOADING)
+            t.incr_metric("documents_found")
+            did = ids.doc_id(item.path)
+            doc, gone = self._read(item)
+            if not gone:  # a document that failed to load keeps what it had indexed
+                seen.add(did)
+            t.advance(JobPhase.LOADING)
+            if doc is None:
+                continue
+            version = ids.doc_version(doc.content_hash, fingerprint, model)
+            old = stored.get(did)
+            if old is not None and old.version == version:
+                self._count_skipped(old.chunks)
+                continue
+            self._put(out, (doc, _Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None)))
+        t.finish_total(JobPhase.LOADING)
+        if complete_walk:
+            gone = [d for d, s in stored.items() if d not in seen and s.source is not None
+                    and any(s.source == r or s.source.startswith(os.path.join(r, "")) for r in covered)]
+            for did in gone:
+                self._put(out, (None, _Doc(path=stored[did].source, doc_id=did, version="", replaces=True)))
+        t.complete_phase(JobPhase.LOADING)
+        self._put(out, _END)
+
+    def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
+        """The document, or None with its error recorded; and whether it is gone from disk."""
+        c = self.config
+        try:
+            return read_document(cand, LoadLimits(max_file_bytes=c.max_file_bytes, follow_links=c.follow_links)), False
+        except LoadError as e:
+            self._doc_error(cand.path, JobPhase.LOADING, e.kind, e.message)
+            if e.kind == "vanished":  # deleted between walk and read: its chunks go too
+                return None, True
+        except OSError as e:
+            self._doc_error(cand.path, JobPhase.LOADING, "os_error", f"{e.strerror or e}")
+        return None, False
+
+    def _count_skipped(self, chunks: int) -> None:
+        t = self.tracker
+        t.incr_metric("documents_skipped")
+        for phase in (JobPhase.CHUNKING,):
+            t.add_total(phase)
+            t.advance(phase)
+        for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
+            t.add_total(phase, chunks)
+            t.advance(phase, chunks)
+
+    # chunking --------------------------------------------------------------------------------
+    def _chunk(self, chunker: Chunker, fingerprint: str, model: str, inp: queue.Queue, out: queue.Queue) -> None:
+        t = self.tracker
+        while True:
+            item = self._get(inp)
+            if item is _END:
+                break
+            doc, d = item
+            if doc is None:  # a document that is gone: passes through to have its chunks removed
+                self._put(out, d)
+                continue
+            t.start_phase(JobPhase.CHUNKING)
+            t.add_total(JobPhase.CHUNKING)
+            try:
+                chunked = chunker.chunk(doc.text, markdown=doc.markdown)
+            except Exception as e:
+                t.advance(JobPhase.CHUNKING)
+                self._doc_error(doc.path, JobPhase.CHUNKING, "chunking_failed", f"{type(e).__name__}: {e}")
+                continue
+            for w in doc.warnings:
+                t.incr_metric("document_warnings")
+                log.info("%s: %s", doc.path, w)
+            d.title = chunked.title or ""
+            d.rows = [{
+                "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, fingerprint, model),
+                "text": ch.text, "source": doc.path, "heading_path": ch.heading_path,
+                "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
+            } for ch in chunked.chunks]
+            t.add_total(JobPhase.EMBEDDING, len(d.rows))
+            t.add_total(JobPhase.INDEXING, len(d.rows))
+            t.incr_metric("chunks_created", len(d.rows))
+            t.advance(JobPhase.CHUNKING)
+            self._put(out, d)
+        t.finish_total(JobPhase.EMBEDDING)
+        t.finish_total(JobPhase.INDEXING)
+        t.complete_phase(JobPhase.CHUNKING)
+        self._put(out, _END)
+
+    # embedding -------------------------------------------------------------------------------
+    def _embed(self, embedder: Embedder, inp: queue.Queue, out: queue.Queue) -> None:
+        t = self.tracker
+        bs = self.config.batch_size
+        pending: list[_Doc] = []   # documents with chunks not all embedded yet, in order
+        todo: list[tuple[_Doc, int]] = []  # (document, row index) waiting for a batch
+        ended = False
+        while True:
+            if not ended and len(todo) < bs:
+                item = self._get(inp)
+                if item is _END:
+                    ended = True
+                else:
+                    if item.rows:
+                        t.start_phase(JobPhase.EMBEDDING)
+                        todo.extend((item, i) for i in range(len(item.rows)))
+                    pending.append(item)
+            if todo and (len(todo) >= bs or ended):
+                batch, todo = todo[:bs], todo[bs:]
+                self._embed_batch(embedder, batch)
+            # documents whose every row has a vector go on, in order
+            while pending and (pending[0].dropped or all("vector" in r for r in pending[0].rows)):
+                self._put(out, pending.pop(0))
+            if ended and not todo and not pending:
+                break
+        t.complete_phase(JobPhase.EMBEDDING)
+        self._put(out, _END)
+
+    def _embed_batch(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> None:
+        texts = [d.rows[i]["text"] for d, i in batch]
+        vecs = self._with_retries(JobPhase.EMBEDDING, lambda: embedder.embed(texts), quiet=True)
+        if vecs is None:  # persistent failure: find the documents that cause it
+            self._isolate_embedding_failure(embedder, batch)
+            return
+        for (d, i), v in zip(batch, vecs):
+            d.rows[i]["vector"] = v
+        self.tracker.advance(JobPhase.EMBEDDING, len(batch))
+        self.tracker.incr_metric("chunks_embedded", len(batch))
+
+    def _isolate_embedding_failure(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> None:
+        docs: list[_Doc] = []
+        for d, _ in batch:
+            if not any(d is x for x in docs):
+                docs.append(d)
+        failed: list[tuple[_Doc, str]] = []
+        for d in docs:
+            rows = [(d, i) for dd, i in batch if dd is d]
+            try:
+                vecs = embedder.embed([d.rows[i]["text"] for _, i in rows])
+            except Exception as e:
+                failed.append((d, f"{type(e).__name__}: {e}"))
+                continue
+            for (_, i), v in zip(rows, vecs):
+                d.rows[i]["vector"] = v
+            self.tracker.advance(JobPhase.EMBEDDING, len(rows))
+            self.tracker.incr_metric("chunks_embedded", len(rows))
+        if failed and len(failed) == len(docs) and not self._model_works(embedder):
+            raise _PhaseFailed(JobPhase.EMBEDDING,
+                               f"embedding failed after {self.config.retries + 1} attempts: {failed[0][1]}")
+        for d, msg in failed:  # the model works, these documents break it: record them and go on
+            self._doc_error(d.path, JobPhase.EMBEDDING, "embedding_failed", msg, attempts=self.config.retries + 2)
+            d.dropped = True
+            n = sum(1 for r in d.rows if "vector" not in r)
+            self.tracker.advance(JobPhase.EMBEDDING, n)
+            self.tracker.add_total(JobPhase.INDEXING, -len(d.rows))
+
+    def _model_works(self, embedder: Embedder) -> bool:
+        """Tell documents that break the model from a broken model, with a probe."""
+        try:
+            embedder.embed(["probe"])
+            return True
+        except Exception:
+            return False
+
+    def _with_retries(self, phase: JobPhase, fn: Callable[[], Any], quiet: bool = False) -> Any:
+        delay = 0.2
+        last: Optional[BaseException] = None
+        for attempt in range(self.config.retries + 1):
+            if self._stop.is_set() and self._stop_reason == JobStatus.CANCELLED:
+                raise _Stop
+            try:
+                return fn()
+            except _Stop:
+                raise
+            except Exception as e:
+                last = e
+                log.warning("%s attempt %d failed: %s", phase.value, attempt + 1, e)
+                self.tracker.incr_metric(f"{phase.value}_retries")
+                if attempt < self.config.retries:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        if quiet:
+            return None
+        raise _PhaseFailed(phase, f"{phase.value} failed after {self.config.retries + 1} attempts: "
+                                  f"{type(last).__name__}: {last}")
+
+    # indexing --------------------------------------------------------------------------------
+    def _index(self, kb: KnowledgeBase, inp: queue.Queue) -> None:
+        t = self.tracker
+        c = self.config
+        batch: list[_Doc] = []
+        rows = 0
+        first_at: Optional[float] = None
+        try:
+            while True:
+                try:
+                    item = inp.get(timeout=0.1)
+                except queue.Empty:
+                    item = None
+                if item is _END:
+                    self._commit(kb, batch)
+                    batch, rows = [], 0
+                    break
+                if item is not None and not item.dropped:
+                    batch.append(item)
+                    rows += len(item.rows)
+                    first_at = first_at or time.monotonic()
+                if self._stop.is_set():
+                    break
+                if batch and (rows >= c.commit_rows or time.monotonic() - (first_at or 0) >= c.commit_seconds):
+                    self._commit(kb, batch)
+                    batch, rows, first_at = [], 0, None
+        finally:
+            if self._stop.is_set() and self._stop_reason == JobStatus.PAUSED and self._failure is None:
+                # pause: whole documents already embedded are written before stopping (nothing lost)
+                while True:
+                    try:
+                        item = inp.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not _END and not item.dropped:
+                        batch.append(item)
+                self._commit(kb, batch)
+        if not self._stop.is_set():
+            t.complete_phase(JobPhase.INDEXING)
+            if kb.commits:
+                t.set_message("optimizing the table")
+                kb.optimize()
+
+    def _commit(self, kb: KnowledgeBase, docs: list[_Doc]) -> None:
+        if not docs:
+            return
+        t = self.tracker
+        rows = [dict(r, vector=r["vector"].tolist() if hasattr(r["vector"], "tolist") else r["vector"])
+                for d in docs for r in d.rows]
+        t.start_phase(JobPhase.INDEXING)
+        self._with_retries(JobPhase.INDEXING, lambda: kb.write(rows, [d.doc_id for d in docs]))
+        self.last_commit_at = time.monotonic()
+        # the table holds them now: record the checkpoint after
+        t.advance(JobPhase.INDEXING, len(rows))
+        t.incr_metric("chunks_indexed", len(rows))
+        t.incr_metric("commits")
+        for d in docs:
+            if not d.version:
+                t.incr_metric("documents_removed")
+            elif d.replaces:
+                t.incr_metric("documents_replaced")
+            else:
+                t.incr_metric("documents_added")
+        if kb.commits % self.config.optimize_every == 0:
+            kb.optimize()
+        self._checkpoint()
+
+
+def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
+    """How a stored job is shown: one recorded as running while no engine holds the home was
+    interrupted, and shows as paused with a message saying so."""
+    if rec.status.status == JobStatus.RUNNING and not is_locked(home.engine_lock_file):
+        t = PhaseTracker.from_snapshot(rec.status)
+        t.set_status(JobStatus.PAUSED, INTERRUPTED)
+        return t.snapshot()
+    return rec.status
+
+
+def mark_interrupted(home: Home, store: JobStore) -> list[str]:
+    """Jobs recorded as running while no engine holds this home were interrupted: show them paused."""
+    if is_locked(home.engine_lock_file):
+        return []
+    found = []
+    for rec in store.all():
+        if rec.status.status == JobStatus.RUNNING:
+            snap = effective_status(rec, home)
+            store.update(rec.job_id, lambda r, s=snap: r.model_copy(update={"status": s, "owner_pid": None}))
+            found.append(rec.job_id)
+    return found
+
+
+def recovered_records(home: Home) -> list[JobRecord]:
+    """When the job store is lost, one completed job per knowledge base found in LanceDB."""
+    from pipeline.index import list_kbs
+
+    out = []
+    for name in list_kbs(home):
+        try:
+            kb = KnowledgeBase(home, name)
+            docs = kb.stored_docs()
+        except Exception:
+            continue
+        t = PhaseTracker(f"{name}-recovered", name)
+        t.set_status(JobStatus.RUNNING)
+        for p in (JobPhase.LOADING, JobPhase.CHUNKING, JobPhase.EMBEDDING, JobPhase.INDEXING):
+            n = len(docs) if p in (JobPhase.LOADING, JobPhase.CHUNKING) else sum(d.chunks for d in docs.values())
+            t.add_total(p, n)
+            t.advance(p, n)
+            t.complete_phase(p)
+        t.set_metric("documents_indexed", len(docs))
+        t.set_metric("chunks_indexed", sum(d.chunks for d in docs.values()))
+        t.set_status(JobStatus.COMPLETED, "recovered from the knowledge base after the job store was lost")
+        sources = sorted({os.path.dirname(d.source) for d in docs.values()})[:1] or ["."]
+        now = iso(utcnow())
+        out.append(JobRecord(job_id=f"{name}-recovered", config=JobConfig(sources=sources, kb=name),
+                             status=t.snapshot(), created_at=now, updated_at=now))
+    return out
+
+
+def open_store(home: Home) -> JobStore:
+    return JobStore(home, rebuild=lambda: recovered_records(home))

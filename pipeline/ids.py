@@ -1,0 +1,51 @@
+"""The one place that says how documents and chunks are identified.
+
+- doc_id: from the document's path; keys every LanceDB predicate (hex only, never a raw path).
+- doc_version: from its content hash and every setting that changes its chunks; equal versions
+  mean the document can be skipped.
+- chunk_id: from (source, content hash, position, chunking settings, model).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _h(*parts: str) -> str:
+    m = hashlib.sha256()
+    for p in parts:
+        b = p.encode("utf-8", "surrogateescape")
+        m.update(len(b).to_bytes(8, "big"))
+        m.update(b)
+    return m.hexdigest()[:32]
+
+
+def doc_id(source: str) -> str:
+    return _h("doc", source)
+
+
+def settings_key(chunk_fingerprint: str, model: str) -> str:
+    return f"{chunk_fingerprint}|{model}"
+
+
+def doc_version(content_hash: str, chunk_fingerprint: str, model: str) -> str:
+    return _h("version", content_hash, settings_key(chunk_fingerprint, model))
+
+
+def chunk_id(source: str, content_hash: str, position: int, chunk_fingerprint: str, model: str) -> str:
+    return _h("chunk", source, content_hash, str(position), settings_key(chunk_fingerprint, model))
+
+
+def is_key(value: str) -> bool:
+    """True for the hex keys above: the only user-derived values ever placed in a LanceDB predicate."""
+    return bool(_HEX_RE.match(value))
+
+
+def in_predicate(column: str, keys: list[str]) -> str:
+    """`column IN ('k1', 'k2')` over validated hex keys only."""
+    bad = [k for k in keys if not is_key(k)]
+    if bad:
+        raise ValueError(f"refusing to build a predicate from non-key values: {bad[:3]!r}")
+    return f"{column} IN ({', '.join(repr(k) for k in keys)})"

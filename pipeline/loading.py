@@ -1,0 +1,495 @@
+"""Loading: walk each SOURCE (a file or a folder) and read each document safely.
+
+Folders are unvetted: hostile names, symlinks out of the tree, FIFOs, binaries, files that
+change or vanish. Nothing here raises out of `walk`; every refusal is a `Problem` (from the
+walk) or a `LoadError` (from `read_document`) with a short machine-readable kind and one
+clear sentence for a person. Paths are `str` (os.fsdecode-compatible: undecodable bytes in
+names survive as surrogate escapes).
+"""
+from __future__ import annotations
+
+import codecs
+import errno
+import hashlib
+import os
+import stat
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterator
+
+DOC_EXTENSIONS = (".md", ".markdown", ".txt")
+MARKDOWN_EXTENSIONS = (".md", ".markdown")
+BINARY_SAMPLE = 8192
+READ_ATTEMPTS = 4  # the first read plus up to 3 retries when the file changes while being read
+
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in after the walk must not block the open
+    | getattr(os, "O_NOFOLLOW", 0)  # the last component must not have become a symlink
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    max_file_bytes: int = 20 * 1024 * 1024  # larger files are refused with a reason
+    max_depth: int = 64  # directory depth below a source root (the root itself is depth 0)
+    max_files: int = 100_000  # documents per job; beyond: one Problem, and the walk stops
+    follow_links: bool = False  # follow every symlink, even out of the root
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A document found by the walk, not read yet."""
+
+    path: str  # os.path.abspath of the document (symlinks NOT resolved)
+    root: str  # absolute path of the SOURCE it was found under
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the walk refused."""
+
+    path: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not a document: counted, not an error."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    path: str
+    root: str
+    text: str
+    content_hash: str  # sha256 hex of the raw bytes
+    size: int
+    markdown: bool
+    warnings: tuple[str, ...] = ()
+
+
+class SourceError(ValueError):
+    """A SOURCE that does not exist or is not a usable file or folder."""
+
+
+class LoadError(Exception):
+    """A document that could not be read; `kind` is machine-readable, `message` is for a person."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _show(text: str) -> str:
+    """A path made safe to put in a one-line message: control, format (bidi) and
+    undecodable characters are escaped."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def is_document(path: str) -> bool:
+    return os.path.basename(path).lower().endswith(DOC_EXTENSIONS)
+
+
+def _within(target: str, real_root: str) -> bool:
+    prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
+    return target == real_root or target.startswith(prefix)
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "special file"
+
+
+def _not_regular(mode: int) -> tuple[str, str]:
+    return "not_regular_file", f"not a regular file ({_file_type(mode)}): never opened"
+
+
+def _outside(target: str) -> tuple[str, str]:
+    return (
+        "symlink_outside_root",
+        f"symlink points outside the source root ({_show(target)}): not followed; "
+        "use --follow-links to follow",
+    )
+
+
+def _os_kind(e: OSError, doing: str) -> tuple[str, str]:
+    """Map an OSError to (kind, message); `doing` is e.g. 'list this folder'."""
+    if isinstance(e, PermissionError):
+        return "permission_denied", f"permission denied: cannot {doing}"
+    if isinstance(e, FileNotFoundError):
+        return "vanished", f"it disappeared before it could be read (cannot {doing})"
+    if e.errno == errno.ELOOP:
+        return "symlink_loop", f"symlink loop: cannot {doing}"
+    return "unreadable", f"cannot {doing}: {e.strerror or type(e).__name__}"
+
+
+def _problem(path: str, kind_message: tuple[str, str]) -> Problem:
+    return Problem(path, *kind_message)
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+def validate_sources(sources: list[str]) -> list[str]:
+    """Absolute, de-duplicated sources; raise SourceError naming the first bad one."""
+    if not sources:
+        raise SourceError("no source given: name at least one file or folder")
+    out: list[str] = []
+    for source in sources:
+        path = os.path.abspath(os.fsdecode(source))
+        if "\x00" in path:
+            raise SourceError(f"source path contains a NUL character: {_show(path)}")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                raise SourceError(f"source is a symlink whose target does not exist: {_show(path)}") from None
+            raise SourceError(f"source not found: {_show(path)}") from None
+        except PermissionError:
+            raise SourceError(f"source cannot be accessed (permission denied): {_show(path)}") from None
+        except OSError as e:
+            raise SourceError(f"source cannot be accessed ({e.strerror}): {_show(path)}") from None
+        if stat.S_ISREG(st.st_mode):
+            if not is_document(path):
+                raise SourceError(
+                    f"source is not a document (expected {', '.join(DOC_EXTENSIONS)}): {_show(path)}"
+                )
+        elif not stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"source is neither a file nor a folder ({_file_type(st.st_mode)}): {_show(path)}")
+        if path not in out:
+            out.append(path)
+    return out
+
+
+# --------------------------------------------------------------------------------------- walk
+
+
+def walk(sources: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
+    """Stream Candidates, Skipped and Problems, sorted by name within each folder."""
+    yield from _Walker(limits).run(sources)
+
+
+def walk_within(root: str, paths: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
+    """Walk only these paths (files or folders at or below root), judged against root's boundary
+    and depth limit exactly as a full walk of root would judge them. Paths that no longer exist
+    yield nothing: the caller decides what their absence means."""
+    yield from _Walker(limits).run_within(root, paths)
+
+
+class _Walker:
+    def __init__(self, limits: LoadLimits) -> None:
+        self.limits = limits
+        self.count = 0
+        self.stopped = False
+        self.walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every folder walked
+
+    def run(self, sources: list[str]) -> Iterator[Candidate | Problem | Skipped]:
+        for source in sources:
+            root = os.path.abspath(os.fsdecode(source))
+            try:
+                st = os.stat(root)
+                real_root = os.path.realpath(root)
+            except (OSError, ValueError) as e:
+                err = e if isinstance(e, OSError) else OSError(errno.EINVAL, "invalid path")
+                yield _problem(root, _os_kind(err, "open this source"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._dir(root, root, real_root, st, 0, ())
+            else:
+                yield from self._file(root, root, st)
+            if self.stopped:
+                return
+
+    def run_within(self, root: str, paths: list[str]) -> Iterator[Candidate | Problem | Skipped]:
+        root = os.path.abspath(os.fsdecode(root))
+        real_root = os.path.realpath(root)
+        for p in sorted({os.path.abspath(os.fsdecode(x)) for x in paths}):
+            if not _within(p, root):
+                continue
+            rel = os.path.relpath(p, root)
+            depth = 0 if rel == "." else rel.count(os.sep) + 1
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue  # gone: not ours to report
+            if p == root:
+                yield from self.run([root])
+            elif stat.S_ISLNK(st.st_mode):
+                yield from self._link(p, root, real_root, depth - 1, ())
+            elif stat.S_ISDIR(st.st_mode):
+                yield from self._subdir(p, root, real_root, st, depth, ())
+            else:
+                yield from self._file(p, root, st)
+            if self.stopped:
+                return
+
+    def _file(self, path: str, root: str, st: os.stat_result) -> Iterator[Candidate | Problem | Skipped]:
+        if not is_document(path):
+            yield Skipped(path, "not a document (extension is not .md, .markdown or .txt)")
+        elif not stat.S_ISREG(st.st_mode):
+            yield _problem(path, _not_regular(st.st_mode))
+        elif st.st_size > self.limits.max_file_bytes:
+            yield Problem(path, "too_large", _too_large(st.st_size, self.limits))
+        elif self.count >= self.limits.max_files:
+            self.stopped = True
+            yield Problem(
+                path,
+                "too_many_files",
+                f"more than {self.limits.max_files} documents found: stopped listing here; "
+                "raise the file limit to load the rest",
+            )
+        else:
+            self.count += 1
+            yield Candidate(path, root, st.st_size, st.st_mtime_ns)
+
+    def _dir(
+        self, path: str, root: str, real_root: str, st: os.stat_result, depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            yield Problem(path, "symlink_loop", "symlink loop: this folder leads back to one of its parents; not followed")
+            return
+        if key in self.walked:
+            yield Problem(
+                path,
+                "already_walked",
+                "this folder was already walked through another source or link: skipped so its documents are not loaded twice",
+            )
+            return
+        self.walked.add(key)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield _problem(path, _os_kind(e, "list this folder"))
+            return
+        ancestors = ancestors + (key,)
+        for entry in entries:
+            yield from self._entry(os.path.join(path, entry.name), entry, root, real_root, depth, ancestors)
+            if self.stopped:
+                return
+
+    def _entry(
+        self, path: str, entry: os.DirEntry, root: str, real_root: str, depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
+        try:
+            link = entry.is_symlink()
+            st = None if link else entry.stat(follow_symlinks=False)
+        except OSError as e:
+            yield _problem(path, _os_kind(e, "look at this entry"))
+            return
+        if link:
+            yield from self._link(path, root, real_root, depth, ancestors)
+        elif stat.S_ISDIR(st.st_mode):  # a folder named like a document is still a folder
+            yield from self._subdir(path, root, real_root, st, depth + 1, ancestors)
+        else:
+            yield from self._file(path, root, st)
+
+    def _subdir(
+        self, path: str, root: str, real_root: str, st: os.stat_result, depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
+        if depth > self.limits.max_depth:
+            yield Problem(path, "too_deep", f"folder is more than {self.limits.max_depth} levels below the source: not walked")
+        else:
+            yield from self._dir(path, root, real_root, st, depth, ancestors)
+
+    def _link(
+        self, path: str, root: str, real_root: str, depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and os.path.lexists(path):
+                try:
+                    target = os.readlink(path)
+                except OSError:
+                    target = "?"
+                kind, message = "dangling_symlink", f"symlink target does not exist ({_show(target)})"
+            elif e.errno == errno.ELOOP:
+                kind, message = "symlink_loop", "symlink loop: the link leads back to itself and never resolves"
+            else:
+                kind, message = _os_kind(e, "follow this symlink")
+            if is_document(path):
+                yield Problem(path, kind, message)
+            else:
+                yield Skipped(path, message)
+            return
+        target = os.path.realpath(path)
+        inside = _within(target, real_root)
+        follow = self.limits.follow_links
+        if stat.S_ISDIR(st.st_mode):
+            if not inside and not follow:
+                yield _problem(path, _outside(target))
+            elif not follow:
+                yield Problem(
+                    path,
+                    "symlink_dir_skipped",
+                    f"symlink to a folder ({_show(target)}): not descended; use --follow-links to follow",
+                )
+            else:
+                yield from self._subdir(path, root, real_root, st, depth + 1, ancestors)
+        elif is_document(path) and not inside and not follow:
+            yield _problem(path, _outside(target))
+        else:
+            yield from self._file(path, root, st)
+
+
+def _too_large(size: int, limits: LoadLimits) -> str:
+    return f"file is too large ({size} bytes, limit {limits.max_file_bytes}): not loaded"
+
+
+# --------------------------------------------------------------------------------------- read
+
+
+def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
+    """Read and decode one Candidate; raise LoadError(kind, message) on failure."""
+    for _ in range(READ_ATTEMPTS):
+        data, before, after = _read_once(c, limits)
+        if _sig(before) == _sig(after) and len(data) == after.st_size:
+            break
+    else:
+        raise LoadError(
+            "unstable",
+            f"the file kept changing while it was read ({READ_ATTEMPTS} attempts): try again once it is written",
+        )
+    warnings = []
+    if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
+        warnings.append("changed since it was listed: its current content was loaded")
+    text, replaced, encoding = _decode(data)
+    if replaced:
+        warnings.append(f"invalid {encoding} replaced at {replaced} place{'s' if replaced != 1 else ''}")
+    if not text.strip():
+        raise LoadError("empty", "the file is empty (0 bytes)" if not data else "the file contains only whitespace")
+    return LoadedDocument(
+        path=c.path,
+        root=c.root,
+        text=text,
+        content_hash=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        markdown=os.path.basename(c.path).lower().endswith(MARKDOWN_EXTENSIONS),
+        warnings=tuple(warnings),
+    )
+
+
+def _sig(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_once(c: Candidate, limits: LoadLimits) -> tuple[bytes, os.stat_result, os.stat_result]:
+    try:
+        path = c.path
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            path = os.path.realpath(path)
+            if not limits.follow_links and not _within(path, os.path.realpath(c.root)):
+                raise LoadError(*_outside(path))
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # never open a FIFO, socket or device
+            raise LoadError(*_not_regular(st.st_mode))
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        raise LoadError(*_os_kind(e, "open the file")) from None
+    except ValueError:  # e.g. a NUL character in the path
+        raise LoadError("unreadable", "cannot open the file: its path is invalid") from None
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):  # replaced by something else after the check above
+            raise LoadError(*_not_regular(before.st_mode))
+        if before.st_size > limits.max_file_bytes:
+            raise LoadError("too_large", _too_large(before.st_size, limits))
+        chunks, remaining = [], limits.max_file_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limits.max_file_bytes:
+            raise LoadError("too_large", _too_large(len(data), limits))
+        after = os.fstat(fd)
+    except OSError as e:
+        raise LoadError(*_os_kind(e, "read the file")) from None
+    finally:
+        os.close(fd)
+    return data, before, after
+
+
+# ------------------------------------------------------------------------------------- decode
+
+_BOMS = (  # UTF-32 first: its little-endian BOM starts with the UTF-16 one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+)
+_TEXT_CONTROLS = frozenset((8, 9, 10, 11, 12, 13, 27))  # \b \t \n \v \f \r ESC
+_counter = threading.local()
+
+
+def _replace_and_count(exc: UnicodeError) -> tuple[str, int]:
+    _counter.n += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error("kbingest.count_replace", _replace_and_count)
+
+
+def _looks_binary(codes) -> bool:
+    """NUL anywhere in the sample, or more than 30% control characters."""
+    codes = list(codes)
+    if not codes:
+        return False
+    if 0 in codes:
+        return True
+    controls = sum(1 for x in codes if (x < 32 and x not in _TEXT_CONTROLS) or x == 127)
+    return controls / len(codes) > 0.3
+
+
+def _decode(data: bytes) -> tuple[str, int, str]:
+    """(text, number of invalid sequences replaced, encoding name); raise LoadError('binary')."""
+    encoding, body = "utf-8", data
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            encoding, body = enc, data[len(bom):]
+            break
+    if encoding == "utf-8" and _looks_binary(body[:BINARY_SAMPLE]):
+        raise LoadError("binary", "the file looks binary (NUL or control bytes), not text: not loaded")
+    try:
+        text, replaced = body.decode(encoding), 0
+    except UnicodeDecodeError:
+        _counter.n = 0
+        text, replaced = body.decode(encoding, "kbingest.count_replace"), _counter.n
+    if encoding != "utf-8" and _looks_binary(map(ord, text[:BINARY_SAMPLE])):
+        raise LoadError("binary", "the file looks binary (NUL or control characters), not text: not loaded")
+    return text, replaced, encoding[:6].upper()  # "UTF-8", "UTF-16" or "UTF-32"

@@ -1,0 +1,69 @@
+"""One engine per home at a time: an OS file lock the kernel releases when the holder dies."""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+
+class HomeLocked(RuntimeError):
+    def __init__(self, path: Path, pid: Optional[int]) -> None:
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{who} is already running a job in this home (lock {path}); "
+                         "watch it with `kbingest` or `kbingest status`, or wait for it to finish")
+        self.pid = pid
+
+
+class EngineLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "EngineLock":
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HomeLocked(self.path, holder_pid(self.path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "EngineLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def holder_pid(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(path: Path) -> bool:
+    """True while some live process holds the engine lock of this home."""
+    if not path.exists():
+        return False
+    fd = os.open(str(path), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock if we got it
+    return False

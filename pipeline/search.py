@@ -1,0 +1,23 @@
+"""Query a knowledge base with the model it was built with."""
+from __future__ import annotations
+
+from pipeline.embedding import make_embedder
+from pipeline.index import KnowledgeBase, SearchHit
+from pipeline.paths import Home
+from pipeline.store import JobStore
+
+
+class UnknownKB(LookupError):
+    pass
+
+
+def search(home: Home, store: JobStore, kb_name: str, query: str, k: int) -> list[SearchHit]:
+    kb = KnowledgeBase(home, kb_name)
+    if not kb.exists:
+        raise UnknownKB(f"no knowledge base {kb_name!r} in {home.root}")
+    jobs = [r for r in store.all() if r.config.kb == kb_name]
+    cfg = jobs[0].config if jobs else None
+    embedder = make_embedder(cfg.embedder if cfg else "fastembed", cfg.model if cfg else "all-MiniLM-L6-v2",
+                             batch_size=1)
+    vec = embedder.embed([query])[0]
+    return kb.search(vec, k)

@@ -1,0 +1,283 @@
+"""PhaseTracker: per-phase status, counts, timing, rate and ETA; publishes immutable snapshots.
+
+Worker threads call the mutators; readers (the batch printer, the dashboard) call `snapshot()`
+whenever they like. Nothing here pushes to a reader: readers poll.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from pipeline.models import JobStatusResponse, PhaseDetail, utcnow
+from pipeline.status import PHASES, JobPhase, JobStatus, check_transition
+
+# Share of the overall progress each phase stands for: embedding is where the time goes.
+PHASE_WEIGHTS: dict[JobPhase, float] = {
+    JobPhase.LOADING: 0.05,
+    JobPhase.CHUNKING: 0.05,
+    JobPhase.EMBEDDING: 0.80,
+    JobPhase.INDEXING: 0.10,
+}
+RATE_WINDOW_S = 10.0
+
+
+@dataclass
+class _PhaseState:
+    name: JobPhase
+    status: JobStatus = JobStatus.PENDING
+    processed: int = 0
+    total: int = 0
+    total_final: bool = False  # no more items will be added
+    started_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+    error: Optional[str] = None
+    run_seconds: float = 0.0  # time spent running, across pauses
+    running_since: Optional[float] = None
+    samples: deque = field(default_factory=lambda: deque(maxlen=256))
+
+    def elapsed(self, now: float) -> float:
+        return self.run_seconds + ((now - self.running_since) if self.running_since is not None else 0.0)
+
+    def rate(self, now: float) -> Optional[float]:
+        if not self.samples:
+            return None
+        t0, n0 = self.samples[0]
+        for t, n in self.samples:
+            if now - t <= RATE_WINDOW_S:
+                t0, n0 = t, n
+                break
+        dt = now - t0
+        if dt < 0.5:
+            el = self.elapsed(now)
+            return (self.processed / el) if el > 0.5 and self.processed else None
+        return max(0.0, (self.processed - n0) / dt)
+
+
+class PhaseTracker:
+    """Thread-safe tracker of one job's four phases and its overall status."""
+
+    def __init__(self, job_id: str, kb_id: str, clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], datetime] = utcnow) -> None:
+        self.job_id = job_id
+        self.kb_id = kb_id
+        self._clock = clock
+        self._wall = wallclock
+        self._lock = threading.Lock()
+        self._phases: dict[JobPhase, _PhaseState] = {p: _PhaseState(p) for p in PHASES}
+        self._status = JobStatus.PENDING
+        self._message = "waiting to start"
+        self._error: Optional[str] = None
+        self._metrics: dict[str, Any] = {}
+        self._started_at: Optional[datetime] = None
+        self._completed_at: Optional[datetime] = None
+        self._progress_floor = 0.0
+        self._version = 0  # bumped on every change: readers can tell cheaply whether anything moved
+
+    # ---- restoring --------------------------------------------------------------------------
+    @classmethod
+    def from_snapshot(cls, snap: JobStatusResponse, **kw: Any) -> "PhaseTracker":
+        t = cls(snap.job_id, snap.kb_id, **kw)
+        t._status = snap.status
+        t._message = snap.message
+        t._error = snap.error
+        t._metrics = dict(snap.metrics)
+        t._started_at = snap.started_at
+        t._completed_at = snap.completed_at
+        t._progress_floor = snap.progress
+        for d in snap.phase_details:
+            st = t._phases[JobPhase(d.name)]
+            st.status = d.status
+            st.processed, st.total = d.items_processed, d.items_total
+            st.started_at, st.completed_at, st.error = d.started_at, d.completed_at, d.error
+            st.run_seconds = d.duration_seconds or 0.0
+        return t
+
+    # ---- job level --------------------------------------------------------------------------
+    @property
+    def status(self) -> JobStatus:
+        return self._status
+
+    def set_status(self, status: JobStatus, message: Optional[str] = None, error: Optional[str] = None) -> None:
+        with self._lock:
+            self._status = check_transition(self._status, status)
+            now = self._wall()
+            if status == JobStatus.RUNNING:
+                if self._started_at is None:
+                    self._started_at = now
+                self._completed_at = None
+                self._error = None
+            elif status.is_terminal:
+                self._completed_at = now
+            if message is not None:
+                self._message = message
+            if error is not None:
+                self._error = error
+            self._stop_phases_for(status)
+            self._version += 1
+
+    def _stop_phases_for(self, status: JobStatus) -> None:
+        """When the job stops, its running phases stop with it (pending ones stay pending)."""
+        if status in (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED):
+            target = JobStatus.CANCELLED if status == JobStatus.CANCELLED else JobStatus.PAUSED
+            for st in self._phases.values():
+                if st.status == JobStatus.RUNNING or (status == JobStatus.CANCELLED and st.status in (JobStatus.PENDING, JobStatus.PAUSED)):
+                    self._phase_to(st, target)
+
+    def set_message(self, message: str) -> None:
+        with self._lock:
+            self._message = message
+            self._version += 1
+
+    def set_metric(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._metrics[key] = value
+            self._version += 1
+
+    def incr_metric(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._metrics[key] = self._metrics.get(key, 0) + n
+            self._version += 1
+
+    # ---- phase level ------------------------------------------------------------------------
+    def _phase_to(self, st: _PhaseState, status: JobStatus) -> None:
+        if st.status == status:
+            return
+        check_transition(st.status, status, what=f"phase {st.name.value}")
+        now, wall = self._clock(), self._wall()
+        if st.running_since is not None:
+            st.run_seconds += now - st.running_since
+            st.running_since = None
+        if status == JobStatus.RUNNING:
+            st.running_since = now
+            if st.started_at is None:
+                st.started_at = wall
+            st.completed_at = None
+            st.error = None
+        elif status.is_terminal:
+            st.completed_at = wall
+        st.status = status
+
+    def reset_phases(self, keep_progress: bool = True) -> None:
+        """Start a new pass over the sources (a resume, a retry, a watch burst): phase counts restart.
+
+        A resume keeps the overall progress floor, so progress never goes backwards; a new pass
+        of work (a retry or a watch burst) starts from 0.
+        """
+        with self._lock:
+            for p in PHASES:
+                self._phases[p] = _PhaseState(p)
+            if not keep_progress:
+                self._progress_floor = 0.0
+            self._version += 1
+
+    def start_phase(self, phase: JobPhase) -> None:
+        with self._lock:
+            st = self._phases[phase]
+            if st.status != JobStatus.RUNNING:
+                self._phase_to(st, JobStatus.RUNNING)
+                st.samples.append((self._clock(), st.processed))
+                self._version += 1
+
+    def add_total(self, phase: JobPhase, n: int = 1) -> None:
+        with self._lock:
+            self._phases[phase].total += n
+            self._version += 1
+
+    def finish_total(self, phase: JobPhase) -> None:
+        """No more items will be added to this phase."""
+        with self._lock:
+            self._phases[phase].total_final = True
+            self._version += 1
+
+    def advance(self, phase: JobPhase, n: int = 1) -> None:
+        with self._lock:
+            st = self._phases[phase]
+            st.processed += n
+            if st.processed > st.total:
+                st.total = st.processed
+            st.samples.append((self._clock(), st.processed))
+            self._version += 1
+
+    def complete_phase(self, phase: JobPhase) -> None:
+        with self._lock:
+            st = self._phases[phase]
+            if st.status == JobStatus.PENDING:
+                self._phase_to(st, JobStatus.RUNNING)
+            st.total_final = True
+            st.total = max(st.total, st.processed)
+            self._phase_to(st, JobStatus.COMPLETED)
+            self._version += 1
+
+    def fail_phase(self, phase: JobPhase, error: str) -> None:
+        with self._lock:
+            st = self._phases[phase]
+            if st.status == JobStatus.PENDING:
+                self._phase_to(st, JobStatus.RUNNING)
+            self._phase_to(st, JobStatus.FAILED)
+            st.error = error
+            self._version += 1
+
+    def set_phase_error(self, phase: JobPhase, error: Optional[str]) -> None:
+        """Error text on a phase that goes on (e.g. 'N documents failed')."""
+        with self._lock:
+            self._phases[phase].error = error
+            self._version += 1
+
+    def phase_status(self, phase: JobPhase) -> JobStatus:
+        return self._phases[phase].status
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    # ---- reading ----------------------------------------------------------------------------
+    def _phase_fraction(self, st: _PhaseState, upstream: Optional[_PhaseState]) -> float:
+        if st.status == JobStatus.COMPLETED:
+            return 1.0
+        if st.total <= 0:
+            return 0.0
+        frac = st.processed / st.total
+        if not st.total_final and upstream is not None and upstream.total > 0 and upstream.processed > 0:
+            # the total still grows: scale by how much of the upstream work it reflects
+            frac *= min(1.0, upstream.processed / upstream.total)
+        return min(1.0, frac)
+
+    def snapshot(self) -> JobStatusResponse:
+        with self._lock:
+            now = self._clock()
+            details = []
+            overall = 0.0
+            prev: Optional[_PhaseState] = None
+            current = JobPhase.COMPLETED
+            for p in PHASES:
+                st = self._phases[p]
+                frac = self._phase_fraction(st, prev)
+                overall += PHASE_WEIGHTS[p] * frac
+                if current == JobPhase.COMPLETED and st.status != JobStatus.COMPLETED:
+                    current = p
+                rate = st.rate(now) if st.status == JobStatus.RUNNING else None
+                eta = None
+                if rate and rate > 0 and st.total_final:
+                    eta = max(0.0, (st.total - st.processed) / rate)
+                details.append(PhaseDetail(
+                    name=p.value, status=st.status,
+                    progress=int(min(100, max(0, frac * 100))) if st.status != JobStatus.COMPLETED else 100,
+                    items_processed=st.processed, items_total=st.total,
+                    started_at=st.started_at, completed_at=st.completed_at, error=st.error,
+                    rate=round(rate, 3) if rate is not None else None,
+                    eta_seconds=round(eta, 1) if eta is not None else None,
+                    duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
+                ))
+                prev = st
+            progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
+            self._progress_floor = max(self._progress_floor, progress)
+            return JobStatusResponse(
+                job_id=self.job_id, kb_id=self.kb_id, status=self._status, phase=current,
+                progress=round(self._progress_floor, 2), message=self._message, error=self._error,
+                metrics=dict(self._metrics), started_at=self._started_at, completed_at=self._completed_at,
+                phase_details=details,
+            )

@@ -1,0 +1,88 @@
+"""Shared fixtures: a home in tmp_path, a few real pages copied from the waf corpus, the status schema."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_shared() -> Path:
+    for base in (REPO.parent / "shared", REPO / "shared", Path("/work/shared")):
+        if (base / "contracts").is_dir():
+            return base
+    raise RuntimeError("../shared not found next to the repository")
+
+
+SHARED = _find_shared()
+WAF = SHARED / "corpora" / "waf" / "well-architected"
+SCHEMA_FILE = SHARED / "contracts" / "job_status.schema.json"
+
+# a few small real pages, stable across runs
+SMALL_PAGES = [
+    "reliability/principles.md",
+    "reliability/checklist.md",
+    "security/principles.md",
+    "cost-optimization/principles.md",
+    "operational-excellence/principles.md",
+    "performance-efficiency/principles.md",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("KBINGEST_HOME", str(tmp_path / "default-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("KBINGEST_FAKE_DELAY", raising=False)
+    monkeypatch.delenv("KBINGEST_FAKE_FAIL_ON", raising=False)
+
+
+@pytest.fixture
+def home(tmp_path):
+    from pipeline.paths import Home
+
+    return Home(tmp_path / "home").ensure()
+
+
+def copy_pages(dest: Path, pages=SMALL_PAGES) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in pages:
+        src = WAF / rel
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+    return dest
+
+
+@pytest.fixture
+def pages(tmp_path) -> Path:
+    return copy_pages(tmp_path / "docs")
+
+
+@pytest.fixture(scope="session")
+def status_validator():
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def run_cli(*args: str, home: Path | None = None, env: dict | None = None, timeout: float = 300,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m app ...` as a user would, in a subprocess."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    cmd = [sys.executable, "-m", "app"]
+    if home is not None:
+        cmd += ["--home", str(home)]
+    cmd += list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=str(REPO), input=input)

@@ -1,0 +1,49 @@
+import os
+import stat
+
+import pytest
+
+from pipeline import ids
+from pipeline.paths import Home, InvalidName, validate_name
+
+
+def test_chunk_id_is_stable_and_depends_on_every_input():
+    base = ("/d/a.md", "h1", 3, "fp1", "m1")
+    a = ids.chunk_id(*base)
+    assert a == ids.chunk_id(*base) and ids.is_key(a)
+    for i in range(5):
+        changed = list(base)
+        changed[i] = changed[i] + 1 if isinstance(changed[i], int) else changed[i] + "x"
+        assert ids.chunk_id(*changed) != a
+
+
+def test_parts_cannot_run_into_each_other():
+    assert ids.chunk_id("/a", "bc", 1, "f", "m") != ids.chunk_id("/ab", "c", 1, "f", "m")
+
+
+def test_doc_version_changes_with_settings_and_model():
+    v = ids.doc_version("h", "fp", "m")
+    assert v != ids.doc_version("h", "fp2", "m") and v != ids.doc_version("h", "fp", "m2")
+
+
+def test_in_predicate_refuses_anything_but_keys():
+    k = ids.doc_id("/x/a' OR '1'='1.md")
+    assert ids.in_predicate("doc_id", [k]) == f"doc_id IN ('{k}')"
+    with pytest.raises(ValueError):
+        ids.in_predicate("doc_id", ["a' OR '1'='1"])
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", "..", ".hidden", "", "a b", "a\nb", "x" * 200, "a\\b", "kb..x"])
+def test_invalid_names_refused(bad):
+    with pytest.raises(InvalidName):
+        validate_name(bad, "knowledge base name")
+
+
+@pytest.mark.parametrize("good", ["waf", "kb-1", "my_kb.v2", "Job-20260101-120000-abc123"])
+def test_valid_names(good):
+    assert validate_name(good, "job id") == good
+
+
+def test_home_is_private(tmp_path):
+    h = Home(tmp_path / "h").ensure()
+    assert stat.S_IMODE(os.stat(h.root).st_mode) == 0o700

@@ -1,0 +1,37 @@
+import pytest
+
+from pipeline.status import (PHASES, TRANSITIONS, InvalidTransition, JobPhase, JobStatus, can_transition,
+                             check_transition)
+
+
+def test_enum_values_are_the_seeds():
+    assert [s.value for s in JobStatus] == ["pending", "running", "paused", "completed", "failed", "cancelled"]
+    assert [p.value for p in PHASES] == ["loading", "chunking", "embedding", "indexing"]
+    assert JobPhase.COMPLETED.value == "completed"
+
+
+@pytest.mark.parametrize("a,b", [
+    ("pending", "running"), ("running", "paused"), ("paused", "running"), ("running", "completed"),
+    ("running", "failed"), ("paused", "cancelled"), ("running", "cancelled"), ("pending", "cancelled"),
+    ("failed", "running"), ("completed", "running"),
+])
+def test_allowed(a, b):
+    assert check_transition(JobStatus(a), JobStatus(b)) == JobStatus(b)
+
+
+@pytest.mark.parametrize("a,b", [
+    ("pending", "completed"), ("pending", "failed"), ("paused", "completed"), ("cancelled", "running"),
+    ("cancelled", "paused"), ("completed", "paused"), ("completed", "failed"), ("running", "running"),
+    ("failed", "completed"), ("failed", "paused"),
+])
+def test_forbidden_raise(a, b):
+    assert not can_transition(JobStatus(a), JobStatus(b))
+    with pytest.raises(InvalidTransition, match=f"from {a} to {b}"):
+        check_transition(JobStatus(a), JobStatus(b))
+
+
+def test_table_covers_every_status_and_cancelled_is_final():
+    assert set(TRANSITIONS) == set(JobStatus)
+    assert TRANSITIONS[JobStatus.CANCELLED] == frozenset()
+    assert all(s.is_terminal for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED))
+    assert not JobStatus.PAUSED.is_terminal
