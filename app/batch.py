@@ -66,7 +66,7 @@ def _progress_line(s: JobStatusResponse) -> str:
 
 def summary_line(s: JobStatusResponse) -> str:
     m = s.metrics
-    text = f"kbingest: job {s.job_id} {s.status.value}: {s.message}"
+    text = f"kbingest: job {s.job_id}: {s.message}"
     if m.get("documents_failed"):
         text += f" ({m['documents_failed']} document error(s): `kbingest status {s.job_id}` lists them)"
     return printable(text)

@@ -627,6 +627,7 @@ class IngestJob:
         t.start_phase(JobPhase.INDEXING)
         self._with_retries(JobPhase.INDEXING, lambda: kb.write(rows, [d.doc_id for d in docs]))
         self.last_commit_at = time.monotonic()
+        _fault_point("after_commit", kb.commits)
         # the table holds them now: record the checkpoint after
         t.advance(JobPhase.INDEXING, len(rows))
         t.incr_metric("chunks_indexed", len(rows))
@@ -641,6 +642,14 @@ class IngestJob:
         if kb.commits % self.config.optimize_every == 0:
             kb.optimize()
         self._checkpoint()
+
+
+def _fault_point(name: str, count: int) -> None:
+    """Fault injection for the crash tests: KBINGEST_CRASH_AT=after_commit:N kills the process
+    (like SIGKILL: no cleanup) at that point. Unset in normal use: one environment lookup."""
+    spec = os.environ.get("KBINGEST_CRASH_AT")
+    if spec and spec == f"{name}:{count}":
+        os._exit(137)
 
 
 def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:

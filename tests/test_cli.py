@@ -1,0 +1,89 @@
+"""The CLI as a user calls it, in a subprocess (fake embedder: fast)."""
+import json
+
+from conftest import run_cli
+
+
+def _lines(out: str):
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_batch_ingest_prints_schema_valid_json_lines_and_exit_0(tmp_path, pages, status_validator):
+    h = tmp_path / "h"
+    r = run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h)
+    assert r.returncode == 0, r.stderr
+    lines = _lines(r.stdout)
+    assert len(lines) >= 2
+    for d in lines:
+        status_validator.validate(d)
+    assert lines[0]["status"] == "pending"
+    assert lines[-1]["status"] == "completed" and lines[-1]["phase"] == "completed"
+    assert [d["progress"] for d in lines] == sorted(d["progress"] for d in lines)
+    assert lines[-1]["metrics"]["documents_added"] == 6
+    assert "Traceback" not in r.stderr and "completed" in r.stderr
+
+
+def test_status_and_jobs_json_validate(tmp_path, pages, status_validator):
+    h = tmp_path / "h"
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    st = run_cli("status", "--json", home=h)
+    assert st.returncode == 0
+    status_validator.validate(json.loads(st.stdout))
+    st_kb = run_cli("status", "--kb", "docs", "--json", home=h)
+    assert json.loads(st_kb.stdout) == json.loads(st.stdout)
+    jobs = json.loads(run_cli("jobs", "--json", home=h).stdout)
+    assert len(jobs) == 2
+    for d in jobs:
+        status_validator.validate(d)
+    assert jobs[0]["started_at"] >= jobs[1]["started_at"]  # newest first
+    human = run_cli("status", home=h).stdout
+    assert "loading" in human and "indexing" in human and "completed" in human
+
+
+def test_search_json(tmp_path, pages):
+    h = tmp_path / "h"
+    run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h)
+    r = run_cli("search", "--kb", "docs", "reliability design principles", "-k", "3", "--json", home=h)
+    assert r.returncode == 0, r.stderr
+    hits = json.loads(r.stdout)
+    assert len(hits) == 3
+    assert {"score", "source", "heading_path", "text", "id"} <= set(hits[0])
+    assert hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path, pages):
+    h = tmp_path / "h"
+    for args in (["ingest", str(tmp_path / "missing"), "--kb", "x", "--batch"],
+                 ["ingest", str(pages), "--kb", "../../x", "--batch"],
+                 ["status", "no-such-job"],
+                 ["search", "--kb", "nokb", "q"],
+                 ["resume", "nope"],
+                 ["ingest", str(pages), "--kb", "x", "--chunk-tokens", "999", "--batch"]):
+        r = run_cli(*args, home=h)
+        assert r.returncode == 2, (args, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.startswith("kbingest: "), r.stderr
+        assert r.stdout == ""
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_lists_the_contract_commands():
+    r = run_cli("--help")
+    for cmd in ("ingest", "resume", "pause", "cancel", "status", "jobs", "search"):
+        assert cmd in r.stdout
+    r = run_cli("ingest", "--help")
+    for opt in ("--kb", "--batch", "--watch", "--model", "--chunk-tokens", "--overlap", "--home"):
+        assert opt in r.stdout
+
+
+def test_python_dash_m_app_and_console_script_agree(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("kbingest")
+    assert exe.exists() or shutil.which("kbingest"), "console script kbingest not installed"
+    out = subprocess.run([str(exe if exe.exists() else shutil.which("kbingest")), "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "kbingest" in out.stdout
