@@ -119,5 +119,8 @@ def run_batch(job: IngestJob, out: TextIO = sys.stdout, err: TextIO = sys.stderr
         err.write(printable(f"  {e.phase}: {e.path}: {e.kind}: {e.message}") + "\n")
     if len(job.errors) > 20:
         err.write(f"  … and {len(job.errors) - 20} more\n")
+    warnings = final.metrics.get("document_warning_list") or []
+    for w in warnings[:20]:
+        err.write(printable(f"  warning: {w.get('path')}: {w.get('warning')}") + "\n")
     err.flush()
     return exit_code_for(final)

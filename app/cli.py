@@ -179,6 +179,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if rec.status.status == JobStatus.CANCELLED:
         raise UsageError(f"job {rec.job_id} was cancelled and cannot be resumed; start a new `kbingest ingest`")
     _check_not_locked(home)
+    from pipeline.engine import mark_interrupted
+
+    mark_interrupted(home, store)  # its process died: the job is shown paused (interrupted) until this one runs it
     job = IngestJob.load(home, store, rec.job_id)
     return _run(job, home, batch=args.batch)
 
@@ -190,10 +193,32 @@ def _check_not_locked(home: Home) -> None:
         raise UsageError(str(HomeLocked(home.engine_lock_file, holder_pid(home.engine_lock_file))))
 
 
+def _log_to_stderr() -> None:
+    """Engine warnings (retries, a failed worker) as one escaped line each on stderr: no traceback
+    (KBINGEST_DEBUG=1 shows them), no raw control characters from file names or exceptions."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            text = printable(f"kbingest: {record.getMessage()}")
+            if record.exc_info and os.environ.get("KBINGEST_DEBUG"):
+                text += "\n" + self.formatException(record.exc_info)
+            return text
+
+    logger = logging.getLogger("kbingest")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OneLine())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def _run(job, home: Home, batch: bool) -> int:
     if batch:
         from app.batch import run_batch
 
+        _log_to_stderr()
         return int(run_batch(job))
     from app.dashboard import run_dashboard
 
@@ -248,11 +273,13 @@ def _human_status(s: JobStatusResponse, errors: list) -> str:
                      f"  {rate} {eta} {dur}".rstrip())
         if p.error:
             lines.append(f"            {p.error}")
-    m = {k: v for k, v in s.metrics.items() if k != "document_errors"}
+    m = {k: v for k, v in s.metrics.items() if k not in ("document_errors", "document_warning_list")}
     if m:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in sorted(m.items())))
     for e in errors:
         lines.append(f"  failed: {e.phase}: {e.path}: {e.kind}: {e.message}")
+    for w in s.metrics.get("document_warning_list") or []:
+        lines.append(f"  warning: {w.get('path')}: {w.get('warning')}")
     return "\n".join(printable(line) for line in lines)
 
 

@@ -7,15 +7,18 @@ One document goes through:
   whole units per section, with a heading-path prefix and an overlap tail on continuation chunks.
 
 Token counts are added up rather than re-counted. The model's BERT pre-tokenizer never lets a token
-cross whitespace or a punctuation character, so for any split made at whitespace or punctuation,
-count(a + sep + b) == count(a) + count(b). Every split below is of that kind, except cuts inside a
-word: those pieces are re-counted and always rendered as separate pieces (never glued back).
+cross whitespace (or an ASCII punctuation character), so for texts split at whitespace,
+count(a + whitespace + b) == count(a) + count(b). Every split below is made at whitespace, except
+cuts inside an over-long word: those pieces are counted as they are and never glued back unless the
+joined text is counted again. (A counter for another tokenizer must share this property.)
 """
 from __future__ import annotations
 
 import re
-import unicodedata
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 from markdown_it import MarkdownIt
@@ -26,13 +29,20 @@ CHUNKER_VERSION = "1"
 MODEL_MAX_TOKENS = 254            # all-MiniLM-L6-v2 reads 256 positions, minus [CLS] and [SEP]
 MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
 MARKDOWN_MAX_CHARS = 16_000_000   # markdown-it-py costs ~0.3 s/MB: larger documents are chunked as plain text
+FRONT_MATTER_MAX_LINES = 1000
 MAX_HEADING_CHARS = 256           # a heading's text in heading_path is cut to this length
+BATCH_MAX_CHARS = 2_000_000       # texts counted per round (bounds the memory a round takes)
+MAX_CACHED_WORDS = 500_000        # the word-count cache is emptied beyond this
+MAX_CACHED_WORD_CHARS = 64
 
 _SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s)|\Z)", re.S)
 _NON_SPACE = re.compile(r"\S")
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
 _FRONT_MATTER_KEY = re.compile(r"([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*))?$")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+# str.split() splits on these, BERT deletes them (so a word around one is not two words to it)
+_SPLIT_BUT_NOT_BERT_SPACE = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
+_PRE_TOKEN = re.compile(r"[^!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")   # within a word: ASCII punctuation, runs between
 
 
 class ChunkingError(Exception):
@@ -66,8 +76,8 @@ class ChunkDraft:
 
 @dataclass(frozen=True)
 class ChunkedDocument:
-    title: str | None
-    metadata: dict[str, str]
+    title: str | None          # front matter `title:`, else the first H1's text, else None
+    metadata: dict[str, str]   # front matter scalar key/values, as strings
     chunks: list[ChunkDraft]
 
 
@@ -115,22 +125,29 @@ class _Unit(NamedTuple):
 # ---- front matter and headings ---------------------------------------------------------------
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str]:
-    """(scalar key/values of a leading `---` YAML block, the rest). Never raises."""
+    """(scalar key/values of a leading `---` YAML block, the rest). Never raises.
+
+    A block that is never closed (within FRONT_MATTER_MAX_LINES), or whose first line is not a
+    `key:` line, is not front matter: it stays Markdown (a thematic break, a setext heading...).
+    """
     if not text.startswith("---"):
         return {}, text
     first_end = text.find("\n")
     if first_end < 0 or text[:first_end].rstrip() != "---":
         return {}, text
     pos, lines = first_end + 1, []
-    while pos < len(text):
+    while pos < len(text) and len(lines) < FRONT_MATTER_MAX_LINES:
         end = text.find("\n", pos)
         end = len(text) if end < 0 else end
         line = text[pos:end]
         if line.rstrip() in ("---", "..."):
+            content = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+            if content and not _FRONT_MATTER_KEY.match(content[0]):
+                return {}, text
             return _parse_front_matter(lines), text[end + 1:]
         lines.append(line)
         pos = end + 1
-    return {}, text  # never closed: not front matter
+    return {}, text
 
 
 def _parse_front_matter(lines: list[str]) -> dict[str, str]:
@@ -141,7 +158,7 @@ def _parse_front_matter(lines: list[str]) -> dict[str, str]:
             continue  # indented (nested) lines, list items, comments, junk
         value = (m.group(2) or "").strip()
         if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
-            value = value[1:-1]
+            value = value[1:-1].replace("''", "'") if value[0] == "'" else value[1:-1]
         elif not value or value[0] in "[{|>&*!#":
             continue  # nested mapping, flow collection, block scalar, anchor, tag: not a plain scalar
         else:
@@ -157,20 +174,6 @@ def _squash_spaces(text: str) -> str:
 def _is_closing_fence(line: str, markup: str) -> bool:
     s = line.strip()
     return len(s) >= len(markup) and s == s[0] * len(s) and s[0] == markup[0]
-
-
-def _is_punct(ch: str) -> bool:
-    """BERT's punctuation test: the pre-tokenizer isolates these characters."""
-    o = ord(ch)
-    if 33 <= o <= 47 or 58 <= o <= 64 or 91 <= o <= 96 or 123 <= o <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_clean_cut(text: str, pos: int) -> bool:
-    """True when no token can span position pos (so token counts of both sides add up)."""
-    before, at = text[pos - 1], text[pos]
-    return before.isspace() or at.isspace() or _is_punct(before) or _is_punct(at)
 
 
 def _rstrip_end(text: str, start: int, end: int) -> int:
@@ -192,21 +195,86 @@ def _line_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _char_windows(text: str, start: int, end: int, max_chars: int):
-    """Spans of at most max_chars, cut at the last whitespace when there is one."""
-    pos = start
+def _word_windows(text: str, start: int, end: int, size: int):
+    """(start, end, starts_mid_word) spans of at most `size` characters, cut at whitespace; a word
+    longer than `size` is cut every `size` characters."""
+    pos, mid_word = start, False
     while True:
         m = _NON_SPACE.search(text, pos, end)
         if not m:
             return
+        if m.start() != pos:
+            mid_word = False
         pos = m.start()
-        stop = min(pos + max_chars, end)
+        stop, cut_in_word = min(pos + size, end), False
         if stop < end and not text[stop].isspace():
             cut = max(text.rfind(" ", pos, stop), text.rfind("\n", pos, stop), text.rfind("\t", pos, stop))
             if cut > pos:
                 stop = cut
-        yield pos, _rstrip_end(text, pos, stop)
-        pos = stop
+            else:
+                cut_in_word = True
+        yield pos, _rstrip_end(text, pos, stop), mid_word
+        pos, mid_word = stop, cut_in_word
+
+
+class _WordCounts:
+    """Exact token counts, mostly from caches.
+
+    BERT never lets a token cross whitespace or an ASCII punctuation character, so a text counts as
+    the sum of its whitespace-separated words, and a word as the sum of its pieces (punctuation
+    characters and the runs between them). Documents reuse the same words over and over: most
+    counts are dict look-ups, and only pieces never seen before reach the tokenizer, joined into one
+    string per round (one call costs far less than one per piece).
+    """
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+        self.words: dict[str, int] = {}
+        self.pieces: dict[str, int] = {}
+
+    def count(self, texts: list[str]) -> list[int]:
+        out: list[int] = []
+        start = 0
+        while start < len(texts):   # rounds of bounded size
+            stop, size = start, 0
+            while stop < len(texts) and (stop == start or size + len(texts[stop]) <= BATCH_MAX_CHARS):
+                size += len(texts[stop])
+                stop += 1
+            out += self._count_round(texts[start:stop])
+            start = stop
+        return out
+
+    def _count_round(self, texts: list[str]) -> list[int]:
+        if len(self.words) + len(self.pieces) > MAX_CACHED_WORDS:
+            self.words.clear()
+            self.pieces.clear()
+        words, pieces = self.words, self.pieces
+        words_of = [None if _SPLIT_BUT_NOT_BERT_SPACE.search(t) else t.split() for t in texts]
+        new_words = list({w for ws in words_of if ws is not None for w in ws if w not in words})
+        if len(new_words) > 20_000 and len(new_words) * 2 > sum(len(ws or ()) for ws in words_of):
+            return self.counter.count_batch(texts)   # mostly unseen words (random text): skip the caches
+        pieces_of = [_PRE_TOKEN.findall(w) for w in new_words]
+        new_pieces = list({p for ps in pieces_of for p in ps if p not in pieces})
+        pieces.update(zip(new_pieces, self._count_separately(new_pieces)))
+        words.update((w, sum(map(pieces.__getitem__, ps))) for w, ps in zip(new_words, pieces_of))
+        odd = [t for t, ws in zip(texts, words_of) if ws is None]
+        whole = iter(self.counter.count_batch(odd) if odd else ())
+        out = [next(whole) if ws is None else sum(map(words.__getitem__, ws)) for ws in words_of]
+        for cache, new in ((words, new_words), (pieces, new_pieces)):
+            for key in new:
+                if len(key) > MAX_CACHED_WORD_CHARS:   # rare, maybe huge: not worth keeping
+                    del cache[key]
+        return out
+
+    def _count_separately(self, pieces: list[str]) -> list[int]:
+        """Token count of each piece (no whitespace inside), from one tokenizer call on them all."""
+        if not pieces:
+            return []
+        starts = list(accumulate((len(p) + 1 for p in pieces[:-1]), initial=0))
+        token_starts = list(map(itemgetter(0), self.counter.offsets(" ".join(pieces))))
+        # tokens before each piece's start; consecutive differences are the pieces' counts
+        before = list(map(bisect_left, repeat(token_starts), starts)) + [len(token_starts)]
+        return [b - a for a, b in zip(before, before[1:])]
 
 
 # ---- the chunker -----------------------------------------------------------------------------
@@ -215,6 +283,7 @@ class Chunker:
     def __init__(self, settings: ChunkSettings, counter: TokenCounter | None = None):
         self.settings = settings
         self.counter = counter or default_counter()
+        self._word_counts = _WordCounts(self.counter)
         self._md = MarkdownIt("commonmark").enable("table")
         self._md.disable("inline")                       # block structure is all we need
         self._inline_md = MarkdownIt("commonmark")      # heading text only
@@ -384,7 +453,7 @@ class Chunker:
                 want(b.atom_tokens, i, b.text[a:e])
 
     def _count_into(self, texts: list[str], slots: list[tuple[object, object]]) -> None:
-        for (target, key), n in zip(slots, self.counter.count_batch(texts)):
+        for (target, key), n in zip(slots, self._count(texts)):
             if isinstance(target, list):
                 target[key] = n
             else:
@@ -454,60 +523,61 @@ class Chunker:
                     units += self._split_long_span(b.text, a, e, max_t, max_c)
         return units
 
-    # -- cutting a span with no sentence boundary: words, then tokens, then characters ----------
+    # -- cutting a span with no sentence boundary: words, then characters ------------------------
     def _split_long_span(self, text: str, start: int, end: int, max_t: int, max_c: int) -> list[_Unit]:
-        windows = list(_char_windows(text, start, end, max_c))
+        """Windows of whole words of at most max_t characters: a character is (nearly always) at
+        most one token, so one count settles them. Windows cut at whitespace are glued back together
+        by the packer (their counts add up); pieces of one over-long word are re-joined here."""
+        windows = list(_word_windows(text, start, end, min(max_t, max_c)))
         units: list[_Unit] = []
-        prev_end = -1
-        for (a, e), n in zip(windows, self.counter.count_batch([text[a:e] for a, e in windows])):
-            mid_word = a == prev_end  # window cut inside a word: never glue it back to the previous one
+        for (a, e, mid_word), n in zip(windows, self._count([text[a:e] for a, e, _ in windows])):
             if n <= max_t:
                 units.append(_Unit(0, a, e, n, mid_word))
             else:
-                units += self._cut_by_tokens(text, a, e, max_t, mid_word)
-            prev_end = e
-        return units
+                units += self._cut_by_chars(text, a, e, max_t, mid_word)
+        return self._join_word_pieces(text, units, max_t, max_c)
 
-    def _cut_by_tokens(self, text: str, start: int, end: int, max_t: int, mid_word: bool) -> list[_Unit]:
-        window = text[start:end]
-        offsets = self.counter.offsets(window)
-        spans: list[tuple[int, int, bool]] = []   # (start, end, cut inside a word before it)
-        i, piece_start, inside_word = 0, 0, mid_word
-        while len(offsets) - i > max_t:
-            k = i + max_t
-            while k > i and not _is_clean_cut(window, offsets[k][0]):
-                k -= 1
-            clean = k > i
-            k = k if clean else i + max_t
-            cut = offsets[k][0]
-            spans.append((piece_start, _rstrip_end(window, piece_start, cut), inside_word))
-            i, piece_start, inside_word = k, cut, not clean
-        spans.append((piece_start, len(window), inside_word))
-        spans = [(a, e, w) for a, e, w in spans if window[a:e].strip()]
-        counts = self.counter.count_batch([window[a:e] for a, e, _ in spans])  # exact: cuts may be mid-word
-        units: list[_Unit] = []
-        for (a, e, w), n in zip(spans, counts):
-            if n <= max_t:
-                units.append(_Unit(0, start + a, start + e, n, w))
+    def _join_word_pieces(self, text: str, units: list[_Unit], max_t: int, max_c: int) -> list[_Unit]:
+        """Re-join consecutive pieces of one long word (e.g. a 10 MB [UNK]) up to the budget; the
+        joined text is re-counted, since a token may span a cut inside a word."""
+        groups: list[list[_Unit]] = []
+        for u in units:
+            g = groups[-1] if groups else None
+            if (u.new_piece and g and sum(x.tokens for x in g) + u.tokens <= max_t
+                    and u.end - g[0].start <= max_c):
+                g.append(u)
             else:
-                units += self._cut_by_chars(text, start + a, start + e, max_t)
-        return units
+                groups.append([u])
+        joined = [g for g in groups if len(g) > 1]
+        counts = self._count([text[g[0].start:g[-1].end] for g in joined])
+        accepted = {id(g): n for g, n in zip(joined, counts) if n <= max_t}
+        out: list[_Unit] = []
+        for g in groups:
+            if id(g) in accepted:
+                out.append(_Unit(0, g[0].start, g[-1].end, accepted[id(g)], g[0].new_piece))
+            else:
+                out += g
+        return out
 
-    def _cut_by_chars(self, text: str, start: int, end: int, max_t: int) -> list[_Unit]:
-        """Last resort: slices of max_t characters (a character is at most one token), halved until they fit."""
-        size, todo, units = max(1, max_t), [(start, end)], []
+    def _cut_by_chars(self, text: str, start: int, end: int, max_t: int, mid_word: bool) -> list[_Unit]:
+        """Last resort: halve the slices until each one fits."""
+        size, todo, units = max(1, (end - start) // 2), [(start, end)], []
         while todo:
             slices = [(pos, min(pos + size, e)) for a, e in todo for pos in range(a, e, size)]
-            slices = [(a, e) for a, e in slices if text[a:e].strip()]
             todo = []
-            for (a, e), n in zip(slices, self.counter.count_batch([text[a:e] for a, e in slices])):
+            for (a, e), n in zip(slices, self._count([text[a:e] for a, e in slices])):
+                if not text[a:e].strip():
+                    continue
                 if n <= max_t or e - a == 1:
-                    units.append(_Unit(0, a, e, n, True))
+                    units.append(_Unit(0, a, e, n, mid_word or a != start))
                 else:
                     todo.append((a, e))
             size = max(1, size // 2)
         units.sort(key=lambda u: u.start)
         return units
+
+    def _count(self, texts: list[str]) -> list[int]:
+        return self._word_counts.count(texts)
 
     # -- packing --------------------------------------------------------------------------------
     @staticmethod
@@ -574,14 +644,12 @@ class Chunker:
     def _tail_sentences(self, b: _Block, u: _Unit) -> list[_Unit]:
         """The last few sentences of a unit, counted (only they can fit in an overlap)."""
         max_chars = self.settings.overlap_tokens * 12   # more text than this is (nearly) never that few tokens
-        spans = []
-        for a, e in reversed(_sentence_spans(b.text, u.start, u.end)[1:][-4:]):
-            if u.end - a > max_chars:
-                break
-            spans.insert(0, (a, e))
+        search_from = max(u.start, u.end - max_chars)
+        # the first sentence found is the unit's first one, or starts before search_from: not a tail
+        spans = _sentence_spans(b.text, search_from, u.end)[1:][-4:]
         if not spans:
             return []
-        counts = self.counter.count_batch([b.text[a:e] for a, e in spans])
+        counts = self._count([b.text[a:e] for a, e in spans])
         return [_Unit(u.block, a, e, n) for (a, e), n in zip(spans, counts)]
 
     def _render(self, sec: _Section, units: list[_Unit], continuation: bool) -> str:

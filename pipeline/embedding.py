@@ -56,6 +56,15 @@ class FastEmbedder:
             raise EmbeddingError(f"cannot load embedding model {model!r}: {e}") from e
         self.dim = int(self.embed(["dimension probe"]).shape[1])
 
+    def token_counter(self):
+        """The model's own tokenizer, for chunk sizes (the shipped one for the default model)."""
+        from pipeline.tokens import TokenCounter, default_counter
+
+        if self.model == DEFAULT_MODEL:
+            return default_counter()
+        tok = getattr(getattr(self._te, "model", None), "tokenizer", None)
+        return TokenCounter(tokenizer=tok) if tok is not None else default_counter()
+
     def embed(self, texts: list[str]) -> np.ndarray:
         vecs = list(self._te.embed(texts, batch_size=self.batch_size))
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)

@@ -31,6 +31,7 @@ from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusRespon
 from pipeline.paths import Home, validate_name
 from pipeline.status import JobPhase, JobStatus
 from pipeline.store import JobStore
+from pipeline.textsafe import fs_text
 from pipeline.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
@@ -41,6 +42,7 @@ QUEUE_EMBEDDED = 64      # embedded documents waiting to be indexed
 HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
 MAX_ERRORS_IN_STATUS = 100
+PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
 INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
 
 
@@ -249,7 +251,7 @@ class IngestJob:
     # ---- errors -----------------------------------------------------------------------------
     def _doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
         with self._errors_lock:
-            self._errors.append(DocumentError(path=path, phase=phase.value, kind=kind, message=message,
+            self._errors.append(DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message,
                                               attempts=attempts))
             errs = [e for e in self._errors if e.phase == phase.value]
             shown = [e.model_dump() for e in self._errors[:MAX_ERRORS_IN_STATUS]]
@@ -257,7 +259,19 @@ class IngestJob:
         t = self.tracker
         t.set_metric("documents_failed", total)
         t.set_metric("document_errors", shown)
-        t.set_phase_error(phase, f"{len(errs)} document(s) failed; last: {path}: {message}")
+        listed = "; ".join(f"{e.path} ({e.kind})" for e in errs[:PHASE_ERRORS_LISTED])
+        more = f"; and {len(errs) - PHASE_ERRORS_LISTED} more" if len(errs) > PHASE_ERRORS_LISTED else ""
+        t.set_phase_error(phase, f"{len(errs)} document(s) failed: {listed}{more}")
+
+    def _doc_warnings(self, path: str, warnings: Iterable[str]) -> None:
+        """A document indexed with a warning: counted, and the first few listed in the status."""
+        t = self.tracker
+        for w in warnings:
+            log.info("%s: %s", path, w)
+            t.incr_metric("document_warnings")
+            if len(self._warnings) < MAX_ERRORS_IN_STATUS:
+                self._warnings.append({"path": fs_text(path), "warning": w})
+        t.set_metric("document_warning_list", list(self._warnings))
 
     # ---- watching ---------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -295,11 +309,14 @@ class IngestJob:
         embedder = self._embedder()
         kb.ensure(embedder.dim)
         settings = ChunkSettings(max_tokens=c.max_tokens, overlap_tokens=c.overlap_tokens, max_chars=c.max_chars)
-        chunker = Chunker(settings)
+        counter = embedder.token_counter() if hasattr(embedder, "token_counter") else None
+        chunker = Chunker(settings, counter)
         for key in ("documents_found", "documents_skipped", "documents_added", "documents_replaced",
                     "documents_removed", "files_ignored", "chunks_created", "chunks_embedded", "chunks_indexed",
-                    "commits"):
+                    "commits", "document_warnings"):
             t.set_metric(key, 0)
+        self._warnings: list[dict[str, str]] = []  # documents loaded with a warning, this pass
+        t.set_metric("document_warning_list", [])
         t.set_metric("documents_failed", len(self.errors))
         t.set_message("ingesting")
         q_docs: queue.Queue = queue.Queue(QUEUE_DOCS)
@@ -398,6 +415,8 @@ class IngestJob:
             t.incr_metric("documents_found")
             did = ids.doc_id(item.path)
             doc, gone = self._read(item)
+            if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
+                self._doc_warnings(doc.path, doc.warnings)
             if not gone:  # a document that failed to load keeps what it had indexed
                 seen.add(did)
             t.advance(JobPhase.LOADING)
@@ -411,6 +430,7 @@ class IngestJob:
             self._put(out, (doc, _Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None)))
         t.finish_total(JobPhase.LOADING)
         if complete_walk:
+            covered = [fs_text(r) for r in covered]  # sources are stored as fs_text
             gone = [d for d, s in stored.items() if d not in seen and s.source is not None
                     and any(s.source == r or s.source.startswith(os.path.join(r, "")) for r in covered)]
             for did in gone:
@@ -460,13 +480,10 @@ class IngestJob:
                 t.advance(JobPhase.CHUNKING)
                 self._doc_error(doc.path, JobPhase.CHUNKING, "chunking_failed", f"{type(e).__name__}: {e}")
                 continue
-            for w in doc.warnings:
-                t.incr_metric("document_warnings")
-                log.info("%s: %s", doc.path, w)
             d.title = chunked.title or ""
             d.rows = [{
                 "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, fingerprint, model),
-                "text": ch.text, "source": doc.path, "heading_path": ch.heading_path,
+                "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
                 "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
             } for ch in chunked.chunks]
             t.add_total(JobPhase.EMBEDDING, len(d.rows))

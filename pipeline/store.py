@@ -41,8 +41,8 @@ class AtomicJSONStorage(Storage):
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        if not raw.strip():
-            return None
+        if not raw.strip():  # never written so (atomic writes of a whole object): it was truncated
+            raise StoreCorrupt(f"job store {self.path} is empty (truncated)")
         try:
             data = json.loads(raw)
         except ValueError as e:

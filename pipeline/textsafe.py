@@ -26,3 +26,19 @@ def printable(text: str, keep_newlines: bool = False) -> str:
     if any(unicodedata.category(c) == "Cs" for c in text):
         text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cs" else c for c in text)
     return text
+
+
+def fs_text(path: str) -> str:
+    """A file name as valid Unicode, for places that must encode it as UTF-8 (LanceDB, JSON).
+
+    Names are os.fsdecode'd: undecodable bytes survive as lone surrogates, which UTF-8 refuses.
+    They are shown as `\\xNN` escapes; every other name comes back unchanged."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            raw = path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return path.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")

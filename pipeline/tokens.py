@@ -20,11 +20,14 @@ class TokenCounter:
     otherwise every text would count as 128 tokens.
     """
 
-    def __init__(self, tokenizer_file: Path | str | None = None) -> None:
+    def __init__(self, tokenizer_file: Path | str | None = None, tokenizer: object | None = None) -> None:
         from tokenizers import Tokenizer
 
-        path = Path(tokenizer_file) if tokenizer_file else shipped_model_dir() / "tokenizer.json"
-        self._tok = Tokenizer.from_file(str(path))
+        if tokenizer is not None:  # another model's tokenizer: a private copy we may reconfigure
+            self._tok = Tokenizer.from_str(tokenizer.to_str())  # type: ignore[attr-defined]
+        else:
+            path = Path(tokenizer_file) if tokenizer_file else shipped_model_dir() / "tokenizer.json"
+            self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.no_truncation()
 

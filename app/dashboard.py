@@ -1,0 +1,554 @@
+"""The Textual dashboard: every job in the home, live, with keyboard control.
+
+The UI polls: the job running in this process through `job.snapshot()` a few times a second,
+the other jobs through the job store about once a second (read in a thread worker). The engine
+never posts to the UI and never waits on it; the UI only updates widgets whose text changed.
+A job started here runs in a thread worker calling `job.run()`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, tzinfo
+from functools import partial
+from typing import Any, Callable, Optional, Protocol
+
+from rich.text import Text
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
+
+from app.exit_codes import ExitCode, exit_code_for
+from app.screens import ConfirmCancelScreen, HelpScreen
+from pipeline.engine import INTERRUPTED, IngestJob, effective_status, mark_interrupted, open_store
+from pipeline.locking import HomeLocked, is_locked
+from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
+from pipeline.paths import Home
+from pipeline.status import JobStatus
+from pipeline.store import JobStore
+from pipeline.textsafe import printable
+from pipeline.tracker import PhaseTracker
+from widgets.error_pane import ErrorPane
+from widgets.event_log import EventBook, EventLog, diff_events
+from widgets.format import JobView, safe, status_style, theme_style
+from widgets.job_table import JobTable
+from widgets.phase_timeline import PhaseTimeline
+
+POLL_S = 0.25        # the job running in this process
+STORE_POLL_S = 1.0   # every job, from the job store
+WIDE = 150           # columns from which errors and log sit side by side
+TALL = 36            # rows from which the job list and summary get more room
+QUIT_DELAY_S = 0.5   # the "paused, checkpoint saved" notice stays this long before the app exits
+
+HELP_KEYS: list[tuple[str, str]] = [
+    ("p", "pause the selected job: it finishes the batch in flight, saves its checkpoint, then stops"),
+    ("r", "resume the selected paused, interrupted or failed job, or retry the failed documents "
+          "of a finished one"),
+    ("c", "cancel the selected job (asks first: y cancels, n or escape keeps it)"),
+    ("?", "this help"),
+    ("q, ctrl+c", "quit; a job running here is paused first, its checkpoint saved: "
+                  "start `kbingest` again and press r to resume it"),
+    ("up / down", "select a job"),
+    ("tab", "move to the errors or the events, to scroll them"),
+]
+HELP_NOTES = [
+    "Items: documents for loading and chunking, chunks for embedding and indexing.",
+    "A job whose process died shows as paused, \"interrupted…\"; r resumes it.",
+    "Greyed keys in the footer do not apply to the selected job.",
+]
+
+
+class JobLike(Protocol):
+    """What the dashboard needs of a job it runs: `IngestJob`, or a fake in tests."""
+
+    job_id: str
+    config: JobConfig
+
+    def run(self) -> JobStatusResponse: ...
+    def pause(self) -> None: ...
+    def cancel(self) -> None: ...
+    def snapshot(self) -> JobStatusResponse: ...
+
+    @property
+    def errors(self) -> list[DocumentError]: ...
+
+
+def _interrupted(snap: JobStatusResponse) -> JobStatusResponse:
+    t = PhaseTracker.from_snapshot(snap)
+    t.set_status(JobStatus.PAUSED, INTERRUPTED)
+    return t.snapshot()
+
+
+class KbIngestApp(App[None]):
+    """The kbingest dashboard.
+
+    home: the home folder; job: a job to start (or resume) in this process, or None to only show
+    jobs. clock (a callable returning an aware datetime) and tz set what elapsed times and
+    timestamps are rendered against, for deterministic snapshot tests; home_label replaces the
+    home path shown in the job list's title.
+    """
+
+    TITLE = "kbingest"
+    CSS_PATH = "dashboard.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    NOTIFICATION_TIMEOUT = 4
+
+    BINDINGS = [
+        Binding("p", "pause", "pause", id="pause",
+                tooltip="pause the selected job: it finishes the batch in flight and saves its checkpoint"),
+        Binding("r", "resume", "resume", id="resume",
+                tooltip="resume the selected paused job, or retry the failed documents of a finished one"),
+        Binding("c", "cancel", "cancel", id="cancel", tooltip="cancel the selected job (asks first)"),
+        Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="every key"),
+        Binding("q", "quit", "quit", key_display="q/^c", id="quit",
+                tooltip="quit; a job running here is paused first, its checkpoint saved"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
+        Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up"),
+        Binding("down", "select_job(1)", "select", show=False, id="select_down"),
+    ]
+
+    def __init__(self, home: Home, job: Optional[JobLike] = None, *, store: Optional[JobStore] = None,
+                 clock: Optional[Callable[[], datetime]] = None, tz: Optional[tzinfo] = None,
+                 home_label: Optional[str] = None, poll_seconds: float = POLL_S,
+                 store_poll_seconds: float = STORE_POLL_S,
+                 job_factory: Optional[Callable[[str], JobLike]] = None) -> None:
+        super().__init__()
+        self.home = home
+        self.store = store if store is not None else open_store(home)
+        self.job = job
+        self.clock = clock or utcnow
+        self.tz = tz
+        self.home_label = home_label if home_label is not None else str(home.root)
+        self.poll_seconds = poll_seconds
+        self.store_poll_seconds = store_poll_seconds
+        self._job_factory = job_factory or (lambda job_id: IngestJob.load(self.home, self.store, job_id))
+        self._live: Optional[JobLike] = None
+        self._live_worker: Optional[Worker] = None
+        self._store_worker: Optional[Worker] = None
+        self._store_gen = 0  # bumped when a job starts or ends here: older store reads are stale
+        self._views: dict[str, JobView] = {}
+        self._created: dict[str, str] = {}
+        self._selected: Optional[str] = job.job_id if job is not None else None
+        self._shown: Optional[str] = None  # the job the detail panes show
+        self._events = EventBook()
+        self._actions_state: tuple = ()
+        self._quitting = False
+        self.run_error: Optional[BaseException] = None
+
+    # ---- layout -----------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield JobTable(id="jobs")
+        with Vertical(id="detail", classes="pane"):
+            yield Static(Text(""), id="summary", markup=False)
+            yield PhaseTimeline(id="phases")
+        with Container(id="bottom"):
+            yield ErrorPane(id="errors")
+            yield EventLog(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(JobTable)
+        table.add_class("pane")
+        table.border_title = printable(f"jobs in {self.home_label}")
+        self.query_one("#errors").add_class("pane")
+        self.query_one("#errors").border_title = "errors"
+        log = self.query_one(EventLog)
+        log.add_class("pane")
+        log.border_title = "events"
+        log.tz = self.tz
+        self._apply_size(self.size.width, self.size.height)
+        self._apply_records(self._read_store())  # the first frame shows every job
+        if self.job is not None:
+            self._start(self.job)
+        table.focus()
+        self.set_interval(self.poll_seconds, self._poll_live, name="poll-live")
+        self.set_interval(self.store_poll_seconds, self._poll_store, name="poll-store")
+        self.theme_changed_signal.subscribe(self, lambda _theme: self._refresh_views(force=True))
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_size(event.size.width, event.size.height)
+
+    def _apply_size(self, width: int, height: int) -> None:
+        self.screen.set_class(width >= WIDE, "wide")
+        self.screen.set_class(height >= TALL, "tall")
+
+    # ---- reading jobs -----------------------------------------------------------------------
+    def _read_store(self) -> list[tuple[JobRecord, JobStatusResponse]]:
+        """Every stored job with the status to show (runs in a thread worker, but at mount)."""
+        out = []
+        for rec in self.store.all():
+            out.append((rec, effective_status(rec, self.home)))
+        return out
+
+    def _read_store_tagged(self, gen: int) -> tuple[int, list[tuple[JobRecord, JobStatusResponse]]]:
+        return gen, self._read_store()
+
+    def _poll_store(self) -> None:
+        if self._store_worker is not None and self._store_worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            return
+        self._store_worker = self.run_worker(partial(self._read_store_tagged, self._store_gen), thread=True,
+                                             group="store", name="read-store", exit_on_error=False)
+
+    def _apply_records(self, items: list[tuple[JobRecord, JobStatusResponse]]) -> None:
+        live_id = self._live.job_id if self._live is not None else None
+        seen = set()
+        for rec, snap in items:
+            seen.add(rec.job_id)
+            self._created[rec.job_id] = rec.created_at
+            if rec.job_id == live_id:
+                continue  # the live snapshot is newer than the store's
+            if snap.status == JobStatus.RUNNING and live_id is not None:
+                # this process holds the engine lock: any other job recorded as running died with its process
+                snap = _interrupted(snap)
+            running_elsewhere = snap.status == JobStatus.RUNNING
+            view = JobView(job_id=rec.job_id, kb=rec.config.kb, snap=snap, errors=list(rec.doc_errors),
+                           created_at=rec.created_at, updated_at=rec.updated_at, running_elsewhere=running_elsewhere)
+            self._ingest(view)
+        for job_id in [j for j in self._views if j not in seen and j != live_id]:
+            del self._views[job_id]  # removed from the store
+        self._refresh_views()
+
+    def _live_view(self) -> Optional[JobView]:
+        job = self._live
+        if job is None:
+            return None
+        return JobView(job_id=job.job_id, kb=job.config.kb, snap=job.snapshot(), errors=list(job.errors),
+                       created_at=self._created.get(job.job_id, "~"), local=True)
+
+    def _poll_live(self) -> None:
+        view = self._live_view()
+        if view is None:
+            if any(v.status == JobStatus.RUNNING for v in self._views.values()):
+                self._refresh_views()  # elapsed times move on
+            return
+        prev = self._views.get(view.job_id)
+        if prev is not None and prev.local and prev.snap == view.snap and len(prev.errors) == len(view.errors):
+            return  # nothing moved
+        self._ingest(view)
+        self._refresh_views()
+
+    def _ingest(self, view: JobView) -> None:
+        prev = self._views.get(view.job_id)
+        if prev == view:
+            return
+        self._views[view.job_id] = view
+        self._log_events(view.job_id, diff_events(prev, view))
+
+    def _log_events(self, job_id: str, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        added = self._events.add(job_id, self.clock(), items)
+        if job_id == self._shown:
+            self.query_one(EventLog).add(added)
+
+    # ---- rendering --------------------------------------------------------------------------
+    def _ordered(self) -> list[JobView]:
+        return sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
+
+    def _refresh_views(self, force: bool = False) -> None:
+        views = self._ordered()
+        if self._selected not in self._views:
+            self._selected = views[0].job_id if views else None
+        table = self.query_one(JobTable)
+        if force:
+            table._cells.clear()
+        table.show(views, self.clock(), self.tz, self._selected)
+        self._show_selected(force=force)
+        self._update_action_state()
+
+    def _show_selected(self, force: bool = False) -> None:
+        view = self._views.get(self._selected) if self._selected else None
+        switched = self._shown != self._selected
+        self._shown = self._selected
+        detail = self.query_one("#detail")
+        if view is None:
+            detail.border_title = "no job selected"
+            self.query_one("#summary", Static).update(Text(
+                "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
+        else:
+            where = " · running here" if view.local else " · running in another process" if view.running_elsewhere else ""
+            detail.border_title = printable(f"job {view.job_id} · kb {view.kb}{where}")
+            self.query_one("#summary", Static).update(self._summary(view))
+        self.query_one(PhaseTimeline).show(view.snap.phase_details if view else None, force=force)
+        errors = self.query_one(ErrorPane)
+        errors.show(view, force=force)
+        n = view.failed_docs if view else 0
+        errors.border_title = f"errors ({n} document{'s' if n != 1 else ''})" if n else "errors"
+        if switched or force:
+            self.query_one(EventLog).replace(self._events.of(self._selected))
+
+    def _summary(self, v: JobView) -> Text:
+        s = v.snap
+        warn = s.status == JobStatus.COMPLETED and v.failed_docs > 0
+        out = Text(end="")
+        out.append(s.status.value, style=status_style(self, s.status.value, warn=warn))
+        out.append(f" {s.progress:.1f}%  ")
+        out.append(safe(s.message))
+        m = s.metrics
+        parts = []
+        if "documents_found" in m:
+            parts.append(f"{m.get('documents_found', 0)} docs found")
+            for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
+                               ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
+                if m.get(key):
+                    parts.append(f"{m[key]} {label}")
+        if v.failed_docs:
+            parts.append(f"{v.failed_docs} failed")
+        if m.get("document_warnings"):
+            parts.append(f"{m['document_warnings']} with warnings")
+        chunks = []
+        if "chunks_indexed" in m:
+            commits = int(m.get("commits") or 0)
+            chunks.append(f"{m.get('chunks_indexed', 0)} chunks indexed in {commits} commit{'s' if commits != 1 else ''}")
+        line = ", ".join(parts) + (" · " if parts and chunks else "") + ", ".join(chunks)
+        if line:
+            out.append("\n")
+            out.append(safe(line), style=theme_style(self, "foreground-muted"))
+        return out
+
+    # ---- selection --------------------------------------------------------------------------
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value if event.row_key is not None else None
+        if key is not None and key != self._selected and key in self._views:
+            self._selected = key
+            self._show_selected()
+            self._update_action_state()
+
+    def action_select_job(self, step: int) -> None:
+        table = self.query_one(JobTable)
+        if step < 0:
+            table.action_cursor_up()
+        else:
+            table.action_cursor_down()
+
+    def last_status(self, job_id: str) -> Optional[JobStatusResponse]:
+        """The newest status the dashboard saw of a job (its final one, once no job runs here)."""
+        if self._live is not None and self._live.job_id == job_id:
+            return self._live.snapshot()
+        v = self._views.get(job_id)
+        return v.snap if v is not None else None
+
+    @property
+    def selected(self) -> Optional[JobView]:
+        return self._views.get(self._selected) if self._selected else None
+
+    # ---- which actions apply ----------------------------------------------------------------
+    def _can_pause(self, v: Optional[JobView]) -> bool:
+        return v is not None and v.local and v.status in (JobStatus.RUNNING, JobStatus.PENDING)
+
+    def _can_resume(self, v: Optional[JobView]) -> bool:
+        if v is None or v.local or v.running_elsewhere:
+            return False
+        s = v.status
+        return s in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.PENDING) or (
+            s == JobStatus.COMPLETED and v.failed_docs > 0)
+
+    def _can_cancel(self, v: Optional[JobView]) -> bool:
+        return v is not None and v.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        check = {"pause": self._can_pause, "resume": self._can_resume, "cancel": self._can_cancel}.get(action)
+        if check is None:
+            return True
+        return True if check(self.selected) else None  # None: shown greyed out in the footer
+
+    def _update_action_state(self) -> None:
+        v = self.selected
+        state = (self._can_pause(v), self._can_resume(v), self._can_cancel(v))
+        if state != self._actions_state:
+            self._actions_state = state
+            self.refresh_bindings()
+
+    # ---- actions ----------------------------------------------------------------------------
+    def _say(self, message: str, severity: str = "information", title: str = "") -> None:
+        self.notify(printable(message), title=printable(title), severity=severity, markup=False)  # type: ignore[arg-type]
+
+    def action_pause(self) -> None:
+        v = self.selected
+        if not self._can_pause(v) or self._live is None:
+            return
+        self._live.pause()
+        self._log_events(v.job_id, [("pause asked: finishing the batch in flight, then saving the checkpoint", "info")])
+        self._say(f"pausing {v.job_id}: the batch in flight finishes, then the checkpoint is saved")
+
+    def action_resume(self) -> None:
+        v = self.selected
+        if not self._can_resume(v):
+            return
+        if self._live is not None:
+            self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
+                      "pause it (p) or let it finish, then resume this one", severity="warning")
+            return
+        if is_locked(self.home.engine_lock_file):
+            self._say("another process is running a job in this home: wait for it, or pause it "
+                      "(`kbingest pause JOB_ID`)", severity="warning")
+            return
+        retry = v.status == JobStatus.COMPLETED
+        try:
+            job = self._job_factory(v.job_id)
+        except Exception as e:  # the store changed under us, a cancelled job...
+            self._say(f"cannot resume {v.job_id}: {e}", severity="error")
+            return
+        self._start(job)
+        self._say(f"retrying the failed documents of {v.job_id}" if retry else f"resuming {v.job_id}")
+
+    def action_cancel(self) -> None:
+        v = self.selected
+        if not self._can_cancel(v):
+            return
+        running = v.local or v.running_elsewhere
+        self.push_screen(ConfirmCancelScreen(v.job_id, v.kb, running), partial(self._cancel_answer, v.job_id))
+
+    def _cancel_answer(self, job_id: str, yes: Optional[bool]) -> None:
+        if not yes:
+            self._say(f"{job_id} not cancelled")
+            return
+        v = self._views.get(job_id)
+        if v is None or not self._can_cancel(v):
+            return
+        if self._live is not None and self._live.job_id == job_id:
+            self._live.cancel()
+            self._log_events(job_id, [("cancel asked: dropping what is not indexed yet", "info")])
+            self._say(f"cancelling {job_id}")
+            return
+        if v.running_elsewhere:
+            self.store.request(job_id, "cancel")
+            self._log_events(job_id, [("cancel asked of the process running it", "info")])
+            self._say(f"asked the process running {job_id} to cancel it")
+            return
+        self._cancel_stored(job_id)
+
+    def _cancel_stored(self, job_id: str) -> None:
+        """Cancel a job no engine runs (paused, interrupted, failed, pending): in the store only."""
+        home = self.home
+        outcome: dict[str, Any] = {}
+
+        def apply(rec: JobRecord) -> JobRecord:
+            if rec.status.status == JobStatus.RUNNING and is_locked(home.engine_lock_file):
+                outcome["running"] = True  # started meanwhile by another process: ask it instead
+                return rec.model_copy(update={"control": "cancel"})
+            if rec.status.status.is_terminal and rec.status.status != JobStatus.FAILED:
+                return rec
+            t = PhaseTracker.from_snapshot(effective_status(rec, home))
+            t.set_status(JobStatus.CANCELLED, "cancelled while not running: chunks already indexed stay "
+                                              "in the knowledge base")
+            return rec.model_copy(update={"status": t.snapshot(), "control": None, "owner_pid": None})
+
+        try:
+            self.store.update(job_id, apply)
+        except Exception as e:
+            self._say(f"cannot cancel {job_id}: {e}", severity="error")
+            return
+        self._say(f"asked the process running {job_id} to cancel it" if outcome else f"{job_id} cancelled")
+        self._apply_records(self._read_store())
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(HELP_KEYS, HELP_NOTES))
+
+    async def action_quit(self) -> None:
+        job = self._live
+        if job is not None:
+            if not self._quitting:
+                self._quitting = True
+                job.pause()
+                self._log_events(job.job_id, [("quitting: pausing, the checkpoint is being saved", "info")])
+                self._say(f"pausing… {job.job_id} finishes the batch in flight and saves its checkpoint, "
+                          "then the dashboard quits; start `kbingest` again and press r to resume it",
+                          title="quitting")
+            else:
+                self._say("still pausing… the checkpoint is being saved", title="quitting")
+            return
+        self.exit()
+
+    # ---- running a job here -----------------------------------------------------------------
+    def _start(self, job: JobLike) -> None:
+        self._store_gen += 1
+        self._live = job
+        self._selected = job.job_id
+        self._live_worker = self.run_worker(partial(self._run_job, job), thread=True, group="job",
+                                            name=f"run {job.job_id}", exit_on_error=False)
+        self._poll_live()
+        self.query_one(JobTable).select(job.job_id)
+
+    def _run_job(self, job: JobLike) -> JobStatusResponse:
+        """In a thread worker: the job runs until it rests (completed, paused, cancelled, failed)."""
+        try:
+            mark_interrupted(self.home, self.store)  # before this process holds the engine lock
+        except Exception:
+            pass
+        return job.run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "store":
+            if event.state == WorkerState.SUCCESS and worker.result is not None:
+                gen, items = worker.result
+                if gen == self._store_gen:  # else a job started or ended here meanwhile: read again
+                    self._apply_records(items)
+            if worker is self._store_worker and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+                self._store_worker = None
+            return
+        if worker is not self._live_worker or event.state not in (
+                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        job = self._live
+        assert job is not None
+        final = self._live_view()
+        self._store_gen += 1
+        self._live = None
+        self._live_worker = None
+        if final is not None:
+            final.local = False
+            self._ingest(final)
+        if event.state == WorkerState.ERROR:
+            err = worker.error
+            if job is self.job:
+                self.run_error = err
+            self._log_events(job.job_id, [(f"could not run: {safe(err)}", "error")])
+            self._say(f"{job.job_id} could not run: {err}", severity="error")
+        elif final is not None:
+            s = final.snap
+            severity = {"failed": "error", "paused": "information"}.get(s.status.value, "information")
+            if s.status == JobStatus.PAUSED:
+                self._say(f"{job.job_id} paused: checkpoint saved; r resumes it", title="paused")
+            else:
+                self._say(f"{job.job_id} {s.status.value}: {s.message}", severity=severity)
+        self._refresh_views()
+        self._poll_store()
+        if self._quitting:
+            self.set_timer(QUIT_DELAY_S, self.exit)
+
+    def on_unmount(self) -> None:
+        # However the app ends, a job running in this process is paused (its checkpoint saved),
+        # never left running without a UI.
+        if self._live is not None:
+            try:
+                self._live.pause()
+            except Exception:
+                pass
+
+
+def run_dashboard(home: Home, job: Optional[IngestJob]) -> ExitCode:
+    """Open the dashboard on every job in `home`; start `job` in it if given.
+
+    Returns the exit code of the started job (from its final snapshot), else ExitCode.OK."""
+    app = KbIngestApp(home, job)
+    app.run()
+    if job is None:
+        return ExitCode.OK
+    if isinstance(app.run_error, HomeLocked):
+        sys.stderr.write(printable(f"kbingest: {app.run_error}") + "\n")
+        return ExitCode.USAGE
+    if app.run_error is not None:
+        sys.stderr.write(printable(f"kbingest: job {job.job_id} could not run: {app.run_error}") + "\n")
+        return ExitCode.FAILED
+    snap = app.last_status(job.job_id) or job.snapshot()  # r may have run it again in the dashboard
+    if snap.status == JobStatus.PAUSED:
+        sys.stderr.write(printable(f"kbingest: job {job.job_id} paused, checkpoint saved; `kbingest` then r, "
+                                   f"or `kbingest resume {job.job_id}`, continues it") + "\n")
+    else:
+        sys.stderr.write(printable(f"kbingest: job {job.job_id}: {snap.message}") + "\n")
+    return exit_code_for(snap)

@@ -1,0 +1,1 @@
+"""kbingest's benchmark suite: `python -m bench` (or `make bench`). See docs/benchmarks.md."""

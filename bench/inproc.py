@@ -1,0 +1,451 @@
+"""Workers that measure inside one process: `python -m bench.inproc TASK 'JSON params'`.
+
+Each prints one JSON object as its last stdout line. They run as subprocesses of the suite so
+that a model, an onnxruntime arena or a crash in one measurement never leaks into another, and
+so that the parent can read each worker's exact peak RSS.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LANCEDB_LOG", "error")
+
+TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def task(fn):
+    TASKS[fn.__name__] = fn
+    return fn
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / (1024 * 1024)
+
+
+def walk_order(sources: list[str]) -> dict[str, int]:
+    """Each document's place in the engine's walk (so texts are embedded in the engine's order)."""
+    from pipeline.loading import Candidate, LoadLimits, walk
+
+    order: dict[str, int] = {}
+    for item in walk(sources, LoadLimits()):
+        if isinstance(item, Candidate):
+            order[item.path] = len(order)
+    return order
+
+
+def table_texts(home: str, kb: str, sources: list[str] | None = None) -> list[str]:
+    """The `text` column of a knowledge base, in the order the engine embedded it."""
+    from pipeline.index import KnowledgeBase
+    from pipeline.paths import Home
+
+    t = KnowledgeBase(Home(home), kb)._scan(["text", "source", "position"])
+    rows = list(zip(t["source"].to_pylist(), t["position"].to_pylist(), t["text"].to_pylist()))
+    order = walk_order(sources) if sources else {}
+    rows.sort(key=lambda r: (order.get(r[0], 1 << 30), r[0], r[1]))
+    return [r[2] for r in rows]
+
+
+def digest(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in sorted(texts):
+        h.update(hashlib.sha256(t.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def corpus_texts(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
+    """The first n chunk texts the engine's chunker makes of the corpus copy at root (walk order)."""
+    from pipeline.chunking import Chunker, ChunkSettings
+
+    ch = Chunker(ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap))
+    out: list[str] = []
+    for path in walk_order([root]):
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        out += [c.text for c in ch.chunk(text).chunks]
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+# ---- figure 1: raw fastembed on the very same chunk texts -----------------------------------
+
+@task
+def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
+    """FastEmbedder (same model, batch size, threads) over the texts of a finished ingest, called
+    batch by batch as the engine calls it. Model load is timed apart from embedding."""
+    t0 = time.perf_counter()
+    texts = table_texts(p["home"], p["kb"], p.get("sources"))
+    t1 = time.perf_counter()
+    from pipeline.embedding import FastEmbedder
+
+    emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
+    t2 = time.perf_counter()
+    bs = p["batch_size"]
+    for i in range(0, len(texts), bs):
+        emb.embed(texts[i:i + bs])
+    t3 = time.perf_counter()
+    return {"n": len(texts), "digest": digest(texts), "read_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2,
+            "chunks_per_s": len(texts) / (t3 - t2), "peak_mib": peak_mib()}
+
+
+@task
+def texts_digest(p: dict[str, Any]) -> dict[str, Any]:
+    return {"digests": {h: digest(table_texts(h, p["kb"])) for h in p["homes"]}}
+
+
+# ---- tuning: embedding throughput per batch size / threads ----------------------------------
+
+@task
+def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
+    texts = corpus_texts(p["corpus"], p["n"])
+    from pipeline.embedding import FastEmbedder
+
+    t1 = time.perf_counter()
+    emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
+    t2 = time.perf_counter()
+    base = rss_mib()
+    bs = p["batch_size"]
+    for i in range(0, len(texts), bs):
+        emb.embed(texts[i:i + bs])
+    t3 = time.perf_counter()
+    return {"n": len(texts), "load_s": t2 - t1, "embed_s": t3 - t2, "chunks_per_s": len(texts) / (t3 - t2),
+            "rss_after_load_mib": base, "peak_mib": peak_mib()}
+
+
+# ---- figure 2: chunking against the peers ---------------------------------------------------
+
+def _tokenizer():
+    from tokenizers import Tokenizer
+
+    from pipeline.tokens import shipped_model_dir
+
+    tok = Tokenizer.from_file(str(shipped_model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+CHONKIE_RULES_NOTE = (
+    "chonkie's `markdown` recipe lives on the Hugging Face hub (RecursiveRules.from_recipe downloads "
+    "`markdown_en.json`; offline it fails), so its rules were built by hand: heading lines "
+    "(`\\n# ` .. `\\n###### `, delimiter kept with the next piece), then paragraphs (`\\n\\n`), lines, "
+    "sentences (`. ` `! ` `? `), words, tokens. chonkie's RecursiveChunker has no overlap and no heading paths.")
+
+
+def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[[str], list[tuple[str, str]]]]]:
+    """name -> factory of a fresh chunker; a chunker maps a page to [(heading_path, text)]."""
+
+    def kbingest():
+        from pipeline.chunking import Chunker, ChunkSettings
+        from pipeline.tokens import TokenCounter
+
+        ch = Chunker(ChunkSettings(max_tokens=budget, overlap_tokens=overlap), TokenCounter())
+        return lambda text: [(c.heading_path, c.text) for c in ch.chunk(text).chunks]
+
+    def langchain():
+        from langchain_text_splitters import Language, MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
+
+        from pipeline.tokens import TokenCounter
+
+        counter = TokenCounter()
+        heads = [("#" * i, f"h{i}") for i in range(1, 7)]
+        md = MarkdownHeaderTextSplitter(heads, strip_headers=False)
+        rc = RecursiveCharacterTextSplitter.from_language(Language.MARKDOWN, chunk_size=budget, chunk_overlap=overlap,
+                                                          length_function=counter.count)
+        keys = [k for _, k in heads]
+
+        def run(text):
+            docs = rc.split_documents(md.split_text(text))
+            return [(" > ".join(d.metadata[k] for k in keys if k in d.metadata), d.page_content) for d in docs]
+        return run
+
+    def chonkie():
+        from chonkie import RecursiveChunker
+        from chonkie.types import RecursiveLevel, RecursiveRules
+
+        RecursiveChunker._estimate_token_count.cache_clear()  # an lru_cache shared by every instance
+        rules = RecursiveRules(levels=[
+            RecursiveLevel(delimiters=["\n# ", "\n## ", "\n### ", "\n#### ", "\n##### ", "\n###### "],
+                           include_delim="next"),
+            RecursiveLevel(delimiters=["\n\n"]),
+            RecursiveLevel(delimiters=["\n"]),
+            RecursiveLevel(delimiters=[". ", "! ", "? "]),
+            RecursiveLevel(whitespace=True),
+            RecursiveLevel(),
+        ])
+        ch = RecursiveChunker(tokenizer=_tokenizer(), chunk_size=budget, rules=rules)
+        return lambda text: [("", c.text) for c in ch.chunk(text)]
+
+    return {"kbingest": kbingest, "langchain": langchain, "chonkie": chonkie}
+
+
+@task
+def chunking(p: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
+    from pipeline.tokens import TokenCounter
+
+    pages = [Path(x) for x in p["pages"]]
+    texts = [x.read_text(encoding="utf-8", errors="replace") for x in pages]
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    budget, overlap, reps = p.get("budget", 240), p.get("overlap", 32), p["reps"]
+    factories = make_chunkers(budget, overlap)
+    names = list(factories)
+    for name in names:  # warm-up: imports, first tokenizer load, regex compilation
+        f = factories[name]()
+        for t in texts[:3]:
+            f(t)
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    outputs: dict[str, list[tuple[str, str]]] = {}
+    for rep in range(reps):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            f = factories[name]()
+            gc.collect()
+            t0 = time.perf_counter()
+            out = [c for t in texts for c in f(t)]
+            dt = time.perf_counter() - t0
+            runs[name].append(nbytes / 1e6 / dt)
+            outputs[name] = out
+    counter = TokenCounter()
+    quality = {}
+    for name, out in outputs.items():
+        counts = counter.count_batch([t for _, t in out])
+        quality[name] = {"chunks": len(out), "max_tokens": max(counts) if counts else 0,
+                         "over_budget": sum(1 for c in counts if c > budget),
+                         "mean_tokens": (sum(counts) / len(counts)) if counts else 0,
+                         "with_heading_path": sum(1 for h, _ in out if h)}
+    return {"mb": nbytes / 1e6, "pages": len(texts), "mb_per_s": runs, "quality": quality,
+            "chonkie_rules": CHONKIE_RULES_NOTE}
+
+
+# ---- in-process jobs ------------------------------------------------------------------------
+
+class _WriteTimer:
+    """Times KnowledgeBase.write / optimize (the LanceDB commits) inside this process."""
+
+    def __init__(self) -> None:
+        from pipeline import index
+
+        self.write_s = 0.0
+        self.optimize_s = 0.0
+        self.writes = 0
+        self.rows = 0
+        w, o = index.KnowledgeBase.write, index.KnowledgeBase.optimize
+        timer = self
+
+        def write(kb, rows, doc_ids):
+            t0 = time.perf_counter()
+            try:
+                return w(kb, rows, doc_ids)
+            finally:
+                timer.write_s += time.perf_counter() - t0
+                timer.writes += 1
+                timer.rows += len(rows)
+
+        def optimize(kb):
+            t0 = time.perf_counter()
+            try:
+                return o(kb)
+            finally:
+                timer.optimize_s += time.perf_counter() - t0
+
+        index.KnowledgeBase.write = write
+        index.KnowledgeBase.optimize = optimize
+
+
+def _run_in_thread(job) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def go():
+        try:
+            box["snap"] = job.run()
+        except BaseException as e:  # reported by the caller
+            box["error"] = repr(e)
+    th = threading.Thread(target=go, name="bench-job", daemon=True)
+    th.start()
+    return th, box
+
+
+def _embedding_running(job) -> bool:
+    from pipeline.status import JobStatus
+
+    s = job.snapshot()
+    if s.status != JobStatus.RUNNING:
+        return False
+    return any(p.name == "embedding" and p.status == JobStatus.RUNNING for p in s.phase_details)
+
+
+@task
+def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
+    """Figure 6: pause at random instants of a real-model job; time from pause() to run() returning
+    (after which nothing can write) and to the last LanceDB write. Each trial resumes the job."""
+    from pipeline.embedding import FastEmbedder
+    from pipeline.engine import IngestJob, open_store
+    from pipeline.index import KnowledgeBase
+    from pipeline.models import JobConfig
+    from pipeline.paths import Home
+    from pipeline.status import JobStatus
+
+    timer = _WriteTimer()
+    rnd = random.Random(p.get("seed", 1))
+    home = Home(p["home"]).ensure()
+    store = open_store(home)
+    emb = FastEmbedder(batch_size=p.get("batch_size", 16), threads=p.get("threads"))
+    factory = lambda c: emb  # one model for every trial: each resume does not reload it
+    kb_n = 0
+
+    def new_job():
+        nonlocal kb_n
+        kb_n += 1
+        cfg = JobConfig(sources=[p["docs"]], kb=f"pause{kb_n}", **p.get("config", {}))
+        return IngestJob.create(home, store, cfg, embedder_factory=factory)
+
+    job = new_job()
+    trials: list[dict[str, Any]] = []
+    busy0, t_all0 = store.busy_seconds, time.monotonic()
+    attempts = 0
+    while len(trials) < p["trials"] and attempts < p["trials"] * 3:
+        attempts += 1
+        th, box = _run_in_thread(job)
+        deadline = time.monotonic() + 120
+        while not _embedding_running(job) and th.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        wait = rnd.uniform(p.get("min_wait", 0.2), p.get("max_wait", 6.0))
+        time.sleep(wait)
+        if not th.is_alive():  # completed before the pause: start another knowledge base
+            th.join()
+            job = new_job()
+            continue
+        t_req = time.monotonic()
+        commits_before = job.last_commit_at
+        job.pause()
+        th.join()
+        t_ret = time.monotonic()
+        snap = box.get("snap")
+        status = snap.status.value if snap is not None else f"error {box.get('error')}"
+        kb = KnowledgeBase(home, job.config.kb)
+        v1 = kb._table.version if kb.exists else None
+        time.sleep(p.get("settle_s", 1.0))
+        kb2 = KnowledgeBase(home, job.config.kb)
+        v2 = kb2._table.version if kb2.exists else None
+        last = job.last_commit_at
+        trials.append({
+            "wait_s": wait, "latency_s": t_ret - t_req, "status": status,
+            "last_write_after_s": (last - t_req) if last is not None and last > t_req else 0.0,
+            "wrote_after_pause": bool(last is not None and last > t_req and last != commits_before),
+            "version_stable": v1 == v2,
+        })
+        if snap is None or snap.status != JobStatus.PAUSED:
+            job = new_job()
+        else:
+            job = IngestJob.load(home, store, job.job_id, embedder_factory=factory)
+    wall = time.monotonic() - t_all0
+    return {"trials": trials, "store_busy_s": store.busy_seconds - busy0, "wall_s": wall,
+            "write_s": timer.write_s, "optimize_s": timer.optimize_s, "writes": timer.writes}
+
+
+@task
+def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
+    """Figure 7: JobStore.busy_seconds over the wall time of a 10x-corpus job run in this process,
+    with the fake embedder sleeping `delay` s per chunk (the real model's pace), stopped by a pause
+    after `seconds` (or run to the end when seconds is None)."""
+    from pipeline.embedding import FakeEmbedder
+    from pipeline.engine import IngestJob, open_store
+    from pipeline.models import JobConfig
+    from pipeline.paths import Home
+
+    timer = _WriteTimer()
+    home = Home(p["home"]).ensure()
+    t0 = time.monotonic()
+    store = open_store(home)
+    delay = p.get("delay", 0.0)
+    cfg = JobConfig(sources=[p["docs"]], kb="store", embedder="fake", **p.get("config", {}))
+    job = IngestJob.create(home, store, cfg, embedder_factory=lambda c: FakeEmbedder(delay=delay))
+    th, box = _run_in_thread(job)
+    th.join(p.get("seconds"))
+    paused = False
+    if th.is_alive():
+        job.pause()
+        paused = True
+        th.join()
+    wall = time.monotonic() - t0
+    snap = box.get("snap")
+    m = snap.metrics if snap is not None else {}
+    return {"wall_s": wall, "store_busy_s": store.busy_seconds, "ratio": store.busy_seconds / wall,
+            "paused": paused, "status": snap.status.value if snap is not None else box.get("error"),
+            "chunks_embedded": m.get("chunks_embedded", 0), "commits": m.get("commits", 0),
+            "write_s": timer.write_s, "optimize_s": timer.optimize_s, "writes": timer.writes, "rows": timer.rows,
+            "store_bytes": home.store_file.stat().st_size if home.store_file.exists() else 0}
+
+
+# ---- memory: where the RSS of a batch ingest comes from -------------------------------------
+
+@task
+def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
+    stages: list[tuple[str, float, float]] = []
+
+    def mark(name: str) -> None:
+        stages.append((name, rss_mib(), peak_mib()))
+
+    mark("python + bench worker")
+    import numpy  # noqa: F401
+    import pyarrow  # noqa: F401
+    mark("numpy + pyarrow")
+    import lancedb  # noqa: F401
+    mark("import lancedb")
+    import fastembed  # noqa: F401
+    mark("import fastembed (onnxruntime)")
+    import app.batch  # noqa: F401
+    import pipeline.engine  # noqa: F401
+    mark("import the engine and app.batch")
+    from pipeline.embedding import FastEmbedder
+
+    emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
+    mark("model loaded (+1 probe)")
+    texts = corpus_texts(p["corpus"], p["batch_size"] * p.get("batches", 8))
+    mark("chunker + texts")
+    bs = p["batch_size"]
+    emb.embed(texts[:bs])
+    mark("after the first batch")
+    for i in range(bs, len(texts), bs):
+        emb.embed(texts[i:i + bs])
+    mark(f"after {len(texts) // bs} batches")
+    return {"stages": stages}
+
+
+# ---- profiling ------------------------------------------------------------------------------
+
+@task
+def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
+    from bench.profile import profile_ingest as run
+
+    return run(p)
+
+
+def main() -> None:
+    name = sys.argv[1]
+    params = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    result = TASKS[name](params)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

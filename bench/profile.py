@@ -1,0 +1,141 @@
+"""Profiling one in-process batch ingest: pyinstrument on the main thread (start-up: imports, model
+load, opening the table, then the wait for the workers) and a stack sampler over every thread
+(pyinstrument follows one thread only; the engine's work happens in four worker threads).
+
+Native code (onnxruntime, LanceDB, the tokenizers) shows as the Python frame that called it.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT_DIR
+
+
+class StackSampler:
+    """Samples sys._current_frames() every `interval` seconds, per thread name."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.leaf: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.total: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.samples: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._th.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join()
+
+    @staticmethod
+    def _label(frame) -> str:
+        co = frame.f_code
+        fn = co.co_filename
+        for marker in ("site-packages/", "/work/main/", "lib/python3"):
+            i = fn.find(marker)
+            if i >= 0:
+                fn = fn[i + len(marker):]
+                break
+        return f"{fn}:{co.co_name}"
+
+    def _loop(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for tid, frame in sys._current_frames().items():
+                if tid == me:
+                    continue
+                name = names.get(tid, str(tid))
+                name = name.split("-")[0] + "-" + name.split("-")[1] if name.startswith("kbingest-") else name
+                self.samples[name] += 1
+                self.leaf[name][self._label(frame)] += 1
+                seen = set()
+                f = frame
+                while f is not None:
+                    lab = self._label(f)
+                    if lab not in seen:
+                        seen.add(lab)
+                        self.total[name][lab] += 1
+                    f = f.f_back
+
+    def report(self, top: int = 12) -> str:
+        out = []
+        for name, n in self.samples.most_common():
+            out.append(f"== thread {name}: {n} samples ({n * self.interval:.1f} s)")
+            out.append("   self (innermost Python frame; native time shows here):")
+            for lab, c in self.leaf[name].most_common(top):
+                out.append(f"     {100 * c / n:5.1f}%  {lab}")
+            out.append("   inclusive (pipeline/ and app/ frames):")
+            inc = [(lab, c) for lab, c in self.total[name].most_common() if lab.startswith(("pipeline/", "app/"))]
+            for lab, c in inc[:top]:
+                out.append(f"     {100 * c / n:5.1f}%  {lab}")
+        return "\n".join(out)
+
+    def summary(self, top: int = 5) -> dict[str, Any]:
+        return {name: {"samples": n, "self": [(lab, round(100 * c / n, 1)) for lab, c in self.leaf[name].most_common(top)]}
+                for name, n in self.samples.most_common()}
+
+
+def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
+    """Run one job the way `kbingest ingest --batch` does, in this process, profiled."""
+    from pyinstrument import Profiler
+
+    out_dir = Path(p.get("out_dir") or OUT_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = p.get("tag", "ingest")
+    sampler = StackSampler(p.get("interval", 0.01))
+    prof = Profiler(interval=0.002)
+    t0 = time.perf_counter()
+    sampler.start()
+    prof.start()
+    marks: list[tuple[str, float]] = []
+    from pipeline.engine import IngestJob, open_store  # noqa: E402  (import time is part of the profile)
+    from pipeline.models import JobConfig
+    from pipeline.paths import Home
+    marks.append(("imports (engine, pydantic, tinydb)", time.perf_counter() - t0))
+    home = Home(p["home"]).ensure()
+    store = open_store(home)
+    cfg = JobConfig(sources=[p["docs"]], kb="profile", embedder=p.get("embedder", "fastembed"),
+                    **p.get("config", {}))
+    job = IngestJob.create(home, store, cfg)
+    marks.append(("job created", time.perf_counter() - t0))
+    snap = job.run()
+    marks.append(("job.run() returned", time.perf_counter() - t0))
+    prof.stop()
+    sampler.stop()
+    wall = time.perf_counter() - t0
+    main_txt = prof.output_text(unicode=False, color=False, show_all=False)
+    (out_dir / f"profile_{tag}_main.txt").write_text(main_txt)
+    threads_txt = sampler.report()
+    (out_dir / f"profile_{tag}_threads.txt").write_text(threads_txt)
+    emb = next((d for d in snap.phase_details if d.name == "embedding"), None)
+    return {"wall_s": wall, "marks": marks, "status": snap.status.value,
+            "chunks": snap.metrics.get("chunks_embedded", 0),
+            "embedding_s": emb.duration_seconds if emb else None,
+            "threads": sampler.summary(),
+            "main_top": _pyinstrument_top(prof, wall),
+            "files": [str(out_dir / f"profile_{tag}_main.txt"), str(out_dir / f"profile_{tag}_threads.txt")]}
+
+
+def _pyinstrument_top(prof, wall: float, depth: int = 6) -> list[tuple[str, float]]:
+    """The biggest frames of the main thread's profile (time in seconds), a few levels deep."""
+    session = prof.last_session
+    root = session.root_frame() if session else None
+    out: list[tuple[str, float]] = []
+
+    def visit(f, d):
+        if f is None or d > depth:
+            return
+        if f.time >= 0.02 * wall and d > 0:
+            out.append((f"{'  ' * d}{f.function} ({Path(f.file_path_short or '').name}:{f.line_no})", round(f.time, 2)))
+        for c in f.children:
+            visit(c, d + 1)
+    visit(root, 0)
+    return out[:40]
