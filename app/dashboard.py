@@ -18,6 +18,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
@@ -117,7 +118,8 @@ class KbIngestApp(App[None]):
                  job_factory: Optional[Callable[[str], JobLike]] = None) -> None:
         super().__init__()
         self.home = home
-        self.store = store if store is not None else open_store(home)
+        # one store per process where possible: the job's own (opening a JobStore sweeps its temp files)
+        self.store = store or getattr(job, "store", None) or open_store(home)
         self.job = job
         self.clock = clock or utcnow
         self.tz = tz
@@ -136,6 +138,8 @@ class KbIngestApp(App[None]):
         self._events = EventBook()
         self._actions_state: tuple = ()
         self._quitting = False
+        self._shutting_down = False
+        self._main: Any = None
         self.run_error: Optional[BaseException] = None
 
     # ---- layout -----------------------------------------------------------------------------
@@ -149,13 +153,24 @@ class KbIngestApp(App[None]):
             yield EventLog(id="log")
         yield Footer()
 
+    def _q(self, selector: Any, expect_type: Any = None) -> Any:
+        """A widget of the main screen (App.query_one searches the active screen: a modal, maybe)."""
+        if expect_type is None:
+            return self._main.query_one(selector)
+        return self._main.query_one(selector, expect_type)
+
+    @property
+    def _ui_ready(self) -> bool:
+        return self._main is not None and not self._shutting_down and not self._main._closing
+
     def on_mount(self) -> None:
-        table = self.query_one(JobTable)
+        self._main = self.screen
+        table = self._q(JobTable)
         table.add_class("pane")
         table.border_title = printable(f"jobs in {self.home_label}")
-        self.query_one("#errors").add_class("pane")
-        self.query_one("#errors").border_title = "errors"
-        log = self.query_one(EventLog)
+        self._q("#errors").add_class("pane")
+        self._q("#errors").border_title = "errors"
+        log = self._q(EventLog)
         log.add_class("pane")
         log.border_title = "events"
         log.tz = self.tz
@@ -172,8 +187,9 @@ class KbIngestApp(App[None]):
         self._apply_size(event.size.width, event.size.height)
 
     def _apply_size(self, width: int, height: int) -> None:
-        self.screen.set_class(width >= WIDE, "wide")
-        self.screen.set_class(height >= TALL, "tall")
+        if self._main is not None:
+            self._main.set_class(width >= WIDE, "wide")
+            self._main.set_class(height >= TALL, "tall")
 
     # ---- reading jobs -----------------------------------------------------------------------
     def _read_store(self) -> list[tuple[JobRecord, JobStatusResponse]]:
@@ -241,18 +257,26 @@ class KbIngestApp(App[None]):
         if not items:
             return
         added = self._events.add(job_id, self.clock(), items)
-        if job_id == self._shown:
-            self.query_one(EventLog).add(added)
+        if job_id == self._shown and self._ui_ready:
+            self._q(EventLog).add(added)
 
     # ---- rendering --------------------------------------------------------------------------
     def _ordered(self) -> list[JobView]:
         return sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
 
     def _refresh_views(self, force: bool = False) -> None:
+        if not self._ui_ready:
+            return
+        try:
+            self._refresh_views_now(force)
+        except NoMatches:  # the app is closing
+            pass
+
+    def _refresh_views_now(self, force: bool) -> None:
         views = self._ordered()
         if self._selected not in self._views:
             self._selected = views[0].job_id if views else None
-        table = self.query_one(JobTable)
+        table = self._q(JobTable)
         if force:
             table._cells.clear()
         table.show(views, self.clock(), self.tz, self._selected)
@@ -263,22 +287,22 @@ class KbIngestApp(App[None]):
         view = self._views.get(self._selected) if self._selected else None
         switched = self._shown != self._selected
         self._shown = self._selected
-        detail = self.query_one("#detail")
+        detail = self._q("#detail")
         if view is None:
             detail.border_title = "no job selected"
-            self.query_one("#summary", Static).update(Text(
+            self._q("#summary", Static).update(Text(
                 "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
         else:
             where = " · running here" if view.local else " · running in another process" if view.running_elsewhere else ""
             detail.border_title = printable(f"job {view.job_id} · kb {view.kb}{where}")
-            self.query_one("#summary", Static).update(self._summary(view))
-        self.query_one(PhaseTimeline).show(view.snap.phase_details if view else None, force=force)
-        errors = self.query_one(ErrorPane)
+            self._q("#summary", Static).update(self._summary(view))
+        self._q(PhaseTimeline).show(view.snap.phase_details if view else None, force=force)
+        errors = self._q(ErrorPane)
         errors.show(view, force=force)
         n = view.failed_docs if view else 0
         errors.border_title = f"errors ({n} document{'s' if n != 1 else ''})" if n else "errors"
         if switched or force:
-            self.query_one(EventLog).replace(self._events.of(self._selected))
+            self._q(EventLog).replace(self._events.of(self._selected))
 
     def _summary(self, v: JobView) -> Text:
         s = v.snap
@@ -318,7 +342,7 @@ class KbIngestApp(App[None]):
             self._update_action_state()
 
     def action_select_job(self, step: int) -> None:
-        table = self.query_one(JobTable)
+        table = self._q(JobTable)
         if step < 0:
             table.action_cursor_up()
         else:
@@ -471,7 +495,7 @@ class KbIngestApp(App[None]):
         self._live_worker = self.run_worker(partial(self._run_job, job), thread=True, group="job",
                                             name=f"run {job.job_id}", exit_on_error=False)
         self._poll_live()
-        self.query_one(JobTable).select(job.job_id)
+        self._q(JobTable).select(job.job_id)
 
     def _run_job(self, job: JobLike) -> JobStatusResponse:
         """In a thread worker: the job runs until it rests (completed, paused, cancelled, failed)."""
@@ -522,6 +546,7 @@ class KbIngestApp(App[None]):
             self.set_timer(QUIT_DELAY_S, self.exit)
 
     def on_unmount(self) -> None:
+        self._shutting_down = True
         # However the app ends, a job running in this process is paused (its checkpoint saved),
         # never left running without a UI.
         if self._live is not None:

@@ -88,7 +88,7 @@ def _reruns(ctx: Ctx, run: dict[str, Any], docs: Path, k: int) -> list[dict[str,
 def fig_throughput(ctx: Ctx) -> list[Row]:
     """Figure 1: e2e `kbingest ingest --batch` vs raw FastEmbedder on the same texts, alternating;
     the same runs give figure 3a (peak RSS of a default ingest) and figure 4 (re-runs)."""
-    n_pages = ctx.pages(None, 8)
+    n_pages = ctx.pages(None, 4)
     docs = ctx.ws.subset(n_pages)
     label = ctx.corpus_label(n_pages)
     reps = ctx.reps(2, 1)
@@ -172,7 +172,7 @@ def _rerun_rows(ctx: Ctx, reruns: list[dict[str, Any]], label: str) -> list[Row]
 def fig_rerun(ctx: Ctx) -> list[Row]:
     if "tp" in ctx.shared:
         return []  # measured with figure 1
-    n_pages = ctx.pages(None, 8)
+    n_pages = ctx.pages(None, 4)
     docs = ctx.ws.subset(n_pages)
     reruns = []
     for rep in range(ctx.reps(1, 1)):
@@ -185,7 +185,7 @@ def fig_rerun(ctx: Ctx) -> list[Row]:
 # ---- figure 3: memory ------------------------------------------------------------------------
 
 def fig_memory(ctx: Ctx) -> list[Row]:
-    n_pages = ctx.pages(None, 8)
+    n_pages = ctx.pages(None, 4)
     label = ctx.corpus_label(n_pages)
     docs1 = ctx.ws.subset(n_pages)
     log(f"figure 3: building the 10x corpus of the {label}")
@@ -438,7 +438,7 @@ def fig_pause(ctx: Ctx) -> list[Row]:
 # ---- figure 7: job store overhead -------------------------------------------------------------
 
 def fig_store(ctx: Ctx) -> list[Row]:
-    n_pages = ctx.pages(None, 8)
+    n_pages = ctx.pages(None, 4)
     docs10 = ctx.ws.tenx(n_pages)
     raw_cps = ctx.shared.get("raw_cps") or 12.0
     delay = round(1.0 / raw_cps, 4)
@@ -481,7 +481,7 @@ def fig_store(ctx: Ctx) -> list[Row]:
 # ---- tuning: batch size and threads -----------------------------------------------------------
 
 def fig_sweep(ctx: Ctx) -> list[Row]:
-    n_pages = ctx.pages(None, 8)
+    n_pages = ctx.pages(None, 4)
     corpus = ctx.ws.subset(n_pages)
     cfg = default_config()
     ref = (cfg["batch_size"], cfg["threads"])

@@ -28,7 +28,9 @@ from pipeline.tokens import TokenCounter, default_counter
 CHUNKER_VERSION = "1"
 MODEL_MAX_TOKENS = 254            # all-MiniLM-L6-v2 reads 256 positions, minus [CLS] and [SEP]
 MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
-MARKDOWN_MAX_CHARS = 16_000_000   # markdown-it-py costs ~0.3 s/MB: larger documents are chunked as plain text
+# markdown-it-py costs ~0.2 s/MB plus ~40-250 us per line: larger documents are chunked as plain text
+MARKDOWN_MAX_CHARS = 16_000_000
+MARKDOWN_MAX_LINES = 50_000
 FRONT_MATTER_MAX_LINES = 1000
 MAX_HEADING_CHARS = 256           # a heading's text in heading_path is cut to this length
 BATCH_MAX_CHARS = 2_000_000       # texts counted per round (bounds the memory a round takes)
@@ -39,6 +41,7 @@ _SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s)|\Z)", re.S)
 _NON_SPACE = re.compile(r"\S")
 _BLANK_LINES = re.compile(r"\n(?:[^\S\n]*\n)+")
 _FRONT_MATTER_KEY = re.compile(r"([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*))?$")
+_INLINE_MARKUP = re.compile(r"[*_`\[\]!<>&\\~]")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 # str.split() splits on these, BERT deletes them (so a word around one is not two words to it)
 _SPLIT_BUT_NOT_BERT_SPACE = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
@@ -297,7 +300,7 @@ class Chunker:
         text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
         metadata, body = split_front_matter(text)
         first_h1 = None
-        if markdown and len(body) <= MARKDOWN_MAX_CHARS:
+        if markdown and len(body) <= MARKDOWN_MAX_CHARS and body.count("\n") < MARKDOWN_MAX_LINES:
             try:
                 sections, first_h1 = self._markdown_sections(body)
             except RecursionError:
@@ -339,7 +342,7 @@ class Chunker:
             covered = max(covered, end)
             raw = "\n".join(lines[start:end]).rstrip()
             current_list = None
-            if not raw.strip():
+            if not raw.strip() or tok.type == "hr":   # a thematic break carries no content
                 continue
             if tok.type == "heading_open":
                 level = int(tok.tag[1:])
@@ -359,7 +362,7 @@ class Chunker:
                 sections[-1].blocks.append(self._table_block(lines[start:end], raw))
             elif tok.type in ("code_block", "html_block"):
                 sections[-1].blocks.append(_Block("lines", raw))
-            else:  # paragraph, blockquote, hr, anything else
+            else:  # paragraph, blockquote, anything else
                 sections[-1].blocks.append(_Block("prose", raw))
         if covered < len(lines):
             add_loose_lines(covered, len(lines))
@@ -383,7 +386,9 @@ class Chunker:
 
     def _heading_text(self, content: str) -> str:
         content = content[: MAX_HEADING_CHARS * 4]
-        if len(content) > 1000:  # pathological heading: a cheap approximation is enough
+        if not _INLINE_MARKUP.search(content):
+            text = content
+        elif len(content) > 1000:  # pathological heading: a cheap approximation is enough
             text = re.sub(r"[*_`]", "", _MD_LINK.sub(r"\1", content))
         else:
             parts = []

@@ -280,11 +280,10 @@ class IngestJob:
         from pipeline.watch import ChangeFeed
 
         t = self.tracker
-        with ChangeFeed(self.config.sources) as feed:
+        with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:
             self._run_pass()
             while not self._stop.is_set():
-                if feed.warning:
-                    t.set_metric("watch_warning", feed.warning)
+                t.set_metric("watch_warning", feed.warning)
                 t.set_message(f"watching {len(self.config.sources)} source(s) for changes")
                 burst = feed.next_burst(timeout=0.25)
                 if burst is None or self._stop.is_set():
@@ -324,7 +323,7 @@ class IngestJob:
         q_embedded: queue.Queue = queue.Queue(QUEUE_EMBEDDED)
         workers = [
             ("loader", lambda: self._load(stored, settings.fingerprint(), embedder.model, q_docs, scope)),
-            ("chunker", lambda: self._chunk(chunker, settings.fingerprint(), embedder.model, q_docs, q_chunked)),
+            ("chunker", lambda: self._chunk(chunker, settings.fingerprint(), embedder.model, q_docs, q_chunked, kb)),
             ("embedder", lambda: self._embed(embedder, q_chunked, q_embedded)),
             ("indexer", lambda: self._index(kb, q_embedded)),
         ]
@@ -462,7 +461,8 @@ class IngestJob:
             t.advance(phase, chunks)
 
     # chunking --------------------------------------------------------------------------------
-    def _chunk(self, chunker: Chunker, fingerprint: str, model: str, inp: queue.Queue, out: queue.Queue) -> None:
+    def _chunk(self, chunker: Chunker, fingerprint: str, model: str, inp: queue.Queue, out: queue.Queue,
+               kb: KnowledgeBase) -> None:
         t = self.tracker
         while True:
             item = self._get(inp)
@@ -485,16 +485,36 @@ class IngestJob:
                 "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, fingerprint, model),
                 "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
                 "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
+                "model": model,
             } for ch in chunked.chunks]
             t.add_total(JobPhase.EMBEDDING, len(d.rows))
             t.add_total(JobPhase.INDEXING, len(d.rows))
             t.incr_metric("chunks_created", len(d.rows))
+            if d.replaces and d.rows:
+                self._reuse_vectors(kb, d, model)
             t.advance(JobPhase.CHUNKING)
             self._put(out, d)
         t.finish_total(JobPhase.EMBEDDING)
         t.finish_total(JobPhase.INDEXING)
         t.complete_phase(JobPhase.CHUNKING)
         self._put(out, _END)
+
+    def _reuse_vectors(self, kb: KnowledgeBase, d: _Doc, model: str) -> None:
+        """An edited document keeps the vectors of the chunks whose text did not change."""
+        try:
+            known = kb.vectors_by_text(d.doc_id, model)
+        except Exception:  # only an optimisation: embed everything instead
+            log.warning("could not read the stored vectors of %s", d.path, exc_info=True)
+            return
+        reused = 0
+        for r in d.rows:
+            v = known.get(r["text"])
+            if v is not None:
+                r["vector"] = v
+                reused += 1
+        if reused:
+            self.tracker.advance(JobPhase.EMBEDDING, reused)
+            self.tracker.incr_metric("chunks_reused", reused)
 
     # embedding -------------------------------------------------------------------------------
     def _embed(self, embedder: Embedder, inp: queue.Queue, out: queue.Queue) -> None:
@@ -511,7 +531,7 @@ class IngestJob:
                 else:
                     if item.rows:
                         t.start_phase(JobPhase.EMBEDDING)
-                        todo.extend((item, i) for i in range(len(item.rows)))
+                        todo.extend((item, i) for i, r in enumerate(item.rows) if "vector" not in r)
                     pending.append(item)
             if todo and (len(todo) >= bs or ended):
                 batch, todo = todo[:bs], todo[bs:]

@@ -34,6 +34,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("doc_version", pa.string()),
         pa.field("position", pa.int32()),
         pa.field("title", pa.string()),
+        pa.field("model", pa.string()),
     ])
 
 
@@ -128,6 +129,16 @@ class KnowledgeBase:
              .when_not_matched_by_source_delete(in_predicate("doc_id", doc_ids))
              .execute(data))
         self.commits += 1
+
+    def vectors_by_text(self, doc_id: str, model: str) -> dict[str, Any]:
+        """The vectors this document's stored chunks have, by chunk text, where the same model made
+        them: an edit re-embeds only the chunks whose text changed."""
+        if self._table is None:
+            return {}
+        t = (self._table.search(None).where(in_predicate("doc_id", [doc_id]))
+             .select(["text", "vector", "model"]).limit(None).to_arrow())
+        return {txt: vec for txt, vec, m in zip(t["text"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist())
+                if m == model}
 
     def optimize(self) -> None:
         from datetime import timedelta

@@ -129,13 +129,15 @@ class PhaseTracker:
 
     def set_message(self, message: str) -> None:
         with self._lock:
-            self._message = message
-            self._version += 1
+            if self._message != message:  # unchanged: no new version, so nothing is rewritten
+                self._message = message
+                self._version += 1
 
     def set_metric(self, key: str, value: Any) -> None:
         with self._lock:
-            self._metrics[key] = value
-            self._version += 1
+            if key not in self._metrics or self._metrics[key] != value:
+                self._metrics[key] = value
+                self._version += 1
 
     def incr_metric(self, key: str, n: int = 1) -> None:
         with self._lock:

@@ -20,7 +20,9 @@ How a path becomes ready (all in the caller's thread; watchdog's threads only re
 - once something is ready, paths still settling get up to `quiet_seconds` more to join the
   same burst (a checkout or a "save all" is one pass, not several);
 - a path that never settles (a file written without pause) is reported after MAX_SETTLE_S
-  anyway, and again once it settles.
+  anyway, and again once it settles;
+- paths below another reported folder are left out (walking the folder covers them), and a
+  burst of more than MAX_BURST_PATHS paths names their folders instead.
 
 Editor junk (swap files, backups, lock files, temp files, anything that is not .md, .markdown or
 .txt) is ignored; folder events (created, deleted, moved) always count. Moves report both ends.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ POLL_INTERVAL_S = 1.0        # polling observer: seconds between two snapshots o
 MAINTAIN_EVERY_S = 0.25      # how often next_burst re-examines the sources and the observer's health
 RETRY_START_S = 2.0          # after the observer failed to start: seconds before trying again
 MAX_SETTLE_S = 30.0          # a path still changing after this long is reported anyway
+MAX_BURST_PATHS = 1000       # a burst naming more paths names their folders instead
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 POLLING_WARNING = {
     errno.ENOSPC: "inotify watch limit reached: fell back to polling (slower); raise fs.inotify.max_user_watches",
@@ -161,9 +165,13 @@ class _Watch:
     def map(self, path: str) -> Optional[str]:
         if path == self.real:
             return self.source
-        if self.recursive and path.startswith(self.real) and path[len(self.real):len(self.real) + 1] == os.sep:
-            return self.source + path[len(self.real):]
+        if self.recursive and path.startswith(_dir_prefix(self.real)):
+            return os.path.join(self.source, path[len(_dir_prefix(self.real)):])
         return None
+
+
+def _dir_prefix(path: str) -> str:
+    return path if path.endswith(os.sep) else path + os.sep
 
 
 def _plan_one(source: str) -> _Watch:
@@ -309,8 +317,6 @@ class ChangeFeed:
                     self._to_polling(e)
             if self.polling:
                 self._observer = self._build(polling=True)
-            with self._lock:
-                self._trouble, self._trouble_error = None, None
             self._retry_at = None
             self.warning = self._polling_warning if self.polling else None
             return True
@@ -408,7 +414,7 @@ class ChangeFeed:
             if not r:
                 continue
             p = watch.map(os.fsdecode(r))
-            if p is None or not self._relevant(p, event.is_directory):
+            if p is None or not self._relevant(watch, p, event.is_directory):
                 continue
             with self._lock:
                 self._touch(p, now)
@@ -416,14 +422,13 @@ class ChangeFeed:
         if hit:
             self._wakeup.set()
 
-    def _relevant(self, path: str, is_dir: bool) -> bool:
+    def _relevant(self, watch: _Watch, path: str, is_dir: bool) -> bool:
         for ex in self.exclude:
-            if path == ex or path.startswith(os.path.join(ex, "")):
+            if path == ex or path.startswith(_dir_prefix(ex)):
                 return False
-        parts = path.split(os.sep)
-        if VCS_DIRS.intersection(parts):
+        if VCS_DIRS.intersection(path[len(watch.source):].split(os.sep)):   # below the source only
             return False
-        return is_dir or not is_junk(parts[-1])
+        return is_dir or not is_junk(os.path.basename(path))
 
     def _touch(self, path: str, now: float) -> None:
         """Record an event for path (lock held)."""
@@ -484,7 +489,7 @@ class ChangeFeed:
                 except OSError:
                     settled.add(p)  # gone: a deletion (or moved away)
                     continue
-            if os.path.isdir(p):
+            if stat.S_ISDIR(st.st_mode):
                 dirs.add(p)
                 settled.add(p)     # a folder needs quiet only (and its content settled, below)
                 continue
@@ -538,7 +543,24 @@ class ChangeFeed:
                     del self._pending[p]
                 elif e is not None:
                     e.sig = None  # changed again while we decided: it will come again once settled
-        return Burst(frozenset(_outermost(settled))), wake
+        return Burst(frozenset(self._coarsen(_outermost(settled)))), wake
+
+    def _coarsen(self, paths: list[str]) -> list[str]:
+        """At most MAX_BURST_PATHS paths: beyond, each is replaced by its folder (never above its
+        source), level by level. Walking a folder again costs a hash per unchanged document; a
+        pass over very many single paths costs more (each is matched against the table)."""
+        while len(paths) > MAX_BURST_PATHS:
+            roots = sorted(self.sources, key=len, reverse=True)
+            up = []
+            for p in paths:
+                root = next((r for r in roots if p == r or p.startswith(_dir_prefix(r))), None)
+                d = os.path.dirname(p)
+                up.append(d if root is not None and p != root else p)
+            up = _outermost(up)
+            if set(up) == set(paths):   # all at their source roots already
+                break
+            paths = up
+        return paths
 
 
 def _outermost(paths: Iterable[str]) -> list[str]:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
+from rich.text import Text
 from textual.pilot import Pilot
 
 from app.dashboard import HELP_KEYS, KbIngestApp
@@ -53,8 +54,20 @@ async def wait_exit(app: KbIngestApp, what: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+_STORES: dict[str, object] = {}
+
+
+def store_of(home: Home):
+    """One JobStore per home for the whole test: opening a JobStore sweeps the store's temp files,
+    which must not happen while the engine writes (see the note in the final report)."""
+    key = str(home.root)
+    if key not in _STORES:
+        _STORES[key] = open_store(home)
+    return _STORES[key]
+
+
 def stored_status(home: Home, job_id: str) -> JobStatus:
-    rec = open_store(home).get(job_id)
+    rec = store_of(home).get(job_id)
     assert rec is not None
     return rec.status.status
 
@@ -70,11 +83,11 @@ def run(coro) -> None:
 # ---- pause, resume, cancel -------------------------------------------------------------------
 def test_pause_resume_cancel(home, pages, monkeypatch):
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", DELAY)
-    store = open_store(home)
+    store = store_of(home)
     job = IngestJob.create(home, store, config(pages))
 
     async def scenario() -> None:
-        app = KbIngestApp(home, job)
+        app = KbIngestApp(home, job, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: embedded(job) >= 16, "the job to embed its first batches")
             assert app.selected is not None and app.selected.job_id == job.job_id and app.selected.local
@@ -126,10 +139,10 @@ def test_pause_resume_cancel(home, pages, monkeypatch):
 
 def test_escape_refuses_cancel(home, pages, monkeypatch):
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", DELAY)
-    job = IngestJob.create(home, open_store(home), config(pages))
+    job = IngestJob.create(home, store_of(home), config(pages))
 
     async def scenario() -> None:
-        app = KbIngestApp(home, job)
+        app = KbIngestApp(home, job, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: embedded(job) >= 8, "the job to run")
             await pilot.press("c")
@@ -147,10 +160,10 @@ def test_escape_refuses_cancel(home, pages, monkeypatch):
 # ---- quitting mid-run, then resuming in a new dashboard -------------------------------------
 def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, monkeypatch):
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", DELAY)
-    job = IngestJob.create(home, open_store(home), config(pages))
+    job = IngestJob.create(home, store_of(home), config(pages))
 
     async def first() -> None:
-        app = KbIngestApp(home, job)
+        app = KbIngestApp(home, job, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: embedded(job) >= 16, "the job to embed its first batches")
             await pilot.press("q")
@@ -158,12 +171,12 @@ def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, 
         assert job.done.is_set()
 
     run(first())
-    rec = open_store(home).get(job.job_id)
+    rec = store_of(home).get(job.job_id)
     assert rec.status.status == JobStatus.PAUSED
     assert "checkpoint saved" in rec.status.message
 
     async def second() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: app.selected is not None, "the job list")
             app.query_one(JobTable).select(job.job_id)
@@ -183,7 +196,7 @@ def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, 
     # the same corpus, uninterrupted, in another home
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", "0")
     other = Home(tmp_path / "other-home").ensure()
-    ref = IngestJob.create(other, open_store(other), config(pages))
+    ref = IngestJob.create(other, store_of(other), config(pages))
     assert ref.run().status == JobStatus.COMPLETED
     assert set(ids) == set(KnowledgeBase(other, "t").ids())
 
@@ -191,7 +204,7 @@ def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, 
 # ---- interrupted jobs, one job at a time -----------------------------------------------------
 def _interrupted_record(home: Home, pages) -> str:
     """A job recorded as running by a process that died (no engine lock held)."""
-    store = open_store(home)
+    store = store_of(home)
     job = IngestJob.create(home, store, config(pages))
     t = job.tracker
     t.set_status(JobStatus.RUNNING, "ingesting")
@@ -205,7 +218,7 @@ def test_interrupted_job_shows_paused_and_resumes(home, pages, monkeypatch):
     job_id = _interrupted_record(home, pages)
 
     async def scenario() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: app.selected is not None, "the job list")
             v = app.selected
@@ -221,10 +234,10 @@ def test_interrupted_job_shows_paused_and_resumes(home, pages, monkeypatch):
 def test_resume_refused_while_another_job_runs_here(home, pages, monkeypatch):
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", DELAY)
     other_id = _interrupted_record(home, pages)
-    job = IngestJob.create(home, open_store(home), config(pages))
+    job = IngestJob.create(home, store_of(home), config(pages))
 
     async def scenario() -> None:
-        app = KbIngestApp(home, job)
+        app = KbIngestApp(home, job, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: embedded(job) >= 8, "the job to run")
             # the other job, recorded running, is shown interrupted while this process holds the engine
@@ -248,7 +261,7 @@ def test_resume_refused_while_another_job_runs_here(home, pages, monkeypatch):
 # ---- help, keys, footer ----------------------------------------------------------------------
 def test_help_lists_every_key(home):
     async def scenario() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.press("question_mark")
             await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
@@ -269,7 +282,7 @@ def test_help_lists_every_key(home):
 
 def test_footer_shows_every_fixed_key(home):
     async def scenario() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             shown = {b.key: b for _, b, _, _ in app.screen.active_bindings.values() if b.show}
@@ -286,7 +299,7 @@ def test_file_names_are_shown_literally(home):
     from pipeline.models import JobRecord, iso, utcnow
     from pipeline.tracker import PhaseTracker
 
-    store = open_store(home)
+    store = store_of(home)
     t = PhaseTracker("t-1", "t")
     t.set_status(JobStatus.RUNNING)
     t.set_status(JobStatus.FAILED, "failed in loading: [bold red]x[/]", error="boom \x1b[31m[link=x]y[/link]")
@@ -297,11 +310,12 @@ def test_file_names_are_shown_literally(home):
                         doc_errors=[evil], created_at=now, updated_at=now))
 
     async def scenario() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
-            text = app.query_one("#error-text").render()
-            plain = str(text)
+            content = app.query_one("#error-text").content
+            assert isinstance(content, Text)  # a literal Text: never parsed as markup
+            plain = content.plain
             assert "[bold red]a[/].md\\x1b[2J\\u202egpj.md" in plain
             assert "[i]bad[/i] \\x07" in plain
             assert "\x1b" not in plain and "\u202e" not in plain
@@ -337,7 +351,7 @@ def test_events_come_from_changes_not_documents():
 
 def test_event_log_is_bounded(home):
     async def scenario() -> None:
-        app = KbIngestApp(home, None)
+        app = KbIngestApp(home, None, store=store_of(home))
         async with app.run_test(size=SIZE) as pilot:
             log = app.query_one(EventLog)
             assert log.max_lines is not None and log.max_lines <= 1000

@@ -79,9 +79,10 @@ def test_transient_embedding_failure_is_retried_with_backoff(home, store, pages,
     assert snap.metrics["embedding_retries"] == 2
     assert snap.metrics["documents_failed"] == 0 and job.errors == []
     assert rows_by_doc(home) == reference
-    # backoff: the waits before attempt 2 and attempt 3 grow
+    # backoff: the engine waits before each retry, and the wait doubles (0.2 s, then 0.4 s); lower
+    # bounds only, so that a loaded machine cannot make this flaky
     first, second = emb.calls[1] - emb.calls[0], emb.calls[2] - emb.calls[1]
-    assert first >= 0.15 and second >= 1.5 * first, (first, second)
+    assert first >= 0.18 and second >= 0.38, (first, second)
 
 
 def test_document_that_always_breaks_the_embedder_is_a_document_error(home, store, pages, reference):

@@ -79,6 +79,27 @@ def test_is_junk():
         assert not is_junk(name), name
 
 
+def test_coarsen_big_bursts(monkeypatch):
+    monkeypatch.setattr(watch_mod, "MAX_BURST_PATHS", 10)
+    feed = ChangeFeed(["/r", "/other/one.md"])
+    paths = [f"/r/a{i}/x{j}.md" for i in range(5) for j in range(4)] + ["/other/one.md"]
+    assert sorted(feed._coarsen(paths)) == ["/other/one.md"] + [f"/r/a{i}" for i in range(5)]
+    deep = [f"/r/d{i}/e/x.md" for i in range(30)]
+    assert feed._coarsen(deep) == ["/r"]          # never above the source root
+    assert feed._coarsen(["/r/a.md"]) == ["/r/a.md"]
+
+
+def test_watch_maps_real_paths_back_to_the_source():
+    w = watch_mod._Watch(source="/link", real="/data/docs", watch_dir="/data/docs", recursive=True)
+    assert w.map("/data/docs") == "/link"
+    assert w.map("/data/docs/a/b.md") == "/link/a/b.md"
+    assert w.map("/data/docsx/b.md") is None
+    root = watch_mod._Watch(source="/", real="/", watch_dir="/", recursive=True)
+    assert root.map("/x.md") == "/x.md"
+    f = watch_mod._Watch(source="/s/one.md", real="/s/one.md", watch_dir="/s", recursive=False)
+    assert f.map("/s/one.md") == "/s/one.md" and f.map("/s/two.md") is None
+
+
 def test_outermost():
     assert sorted(_outermost(["/a/b", "/a/b/c.md", "/a/b/d/e.md", "/a/bc.md", "/x.md"])) == \
         ["/a/b", "/a/bc.md", "/x.md"]
@@ -314,6 +335,17 @@ def test_junk_is_ignored(feed, docs):
     for name in (".a.md.swp", "4913", "notes.tmp"):
         (docs / name).unlink()
     assert collect(feed, timeout=QUIET + STABLE + 0.6) == []
+
+
+def test_excluded_paths_are_ignored(docs):
+    home = docs / "kb-home"
+    home.mkdir()
+    with ChangeFeed([str(docs)], QUIET, STABLE, exclude=[str(home)]) as feed:
+        (home / "notes.md").write_text("# written by the engine's home, not a user\n")
+        (home / "lancedb").mkdir()
+        (docs / "real.md").write_text("# real\n")
+        bursts = collect(feed, want=lambda b: True)
+    assert [b.paths for b in bursts] == [frozenset({str(docs / "real.md")})]
 
 
 def test_reading_files_is_not_a_change(feed, docs):

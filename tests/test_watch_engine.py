@@ -217,3 +217,14 @@ def test_save_during_the_first_pass_is_not_missed(tmp_path):
         job.pause()
         th.join(30)
     assert not th.is_alive()
+
+
+def test_source_folder_deleted_then_restored(watching, tmp_path):
+    shutil.rmtree(watching.folder)
+    m = watching.after_one_burst()
+    assert m["documents_removed"] == len(PAGES), m
+    assert watching.rows() == []
+    copy_pages(watching.folder, PAGES)   # the folder comes back: watched again, ingested again
+    wait_for(lambda: watching.pass_done(2) and watching.metrics()["documents_added"] == len(PAGES), 15,
+             "the restored folder to be ingested")
+    assert len(watching.rows()) == watching.initial_rows
