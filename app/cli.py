@@ -237,7 +237,8 @@ def cmd_control(args: argparse.Namespace, what: str) -> int:
     if cur == target:
         _say(f"job {rec.job_id} is already {cur.value}")
         return int(ExitCode.OK)
-    running_elsewhere = rec.status.status == JobStatus.RUNNING and is_locked(home.engine_lock_file)
+    # effective status: a job whose process died is not running, even while another job holds the home
+    running_elsewhere = cur == JobStatus.RUNNING and is_locked(home.engine_lock_file)
     if not running_elsewhere:
         if what == "pause" or cur in (JobStatus.COMPLETED,):
             _say(f"job {rec.job_id} is not running (it is {cur.value}); nothing to {what}")

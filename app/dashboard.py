@@ -7,7 +7,9 @@ A job started here runs in a thread worker calling `job.run()`.
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import sys
 from datetime import datetime, tzinfo
 from functools import partial
@@ -77,6 +79,13 @@ class JobLike(Protocol):
     def errors(self) -> list[DocumentError]: ...
 
 
+def _short_path(path: str) -> str:
+    user = os.path.expanduser("~")
+    if user not in ("", "/") and (path == user or path.startswith(user + os.sep)):
+        return "~" + path[len(user):]
+    return path
+
+
 def _interrupted(snap: JobStatusResponse) -> JobStatusResponse:
     t = PhaseTracker.from_snapshot(snap)
     t.set_status(JobStatus.PAUSED, INTERRUPTED)
@@ -123,7 +132,7 @@ class KbIngestApp(App[None]):
         self.job = job
         self.clock = clock or utcnow
         self.tz = tz
-        self.home_label = home_label if home_label is not None else str(home.root)
+        self.home_label = home_label if home_label is not None else _short_path(str(home.root))
         self.poll_seconds = poll_seconds
         self.store_poll_seconds = store_poll_seconds
         self._job_factory = job_factory or (lambda job_id: IngestJob.load(self.home, self.store, job_id))
@@ -138,7 +147,11 @@ class KbIngestApp(App[None]):
         self._events = EventBook()
         self._actions_state: tuple = ()
         self._quitting = False
+        self.paused_on_quit: list[str] = []  # jobs this dashboard paused when it quit
         self._shutting_down = False
+        self._detail_title: Optional[str] = None
+        self._summary_sig: Optional[tuple] = None
+        self._errors_title: Optional[str] = None
         self._main: Any = None
         self.run_error: Optional[BaseException] = None
 
@@ -167,7 +180,7 @@ class KbIngestApp(App[None]):
         self._main = self.screen
         table = self._q(JobTable)
         table.add_class("pane")
-        table.border_title = printable(f"jobs in {self.home_label}")
+        table.border_title = Text(printable(f"jobs in {self.home_label}"))  # Text: never markup
         self._q("#errors").add_class("pane")
         self._q("#errors").border_title = "errors"
         log = self._q(EventLog)
@@ -179,9 +192,19 @@ class KbIngestApp(App[None]):
         if self.job is not None:
             self._start(self.job)
         table.focus()
+        if not self.is_headless:
+            # `kill PID` pauses a job running here, as it does in batch mode (SIGINT never comes:
+            # the terminal is raw, ctrl+c is a key)
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
         self.set_interval(self.poll_seconds, self._poll_live, name="poll-live")
         self.set_interval(self.store_poll_seconds, self._poll_store, name="poll-store")
         self.theme_changed_signal.subscribe(self, lambda _theme: self._refresh_views(force=True))
+
+    def _on_sigterm(self) -> None:
+        self.call_later(self.action_quit)
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_size(event.size.width, event.size.height)
@@ -289,18 +312,32 @@ class KbIngestApp(App[None]):
         self._shown = self._selected
         detail = self._q("#detail")
         if view is None:
+            self._detail_title = None
             detail.border_title = "no job selected"
+            self._summary_sig = None
             self._q("#summary", Static).update(Text(
                 "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
         else:
             where = " · running here" if view.local else " · running in another process" if view.running_elsewhere else ""
-            detail.border_title = printable(f"job {view.job_id} · kb {view.kb}{where}")
-            self._q("#summary", Static).update(self._summary(view))
+            title = printable(f"job {view.job_id} · kb {view.kb}{where}")
+            if title != self._detail_title:
+                self._detail_title = title
+                detail.border_title = Text(title)
+            summary = self._summary(view)
+            sig = (summary.plain, tuple(summary.spans))
+            if force or sig != self._summary_sig:  # only when it changed
+                self._summary_sig = sig
+                self._q("#summary", Static).update(summary)
         self._q(PhaseTimeline).show(view.snap.phase_details if view else None, force=force)
         errors = self._q(ErrorPane)
         errors.show(view, force=force)
         n = view.failed_docs if view else 0
-        errors.border_title = f"errors ({n} document{'s' if n != 1 else ''})" if n else "errors"
+        errors_title = f"errors ({n} document{'s' if n != 1 else ''})" if n else "errors"
+        if errors_title != self._errors_title:
+            self._errors_title = errors_title
+            errors.border_title = errors_title
+        has_errors = bool(n) or bool(view and (view.snap.error or view.status == JobStatus.FAILED))
+        self._q("#bottom").set_class(has_errors, "has-errors")  # errors get more room
         if switched or force:
             self._q(EventLog).replace(self._events.of(self._selected))
 
@@ -412,6 +449,7 @@ class KbIngestApp(App[None]):
             return
         retry = v.status == JobStatus.COMPLETED
         try:
+            mark_interrupted(self.home, self.store)  # an interrupted job loads as paused, not running
             job = self._job_factory(v.job_id)
         except Exception as e:  # the store changed under us, a cancelled job...
             self._say(f"cannot resume {v.job_id}: {e}", severity="error")
@@ -543,6 +581,8 @@ class KbIngestApp(App[None]):
         self._refresh_views()
         self._poll_store()
         if self._quitting:
+            if final is not None and final.status == JobStatus.PAUSED:
+                self.paused_on_quit.append(job.job_id)
             self.set_timer(QUIT_DELAY_S, self.exit)
 
     def on_unmount(self) -> None:
@@ -562,6 +602,10 @@ def run_dashboard(home: Home, job: Optional[IngestJob]) -> ExitCode:
     Returns the exit code of the started job (from its final snapshot), else ExitCode.OK."""
     app = KbIngestApp(home, job)
     app.run()
+    for job_id in app.paused_on_quit:
+        if job is None or job_id != job.job_id:
+            sys.stderr.write(printable(f"kbingest: job {job_id} paused, checkpoint saved; `kbingest` then r, "
+                                       f"or `kbingest resume {job_id}`, continues it") + "\n")
     if job is None:
         return ExitCode.OK
     if isinstance(app.run_error, HomeLocked):

@@ -2,9 +2,10 @@
 
 One document goes through:
   front matter -> blocks (markdown-it block tokens, each kept as its raw source lines), grouped into
-  sections by heading -> ONE batched token count of every block -> blocks over budget cut into atoms
-  (list items, sentences, code lines, table rows; then words, then characters) -> greedy packing of
-  whole units per section, with a heading-path prefix and an overlap tail on continuation chunks.
+  sections by heading -> ONE batched token count of every block (through a cache of word counts,
+  see _WordCounts) -> blocks over budget cut into atoms (list items, sentences, code lines, table
+  rows; then words, then characters) -> greedy packing of whole units per section, with a
+  heading-path prefix and an overlap tail on continuation chunks.
 
 Token counts are added up rather than re-counted. The model's BERT pre-tokenizer never lets a token
 cross whitespace (or an ASCII punctuation character), so for texts split at whitespace,
@@ -17,7 +18,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ from pipeline.tokens import TokenCounter, default_counter
 
 CHUNKER_VERSION = "1"
 MODEL_MAX_TOKENS = 254            # all-MiniLM-L6-v2 reads 256 positions, minus [CLS] and [SEP]
+MAX_TOKENS_LIMIT = 8192           # any model: the CLI holds the default model to MODEL_MAX_TOKENS
 MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
 # markdown-it-py costs ~0.2 s/MB plus ~40-250 us per line: larger documents are chunked as plain text
 MARKDOWN_MAX_CHARS = 16_000_000
@@ -59,8 +61,8 @@ class ChunkSettings:
     max_chars: int = 4000        # hard cap on characters per chunk (guards [UNK]-only giant words)
 
     def __post_init__(self) -> None:
-        if not 8 <= self.max_tokens <= MODEL_MAX_TOKENS:
-            raise ValueError(f"max_tokens must be in 8..{MODEL_MAX_TOKENS} for this model, got {self.max_tokens}")
+        if not 8 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise ValueError(f"max_tokens must be in 8..{MAX_TOKENS_LIMIT}, got {self.max_tokens}")
         if not 0 <= self.overlap_tokens < self.max_tokens:
             raise ValueError(f"overlap_tokens must be in 0..max_tokens-1, got {self.overlap_tokens}")
         if self.max_chars < 64:
@@ -253,8 +255,9 @@ class _WordCounts:
             self.pieces.clear()
         words, pieces = self.words, self.pieces
         words_of = [None if _SPLIT_BUT_NOT_BERT_SPACE.search(t) else t.split() for t in texts]
-        new_words = list({w for ws in words_of if ws is not None for w in ws if w not in words})
-        if len(new_words) > 20_000 and len(new_words) * 2 > sum(len(ws or ()) for ws in words_of):
+        seen = set(chain.from_iterable(ws for ws in words_of if ws is not None))
+        new_words = [w for w in seen if w not in words]
+        if len(new_words) > 20_000 and len(new_words) * 2 > sum(len(ws) for ws in words_of if ws):
             return self.counter.count_batch(texts)   # mostly unseen words (random text): skip the caches
         pieces_of = [_PRE_TOKEN.findall(w) for w in new_words]
         new_pieces = list({p for ps in pieces_of for p in ps if p not in pieces})
@@ -283,18 +286,23 @@ class _WordCounts:
 # ---- the chunker -----------------------------------------------------------------------------
 
 class Chunker:
+    """Chunks one document at a time. Keeps a cache of word token counts across documents, so
+    reuse one Chunker for a whole run (one per thread: it is not thread-safe)."""
+
     def __init__(self, settings: ChunkSettings, counter: TokenCounter | None = None):
         self.settings = settings
         self.counter = counter or default_counter()
         self._word_counts = _WordCounts(self.counter)
         self._md = MarkdownIt("commonmark").enable("table")
-        self._md.disable("inline")                       # block structure is all we need
+        self._md.disable(["inline", "text_join"])        # block structure is all we need
         self._inline_md = MarkdownIt("commonmark")      # heading text only
         # blocks longer than this are counted by atoms (they are most likely over budget and would
         # otherwise be tokenized twice)
         self._atomize_chars = 4 * settings.max_tokens
 
     def chunk(self, text: str, *, markdown: bool = True) -> ChunkedDocument:
+        """Markdown (or, markdown=False, plain text split on blank lines) -> chunks.
+        Documents too big for markdown-it in bounded time are chunked as plain text."""
         if len(text) > MAX_DOCUMENT_CHARS:
             raise ChunkingError(f"document of {len(text):,} characters is over the {MAX_DOCUMENT_CHARS:,} limit")
         text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")

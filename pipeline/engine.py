@@ -26,7 +26,7 @@ from pipeline.embedding import Embedder, make_embedder
 from pipeline.index import KnowledgeBase, StoredDoc
 from pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
                               walk, walk_within)
-from pipeline.locking import EngineLock, is_locked
+from pipeline.locking import EngineLock, holder_pid, is_locked
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from pipeline.paths import Home, validate_name
 from pipeline.status import JobPhase, JobStatus
@@ -689,10 +689,21 @@ def _fault_point(name: str, count: int) -> None:
         os._exit(137)
 
 
+def _interrupted(rec: JobRecord, home: Home) -> bool:
+    """Recorded as running, but no engine holds the home, or the one holding it is another process
+    (another job runs there now): the process that ran this job died."""
+    if rec.status.status != JobStatus.RUNNING:
+        return False
+    if not is_locked(home.engine_lock_file):
+        return True
+    holder = holder_pid(home.engine_lock_file)
+    return rec.owner_pid is not None and holder is not None and holder != rec.owner_pid
+
+
 def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
-    """How a stored job is shown: one recorded as running while no engine holds the home was
-    interrupted, and shows as paused with a message saying so."""
-    if rec.status.status == JobStatus.RUNNING and not is_locked(home.engine_lock_file):
+    """How a stored job is shown: one recorded as running whose process died was interrupted,
+    and shows as paused with a message saying so."""
+    if _interrupted(rec, home):
         t = PhaseTracker.from_snapshot(rec.status)
         t.set_status(JobStatus.PAUSED, INTERRUPTED)
         return t.snapshot()
@@ -700,12 +711,10 @@ def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
 
 
 def mark_interrupted(home: Home, store: JobStore) -> list[str]:
-    """Jobs recorded as running while no engine holds this home were interrupted: show them paused."""
-    if is_locked(home.engine_lock_file):
-        return []
+    """Jobs recorded as running whose process died were interrupted: show them paused."""
     found = []
     for rec in store.all():
-        if rec.status.status == JobStatus.RUNNING:
+        if _interrupted(rec, home):
             snap = effective_status(rec, home)
             store.update(rec.job_id, lambda r, s=snap: r.model_copy(update={"status": s, "owner_pid": None}))
             found.append(rec.job_id)

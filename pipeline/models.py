@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from pipeline.status import JobPhase, JobStatus
 
@@ -103,6 +103,13 @@ class JobConfig(BaseModel):
     follow_links: bool = False
     watch: bool = False
     retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _chunk_settings_valid(self) -> "JobConfig":
+        from pipeline.chunking import ChunkSettings
+
+        ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens, max_chars=self.max_chars)
+        return self
 
 
 class JobRecord(BaseModel):

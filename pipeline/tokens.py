@@ -37,7 +37,8 @@ class TokenCounter:
     def count_batch(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        return [len(e.ids) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # no offsets: ~30% faster
+        return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character offsets of each token, to cut a text at a token boundary."""

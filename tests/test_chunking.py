@@ -60,7 +60,7 @@ def test_settings_validate_and_fingerprint():
     fps = {ChunkSettings(max_tokens=200).fingerprint(), ChunkSettings(overlap_tokens=0).fingerprint(),
            ChunkSettings(max_chars=1000).fingerprint(), s.fingerprint()}
     assert len(fps) == 4                                              # every setting is in it
-    for bad in (dict(max_tokens=255), dict(max_tokens=4), dict(overlap_tokens=-1),
+    for bad in (dict(max_tokens=8193), dict(max_tokens=4), dict(overlap_tokens=-1),
                 dict(overlap_tokens=240), dict(max_chars=10)):
         with pytest.raises(ValueError):
             ChunkSettings(**bad)

@@ -327,9 +327,12 @@ def test_damaged_job_store_is_rebuilt_from_lancedb(tmp_path, pages, status_valid
 
 
 # ---- 4. a killed job while another job runs in the same home -----------------------------------
-def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path, small_corpus, status_validator):
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path, small_corpus, status_validator,
+                                                                        action):
     """The engine lock being held says nothing about a job whose own process died: while another
-    job runs, the dead one still shows paused (interrupted), and resumes once the home is free."""
+    job runs, the dead one shows paused (interrupted), `pause`/`cancel` of it answer at once
+    without touching the running one, and it resumes once the home is free."""
     src, ref = small_corpus
     h = tmp_path / "home"
     logs = tmp_path / "logs"
@@ -341,7 +344,8 @@ def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path,
     job_a = a.lines[0]["job_id"]
     a.kill()
 
-    b = Segment(["ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake"], h, slow, logs, "b")
+    b = Segment(["ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake", "--commit-rows", "16"], h,
+                {"KBINGEST_FAKE_DELAY": "0.1"}, logs, "b")  # slow: it must outlast the checks below
     try:
         assert b.wait_for(lambda d: _indexed(d) > 0, 90, start=1), b.stderr
         job_b = b.lines[0]["job_id"]
@@ -352,12 +356,62 @@ def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path,
         assert snap["status"] == "paused" and "interrupted" in snap["message"], snap
         jobs = {d["job_id"]: d for d in json.loads(run_cli("jobs", "--json", home=h).stdout)}
         assert jobs[job_a]["status"] == "paused" and jobs[job_b]["status"] == "running"
+
+        c = run_cli(action, job_a, "--timeout", "20", home=h)
+        assert c.returncode == 0, (c.returncode, c.stderr)
+        want = "paused" if action == "pause" else "cancelled"
+        assert json.loads(run_cli("status", job_a, "--json", home=h).stdout)["status"] == want
         assert b.p.poll() is None, "job b should still be running"
+        from pipeline.engine import open_store
+        from pipeline.paths import Home
+
+        assert open_store(Home(h)).get(job_b).control is None, "the request went to the running job"
     finally:
         if b.p.poll() is None:
             b.p.send_signal(signal.SIGTERM)
         b.finish(60)
     res = run_cli("resume", job_a, "--batch", home=h)
+    if action == "cancel":
+        assert res.returncode == 2, res.stderr
+        assert_table_consistent(h, ref)
+        return
     assert res.returncode == 0, res.stderr
     ids = kb_ids(h)
     assert len(ids) == len(set(ids)) and set(ids) == ref["ids"]
+
+
+# ---- 5. killed while replacing edited documents ------------------------------------------------
+def test_crash_while_replacing_edited_documents_leaves_old_or_new_never_both(tmp_path):
+    """Every page edited, then the process dies right after the first commit of the new versions:
+    each document in the table is wholly its old version or wholly its new one (its stale chunks
+    went in the same commit), and the resume ends exactly as a clean run over the edited pages."""
+    src = copy_corpus(tmp_path / "src", 8)
+    h = tmp_path / "home"
+    old = reference_run(src, h)
+    for p in sorted(src.rglob("*.md")):
+        p.write_text(p.read_text() + "\n\n## Revision\n\nEdited after the first ingest.\n")
+    new = reference_run(src, tmp_path / "ref-home")
+    assert not (old["ids"] & new["ids"])
+
+    r = run_cli("ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "16",
+                home=h, env={"KBINGEST_CRASH_AT": "after_commit:1"})
+    assert r.returncode == 137, r.stderr
+    job_id = json.loads(r.stdout.splitlines()[0])["job_id"]
+    rows = table_rows(h)
+    ids = [i for i, _ in rows]
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    kinds = Counter()
+    for doc, got in ids_by_doc(rows).items():
+        if got == new["by_doc"][doc]:
+            kinds["new"] += 1
+        else:
+            assert got == old["by_doc"][doc], f"document {doc} mixes versions or is half-written"
+            kinds["old"] += 1
+    assert kinds["new"] >= 1 and kinds["old"] >= 1 and sum(kinds.values()) == len(new["by_doc"]), kinds
+
+    res = run_cli("resume", job_id, "--batch", home=h)
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout.splitlines()[-1])["metrics"]
+    assert m["documents_skipped"] == kinds["new"] and m["documents_replaced"] == kinds["old"]
+    ids = kb_ids(h)
+    assert len(ids) == len(set(ids)) and set(ids) == new["ids"]

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
+from rich.table import Table
 from rich.text import Text
 from textual.pilot import Pilot
 
@@ -243,15 +244,15 @@ def test_resume_refused_while_another_job_runs_here(home, pages, monkeypatch):
             # the other job, recorded running, is shown interrupted while this process holds the engine
             await wait_until(pilot, lambda: other_id in app._views, "the other job")
             assert app._views[other_id].status == JobStatus.PAUSED
-            app.query_one(JobTable).select(other_id)
-            await pilot.pause()
+            assert app.selected.job_id == job.job_id  # the newest, at the top
+            await pilot.press("down")
             assert app.selected.job_id == other_id
             await pilot.press("r")
             await pilot.pause()
             assert app._live is job, "the running job stays the one running"
             assert any("one job at a time" in n.message for n in app._notifications)
-            app.query_one(JobTable).select(job.job_id)
-            await pilot.pause()
+            await pilot.press("up")
+            assert app.selected.job_id == job.job_id
             await pilot.press("p")
             await wait_until(pilot, lambda: app._live is None, "the job to pause")
 
@@ -314,8 +315,10 @@ def test_file_names_are_shown_literally(home):
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause()
             content = app.query_one("#error-text").content
-            assert isinstance(content, Text)  # a literal Text: never parsed as markup
-            plain = content.plain
+            assert isinstance(content, Table)
+            cells = [c for col in content.columns for c in col.cells]
+            assert cells and all(isinstance(c, Text) for c in cells)  # literal Text: never parsed as markup
+            plain = "\n".join(c.plain for c in cells)
             assert "[bold red]a[/].md\\x1b[2J\\u202egpj.md" in plain
             assert "[i]bad[/i] \\x07" in plain
             assert "\x1b" not in plain and "\u202e" not in plain

@@ -210,3 +210,8 @@ def test_snapshot_running_job_80x24(snap_compare, tmp_path):
 def test_snapshot_failed_phase_200x50(snap_compare, tmp_path):
     app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
     assert snap_compare(app, terminal_size=(200, 50))
+
+
+def test_snapshot_failed_phase_80x24(snap_compare, tmp_path):
+    app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
+    assert snap_compare(app, terminal_size=(80, 24))

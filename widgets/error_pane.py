@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rich.console import RenderableType
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
@@ -39,31 +41,36 @@ class ErrorPane(VerticalScroll):
         if job_changed:
             self.scroll_home(animate=False)
 
-    def _build(self, view: Optional[JobView]) -> Text:
+    def _build(self, view: Optional[JobView]) -> RenderableType:
         app = self.app
         muted = theme_style(app, "foreground-muted")
         err = theme_style(app, "error", bold=True)
-        out = Text(end="")
         if view is None:
-            out.append("no job selected", style=muted)
-            return out
+            return Text("no job selected", style=muted, end="")
         s = view.snap
-        lines: list[Text] = []
+        # a grid: the marker in its own column, so that wrapped lines keep their indent
+        grid = Table.grid(expand=True)
+        grid.add_column(width=2, no_wrap=True)
+        grid.add_column(ratio=1, overflow="fold")
+        rows = 0
         failed = [p for p in s.phase_details if p.status == JobStatus.FAILED]
         for p in failed:
-            lines.append(Text.assemble((f"{p.name} failed: ", err), safe(p.error or s.error or "no details")))
+            grid.add_row(Text("✗", style=err), Text.assemble((f"{p.name} failed: ", err),
+                                                             safe(p.error or s.error or "no details")))
+            rows += 1
         if s.error and not any(p.error == s.error for p in failed):
-            lines.append(Text.assemble(("job error: ", err), safe(s.error)))
+            grid.add_row(Text("✗", style=err), Text.assemble(("job error: ", err), safe(s.error)))
+            rows += 1
         for e in view.errors:
-            line = Text.assemble(("✗ ", err), (safe(e.path), "bold"))
-            detail = f"\n  {safe(e.phase)} · {safe(e.kind)} · {safe(e.message)}"
+            detail = f"{safe(e.phase)} · {safe(e.kind)} · {safe(e.message)}"
             if e.attempts > 1:
                 detail += f" ({e.attempts} attempts)"
-            line.append(detail)
-            lines.append(line)
+            grid.add_row(Text("✗", style=err), Text(safe(e.path), style="bold"))
+            grid.add_row(Text(""), Text(" " + detail))
+            rows += 1
         if len(view.errors) < view.failed_docs:
-            lines.append(Text(f"… {view.failed_docs - len(view.errors)} more not listed", style=muted))
-        if not lines:
-            out.append("no errors", style=muted)
-            return out
-        return Text("\n", end="").join(lines)
+            grid.add_row(Text(""), Text(f"… {view.failed_docs - len(view.errors)} more not listed", style=muted))
+            rows += 1
+        if not rows:
+            return Text("no errors", style=muted, end="")
+        return grid
