@@ -188,7 +188,10 @@ class KbIngestApp(App[None]):
         log.border_title = "events"
         log.tz = self.tz
         self._apply_size(self.size.width, self.size.height)
-        self._apply_records(self._read_store())  # the first frame shows every job
+        try:
+            self._apply_records(self._read_store())  # the first frame shows every job
+        except Exception as e:  # the store unreadable for a moment: the next poll tries again
+            self._say(f"cannot read the job store yet: {e}", severity="warning")
         if self.job is not None:
             self._start(self.job)
         table.focus()

@@ -364,6 +364,7 @@ class ProcResult:
     stderr: Path
     signalled_at: Optional[float] = None
     timed_out: bool = False
+    cpu_s: float = 0.0              # user + system CPU seconds of the child
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
@@ -436,7 +437,7 @@ def run_proc(cmd: list[str], out_prefix: Path, env: Optional[dict[str, str]] = N
         wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     return ProcResult(cmd=cmd, rc=p.returncode, wall=wall, maxrss_mib=ru.ru_maxrss / 1024, stdout=so, stderr=se,
-                      signalled_at=signalled_at, timed_out=timed_out)
+                      signalled_at=signalled_at, timed_out=timed_out, cpu_s=ru.ru_utime + ru.ru_stime)
 
 
 def kbingest_cmd() -> list[str]:

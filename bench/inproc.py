@@ -396,6 +396,29 @@ def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
             "write_s": timer.write_s, "optimize_s": timer.optimize_s, "writes": timer.writes}
 
 
+class BusyFakeEmbedder:
+    """The fake embedder's vectors, but `delay` s per text spent as the real model spends it: on
+    every core, in native code that releases the GIL (numpy matrix products), so the rest of the
+    pipeline competes for the CPU as it does with onnxruntime."""
+
+    def __init__(self, delay: float) -> None:
+        import numpy as np
+
+        from pipeline.embedding import FakeEmbedder
+
+        self._fake = FakeEmbedder()
+        self.model, self.dim, self.delay = self._fake.model, self._fake.dim, delay
+        self._a = np.random.default_rng(0).random((384, 384), dtype=np.float32)
+
+    def embed(self, texts: list[str]):
+        import numpy as np
+
+        end = time.perf_counter() + self.delay * len(texts)
+        while time.perf_counter() < end:
+            np.dot(self._a, self._a)
+        return self._fake.embed(texts)
+
+
 @task
 def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 7: JobStore.busy_seconds over the wall time of a 10x-corpus job run in this process,
@@ -408,11 +431,21 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
 
     timer = _WriteTimer()
     home = Home(p["home"]).ensure()
+    kind = p.get("embedder", "fake")
+    delay = p.get("delay", 0.0)
+    if kind == "real":
+        from pipeline.embedding import FastEmbedder
+
+        emb = FastEmbedder(batch_size=p.get("batch_size", 16), threads=p.get("threads"))  # loaded before t0
+        factory, embedder = (lambda c: emb), "fastembed"
+    elif kind == "fake_cpu":
+        factory, embedder = (lambda c: BusyFakeEmbedder(delay=delay)), "fake"
+    else:
+        factory, embedder = (lambda c: FakeEmbedder(delay=delay)), "fake"
     t0 = time.monotonic()
     store = open_store(home)
-    delay = p.get("delay", 0.0)
-    cfg = JobConfig(sources=[p["docs"]], kb="store", embedder="fake", **p.get("config", {}))
-    job = IngestJob.create(home, store, cfg, embedder_factory=lambda c: FakeEmbedder(delay=delay))
+    cfg = JobConfig(sources=[p["docs"]], kb="store", embedder=embedder, **p.get("config", {}))
+    job = IngestJob.create(home, store, cfg, embedder_factory=factory)
     th, box = _run_in_thread(job)
     th.join(p.get("seconds"))
     paused = False

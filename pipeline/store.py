@@ -85,10 +85,10 @@ class JobStore:
         self._lockfile = home.store_lock_file
         self.recovered_from: Optional[Path] = None
         self.busy_seconds = 0.0  # time spent inside the store, for the overhead benchmark
-        self._sweep_temp_files()
         self._db = TinyDB(str(home.store_file), storage=AtomicJSONStorage)
         self._jobs = self._db.table("jobs", cache_size=0)
-        with self._locked():
+        with self._locked():  # writers hold this lock while their temp file exists: none is in flight
+            self._sweep_temp_files()
             try:
                 self._jobs.all()
             except StoreCorrupt as e:

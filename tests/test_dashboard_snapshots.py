@@ -16,7 +16,6 @@ from typing import Optional
 import pytest
 
 from app.dashboard import KbIngestApp
-from pipeline.engine import INTERRUPTED
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, PhaseDetail, iso
 from pipeline.paths import Home
 from pipeline.status import JobPhase, JobStatus
