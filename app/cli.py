@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from app.exit_codes import ExitCode
@@ -18,7 +17,7 @@ from pipeline.models import JobConfig, JobRecord, JobStatusResponse
 from pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
 from pipeline.status import JobStatus
 from pipeline.textsafe import printable
-from pipeline.engine import effective_status
+from pipeline.jobs import effective_status
 
 
 class UsageError(Exception):
@@ -99,7 +98,7 @@ def _home(args: argparse.Namespace) -> Home:
 
 
 def _store(home: Home):
-    from pipeline.engine import open_store
+    from pipeline.jobs import open_store
 
     store = open_store(home)
     if store.recovered_from is not None:
@@ -179,7 +178,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if rec.status.status == JobStatus.CANCELLED:
         raise UsageError(f"job {rec.job_id} was cancelled and cannot be resumed; start a new `kbingest ingest`")
     _check_not_locked(home)
-    from pipeline.engine import mark_interrupted
+    from pipeline.jobs import mark_interrupted
 
     mark_interrupted(home, store)  # its process died: the job is shown paused (interrupted) until this one runs it
     job = IngestJob.load(home, store, rec.job_id)

@@ -26,7 +26,8 @@ from textual.worker import Worker, WorkerState
 
 from app.exit_codes import ExitCode, exit_code_for
 from app.screens import ConfirmCancelScreen, HelpScreen
-from pipeline.engine import INTERRUPTED, IngestJob, effective_status, mark_interrupted, open_store
+from pipeline.engine import IngestJob
+from pipeline.jobs import INTERRUPTED, effective_status, mark_interrupted, open_store
 from pipeline.locking import HomeLocked, is_locked
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
 from pipeline.paths import Home

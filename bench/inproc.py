@@ -327,7 +327,8 @@ def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 6: pause at random instants of a real-model job; time from pause() to run() returning
     (after which nothing can write) and to the last LanceDB write. Each trial resumes the job."""
     from pipeline.embedding import FastEmbedder
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.index import KnowledgeBase
     from pipeline.models import JobConfig
     from pipeline.paths import Home
@@ -425,7 +426,8 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     with the fake embedder sleeping `delay` s per chunk (the real model's pace), stopped by a pause
     after `seconds` (or run to the end when seconds is None)."""
     from pipeline.embedding import FakeEmbedder
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.models import JobConfig
     from pipeline.paths import Home
 

@@ -390,7 +390,7 @@ def fig_dashboard(ctx: Ctx) -> list[Row]:
                     goal=">= 0.97",
                     note=f"app/dashboard.py (run_dashboard(home, job)) is not importable yet: {why}. "
                          f"Run `python -m bench --only dashboard` once it is.")]
-    n_pages = ctx.pages(40, 6)
+    n_pages = ctx.pages(30, 6)
     docs = ctx.ws.subset(n_pages)
     ratios, dash_cps, batch_cps, cpu = [], [], [], {"batch": [], "dashboard": []}
     for rep in range(ctx.reps(2, 1)):
@@ -429,7 +429,7 @@ def fig_dashboard(ctx: Ctx) -> list[Row]:
 def fig_pause(ctx: Ctx) -> list[Row]:
     n_pages = ctx.pages(40, 8)
     docs = ctx.ws.subset(n_pages)
-    trials = ctx.reps(9, 3)
+    trials = ctx.reps(7, 3)
     cfg = default_config()
     variants = [("as-is", None, cfg["batch_size"])]
     if not ctx.quick or ctx.reps_opt:
@@ -486,7 +486,7 @@ def fig_store(ctx: Ctx) -> list[Row]:
     docs10 = ctx.ws.tenx(n_pages)
     raw_cps = ctx.shared.get("raw_cps") or 10.0
     delay = round(1.0 / raw_cps, 4)
-    seconds = 25.0 if ctx.quick else 120.0
+    seconds = 25.0 if ctx.quick else 90.0
     cfg = default_config()
 
     def run(kind: str, d: float, secs: Optional[float], rep: int) -> dict[str, Any]:
@@ -596,19 +596,43 @@ def fig_profile(ctx: Ctx) -> list[Row]:
             lines.append(f"{name}: {s['samples']} samples")
             lines += [f"   {pct:5.1f}%  {lab}" for lab, pct in s["self"]]
     lines.append("```")
+    rr = d.get("rerun") or {}
+    if rr:
+        lines += ["", f"Re-run of the same pages in the same process (imports already done; a new job loads the model "
+                      f"again): {rr['wall_s']:.2f} s, {rr['embedded']} chunks embedded, status {rr['status']}. "
+                      f"Main thread (pyinstrument, seconds; `bench/out/profile_ingest_rerun_main.txt`):", "", "```"]
+        lines += [f"{t:7.2f}  {name}" for name, t in rr["top"][:20]]
+        lines.append("```")
     ctx.book.note("Profile of a batch ingest", "\n".join(lines))
     ok, _ = _dashboard_importable()
     if ok:
         out = REPO / "bench" / "out" / "profile_dashboard_main.txt"
+        session = ctx.ws.root / "dashboard.pyisession"
         home = ctx.ws.home("profile-dash")
         log("profile: the dashboard (pyinstrument on its main thread: the Textual event loop)")
         d = run_dashboard_pty(ctx, home, docs, timeout=3600,
-                              prefix=[sys.executable, "-m", "pyinstrument", "--no-color", "--no-unicode", "-r", "text",
-                                      "-o", str(out), "-m", "app"])
+                              prefix=[sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
+                                      "-m", "app"])
         ctx.ws.drop(home)
         st = d["status"] or {}
         n, emb_s = _emb(st) if st else (0, 0.0)
-        head = out.read_text().splitlines()[:45] if out.exists() else ["(no profile written)"]
+        head = ["(no profile written)"]
+        if session.exists():
+            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "--no-color", "--no-unicode",
+                            "-r", "text", "-o", str(out)], env=bench_env(), timeout=300)
+            pst = ctx.ws.root / "dashboard.pstats"
+            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats", "-o",
+                            str(pst)], env=bench_env(), timeout=300)
+            head = out.read_text().splitlines()[:40] if out.exists() else head
+            if pst.exists():
+                import io
+                import pstats
+
+                buf = io.StringIO()
+                pstats.Stats(str(pst), stream=buf).sort_stats("tottime").print_stats(18)
+                top = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-19:]
+                (REPO / "bench" / "out" / "profile_dashboard_selftime.txt").write_text(buf.getvalue())
+                head += ["", "self time, top functions (pstats of the same session):"] + top
         ctx.book.note("Profile of the dashboard",
                       f"The dashboard ingesting the same pages under pyinstrument: {n} chunks, embedding phase "
                       f"{emb_s:.1f} s, process CPU {d['cpu_s'] or 0:.0f} s over {d['wall']:.0f} s wall. Main thread "

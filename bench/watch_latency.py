@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(REPO))
     from pipeline.embedding import make_embedder
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.index import KnowledgeBase
     from pipeline.models import JobConfig
     from pipeline.paths import Home

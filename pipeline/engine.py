@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Callable, Iterable, Optional
 
 from pipeline import ids
@@ -26,13 +25,14 @@ from pipeline.embedding import Embedder, make_embedder
 from pipeline.index import KnowledgeBase, StoredDoc
 from pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
                               walk, walk_within)
-from pipeline.locking import EngineLock, holder_pid, is_locked
+from pipeline.locking import EngineLock
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from pipeline.paths import Home, validate_name
 from pipeline.status import JobPhase, JobStatus
 from pipeline.store import JobStore
 from pipeline.textsafe import fs_text
 from pipeline.tracker import PhaseTracker
+from pipeline.jobs import INTERRUPTED
 
 log = logging.getLogger("kbingest.engine")
 
@@ -43,7 +43,6 @@ HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the 
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
 MAX_ERRORS_IN_STATUS = 100
 PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
-INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
 
 
 def new_job_id(kb: str) -> str:
@@ -687,67 +686,3 @@ def _fault_point(name: str, count: int) -> None:
     spec = os.environ.get("KBINGEST_CRASH_AT")
     if spec and spec == f"{name}:{count}":
         os._exit(137)
-
-
-def _interrupted(rec: JobRecord, home: Home) -> bool:
-    """Recorded as running, but no engine holds the home, or the one holding it is another process
-    (another job runs there now): the process that ran this job died."""
-    if rec.status.status != JobStatus.RUNNING:
-        return False
-    if not is_locked(home.engine_lock_file):
-        return True
-    holder = holder_pid(home.engine_lock_file)
-    return rec.owner_pid is not None and holder is not None and holder != rec.owner_pid
-
-
-def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
-    """How a stored job is shown: one recorded as running whose process died was interrupted,
-    and shows as paused with a message saying so."""
-    if _interrupted(rec, home):
-        t = PhaseTracker.from_snapshot(rec.status)
-        t.set_status(JobStatus.PAUSED, INTERRUPTED)
-        return t.snapshot()
-    return rec.status
-
-
-def mark_interrupted(home: Home, store: JobStore) -> list[str]:
-    """Jobs recorded as running whose process died were interrupted: show them paused."""
-    found = []
-    for rec in store.all():
-        if _interrupted(rec, home):
-            snap = effective_status(rec, home)
-            store.update(rec.job_id, lambda r, s=snap: r.model_copy(update={"status": s, "owner_pid": None}))
-            found.append(rec.job_id)
-    return found
-
-
-def recovered_records(home: Home) -> list[JobRecord]:
-    """When the job store is lost, one completed job per knowledge base found in LanceDB."""
-    from pipeline.index import list_kbs
-
-    out = []
-    for name in list_kbs(home):
-        try:
-            kb = KnowledgeBase(home, name)
-            docs = kb.stored_docs()
-        except Exception:
-            continue
-        t = PhaseTracker(f"{name}-recovered", name)
-        t.set_status(JobStatus.RUNNING)
-        for p in (JobPhase.LOADING, JobPhase.CHUNKING, JobPhase.EMBEDDING, JobPhase.INDEXING):
-            n = len(docs) if p in (JobPhase.LOADING, JobPhase.CHUNKING) else sum(d.chunks for d in docs.values())
-            t.add_total(p, n)
-            t.advance(p, n)
-            t.complete_phase(p)
-        t.set_metric("documents_indexed", len(docs))
-        t.set_metric("chunks_indexed", sum(d.chunks for d in docs.values()))
-        t.set_status(JobStatus.COMPLETED, "recovered from the knowledge base after the job store was lost")
-        sources = sorted({os.path.dirname(d.source) for d in docs.values()})[:1] or ["."]
-        now = iso(utcnow())
-        out.append(JobRecord(job_id=f"{name}-recovered", config=JobConfig(sources=sources, kb=name),
-                             status=t.snapshot(), created_at=now, updated_at=now))
-    return out
-
-
-def open_store(home: Home) -> JobStore:
-    return JobStore(home, rebuild=lambda: recovered_records(home))

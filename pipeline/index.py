@@ -140,6 +140,12 @@ class KnowledgeBase:
         return {txt: vec for txt, vec, m in zip(t["text"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist())
                 if m == model}
 
+    def models(self) -> list[str]:
+        """The models whose vectors the table holds (one, unless someone mixed them)."""
+        if self._table is None:
+            return []
+        return sorted({m for m in self._scan(["model"]).column("model").to_pylist() if m})
+
     def optimize(self) -> None:
         from datetime import timedelta
 

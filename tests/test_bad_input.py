@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -245,7 +244,8 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
     """Two failures that need a hand in the process: a file that cannot be opened (the tests run as
     root), and one that disappears between the walk and the read."""
     from pipeline import engine as engine_mod
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.index import KnowledgeBase
     from pipeline.models import JobConfig
 

@@ -16,7 +16,8 @@ from textual.pilot import Pilot
 
 from app.dashboard import HELP_KEYS, KbIngestApp
 from app.screens import ConfirmCancelScreen, HelpScreen
-from pipeline.engine import INTERRUPTED, IngestJob, open_store
+from pipeline.engine import IngestJob
+from pipeline.jobs import INTERRUPTED, open_store
 from pipeline.index import KnowledgeBase
 from pipeline.models import DocumentError, JobConfig
 from pipeline.paths import Home

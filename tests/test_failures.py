@@ -13,9 +13,10 @@ import time
 import pytest
 
 from app.exit_codes import ExitCode, exit_code_for
-from conftest import SMALL_PAGES, copy_pages
+from conftest import SMALL_PAGES
 from pipeline.embedding import EmbeddingError, FakeEmbedder
-from pipeline.engine import IngestJob, open_store
+from pipeline.engine import IngestJob
+from pipeline.jobs import open_store
 from pipeline.index import KnowledgeBase
 from pipeline.models import JobConfig
 from pipeline.status import JobStatus

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMALL_PAGES, WAF, copy_pages, run_cli
+from conftest import REPO, SMALL_PAGES, copy_pages, run_cli
 from pipeline.textsafe import fs_text
 
 FAKE = ("--embedder", "fake")
@@ -79,7 +79,8 @@ def hostile_root(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=lambda n: ascii(n)[1:-1][:24])
 def test_hostile_name_is_ingested_replaced_and_deleted_exactly(tmp_path, hostile_root, name):
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.models import JobConfig
     from pipeline.paths import Home
 

@@ -2,10 +2,7 @@
 is gone is removed, a settings change re-indexes everything, and the table stays compact."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-
-import pytest
 
 from conftest import WAF, copy_pages
 
@@ -13,7 +10,8 @@ KB = "k"
 
 
 def ingest(home, src: Path, **cfg):
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.models import JobConfig
 
     config = JobConfig(sources=[str(src.resolve())], kb=KB, embedder="fake", **cfg)

@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from pipeline.engine import IngestJob, open_store
+from pipeline.engine import IngestJob
+
+from pipeline.jobs import open_store
 from pipeline.models import JobConfig
-from pipeline.paths import Home
-from pipeline.store import JobStore
 
 
 def _job(home, store, kb="kb", job_id=None):
@@ -17,8 +17,8 @@ def _job(home, store, kb="kb", job_id=None):
 
 def test_jobs_survive_reopen_and_sort_newest_first(home):
     store = open_store(home)
-    a = _job(home, store, job_id="a-1")
-    b = _job(home, store, job_id="b-2")
+    _job(home, store, job_id="a-1")
+    _job(home, store, job_id="b-2")
     again = open_store(home)
     assert {r.job_id for r in again.all()} == {"a-1", "b-2"}
     assert again.get("a-1").config.kb == "kb"

@@ -31,7 +31,8 @@ class Watching:
     """A watching job running in a thread, and what the tests ask of it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        from pipeline.engine import IngestJob, open_store
+        from pipeline.engine import IngestJob
+        from pipeline.jobs import open_store
         from pipeline.models import JobConfig
         from pipeline.paths import Home
 
@@ -189,7 +190,8 @@ def test_folder_moved_out_leaves_the_table(watching, tmp_path):
 
 def test_save_during_the_first_pass_is_not_missed(tmp_path):
     """The feed starts before the first full pass: a save while it runs is ingested, once settled."""
-    from pipeline.engine import IngestJob, open_store
+    from pipeline.engine import IngestJob
+    from pipeline.jobs import open_store
     from pipeline.index import connect
     from pipeline.models import JobConfig
     from pipeline.paths import Home

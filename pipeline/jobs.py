@@ -1,0 +1,85 @@
+"""How stored jobs are seen from outside their engine: interrupted jobs, and a store rebuilt from LanceDB."""
+from __future__ import annotations
+
+import os
+
+from pipeline.index import KnowledgeBase, list_kbs
+from pipeline.locking import holder_pid, is_locked
+from pipeline.models import JobConfig, JobRecord, JobStatusResponse, iso, utcnow
+from pipeline.paths import Home
+from pipeline.status import PHASES, JobPhase, JobStatus
+from pipeline.store import JobStore
+from pipeline.tracker import PhaseTracker
+
+INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
+
+
+def _interrupted(rec: JobRecord, home: Home) -> bool:
+    """Recorded as running, but no engine holds the home, or the one holding it is another process
+    (another job runs there now): the process that ran this job died."""
+    if rec.status.status != JobStatus.RUNNING:
+        return False
+    if not is_locked(home.engine_lock_file):
+        return True
+    holder = holder_pid(home.engine_lock_file)
+    return rec.owner_pid is not None and holder is not None and holder != rec.owner_pid
+
+
+def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
+    """How a stored job is shown: one recorded as running whose process died was interrupted,
+    and shows as paused with a message saying so."""
+    if _interrupted(rec, home):
+        t = PhaseTracker.from_snapshot(rec.status)
+        t.set_status(JobStatus.PAUSED, INTERRUPTED)
+        return t.snapshot()
+    return rec.status
+
+
+def mark_interrupted(home: Home, store: JobStore) -> list[str]:
+    """Jobs recorded as running whose process died were interrupted: show them paused."""
+    found = []
+    for rec in store.all():
+        if _interrupted(rec, home):
+            snap = effective_status(rec, home)
+            store.update(rec.job_id, lambda r, s=snap: r.model_copy(update={"status": s, "owner_pid": None}))
+            found.append(rec.job_id)
+    return found
+
+
+def recovered_records(home: Home) -> list[JobRecord]:
+    """When the job store is lost, one completed job per knowledge base found in LanceDB, with the
+    sources (the common folder of its documents) and model it holds, so that it can be re-run."""
+    out = []
+    for name in list_kbs(home):
+        try:
+            kb = KnowledgeBase(home, name)
+            docs = kb.stored_docs()
+            models = kb.models()
+        except Exception:
+            continue
+        t = PhaseTracker(f"{name}-recovered", name)
+        t.set_status(JobStatus.RUNNING)
+        chunks = sum(d.chunks for d in docs.values())
+        for p in PHASES:
+            n = len(docs) if p in (JobPhase.LOADING, JobPhase.CHUNKING) else chunks
+            t.add_total(p, n)
+            t.advance(p, n)
+            t.complete_phase(p)
+        t.set_metric("documents_indexed", len(docs))
+        t.set_metric("chunks_indexed", chunks)
+        t.set_status(JobStatus.COMPLETED, "recovered from the knowledge base after the job store was lost")
+        paths = [d.source for d in docs.values()]
+        try:
+            sources = [os.path.dirname(os.path.commonpath(paths)) if len(paths) == 1 else os.path.commonpath(paths)]
+        except ValueError:
+            sources = ["."]
+        model = models[0] if models else "all-MiniLM-L6-v2"
+        config = JobConfig(sources=sources, kb=name, model=model, embedder="fake" if model == "fake" else "fastembed")
+        now = iso(utcnow())
+        out.append(JobRecord(job_id=f"{name}-recovered", config=config, status=t.snapshot(),
+                             created_at=now, updated_at=now))
+    return out
+
+
+def open_store(home: Home) -> JobStore:
+    return JobStore(home, rebuild=lambda: recovered_records(home))
