@@ -396,6 +396,10 @@ class IngestJob:
         seen: set[str] = set()
         complete_walk = True
         items, covered = self._scoped_walk(scope, limits)
+        counted = scope is None
+        if counted:  # a listing pass first (no reads): progress and ETA know the job's size
+            t.add_total(JobPhase.LOADING, sum(1 for i in walk(c.sources, limits) if isinstance(i, Candidate)))
+            t.finish_total(JobPhase.LOADING)
         for item in items:
             if self._stop.is_set():
                 raise _Stop
@@ -409,7 +413,8 @@ class IngestJob:
                 if item.kind != "vanished":
                     seen.add(ids.doc_id(item.path))  # refused now, but what it had indexed stays
                 continue
-            t.add_total(JobPhase.LOADING)
+            if not counted:
+                t.add_total(JobPhase.LOADING)
             t.incr_metric("documents_found")
             did = ids.doc_id(item.path)
             doc, gone = self._read(item)

@@ -237,34 +237,52 @@ class PhaseTracker:
         return self._version
 
     # ---- reading ----------------------------------------------------------------------------
-    def _phase_fraction(self, st: _PhaseState, upstream: Optional[_PhaseState]) -> float:
+    @staticmethod
+    def _done_share(st: _PhaseState) -> float:
         if st.status == JobStatus.COMPLETED:
             return 1.0
-        if st.total <= 0:
-            return 0.0
-        frac = st.processed / st.total
-        if not st.total_final and upstream is not None and upstream.total > 0 and upstream.processed > 0:
-            # the total still grows: scale by how much of the upstream work it reflects
-            frac *= min(1.0, upstream.processed / upstream.total)
-        return min(1.0, frac)
+        return min(1.0, st.processed / st.total) if st.total > 0 else 0.0
+
+    def _estimated_totals(self) -> dict[JobPhase, Optional[float]]:
+        """Each phase's expected item count. A total that still grows is scaled by the share of
+        the input that has reached the phase so far: chunking counts documents loaded, embedding
+        and indexing count the chunks of the documents chunked."""
+        ph = self._phases
+        reached = {
+            JobPhase.LOADING: 1.0,
+            JobPhase.CHUNKING: self._done_share(ph[JobPhase.LOADING]),
+        }
+        reached[JobPhase.EMBEDDING] = reached[JobPhase.CHUNKING] * self._done_share(ph[JobPhase.CHUNKING])
+        reached[JobPhase.INDEXING] = reached[JobPhase.EMBEDDING]
+        out: dict[JobPhase, Optional[float]] = {}
+        for p in PHASES:
+            st = ph[p]
+            if st.status == JobStatus.COMPLETED or st.total_final:
+                out[p] = float(st.total)
+            elif reached[p] > 0 and st.total > 0:
+                out[p] = max(st.total / reached[p], float(st.processed))
+            else:
+                out[p] = None
+        return out
 
     def snapshot(self) -> JobStatusResponse:
         with self._lock:
             now = self._clock()
             details = []
             overall = 0.0
-            prev: Optional[_PhaseState] = None
             current = JobPhase.COMPLETED
+            totals = self._estimated_totals()
             for p in PHASES:
                 st = self._phases[p]
-                frac = self._phase_fraction(st, prev)
+                est = totals[p]
+                frac = 1.0 if st.status == JobStatus.COMPLETED else (min(1.0, st.processed / est) if est else 0.0)
                 overall += PHASE_WEIGHTS[p] * frac
                 if current == JobPhase.COMPLETED and st.status != JobStatus.COMPLETED:
                     current = p
                 rate = st.rate(now) if st.status == JobStatus.RUNNING else None
                 eta = None
-                if rate and rate > 0 and st.total_final:
-                    eta = max(0.0, (st.total - st.processed) / rate)
+                if rate and rate > 0 and est is not None:
+                    eta = max(0.0, (est - st.processed) / rate)
                 details.append(PhaseDetail(
                     name=p.value, status=st.status,
                     progress=int(min(100, max(0, frac * 100))) if st.status != JobStatus.COMPLETED else 100,
@@ -274,7 +292,6 @@ class PhaseTracker:
                     eta_seconds=round(eta, 1) if eta is not None else None,
                     duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
                 ))
-                prev = st
             progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
             self._progress_floor = max(self._progress_floor, progress)
             return JobStatusResponse(

@@ -139,3 +139,26 @@ def test_snapshots_are_immutable():
     s = t.snapshot()
     with pytest.raises(Exception):
         s.status = JobStatus.RUNNING  # type: ignore[misc]
+
+
+def test_progress_and_eta_scale_totals_that_still_grow():
+    """200 documents listed, 88 loaded, 71 chunked into 1926 chunks, 1472 embedded: the job is far
+    from 78% done, and the embedding ETA counts the chunks of the documents not chunked yet."""
+    t, clock = tracker()
+    t.set_status(JobStatus.RUNNING)
+    t.start_phase(JobPhase.LOADING)
+    t.add_total(JobPhase.LOADING, 200)
+    t.finish_total(JobPhase.LOADING)
+    t.advance(JobPhase.LOADING, 88)
+    t.start_phase(JobPhase.CHUNKING)
+    t.add_total(JobPhase.CHUNKING, 88)
+    t.advance(JobPhase.CHUNKING, 71)
+    t.start_phase(JobPhase.EMBEDDING)
+    t.add_total(JobPhase.EMBEDDING, 1926)
+    clock.t += 100
+    t.advance(JobPhase.EMBEDDING, 1472)
+    s = t.snapshot()
+    assert 20 < s.progress < 40
+    emb = detail(s, "embedding")
+    expected_total = 1926 / ((88 / 200) * (71 / 88))
+    assert emb.eta_seconds == pytest.approx((expected_total - 1472) / emb.rate, rel=0.01)
