@@ -307,21 +307,6 @@ def _patch_worker_ends() -> dict[str, float]:
     return ends
 
 
-def _patch_stop_check() -> None:
-    """The engine change proposed in docs/benchmarks.md, measured without editing the engine: the
-    embedder checks for a pause before each batch (today it only checks when it reads its input
-    queue, so a document of many chunks is embedded to its end -- and then thrown away)."""
-    from pipeline import engine
-
-    orig = engine.IngestJob._embed_batch
-
-    def _embed_batch(self, embedder, batch):
-        if self._stop.is_set():
-            raise engine._Stop
-        return orig(self, embedder, batch)
-    engine.IngestJob._embed_batch = _embed_batch
-
-
 @task
 def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 6: pause at random instants of a real-model job; time from pause() to run() returning
@@ -336,8 +321,6 @@ def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
 
     timer = _WriteTimer()
     ends = _patch_worker_ends()
-    if p.get("variant") == "stop_check":
-        _patch_stop_check()
     rnd = random.Random(p.get("seed", 1))
     home = Home(p["home"]).ensure()
     store = open_store(home)

@@ -538,6 +538,8 @@ class IngestJob:
                         todo.extend((item, i) for i, r in enumerate(item.rows) if "vector" not in r)
                     pending.append(item)
             if todo and (len(todo) >= bs or ended):
+                if self._stop.is_set():  # a pause or cancel waits for one batch at most, not a whole document
+                    raise _Stop
                 batch, todo = todo[:bs], todo[bs:]
                 self._embed_batch(embedder, batch)
             # documents whose every row has a vector go on, in order
