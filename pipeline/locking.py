@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,9 @@ class HomeLocked(RuntimeError):
         self.pid = pid
 
 
+PROBE_GRACE_S = 0.5  # how long acquire() waits out `is_locked` probes (each holds a shared lock for microseconds)
+
+
 class EngineLock:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -22,11 +26,17 @@ class EngineLock:
 
     def acquire(self) -> "EngineLock":
         fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise HomeLocked(self.path, holder_pid(self.path)) from None
+        deadline = time.monotonic() + PROBE_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # an engine holds it, or a probe (a dashboard, `kbingest status`) for a moment
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise HomeLocked(self.path, holder_pid(self.path)) from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -56,12 +66,14 @@ def holder_pid(path: Path) -> Optional[int]:
 
 
 def is_locked(path: Path) -> bool:
-    """True while some live process holds the engine lock of this home."""
+    """True while some live process holds the engine lock of this home. The probe takes a shared
+    lock, so two probes never see each other as an engine; an engine starting during a probe waits
+    it out (PROBE_GRACE_S)."""
     if not path.exists():
         return False
-    fd = os.open(str(path), os.O_RDWR)
+    fd = os.open(str(path), os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:

@@ -1,0 +1,66 @@
+"""One engine per home: the engine lock, and probes of it that never get in its way.
+
+flock locks belong to an open file description, so two fds of one process contend as two
+processes would: the tests hold "other processes'" locks on fds of their own.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+
+from pipeline.locking import EngineLock, HomeLocked, is_locked
+
+
+@pytest.fixture
+def lock_path(home):
+    return home.engine_lock_file
+
+
+def test_held_lock_is_seen_and_refuses_a_second_engine_naming_the_holder(lock_path):
+    assert not is_locked(lock_path)
+    with EngineLock(lock_path):
+        assert is_locked(lock_path)
+        with pytest.raises(HomeLocked) as e:
+            EngineLock(lock_path).acquire()
+        assert e.value.pid == os.getpid()
+        assert str(os.getpid()) in str(e.value)
+    assert not is_locked(lock_path)  # released: the next engine may start
+    EngineLock(lock_path).acquire().release()
+
+
+def _hold_shared(path, seconds: float) -> threading.Thread:
+    """What a probe does (a shared lock), for longer than a real probe, in the background."""
+    fd = os.open(str(path), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+    def release():
+        time.sleep(seconds)
+        os.close(fd)
+
+    th = threading.Thread(target=release)
+    th.start()
+    return th
+
+
+def test_a_probe_in_progress_is_not_an_engine(lock_path):
+    EngineLock(lock_path).acquire().release()  # the file exists
+    th = _hold_shared(lock_path, 0.3)
+    try:
+        assert not is_locked(lock_path)  # another probe (dashboard, `kbingest status`) holds it for a moment
+    finally:
+        th.join()
+
+
+def test_an_engine_starting_during_a_probe_waits_it_out(lock_path):
+    EngineLock(lock_path).acquire().release()
+    th = _hold_shared(lock_path, 0.2)
+    try:
+        lock = EngineLock(lock_path).acquire()  # no HomeLocked: the probe is gone within the grace period
+        assert lock.held and is_locked(lock_path)
+        lock.release()
+    finally:
+        th.join()
