@@ -56,6 +56,7 @@ HELP_KEYS: list[tuple[str, str]] = [
     ("q, ctrl+c", "quit; a job running here is paused first, its checkpoint saved: "
                   "start `kbingest` again and press r to resume it"),
     ("up / down", "select a job"),
+    ("f", "freeze the view to read it: the jobs go on working; f again follows them live"),
     ("tab", "move to the errors or the events, to scroll them"),
 ]
 HELP_NOTES = [
@@ -117,6 +118,9 @@ class KbIngestApp(App[None]):
         Binding("q", "quit", "quit", key_display="q/^c", id="quit",
                 tooltip="quit; a job running here is paused first, its checkpoint saved"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
+        Binding("f", "freeze_view", "freeze view", id="freeze",
+                tooltip="freeze the view to read it; the jobs go on working"),
+        Binding("f", "follow_view", "live view", id="follow", tooltip="follow the jobs live again"),
         Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up"),
         Binding("down", "select_job(1)", "select", show=False, id="select_down"),
     ]
@@ -148,6 +152,8 @@ class KbIngestApp(App[None]):
         self._events = EventBook()
         self._actions_state: tuple = ()
         self._quitting = False
+        self.frozen = False  # the view, not the work: polls go on, the screen stops changing
+        self._jobs_title = ""
         self.paused_on_quit: list[str] = []  # jobs this dashboard paused when it quit
         self._shutting_down = False
         self._detail_title: Optional[str] = None
@@ -181,7 +187,8 @@ class KbIngestApp(App[None]):
         self._main = self.screen
         table = self._q(JobTable)
         table.add_class("pane")
-        table.border_title = Text(printable(f"jobs in {self.home_label}"))  # Text: never markup
+        self._jobs_title = printable(f"jobs in {self.home_label}")
+        table.border_title = Text(self._jobs_title)  # Text: never markup
         self._q("#errors").add_class("pane")
         self._q("#errors").border_title = "errors"
         log = self._q(EventLog)
@@ -284,7 +291,7 @@ class KbIngestApp(App[None]):
         if not items:
             return
         added = self._events.add(job_id, self.clock(), items)
-        if job_id == self._shown and self._ui_ready:
+        if job_id == self._shown and self._ui_ready and not self.frozen:
             self._q(EventLog).add(added)
 
     # ---- rendering --------------------------------------------------------------------------
@@ -292,7 +299,7 @@ class KbIngestApp(App[None]):
         return sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
 
     def _refresh_views(self, force: bool = False) -> None:
-        if not self._ui_ready:
+        if not self._ui_ready or (self.frozen and not force):
             return
         try:
             self._refresh_views_now(force)
@@ -415,6 +422,8 @@ class KbIngestApp(App[None]):
         return v is not None and v.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("freeze_view", "follow_view"):  # one key, two faces: only one is shown
+            return self.frozen == (action == "follow_view")
         check = {"pause": self._can_pause, "resume": self._can_resume, "cancel": self._can_cancel}.get(action)
         if check is None:
             return True
@@ -431,7 +440,26 @@ class KbIngestApp(App[None]):
     def _say(self, message: str, severity: str = "information", title: str = "") -> None:
         self.notify(printable(message), title=printable(title), severity=severity, markup=False)  # type: ignore[arg-type]
 
+    def action_freeze_view(self) -> None:
+        self._set_frozen(True)
+        self._say("view frozen: the jobs go on working; f follows them live again", title="frozen")
+
+    def action_follow_view(self) -> None:
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        if frozen == self.frozen:
+            return
+        self.frozen = frozen
+        self._main.set_class(frozen, "frozen")
+        self._q(JobTable).border_title = Text(self._jobs_title + (" · VIEW FROZEN, the jobs go on: f follows live"
+                                                                  if frozen else ""))
+        self.refresh_bindings()
+        if not frozen:
+            self._refresh_views(force=True)  # everything that happened meanwhile, events included
+
     def action_pause(self) -> None:
+        self._set_frozen(False)  # steering a job: show what it does
         v = self.selected
         if not self._can_pause(v) or self._live is None:
             return
@@ -440,6 +468,7 @@ class KbIngestApp(App[None]):
         self._say(f"pausing {v.job_id}: the batch in flight finishes, then the checkpoint is saved")
 
     def action_resume(self) -> None:
+        self._set_frozen(False)
         v = self.selected
         if not self._can_resume(v):
             return
@@ -462,6 +491,7 @@ class KbIngestApp(App[None]):
         self._say(f"retrying the failed documents of {v.job_id}" if retry else f"resuming {v.job_id}")
 
     def action_cancel(self) -> None:
+        self._set_frozen(False)
         v = self.selected
         if not self._can_cancel(v):
             return

@@ -35,22 +35,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import CORPUS_ENV, REPO, corpus_root  # noqa: E402
+
 POLL_S = 0.2
 TIMEOUT_S = 120.0
 WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "glacier", "harbor", "iris", "juniper",
          "kelp", "lagoon", "mesa", "nectar", "obsidian", "prairie", "quartz", "reef", "sierra", "tundra"]
-
-
-def corpus_root() -> Path:
-    env = os.environ.get("KBINGEST_BENCH_CORPUS")
-    if env:
-        return Path(env)
-    for base in (REPO.parent / "shared", REPO / "shared", Path("/work/shared")):
-        p = base / "corpora" / "waf" / "well-architected"
-        if p.is_dir():
-            return p
-    raise SystemExit("the waf corpus was not found (set KBINGEST_BENCH_CORPUS)")
 
 
 def pick_pages(root: Path, n: int) -> list[Path]:
@@ -107,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = tmp / "docs"
         folder.mkdir()
-        pages = pick_pages(corpus_root(), args.pages)
+        root = corpus_root()
+        if not root.is_dir():
+            raise SystemExit(f"the waf corpus was not found at {root} (set {CORPUS_ENV})")
+        pages = pick_pages(root, args.pages)
         for p in pages:
             shutil.copyfile(p, folder / p.name)
         home = Home(tmp / "home").ensure()

@@ -361,3 +361,48 @@ def test_event_log_is_bounded(home):
             await pilot.pause()
 
     run(scenario())
+
+
+# ---- freezing the view is not pausing the work -------------------------------------------------
+def shown_items(app: KbIngestApp, phase: str) -> str:
+    from widgets.phase_timeline import PhaseRow
+
+    row = app._main.query_one(f"#phase-{phase}", PhaseRow)
+    return row._sig[1] if row._sig else ""
+
+
+def footer_actions(app: KbIngestApp) -> set[str]:
+    return {b.binding.action for b in app.screen.active_bindings.values()}
+
+
+def test_freezing_the_view_does_not_pause_the_work(home, pages, monkeypatch):
+    monkeypatch.setenv("KBINGEST_FAKE_DELAY", DELAY)
+    job = IngestJob.create(home, store_of(home), config(pages))
+
+    async def scenario() -> None:
+        app = KbIngestApp(home, job, store=store_of(home))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: embedded(job) >= 8, "the job to embed its first batches")
+            assert "freeze_view" in footer_actions(app) and "follow_view" not in footer_actions(app)
+            await pilot.press("f")
+            assert app.frozen and "follow_view" in footer_actions(app) and "freeze_view" not in footer_actions(app)
+            await pilot.pause(0.3)
+            shown, at = shown_items(app, "embedding"), embedded(job)
+            await wait_until(pilot, lambda: embedded(job) >= at + 16, "the job to go on while the view is frozen")
+            for _ in range(4):  # several poll periods
+                await pilot.pause(0.1)
+            assert shown_items(app, "embedding") == shown  # the screen stands still
+            assert job.snapshot().status == JobStatus.RUNNING  # the work does not
+
+            await pilot.press("f")
+            assert not app.frozen
+            await pilot.pause(0.3)
+            assert shown_items(app, "embedding") != shown  # live again, with what happened meanwhile
+
+            await pilot.press("f")  # frozen again, then steering a job unfreezes the view
+            await pilot.press("p")
+            assert not app.frozen
+            await wait_until(pilot, lambda: app._live is None, "the job to pause")
+        assert stored_status(home, job.job_id) == JobStatus.PAUSED
+
+    run(scenario())

@@ -214,3 +214,9 @@ def test_snapshot_failed_phase_200x50(snap_compare, tmp_path):
 def test_snapshot_failed_phase_80x24(snap_compare, tmp_path):
     app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_snapshot_frozen_view(snap_compare, tmp_path):
+    home, store = make_store(tmp_path, [completed_record()])
+    app = make_app(home, store, FakeJob(running_snapshot()))
+    assert snap_compare(app, terminal_size=SIZE, press=["f"])
