@@ -30,7 +30,13 @@ def _add_home(p: argparse.ArgumentParser) -> None:
                         "default: the platform's user data folder for kbingest)")
 
 
+def _default(field: str):
+    """A job setting's default: JobConfig is the one place that says it."""
+    return JobConfig.model_fields[field].default
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = _default
     p = argparse.ArgumentParser(
         prog="kbingest",
         description="Ingest folders of Markdown and text into local LanceDB knowledge bases, "
@@ -44,18 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--kb", required=True, metavar="NAME", help="knowledge base (LanceDB table) name")
     ing.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
     ing.add_argument("--watch", action="store_true", help="keep running and ingest what changes under the sources")
-    ing.add_argument("--model", default="all-MiniLM-L6-v2",
+    ing.add_argument("--model", default=d("model"),
                      help="fastembed model name (default: the shipped all-MiniLM-L6-v2, offline)")
-    ing.add_argument("--chunk-tokens", type=int, default=240, metavar="N",
-                     help="chunk budget in model tokens (default 240: all-MiniLM-L6-v2 reads 256 with specials)")
-    ing.add_argument("--overlap", type=int, default=32, metavar="N", help="overlap between chunks, tokens (default 32)")
-    ing.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks per embedding batch (default 16)")
-    ing.add_argument("--threads", type=int, default=None, metavar="N", help="onnxruntime threads (default: all cores)")
-    ing.add_argument("--commit-rows", type=int, default=512, metavar="N",
-                     help="rows per LanceDB commit (default 512; a commit also happens every 5 s)")
-    ing.add_argument("--max-file-mb", type=float, default=20.0, metavar="MB", help="skip larger files (default 20)")
-    ing.add_argument("--max-depth", type=int, default=64, metavar="N", help="folder depth limit (default 64)")
-    ing.add_argument("--max-files", type=int, default=100_000, metavar="N", help="documents per job limit")
+    ing.add_argument("--chunk-tokens", type=int, default=d("max_tokens"), metavar="N",
+                     help=f"chunk budget in model tokens (default {d('max_tokens')}: all-MiniLM-L6-v2 reads 256 "
+                          "with specials)")
+    ing.add_argument("--overlap", type=int, default=d("overlap_tokens"), metavar="N",
+                     help=f"overlap between chunks, tokens (default {d('overlap_tokens')})")
+    ing.add_argument("--batch-size", type=int, default=d("batch_size"), metavar="N",
+                     help=f"chunks per embedding call (default {d('batch_size')}: on CPU, batching only adds "
+                          "padding; raise it for a GPU)")
+    ing.add_argument("--threads", type=int, default=d("threads"), metavar="N",
+                     help="onnxruntime threads (default: onnxruntime's choice, every core)")
+    ing.add_argument("--commit-rows", type=int, default=d("commit_rows"), metavar="N",
+                     help=f"rows per LanceDB commit (default {d('commit_rows')}; a commit also happens every "
+                          f"{d('commit_seconds'):g} s)")
+    ing.add_argument("--max-file-mb", type=float, default=d("max_file_bytes") / (1024 * 1024), metavar="MB",
+                     help=f"skip larger files (default {d('max_file_bytes') / (1024 * 1024):g})")
+    ing.add_argument("--max-depth", type=int, default=d("max_depth"), metavar="N",
+                     help=f"folder depth limit (default {d('max_depth')})")
+    ing.add_argument("--max-files", type=int, default=d("max_files"), metavar="N",
+                     help=f"documents per job limit (default {d('max_files')})")
     ing.add_argument("--follow-links", action="store_true",
                      help="follow symbolic links, even out of the source folder (default: not followed)")
     ing.add_argument("--embedder", choices=["fastembed", "fake"], default="fastembed",

@@ -324,7 +324,7 @@ def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
     rnd = random.Random(p.get("seed", 1))
     home = Home(p["home"]).ensure()
     store = open_store(home)
-    emb = FastEmbedder(batch_size=p.get("batch_size", 16), threads=p.get("threads"))
+    emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
     factory = lambda c: emb  # one model for every trial: each resume does not reload it
     kb_n = 0
 
@@ -421,7 +421,7 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     if kind == "real":
         from pipeline.embedding import FastEmbedder
 
-        emb = FastEmbedder(batch_size=p.get("batch_size", 16), threads=p.get("threads"))  # loaded before t0
+        emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))  # loaded before t0
         factory, embedder = (lambda c: emb), "fastembed"
     elif kind == "fake_cpu":
         factory, embedder = (lambda c: BusyFakeEmbedder(delay=delay)), "fake"

