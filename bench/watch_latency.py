@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--poll", choices=["vector", "search"], default="vector",
                     help="how the search is polled (see the module docstring)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (for `python -m bench`)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
@@ -169,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"re-embedded, pass over after {time.monotonic() - saved:.2f} s)")
             time.sleep(1.0)
 
+        if args.json:
+            import json
+
+            print(json.dumps({"latencies": latencies, "pickups": pickups, "pages": len(pages),
+                              "chunks": m.get("chunks_indexed", 0), "quiet_s": feed_defaults.quiet_seconds,
+                              "stable_s": feed_defaults.stable_seconds, "poll": args.poll,
+                              "embedder": args.embedder}), flush=True)
+            return 0
         med = statistics.median(latencies)
         figs = ", ".join(f"{x:.2f}" for x in latencies)
         pick = (f"; picked up by the job after a median {statistics.median(pickups):.2f} s "
