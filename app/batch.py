@@ -4,6 +4,8 @@ stdout carries status JSON only (one object a line, flushed); stderr carries wha
 """
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
@@ -30,6 +32,7 @@ class JsonLinesReporter:
         self._last_progress: Optional[tuple] = None
         self._last_at = -1e9
         self.lines = 0
+        self.closed = False  # the reader went away (`| head -1`): the job goes on, unprinted
 
     @staticmethod
     def _key(s: JobStatusResponse) -> tuple:
@@ -45,11 +48,31 @@ class JsonLinesReporter:
         if not force and key == self._last_key:
             if prog == self._last_progress or now - self._last_at < MIN_INTERVAL_S:
                 return False
-        self.out.write(s.to_json() + "\n")
-        self.out.flush()
+        if self.closed:
+            return False
+        try:
+            self.out.write(s.to_json() + "\n")
+            self.out.flush()
+        except OSError as e:
+            if not isinstance(e, BrokenPipeError) and e.errno != errno.EPIPE:
+                raise
+            self.closed = True
+            _silence(self.out)
+            return False
         self._last_key, self._last_progress, self._last_at = key, prog, now
         self.lines += 1
         return True
+
+
+def _silence(out: TextIO) -> None:
+    """Point a closed pipe's descriptor at /dev/null, so that nothing fails flushing it at exit."""
+    try:
+        fd = out.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 def _progress_line(s: JobStatusResponse) -> str:
@@ -112,6 +135,8 @@ def run_batch(job: IngestJob, out: TextIO = sys.stdout, err: TextIO = sys.stderr
         raise result["error"]  # type: ignore[misc]
     final = job.snapshot()
     reporter.offer(final, force=True)
+    if reporter.closed:
+        err.write("kbingest: stdout was closed early: the status lines stopped there; the job went on\n")
     err.write(summary_line(final) + "\n")
     if final.status == JobStatus.PAUSED:
         err.write(f"kbingest: resume with: kbingest resume {job.job_id}\n")

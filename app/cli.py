@@ -240,30 +240,29 @@ def _run(job, home: Home, batch: bool) -> int:
 
 
 def cmd_control(args: argparse.Namespace, what: str) -> int:
-    from pipeline.locking import is_locked
-    from pipeline.tracker import PhaseTracker
+    from pipeline.jobs import cancel_stored
 
     home = _home(args)
     store = _store(home)
     rec = _find_job(store, args.job_id, None)
     target = JobStatus.PAUSED if what == "pause" else JobStatus.CANCELLED
-    cur = effective_status(rec, home).status
+    cur = effective_status(rec, home).status  # a job whose process died is not running: it is paused
     if cur == target:
         _say(f"job {rec.job_id} is already {cur.value}")
         return int(ExitCode.OK)
-    # effective status: a job whose process died is not running, even while another job holds the home
-    running_elsewhere = cur == JobStatus.RUNNING and is_locked(home.engine_lock_file)
-    if not running_elsewhere:
-        if what == "pause" or cur in (JobStatus.COMPLETED,):
-            _say(f"job {rec.job_id} is not running (it is {cur.value}); nothing to {what}")
+    if what == "cancel":
+        outcome = cancel_stored(home, store, rec.job_id)  # decided under the store's lock
+        if outcome == "cancelled":
+            _say(f"job {rec.job_id} cancelled")
+            return int(ExitCode.OK)
+        if outcome != "requested":
+            _say(f"job {rec.job_id} is {cur.value}; nothing to cancel")
             return int(ExitCode.USAGE)
-        t = PhaseTracker.from_snapshot(effective_status(rec, home))
-        t.set_status(JobStatus.CANCELLED, "cancelled while not running")
-        snap = t.snapshot()
-        store.update(rec.job_id, lambda r: r.model_copy(update={"status": snap, "control": None}))
-        _say(f"job {rec.job_id} cancelled")
-        return int(ExitCode.OK)
-    store.request(rec.job_id, what)
+    else:
+        if cur != JobStatus.RUNNING:
+            _say(f"job {rec.job_id} is not running (it is {cur.value}); nothing to pause")
+            return int(ExitCode.USAGE)
+        store.request(rec.job_id, what)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -374,8 +373,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _say(str(e))
             return int(ExitCode.USAGE)
         from pipeline.embedding import EmbeddingError
+        from pipeline.engine import NotResumable
         from pipeline.index import IndexError_
 
+        if isinstance(e, NotResumable):
+            _say(str(e))
+            return int(ExitCode.USAGE)
         if isinstance(e, (EmbeddingError, IndexError_)):
             _say(str(e))
             return int(ExitCode.FAILED)

@@ -27,7 +27,7 @@ from textual.worker import Worker, WorkerState
 from app.exit_codes import ExitCode, exit_code_for
 from app.screens import ConfirmCancelScreen, HelpScreen
 from pipeline.engine import IngestJob
-from pipeline.jobs import INTERRUPTED, effective_status, mark_interrupted, open_store
+from pipeline.jobs import INTERRUPTED, cancel_stored, effective_status, mark_interrupted, open_store
 from pipeline.locking import HomeLocked, is_locked
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
 from pipeline.paths import Home
@@ -510,35 +510,20 @@ class KbIngestApp(App[None]):
             self._log_events(job_id, [("cancel asked: dropping what is not indexed yet", "info")])
             self._say(f"cancelling {job_id}")
             return
-        if v.running_elsewhere:
-            self.store.request(job_id, "cancel")
-            self._log_events(job_id, [("cancel asked of the process running it", "info")])
-            self._say(f"asked the process running {job_id} to cancel it")
-            return
         self._cancel_stored(job_id)
 
     def _cancel_stored(self, job_id: str) -> None:
-        """Cancel a job no engine runs (paused, interrupted, failed, pending): in the store only."""
-        home = self.home
-        outcome: dict[str, Any] = {}
-
-        def apply(rec: JobRecord) -> JobRecord:
-            if rec.status.status == JobStatus.RUNNING and is_locked(home.engine_lock_file):
-                outcome["running"] = True  # started meanwhile by another process: ask it instead
-                return rec.model_copy(update={"control": "cancel"})
-            if rec.status.status.is_terminal and rec.status.status != JobStatus.FAILED:
-                return rec
-            t = PhaseTracker.from_snapshot(effective_status(rec, home))
-            t.set_status(JobStatus.CANCELLED, "cancelled while not running: chunks already indexed stay "
-                                              "in the knowledge base")
-            return rec.model_copy(update={"status": t.snapshot(), "control": None, "owner_pid": None})
-
+        """Cancel a job this dashboard does not run: in the store, or by asking the engine that
+        runs it (decided under the store's lock, against the stored record)."""
         try:
-            self.store.update(job_id, apply)
+            outcome = cancel_stored(self.home, self.store, job_id)
         except Exception as e:
             self._say(f"cannot cancel {job_id}: {e}", severity="error")
             return
-        self._say(f"asked the process running {job_id} to cancel it" if outcome else f"{job_id} cancelled")
+        if outcome == "requested":
+            self._log_events(job_id, [("cancel asked of the process running it", "info")])
+        self._say({"requested": f"asked the process running {job_id} to cancel it",
+                   "cancelled": f"{job_id} cancelled"}.get(outcome, f"{job_id} was not cancelled: it had ended"))
         self._apply_records(self._read_store())
 
     def action_help(self) -> None:

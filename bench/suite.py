@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bench.common import (REPO, Book, Row, Workspace, bench_env, corpus_bytes, default_config, kbingest_cmd, log,
-                          median, phase, run_inproc, run_ingest, run_proc)
+                          median, phase, run_inproc, run_ingest)
 
 GIB_MIB = 1024.0
 

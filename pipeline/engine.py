@@ -24,7 +24,7 @@ from pipeline.chunking import Chunker, ChunkSettings
 from pipeline.embedding import Embedder, make_embedder
 from pipeline.index import KnowledgeBase, StoredDoc
 from pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
-                              walk, walk_within)
+                              walk, walk_within, within)
 from pipeline.locking import EngineLock
 from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from pipeline.paths import Home, validate_name
@@ -60,6 +60,10 @@ class _Doc:
     title: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)   # chunk rows, vectors added by the embedder
     dropped: bool = False               # failed in embedding: nothing of it is written
+
+
+class NotResumable(RuntimeError):
+    """The job was cancelled (maybe from another shell since it was loaded): it cannot run again."""
 
 
 class _Stop(Exception):
@@ -155,17 +159,30 @@ class IngestJob:
     def _run_locked(self) -> JobStatusResponse:
         t = self.tracker
         if t.status == JobStatus.CANCELLED:
-            raise ValueError(f"job {self.job_id} was cancelled and cannot be resumed")
-        retry = t.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+            raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
+        retry = t.status == JobStatus.COMPLETED  # retrying its failed documents is new work: progress from 0
         if t.status == JobStatus.RUNNING:  # found running with no engine: it was interrupted
             t.set_status(JobStatus.PAUSED, INTERRUPTED)
         if t.status != JobStatus.PENDING:
-            t.reset_phases(keep_progress=not retry)
-        with self._errors_lock:  # every run walks the sources again and finds every problem again
-            self._errors.clear()
-        self.store.update(self.job_id, lambda r: r.model_copy(update={"control": None, "owner_pid": os.getpid()}))
+            t.reset_phases(keep_progress=not retry)  # a paused, interrupted or failed job goes on from where it was
         t.set_status(JobStatus.RUNNING, "starting: loading the model and the knowledge base")
-        self._checkpoint()
+        snap, stored = self.snapshot(), {}
+
+        def claim(r: JobRecord) -> JobRecord:
+            # decided against the stored record, under the store's lock: a cancel from another shell
+            # since this job was loaded is honoured, never overwritten
+            stored.update(status=r.status.status, control=r.control)
+            if r.status.status == JobStatus.CANCELLED:
+                return r
+            return r.model_copy(update={"status": snap, "doc_errors": self.errors, "control": None,
+                                        "owner_pid": os.getpid()})
+
+        self.store.update(self.job_id, claim)
+        if stored.get("status") == JobStatus.CANCELLED:
+            self._final = True  # nothing of this run is ever written over the cancellation
+            raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
+        if stored.get("control") == "cancel":
+            self.cancel()
         monitor = threading.Thread(target=self._monitor, name="kbingest-monitor", daemon=True)
         monitor.start()
         try:
@@ -190,18 +207,21 @@ class IngestJob:
 
     def _current_phase(self) -> JobPhase:
         p = self.tracker.snapshot().phase
-        return JobPhase.LOADING if p == JobPhase.COMPLETED else p
+        return JobPhase.INDEXING if p == JobPhase.COMPLETED else p  # after the last phase: the indexer's tail
 
     def _finish(self) -> None:
         t = self.tracker
         n_err = len(self.errors)
+        # a pause or cancel that came once every phase had completed (during the final optimize)
+        # came too late: the work is done, and the job says so
+        done = not self.config.watch and t.snapshot().phase == JobPhase.COMPLETED
         if self._failure is not None:
             f = self._failure
             t.fail_phase(f.phase, str(f))
             t.set_status(JobStatus.FAILED, f"failed in {f.phase.value}: {f}", error=str(f))
-        elif self._stop_reason == JobStatus.CANCELLED:
+        elif self._stop_reason == JobStatus.CANCELLED and not done:
             t.set_status(JobStatus.CANCELLED, "cancelled: chunks already indexed stay in the knowledge base")
-        elif self._stop_reason == JobStatus.PAUSED:
+        elif self._stop_reason == JobStatus.PAUSED and not done:
             t.set_status(JobStatus.PAUSED, "paused: checkpoint saved; resume to continue")
         else:
             m = t.snapshot().metrics
@@ -253,14 +273,24 @@ class IngestJob:
             self._errors.append(DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message,
                                               attempts=attempts))
             errs = [e for e in self._errors if e.phase == phase.value]
-            shown = [e.model_dump() for e in self._errors[:MAX_ERRORS_IN_STATUS]]
-            total = len(self._errors)
+            self._publish_errors()
         t = self.tracker
-        t.set_metric("documents_failed", total)
-        t.set_metric("document_errors", shown)
         listed = "; ".join(f"{e.path} ({e.kind})" for e in errs[:PHASE_ERRORS_LISTED])
         more = f"; and {len(errs) - PHASE_ERRORS_LISTED} more" if len(errs) > PHASE_ERRORS_LISTED else ""
         t.set_phase_error(phase, f"{len(errs)} document(s) failed: {listed}{more}")
+
+    def _publish_errors(self) -> None:
+        """The status metrics of the document errors (under _errors_lock: one writer at a time)."""
+        self.tracker.set_metric("documents_failed", len(self._errors))
+        self.tracker.set_metric("document_errors", [e.model_dump() for e in self._errors[:MAX_ERRORS_IN_STATUS]])
+
+    def _forget_errors(self, scope: Optional[list[str]]) -> None:
+        """A pass looks at these paths again (all, for None): their old errors are found again or gone."""
+        marks = None if scope is None else [fs_text(p) for p in scope]
+        with self._errors_lock:
+            self._errors = [] if marks is None else [
+                e for e in self._errors if not any(within(e.path, m) for m in marks)]
+            self._publish_errors()
 
     def _doc_warnings(self, path: str, warnings: Iterable[str]) -> None:
         """A document indexed with a warning: counted, and the first few listed in the status."""
@@ -315,7 +345,7 @@ class IngestJob:
             t.set_metric(key, 0)
         self._warnings: list[dict[str, str]] = []  # documents loaded with a warning, this pass
         t.set_metric("document_warning_list", [])
-        t.set_metric("documents_failed", len(self.errors))
+        self._forget_errors(scope)  # every pass finds the problems of what it walks again
         t.set_message("ingesting")
         q_docs: queue.Queue = queue.Queue(QUEUE_DOCS)
         q_chunked: queue.Queue = queue.Queue(QUEUE_CHUNKED)
@@ -381,7 +411,7 @@ class IngestJob:
 
         def items():
             for root in roots:
-                inside = [p for p in scope if p == root or p.startswith(os.path.join(root, ""))]
+                inside = [p for p in scope if within(p, root)]
                 if inside:
                     yield from walk_within(root, inside, limits)
         return items(), [os.path.abspath(p) for p in scope]
@@ -393,12 +423,13 @@ class IngestJob:
         limits = LoadLimits(max_file_bytes=c.max_file_bytes, max_depth=c.max_depth, max_files=c.max_files,
                             follow_links=c.follow_links)
         t.start_phase(JobPhase.LOADING)
-        seen: set[str] = set()
+        seen: set[str] = set()   # documents found this pass: what the table holds of them stays
+        held: list[str] = []     # files and folders refused this pass: what it holds below them stays
         complete_walk = True
         items, covered = self._scoped_walk(scope, limits)
         counted = scope is None
         if counted:  # a listing pass first (no reads): progress and ETA know the job's size
-            t.add_total(JobPhase.LOADING, sum(1 for i in walk(c.sources, limits) if isinstance(i, Candidate)))
+            t.add_total(JobPhase.LOADING, len({i.path for i in walk(c.sources, limits) if isinstance(i, Candidate)}))
             t.finish_total(JobPhase.LOADING)
         for item in items:
             if self._stop.is_set():
@@ -411,12 +442,14 @@ class IngestJob:
                     complete_walk = False
                 self._doc_error(item.path, JobPhase.LOADING, item.kind, item.message)
                 if item.kind != "vanished":
-                    seen.add(ids.doc_id(item.path))  # refused now, but what it had indexed stays
+                    held.append(fs_text(item.path))  # refused now (unreadable, too deep...): its chunks stay
+                continue
+            did = ids.doc_id(item.path)
+            if did in seen:  # overlapping sources (a folder and a file or folder in it): loaded once
                 continue
             if not counted:
                 t.add_total(JobPhase.LOADING)
             t.incr_metric("documents_found")
-            did = ids.doc_id(item.path)
             doc, gone = self._read(item)
             if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
                 self._doc_warnings(doc.path, doc.warnings)
@@ -435,7 +468,7 @@ class IngestJob:
         if complete_walk:
             covered = [fs_text(r) for r in covered]  # sources are stored as fs_text
             gone = [d for d, s in stored.items() if d not in seen and s.source is not None
-                    and any(s.source == r or s.source.startswith(os.path.join(r, "")) for r in covered)]
+                    and any(within(s.source, r) for r in covered) and not any(within(s.source, h) for h in held)]
             for did in gone:
                 self._put(out, (None, _Doc(path=stored[did].source, doc_id=did, version="", replaces=True)))
         t.complete_phase(JobPhase.LOADING)
@@ -541,7 +574,8 @@ class IngestJob:
                 if self._stop.is_set():  # a pause or cancel waits for one batch at most, not a whole document
                     raise _Stop
                 batch, todo = todo[:bs], todo[bs:]
-                self._embed_batch(embedder, batch)
+                if self._embed_batch(embedder, batch):  # a document was dropped: none of its rows is embedded
+                    todo = [(d, i) for d, i in todo if not d.dropped]
             # documents whose every row has a vector go on, in order
             while pending and (pending[0].dropped or all("vector" in r for r in pending[0].rows)):
                 self._put(out, pending.pop(0))
@@ -550,21 +584,22 @@ class IngestJob:
         t.complete_phase(JobPhase.EMBEDDING)
         self._put(out, _END)
 
-    def _embed_batch(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> None:
+    def _embed_batch(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> bool:
+        """Embed one batch; True when a document of it was dropped (it breaks the model)."""
         texts = [d.rows[i]["text"] for d, i in batch]
         vecs = self._with_retries(JobPhase.EMBEDDING, lambda: embedder.embed(texts), quiet=True)
         if vecs is None:  # persistent failure: find the documents that cause it
-            self._isolate_embedding_failure(embedder, batch)
-            return
+            return self._isolate_embedding_failure(embedder, batch)
         for (d, i), v in zip(batch, vecs):
             d.rows[i]["vector"] = v
         self.tracker.advance(JobPhase.EMBEDDING, len(batch))
         self.tracker.incr_metric("chunks_embedded", len(batch))
+        return False
 
-    def _isolate_embedding_failure(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> None:
+    def _isolate_embedding_failure(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> bool:
         docs: list[_Doc] = []
         for d, _ in batch:
-            if not any(d is x for x in docs):
+            if not d.dropped and not any(d is x for x in docs):
                 docs.append(d)
         failed: list[tuple[_Doc, str]] = []
         for d in docs:
@@ -584,9 +619,10 @@ class IngestJob:
         for d, msg in failed:  # the model works, these documents break it: record them and go on
             self._doc_error(d.path, JobPhase.EMBEDDING, "embedding_failed", msg, attempts=self.config.retries + 2)
             d.dropped = True
-            n = sum(1 for r in d.rows if "vector" not in r)
+            n = sum(1 for r in d.rows if "vector" not in r)  # its rows still waiting are dropped with it
             self.tracker.advance(JobPhase.EMBEDDING, n)
             self.tracker.add_total(JobPhase.INDEXING, -len(d.rows))
+        return bool(failed)
 
     def _model_works(self, embedder: Embedder) -> bool:
         """Tell documents that break the model from a broken model, with a probe."""
@@ -659,7 +695,7 @@ class IngestJob:
             t.complete_phase(JobPhase.INDEXING)
             if kb.commits:
                 t.set_message("optimizing the table")
-                kb.optimize()
+                self._optimize(kb)
 
     def _commit(self, kb: KnowledgeBase, docs: list[_Doc]) -> None:
         if not docs:
@@ -683,8 +719,18 @@ class IngestJob:
             else:
                 t.incr_metric("documents_added")
         if kb.commits % self.config.optimize_every == 0:
-            kb.optimize()
+            self._optimize(kb)
         self._checkpoint()
+
+
+    def _optimize(self, kb: KnowledgeBase) -> None:
+        """Compaction is hygiene, not ingestion: what is committed stays searchable if it fails, and
+        the next optimize (this job's or the next one's) catches up."""
+        try:
+            kb.optimize()
+        except Exception as e:
+            log.warning("optimizing knowledge base %s failed (the data is committed): %s", kb.name, e)
+            self.tracker.incr_metric("optimize_errors")
 
 
 def _fault_point(name: str, count: int) -> None:

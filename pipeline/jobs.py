@@ -35,6 +35,31 @@ def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
     return rec.status
 
 
+def cancel_stored(home: Home, store: JobStore, job_id: str) -> str:
+    """Cancel a job, deciding against the stored record under the store's lock: one that no engine
+    runs (paused, interrupted, failed, pending) is cancelled in the store; one that some engine
+    runs now is asked to cancel. Returns "cancelled", "requested", "unchanged" (it had ended,
+    or it completed) or "missing"."""
+    outcome = {"what": "missing"}
+
+    def apply(rec: JobRecord) -> JobRecord:
+        st = rec.status.status
+        if st == JobStatus.RUNNING and not _interrupted(rec, home):
+            outcome["what"] = "requested"
+            return rec.model_copy(update={"control": "cancel"})
+        if st in (JobStatus.COMPLETED, JobStatus.CANCELLED):
+            outcome["what"] = "unchanged"
+            return rec
+        t = PhaseTracker.from_snapshot(effective_status(rec, home))
+        t.set_status(JobStatus.CANCELLED, "cancelled while not running: chunks already indexed stay in the "
+                                          "knowledge base")
+        outcome["what"] = "cancelled"
+        return rec.model_copy(update={"status": t.snapshot(), "control": None, "owner_pid": None})
+
+    store.update(job_id, apply)
+    return outcome["what"]
+
+
 def mark_interrupted(home: Home, store: JobStore) -> list[str]:
     """Jobs recorded as running whose process died were interrupted: show them paused."""
     found = []

@@ -113,9 +113,11 @@ def is_document(path: str) -> bool:
     return os.path.basename(path).lower().endswith(DOC_EXTENSIONS)
 
 
-def _within(target: str, real_root: str) -> bool:
-    prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
-    return target == real_root or target.startswith(prefix)
+def within(target: str, root: str) -> bool:
+    """True when the path target is root or lies below it (plain string paths, no resolving)."""
+    prefix = root if root.endswith(os.sep) else root + os.sep
+    return target == root or target.startswith(prefix)
+
 
 
 def _file_type(mode: int) -> str:
@@ -234,7 +236,7 @@ class _Walker:
         root = os.path.abspath(os.fsdecode(root))
         real_root = os.path.realpath(root)
         for p in sorted({os.path.abspath(os.fsdecode(x)) for x in paths}):
-            if not _within(p, root):
+            if not within(p, root):
                 continue
             rel = os.path.relpath(p, root)
             depth = 0 if rel == "." else rel.count(os.sep) + 1
@@ -279,12 +281,9 @@ class _Walker:
         if key in ancestors:
             yield Problem(path, "symlink_loop", "symlink loop: this folder leads back to one of its parents; not followed")
             return
-        if key in self.walked:
-            yield Problem(
-                path,
-                "already_walked",
-                "this folder was already walked through another source or link: skipped so its documents are not loaded twice",
-            )
+        if key in self.walked:  # nothing is lost: its documents were loaded through the other path
+            yield Skipped(path, "this folder was already walked through another source or link: "
+                                "skipped so its documents are not loaded twice")
             return
         self.walked.add(key)
         try:
@@ -345,17 +344,14 @@ class _Walker:
                 yield Skipped(path, message)
             return
         target = os.path.realpath(path)
-        inside = _within(target, real_root)
+        inside = within(target, real_root)
         follow = self.limits.follow_links
         if stat.S_ISDIR(st.st_mode):
             if not inside and not follow:
                 yield _problem(path, _outside(target))
-            elif not follow:
-                yield Problem(
-                    path,
-                    "symlink_dir_skipped",
-                    f"symlink to a folder ({_show(target)}): not descended; use --follow-links to follow",
-                )
+            elif not follow:  # nothing is lost: the folder is inside the root, walked under its own name
+                yield Skipped(path, f"symlink to a folder inside the source ({_show(target)}): not descended, "
+                                    "the folder is walked under its own path")
             else:
                 yield from self._subdir(path, root, real_root, st, depth + 1, ancestors)
         elif is_document(path) and not inside and not follow:
@@ -410,7 +406,7 @@ def _read_once(c: Candidate, limits: LoadLimits) -> tuple[bytes, os.stat_result,
         path = c.path
         if stat.S_ISLNK(os.lstat(path).st_mode):
             path = os.path.realpath(path)
-            if not limits.follow_links and not _within(path, os.path.realpath(c.root)):
+            if not limits.follow_links and not within(path, os.path.realpath(c.root)):
                 raise LoadError(*_outside(path))
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):  # never open a FIFO, socket or device

@@ -185,8 +185,10 @@ class PhaseTracker:
                 self._version += 1
 
     def add_total(self, phase: JobPhase, n: int = 1) -> None:
+        """n more items (fewer, when n < 0: items dropped on the way), never below none."""
         with self._lock:
-            self._phases[phase].total += n
+            st = self._phases[phase]
+            st.total = max(0, st.total + n)
             self._version += 1
 
     def finish_total(self, phase: JobPhase) -> None:
@@ -215,11 +217,14 @@ class PhaseTracker:
             self._version += 1
 
     def fail_phase(self, phase: JobPhase, error: str) -> None:
+        """The phase failed. One that had completed already keeps its status (its work is done) and
+        gets the error: a failure after it (a final optimize, say) is the job's."""
         with self._lock:
             st = self._phases[phase]
-            if st.status == JobStatus.PENDING:
+            if st.status in (JobStatus.PENDING, JobStatus.PAUSED):
                 self._phase_to(st, JobStatus.RUNNING)
-            self._phase_to(st, JobStatus.FAILED)
+            if not st.status.is_terminal:
+                self._phase_to(st, JobStatus.FAILED)
             st.error = error
             self._version += 1
 

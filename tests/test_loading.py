@@ -187,13 +187,17 @@ def test_symlinks_inside_root(tmp_path):
 
     found = items(tmp_path)
     assert rel(tmp_path, found) == ["alias.md", "real/doc.md"]  # the link path is the document
-    assert problems(found) == {"real_link": "symlink_dir_skipped"}
+    # not descended, not an error: the folder is inside the root and walked under its own path
+    assert problems(found) == {}
+    assert rel(tmp_path, found, Skipped) == ["real_link"]
     assert read_document(found[0], LIMITS).text == "real doc"
 
     # followed: the folder is walked once; reaching it again through the link is reported
     followed = items(tmp_path, LoadLimits(follow_links=True))
     assert rel(tmp_path, followed) == ["alias.md", "real/doc.md"]
-    assert problems(followed) == {"real_link": "already_walked"}
+    assert problems(followed) == {}
+    assert rel(tmp_path, followed, Skipped) == ["real_link"]
+    assert "already walked" in next(p for p in followed if isinstance(p, Skipped)).reason
 
 
 def test_follow_links_detects_directory_loops(tmp_path):
@@ -203,7 +207,8 @@ def test_follow_links_detects_directory_loops(tmp_path):
     assert rel(tmp_path, found) == ["a/doc.md"]
     assert problems(found) == {"up": "symlink_loop"}
     # not followed by default
-    assert problems(items(tmp_path)) == {"up": "symlink_dir_skipped"}
+    assert problems(items(tmp_path)) == {}
+    assert rel(tmp_path, items(tmp_path), Skipped) == ["a/up"]
 
 
 def test_dangling_and_self_looping_symlinks(tmp_path):

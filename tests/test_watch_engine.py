@@ -27,6 +27,14 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def pass_done(job, n: int) -> bool:
+    """Burst n has been ingested: its pass is over (every phase completed) and the job watches again."""
+    from pipeline.status import JobPhase
+
+    s = job.snapshot()
+    return s.metrics.get("watch_bursts", 0) >= n and s.phase == JobPhase.COMPLETED and s.message.startswith("watching")
+
+
 class Watching:
     """A watching job running in a thread, and what the tests ask of it."""
 
@@ -53,12 +61,7 @@ class Watching:
         return self.metrics().get("watch_bursts", 0)
 
     def pass_done(self, n: int) -> bool:
-        """Burst n has been ingested: its pass is over and the job watches again."""
-        from pipeline.status import JobPhase
-
-        s = self.job.snapshot()
-        return (s.metrics.get("watch_bursts", 0) >= n and s.phase == JobPhase.COMPLETED
-                and s.message.startswith("watching"))
+        return pass_done(self.job, n)
 
     def after_one_burst(self) -> dict:
         """Wait for the pass of the next burst, make sure no other comes, and return its metrics."""
