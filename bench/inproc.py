@@ -249,10 +249,10 @@ class _WriteTimer:
         w, o = index.KnowledgeBase.write, index.KnowledgeBase.optimize
         timer = self
 
-        def write(kb, rows, doc_ids):
+        def write(kb, rows, doc_ids, **kw):
             t0 = time.perf_counter()
             try:
-                return w(kb, rows, doc_ids)
+                return w(kb, rows, doc_ids, **kw)
             finally:
                 timer.write_s += time.perf_counter() - t0
                 timer.writes += 1

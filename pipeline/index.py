@@ -75,6 +75,7 @@ class KnowledgeBase:
     def __init__(self, home: Home, name: str) -> None:
         self.name = validate_name(name, "knowledge base name")
         self._db = connect(home)
+        self._db_dir = str(home.lancedb_dir)
         self._table = None
         self.commits = 0
         if self.name in list_kbs(home):
@@ -114,20 +115,24 @@ class KnowledgeBase:
                 e[2] += 1
         return {d: StoredDoc(v, s, n) for d, (v, s, n) in out.items()}
 
-    def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str]) -> None:
-        """Upsert rows by id and delete the other chunks of these documents, in one commit."""
+    def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str],
+              replacing: Optional[Iterable[str]] = None) -> None:
+        """Write these documents whole, in one commit: upsert their rows by id and delete their other
+        (stale) chunks. `replacing` names those of them the table may hold chunks of (None: any);
+        a batch of documents new to the table skips the delete clause, whose outer join reads the
+        whole table and so costs time and memory in proportion to it (docs/benchmarks.md, 3.3)."""
         doc_ids = sorted(set(doc_ids))
         if not doc_ids:
             return
+        stale = doc_ids if replacing is None else sorted(set(replacing) & set(doc_ids))
         if not rows:
             self._table.delete(in_predicate("doc_id", doc_ids))
         else:
             data = pa.Table.from_pylist(rows, schema=self._table.schema)
-            (self._table.merge_insert("id")
-             .when_matched_update_all()
-             .when_not_matched_insert_all()
-             .when_not_matched_by_source_delete(in_predicate("doc_id", doc_ids))
-             .execute(data))
+            merge = self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+            if stale:
+                merge = merge.when_not_matched_by_source_delete(in_predicate("doc_id", stale))
+            merge.execute(data)
         self.commits += 1
 
     def vectors_by_text(self, doc_id: str, model: str) -> dict[str, Any]:
@@ -146,10 +151,17 @@ class KnowledgeBase:
             return []
         return sorted({m for m in self._scan(["model"]).column("model").to_pylist() if m})
 
-    def optimize(self) -> None:
-        from datetime import timedelta
+    def optimize(self) -> dict:
+        """Compact the table and prune old versions; a large table in a child process, whose memory
+        goes back to the system when it exits (pipeline/compaction.py). Returns a report: where,
+        the child's peak RSS, seconds."""
+        from pipeline import compaction
 
-        self._table.optimize(cleanup_older_than=timedelta(seconds=60))  # readers of older versions keep working
+        if self.count() < compaction.CHILD_ROWS:
+            return compaction.optimize_here(self._table)
+        report = compaction.optimize_in_child(self._db_dir, self.name)
+        self._table = self._db.open_table(self.name)  # the version the child made
+        return report
 
     def fragments(self) -> int:
         return self._table.stats()["fragment_stats"]["num_fragments"] if self._table is not None else 0

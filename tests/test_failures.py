@@ -150,11 +150,11 @@ def test_transient_indexing_failure_is_retried(home, store, pages, reference, mo
     real_write = KnowledgeBase.write
     calls = {"n": 0}
 
-    def flaky_write(self, rows, doc_ids):
+    def flaky_write(self, rows, doc_ids, **kw):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise OSError("disk briefly unavailable")
-        return real_write(self, rows, doc_ids)
+        return real_write(self, rows, doc_ids, **kw)
 
     monkeypatch.setattr(KnowledgeBase, "write", flaky_write)
     snap = IngestJob.create(home, store, config(pages)).run()
@@ -169,11 +169,11 @@ def test_persistent_indexing_failure_fails_the_indexing_phase(home, store, pages
     real_write = KnowledgeBase.write
     calls = {"n": 0}
 
-    def failing_write(self, rows, doc_ids):
+    def failing_write(self, rows, doc_ids, **kw):
         calls["n"] += 1
         if calls["n"] > 1:  # the first commit lands, then the disk is gone
             raise OSError(28, "No space left on device")
-        return real_write(self, rows, doc_ids)
+        return real_write(self, rows, doc_ids, **kw)
 
     monkeypatch.setattr(KnowledgeBase, "write", failing_write)
     cfg = config(pages, retries=2, commit_rows=1)
