@@ -41,7 +41,7 @@ from widgets.format import JobView, safe, status_style, theme_style
 from widgets.job_table import JobTable
 from widgets.phase_timeline import PhaseTimeline
 
-POLL_S = 0.25        # the job running in this process
+POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
 STORE_POLL_S = 1.0   # every job, from the job store
 WIDE = 150           # columns from which errors and log sit side by side
 TALL = 36            # rows from which the job list and summary get more room
