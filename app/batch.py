@@ -12,11 +12,11 @@ import threading
 import time
 from typing import Callable, Optional, TextIO
 
-from app.exit_codes import ExitCode, exit_code_for
-from pipeline.engine import IngestJob
-from pipeline.models import JobStatusResponse
-from pipeline.status import JobStatus
-from pipeline.textsafe import printable
+from kbingest.app.exit_codes import ExitCode, exit_code_for
+from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.models import JobStatusResponse
+from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.textsafe import printable
 
 POLL_S = 0.1
 MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes

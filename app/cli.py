@@ -12,12 +12,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from app.exit_codes import ExitCode
-from pipeline.models import JobConfig, JobRecord, JobStatusResponse
-from pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
-from pipeline.status import JobStatus
-from pipeline.textsafe import printable
-from pipeline.jobs import effective_status
+from kbingest.app.exit_codes import ExitCode
+from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse
+from kbingest.pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
+from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.textsafe import printable
+from kbingest.pipeline.jobs import effective_status
 
 
 class UsageError(Exception):
@@ -113,7 +113,7 @@ def _home(args: argparse.Namespace) -> Home:
 
 
 def _store(home: Home):
-    from pipeline.jobs import open_store
+    from kbingest.pipeline.jobs import open_store
 
     store = open_store(home)
     if store.recovered_from is not None:
@@ -143,7 +143,7 @@ def _find_job(store, job_id: Optional[str], kb: Optional[str]) -> JobRecord:
 
 
 def _config_from(args: argparse.Namespace) -> JobConfig:
-    from pipeline.loading import SourceError, validate_sources
+    from kbingest.pipeline.loading import SourceError, validate_sources
 
     validate_name(args.kb, "knowledge base name")
     try:
@@ -170,7 +170,7 @@ def _config_from(args: argparse.Namespace) -> JobConfig:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.engine import IngestJob
+    from kbingest.pipeline.engine import IngestJob
 
     config = _config_from(args)
     home = _home(args)
@@ -185,7 +185,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from pipeline.engine import IngestJob
+    from kbingest.pipeline.engine import IngestJob
 
     home = _home(args)
     store = _store(home)
@@ -193,7 +193,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if rec.status.status == JobStatus.CANCELLED:
         raise UsageError(f"job {rec.job_id} was cancelled and cannot be resumed; start a new `kbingest ingest`")
     _check_not_locked(home)
-    from pipeline.jobs import mark_interrupted
+    from kbingest.pipeline.jobs import mark_interrupted
 
     mark_interrupted(home, store)  # its process died: the job is shown paused (interrupted) until this one runs it
     job = IngestJob.load(home, store, rec.job_id)
@@ -201,7 +201,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _check_not_locked(home: Home) -> None:
-    from pipeline.locking import HomeLocked, holder_pid, is_locked
+    from kbingest.pipeline.locking import HomeLocked, holder_pid, is_locked
 
     if is_locked(home.engine_lock_file):
         raise UsageError(str(HomeLocked(home.engine_lock_file, holder_pid(home.engine_lock_file))))
@@ -230,17 +230,17 @@ def _log_to_stderr() -> None:
 
 def _run(job, home: Home, batch: bool) -> int:
     if batch:
-        from app.batch import run_batch
+        from kbingest.app.batch import run_batch
 
         _log_to_stderr()
         return int(run_batch(job))
-    from app.dashboard import run_dashboard
+    from kbingest.app.dashboard import run_dashboard
 
     return int(run_dashboard(home, job))
 
 
 def cmd_control(args: argparse.Namespace, what: str) -> int:
-    from pipeline.jobs import cancel_stored
+    from kbingest.pipeline.jobs import cancel_stored
 
     home = _home(args)
     store = _store(home)
@@ -325,7 +325,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.search import search
+    from kbingest.pipeline.search import search
 
     home = _home(args)
     validate_name(args.kb, "knowledge base name")
@@ -343,7 +343,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from app.dashboard import run_dashboard
+    from kbingest.app.dashboard import run_dashboard
 
     return int(run_dashboard(_home(args), None))
 
@@ -383,14 +383,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return int(ExitCode.PAUSED)
     except Exception as e:
-        from pipeline.locking import HomeLocked
+        from kbingest.pipeline.locking import HomeLocked
 
         if isinstance(e, HomeLocked):
             _say(str(e))
             return int(ExitCode.USAGE)
-        from pipeline.embedding import EmbeddingError
-        from pipeline.engine import NotResumable
-        from pipeline.index import IndexError_
+        from kbingest.pipeline.embedding import EmbeddingError
+        from kbingest.pipeline.engine import NotResumable
+        from kbingest.pipeline.index import IndexError_
 
         if isinstance(e, NotResumable):
             _say(str(e))

@@ -24,22 +24,22 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
-from app.exit_codes import ExitCode, exit_code_for
-from app.screens import ConfirmCancelScreen, HelpScreen
-from pipeline.engine import IngestJob
-from pipeline.jobs import INTERRUPTED, cancel_stored, effective_status, mark_interrupted, open_store
-from pipeline.locking import HomeLocked, is_locked
-from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
-from pipeline.paths import Home
-from pipeline.status import JobStatus
-from pipeline.store import JobStore
-from pipeline.textsafe import printable
-from pipeline.tracker import PhaseTracker
-from widgets.error_pane import ErrorPane
-from widgets.event_log import EventBook, EventLog, diff_events
-from widgets.format import JobView, safe, status_style, theme_style
-from widgets.job_table import JobTable
-from widgets.phase_timeline import PhaseTimeline
+from kbingest.app.exit_codes import ExitCode, exit_code_for
+from kbingest.app.screens import ConfirmCancelScreen, HelpScreen
+from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.jobs import INTERRUPTED, cancel_stored, effective_status, mark_interrupted, open_store
+from kbingest.pipeline.locking import HomeLocked, is_locked
+from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.textsafe import printable
+from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.widgets.error_pane import ErrorPane
+from kbingest.widgets.event_log import EventBook, EventLog, diff_events
+from kbingest.widgets.format import JobView, safe, status_style, theme_style
+from kbingest.widgets.job_table import JobTable
+from kbingest.widgets.phase_timeline import PhaseTimeline
 
 POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
 STORE_POLL_S = 1.0   # every job, from the job store

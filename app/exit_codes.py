@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from pipeline.models import JobStatusResponse
-from pipeline.status import JobStatus
+from kbingest.pipeline.models import JobStatusResponse
+from kbingest.pipeline.status import JobStatus
 
 
 class ExitCode(IntEnum):

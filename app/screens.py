@@ -11,7 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
-from widgets.format import safe
+from kbingest.widgets.format import safe
 
 
 class ConfirmCancelScreen(ModalScreen[bool]):

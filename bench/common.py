@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "bench" / "out"
-DEFAULT_CORPUS = Path("/work/shared/corpora/waf/well-architected")
+DEFAULT_CORPUS = REPO / "tests" / "data" / "waf" / "well-architected"  # shipped, CC-BY-4.0
 CORPUS_ENV = "KBINGEST_BENCH_CORPUS"
 MIB = 1024 * 1024
 
@@ -35,10 +35,6 @@ def corpus_root() -> Path:
     env = os.environ.get(CORPUS_ENV)
     if env:
         return Path(env)
-    for base in (REPO.parent / "shared", REPO / "shared", Path("/work/shared")):
-        p = base / "corpora" / "waf" / "well-architected"
-        if p.is_dir():
-            return p
     return DEFAULT_CORPUS
 
 
@@ -441,9 +437,9 @@ def run_proc(cmd: list[str], out_prefix: Path, env: Optional[dict[str, str]] = N
 
 
 def kbingest_cmd() -> list[str]:
-    """The installed console script when there is one (what a user runs), else python -m app."""
+    """The installed console script when there is one (what a user runs), else python -m kbingest."""
     script = Path(sys.executable).with_name("kbingest")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kbingest"]
 
 
 def run_ingest(ws: Workspace, home: Path, sources: list[Path], kb: str = "bench", extra: Sequence[str] = (),
@@ -473,7 +469,7 @@ def phase(final: dict[str, Any], name: str) -> dict[str, Any]:
 
 def default_config() -> dict[str, Any]:
     """The engine's defaults, read from the code (so a changed default is what gets measured)."""
-    from pipeline.models import JobConfig
+    from kbingest.pipeline.models import JobConfig
 
     f = JobConfig.model_fields
     return {k: f[k].default for k in ("batch_size", "threads", "commit_rows", "commit_seconds", "max_tokens",

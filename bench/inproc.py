@@ -40,7 +40,7 @@ def rss_mib() -> float:
 
 def walk_order(sources: list[str]) -> dict[str, int]:
     """Each document's place in the engine's walk (so texts are embedded in the engine's order)."""
-    from pipeline.loading import Candidate, LoadLimits, walk
+    from kbingest.pipeline.loading import Candidate, LoadLimits, walk
 
     order: dict[str, int] = {}
     for item in walk(sources, LoadLimits()):
@@ -51,8 +51,8 @@ def walk_order(sources: list[str]) -> dict[str, int]:
 
 def table_texts(home: str, kb: str, sources: list[str] | None = None) -> list[str]:
     """The `text` column of a knowledge base, in the order the engine embedded it."""
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     t = KnowledgeBase(Home(home), kb)._scan(["text", "source", "position"])
     rows = list(zip(t["source"].to_pylist(), t["position"].to_pylist(), t["text"].to_pylist()))
@@ -70,7 +70,7 @@ def digest(texts: list[str]) -> str:
 
 def corpus_texts(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
     """The first n chunk texts the engine's chunker makes of the corpus copy at root (walk order)."""
-    from pipeline.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.chunking import Chunker, ChunkSettings
 
     ch = Chunker(ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap))
     out: list[str] = []
@@ -91,7 +91,7 @@ def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     texts = table_texts(p["home"], p["kb"], p.get("sources"))
     t1 = time.perf_counter()
-    from pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embedding import FastEmbedder
 
     emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
     t2 = time.perf_counter()
@@ -113,7 +113,7 @@ def texts_digest(p: dict[str, Any]) -> dict[str, Any]:
 @task
 def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
     texts = corpus_texts(p["corpus"], p["n"])
-    from pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embedding import FastEmbedder
 
     t1 = time.perf_counter()
     emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
@@ -132,7 +132,7 @@ def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
 def _tokenizer():
     from tokenizers import Tokenizer
 
-    from pipeline.tokens import shipped_model_dir
+    from kbingest.pipeline.tokens import shipped_model_dir
 
     tok = Tokenizer.from_file(str(shipped_model_dir() / "tokenizer.json"))
     tok.no_padding()
@@ -151,8 +151,8 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
     """name -> factory of a fresh chunker; a chunker maps a page to [(heading_path, text)]."""
 
     def kbingest():
-        from pipeline.chunking import Chunker, ChunkSettings
-        from pipeline.tokens import TokenCounter
+        from kbingest.pipeline.chunking import Chunker, ChunkSettings
+        from kbingest.pipeline.tokens import TokenCounter
 
         ch = Chunker(ChunkSettings(max_tokens=budget, overlap_tokens=overlap), TokenCounter())
         return lambda text: [(c.heading_path, c.text) for c in ch.chunk(text).chunks]
@@ -160,7 +160,7 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
     def langchain():
         from langchain_text_splitters import Language, MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
 
-        from pipeline.tokens import TokenCounter
+        from kbingest.pipeline.tokens import TokenCounter
 
         counter = TokenCounter()
         heads = [("#" * i, f"h{i}") for i in range(1, 7)]
@@ -198,7 +198,7 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
 def chunking(p: dict[str, Any]) -> dict[str, Any]:
     import gc
 
-    from pipeline.tokens import TokenCounter
+    from kbingest.pipeline.tokens import TokenCounter
 
     pages = [Path(x) for x in p["pages"]]
     texts = [x.read_text(encoding="utf-8", errors="replace") for x in pages]
@@ -240,7 +240,7 @@ class _WriteTimer:
     """Times KnowledgeBase.write / optimize (the LanceDB commits) inside this process."""
 
     def __init__(self) -> None:
-        from pipeline import index
+        from kbingest.pipeline import index
 
         self.write_s = 0.0
         self.optimize_s = 0.0
@@ -283,7 +283,7 @@ def _run_in_thread(job) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 def _embedding_running(job) -> bool:
-    from pipeline.status import JobStatus
+    from kbingest.pipeline.status import JobStatus
 
     s = job.snapshot()
     if s.status != JobStatus.RUNNING:
@@ -293,7 +293,7 @@ def _embedding_running(job) -> bool:
 
 def _patch_worker_ends() -> dict[str, float]:
     """Record when each worker thread of a job ends (monotonic), to split the pause latency."""
-    from pipeline.engine import IngestJob
+    from kbingest.pipeline.engine import IngestJob
 
     ends: dict[str, float] = {}
     orig = IngestJob._worker
@@ -311,13 +311,13 @@ def _patch_worker_ends() -> dict[str, float]:
 def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 6: pause at random instants of a real-model job; time from pause() to run() returning
     (after which nothing can write) and to the last LanceDB write. Each trial resumes the job."""
-    from pipeline.embedding import FastEmbedder
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.index import KnowledgeBase
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
-    from pipeline.status import JobStatus
+    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
+    from kbingest.pipeline.status import JobStatus
 
     timer = _WriteTimer()
     ends = _patch_worker_ends()
@@ -388,7 +388,7 @@ class BusyFakeEmbedder:
     def __init__(self, delay: float) -> None:
         import numpy as np
 
-        from pipeline.embedding import FakeEmbedder
+        from kbingest.pipeline.embedding import FakeEmbedder
 
         self._fake = FakeEmbedder()
         self.model, self.dim, self.delay = self._fake.model, self._fake.dim, delay
@@ -408,18 +408,18 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 7: JobStore.busy_seconds over the wall time of a 10x-corpus job run in this process,
     with the fake embedder sleeping `delay` s per chunk (the real model's pace), stopped by a pause
     after `seconds` (or run to the end when seconds is None)."""
-    from pipeline.embedding import FakeEmbedder
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
+    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
 
     timer = _WriteTimer()
     home = Home(p["home"]).ensure()
     kind = p.get("embedder", "fake")
     delay = p.get("delay", 0.0)
     if kind == "real":
-        from pipeline.embedding import FastEmbedder
+        from kbingest.pipeline.embedding import FastEmbedder
 
         emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))  # loaded before t0
         factory, embedder = (lambda c: emb), "fastembed"
@@ -465,10 +465,10 @@ def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
     mark("import lancedb")
     import fastembed  # noqa: F401
     mark("import fastembed (onnxruntime)")
-    import app.batch  # noqa: F401
-    import pipeline.engine  # noqa: F401
+    import kbingest.app.batch  # noqa: F401
+    import kbingest.pipeline.engine  # noqa: F401
     mark("import the engine and app.batch")
-    from pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embedding import FastEmbedder
 
     emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
     mark("model loaded (+1 probe)")

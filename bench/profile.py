@@ -96,10 +96,10 @@ def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
     sampler.start()
     prof.start()
     marks: list[tuple[str, float]] = []
-    from pipeline.engine import IngestJob  # noqa: E402
-    from pipeline.jobs import open_store  # noqa: E402  (import time is part of the profile)
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
+    from kbingest.pipeline.engine import IngestJob  # noqa: E402
+    from kbingest.pipeline.jobs import open_store  # noqa: E402  (import time is part of the profile)
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
     marks.append(("imports (engine, pydantic, tinydb)", time.perf_counter() - t0))
     home = Home(p["home"]).ensure()
     store = open_store(home)

@@ -632,7 +632,7 @@ def fig_profile(ctx: Ctx) -> list[Row]:
         log("profile: the dashboard (pyinstrument on its main thread: the Textual event loop)")
         d = run_dashboard_pty(ctx, home, docs, timeout=3600,
                               prefix=[sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
-                                      "-m", "app"])
+                                      "-m", "kbingest"])
         ctx.ws.drop(home)
         st = d["status"] or {}
         n, emb_s = _emb(st) if st else (0, 0.0)

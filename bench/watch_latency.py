@@ -83,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from pipeline.embedding import make_embedder
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.index import KnowledgeBase
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
-    from pipeline.search import search
-    from pipeline.watch import ChangeFeed
+    from kbingest.pipeline.embedding import make_embedder
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
+    from kbingest.pipeline.search import search
+    from kbingest.pipeline.watch import ChangeFeed
 
     feed_defaults = ChangeFeed([])
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-watch-bench-"))

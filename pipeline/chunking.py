@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from markdown_it import MarkdownIt
 
-from pipeline.tokens import TokenCounter, default_counter
+from kbingest.pipeline.tokens import TokenCounter, default_counter
 
 CHUNKER_VERSION = "1"
 MODEL_MAX_TOKENS = 254            # all-MiniLM-L6-v2 reads 256 positions, minus [CLS] and [SEP]

@@ -41,7 +41,7 @@ def optimize_in_child(lancedb_dir: str, table: str) -> dict:
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    r = subprocess.run([sys.executable, "-m", "pipeline.compaction", lancedb_dir, table], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", lancedb_dir, table], capture_output=True,
                        text=True, timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no message"])[-1]

@@ -10,7 +10,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from pipeline.tokens import shipped_model_dir
+from kbingest.pipeline.tokens import shipped_model_dir
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _CUSTOM_NAME = "kbingest/all-MiniLM-L6-v2-int8"
@@ -58,7 +58,7 @@ class FastEmbedder:
 
     def token_counter(self):
         """The model's own tokenizer, for chunk sizes (the shipped one for the default model)."""
-        from pipeline.tokens import TokenCounter, default_counter
+        from kbingest.pipeline.tokens import TokenCounter, default_counter
 
         if self.model == DEFAULT_MODEL:
             return default_counter()

@@ -19,20 +19,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from pipeline import ids
-from pipeline.chunking import Chunker, ChunkSettings
-from pipeline.embedding import Embedder, make_embedder
-from pipeline.index import KnowledgeBase, StoredDoc
-from pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
+from kbingest.pipeline import ids
+from kbingest.pipeline.chunking import Chunker, ChunkSettings
+from kbingest.pipeline.embedding import Embedder, make_embedder
+from kbingest.pipeline.index import KnowledgeBase, StoredDoc
+from kbingest.pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
                               walk, walk_within, within)
-from pipeline.locking import EngineLock
-from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
-from pipeline.paths import Home, validate_name
-from pipeline.status import JobPhase, JobStatus
-from pipeline.store import JobStore
-from pipeline.textsafe import fs_text
-from pipeline.tracker import PhaseTracker
-from pipeline.jobs import INTERRUPTED
+from kbingest.pipeline.locking import EngineLock
+from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
+from kbingest.pipeline.paths import Home, validate_name
+from kbingest.pipeline.status import JobPhase, JobStatus
+from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.textsafe import fs_text
+from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.jobs import INTERRUPTED
 
 log = logging.getLogger("kbingest.engine")
 
@@ -307,7 +307,7 @@ class IngestJob:
     def _watch(self) -> None:
         """A full pass, then one pass per burst of changes until the job is paused or cancelled.
         The feed starts before the first pass, so nothing saved during it is missed."""
-        from pipeline.watch import ChangeFeed
+        from kbingest.pipeline.watch import ChangeFeed
 
         t = self.tracker
         with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:

@@ -15,8 +15,8 @@ os.environ.setdefault("LANCEDB_LOG", "error")  # its Rust warnings would garble 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline.ids import in_predicate  # noqa: E402
-from pipeline.paths import Home, validate_name  # noqa: E402
+from kbingest.pipeline.ids import in_predicate  # noqa: E402
+from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 
 
 class IndexError_(RuntimeError):
@@ -155,7 +155,7 @@ class KnowledgeBase:
         """Compact the table and prune old versions; a large table in a child process, whose memory
         goes back to the system when it exits (pipeline/compaction.py). Returns a report: where,
         the child's peak RSS, seconds."""
-        from pipeline import compaction
+        from kbingest.pipeline import compaction
 
         if self.count() < compaction.CHILD_ROWS:
             return compaction.optimize_here(self._table)

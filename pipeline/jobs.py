@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-from pipeline.index import KnowledgeBase, list_kbs
-from pipeline.locking import holder_pid, is_locked
-from pipeline.models import JobConfig, JobRecord, JobStatusResponse, iso, utcnow
-from pipeline.paths import Home
-from pipeline.status import PHASES, JobPhase, JobStatus
-from pipeline.store import JobStore
-from pipeline.tracker import PhaseTracker
+from kbingest.pipeline.index import KnowledgeBase, list_kbs
+from kbingest.pipeline.locking import holder_pid, is_locked
+from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse, iso, utcnow
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.status import PHASES, JobPhase, JobStatus
+from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.tracker import PhaseTracker
 
 INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
 

@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
-from pipeline.status import JobPhase, JobStatus
+from kbingest.pipeline.status import JobPhase, JobStatus
 
 PhaseName = Literal["loading", "chunking", "embedding", "indexing"]
 
@@ -106,7 +106,7 @@ class JobConfig(BaseModel):
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
-        from pipeline.chunking import ChunkSettings
+        from kbingest.pipeline.chunking import ChunkSettings
 
         ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens, max_chars=self.max_chars)
         return self

@@ -1,10 +1,10 @@
 """Query a knowledge base with the model it was built with."""
 from __future__ import annotations
 
-from pipeline.embedding import make_embedder
-from pipeline.index import KnowledgeBase, SearchHit
-from pipeline.paths import Home
-from pipeline.store import JobStore
+from kbingest.pipeline.embedding import make_embedder
+from kbingest.pipeline.index import KnowledgeBase, SearchHit
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.store import JobStore
 
 
 class UnknownKB(LookupError):

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator, Optional
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from pipeline.models import JobRecord, utcnow, iso
-from pipeline.paths import Home
+from kbingest.pipeline.models import JobRecord, utcnow, iso
+from kbingest.pipeline.paths import Home
 
 log = logging.getLogger("kbingest.store")
 TMP_PREFIX = ".jobs.json.tmp-"

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Optional
 
-from pipeline.models import JobStatusResponse, PhaseDetail, utcnow
-from pipeline.status import PHASES, JobPhase, JobStatus, check_transition
+from kbingest.pipeline.models import JobStatusResponse, PhaseDetail, utcnow
+from kbingest.pipeline.status import PHASES, JobPhase, JobStatus, check_transition
 
 # Share of the overall progress each phase stands for: embedding is where the time goes.
 PHASE_WEIGHTS: dict[JobPhase, float] = {

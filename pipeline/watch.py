@@ -54,7 +54,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from pipeline.loading import DOC_EXTENSIONS
+from kbingest.pipeline.loading import DOC_EXTENSIONS
 
 log = logging.getLogger("kbingest.watch")
 

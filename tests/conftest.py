@@ -13,16 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _find_shared() -> Path:
-    for base in (REPO.parent / "shared", REPO / "shared", Path("/work/shared")):
-        if (base / "contracts").is_dir():
-            return base
-    raise RuntimeError("../shared not found next to the repository")
-
-
-SHARED = _find_shared()
-WAF = SHARED / "corpora" / "waf" / "well-architected"
-SCHEMA_FILE = SHARED / "contracts" / "job_status.schema.json"
+DATA = REPO / "tests" / "data"
+WAF = DATA / "waf" / "well-architected"  # the whole corpus, CC-BY-4.0 (tests/data/waf/NOTICE.md)
+SCHEMA_FILE = REPO / "contracts" / "job_status.schema.json"  # generated from the pydantic models
+CONTRACT_V1 = DATA / "job_status.contract-v1.schema.json"  # the contract as first given: never broken
 
 # a few small real pages, stable across runs
 SMALL_PAGES = [
@@ -45,7 +39,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 @pytest.fixture
 def home(tmp_path):
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     return Home(tmp_path / "home").ensure()
 
@@ -77,11 +71,11 @@ def status_validator():
 
 def run_cli(*args: str, home: Path | None = None, env: dict | None = None, timeout: float = 300,
             input: str | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m app ...` as a user would, in a subprocess."""
+    """Run `python -m kbingest ...` as a user would, in a subprocess."""
     e = dict(os.environ)
     if env:
         e.update(env)
-    cmd = [sys.executable, "-m", "app"]
+    cmd = [sys.executable, "-m", "kbingest"]
     if home is not None:
         cmd += ["--home", str(home)]
     cmd += list(args)

@@ -23,7 +23,7 @@ from conftest import REPO, SMALL_PAGES, WAF, copy_pages, run_cli
 FAKE = ("--embedder", "fake")
 ONE_GB_KB = 1024 * 1024  # ru_maxrss is in KiB on Linux
 
-# Runs the CLI exactly like `python -m app`, except that os.open refuses files named *noperm.md with
+# Runs the CLI exactly like `python -m kbingest`, except that os.open refuses files named *noperm.md with
 # EACCES: the tests run as root, for whom chmod 000 changes nothing.
 NOPERM_LAUNCHER = """
 import os, sys
@@ -33,7 +33,7 @@ def _open(path, *a, **k):
         raise PermissionError(13, "Permission denied", path)
     return _real_open(path, *a, **k)
 os.open = _open
-from app.cli import main
+from kbingest.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -57,7 +57,7 @@ def run_measured(*args: str, home: Path, timeout: float = 180, launcher: str | N
     """Run the CLI in a child and measure THAT child's peak RSS with wait4 (RUSAGE_CHILDREN would
     report the largest child this test process ever had). A hung child is killed: a FIFO must
     never make the job hang, so a timeout fails the test instead of blocking it."""
-    cmd = [sys.executable] + (["-c", launcher] if launcher else ["-m", "app"]) + ["--home", str(home), *args]
+    cmd = [sys.executable] + (["-c", launcher] if launcher else ["-m", "kbingest"]) + ["--home", str(home), *args]
     e = dict(os.environ)
     e.update(env or {})
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -243,11 +243,11 @@ def test_missing_source_is_a_usage_error_and_creates_no_job(tmp_path, pages):
 def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch):
     """Two failures that need a hand in the process: a file that cannot be opened (the tests run as
     root), and one that disappears between the walk and the read."""
-    from pipeline import engine as engine_mod
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.index import KnowledgeBase
-    from pipeline.models import JobConfig
+    from kbingest.pipeline import engine as engine_mod
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.models import JobConfig
 
     src = copy_pages(tmp_path / "docs")
     victim = src / SMALL_PAGES[1]

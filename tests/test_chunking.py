@@ -8,10 +8,10 @@ import pytest
 from markdown_it import MarkdownIt
 
 from conftest import WAF
-from pipeline import chunking
-from pipeline.chunking import (CHUNKER_VERSION, ChunkDraft, ChunkedDocument, Chunker, ChunkingError,
+from kbingest.pipeline import chunking
+from kbingest.pipeline.chunking import (CHUNKER_VERSION, ChunkDraft, ChunkedDocument, Chunker, ChunkingError,
                                ChunkSettings, _WordCounts)
-from pipeline.tokens import default_counter
+from kbingest.pipeline.tokens import default_counter
 
 MD = MarkdownIt("commonmark").enable("table")
 

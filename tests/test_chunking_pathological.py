@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from pipeline.chunking import Chunker, ChunkSettings
-from pipeline.tokens import default_counter
+from kbingest.pipeline.chunking import Chunker, ChunkSettings
+from kbingest.pipeline.tokens import default_counter
 
 TIME_BOUND_S = 20.0          # asserted per case
 HANG_GUARD_S = 120           # SIGALRM: a hang fails the test instead of blocking the run

@@ -73,7 +73,7 @@ class Batch:
         self.err_path = tmp / f"{name}.stderr"
         self._err = open(self.err_path, "w")
         self.started = time.monotonic()
-        self.p = subprocess.Popen([sys.executable, "-m", "app", "--home", str(home), *args],
+        self.p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), *args],
                                   stdout=subprocess.PIPE, stderr=self._err, text=True, env=e, cwd=str(REPO))
         self.raw: list[str] = []
         self.times: list[float] = []
@@ -179,8 +179,8 @@ def test_pause_from_another_shell_then_resume(tmp_path, corpus, status_validator
     assert r.returncode == 0, r.stderr
     assert "paused" in r.stderr and "Traceback" not in r.stderr
     # it returned once the job had paused: the batch process is stopping or gone, its record says paused
-    from pipeline.jobs import open_store
-    from pipeline.paths import Home
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.paths import Home
 
     assert open_store(Home(h)).get(job).status.status.value == "paused"
     assert b.finish(60) == 130, b.stderr

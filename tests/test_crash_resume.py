@@ -61,8 +61,8 @@ def ids_by_doc(rows: list[tuple[str, str]]) -> dict[str, set[str]]:
 
 
 def kb_ids(home: Path) -> list[str]:
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     return KnowledgeBase(Home(home), KB).ids()
 
@@ -86,7 +86,7 @@ class Segment:
         e.update(env)
         self.err_path = log_dir / f"{name}.stderr"
         self._err = open(self.err_path, "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "app", "--home", str(home), *args],
+        self.p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), *args],
                                   stdout=subprocess.PIPE, stderr=self._err, text=True, env=e, cwd=str(REPO))
         self.lines: list[dict] = []
         self.times: list[float] = []
@@ -217,8 +217,8 @@ def test_sigkill_at_random_instants_then_resume_equals_clean_run(tmp_path):
         assert seg.p.returncode == -signal.SIGKILL
 
         # the job store opens and knows the job; the job shows as paused, interrupted
-        from pipeline.jobs import open_store
-        from pipeline.paths import Home
+        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.paths import Home
 
         rec = open_store(Home(h)).get(job_id)
         assert rec is not None
@@ -270,8 +270,8 @@ def test_crash_after_commit_before_checkpoint(tmp_path, small_corpus, n):
     # the commit is in the table, the checkpoint is not: the store still counts fewer commits
     docs, rows = assert_table_consistent(h, ref)
     assert 0 < docs < len(ref["by_doc"])
-    from pipeline.jobs import open_store
-    from pipeline.paths import Home
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.paths import Home
 
     rec = open_store(Home(h)).get(job_id)
     assert rec is not None and rec.status.metrics.get("commits", 0) < n
@@ -362,8 +362,8 @@ def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path,
         want = "paused" if action == "pause" else "cancelled"
         assert json.loads(run_cli("status", job_a, "--json", home=h).stdout)["status"] == want
         assert b.p.poll() is None, "job b should still be running"
-        from pipeline.jobs import open_store
-        from pipeline.paths import Home
+        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.paths import Home
 
         assert open_store(Home(h)).get(job_b).control is None, "the request went to the running job"
     finally:

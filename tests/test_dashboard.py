@@ -14,17 +14,17 @@ from rich.table import Table
 from rich.text import Text
 from textual.pilot import Pilot
 
-from app.dashboard import HELP_KEYS, KbIngestApp
-from app.screens import ConfirmCancelScreen, HelpScreen
-from pipeline.engine import IngestJob
-from pipeline.jobs import INTERRUPTED, open_store
-from pipeline.index import KnowledgeBase
-from pipeline.models import DocumentError, JobConfig
-from pipeline.paths import Home
-from pipeline.status import JobStatus
-from widgets.event_log import EventLog, diff_events
-from widgets.format import JobView
-from widgets.job_table import JobTable
+from kbingest.app.dashboard import HELP_KEYS, KbIngestApp
+from kbingest.app.screens import ConfirmCancelScreen, HelpScreen
+from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.jobs import INTERRUPTED, open_store
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.models import DocumentError, JobConfig
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.status import JobStatus
+from kbingest.widgets.event_log import EventLog, diff_events
+from kbingest.widgets.format import JobView
+from kbingest.widgets.job_table import JobTable
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -297,8 +297,8 @@ def test_footer_shows_every_fixed_key(home):
 # ---- untrusted text --------------------------------------------------------------------------
 def test_file_names_are_shown_literally(home):
     """Names with markup, ANSI escapes and bidi overrides are escaped and never interpreted."""
-    from pipeline.models import JobRecord, iso, utcnow
-    from pipeline.tracker import PhaseTracker
+    from kbingest.pipeline.models import JobRecord, iso, utcnow
+    from kbingest.pipeline.tracker import PhaseTracker
 
     store = store_of(home)
     t = PhaseTracker("t-1", "t")
@@ -365,7 +365,7 @@ def test_event_log_is_bounded(home):
 
 # ---- freezing the view is not pausing the work -------------------------------------------------
 def shown_items(app: KbIngestApp, phase: str) -> str:
-    from widgets.phase_timeline import PhaseRow
+    from kbingest.widgets.phase_timeline import PhaseRow
 
     row = app._main.query_one(f"#phase-{phase}", PhaseRow)
     return row._sig[1] if row._sig else ""

@@ -15,11 +15,11 @@ from typing import Optional
 
 import pytest
 
-from app.dashboard import KbIngestApp
-from pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, PhaseDetail, iso
-from pipeline.paths import Home
-from pipeline.status import JobPhase, JobStatus
-from pipeline.store import JobStore
+from kbingest.app.dashboard import KbIngestApp
+from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, PhaseDetail, iso
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.status import JobPhase, JobStatus
+from kbingest.pipeline.store import JobStore
 
 pytestmark = pytest.mark.timeout(60)
 

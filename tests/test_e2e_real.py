@@ -20,8 +20,8 @@ def ingested(tmp_path_factory):
 
 
 def test_real_ingest_completes_and_table_holds_every_page(ingested, status_validator):
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     h, docs, first = ingested
     assert first.returncode == 0, first.stderr
@@ -39,8 +39,8 @@ def test_real_ingest_completes_and_table_holds_every_page(ingested, status_valid
 
 
 def test_second_identical_run_adds_no_row(ingested):
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     h, docs, _ = ingested
     before = sorted(KnowledgeBase(Home(h), "waf").ids())

@@ -14,12 +14,12 @@ import threading
 import pytest
 
 from conftest import REPO, SMALL_PAGES, copy_pages
-from pipeline.embedding import FakeEmbedder
-from pipeline.engine import IngestJob, NotResumable
-from pipeline.index import KnowledgeBase
-from pipeline.jobs import cancel_stored, open_store
-from pipeline.models import JobConfig
-from pipeline.status import JobStatus
+from kbingest.pipeline.embedding import FakeEmbedder
+from kbingest.pipeline.engine import IngestJob, NotResumable
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.jobs import cancel_stored, open_store
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.status import JobStatus
 
 
 def config(sources, **kw) -> JobConfig:
@@ -125,7 +125,7 @@ def test_watch_pass_clears_the_error_of_a_fixed_file(tmp_path):
     bad_name = "broken.md"
     folder = copy_pages(tmp_path / "docs", SMALL_PAGES[:2])
     (folder / bad_name).write_bytes(b"\x00\x01binary\x00")
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     home = Home(tmp_path / "home").ensure()
     st = open_store(home)
@@ -208,7 +208,7 @@ def test_resuming_a_failed_job_keeps_its_progress(home, store, pages):
 # ---- a reader that goes away -------------------------------------------------------------------
 def test_closed_stdout_does_not_kill_the_job(tmp_path, pages):
     home = tmp_path / "h"
-    p = subprocess.Popen([sys.executable, "-m", "app", "--home", str(home), "ingest", str(pages), "--kb", "docs",
+    p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(pages), "--kb", "docs",
                           "--batch", "--embedder", "fake"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          cwd=str(REPO), env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"))
     first = json.loads(p.stdout.readline())  # `| head -1`: the job id, then the reader is gone
@@ -218,7 +218,7 @@ def test_closed_stdout_does_not_kill_the_job(tmp_path, pages):
     assert "Traceback" not in err, err
     assert rc == 0, err
     assert "stdout was closed early" in err
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     rec = open_store(Home(home)).get(first["job_id"])
     assert rec.status.status == JobStatus.COMPLETED

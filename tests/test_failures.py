@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from app.exit_codes import ExitCode, exit_code_for
+from kbingest.app.exit_codes import ExitCode, exit_code_for
 from conftest import SMALL_PAGES
-from pipeline.embedding import EmbeddingError, FakeEmbedder
-from pipeline.engine import IngestJob
-from pipeline.jobs import open_store
-from pipeline.index import KnowledgeBase
-from pipeline.models import JobConfig
-from pipeline.status import JobStatus
+from kbingest.pipeline.embedding import EmbeddingError, FakeEmbedder
+from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.status import JobStatus
 
 
 class FlakyEmbedder(FakeEmbedder):
@@ -62,7 +62,7 @@ def store(home):
 @pytest.fixture
 def reference(tmp_path, pages):
     """What a clean run of the same pages indexes: doc -> (source, chunks)."""
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     h = Home(tmp_path / "ref-home").ensure()
     snap = IngestJob.create(h, open_store(h), config(pages)).run()

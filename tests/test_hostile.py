@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SMALL_PAGES, copy_pages, run_cli
-from pipeline.textsafe import fs_text
+from kbingest.pipeline.textsafe import fs_text
 
 FAKE = ("--embedder", "fake")
 HOSTILE_NAMES = [
@@ -46,8 +46,8 @@ def page(i: int, extra: str = "") -> str:
 
 
 def kb_rows(home: Path, kb: str) -> list[dict]:
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     t = KnowledgeBase(Home(home), kb)._table
     return t.search(None).select(["id", "source", "doc_id", "text"]).limit(None).to_list()
@@ -79,10 +79,10 @@ def hostile_root(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=lambda n: ascii(n)[1:-1][:24])
 def test_hostile_name_is_ingested_replaced_and_deleted_exactly(tmp_path, hostile_root, name):
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
 
     home = Home(tmp_path / "home").ensure()
     store = open_store(home)
@@ -121,7 +121,7 @@ def test_hostile_name_is_ingested_replaced_and_deleted_exactly(tmp_path, hostile
 
 def test_predicates_are_built_only_by_in_predicate():
     """Every LanceDB call that takes a predicate gets it from ids.in_predicate (hex keys only)."""
-    from pipeline.ids import in_predicate
+    from kbingest.pipeline.ids import in_predicate
 
     calls = []
     for py in sorted((REPO / "pipeline").glob("*.py")):

@@ -3,8 +3,8 @@ import stat
 
 import pytest
 
-from pipeline import ids
-from pipeline.paths import Home, InvalidName, validate_name
+from kbingest.pipeline import ids
+from kbingest.pipeline.paths import Home, InvalidName, validate_name
 
 
 def test_chunk_id_is_stable_and_depends_on_every_input():

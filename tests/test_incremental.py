@@ -10,9 +10,9 @@ KB = "k"
 
 
 def ingest(home, src: Path, **cfg):
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.models import JobConfig
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobConfig
 
     config = JobConfig(sources=[str(src.resolve())], kb=KB, embedder="fake", **cfg)
     snap = IngestJob.create(home, open_store(home), config).run()
@@ -70,7 +70,7 @@ def test_unchanged_corpus_embeds_nothing_and_leaves_the_table_alone(home, pages)
 
 
 def test_editing_one_page_reembeds_only_that_page(home, pages, tmp_path):
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     ingest(home, pages)
     old = rows(home)
@@ -120,7 +120,7 @@ def test_deleting_one_page_removes_its_chunks(home, pages):
 
 
 def test_settings_change_reindexes_everything_without_leftovers(home, pages, tmp_path):
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     ingest(home, pages)
     old = rows(home)
@@ -144,8 +144,8 @@ def test_settings_change_reindexes_everything_without_leftovers(home, pages, tmp
 
 def _fragments_during(home, src, monkeypatch, **cfg) -> tuple[list[int], int, int]:
     """Fragment counts right after every commit, the commits made, and the fragments at the end."""
-    from pipeline.index import KnowledgeBase
-    from pipeline.paths import Home
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
 
     seen: list[int] = []
     orig = KnowledgeBase.write
@@ -161,7 +161,7 @@ def _fragments_during(home, src, monkeypatch, **cfg) -> tuple[list[int], int, in
 
 
 def test_fragments_stay_bounded_over_many_commits(home, tmp_path, monkeypatch):
-    from pipeline.paths import Home
+    from kbingest.pipeline.paths import Home
 
     rel = sorted(str(p.relative_to(WAF)) for p in WAF.rglob("*.md"))[:30]
     src = copy_pages(tmp_path / "src", rel)
@@ -188,14 +188,14 @@ def test_fragments_stay_bounded_over_many_commits(home, tmp_path, monkeypatch):
 def test_large_tables_are_optimized_in_a_child_process(home, pages, monkeypatch):
     """From CHILD_ROWS rows on, compaction runs in a child (its memory leaves with it): the table is
     compacted all the same, the job sees the new version, and the child's peak RSS is reported."""
-    from pipeline import compaction
+    from kbingest.pipeline import compaction
 
     monkeypatch.setattr(compaction, "CHILD_ROWS", 1)
     snap = ingest(home, pages, commit_rows=16)  # asserts it completed
     m = snap.metrics
     assert m["commits"] > 2 and m["optimizes"] >= 1 and m.get("optimize_errors") is None
     assert m["optimize_peak_rss_mib"] > 50  # a real child that imported lancedb
-    from pipeline.index import KnowledgeBase
+    from kbingest.pipeline.index import KnowledgeBase
 
     kb = KnowledgeBase(home, KB)
     assert kb.fragments() <= 2

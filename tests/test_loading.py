@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import loading  # noqa: E402
-from pipeline.loading import (  # noqa: E402
+from kbingest.pipeline import loading  # noqa: E402
+from kbingest.pipeline.loading import (  # noqa: E402
     Candidate,
     LoadError,
     LoadLimits,

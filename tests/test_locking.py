@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipeline.locking import EngineLock, HomeLocked, is_locked
+from kbingest.pipeline.locking import EngineLock, HomeLocked, is_locked
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Every status JSON we print validates against contracts/job_status.schema.json."""
 import json
 
-from pipeline.models import JobStatusResponse, PhaseDetail
-from pipeline.status import JobPhase, JobStatus
-from pipeline.tracker import PhaseTracker
+from kbingest.pipeline.models import JobStatusResponse, PhaseDetail
+from kbingest.pipeline.status import JobPhase, JobStatus
+from kbingest.pipeline.tracker import PhaseTracker
 
 
 def states():

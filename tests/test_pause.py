@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.embedding import FakeEmbedder
-from pipeline.engine import IngestJob
-from pipeline.index import KnowledgeBase
-from pipeline.jobs import open_store
-from pipeline.models import JobConfig
-from pipeline.paths import Home
-from pipeline.status import JobPhase, JobStatus
+from kbingest.pipeline.embedding import FakeEmbedder
+from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.status import JobPhase, JobStatus
 
 BATCH = 4
 DELAY_S = 0.05  # per text: 0.2 s a batch

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.status import (PHASES, TRANSITIONS, InvalidTransition, JobPhase, JobStatus, can_transition,
+from kbingest.pipeline.status import (PHASES, TRANSITIONS, InvalidTransition, JobPhase, JobStatus, can_transition,
                              check_transition)
 
 

@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from pipeline.engine import IngestJob
+from kbingest.pipeline.engine import IngestJob
 
-from pipeline.jobs import open_store
-from pipeline.models import JobConfig
+from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.models import JobConfig
 
 
 def _job(home, store, kb="kb", job_id=None):

@@ -2,8 +2,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pipeline.status import InvalidTransition, JobPhase, JobStatus
-from pipeline.tracker import PhaseTracker
+from kbingest.pipeline.status import InvalidTransition, JobPhase, JobStatus
+from kbingest.pipeline.tracker import PhaseTracker
 
 
 class Clock:

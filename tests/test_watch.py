@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import watch as watch_mod
-from pipeline.watch import Burst, ChangeFeed, _outermost, is_junk
+from kbingest.pipeline import watch as watch_mod
+from kbingest.pipeline.watch import Burst, ChangeFeed, _outermost, is_junk
 
 QUIET = 0.3
 STABLE = 0.15

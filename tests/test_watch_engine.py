@@ -29,7 +29,7 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
 
 def pass_done(job, n: int) -> bool:
     """Burst n has been ingested: its pass is over (every phase completed) and the job watches again."""
-    from pipeline.status import JobPhase
+    from kbingest.pipeline.status import JobPhase
 
     s = job.snapshot()
     return s.metrics.get("watch_bursts", 0) >= n and s.phase == JobPhase.COMPLETED and s.message.startswith("watching")
@@ -39,10 +39,10 @@ class Watching:
     """A watching job running in a thread, and what the tests ask of it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        from pipeline.engine import IngestJob
-        from pipeline.jobs import open_store
-        from pipeline.models import JobConfig
-        from pipeline.paths import Home
+        from kbingest.pipeline.engine import IngestJob
+        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.models import JobConfig
+        from kbingest.pipeline.paths import Home
 
         self.folder = copy_pages(tmp_path / "docs", PAGES)
         self.home = Home(tmp_path / "home").ensure()
@@ -72,12 +72,12 @@ class Watching:
         return m
 
     def kb(self):
-        from pipeline.index import KnowledgeBase
+        from kbingest.pipeline.index import KnowledgeBase
 
         return KnowledgeBase(self.home, "w")
 
     def rows(self) -> list[dict]:
-        from pipeline.index import connect
+        from kbingest.pipeline.index import connect
 
         return connect(self.home).open_table("w").to_arrow().select(["source", "text", "doc_id"]).to_pylist()
 
@@ -193,11 +193,11 @@ def test_folder_moved_out_leaves_the_table(watching, tmp_path):
 
 def test_save_during_the_first_pass_is_not_missed(tmp_path):
     """The feed starts before the first full pass: a save while it runs is ingested, once settled."""
-    from pipeline.engine import IngestJob
-    from pipeline.jobs import open_store
-    from pipeline.index import connect
-    from pipeline.models import JobConfig
-    from pipeline.paths import Home
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.index import connect
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
 
     folder = copy_pages(tmp_path / "docs", PAGES)
     home = Home(tmp_path / "home").ensure()

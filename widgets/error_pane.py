@@ -10,8 +10,8 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from pipeline.status import JobStatus
-from widgets.format import JobView, safe, theme_style
+from kbingest.pipeline.status import JobStatus
+from kbingest.widgets.format import JobView, safe, theme_style
 
 
 class ErrorPane(VerticalScroll):

@@ -13,9 +13,9 @@ from typing import Iterable, Optional
 from rich.text import Text
 from textual.widgets import RichLog
 
-from pipeline.status import JobStatus
-from widgets.format import JobView, fmt_duration, safe, status_style, theme_style
-from widgets.phase_timeline import UNITS
+from kbingest.pipeline.status import JobStatus
+from kbingest.widgets.format import JobView, fmt_duration, safe, status_style, theme_style
+from kbingest.widgets.phase_timeline import UNITS
 
 MAX_EVENTS = 500          # kept per job
 MAX_ERRORS_LOGGED = 20    # new document errors logged one by one per poll; the rest are summed up

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Optional
 from rich.style import Style
 from rich.text import Text
 
-from pipeline.models import DocumentError, JobStatusResponse
-from pipeline.status import JobStatus
-from pipeline.textsafe import printable
+from kbingest.pipeline.models import DocumentError, JobStatusResponse
+from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.textsafe import printable
 
 if TYPE_CHECKING:
     from textual.app import App

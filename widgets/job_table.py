@@ -9,7 +9,7 @@ from textual import events
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from widgets.format import JobView, fit, fmt_duration, fmt_started, safe, status_style
+from kbingest.widgets.format import JobView, fit, fmt_duration, fmt_started, safe, status_style
 
 # (key, label, fixed width or None for "fit the content")
 COLUMNS: tuple[tuple[str, str, Optional[int]], ...] = (

@@ -9,9 +9,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, ProgressBar
 
-from pipeline.models import PhaseDetail
-from pipeline.status import PHASES
-from widgets.format import DASH, fmt_clock, fmt_count, fmt_duration, fmt_rate, status_style
+from kbingest.pipeline.models import PhaseDetail
+from kbingest.pipeline.status import PHASES
+from kbingest.widgets.format import DASH, fmt_clock, fmt_count, fmt_duration, fmt_rate, status_style
 
 PHASE_NAMES: tuple[str, ...] = tuple(p.value for p in PHASES)
 UNITS = {"loading": "docs", "chunking": "docs", "embedding": "chunks", "indexing": "chunks"}

@@ -1,4 +1,0 @@
-from app.cli import entry
-
-if __name__ == "__main__":
-    entry()
