@@ -8,19 +8,18 @@ names survive as surrogate escapes).
 """
 from __future__ import annotations
 
-import codecs
 import errno
 import hashlib
 import os
 import stat
-import threading
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
-DOC_EXTENSIONS = (".md", ".markdown", ".txt")
-MARKDOWN_EXTENSIONS = (".md", ".markdown")
-BINARY_SAMPLE = 8192
+from kbingest.pipeline import formats
+from kbingest.pipeline.formats.base import LoadError
+
+BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
 READ_ATTEMPTS = 4  # the first read plus up to 3 retries when the file changes while being read
 
 _OPEN_FLAGS = (
@@ -76,19 +75,15 @@ class LoadedDocument:
     size: int
     markdown: bool
     warnings: tuple[str, ...] = ()
+    format: str = "text"
+    title: Optional[str] = None        # the format's own title (HTML <title>), if any
+    page_starts: tuple[int, ...] = ()  # paged formats: offset in text where page i+1 begins
 
 
 class SourceError(ValueError):
     """A SOURCE that does not exist or is not a usable file or folder."""
 
 
-class LoadError(Exception):
-    """A document that could not be read; `kind` is machine-readable, `message` is for a person."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -110,7 +105,8 @@ def _show(text: str) -> str:
 
 
 def is_document(path: str) -> bool:
-    return os.path.basename(path).lower().endswith(DOC_EXTENSIONS)
+    """A file some registered format reads (pipeline/formats)."""
+    return formats.for_path(path) is not None
 
 
 def within(target: str, root: str) -> bool:
@@ -184,7 +180,7 @@ def validate_sources(sources: list[str]) -> list[str]:
         if stat.S_ISREG(st.st_mode):
             if not is_document(path):
                 raise SourceError(
-                    f"source is not a document (expected {', '.join(DOC_EXTENSIONS)}): {_show(path)}"
+                    f"source is not a document (expected {', '.join(formats.suffixes())}): {_show(path)}"
                 )
         elif not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"source is neither a file nor a folder ({_file_type(st.st_mode)}): {_show(path)}")
@@ -368,7 +364,10 @@ def _too_large(size: int, limits: LoadLimits) -> str:
 
 
 def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
-    """Read and decode one Candidate; raise LoadError(kind, message) on failure."""
+    """Read one Candidate and extract it with its format; raise LoadError(kind, message) on failure."""
+    fmt = formats.for_path(c.path)
+    if fmt is None:
+        raise LoadError("unsupported_format", "no format reads this file type: not loaded")
     for _ in range(READ_ATTEMPTS):
         data, before, after = _read_once(c, limits)
         if _sig(before) == _sig(after) and len(data) == after.st_size:
@@ -381,19 +380,26 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     warnings = []
     if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
         warnings.append("changed since it was listed: its current content was loaded")
-    text, replaced, encoding = _decode(data)
-    if replaced:
-        warnings.append(f"invalid {encoding} replaced at {replaced} place{'s' if replaced != 1 else ''}")
-    if not text.strip():
-        raise LoadError("empty", "the file is empty (0 bytes)" if not data else "the file contains only whitespace")
+    if not data:
+        raise LoadError("empty", "the file is empty (0 bytes)")
+    really = fmt.identify(data[:BINARY_SAMPLE])
+    if really is not None:
+        raise LoadError("wrong_format", f"not a {fmt.name} file: it looks like {really}: not loaded")
+    ex = fmt.extract(data, path=c.path)
+    if not ex.text.strip():
+        raise LoadError("empty", "the file contains only whitespace" if fmt.name in ("text", "markdown")
+                        else f"no text found in this {fmt.name} file")
     return LoadedDocument(
         path=c.path,
         root=c.root,
-        text=text,
+        text=ex.text,
         content_hash=hashlib.sha256(data).hexdigest(),
         size=len(data),
-        markdown=os.path.basename(c.path).lower().endswith(MARKDOWN_EXTENSIONS),
-        warnings=tuple(warnings),
+        markdown=ex.markdown,
+        warnings=tuple(warnings) + ex.warnings,
+        format=fmt.name,
+        title=ex.title,
+        page_starts=ex.page_starts,
     )
 
 
@@ -438,54 +444,3 @@ def _read_once(c: Candidate, limits: LoadLimits) -> tuple[bytes, os.stat_result,
     finally:
         os.close(fd)
     return data, before, after
-
-
-# ------------------------------------------------------------------------------------- decode
-
-_BOMS = (  # UTF-32 first: its little-endian BOM starts with the UTF-16 one
-    (codecs.BOM_UTF32_LE, "utf-32-le"),
-    (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF16_LE, "utf-16-le"),
-    (codecs.BOM_UTF16_BE, "utf-16-be"),
-    (codecs.BOM_UTF8, "utf-8"),
-)
-_TEXT_CONTROLS = frozenset((8, 9, 10, 11, 12, 13, 27))  # \b \t \n \v \f \r ESC
-_counter = threading.local()
-
-
-def _replace_and_count(exc: UnicodeError) -> tuple[str, int]:
-    _counter.n += 1
-    return "\ufffd", exc.end
-
-
-codecs.register_error("kbingest.count_replace", _replace_and_count)
-
-
-def _looks_binary(codes) -> bool:
-    """NUL anywhere in the sample, or more than 30% control characters."""
-    codes = list(codes)
-    if not codes:
-        return False
-    if 0 in codes:
-        return True
-    controls = sum(1 for x in codes if (x < 32 and x not in _TEXT_CONTROLS) or x == 127)
-    return controls / len(codes) > 0.3
-
-
-def _decode(data: bytes) -> tuple[str, int, str]:
-    """(text, number of invalid sequences replaced, encoding name); raise LoadError('binary')."""
-    encoding, body = "utf-8", data
-    for bom, enc in _BOMS:
-        if data.startswith(bom):
-            encoding, body = enc, data[len(bom):]
-            break
-    if encoding == "utf-8" and _looks_binary(body[:BINARY_SAMPLE]):
-        raise LoadError("binary", "the file looks binary (NUL or control bytes), not text: not loaded")
-    try:
-        text, replaced = body.decode(encoding), 0
-    except UnicodeDecodeError:
-        _counter.n = 0
-        text, replaced = body.decode(encoding, "kbingest.count_replace"), _counter.n
-    if encoding != "utf-8" and _looks_binary(map(ord, text[:BINARY_SAMPLE])):
-        raise LoadError("binary", "the file looks binary (NUL or control characters), not text: not loaded")
-    return text, replaced, encoding[:6].upper()  # "UTF-8", "UTF-16" or "UTF-32"

@@ -54,7 +54,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from kbingest.pipeline.loading import DOC_EXTENSIONS
+from kbingest.pipeline.loading import is_document
 
 log = logging.getLogger("kbingest.watch")
 
@@ -92,7 +92,7 @@ def is_junk(name: str) -> bool:
     low = name.lower()
     if low.endswith((".swp", ".swx", "~", ".tmp")):
         return True
-    return not low.endswith(DOC_EXTENSIONS)
+    return not is_document(low)
 
 
 # ---- watchdog's inotify observer, with its lost-event and watch-limit signals surfaced -----------
