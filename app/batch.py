@@ -13,10 +13,10 @@ import time
 from typing import Callable, Optional, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
-from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.service import JobHandle
 from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.textsafe import printable
+from kbingest.pipeline.service import printable
 
 POLL_S = 0.1
 MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes
@@ -95,7 +95,7 @@ def summary_line(s: JobStatusResponse) -> str:
     return printable(text)
 
 
-def run_batch(job: IngestJob, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
               on_start: Optional[Callable[[], None]] = None) -> ExitCode:
     reporter = JsonLinesReporter(out)
     reporter.offer(job.snapshot(), force=True)  # the first line: the job exists

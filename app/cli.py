@@ -1,7 +1,9 @@
 """The `kbingest` command line, as contracts/CLI.md fixes it.
 
 stdout is for results (JSON Lines, JSON, tables); everything for people goes to stderr.
-A user's mistake is a one-line message and exit 2, never a traceback.
+A user's mistake is a one-line message and exit 2, never a traceback. Every command calls the
+service layer (pipeline/service.py) and nothing below it; app/exit_codes.py maps its errors.
+Heavy libraries (LanceDB, fastembed, Textual) are imported only by the commands that use them.
 """
 from __future__ import annotations
 
@@ -9,19 +11,27 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
-from kbingest.app.exit_codes import ExitCode
-from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse
-from kbingest.pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
-from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.textsafe import printable
-from kbingest.pipeline.jobs import effective_status
+from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
+from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse, job_default
+from kbingest.pipeline.service import InvalidInput, KbError, Service, printable
 
+ENV_HOME = "KBINGEST_HOME"
 
-class UsageError(Exception):
-    pass
+# CLI option -> JobConfig field: help text and defaults come from JobConfig, the one place that says them
+JOB_OPTIONS: list[tuple[str, str, dict]] = [
+    ("--model", "model", {}),
+    ("--chunk-tokens", "max_tokens", {"type": int, "metavar": "N"}),
+    ("--overlap", "overlap_tokens", {"type": int, "metavar": "N"}),
+    ("--batch-size", "batch_size", {"type": int, "metavar": "N"}),
+    ("--threads", "threads", {"type": int, "metavar": "N"}),
+    ("--commit-rows", "commit_rows", {"type": int, "metavar": "N"}),
+    ("--max-depth", "max_depth", {"type": int, "metavar": "N"}),
+    ("--max-files", "max_files", {"type": int, "metavar": "N"}),
+]
+OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
+    "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch"}
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -30,16 +40,16 @@ def _add_home(p: argparse.ArgumentParser) -> None:
                         "default: the platform's user data folder for kbingest)")
 
 
-def _default(field: str):
-    """A job setting's default: JobConfig is the one place that says it."""
-    return JobConfig.model_fields[field].default
+def _help(field: str, unit: str = "") -> str:
+    d = job_default(field)
+    default = "" if d is None else f" (default {d:g}{unit})" if isinstance(d, float) else f" (default {d}{unit})"
+    return (JobConfig.model_fields[field].description or field) + default
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = _default
     p = argparse.ArgumentParser(
         prog="kbingest",
-        description="Ingest folders of Markdown and text into local LanceDB knowledge bases, "
+        description="Ingest folders of documents into local LanceDB knowledge bases, "
                     "and watch and steer every phase. With no command: the dashboard.")
     _add_home(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,31 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("sources", nargs="+", metavar="SOURCE", help="file or folder to ingest")
     ing.add_argument("--kb", required=True, metavar="NAME", help="knowledge base (LanceDB table) name")
     ing.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
-    ing.add_argument("--watch", action="store_true", help="keep running and ingest what changes under the sources")
-    ing.add_argument("--model", default=d("model"),
-                     help="fastembed model name (default: the shipped all-MiniLM-L6-v2, offline)")
-    ing.add_argument("--chunk-tokens", type=int, default=d("max_tokens"), metavar="N",
-                     help=f"chunk budget in model tokens (default {d('max_tokens')}: all-MiniLM-L6-v2 reads 256 "
-                          "with specials)")
-    ing.add_argument("--overlap", type=int, default=d("overlap_tokens"), metavar="N",
-                     help=f"overlap between chunks, tokens (default {d('overlap_tokens')})")
-    ing.add_argument("--batch-size", type=int, default=d("batch_size"), metavar="N",
-                     help=f"chunks per embedding call (default {d('batch_size')}: on CPU, batching only adds "
-                          "padding; raise it for a GPU)")
-    ing.add_argument("--threads", type=int, default=d("threads"), metavar="N",
-                     help="onnxruntime threads (default: onnxruntime's choice, every core)")
-    ing.add_argument("--commit-rows", type=int, default=d("commit_rows"), metavar="N",
-                     help=f"rows per LanceDB commit (default {d('commit_rows')}; a commit also happens every "
-                          f"{d('commit_seconds'):g} s)")
-    ing.add_argument("--max-file-mb", type=float, default=d("max_file_bytes") / (1024 * 1024), metavar="MB",
-                     help=f"skip larger files (default {d('max_file_bytes') / (1024 * 1024):g})")
-    ing.add_argument("--max-depth", type=int, default=d("max_depth"), metavar="N",
-                     help=f"folder depth limit (default {d('max_depth')})")
-    ing.add_argument("--max-files", type=int, default=d("max_files"), metavar="N",
-                     help=f"documents per job limit (default {d('max_files')})")
+    ing.add_argument("--watch", action="store_true", help=_help("watch").replace(" (default False)", ""))
+    for opt, field, kw in JOB_OPTIONS:
+        ing.add_argument(opt, dest=field, default=job_default(field), help=_help(field), **kw)
+    mb = job_default("max_file_bytes") / (1024 * 1024)
+    ing.add_argument("--max-file-mb", type=float, default=mb, metavar="MB",
+                     help=f"{JobConfig.model_fields['max_file_bytes'].description} (default {mb:g})")
     ing.add_argument("--follow-links", action="store_true",
-                     help="follow symbolic links, even out of the source folder (default: not followed)")
-    ing.add_argument("--embedder", choices=["fastembed", "fake"], default="fastembed",
+                     help=JobConfig.model_fields["follow_links"].description + " (default: not followed)")
+    ing.add_argument("--embedder", choices=["fastembed", "fake"], default=job_default("embedder"),
                      help=argparse.SUPPRESS)  # 'fake' for tests only
     ing.add_argument("--job-id", default=None, help=argparse.SUPPRESS)
 
@@ -86,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=f"ask a job running in another process to {what}; returns once it has")
         _add_home(c)
         c.add_argument("job_id", metavar="JOB_ID")
-        c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait (default 120)")
+        c.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds to wait (default 120); past it, exit 5 and the request is withdrawn")
 
     st = sub.add_parser("status", help="one job's status (the newest, or JOB_ID, or the newest of --kb)")
     _add_home(st)
@@ -108,18 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def _home(args: argparse.Namespace) -> Home:
-    return Home(getattr(args, "home", None))
-
-
-def _store(home: Home):
-    from kbingest.pipeline.jobs import open_store
-
-    store = open_store(home)
-    if store.recovered_from is not None:
-        _say(f"the job store did not parse; it was moved aside to {store.recovered_from} "
-             "and rebuilt from the knowledge bases")
-    return store
+def _service(args: argparse.Namespace) -> Service:
+    return Service(getattr(args, "home", None))
 
 
 def _say(msg: str) -> None:
@@ -127,84 +112,39 @@ def _say(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _find_job(store, job_id: Optional[str], kb: Optional[str]) -> JobRecord:
-    if job_id:
-        rec = store.get(validate_name(job_id, "job id"))
-        if rec is None:
-            raise UsageError(f"no job {job_id!r} in this home (see `kbingest jobs`)")
-        return rec
-    recs = store.all()
-    if kb:
-        validate_name(kb, "knowledge base name")
-        recs = [r for r in recs if r.config.kb == kb]
-    if not recs:
-        raise UsageError("no jobs in this home yet" if not kb else f"no job for knowledge base {kb!r}")
-    return recs[0]
+def _notices(svc: Service) -> None:
+    for n in svc.notices:
+        _say(n)
+    svc.notices.clear()
 
 
 def _config_from(args: argparse.Namespace) -> JobConfig:
-    from kbingest.pipeline.loading import SourceError, validate_sources
-
-    validate_name(args.kb, "knowledge base name")
+    settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
+    settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
+                    watch=args.watch, embedder=args.embedder)
     try:
-        sources = validate_sources(args.sources)
-    except SourceError as e:
-        raise UsageError(str(e)) from None
-    if args.chunk_tokens < 16:
-        raise UsageError("--chunk-tokens must be at least 16")
-    if args.overlap < 0 or args.overlap >= args.chunk_tokens:
-        raise UsageError("--overlap must be at least 0 and smaller than --chunk-tokens")
-    if args.model == "all-MiniLM-L6-v2" and args.chunk_tokens > 254:
-        raise UsageError("all-MiniLM-L6-v2 reads 256 tokens with its 2 special tokens: --chunk-tokens at most 254")
-    try:
-        return JobConfig(
-            sources=sources, kb=args.kb, model=args.model, embedder=args.embedder,
-            max_tokens=args.chunk_tokens, overlap_tokens=args.overlap, batch_size=args.batch_size,
-            threads=args.threads, commit_rows=args.commit_rows,
-            max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), max_depth=args.max_depth,
-            max_files=args.max_files, follow_links=args.follow_links, watch=args.watch,
-        )
-    except ValueError as e:
-        raise UsageError(str(e).splitlines()[0] if str(e) else "invalid options") from None
+        return Service.config(args.sources, args.kb, **settings)
+    except InvalidInput as e:
+        opt = OPTION_OF_FIELD.get(e.setting or "")
+        if opt:
+            raise InvalidInput(f"{opt}: {e.message.split(': ', 1)[-1]}", setting=e.setting) from None
+        raise
 
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from kbingest.pipeline.engine import IngestJob
-
     config = _config_from(args)
-    home = _home(args)
-    store = _store(home)
-    if args.job_id:
-        validate_name(args.job_id, "job id")
-        if store.get(args.job_id):
-            raise UsageError(f"job {args.job_id!r} exists already: resume it with `kbingest resume {args.job_id}`")
-    _check_not_locked(home)
-    job = IngestJob.create(home, store, config, job_id=args.job_id)
-    return _run(job, home, batch=args.batch)
+    svc = _service(args)
+    job = svc.start(config, job_id=args.job_id)
+    _notices(svc)
+    return _run(job, svc, batch=args.batch)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from kbingest.pipeline.engine import IngestJob
-
-    home = _home(args)
-    store = _store(home)
-    rec = _find_job(store, args.job_id, None)
-    if rec.status.status == JobStatus.CANCELLED:
-        raise UsageError(f"job {rec.job_id} was cancelled and cannot be resumed; start a new `kbingest ingest`")
-    _check_not_locked(home)
-    from kbingest.pipeline.jobs import mark_interrupted
-
-    mark_interrupted(home, store)  # its process died: the job is shown paused (interrupted) until this one runs it
-    job = IngestJob.load(home, store, rec.job_id)
-    return _run(job, home, batch=args.batch)
-
-
-def _check_not_locked(home: Home) -> None:
-    from kbingest.pipeline.locking import HomeLocked, holder_pid, is_locked
-
-    if is_locked(home.engine_lock_file):
-        raise UsageError(str(HomeLocked(home.engine_lock_file, holder_pid(home.engine_lock_file))))
+    svc = _service(args)
+    job = svc.resume(args.job_id)
+    _notices(svc)
+    return _run(job, svc, batch=args.batch)
 
 
 def _log_to_stderr() -> None:
@@ -228,7 +168,7 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def _run(job, home: Home, batch: bool) -> int:
+def _run(job, svc: Service, batch: bool) -> int:
     if batch:
         from kbingest.app.batch import run_batch
 
@@ -236,45 +176,22 @@ def _run(job, home: Home, batch: bool) -> int:
         return int(run_batch(job))
     from kbingest.app.dashboard import run_dashboard
 
-    return int(run_dashboard(home, job))
+    return int(run_dashboard(svc, job))
 
 
 def cmd_control(args: argparse.Namespace, what: str) -> int:
-    from kbingest.pipeline.jobs import cancel_stored
-
-    home = _home(args)
-    store = _store(home)
-    rec = _find_job(store, args.job_id, None)
-    target = JobStatus.PAUSED if what == "pause" else JobStatus.CANCELLED
-    cur = effective_status(rec, home).status  # a job whose process died is not running: it is paused
-    if cur == target:
-        _say(f"job {rec.job_id} is already {cur.value}")
+    svc = _service(args)
+    before = svc.job(args.job_id)
+    if before.status.status.value == ("paused" if what == "pause" else "cancelled"):
+        _say(f"job {before.job_id} is already {before.status.status.value}")
         return int(ExitCode.OK)
-    if what == "cancel":
-        outcome = cancel_stored(home, store, rec.job_id)  # decided under the store's lock
-        if outcome == "cancelled":
-            _say(f"job {rec.job_id} cancelled")
-            return int(ExitCode.OK)
-        if outcome != "requested":
-            _say(f"job {rec.job_id} is {cur.value}; nothing to cancel")
-            return int(ExitCode.USAGE)
-    else:
-        if cur != JobStatus.RUNNING:
-            _say(f"job {rec.job_id} is not running (it is {cur.value}); nothing to pause")
-            return int(ExitCode.USAGE)
-        store.request(rec.job_id, what)
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = store.get(rec.job_id)
-        if now is not None and now.status.status.is_terminal or (now and now.status.status == JobStatus.PAUSED):
-            _say(f"job {rec.job_id} is {now.status.status.value}")
-            return int(ExitCode.OK)
-    _say(f"job {rec.job_id} did not {what} within {args.timeout:g} s")
-    return int(ExitCode.FAILED)
+    snap = svc.pause(before.job_id, args.timeout) if what == "pause" else svc.cancel(before.job_id, args.timeout)
+    waited = before.status.status.value == "running"
+    _say(f"job {before.job_id} is {snap.status.value}" if waited else f"job {before.job_id} {snap.status.value}")
+    return int(ExitCode.OK)
 
 
-def _human_status(s: JobStatusResponse, errors: list) -> str:
+def _human_status(s: JobStatusResponse, errors: list[DocumentError]) -> str:
     lines = [f"job {s.job_id}  kb {s.kb_id}  {s.status.value}  {s.progress:.1f}%  phase {s.phase.value}",
              f"  {s.message}"]
     if s.error:
@@ -292,47 +209,41 @@ def _human_status(s: JobStatusResponse, errors: list) -> str:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in sorted(m.items())))
     for e in errors:
         lines.append(f"  failed: {e.phase}: {e.path}: {e.kind}: {e.message}")
-    for w in s.metrics.get("document_warning_list") or []:
+    failed = s.m.documents_failed or 0
+    if failed > len(errors):
+        lines.append(f"  … and {failed - len(errors)} more failed document(s)")
+    for w in s.m.document_warning_list or []:
         lines.append(f"  warning: {w.get('path')}: {w.get('warning')}")
     return "\n".join(printable(line) for line in lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    home = _home(args)
-    store = _store(home)
-    rec = _find_job(store, args.job_id, args.kb)
-    snap = effective_status(rec, home)
-    if args.json:
-        print(snap.to_json())
-    else:
-        print(_human_status(snap, rec.doc_errors))
+    svc = _service(args)
+    info = svc.find(args.job_id, args.kb)
+    _notices(svc)
+    print(info.status.to_json() if args.json else _human_status(info.status, info.errors))
     return int(ExitCode.OK)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    home = _home(args)
-    store = _store(home)
-    recs = store.all()
+    svc = _service(args)
+    infos = svc.jobs()
+    _notices(svc)
     if args.json:
-        print(json.dumps([effective_status(r, home).to_json_dict() for r in recs]))
+        print(json.dumps([i.status.to_json_dict() for i in infos]))
         return int(ExitCode.OK)
-    if not recs:
+    if not infos:
         _say("no jobs in this home yet")
-    for r in recs:
-        s = effective_status(r, home)
-        print(printable(f"{r.job_id:40} {s.kb_id:16} {s.status.value:9} {s.progress:5.1f}%  {r.created_at}"))
+    for i in infos:
+        s = i.status
+        print(printable(f"{i.job_id:40} {s.kb_id:16} {s.status.value:9} {s.progress:5.1f}%  {i.created_at}"))
     return int(ExitCode.OK)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from kbingest.pipeline.search import search
-
-    home = _home(args)
-    validate_name(args.kb, "knowledge base name")
-    if args.k < 1:
-        raise UsageError("-k must be at least 1")
-    store = _store(home)
-    hits = search(home, store, args.kb, args.query, args.k)
+    svc = _service(args)
+    hits = svc.search(args.kb, args.query, args.k)
+    _notices(svc)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
     else:
@@ -345,7 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kbingest.app.dashboard import run_dashboard
 
-    return int(run_dashboard(_home(args), None))
+    return int(run_dashboard(_service(args), None))
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
@@ -363,42 +274,38 @@ def _limit_malloc_arenas(n: int = 2) -> None:
         pass
 
 
+def _quiet_closed_stdout() -> None:
+    """stdout's reader went away (`| head -c1`): exit quietly, as Unix tools do."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
+
+
+COMMANDS = {
+    "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs, "search": cmd_search,
+    "pause": lambda a: cmd_control(a, "pause"), "cancel": lambda a: cmd_control(a, "cancel"),
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.umask(0o077)  # everything kbingest creates in its home is the owner's only
     _limit_malloc_arenas()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command is None:
             return cmd_dashboard(args)
-        handler = {
-            "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs,
-            "search": cmd_search, "pause": lambda a: cmd_control(a, "pause"),
-            "cancel": lambda a: cmd_control(a, "cancel"),
-        }[args.command]
-        return handler(args)
-    except (UsageError, InvalidName, LookupError) as e:
-        _say(str(e))
-        return int(ExitCode.USAGE)
+        return COMMANDS[args.command](args)
+    except KbError as e:
+        _say(e.message)
+        return int(exit_code_for_error(e))
     except KeyboardInterrupt:
         return int(ExitCode.PAUSED)
-    except Exception as e:
-        from kbingest.pipeline.locking import HomeLocked
-
-        if isinstance(e, HomeLocked):
-            _say(str(e))
-            return int(ExitCode.USAGE)
-        from kbingest.pipeline.embedding import EmbeddingError
-        from kbingest.pipeline.engine import NotResumable
-        from kbingest.pipeline.index import IndexError_
-
-        if isinstance(e, NotResumable):
-            _say(str(e))
-            return int(ExitCode.USAGE)
-        if isinstance(e, (EmbeddingError, IndexError_)):
-            _say(str(e))
-            return int(ExitCode.FAILED)
-        raise
+    except BrokenPipeError:
+        _quiet_closed_stdout()
+        return int(ExitCode.OK)
 
 
 def entry() -> None:

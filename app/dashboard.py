@@ -13,7 +13,7 @@ import signal
 import sys
 from datetime import datetime, tzinfo
 from functools import partial
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from rich.text import Text
 from textual import events
@@ -24,17 +24,11 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, WorkerState
 
-from kbingest.app.exit_codes import ExitCode, exit_code_for
-from kbingest.app.screens import ConfirmCancelScreen, HelpScreen
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.jobs import INTERRUPTED, cancel_stored, effective_status, mark_interrupted, open_store
-from kbingest.pipeline.locking import HomeLocked, is_locked
-from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, utcnow
-from kbingest.pipeline.paths import Home
+from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
+from kbingest.app.screens import ConfirmCancelScreen, HelpScreen, help_from_bindings
+from kbingest.pipeline.models import JobStatusResponse, utcnow
+from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.store import JobStore
-from kbingest.pipeline.textsafe import printable
-from kbingest.pipeline.tracker import PhaseTracker
 from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
 from kbingest.widgets.format import JobView, safe, status_style, theme_style
@@ -47,18 +41,6 @@ WIDE = 150           # columns from which errors and log sit side by side
 TALL = 36            # rows from which the job list and summary get more room
 QUIT_DELAY_S = 0.5   # the "paused, checkpoint saved" notice stays this long before the app exits
 
-HELP_KEYS: list[tuple[str, str]] = [
-    ("p", "pause the selected job: it finishes the batch in flight, saves its checkpoint, then stops"),
-    ("r", "resume the selected paused, interrupted or failed job, or retry the failed documents "
-          "of a finished one"),
-    ("c", "cancel the selected job (asks first: y cancels, n or escape keeps it)"),
-    ("?", "this help"),
-    ("q, ctrl+c", "quit; a job running here is paused first, its checkpoint saved: "
-                  "start `kbingest` again and press r to resume it"),
-    ("up / down", "select a job"),
-    ("f", "freeze the view to read it: the jobs go on working; f again follows them live"),
-    ("tab", "move to the errors or the events, to scroll them"),
-]
 HELP_NOTES = [
     "Items: documents for loading and chunking, chunks for embedding and indexing.",
     "A job whose process died shows as paused, \"interrupted…\"; r resumes it.",
@@ -66,19 +48,7 @@ HELP_NOTES = [
 ]
 
 
-class JobLike(Protocol):
-    """What the dashboard needs of a job it runs: `IngestJob`, or a fake in tests."""
-
-    job_id: str
-    config: JobConfig
-
-    def run(self) -> JobStatusResponse: ...
-    def pause(self) -> None: ...
-    def cancel(self) -> None: ...
-    def snapshot(self) -> JobStatusResponse: ...
-
-    @property
-    def errors(self) -> list[DocumentError]: ...
+JobLike = JobHandle  # what the dashboard runs: a job from the service, or a fake in tests
 
 
 def _short_path(path: str) -> str:
@@ -88,17 +58,12 @@ def _short_path(path: str) -> str:
     return path
 
 
-def _interrupted(snap: JobStatusResponse) -> JobStatusResponse:
-    t = PhaseTracker.from_snapshot(snap)
-    t.set_status(JobStatus.PAUSED, INTERRUPTED)
-    return t.snapshot()
-
-
 class KbIngestApp(App[None]):
     """The kbingest dashboard.
 
-    home: the home folder; job: a job to start (or resume) in this process, or None to only show
-    jobs. clock (a callable returning an aware datetime) and tz set what elapsed times and
+    source: the service (or a home folder, for which one is made); job: a job to start (or resume)
+    in this process, or None to only show jobs. Everything the app does to jobs goes through the
+    service (pipeline/service.py). clock (a callable returning an aware datetime) and tz set what elapsed times and
     timestamps are rendered against, for deterministic snapshot tests; home_label replaces the
     home path shown in the job list's title.
     """
@@ -108,39 +73,47 @@ class KbIngestApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     NOTIFICATION_TIMEOUT = 4
 
+    # The one list of keys: the footer, the help screen (help_from_bindings) and, with their
+    # tooltips, every description of a key come from here.
     BINDINGS = [
         Binding("p", "pause", "pause", id="pause",
-                tooltip="pause the selected job: it finishes the batch in flight and saves its checkpoint"),
+                tooltip="pause the selected job: it finishes the batch in flight, saves its checkpoint, then stops"),
         Binding("r", "resume", "resume", id="resume",
-                tooltip="resume the selected paused job, or retry the failed documents of a finished one"),
-        Binding("c", "cancel", "cancel", id="cancel", tooltip="cancel the selected job (asks first)"),
-        Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="every key"),
+                tooltip="resume the selected paused, interrupted or failed job, or retry the failed documents "
+                        "of a finished one"),
+        Binding("c", "cancel", "cancel", id="cancel",
+                tooltip="cancel the selected job (asks first: y cancels, n or escape keeps it)"),
+        Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="this help"),
         Binding("q", "quit", "quit", key_display="q/^c", id="quit",
-                tooltip="quit; a job running here is paused first, its checkpoint saved"),
+                tooltip="quit; a job running here is paused first, its checkpoint saved: "
+                        "start `kbingest` again and press r to resume it"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
+        Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up", tooltip="select a job"),
+        Binding("down", "select_job(1)", "select", show=False, id="select_down", tooltip="select a job"),
         Binding("f", "freeze_view", "freeze view", id="freeze",
-                tooltip="freeze the view to read it; the jobs go on working"),
-        Binding("f", "follow_view", "live view", id="follow", tooltip="follow the jobs live again"),
-        Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up"),
-        Binding("down", "select_job(1)", "select", show=False, id="select_down"),
+                tooltip="freeze the view to read it: the jobs go on working"),
+        Binding("f", "follow_view", "live view", id="follow", tooltip="f again follows them live"),
+        Binding("tab", "app.focus_next", "next pane", show=False, id="next_pane",
+                tooltip="move to the errors or the events, to scroll them"),
     ]
 
-    def __init__(self, home: Home, job: Optional[JobLike] = None, *, store: Optional[JobStore] = None,
+    def __init__(self, source: Any, job: Optional[JobLike] = None, *, store: Any = None,
                  clock: Optional[Callable[[], datetime]] = None, tz: Optional[tzinfo] = None,
                  home_label: Optional[str] = None, poll_seconds: float = POLL_S,
                  store_poll_seconds: float = STORE_POLL_S,
                  job_factory: Optional[Callable[[str], JobLike]] = None) -> None:
         super().__init__()
-        self.home = home
         # one store per process where possible: the job's own (opening a JobStore sweeps its temp files)
-        self.store = store or getattr(job, "store", None) or open_store(home)
+        self.service = source if isinstance(source, Service) else Service(
+            source, store=store or getattr(job, "store", None))
+        self.home = self.service.home
         self.job = job
         self.clock = clock or utcnow
         self.tz = tz
-        self.home_label = home_label if home_label is not None else _short_path(str(home.root))
+        self.home_label = home_label if home_label is not None else _short_path(str(self.home.root))
         self.poll_seconds = poll_seconds
         self.store_poll_seconds = store_poll_seconds
-        self._job_factory = job_factory or (lambda job_id: IngestJob.load(self.home, self.store, job_id))
+        self._job_factory = job_factory or self.service.resume
         self._live: Optional[JobLike] = None
         self._live_worker: Optional[Worker] = None
         self._store_worker: Optional[Worker] = None
@@ -181,7 +154,7 @@ class KbIngestApp(App[None]):
 
     @property
     def _ui_ready(self) -> bool:
-        return self._main is not None and not self._shutting_down and not self._main._closing
+        return self._main is not None and not self._shutting_down and self._main.is_running
 
     def on_mount(self) -> None:
         self._main = self.screen
@@ -226,14 +199,11 @@ class KbIngestApp(App[None]):
             self._main.set_class(height >= TALL, "tall")
 
     # ---- reading jobs -----------------------------------------------------------------------
-    def _read_store(self) -> list[tuple[JobRecord, JobStatusResponse]]:
+    def _read_store(self) -> list[JobInfo]:
         """Every stored job with the status to show (runs in a thread worker, but at mount)."""
-        out = []
-        for rec in self.store.all():
-            out.append((rec, effective_status(rec, self.home)))
-        return out
+        return self.service.jobs()
 
-    def _read_store_tagged(self, gen: int) -> tuple[int, list[tuple[JobRecord, JobStatusResponse]]]:
+    def _read_store_tagged(self, gen: int) -> tuple[int, list[JobInfo]]:
         return gen, self._read_store()
 
     def _poll_store(self) -> None:
@@ -242,20 +212,21 @@ class KbIngestApp(App[None]):
         self._store_worker = self.run_worker(partial(self._read_store_tagged, self._store_gen), thread=True,
                                              group="store", name="read-store", exit_on_error=False)
 
-    def _apply_records(self, items: list[tuple[JobRecord, JobStatusResponse]]) -> None:
+    def _apply_records(self, items: list[JobInfo]) -> None:
         live_id = self._live.job_id if self._live is not None else None
         seen = set()
-        for rec, snap in items:
-            seen.add(rec.job_id)
-            self._created[rec.job_id] = rec.created_at
-            if rec.job_id == live_id:
+        for info in items:
+            seen.add(info.job_id)
+            self._created[info.job_id] = info.created_at
+            if info.job_id == live_id:
                 continue  # the live snapshot is newer than the store's
+            snap = info.status
             if snap.status == JobStatus.RUNNING and live_id is not None:
                 # this process holds the engine lock: any other job recorded as running died with its process
-                snap = _interrupted(snap)
+                snap = Service.as_interrupted(snap)
             running_elsewhere = snap.status == JobStatus.RUNNING
-            view = JobView(job_id=rec.job_id, kb=rec.config.kb, snap=snap, errors=list(rec.doc_errors),
-                           created_at=rec.created_at, updated_at=rec.updated_at, running_elsewhere=running_elsewhere)
+            view = JobView(job_id=info.job_id, kb=info.kb, snap=snap, errors=snap.errors,
+                           created_at=info.created_at, updated_at=info.updated_at, running_elsewhere=running_elsewhere)
             self._ingest(view)
         for job_id in [j for j in self._views if j not in seen and j != live_id]:
             del self._views[job_id]  # removed from the store
@@ -312,7 +283,7 @@ class KbIngestApp(App[None]):
             self._selected = views[0].job_id if views else None
         table = self._q(JobTable)
         if force:
-            table._cells.clear()
+            table.forget_rows()
         table.show(views, self.clock(), self.tz, self._selected)
         self._show_selected(force=force)
         self._update_action_state()
@@ -476,13 +447,12 @@ class KbIngestApp(App[None]):
             self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
                       "pause it (p) or let it finish, then resume this one", severity="warning")
             return
-        if is_locked(self.home.engine_lock_file):
+        if self.service.engine_busy():
             self._say("another process is running a job in this home: wait for it, or pause it "
                       "(`kbingest pause JOB_ID`)", severity="warning")
             return
         retry = v.status == JobStatus.COMPLETED
         try:
-            mark_interrupted(self.home, self.store)  # an interrupted job loads as paused, not running
             job = self._job_factory(v.job_id)
         except Exception as e:  # the store changed under us, a cancelled job...
             self._say(f"cannot resume {v.job_id}: {e}", severity="error")
@@ -516,7 +486,7 @@ class KbIngestApp(App[None]):
         """Cancel a job this dashboard does not run: in the store, or by asking the engine that
         runs it (decided under the store's lock, against the stored record)."""
         try:
-            outcome = cancel_stored(self.home, self.store, job_id)
+            outcome = self.service.request_cancel(job_id)
         except Exception as e:
             self._say(f"cannot cancel {job_id}: {e}", severity="error")
             return
@@ -527,7 +497,7 @@ class KbIngestApp(App[None]):
         self._apply_records(self._read_store())
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(HELP_KEYS, HELP_NOTES))
+        self.push_screen(HelpScreen(help_from_bindings(self.BINDINGS), HELP_NOTES))
 
     async def action_quit(self) -> None:
         job = self._live
@@ -556,10 +526,6 @@ class KbIngestApp(App[None]):
 
     def _run_job(self, job: JobLike) -> JobStatusResponse:
         """In a thread worker: the job runs until it rests (completed, paused, cancelled, failed)."""
-        try:
-            mark_interrupted(self.home, self.store)  # before this process holds the engine lock
-        except Exception:
-            pass
         return job.run()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -604,6 +570,10 @@ class KbIngestApp(App[None]):
                 self.paused_on_quit.append(job.job_id)
             self.set_timer(QUIT_DELAY_S, self.exit)
 
+    def exit(self, *args: Any, **kwargs: Any) -> None:
+        self._shutting_down = True  # no widget is updated from here on
+        super().exit(*args, **kwargs)
+
     def on_unmount(self) -> None:
         self._shutting_down = True
         # However the app ends, a job running in this process is paused (its checkpoint saved),
@@ -615,11 +585,14 @@ class KbIngestApp(App[None]):
                 pass
 
 
-def run_dashboard(home: Home, job: Optional[IngestJob]) -> ExitCode:
-    """Open the dashboard on every job in `home`; start `job` in it if given.
+HELP_KEYS: list[tuple[str, str]] = help_from_bindings(KbIngestApp.BINDINGS)
+
+
+def run_dashboard(service: Service, job: Optional[JobHandle]) -> ExitCode:
+    """Open the dashboard on every job of the service's home; start `job` in it if given.
 
     Returns the exit code of the started job (from its final snapshot), else ExitCode.OK."""
-    app = KbIngestApp(home, job)
+    app = KbIngestApp(service, job)
     app.run()
     for job_id in app.paused_on_quit:
         if job is None or job_id != job.job_id:
@@ -627,9 +600,9 @@ def run_dashboard(home: Home, job: Optional[IngestJob]) -> ExitCode:
                                        f"or `kbingest resume {job_id}`, continues it") + "\n")
     if job is None:
         return ExitCode.OK
-    if isinstance(app.run_error, HomeLocked):
+    if isinstance(app.run_error, KbError):
         sys.stderr.write(printable(f"kbingest: {app.run_error}") + "\n")
-        return ExitCode.USAGE
+        return exit_code_for_error(app.run_error)
     if app.run_error is not None:
         sys.stderr.write(printable(f"kbingest: job {job.job_id} could not run: {app.run_error}") + "\n")
         return ExitCode.FAILED

@@ -14,6 +14,31 @@ from textual.widgets import Button, Footer, Label, Static
 from kbingest.widgets.format import safe
 
 
+KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
+
+
+def help_from_bindings(bindings: Sequence[Binding]) -> list[tuple[str, str]]:
+    """The help screen's rows (keys, what they do), built from the bindings' tooltips: bindings of
+    one action, or with one text, share a row ("q, ctrl+c"); one key's several actions (f) share one."""
+    rows: list[tuple[list[str], str, list[str]]] = []  # keys, text, actions
+    for b in bindings:
+        key = KEY_NAMES.get(b.key, b.key)
+        row = next((r for r in rows if b.action in r[2] or (b.tooltip and r[1] == b.tooltip)), None)
+        if row is not None:
+            if key not in row[0]:
+                row[0].append(key)
+            continue
+        if not b.tooltip:
+            continue
+        same_key = next((i for i, r in enumerate(rows) if r[0] == [key]), None)
+        if same_key is not None:
+            keys, text, actions = rows[same_key]
+            rows[same_key] = (keys, f"{text}; {b.tooltip}", actions + [b.action])
+            continue
+        rows.append(([key], b.tooltip, [b.action]))
+    return [(", ".join(keys), text) for keys, text, _ in rows]
+
+
 class ConfirmCancelScreen(ModalScreen[bool]):
     """Asks before cancelling a job, saying what will be lost. `y` accepts; `n` or `escape` refuse."""
 

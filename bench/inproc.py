@@ -293,17 +293,17 @@ def _embedding_running(job) -> bool:
 
 def _patch_worker_ends() -> dict[str, float]:
     """Record when each worker thread of a job ends (monotonic), to split the pause latency."""
-    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.executors.threads import ThreadExecutor
 
     ends: dict[str, float] = {}
-    orig = IngestJob._worker
+    orig = ThreadExecutor._worker
 
     def _worker(self, name, fn):
         try:
             return orig(self, name, fn)
         finally:
             ends[name] = time.monotonic()
-    IngestJob._worker = _worker
+    ThreadExecutor._worker = _worker
     return ends
 
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+from pathlib import Path
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import OUT_DIR
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class StackSampler:
@@ -38,7 +42,7 @@ class StackSampler:
     def _label(frame) -> str:
         co = frame.f_code
         fn = co.co_filename
-        for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        for marker in ("site-packages/", str(REPO) + "/", "lib/python3"):
             i = fn.find(marker)
             if i >= 0:
                 fn = fn[i + len(marker):]

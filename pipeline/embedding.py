@@ -10,6 +10,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from kbingest.pipeline.errors import EngineFailure
 from kbingest.pipeline.tokens import shipped_model_dir
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -17,7 +18,7 @@ _CUSTOM_NAME = "kbingest/all-MiniLM-L6-v2-int8"
 _register_lock = threading.Lock()
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(EngineFailure):
     pass
 
 

@@ -1,9 +1,9 @@
 """The one place that says how documents and chunks are identified.
 
 - doc_id: from the document's path; keys every LanceDB predicate (hex only, never a raw path).
-- doc_version: from its content hash and every setting that changes its chunks; equal versions
-  mean the document can be skipped.
-- chunk_id: from (source, content hash, position, chunking settings, model).
+- doc_version: from its content hash and every setting that changes its chunks or vectors
+  (JobConfig.version_key); equal versions mean the document can be skipped.
+- chunk_id: from (source, content hash, position, version key).
 """
 from __future__ import annotations
 
@@ -26,16 +26,13 @@ def doc_id(source: str) -> str:
     return _h("doc", source)
 
 
-def settings_key(chunk_fingerprint: str, model: str) -> str:
-    return f"{chunk_fingerprint}|{model}"
+def doc_version(content_hash: str, version_key: str) -> str:
+    """version_key: JobConfig.version_key(), every setting that changes chunks or vectors."""
+    return _h("version", content_hash, version_key)
 
 
-def doc_version(content_hash: str, chunk_fingerprint: str, model: str) -> str:
-    return _h("version", content_hash, settings_key(chunk_fingerprint, model))
-
-
-def chunk_id(source: str, content_hash: str, position: int, chunk_fingerprint: str, model: str) -> str:
-    return _h("chunk", source, content_hash, str(position), settings_key(chunk_fingerprint, model))
+def chunk_id(source: str, content_hash: str, position: int, version_key: str) -> str:
+    return _h("chunk", source, content_hash, str(position), version_key)
 
 
 def is_key(value: str) -> bool:

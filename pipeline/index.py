@@ -15,11 +15,12 @@ os.environ.setdefault("LANCEDB_LOG", "error")  # its Rust warnings would garble 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from kbingest.pipeline.errors import EngineFailure  # noqa: E402
 from kbingest.pipeline.ids import in_predicate  # noqa: E402
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 
 
-class IndexError_(RuntimeError):
+class IndexError_(EngineFailure):
     pass
 
 

@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 
 from kbingest.pipeline import formats
 from kbingest.pipeline.formats.base import LoadError
+from kbingest.pipeline.models import job_default
 
 BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
 READ_ATTEMPTS = 4  # the first read plus up to 3 retries when the file changes while being read
@@ -33,10 +34,12 @@ _OPEN_FLAGS = (
 
 @dataclass(frozen=True)
 class LoadLimits:
-    max_file_bytes: int = 20 * 1024 * 1024  # larger files are refused with a reason
-    max_depth: int = 64  # directory depth below a source root (the root itself is depth 0)
-    max_files: int = 100_000  # documents per job; beyond: one Problem, and the walk stops
-    follow_links: bool = False  # follow every symlink, even out of the root
+    """Derived from JobConfig (`config.load_limits()`), whose defaults these are."""
+
+    max_file_bytes: int = job_default("max_file_bytes")  # larger files are refused with a reason
+    max_depth: int = job_default("max_depth")  # directory depth below a source root (the root is depth 0)
+    max_files: int = job_default("max_files")  # documents per job; beyond: one Problem, and the walk stops
+    follow_links: bool = job_default("follow_links")  # follow every symlink, even out of the root
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from kbingest.pipeline.errors import Busy
 
-class HomeLocked(RuntimeError):
+
+class HomeLocked(Busy):
     def __init__(self, path: Path, pid: Optional[int]) -> None:
         who = f"process {pid}" if pid else "another process"
         super().__init__(f"{who} is already running a job in this home (lock {path}); "

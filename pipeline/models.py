@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
@@ -53,8 +53,8 @@ class JobStatusResponse(_Timestamps):
 
     model_config = ConfigDict(frozen=True)
 
-    job_id: str
-    kb_id: str
+    job_id: str = Field(min_length=1)
+    kb_id: str = Field(min_length=1)
     status: JobStatus
     phase: JobPhase
     progress: float = Field(0.0, ge=0.0, le=100.0)
@@ -63,7 +63,17 @@ class JobStatusResponse(_Timestamps):
     metrics: dict[str, Any] = Field(default_factory=dict)
     started_at: Optional[datetime] = None
     completed_at: Optional[datetime] = None
-    phase_details: list[PhaseDetail]
+    phase_details: list[PhaseDetail] = Field(min_length=4, max_length=4)  # loading, chunking, embedding, indexing
+
+    @property
+    def m(self) -> "JobMetrics":
+        """The metrics, typed."""
+        return JobMetrics.model_validate(self.metrics)
+
+    @property
+    def errors(self) -> list["DocumentError"]:
+        """The document errors the status lists (the first MAX_ERRORS_LISTED; `m.documents_failed` counts all)."""
+        return list(self.m.document_errors or [])
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -82,45 +92,141 @@ class DocumentError(BaseModel):
     attempts: int = 1
 
 
+class JobMetrics(BaseModel):
+    """The metrics of a status snapshot, typed: the one list of their names. The JSON keys are the
+    field names, and a key that was never set is left out of the JSON (so the contract is as it was).
+    Readers use `snap.m.<name>`; writers name a field (PhaseTracker refuses unknown names)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    documents_found: Optional[int] = None      # documents the walk found this pass
+    documents_skipped: Optional[int] = None    # unchanged: the table holds their version
+    documents_added: Optional[int] = None
+    documents_replaced: Optional[int] = None
+    documents_removed: Optional[int] = None
+    documents_failed: Optional[int] = None
+    files_ignored: Optional[int] = None        # not documents (by name)
+    chunks_created: Optional[int] = None
+    chunks_embedded: Optional[int] = None
+    chunks_reused: Optional[int] = None        # vectors reused instead of embedded
+    chunks_indexed: Optional[int] = None
+    commits: Optional[int] = None
+    document_warnings: Optional[int] = None
+    document_errors: Optional[list[DocumentError]] = None   # the first MAX_ERRORS_LISTED errors
+    document_warning_list: Optional[list[dict[str, str]]] = None
+    optimizes: Optional[int] = None
+    optimize_errors: Optional[int] = None
+    optimize_peak_rss_mib: Optional[float] = None
+    loading_retries: Optional[int] = None
+    chunking_retries: Optional[int] = None
+    embedding_retries: Optional[int] = None
+    indexing_retries: Optional[int] = None
+    watch_bursts: Optional[int] = None
+    watch_warning: Optional[str] = None
+
+
+METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"  # shipped with the package: works offline
+# Tokens a model reads, less its special tokens: the largest chunk budget it takes.
+MODEL_MAX_TOKENS: dict[str, int] = {DEFAULT_MODEL: 254}
+# Vector sizes known without loading a model (the table is checked against them before any work).
+MODEL_DIMS: dict[str, int] = {DEFAULT_MODEL: 384, "fake": 384}
+MIN_CHUNK_TOKENS = 16
+
+
 class JobConfig(BaseModel):
-    """Everything needed to (re)run a job; stored with the job so that resume repeats it exactly."""
+    """Everything needed to (re)run a job; stored with the job so that resume repeats it exactly.
+
+    The one place every default and bound of a job setting lives: the CLI's options and help, chunk
+    settings and load limits are derived from it."""
 
     sources: list[str]
     kb: str
-    model: str = "all-MiniLM-L6-v2"
+    model: str = Field(DEFAULT_MODEL, description="fastembed model name (the default is shipped and works offline)")
     embedder: Literal["fastembed", "fake"] = "fastembed"
-    max_tokens: int = Field(240, ge=16, le=8192)
-    overlap_tokens: int = Field(32, ge=0)
+    executor: str = "threads"
+    max_tokens: int = Field(240, ge=MIN_CHUNK_TOKENS, le=8192,
+                            description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)")
+    overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
     max_chars: int = Field(4000, ge=100)
-    batch_size: int = Field(1, ge=1, le=1024)  # on CPU every text at its own length is fastest (docs/benchmarks.md)
-    threads: Optional[int] = None
-    commit_rows: int = Field(512, ge=1)
-    commit_seconds: float = Field(5.0, gt=0)
+    batch_size: int = Field(1, ge=1, le=1024, description="chunks per embedding call (on CPU, batching only adds padding; "
+                            "raise it for a GPU)")  # docs/benchmarks.md
+    threads: Optional[int] = Field(None, ge=1, description="onnxruntime threads (default: its choice, every core)")
+    commit_rows: int = Field(512, ge=1, description="rows per LanceDB commit")
+    commit_seconds: float = Field(5.0, gt=0, description="a commit at least this often, seconds")
     optimize_every: int = Field(20, ge=1)
-    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_depth: int = Field(64, ge=0)
-    max_files: int = Field(100_000, ge=1)
-    follow_links: bool = False
-    watch: bool = False
-    retries: int = Field(3, ge=0)
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="skip larger files")
+    max_depth: int = Field(64, ge=0, description="folder depth limit")
+    max_files: int = Field(100_000, ge=1, description="documents per job limit")
+    follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
+    watch: bool = Field(False, description="keep running and ingest what changes under the sources")
+    retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
+
+    # Every setting is either versioned (it changes what a document's chunks or vectors are: the
+    # document version is made from it, so changing it re-ingests) or not (changing it skips
+    # unchanged documents). A test checks that each field is in exactly one of the two.
+    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
+    UNVERSIONED: ClassVar[tuple[str, ...]] = (
+        "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
+        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
+        cap = MODEL_MAX_TOKENS.get(self.model)
+        if cap is not None and self.max_tokens > cap:
+            raise ValueError(f"{self.model} reads {cap + 2} tokens with its 2 special tokens: "
+                             f"max_tokens at most {cap}")
+        self.chunk_settings()
+        return self
+
+    def chunk_settings(self):
         from kbingest.pipeline.chunking import ChunkSettings
 
-        ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens, max_chars=self.max_chars)
-        return self
+        return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens,
+                             max_chars=self.max_chars)
+
+    def load_limits(self):
+        from kbingest.pipeline.loading import LoadLimits
+
+        return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
+                          max_files=self.max_files, follow_links=self.follow_links)
+
+    @property
+    def vector_model(self) -> str:
+        """The name of the model that makes the vectors (stored in every row)."""
+        return "fake" if self.embedder == "fake" else self.model
+
+    def version_key(self) -> str:
+        """Every versioned setting as one stable string: document versions and chunk ids are derived
+        from it. Settings versioned from the start are in the chunker's fingerprint and the model
+        name (tables made before keep their versions); one added later contributes only when it is
+        not at its default, so adding a setting never re-ingests a knowledge base."""
+        key = f"{self.chunk_settings().fingerprint()}|{self.vector_model}"
+        for name in self.VERSIONED:
+            if name not in _FIRST_VERSIONED and getattr(self, name) != job_default(name):
+                key += f"|{name}={getattr(self, name)}"
+        return key
+
+
+_FIRST_VERSIONED = frozenset({"model", "embedder", "max_tokens", "overlap_tokens", "max_chars"})
+
+
+def job_default(name: str) -> Any:
+    """A job setting's default, from JobConfig (the one place that says it)."""
+    return JobConfig.model_fields[name].default
 
 
 class JobRecord(BaseModel):
-    """A job as the job store keeps it (no per-chunk data)."""
+    """A job as the job store keeps it (no per-chunk data). Its document errors live in its status
+    (the first MAX_ERRORS_LISTED, and the count): stored once."""
 
     job_id: str
     config: JobConfig
     status: JobStatusResponse
-    doc_errors: list[DocumentError] = Field(default_factory=list)
     control: Optional[Literal["pause", "cancel"]] = None
     owner_pid: Optional[int] = None
     created_at: str
     updated_at: str
-    retry_paths: Optional[list[str]] = None  # set when only failed documents are retried

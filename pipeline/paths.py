@@ -5,11 +5,13 @@ import os
 import re
 from pathlib import Path
 
+from kbingest.pipeline.errors import InvalidInput
+
 ENV_HOME = "KBINGEST_HOME"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class InvalidName(ValueError):
+class InvalidName(InvalidInput, ValueError):
     pass
 
 

@@ -1,23 +1,18 @@
 """Query a knowledge base with the model it was built with."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 from kbingest.pipeline.embedding import make_embedder
 from kbingest.pipeline.index import KnowledgeBase, SearchHit
-from kbingest.pipeline.paths import Home
-from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.models import JobConfig
 
 
-class UnknownKB(LookupError):
-    pass
-
-
-def search(home: Home, store: JobStore, kb_name: str, query: str, k: int) -> list[SearchHit]:
-    kb = KnowledgeBase(home, kb_name)
-    if not kb.exists:
-        raise UnknownKB(f"no knowledge base {kb_name!r} in {home.root}")
-    jobs = [r for r in store.all() if r.config.kb == kb_name]
-    cfg = jobs[0].config if jobs else None
-    embedder = make_embedder(cfg.embedder if cfg else "fastembed", cfg.model if cfg else "all-MiniLM-L6-v2",
-                             batch_size=1)
+def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int,
+              embedder_factory: Optional[Callable] = None) -> list[SearchHit]:
+    if kb.count() == 0:
+        return []  # nothing to find: the model is not loaded
+    embedder = embedder_factory(config) if embedder_factory else make_embedder(
+        config.embedder, config.model, batch_size=1)
     vec = embedder.embed([query])[0]
     return kb.search(vec, k)

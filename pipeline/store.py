@@ -152,6 +152,15 @@ class JobStore:
             self._jobs.upsert(data, Query().job_id == job_id)
             return rec
 
+    def remove_job(self, job_id: str, only_if: Optional[Callable[[JobRecord], bool]] = None) -> bool:
+        """Remove a job (when `only_if` holds of it, decided under the lock)."""
+        with self._locked():
+            doc = self._jobs.get(Query().job_id == job_id)
+            if not doc or (only_if is not None and not only_if(JobRecord.model_validate(doc))):
+                return False
+            self._jobs.remove(Query().job_id == job_id)
+            return True
+
     def request(self, job_id: str, control: Optional[str]) -> Optional[JobRecord]:
         """Ask the engine running this job to pause or cancel (None clears the request)."""
         return self.update(job_id, lambda r: r.model_copy(update={"control": control}))

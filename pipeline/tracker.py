@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline.models import JobStatusResponse, PhaseDetail, utcnow
+from kbingest.pipeline.models import METRIC_NAMES, JobStatusResponse, PhaseDetail, utcnow
 from kbingest.pipeline.status import PHASES, JobPhase, JobStatus, check_transition
 
 # Share of the overall progress each phase stands for: embedding is where the time goes.
@@ -23,6 +23,11 @@ PHASE_WEIGHTS: dict[JobPhase, float] = {
     JobPhase.INDEXING: 0.10,
 }
 RATE_WINDOW_S = 10.0
+
+
+def _check_metric(key: str) -> None:
+    if key not in METRIC_NAMES:  # JobMetrics is the one list of names: a typo fails loudly
+        raise KeyError(f"unknown metric {key!r}: declare it in pipeline/models.py JobMetrics")
 
 
 @dataclass
@@ -134,12 +139,14 @@ class PhaseTracker:
                 self._version += 1
 
     def set_metric(self, key: str, value: Any) -> None:
+        _check_metric(key)
         with self._lock:
             if key not in self._metrics or self._metrics[key] != value:
                 self._metrics[key] = value
                 self._version += 1
 
     def incr_metric(self, key: str, n: int = 1) -> None:
+        _check_metric(key)
         with self._lock:
             self._metrics[key] = self._metrics.get(key, 0) + n
             self._version += 1

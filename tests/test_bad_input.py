@@ -243,7 +243,7 @@ def test_missing_source_is_a_usage_error_and_creates_no_job(tmp_path, pages):
 def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch):
     """Two failures that need a hand in the process: a file that cannot be opened (the tests run as
     root), and one that disappears between the walk and the read."""
-    from kbingest.pipeline import engine as engine_mod
+    from kbingest.pipeline import loading as loading_mod  # the loading stage reads through it
     from kbingest.pipeline.engine import IngestJob
     from kbingest.pipeline.jobs import open_store
     from kbingest.pipeline.index import KnowledgeBase
@@ -258,7 +258,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
     snap = IngestJob.create(home, store, config).run()
     assert snap.metrics["documents_added"] == len(SMALL_PAGES) + 1
 
-    real_open, real_read = os.open, engine_mod.read_document
+    real_open, real_read = os.open, loading_mod.read_document
 
     def refusing_open(path, *a, **k):
         if os.fsdecode(path) == str(locked):
@@ -272,7 +272,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
 
     locked.write_text("# Locked\n\nchanged, and still cannot be read\n")
     monkeypatch.setattr(os, "open", refusing_open)
-    monkeypatch.setattr(engine_mod, "read_document", vanishing_read)
+    monkeypatch.setattr(loading_mod, "read_document", vanishing_read)
     job = IngestJob.create(home, store, config)
     snap = job.run()
     monkeypatch.undo()

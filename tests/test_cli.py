@@ -87,3 +87,51 @@ def test_python_dash_m_app_and_console_script_agree(tmp_path):
     out = subprocess.run([str(exe if exe.exists() else shutil.which("kbingest")), "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "kbingest" in out.stdout
+
+
+def test_a_closed_pipe_exits_quietly(tmp_path, pages):
+    """`status`, `jobs --json` and `search --json` piped into `head -c1`, with more output than a pipe
+    holds: no BrokenPipeError traceback, exit 0."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobRecord
+    from kbingest.pipeline.paths import Home
+
+    h = tmp_path / "h"
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    store = open_store(Home(h))
+    rec = store.all()[0]
+    big = rec.status.model_copy(update={"message": "x" * 2000, "metrics": {**rec.status.metrics, "document_errors": [
+        {"path": f"/d/{i}.md", "phase": "loading", "kind": "binary", "message": "y" * 500} for i in range(150)]}})
+    for i in range(60):  # 60 jobs of ~80 KB of JSON each: far more than a pipe's 64 KB
+        store.put(JobRecord(job_id=f"docs-{i}", config=rec.config, status=big.model_copy(update={"job_id": f"docs-{i}"}),
+                            created_at=rec.created_at, updated_at=rec.updated_at))
+    for args in (["status", "docs-1"], ["status", "docs-1", "--json"], ["jobs", "--json"], ["jobs"],
+                 ["search", "--kb", "docs", "reliability", "-k", "200", "--json"]):
+        cmd = " ".join([sys.executable, "-m", "kbingest", "--home", str(h), *[f"'{a}'" for a in args]])
+        r = subprocess.run(f"{cmd} | head -c1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"", shell=True,
+                           executable="/bin/bash", capture_output=True, text=True, cwd=str(REPO), timeout=120)
+        assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, (args, r.stderr)
+        assert r.stdout.strip() == "0", (args, r.stdout, r.stderr)
+
+
+def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
+    """Two ingests race for the home: the loser says who holds it, exits 2, and leaves no pending job."""
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.errors import Busy
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.locking import EngineLock
+    from kbingest.pipeline.models import JobConfig
+
+    import pytest
+
+    store = open_store(home)
+    loser = IngestJob.create(home, store, JobConfig(sources=[str(pages)], kb="docs", embedder="fake"))
+    with EngineLock(home.engine_lock_file):  # the winner took the home between the loser's check and its run
+        with pytest.raises(Busy):
+            loser.run()
+    assert store.get(loser.job_id) is None

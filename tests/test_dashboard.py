@@ -306,9 +306,10 @@ def test_file_names_are_shown_literally(home):
     t.set_status(JobStatus.FAILED, "failed in loading: [bold red]x[/]", error="boom \x1b[31m[link=x]y[/link]")
     evil = DocumentError(path="/d/[bold red]a[/].md\x1b[2J\u202egpj.md", phase="loading", kind="not_text",
                          message="[i]bad[/i] \x07")
+    t.set_metric("document_errors", [evil.model_dump()])  # a job's document errors are stored in its status
     now = iso(utcnow())
     store.put(JobRecord(job_id="t-1", config=JobConfig(sources=["/d"], kb="t"), status=t.snapshot(),
-                        doc_errors=[evil], created_at=now, updated_at=now))
+                        created_at=now, updated_at=now))
 
     async def scenario() -> None:
         app = KbIngestApp(home, None, store=store_of(home))

@@ -57,8 +57,10 @@ def status(job_id: str, kb: str, st: str, phases: list[PhaseDetail], progress: f
 
 def record(snap: JobStatusResponse, created: datetime, errors: Optional[list[DocumentError]] = None,
            updated: Optional[datetime] = None) -> JobRecord:
+    if errors:  # a job's document errors are stored once, in its status
+        snap = snap.model_copy(update={"metrics": {**snap.metrics, "document_errors": [e.model_dump() for e in errors]}})
     return JobRecord(job_id=snap.job_id, config=JobConfig(sources=["/data/docs"], kb=snap.kb_id, embedder="fake"),
-                     status=snap, doc_errors=errors or [], created_at=iso(created), updated_at=iso(updated or created))
+                     status=snap, created_at=iso(created), updated_at=iso(updated or created))
 
 
 def running_snapshot(job_id: str = "docs-20260504-093000-a1b2c3") -> JobStatusResponse:

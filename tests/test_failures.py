@@ -103,7 +103,7 @@ def test_document_that_always_breaks_the_embedder_is_a_document_error(home, stor
     assert emb_phase.status == JobStatus.COMPLETED and str(poisoned) in emb_phase.error
     assert rows_by_doc(home) == reference  # everything else indexed, nothing of the poisoned page
     assert snap.metrics["chunks_indexed"] == sum(n for _, n in reference.values())
-    assert store.get(job.job_id).doc_errors == job.errors
+    assert store.get(job.job_id).status.errors == job.errors  # stored once, in the job's status
 
 
 def test_broken_model_fails_the_embedding_phase_keeps_what_is_indexed_and_resumes(home, store, pages, reference):

@@ -124,7 +124,7 @@ def test_predicates_are_built_only_by_in_predicate():
     from kbingest.pipeline.ids import in_predicate
 
     calls = []
-    for py in sorted((REPO / "pipeline").glob("*.py")):
+    for py in sorted((REPO / "pipeline").rglob("*.py")):
         tree = ast.parse(py.read_text(), filename=str(py))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)

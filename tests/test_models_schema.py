@@ -65,3 +65,35 @@ def test_phase_detail_fields_of_the_seed():
     d = PhaseDetail(name="loading")
     assert set(d.model_dump()) >= {"name", "status", "progress", "items_processed", "items_total",
                                    "started_at", "completed_at", "error"}
+
+
+def test_committed_schema_is_the_generated_one():
+    """contracts/job_status.schema.json is generated from the models: regenerate it with
+    `python -m kbingest.pipeline.schema > contracts/job_status.schema.json` after changing them."""
+    from conftest import SCHEMA_FILE
+
+    from kbingest.pipeline.schema import render
+
+    assert SCHEMA_FILE.read_text() == render()
+
+
+def test_generated_schema_extends_the_first_contract():
+    """Every key the first contract requires is required by the generated schema, with the same enums."""
+    from conftest import CONTRACT_V1, SCHEMA_FILE
+
+    v1, now = json.loads(CONTRACT_V1.read_text()), json.loads(SCHEMA_FILE.read_text())
+    assert set(v1["required"]) <= set(now["required"])
+    assert set(v1["$defs"]["phase_detail"]["required"]) <= set(now["$defs"]["PhaseDetail"]["required"])
+    assert set(v1["$defs"]["status"]["enum"]) <= set(now["$defs"]["JobStatus"]["enum"])
+
+
+def test_typed_metrics_keep_the_json_keys_and_refuse_unknown_names():
+    import pytest
+
+    t = PhaseTracker("job-1", "kb")
+    t.incr_metric("chunks_indexed", 5)
+    snap = t.snapshot()
+    assert snap.to_json_dict()["metrics"] == {"chunks_indexed": 5}  # unset metrics are not written
+    assert snap.m.chunks_indexed == 5 and snap.m.documents_failed is None
+    with pytest.raises(KeyError):
+        t.incr_metric("chunks_indexd")  # a typo fails loudly

@@ -38,14 +38,15 @@ def test_concurrent_updates_lose_nothing(home):
 
     def bump(i):
         for _ in range(20):
-            store.update("j", lambda r: r.model_copy(update={"retry_paths": (r.retry_paths or []) + [str(i)]}))
+            store.update("j", lambda r: r.model_copy(update={
+                "config": r.config.model_copy(update={"sources": r.config.sources + [str(i)]})}))
 
     threads = [threading.Thread(target=bump, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(open_store(home).get("j").retry_paths) == 80
+    assert len(open_store(home).get("j").config.sources) == 1 + 80  # its one source, and every append
 
 
 def test_leftover_temp_files_are_swept(home):

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from kbingest.pipeline.models import DocumentError, JobStatusResponse
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.textsafe import printable
+from kbingest.pipeline.service import printable
 
 if TYPE_CHECKING:
     from textual.app import App

@@ -39,7 +39,7 @@ class JobTable(DataTable):
     def __init__(self, *, id: Optional[str] = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, show_cursor=True)
         self._order: list[str] = []
-        self._cells: dict[str, tuple] = {}
+        self._row_signatures: dict[str, tuple] = {}
         self._layout: tuple = ()
         self._last: tuple[list[JobView], datetime, Optional[tzinfo], Optional[str]] | None = None
 
@@ -49,6 +49,10 @@ class JobTable(DataTable):
         if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
             return None
         return self._order[self.cursor_row]
+
+    def forget_rows(self) -> None:
+        """Redraw every row at the next `show` (the theme changed, the view was frozen)."""
+        self._row_signatures.clear()
 
     def show(self, views: list[JobView], now: datetime, tz: Optional[tzinfo], selected: Optional[str]) -> None:
         self._last = (views, now, tz, selected)
@@ -60,13 +64,13 @@ class JobTable(DataTable):
         for v in views:
             cells = self._row(v, now, tz, layout)
             sig = _signature(cells)
-            old = self._cells.get(v.job_id)
+            old = self._row_signatures.get(v.job_id)
             if old == sig:
                 continue
             for (key, _, _), new, new_sig, prev in zip(COLUMNS, cells, sig, old or (None,) * len(COLUMNS)):
                 if new_sig != prev:
                     self.update_cell(v.job_id, key, new)
-            self._cells[v.job_id] = sig
+            self._row_signatures[v.job_id] = sig
 
     def select(self, job_id: str) -> None:
         if job_id in self._order:
@@ -94,11 +98,11 @@ class JobTable(DataTable):
         for key, label, width in COLUMNS:
             w = id_w if key == "job" else kb_w if key == "kb" else width
             self.add_column(Text(label), key=key, width=w)
-        self._cells.clear()
+        self._row_signatures.clear()
         for v in views:
             cells = self._row(v, now, tz, layout)
             self.add_row(*cells, key=v.job_id)
-            self._cells[v.job_id] = _signature(cells)
+            self._row_signatures[v.job_id] = _signature(cells)
         self._order = [v.job_id for v in views]
         self._layout = layout
         if selected in self._order:

@@ -1,0 +1,125 @@
+"""The Reporter a job gives its stages: progress onto the PhaseTracker, document errors and warnings
+kept in order and published in the status (the first MAX_ERRORS_LISTED, and the count).
+
+Every call costs the same however many documents failed before: errors are counted per phase and
+only the first few are listed, so 20,000 failing documents take 20,000 times one error's time.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+from kbingest.pipeline.loading import within
+from kbingest.pipeline.models import DocumentError
+from kbingest.pipeline.status import JobPhase
+from kbingest.pipeline.textsafe import fs_text
+from kbingest.pipeline.tracker import PhaseTracker
+
+log = logging.getLogger("kbingest.engine")
+
+MAX_ERRORS_LISTED = 100   # document errors (and warnings) the status lists; `documents_failed` counts all
+PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
+
+
+class TrackerReporter:
+    def __init__(self, tracker: PhaseTracker, errors: Iterable[DocumentError] = (),
+                 checkpoint: Optional[Callable[[], None]] = None) -> None:
+        self.t = tracker
+        self._checkpoint = checkpoint or (lambda: None)
+        self._lock = threading.Lock()
+        self._errors: list[DocumentError] = list(errors)
+        self._warnings: list[dict[str, str]] = []
+        self._recount()
+
+    # ---- progress ---------------------------------------------------------------------------
+    def phase_started(self, phase: JobPhase) -> None:
+        self.t.start_phase(phase)
+
+    def add_total(self, phase: JobPhase, n: int = 1) -> None:
+        self.t.add_total(phase, n)
+
+    def total_known(self, phase: JobPhase) -> None:
+        self.t.finish_total(phase)
+
+    def progress(self, phase: JobPhase, n: int = 1) -> None:
+        self.t.advance(phase, n)
+
+    def phase_done(self, phase: JobPhase) -> None:
+        self.t.complete_phase(phase)
+
+    def count(self, metric: str, n: int = 1) -> None:
+        self.t.incr_metric(metric, n)
+
+    def set(self, metric: str, value: Any) -> None:
+        self.t.set_metric(metric, value)
+
+    def message(self, text: str) -> None:
+        self.t.set_message(text)
+
+    def checkpoint(self) -> None:
+        self._checkpoint()
+
+    # ---- errors and warnings ----------------------------------------------------------------
+    @property
+    def errors(self) -> list[DocumentError]:
+        with self._lock:
+            return list(self._errors)
+
+    def doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
+        err = DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message, attempts=attempts)
+        with self._lock:
+            self._errors.append(err)
+            self.t.set_metric("documents_failed", len(self._errors))
+            if len(self._errors) <= MAX_ERRORS_LISTED:
+                self._publish_list()
+            self._phase_counts[phase] = self._phase_counts.get(phase, 0) + 1
+            named = self._phase_named.setdefault(phase, [])
+            if len(named) < PHASE_ERRORS_LISTED:
+                named.append(err)
+            self._set_phase_error(phase)
+
+    def _set_phase_error(self, phase: JobPhase) -> None:
+        n, named = self._phase_counts.get(phase, 0), self._phase_named.get(phase, [])
+        if not n:
+            self.t.set_phase_error(phase, None)
+            return
+        listed = "; ".join(f"{e.path} ({e.kind})" for e in named)
+        more = f"; and {n - len(named)} more" if n > len(named) else ""
+        self.t.set_phase_error(phase, f"{n} document(s) failed: {listed}{more}")
+
+    def _publish_list(self) -> None:
+        self.t.set_metric("document_errors", [e.model_dump() for e in self._errors[:MAX_ERRORS_LISTED]])
+
+    def _recount(self) -> None:
+        self._phase_counts: dict[JobPhase, int] = {}
+        self._phase_named: dict[JobPhase, list[DocumentError]] = {}
+        for e in self._errors:
+            p = JobPhase(e.phase)
+            self._phase_counts[p] = self._phase_counts.get(p, 0) + 1
+            if len(self._phase_named.setdefault(p, [])) < PHASE_ERRORS_LISTED:
+                self._phase_named[p].append(e)
+
+    def forget(self, scope: Optional[list[str]]) -> None:
+        """A pass looks at these paths again (all, for None): their old errors are found again or gone."""
+        marks = None if scope is None else [fs_text(p) for p in scope]
+        with self._lock:
+            self._errors = [] if marks is None else [
+                e for e in self._errors if not any(within(e.path, m) for m in marks)]
+            self._recount()
+            self.t.set_metric("documents_failed", len(self._errors))
+            self._publish_list()
+
+    def warning(self, path: str, warnings: Iterable[str]) -> None:
+        """A document indexed with a warning: counted, and the first few listed in the status."""
+        for w in warnings:
+            log.info("%s: %s", path, w)
+            self.t.incr_metric("document_warnings")
+            if len(self._warnings) < MAX_ERRORS_LISTED:
+                self._warnings.append({"path": fs_text(path), "warning": w})
+                self.t.set_metric("document_warning_list", list(self._warnings))
+
+    def new_pass(self) -> None:
+        """Warnings are of one pass."""
+        self._warnings = []
+        self.t.set_metric("document_warning_list", [])

@@ -1,0 +1,57 @@
+"""What stages share: the document on its way, and the Reporter they report through.
+
+Stages are plain classes: no queues, no threads, no tracker. An executor (pipeline/executors/)
+moves documents between them; the job (pipeline/engine.py) implements the Reporter over its
+PhaseTracker. A stage reads settings from the JobConfig it is given, never from the job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Protocol
+
+from kbingest.pipeline.status import JobPhase
+
+
+@dataclass
+class Doc:
+    """A document on its way through the pipeline."""
+
+    path: str
+    doc_id: str
+    version: str                        # "" for a document that is gone: its chunks are removed
+    replaces: bool                      # the table held another version of it
+    loaded: Any = None                  # the LoadedDocument, until chunked
+    title: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)   # chunk rows, vectors added by embedding
+    dropped: bool = False               # failed in embedding: nothing of it is written
+
+    @property
+    def removal(self) -> bool:
+        return not self.version
+
+
+class Reporter(Protocol):
+    """How stages report: progress per phase, document errors and warnings, checkpoints."""
+
+    def phase_started(self, phase: JobPhase) -> None: ...
+    def add_total(self, phase: JobPhase, n: int = 1) -> None: ...
+    def total_known(self, phase: JobPhase) -> None: ...
+    def progress(self, phase: JobPhase, n: int = 1) -> None: ...
+    def phase_done(self, phase: JobPhase) -> None: ...
+    def count(self, metric: str, n: int = 1) -> None: ...
+    def set(self, metric: str, value: Any) -> None: ...
+    def message(self, text: str) -> None: ...
+    def doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None: ...
+    def warning(self, path: str, warnings: Iterable[str]) -> None: ...
+    def checkpoint(self) -> None: ...
+
+
+@dataclass
+class PassStages:
+    """The four stages of one pass, as an executor runs them."""
+
+    load: Any      # iterable of Doc
+    chunk: Any     # ChunkStage
+    embed: Any     # EmbedStage
+    index: Any     # IndexStage
+    scope: Optional[list[str]] = None

@@ -1,0 +1,80 @@
+"""Chunking: a loaded document becomes rows (chunk text, ids, heading path), before vectors.
+
+An edited document keeps the vectors of its chunks whose text did not change (reused, not embedded).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from kbingest.pipeline import ids
+from kbingest.pipeline.chunking import Chunker
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.stages.base import Doc, Reporter
+from kbingest.pipeline.status import JobPhase
+from kbingest.pipeline.textsafe import fs_text
+
+log = logging.getLogger("kbingest.engine")
+PHASE = JobPhase.CHUNKING
+
+
+class ChunkStage:
+    def __init__(self, config: JobConfig, reporter: Reporter, chunker: Chunker, kb: KnowledgeBase) -> None:
+        self.r = reporter
+        self.chunker = chunker
+        self.kb = kb
+        self.version_key = config.version_key()
+        self.model = config.vector_model
+
+    def __call__(self, d: Doc) -> Optional[Doc]:
+        """The document with its rows; None when it failed (recorded). A removal passes through."""
+        if d.removal:
+            return d
+        r, doc = self.r, d.loaded
+        r.phase_started(PHASE)
+        r.add_total(PHASE)
+        try:
+            chunked = self.chunker.chunk(doc.text, markdown=doc.markdown)
+        except Exception as e:
+            r.progress(PHASE)
+            r.doc_error(doc.path, PHASE, "chunking_failed", f"{type(e).__name__}: {e}")
+            return None
+        d.title = chunked.title or doc.title or ""
+        d.rows = [{
+            "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, self.version_key),
+            "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
+            "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
+            "model": self.model,
+        } for ch in chunked.chunks]
+        d.loaded = None  # the text is in the rows now
+        r.add_total(JobPhase.EMBEDDING, len(d.rows))
+        r.add_total(JobPhase.INDEXING, len(d.rows))
+        r.count("chunks_created", len(d.rows))
+        if d.replaces and d.rows:
+            self._reuse_vectors(d)
+        r.progress(PHASE)
+        return d
+
+    def finish(self) -> None:
+        """Every document is chunked: the totals of the phases after are known."""
+        self.r.total_known(JobPhase.EMBEDDING)
+        self.r.total_known(JobPhase.INDEXING)
+        self.r.phase_done(PHASE)
+
+    def _reuse_vectors(self, d: Doc) -> None:
+        """An edited document keeps the vectors of the chunks whose text did not change."""
+        try:
+            known = self.kb.vectors_by_text(d.doc_id, self.model)
+        except Exception:  # only an optimisation: embed everything instead
+            log.warning("could not read the stored vectors of %s", d.path, exc_info=True)
+            return
+        reused = 0
+        for row in d.rows:
+            v = known.get(row["text"])
+            if v is not None:
+                row["vector"] = v
+                reused += 1
+        if reused:
+            self.r.progress(JobPhase.EMBEDDING, reused)
+            self.r.count("chunks_reused", reused)

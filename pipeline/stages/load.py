@@ -1,0 +1,121 @@
+"""Loading: walk the sources, read each document with its format, decide what needs work.
+
+A pass yields a Doc for every document whose version the table does not hold (new or changed),
+and one with no version for every stored document that is gone from its source (its chunks are
+removed). Unchanged documents are counted as skipped and never leave this stage.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, Optional
+
+from kbingest.pipeline import ids, loading
+from kbingest.pipeline.control import RunControl
+from kbingest.pipeline.index import StoredDoc
+from kbingest.pipeline.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.stages.base import Doc, Reporter
+from kbingest.pipeline.status import JobPhase
+from kbingest.pipeline.textsafe import fs_text
+
+PHASE = JobPhase.LOADING
+
+
+class LoadStage:
+    def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
+                 stored: dict[str, StoredDoc], scope: Optional[list[str]] = None) -> None:
+        self.config = config
+        self.r = reporter
+        self.control = control
+        self.stored = stored
+        self.scope = scope
+        self.limits = config.load_limits()
+        self.version_key = config.version_key()
+
+    def _scoped_walk(self) -> tuple[Iterable, list[str]]:
+        """What to walk, and the paths inside which a stored document not seen is gone."""
+        roots = [os.path.abspath(s) for s in self.config.sources]
+        scope, limits = self.scope, self.limits
+        if scope is None:
+            return walk(self.config.sources, limits), roots
+
+        def items():
+            for root in roots:
+                inside = [p for p in scope if within(p, root)]
+                if inside:
+                    yield from walk_within(root, inside, limits)
+        return items(), [os.path.abspath(p) for p in scope]
+
+    def __iter__(self) -> Iterator[Doc]:
+        r, c = self.r, self.config
+        r.phase_started(PHASE)
+        seen: set[str] = set()   # documents found this pass: what the table holds of them stays
+        held: list[str] = []     # files and folders refused this pass: what it holds below them stays
+        complete_walk = True
+        items, covered = self._scoped_walk()
+        counted = self.scope is None
+        if counted:  # a listing pass first (no reads): progress and ETA know the job's size
+            r.add_total(PHASE, len({i.path for i in walk(c.sources, self.limits) if isinstance(i, Candidate)}))
+            r.total_known(PHASE)
+        for item in items:
+            self.control.check()
+            if isinstance(item, Skipped):
+                r.count("files_ignored")
+                continue
+            if isinstance(item, Problem):
+                if item.kind == "too_many_files":
+                    complete_walk = False
+                r.doc_error(item.path, PHASE, item.kind, item.message)
+                if item.kind != "vanished":
+                    held.append(fs_text(item.path))  # refused now (unreadable, too deep...): its chunks stay
+                continue
+            did = ids.doc_id(item.path)
+            if did in seen:  # overlapping sources (a folder and a file or folder in it): loaded once
+                continue
+            if not counted:
+                r.add_total(PHASE)
+            r.count("documents_found")
+            doc, gone = self._read(item)
+            if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
+                r.warning(doc.path, doc.warnings)
+            if not gone:  # a document that failed to load keeps what it had indexed
+                seen.add(did)
+            r.progress(PHASE)
+            if doc is None:
+                continue
+            version = ids.doc_version(doc.content_hash, self.version_key)
+            old = self.stored.get(did)
+            if old is not None and old.version == version:
+                self._count_skipped(old.chunks)
+                continue
+            yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc)
+        r.total_known(PHASE)
+        if complete_walk:
+            covered = [fs_text(p) for p in covered]  # sources are stored as fs_text
+            stored = self.stored
+            gone = [d for d, s in stored.items() if d not in seen and s.source is not None
+                    and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
+            for did in gone:
+                yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
+        r.phase_done(PHASE)
+
+    def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
+        """The document, or None with its error recorded; and whether it is gone from disk."""
+        try:
+            return loading.read_document(cand, self.limits), False
+        except LoadError as e:
+            self.r.doc_error(cand.path, PHASE, e.kind, e.message)
+            if e.kind == "vanished":  # deleted between walk and read: its chunks go too
+                return None, True
+        except OSError as e:
+            self.r.doc_error(cand.path, PHASE, "os_error", f"{e.strerror or e}")
+        return None, False
+
+    def _count_skipped(self, chunks: int) -> None:
+        r = self.r
+        r.count("documents_skipped")
+        r.add_total(JobPhase.CHUNKING)
+        r.progress(JobPhase.CHUNKING)
+        for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
+            r.add_total(phase, chunks)
+            r.progress(phase, chunks)

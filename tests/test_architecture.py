@@ -1,0 +1,124 @@
+"""The seams hold: front ends reach the engine only through the service; the engine never imports
+Textual; the dashboard uses no private Textual attribute; help comes from the bindings; nothing
+names a path outside the repository; the install declares every package folder."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+FRONT_END_MAY_IMPORT = {"kbingest.pipeline.service", "kbingest.pipeline.models", "kbingest.pipeline.status"}
+
+
+def _imports(py: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(py.read_text(), filename=str(py))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def _py_files(*folders: str) -> list[Path]:
+    files = [p for f in folders for p in sorted((REPO / f).rglob("*.py"))]
+    assert files, "no source found: the scan is broken"
+    return files
+
+
+def test_front_ends_import_only_the_service_models_and_status():
+    bad = []
+    for py in _py_files("app", "widgets"):
+        for line, mod in _imports(py):
+            if mod.startswith(("kbingest.pipeline", "pipeline")) and mod not in FRONT_END_MAY_IMPORT:
+                bad.append(f"{py.relative_to(REPO)}:{line}: {mod}")
+    assert not bad, "front ends must call pipeline/service.py:\n" + "\n".join(bad)
+
+
+def test_engine_sources_never_import_textual():
+    bad = [f"{py.relative_to(REPO)}:{line}" for py in _py_files("pipeline")
+           for line, mod in _imports(py) if mod.split(".")[0] in ("textual", "rich")]
+    assert not bad, bad
+
+
+def test_importing_the_engine_and_service_loads_no_textual():
+    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.engine, kbingest.pipeline.executors.threads;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO / "tests"),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_dashboard_reaches_into_no_private_textual_attribute():
+    private = {"_closing", "_closed", "_cells", "_nodes", "_running", "_exit"}
+    bad = []
+    for py in _py_files("app", "widgets"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                bad.append(f"{py.relative_to(REPO)}:{node.lineno}: .{node.attr}")
+    assert not bad, bad
+
+
+def test_help_screen_is_built_from_the_bindings():
+    from kbingest.app.dashboard import HELP_KEYS, KbIngestApp
+    from kbingest.app.screens import help_from_bindings
+
+    assert HELP_KEYS == help_from_bindings(KbIngestApp.BINDINGS)
+    keys_in_help = {k.strip() for keys, _ in HELP_KEYS for k in keys.split(",")}
+    for b in KbIngestApp.BINDINGS:
+        assert {"question_mark": "?"}.get(b.key, b.key) in keys_in_help, f"{b.key} is missing from the help"
+    texts = dict(HELP_KEYS)
+    assert texts["p"].startswith("pause the selected job") and texts["q, ctrl+c"].startswith("quit")
+
+
+def test_nothing_names_a_path_outside_the_repository():
+    needles = ("/work/", "../shared", "/shared/")
+    bad = []
+    for py in _py_files("app", "pipeline", "widgets", "tests", "bench", "kbingest"):
+        if py.name == "test_architecture.py":
+            continue
+        text = py.read_text()
+        bad += [f"{py.relative_to(REPO)}: {n}" for n in needles if n in text]
+    assert not bad, bad
+
+
+def test_pyproject_declares_every_package_folder():
+    """A non-editable install carries only the packages pyproject lists: each folder with an
+    __init__.py under app/, pipeline/, widgets/ must be one of them."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    mapping = cfg["package-dir"]
+    found = set()
+    for top, pkg in (("app", "kbingest.app"), ("pipeline", "kbingest.pipeline"), ("widgets", "kbingest.widgets")):
+        assert mapping[pkg] == top
+        for init in (REPO / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / top)
+            found.add(".".join([pkg, *rel.parts]) if rel.parts else pkg)
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+
+
+def test_install_adds_only_the_kbingest_name(tmp_path):
+    """`pip install .` puts one top-level import name into site-packages, and `python -m kbingest` runs."""
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    top = sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", ".egg-info"))
+                 and p.name not in ("bin", "__pycache__"))
+    assert top == ["kbingest"], top
+    env = dict(os.environ, PYTHONPATH=str(target))
+    r = subprocess.run([sys.executable, "-m", "kbingest", "--help"], capture_output=True, text=True, timeout=120,
+                       cwd=str(tmp_path), env=env)
+    assert r.returncode == 0 and "kbingest" in r.stdout, r.stderr
+    assert (target / "kbingest" / "pipeline" / "model_files" / "all-MiniLM-L6-v2" / "tokenizer.json").exists()

@@ -1,0 +1,38 @@
+"""A knowledge base made by the previous version opens and re-runs with 0 chunks embedded."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, run_cli
+
+FIXTURE = DATA / "kb-v0.1"
+SOURCE = Path("/tmp/kbingest-compat-v01/docs")  # where version 0.1 read the pages from (its document keys)
+
+
+@pytest.fixture
+def old_kb(tmp_path):
+    if SOURCE.parent.exists():
+        shutil.rmtree(SOURCE.parent)
+    shutil.copytree(FIXTURE / "docs", SOURCE)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    shutil.copytree(FIXTURE / "lancedb", home / "lancedb")
+    yield home
+    shutil.rmtree(SOURCE.parent, ignore_errors=True)
+
+
+def test_previous_versions_table_reruns_with_nothing_embedded(old_kb):
+    import json
+
+    r = run_cli("ingest", str(SOURCE), "--kb", "compat", "--batch", home=old_kb)
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.splitlines()[-1])
+    m = final["metrics"]
+    assert m["documents_skipped"] == 2 and m["chunks_embedded"] == 0 and m["chunks_indexed"] == 0
+    assert m.get("documents_added", 0) == 0 and m.get("documents_replaced", 0) == 0
+    hits = run_cli("search", "--kb", "compat", "how do I design for reliability", "--json", home=old_kb)
+    assert hits.returncode == 0, hits.stderr
+    assert json.loads(hits.stdout)[0]["source"] == str(SOURCE / "principles.md")
