@@ -31,7 +31,8 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--max-files", "max_files", {"type": int, "metavar": "N"}),
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
-    "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch"}
+    "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
+    "max_removal_share": "--allow-mass-removal"}
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def _add_home(p: argparse.ArgumentParser) -> None:
 def _help(field: str, unit: str = "") -> str:
     d = job_default(field)
     default = "" if d is None else f" (default {d:g}{unit})" if isinstance(d, float) else f" (default {d}{unit})"
-    return (JobConfig.model_fields[field].description or field) + default
+    return ((JobConfig.model_fields[field].description or field) + default).replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"{JobConfig.model_fields['max_file_bytes'].description} (default {mb:g})")
     ing.add_argument("--follow-links", action="store_true",
                      help=JobConfig.model_fields["follow_links"].description + " (default: not followed)")
+    ing.add_argument("--allow-mass-removal", action="store_true",
+                     help="let this job remove any share of the knowledge base's documents (by default a pass "
+                          f"that would remove more than {100 * job_default('max_removal_share'):.0f}%% of them removes none)")
     ing.add_argument("--embedder", choices=["fastembed", "fake"], default=job_default("embedder"),
                      help=argparse.SUPPRESS)  # 'fake' for tests only
     ing.add_argument("--job-id", default=None, help=argparse.SUPPRESS)
@@ -122,6 +126,8 @@ def _config_from(args: argparse.Namespace) -> JobConfig:
     settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
     settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
                     watch=args.watch, embedder=args.embedder)
+    if args.allow_mass_removal:
+        settings["max_removal_share"] = 1.0
     try:
         return Service.config(args.sources, args.kb, **settings)
     except InvalidInput as e:

@@ -162,6 +162,9 @@ class JobConfig(BaseModel):
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
+    max_removal_share: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "a pass that would remove more than this share of a knowledge base's documents (a source that is "
+        "empty or unmounted) removes none, and says so; 1.0 allows any removal"))
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
@@ -169,7 +172,7 @@ class JobConfig(BaseModel):
     VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
-        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries")
+        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":

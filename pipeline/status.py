@@ -39,8 +39,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CANCELLED: frozenset(),
 }
 
-# Phase statuses follow the same table (a phase is a small job).
-PHASE_TRANSITIONS = TRANSITIONS
+# Phase statuses follow the same table (a phase is a small job): check_transition(..., what="phase").
 
 
 class InvalidTransition(ValueError):

@@ -135,3 +135,9 @@ def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
         with pytest.raises(Busy):
             loser.run()
     assert store.get(loser.job_id) is None
+
+
+def test_every_command_has_help():
+    for cmd in ([], ["ingest"], ["resume"], ["pause"], ["cancel"], ["status"], ["jobs"], ["search"]):
+        r = run_cli(*cmd, "--help")
+        assert r.returncode == 0 and "usage: kbingest" in r.stdout and not r.stderr, (cmd, r.stderr)

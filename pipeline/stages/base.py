@@ -16,8 +16,8 @@ from kbingest.pipeline.status import JobPhase
 class Doc:
     """A document on its way through the pipeline."""
 
-    path: str
-    doc_id: str
+    path: str                           # as the user gave it (shown, stored as `source`)
+    doc_id: str                         # from the canonical path: one document however it is reached
     version: str                        # "" for a document that is gone: its chunks are removed
     replaces: bool                      # the table held another version of it
     loaded: Any = None                  # the LoadedDocument, until chunked

@@ -12,6 +12,7 @@ from kbingest.pipeline.chunking import Chunker
 from kbingest.pipeline.index import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
+from kbingest.pipeline.stages.load import canonical
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
 
@@ -42,7 +43,7 @@ class ChunkStage:
             return None
         d.title = chunked.title or doc.title or ""
         d.rows = [{
-            "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, self.version_key),
+            "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, self.version_key),
             "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
             "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
             "model": self.model,

@@ -6,7 +6,9 @@ that break the model (recorded, dropped) from a model that is broken (the phase 
 """
 from __future__ import annotations
 
-from typing import Callable
+import hashlib
+from collections import OrderedDict
+from typing import Any, Callable
 
 from kbingest.pipeline.control import PhaseFailed, RunControl, Stopped, with_retries
 from kbingest.pipeline.embedding import Embedder
@@ -15,6 +17,31 @@ from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
 
 PHASE = JobPhase.EMBEDDING
+CACHE_ENTRIES = 20_000  # vectors kept by text within a job (~31 MB at 384 float32): repeated text is embedded once
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+class VectorCache:
+    """The newest vectors of the job by text: bounded, least recently used out first."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self.entries = entries
+        self._d: OrderedDict[bytes, Any] = OrderedDict()
+
+    def get(self, key: bytes) -> Any:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: bytes, vector: Any) -> None:
+        self._d[key] = vector
+        self._d.move_to_end(key)
+        if len(self._d) > self.entries:
+            self._d.popitem(last=False)
 
 
 class EmbedStage:
@@ -26,13 +53,31 @@ class EmbedStage:
         self.retries = config.retries
         self._embedder = embedder      # called (and the model loaded) at the first batch only
         self.pending: list[Doc] = []   # documents with rows not all embedded yet, in order
-        self.todo: list[tuple[Doc, int]] = []  # (document, row index) waiting for a batch
+        self.todo: list[tuple[Doc, int]] = []  # (document, row index) waiting for a batch: one per distinct text
+        self.waiting: dict[bytes, list[tuple[Doc, int]]] = {}  # text key -> rows that take that text's vector
+        self.cache = VectorCache()
 
     def add(self, d: Doc) -> list[Doc]:
         """Take a document; return the documents now ready for indexing, in order."""
         if d.rows:
             self.r.phase_started(PHASE)
-            self.todo.extend((d, i) for i, row in enumerate(d.rows) if "vector" not in row)
+            reused = 0
+            for i, row in enumerate(d.rows):
+                if "vector" in row:
+                    continue
+                key = text_key(row["text"])
+                known = self.cache.get(key)
+                if known is not None:  # this text was embedded before in this job
+                    row["vector"] = known
+                    reused += 1
+                elif key in self.waiting:  # the same text waits for a batch already: it takes that vector
+                    self.waiting[key].append((d, i))
+                else:
+                    self.waiting[key] = [(d, i)]
+                    self.todo.append((d, i))
+            if reused:
+                self.r.progress(PHASE, reused)
+                self.r.count("chunks_reused", reused)
         self.pending.append(d)
         while len(self.todo) >= self.bs:
             self._next_batch()
@@ -57,7 +102,31 @@ class EmbedStage:
             raise Stopped
         batch, self.todo = self.todo[:self.bs], self.todo[self.bs:]
         if self._embed_batch(batch):  # a document was dropped: none of its rows is embedded
-            self.todo = [(d, i) for d, i in self.todo if not d.dropped]
+            self._prune_dropped()
+
+    def _prune_dropped(self) -> None:
+        """Rows of dropped documents leave the queue; a text they were embedding for others is queued
+        again for the first of those others."""
+        keep = []
+        for d, i in self.todo:
+            if not d.dropped:
+                keep.append((d, i))
+                continue
+            key = text_key(d.rows[i]["text"])
+            others = [(o, j) for o, j in self.waiting.pop(key, []) if not o.dropped]
+            if others:
+                self.waiting[key] = others
+                keep.append(others[0])
+        self.todo = keep
+
+    def _deliver(self, d: Doc, i: int, vector: Any) -> int:
+        """Give a distinct text's vector to every row waiting for it; the number of rows that reused it."""
+        key = text_key(d.rows[i]["text"])
+        self.cache.put(key, vector)
+        rows = [(dd, ii) for dd, ii in self.waiting.pop(key, [(d, i)]) if not dd.dropped]
+        for dd, ii in rows:
+            dd.rows[ii]["vector"] = vector
+        return max(0, len(rows) - 1)
 
     def _embed_batch(self, batch: list[tuple[Doc, int]]) -> bool:
         """Embed one batch; True when a document of it was dropped (it breaks the model)."""
@@ -67,10 +136,11 @@ class EmbedStage:
                             on_retry=lambda: self.r.count("embedding_retries"), quiet=True)
         if vecs is None:  # persistent failure: find the documents that cause it
             return self._isolate_failure(embedder, batch)
-        for (d, i), v in zip(batch, vecs):
-            d.rows[i]["vector"] = v
-        self.r.progress(PHASE, len(batch))
+        reused = sum(self._deliver(d, i, v) for (d, i), v in zip(batch, vecs))
+        self.r.progress(PHASE, len(batch) + reused)
         self.r.count("chunks_embedded", len(batch))
+        if reused:
+            self.r.count("chunks_reused", reused)
         return False
 
     def _isolate_failure(self, embedder: Embedder, batch: list[tuple[Doc, int]]) -> bool:
@@ -86,15 +156,19 @@ class EmbedStage:
             except Exception as e:
                 failed.append((d, f"{type(e).__name__}: {e}"))
                 continue
-            for (_, i), v in zip(rows, vecs):
-                d.rows[i]["vector"] = v
-            self.r.progress(PHASE, len(rows))
+            reused = sum(self._deliver(d, i, v) for (_, i), v in zip(rows, vecs))
+            self.r.progress(PHASE, len(rows) + reused)
             self.r.count("chunks_embedded", len(rows))
+            if reused:
+                self.r.count("chunks_reused", reused)
         if failed and len(failed) == len(docs) and not _model_works(embedder):
             raise PhaseFailed(PHASE, f"embedding failed after {self.retries + 1} attempts: {failed[0][1]}")
         for d, msg in failed:  # the model works, these documents break it: record them and go on
             self.r.doc_error(d.path, PHASE, "embedding_failed", msg, attempts=self.retries + 2)
             d.dropped = True
+            for dd, i in batch:  # the texts it led in this batch: queued again for the others waiting
+                if dd is d:
+                    self.todo.insert(0, (d, i))
             n = sum(1 for row in d.rows if "vector" not in row)  # its rows still waiting are dropped with it
             self.r.progress(PHASE, n)
             self.r.add_total(JobPhase.INDEXING, -len(d.rows))

@@ -21,6 +21,12 @@ from kbingest.pipeline.textsafe import fs_text
 PHASE = JobPhase.LOADING
 
 
+def canonical(path: str) -> str:
+    """A document's identity: its path with every symlink, '..' and relative part resolved, so the
+    same file reached through a symlink or another spelling is one document."""
+    return os.path.realpath(path)
+
+
 class LoadStage:
     def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
                  stored: dict[str, StoredDoc], scope: Optional[list[str]] = None) -> None:
@@ -69,7 +75,7 @@ class LoadStage:
                 if item.kind != "vanished":
                     held.append(fs_text(item.path))  # refused now (unreadable, too deep...): its chunks stay
                 continue
-            did = ids.doc_id(item.path)
+            did = ids.doc_id(canonical(item.path))
             if did in seen:  # overlapping sources (a folder and a file or folder in it): loaded once
                 continue
             if not counted:
@@ -95,9 +101,26 @@ class LoadStage:
             stored = self.stored
             gone = [d for d, s in stored.items() if d not in seen and s.source is not None
                     and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
+            if self._mass_removal(len(gone)):
+                gone = []
             for did in gone:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
         r.phase_done(PHASE)
+
+    def _mass_removal(self, n: int) -> bool:
+        """More than max_removal_share of the knowledge base's documents would go at once (rsync's
+        --max-delete is the model): an unmounted share or a missing disk looks like this. Nothing is
+        removed, and the refusal is recorded with the counts."""
+        total, share = len(self.stored), self.config.max_removal_share
+        if n <= 1 or share >= 1.0 or n <= share * total:
+            return False
+        where = self.scope[0] if self.scope else self.config.sources[0]
+        self.r.doc_error(where, PHASE, "mass_removal_refused",
+                         f"this pass would remove {n} of the {total} documents of knowledge base "
+                         f"{self.config.kb!r} ({100 * n / total:.0f}%, over the {100 * share:.0f}% limit): none "
+                         "was removed, their chunks are kept. An empty or unmounted source looks like this; if "
+                         "the removal is meant, run again with --allow-mass-removal")
+        return True
 
     def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
         """The document, or None with its error recorded; and whether it is gone from disk."""

@@ -1,0 +1,66 @@
+"""Cost in proportion to the work (issue 12): each distinct text is embedded once per job, and
+progress stays truthful when most chunks are reused."""
+from __future__ import annotations
+
+import numpy as np
+
+from kbingest.pipeline.embedding import FakeEmbedder
+from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.service import Service
+from kbingest.pipeline.status import JobStatus
+
+PHRASE = "The same licence footer appears on every page of this manual and says nothing new."
+
+
+class CountingEmbedder(FakeEmbedder):
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.texts: list[str] = []
+
+    def embed(self, texts):
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+def _svc(home, emb):
+    return Service(home, embedder_factory=lambda c: emb)
+
+
+def test_repeated_text_is_embedded_once(tmp_path, home):
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "repeated.txt").write_text("\n\n".join([PHRASE] * 400))  # one phrase, many identical chunks
+    for i in range(3):
+        (src / f"page{i}.md").write_text(f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n"
+                                         f"## Footer\n\n{PHRASE}\n")
+    emb = CountingEmbedder()
+    svc = _svc(home, emb)
+    job = svc.start(svc.config([str(src)], "rep", embedder="fake", max_tokens=32, overlap_tokens=0))
+    snap = job.run()
+    assert snap.status == JobStatus.COMPLETED
+    m = snap.m
+    assert len(emb.texts) == len(set(emb.texts)) == m.chunks_embedded  # every distinct text once
+    assert m.chunks_reused > 100 and m.chunks_embedded + m.chunks_reused == m.chunks_created
+    emb_phase = next(p for p in snap.phase_details if p.name == "embedding")
+    assert emb_phase.items_processed == emb_phase.items_total == m.chunks_created  # progress counts reused ones
+    kb = KnowledgeBase(home, "rep")
+    assert kb.count() == m.chunks_indexed == m.chunks_created
+    t = kb._table.to_arrow()
+    want = FakeEmbedder().embed(t["text"].to_pylist())
+    assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)  # right vectors
+
+
+def test_a_document_that_breaks_the_model_does_not_strand_its_shared_text(tmp_path, home):
+    """Document A leads a text B shares; A breaks the model: B's row is embedded on its own, B completes."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text(f"# A\n\n{PHRASE}\n\n## Poison\n\nKABOOM is in this one.\n")
+    (src / "b.md").write_text(f"# A\n\n{PHRASE}\n\n## Fine\n\nNothing wrong here.\n")
+    emb = CountingEmbedder(fail_on="KABOOM")
+    svc = _svc(home, emb)
+    job = svc.start(svc.config([str(src)], "poison", embedder="fake", batch_size=4, retries=0))
+    snap = job.run()
+    assert snap.status == JobStatus.COMPLETED and snap.m.documents_failed == 1
+    assert {e.path.rsplit("/", 1)[-1] for e in job.errors} == {"a.md"}
+    sources = {s.source.rsplit("/", 1)[-1] for s in KnowledgeBase(home, "poison").stored_docs().values()}
+    assert sources == {"b.md"}
