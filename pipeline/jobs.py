@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import os
 
-from kbingest.pipeline.index import KnowledgeBase, list_kbs
 from kbingest.pipeline.locking import holder_pid, is_locked
-from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse, iso, utcnow
+from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import PHASES, JobPhase, JobStatus
 from kbingest.pipeline.store import JobStore
@@ -74,6 +73,8 @@ def mark_interrupted(home: Home, store: JobStore) -> list[str]:
 def recovered_records(home: Home) -> list[JobRecord]:
     """When the job store is lost, one completed job per knowledge base found in LanceDB, with the
     sources (the common folder of its documents) and model it holds, so that it can be re-run."""
+    from kbingest.pipeline.index import KnowledgeBase, list_kbs  # LanceDB only when the store was lost
+
     out = []
     for name in list_kbs(home):
         try:
@@ -98,7 +99,7 @@ def recovered_records(home: Home) -> list[JobRecord]:
             sources = [os.path.dirname(os.path.commonpath(paths)) if len(paths) == 1 else os.path.commonpath(paths)]
         except ValueError:
             sources = ["."]
-        model = models[0] if models else "all-MiniLM-L6-v2"
+        model = models[0] if models else DEFAULT_MODEL
         config = JobConfig(sources=sources, kb=name, model=model, embedder="fake" if model == "fake" else "fastembed")
         now = iso(utcnow())
         out.append(JobRecord(job_id=f"{name}-recovered", config=config, status=t.snapshot(),

@@ -64,3 +64,21 @@ def test_a_document_that_breaks_the_model_does_not_strand_its_shared_text(tmp_pa
     assert {e.path.rsplit("/", 1)[-1] for e in job.errors} == {"a.md"}
     sources = {s.source.rsplit("/", 1)[-1] for s in KnowledgeBase(home, "poison").stored_docs().values()}
     assert sources == {"b.md"}
+
+
+def test_cold_commands_import_only_what_they_use(tmp_path, pages):
+    """status, jobs, pause, cancel and --help import neither lancedb, fastembed, numpy nor textual."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_cli
+
+    h = tmp_path / "h"
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    for args in (["status"], ["status", "--json"], ["jobs"], ["jobs", "--json"], ["pause", "nope-1"],
+                 ["cancel", "nope-1"], ["--help"], ["ingest", "--help"]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), *args],
+                           capture_output=True, text=True, cwd=str(REPO), timeout=120)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
+        heavy = imported & {"lancedb", "fastembed", "numpy", "pyarrow", "textual", "onnxruntime"}
+        assert not heavy, (args, heavy)
