@@ -122,3 +122,10 @@ def test_install_adds_only_the_kbingest_name(tmp_path):
                        cwd=str(tmp_path), env=env)
     assert r.returncode == 0 and "kbingest" in r.stdout, r.stderr
     assert (target / "kbingest" / "pipeline" / "model_files" / "all-MiniLM-L6-v2" / "tokenizer.json").exists()
+    docs = tmp_path / "docs"  # a job, from outside the checkout: package data and imports resolve installed
+    docs.mkdir()
+    (docs / "a.md").write_text("# A page\n\nWith a few words to chunk and index.\n")
+    r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "ingest", str(docs),
+                        "--kb", "k", "--batch", "--embedder", "fake"], capture_output=True, text=True, timeout=300,
+                       cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
