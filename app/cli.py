@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(jb)
     jb.add_argument("--json", action="store_true", help="a JSON array of status objects")
 
+    rp = sub.add_parser("repair", help="check knowledge base NAME; bring a damaged one back (its last readable "
+                                       "version, or re-created for the next ingest to rebuild)")
+    _add_home(rp)
+    rp.add_argument("--kb", required=True, metavar="NAME")
+
     se = sub.add_parser("search", help="the N best chunks for QUERY")
     _add_home(se)
     se.add_argument("query", metavar="QUERY")
@@ -342,6 +347,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from kbingest.pipeline.repair import repair
+
+    home = _home(args)
+    jobs = [r for r in _store(home).all() if r.config.kb == validate_name(args.kb, "knowledge base name")]
+    print(printable(repair(home, args.kb, sources=jobs[0].config.sources if jobs else None).message))
+    return int(ExitCode.OK)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kbingest.app.dashboard import run_dashboard
 
@@ -373,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_dashboard(args)
         handler = {
             "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs,
-            "search": cmd_search, "pause": lambda a: cmd_control(a, "pause"),
+            "search": cmd_search, "repair": cmd_repair, "pause": lambda a: cmd_control(a, "pause"),
             "cancel": lambda a: cmd_control(a, "cancel"),
         }[args.command]
         return handler(args)
@@ -398,7 +412,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(e, (EmbeddingError, IndexError_)):
             _say(str(e))
             return int(ExitCode.FAILED)
-        raise
+        from kbingest.pipeline.errors import debug, describe
+
+        if debug():
+            raise
+        _say(describe(e, doing=f"kbingest {args.command or 'dashboard'}"))
+        return int(ExitCode.FAILED)
 
 
 def entry() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from kbingest.pipeline import ids
+from kbingest.pipeline.errors import describe, note_document, noted_document, reason
 from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.index import KnowledgeBase, StoredDoc
@@ -193,8 +194,8 @@ class IngestJob:
                 self._run_pass()
         except BaseException as e:  # the one error handler: anything unexpected fails the job cleanly
             if not isinstance(e, _PhaseFailed):
-                log.exception("job %s failed", self.job_id)
-                e = _PhaseFailed(self._current_phase(), f"{type(e).__name__}: {e}")
+                e = _PhaseFailed(self._current_phase(), reason(e))
+                log.error("%s", e, exc_info=True)
             self._failure = e
             self._stop.set()
         finally:
@@ -359,8 +360,8 @@ class IngestJob:
         ]
         for name, fn in workers:
             th = threading.Thread(target=self._worker, args=(name, fn), name=f"kbingest-{name}", daemon=True)
+            th.start()  # then listed: one that could not start (no memory for its stack) is never joined
             self._threads.append(th)
-            th.start()
         for th in self._threads:
             th.join()
         self._threads.clear()
@@ -377,11 +378,13 @@ class IngestJob:
                 self._failure = e
             self._stop.set()
         except BaseException as e:
-            log.exception("worker %s", name)
+            phase = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
+                     "embedder": JobPhase.EMBEDDING}.get(name, JobPhase.INDEXING)
+            doc = noted_document()
+            msg = describe(e, doing=f"{phase.value} {fs_text(doc)}" if doc else f"the {name} ({phase.value})")
+            log.error("%s", msg, exc_info=True)
             if self._failure is None:
-                phase = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
-                         "embedder": JobPhase.EMBEDDING}.get(name, JobPhase.INDEXING)
-                self._failure = _PhaseFailed(phase, f"{type(e).__name__}: {e}")
+                self._failure = _PhaseFailed(phase, msg)
             self._stop.set()
 
     def _put(self, q: queue.Queue, item: Any) -> None:
@@ -478,6 +481,7 @@ class IngestJob:
     def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
         """The document, or None with its error recorded; and whether it is gone from disk."""
         c = self.config
+        note_document(cand.path)
         try:
             return read_document(cand, LoadLimits(max_file_bytes=c.max_file_bytes, follow_links=c.follow_links)), False
         except LoadError as e:
@@ -486,6 +490,8 @@ class IngestJob:
                 return None, True
         except OSError as e:
             self._doc_error(cand.path, JobPhase.LOADING, "os_error", f"{e.strerror or e}")
+        except MemoryError as e:  # one document too large for this process: recorded, the job goes on
+            self._doc_error(cand.path, JobPhase.LOADING, "out_of_memory", reason(e))
         return None, False
 
     def _count_skipped(self, chunks: int) -> None:
@@ -512,11 +518,12 @@ class IngestJob:
                 continue
             t.start_phase(JobPhase.CHUNKING)
             t.add_total(JobPhase.CHUNKING)
+            note_document(doc.path)
             try:
                 chunked = chunker.chunk(doc.text, markdown=doc.markdown)
             except Exception as e:
                 t.advance(JobPhase.CHUNKING)
-                self._doc_error(doc.path, JobPhase.CHUNKING, "chunking_failed", f"{type(e).__name__}: {e}")
+                self._doc_error(doc.path, JobPhase.CHUNKING, "chunking_failed", reason(e))
                 continue
             d.title = chunked.title or ""
             d.rows = [{
@@ -588,6 +595,7 @@ class IngestJob:
     def _embed_batch(self, embedder: Embedder, batch: list[tuple[_Doc, int]]) -> bool:
         """Embed one batch; True when a document of it was dropped (it breaks the model)."""
         texts = [d.rows[i]["text"] for d, i in batch]
+        note_document(batch[0][0].path)
         vecs = self._with_retries(JobPhase.EMBEDDING, lambda: embedder.embed(texts), quiet=True)
         if vecs is None:  # persistent failure: find the documents that cause it
             return self._isolate_embedding_failure(embedder, batch)
@@ -608,15 +616,15 @@ class IngestJob:
             try:
                 vecs = embedder.embed([d.rows[i]["text"] for _, i in rows])
             except Exception as e:
-                failed.append((d, f"{type(e).__name__}: {e}"))
+                failed.append((d, reason(e)))
                 continue
             for (_, i), v in zip(rows, vecs):
                 d.rows[i]["vector"] = v
             self.tracker.advance(JobPhase.EMBEDDING, len(rows))
             self.tracker.incr_metric("chunks_embedded", len(rows))
         if failed and len(failed) == len(docs) and not self._model_works(embedder):
-            raise _PhaseFailed(JobPhase.EMBEDDING,
-                               f"embedding failed after {self.config.retries + 1} attempts: {failed[0][1]}")
+            raise _PhaseFailed(JobPhase.EMBEDDING, f"embedding failed after {self.config.retries + 1} attempts, "
+                                                   f"on {fs_text(failed[0][0].path)} first: {failed[0][1]}")
         for d, msg in failed:  # the model works, these documents break it: record them and go on
             self._doc_error(d.path, JobPhase.EMBEDDING, "embedding_failed", msg, attempts=self.config.retries + 2)
             d.dropped = True
@@ -645,15 +653,14 @@ class IngestJob:
                 raise
             except Exception as e:
                 last = e
-                log.warning("%s attempt %d failed: %s", phase.value, attempt + 1, e)
+                log.warning("%s", describe(e, doing=f"{phase.value} attempt {attempt + 1}"))
                 self.tracker.incr_metric(f"{phase.value}_retries")
                 if attempt < self.config.retries:
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
         if quiet:
             return None
-        raise _PhaseFailed(phase, f"{phase.value} failed after {self.config.retries + 1} attempts: "
-                                  f"{type(last).__name__}: {last}")
+        raise _PhaseFailed(phase, f"{phase.value} failed after {self.config.retries + 1} attempts: {reason(last)}")
 
     # indexing --------------------------------------------------------------------------------
     def _index(self, kb: KnowledgeBase, inp: queue.Queue) -> None:
@@ -705,6 +712,7 @@ class IngestJob:
         rows = [dict(r, vector=r["vector"].tolist() if hasattr(r["vector"], "tolist") else r["vector"])
                 for d in docs for r in d.rows]
         t.start_phase(JobPhase.INDEXING)
+        note_document(docs[0].path)
         self._with_retries(JobPhase.INDEXING, lambda: kb.write(rows, [d.doc_id for d in docs],
                                                                replacing=[d.doc_id for d in docs if d.replaces]))
         self.last_commit_at = time.monotonic()
@@ -736,7 +744,7 @@ class IngestJob:
                 self._optimize_peak_mib = max(self._optimize_peak_mib, float(report.get("peak_rss_mib") or 0))
                 t.set_metric("optimize_peak_rss_mib", self._optimize_peak_mib)
         except Exception as e:
-            log.warning("optimizing knowledge base %s failed (the data is committed): %s", kb.name, e)
+            log.warning("%s (the data is committed)", describe(e, doing=f"optimizing knowledge base {kb.name}"))
             self.tracker.incr_metric("optimize_errors")
 
 

@@ -6,9 +6,10 @@ is replaced in one commit, never "delete then add". Predicates are built only fr
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # its Rust warnings would garble a full-screen app
 
@@ -21,6 +22,50 @@ from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 
 class IndexError_(RuntimeError):
     pass
+
+
+class KBDamaged(IndexError_):
+    """The files of a knowledge base's table are missing or cut short: `kbingest repair` brings it back."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"knowledge base {name!r} is damaged ({why}): "
+                         f"run `kbingest repair --kb {name}` to bring it back")
+        self.name = name
+        self.why = why
+
+
+def damage_of(exc: BaseException) -> Optional[str]:
+    """What is damaged, when LanceDB failed because the table's files are missing or truncated;
+    None for any other failure (a full disk, a bad query, a bug)."""
+    from kbingest.pipeline.errors import library_text
+
+    if isinstance(exc, KBDamaged) or (isinstance(exc, OSError) and exc.errno is not None):
+        return None
+    text = library_text(exc).lower()
+    if "was not found" in text and "table" in text:
+        return "its version history (_versions) is missing"
+    if "file size is too small" in text or "invalid range" in text or "corrupt" in text:
+        return "a file of its table is truncated or corrupt"
+    if ("not found" in text and ".lance" in text) or "no such file" in text:
+        return "a file of its table is missing"
+    return None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _damage_checked(fn: _F) -> _F:
+    """LanceDB's errors about missing or truncated files become KBDamaged, naming the knowledge base."""
+    @functools.wraps(fn)
+    def checked(self: "KnowledgeBase", *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(self, *a, **kw)
+        except (RuntimeError, OSError, ValueError) as e:
+            why = damage_of(e)
+            if why is None:
+                raise
+            raise KBDamaged(self.name, why) from e
+    return checked  # type: ignore[return-value]
 
 
 def schema(dim: int) -> pa.Schema:
@@ -72,6 +117,7 @@ def list_kbs(home: Home) -> list[str]:
 
 
 class KnowledgeBase:
+    @_damage_checked
     def __init__(self, home: Home, name: str) -> None:
         self.name = validate_name(name, "knowledge base name")
         self._db = connect(home)
@@ -98,9 +144,11 @@ class KnowledgeBase:
             raise IndexError_(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
                               f"makes {dim}: use another --kb for another model")
 
+    @_damage_checked
     def count(self) -> int:
         return self._table.count_rows() if self._table is not None else 0
 
+    @_damage_checked
     def stored_docs(self) -> dict[str, StoredDoc]:
         """doc_id -> the version, source and chunk count the table holds (one scan of 3 columns)."""
         if self._table is None:
@@ -115,6 +163,7 @@ class KnowledgeBase:
                 e[2] += 1
         return {d: StoredDoc(v, s, n) for d, (v, s, n) in out.items()}
 
+    @_damage_checked
     def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str],
               replacing: Optional[Iterable[str]] = None) -> None:
         """Write these documents whole, in one commit: upsert their rows by id and delete their other
@@ -135,6 +184,7 @@ class KnowledgeBase:
             merge.execute(data)
         self.commits += 1
 
+    @_damage_checked
     def vectors_by_text(self, doc_id: str, model: str) -> dict[str, Any]:
         """The vectors this document's stored chunks have, by chunk text, where the same model made
         them: an edit re-embeds only the chunks whose text changed."""
@@ -145,6 +195,7 @@ class KnowledgeBase:
         return {txt: vec for txt, vec, m in zip(t["text"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist())
                 if m == model}
 
+    @_damage_checked
     def models(self) -> list[str]:
         """The models whose vectors the table holds (one, unless someone mixed them)."""
         if self._table is None:
@@ -163,17 +214,20 @@ class KnowledgeBase:
         self._table = self._db.open_table(self.name)  # the version the child made
         return report
 
+    @_damage_checked
     def fragments(self) -> int:
         return self._table.stats()["fragment_stats"]["num_fragments"] if self._table is not None else 0
 
     def _scan(self, columns: list[str]) -> pa.Table:
         return self._table.search(None).select(columns).limit(None).to_arrow()
 
+    @_damage_checked
     def ids(self) -> list[str]:
         if self._table is None:
             return []
         return self._scan(["id"]).column("id").to_pylist()
 
+    @_damage_checked
     def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         if self._table is None:
             return []
