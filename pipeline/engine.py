@@ -701,7 +701,7 @@ class IngestJob:
                 self._commit(kb, batch)
         if not self._stop.is_set():
             t.complete_phase(JobPhase.INDEXING)
-            if kb.commits:
+            if kb.commits or kb.optimize_pending:  # pending: an optimize a kill or failure left unfinished
                 t.set_message("optimizing the table")
                 self._optimize(kb)
 

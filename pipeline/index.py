@@ -122,6 +122,7 @@ class KnowledgeBase:
         self.name = validate_name(name, "knowledge base name")
         self._db = connect(home)
         self._db_dir = str(home.lancedb_dir)
+        self._optimize_marker = home.optimize_marker(self.name)
         self._table = None
         self.commits = 0
         if self.name in list_kbs(home):
@@ -202,16 +203,26 @@ class KnowledgeBase:
             return []
         return sorted({m for m in self._scan(["model"]).column("model").to_pylist() if m})
 
+    @property
+    def optimize_pending(self) -> bool:
+        """An optimize of this table started and never finished (killed, or failed): redo it."""
+        return self._optimize_marker.exists()
+
     def optimize(self) -> dict:
         """Compact the table and prune old versions; a large table in a child process, whose memory
         goes back to the system when it exits (pipeline/compaction.py). Returns a report: where,
-        the child's peak RSS, seconds."""
+        the child's peak RSS, seconds. A marker file is kept while it runs: one that a kill or a
+        failure interrupts is pending, and the next run redoes it."""
         from kbingest.pipeline import compaction
 
+        self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         if self.count() < compaction.CHILD_ROWS:
-            return compaction.optimize_here(self._table)
-        report = compaction.optimize_in_child(self._db_dir, self.name)
-        self._table = self._db.open_table(self.name)  # the version the child made
+            report = compaction.optimize_here(self._table)
+        else:
+            report = compaction.optimize_in_child(self._db_dir, self.name)
+            self._table = self._db.open_table(self.name)  # the version the child made
+        self._optimize_marker.unlink(missing_ok=True)
         return report
 
     @_damage_checked
