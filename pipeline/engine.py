@@ -26,6 +26,7 @@ from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.index import KnowledgeBase, StoredDoc
 from kbingest.pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
                               walk, walk_within, within)
+from kbingest.pipeline.liveness import KEEPALIVE_S
 from kbingest.pipeline.locking import EngineLock
 from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home, validate_name
@@ -177,7 +178,7 @@ class IngestJob:
             if r.status.status == JobStatus.CANCELLED:
                 return r
             return r.model_copy(update={"status": snap, "doc_errors": self.errors, "control": None,
-                                        "owner_pid": os.getpid()})
+                                        "owner_pid": os.getpid(), "heartbeat_at": iso(utcnow())})
 
         self.store.update(self.job_id, claim)
         if stored.get("status") == JobStatus.CANCELLED:
@@ -245,7 +246,7 @@ class IngestJob:
             errors = self.errors
 
             def apply(r: JobRecord) -> JobRecord:
-                upd: dict[str, Any] = {"status": snap, "doc_errors": errors}
+                upd: dict[str, Any] = {"status": snap, "doc_errors": errors, "heartbeat_at": iso(utcnow())}
                 if final:
                     upd.update(control=None, owner_pid=None)
                 return r.model_copy(update=upd)
@@ -263,7 +264,8 @@ class IngestJob:
                 elif control == "cancel" and self._stop_reason != JobStatus.CANCELLED:
                     self.cancel()
                 now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_S and self.tracker.version != last_version:
+                if now - last_beat >= HEARTBEAT_S and (self.tracker.version != last_version
+                                                       or now - last_beat >= KEEPALIVE_S):  # alive, with nothing new
                     last_beat, last_version = now, self.tracker.version
                     self._checkpoint()
             except Exception:  # the store being briefly unreadable must not kill the job

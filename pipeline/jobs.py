@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from kbingest.pipeline.index import KnowledgeBase, list_kbs
+from kbingest.pipeline.liveness import with_liveness
 from kbingest.pipeline.locking import holder_pid, is_locked
 from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
@@ -32,6 +33,8 @@ def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
         t = PhaseTracker.from_snapshot(rec.status)
         t.set_status(JobStatus.PAUSED, INTERRUPTED)
         return t.snapshot()
+    if rec.status.status == JobStatus.RUNNING:  # its engine holds the home: is it still responding?
+        return with_liveness(rec, rec.status)
     return rec.status
 
 

@@ -121,6 +121,7 @@ class JobRecord(BaseModel):
     doc_errors: list[DocumentError] = Field(default_factory=list)
     control: Optional[Literal["pause", "cancel"]] = None
     owner_pid: Optional[int] = None
+    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/liveness.py)
     created_at: str
     updated_at: str
     retry_paths: Optional[list[str]] = None  # set when only failed documents are retried
