@@ -79,20 +79,26 @@ def _origin(exc: BaseException) -> Optional[str]:
     return None if pkg == "kbingest" else {"lancedb": "LanceDB", "lance": "LanceDB"}.get(pkg, pkg)
 
 
-def _classify(text: str) -> Optional[str]:
-    """A library's failure, said in kbingest's words, where its text says which kind it is."""
+# Kinds of library failure, told apart by the library's text: (kind, kbingest's words, markers)
+FAILURE_KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("disk_full", "the disk is full", ("no space left",)),
+    ("permission", "permission denied", ("permission denied",)),
+    ("truncated", "a file it needs is truncated or corrupt",
+     ("file size is too small", "invalid range", "corrupt", "failed to fill whole buffer", "unexpected eof")),
+    ("missing", "a file it needs is missing", ("not found", "no such file")),
+    ("open_files", "too many open files (raise `ulimit -n`)", ("too many open files",)),
+)
+
+
+def failure_kind(text: str) -> Optional[str]:
+    """The kind of a library's failure (FAILURE_KINDS), where its text says which it is."""
     low = text.lower()
-    if "no space left" in low:
-        return "the disk is full"
-    if "permission denied" in low:
-        return "permission denied"
-    if "file size is too small" in low or "invalid range" in low or "corrupt" in low:
-        return "a file it needs is truncated or corrupt"
-    if "not found" in low or "no such file" in low:
-        return "a file it needs is missing"
-    if "too many open files" in low:
-        return "too many open files (raise `ulimit -n`)"
-    return None
+    return next((kind for kind, _, marks in FAILURE_KINDS if any(m in low for m in marks)), None)
+
+
+def _classify(text: str) -> Optional[str]:
+    kind = failure_kind(text)
+    return next(words for k, words, _ in FAILURE_KINDS if k == kind) if kind else None
 
 
 def _what(exc: BaseException, lib: Optional[str]) -> str:

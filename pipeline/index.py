@@ -37,16 +37,17 @@ class KBDamaged(IndexError_):
 def damage_of(exc: BaseException) -> Optional[str]:
     """What is damaged, when LanceDB failed because the table's files are missing or truncated;
     None for any other failure (a full disk, a bad query, a bug)."""
-    from kbingest.pipeline.errors import library_text
+    from kbingest.pipeline.errors import failure_kind, library_text
 
     if isinstance(exc, KBDamaged) or (isinstance(exc, OSError) and exc.errno is not None):
         return None
     text = library_text(exc).lower()
-    if "was not found" in text and "table" in text:
+    kind = failure_kind(text)
+    if kind == "missing" and "table" in text and "was not found" in text:
         return "its version history (_versions) is missing"
-    if "file size is too small" in text or "invalid range" in text or "corrupt" in text:
+    if kind == "truncated":
         return "a file of its table is truncated or corrupt"
-    if ("not found" in text and ".lance" in text) or "no such file" in text:
+    if kind == "missing" and (".lance" in text or "no such file" in text):
         return "a file of its table is missing"
     return None
 
