@@ -87,6 +87,8 @@ FAILURE_KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("file size is too small", "invalid range", "corrupt", "failed to fill whole buffer", "unexpected eof")),
     ("missing", "a file it needs is missing", ("not found", "no such file")),
     ("open_files", "too many open files (raise `ulimit -n`)", ("too many open files",)),
+    ("memory", "out of memory", ("failed to allocate memory", "bad_alloc", "out of memory",
+                                 "cannot allocate memory", "memory allocation")),
 )
 
 
@@ -98,11 +100,13 @@ def failure_kind(text: str) -> Optional[str]:
 
 def _classify(text: str) -> Optional[str]:
     kind = failure_kind(text)
+    if kind == "memory":  # an allocator's failure (onnxruntime, Arrow): name the limit as for MemoryError
+        return out_of_memory()
     return next(words for k, words, _ in FAILURE_KINDS if k == kind) if kind else None
 
 
 def _what(exc: BaseException, lib: Optional[str]) -> str:
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return out_of_memory()
     if isinstance(exc, OSError) and exc.errno is not None:  # the system's words are already plain
         what = exc.strerror or library_text(exc)

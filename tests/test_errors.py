@@ -139,3 +139,18 @@ def test_model_out_of_memory_fails_the_job_naming_phase_document_and_limit(tmp_p
     assert "out of memory" in out["error"] and "RLIMIT_AS" in out["error"] and "GiB" in out["error"]
     assert str(pages) in out["error"]  # the document it was embedding
     assert "MemoryError" not in out["error"]
+
+
+def test_an_allocator_failure_in_a_library_is_out_of_memory_with_the_limit():
+    """onnxruntime and Arrow say "Failed to allocate memory" in a RuntimeError, not a MemoryError."""
+    import resource
+
+    try:
+        exec(compile("raise RuntimeError('[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory "
+                     "for requested buffer of size 1073741824')",
+                     os.path.join(os.path.dirname(np.__file__), "fake_site_module.py"), "exec"))
+    except RuntimeError as e:
+        line = describe(e, doing="embedding")
+    assert line.startswith("embedding failed: out of memory")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    assert ("RLIMIT_AS" in line) == (soft != resource.RLIM_INFINITY)
