@@ -412,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(e, (EmbeddingError, IndexError_)):
             _say(str(e))
             return int(ExitCode.FAILED)
-        from kbingest.pipeline.errors import debug, describe
+        from kbingest.pipeline.failures import debug, describe
 
         if debug():
             raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from kbingest.pipeline import ids
-from kbingest.pipeline.errors import describe, note_document, noted_document, reason
+from kbingest.pipeline.failures import describe, note_document, noted_document, reason
 from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.index import KnowledgeBase, StoredDoc

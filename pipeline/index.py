@@ -37,7 +37,7 @@ class KBDamaged(IndexError_):
 def damage_of(exc: BaseException) -> Optional[str]:
     """What is damaged, when LanceDB failed because the table's files are missing or truncated;
     None for any other failure (a full disk, a bad query, a bug)."""
-    from kbingest.pipeline.errors import failure_kind, library_text
+    from kbingest.pipeline.failures import failure_kind, library_text
 
     if isinstance(exc, KBDamaged) or (isinstance(exc, OSError) and exc.errno is not None):
         return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from kbingest.pipeline.errors import reason
+from kbingest.pipeline.failures import reason
 from kbingest.pipeline.index import connect, damage_of
 from kbingest.pipeline.locking import EngineLock
 from kbingest.pipeline.paths import Home, validate_name
@@ -37,6 +37,11 @@ class UnknownKB(LookupError):
     pass
 
 
+class NotDamaged(RuntimeError):
+    """The table cannot be read for another reason than lost or truncated files (permissions, a full
+    disk, memory): repair changes nothing, and says why."""
+
+
 @dataclass
 class RepairOutcome:
     kb: str
@@ -47,8 +52,9 @@ class RepairOutcome:
     set_aside: list[str] = field(default_factory=list)  # what was moved to HOME/damaged
 
 
-def _readable(table) -> Optional[str]:
-    """None when the checked-out version reads whole; else why not (one line)."""
+def _readable(table, kb: str) -> Optional[str]:
+    """None when the checked-out version reads whole; else how its files are damaged (NotDamaged
+    when it fails for another reason)."""
     try:
         n = table.count_rows()
         seen = 0
@@ -57,8 +63,16 @@ def _readable(table) -> Optional[str]:
         if seen != n:
             return f"{seen} of its {n} rows could be read"
         return None
-    except Exception as e:  # any failure to read is what repair is for
-        return damage_of(e) or reason(e)
+    except Exception as e:
+        return _damage_or_refuse(e, kb)
+
+
+def _damage_or_refuse(e: Exception, kb: str) -> str:
+    why = damage_of(e)
+    if why is None:
+        raise NotDamaged(f"knowledge base {kb!r} cannot be read, but not because its files are lost or cut short: {reason(e)}; "
+                         "repair changes nothing") from e
+    return why
 
 
 def _manifests(table_dir: Path) -> list[Path]:
@@ -95,7 +109,7 @@ def _open(db, kb: str, table_dir: Path, aside: _Aside):
         try:
             return db.open_table(kb), None
         except Exception as e:
-            why = damage_of(e) or reason(e)
+            why = _damage_or_refuse(e, kb)
             found = _manifests(table_dir)
             if len(found) < 2:  # the last one (or none) left: nothing older to fall back to
                 return None, why
@@ -120,7 +134,7 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOu
         if table is not None:
             schema = table.schema
             latest = table.version
-            why = _readable(table)
+            why = _readable(table, kb)
             if why is None:
                 n = table.count_rows()
                 if not aside.moved:
@@ -134,7 +148,11 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOu
                 if v >= latest:
                     continue
                 table.checkout(v)
-                if _readable(table) is None:
+                try:
+                    unreadable = _readable(table, kb)
+                except NotDamaged:  # an older version failing otherwise is not one to restore either
+                    continue
+                if unreadable is None:
                     n = table.count_rows()
                     table.restore()
                     return RepairOutcome(kb, "restored", (

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from kbingest.pipeline import engine as engine_mod
 from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.errors import describe
+from kbingest.pipeline.failures import describe
 from kbingest.pipeline.jobs import open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobPhase, JobStatus

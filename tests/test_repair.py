@@ -130,3 +130,23 @@ def test_repair_waits_for_no_engine(indexed):
     with EngineLock(Home(home).engine_lock_file):
         r = run_cli("repair", "--kb", "docs", home=home)
     assert r.returncode == 2 and "already running a job in this home" in _one_line(r)
+
+
+def test_repair_changes_nothing_when_the_failure_is_not_damage(indexed, monkeypatch):
+    """A table that fails to read for another reason (here: out of file descriptors) is not damaged:
+    repair moves nothing aside and says why, rather than "repairing" a healthy table."""
+    from lancedb.table import LanceTable
+
+    from kbingest.pipeline.repair import NotDamaged, repair
+
+    home, _, before = indexed
+
+    def no_fds(self, *a, **kw):
+        raise RuntimeError("lance error: LanceError(IO): Too many open files (os error 24), "
+                           "/root/.cargo/registry/src/index.crates.io-x/lance-io-13.0.0/src/local.rs:1:2")
+
+    monkeypatch.setattr(LanceTable, "count_rows", no_fds)
+    with pytest.raises(NotDamaged, match="(?i)knowledge base .docs. cannot be read.*too many open files"):
+        repair(Home(home), "docs")
+    monkeypatch.undo()
+    assert not (home / "damaged").exists() and _docs(home) == before
