@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(jb)
     jb.add_argument("--json", action="store_true", help="a JSON array of status objects")
 
+    rp = sub.add_parser("repair", help="check knowledge base NAME; bring a damaged one back (its last readable "
+                                       "version, or re-created for the next ingest to rebuild)")
+    _add_home(rp)
+    rp.add_argument("--kb", required=True, metavar="NAME")
+
     se = sub.add_parser("search", help="the N best chunks for QUERY")
     _add_home(se)
     se.add_argument("query", metavar="QUERY")
@@ -259,6 +264,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    print(printable(_service(args).repair(args.kb)))
+    return int(ExitCode.OK)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kbingest.app.dashboard import run_dashboard
 
@@ -292,6 +302,7 @@ def _quiet_closed_stdout() -> None:
 
 COMMANDS = {
     "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs, "search": cmd_search,
+    "repair": cmd_repair,
     "pause": lambda a: cmd_control(a, "pause"), "cancel": lambda a: cmd_control(a, "cancel"),
 }
 
@@ -312,6 +323,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         _quiet_closed_stdout()
         return int(ExitCode.OK)
+    except Exception as e:  # a failure of kbingest's own, said in its words (KBINGEST_DEBUG=1: the traceback)
+        from kbingest.pipeline.service import debug, describe
+
+        if debug():
+            raise
+        _say(describe(e, doing=f"kbingest {args.command or 'dashboard'}"))
+        return int(ExitCode.FAILED)
 
 
 def entry() -> None:

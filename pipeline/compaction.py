@@ -7,20 +7,29 @@ returned to the system when the child exits, and the job's own memory stays flat
 a time still holds: the indexer (the only writer) waits for the child. Small tables (under
 CHILD_ROWS rows) are optimized in the process: there the child's start-up would dominate.
 
-    python -m pipeline.compaction LANCEDB_DIR TABLE   # prints {"peak_rss_mib": ..., "seconds": ...}
+The child lives no longer than the engine that started it (which holds the home's engine lock):
+the kernel kills it when its parent dies (PR_SET_PDEATHSIG), and a watchdog thread in it checks
+that its parent is still the engine, for the instant before prctl and for systems without it.
+
+    python -m kbingest.pipeline.compaction LANCEDB_DIR TABLE PARENT_PID   # prints {"peak_rss_mib": ..., "seconds": ...}
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 
 KEEP_VERSIONS_S = 60     # versions newer than this survive: readers of older versions keep working
 TIMEOUT_S = 1800
+PARENT_CHECK_S = 0.2     # how often the child checks that the engine that started it lives
+DELAY_ENV = "KBINGEST_COMPACTION_DELAY"  # tests: seconds the child waits before it optimizes
+PR_SET_PDEATHSIG = 1
 CHILD_ROWS = 20_000      # from this table size on, a child: below it the memory is small and a child's
                          # start-up (~1.5 s of CPU) would cost more than it saves (every watch burst optimizes)
 
@@ -41,7 +50,8 @@ def optimize_in_child(lancedb_dir: str, table: str) -> dict:
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", lancedb_dir, table], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", lancedb_dir, table, str(os.getpid())],
+                       capture_output=True,
                        text=True, timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
@@ -49,10 +59,33 @@ def optimize_in_child(lancedb_dir: str, table: str) -> dict:
     return dict(json.loads(r.stdout.strip().splitlines()[-1]), child=True)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Never outlive the engine: a child left behind would write to the table without its lock."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still holds
+
+    def watchdog() -> None:
+        while True:
+            if os.getppid() != parent:  # reparented: the engine is gone (also before prctl took hold)
+                os._exit(1)
+            time.sleep(PARENT_CHECK_S)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watchdog, name="kbingest-compaction-watchdog", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    lancedb_dir, name, parent = argv
+    _die_with_parent(int(parent))
     import lancedb
 
-    lancedb_dir, name = argv
+    time.sleep(float(os.environ.get(DELAY_ENV) or 0))
     report = optimize_here(lancedb.connect(lancedb_dir).open_table(name))
     report.update(peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     report.pop("child")  # the parent says where it ran

@@ -65,6 +65,8 @@ def with_retries(phase: JobPhase, fn, *, retries: int, control: RunControl, on_r
     import logging
     import time
 
+    from kbingest.pipeline.failures import describe, reason
+
     log = logging.getLogger("kbingest.engine")
     delay = 0.2
     last: Optional[BaseException] = None
@@ -77,7 +79,7 @@ def with_retries(phase: JobPhase, fn, *, retries: int, control: RunControl, on_r
             raise
         except Exception as e:
             last = e
-            log.warning("%s attempt %d failed: %s", phase.value, attempt + 1, e)
+            log.warning("%s", describe(e, doing=f"{phase.value} attempt {attempt + 1}"))
             if on_retry is not None:
                 on_retry()
             if attempt < retries:
@@ -85,4 +87,4 @@ def with_retries(phase: JobPhase, fn, *, retries: int, control: RunControl, on_r
                 delay = min(delay * 2, 5.0)
     if quiet:
         return None
-    raise PhaseFailed(phase, f"{phase.value} failed after {retries + 1} attempts: {type(last).__name__}: {last}")
+    raise PhaseFailed(phase, f"{phase.value} failed after {retries + 1} attempts: {reason(last)}")

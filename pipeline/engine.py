@@ -21,6 +21,8 @@ from kbingest.pipeline.chunking import Chunker
 from kbingest.pipeline.control import PhaseFailed, RunControl
 from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
+from kbingest.pipeline.failures import reason
+from kbingest.pipeline.liveness import KEEPALIVE_S
 from kbingest.pipeline.index import IndexError_, KnowledgeBase
 from kbingest.pipeline.jobs import INTERRUPTED
 from kbingest.pipeline.locking import EngineLock, HomeLocked
@@ -163,7 +165,8 @@ class IngestJob:
             stored.update(status=r.status.status, control=r.control)
             if r.status.status == JobStatus.CANCELLED:
                 return r
-            return r.model_copy(update={"status": snap, "control": None, "owner_pid": os.getpid()})
+            return r.model_copy(update={"status": snap, "control": None, "owner_pid": os.getpid(),
+                                        "heartbeat_at": iso(utcnow())})
 
         self.store.update(self.job_id, claim)
         if stored.get("status") == JobStatus.CANCELLED:
@@ -180,8 +183,8 @@ class IngestJob:
                 self._run_pass()
         except BaseException as e:  # the one error handler: anything unexpected fails the job cleanly
             if not isinstance(e, PhaseFailed):
-                log.exception("job %s failed", self.job_id)
-                e = PhaseFailed(self._current_phase(), f"{type(e).__name__}: {e}")
+                e = PhaseFailed(self._current_phase(), reason(e))
+                log.error("%s", e, exc_info=True)
             self._failure = e
             self.control.halt()
         self._monitor_stop.set()
@@ -227,7 +230,7 @@ class IngestJob:
             snap = self.snapshot()
 
             def apply(r: JobRecord) -> JobRecord:
-                upd: dict[str, Any] = {"status": snap}
+                upd: dict[str, Any] = {"status": snap, "heartbeat_at": iso(utcnow())}
                 if final:
                     upd.update(control=None, owner_pid=None)
                 return r.model_copy(update=upd)
@@ -245,7 +248,8 @@ class IngestJob:
                 elif control == "cancel" and not self.control.cancelling:
                     self.cancel()
                 now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_S and self.tracker.version != last_version:
+                if now - last_beat >= HEARTBEAT_S and (self.tracker.version != last_version
+                                                       or now - last_beat >= KEEPALIVE_S):  # alive, with nothing new
                     last_beat, last_version = now, self.tracker.version
                     self._checkpoint()
             except Exception:  # the store being briefly unreadable must not kill the job

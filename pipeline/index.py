@@ -6,9 +6,10 @@ is replaced in one commit, never "delete then add". Predicates are built only fr
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar
 
 os.environ.setdefault("LANCEDB_LOG", "error")  # its Rust warnings would garble a full-screen app
 
@@ -22,6 +23,51 @@ from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 
 class IndexError_(EngineFailure):
     pass
+
+
+class KBDamaged(IndexError_):
+    """The files of a knowledge base's table are missing or cut short: `kbingest repair` brings it back."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"knowledge base {name!r} is damaged ({why}): "
+                         f"run `kbingest repair --kb {name}` to bring it back")
+        self.name = name
+        self.why = why
+
+
+def damage_of(exc: BaseException) -> Optional[str]:
+    """What is damaged, when LanceDB failed because the table's files are missing or truncated;
+    None for any other failure (a full disk, a bad query, a bug)."""
+    from kbingest.pipeline.failures import failure_kind, library_text
+
+    if isinstance(exc, KBDamaged) or (isinstance(exc, OSError) and exc.errno is not None):
+        return None
+    text = library_text(exc).lower()
+    kind = failure_kind(text)
+    if kind == "missing" and "table" in text and "was not found" in text:
+        return "its version history (_versions) is missing"
+    if kind == "truncated":
+        return "a file of its table is truncated or corrupt"
+    if kind == "missing" and (".lance" in text or "no such file" in text):
+        return "a file of its table is missing"
+    return None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _damage_checked(fn: _F) -> _F:
+    """LanceDB's errors about missing or truncated files become KBDamaged, naming the knowledge base."""
+    @functools.wraps(fn)
+    def checked(self: "KnowledgeBase", *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(self, *a, **kw)
+        except (RuntimeError, OSError, ValueError) as e:
+            why = damage_of(e)
+            if why is None:
+                raise
+            raise KBDamaged(self.name, why) from e
+    return checked  # type: ignore[return-value]
 
 
 def schema(dim: int) -> pa.Schema:
@@ -73,10 +119,12 @@ def list_kbs(home: Home) -> list[str]:
 
 
 class KnowledgeBase:
+    @_damage_checked
     def __init__(self, home: Home, name: str) -> None:
         self.name = validate_name(name, "knowledge base name")
         self._db = connect(home)
         self._db_dir = str(home.lancedb_dir)
+        self._optimize_marker = home.optimize_marker(self.name)
         self._table = None
         self.commits = 0
         if self.name in list_kbs(home):
@@ -99,9 +147,11 @@ class KnowledgeBase:
             raise IndexError_(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
                               f"makes {dim}: use another --kb for another model")
 
+    @_damage_checked
     def count(self) -> int:
         return self._table.count_rows() if self._table is not None else 0
 
+    @_damage_checked
     def stored_docs(self) -> dict[str, StoredDoc]:
         """doc_id -> the version, source and chunk count the table holds (one scan of 3 columns)."""
         if self._table is None:
@@ -116,6 +166,7 @@ class KnowledgeBase:
                 e[2] += 1
         return {d: StoredDoc(v, s, n) for d, (v, s, n) in out.items()}
 
+    @_damage_checked
     def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str],
               replacing: Optional[Iterable[str]] = None) -> None:
         """Write these documents whole, in one commit: upsert their rows by id and delete their other
@@ -136,6 +187,7 @@ class KnowledgeBase:
             merge.execute(data)
         self.commits += 1
 
+    @_damage_checked
     def vectors_by_text(self, doc_id: str, model: str) -> dict[str, Any]:
         """The vectors this document's stored chunks have, by chunk text, where the same model made
         them: an edit re-embeds only the chunks whose text changed."""
@@ -146,35 +198,49 @@ class KnowledgeBase:
         return {txt: vec for txt, vec, m in zip(t["text"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist())
                 if m == model}
 
+    @_damage_checked
     def models(self) -> list[str]:
         """The models whose vectors the table holds (one, unless someone mixed them)."""
         if self._table is None:
             return []
         return sorted({m for m in self._scan(["model"]).column("model").to_pylist() if m})
 
+    @property
+    def optimize_pending(self) -> bool:
+        """An optimize of this table started and never finished (killed, or failed): redo it."""
+        return self._optimize_marker.exists()
+
     def optimize(self) -> dict:
         """Compact the table and prune old versions; a large table in a child process, whose memory
         goes back to the system when it exits (pipeline/compaction.py). Returns a report: where,
-        the child's peak RSS, seconds."""
+        the child's peak RSS, seconds. A marker file is kept while it runs: one that a kill or a
+        failure interrupts is pending, and the next run redoes it."""
         from kbingest.pipeline import compaction
 
+        self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         if self.count() < compaction.CHILD_ROWS:
-            return compaction.optimize_here(self._table)
-        report = compaction.optimize_in_child(self._db_dir, self.name)
-        self._table = self._db.open_table(self.name)  # the version the child made
+            report = compaction.optimize_here(self._table)
+        else:
+            report = compaction.optimize_in_child(self._db_dir, self.name)
+            self._table = self._db.open_table(self.name)  # the version the child made
+        self._optimize_marker.unlink(missing_ok=True)
         return report
 
+    @_damage_checked
     def fragments(self) -> int:
         return self._table.stats()["fragment_stats"]["num_fragments"] if self._table is not None else 0
 
     def _scan(self, columns: list[str]) -> pa.Table:
         return self._table.search(None).select(columns).limit(None).to_arrow()
 
+    @_damage_checked
     def ids(self) -> list[str]:
         if self._table is None:
             return []
         return self._scan(["id"]).column("id").to_pylist()
 
+    @_damage_checked
     def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         if self._table is None:
             return []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from kbingest.pipeline.liveness import with_liveness
 from kbingest.pipeline.locking import holder_pid, is_locked
 from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
@@ -31,6 +32,8 @@ def effective_status(rec: JobRecord, home: Home) -> JobStatusResponse:
         t = PhaseTracker.from_snapshot(rec.status)
         t.set_status(JobStatus.PAUSED, INTERRUPTED)
         return t.snapshot()
+    if rec.status.status == JobStatus.RUNNING:  # its engine holds the home: is it still responding?
+        return with_liveness(rec, rec.status)
     return rec.status
 
 

@@ -231,5 +231,6 @@ class JobRecord(BaseModel):
     status: JobStatusResponse
     control: Optional[Literal["pause", "cancel"]] = None
     owner_pid: Optional[int] = None
+    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/liveness.py)
     created_at: str
     updated_at: str

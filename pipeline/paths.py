@@ -56,6 +56,19 @@ class Home:
     def lancedb_dir(self) -> Path:
         return self.root / "lancedb"
 
+    def table_dir(self, kb: str) -> Path:
+        """Where LanceDB keeps knowledge base KB's table."""
+        return self.lancedb_dir / f"{kb}.lance"
+
+    @property
+    def damaged_dir(self) -> Path:
+        """Where `kbingest repair` moves what it takes out of a damaged table (kept for inspection)."""
+        return self.root / "damaged"
+
+    def optimize_marker(self, kb: str) -> Path:
+        """Present while an optimize of KB has started and not finished: the next run redoes it."""
+        return self.root / "pending" / f"{kb}.optimize"
+
     def ensure(self) -> "Home":
         """Create the home readable by its owner only (0700), and tighten it if it exists."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

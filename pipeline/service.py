@@ -16,10 +16,11 @@ from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbi
 from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.failures import debug, describe
 from kbingest.pipeline.textsafe import printable
 
 __all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy",
-           "Forbidden", "ControlTimeout", "EngineFailure", "printable", "CONTROL_POLL_S"]
+           "Forbidden", "ControlTimeout", "EngineFailure", "printable", "describe", "debug", "CONTROL_POLL_S"]
 
 CONTROL_POLL_S = 0.2  # how often a pause/cancel from outside the engine looks whether it took effect
 
@@ -257,6 +258,15 @@ class Service:
         self.store.update(job_id, lambda r: r.model_copy(update={"control": None}) if r.control == what else r)
         raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s; the request was withdrawn "
                              f"(the job goes on): try again with a longer --timeout")
+
+    # ---- repairing --------------------------------------------------------------------------
+    def repair(self, kb: str) -> str:
+        """Check a knowledge base; bring a damaged one back. Says what it did."""
+        from kbingest.pipeline.repair import repair
+
+        _validated(kb, "knowledge base name")
+        jobs = [r for r in self.store.all() if r.config.kb == kb]
+        return repair(self.home, kb, sources=jobs[0].config.sources if jobs else None).message
 
     # ---- searching --------------------------------------------------------------------------
     def search(self, kb: str, query: str, k: int = 5):

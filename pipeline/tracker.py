@@ -80,6 +80,7 @@ class PhaseTracker:
         self._started_at: Optional[datetime] = None
         self._completed_at: Optional[datetime] = None
         self._progress_floor = 0.0
+        self._failed_phase: Optional[JobPhase] = None  # the phase a failed job failed in: its job-level phase
         self._version = 0  # bumped on every change: readers can tell cheaply whether anything moved
 
     # ---- restoring --------------------------------------------------------------------------
@@ -93,6 +94,8 @@ class PhaseTracker:
         t._started_at = snap.started_at
         t._completed_at = snap.completed_at
         t._progress_floor = snap.progress
+        if snap.status == JobStatus.FAILED and snap.phase != JobPhase.COMPLETED:
+            t._failed_phase = snap.phase
         for d in snap.phase_details:
             st = t._phases[JobPhase(d.name)]
             st.status = d.status
@@ -115,6 +118,7 @@ class PhaseTracker:
                     self._started_at = now
                 self._completed_at = None
                 self._error = None
+                self._failed_phase = None
             elif status.is_terminal:
                 self._completed_at = now
             if message is not None:
@@ -233,6 +237,7 @@ class PhaseTracker:
             if not st.status.is_terminal:
                 self._phase_to(st, JobStatus.FAILED)
             st.error = error
+            self._failed_phase = phase
             self._version += 1
 
     def set_phase_error(self, phase: JobPhase, error: Optional[str]) -> None:
@@ -304,6 +309,8 @@ class PhaseTracker:
                     eta_seconds=round(eta, 1) if eta is not None else None,
                     duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
                 ))
+            if self._status == JobStatus.FAILED and self._failed_phase is not None:
+                current = self._failed_phase  # not the earliest phase it stopped, but the one that failed
             progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
             self._progress_floor = max(self._progress_floor, progress)
             return JobStatusResponse(

@@ -19,7 +19,7 @@ from kbingest.pipeline.engine import IngestJob
 from kbingest.pipeline.jobs import open_store
 from kbingest.pipeline.index import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
-from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.status import JobPhase, JobStatus
 
 
 class FlakyEmbedder(FakeEmbedder):
@@ -182,6 +182,8 @@ def test_persistent_indexing_failure_fails_the_indexing_phase(home, store, pages
     assert snap.status == JobStatus.FAILED
     idx = phase(snap, "indexing")
     assert idx.status == JobStatus.FAILED
+    assert snap.phase == JobPhase.INDEXING  # issue 18 item 19: the failed phase, not "loading"
+    assert store.get(job.job_id).status.phase == JobPhase.INDEXING
     assert "No space left on device" in idx.error and "3 attempts" in idx.error
     assert snap.metrics["indexing_retries"] == 3
     assert calls["n"] == 1 + 3

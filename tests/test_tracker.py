@@ -162,3 +162,34 @@ def test_progress_and_eta_scale_totals_that_still_grow():
     emb = detail(s, "embedding")
     expected_total = 1926 / ((88 / 200) * (71 / 88))
     assert emb.eta_seconds == pytest.approx((expected_total - 1472) / emb.rate, rel=0.01)
+
+
+def test_failed_job_shows_the_phase_it_failed_in_not_the_earliest_stopped_one():
+    """Issue 18 item 19: loading was stopped (paused) by the failure in indexing; the job's phase
+    is indexing, also once restored from the stored snapshot, and a resume clears it."""
+    t, _ = tracker()
+    t.set_status(JobStatus.RUNNING)
+    t.start_phase(JobPhase.LOADING)
+    t.add_total(JobPhase.LOADING, 10)
+    t.advance(JobPhase.LOADING, 3)
+    t.start_phase(JobPhase.INDEXING)
+    t.fail_phase(JobPhase.INDEXING, "disk full")
+    t.set_status(JobStatus.FAILED, "failed in indexing", error="disk full")
+    s = t.snapshot()
+    assert detail(s, "loading").status == JobStatus.PAUSED
+    assert s.phase == JobPhase.INDEXING
+    restored = PhaseTracker.from_snapshot(s)
+    assert restored.snapshot().phase == JobPhase.INDEXING
+    restored.set_status(JobStatus.RUNNING)
+    restored.reset_phases(keep_progress=True)
+    assert restored.snapshot().phase == JobPhase.LOADING
+
+
+def test_failure_after_every_phase_completed_shows_that_phase():
+    t, _ = tracker()
+    t.set_status(JobStatus.RUNNING)
+    for p in (JobPhase.LOADING, JobPhase.CHUNKING, JobPhase.EMBEDDING, JobPhase.INDEXING):
+        t.complete_phase(p)
+    t.fail_phase(JobPhase.INDEXING, "optimize broke")
+    t.set_status(JobStatus.FAILED, "failed", error="optimize broke")
+    assert t.snapshot().phase == JobPhase.INDEXING

@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 
 from kbingest.pipeline.control import PhaseFailed, Stopped
 from kbingest.pipeline.executors.base import Executor
+from kbingest.pipeline.failures import describe, noted_document
+from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.status import JobPhase
 
@@ -41,12 +43,17 @@ class ThreadExecutor(Executor):
             ("embedder", lambda: self._embed(stages, q["chunked"], q["embedded"])),
             ("indexer", lambda: self._index(stages, q["embedded"])),
         ]
-        threads = [threading.Thread(target=self._worker, args=(name, fn), name=f"kbingest-{name}", daemon=True)
-                   for name, fn in workers]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        threads = []
+        try:
+            for name, fn in workers:
+                th = threading.Thread(target=self._worker, args=(name, fn), name=f"kbingest-{name}", daemon=True)
+                th.start()  # then listed: one that could not start (no memory for its stack) is never joined
+                threads.append(th)
+        finally:
+            if len(threads) < len(workers):
+                self.control.halt()
+            for th in threads:
+                th.join()
         if self._failure is not None:
             raise self._failure
 
@@ -64,9 +71,12 @@ class ThreadExecutor(Executor):
                 self._failure = e
             self.control.halt()
         except BaseException as e:
-            log.exception("worker %s", name)
+            phase = _PHASE_OF_WORKER[name]
+            doc = noted_document()
+            msg = describe(e, doing=f"{phase.value} {fs_text(doc)}" if doc else f"the {name} ({phase.value})")
+            log.error("%s", msg, exc_info=True)
             if self._failure is None:
-                self._failure = PhaseFailed(_PHASE_OF_WORKER[name], f"{type(e).__name__}: {e}")
+                self._failure = PhaseFailed(phase, msg)
             self.control.halt()
 
     def _load(self, stages: PassStages, out: queue.Queue) -> None:

@@ -9,6 +9,7 @@ from typing import Optional
 
 from kbingest.pipeline import ids
 from kbingest.pipeline.chunking import Chunker
+from kbingest.pipeline.failures import note_document, reason
 from kbingest.pipeline.index import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
@@ -35,11 +36,12 @@ class ChunkStage:
         r, doc = self.r, d.loaded
         r.phase_started(PHASE)
         r.add_total(PHASE)
+        note_document(doc.path)
         try:
             chunked = self.chunker.chunk(doc.text, markdown=doc.markdown)
         except Exception as e:
             r.progress(PHASE)
-            r.doc_error(doc.path, PHASE, "chunking_failed", f"{type(e).__name__}: {e}")
+            r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
             return None
         d.title = chunked.title or doc.title or ""
         d.rows = [{

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from kbingest.pipeline.control import PhaseFailed, RunControl, Stopped, with_retries
 from kbingest.pipeline.embedding import Embedder
+from kbingest.pipeline.failures import note_document, reason
+from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
@@ -132,6 +134,7 @@ class EmbedStage:
         """Embed one batch; True when a document of it was dropped (it breaks the model)."""
         embedder = self._embedder()
         texts = [d.rows[i]["text"] for d, i in batch]
+        note_document(batch[0][0].path)
         vecs = with_retries(PHASE, lambda: embedder.embed(texts), retries=self.retries, control=self.control,
                             on_retry=lambda: self.r.count("embedding_retries"), quiet=True)
         if vecs is None:  # persistent failure: find the documents that cause it
@@ -154,7 +157,7 @@ class EmbedStage:
             try:
                 vecs = embedder.embed([d.rows[i]["text"] for _, i in rows])
             except Exception as e:
-                failed.append((d, f"{type(e).__name__}: {e}"))
+                failed.append((d, reason(e)))
                 continue
             reused = sum(self._deliver(d, i, v) for (_, i), v in zip(rows, vecs))
             self.r.progress(PHASE, len(rows) + reused)
@@ -162,7 +165,8 @@ class EmbedStage:
             if reused:
                 self.r.count("chunks_reused", reused)
         if failed and len(failed) == len(docs) and not _model_works(embedder):
-            raise PhaseFailed(PHASE, f"embedding failed after {self.retries + 1} attempts: {failed[0][1]}")
+            raise PhaseFailed(PHASE, f"embedding failed after {self.retries + 1} attempts, "
+                                     f"on {fs_text(failed[0][0].path)} first: {failed[0][1]}")
         for d, msg in failed:  # the model works, these documents break it: record them and go on
             self.r.doc_error(d.path, PHASE, "embedding_failed", msg, attempts=self.retries + 2)
             d.dropped = True

@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 from kbingest.pipeline.control import RunControl, with_retries
+from kbingest.pipeline.failures import describe, note_document
 from kbingest.pipeline.index import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
@@ -53,7 +54,7 @@ class IndexStage:
     def finish(self) -> None:
         """Every document is committed: the phase is done; compact the table if it was written."""
         self.r.phase_done(PHASE)
-        if self.kb.commits:
+        if self.kb.commits or self.kb.optimize_pending:  # pending: an optimize a kill or failure left unfinished
             self.r.message("optimizing the table")
             self.optimize()
 
@@ -62,6 +63,7 @@ class IndexStage:
         rows = [dict(row, vector=row["vector"].tolist() if hasattr(row["vector"], "tolist") else row["vector"])
                 for d in docs for row in d.rows]
         r.phase_started(PHASE)
+        note_document(docs[0].path)
         if rows:
             kb.ensure(len(rows[0]["vector"]))
         with_retries(PHASE, lambda: kb.write(rows, [d.doc_id for d in docs],
@@ -89,7 +91,7 @@ class IndexStage:
                 self.optimize_peak_mib = max(self.optimize_peak_mib, float(report.get("peak_rss_mib") or 0))
                 self.r.set("optimize_peak_rss_mib", self.optimize_peak_mib)
         except Exception as e:
-            log.warning("optimizing knowledge base %s failed (the data is committed): %s", self.kb.name, e)
+            log.warning("%s (the data is committed)", describe(e, doing=f"optimizing knowledge base {self.kb.name}"))
             self.r.count("optimize_errors")
 
 

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Optional
 
 from kbingest.pipeline import ids, loading
 from kbingest.pipeline.control import RunControl
+from kbingest.pipeline.failures import note_document, reason
 from kbingest.pipeline.index import StoredDoc
 from kbingest.pipeline.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
 from kbingest.pipeline.models import JobConfig
@@ -124,6 +125,7 @@ class LoadStage:
 
     def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
         """The document, or None with its error recorded; and whether it is gone from disk."""
+        note_document(cand.path)
         try:
             return loading.read_document(cand, self.limits), False
         except LoadError as e:
@@ -132,6 +134,8 @@ class LoadStage:
                 return None, True
         except OSError as e:
             self.r.doc_error(cand.path, PHASE, "os_error", f"{e.strerror or e}")
+        except MemoryError as e:  # one document too large for this process: recorded, the job goes on
+            self.r.doc_error(cand.path, PHASE, "out_of_memory", reason(e))
         return None, False
 
     def _count_skipped(self, chunks: int) -> None:

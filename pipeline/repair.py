@@ -1,0 +1,170 @@
+"""`kbingest repair --kb NAME`: bring a damaged knowledge base back to a state that can be read.
+
+LanceDB keeps every version of a table (a manifest per version in `_versions/`, data files in
+`data/`); a commit writes new files and then a new manifest, so an older version stays whole when
+the files of a newer one are lost. Repair, holding the engine lock (no job writes meanwhile):
+
+1. opens the table; a newest manifest that does not parse is moved aside until one opens;
+2. reads the current version whole (every row, every column, streamed): readable -> nothing to do;
+3. else checks out older versions, newest first, and restores the first that reads whole (a new
+   version with its content: nothing is rewritten, later versions stay on disk);
+4. else, or when no manifest opens at all, moves the table aside and re-creates it empty (with
+   its schema, where a manifest still says it), so that the next ingest rebuilds it.
+
+What is taken out is moved to HOME/damaged/, never deleted. Documents indexed after the version
+kept are found missing by the next ingest of the same sources and indexed again (skip-by-hash).
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from kbingest.pipeline.errors import EngineFailure, NotFound
+from kbingest.pipeline.failures import reason
+from kbingest.pipeline.index import connect, damage_of
+from kbingest.pipeline.locking import EngineLock
+from kbingest.pipeline.paths import Home, validate_name
+
+Action = Literal["healthy", "restored", "recreated"]
+MAX_MANIFESTS_SET_ASIDE = 16   # a table whose 16 newest manifests do not parse is re-created
+READ_BATCH_ROWS = 4096         # rows per batch while reading a version whole (memory stays flat)
+
+
+class UnknownKB(NotFound):
+    pass
+
+
+class NotDamaged(EngineFailure):
+    """The table cannot be read for another reason than lost or truncated files (permissions, a full
+    disk, memory): repair changes nothing, and says why."""
+
+
+@dataclass
+class RepairOutcome:
+    kb: str
+    action: Action
+    message: str
+    version: Optional[int] = None      # the version the table is at now
+    rows: int = 0
+    set_aside: list[str] = field(default_factory=list)  # what was moved to HOME/damaged
+
+
+def _readable(table, kb: str) -> Optional[str]:
+    """None when the checked-out version reads whole; else how its files are damaged (NotDamaged
+    when it fails for another reason)."""
+    try:
+        n = table.count_rows()
+        seen = 0
+        for batch in table.search(None).limit(None).to_batches(READ_BATCH_ROWS):
+            seen += batch.num_rows
+        if seen != n:
+            return f"{seen} of its {n} rows could be read"
+        return None
+    except Exception as e:
+        return _damage_or_refuse(e, kb)
+
+
+def _damage_or_refuse(e: Exception, kb: str) -> str:
+    why = damage_of(e)
+    if why is None:
+        raise NotDamaged(f"knowledge base {kb!r} cannot be read, but not because its files are lost or cut short: {reason(e)}; "
+                         "repair changes nothing") from e
+    return why
+
+
+def _manifests(table_dir: Path) -> list[Path]:
+    """Manifests, newest first (LanceDB names them so that newer sort first, or by number)."""
+    found = list((table_dir / "_versions").glob("*.manifest"))
+
+    def version_of(p: Path) -> int:
+        try:
+            n = int(p.stem)
+        except ValueError:
+            return -1
+        return (2 ** 64 - 1) - n if n > 2 ** 63 else n  # the V2 scheme counts down from u64::MAX
+    return sorted(found, key=version_of, reverse=True)
+
+
+class _Aside:
+    """Moves damaged parts to HOME/damaged/NAME-TIMESTAMP/, keeping their relative paths."""
+
+    def __init__(self, home: Home, kb: str) -> None:
+        self.dest = home.damaged_dir / f"{kb}-{time.strftime('%Y%m%dT%H%M%S')}"
+        self.moved: list[str] = []
+
+    def move(self, path: Path, rel: str) -> Path:
+        target = self.dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.move(str(path), str(target))
+        self.moved.append(str(target))
+        return target
+
+
+def _open(db, kb: str, table_dir: Path, aside: _Aside):
+    """The table, setting aside newest manifests that do not open; None when none opens."""
+    for _ in range(MAX_MANIFESTS_SET_ASIDE + 1):
+        try:
+            return db.open_table(kb), None
+        except Exception as e:
+            why = _damage_or_refuse(e, kb)
+            found = _manifests(table_dir)
+            if len(found) < 2:  # the last one (or none) left: nothing older to fall back to
+                return None, why
+            aside.move(found[0], f"_versions/{found[0].name}")
+    return None, f"its {MAX_MANIFESTS_SET_ASIDE} newest manifests do not open"
+
+
+def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOutcome:
+    """Check knowledge base KB and repair it if it is damaged; say what was done. `sources`, when
+    known (the newest job's), make the message name the command that re-indexes what was lost."""
+    validate_name(kb, "knowledge base name")
+    table_dir = home.table_dir(kb)
+    if not table_dir.is_dir():
+        raise UnknownKB(f"no knowledge base {kb!r} in {home.root}")
+    again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}`" if sources
+             else f"`kbingest ingest SOURCE... --kb {kb}`")
+    with EngineLock(home.engine_lock_file):  # no job writes to it meanwhile
+        db = connect(home)
+        aside = _Aside(home, kb)
+        table, why = _open(db, kb, table_dir, aside)
+        schema = None
+        if table is not None:
+            schema = table.schema
+            latest = table.version
+            why = _readable(table, kb)
+            if why is None:
+                n = table.count_rows()
+                if not aside.moved:
+                    return RepairOutcome(kb, "healthy", f"knowledge base {kb!r} is healthy: version {latest}, "
+                                                        f"{n} chunks, every row readable; nothing to do", latest, n)
+                return RepairOutcome(kb, "restored", (
+                    f"knowledge base {kb!r}: {len(aside.moved)} newest manifest(s) could not be read and were "
+                    f"moved to {aside.dest}; it is at version {latest} now ({n} chunks). Documents indexed after "
+                    f"it are missing: {again} indexes them again"), latest, n, aside.moved)
+            for v in sorted((int(x["version"]) for x in table.list_versions()), reverse=True):
+                if v >= latest:
+                    continue
+                table.checkout(v)
+                try:
+                    unreadable = _readable(table, kb)
+                except NotDamaged:  # an older version failing otherwise is not one to restore either
+                    continue
+                if unreadable is None:
+                    n = table.count_rows()
+                    table.restore()
+                    return RepairOutcome(kb, "restored", (
+                        f"knowledge base {kb!r}: version {latest} could not be read ({why}); restored version {v} "
+                        f"({n} chunks) as version {table.version}. Documents indexed after version {v} are "
+                        f"missing: {again} indexes them again"), table.version, n, aside.moved)
+        # nothing readable is left: start the table anew, keep the damaged one for inspection
+        moved = aside.move(table_dir, f"{kb}.lance")
+        if schema is not None:
+            db.create_table(kb, schema=schema)
+        made = "re-created it empty" if schema is not None else "removed it (the next ingest creates it)"
+        return RepairOutcome(kb, "recreated", (
+            f"knowledge base {kb!r}: no version of it could be read ({why}); moved its table to {moved} and "
+            f"{made}; {again} indexes its documents again"), None, 0, aside.moved)
