@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 from kbingest.app.exit_codes import ExitCode
 from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse
-from kbingest.pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
+from kbingest.pipeline.paths import ENV_HOME, Home, InvalidName, HomeError, validate_name
+from kbingest.pipeline.store import StoreBusy, StoreWriteError
 from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.textsafe import printable
 from kbingest.pipeline.jobs import effective_status
@@ -116,6 +117,7 @@ def _store(home: Home):
     from kbingest.pipeline.jobs import open_store
 
     store = open_store(home)
+    store.notify_stale(_say)  # issue 18 item 6: answered from the file while another process holds the lock
     if store.recovered_from is not None:
         _say(f"the job store did not parse; it was moved aside to {store.recovered_from} "
              "and rebuilt from the knowledge bases")
@@ -377,9 +379,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "cancel": lambda a: cmd_control(a, "cancel"),
         }[args.command]
         return handler(args)
-    except (UsageError, InvalidName, LookupError) as e:
+    except (UsageError, InvalidName, LookupError, HomeError, StoreBusy) as e:
         _say(str(e))
         return int(ExitCode.USAGE)
+    except StoreWriteError as e:
+        _say(str(e))
+        return int(ExitCode.FAILED)
     except KeyboardInterrupt:
         return int(ExitCode.PAUSED)
     except Exception as e:
