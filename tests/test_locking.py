@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import threading
 import time
 
@@ -73,7 +74,7 @@ def test_a_lock_wait_is_bounded_and_names_the_holder(lock_path):
     from kbingest.pipeline.locking import describe, flock_within, lock_holder
 
     EngineLock(lock_path).acquire().release()
-    p = subprocess.Popen(["flock", str(lock_path), "sleep", "30"])
+    p = subprocess.Popen(["flock", "-o", str(lock_path), "sleep", "30"], start_new_session=True)
     fd = os.open(lock_path, os.O_RDONLY)
     try:
         deadline = time.monotonic() + 10
@@ -84,11 +85,11 @@ def test_a_lock_wait_is_bounded_and_names_the_holder(lock_path):
         assert not flock_within(fd, fcntl.LOCK_EX, 0.3)
         assert 0.3 <= time.monotonic() - t0 < 2
         assert describe(lock_holder(fd)) == f"process {p.pid} (flock)"
-        p.kill()
+        os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         assert flock_within(fd, fcntl.LOCK_EX, 2.0)
     finally:
         os.close(fd)
         if p.poll() is None:
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()

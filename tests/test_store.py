@@ -1,6 +1,7 @@
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -202,18 +203,19 @@ def held_lock(home):
 
     store = open_store(home)
     _job(home, store, job_id="j")
-    p = subprocess.Popen(["flock", str(home.store_lock_file), "sleep", "60"])
+    p = subprocess.Popen(["flock", "-o", str(home.store_lock_file), "sleep", "60"], start_new_session=True)
     fd = os.open(home.store_lock_file, os.O_RDONLY)
     try:
         deadline = time.monotonic() + 10
         while lock_holder(fd) != p.pid:
             assert time.monotonic() < deadline, "flock did not take the lock"
             time.sleep(0.02)
-    finally:
         os.close(fd)
-    yield p
-    p.kill()
-    p.wait()
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def test_readers_answer_from_the_last_store_file_and_say_it_may_be_stale(home, held_lock):
@@ -242,7 +244,7 @@ def test_a_writer_waits_a_bounded_time_then_fails_naming_the_holder(home, held_l
     assert time.monotonic() - t0 < 3
     msg = str(e.value)
     assert f"process {held_lock.pid} (flock)" in msg and "\n" not in msg and "nothing was changed" in msg
-    held_lock.kill()
+    os.killpg(held_lock.pid, signal.SIGKILL)  # flock -o: the lock goes with it
     held_lock.wait()
     assert open_store(home).control_of("j") is None  # nothing was written
 
