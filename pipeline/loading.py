@@ -225,7 +225,7 @@ def _replaced(e: OSError, follow: bool) -> bool:
 
 def _swapped() -> tuple[str, str]:
     return ("path_changed", "it was replaced by a symlink or a file while the source was walked: "
-                                    "not followed; ingest again once it settles")
+                            "not followed; ingest again once it settles")
 
 
 def walk(sources: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
@@ -282,13 +282,14 @@ class _Walker:
             if self.stopped:
                 return
 
-    def _source_dir(self, root: str, body) -> Iterator[Candidate | Problem | Skipped]:
+    def _source_dir(self, root: str, body, report: bool = True) -> Iterator[Candidate | Problem | Skipped]:
         """Open the source folder (the user named it: a symlink there is followed) and walk below it."""
         try:
             real = os.path.realpath(root)
             fd = os.open(root, _DIR_FLAGS)
         except (OSError, ValueError) as e:
-            yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
+            if report:
+                yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
             return
         try:
             yield from body(_Root(root, real, fd))
@@ -303,7 +304,7 @@ class _Walker:
             return
         wanted = [p for p in wanted if within(p, root)]
         if wanted:
-            yield from self._source_dir(root, lambda r: self._within(r, wanted))
+            yield from self._source_dir(root, lambda r: self._within(r, wanted), report=False)  # gone: not ours
 
     def _within(self, r: _Root, wanted: list[str]) -> Iterator[Candidate | Problem | Skipped]:
         follow = self.limits.follow_links

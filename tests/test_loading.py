@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from conftest import listed_folder  # noqa: E402
 from kbingest.pipeline import loading  # noqa: E402
 from kbingest.pipeline.loading import (  # noqa: E402
     Candidate,
@@ -274,9 +275,8 @@ def test_permission_denied_folder(tmp_path, monkeypatch):
     locked = str(tmp_path / "locked")
     real_scandir = os.scandir
 
-    def scandir(path="."):  # folders are listed through a descriptor opened beneath the root
-        listed = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
-        if listed == locked:
+    def scandir(path="."):
+        if listed_folder(path) == locked:
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
 
