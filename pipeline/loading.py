@@ -575,8 +575,9 @@ def _open_link_target(c: Candidate, dfd: int, name: str, limits: LoadLimits) -> 
         os.close(tfd)
 
 
-def _open_regular(dfd: int, name: str) -> int:
-    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+def _open_regular(dfd: int, name: str, st: Optional[os.stat_result] = None) -> int:
+    """Open a regular file of this folder, never through a link; `st` is its lstat if already taken."""
+    st = st or os.stat(name, dir_fd=dfd, follow_symlinks=False)
     if stat.S_ISLNK(st.st_mode):  # the resolved target became a link: a swap in progress
         raise OSError(errno.ELOOP, "symlink")
     if not stat.S_ISREG(st.st_mode):  # never open a FIFO, socket or device
@@ -587,9 +588,10 @@ def _open_regular(dfd: int, name: str) -> int:
 def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits
                ) -> tuple[bytes, os.stat_result, os.stat_result]:
     def open_it() -> int:
-        if stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
             return _open_link_target(c, dfd, name, limits)
-        return _open_regular(dfd, name)
+        return _open_regular(dfd, name, st)
 
     fd = _opening(open_it, limits)
     try:
