@@ -36,7 +36,7 @@ from kbingest.pipeline.stages.embed import EmbedStage
 from kbingest.pipeline.stages.index import IndexStage
 from kbingest.pipeline.stages.load import LoadStage
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.store import JobStore, StoreBusy, StoreWriteError
 from kbingest.pipeline.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
@@ -252,6 +252,8 @@ class IngestJob:
                                                        or now - last_beat >= KEEPALIVE_S):  # alive, with nothing new
                     last_beat, last_version = now, self.tracker.version
                     self._checkpoint()
+            except (StoreBusy, StoreWriteError) as e:  # a heartbeat missed: said, the job goes on
+                log.warning("job %s: %s", self.job_id, e)
             except Exception:  # the store being briefly unreadable must not kill the job
                 log.exception("monitor")
 

@@ -193,6 +193,42 @@ def validate_sources(sources: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------- walk
+#
+# The walk and the read never trust a path string twice. Each folder is opened relative to the
+# folder above it, one component at a time from the source root's descriptor, with O_NOFOLLOW and
+# O_DIRECTORY at every step (unless --follow-links): a folder swapped for a symlink between the
+# listing and the open is refused by the kernel, so no swap can lead the walk, or the read, out of
+# the root. Descriptors are held only while a folder is listed (the root's for the whole walk of
+# its source), so the walk needs O(1) of them whatever the depth.
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_beneath(base_fd: int, parts: tuple[str, ...] | list[str], follow: bool) -> int:
+    """A new descriptor of the folder base/parts..., reached one component at a time, never through
+    a symlink unless `follow`. Raises OSError (ELOOP or ENOTDIR when a component is not a real folder)."""
+    flags = _DIR_FLAGS | (0 if follow else _NOFOLLOW)
+    fd = os.dup(base_fd)
+    try:
+        for name in parts:
+            nfd = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replaced(e: OSError, follow: bool) -> bool:
+    """The open failed because a component is no longer a real folder (a swap since it was listed)."""
+    return not follow and e.errno in (errno.ELOOP, errno.ENOTDIR)
+
+
+def _swapped() -> tuple[str, str]:
+    return ("path_changed", "it was replaced by a symlink or a file while the source was walked: "
+                            "not followed; ingest again once it settles")
 
 
 def walk(sources: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
@@ -207,6 +243,26 @@ def walk_within(root: str, paths: list[str], limits: LoadLimits) -> Iterator[Can
     yield from _Walker(limits).run_within(root, paths)
 
 
+@dataclass(frozen=True)
+class _Root:
+    """One source folder being walked: its path as given, its real path, and an open descriptor."""
+
+    path: str
+    real: str
+    fd: int
+
+    def join(self, parts: tuple[str, ...]) -> str:
+        return os.path.join(self.path, *parts) if parts else self.path
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    link: bool
+    st: Optional[os.stat_result]
+    error: Optional[OSError]
+
+
 class _Walker:
     def __init__(self, limits: LoadLimits) -> None:
         self.limits = limits
@@ -219,38 +275,61 @@ class _Walker:
             root = os.path.abspath(os.fsdecode(source))
             try:
                 st = os.stat(root)
-                real_root = os.path.realpath(root)
             except (OSError, ValueError) as e:
-                err = e if isinstance(e, OSError) else OSError(errno.EINVAL, "invalid path")
-                yield _problem(root, _os_kind(err, "open this source"))
+                yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
                 continue
             if stat.S_ISDIR(st.st_mode):
-                yield from self._dir(root, root, real_root, st, 0, ())
+                yield from self._source_dir(root, lambda r: self._dir(r, (), 0, ()))
             else:
                 yield from self._file(root, root, st)
             if self.stopped:
                 return
 
+    def _source_dir(self, root: str, body, report: bool = True) -> Iterator[Candidate | Problem | Skipped]:
+        """Open the source folder (the user named it: a symlink there is followed) and walk below it."""
+        try:
+            real = os.path.realpath(root)
+            fd = os.open(root, _DIR_FLAGS)
+        except (OSError, ValueError) as e:
+            if report:
+                yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
+            return
+        try:
+            yield from body(_Root(root, real, fd))
+        finally:
+            os.close(fd)
+
     def run_within(self, root: str, paths: list[str]) -> Iterator[Candidate | Problem | Skipped]:
         root = os.path.abspath(os.fsdecode(root))
-        real_root = os.path.realpath(root)
-        for p in sorted({os.path.abspath(os.fsdecode(x)) for x in paths}):
-            if not within(p, root):
-                continue
-            rel = os.path.relpath(p, root)
-            depth = 0 if rel == "." else rel.count(os.sep) + 1
+        wanted = sorted({os.path.abspath(os.fsdecode(x)) for x in paths})
+        if root in wanted:
+            yield from self.run([root])
+            return
+        wanted = [p for p in wanted if within(p, root)]
+        if wanted:
+            yield from self._source_dir(root, lambda r: self._within(r, wanted), report=False)  # gone: not ours
+
+    def _within(self, r: _Root, wanted: list[str]) -> Iterator[Candidate | Problem | Skipped]:
+        follow = self.limits.follow_links
+        for p in wanted:
+            parts = tuple(os.path.relpath(p, r.path).split(os.sep))
             try:
-                st = os.lstat(p)
+                pfd = _open_beneath(r.fd, parts[:-1], follow)
             except OSError:
-                continue  # gone: not ours to report
-            if p == root:
-                yield from self.run([root])
-            elif stat.S_ISLNK(st.st_mode):
-                yield from self._link(p, root, real_root, depth - 1, ())
+                continue  # gone, or no longer reached through real folders: not ours to report
+            try:
+                st = os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            finally:
+                os.close(pfd)
+            depth = len(parts)
+            if stat.S_ISLNK(st.st_mode):
+                yield from self._link(r, parts, depth - 1, ())
             elif stat.S_ISDIR(st.st_mode):
-                yield from self._subdir(p, root, real_root, st, depth, ())
+                yield from self._subdir(r, parts, depth, ())
             else:
-                yield from self._file(p, root, st)
+                yield from self._file(p, r.path, st)
             if self.stopped:
                 return
 
@@ -273,10 +352,37 @@ class _Walker:
             self.count += 1
             yield Candidate(path, root, st.st_size, st.st_mtime_ns)
 
-    def _dir(
-        self, path: str, root: str, real_root: str, st: os.stat_result, depth: int, ancestors: tuple
-    ) -> Iterator[Candidate | Problem | Skipped]:
-        key = (st.st_dev, st.st_ino)
+    def _list(self, r: _Root, parts: tuple[str, ...]) -> tuple[Optional[tuple[int, int]], list[_Entry]]:
+        """Open the folder beneath the root and list it: its identity and its entries, each looked
+        at (lstat) through the folder's descriptor before that descriptor is closed."""
+        fd = _open_beneath(r.fd, parts, self.limits.follow_links)
+        try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in self.walked:
+                return key, []
+            with os.scandir(fd) as it:
+                names = sorted(e.name for e in it)
+            out = []
+            for name in names:
+                try:
+                    est = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    out.append(_Entry(name, stat.S_ISLNK(est.st_mode), est, None))
+                except OSError as e:
+                    out.append(_Entry(name, False, None, e))
+            return key, out
+        finally:
+            os.close(fd)
+
+    def _dir(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+             ) -> Iterator[Candidate | Problem | Skipped]:
+        path = r.join(parts)
+        try:
+            key, entries = self._list(r, parts)
+        except OSError as e:
+            follow = self.limits.follow_links
+            yield _problem(path, _swapped() if parts and _replaced(e, follow) else _os_kind(e, "list this folder"))
+            return
         if key in ancestors:
             yield Problem(path, "symlink_loop", "symlink loop: this folder leads back to one of its parents; not followed")
             return
@@ -285,45 +391,37 @@ class _Walker:
                                 "skipped so its documents are not loaded twice")
             return
         self.walked.add(key)
-        try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            yield _problem(path, _os_kind(e, "list this folder"))
-            return
         ancestors = ancestors + (key,)
         for entry in entries:
-            yield from self._entry(os.path.join(path, entry.name), entry, root, real_root, depth, ancestors)
+            yield from self._entry(r, parts + (entry.name,), entry, depth, ancestors)
             if self.stopped:
                 return
 
-    def _entry(
-        self, path: str, entry: os.DirEntry, root: str, real_root: str, depth: int, ancestors: tuple
-    ) -> Iterator[Candidate | Problem | Skipped]:
-        try:
-            link = entry.is_symlink()
-            st = None if link else entry.stat(follow_symlinks=False)
-        except OSError as e:
-            yield _problem(path, _os_kind(e, "look at this entry"))
-            return
-        if link:
-            yield from self._link(path, root, real_root, depth, ancestors)
-        elif stat.S_ISDIR(st.st_mode):  # a folder named like a document is still a folder
-            yield from self._subdir(path, root, real_root, st, depth + 1, ancestors)
+    def _entry(self, r: _Root, parts: tuple[str, ...], entry: _Entry, depth: int, ancestors: tuple
+               ) -> Iterator[Candidate | Problem | Skipped]:
+        if entry.error is not None:
+            yield _problem(r.join(parts), _os_kind(entry.error, "look at this entry"))
+        elif entry.link:
+            yield from self._link(r, parts, depth, ancestors)
+        elif stat.S_ISDIR(entry.st.st_mode):  # a folder named like a document is still a folder
+            yield from self._subdir(r, parts, depth + 1, ancestors)
         else:
-            yield from self._file(path, root, st)
+            yield from self._file(r.join(parts), r.path, entry.st)
 
-    def _subdir(
-        self, path: str, root: str, real_root: str, st: os.stat_result, depth: int, ancestors: tuple
-    ) -> Iterator[Candidate | Problem | Skipped]:
+    def _subdir(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+                ) -> Iterator[Candidate | Problem | Skipped]:
         if depth > self.limits.max_depth:
-            yield Problem(path, "too_deep", f"folder is more than {self.limits.max_depth} levels below the source: not walked")
+            yield Problem(r.join(parts), "too_deep",
+                          f"folder is more than {self.limits.max_depth} levels below the source: not walked")
         else:
-            yield from self._dir(path, root, real_root, st, depth, ancestors)
+            yield from self._dir(r, parts, depth, ancestors)
 
-    def _link(
-        self, path: str, root: str, real_root: str, depth: int, ancestors: tuple
-    ) -> Iterator[Candidate | Problem | Skipped]:
+    def _link(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+              ) -> Iterator[Candidate | Problem | Skipped]:
+        """A symlink met in the walk is only judged here (inside or outside the root, file or folder);
+        nothing is opened through it: a folder is descended (with --follow-links) by _dir, a file is
+        read by read_document, each of which checks again at the moment it opens."""
+        path = r.join(parts)
         try:
             st = os.stat(path)
         except OSError as e:
@@ -342,8 +440,12 @@ class _Walker:
             else:
                 yield Skipped(path, message)
             return
-        target = os.path.realpath(path)
-        inside = within(target, real_root)
+        try:
+            target = os.path.realpath(path)
+        except OSError:  # a link on the way changed while it was resolved
+            yield _problem(path, _swapped())
+            return
+        inside = within(target, r.real)
         follow = self.limits.follow_links
         if stat.S_ISDIR(st.st_mode):
             if not inside and not follow:
@@ -352,11 +454,15 @@ class _Walker:
                 yield Skipped(path, f"symlink to a folder inside the source ({_show(target)}): not descended, "
                                     "the folder is walked under its own path")
             else:
-                yield from self._subdir(path, root, real_root, st, depth + 1, ancestors)
+                yield from self._subdir(r, parts, depth + 1, ancestors)
         elif is_document(path) and not inside and not follow:
             yield _problem(path, _outside(target))
         else:
-            yield from self._file(path, root, st)
+            yield from self._file(path, r.path, st)
+
+
+def _as_oserror(e: Exception) -> OSError:
+    return e if isinstance(e, OSError) else OSError(errno.EINVAL, "invalid path")
 
 
 def _too_large(size: int, limits: LoadLimits) -> str:
@@ -371,15 +477,19 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     fmt = formats.for_path(c.path)
     if fmt is None:
         raise LoadError("unsupported_format", "no format reads this file type: not loaded")
-    for _ in range(READ_ATTEMPTS):
-        data, before, after = _read_once(c, limits)
-        if _sig(before) == _sig(after) and len(data) == after.st_size:
-            break
-    else:
-        raise LoadError(
-            "unstable",
-            f"the file kept changing while it was read ({READ_ATTEMPTS} attempts): try again once it is written",
-        )
+    dfd, name = _opening(lambda: _document_folder(c, limits), limits)
+    try:
+        for _ in range(READ_ATTEMPTS):
+            data, before, after = _read_once(c, dfd, name, limits)
+            if _sig(before) == _sig(after) and len(data) == after.st_size:
+                break
+        else:
+            raise LoadError(
+                "unstable",
+                f"the file kept changing while it was read ({READ_ATTEMPTS} attempts): try again once it is written",
+            )
+    finally:
+        os.close(dfd)
     warnings = []
     if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
         warnings.append("changed since it was listed: its current content was loaded")
@@ -410,21 +520,83 @@ def _sig(st: os.stat_result) -> tuple:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_once(c: Candidate, limits: LoadLimits) -> tuple[bytes, os.stat_result, os.stat_result]:
+def _opening(fn, limits: LoadLimits):
+    """Run an open, turning its OSError into the LoadError a person reads."""
     try:
-        path = c.path
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            path = os.path.realpath(path)
-            if not limits.follow_links and not within(path, os.path.realpath(c.root)):
-                raise LoadError(*_outside(path))
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):  # never open a FIFO, socket or device
-            raise LoadError(*_not_regular(st.st_mode))
-        fd = os.open(path, _OPEN_FLAGS)
+        return fn()
     except OSError as e:
+        if _replaced(e, limits.follow_links):
+            raise LoadError("path_changed", "a folder on its path was replaced by a symlink or a file since it "
+                                            "was listed: not read; ingest again once it settles") from None
         raise LoadError(*_os_kind(e, "open the file")) from None
     except ValueError:  # e.g. a NUL character in the path
         raise LoadError("unreadable", "cannot open the file: its path is invalid") from None
+
+
+def _folder_of(path: str) -> tuple[int, str]:
+    return os.open(os.path.dirname(path) or os.sep, _DIR_FLAGS), os.path.basename(path)
+
+
+def _beneath(base: str, rel_parts: list[str], follow: bool) -> tuple[int, str]:
+    """The folder of base/rel_parts (opened from base, through real folders unless `follow`) and the last name."""
+    bfd = os.open(base, _DIR_FLAGS)
+    try:
+        return _open_beneath(bfd, rel_parts[:-1], follow), rel_parts[-1]
+    finally:
+        os.close(bfd)
+
+
+def _document_folder(c: Candidate, limits: LoadLimits) -> tuple[int, str]:
+    """A descriptor of the folder holding the document, reached from its source root one real
+    folder at a time (any folder with --follow-links), and the document's name in that folder."""
+    path, root = os.path.abspath(c.path), os.path.abspath(c.root)
+    if path == root:  # a file named as a source: the user named its folder too
+        return _folder_of(path)
+    if not within(path, root):
+        if not limits.follow_links:
+            raise LoadError(*_outside(path))
+        return _folder_of(path)
+    return _beneath(root, os.path.relpath(path, root).split(os.sep), limits.follow_links)
+
+
+def _open_link_target(c: Candidate, dfd: int, name: str, limits: LoadLimits) -> int:
+    """The document is a symlink. Followed with --follow-links; otherwise its target, resolved now,
+    must lie inside the real root and is opened from there through real folders only."""
+    if limits.follow_links:
+        st = os.stat(name, dir_fd=dfd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LoadError(*_not_regular(st.st_mode))
+        return os.open(name, _OPEN_FLAGS & ~_NOFOLLOW, dir_fd=dfd)
+    target, real_root = os.path.realpath(c.path), os.path.realpath(c.root)
+    if not within(target, real_root):
+        raise LoadError(*_outside(target))
+    tfd, tname = _folder_of(target) if target == real_root else \
+        _beneath(real_root, os.path.relpath(target, real_root).split(os.sep), False)
+    try:
+        return _open_regular(tfd, tname)
+    finally:
+        os.close(tfd)
+
+
+def _open_regular(dfd: int, name: str, st: Optional[os.stat_result] = None) -> int:
+    """Open a regular file of this folder, never through a link; `st` is its lstat if already taken."""
+    st = st or os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):  # the resolved target became a link: a swap in progress
+        raise OSError(errno.ELOOP, "symlink")
+    if not stat.S_ISREG(st.st_mode):  # never open a FIFO, socket or device
+        raise LoadError(*_not_regular(st.st_mode))
+    return os.open(name, _OPEN_FLAGS, dir_fd=dfd)
+
+
+def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits
+               ) -> tuple[bytes, os.stat_result, os.stat_result]:
+    def open_it() -> int:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            return _open_link_target(c, dfd, name, limits)
+        return _open_regular(dfd, name, st)
+
+    fd = _opening(open_it, limits)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):  # replaced by something else after the check above

@@ -105,6 +105,7 @@ class JobMetrics(BaseModel):
     documents_replaced: Optional[int] = None
     documents_removed: Optional[int] = None
     documents_failed: Optional[int] = None
+    documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
     files_ignored: Optional[int] = None        # not documents (by name)
     chunks_created: Optional[int] = None
     chunks_embedded: Optional[int] = None
@@ -123,6 +124,8 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
+    heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/liveness.py)
+    not_responding: Optional[bool] = None
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)

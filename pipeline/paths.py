@@ -1,14 +1,22 @@
 """Where things live under a home folder, and the validation of names that become paths."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from pathlib import Path
 
 from kbingest.pipeline.errors import InvalidInput
 
 ENV_HOME = "KBINGEST_HOME"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_MAX = 128  # job ids, knowledge base names: they become table names and file names
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+KB_NAME = "knowledge base name"
+# what engine.new_job_id appends to a knowledge base name: "-{YYYYmmdd-HHMMSS}-{6 hex}"
+JOB_ID_SUFFIX_LEN = len("-20260101-120000-abcdef")
+# a name others are made from leaves room for what is appended: every job id of a valid name is valid
+MAX_LEN = {KB_NAME: NAME_MAX - JOB_ID_SUFFIX_LEN}
 
 
 class InvalidName(InvalidInput, ValueError):
@@ -16,10 +24,13 @@ class InvalidName(InvalidInput, ValueError):
 
 
 def validate_name(value: str, what: str) -> str:
-    """KB names and job ids become table names and file names: letters, digits, '.', '_', '-' only."""
-    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value:
+    """KB names and job ids become table names and file names: letters, digits, '.', '_', '-' only;
+    a knowledge base name short enough that the job ids made from it are valid too."""
+    limit = MAX_LEN.get(what, NAME_MAX)
+    if not isinstance(value, str) or not _NAME_RE.match(value) or ".." in value or len(value) > limit:
         raise InvalidName(
-            f"invalid {what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            f"invalid {what} {value[:40] + '...' if isinstance(value, str) and len(value) > 43 else value!r}: "
+            f"use 1-{limit} letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, with no '..' and no path separators"
         )
     return value
@@ -32,6 +43,78 @@ def default_home() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("kbingest", appauthor=False))
+
+
+class HomeError(InvalidInput):
+    """The home cannot be used, or not safely: not a folder, owned by another user, writable by
+    others, or a file in it is a symlink or another user's. One line for a person; the CLI exits 2."""
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_home_folder(root: Path, st: os.stat_result) -> None:
+    """An existing home must be a folder of this user that no one else can write: anyone who can
+    write it can plant a symlink or a file kbingest would trust. Refused, never changed."""
+    if not stat.S_ISDIR(st.st_mode):
+        raise HomeError(f"home {root} is not a folder: name a folder (or a new path) with --home")
+    if st.st_uid != os.geteuid():
+        raise HomeError(f"home {root} belongs to {_owner(st.st_uid)}, not to you ({_owner(os.geteuid())}): "
+                         "use a home of your own with --home")
+    if st.st_mode & 0o022:
+        raise HomeError(f"home {root} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): "
+                         f"anyone could plant files in it; make it private (chmod 700) or use another --home")
+
+
+def _check_home_file(path: Path, st: os.stat_result) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise HomeError(f"{path} is a symbolic link: kbingest never follows links in its home; remove it")
+    if st.st_uid != os.geteuid():
+        raise HomeError(f"{path} belongs to {_owner(st.st_uid)}, not to you: kbingest will not use it; "
+                         "remove it or give it back to you (chown)")
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+    """Open a file of a home: its folder is checked again (check_home_folder), the file is opened
+    relative to it without following a symlink (O_NOFOLLOW), and must be a regular file of this user.
+    Raises HomeError with one line instead; FileNotFoundError passes through."""
+    path = Path(path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        raise HomeError(f"cannot open the home {path.parent}: permission denied") from None
+    try:
+        check_home_folder(path.parent, os.fstat(dfd))
+        try:
+            fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, mode, dir_fd=dfd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in its home; "
+                                 "remove it") from None
+            if isinstance(e, PermissionError):
+                try:
+                    _check_home_file(path, os.stat(path.name, dir_fd=dfd, follow_symlinks=False))
+                except OSError:
+                    pass
+                raise HomeError(f"cannot open {path}: permission denied") from None
+            raise
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        _check_home_file(path, st)
+        if not stat.S_ISREG(st.st_mode):
+            raise HomeError(f"{path} is not a regular file: remove it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Home:
@@ -70,7 +153,39 @@ class Home:
         return self.root / "pending" / f"{kb}.optimize"
 
     def ensure(self) -> "Home":
-        """Create the home readable by its owner only (0700), and tighten it if it exists."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        """Create a new home readable by its owner only (0700). An existing one is checked, never
+        changed: it must be this user's folder, writable by no one else, and the files kbingest
+        keeps in it must be this user's and no symlinks (HomeError otherwise)."""
+        try:
+            self._create()
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            raise HomeError(f"home {self.root} is a symbolic link to nothing: name a folder with --home") from None
+        except (NotADirectoryError, FileExistsError):
+            raise HomeError(f"home {self.root}: a part of this path is a file, not a folder") from None
+        except PermissionError:
+            raise HomeError(f"cannot create or reach the home {self.root}: permission denied") from None
+        except OSError as e:
+            raise HomeError(f"cannot create the home {self.root}: {e.strerror}") from None
+        check_home_folder(self.root, st)
+        for path in (self.store_file, self.store_lock_file, self.engine_lock_file, self.lancedb_dir):
+            try:
+                _check_home_file(path, os.lstat(path))
+            except FileNotFoundError:
+                pass
         return self
+
+    def _create(self) -> None:
+        """Make the home if it does not exist; only a folder made here is given its mode."""
+        if os.path.lexists(self.root):
+            return
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.root, 0o700)
+        except FileExistsError:  # made by another process meanwhile: checked as any existing home
+            return
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)  # whatever the umask
+        finally:
+            os.close(fd)

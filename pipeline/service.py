@@ -82,6 +82,8 @@ class Service:
             from kbingest.pipeline.jobs import open_store
 
             self._store = open_store(self.home)
+            # another process holds the store's lock: answered from its last saved file, and said so
+            self._store.notify_stale(self.notices.append)
             if self._store.recovered_from is not None:
                 self.notices.append(f"the job store did not parse; it was moved aside to "
                                     f"{self._store.recovered_from} and rebuilt from the knowledge bases")

@@ -261,7 +261,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
     real_open, real_read = os.open, loading_mod.read_document
 
     def refusing_open(path, *a, **k):
-        if os.fsdecode(path) == str(locked):
+        if os.path.basename(os.fsdecode(path)) == locked.name:  # by path, or by name beneath its folder
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, *a, **k)
 

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import REPO, SMALL_PAGES, copy_pages
+from conftest import REPO, SMALL_PAGES, copy_pages, listed_folder
 from kbingest.pipeline.embedding import FakeEmbedder
 from kbingest.pipeline.engine import IngestJob, NotResumable
 from kbingest.pipeline.index import KnowledgeBase
@@ -106,7 +106,7 @@ def test_unreadable_folder_keeps_its_indexed_documents(home, store, pages, monke
     blocked = str(pages / "reliability")
 
     def scandir(path="."):
-        if os.fspath(path) == blocked:
+        if listed_folder(path) == blocked:
             raise PermissionError(13, "Permission denied", blocked)
         return real_scandir(path)
 

@@ -315,6 +315,110 @@ def test_home_is_private_after_a_cli_ingest(tmp_path, pages):
     assert seen > 5
 
 
+# --------------------------------------------------------------- safe homes (issue 18, items 4, 5, 12)
+
+def _one_line_refusal(r, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("kbingest: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "Error:" not in r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def _tree(root: Path) -> dict:
+    return {str(p): (os.lstat(p).st_mode, os.lstat(p).st_uid) for p in [root, *root.rglob("*")]}
+
+
+OTHER_UID = 4242  # a user that is not us (the tests run as root, which can chown)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("mode-777", "can be written by other users (mode 777)"),
+    ("mode-1777", "can be written by other users (mode 1777)"),
+    ("mode-770", "can be written by other users (mode 770)"),
+    ("owner", "belongs to uid 4242"),
+    ("store-owner", "jobs.json belongs to uid 4242"),
+    ("lock-owner", "engine.lock belongs to uid 4242"),
+    ("store-link", "jobs.json.lock is a symbolic link"),
+])
+def test_an_unsafe_home_is_refused_in_one_line_and_left_as_it_is(tmp_path, pages, damage, needle):
+    """A home others can write (or another user's, or holding their files or planted links) is
+    refused: exit 2, one line naming the reason; kbingest changes nothing in it, not even its mode."""
+    home = tmp_path / "shared"
+    assert run_cli("ingest", str(pages), "--kb", "k", "--batch", *FAKE, home=home).returncode == 0
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    if damage.startswith("mode-"):
+        os.chmod(home, int(damage[5:], 8))
+    elif damage == "owner":
+        os.chown(home, OTHER_UID, OTHER_UID)
+    elif damage == "store-owner":
+        os.chown(home / "jobs.json", OTHER_UID, OTHER_UID)
+    elif damage == "lock-owner":
+        os.chown(home / "engine.lock", OTHER_UID, OTHER_UID)
+    else:
+        (home / "jobs.json.lock").unlink()
+        os.symlink(tmp_path / "planted", home / "jobs.json.lock")
+    before = _tree(home)
+    for args in (["jobs"], ["status", "--json"], ["ingest", str(pages), "--kb", "k", "--batch", *FAKE],
+                 ["search", "--kb", "k", "reliability"]):
+        _one_line_refusal(run_cli(*args, home=home), needle)
+    assert _tree(home) == before
+    assert victim.read_text() == "precious" and not (tmp_path / "planted").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below-a-file"])
+def test_a_home_that_is_a_file_is_refused_in_one_line(tmp_path, where):
+    f = tmp_path / "afile"
+    f.write_text("not a folder")
+    home = f if where == "file" else f / "home"
+    _one_line_refusal(run_cli("jobs", home=home), "is not a folder" if where == "file" else "is a file")
+    assert f.read_text() == "not a folder"
+
+
+def test_an_existing_home_keeps_its_mode_and_a_new_one_is_private(tmp_path):
+    """Only a folder kbingest creates is given a mode (0700); a private home of the user's own
+    (here 0750: group may read, no one else may write) is used as it is, never chmodded."""
+    from kbingest.pipeline.paths import Home
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.chmod(mine, 0o750)
+    r = run_cli("jobs", home=mine)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o750
+    new = Home(tmp_path / "a" / "b" / "new").ensure()
+    assert stat.S_IMODE(os.stat(new.root).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("planted", ["engine.lock", "jobs.json.lock", "jobs.json"])
+def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, planted):
+    """Planted after the home was checked: every open in the home is O_NOFOLLOW (and checks the
+    owner), so a link to a victim is refused, the victim never truncated, no file created."""
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.locking import EngineLock, holder_pid, is_locked
+    from kbingest.pipeline.paths import Home, HomeError
+
+    home = Home(tmp_path / "h").ensure()
+    store = open_store(home)
+    victim, absent = tmp_path / "victim", tmp_path / "created-by-attacker"
+    victim.write_text("precious")
+    path = home.root / planted
+    if path.exists():
+        path.unlink()
+    os.symlink(victim if planted != "jobs.json.lock" else absent, path)
+    with pytest.raises(HomeError, match="symbolic link"):
+        if planted == "engine.lock":
+            EngineLock(path).acquire()
+        else:
+            store.all()
+    if planted == "engine.lock":
+        for probe in (is_locked, holder_pid):
+            with pytest.raises(HomeError):
+                probe(path)
+    assert victim.read_text() == "precious" and not absent.exists()
+
+
 # ------------------------------------------------------------------------- names that become paths
 
 @pytest.mark.parametrize("args", [
@@ -347,3 +451,70 @@ def test_traversal_names_are_refused(tmp_path, pages, args):
     assert not (REPO.parent / "x").exists()
     if home.exists():
         assert not list(home.rglob("*.lance")) and not (home / "lancedb").exists()
+
+
+# ------------------------------------------------------------------- the boundary under a symlink race
+
+@pytest.fixture
+def swapping(tmp_path):
+    """src/sub swapped every few ms between a real folder and a symlink to a folder outside the
+    source (both hold a secret.md; only the outside one says platypus)."""
+    import threading
+    import time
+
+    outside = tmp_path / "outside"
+    for i in range(20):
+        write(outside / f"secret{i}.md", f"# Secret {i}\n\nplatypus outside the source root {i}\n")
+    src = copy_pages(tmp_path / "src", SMALL_PAGES[:2])
+    real, link = tmp_path / "parked-real", tmp_path / "parked-link"
+    for i in range(20):
+        write(real / f"secret{i}.md", f"# Inside {i}\n\nwombat inside the source root {i}\n")
+    os.symlink(outside, link)
+    sub, stop, swaps = src / "sub", threading.Event(), [0]
+
+    def swap():
+        while not stop.is_set():
+            for park in (real, link):
+                os.rename(park, sub)
+                time.sleep(0.002)
+                os.rename(sub, park)
+                swaps[0] += 1
+
+    th = threading.Thread(target=swap, daemon=True)
+    th.start()
+    try:
+        yield src, swaps
+    finally:
+        stop.set()
+        th.join()
+
+
+def test_a_folder_swapped_for_an_outside_symlink_never_leads_out_of_the_root(tmp_path, swapping):
+    """Issue 18, item 3: the walk and the read open every folder beneath the root's descriptor,
+    never through a symlink, so no swap between a check and an open reaches the outside folder."""
+    import time
+
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.loading import Candidate, LoadError, LoadLimits, read_document, walk
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
+
+    src, swaps = swapping
+    limits, read_inside, deadline = LoadLimits(), 0, time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # the loader, many times over
+        for c in walk([str(src)], limits):
+            if isinstance(c, Candidate):
+                try:
+                    text = read_document(c, limits).text
+                except LoadError:
+                    continue  # refused (vanished, replaced): never read through the link
+                assert "platypus" not in text, c.path
+                read_inside += "wombat" in text
+    assert swaps[0] > 100 and read_inside > 0  # the race ran, and the real folder was read meanwhile
+
+    home = Home(tmp_path / "home").ensure()
+    store = open_store(home)
+    for _ in range(2):  # the whole engine, re-ingesting the source
+        IngestJob.create(home, store, JobConfig(sources=[str(src)], kb="race", embedder="fake")).run()
+        assert not any("platypus" in r_["text"] for r_ in kb_rows(home.root, "race"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import threading
 import time
 
@@ -64,3 +65,31 @@ def test_an_engine_starting_during_a_probe_waits_it_out(lock_path):
         lock.release()
     finally:
         th.join()
+
+
+def test_a_lock_wait_is_bounded_and_names_the_holder(lock_path):
+    """Issue 18, item 6: no lock is waited on without a bound, and the holder can be named."""
+    import subprocess
+
+    from kbingest.pipeline.locking import describe, flock_within, lock_holder
+
+    EngineLock(lock_path).acquire().release()
+    p = subprocess.Popen(["flock", "-o", str(lock_path), "sleep", "30"], start_new_session=True)
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 10
+        while lock_holder(fd) != p.pid:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        assert not flock_within(fd, fcntl.LOCK_EX, 0.3)
+        assert 0.3 <= time.monotonic() - t0 < 2
+        assert describe(lock_holder(fd)) == f"process {p.pid} (flock)"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        assert flock_within(fd, fcntl.LOCK_EX, 2.0)
+    finally:
+        os.close(fd)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
