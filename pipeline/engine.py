@@ -23,6 +23,7 @@ from kbingest.pipeline import ids
 from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.index import KnowledgeBase, StoredDoc
+from kbingest.pipeline.formats.pages import chunk_pages
 from kbingest.pipeline.loading import (Candidate, LoadedDocument, LoadError, LoadLimits, Problem, Skipped, read_document,
                               walk, walk_within, within)
 from kbingest.pipeline.locking import EngineLock
@@ -518,13 +519,13 @@ class IngestJob:
                 t.advance(JobPhase.CHUNKING)
                 self._doc_error(doc.path, JobPhase.CHUNKING, "chunking_failed", f"{type(e).__name__}: {e}")
                 continue
-            d.title = chunked.title or ""
+            d.title = doc.title or chunked.title or ""
             d.rows = [{
                 "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, fingerprint, model),
                 "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
                 "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-                "model": model,
-            } for ch in chunked.chunks]
+                "model": model, "page": page,
+            } for ch, page in zip(chunked.chunks, chunk_pages(doc.text, doc.page_starts, chunked.chunks))]
             t.add_total(JobPhase.EMBEDDING, len(d.rows))
             t.add_total(JobPhase.INDEXING, len(d.rows))
             t.incr_metric("chunks_created", len(d.rows))
