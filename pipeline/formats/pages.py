@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Optional, Protocol, Sequence
 
-ANCHOR_LINES = 3      # first lines of a chunk looked up; the earliest place found is its start
+ANCHOR_LINES = 3      # first lines of a chunk looked up, in order; the first one found is its start
 MIN_ANCHOR_CHARS = 4  # shorter lines ("|", "```", "1.") say too little about where they are
 SEARCH_WINDOW = 1 << 16  # characters after the previous chunk's start where the next one is looked for
 
@@ -39,11 +39,12 @@ def chunk_pages(text: str, page_starts: Sequence[int], chunks: Sequence[_Chunk])
     if not page_starts:
         return [None] * len(chunks)
     out: list[Optional[int]] = []
-    cursor = 0
+    cursor, start = 0, 0   # where the previous chunk was found; where to look for the next one
     for ch in chunks:
-        end = cursor + SEARCH_WINDOW
-        found = [p for p in (text.find(a, cursor, end) for a in _anchors(ch)) if p >= 0]
-        if found:
-            cursor = min(found)
+        for anchor in _anchors(ch):
+            found = text.find(anchor, start, start + SEARCH_WINDOW)
+            if found >= 0:
+                cursor, start = found, found + 1  # a chunk starts after the start of the one before
+                break
         out.append(page_of(cursor, page_starts))
     return out
