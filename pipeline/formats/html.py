@@ -111,9 +111,18 @@ def _code_language(node) -> str:
     return ""
 
 
+_BLOCK_INSIDE = "br, p, div, li, ul, ol, pre, table, h1, h2, h3, h4, h5, h6"
+
+
+def _inline_text(node) -> str:
+    """The text of a heading or table cell: inline elements joined as written, blocks and <br>
+    inside it separated by a space."""
+    sep = " " if node.css_first(_BLOCK_INSIDE) is not None else ""
+    return node.text(deep=True, separator=sep)
+
+
 def _table(node) -> str:
-    return table([[c.text(deep=True, separator=" ") for c in tr.iter() if c.tag in ("td", "th")]
-                  for tr in node.css("tr")])
+    return table([[_inline_text(c) for c in tr.iter() if c.tag in ("td", "th")] for tr in node.css("tr")])
 
 
 class _Writer:
@@ -235,7 +244,7 @@ def _enter(node, w: _Writer, in_content: bool) -> bool:
         elif tag == "table":
             w.add(_table(node))
         else:
-            text = node.text(deep=True, separator=" ")
+            text = _inline_text(node)
             w.add(heading(_HEADINGS[tag], text))
         return False
     if tag in ("ul", "ol"):

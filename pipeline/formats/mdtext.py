@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-_MD_LINE_START = re.compile(r"^(\s*)([#>+*-]|\d+[.)]|=+\s*$|`{3,}|~{3,}|\|)")
+_MD_LINE_START = re.compile(r"^(\s*)(?:\d+(?=[.)])|(?=[#>+*|-]|=+\s*$|`{3}|~{3}))")
 _SPACES = re.compile(r"\s+")
 MAX_HEADING_LEVEL = 6
 
@@ -15,13 +15,17 @@ def squash(text: str) -> str:
 
 def escape_line_start(line: str) -> str:
     """A line of plain text that Markdown will not read as a heading, list, quote, fence or table."""
-    m = _MD_LINE_START.match(line)
-    return line[:m.end(1)] + "\\" + line[m.end(1):] if m else line
+    m = _MD_LINE_START.match(line)  # ends where the backslash goes: after "12" of "12.", before "#"
+    return line[:m.end()] + "\\" + line[m.end():] if m else line
+
+
+_LINE_EDGES = re.compile(r"^[ \t]+|[ \t]+$", re.M)
+_MD_LINE_STARTS = re.compile(r"^(?:\d+(?=[.)])|(?=[#>+*|-]|=+[ \t]*$|`{3}|~{3}))", re.M)
 
 
 def plain_lines(text: str) -> str:
     """Plain text as Markdown text: each line trimmed (no indented code blocks) and escaped."""
-    return "\n".join(escape_line_start(ln.strip()) for ln in text.split("\n"))
+    return _MD_LINE_STARTS.sub(lambda m: m.group(0) + "\\", _LINE_EDGES.sub("", text))
 
 
 def heading(level: int, text: str) -> str:

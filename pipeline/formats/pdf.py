@@ -89,16 +89,19 @@ def _outline(pdf) -> dict[int, list[tuple[int, str]]]:
 
 def _place_headings(lines: list[str], entries: list[tuple[int, str]]) -> list[str]:
     """The page's lines with each bookmark's heading on the line that carries its title, or at the top."""
+    if not entries:
+        return lines
     lines = list(lines)
+    where: dict[str, int] = {}
+    for i, ln in enumerate(lines):
+        where.setdefault(squash(ln).lower(), i)
     top: list[str] = []
     for level, title in entries:
-        key = title.lower()
-        for i, ln in enumerate(lines):
-            if squash(ln).lower() == key:
-                lines[i] = "\x00" + heading(level, title)
-                break
-        else:
+        i = where.pop(title.lower(), None)
+        if i is None:
             top.append("\x00" + heading(level, title))
+        else:
+            lines[i] = "\x00" + heading(level, title)
     return top + lines
 
 
