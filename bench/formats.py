@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 WORD = re.compile(r"\w+")
 RUNNING_HEADER = "AWS Well-Architected Framework - bench edition"

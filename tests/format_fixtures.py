@@ -209,6 +209,32 @@ def many_entries_zip(entries: int = 20_000) -> bytes:
     return buf.getvalue()
 
 
+def load(path: Path, limits=None):
+    """read_document on one file, as the loader reads it in a job."""
+    from kbingest.pipeline.loading import Candidate, LoadLimits, read_document
+
+    st = path.stat()
+    return read_document(Candidate(str(path), str(path.parent), st.st_size, st.st_mtime_ns), limits or LoadLimits())
+
+
+def extract_error(fmt, data: bytes):
+    """The LoadError a format raises on these bytes (fails the test when it raises none)."""
+    import pytest
+
+    from kbingest.pipeline.formats.base import LoadError
+
+    with pytest.raises(LoadError) as e:
+        fmt.extract(data, path="x" + fmt.suffixes[0])
+    return e.value
+
+
+def heading_paths(markdown: str) -> set[str]:
+    """The heading paths the Markdown chunker gives this text's chunks."""
+    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+
+    return {c.heading_path for c in Chunker(ChunkSettings()).chunk(markdown, markdown=True).chunks}
+
+
 def write(path: Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -7,16 +7,10 @@ import tracemalloc
 import pytest
 
 import format_fixtures as F
-from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.formats import docx as docx_format
 from kbingest.pipeline.formats.docx import DOCX
-from kbingest.pipeline.loading import Candidate, LoadError, LoadLimits, Problem, Skipped, read_document, walk
+from kbingest.pipeline.loading import LoadError, LoadLimits, Problem, Skipped, walk
 
-
-def _error(data: bytes) -> LoadError:
-    with pytest.raises(LoadError) as e:
-        DOCX.extract(data, path="x.docx")
-    return e.value
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +20,7 @@ def handbook():
 
 def test_heading_styles_give_heading_path(handbook):
     assert handbook.title == "Pump Handbook"
-    chunks = Chunker(ChunkSettings()).chunk(handbook.text, markdown=True).chunks
-    assert {"Operation", "Operation > Settings", "Maintenance"} <= {c.heading_path for c in chunks}
+    assert {"Operation", "Operation > Settings", "Maintenance"} <= F.heading_paths(handbook.text)
 
 
 def test_lists_and_table_kept(handbook):
@@ -39,7 +32,7 @@ def test_lists_and_table_kept(handbook):
 def test_zip_bomb_refused_before_inflating():
     bomb = F.zip_bomb_docx(100)  # 100 MiB of XML in ~100 KiB
     tracemalloc.start()
-    e = _error(bomb)
+    e = F.extract_error(DOCX, bomb)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert e.kind == "zip_bomb" and "inflates" in e.message
@@ -48,12 +41,12 @@ def test_zip_bomb_refused_before_inflating():
 
 def test_total_uncompressed_size_checked(monkeypatch):
     monkeypatch.setattr(docx_format, "MAX_UNCOMPRESSED", 1000)
-    e = _error(F.docx_bytes())
+    e = F.extract_error(DOCX, F.docx_bytes())
     assert e.kind == "zip_bomb" and "would inflate" in e.message
 
 
 def test_entry_count_checked():
-    e = _error(F.many_entries_zip(10_001))
+    e = F.extract_error(DOCX, F.many_entries_zip(10_001))
     assert e.kind == "zip_bomb" and "10,002 files" in e.message
 
 
@@ -64,20 +57,19 @@ def test_zip_that_is_not_a_word_document():
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("hello.txt", "hi")
-    e = _error(buf.getvalue())
+    e = F.extract_error(DOCX, buf.getvalue())
     assert e.kind == "corrupt" and "word/document.xml" in e.message
 
 
 def test_damaged_zip_is_corrupt():
     data = F.docx_bytes()
-    assert _error(data[: len(data) // 2]).kind == "corrupt"
+    assert F.extract_error(DOCX, data[: len(data) // 2]).kind == "corrupt"
 
 
 def test_not_a_zip_is_wrong_format(tmp_path):
     path = F.write(tmp_path / "letter.docx", b"%PDF-1.4\n" + b"x" * 100)
-    st = path.stat()
     with pytest.raises(LoadError) as e:
-        read_document(Candidate(str(path), str(tmp_path), st.st_size, st.st_mtime_ns), LoadLimits())
+        F.load(path)
     assert e.value.kind == "wrong_format" and "a PDF document" in e.value.message
 
 

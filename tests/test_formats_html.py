@@ -5,16 +5,12 @@ import time
 
 import pytest
 
+import format_fixtures as F
 from format_fixtures import HTML_PAGE, nested_div_html, write
-from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.formats import for_path
 from kbingest.pipeline.formats.html import HTML, flatten_deep
-from kbingest.pipeline.loading import Candidate, LoadError, LoadLimits, read_document
+from kbingest.pipeline.loading import LoadError
 
-
-def _load(path):
-    st = path.stat()
-    return read_document(Candidate(str(path), str(path.parent), st.st_size, st.st_mtime_ns), LoadLimits())
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +34,7 @@ def test_main_content_kept_boilerplate_dropped(page):
 def test_title_and_headings(page):
     assert page.title == "Pump API & Guide"
     assert page.markdown
-    chunks = Chunker(ChunkSettings()).chunk(page.text, markdown=True).chunks
-    paths = {c.heading_path for c in chunks}
-    assert {"Pump API", "Pump API > Starting the pump", "Pump API > Settings"} <= paths
+    assert {"Pump API", "Pump API > Starting the pump", "Pump API > Settings"} <= F.heading_paths(page.text)
 
 
 def test_code_block_and_table_kept_whole(page):
@@ -52,8 +46,7 @@ def test_code_block_and_table_kept_whole(page):
 
 def test_text_that_looks_like_markdown_is_escaped():
     ex = HTML.extract(b"<p># not a heading</p><p>- not a list</p>", path="x.html")
-    chunks = Chunker(ChunkSettings()).chunk(ex.text, markdown=True).chunks
-    assert all(c.heading_path == "" for c in chunks)
+    assert F.heading_paths(ex.text) == {""}
     assert "\\# not a heading" in ex.text
 
 
@@ -71,7 +64,7 @@ def test_charset_from_meta_tag():
 
 def test_charset_from_bom_utf16(tmp_path):
     data = "\ufeff<html><body><p>Grüße aus UTF-16</p></body></html>".encode("utf-16-le")
-    doc = _load(write(tmp_path / "u16.html", data))
+    doc = F.load(write(tmp_path / "u16.html", data))
     assert "Grüße aus UTF-16" in doc.text and doc.format == "html"
 
 
@@ -84,7 +77,7 @@ def test_invalid_utf8_replaced_with_a_warning():
 def test_binary_html_is_wrong_format_naming_what_it_is(tmp_path):
     path = write(tmp_path / "image.html", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
     with pytest.raises(LoadError) as e:
-        _load(path)
+        F.load(path)
     assert e.value.kind == "wrong_format" and "a PNG image" in e.value.message
 
 

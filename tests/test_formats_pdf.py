@@ -7,20 +7,10 @@ import time
 import pytest
 
 import format_fixtures as F
-from kbingest.pipeline.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.formats.pdf import PDF, drop_running_lines, join_hyphenation
-from kbingest.pipeline.loading import Candidate, LoadError, LoadLimits, read_document
+from kbingest.pipeline.loading import LoadError, LoadLimits
 
 
-def _load(path, limits=LoadLimits()):
-    st = path.stat()
-    return read_document(Candidate(str(path), str(path.parent), st.st_size, st.st_mtime_ns), limits)
-
-
-def _error(data: bytes) -> LoadError:
-    with pytest.raises(LoadError) as e:
-        PDF.extract(data, path="x.pdf")
-    return e.value
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +20,8 @@ def manual():
 
 def test_outline_gives_headings_and_heading_path(manual):
     assert manual.markdown and manual.title == "ACME Pump Manual"
-    chunks = Chunker(ChunkSettings()).chunk(manual.text, markdown=True).chunks
-    paths = {c.heading_path for c in chunks}
     assert {"Safety rules", "Installing the pump", "Installing the pump > Column layout",
-            "Maintenance schedule"} <= paths
+            "Maintenance schedule"} <= F.heading_paths(manual.text)
     # the bookmark's title line on its page became the heading: it is not repeated as text
     assert manual.text.count("Safety rules") == 1
 
@@ -70,35 +58,35 @@ def test_running_lines_need_most_pages_and_short_lines():
 
 
 def test_scanned_pdf_is_no_text_layer():
-    e = _error(F.scanned_pdf())
+    e = F.extract_error(PDF, F.scanned_pdf())
     assert e.kind == "no_text_layer" and e.message.startswith("no text layer (OCR is not supported)")
 
 
 def test_encrypted_pdf():
-    e = _error(F.encrypted_pdf())
+    e = F.extract_error(PDF, F.encrypted_pdf())
     assert e.kind == "encrypted" and "password" in e.message
 
 
 def test_truncated_pdf():
     data = F.outline_pdf()
-    e = _error(data[: len(data) // 3])
+    e = F.extract_error(PDF, data[: len(data) // 3])
     assert e.kind == "truncated"
 
 
 def test_corrupt_pdf():
     data = F.outline_pdf()
-    e = _error(data[:100] + b"\x00garbage" * 200 + data[-200:])
+    e = F.extract_error(PDF, data[:100] + b"\x00garbage" * 200 + data[-200:])
     assert e.kind == "corrupt"
 
 
 def test_not_a_pdf_is_wrong_format_naming_what_it_is(tmp_path):
     path = F.write(tmp_path / "report.pdf", "<html><body>a saved web page</body></html>")
     with pytest.raises(LoadError) as e:
-        _load(path)
+        F.load(path)
     assert e.value.kind == "wrong_format" and "HTML" in e.value.message
     path = F.write(tmp_path / "archive.pdf", F.docx_bytes())
     with pytest.raises(LoadError) as e:
-        _load(path)
+        F.load(path)
     assert "ZIP archive" in e.value.message
 
 
@@ -113,6 +101,6 @@ def test_deeply_nested_objects_bounded():
 def test_max_file_mb_applies_to_pdf(tmp_path):
     path = F.write(tmp_path / "manual.pdf", F.outline_pdf())
     with pytest.raises(LoadError) as e:
-        _load(path, LoadLimits(max_file_bytes=1000))
+        F.load(path, LoadLimits(max_file_bytes=1000))
     assert e.value.kind == "too_large"
-    assert _load(path).format == "pdf"
+    assert F.load(path).format == "pdf"
