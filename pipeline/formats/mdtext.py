@@ -4,13 +4,12 @@ from __future__ import annotations
 import re
 
 _MD_LINE_START = re.compile(r"^(\s*)(?:\d+(?=[.)])|(?=[#>+*|-]|=+\s*$|`{3}|~{3}))")
-_SPACES = re.compile(r"\s+")
 MAX_HEADING_LEVEL = 6
 
 
 def squash(text: str) -> str:
     """Runs of whitespace as one space, trimmed."""
-    return _SPACES.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def escape_line_start(line: str) -> str:
@@ -19,13 +18,16 @@ def escape_line_start(line: str) -> str:
     return line[:m.end()] + "\\" + line[m.end():] if m else line
 
 
-_LINE_EDGES = re.compile(r"^[ \t]+|[ \t]+$", re.M)
-_MD_LINE_STARTS = re.compile(r"^(?:\d+(?=[.)])|(?=[#>+*|-]|=+[ \t]*$|`{3}|~{3}))", re.M)
+_NEEDS_ESCAPE = frozenset("#>+*|-=`~0123456789")
 
 
 def plain_lines(text: str) -> str:
     """Plain text as Markdown text: each line trimmed (no indented code blocks) and escaped."""
-    return _MD_LINE_STARTS.sub(lambda m: m.group(0) + "\\", _LINE_EDGES.sub("", text))
+    out = []
+    for ln in text.split("\n"):
+        ln = ln.strip()
+        out.append(escape_line_start(ln) if ln and ln[0] in _NEEDS_ESCAPE else ln)
+    return "\n".join(out)
 
 
 def heading(level: int, text: str) -> str:

@@ -30,7 +30,7 @@ RUNNING_SHARE = 0.5          # a line at the edge of more than this share of pag
 RUNNING_MAX_CHARS = 100      # longer lines are body text, however often they repeat
 MAGIC_WINDOW = 1024          # "%PDF-" may follow junk bytes this far (as readers accept)
 
-_HYPHENATED = re.compile(r"(\w)-\n(?=[a-zäöüßàâçéèêëîïôûùüÿñæœ])")
+_HYPHENATED = re.compile(r"-(?<=[^\W\d_]-)\n(?=[a-zäöüßàâçéèêëîïôûùüÿñæœ])")  # starts with a literal: fast to scan
 _DIGITS = re.compile(r"\d+")
 _PDFIUM = threading.Lock()   # PDFium is not thread-safe: one document at a time per process
 
@@ -67,7 +67,7 @@ def drop_running_lines(pages: list[list[str]]) -> int:
 def join_hyphenation(text: str) -> str:
     """'exam-\\nple' -> 'example' where the next line goes on in lower case. (PDFium already joins
     the hyphenations it recognises, marking them with U+FFFE: the mark is removed.)"""
-    return _HYPHENATED.sub(r"\1", text.replace("\ufffe", ""))
+    return _HYPHENATED.sub("", text.replace("\ufffe", ""))
 
 
 def _outline(pdf) -> dict[int, list[tuple[int, str]]]:
@@ -92,9 +92,11 @@ def _place_headings(lines: list[str], entries: list[tuple[int, str]]) -> list[st
     if not entries:
         return lines
     lines = list(lines)
+    longest = max(len(title) for _, title in entries) * 2 + 8  # longer lines cannot be a title
     where: dict[str, int] = {}
     for i, ln in enumerate(lines):
-        where.setdefault(squash(ln).lower(), i)
+        if len(ln) <= longest:
+            where.setdefault(squash(ln).lower(), i)
     top: list[str] = []
     for level, title in entries:
         i = where.pop(title.lower(), None)
