@@ -259,7 +259,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([h.__dict__ for h in hits]))
     else:
         for i, h in enumerate(hits, 1):
-            print(printable(f"{i}. {h.score:.3f}  {h.source}  [{h.heading_path}]"))
+            page = f"  p. {h.page}" if h.page is not None else ""
+            print(printable(f"{i}. {h.score:.3f}  {h.source}{page}  [{h.heading_path}]"))
             print(printable("   " + h.text[:200].replace("\n", " ")))
     return int(ExitCode.OK)
 

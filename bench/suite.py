@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 from bench.common import (REPO, Book, Row, Workspace, bench_env, corpus_bytes, default_config, kbingest_cmd, log,
                           median, phase, run_inproc, run_ingest)
 
+from bench.formats import fig_formats  # noqa: E402
+
 GIB_MIB = 1024.0
 
 
@@ -672,4 +674,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "watch": fig_watch,
     "sweep": fig_sweep,
     "profile": fig_profile,
+    "formats": fig_formats,
 }

@@ -307,6 +307,8 @@ class IngestJob:
         if kb.exists and dim is not None and kb.dim != dim:
             raise IndexError_(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
                               f"makes {dim}: use another --kb for another model")
+        if kb.exists:
+            kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
         stored = kb.stored_docs()
         chunker = Chunker(c.chunk_settings(), self._token_counter())
         for key in PASS_METRICS:

@@ -82,6 +82,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("position", pa.int32()),
         pa.field("title", pa.string()),
         pa.field("model", pa.string()),
+        pa.field("page", pa.int32(), nullable=True),  # first page of the chunk; null where no pages
     ])
 
 
@@ -100,6 +101,7 @@ class SearchHit:
     heading_path: str
     text: str
     title: str
+    page: Optional[int] = None
 
 
 def connect(home: Home):
@@ -146,6 +148,15 @@ class KnowledgeBase:
         elif self.dim != dim:
             raise IndexError_(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
                               f"makes {dim}: use another --kb for another model")
+        else:
+            self._add_missing_columns(dim)
+
+    def _add_missing_columns(self, dim: int) -> None:
+        """A table made by an earlier version gains the columns added since, all null (no row is rewritten)."""
+        have = set(self._table.schema.names)
+        missing = [f for f in schema(dim) if f.name not in have]
+        if missing:
+            self._table.add_columns(missing)
 
     @_damage_checked
     def count(self) -> int:
@@ -246,7 +257,9 @@ class KnowledgeBase:
             return []
         res = (self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
                .distance_type("cosine").limit(k)
-               .select(["id", "text", "source", "heading_path", "title"]).to_list())
+               .select(["id", "text", "source", "heading_path", "title"]
+                       + (["page"] if "page" in self._table.schema.names else [])).to_list())
         return [SearchHit(id=r["id"], score=round(1.0 - float(r["_distance"]), 4), source=r["source"],
-                          heading_path=r["heading_path"], text=r["text"], title=r.get("title") or "")
+                          heading_path=r["heading_path"], text=r["text"], title=r.get("title") or "",
+                          page=r.get("page"))
                 for r in res]

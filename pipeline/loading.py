@@ -181,6 +181,8 @@ def validate_sources(sources: list[str]) -> list[str]:
         except OSError as e:
             raise SourceError(f"source cannot be accessed ({e.strerror}): {_show(path)}") from None
         if stat.S_ISREG(st.st_mode):
+            if formats.unsupported(path):
+                raise SourceError(f"{formats.unsupported(path)}: {_show(path)}")
             if not is_document(path):
                 raise SourceError(
                     f"source is not a document (expected {', '.join(formats.suffixes())}): {_show(path)}"
@@ -335,7 +337,11 @@ class _Walker:
 
     def _file(self, path: str, root: str, st: os.stat_result) -> Iterator[Candidate | Problem | Skipped]:
         if not is_document(path):
-            yield Skipped(path, "not a document (extension is not .md, .markdown or .txt)")
+            why = formats.unsupported(path)
+            if why:
+                yield Problem(path, "unsupported_format", why)
+            else:
+                yield Skipped(path, f"not a document (extension is not {', '.join(formats.suffixes())})")
         elif not stat.S_ISREG(st.st_mode):
             yield _problem(path, _not_regular(st.st_mode))
         elif st.st_size > self.limits.max_file_bytes:

@@ -6,12 +6,23 @@ import os
 from typing import Optional
 
 from kbingest.pipeline.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.formats.docx import DOCX
+from kbingest.pipeline.formats.html import HTML
+from kbingest.pipeline.formats.pdf import PDF
 from kbingest.pipeline.formats.text import MARKDOWN, TEXT
 
 _BUILTIN: tuple[Format, ...] = (
     MARKDOWN,
     TEXT,
+    HTML,
+    PDF,
+    DOCX,
 )
+
+# Suffixes people expect to be read that no format reads: an error naming why, not a silent skip.
+UNSUPPORTED: dict[str, str] = {
+    ".doc": "legacy Word (.doc) is not supported: save it as .docx to load it",
+}
 
 _by_suffix: dict[str, Format] = {}
 
@@ -45,6 +56,15 @@ def for_path(path: str) -> Optional[Format]:
     return best
 
 
+def unsupported(path: str) -> Optional[str]:
+    """Why no format reads this file, when its suffix is one of UNSUPPORTED; else None."""
+    name = os.path.basename(path).lower()
+    for s, why in UNSUPPORTED.items():
+        if name.endswith(s):
+            return why
+    return None
+
+
 def formats() -> list[Format]:
     seen: list[Format] = []
     for fmt in _by_suffix.values():
@@ -60,4 +80,5 @@ def suffixes() -> tuple[str, ...]:
 for _fmt in _BUILTIN:
     register(_fmt)
 
-__all__ = ["Extracted", "Format", "LoadError", "register", "unregister", "for_path", "formats", "suffixes"]
+__all__ = ["Extracted", "Format", "LoadError", "register", "unregister", "for_path", "formats", "suffixes",
+           "unsupported", "UNSUPPORTED"]

@@ -38,7 +38,17 @@ def looks_binary(codes) -> bool:
     return controls / len(codes) > 0.3
 
 
-def _bom(data: bytes) -> tuple[str, bytes]:
+def decode_counting(body: bytes, encoding: str) -> tuple[str, int]:
+    """(text, number of invalid sequences replaced with U+FFFD)."""
+    try:
+        return body.decode(encoding), 0
+    except UnicodeDecodeError:
+        _counter.n = 0
+        return body.decode(encoding, "kbingest.count_replace"), _counter.n
+
+
+def bom(data: bytes) -> tuple[str, bytes]:
+    """(encoding its byte-order mark names, the bytes after it); ("utf-8", data) without one."""
     for bom, enc in _BOMS:
         if data.startswith(bom):
             return enc, data[len(bom):]
@@ -47,14 +57,10 @@ def _bom(data: bytes) -> tuple[str, bytes]:
 
 def decode(data: bytes) -> tuple[str, int, str]:
     """(text, number of invalid sequences replaced, encoding name); raise LoadError('binary')."""
-    encoding, body = _bom(data)
+    encoding, body = bom(data)
     if encoding == "utf-8" and looks_binary(body[:BINARY_SAMPLE]):
         raise LoadError("binary", "the file looks binary (NUL or control bytes), not text: not loaded")
-    try:
-        text, replaced = body.decode(encoding), 0
-    except UnicodeDecodeError:
-        _counter.n = 0
-        text, replaced = body.decode(encoding, "kbingest.count_replace"), _counter.n
+    text, replaced = decode_counting(body, encoding)
     if encoding != "utf-8" and looks_binary(map(ord, text[:BINARY_SAMPLE])):
         raise LoadError("binary", "the file looks binary (NUL or control characters), not text: not loaded")
     return text, replaced, encoding[:6].upper()  # "UTF-8", "UTF-16" or "UTF-32"

@@ -10,6 +10,7 @@ from typing import Optional
 from kbingest.pipeline import ids
 from kbingest.pipeline.chunking import Chunker
 from kbingest.pipeline.failures import note_document, reason
+from kbingest.pipeline.formats.pages import chunk_pages
 from kbingest.pipeline.index import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
@@ -43,13 +44,13 @@ class ChunkStage:
             r.progress(PHASE)
             r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
             return None
-        d.title = chunked.title or doc.title or ""
+        d.title = doc.title or chunked.title or ""  # the format's own title (HTML <title>) first
         d.rows = [{
             "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, self.version_key),
             "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
             "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-            "model": self.model,
-        } for ch in chunked.chunks]
+            "model": self.model, "page": page,
+        } for ch, page in zip(chunked.chunks, chunk_pages(doc.text, doc.page_starts, chunked.chunks))]
         d.loaded = None  # the text is in the rows now
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
