@@ -16,6 +16,7 @@ from kbingest.app.exit_codes import ExitCode
 from kbingest.pipeline.models import JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import ENV_HOME, Home, InvalidName, validate_name
 from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.storage import KbLocation, StorageError, parse_options
 from kbingest.pipeline.textsafe import printable
 from kbingest.pipeline.jobs import effective_status
 
@@ -28,6 +29,11 @@ def _add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"folder holding all state: job store and LanceDB (env {ENV_HOME}; "
                         "default: the platform's user data folder for kbingest)")
+    p.add_argument("--db", metavar="URI", default=argparse.SUPPRESS,
+                   help="where knowledge bases live: a folder or s3://bucket/prefix (env KBINGEST_DB; default "
+                        "HOME/lancedb); S3 credentials and endpoint from the AWS_* environment variables")
+    p.add_argument("--db-option", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS,
+                   help="a LanceDB storage option, repeatable (stored with the job: no secrets)")
 
 
 def _default(field: str):
@@ -104,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--kb", required=True, metavar="NAME")
     se.add_argument("-k", type=int, default=5, metavar="N", help="how many chunks (default 5)")
     se.add_argument("--json", action="store_true", help="a JSON array of hits")
+    se.add_argument("--mode", choices=["vector", "text", "hybrid"], default="hybrid",
+                    help="vector (cosine), text (BM25 full-text) or hybrid (both, reciprocal-rank fusion; default)")
     return p
 
 
@@ -163,6 +171,8 @@ def _config_from(args: argparse.Namespace) -> JobConfig:
             threads=args.threads, commit_rows=args.commit_rows,
             max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), max_depth=args.max_depth,
             max_files=args.max_files, follow_links=args.follow_links, watch=args.watch,
+            **KbLocation.from_flags(_home(args), getattr(args, "db", None), getattr(args, "db_option", None))
+            .job_fields(_home(args)),
         )
     except ValueError as e:
         raise UsageError(str(e).splitlines()[0] if str(e) else "invalid options") from None
@@ -332,7 +342,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UsageError("-k must be at least 1")
     store = _store(home)
-    hits = search(home, store, args.kb, args.query, args.k)
+    hits = search(home, store, args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
+                  db_options=parse_options(getattr(args, "db_option", None)))
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
     else:
@@ -377,7 +388,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "cancel": lambda a: cmd_control(a, "cancel"),
         }[args.command]
         return handler(args)
-    except (UsageError, InvalidName, LookupError) as e:
+    except (UsageError, InvalidName, LookupError, StorageError) as e:
         _say(str(e))
         return int(ExitCode.USAGE)
     except KeyboardInterrupt:

@@ -333,7 +333,7 @@ class IngestJob:
         """One pass over the sources (scope None) or over these paths below them (a watch burst)."""
         c = self.config
         t = self.tracker
-        kb = KnowledgeBase(self.home, c.kb)
+        kb = KnowledgeBase.for_job(self.home, c)
         stored = kb.stored_docs()
         embedder = self._embedder()
         kb.ensure(embedder.dim)

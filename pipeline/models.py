@@ -103,6 +103,9 @@ class JobConfig(BaseModel):
     follow_links: bool = False
     watch: bool = False
     retries: int = Field(3, ge=0)
+    db: Optional[str] = None  # where knowledge bases live (a folder or s3://bucket/prefix); None: HOME/lancedb
+    db_options: dict[str, str] = Field(default_factory=dict)  # non-secret LanceDB storage options
+    ann_min_rows: int = Field(100_000, ge=1)  # from this many rows, an ANN vector index (pipeline/search_index.py)
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
