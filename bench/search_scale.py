@@ -4,7 +4,8 @@ flat scan) and with each ANN kind of pipeline/search_index.py: p50 latency, reca
 search (numpy ground truth), index build time; then the full-text index's build time and a text
 query's p50.
 
-    python -m bench.search_scale [--rows 1000000] [--queries 50] [--kinds IVF_PQ,IVF_HNSW_SQ] [--keep DIR]
+    python -m bench.search_scale [--rows 1000000] [--queries 50] [--kinds IVF_PQ,IVF_HNSW_SQ] [--no-sweep]
+    python -m bench --only search_scale      # the suite's figure: the chosen kind and settings only
 
 Rows are written in batches (memory stays at a batch); the ground truth is kept as a running top-10
 per query over the same batches. Prints one JSON object per measurement and a Markdown table.
@@ -110,7 +111,10 @@ def measure(kb, queries: np.ndarray, truth: Optional[np.ndarray], reps: int) -> 
     return out
 
 
-def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int) -> list[dict[str, Any]]:
+def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
+        sweep: bool = True) -> list[dict[str, Any]]:
+    """Every measurement, as dicts; `sweep` tries each kind's SETTINGS, else only the settings the
+    search uses (search_index.QUERY)."""
     from kbingest.pipeline import search_index
     from kbingest.pipeline.index import KnowledgeBase
     from kbingest.pipeline.paths import Home
@@ -138,8 +142,9 @@ def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int)
                                name=f"{search_index.ANN_NAME}_{rows}")
         build_s = time.perf_counter() - t0
         saved = dict(search_index.QUERY)
+        q = saved[kind]
         try:
-            for nprobes, refine, ef in SETTINGS[kind]:
+            for nprobes, refine, ef in (SETTINGS[kind] if sweep else [(q.nprobes, q.refine_factor, q.ef)]):
                 search_index.QUERY[kind] = search_index.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
                 emit({"what": kind, "build_s": round(build_s, 1), "nprobes": nprobes, "refine_factor": refine,
                       "ef": ef, **measure(kb, queries, truth, n_queries)})
@@ -176,12 +181,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--flat-queries", type=int, default=20, help="queries timed without an index (slow)")
     ap.add_argument("--kinds", default=",".join(("IVF_PQ", "IVF_HNSW_SQ")))
+    ap.add_argument("--no-sweep", action="store_true", help="only the query settings the search uses")
     ap.add_argument("--keep", metavar="DIR", help="build in DIR and keep it (default: a temp folder, removed)")
     a = ap.parse_args(argv)
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="kbingest-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        res = run(a.rows, a.queries, [k for k in a.kinds.split(",") if k], root, a.flat_queries)
+        res = run(a.rows, a.queries, [k for k in a.kinds.split(",") if k], root, a.flat_queries, sweep=not a.no_sweep)
         print(table(res))
     finally:
         if not a.keep:
