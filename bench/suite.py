@@ -664,6 +664,7 @@ def fig_profile(ctx: Ctx) -> list[Row]:
 # ---- search at scale (issue 16): synthetic rows, with and without the ANN index ----------------
 
 def fig_search_scale(ctx: Ctx) -> list[Row]:
+    """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
     from bench import search_scale
     from kbingest.pipeline import search_index
 

@@ -68,7 +68,7 @@ def _default_ann_min_rows() -> int:
 
 def connect(home: Home, location: Optional[KbLocation] = None):
     home.ensure()
-    return (location or KbLocation.resolve(home)).connect()
+    return (location or KbLocation.default(home)).connect()
 
 
 def _table_names(db) -> list[str]:
@@ -77,7 +77,7 @@ def _table_names(db) -> list[str]:
 
 
 def list_kbs(home: Home, location: Optional[KbLocation] = None) -> list[str]:
-    location = location or KbLocation.resolve(home)
+    location = location or KbLocation.default(home)
     if not location.exists():
         return []
     return _table_names(connect(home, location))
@@ -87,7 +87,7 @@ class KnowledgeBase:
     def __init__(self, home: Home, name: str, location: Optional[KbLocation] = None,
                  ann_min_rows: Optional[int] = None) -> None:
         self.name = validate_name(name, "knowledge base name")
-        self.location = location or KbLocation.resolve(home)
+        self.location = location or KbLocation.default(home)
         self.ann_min_rows = ann_min_rows if ann_min_rows is not None else _default_ann_min_rows()
         self._db = connect(home, self.location)
         self._table = None

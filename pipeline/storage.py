@@ -83,8 +83,9 @@ class KbLocation:
     def resolve(cls, home, db: Optional[str] = None, options: Optional[Mapping[str, str]] = None) -> "KbLocation":
         """The location named by `db` (or KBINGEST_DB), else HOME/lancedb; validated."""
         db = db if db is not None else (os.environ.get(ENV_DB) or None)
-        uri = _check_uri(db) if db else str(home.lancedb_dir)
-        return cls(uri, dict(options or {}))
+        if not db:
+            return cls(cls.default(home).uri, dict(options or {}))
+        return cls(_check_uri(db), dict(options or {}))
 
     @classmethod
     def from_flags(cls, home, db: Optional[str], option_pairs: Optional[Iterable[str]]) -> "KbLocation":
@@ -96,9 +97,18 @@ class KbLocation:
         return {"db": None if self.uri == str(home.lancedb_dir) else self.uri, "db_options": dict(self.options)}
 
     @classmethod
+    def default(cls, home) -> "KbLocation":
+        """HOME/lancedb, whatever KBINGEST_DB says."""
+        return cls(str(home.lancedb_dir), {})
+
+    @classmethod
     def of_job(cls, home, config) -> "KbLocation":
-        """The location a job writes to: the one it recorded (so resume repeats it), else the default."""
-        return cls.resolve(home, getattr(config, "db", None) or None, getattr(config, "db_options", None))
+        """The location a job writes to: the one it recorded when it was created (so resume repeats
+        it, whatever KBINGEST_DB says now), else HOME/lancedb."""
+        db = getattr(config, "db", None)
+        if not db:
+            return cls.default(home)
+        return cls.resolve(home, db, getattr(config, "db_options", None))
 
     @property
     def is_local(self) -> bool:

@@ -197,6 +197,11 @@ def test_locations_resolve(tmp_path, monkeypatch):
     assert KbLocation.resolve(home, "s3://my-bucket/some/prefix/").uri == "s3://my-bucket/some/prefix"
     monkeypatch.setenv("KBINGEST_DB", "s3://env-bucket/p")
     assert KbLocation.resolve(home).uri == "s3://env-bucket/p"
+    # a job records its location when it is created: resuming one made for the default stays there
+    from kbingest.pipeline.models import JobConfig
+
+    assert KbLocation.of_job(home, JobConfig(sources=["."], kb=KB)).uri == str(home.lancedb_dir)
+    assert KbLocation.of_job(home, JobConfig(sources=["."], kb=KB, db="s3://b-1/x")).uri == "s3://b-1/x"
     # credentials come from the environment at connect time, never from what the job stores
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKID")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRET")
