@@ -210,12 +210,13 @@ class KnowledgeBase:
             raise ValueError(f"unknown search mode {mode!r}: one of {', '.join(SEARCH_MODES)}")
         if self._table is None:
             return []
-        if mode != "vector" and not search_index.state(self._table).has_fts:
+        st = search_index.state(self._table)
+        if mode != "vector" and not st.has_fts:
             if mode == "text":
                 raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (a job builds it when it "
                                   "finishes): use --mode vector, or run the same `kbingest ingest` again")
             mode = "vector"  # hybrid on a table from before full-text indexes: its vector half
-        kind = search_index.ann_kind(self._table) if mode != "text" else None
+        kind = st.ann_kind if mode != "text" else None
         if mode == "vector":
             q = self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
             q = search_index.tune(q.distance_type("cosine"), kind)

@@ -66,19 +66,23 @@ def partitions(rows: int) -> int:
 class IndexState:
     ann_trained_rows: Optional[int]   # None: no ANN index
     ann_name: Optional[str]
+    ann_kind: Optional[str]           # IVF_PQ, IVF_HNSW_SQ (or LanceDB's name of another kind)
     has_fts: bool
 
 
 def state(table) -> IndexState:
-    trained, name, fts = None, None, False
+    """The table's search indexes, from one listing."""
+    trained, name, kind, fts = None, None, None, False
     for ix in table.list_indices():
         cols = list(ix.columns)
         if cols == ["vector"]:
             m = _ANN_RE.match(ix.name)
             trained, name = (int(m.group(1)) if m else 0), ix.name
+            t = str(ix.index_type).upper()
+            kind = "IVF_HNSW_SQ" if "HNSW" in t else "IVF_PQ" if "PQ" in t else t
         elif cols == ["text"] and str(ix.index_type).upper() in ("FTS", "INVERTED"):
             fts = True
-    return IndexState(trained, name, fts)
+    return IndexState(trained, name, kind, fts)
 
 
 def maintain(table, min_rows: int, kind: str = ANN_KIND) -> dict[str, Any]:
@@ -116,11 +120,3 @@ def tune(query, kind: Optional[str]):
         query = query.ef(s.ef)
     return query
 
-
-def ann_kind(table) -> Optional[str]:
-    """The kind of the table's ANN index, or None."""
-    for ix in table.list_indices():
-        if list(ix.columns) == ["vector"]:
-            t = str(ix.index_type).upper()
-            return "IVF_HNSW_SQ" if "HNSW" in t else "IVF_PQ" if "PQ" in t else t
-    return None
