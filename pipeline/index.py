@@ -213,8 +213,8 @@ class KnowledgeBase:
         st = search_index.state(self._table)
         if mode != "vector" and not st.has_fts:
             if mode == "text":
-                raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (a job builds it when it "
-                                  "finishes): use --mode vector, or run the same `kbingest ingest` again")
+                raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
+                                  "writes to it builds one): use --mode vector or --mode hybrid")
             mode = "vector"  # hybrid on a table from before full-text indexes: its vector half
         kind = st.ann_kind if mode != "text" else None
         if mode == "vector":
