@@ -39,6 +39,11 @@ def _add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"folder holding all state: job store and LanceDB (env {ENV_HOME}; "
                         "default: the platform's user data folder for kbingest)")
+    p.add_argument("--db", metavar="URI", default=argparse.SUPPRESS,
+                   help="where knowledge bases live: a folder or s3://bucket/prefix (env KBINGEST_DB; default "
+                        "HOME/lancedb); S3 credentials and endpoint from the AWS_* environment")
+    p.add_argument("--db-option", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS,
+                   help="a LanceDB storage option (repeatable; no secrets: they come from the environment)")
 
 
 def _help(field: str, unit: str = "") -> str:
@@ -108,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--kb", required=True, metavar="NAME")
     se.add_argument("-k", type=int, default=5, metavar="N", help="how many chunks (default 5)")
     se.add_argument("--json", action="store_true", help="a JSON array of hits")
+    se.add_argument("--mode", choices=["vector", "text", "hybrid"], default="hybrid",
+                    help="vector (cosine), text (full-text BM25) or hybrid: both fused by reciprocal rank (default)")
     return p
 
 
@@ -130,7 +137,9 @@ def _notices(svc: Service) -> None:
 def _config_from(args: argparse.Namespace) -> JobConfig:
     settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
     settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
-                    watch=args.watch, embedder=args.embedder)
+                    watch=args.watch, embedder=args.embedder,
+                    **Service.location_settings(getattr(args, "home", None), getattr(args, "db", None),
+                                                getattr(args, "db_option", None)))
     if args.allow_mass_removal:
         settings["max_removal_share"] = 1.0
     try:
@@ -253,7 +262,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     svc = _service(args)
-    hits = svc.search(args.kb, args.query, args.k)
+    hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
+                      db_options=Service.db_options(getattr(args, "db_option", None)))
     _notices(svc)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))

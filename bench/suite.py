@@ -663,6 +663,34 @@ def fig_profile(ctx: Ctx) -> list[Row]:
     return []
 
 
+# ---- search at scale (issue 16): synthetic rows, with and without the ANN index ----------------
+
+def fig_search_scale(ctx: Ctx) -> list[Row]:
+    """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
+    from bench import search_scale
+    from kbingest.pipeline import search_index
+
+    rows = 50_000 if ctx.quick else 1_000_000
+    kind = search_index.ANN_KIND
+    root = ctx.ws.root / "search-scale"
+    log(f"  {rows} synthetic rows, flat scan then {kind} (bench/search_scale.py)")
+    res = search_scale.run(rows, 50, [kind], root, flat_reps=15, sweep=False)
+    flat = next(r for r in res if r["what"].startswith("flat"))
+    ann = next(r for r in res if r["what"] == kind)
+    fts = next(r for r in res if r["what"] == "full-text")
+    n = f"{rows:,} rows, 384-d clustered, {ann['queries']} queries"
+    return [
+        Row("s.ann_p50", f"search p50 with the {kind} index ({n})", "ms", [ann["p50_ms"]], "<", 50.0, "< 50 ms",
+            note=f"p90 {ann['p90_ms']} ms; flat scan p50 {flat['p50_ms']} ms"),
+        Row("s.ann_recall", f"recall@10 with the {kind} index against exact search ({n})", "", [ann["recall_at_10"]],
+            ">=", 0.95, ">= 0.95"),
+        Row("s.flat_p50", f"search p50 without an index, exact flat scan ({rows:,} rows)", "ms", [flat["p50_ms"]]),
+        Row("s.ann_build", f"{kind} build time ({rows:,} rows, 2 cores)", "s", [ann["build_s"]]),
+        Row("s.fts_build", f"full-text index build time ({rows:,} rows)", "s", [fts["build_s"]],
+            note=f"text query p50 {fts['p50_ms']} ms"),
+    ]
+
+
 FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "chunking": fig_chunking,
     "throughput": fig_throughput,
@@ -675,4 +703,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "sweep": fig_sweep,
     "profile": fig_profile,
     "formats": fig_formats,
+    "search_scale": fig_search_scale,
 }

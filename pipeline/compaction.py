@@ -11,7 +11,15 @@ The child lives no longer than the engine that started it (which holds the home'
 the kernel kills it when its parent dies (PR_SET_PDEATHSIG), and a watchdog thread in it checks
 that its parent is still the engine, for the instant before prctl and for systems without it.
 
-    python -m kbingest.pipeline.compaction LANCEDB_DIR TABLE PARENT_PID   # prints {"peak_rss_mib": ..., "seconds": ...}
+After compaction, the search indexes the table lacks are built (pipeline/search_index.py): the
+full-text index, and the ANN index past its row threshold; in the child for a large table, so an
+index build's memory is returned too.
+
+    python -m kbingest.pipeline.compaction URI TABLE PARENT_PID [ANN_MIN_ROWS [OPTIONS_JSON]]
+    # prints {"peak_rss_mib": ..., "seconds": ..., "indexes": {...}}
+
+URI is a folder or s3://bucket/prefix; OPTIONS_JSON the job's non-secret storage options (the child
+reads credentials from the same AWS_* environment as the parent).
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from typing import Optional
 
 KEEP_VERSIONS_S = 60     # versions newer than this survive: readers of older versions keep working
 TIMEOUT_S = 1800
@@ -38,20 +47,26 @@ class CompactionError(RuntimeError):
     pass
 
 
-def optimize_here(table) -> dict:
-    """Optimize an open lancedb Table in this process."""
+def optimize_here(table, ann_min_rows: Optional[int] = None) -> dict:
+    """Optimize an open lancedb Table in this process, then build the search indexes it lacks
+    (none when ann_min_rows is None: compaction only)."""
+    from kbingest.pipeline.search_index import maintain
+
     t0 = time.perf_counter()
     table.optimize(cleanup_older_than=timedelta(seconds=KEEP_VERSIONS_S))
-    return {"peak_rss_mib": None, "seconds": round(time.perf_counter() - t0, 3), "child": False}
+    indexes = maintain(table, ann_min_rows) if ann_min_rows is not None else {}
+    return {"peak_rss_mib": None, "seconds": round(time.perf_counter() - t0, 3), "child": False, "indexes": indexes}
 
 
-def optimize_in_child(lancedb_dir: str, table: str) -> dict:
-    """Optimize TABLE in a child process; returns its report (peak RSS, seconds)."""
+def optimize_in_child(location, table: str, ann_min_rows: Optional[int] = None) -> dict:
+    """Optimize TABLE at `location` (a KbLocation) in a child process; returns its report (peak RSS,
+    seconds, indexes built)."""
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", lancedb_dir, table, str(os.getpid())],
-                       capture_output=True,
+    args = [location.uri, table, str(os.getpid()), "" if ann_min_rows is None else str(ann_min_rows),
+            json.dumps(dict(location.options))]
+    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", *args], capture_output=True,
                        text=True, timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
@@ -81,12 +96,13 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    lancedb_dir, name, parent = argv
-    _die_with_parent(int(parent))
-    import lancedb
+    from kbingest.pipeline.storage import KbLocation
 
+    uri, name, parent, min_rows, options = (list(argv) + ["", "{}"])[:5]
+    _die_with_parent(int(parent))
     time.sleep(float(os.environ.get(DELAY_ENV) or 0))
-    report = optimize_here(lancedb.connect(lancedb_dir).open_table(name))
+    location = KbLocation(uri, json.loads(options or "{}"))
+    report = optimize_here(location.connect().open_table(name), int(min_rows) if min_rows else None)
     report.update(peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     report.pop("child")  # the parent says where it ran
     print(json.dumps(report))

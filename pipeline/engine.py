@@ -302,7 +302,7 @@ class IngestJob:
     def _run_pass(self, scope: Optional[list[str]] = None) -> None:
         """One pass over the sources (scope None) or over these paths below them (a watch burst)."""
         c, t, r = self.config, self.tracker, self.reporter
-        kb = KnowledgeBase(self.home, c.kb)
+        kb = KnowledgeBase.for_job(self.home, c)
         dim = self._expected_dim()
         if kb.exists and dim is not None and kb.dim != dim:
             raise IndexError_(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "

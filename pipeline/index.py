@@ -1,4 +1,5 @@
-"""The LanceDB knowledge base: one table per KB under HOME/lancedb, as contracts/CLI.md lays out.
+"""The LanceDB knowledge base: one table per KB at its location (HOME/lancedb by default, or a folder
+or s3://bucket/prefix given with --db: pipeline/storage.py), as contracts/CLI.md lays out.
 
 Only one thread writes (the indexer). A batch of documents is written in one merge_insert keyed
 by chunk id whose not-matched-by-source clause deletes those documents' stale chunks: a document
@@ -19,6 +20,10 @@ import pyarrow as pa  # noqa: E402
 from kbingest.pipeline.errors import EngineFailure  # noqa: E402
 from kbingest.pipeline.ids import in_predicate  # noqa: E402
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
+from kbingest.pipeline.storage import KbLocation  # noqa: E402
+
+SEARCH_MODES = ("vector", "text", "hybrid")
+_HIT_COLUMNS = ["id", "text", "source", "heading_path", "title"]
 
 
 class IndexError_(EngineFailure):
@@ -104,33 +109,47 @@ class SearchHit:
     page: Optional[int] = None
 
 
-def connect(home: Home):
-    import lancedb
+def _default_ann_min_rows() -> int:
+    from kbingest.pipeline.models import JobConfig
 
+    return JobConfig.model_fields["ann_min_rows"].default
+
+
+def connect(home: Home, location: Optional[KbLocation] = None):
     home.ensure()
-    return lancedb.connect(str(home.lancedb_dir))
+    return (location or KbLocation.default(home)).connect()
 
 
-def list_kbs(home: Home) -> list[str]:
-    if not home.lancedb_dir.exists():
-        return []
-    db = connect(home)
+def _table_names(db) -> list[str]:
     res = db.list_tables()
-    names = getattr(res, "tables", res)
-    return sorted(names)
+    return sorted(getattr(res, "tables", res))
+
+
+def list_kbs(home: Home, location: Optional[KbLocation] = None) -> list[str]:
+    location = location or KbLocation.default(home)
+    if not location.exists():
+        return []
+    return _table_names(connect(home, location))
 
 
 class KnowledgeBase:
     @_damage_checked
-    def __init__(self, home: Home, name: str) -> None:
+    def __init__(self, home: Home, name: str, location: Optional[KbLocation] = None,
+                 ann_min_rows: Optional[int] = None) -> None:
         self.name = validate_name(name, "knowledge base name")
-        self._db = connect(home)
-        self._db_dir = str(home.lancedb_dir)
+        self.location = location or KbLocation.default(home)
+        self.ann_min_rows = ann_min_rows if ann_min_rows is not None else _default_ann_min_rows()
+        self._db = connect(home, self.location)
         self._optimize_marker = home.optimize_marker(self.name)
         self._table = None
         self.commits = 0
-        if self.name in list_kbs(home):
+        if self.name in _table_names(self._db):
             self._table = self._db.open_table(self.name)
+
+    @classmethod
+    def for_job(cls, home: Home, config) -> "KnowledgeBase":
+        """The knowledge base a job writes: at the location it recorded, with its index threshold."""
+        return cls(home, config.kb, KbLocation.of_job(home, config), getattr(config, "ann_min_rows", None))
 
     @property
     def exists(self) -> bool:
@@ -222,18 +241,19 @@ class KnowledgeBase:
         return self._optimize_marker.exists()
 
     def optimize(self) -> dict:
-        """Compact the table and prune old versions; a large table in a child process, whose memory
-        goes back to the system when it exits (pipeline/compaction.py). Returns a report: where,
-        the child's peak RSS, seconds. A marker file is kept while it runs: one that a kill or a
+        """Compact the table, prune old versions and build the search indexes it lacks
+        (pipeline/search_index.py); a large table in a child process, whose memory goes back to the
+        system when it exits (pipeline/compaction.py). Returns a report: where, the child's peak RSS,
+        seconds, and the indexes built. A marker file is kept while it runs: one that a kill or a
         failure interrupts is pending, and the next run redoes it."""
         from kbingest.pipeline import compaction
 
         self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
         os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         if self.count() < compaction.CHILD_ROWS:
-            report = compaction.optimize_here(self._table)
+            report = compaction.optimize_here(self._table, self.ann_min_rows)
         else:
-            report = compaction.optimize_in_child(self._db_dir, self.name)
+            report = compaction.optimize_in_child(self.location, self.name, self.ann_min_rows)
             self._table = self._db.open_table(self.name)  # the version the child made
         self._optimize_marker.unlink(missing_ok=True)
         return report
@@ -251,15 +271,48 @@ class KnowledgeBase:
             return []
         return self._scan(["id"]).column("id").to_pylist()
 
+    def index_state(self):
+        from kbingest.pipeline.search_index import state
+
+        return state(self._table) if self._table is not None else None
+
     @_damage_checked
-    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+    def search(self, vector: Optional[np.ndarray], k: int, mode: str = "vector",
+               text: Optional[str] = None) -> list[SearchHit]:
+        """The k best chunks. vector: cosine similarity (exact below the ANN threshold, through the
+        ANN index above it); text: BM25 on the full-text index; hybrid: both, fused by reciprocal
+        rank (LanceDB's RRFReranker, k=60). The score is the mode's own: cosine similarity, BM25, RRF."""
+        from kbingest.pipeline import search_index
+
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"unknown search mode {mode!r}: one of {', '.join(SEARCH_MODES)}")
         if self._table is None:
             return []
-        res = (self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-               .distance_type("cosine").limit(k)
-               .select(["id", "text", "source", "heading_path", "title"]
-                       + (["page"] if "page" in self._table.schema.names else [])).to_list())
-        return [SearchHit(id=r["id"], score=round(1.0 - float(r["_distance"]), 4), source=r["source"],
+        st = search_index.state(self._table)
+        if mode != "vector" and not st.has_fts:
+            if mode == "text":
+                raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
+                                  "writes to it builds one): use --mode vector or --mode hybrid")
+            mode = "vector"  # hybrid on a table from before full-text indexes: its vector half
+        kind = st.ann_kind if mode != "text" else None
+        if mode == "vector":
+            q = self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            q = search_index.tune(q.distance_type("cosine"), kind)
+            score = lambda r: 1.0 - float(r["_distance"])  # noqa: E731
+        elif mode == "text":
+            q = self._table.search(text, query_type="fts", fts_columns="text")
+            score = lambda r: float(r["_score"])  # noqa: E731
+        else:
+            from lancedb.rerankers import RRFReranker
+
+            q = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
+                 .vector(np.asarray(vector, dtype=np.float32)).text(text).distance_type("cosine"))
+            q = search_index.tune(q, kind).rerank(RRFReranker())
+            score = lambda r: float(r["_relevance_score"])  # noqa: E731
+        columns = _HIT_COLUMNS + (["page"] if "page" in self._table.schema.names else [])  # old tables: none
+        res = q.limit(k).select(columns).to_list()
+        digits = 6 if mode == "hybrid" else 4  # RRF scores are about 1/60
+        return [SearchHit(id=r["id"], score=round(score(r), digits), source=r["source"],
                           heading_path=r["heading_path"], text=r["text"], title=r.get("title") or "",
                           page=r.get("page"))
                 for r in res]

@@ -168,6 +168,11 @@ class JobConfig(BaseModel):
     max_removal_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "a pass that would remove more than this share of a knowledge base's documents (a source that is "
         "empty or unmounted) removes none, and says so; 1.0 allows any removal"))
+    db: Optional[str] = Field(None, description="where knowledge bases live: a folder or s3://bucket/prefix "
+                                                "(default HOME/lancedb)")
+    db_options: dict[str, str] = Field(default_factory=dict, description="LanceDB storage options (no secrets)")
+    ann_min_rows: int = Field(100_000, ge=1, description="rows from which an ANN vector index is built "
+                                                         "(pipeline/search_index.py)")
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
@@ -175,7 +180,8 @@ class JobConfig(BaseModel):
     VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
-        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share")
+        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
+        "db", "db_options", "ann_min_rows")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":

@@ -1,18 +1,38 @@
-"""Query a knowledge base with the model it was built with."""
+"""Query a knowledge base with the model it was built with, where its jobs put it."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+import os
+from typing import Callable, Mapping, Optional
 
 from kbingest.pipeline.embedding import make_embedder
-from kbingest.pipeline.index import KnowledgeBase, SearchHit
+from kbingest.pipeline.errors import InvalidInput
+from kbingest.pipeline.index import SEARCH_MODES, KnowledgeBase, SearchHit
 from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.paths import Home
+from kbingest.pipeline.storage import ENV_DB, KbLocation
 
 
-def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int,
+def locate(home: Home, config: Optional[JobConfig], db: Optional[str] = None,
+           db_options: Optional[Mapping[str, str]] = None) -> KbLocation:
+    """Where a knowledge base is: `db` (or KBINGEST_DB) when given, else where its newest job wrote, else
+    HOME/lancedb."""
+    db = db or os.environ.get(ENV_DB) or None
+    if db is None and config is not None:
+        db, db_options = config.db, {**config.db_options, **(db_options or {})}
+    return KbLocation.resolve(home, db, db_options)
+
+
+def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: str = "hybrid",
               embedder_factory: Optional[Callable] = None) -> list[SearchHit]:
+    if mode not in SEARCH_MODES:
+        raise InvalidInput(f"unknown search mode {mode!r}: one of {', '.join(SEARCH_MODES)}")
+    if not query.strip():
+        raise InvalidInput("the query is empty: say what to search for")
     if kb.count() == 0:
         return []  # nothing to find: the model is not loaded
-    embedder = embedder_factory(config) if embedder_factory else make_embedder(
-        config.embedder, config.model, batch_size=1)
-    vec = embedder.embed([query])[0]
-    return kb.search(vec, k)
+    vec = None
+    if mode != "text":
+        embedder = embedder_factory(config) if embedder_factory else make_embedder(
+            config.embedder, config.model, batch_size=1)
+        vec = embedder.embed([query])[0]
+    return kb.search(vec, k, mode=mode, text=query)

@@ -163,6 +163,20 @@ class Service:
             msg = str(err.get("msg", "invalid setting")).removeprefix("Value error, ")
             raise InvalidInput(msg if not field else f"{field}: {msg}", setting=field) from None
 
+    @staticmethod
+    def location_settings(home, db: Optional[str], options: Optional[list[str]]) -> dict:
+        """The JobConfig fields of `--db URI` and `--db-option KEY=VALUE` (a bad one is InvalidInput)."""
+        from kbingest.pipeline.storage import KbLocation
+
+        home = home if isinstance(home, Home) else Home(home)
+        return KbLocation.from_flags(home, db, options).job_fields(home)
+
+    @staticmethod
+    def db_options(options: Optional[list[str]]) -> dict[str, str]:
+        from kbingest.pipeline.storage import parse_options
+
+        return parse_options(options)
+
     def _job_kw(self) -> dict:
         return {"embedder_factory": self._embedder_factory} if self._embedder_factory else {}
 
@@ -271,21 +285,24 @@ class Service:
         return repair(self.home, kb, sources=jobs[0].config.sources if jobs else None).message
 
     # ---- searching --------------------------------------------------------------------------
-    def search(self, kb: str, query: str, k: int = 5):
-        """The k chunks nearest the query, embedded with the model the knowledge base was built with."""
+    def search(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
+               db_options: Optional[dict] = None):
+        """The k chunks nearest the query (vector, full-text or hybrid), embedded with the model the
+        knowledge base was built with, where its jobs put it (or `db`)."""
         from kbingest.pipeline.embedding import EmbeddingError
         from kbingest.pipeline.index import KnowledgeBase
-        from kbingest.pipeline.search import search_kb
+        from kbingest.pipeline.search import locate, search_kb
 
         _validated(kb, "knowledge base name")
         if k < 1:
             raise InvalidInput("-k must be at least 1")
-        base = KnowledgeBase(self.home, kb)
-        if not base.exists:
-            raise NotFound(f"no knowledge base {kb!r} in {self.home.root}")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
         cfg = jobs[0].config if jobs else JobConfig(sources=["."], kb=kb, model=DEFAULT_MODEL)
+        location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
+        base = KnowledgeBase(self.home, kb, location)
+        if not base.exists:
+            raise NotFound(f"no knowledge base {kb!r} in {location}")
         try:
-            return search_kb(base, cfg, query, k, embedder_factory=self._embedder_factory)
+            return search_kb(base, cfg, query, k, mode=mode, embedder_factory=self._embedder_factory)
         except EmbeddingError as e:
             raise EngineFailure(str(e)) from None

@@ -141,7 +141,7 @@ def test_an_unchanged_rerun_never_constructs_the_embedder(tmp_path, home):
     job, snap = _run(svc, svc.config([str(src)], "u", embedder="fake"))
     assert snap.status == JobStatus.COMPLETED and snap.m.documents_skipped == 3
     assert len(made) == 1 and job.embedder_loads == 0  # no model for an unchanged run
-    assert svc.search("u", "", k=1) or True  # searching loads it: that is its work
+    assert svc.search("u", "reliability", k=1) and len(made) == 2  # searching loads it: that is its work
 
 
 def test_typed_errors(tmp_path, home):
