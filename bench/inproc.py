@@ -448,6 +448,75 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
             "store_bytes": home.store_file.stat().st_size if home.store_file.exists() else 0}
 
 
+# ---- the metadata struct column: what it costs an ingest ---------------------------------------
+
+def _without_metadata_struct() -> None:
+    """Make this process write tables as before the `metadata` struct: the flat columns only, no
+    migration, no model tag (KnowledgeBase.write then builds its rows as it did)."""
+    import pyarrow as pa
+
+    from kbingest.pipeline import index
+
+    full = index.schema
+    index.schema = lambda dim: pa.schema([f for f in full(dim) if f.name != "metadata"])
+    index.MIGRATIONS = ()
+    index.KnowledgeBase._tag_model = lambda self, model: None
+
+
+@task
+def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
+    """One in-process ingest with (`with_struct`) or without the metadata struct column: wall time
+    from job creation to the end of run(), the LanceDB write time, and the time spent assembling
+    the struct. Embedder: `fake` (no delay: everything but the model, the worst case for this
+    cost) or `real` (the model loaded before the clock; paused after `seconds`)."""
+    from kbingest.pipeline import index
+    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
+
+    if not p["with_struct"]:
+        _without_metadata_struct()
+    struct_s = [0.0]
+    build = index.struct_from_columns
+
+    def timed_build(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return build(*a, **kw)
+        finally:
+            struct_s[0] += time.perf_counter() - t
+
+    index.struct_from_columns = timed_build
+    timer = _WriteTimer()
+    home = Home(p["home"]).ensure()
+    if p.get("embedder") == "real":
+        from kbingest.pipeline.embedding import FastEmbedder
+
+        emb = FastEmbedder(batch_size=p.get("batch_size", 1), threads=p.get("threads"))
+        factory, kind = (lambda c: emb), "fastembed"
+    else:
+        factory, kind = (lambda c: FakeEmbedder()), "fake"
+    t0 = time.monotonic()
+    job = IngestJob.create(home, open_store(home), JobConfig(sources=[p["docs"]], kb="meta", embedder=kind),
+                           embedder_factory=factory)
+    th, box = _run_in_thread(job)
+    th.join(p.get("seconds"))
+    if th.is_alive():
+        job.pause()
+        th.join()
+    wall = time.monotonic() - t0
+    snap = box.get("snap")
+    m = snap.metrics if snap is not None else {}
+    import lancedb
+
+    cols = lancedb.connect(str(home.lancedb_dir)).open_table("meta").schema.names
+    return {"wall_s": wall, "write_s": timer.write_s, "optimize_s": timer.optimize_s, "struct_s": struct_s[0],
+            "chunks_indexed": m.get("chunks_indexed", 0), "commits": m.get("commits", 0),
+            "status": snap.status.value if snap is not None else box.get("error"), "has_struct": "metadata" in cols}
+
+
 # ---- memory: where the RSS of a batch ingest comes from -------------------------------------
 
 @task

@@ -8,11 +8,12 @@ schema-migration and model tests need nothing more than `test`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_PAGES, copy_pages, run_cli
+from conftest import REPO, SMALL_PAGES, copy_pages, run_cli
 
 KB = "docs"
 
@@ -255,33 +256,40 @@ def test_llamaindex_retriever_with_filters(built):
     assert all(h.node.metadata["title"] == title for h in hits)
 
 
-# ---- the real model, end to end ------------------------------------------------------------------
+# ---- the real model, end to end: the snippets of docs/interop.md ---------------------------------
+def _doc_snippets(home: Path) -> str:
+    """The Python blocks of docs/interop.md, in order, with HOME pointing at `home`."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "interop.md").read_text(), re.S)
+    code = "\n".join(blocks)
+    default = 'HOME = os.path.expanduser("~/.local/share/kbingest")'
+    assert default in code
+    return code.replace(default, f"HOME = {str(home)!r}")
+
+
 @pytest.mark.interop
 @pytest.mark.e2e
-def test_real_model_frameworks_find_the_page_that_answers(tmp_path):
+def test_docs_snippets_run(tmp_path):
+    """Every snippet of docs/interop.md, as written, on a knowledge base kbingest made with the
+    real model: each framework finds the page that answers, with its source and heading path."""
     pytest.importorskip("langchain_community.vectorstores")
     pytest.importorskip("llama_index.vector_stores.lancedb")
-    import lancedb
-    from langchain_community.vectorstores import LanceDB
-    from llama_index.core.vector_stores import VectorStoreQuery
-    from llama_index.vector_stores.lancedb import LanceDBVectorStore
-
-    from kbingest.pipeline.embedding import make_embedder
-    from kbingest.pipeline.index import KnowledgeBase
-    from kbingest.pipeline.paths import Home
-
+    pytest.importorskip("polars")
     home = tmp_path / "home"
     _ingest(home, copy_pages(tmp_path / "docs", ["security/principles.md", "cost-optimization/principles.md"]))
-    info = KnowledgeBase(Home(home), KB).embedding_info()
-    assert info["model"] == "all-MiniLM-L6-v2"
-    embedder = make_embedder("fastembed", info["model"], batch_size=1)  # the model the table names
-    question = "How should I protect confidentiality and integrity of data?"
+    ns: dict = {}
+    exec(compile(_doc_snippets(home), "docs/interop.md", "exec"), ns)
 
-    lc = LanceDB(connection=lancedb.connect(str(home / "lancedb")), table_name=KB,
-                 embedding=_langchain_embeddings(embedder), vector_key="vector", text_key="text", id_key="id")
-    top = lc.similarity_search(question, k=1)[0]
-    assert top.metadata["source"].endswith("security/principles.md")
-
-    li = LanceDBVectorStore(uri=str(home / "lancedb"), table_name=KB, mode="append")
-    res = li.query(VectorStoreQuery(query_embedding=embedder.embed([question])[0].tolist(), similarity_top_k=1))
-    assert res.nodes[0].metadata["source"].endswith("security/principles.md")
+    assert ns["info"]["model"] == "all-MiniLM-L6-v2"
+    answer = "security/principles.md"
+    assert ns["hits"][0]["source"].endswith(answer)
+    assert {h["source"] for h in ns["same_doc"]} == {ns["source"]}
+    assert ns["docs"][0].metadata["source"].endswith(answer)
+    assert ns["docs"][0].metadata["heading_path"]
+    assert {d.metadata["source"] for d in ns["one_doc"]} == {ns["docs"][0].metadata["source"]}
+    assert len(ns["one_doc"]) == 4
+    assert all(d.metadata["position"] < 3 for d in ns["sql"])
+    assert ns["nodes"][0].node.metadata["source"].endswith(answer)
+    assert ns["nodes"][0].node.metadata["heading_path"]
+    assert {n.node.metadata["source"] for n in ns["one_doc_nodes"]} == {ns["nodes"][0].node.metadata["source"]}
+    assert {n.metadata["source"] for n in ns["res"].nodes} == {ns["nodes"][0].node.metadata["source"]}
+    assert ns["chunks_per_doc"].num_rows == 2
