@@ -563,28 +563,51 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
         return out
 
     log(f"figure 10: metadata struct, {ctx.corpus_label(n_pages)}, fake embedder, with/without alternating")
+    run(False, "fake", None)  # warm-up, not counted: the first run of a series pays for cold caches
     fake = pairs("fake", ctx.reps(6, 2))
-    cost = [100 * (w["wall_s"] / wo["wall_s"] - 1) for w, wo in fake]
+    cpu = [100 * (w["cpu_s"] / wo["cpu_s"] - 1) for w, wo in fake]
+    wall = [100 * (w["wall_s"] / wo["wall_s"] - 1) for w, wo in fake]
     direct = [100 * w["struct_s"] / w["wall_s"] for w, _ in fake]
-    wr = [100 * (w["write_s"] - wo["write_s"]) / wo["wall_s"] for w, wo in fake]
-    note = (f"{ctx.corpus_label(n_pages)}, {fake[0][0]['chunks_indexed']} chunks, {fake[0][0]['commits']} commits, "
-            f"in-process (bench.inproc metadata_cost; 'without' = this version with the struct column, its migration "
-            f"and model tag switched off); walls with {fj([w['wall_s'] for w, _ in fake], '.2f')} s, without "
-            f"{fj([wo['wall_s'] for _, wo in fake], '.2f')} s; pairs alternate which runs first")
+    n = fake[0][0]["chunks_indexed"]
+    note = (f"{ctx.corpus_label(n_pages)}, {n} chunks, {fake[0][0]['commits']} commits, in-process "
+            f"(bench.inproc metadata_cost; 'without' = this version with the struct column, its migration and "
+            f"model tag switched off); process CPU with {fj([w['cpu_s'] for w, _ in fake], '.2f')} s, without "
+            f"{fj([wo['cpu_s'] for _, wo in fake], '.2f')} s; walls with {fj([w['wall_s'] for w, _ in fake], '.2f')} s, "
+            f"without {fj([wo['wall_s'] for _, wo in fake], '.2f')} s; pairs alternate which runs first")
     rows = [
-        Row("10.1", "metadata struct: ingest wall with / without - 1, FAKE embedder without delay (worst case)",
-            unit="%", values=cost, op="<", target=2.0, goal="< 2 %", note=note),
-        Row("10.2", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
+        Row("10.1", "metadata struct: ingest process CPU with / without - 1, FAKE embedder without delay (worst case)",
+            unit="%", values=cpu, op="<", target=2.0, goal="< 2 %", note=note),
+        Row("10.2", "metadata struct: ingest wall with / without - 1, same runs (wall is noisy on a shared machine)",
+            unit="%", values=wall),
+        Row("10.3", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
             values=direct, op="<", target=2.0, goal="< 2 % (reference)"),
-        Row("10.3", "metadata struct: extra LanceDB write time / ingest wall, same runs", unit="%", values=wr),
+    ]
+    chunks, reps = ctx.pages(2048, 512) or 2048, ctx.reps(8, 2)
+    home = ctx.ws.home("meta-write")
+    log(f"figure 10: KnowledgeBase.write alone, {chunks} rows, {reps} repetitions alternating")
+    d, _ = run_inproc(ctx.ws, "metadata_write", {"home": str(home), "docs": str(docs), "chunks": chunks,
+                                                 "batch": default_config()["commit_rows"], "reps": reps},
+                      timeout=1800)
+    ctx.ws.drop(home)
+    extra_ms = [1000 * (w - wo) / d["chunks"] for w, wo in zip(d["with"], d["without"])]
+    ingest_ms = median([1000 * wo["cpu_s"] / wo["chunks_indexed"] for _, wo in fake])
+    rows += [
+        Row("10.4", "metadata struct: extra CPU of KnowledgeBase.write per chunk (write alone, same rows)",
+            unit="ms", values=extra_ms,
+            note=f"{d['chunks']} rows in batches of {default_config()['commit_rows']} into a new table, CPU s with "
+                 f"{fj(d['with'], '.3f')}, without {fj(d['without'], '.3f')}"),
+        Row("10.5", "metadata struct: that extra write CPU / the whole ingest's CPU per chunk, FAKE embedder",
+            unit="%", values=[100 * x / ingest_ms for x in extra_ms], op="<", target=2.0, goal="< 2 %",
+            note=f"the fake-embedder ingest without the struct spends {ingest_ms:.2f} ms of CPU per chunk (figure 10.1 "
+                 f"runs); the real model spends about 40 ms of wall per chunk on top"),
     ]
     if not ctx.quick:
         seconds = 60.0
         log(f"figure 10: the real model, each run paused after {seconds:.0f} s")
         real = pairs("real", ctx.reps(2, 1), seconds)
         rate = [(w["chunks_indexed"] / w["wall_s"]) / (wo["chunks_indexed"] / wo["wall_s"]) for w, wo in real]
-        rows.append(Row("10.4", "metadata struct: REAL model, chunks indexed per second with / without (bounded "
-                                "prefix)", unit="x", values=rate, op=">=", target=0.98, goal=">= 0.98",
+        rows.append(Row("10.6", "metadata struct: REAL model, chunks indexed per second with / without (bounded "
+                                "prefix)", unit="x", values=rate, op=">=", target=0.98, goal=">= 0.98 (reference)",
                         note=f"paused after {seconds:.0f} s; chunks with {fj([w['chunks_indexed'] for w, _ in real], 'd')}, "
                              f"without {fj([wo['chunks_indexed'] for _, wo in real], 'd')}; struct assembly "
                              f"{fj([1000 * w['struct_s'] for w, _ in real], '.0f')} ms"))
