@@ -564,8 +564,10 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     m = snap.metrics if snap is not None else {}
     import lancedb
 
-    cols = lancedb.connect(str(home.lancedb_dir)).open_table("meta").schema.names
-    return {"wall_s": wall, "cpu_s": cpu, "write_s": timer.write_s, "optimize_s": timer.optimize_s, "struct_s": struct_s[0],
+    tbl = lancedb.connect(str(home.lancedb_dir)).open_table("meta")
+    cols = tbl.schema.names
+    size = sum(f.stat().st_size for f in (home.lancedb_dir / "meta.lance" / "data").rglob("*") if f.is_file())
+    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "write_s": timer.write_s, "optimize_s": timer.optimize_s, "struct_s": struct_s[0],
             "chunks_indexed": m.get("chunks_indexed", 0), "commits": m.get("commits", 0),
             "status": snap.status.value if snap is not None else box.get("error"), "has_struct": "metadata" in cols}
 

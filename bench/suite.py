@@ -581,6 +581,10 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
             unit="%", values=wall),
         Row("10.3", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
             values=direct, op="<", target=2.0, goal="< 2 % (reference)"),
+        Row("10.7", "metadata struct: table data files with / without (after the final optimize)", unit="x",
+            values=[w["data_bytes"] / wo["data_bytes"] for w, wo in fake],
+            note=f"data files with {fake[0][0]['data_bytes'] / 2**20:.1f} MiB, without "
+                 f"{fake[0][1]['data_bytes'] / 2**20:.1f} MiB (first pair)"),
     ]
     chunks, reps = ctx.pages(2048, 512) or 2048, ctx.reps(8, 2)
     home = ctx.ws.home("meta-write")

@@ -82,6 +82,19 @@ def test_model_stored_with_kb_and_shown_by_search_json(built):
     assert [h["model"] for h in hits] == ["fake", "fake"]
 
 
+def test_search_without_its_jobs_embeds_with_the_model_the_kb_names(tmp_path):
+    """A knowledge base copied without its job store: search takes the model from the table."""
+    home = tmp_path / "home"
+    _ingest(home, copy_pages(tmp_path / "docs", SMALL_PAGES[:3]), "--embedder", "fake")
+    query = ("search", "--kb", KB, "reliability design principles", "-k", "3", "--json")
+    with_jobs = run_cli(*query, home=home)
+    assert with_jobs.returncode == 0, with_jobs.stderr
+    (home / "jobs.json").unlink()
+    alone = run_cli(*query, home=home)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout) == json.loads(with_jobs.stdout)
+
+
 # the schema of a knowledge base made by kbingest 0.2.0, before the metadata column
 def _v020_schema(dim: int):
     import pyarrow as pa
