@@ -450,17 +450,22 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
 
 # ---- the metadata struct column: what it costs an ingest ---------------------------------------
 
-def _without_metadata_struct() -> None:
+def _without_metadata_struct() -> Callable[[], None]:
     """Make this process write tables as before the `metadata` struct: the flat columns only, no
-    migration, no model tag (KnowledgeBase.write then builds its rows as it did)."""
+    migration, no model tag (KnowledgeBase.write then builds its rows as it did). Returns the
+    function that undoes it."""
     import pyarrow as pa
 
     from kbingest.pipeline import index
 
-    full = index.schema
+    full, migrations, tag = index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model
     index.schema = lambda dim: pa.schema([f for f in full(dim) if f.name != "metadata"])
     index.MIGRATIONS = ()
     index.KnowledgeBase._tag_model = lambda self, model: None
+
+    def restore() -> None:
+        index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model = full, migrations, tag
+    return restore
 
 
 def _cpu_s() -> float:
@@ -490,11 +495,9 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
                      "doc_id": doc, "doc_version": "v1", "position": i % per_doc, "title": "A page title",
                      "model": "fake", "vector": v.tolist()})
     home = Home(p["home"]).ensure()
-    with_schema, with_migrations = index.schema, index.MIGRATIONS
 
     def run(with_struct: bool, rep: int) -> float:
-        if not with_struct:
-            _without_metadata_struct()
+        restore = (lambda: None) if with_struct else _without_metadata_struct()
         try:
             kb = index.KnowledgeBase(home, f"w{int(with_struct)}r{rep}")
             kb.ensure(vecs.shape[1])
@@ -505,10 +508,8 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
                 kb.write(batch, {r["doc_id"] for r in batch}, replacing=[])
             return _cpu_s() - c0
         finally:
-            index.schema, index.MIGRATIONS = with_schema, with_migrations
-            index.KnowledgeBase._tag_model = tag_model
+            restore()
 
-    tag_model = index.KnowledgeBase._tag_model
     out: dict[str, list[float]] = {"with": [], "without": []}
     for rep in range(p["reps"]):
         for w in ((True, False) if rep % 2 == 0 else (False, True)):
@@ -529,8 +530,7 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 
-    if not p["with_struct"]:
-        _without_metadata_struct()
+    restore = (lambda: None) if p["with_struct"] else _without_metadata_struct()
     struct_s = [0.0]
     build = index.struct_from_columns
 
@@ -564,12 +564,20 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     m = snap.metrics if snap is not None else {}
     import lancedb
 
-    tbl = lancedb.connect(str(home.lancedb_dir)).open_table("meta")
-    cols = tbl.schema.names
+    cols = lancedb.connect(str(home.lancedb_dir)).open_table("meta").schema.names
     size = sum(f.stat().st_size for f in (home.lancedb_dir / "meta.lance" / "data").rglob("*") if f.is_file())
-    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "write_s": timer.write_s, "optimize_s": timer.optimize_s, "struct_s": struct_s[0],
-            "chunks_indexed": m.get("chunks_indexed", 0), "commits": m.get("commits", 0),
-            "status": snap.status.value if snap is not None else box.get("error"), "has_struct": "metadata" in cols}
+    restore()
+    migrate_s = None
+    if "metadata" not in cols:  # the table an earlier version made: what its migration costs
+        kb = index.KnowledgeBase(home, "meta")
+        t = time.monotonic()
+        kb.ensure(kb.dim)
+        migrate_s = time.monotonic() - t
+    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "write_s": timer.write_s,
+            "optimize_s": timer.optimize_s, "struct_s": struct_s[0], "migrate_s": migrate_s,
+            "chunks_indexed": m.get("chunks_indexed", 0), "chunks_embedded": m.get("chunks_embedded", 0),
+            "commits": m.get("commits", 0), "status": snap.status.value if snap is not None else box.get("error"),
+            "has_struct": "metadata" in cols}
 
 
 # ---- memory: where the RSS of a batch ingest comes from -------------------------------------

@@ -576,7 +576,8 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
             f"without {fj([wo['wall_s'] for _, wo in fake], '.2f')} s; pairs alternate which runs first")
     rows = [
         Row("10.1", "metadata struct: ingest process CPU with / without - 1, FAKE embedder without delay (worst case)",
-            unit="%", values=cpu, op="<", target=2.0, goal="< 2 %", note=note),
+            unit="%", values=cpu, op="<", target=2.0, goal="< 2 % (reference: run-to-run noise is larger)",
+            note=note),
         Row("10.2", "metadata struct: ingest wall with / without - 1, same runs (wall is noisy on a shared machine)",
             unit="%", values=wall),
         Row("10.3", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
@@ -585,6 +586,9 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
             values=[w["data_bytes"] / wo["data_bytes"] for w, wo in fake],
             note=f"data files with {fake[0][0]['data_bytes'] / 2**20:.1f} MiB, without "
                  f"{fake[0][1]['data_bytes'] / 2**20:.1f} MiB (first pair)"),
+        Row("10.8", f"metadata struct: migration of a table an earlier version made ({n} rows), seconds",
+            unit="s", values=[wo["migrate_s"] for _, wo in fake],
+            note="KnowledgeBase.ensure on the 'without' table: add_columns computed by LanceDB, the model tag"),
     ]
     chunks, reps = ctx.pages(2048, 512) or 2048, ctx.reps(8, 2)
     home = ctx.ws.home("meta-write")
@@ -609,11 +613,12 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
         seconds = 60.0
         log(f"figure 10: the real model, each run paused after {seconds:.0f} s")
         real = pairs("real", ctx.reps(2, 1), seconds)
-        rate = [(w["chunks_indexed"] / w["wall_s"]) / (wo["chunks_indexed"] / wo["wall_s"]) for w, wo in real]
-        rows.append(Row("10.6", "metadata struct: REAL model, chunks indexed per second with / without (bounded "
+        rate = [(w["chunks_embedded"] / w["wall_s"]) / (wo["chunks_embedded"] / wo["wall_s"]) for w, wo in real]
+        rows.append(Row("10.6", "metadata struct: REAL model, chunks embedded per second with / without (bounded "
                                 "prefix)", unit="x", values=rate, op=">=", target=0.98, goal=">= 0.98 (reference)",
-                        note=f"paused after {seconds:.0f} s; chunks with {fj([w['chunks_indexed'] for w, _ in real], 'd')}, "
-                             f"without {fj([wo['chunks_indexed'] for _, wo in real], 'd')}; struct assembly "
+                        note=f"paused after {seconds:.0f} s; chunks embedded with "
+                             f"{fj([w['chunks_embedded'] for w, _ in real], 'd')}, without "
+                             f"{fj([wo['chunks_embedded'] for _, wo in real], 'd')}; struct assembly "
                              f"{fj([1000 * w['struct_s'] for w, _ in real], '.0f')} ms"))
     return rows
 
