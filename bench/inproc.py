@@ -559,7 +559,7 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     if th.is_alive():
         job.pause()
         th.join()
-    wall, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+    wall, cpu, peak = time.monotonic() - t0, _cpu_s() - cpu0, peak_mib()
     snap = box.get("snap")
     m = snap.metrics if snap is not None else {}
     import lancedb
@@ -573,7 +573,7 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
         t = time.monotonic()
         kb.ensure(kb.dim)
         migrate_s = time.monotonic() - t
-    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "write_s": timer.write_s,
+    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "write_s": timer.write_s,
             "optimize_s": timer.optimize_s, "struct_s": struct_s[0], "migrate_s": migrate_s,
             "chunks_indexed": m.get("chunks_indexed", 0), "chunks_embedded": m.get("chunks_embedded", 0),
             "commits": m.get("commits", 0), "status": snap.status.value if snap is not None else box.get("error"),

@@ -586,6 +586,10 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
             values=[w["data_bytes"] / wo["data_bytes"] for w, wo in fake],
             note=f"data files with {fake[0][0]['data_bytes'] / 2**20:.1f} MiB, without "
                  f"{fake[0][1]['data_bytes'] / 2**20:.1f} MiB (first pair)"),
+        Row("10.9", "metadata struct: peak RSS of the ingest process with / without, same runs", unit="x",
+            values=[w["peak_mib"] / wo["peak_mib"] for w, wo in fake],
+            note=f"with {fj([w['peak_mib'] for w, _ in fake], '.0f')} MiB, without "
+                 f"{fj([wo['peak_mib'] for _, wo in fake], '.0f')} MiB"),
         Row("10.8", f"metadata struct: migration of a table an earlier version made ({n} rows), seconds",
             unit="s", values=[wo["migrate_s"] for _, wo in fake],
             note="KnowledgeBase.ensure on the 'without' table: add_columns computed by LanceDB, the model tag"),
