@@ -448,6 +448,138 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
             "store_bytes": home.store_file.stat().st_size if home.store_file.exists() else 0}
 
 
+# ---- the metadata struct column: what it costs an ingest ---------------------------------------
+
+def _without_metadata_struct() -> Callable[[], None]:
+    """Make this process write tables as before the `metadata` struct: the flat columns only, no
+    migration, no model tag (KnowledgeBase.write then builds its rows as it did). Returns the
+    function that undoes it."""
+    import pyarrow as pa
+
+    from kbingest.pipeline import index
+
+    full, migrations, tag = index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model
+    index.schema = lambda dim: pa.schema([f for f in full(dim) if f.name != "metadata"])
+    index.MIGRATIONS = ()
+    index.KnowledgeBase._tag_model = lambda self, model: None
+
+    def restore() -> None:
+        index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model = full, migrations, tag
+    return restore
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread (LanceDB's Rust threads too): on a shared machine
+    far steadier than wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@task
+def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
+    """KnowledgeBase.write alone, with and without the metadata struct, on the same rows (the
+    engine's row dicts for the first `chunks` chunks of the corpus, fake vectors), in batches of
+    `batch` rows into a new table per repetition, alternating which goes first: CPU seconds each."""
+    from kbingest.pipeline import ids, index
+    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.paths import Home
+
+    texts = corpus_texts(p["docs"], p["chunks"])
+    vecs = FakeEmbedder().embed(texts)
+    per_doc = 20
+    rows = []
+    for i, (t, v) in enumerate(zip(texts, vecs)):
+        doc = ids.chunk_id(f"doc{i // per_doc}", "v1", 0, "f", "fake")
+        rows.append({"id": ids.chunk_id(f"doc{i // per_doc}", "v1", i % per_doc, "f", "fake"), "text": t,
+                     "source": f"/corpus/section/page-{i // per_doc}.md", "heading_path": "Title > Section > Part",
+                     "doc_id": doc, "doc_version": "v1", "position": i % per_doc, "title": "A page title",
+                     "model": "fake", "vector": v.tolist()})
+    home = Home(p["home"]).ensure()
+
+    def run(with_struct: bool, rep: int) -> float:
+        restore = (lambda: None) if with_struct else _without_metadata_struct()
+        try:
+            kb = index.KnowledgeBase(home, f"w{int(with_struct)}r{rep}")
+            kb.ensure(vecs.shape[1])
+            kb.write(rows[:1], [rows[0]["doc_id"]])  # the table exists, the model tag is written
+            c0 = _cpu_s()
+            for b in range(0, len(rows), p["batch"]):
+                batch = rows[b:b + p["batch"]]
+                kb.write(batch, {r["doc_id"] for r in batch}, replacing=[])
+            return _cpu_s() - c0
+        finally:
+            restore()
+
+    out: dict[str, list[float]] = {"with": [], "without": []}
+    for rep in range(p["reps"]):
+        for w in ((True, False) if rep % 2 == 0 else (False, True)):
+            out["with" if w else "without"].append(run(w, rep))
+    return {"chunks": len(rows), **out}
+
+
+@task
+def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
+    """One in-process ingest with (`with_struct`) or without the metadata struct column: wall time
+    from job creation to the end of run(), the LanceDB write time, and the time spent assembling
+    the struct. Embedder: `fake` (no delay: everything but the model, the worst case for this
+    cost) or `real` (the model loaded before the clock; paused after `seconds`)."""
+    from kbingest.pipeline import index
+    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.paths import Home
+
+    restore = (lambda: None) if p["with_struct"] else _without_metadata_struct()
+    struct_s = [0.0]
+    build = index.struct_from_columns
+
+    def timed_build(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return build(*a, **kw)
+        finally:
+            struct_s[0] += time.perf_counter() - t
+
+    index.struct_from_columns = timed_build
+    timer = _WriteTimer()
+    home = Home(p["home"]).ensure()
+    if p.get("embedder") == "real":
+        from kbingest.pipeline.embedding import FastEmbedder
+
+        emb = FastEmbedder(batch_size=p.get("batch_size", 1), threads=p.get("threads"))
+        factory, kind = (lambda c: emb), "fastembed"
+    else:
+        factory, kind = (lambda c: FakeEmbedder()), "fake"
+    t0, cpu0 = time.monotonic(), _cpu_s()
+    job = IngestJob.create(home, open_store(home), JobConfig(sources=[p["docs"]], kb="meta", embedder=kind),
+                           embedder_factory=factory)
+    th, box = _run_in_thread(job)
+    th.join(p.get("seconds"))
+    if th.is_alive():
+        job.pause()
+        th.join()
+    wall, cpu, peak = time.monotonic() - t0, _cpu_s() - cpu0, peak_mib()
+    snap = box.get("snap")
+    m = snap.metrics if snap is not None else {}
+    import lancedb
+
+    cols = lancedb.connect(str(home.lancedb_dir)).open_table("meta").schema.names
+    size = sum(f.stat().st_size for f in (home.lancedb_dir / "meta.lance" / "data").rglob("*") if f.is_file())
+    restore()
+    migrate_s = None
+    if "metadata" not in cols:  # the table an earlier version made: what its migration costs
+        kb = index.KnowledgeBase(home, "meta")
+        t = time.monotonic()
+        kb.ensure(kb.dim)
+        migrate_s = time.monotonic() - t
+    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "write_s": timer.write_s,
+            "optimize_s": timer.optimize_s, "struct_s": struct_s[0], "migrate_s": migrate_s,
+            "chunks_indexed": m.get("chunks_indexed", 0), "chunks_embedded": m.get("chunks_embedded", 0),
+            "commits": m.get("commits", 0), "status": snap.status.value if snap is not None else box.get("error"),
+            "has_struct": "metadata" in cols}
+
+
 # ---- memory: where the RSS of a batch ingest comes from -------------------------------------
 
 @task

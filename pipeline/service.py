@@ -297,11 +297,16 @@ class Service:
         if k < 1:
             raise InvalidInput("-k must be at least 1")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
-        cfg = jobs[0].config if jobs else JobConfig(sources=["."], kb=kb, model=DEFAULT_MODEL)
         location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
         base = KnowledgeBase(self.home, kb, location)
         if not base.exists:
             raise NotFound(f"no knowledge base {kb!r} in {location}")
+        if jobs:
+            cfg = jobs[0].config
+        else:  # a knowledge base without its jobs (copied from another home): the model its table names
+            model = (base.embedding_info() or {}).get("model") or DEFAULT_MODEL
+            cfg = JobConfig(sources=["."], kb=kb, embedder="fake" if model == "fake" else "fastembed",
+                            model=DEFAULT_MODEL if model == "fake" else model)
         try:
             return search_kb(base, cfg, query, k, mode=mode, embedder_factory=self._embedder_factory)
         except EmbeddingError as e:
