@@ -182,6 +182,20 @@ class EngineHost:
             raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s (the job goes on)")
         return self.info(job_id).status
 
+    def request(self, job_id: str, what: str) -> dict[str, Any]:
+        """pause or cancel without waiting (the service's request_pause / request_cancel, or the
+        handle of a job running here): {"outcome": "requested" | "cancelled" | "unchanged"}."""
+        handle = self.live(job_id)
+        if handle is not None:
+            handle.pause() if what == "pause" else handle.cancel()
+            outcome = "requested"
+        elif what == "pause":
+            self.service.request_pause(job_id)
+            outcome = "requested"
+        else:
+            outcome = self.service.request_cancel(job_id)
+        return {"job_id": job_id, "outcome": outcome}
+
     def join(self, timeout: float = 30.0) -> None:
         """Pause every job running here and wait for their checkpoints (the server is stopping)."""
         items = list(self._live.values())
@@ -342,6 +356,10 @@ def create_app(service: Service, cfg: ServerConfig):
     def healthz() -> dict:
         return {"status": "ok", "jobs_running_here": len(host.live_handles())}
 
+    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now")
+    def engine() -> dict:
+        return {"busy": service.engine_busy(), "jobs_running_here": [h.job_id for h in host.live_handles()]}
+
     @app.get(API + "/kb/{kb_id}/status", response_model=JobStatusResponse, tags=["jobs"],
              summary="the newest job of a knowledge base (JobStatusResponse)")
     def kb_status(kb_id: str):
@@ -373,13 +391,17 @@ def create_app(service: Service, cfg: ServerConfig):
                             headers={"Location": f"{API}/jobs/{snap.job_id}"})
 
     @app.post(API + "/jobs/{job_id}/pause", response_model=JobStatusResponse, tags=["control"],
-              summary="pause a running job; answers once it has paused (checkpoint saved)")
-    def pause(job_id: str, timeout: float = CONTROL_TIMEOUT_S):
+              summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false")
+    def pause(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
+        if not wait:  # asked, not waited for: 202 and the status as it is
+            return JSONResponse(host.request(job_id, "pause"), status_code=202)
         return _status_response(host.control(job_id, "pause", _bounded(timeout)))
 
     @app.post(API + "/jobs/{job_id}/cancel", response_model=JobStatusResponse, tags=["control"],
-              summary="cancel a job; a running one is asked, and answered once it has stopped")
-    def cancel(job_id: str, timeout: float = CONTROL_TIMEOUT_S):
+              summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)")
+    def cancel(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
+        if not wait:
+            return JSONResponse(host.request(job_id, "cancel"), status_code=202)
         return _status_response(host.control(job_id, "cancel", _bounded(timeout)))
 
     @app.get(API + "/jobs/{job_id}/events", tags=["jobs"],
