@@ -18,8 +18,11 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,6 +40,7 @@ ENV_TOKEN = "KBINGEST_TOKEN"
 SSE_POLL_S = 0.1          # as --batch polls its job
 SSE_KEEPALIVE_S = 15.0    # a comment line, so that proxies keep an idle stream open
 CONTROL_TIMEOUT_S = 120.0
+STATUS_TTL_S = 0.05       # a kb status is computed at most this often (polled by many clients)
 API = "/api/ingestion"
 
 
@@ -84,6 +88,7 @@ class EngineHost:
         self.notifier = notifier or Notifier([])
         self._live: dict[str, tuple[JobHandle, threading.Thread]] = {}
         self._lock = threading.Lock()
+        self._status_cache: dict[str, tuple[float, bytes]] = {}
 
     # ---- reading ----
     def live(self, job_id: str) -> Optional[JobHandle]:
@@ -104,8 +109,25 @@ class EngineHost:
     def jobs(self) -> list[JobInfo]:
         return [self._with_live(i) for i in self.service.jobs()]
 
+    def reads_from_memory(self) -> bool:
+        fresh = getattr(self.service.store, "fresh", None)
+        return bool(fresh and fresh())
+
     def kb_status(self, kb: str) -> JobStatusResponse:
         return self.status_of(self.service.find(kb=kb))
+
+    def kb_status_json(self, kb: str) -> bytes:
+        """kb_status as JSON, computed at most once every STATUS_TTL_S per knowledge base: fifty
+        clients polling at 10 Hz cost the job about 20 computations a second, not 500."""
+        now = time.monotonic()
+        hit = self._status_cache.get(kb)
+        if hit is not None and now - hit[0] < STATUS_TTL_S:
+            return hit[1]
+        body = self.kb_status(kb).to_json().encode()
+        if len(self._status_cache) >= 1024:
+            self._status_cache.clear()
+        self._status_cache[kb] = (now, body)
+        return body
 
     def _with_live(self, info: JobInfo) -> JobInfo:
         handle = self.live(info.job_id)
@@ -221,10 +243,12 @@ class Guard:
     """ASGI middleware: the bearer token (constant-time) on every path but /healthz, and the
     64 KiB body cap (declared length or counted as it streams in)."""
 
-    def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY) -> None:
+    def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY,
+                 fast_get: Optional[Any] = None) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
+        self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -236,6 +260,10 @@ class Guard:
             if not hmac.compare_digest(given, self.token):
                 return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
                                          "<token>`", extra=[(b"www-authenticate", b"Bearer")])
+        if self.fast_get is not None and scope.get("method") == "GET":
+            answer = self.fast_get(scope.get("path", ""))
+            if answer is not None:
+                return await _send_json(send, *answer)
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -268,7 +296,10 @@ class Guard:
 
 
 async def _send_error(send: Any, status: int, kind: str, message: str, extra: Optional[list] = None) -> None:
-    body = error_body(kind, message)
+    await _send_json(send, status, error_body(kind, message), extra)
+
+
+async def _send_json(send: Any, status: int, body: bytes, extra: Optional[list] = None) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
@@ -353,7 +384,7 @@ def create_app(service: Service, cfg: ServerConfig):
         return err(e.status_code, kind, str(e.detail))
 
     @app.get("/healthz", tags=["server"])
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok", "jobs_running_here": len(host.live_handles())}
 
     @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now")
@@ -362,8 +393,8 @@ def create_app(service: Service, cfg: ServerConfig):
 
     @app.get(API + "/kb/{kb_id}/status", response_model=JobStatusResponse, tags=["jobs"],
              summary="the newest job of a knowledge base (JobStatusResponse)")
-    def kb_status(kb_id: str):
-        return _status_response(host.kb_status(kb_id))
+    def kb_status(kb_id: str):  # mostly answered before the framework: _fast_kb_status
+        return Response(content=host.kb_status_json(kb_id), media_type="application/json")
 
     @app.get(API + "/jobs", tags=["jobs"], summary="every job, newest first")
     def jobs() -> list[dict]:
@@ -426,7 +457,23 @@ def create_app(service: Service, cfg: ServerConfig):
         body, content_type = metrics_text(host)
         return Response(content=body, media_type=content_type)
 
-    return Guard(app, cfg.token)
+    return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host))
+
+
+_KB_STATUS = re.compile(API + r"/kb/([^/]+)/status")
+
+
+def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
+    """GET .../kb/{kb_id}/status, the endpoint fifty clients poll ten times a second: answered
+    straight from the ASGI layer while the store is read from memory (about a tenth of the
+    framework's cost); otherwise (None) by the FastAPI route, which does the same in a thread."""
+    m = _KB_STATUS.fullmatch(path)
+    if m is None or not host.reads_from_memory():
+        return None
+    try:
+        return 200, host.kb_status_json(m.group(1))
+    except KbError as e:
+        return e.http_status, error_body(e.kind, e.message)
 
 
 def _bounded(timeout: float) -> float:

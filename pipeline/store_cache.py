@@ -35,6 +35,12 @@ class ReadCachedStore:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
+    def fresh(self) -> bool:
+        """True when a read is served from memory (no lock, no parse): a caller on an event loop
+        can read without blocking it."""
+        key = self._file_key()
+        return key is not None and key == self._key
+
     def all(self) -> list[JobRecord]:
         with self._lock:
             key = self._file_key()  # taken before the read: a write meanwhile makes the next read parse again
