@@ -104,3 +104,11 @@ def test_local_dashboard_pauses_a_job_of_another_process(tmp_path):
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+def test_dashboard_on_an_unreachable_server_is_one_line_exit_2():
+    from conftest import run_cli
+    from live_server import free_port
+
+    r = run_cli("--server", f"http://127.0.0.1:{free_port()}", timeout=60)
+    assert r.returncode == 2 and "cannot reach kbingest serve" in r.stderr and "Traceback" not in r.stderr
