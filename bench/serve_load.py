@@ -147,9 +147,21 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
     wall = (datetime.fromisoformat(final["completed_at"]) - datetime.fromisoformat(final["started_at"])).total_seconds()
     chunks = int(final["metrics"].get("chunks_indexed") or 0)
     phases_seen = sorted({e["phase"] for e in events})
+    load_avg = os.getloadavg()[0]
     return {"job_id": job_id, "clients": clients, "wall": wall, "chunks": chunks, "rate": chunks / wall,
-            "latencies": lat, "errors": errors, "sse_events": len(events), "sse_phases": phases_seen,
+            "latencies": lat, "errors": errors, "sse_events": len(events), "sse_phases": phases_seen, "load_avg": load_avg,
             "sse_final": events[-1]["status"] if events else None}
+
+
+async def _idle_polls(port: int, kb: str, clients: int, hz: float, seconds: float = 5.0) -> list[float]:
+    """The same clients for a few seconds with no job running: the machine's share of the latency."""
+    stop, lat, errors = asyncio.Event(), [], []
+    tasks = [asyncio.create_task(_poller(port, f"{API}/kb/{kb}/status", 1.0 / hz, stop, lat, errors,
+                                         offset=i / (hz * max(clients, 1)))) for i in range(clients)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return lat
 
 
 def _pct(xs: list[float], q: float) -> Optional[float]:
@@ -174,6 +186,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                "--port", str(port), "--allow-root", str(docs)], cwd=str(REPO), env=bench_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     runs: list[dict] = []
+    idle: list[float] = []
     try:
         import httpx
 
@@ -200,6 +213,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                          f"{_pct(r['latencies'], .99) * 1e3:.1f} ms, {r['sse_events']} SSE events")
             log(f"  job {i + 1}/{len(order)} with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
                 f"({r['rate']:.1f}/s){extra}")
+        idle = asyncio.run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz))
+        log(f"  no job running: {len(idle)} polls p50 {_pct(idle, .5) * 1e3:.1f} ms p99 {_pct(idle, .99) * 1e3:.1f} ms")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -219,7 +234,8 @@ def main(argv: Optional[list[str]] = None) -> int:
            "rates_bare": [r["rate"] for r in bare], "rates_loaded": [r["rate"] for r in loaded],
            "ratios": ratios, "ratio_median": median(ratios),
            "sse_events": [r["sse_events"] for r in loaded], "sse_phases": [r["sse_phases"] for r in loaded],
-           "sse_final": [r["sse_final"] for r in loaded]}
+           "sse_final": [r["sse_final"] for r in loaded], "load_avg": [r["load_avg"] for r in runs],
+           "idle_polls": len(idle), "idle_p50_ms": (_pct(idle, .5) or 0) * 1e3, "idle_p99_ms": (_pct(idle, .99) or 0) * 1e3}
     if args.json:
         print(json.dumps(out))
     else:

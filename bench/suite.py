@@ -575,7 +575,9 @@ def fig_serve(ctx: Ctx) -> list[Row]:
             values=d["p99_per_run_ms"], op="<", target=50.0, goal="< 50 ms",
             note=f"`python -m bench.serve_load`: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
                  f"{d['p99_ms']:.1f} ms, max {d['max_ms']:.0f} ms, {d['errors']} non-200; SSE events per job "
-                 f"{d['sse_events']}, final {d['sse_final']}"),
+                 f"{d['sse_events']}, final {d['sse_final']}; the same clients with no job running: p50 "
+                 f"{d['idle_p50_ms']:.1f} ms, p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end "
+                 f"{fj(d['load_avg'], '.1f')} (2 cores)"),
         Row("10.2", f"serve: job throughput with the clients / without, same run, alternating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
