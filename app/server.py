@@ -29,7 +29,7 @@ from typing import Any, Optional
 from kbingest.app.batch import JsonLinesReporter
 from kbingest.app.notify import Notifier
 from kbingest.pipeline.models import JobConfig, JobStatusResponse
-from kbingest.pipeline.service import (ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
+from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
                                        Service, WrongState)
 from kbingest.pipeline.status import JobStatus
 
@@ -163,8 +163,6 @@ class EngineHost:
     def _check_idle(self) -> None:
         running = next(iter(self._live), None)
         if running is not None:
-            from kbingest.pipeline.service import Busy
-
             raise Busy(f"job {running} is running in this server: one job at a time per home")
 
     def _launch(self, handle: JobHandle) -> JobStatusResponse:
@@ -474,6 +472,8 @@ def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
         return 200, host.kb_status_json(m.group(1))
     except KbError as e:
         return e.http_status, error_body(e.kind, e.message)
+    except Exception:  # anything else: the route answers, with the app's error handling
+        return None
 
 
 def _bounded(timeout: float) -> float:
