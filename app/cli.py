@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest folders of documents into local LanceDB knowledge bases, "
                     "and watch and steer every phase. With no command: the dashboard.")
     _add_home(p)
+    p.add_argument("--server", metavar="URL", default=None,
+                   help="open the dashboard on a running `kbingest serve` at URL instead of a local home")
+    p.add_argument("--token", metavar="T", default=None,
+                   help="with --server: the server's token (env KBINGEST_TOKEN)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     ing = sub.add_parser("ingest", help="start a job that ingests SOURCE files/folders into knowledge base NAME")
@@ -115,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="a JSON array of hits")
     se.add_argument("--mode", choices=["vector", "text", "hybrid"], default="hybrid",
                     help="vector (cosine), text (full-text BM25) or hybrid: both fused by reciprocal rank (default)")
+
+    sv = sub.add_parser("serve", help="the HTTP API (status, control, events, search, metrics) on this home")
+    _add_home(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--token", default=None, metavar="T",
+                    help="clients must send `Authorization: Bearer T` (env KBINGEST_TOKEN)")
+    sv.add_argument("--allow-root", action="append", default=[], metavar="DIR", dest="allow_roots",
+                    help="jobs started over HTTP may read sources under DIR (repeatable; none: starting is off)")
+    sv.add_argument("--notify", action="append", default=[], metavar="URL",
+                    help="POST the final status of each job that ends in this server to URL (repeatable)")
     return p
 
 
@@ -283,7 +298,22 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kbingest.app.dashboard import run_dashboard
 
+    if args.server:
+        from kbingest.app.remote import RemoteService
+
+        remote = RemoteService(args.server, token=args.token or os.environ.get("KBINGEST_TOKEN"))
+        remote.ping()
+        return int(run_dashboard(remote, None))
     return int(run_dashboard(_service(args), None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kbingest.app.server import ServerConfig, serve
+
+    _log_to_stderr()
+    cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
+                       notify=args.notify)
+    return serve(cfg, getattr(args, "home", None))
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
@@ -315,6 +345,7 @@ COMMANDS = {
     "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs, "search": cmd_search,
     "repair": cmd_repair,
     "pause": lambda a: cmd_control(a, "pause"), "cancel": lambda a: cmd_control(a, "cancel"),
+    "serve": cmd_serve,
 }
 
 

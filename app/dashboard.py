@@ -103,8 +103,9 @@ class KbIngestApp(App[None]):
                  store_poll_seconds: float = STORE_POLL_S,
                  job_factory: Optional[Callable[[str], JobLike]] = None) -> None:
         super().__init__()
-        # one store per process where possible: the job's own (opening a JobStore sweeps its temp files)
-        self.service = source if isinstance(source, Service) else Service(
+        # one store per process where possible: the job's own (opening a JobStore sweeps its temp files).
+        # A service (local, or app/remote.py's over HTTP) is used as it is.
+        self.service = source if hasattr(source, "jobs") else Service(
             source, store=store or getattr(job, "store", None))
         self.home = self.service.home
         self.job = job
@@ -380,7 +381,7 @@ class KbIngestApp(App[None]):
 
     # ---- which actions apply ----------------------------------------------------------------
     def _can_pause(self, v: Optional[JobView]) -> bool:
-        return v is not None and v.local and v.status in (JobStatus.RUNNING, JobStatus.PENDING)
+        return v is not None and (v.local or v.running_elsewhere) and v.status in (JobStatus.RUNNING, JobStatus.PENDING)
 
     def _can_resume(self, v: Optional[JobView]) -> bool:
         if v is None or v.local or v.running_elsewhere:
@@ -432,9 +433,16 @@ class KbIngestApp(App[None]):
     def action_pause(self) -> None:
         self._set_frozen(False)  # steering a job: show what it does
         v = self.selected
-        if not self._can_pause(v) or self._live is None:
+        if not self._can_pause(v):
             return
-        self._live.pause()
+        if self._live is not None and self._live.job_id == v.job_id:
+            self._live.pause()
+        else:  # running in another process (or a server): asked through the service
+            try:
+                self.service.request_pause(v.job_id)
+            except Exception as e:  # it ended meanwhile...
+                self._say(f"cannot pause {v.job_id}: {e}", severity="error")
+                return
         self._log_events(v.job_id, [("pause asked: finishing the batch in flight, then saving the checkpoint", "info")])
         self._say(f"pausing {v.job_id}: the batch in flight finishes, then the checkpoint is saved")
 

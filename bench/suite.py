@@ -653,6 +653,33 @@ def fig_watch(ctx: Ctx) -> list[Row]:
     ]
 
 
+def fig_serve(ctx: Ctx) -> list[Row]:
+    """kbingest serve under load: 50 clients polling status at 10 Hz + one SSE client, real model."""
+    reps, pages = ctx.reps(2, 1), ctx.pages(16, 6) or 16
+    log(f"serve load: {reps} pair(s) of jobs ({pages} pages, real model), without and with 50 clients at 10 Hz")
+    r = subprocess.run([sys.executable, "-m", "bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--json"],
+                       cwd=str(REPO), env=bench_env(), capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench.serve_load exit {r.returncode}: {r.stderr[-600:]}")
+    for line in r.stderr.splitlines():
+        log("  " + line)
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks)"
+    return [
+        Row("10.1", f"serve: p99 latency of GET .../kb/{{kb}}/status under load ({load})", unit="ms",
+            values=d["p99_per_run_ms"], op="<", target=50.0, goal="< 50 ms",
+            note=f"`python -m bench.serve_load`: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
+                 f"{d['p99_ms']:.1f} ms, max {d['max_ms']:.0f} ms, {d['errors']} non-200; SSE events per job "
+                 f"{d['sse_events']}, final {d['sse_final']}; the same clients with no job running: p50 "
+                 f"{d['idle_p50_ms']:.1f} ms, p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end "
+                 f"{fj(d['load_avg'], '.1f')} (2 cores)"),
+        Row("10.2", f"serve: job throughput with the clients / without, same run, alternating ({load})", unit="x",
+            values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
+            note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
+                 f"(job wall time from the status, model load included)"),
+    ]
+
+
 # ---- tuning: batch size and threads -----------------------------------------------------------
 
 def fig_sweep(ctx: Ctx) -> list[Row]:
@@ -793,6 +820,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "store": fig_store,
     "dashboard": fig_dashboard,
     "watch": fig_watch,
+    "serve": fig_serve,
     "sweep": fig_sweep,
     "profile": fig_profile,
     "formats": fig_formats,

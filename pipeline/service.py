@@ -67,12 +67,15 @@ def _validated(value: str, what: str) -> str:
 class Service:
     """Every use case over one home. `embedder_factory` replaces the model (tests, benchmarks)."""
 
-    def __init__(self, home=None, *, embedder_factory: Optional[Callable] = None, store=None) -> None:
+    def __init__(self, home=None, *, embedder_factory: Optional[Callable] = None, store=None,
+                 cached_reads: bool = False) -> None:
         """home: a Home, a folder path, or None for the default home (KBINGEST_HOME, else the
-        platform's user data folder)."""
+        platform's user data folder). cached_reads: reads served from memory while the store file
+        is unchanged (a server answering many polls)."""
         self.home = home if isinstance(home, Home) else Home(home)
         self._embedder_factory = embedder_factory
         self._store = store  # an open JobStore to share (one per process where possible)
+        self._cached_reads = cached_reads
         self.notices: list[str] = []  # things a person should be told (a store rebuilt...)
 
     # ---- the job store ----------------------------------------------------------------------
@@ -87,6 +90,10 @@ class Service:
             if self._store.recovered_from is not None:
                 self.notices.append(f"the job store did not parse; it was moved aside to "
                                     f"{self._store.recovered_from} and rebuilt from the knowledge bases")
+            if self._cached_reads:
+                from kbingest.pipeline.store_cache import ReadCachedStore
+
+                self._store = ReadCachedStore(self._store)
         return self._store
 
     def _record(self, job_id: str) -> JobRecord:

@@ -132,6 +132,29 @@ def make_app(home: Home, store: JobStore, job=None) -> KbIngestApp:
     return KbIngestApp(home, job, store=store, clock=fixed_clock, tz=timezone.utc, home_label="~/kb-home")
 
 
+@pytest.fixture(params=["local", "remote"])
+def app_on(request):
+    """app_on(home, store) -> the dashboard on the home's local Service, or on a RemoteService
+    talking to a real uvicorn serving that home on 127.0.0.1: the pictures are the same."""
+    servers = []
+
+    def make(home: Home, store: JobStore) -> KbIngestApp:
+        if request.param == "local":
+            return make_app(home, store)
+        from live_server import ThreadServer
+
+        from kbingest.app.remote import RemoteService
+
+        server = ThreadServer(home.root)
+        servers.append(server)
+        return KbIngestApp(RemoteService(server.url), None, clock=fixed_clock, tz=timezone.utc,
+                           home_label="~/kb-home")
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
 # ---- the states ------------------------------------------------------------------------------
 def test_snapshot_running_job(snap_compare, tmp_path):
     home, store = make_store(tmp_path, [completed_record()])
@@ -139,7 +162,7 @@ def test_snapshot_running_job(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=SIZE)
 
 
-def test_snapshot_paused_job(snap_compare, tmp_path):
+def test_snapshot_paused_job(snap_compare, tmp_path, app_on):
     paused = status("docs-20260504-093000-a1b2c3", "docs", "paused", [
         phase("loading", "completed", 42, 42, started=1, duration=0.4),
         phase("chunking", "completed", 42, 42, started=1.1, duration=2.5),
@@ -154,7 +177,7 @@ def test_snapshot_paused_job(snap_compare, tmp_path):
         phase("embedding", "running", 96, 210, progress=45, started=0.2, duration=7.0, rate=13.7, eta=8),
         phase("indexing", "pending", 64, 210, started=None),
     ], 41.0, "ingesting", started=T0 - timedelta(hours=1, minutes=30))
-    app = make_app(*make_store(tmp_path, [
+    app = app_on(*make_store(tmp_path, [
         record(paused, T0, updated=T0 + timedelta(minutes=2, seconds=7)),
         record(crashed, T0 - timedelta(hours=1, minutes=30), updated=T0 - timedelta(hours=1, minutes=29, seconds=52)),
         completed_record(),
@@ -185,8 +208,8 @@ def failed_record() -> JobRecord:
     return record(snap, T0, errors=errors, updated=T0 + timedelta(seconds=44))
 
 
-def test_snapshot_failed_phase_with_errors(snap_compare, tmp_path):
-    app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
+def test_snapshot_failed_phase_with_errors(snap_compare, tmp_path, app_on):
+    app = app_on(*make_store(tmp_path, [failed_record(), completed_record()]))
     assert snap_compare(app, terminal_size=SIZE)
 
 
@@ -208,13 +231,13 @@ def test_snapshot_running_job_80x24(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=(80, 24))
 
 
-def test_snapshot_failed_phase_200x50(snap_compare, tmp_path):
-    app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
+def test_snapshot_failed_phase_200x50(snap_compare, tmp_path, app_on):
+    app = app_on(*make_store(tmp_path, [failed_record(), completed_record()]))
     assert snap_compare(app, terminal_size=(200, 50))
 
 
-def test_snapshot_failed_phase_80x24(snap_compare, tmp_path):
-    app = make_app(*make_store(tmp_path, [failed_record(), completed_record()]))
+def test_snapshot_failed_phase_80x24(snap_compare, tmp_path, app_on):
+    app = app_on(*make_store(tmp_path, [failed_record(), completed_record()]))
     assert snap_compare(app, terminal_size=(80, 24))
 
 

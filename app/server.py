@@ -1,0 +1,544 @@
+"""`kbingest serve`: the HTTP API over the service layer (FastAPI on uvicorn).
+
+The server process is an engine host: a job started (or resumed) through the API runs here, in a
+thread calling `handle.run()`. Jobs run by `kbingest ingest` in another process are read and
+steered through the job store, as the CLI does. Every use case is the service's
+(pipeline/service.py); this module maps HTTP to it and its typed errors to one JSON shape,
+{"error": kind, "message": ...}, with each error's `http_status`.
+
+Security (docs/serve.md): 127.0.0.1 by default; another address needs a token; with a token every
+endpoint but /healthz needs `Authorization: Bearer <token>`; sources must lie under an
+--allow-root folder (no --allow-root: starting jobs over HTTP is off); bodies capped at 64 KiB;
+no CORS.
+"""
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+from kbingest.app.batch import JsonLinesReporter
+from kbingest.app.notify import Notifier
+from kbingest.pipeline.models import JobConfig, JobStatusResponse
+from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
+                                       Service, WrongState)
+from kbingest.pipeline.status import JobStatus
+
+log = logging.getLogger("kbingest.server")
+
+MAX_BODY = 64 * 1024
+ENV_TOKEN = "KBINGEST_TOKEN"
+SSE_POLL_S = 0.1          # as --batch polls its job
+SSE_KEEPALIVE_S = 15.0    # a comment line, so that proxies keep an idle stream open
+CONTROL_TIMEOUT_S = 120.0
+STATUS_TTL_S = 0.05       # a kb status is computed at most this often (polled by many clients)
+API = "/api/ingestion"
+
+
+class StartingDisabled(KbError):
+    """The server was started without --allow-root: it starts no job over HTTP."""
+
+    kind = "jobs_disabled"
+    http_status = 405
+
+
+class Unauthorized(KbError):
+    kind = "unauthorized"
+    http_status = 401
+
+
+def error_body(kind: str, message: str) -> bytes:
+    return json.dumps({"error": kind, "message": message}).encode()
+
+
+# ---- the engine host ----------------------------------------------------------------------------
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: Optional[str] = None
+    allow_roots: list[str] = field(default_factory=list)
+    notify: list[str] = field(default_factory=list)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class EngineHost:
+    """The jobs this process runs (each in a thread), over the service that knows every job."""
+
+    def __init__(self, service: Service, allow_roots: list[str], notifier: Optional[Notifier] = None) -> None:
+        self.service = service
+        self.allow_roots = [Path(r).expanduser().resolve() for r in allow_roots]
+        self.notifier = notifier or Notifier([])
+        self._live: dict[str, tuple[JobHandle, threading.Thread]] = {}
+        self._lock = threading.Lock()
+        self._status_cache: dict[str, tuple[float, bytes]] = {}
+
+    # ---- reading ----
+    def live(self, job_id: str) -> Optional[JobHandle]:
+        item = self._live.get(job_id)
+        return item[0] if item else None
+
+    def live_handles(self) -> list[JobHandle]:
+        return [h for h, _ in list(self._live.values())]
+
+    def status_of(self, info: JobInfo) -> JobStatusResponse:
+        """A job running here: its live snapshot (the store's is up to a heartbeat old)."""
+        handle = self.live(info.job_id)
+        return handle.snapshot() if handle is not None else info.status
+
+    def info(self, job_id: str) -> JobInfo:
+        return self._with_live(self.service.job(job_id))
+
+    def jobs(self) -> list[JobInfo]:
+        return [self._with_live(i) for i in self.service.jobs()]
+
+    def reads_from_memory(self) -> bool:
+        fresh = getattr(self.service.store, "fresh", None)
+        return bool(fresh and fresh())
+
+    def kb_status(self, kb: str) -> JobStatusResponse:
+        return self.status_of(self.service.find(kb=kb))
+
+    def kb_status_json(self, kb: str) -> bytes:
+        """kb_status as JSON, computed at most once every STATUS_TTL_S per knowledge base: fifty
+        clients polling at 10 Hz cost the job about 20 computations a second, not 500."""
+        now = time.monotonic()
+        hit = self._status_cache.get(kb)
+        if hit is not None and now - hit[0] < STATUS_TTL_S:
+            return hit[1]
+        body = self.kb_status(kb).to_json().encode()
+        if len(self._status_cache) >= 1024:
+            self._status_cache.clear()
+        self._status_cache[kb] = (now, body)
+        return body
+
+    def _with_live(self, info: JobInfo) -> JobInfo:
+        handle = self.live(info.job_id)
+        if handle is None:
+            return info
+        return JobInfo(job_id=info.job_id, kb=info.kb, config=info.config, status=handle.snapshot(),
+                       created_at=info.created_at, updated_at=info.updated_at)
+
+    # ---- starting ----
+    def check_sources(self, sources: list[str]) -> None:
+        if not self.allow_roots:
+            raise StartingDisabled("this server starts no jobs over HTTP: it was started without --allow-root "
+                                   "(`kbingest serve --allow-root DIR` allows sources under DIR)")
+        for s in sources:
+            real = Path(s).expanduser().resolve()  # symlinks resolved: a link out of the root is out
+            if not any(real == root or real.is_relative_to(root) for root in self.allow_roots):
+                raise Forbidden(f"source {s!r} is not under an --allow-root folder of this server")
+
+    def start(self, kb: str, sources: list[str], settings: dict[str, Any], job_id: Optional[str]) -> JobStatusResponse:
+        self.check_sources(sources)
+        config = Service.config(sources, kb, **settings)
+        with self._lock:
+            self._check_idle()
+            return self._launch(self.service.start(config, job_id=job_id))
+
+    def resume(self, job_id: str) -> JobStatusResponse:
+        with self._lock:
+            if job_id in self._live:
+                raise WrongState(f"job {job_id} is running in this server")
+            self._check_idle()
+            return self._launch(self.service.resume(job_id))
+
+    def _check_idle(self) -> None:
+        running = next(iter(self._live), None)
+        if running is not None:
+            raise Busy(f"job {running} is running in this server: one job at a time per home")
+
+    def _launch(self, handle: JobHandle) -> JobStatusResponse:
+        th = threading.Thread(target=self._run, args=(handle,), name=f"kbingest-job-{handle.job_id}", daemon=True)
+        self._live[handle.job_id] = (handle, th)
+        th.start()
+        return handle.snapshot()
+
+    def _run(self, handle: JobHandle) -> None:
+        final: Optional[JobStatusResponse] = None
+        try:
+            final = handle.run()
+        except KbError as e:
+            log.warning("job %s did not run: %s", handle.job_id, e.message)
+        except Exception:
+            log.exception("job %s could not run", handle.job_id)
+        finally:
+            with self._lock:
+                self._live.pop(handle.job_id, None)
+        if final is not None:
+            self.notifier.job_ended(final)
+
+    # ---- steering ----
+    def control(self, job_id: str, what: str, timeout: float) -> JobStatusResponse:
+        """pause or cancel, with the CLI's semantics: answers once the job has paused or ended;
+        already paused (cancelled): answered as it is; 409 when the action does not apply."""
+        item = self._live.get(job_id)
+        if item is None or not item[1].is_alive():  # not running here (or its run has ended): the store decides
+            return self.service.pause(job_id, timeout) if what == "pause" else self.service.cancel(job_id, timeout)
+        handle, th = item
+        if what == "pause":
+            handle.pause()
+        else:
+            handle.cancel()
+        th.join(timeout)
+        if th.is_alive():
+            raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s (the job goes on)")
+        return self.info(job_id).status
+
+    def request(self, job_id: str, what: str) -> dict[str, Any]:
+        """pause or cancel without waiting (the service's request_pause / request_cancel, or the
+        handle of a job running here): {"outcome": "requested" | "cancelled" | "unchanged"}."""
+        handle = self.live(job_id)
+        if handle is not None:
+            handle.pause() if what == "pause" else handle.cancel()
+            outcome = "requested"
+        elif what == "pause":
+            self.service.request_pause(job_id)
+            outcome = "requested"
+        else:
+            outcome = self.service.request_cancel(job_id)
+        return {"job_id": job_id, "outcome": outcome}
+
+    def join(self, timeout: float = 30.0) -> None:
+        """Pause every job running here and wait for their checkpoints (the server is stopping)."""
+        items = list(self._live.values())
+        for handle, _ in items:
+            handle.pause()
+        for _, th in items:
+            th.join(timeout)
+
+    def queue_depths(self, job_id: str, snap: JobStatusResponse) -> dict[str, int]:
+        """Queue depths between phases: from the snapshot's `queue_*` metrics if it has them, else
+        from the live executor of a job running here."""
+        from_snap = {k[len("queue_"):]: int(v) for k, v in snap.metrics.items()
+                     if k.startswith("queue_") and isinstance(v, (int, float))}
+        if from_snap:
+            return from_snap
+        handle = self.live(job_id)
+        depths = getattr(getattr(handle, "executor", None), "queue_depths", None)
+        return dict(depths()) if callable(depths) else {}
+
+
+# ---- HTTP guard: token, body cap ---------------------------------------------------------------
+class Guard:
+    """ASGI middleware: the bearer token (constant-time) on every path but /healthz, and the
+    64 KiB body cap (declared length or counted as it streams in)."""
+
+    def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY,
+                 fast_get: Optional[Any] = None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+        self.max_body = max_body
+        self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.token is not None and scope.get("path") != "/healthz":
+            auth = headers.get(b"authorization", b"")
+            given = auth[7:] if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.token):
+                return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
+                                         "<token>`", extra=[(b"www-authenticate", b"Bearer")])
+        if self.fast_get is not None and scope.get("method") == "GET":
+            answer = self.fast_get(scope.get("path", ""))
+            if answer is not None:
+                return await _send_json(send, *answer)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_body
+            except ValueError:
+                return await _send_error(send, 400, "invalid_input", "bad Content-Length")
+            if too_big:
+                return await _send_error(send, 413, "too_large", f"request bodies are capped at {self.max_body} bytes")
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        # a body is read whole before the app sees it (at most max_body bytes): counted as it comes,
+        # whatever Content-Length said
+        chunks, seen = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # the client went away
+            seen += len(msg.get("body", b""))
+            if seen > self.max_body:
+                return await _send_error(send, 413, "too_large", f"request bodies are capped at {self.max_body} bytes")
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed() -> dict:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
+async def _send_error(send: Any, status: int, kind: str, message: str, extra: Optional[list] = None) -> None:
+    await _send_json(send, status, error_body(kind, message), extra)
+
+
+async def _send_json(send: Any, status: int, body: bytes, extra: Optional[list] = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---- the app --------------------------------------------------------------------------------
+class _Lines:
+    """A text sink for JsonLinesReporter: the SSE stream reuses its choice of which snapshots count."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.items.append(text.rstrip("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _start_request_model():
+    """The POST body: sources, and the CLI's job settings (JobConfig's fields, unset: its defaults)."""
+    from typing import Optional as Opt
+
+    from pydantic import ConfigDict, Field, create_model
+
+    from kbingest.app.cli import OPTION_OF_FIELD
+
+    fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)),
+                              "job_id": (Opt[str], None)}
+    for name in [*OPTION_OF_FIELD, "embedder"]:
+        info = JobConfig.model_fields[name]
+        fields[name] = (Opt[info.annotation], Field(None, description=info.description))  # type: ignore[name-defined]
+    return create_model("StartJobRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+StartJobRequest = _start_request_model()
+
+
+def _status_response(snap: JobStatusResponse):
+    from fastapi.responses import Response
+
+    return Response(content=snap.to_json(), media_type="application/json")
+
+
+def _info_dict(info: JobInfo) -> dict[str, Any]:
+    return {"job_id": info.job_id, "kb": info.kb, "created_at": info.created_at, "updated_at": info.updated_at,
+            "config": info.config.model_dump(mode="json"), "status": info.status.to_json_dict()}
+
+
+def create_app(service: Service, cfg: ServerConfig):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.concurrency import run_in_threadpool
+
+    from kbingest.app.server_metrics import metrics_text
+
+    host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify))
+    app = FastAPI(title="kbingest", version="1", description="Ingestion jobs of one kbingest home: status, "
+                  "control, live events, search and metrics.")
+    app.state.host = host
+
+    def err(status: int, kind: str, message: str) -> JSONResponse:
+        return JSONResponse({"error": kind, "message": message}, status_code=status)
+
+    @app.exception_handler(KbError)
+    async def _kb_error(_req: Request, e: KbError) -> JSONResponse:
+        return err(e.http_status, e.kind, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, e: RequestValidationError) -> JSONResponse:
+        first = (e.errors() or [{}])[0]
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return err(422, "invalid_input", f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "error")
+        return err(e.status_code, kind, str(e.detail))
+
+    @app.get("/healthz", tags=["server"])
+    async def healthz() -> dict:
+        return {"status": "ok", "jobs_running_here": len(host.live_handles())}
+
+    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now")
+    def engine() -> dict:
+        return {"busy": service.engine_busy(), "jobs_running_here": [h.job_id for h in host.live_handles()]}
+
+    @app.get(API + "/kb/{kb_id}/status", response_model=JobStatusResponse, tags=["jobs"],
+             summary="the newest job of a knowledge base (JobStatusResponse)")
+    def kb_status(kb_id: str):  # mostly answered before the framework: _fast_kb_status
+        return Response(content=host.kb_status_json(kb_id), media_type="application/json")
+
+    @app.get(API + "/jobs", tags=["jobs"], summary="every job, newest first")
+    def jobs() -> list[dict]:
+        return [_info_dict(i) for i in host.jobs()]
+
+    @app.get(API + "/jobs/{job_id}", tags=["jobs"], summary="one job: its config, times and status")
+    def job(job_id: str) -> dict:
+        return _info_dict(host.info(job_id))
+
+    @app.post(API + "/kb/{kb_id}/jobs", status_code=202, tags=["jobs"],
+              summary="start a job (sources must lie under an --allow-root folder)")
+    def start(kb_id: str, body: StartJobRequest):  # type: ignore[valid-type]
+        data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+        sources, job_id = data.pop("sources"), data.pop("job_id", None)
+        settings = {k: v for k, v in data.items() if v is not None}
+        snap = host.start(kb_id, sources, settings, job_id)
+        return JSONResponse({"job_id": snap.job_id, "status": snap.to_json_dict()}, status_code=202,
+                            headers={"Location": f"{API}/jobs/{snap.job_id}"})
+
+    @app.post(API + "/jobs/{job_id}/resume", status_code=202, tags=["control"],
+              summary="continue a paused, interrupted or failed job in this server (or retry its failures)")
+    def resume(job_id: str):
+        snap = host.resume(job_id)
+        return JSONResponse({"job_id": snap.job_id, "status": snap.to_json_dict()}, status_code=202,
+                            headers={"Location": f"{API}/jobs/{snap.job_id}"})
+
+    @app.post(API + "/jobs/{job_id}/pause", response_model=JobStatusResponse, tags=["control"],
+              summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false")
+    def pause(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
+        if not wait:  # asked, not waited for: 202 and the status as it is
+            return JSONResponse(host.request(job_id, "pause"), status_code=202)
+        return _status_response(host.control(job_id, "pause", _bounded(timeout)))
+
+    @app.post(API + "/jobs/{job_id}/cancel", response_model=JobStatusResponse, tags=["control"],
+              summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)")
+    def cancel(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
+        if not wait:
+            return JSONResponse(host.request(job_id, "cancel"), status_code=202)
+        return _status_response(host.control(job_id, "cancel", _bounded(timeout)))
+
+    @app.get(API + "/jobs/{job_id}/events", tags=["jobs"],
+             summary="Server-Sent Events: one `status` event per snapshot change; ends with the final status")
+    async def events(job_id: str, request: Request):
+        first = (await run_in_threadpool(host.info, job_id)).status  # 404 before the stream starts
+        return StreamingResponse(_event_stream(host, job_id, first, request, run_in_threadpool),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get(API + "/kb/{kb_id}/search", tags=["search"], summary="the k chunks nearest the query")
+    def search(kb_id: str, q: str, k: int = 5) -> list[dict]:
+        if not q.strip():
+            raise InvalidInput("q: an empty query")
+        if k > 100:
+            raise InvalidInput("k: at most 100")
+        return [h.__dict__ for h in service.search(kb_id, q, k)]
+
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
+             summary="Prometheus text format: every job's phases, errors, queues, commits")
+    def metrics():
+        body, content_type = metrics_text(host)
+        return Response(content=body, media_type=content_type)
+
+    return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host))
+
+
+_KB_STATUS = re.compile(API + r"/kb/([^/]+)/status")
+
+
+def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
+    """GET .../kb/{kb_id}/status, the endpoint fifty clients poll ten times a second: answered
+    straight from the ASGI layer while the store is read from memory (about a tenth of the
+    framework's cost); otherwise (None) by the FastAPI route, which does the same in a thread."""
+    m = _KB_STATUS.fullmatch(path)
+    if m is None or not host.reads_from_memory():
+        return None
+    try:
+        return 200, host.kb_status_json(m.group(1))
+    except KbError as e:
+        return e.http_status, error_body(e.kind, e.message)
+    except Exception:  # anything else: the route answers, with the app's error handling
+        return None
+
+
+def _bounded(timeout: float) -> float:
+    if not 0 < timeout <= 3600:
+        raise InvalidInput("timeout: between 0 and 3600 seconds")
+    return timeout
+
+
+async def _event_stream(host: EngineHost, job_id: str, first: JobStatusResponse, request: Any, to_thread: Any):
+    """The --batch lines' moments (JsonLinesReporter decides), as SSE `status` events. Ends once
+    the job rests: ended, or paused with no thread of this server running it."""
+    lines = _Lines()
+    reporter = JsonLinesReporter(lines)
+    reporter.offer(first, force=True)
+    n, idle = 0, 0.0
+    snap = first
+    while True:
+        while lines.items:
+            n += 1
+            yield f"id: {n}\nevent: status\ndata: {lines.items.pop(0)}\n\n"
+            idle = 0.0
+        if snap.status.is_terminal or (snap.status == JobStatus.PAUSED and host.live(job_id) is None):
+            return
+        await asyncio.sleep(SSE_POLL_S)
+        idle += SSE_POLL_S
+        if idle >= SSE_KEEPALIVE_S:
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        if await request.is_disconnected():
+            return
+        handle = host.live(job_id)
+        snap = handle.snapshot() if handle is not None else (await to_thread(host.info, job_id)).status
+        resting = snap.status.is_terminal or (snap.status == JobStatus.PAUSED and host.live(job_id) is None)
+        reporter.offer(snap, force=resting)
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> int:
+    """Run the server until SIGINT/SIGTERM; jobs running here are paused (checkpoint saved) first."""
+    import uvicorn
+
+    cfg.token = cfg.token or os.environ.get(ENV_TOKEN) or None
+    if not is_loopback(cfg.host) and not cfg.token:
+        raise InvalidInput(f"--host {cfg.host} is not a loopback address: give a token (--token or {ENV_TOKEN}), "
+                           "which every client then sends as `Authorization: Bearer <token>`")
+    for root in cfg.allow_roots:
+        if not Path(root).expanduser().is_dir():
+            raise InvalidInput(f"--allow-root {root}: not a folder")
+    service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
+    service.store  # opened (and recovered if need be) before the first request
+    app = create_app(service, cfg)
+    _log_to_stderr()
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                           access_log=False, lifespan="off", server_header=False))
+    log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s", service.home.root, cfg.host, cfg.port, API,
+                "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
+    try:
+        server.run()
+    finally:
+        app.app.state.host.join()
+    return 0
+
+
+def _log_to_stderr() -> None:
+    from kbingest.app.cli import _log_to_stderr as one_line
+
+    one_line()
+    logging.getLogger("kbingest").setLevel(logging.WARNING)

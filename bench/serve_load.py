@@ -1,0 +1,247 @@
+"""Load on `kbingest serve` while a job ingests (issue 15): 50 clients polling the kb status at 10 Hz
+plus one SSE client, against the same job with no clients, in one run, alternating (A B A B).
+
+    python -m bench.serve_load [--pages 16] [--reps 2] [--clients 50] [--hz 10] [--json]
+
+Only 127.0.0.1; every job and the whole run are bounded in time; the server is stopped at the end.
+The clients are raw asyncio HTTP/1.1 keep-alive connections (one request at a time each), so that
+the load generator takes little of the CPU the job and the server share with it.
+Figures: p99 (and p50, max) status latency under load; job throughput (chunks indexed / job
+wall time, real model) with clients over without, per pair, and its median.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from bench.common import REPO, bench_env, corpus_pages, corpus_root, log, median, spread
+
+HOST = "127.0.0.1"  # never anything else
+API = "/api/ingestion"
+JOB_TIMEOUT_S = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _copy_subset(dest: Path, n: int) -> Path:
+    root = corpus_root()
+    for p in spread(corpus_pages(root), n):
+        out = dest / p.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, out)
+    return dest
+
+
+# ---- a tiny HTTP/1.1 client --------------------------------------------------------------------
+async def _request(reader, writer, raw: bytes) -> tuple[int, bytes]:
+    writer.write(raw)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:].strip())
+    body = await reader.readexactly(length) if length else b""
+    return status, body
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n".encode()
+
+
+async def _poller(port: int, path: str, period: float, stop: asyncio.Event, lat: list[float], errors: list[int],
+                  offset: float) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    raw = _get(path)
+    loop = asyncio.get_running_loop()
+    next_at = loop.time() + offset
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += period
+            t0 = time.perf_counter()
+            status, _ = await _request(reader, writer, raw)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _sse(port: int, job_id: str, events: list[dict]) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(_get(f"{API}/jobs/{job_id}/events"))
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    buf = b""
+    while True:
+        chunk = await reader.read(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[6:]))
+    writer.close()
+
+
+async def _call(port: int, method: str, path: str, body: Optional[dict] = None) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    data = json.dumps(body).encode() if body is not None else b""
+    raw = (f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    status, out = await _request(reader, writer, raw)
+    writer.close()
+    return status, json.loads(out) if out else {}
+
+
+# ---- one job --------------------------------------------------------------------------------------
+async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> dict:
+    status, body = await _call(port, "POST", f"{API}/kb/{kb}/jobs", {"sources": [str(docs)]})
+    if status != 202:
+        raise RuntimeError(f"starting the job: HTTP {status}: {body}")
+    job_id = body["job_id"]
+    stop = asyncio.Event()
+    lat: list[float] = []
+    errors: list[int] = []
+    events: list[dict] = []
+    tasks = [asyncio.create_task(_poller(port, f"{API}/kb/{kb}/status", 1.0 / hz, stop, lat, errors,
+                                         offset=i / (hz * max(clients, 1)))) for i in range(clients)]
+    sse = asyncio.create_task(_sse(port, job_id, events)) if clients else None
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    final: dict = {}
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        _, info = await _call(port, "GET", f"{API}/jobs/{job_id}")
+        final = info["status"]
+        if final["status"] not in ("pending", "running"):
+            break
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if sse is not None:
+        try:
+            await asyncio.wait_for(sse, 10)
+        except asyncio.TimeoutError:
+            sse.cancel()
+    if final.get("status") != "completed":
+        raise RuntimeError(f"job {job_id} ended {final.get('status')}: {final.get('message')}")
+    from datetime import datetime
+
+    wall = (datetime.fromisoformat(final["completed_at"]) - datetime.fromisoformat(final["started_at"])).total_seconds()
+    chunks = int(final["metrics"].get("chunks_indexed") or 0)
+    phases_seen = sorted({e["phase"] for e in events})
+    load_avg = os.getloadavg()[0]
+    return {"job_id": job_id, "clients": clients, "wall": wall, "chunks": chunks, "rate": chunks / wall,
+            "latencies": lat, "errors": errors, "sse_events": len(events), "sse_phases": phases_seen, "load_avg": load_avg,
+            "sse_final": events[-1]["status"] if events else None}
+
+
+async def _idle_polls(port: int, kb: str, clients: int, hz: float, seconds: float = 5.0) -> list[float]:
+    """The same clients for a few seconds with no job running: the machine's share of the latency."""
+    stop, lat, errors = asyncio.Event(), [], []
+    tasks = [asyncio.create_task(_poller(port, f"{API}/kb/{kb}/status", 1.0 / hz, stop, lat, errors,
+                                         offset=i / (hz * max(clients, 1)))) for i in range(clients)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return lat
+
+
+def _pct(xs: list[float], q: float) -> Optional[float]:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve_load")
+    p.add_argument("--pages", type=int, default=16)
+    p.add_argument("--reps", type=int, default=2, help="pairs (without clients, with clients), alternating")
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--hz", type=float, default=10.0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
+    docs = _copy_subset(tmp / "docs", args.pages)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(tmp / "home"), "serve", "--host", HOST,
+                               "--port", str(port), "--allow-root", str(docs)], cwd=str(REPO), env=bench_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs: list[dict] = []
+    idle: list[float] = []
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kbingest serve did not start: {server.stderr.read()[-600:] if server.stderr else ''}")
+            time.sleep(0.2)
+        order = []
+        for i in range(args.reps):  # A B, B A, A B...: neither side always goes first
+            pair = [0, args.clients] if i % 2 == 0 else [args.clients, 0]
+            order += pair
+        for i, clients in enumerate(order):
+            r = asyncio.run(_one_job(port, docs, f"load{i}", clients, args.hz))
+            runs.append(r)
+            extra = ""
+            if clients:
+                extra = (f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], .5) * 1e3:.1f} ms p99 "
+                         f"{_pct(r['latencies'], .99) * 1e3:.1f} ms, {r['sse_events']} SSE events")
+            log(f"  job {i + 1}/{len(order)} with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
+                f"({r['rate']:.1f}/s){extra}")
+        idle = asyncio.run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz))
+        log(f"  no job running: {len(idle)} polls p50 {_pct(idle, .5) * 1e3:.1f} ms p99 {_pct(idle, .99) * 1e3:.1f} ms")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    loaded = [r for r in runs if r["clients"]]
+    bare = [r for r in runs if not r["clients"]]
+    lat = [x for r in loaded for x in r["latencies"]]
+    ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
+    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "chunks": runs[0]["chunks"],
+           "polls": len(lat), "errors": sum(len(r["errors"]) for r in loaded),
+           "p50_ms": _pct(lat, .5) * 1e3, "p99_ms": _pct(lat, .99) * 1e3, "max_ms": max(lat) * 1e3,
+           "p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in loaded],
+           "rates_bare": [r["rate"] for r in bare], "rates_loaded": [r["rate"] for r in loaded],
+           "ratios": ratios, "ratio_median": median(ratios),
+           "sse_events": [r["sse_events"] for r in loaded], "sse_phases": [r["sse_phases"] for r in loaded],
+           "sse_final": [r["sse_final"] for r in loaded], "load_avg": [r["load_avg"] for r in runs],
+           "idle_polls": len(idle), "idle_p50_ms": (_pct(idle, .5) or 0) * 1e3, "idle_p99_ms": (_pct(idle, .99) or 0) * 1e3}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
