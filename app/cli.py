@@ -277,6 +277,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     svc = _service(args)
+    svc.resident_search = True  # a `kbingest serve` of this home answers warm
     hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
                       db_options=Service.db_options(getattr(args, "db_option", None)))
     _notices(svc)

@@ -18,6 +18,8 @@ import ipaddress
 import json
 import logging
 import os
+import sys
+import signal
 import re
 import threading
 import time
@@ -442,12 +444,12 @@ def create_app(service: Service, cfg: ServerConfig):
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(API + "/kb/{kb_id}/search", tags=["search"], summary="the k chunks nearest the query")
-    def search(kb_id: str, q: str, k: int = 5) -> list[dict]:
+    def search(kb_id: str, q: str, k: int = 5, mode: str = "hybrid") -> list[dict]:
         if not q.strip():
             raise InvalidInput("q: an empty query")
         if k > 100:
             raise InvalidInput("k: at most 100")
-        return [h.__dict__ for h in service.search(kb_id, q, k)]
+        return [h.__dict__ for h in service.search(kb_id, q, k, mode=mode)]
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
              summary="Prometheus text format: every job's phases, errors, queues, commits")
@@ -530,8 +532,16 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
                                            access_log=False, lifespan="off", server_header=False))
     log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s", service.home.root, cfg.host, cfg.port, API,
                 "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
+    from kbingest.pipeline.resident import announced
+
+    # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
+    # the process before the `finally` below (jobs paused, the announcement removed) could run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        server.run()
+        # `kbingest search` in this home asks this process first: warm, it answers in milliseconds
+        with announced(service.home, f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}",
+                       token_required=bool(cfg.token)):
+            server.run()
     finally:
         app.app.state.host.join()
     return 0

@@ -811,6 +811,13 @@ def fig_search_scale(ctx: Ctx) -> list[Row]:
     ]
 
 
+def fig_cost(ctx: Ctx) -> list[Row]:
+    """Issue 12: cold commands, unchanged re-run, repeated text, each a fresh process (bench/cost.py)."""
+    from bench.cost import rows
+
+    return rows(ctx)
+
+
 FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "chunking": fig_chunking,
     "throughput": fig_throughput,
@@ -826,4 +833,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "formats": fig_formats,
     "search_scale": fig_search_scale,
     "metadata": fig_metadata,
+    "cost": fig_cost,
 }

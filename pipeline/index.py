@@ -27,6 +27,7 @@ import pyarrow as pa  # noqa: E402
 
 from kbingest.pipeline.errors import EngineFailure  # noqa: E402
 from kbingest.pipeline.ids import in_predicate  # noqa: E402
+from kbingest.pipeline.models import SearchHit  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 from kbingest.pipeline.storage import KbLocation  # noqa: E402
 
@@ -186,18 +187,6 @@ class StoredDoc:
     version: str
     source: str
     chunks: int
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    id: str
-    score: float
-    source: str
-    heading_path: str
-    text: str
-    title: str
-    page: Optional[int] = None
-    model: str = ""  # the embedding model of this chunk's vector: embed queries with the same one
 
 
 def _default_ann_min_rows() -> int:

@@ -1,6 +1,7 @@
 """Pydantic models of every record that crosses a boundary: status JSON, job store, CLI output."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal, Optional
 
@@ -80,6 +81,20 @@ class JobStatusResponse(_Timestamps):
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result (the CLI's --json prints its fields)."""
+
+    id: str
+    score: float
+    source: str
+    heading_path: str
+    text: str
+    title: str
+    page: Optional[int] = None
+    model: str = ""  # the embedding model of this chunk's vector: embed queries with the same one
 
 
 class DocumentError(BaseModel):

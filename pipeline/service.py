@@ -68,7 +68,7 @@ class Service:
     """Every use case over one home. `embedder_factory` replaces the model (tests, benchmarks)."""
 
     def __init__(self, home=None, *, embedder_factory: Optional[Callable] = None, store=None,
-                 cached_reads: bool = False) -> None:
+                 cached_reads: bool = False, resident_search: bool = False) -> None:
         """home: a Home, a folder path, or None for the default home (KBINGEST_HOME, else the
         platform's user data folder). cached_reads: reads served from memory while the store file
         is unchanged (a server answering many polls)."""
@@ -76,6 +76,7 @@ class Service:
         self._embedder_factory = embedder_factory
         self._store = store  # an open JobStore to share (one per process where possible)
         self._cached_reads = cached_reads
+        self.resident_search = resident_search  # ask this home's `kbingest serve` first (pipeline/resident.py)
         self.notices: list[str] = []  # things a person should be told (a store rebuilt...)
 
     # ---- the job store ----------------------------------------------------------------------
@@ -296,13 +297,21 @@ class Service:
                db_options: Optional[dict] = None):
         """The k chunks nearest the query (vector, full-text or hybrid), embedded with the model the
         knowledge base was built with, where its jobs put it (or `db`)."""
+        _validated(kb, "knowledge base name")
+        if k < 1:
+            raise InvalidInput("-k must be at least 1")
+        if self.resident_search and db is None and not db_options:
+            from kbingest.pipeline.models import SearchHit
+            from kbingest.pipeline.resident import find, search as resident_search
+
+            server = find(self.home)
+            hits = resident_search(server, kb, query, k, mode) if server else None
+            if hits is not None:
+                return [SearchHit(**h) for h in hits]
         from kbingest.pipeline.embedding import EmbeddingError
         from kbingest.pipeline.index import KnowledgeBase
         from kbingest.pipeline.search import locate, search_kb
 
-        _validated(kb, "knowledge base name")
-        if k < 1:
-            raise InvalidInput("-k must be at least 1")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
         location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
         base = KnowledgeBase(self.home, kb, location)

@@ -82,3 +82,36 @@ def test_cold_commands_import_only_what_they_use(tmp_path, pages):
         imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
         heavy = imported & {"lancedb", "fastembed", "numpy", "pyarrow", "textual", "onnxruntime"}
         assert not heavy, (args, heavy)
+
+
+def test_search_asks_the_resident_server_first_and_starts_cold_without_it(tmp_path, pages):
+    """With `kbingest serve` running on the home, `kbingest search` answers through it: the same hits,
+    without importing LanceDB or the model; once it is gone, search starts cold and still answers."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_cli
+    from live_server import ProcessServer
+
+    h = tmp_path / "h"
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    cold = run_cli("search", "--kb", "docs", "reliability principles", "--json", home=h)
+    assert cold.returncode == 0, cold.stderr
+    server = ProcessServer(h)
+    try:
+        assert (h / "serve.json").exists()
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search", "--kb",
+                            "docs", "reliability principles", "--json"], capture_output=True, text=True,
+                           cwd=str(REPO), timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
+        assert not imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
+        assert [h_["id"] for h_ in json.loads(r.stdout)] == [h_["id"] for h_ in json.loads(cold.stdout)]
+        missing = run_cli("search", "--kb", "nope", "x", home=h)
+        assert missing.returncode == 2 and "no knowledge base" in missing.stderr  # the server's error, typed
+    finally:
+        server.stop()
+    assert not (h / "serve.json").exists()
+    again = run_cli("search", "--kb", "docs", "reliability principles", "--json", home=h)
+    assert again.returncode == 0 and json.loads(again.stdout) == json.loads(cold.stdout)
