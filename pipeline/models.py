@@ -92,7 +92,9 @@ class JobConfig(BaseModel):
     max_tokens: int = Field(240, ge=16, le=8192)
     overlap_tokens: int = Field(32, ge=0)
     max_chars: int = Field(4000, ge=100)
-    batch_size: int = Field(1, ge=1, le=1024)  # on CPU every text at its own length is fastest (docs/benchmarks.md)
+    # texts per embed() call: the default model's runtime runs them at their own length, one per core
+    # (pipeline/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
+    batch_size: int = Field(8, ge=1, le=1024)
     threads: Optional[int] = None
     commit_rows: int = Field(512, ge=1)
     commit_seconds: float = Field(5.0, gt=0)
