@@ -188,6 +188,37 @@ def embed_variant(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@task
+def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
+    """Raw fastembed (batch `fe_batch`) and kbingest's embedder (`batch_size` texts a call) in one
+    process, alternating every `group` texts (which goes first alternates too): on a loaded shared
+    machine this pairs the two within seconds, so drifting load cancels out of the ratio."""
+    import numpy as np
+
+    from kbingest.pipeline.embedding import FastEmbedder
+
+    texts = spread_chunks(p["corpus"], p["n"])
+    fe = FastEmbedder(runtime="fastembed", batch_size=p["fe_batch"])
+    kb = FastEmbedder(batch_size=p["batch_size"])
+    bs, group = p["batch_size"], p.get("group", 16)
+    for e in (fe, kb):
+        e.embed(["warm up"])
+    spent = {"fastembed": 0.0, "kbingest": 0.0}
+    cos: list[float] = []
+    for g, i in enumerate(range(0, len(texts), group)):
+        part = texts[i:i + group]
+        got = {}
+        for name in (("fastembed", "kbingest") if g % 2 == 0 else ("kbingest", "fastembed")):
+            t0 = time.perf_counter()
+            got[name] = fe.embed(part) if name == "fastembed" else np.concatenate(
+                [kb.embed(part[j:j + bs]) for j in range(0, len(part), bs)])
+            spent[name] += time.perf_counter() - t0
+        cos += list((got["fastembed"] * got["kbingest"]).sum(1))
+    return {"n": len(texts), "fastembed_s": spent["fastembed"], "kbingest_s": spent["kbingest"],
+            "ratio": spent["fastembed"] / spent["kbingest"], "cos_min": float(min(cos)),
+            "fastembed_cps": len(texts) / spent["fastembed"], "kbingest_cps": len(texts) / spent["kbingest"]}
+
+
 # ---- figure 2: chunking against the peers ---------------------------------------------------
 
 def _tokenizer():
