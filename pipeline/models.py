@@ -168,9 +168,11 @@ class JobConfig(BaseModel):
                             description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)")
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
     max_chars: int = Field(4000, ge=100)
-    batch_size: int = Field(1, ge=1, le=1024, description="chunks per embedding call (on CPU, batching only adds padding; "
-                            "raise it for a GPU)")  # docs/benchmarks.md
-    threads: Optional[int] = Field(None, ge=1, description="onnxruntime threads (default: its choice, every core)")
+    # texts per embed() call: the default model's runtime runs them at their own length, one per core
+    # (pipeline/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
+    batch_size: int = Field(8, ge=1, le=1024, description="chunks per embedding call (the default model runs "
+                            "them one per core, each at its own length)")  # docs/runtime.md
+    threads: Optional[int] = Field(None, ge=1, description="cores used by the embedder (default: every core)")
     commit_rows: int = Field(512, ge=1, description="rows per LanceDB commit")
     commit_seconds: float = Field(5.0, gt=0, description="a commit at least this often, seconds")
     optimize_every: int = Field(20, ge=1)

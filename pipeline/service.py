@@ -283,6 +283,13 @@ class Service:
         raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s; the request was withdrawn "
                              f"(the job goes on): try again with a longer --timeout")
 
+    # ---- a resident process --------------------------------------------------------------------
+    def announce(self, url: str, token_required: bool):
+        """A context manager: while it is open, `kbingest search` in this home asks the server at `url`."""
+        from kbingest.pipeline.resident import announced
+
+        return announced(self.home, url, token_required)
+
     # ---- repairing --------------------------------------------------------------------------
     def repair(self, kb: str) -> str:
         """Check a knowledge base; bring a damaged one back. Says what it did."""
