@@ -26,9 +26,10 @@ class EngineLock:
         self.path = path
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "EngineLock":
+    def acquire(self, grace: float = PROBE_GRACE_S) -> "EngineLock":
+        """Take the lock; `grace` seconds wait out probes (0: a queue's poll, which comes again)."""
         fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + PROBE_GRACE_S
+        deadline = time.monotonic() + grace
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
