@@ -17,6 +17,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from kbingest.pipeline import executors, jobqueue
+from kbingest.pipeline.budget import BudgetedEmbedder, EmbedBudget
 from kbingest.pipeline.chunking import Chunker
 from kbingest.pipeline.control import PhaseFailed, RunControl
 from kbingest.pipeline.embedding import Embedder, make_embedder
@@ -81,6 +82,7 @@ class IngestJob:
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
         self._place = None  # the lock that says this process waits for this job (pipeline/jobqueue.py)
         self._dry_run = None  # the TallyStage of a dry run's pass
+        self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
     # ---- creating and loading ---------------------------------------------------------------
     @classmethod
@@ -161,6 +163,7 @@ class IngestJob:
         finally:
             if lock is not None:
                 lock.release()
+            self.budget.close()
             self.executor.close()
             self.done.set()
 
@@ -369,6 +372,7 @@ class IngestJob:
         t = self.tracker
         with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:
             self._run_pass()
+            t.set_metric("last_synced_at", iso(utcnow()))
             while not self.control.stopping and not self.control.draining:
                 t.set_metric("watch_warning", feed.warning)
                 t.set_message(f"watching {len(self.config.sources)} source(s) for changes")
@@ -377,7 +381,9 @@ class IngestJob:
                     continue
                 t.reset_phases(keep_progress=False)
                 t.incr_metric("watch_bursts")
-                self._run_pass(None if burst.rescan else sorted(burst.paths))
+                with self.budget.priority():  # a save goes before other jobs' bulk backfill
+                    self._run_pass(None if burst.rescan else sorted(burst.paths))
+                t.set_metric("last_synced_at", iso(utcnow()))
 
     # ---- one pass ---------------------------------------------------------------------------
     def _embedder(self) -> Embedder:
@@ -385,7 +391,7 @@ class IngestJob:
         with self._embedder_lock:
             if self._embedder_cache is None:
                 self.tracker.set_message("loading the embedding model")
-                self._embedder_cache = self._embedder_factory(self.config)
+                self._embedder_cache = BudgetedEmbedder(self._embedder_factory(self.config), self.budget)
                 self.embedder_loads += 1
                 self.tracker.set_message("ingesting")
             return self._embedder_cache

@@ -123,6 +123,7 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
+    last_synced_at: Optional[str] = None       # a watch job: when its last pass ended (ISO 8601, UTC)
     # the job queue (docs/queue.md): set while the job is pending
     queue_position: Optional[int] = None       # 1: next to run on its knowledge base
     waiting_for: Optional[str] = None          # the job that holds (or is ahead on) its knowledge base
