@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     from kbingest.pipeline.index import KnowledgeBase
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.search import search
+    from kbingest.pipeline.service import Service
+
+    def search(home, store, kb, query, k):  # what `kbingest search` does (pipeline.search.search is gone)
+        return Service(home, store=store).search(kb, query, k)
     from kbingest.pipeline.watch import ChangeFeed
 
     feed_defaults = ChangeFeed([])

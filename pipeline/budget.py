@@ -1,7 +1,12 @@
-"""One embedding budget per home: concurrent jobs take turns at the model, so that on a machine with
-few cores they do not oversubscribe it, and a watch job's changes go before bulk backfill.
+"""One embedding budget per home: a watch job's changes go before bulk backfill, and (opt-in)
+concurrent jobs take turns at the model.
 
-Each embedding call takes a slot: an exclusive lock on `locks/embed.lock`. One call runs at a time
+Modes (`KBINGEST_EMBED_BUDGET`): `priority` (the default): watch bursts first, bulk jobs embed side
+by side; `turns`: also one embedding call at a time in the home; `0`: off. The default was chosen by
+measurement (docs/queue.md): on the shared 2-core machine, turns made two concurrent jobs slower
+than the same two in a row, side by side did not.
+
+In `turns` mode each embedding call takes a slot: an exclusive lock on `locks/embed.lock`. One call runs at a time
 in the whole home, whichever process or thread it comes from, with onnxruntime's threads on every
 core (its default), so the total stays at the cores: two jobs share the model's throughput instead
 of fighting over it. A call is one batch (`batch_size` chunks, 1 by default: ~40 ms on 2 cores), so
@@ -11,7 +16,6 @@ Priority: a watch job's burst (a save in a watched folder) holds `locks/embed-pr
 while it runs; a bulk call does not start while some process holds it. A call that had to wait marks
 itself in `locks/embed-wait.lock` (shared); a process that ends a call and sees a waiter steps aside
 for a moment, so turns alternate instead of the same process taking the lock again at once.
-`KBINGEST_EMBED_BUDGET=0` turns the budget off (to measure what it buys: docs/queue.md).
 """
 from __future__ import annotations
 
@@ -50,7 +54,9 @@ class EmbedBudget:
 
     def __init__(self, home: Home) -> None:
         d = home.locks_dir
-        self.enabled = os.environ.get(ENV_OFF, "1") != "0"
+        mode = os.environ.get(ENV_OFF, "priority")
+        self.enabled = mode != "0"
+        self.turns = mode == "turns"
         self._paths = (d / "embed.lock", d / "embed-priority.lock", d / "embed-wait.lock")
         self._fds: tuple[int, int, int] | None = None
         self._local = threading.Lock()  # one call at a time within the job too
@@ -86,10 +92,14 @@ class EmbedBudget:
             return
         slot, prio, wait = self._descriptors()
         t0 = time.monotonic()
+        if not self._priority_depth:
+            while _held_by_other(prio):  # a watch burst goes first
+                time.sleep(PRIORITY_POLL_S)
+        if not self.turns:
+            self.waited_s += time.monotonic() - t0
+            yield
+            return
         with self._local:
-            if not self._priority_depth:
-                while _held_by_other(prio):  # a watch burst goes first
-                    time.sleep(PRIORITY_POLL_S)
             try:
                 fcntl.flock(slot, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from kbingest.pipeline.budget import BudgetedEmbedder, EmbedBudget
 
 
@@ -41,7 +43,8 @@ def _two_jobs(home, calls=40):
     return shared
 
 
-def test_two_jobs_never_embed_at_once_and_take_turns(home):
+def test_two_jobs_never_embed_at_once_and_take_turns(home, monkeypatch):
+    monkeypatch.setenv("KBINGEST_EMBED_BUDGET", "turns")
     shared = _two_jobs(home)
     assert shared["peak"] == 1
     order = shared["order"]
@@ -49,8 +52,9 @@ def test_two_jobs_never_embed_at_once_and_take_turns(home):
     assert switches >= 20, f"turns are not shared: {''.join(order)}"  # not one job's 40 calls, then the other's
 
 
-def test_without_the_budget_they_overlap(home, monkeypatch):
-    monkeypatch.setenv("KBINGEST_EMBED_BUDGET", "0")
+@pytest.mark.parametrize("mode", ["0", "priority"])
+def test_without_turns_they_embed_side_by_side(home, monkeypatch, mode):
+    monkeypatch.setenv("KBINGEST_EMBED_BUDGET", mode)
     assert _two_jobs(home, calls=20)["peak"] == 2
 
 
