@@ -8,7 +8,6 @@ pending. The queue is the order jobs started waiting in (`JobRecord.queued_at`).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -129,7 +128,3 @@ def wait_for_kb(home: Home, kb: str, job_id: str, records: Callable[[], list[Job
             on_wait(*why)
             last = why
         sleep(POLL_S)
-
-
-def owner_pid() -> int:
-    return os.getpid()
