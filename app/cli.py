@@ -32,7 +32,9 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
-    "max_removal_share": "--allow-mass-removal"}
+    "max_removal_share": "--allow-mass-removal", "until": "--until"}
+NO_WAIT_HELP = ("refuse (exit 1, one line) instead of waiting as pending while another job writes the "
+                "knowledge base")
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--allow-mass-removal", action="store_true",
                      help="let this job remove any share of the knowledge base's documents (by default a pass "
                           f"that would remove more than {100 * job_default('max_removal_share'):.0f}%% of them removes none)")
+    ing.add_argument("--until", choices=["chunking"], default=None, help=_help("until").replace(" (default None)", ""))
+    ing.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
     ing.add_argument("--embedder", choices=["fastembed", "fake"], default=job_default("embedder"),
                      help=argparse.SUPPRESS)  # 'fake' for tests only
     ing.add_argument("--job-id", default=None, help=argparse.SUPPRESS)
@@ -88,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(res)
     res.add_argument("job_id", metavar="JOB_ID")
     res.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
+    res.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
 
-    for name, what in (("pause", "pause"), ("cancel", "cancel")):
+    for name, what in (("pause", "pause"), ("cancel", "cancel"),
+                       ("drain", "drain (take no new documents, commit those loaded, complete)")):
         c = sub.add_parser(name, help=f"ask a job running in another process to {what}; returns once it has")
         _add_home(c)
         c.add_argument("job_id", metavar="JOB_ID")
@@ -152,7 +158,7 @@ def _notices(svc: Service) -> None:
 def _config_from(args: argparse.Namespace) -> JobConfig:
     settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
     settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
-                    watch=args.watch, embedder=args.embedder,
+                    watch=args.watch, embedder=args.embedder, until=args.until,
                     **Service.location_settings(getattr(args, "home", None), getattr(args, "db", None),
                                                 getattr(args, "db_option", None)))
     if args.allow_mass_removal:
@@ -170,14 +176,14 @@ def _config_from(args: argparse.Namespace) -> JobConfig:
 def cmd_ingest(args: argparse.Namespace) -> int:
     config = _config_from(args)
     svc = _service(args)
-    job = svc.start(config, job_id=args.job_id)
+    job = svc.start(config, job_id=args.job_id, wait=not args.no_wait)
     _notices(svc)
     return _run(job, svc, batch=args.batch)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     svc = _service(args)
-    job = svc.resume(args.job_id)
+    job = svc.resume(args.job_id, wait=not args.no_wait)
     _notices(svc)
     return _run(job, svc, batch=args.batch)
 
@@ -217,10 +223,11 @@ def _run(job, svc: Service, batch: bool) -> int:
 def cmd_control(args: argparse.Namespace, what: str) -> int:
     svc = _service(args)
     before = svc.job(args.job_id)
-    if before.status.status.value == ("paused" if what == "pause" else "cancelled"):
+    if before.status.status.value == {"pause": "paused", "cancel": "cancelled"}.get(what):
         _say(f"job {before.job_id} is already {before.status.status.value}")
         return int(ExitCode.OK)
-    snap = svc.pause(before.job_id, args.timeout) if what == "pause" else svc.cancel(before.job_id, args.timeout)
+    act = {"pause": svc.pause, "cancel": svc.cancel, "drain": svc.drain}[what]
+    snap = act(before.job_id, args.timeout)
     waited = before.status.status.value == "running"
     _say(f"job {before.job_id} is {snap.status.value}" if waited else f"job {before.job_id} {snap.status.value}")
     return int(ExitCode.OK)
@@ -239,9 +246,13 @@ def _human_status(s: JobStatusResponse, errors: list[DocumentError]) -> str:
                      f"  {rate} {eta} {dur}".rstrip())
         if p.error:
             lines.append(f"            {p.error}")
-    m = {k: v for k, v in s.metrics.items() if k not in ("document_errors", "document_warning_list")}
+    m = {k: v for k, v in s.metrics.items()
+         if k not in ("document_errors", "document_warning_list", "this_pass", "dry_run") and v is not None}
     if m:
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in sorted(m.items())))
+    if s.m.this_pass:
+        lines.append("  this pass: " + ", ".join(f"{k}={v}" for k, v in sorted(s.m.this_pass.items())))
+    lines.extend(_dry_run_lines(s.m.dry_run))
     for e in errors:
         lines.append(f"  failed: {e.phase}: {e.path}: {e.kind}: {e.message}")
     failed = s.m.documents_failed or 0
@@ -250,6 +261,22 @@ def _human_status(s: JobStatusResponse, errors: list[DocumentError]) -> str:
     for w in s.m.document_warning_list or []:
         lines.append(f"  warning: {w.get('path')}: {w.get('warning')}")
     return "\n".join(printable(line) for line in lines)
+
+
+def _dry_run_lines(d: Optional[dict]) -> list[str]:
+    """A dry run's report: counts, tokens per document as a histogram, the embedding estimate."""
+    if not d:
+        return []
+    est = d.get("estimated_embedding_seconds")
+    out = [f"  dry run: {d.get('documents')} document(s), {d.get('chunks')} chunks, {d.get('tokens')} tokens; "
+           + (f"embedding about {est:.0f} s at {d.get('embed_rate_chunks_per_s')} chunks/s ({d.get('rate_source')})"
+              if est is not None else "embedding time unknown"),
+           "  tokens per document:"]
+    hist = d.get("tokens_per_document_histogram") or {}
+    top = max(hist.values(), default=1)
+    for k, n in hist.items():
+        out.append(f"    {k:>11} {n:6d} {'#' * max(1, round(30 * n / top))}")
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -347,6 +374,7 @@ COMMANDS = {
     "repair": cmd_repair,
     "pause": lambda a: cmd_control(a, "pause"), "cancel": lambda a: cmd_control(a, "cancel"),
     "serve": cmd_serve,
+    "drain": lambda a: cmd_control(a, "drain"),
 }
 
 

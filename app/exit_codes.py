@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from kbingest.pipeline.models import JobStatusResponse
-from kbingest.pipeline.service import ControlTimeout, EngineFailure, KbError
+from kbingest.pipeline.service import ControlTimeout, EngineFailure, KbBusy, KbError
 from kbingest.pipeline.status import JobStatus
 
 
@@ -33,6 +33,6 @@ def exit_code_for_error(e: KbError) -> ExitCode:
     """Every typed error is the user's to act on (exit 2), but these."""
     if isinstance(e, ControlTimeout):
         return ExitCode.TIMEOUT
-    if isinstance(e, EngineFailure):
+    if isinstance(e, (EngineFailure, KbBusy)):  # KbBusy: --no-wait, the job did not run (docs/queue.md)
         return ExitCode.FAILED
     return ExitCode.USAGE

@@ -26,7 +26,16 @@ class PhaseFailed(Exception):
 class RunControl:
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._drain = threading.Event()
         self.reason: Optional[JobStatus] = None
+
+    def drain(self) -> None:
+        """Cancel loading only: no new documents are taken; those loaded are finished and committed."""
+        self._drain.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.is_set()
 
     def request(self, why: JobStatus) -> None:
         """Ask the run to stop: PAUSED (whole documents already embedded are committed) or

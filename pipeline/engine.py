@@ -16,7 +16,8 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline import executors
+from kbingest.pipeline import executors, jobqueue
+from kbingest.pipeline.budget import BudgetedEmbedder, EmbedBudget
 from kbingest.pipeline.chunking import Chunker
 from kbingest.pipeline.control import PhaseFailed, RunControl
 from kbingest.pipeline.embedding import Embedder, make_embedder
@@ -25,13 +26,13 @@ from kbingest.pipeline.failures import reason
 from kbingest.pipeline.liveness import KEEPALIVE_S
 from kbingest.pipeline.index import IndexError_, KnowledgeBase
 from kbingest.pipeline.jobs import INTERRUPTED
-from kbingest.pipeline.locking import EngineLock, HomeLocked
 from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
                                       JobStatusResponse, iso, utcnow)
 from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.reporter import TrackerReporter
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
+from kbingest.pipeline.stages.dryrun import NoIndexStage, TallyStage, embed_rate
 from kbingest.pipeline.stages.embed import EmbedStage
 from kbingest.pipeline.stages.index import IndexStage
 from kbingest.pipeline.stages.load import LoadStage
@@ -43,9 +44,7 @@ log = logging.getLogger("kbingest.engine")
 
 HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
-PASS_METRICS = ("documents_found", "documents_skipped", "documents_added", "documents_replaced",
-                "documents_removed", "files_ignored", "chunks_created", "chunks_embedded", "chunks_indexed",
-                "commits", "document_warnings")
+QUEUE_METRICS = ("queue_position", "waiting_for")  # set while pending only
 
 
 def new_job_id(kb: str) -> str:
@@ -82,6 +81,10 @@ class IngestJob:
         self._monitor_stop = threading.Event()
         self.done = threading.Event()
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
+        self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
+        self._place = None  # the lock that says this process waits for this job (pipeline/jobqueue.py)
+        self._dry_run = None  # the TallyStage of a dry run's pass
+        self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
     # ---- creating and loading ---------------------------------------------------------------
     @classmethod
@@ -89,11 +92,20 @@ class IngestJob:
                **kw: Any) -> "IngestJob":
         validate_name(config.kb, "knowledge base name")
         job_id = validate_name(job_id or new_job_id(config.kb), "job id")
-        snap = PhaseTracker(job_id, config.kb).snapshot()
+        t = PhaseTracker(job_id, config.kb)
+        why = jobqueue.wait_reason(home, store.all(), job_id, config.kb)
+        if why is not None:  # the first status line says why it waits
+            t.set_message(why[0])
+            t.set_metric("queue_position", why[2])
+            t.set_metric("waiting_for", why[1])
+        place = jobqueue.hold_place(home, job_id)  # its process dies: shown interrupted, not stuck pending
         now = iso(utcnow())
-        rec = JobRecord(job_id=job_id, config=config, status=snap, created_at=now, updated_at=now)
+        rec = JobRecord(job_id=job_id, config=config, status=t.snapshot(), created_at=now, updated_at=now,
+                        owner_pid=os.getpid(), queued_at=now)
         store.put(rec)
-        return cls(home, store, rec, **kw)
+        job = cls(home, store, rec, **kw)
+        job._place = place
+        return job
 
     @classmethod
     def load(cls, home: Home, store: JobStore, job_id: str, **kw: Any) -> "IngestJob":
@@ -121,6 +133,12 @@ class IngestJob:
     def cancel(self) -> None:
         self._request_stop(JobStatus.CANCELLED)
 
+    def drain(self) -> None:
+        """Cancel loading only: no new documents; those loaded are finished and committed, and the
+        job completes with the rest counted as not processed."""
+        self.control.drain()
+        self.tracker.set_message("draining: no new documents; finishing and committing those loaded")
+
     def _request_stop(self, why: JobStatus) -> None:
         self.executor.stop(why)
         self.tracker.set_message("cancelling…" if self.control.reason == JobStatus.CANCELLED
@@ -128,18 +146,101 @@ class IngestJob:
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> JobStatusResponse:
-        """Run (or resume) the job to its next resting state. Holds the home's engine lock."""
+        """Run (or resume) the job to its next resting state. Holds its knowledge base's lock; while
+        another job writes that knowledge base, it waits as `pending` (docs/queue.md)."""
+        retry = self.tracker.status == JobStatus.COMPLETED  # retrying its failed documents: progress from 0
+        resumed = self.tracker.status != JobStatus.PENDING
+        lock = None
         try:
-            lock = EngineLock(self.home.engine_lock_file).acquire()
-        except HomeLocked:
-            self._forget_if_never_ran()
-            raise
-        try:
-            return self._run_locked()
+            try:
+                lock = self._take_kb()
+            except jobqueue.KbBusy:
+                self._forget_if_never_ran()
+                raise
+            finally:
+                jobqueue.drop_place(self.home, self._place, self.job_id)
+            if lock is None:  # stopped while pending
+                return self.snapshot()
+            return self._run_locked(retry, resumed)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+            self.budget.close()
             self.executor.close()
             self.done.set()
+
+    # ---- the queue ---------------------------------------------------------------------------
+    def _take_kb(self):
+        """The knowledge base's lock; waiting for it as a pending job unless --no-wait. None when the
+        job was cancelled or paused while it waited."""
+        home, kb = self.home, self.config.kb
+        if not self.wait_for_lock:
+            refused = jobqueue.refusal(home, self.store.all(), self.job_id, kb)
+            lock = None if refused else jobqueue.try_kb_lock(home, kb)
+            if lock is None:
+                raise refused or jobqueue.KbBusy(f"knowledge base {kb} is being written by another job; "
+                                                 "run without --no-wait to queue it")
+            return lock
+        if jobqueue.wait_reason(home, self.store.all(), self.job_id, kb) is None:
+            lock = jobqueue.try_kb_lock(home, kb)
+            if lock is not None:
+                return lock
+        if self._place is None or not self._place.held:
+            self._place = jobqueue.hold_place(home, self.job_id)
+        t = self.tracker
+        if t.status != JobStatus.PENDING:
+            t.set_status(JobStatus.PENDING, f"pending: waiting for knowledge base {kb}")
+        snap, stored = self.snapshot(), {}
+
+        def enqueue(r: JobRecord) -> JobRecord:
+            stored.update(status=r.status.status)
+            if r.status.status == JobStatus.CANCELLED:
+                return r
+            return r.model_copy(update={"status": snap, "owner_pid": os.getpid(), "queued_at": iso(utcnow())})
+
+        self.store.update(self.job_id, enqueue)
+        if stored.get("status") == JobStatus.CANCELLED:
+            self._final = True
+            raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
+        lock = jobqueue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
+                                    self.control.wait)
+        for key in QUEUE_METRICS:
+            t.drop_metric(key)
+        if lock is None:
+            self._stopped_pending()
+        return lock
+
+    def _waiting(self, message: str, blocker: Optional[str], position: int) -> None:
+        t = self.tracker
+        t.set_message(message)
+        t.set_metric("queue_position", position)
+        t.set_metric("waiting_for", blocker)
+        self._checkpoint()
+
+    def _stop_waiting(self) -> bool:
+        if self.control.stopping:
+            return True
+        rec = self.store.get(self.job_id)
+        if rec is None or rec.status.status == JobStatus.CANCELLED:
+            return True
+        if rec.control in ("cancel", "pause", "drain"):  # a drain of a job that loaded nothing: a cancel
+            self.control.request(JobStatus.PAUSED if rec.control == "pause" else JobStatus.CANCELLED)
+            return True
+        return False
+
+    def _stopped_pending(self) -> None:
+        """Cancelled (here or from another shell) or paused while it waited: it never ran this time."""
+        rec = self.store.get(self.job_id)
+        if rec is not None and rec.status.status == JobStatus.CANCELLED:  # cancelled in the store
+            self.tracker = PhaseTracker.from_snapshot(rec.status)
+            self._final = True
+            return
+        t = self.tracker
+        if self.control.reason == JobStatus.PAUSED:
+            t.set_status(JobStatus.PAUSED, "paused while pending: resume to queue it again")
+        else:
+            t.set_status(JobStatus.CANCELLED, "cancelled while pending: it never ran")
+        self._checkpoint(final=True)
 
     def _forget_if_never_ran(self) -> None:
         """Another engine took the home between the check and this run: a job that never ran leaves
@@ -147,14 +248,13 @@ class IngestJob:
         if self.tracker.status == JobStatus.PENDING and not self.tracker.snapshot().started_at:
             self.store.remove_job(self.job_id, only_if=lambda r: r.status.status == JobStatus.PENDING)
 
-    def _run_locked(self) -> JobStatusResponse:
+    def _run_locked(self, retry: bool, resumed: bool) -> JobStatusResponse:
         t = self.tracker
         if t.status == JobStatus.CANCELLED:
             raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
-        retry = t.status == JobStatus.COMPLETED  # retrying its failed documents is new work: progress from 0
         if t.status == JobStatus.RUNNING:  # found running with no engine: it was interrupted
             t.set_status(JobStatus.PAUSED, INTERRUPTED)
-        if t.status != JobStatus.PENDING:
+        if resumed:
             t.reset_phases(keep_progress=not retry)  # a paused, interrupted or failed job goes on from where it was
         t.set_status(JobStatus.RUNNING, "starting: opening the knowledge base")
         snap, stored = self.snapshot(), {}
@@ -216,6 +316,16 @@ class IngestJob:
             msg = (f"completed: {m.documents_added or 0} added, {m.documents_replaced or 0} replaced, "
                    f"{m.documents_skipped or 0} unchanged, {m.documents_removed or 0} removed, "
                    f"{m.chunks_indexed or 0} chunks indexed")
+            if m.dry_run:
+                d = m.dry_run
+                est = d.get("estimated_embedding_seconds")
+                msg = (f"dry run completed: {d['documents']} document(s) to embed, {d['chunks']} chunks, "
+                       f"{d['tokens']} tokens; embedding " + (f"would take about {est:.0f} s at "
+                       f"{d['embed_rate_chunks_per_s']} chunks/s ({d['rate_source']})" if est is not None
+                       else "time unknown (no measured rate)") + f"; {m.documents_skipped or 0} unchanged")
+            elif self.control.draining:
+                msg = (f"drained: {m.documents_not_processed or 0} document(s) not processed; "
+                       + msg.removeprefix("completed: "))
             if n_err:
                 msg += f"; {n_err} document(s) failed"
             t.set_status(JobStatus.COMPLETED, msg)
@@ -245,6 +355,8 @@ class IngestJob:
                 control = self.store.control_of(self.job_id)
                 if control == "pause" and not self.control.stopping:
                     self.pause()
+                elif control == "drain" and not self.control.draining:
+                    self.drain()
                 elif control == "cancel" and not self.control.cancelling:
                     self.cancel()
                 now = time.monotonic()
@@ -266,7 +378,8 @@ class IngestJob:
         t = self.tracker
         with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:
             self._run_pass()
-            while not self.control.stopping:
+            t.set_metric("last_synced_at", iso(utcnow()))
+            while not self.control.stopping and not self.control.draining:
                 t.set_metric("watch_warning", feed.warning)
                 t.set_message(f"watching {len(self.config.sources)} source(s) for changes")
                 burst = feed.next_burst(timeout=0.25)
@@ -274,7 +387,9 @@ class IngestJob:
                     continue
                 t.reset_phases(keep_progress=False)
                 t.incr_metric("watch_bursts")
-                self._run_pass(None if burst.rescan else sorted(burst.paths))
+                with self.budget.priority():  # a save goes before other jobs' bulk backfill
+                    self._run_pass(None if burst.rescan else sorted(burst.paths))
+                t.set_metric("last_synced_at", iso(utcnow()))
 
     # ---- one pass ---------------------------------------------------------------------------
     def _embedder(self) -> Embedder:
@@ -282,7 +397,7 @@ class IngestJob:
         with self._embedder_lock:
             if self._embedder_cache is None:
                 self.tracker.set_message("loading the embedding model")
-                self._embedder_cache = self._embedder_factory(self.config)
+                self._embedder_cache = BudgetedEmbedder(self._embedder_factory(self.config), self.budget)
                 self.embedder_loads += 1
                 self.tracker.set_message("ingesting")
             return self._embedder_cache
@@ -311,19 +426,25 @@ class IngestJob:
             kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
         stored = kb.stored_docs()
         chunker = Chunker(c.chunk_settings(), self._token_counter())
-        for key in PASS_METRICS:
-            t.set_metric(key, 0)
-        r.new_pass()
+        r.new_pass(full=scope is None)  # job totals go on across passes; "this_pass" restarts
         r.forget(scope)  # every pass finds the problems of what it walks again
-        t.set_message("ingesting")
+        t.set_message("ingesting" if not c.until else f"dry run: stops after {c.until}")
+        dry = c.until == "chunking"
+        if dry:  # --until chunking: no model, nothing written
+            self._dry_run = TallyStage(r, chunker.counter)
+            for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
+                t.skip_phase(phase)
         stages = PassStages(
             load=LoadStage(c, r, self.control, stored, scope),
             chunk=ChunkStage(c, r, chunker, kb),
-            embed=EmbedStage(c, r, self.control, self._embedder),
-            index=IndexStage(c, r, self.control, kb),
+            embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
+            index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),
             scope=scope,
         )
         self._index_stage = stages.index
         self.executor.run_pass(stages)
-        if not kb.exists and not self.control.stopping:  # nothing was written: the knowledge base exists, empty
+        if dry:
+            rate, source = embed_rate(self.store.all(), c.vector_model)
+            t.set_metric("dry_run", self._dry_run.report(rate, source))
+        elif not kb.exists and not self.control.stopping:  # nothing was written: the knowledge base exists, empty
             kb.ensure(dim if dim is not None else self._embedder().dim)

@@ -46,6 +46,11 @@ class Busy(KbError):
     http_status = 409
 
 
+class KbBusy(Busy):
+    """`--no-wait`: another job writes the knowledge base (or jobs wait for it); the job was not
+    started. Exit 1 (the job did not run), where other Busy errors are usage errors."""
+
+
 class Forbidden(KbError):
     kind = "forbidden"
     http_status = 403

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from kbingest.pipeline.liveness import with_liveness
+from kbingest.pipeline.jobqueue import waiter_alive
 from kbingest.pipeline.locking import holder_pid, is_locked
 from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
@@ -15,13 +16,17 @@ INTERRUPTED = "interrupted: the process running this job stopped; resume it to c
 
 
 def _interrupted(rec: JobRecord, home: Home) -> bool:
-    """Recorded as running, but no engine holds the home, or the one holding it is another process
-    (another job runs there now): the process that ran this job died."""
+    """Recorded as running, but no engine holds its knowledge base, or the one holding it is another
+    process (another job writes it now); or recorded as pending, with no live process waiting for it
+    (pipeline/jobqueue.py): the process that ran this job died."""
+    if rec.status.status == JobStatus.PENDING:
+        return rec.owner_pid is not None and not waiter_alive(home, rec)
     if rec.status.status != JobStatus.RUNNING:
         return False
-    if not is_locked(home.engine_lock_file):
+    lock = home.kb_lock_file(rec.config.kb)
+    if not is_locked(lock):
         return True
-    holder = holder_pid(home.engine_lock_file)
+    holder = holder_pid(lock)
     return rec.owner_pid is not None and holder is not None and holder != rec.owner_pid
 
 

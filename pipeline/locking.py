@@ -70,10 +70,11 @@ class EngineLock:
         self.path = path
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "EngineLock":
+    def acquire(self, grace: float = PROBE_GRACE_S) -> "EngineLock":
+        """Take the lock; `grace` seconds wait out probes (0: a queue's poll, which comes again)."""
         fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         # an engine holds it, or a probe (a dashboard, `kbingest status`) for a moment
-        if not flock_within(fd, fcntl.LOCK_EX, PROBE_GRACE_S):
+        if not flock_within(fd, fcntl.LOCK_EX, grace):
             os.close(fd)
             raise HomeLocked(self.path, holder_pid(self.path))
         os.ftruncate(fd, 0)

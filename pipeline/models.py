@@ -141,6 +141,15 @@ class JobMetrics(BaseModel):
     watch_warning: Optional[str] = None
     heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/liveness.py)
     not_responding: Optional[bool] = None
+    last_synced_at: Optional[str] = None       # a watch job: when its last pass ended (ISO 8601, UTC)
+    # the job queue (docs/queue.md): set while the job is pending
+    queue_position: Optional[int] = None       # 1: next to run on its knowledge base
+    waiting_for: Optional[str] = None          # the job that holds (or is ahead on) its knowledge base
+    # job totals are the metrics above, across passes; this pass's own counts:
+    this_pass: Optional[dict[str, int]] = None
+    # drain (loading cancelled, the rest committed) and dry run (--until chunking)
+    documents_not_processed: Optional[int] = None
+    dry_run: Optional[dict[str, Any]] = None
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)
@@ -182,6 +191,9 @@ class JobConfig(BaseModel):
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
+    until: Optional[Literal["chunking"]] = Field(None, description=(
+        "dry run: stop after this phase (chunking: no model loaded, nothing written; a report of documents, "
+        "chunks, tokens and the estimated embedding time)"))
     max_removal_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "a pass that would remove more than this share of a knowledge base's documents (a source that is "
         "empty or unmounted) removes none, and says so; 1.0 allows any removal"))
@@ -198,7 +210,7 @@ class JobConfig(BaseModel):
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
-        "db", "db_options", "ann_min_rows")
+        "db", "db_options", "ann_min_rows", "until")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -208,6 +220,8 @@ class JobConfig(BaseModel):
         if cap is not None and self.max_tokens > cap:
             raise ValueError(f"{self.model} reads {cap + 2} tokens with its 2 special tokens: "
                              f"max_tokens at most {cap}")
+        if self.until is not None and self.watch:
+            raise ValueError("a dry run (--until) stops after one pass: it cannot --watch")
         self.chunk_settings()
         return self
 
@@ -255,8 +269,9 @@ class JobRecord(BaseModel):
     job_id: str
     config: JobConfig
     status: JobStatusResponse
-    control: Optional[Literal["pause", "cancel"]] = None
+    control: Optional[Literal["pause", "cancel", "drain"]] = None
     owner_pid: Optional[int] = None
     heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/liveness.py)
+    queued_at: Optional[str] = None  # when it began waiting for its knowledge base (pipeline/jobqueue.py)
     created_at: str
     updated_at: str

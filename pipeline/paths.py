@@ -136,6 +136,21 @@ class Home:
         return self.root / "engine.lock"
 
     @property
+    def locks_dir(self) -> Path:
+        """Per-knowledge-base writer locks, queue places, the shared embedding budget (docs/queue.md)."""
+        return self.root / "locks"
+
+    def kb_lock_file(self, kb: str) -> Path:
+        """The lock one writer of knowledge base `kb` holds (docs/queue.md): jobs on other knowledge
+        bases run at the same time. `kb` is a validated name (no separators)."""
+        return self.locks_dir / f"kb-{validate_name(kb, 'knowledge base name')}.lock"
+
+    def queue_lock_file(self, job_id: str) -> Path:
+        """Held by the process that owns a pending job while it waits: when that process dies, the
+        kernel drops it and the job shows as interrupted, not stuck pending."""
+        return self.locks_dir / f"wait-{validate_name(job_id, 'job id')}.lock"
+
+    @property
     def lancedb_dir(self) -> Path:
         return self.root / "lancedb"
 

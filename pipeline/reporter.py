@@ -20,6 +20,12 @@ log = logging.getLogger("kbingest.engine")
 
 MAX_ERRORS_LISTED = 100   # document errors (and warnings) the status lists; `documents_failed` counts all
 PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
+# What a walk of the sources finds: a full pass's count is the job's (the previous full pass's is
+# replaced); a watch burst walks a few paths, and counts them in its "this_pass" block only.
+WALK_METRICS = ("documents_found", "documents_skipped", "files_ignored")
+# The job totals every status carries from its first pass on (0 until counted): scripts read them.
+JOB_TOTALS = ("documents_added", "documents_replaced", "documents_removed", "chunks_created", "chunks_embedded",
+              "chunks_indexed", "commits", "document_warnings")
 
 
 class TrackerReporter:
@@ -30,6 +36,8 @@ class TrackerReporter:
         self._lock = threading.Lock()
         self._errors: list[DocumentError] = list(errors)
         self._warnings: list[dict[str, str]] = []
+        self._full_pass = True
+        self._skip_credit = 0  # documents this job wrote in earlier passes: skipped now, they are not "unchanged"
         self._recount()
 
     # ---- progress ---------------------------------------------------------------------------
@@ -49,7 +57,16 @@ class TrackerReporter:
         self.t.complete_phase(phase)
 
     def count(self, metric: str, n: int = 1) -> None:
-        self.t.incr_metric(metric, n)
+        """n more of a counter: in this pass's block, and in the job's totals."""
+        self.t.incr_metric(metric, n, this_pass=True)
+        if metric in WALK_METRICS and not self._full_pass:
+            return
+        if metric == "documents_skipped" and self._skip_credit:
+            used = min(self._skip_credit, n)
+            self._skip_credit -= used
+            n -= used
+        if n:
+            self.t.incr_metric(metric, n)
 
     def set(self, metric: str, value: Any) -> None:
         self.t.set_metric(metric, value)
@@ -119,7 +136,20 @@ class TrackerReporter:
                 self._warnings.append({"path": fs_text(path), "warning": w})
                 self.t.set_metric("document_warning_list", list(self._warnings))
 
-    def new_pass(self) -> None:
-        """Warnings are of one pass."""
+    def new_pass(self, full: bool = True) -> None:
+        """A pass begins. The job's totals go on (a resume, retry or watch burst adds to them); the
+        "this_pass" block restarts; a full pass walks every source again, so what a walk counts is
+        counted anew, and the documents this job wrote before are skipped, not "unchanged".
+        Warnings are of one pass."""
+        m = self.t.snapshot().m
+        self._full_pass = full
+        if full:
+            self._skip_credit = (m.documents_added or 0) + (m.documents_replaced or 0)
+            for key in WALK_METRICS:
+                self.t.set_metric(key, 0)
+        for key in JOB_TOTALS:
+            if getattr(m, key) is None:
+                self.t.set_metric(key, 0)
+        self.t.set_metric("this_pass", {})
         self._warnings = []
         self.t.set_metric("document_warning_list", [])

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
-from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbError,
+from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
                                       NotFound, WrongState)
 from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
@@ -19,7 +19,7 @@ from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.failures import debug, describe
 from kbingest.pipeline.textsafe import printable
 
-__all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy",
+__all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy", "KbBusy",
            "Forbidden", "ControlTimeout", "EngineFailure", "printable", "describe", "debug", "CONTROL_POLL_S"]
 
 CONTROL_POLL_S = 0.2  # how often a pause/cancel from outside the engine looks whether it took effect
@@ -132,12 +132,32 @@ class Service:
     def status(self, job_id: Optional[str] = None, kb: Optional[str] = None) -> JobStatusResponse:
         return self.find(job_id, kb).status
 
-    def engine_busy(self) -> Optional[str]:
-        """Why a job cannot start in this process now (another engine runs in the home), or None."""
-        from kbingest.pipeline.locking import HomeLocked, holder_pid, is_locked
+    def engine_busy(self, kb: Optional[str] = None) -> Optional[str]:
+        """Why a job on knowledge base `kb` would wait now (another job writes it, or jobs are queued
+        for it), or None. Without `kb`: whether any knowledge base of the home is being written.
+        A job that waits is queued, not refused (docs/queue.md): this is for showing, not for gating."""
+        from kbingest.pipeline import jobqueue
 
-        lock = self.home.engine_lock_file
-        return str(HomeLocked(lock, holder_pid(lock))) if is_locked(lock) else None
+        recs = self.store.all()
+        kbs = [_validated(kb, "knowledge base name")] if kb else sorted({r.config.kb for r in recs})
+        for name in kbs:
+            why = jobqueue.wait_reason(self.home, recs, "", name)
+            if why is not None:
+                return why[0].removeprefix("pending: ")
+        return None
+
+    def knowledge_bases(self) -> list[str]:
+        """The knowledge bases of this home (LanceDB tables), sorted: what a new-job form offers."""
+        from kbingest.pipeline.index import list_kbs
+
+        return list_kbs(self.home)
+
+    def queue(self, kb: str) -> list[JobInfo]:
+        """The jobs waiting for knowledge base `kb`, first in line first (their status carries the
+        reason in `message` and `metrics.queue_position` / `metrics.waiting_for`)."""
+        from kbingest.pipeline import jobqueue
+
+        return [self._info(r) for r in jobqueue.queue_of(self.home, self.store.all(), _validated(kb, "knowledge base name"))]
 
     @staticmethod
     def as_interrupted(snap: JobStatusResponse) -> JobStatusResponse:
@@ -188,13 +208,18 @@ class Service:
     def _job_kw(self) -> dict:
         return {"embedder_factory": self._embedder_factory} if self._embedder_factory else {}
 
-    def _check_free(self) -> None:
-        why = self.engine_busy()
-        if why:
-            raise Busy(why)
+    def _check_free(self, kb: str, job_id: str = "") -> None:
+        """--no-wait: refused now (KbBusy, exit 1) when the job would have to wait."""
+        from kbingest.pipeline import jobqueue
 
-    def start(self, config: JobConfig, job_id: Optional[str] = None) -> JobHandle:
-        """A new job, stored as pending; the caller runs it (`handle.run()`, in a thread if it likes)."""
+        refused = jobqueue.refusal(self.home, self.store.all(), job_id, kb)
+        if refused is not None:
+            raise refused
+
+    def start(self, config: JobConfig, job_id: Optional[str] = None, wait: bool = True) -> JobHandle:
+        """A new job, stored as pending; the caller runs it (`handle.run()`, in a thread if it likes).
+        While another job writes its knowledge base, `run()` waits as pending (the queue) and starts
+        by itself; `wait=False` refuses it instead (KbBusy), here or when `run()` finds it busy."""
         from kbingest.pipeline.engine import IngestJob
 
         _validated(config.kb, "knowledge base name")
@@ -202,17 +227,20 @@ class Service:
             _validated(job_id, "job id")
             if self.store.get(job_id):
                 raise WrongState(f"job {job_id!r} exists already: resume it with `kbingest resume {job_id}`")
-        self._check_free()
+        if not wait:
+            self._check_free(config.kb)
         from kbingest.pipeline.jobs import mark_interrupted
 
         mark_interrupted(self.home, self.store)  # jobs whose process died show as interrupted, not running
-        return IngestJob.create(self.home, self.store, config, job_id=job_id, **self._job_kw())
+        job = IngestJob.create(self.home, self.store, config, job_id=job_id, **self._job_kw())
+        job.wait_for_lock = wait
+        return job
 
-    def watch(self, config: JobConfig, job_id: Optional[str] = None) -> JobHandle:
+    def watch(self, config: JobConfig, job_id: Optional[str] = None, wait: bool = True) -> JobHandle:
         """A job that keeps running and ingests what changes under its sources."""
-        return self.start(config.model_copy(update={"watch": True}), job_id=job_id)
+        return self.start(config.model_copy(update={"watch": True}), job_id=job_id, wait=wait)
 
-    def resume(self, job_id: str) -> JobHandle:
+    def resume(self, job_id: str, wait: bool = True) -> JobHandle:
         """Continue a paused, interrupted or failed job; retry the failed documents of a finished one."""
         from kbingest.pipeline.engine import IngestJob
         from kbingest.pipeline.jobs import mark_interrupted
@@ -222,16 +250,21 @@ class Service:
             raise WrongState(f"job {info.job_id} was cancelled and cannot be resumed; start a new `kbingest ingest`")
         if info.status.status == JobStatus.RUNNING:
             raise WrongState(f"job {info.job_id} is running")
-        self._check_free()
+        if info.status.status == JobStatus.PENDING:
+            raise WrongState(f"job {info.job_id} is pending: it waits for its knowledge base and starts by itself")
+        if not wait:
+            self._check_free(info.kb, info.job_id)
         mark_interrupted(self.home, self.store)  # its process died: shown paused (interrupted) until this one runs it
-        return IngestJob.load(self.home, self.store, info.job_id, **self._job_kw())
+        job = IngestJob.load(self.home, self.store, info.job_id, **self._job_kw())
+        job.wait_for_lock = wait
+        return job
 
-    def retry(self, job_id: str) -> JobHandle:
+    def retry(self, job_id: str, wait: bool = True) -> JobHandle:
         """Run a finished job again for its failed documents (every unchanged one is skipped)."""
         info = self.job(job_id)
         if info.status.status != JobStatus.COMPLETED or not info.status.m.documents_failed:
             raise WrongState(f"job {info.job_id} has no failed documents to retry (it is {info.status.status.value})")
-        return self.resume(job_id)
+        return self.resume(job_id, wait=wait)
 
     # ---- steering a job from outside its process --------------------------------------------
     def request_cancel(self, job_id: str) -> str:
@@ -250,6 +283,20 @@ class Service:
         if info.status.status != JobStatus.RUNNING:
             raise WrongState(f"job {info.job_id} is not running (it is {info.status.status.value}); nothing to pause")
         self.store.request(info.job_id, "pause")
+
+    def request_drain(self, job_id: str) -> None:
+        """Ask a running job to drain: no new documents; those loaded are committed; it completes."""
+        info = self.job(job_id)
+        if info.status.status != JobStatus.RUNNING:
+            raise WrongState(f"job {info.job_id} is not running (it is {info.status.status.value}); nothing to drain"
+                             + (": cancel a pending job instead" if info.status.status == JobStatus.PENDING else ""))
+        self.store.request(info.job_id, "drain")
+
+    def drain(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
+        """Drain a job some engine runs (cancel its loading only) and wait until it has completed."""
+        info = self.job(job_id)
+        self.request_drain(info.job_id)
+        return self._wait_rest(info.job_id, "drain", timeout)
 
     def pause(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
         """Pause a job some engine runs and wait until it has paused (its checkpoint saved)."""

@@ -149,11 +149,23 @@ class PhaseTracker:
                 self._metrics[key] = value
                 self._version += 1
 
-    def incr_metric(self, key: str, n: int = 1) -> None:
+    def incr_metric(self, key: str, n: int = 1, this_pass: bool = False) -> None:
+        """Add n to a job total; this_pass: to the "this pass" block only (metrics["this_pass"])."""
         _check_metric(key)
         with self._lock:
-            self._metrics[key] = self._metrics.get(key, 0) + n
+            if this_pass:
+                block = dict(self._metrics.get("this_pass") or {})
+                block[key] = block.get(key, 0) + n
+                self._metrics["this_pass"] = block
+            else:
+                self._metrics[key] = self._metrics.get(key, 0) + n
             self._version += 1
+
+    def drop_metric(self, key: str) -> None:
+        """Leave a metric out of the status again (e.g. the queue position once the job runs)."""
+        with self._lock:
+            if self._metrics.pop(key, None) is not None:
+                self._version += 1
 
     # ---- phase level ------------------------------------------------------------------------
     def _phase_to(self, st: _PhaseState, status: JobStatus) -> None:
@@ -227,6 +239,14 @@ class PhaseTracker:
             self._phase_to(st, JobStatus.COMPLETED)
             self._version += 1
 
+    def skip_phase(self, phase: JobPhase) -> None:
+        """The phase is not run by design (a dry run): `skipped`, done for progress."""
+        with self._lock:
+            st = self._phases[phase]
+            if st.status == JobStatus.PENDING:
+                self._phase_to(st, JobStatus.SKIPPED)
+                self._version += 1
+
     def fail_phase(self, phase: JobPhase, error: str) -> None:
         """The phase failed. One that had completed already keeps its status (its work is done) and
         gets the error: a failure after it (a final optimize, say) is the job's."""
@@ -256,7 +276,7 @@ class PhaseTracker:
     # ---- reading ----------------------------------------------------------------------------
     @staticmethod
     def _done_share(st: _PhaseState) -> float:
-        if st.status == JobStatus.COMPLETED:
+        if st.status.is_done:
             return 1.0
         return min(1.0, st.processed / st.total) if st.total > 0 else 0.0
 
@@ -274,7 +294,7 @@ class PhaseTracker:
         out: dict[JobPhase, Optional[float]] = {}
         for p in PHASES:
             st = ph[p]
-            if st.status == JobStatus.COMPLETED or st.total_final:
+            if st.status.is_done or st.total_final:
                 out[p] = float(st.total)
             elif reached[p] > 0 and st.total > 0:
                 out[p] = max(st.total / reached[p], float(st.processed))
@@ -292,9 +312,9 @@ class PhaseTracker:
             for p in PHASES:
                 st = self._phases[p]
                 est = totals[p]
-                frac = 1.0 if st.status == JobStatus.COMPLETED else (min(1.0, st.processed / est) if est else 0.0)
+                frac = 1.0 if st.status.is_done else (min(1.0, st.processed / est) if est else 0.0)
                 overall += PHASE_WEIGHTS[p] * frac
-                if current == JobPhase.COMPLETED and st.status != JobStatus.COMPLETED:
+                if current == JobPhase.COMPLETED and not st.status.is_done:
                     current = p
                 rate = st.rate(now) if st.status == JobStatus.RUNNING else None
                 eta = None
@@ -302,7 +322,8 @@ class PhaseTracker:
                     eta = max(0.0, (est - st.processed) / rate)
                 details.append(PhaseDetail(
                     name=p.value, status=st.status,
-                    progress=int(min(100, max(0, frac * 100))) if st.status != JobStatus.COMPLETED else 100,
+                    progress=(100 if st.status == JobStatus.COMPLETED else 0 if st.status == JobStatus.SKIPPED
+                              else int(min(100, max(0, frac * 100)))),
                     items_processed=st.processed, items_total=st.total,
                     started_at=st.started_at, completed_at=st.completed_at, error=st.error,
                     rate=round(rate, 3) if rate is not None else None,

@@ -120,7 +120,8 @@ def test_a_closed_pipe_exits_quietly(tmp_path, pages):
 
 
 def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
-    """Two ingests race for the home: the loser says who holds it, exits 2, and leaves no pending job."""
+    """Two --no-wait ingests race for a knowledge base: the loser is refused (KbBusy, exit 1) and
+    leaves no pending job."""
     from kbingest.pipeline.engine import IngestJob
     from kbingest.pipeline.errors import Busy
     from kbingest.pipeline.jobs import open_store
@@ -131,7 +132,9 @@ def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
 
     store = open_store(home)
     loser = IngestJob.create(home, store, JobConfig(sources=[str(pages)], kb="docs", embedder="fake"))
-    with EngineLock(home.engine_lock_file):  # the winner took the home between the loser's check and its run
+    loser.wait_for_lock = False
+    home.kb_lock_file("docs").parent.mkdir(exist_ok=True)
+    with EngineLock(home.kb_lock_file("docs")):  # the winner took the kb between the loser's check and its run
         with pytest.raises(Busy):
             loser.run()
     assert store.get(loser.job_id) is None

@@ -198,8 +198,12 @@ def test_pause_from_another_shell_then_resume(tmp_path, corpus, status_validator
     assert status_json(h, job)["status"] == "paused"
 
     final = resume_to_completion(h, job, ref, status_validator)
-    assert final["metrics"]["documents_skipped"] == docs
-    assert final["metrics"]["chunks_embedded"] == ref["count"] - rows  # nothing embedded twice
+    # job totals count the whole job across the pause (issue 14); the resumed pass has its own block
+    assert final["metrics"]["this_pass"]["documents_skipped"] == docs
+    assert final["metrics"]["documents_skipped"] == 0  # the documents it skipped were its own work
+    assert final["metrics"]["chunks_indexed"] == ref["count"]  # 8 added, 157 chunks: not the last pass's
+    assert final["metrics"]["chunks_embedded"] >= ref["count"]  # (the batch in flight at the pause, again)
+    assert final["metrics"]["this_pass"]["chunks_embedded"] == ref["count"] - rows  # nothing embedded twice
 
 
 def test_cancel_from_another_shell_and_resume_is_refused(tmp_path, corpus, status_validator):
@@ -242,10 +246,11 @@ def test_signal_pauses_with_checkpoint_then_resume_completes(tmp_path, corpus, s
     docs, rows = assert_whole_documents(h, ref)
     assert st["metrics"]["chunks_indexed"] == rows
     final = resume_to_completion(h, job, ref, status_validator)
-    assert final["metrics"]["documents_skipped"] == docs
+    assert final["metrics"]["this_pass"]["documents_skipped"] == docs
+    assert final["metrics"]["chunks_indexed"] == ref["count"]  # the whole job, not the last pass
 
 
-def test_one_engine_per_home_and_status_while_running(tmp_path, corpus, status_validator):
+def test_one_writer_per_kb_and_status_while_running(tmp_path, corpus, status_validator):
     src, ref = corpus
     h = tmp_path / "home"
     b = ingest_batch(src, h, tmp_path, env={"KBINGEST_FAKE_DELAY": "0.05"})  # slow: it outlasts the checks
@@ -253,18 +258,22 @@ def test_one_engine_per_home_and_status_while_running(tmp_path, corpus, status_v
     assert b.wait_for(lambda d: d["status"] == "running")
     b.wait_indexing()
 
-    second = run_cli("ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake", home=h)
-    assert second.returncode == 2, (second.returncode, second.stderr)
-    assert f"process {b.p.pid}" in second.stderr, second.stderr
-    assert "Traceback" not in second.stderr and second.stdout == ""
+    # one writer per knowledge base (issue 14): another knowledge base runs now; the same one, with
+    # --no-wait, is refused in one line (exit 1) and leaves no job behind
+    refused = run_cli("ingest", str(src), "--kb", KB, "--batch", "--no-wait", "--embedder", "fake", home=h)
+    assert refused.returncode == 1, (refused.returncode, refused.stderr)
+    assert job in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stdout == ""
     again = run_cli("resume", job, "--batch", home=h)  # nor a second engine on the same job
-    assert again.returncode == 2 and f"process {b.p.pid}" in again.stderr, again.stderr
+    assert again.returncode == 2 and "is running" in again.stderr, again.stderr
+    jobs = json.loads(run_cli("jobs", "--json", home=h).stdout)
+    assert [d["job_id"] for d in jobs] == [job], "the refused ingest must not leave a job behind"
+    other = run_cli("ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake", home=h)
+    assert other.returncode == 0, (other.returncode, other.stderr)
 
     st = status_json(h, job)  # read-only commands work during the run
     status_validator.validate(st)
     assert st["status"] == "running"
-    jobs = json.loads(run_cli("jobs", "--json", home=h).stdout)
-    assert [d["job_id"] for d in jobs] == [job], "the refused ingest must not leave a job behind"
 
     assert b.p.poll() is None, "the job should still be running"
     b.p.send_signal(signal.SIGTERM)

@@ -139,8 +139,10 @@ def test_broken_model_fails_the_embedding_phase_keeps_what_is_indexed_and_resume
     snap2 = job2.run()
     assert snap2.status == JobStatus.COMPLETED, snap2.error
     assert snap2.error is None and phase(snap2, "embedding").error is None
-    assert snap2.metrics["documents_skipped"] == len(kept)
-    assert snap2.metrics["documents_added"] == len(reference) - len(kept)
+    assert snap2.metrics["this_pass"]["documents_skipped"] == len(kept)  # this pass: what was left
+    assert snap2.metrics["this_pass"]["documents_added"] == len(reference) - len(kept)
+    assert snap2.metrics["documents_added"] == len(reference)  # the job's totals, across both passes
+    assert snap2.metrics["documents_skipped"] == 0
     assert rows_by_doc(home) == reference
     ids = KnowledgeBase(home, "docs").ids()
     assert len(ids) == len(set(ids))

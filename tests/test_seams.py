@@ -10,7 +10,7 @@ from conftest import SMALL_PAGES, copy_pages
 from kbingest.pipeline import formats
 from kbingest.pipeline.formats.base import Extracted, Format, LoadError
 from kbingest.pipeline.models import JobConfig
-from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, InvalidInput, NotFound, Service,
+from kbingest.pipeline.service import (Busy, ControlTimeout, KbBusy, EngineFailure, InvalidInput, NotFound, Service,
                                        WrongState)
 from kbingest.pipeline.status import JobStatus
 
@@ -172,6 +172,7 @@ def test_each_error_maps_to_one_exit_code():
     assert exit_code_for_error(EngineFailure("e")) == ExitCode.FAILED
     for e in (InvalidInput("i"), NotFound("n"), WrongState("w"), Busy("b")):
         assert exit_code_for_error(e) == ExitCode.USAGE
+    assert exit_code_for_error(KbBusy("k")) == ExitCode.FAILED  # --no-wait: the job did not run
 
 
 def test_a_pause_that_times_out_is_withdrawn(tmp_path, home):
@@ -183,7 +184,8 @@ def test_a_pause_that_times_out_is_withdrawn(tmp_path, home):
     job = svc.start(svc.config([str(tmp_path)], "t", embedder="fake"))
     job.tracker.set_status(JobStatus.RUNNING)
     job._checkpoint()
-    with EngineLock(home.engine_lock_file):  # an engine holds the home: the job looks alive
+    home.kb_lock_file("t").parent.mkdir(exist_ok=True)
+    with EngineLock(home.kb_lock_file("t")):  # an engine holds the knowledge base: the job looks alive
         svc.store.update(job.job_id, lambda r: r.model_copy(update={"owner_pid": None}))
         with pytest.raises(ControlTimeout, match="withdrawn"):
             svc.pause(job.job_id, timeout=0.5)

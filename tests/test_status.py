@@ -5,7 +5,8 @@ from kbingest.pipeline.status import (PHASES, TRANSITIONS, InvalidTransition, Jo
 
 
 def test_enum_values_are_the_seeds():
-    assert [s.value for s in JobStatus] == ["pending", "running", "paused", "completed", "failed", "cancelled"]
+    assert [s.value for s in JobStatus][:6] == ["pending", "running", "paused", "completed", "failed", "cancelled"]
+    assert JobStatus.SKIPPED.value == "skipped"  # a phase's only (issue 14: a dry run)
     assert [p.value for p in PHASES] == ["loading", "chunking", "embedding", "indexing"]
     assert JobPhase.COMPLETED.value == "completed"
 
@@ -35,3 +36,18 @@ def test_table_covers_every_status_and_cancelled_is_final():
     assert TRANSITIONS[JobStatus.CANCELLED] == frozenset()
     assert all(s.is_terminal for s in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED))
     assert not JobStatus.PAUSED.is_terminal
+
+
+def test_skipped_is_a_phase_status_only():
+    """A dry run's embedding and indexing are `skipped`: from pending, final, done for progress; a job never is."""
+    assert check_transition(JobStatus.PENDING, JobStatus.SKIPPED, what="phase embedding") == JobStatus.SKIPPED
+    assert JobStatus.SKIPPED.is_done and JobStatus.SKIPPED.is_terminal and TRANSITIONS[JobStatus.SKIPPED] == frozenset()
+    with pytest.raises(InvalidTransition):
+        check_transition(JobStatus.PENDING, JobStatus.SKIPPED)  # what="job"
+    with pytest.raises(InvalidTransition):
+        check_transition(JobStatus.RUNNING, JobStatus.SKIPPED, what="phase embedding")
+
+
+@pytest.mark.parametrize("a", ["paused", "failed", "completed"])
+def test_a_resumed_job_may_wait_as_pending(a):
+    assert check_transition(JobStatus(a), JobStatus.PENDING) == JobStatus.PENDING

@@ -64,12 +64,13 @@ class Watching:
         return pass_done(self.job, n)
 
     def after_one_burst(self) -> dict:
-        """Wait for the pass of the next burst, make sure no other comes, and return its metrics."""
+        """Wait for the pass of the next burst, make sure no other comes, and return that pass's own
+        counts (the job's metrics are totals across its passes: issue 14)."""
         wait_for(lambda: self.pass_done(1), 15, "one burst to be ingested")
         time.sleep(SETTLE)
         m = self.metrics()
         assert m["watch_bursts"] == 1, m
-        return m
+        return {"documents_added": 0, "documents_replaced": 0, "documents_removed": 0, **m["this_pass"]}
 
     def kb(self):
         from kbingest.pipeline.index import KnowledgeBase
@@ -98,6 +99,9 @@ def _one_replacement(w: Watching, path: Path, needle: str) -> None:
     m = w.after_one_burst()
     assert (m["documents_replaced"], m["documents_added"], m["documents_removed"]) == (1, 0, 0), m
     assert m["documents_found"] == 1   # only that file was walked again
+    total = w.metrics()  # the job's totals: the first pass's work and the burst's
+    assert (total["documents_added"], total["documents_replaced"], total["documents_found"]) == (len(PAGES), 1, len(PAGES))
+    assert total["chunks_indexed"] == w.initial_rows + m["chunks_indexed"]
     rows = w.rows()
     assert any(needle in r["text"] for r in rows if r["source"] == str(path))
     assert {r["source"] for r in rows} == {str(w.folder / p) for p in PAGES}   # no stray document
@@ -230,6 +234,6 @@ def test_source_folder_deleted_then_restored(watching, tmp_path):
     assert m["documents_removed"] == len(PAGES), m
     assert watching.rows() == []
     copy_pages(watching.folder, PAGES)   # the folder comes back: watched again, ingested again
-    wait_for(lambda: watching.pass_done(2) and watching.metrics()["documents_added"] == len(PAGES), 15,
+    wait_for(lambda: watching.pass_done(2) and watching.metrics()["this_pass"].get("documents_added") == len(PAGES), 15,
              "the restored folder to be ingested")
     assert len(watching.rows()) == watching.initial_rows

@@ -61,11 +61,18 @@ class LoadStage:
         complete_walk = True
         items, covered = self._scoped_walk()
         counted = self.scope is None
+        self.listed_total: Optional[int] = None
         if counted:  # a listing pass first (no reads): progress and ETA know the job's size
-            r.add_total(PHASE, len({i.path for i in walk(c.sources, self.limits) if isinstance(i, Candidate)}))
+            self.listed_total = len({i.path for i in walk(c.sources, self.limits) if isinstance(i, Candidate)})
+            r.add_total(PHASE, self.listed_total)
             r.total_known(PHASE)
+        listed = 0
         for item in items:
             self.control.check()
+            if self.control.draining:  # drain: no new documents; the rest are counted, not processed
+                complete_walk = False  # a walk cut short removes nothing
+                r.set("documents_not_processed", self._not_processed(listed))
+                break
             if isinstance(item, Skipped):
                 r.count("files_ignored")
                 continue
@@ -81,6 +88,7 @@ class LoadStage:
                 continue
             if not counted:
                 r.add_total(PHASE)
+            listed += 1
             r.count("documents_found")
             doc, gone = self._read(item)
             if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
@@ -107,6 +115,10 @@ class LoadStage:
             for did in gone:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
         r.phase_done(PHASE)
+
+    def _not_processed(self, taken: int) -> int:
+        """Documents a drain left: those listed and not taken (0 for a watch burst, which lists none)."""
+        return max(0, (self.listed_total or 0) - taken)
 
     def _mass_removal(self, n: int) -> bool:
         """More than max_removal_share of the knowledge base's documents would go at once (rsync's
