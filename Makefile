@@ -8,7 +8,7 @@ HOME_DIR ?= $(CURDIR)/.kbingest
 $(BIN)/kbingest: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 setup: $(BIN)/kbingest

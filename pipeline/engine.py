@@ -314,6 +314,7 @@ class IngestJob:
             embed=EmbedStage(c, r, self.control, self._embedder),
             index=IndexStage(c, r, self.control, kb),
             scope=scope,
+            job_id=self.job_id,
         )
         self._index_stage = stages.index
         self.executor.run_pass(stages)

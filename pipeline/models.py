@@ -123,6 +123,8 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
+    ray_waves: Optional[int] = None            # waves the Ray executor committed
+    ray_rows_by_node: Optional[dict[str, int]] = None   # rows staged by each Ray node (this run)
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)
@@ -145,7 +147,7 @@ class JobConfig(BaseModel):
     kb: str
     model: str = Field(DEFAULT_MODEL, description="fastembed model name (the default is shipped and works offline)")
     embedder: Literal["fastembed", "fake"] = "fastembed"
-    executor: str = "threads"
+    executor: str = Field("threads", description="what runs the pass: threads on this machine, or ray (a Ray cluster)")
     max_tokens: int = Field(240, ge=MIN_CHUNK_TOKENS, le=8192,
                             description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)")
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
@@ -162,6 +164,12 @@ class JobConfig(BaseModel):
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
+    # the Ray executor (executor="ray", the extra kbingest[ray]); ignored by the others
+    ray_address: Optional[str] = Field(None, description="Ray cluster to run on: auto or HOST:PORT "
+                                       "(default: a local Ray started and stopped with the job)")
+    ray_embed_actors: int = Field(2, ge=1, le=4096, description="embedding actors (one model loaded in each)")
+    ray_gpus_per_actor: float = Field(0.0, ge=0, le=64, description="GPUs each embedding actor holds")
+    ray_wave_docs: int = Field(256, ge=1, le=1_000_000, description="documents per wave (one commit each)")
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
@@ -169,7 +177,8 @@ class JobConfig(BaseModel):
     VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
-        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries")
+        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries",
+        "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":

@@ -41,12 +41,7 @@ class ChunkStage:
             r.doc_error(doc.path, PHASE, "chunking_failed", f"{type(e).__name__}: {e}")
             return None
         d.title = chunked.title or doc.title or ""
-        d.rows = [{
-            "id": ids.chunk_id(doc.path, doc.content_hash, ch.position, self.version_key),
-            "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
-            "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-            "model": self.model,
-        } for ch in chunked.chunks]
+        d.rows = chunk_rows(chunked, doc.path, doc.content_hash, d, self.version_key, self.model)
         d.loaded = None  # the text is in the rows now
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
@@ -78,3 +73,13 @@ class ChunkStage:
         if reused:
             self.r.progress(JobPhase.EMBEDDING, reused)
             self.r.count("chunks_reused", reused)
+
+
+def chunk_rows(chunked, path: str, content_hash: str, d: Doc, version_key: str, model: str) -> list[dict]:
+    """A chunked document's rows (no vectors yet): what every executor stages, the same way."""
+    return [{
+        "id": ids.chunk_id(path, content_hash, ch.position, version_key),
+        "text": ch.text, "source": fs_text(path), "heading_path": ch.heading_path,
+        "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
+        "model": model,
+    } for ch in chunked.chunks]
