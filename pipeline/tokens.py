@@ -10,7 +10,7 @@ DEFAULT_MODEL_DIR_NAME = "all-MiniLM-L6-v2"
 
 def shipped_model_dir() -> Path:
     """Folder holding the tokenizer files shipped as package data."""
-    return Path(str(resources.files("pipeline") / "model_files" / DEFAULT_MODEL_DIR_NAME))
+    return Path(str(resources.files("kbingest.pipeline") / "model_files" / DEFAULT_MODEL_DIR_NAME))
 
 
 class TokenCounter:
