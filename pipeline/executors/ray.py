@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -46,6 +47,7 @@ CHUNK_TASK_CPUS = 0.5
 EMBED_ACTOR_CPUS = 1.0
 ACTOR_RESTARTS = 3              # a killed actor is restarted, its batch retried, this many times
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024
+BLOCK_BYTES = 64 * 1024
 _END = object()
 
 
@@ -83,6 +85,9 @@ class RaySession:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.verbose_stats_logs = False
+        # small blocks: the documents a puller chunks and the summaries an actor makes flow as they
+        # are made, not when the task ends (the pullers run for the whole pass)
+        ctx.target_max_block_size = BLOCK_BYTES
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # stderr is for the job's own lines
 
     def close(self) -> None:
@@ -319,5 +324,6 @@ def _drop_files(staging: str, fragments: list[str]) -> None:
 def _failed_phase(e: BaseException) -> PhaseFailed:
     text = str(e)
     phase = JobPhase.CHUNKING if "chunk_batch" in text else JobPhase.EMBEDDING
-    last = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return PhaseFailed(phase, f"ray: {last[-1] if last else type(e).__name__}"[:500])
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Failure)\b.*:", ln)]
+    return PhaseFailed(phase, f"ray: {(causes or lines or [type(e).__name__])[-1]}"[:500])

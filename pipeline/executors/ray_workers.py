@@ -157,7 +157,10 @@ def write_fragments(rows: list[dict], uri: str, dim: int) -> list[str]:
     from kbingest.pipeline.index import schema
 
     table = pa.Table.from_pylist(rows, schema=schema(dim))
-    return [json.dumps(f.to_json()) for f in lance_write(table, uri, schema=schema(dim), mode="create")]
+    # append: the staging dataset may have versions already (the driver commits a wave while the
+    # actors go on), or none yet (then the fragments are written as for a new one)
+    frags = lance_write(table, uri, schema=schema(dim), mode="append")
+    return [json.dumps(f.to_json()) for f in frags]
 
 
 def _floats(v: Any) -> list:
