@@ -20,7 +20,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nodes(temp: str, nodes: int = 2, cpus: float = 1.5) -> tuple[str, list[subprocess.Popen], dict]:
+def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[subprocess.Popen], dict]:
     """`nodes` Ray nodes (the first the head), `cpus` logical CPUs each: the head's address, the
     processes, and the environment a driver needs to join (the cluster's own auth token)."""
     import secrets
@@ -33,12 +33,17 @@ def start_nodes(temp: str, nodes: int = 2, cpus: float = 1.5) -> tuple[str, list
               "--object-store-memory", str(NODE_OBJECT_STORE)]
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                  env=dict(os.environ, **env))
+    # every port of its own: two clusters on one machine (a test's and a bench's) must not collide
+    ports = ["--ray-client-server-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+             "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port())]
     procs = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                               "--temp-dir", temp, *common], **quiet)]
+                               "--temp-dir", temp, *ports, *common], **quiet)]
     address = f"127.0.0.1:{port}"
     _wait_for(address, 1, env)
     for i in range(1, nodes):
-        procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *common], **quiet))
+        ports = ["--metrics-export-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
+                 "--dashboard-agent-grpc-port", str(_free_port())]
+        procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *ports, *common], **quiet))
     _wait_for(address, nodes, env)
     return address, procs, env
 
@@ -49,8 +54,11 @@ def _wait_for(address: str, nodes: int, env: dict, timeout: float = 120) -> None
             "print(sum(1 for n in ray.nodes() if n['Alive']))")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        res = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
-                             env=dict(os.environ, **env))
+        try:
+            res = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                                 env=dict(os.environ, **env), timeout=60)
+        except subprocess.TimeoutExpired:
+            continue
         if res.returncode == 0 and res.stdout.strip().isdigit() and int(res.stdout.strip()) >= nodes:
             return
         time.sleep(1)

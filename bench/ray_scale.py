@@ -98,27 +98,28 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=16)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--embedder", default="fastembed")
+    ap.add_argument("--two-nodes-only", action="store_true", help="skip the threads/ray comparison")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="kbb-"))
     src = corpus(tmp / "docs", args.pages)
     common = ["--embedder", args.embedder]
     out: dict = {"pages": args.pages, "reps": args.reps, "embedder": args.embedder}
     try:
-        address, procs, env = start_nodes(str(tmp / "r1"), nodes=1, cpus=3)  # 2 actors (1 CPU each) + chunking
+        address, procs, env = (None, [], {}) if args.two_nodes_only else start_nodes(str(tmp / "r1"), nodes=1, cpus=3)
         try:
             threads, rays = [], []
-            for i in range(args.reps):  # A B A B
+            for i in range(0 if args.two_nodes_only else args.reps):  # A B A B
                 threads.append(run(src, tmp / f"t{i}", *common))
                 rays.append(run(src, tmp / f"r{i}", *common, "--executor", "ray", "--ray-address", address,
                                 "--ray-embed-actors", "2", env=env))
                 print("threads", threads[-1], "\nray", rays[-1], flush=True)
         finally:
             stop_nodes(procs)
-        med_t = statistics.median(r["rows_per_s"] for r in threads)
-        med_r = statistics.median(r["rows_per_s"] for r in rays)
-        out.update(threads=threads, ray_one_node=rays, ratio=med_r / med_t,
-                   one_node_rows_per_s=med_r)
-        address, procs, env = start_nodes(str(tmp / "r2"), nodes=2, cpus=1.5)  # one actor a node
+        if threads:
+            med_t = statistics.median(r["rows_per_s"] for r in threads)
+            med_r = statistics.median(r["rows_per_s"] for r in rays)
+            out.update(threads=threads, ray_one_node=rays, ratio=med_r / med_t, one_node_rows_per_s=med_r)
+        address, procs, env = start_nodes(str(tmp / "r2"), nodes=2, cpus=2)
         try:
             two = run(src, tmp / "two", *common, "--executor", "ray", "--ray-address", address,
                       "--ray-embed-actors", "2", env=env)
@@ -133,8 +134,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: out[k] for k in ("ratio", "one_node_rows_per_s", "two_nodes_rows_per_s_per_node",
-                                          "driver")}, indent=1))
+    print(json.dumps({k: out.get(k) for k in ("ratio", "one_node_rows_per_s", "two_nodes_rows_per_s_per_node",
+                                              "driver")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
 @ray_slow
 def test_ray_two_local_nodes_share_the_work(tmp_path, corpus, clean_table):
     temp = tempfile.mkdtemp(prefix="kbr2-")
-    address, procs, env = start_nodes(temp, nodes=2, cpus=1.5)  # one actor (1 CPU) fits a node, chunking beside it
+    address, procs, env = start_nodes(temp, nodes=2, cpus=2)  # Ray Data spreads the two actors
     try:
         res = ingest(tmp_path / "h", corpus, "--executor", "ray", "--ray-address", address,
                      "--ray-embed-actors", "2", "--ray-wave-docs", "12", env=env, timeout=240)
