@@ -34,7 +34,7 @@ def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[sub
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                  env=dict(os.environ, **env))
     # every port of its own: two clusters on one machine (a test's and a bench's) must not collide
-    ports = ["--ray-client-server-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+    ports = ["--metrics-export-port", str(_free_port()),
              "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port())]
     procs = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
                                "--temp-dir", temp, *ports, *common], **quiet)]
@@ -48,11 +48,12 @@ def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[sub
     return address, procs, env
 
 
-def _wait_for(address: str, nodes: int, env: dict, timeout: float = 120) -> None:
+def _wait_for(address: str, nodes: int, env: dict, timeout: float = 180) -> None:
     """Until the cluster has this many live nodes (asked from a short-lived driver)."""
     code = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
             "print(sum(1 for n in ray.nodes() if n['Alive']))")
     end = time.monotonic() + timeout
+    res = None
     while time.monotonic() < end:
         try:
             res = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
@@ -63,7 +64,7 @@ def _wait_for(address: str, nodes: int, env: dict, timeout: float = 120) -> None
             return
         time.sleep(1)
     raise RuntimeError(f"the local Ray cluster at {address} has not {nodes} node(s) after {timeout:.0f} s: "
-                       f"{res.stderr[-500:]}")
+                       f"{res.stderr[-500:] if res is not None else 'no answer'}")
 
 
 def stop_nodes(procs: list[subprocess.Popen]) -> None:

@@ -1,17 +1,20 @@
-"""The Ray executor: the same pass on a Ray cluster (Ray Data), in waves of documents.
+"""The Ray executor: the same pass on a Ray cluster (Ray Data).
 
-    driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --wave of documents-->
-    cluster: chunk_batch tasks --> EmbedWriter actor pool (model loaded once an actor; GPU where given)
-             --> Lance fragments written by the actors into the wave's staging dataset
-    driver:  commit the fragments as the staging dataset, then ONE merge_insert keyed by chunk id
-             (IndexStage.flush: metrics and checkpoint as for threads), then drop the wave's staging
+    driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
+    cluster: pull_and_chunk tasks (ChunkStage) --> EmbedWriter actor pool (EmbedStage, the model
+             loaded once an actor, GPU where given) --> Lance fragments written by the actors into
+             the job's staging dataset, under the knowledge base's location
+    driver:  a wave (ray_wave_docs documents, or WAVE_SECONDS) at a time: its fragments become one
+             version of the staging dataset, then ONE merge_insert keyed by chunk id (IndexStage.flush:
+             metrics and checkpoint as for threads); the wave's staged files are deleted
 
+One Ray Data dataset runs for the whole pass, so the actors (and their models) live as long as it.
 Only the driver writes the knowledge base (concurrent merge_insert duplicates keys). A wave is
 applied by one merge_insert or not at all: killed before it, the staging is discarded at the next
 run's start and the resume's plan does that work again; killed after it, the plan skips it.
-Pause and cancel are seen between batches of a wave: a pause commits the whole documents already
-staged, a cancel abandons the wave. A killed actor is restarted by Ray and its batch retried.
-Without an address a private local Ray starts with the job and stops with it.
+Pause commits the whole documents already staged and stops; cancel abandons what is in flight.
+A killed actor is restarted by Ray and its batch retried. Without an address a private local Ray
+starts with the job and stops with it.
 """
 from __future__ import annotations
 
