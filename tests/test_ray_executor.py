@@ -4,7 +4,8 @@ kills, pause/resume/cancel between waves, staging removed, and work spread over 
 One local Ray cluster per session (num_cpus=2, no dashboard, ~100 MB object store, a private temp
 dir) started in this process; the jobs run as `python -m kbingest ... --ray-address ADDR`
 subprocesses, as a user would, with the fake embedder. The smoke test (a job that starts and stops
-its own local Ray) always runs; the others are marked ray_slow only where they are too slow for CI.
+its own local Ray) and four more always run; two more driver kills and the two-node test run with
+KBINGEST_RAY_TESTS=all (too slow for every CI run on a shared 2-core machine).
 """
 from __future__ import annotations
 
