@@ -8,7 +8,7 @@ HOME_DIR ?= $(CURDIR)/.kbingest
 $(BIN)/kbingest: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,interop]"
+	$(BIN)/pip install -q -e ".[test,interop,ray]"
 	touch $@
 
 setup: $(BIN)/kbingest

@@ -29,6 +29,11 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--commit-rows", "commit_rows", {"type": int, "metavar": "N"}),
     ("--max-depth", "max_depth", {"type": int, "metavar": "N"}),
     ("--max-files", "max_files", {"type": int, "metavar": "N"}),
+    ("--executor", "executor", {"choices": ["threads", "ray"]}),
+    ("--ray-address", "ray_address", {"metavar": "auto|HOST:PORT"}),
+    ("--ray-embed-actors", "ray_embed_actors", {"type": int, "metavar": "N"}),
+    ("--ray-gpus-per-actor", "ray_gpus_per_actor", {"type": float, "metavar": "F"}),
+    ("--ray-wave-docs", "ray_wave_docs", {"type": int, "metavar": "N"}),
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",

@@ -440,6 +440,7 @@ class IngestJob:
             embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
             index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),
             scope=scope,
+            job_id=self.job_id,
         )
         self._index_stage = stages.index
         self.executor.run_pass(stages)

@@ -329,6 +329,28 @@ class KnowledgeBase:
                 self._tag_model(model)
         self.commits += 1
 
+    # ---- staging (the Ray executor's workers write here; the driver commits from it) ---------
+    def staging_uri(self, job_id: str) -> str:
+        """Where a job's staged rows live: beside the tables, under the knowledge base's location
+        (a folder or an object store prefix), never listed as a table."""
+        return f"{self.location.uri.rstrip('/')}/_staging/{self.name}/{validate_name(job_id, 'job id')}"
+
+    @staticmethod
+    def remove_staging(uri: str) -> None:
+        """Delete staged data (all of a job's waves, or one wave): a folder or an object store prefix."""
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+            filesystem.delete_dir(path)
+        for parent in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):  # <kb>/, then _staging/
+            if os.path.basename(parent) == "_staging" or os.path.basename(os.path.dirname(parent)) == "_staging":
+                try:
+                    if not filesystem.get_file_info(fs.FileSelector(parent, allow_not_found=True)):
+                        filesystem.delete_dir(parent)
+                except OSError:
+                    return  # another job's staging is there
+
     def _arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
         """The rows as the table's schema wants them: flat columns from the dicts, the metadata
         struct assembled from those columns."""

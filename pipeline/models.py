@@ -150,6 +150,8 @@ class JobMetrics(BaseModel):
     # drain (loading cancelled, the rest committed) and dry run (--until chunking)
     documents_not_processed: Optional[int] = None
     dry_run: Optional[dict[str, Any]] = None
+    ray_waves: Optional[int] = None            # waves the Ray executor committed
+    ray_rows_by_node: Optional[dict[str, int]] = None   # rows staged by each Ray node (this run)
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)
@@ -172,7 +174,7 @@ class JobConfig(BaseModel):
     kb: str
     model: str = Field(DEFAULT_MODEL, description="fastembed model name (the default is shipped and works offline)")
     embedder: Literal["fastembed", "fake"] = "fastembed"
-    executor: str = "threads"
+    executor: str = Field("threads", description="what runs the pass: threads on this machine, or ray (a Ray cluster)")
     max_tokens: int = Field(240, ge=MIN_CHUNK_TOKENS, le=8192,
                             description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)")
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
@@ -202,6 +204,12 @@ class JobConfig(BaseModel):
     db_options: dict[str, str] = Field(default_factory=dict, description="LanceDB storage options (no secrets)")
     ann_min_rows: int = Field(100_000, ge=1, description="rows from which an ANN vector index is built "
                                                          "(pipeline/search_index.py)")
+    # the Ray executor (executor="ray", the extra kbingest[ray]); ignored by the others
+    ray_address: Optional[str] = Field(None, description="Ray cluster to run on: auto or HOST:PORT "
+                                       "(default: a local Ray started and stopped with the job)")
+    ray_embed_actors: int = Field(2, ge=1, le=4096, description="embedding actors (one model loaded in each)")
+    ray_gpus_per_actor: float = Field(0.0, ge=0, le=64, description="GPUs each embedding actor holds")
+    ray_wave_docs: int = Field(256, ge=1, le=1_000_000, description="documents per wave (one commit each)")
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
@@ -210,7 +218,8 @@ class JobConfig(BaseModel):
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
-        "db", "db_options", "ann_min_rows", "until")
+        "db", "db_options", "ann_min_rows", "until",
+        "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":

@@ -9,6 +9,7 @@ from kbingest.pipeline.executors.base import Executor
 # name -> "module:Class", imported only when a job uses it (a distributed engine is a heavy import)
 _REGISTRY: dict[str, str] = {
     "threads": "kbingest.pipeline.executors.threads:ThreadExecutor",
+    "ray": "kbingest.pipeline.executors.ray:RayExecutor",   # the extra kbingest[ray]
 }
 
 

@@ -55,3 +55,4 @@ class PassStages:
     embed: Any     # EmbedStage
     index: Any     # IndexStage
     scope: Optional[list[str]] = None
+    job_id: Optional[str] = None   # names the job's staging (the Ray executor)

@@ -45,12 +45,7 @@ class ChunkStage:
             r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
             return None
         d.title = doc.title or chunked.title or ""  # the format's own title (HTML <title>) first
-        d.rows = [{
-            "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, self.version_key),
-            "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
-            "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-            "model": self.model, "page": page,
-        } for ch, page in zip(chunked.chunks, chunk_pages(doc.text, doc.page_starts, chunked.chunks))]
+        d.rows = chunk_rows(chunked, doc, d, self.version_key, self.model)
         d.loaded = None  # the text is in the rows now
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
@@ -82,3 +77,15 @@ class ChunkStage:
         if reused:
             self.r.progress(JobPhase.EMBEDDING, reused)
             self.r.count("chunks_reused", reused)
+
+
+def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str) -> list[dict]:
+    """A chunked document's rows (no vectors yet): what every executor stages, the same way. Ids from
+    the document's canonical path; each chunk's first page where the format has pages."""
+    pages = chunk_pages(doc.text, doc.page_starts, chunked.chunks)
+    return [{
+        "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, version_key),
+        "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
+        "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
+        "model": model, "page": page,
+    } for ch, page in zip(chunked.chunks, pages)]

@@ -1,0 +1,332 @@
+"""The Ray executor: the same pass on a Ray cluster (Ray Data).
+
+    driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
+    cluster: pull_and_chunk tasks (ChunkStage) --> EmbedWriter actor pool (EmbedStage, the model
+             loaded once an actor, GPU where given) --> Lance fragments written by the actors into
+             the job's staging dataset, under the knowledge base's location
+    driver:  a wave (ray_wave_docs documents, or WAVE_SECONDS) at a time: its fragments become one
+             version of the staging dataset, then ONE merge_insert keyed by chunk id (IndexStage.flush:
+             metrics and checkpoint as for threads); the wave's staged files are deleted
+
+One Ray Data dataset runs for the whole pass, so the actors (and their models) live as long as it.
+Only the driver writes the knowledge base (concurrent merge_insert duplicates keys). A wave is
+applied by one merge_insert or not at all: killed before it, the staging is discarded at the next
+run's start and the resume's plan does that work again; killed after it, the plan skips it.
+Pause commits the whole documents already staged and stops; cancel abandons what is in flight.
+A killed actor is restarted by Ray and its batch retried. Without an address a private local Ray
+starts with the job and stops with it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from typing import Any, Iterator, Optional
+
+from kbingest.pipeline.control import PhaseFailed, RunControl, Stopped
+from kbingest.pipeline.executors.base import Executor
+from kbingest.pipeline.executors.ray_workers import ENV_FORWARDED, replay
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.stages.base import Doc, PassStages
+from kbingest.pipeline.stages.index import fault_point
+from kbingest.pipeline.status import JobPhase
+
+log = logging.getLogger("kbingest.engine")
+
+WAVE_SECONDS = 30.0             # a wave is committed at ray_wave_docs documents, or this often
+PULLERS = 2                     # chunking tasks pulling the plan for the whole pass
+PLAN_GROUPS = 8                 # groups of documents waiting in the plan queue (bounded: memory stays flat)
+CHUNK_BATCH_DOCS = 8            # documents a group holds
+EMBED_BATCH_DOCS = 4            # documents an embedding actor takes a call (one fragment, one summary)
+CHUNK_TASK_CPUS = 0.5
+EMBED_ACTOR_CPUS = 1.0
+ACTOR_RESTARTS = 3              # a killed actor is restarted, its batch retried, this many times
+LOCAL_OBJECT_STORE = 256 * 1024 * 1024
+BLOCK_BYTES = 64 * 1024
+_END = object()
+
+
+class RayMissing(PhaseFailed):
+    pass
+
+
+class RaySession:
+    """A connection to a Ray cluster: the one at `address`, or a private local one that this job
+    starts (its own temp dir, no dashboard, a bounded object store) and stops."""
+
+    def __init__(self, config: JobConfig) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RayMissing(JobPhase.LOADING, "the ray executor needs Ray: pip install 'kbingest[ray]'") from None
+        self.owned = False
+        self.temp_dir: Optional[str] = None
+        quiet = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        if ray.is_initialized():  # a driver that connected already (tests, a notebook): use it
+            pass
+        elif config.ray_address:
+            ray.init(address=config.ray_address, **quiet)
+        else:
+            self.temp_dir = tempfile.mkdtemp(prefix="kbingest-ray-")
+            cpus = max(os.cpu_count() or 1, int(config.ray_embed_actors * EMBED_ACTOR_CPUS + 1))
+            with warnings.catch_warnings():  # lancedb's note on forking, as Ray starts its processes
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                         object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=self.temp_dir, **quiet)
+            self.owned = True
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        ctx.verbose_stats_logs = False
+        # small blocks: the documents a puller chunks and the summaries an actor makes flow as they
+        # are made, not when the task ends (the pullers run for the whole pass)
+        ctx.target_max_block_size = BLOCK_BYTES
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # stderr is for the job's own lines
+
+    def close(self) -> None:
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__(control)
+        self.session: Optional[RaySession] = None
+        self.rows_by_node: dict[str, int] = {}
+        self.waves = 0
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    # ---- one pass ---------------------------------------------------------------------------
+    def run_pass(self, stages: PassStages) -> None:
+        config: JobConfig = stages.index.config
+        kb = stages.index.kb
+        if self.session is None:
+            self.session = RaySession(config)
+        self._failure: Optional[PhaseFailed] = None
+        staging = kb.staging_uri(getattr(stages, "job_id", None) or f"run-{uuid.uuid4().hex[:12]}")
+        kb.remove_staging(staging)  # a killed run's staged waves: never committed, so discarded
+        try:
+            self._run(stages, config, f"{staging}/rows.lance")
+        finally:
+            kb.remove_staging(staging)
+        if self._failure is not None:
+            raise self._failure
+        if not self.control.stopping:
+            stages.chunk.finish()
+            stages.embed.flush()
+            stages.index.finish()
+
+    def _run(self, stages: PassStages, config: JobConfig, staging: str) -> None:
+        from ray.util.queue import Queue
+
+        plan = Queue(maxsize=PLAN_GROUPS, actor_options={"num_cpus": 0})
+        removals: list[Doc] = []
+        summaries: queue.Queue = queue.Queue()
+        # the cluster's part starts with the first document to work on (an unchanged pass starts nothing)
+        consumer = threading.Thread(target=lambda: self._consume(self._dataset(config, plan, staging), summaries),
+                                    name="kbingest-ray", daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(stages, plan, removals, consumer, summaries),
+                                  name="kbingest-loader", daemon=True)
+        feeder.start()
+        wave: list[dict] = []
+        wave_docs, wave_started = 0, time.monotonic()
+        try:
+            while True:
+                try:
+                    item = summaries.get(timeout=0.1)
+                except queue.Empty:
+                    item = None
+                if self.control.stopping:
+                    break
+                if isinstance(item, BaseException):
+                    raise _failed_phase(item)
+                if item is _END:
+                    feeder.join()
+                    if self._failure is None:
+                        self._commit(stages, staging, wave, removals)
+                    break
+                if item is not None:
+                    replay(item["reports"], stages.index.r)
+                    if item["rows"]:
+                        node = item["node"] or "?"
+                        self.rows_by_node[node] = self.rows_by_node.get(node, 0) + item["rows"]
+                        stages.index.r.set("ray_rows_by_node", dict(self.rows_by_node))
+                    wave.append(item)
+                    wave_docs += len(item["docs"])
+                if wave and (wave_docs >= config.ray_wave_docs or time.monotonic() - wave_started >= WAVE_SECONDS):
+                    self._commit(stages, staging, wave, [])
+                    wave, wave_docs, wave_started = [], 0, time.monotonic()
+            if self.control.pausing and wave and self._failure is None:
+                self._commit(stages, staging, wave, [])  # pause: the whole documents staged are kept
+        except PhaseFailed as e:
+            self._failure = self._failure or e
+        except Stopped:
+            pass
+        except BaseException:
+            self.control.halt()
+            raise
+        finally:
+            if self._failure is not None:
+                self.control.halt()
+            if self.control.stopping:
+                import ray
+
+                ray.kill(plan.actor)  # the pullers fail, the pass's tasks and actors end
+            feeder.join(timeout=30)
+
+    def _feed(self, stages: PassStages, plan, removals: list[Doc], consumer: threading.Thread,
+              summaries: queue.Queue) -> None:
+        """The driver's part: walk, read, hash and skip unchanged documents (LoadStage); the plan goes
+        to the cluster in groups through a bounded queue, then one end mark per puller."""
+        group: list[bytes] = []
+
+        def send(group: list[Optional[bytes]]) -> None:
+            if not consumer.is_alive() and consumer.ident is None:
+                consumer.start()
+            self._put(plan, group)
+        try:
+            for d in stages.load:
+                if d.removal:
+                    removals.append(d)  # no work on the cluster: committed with the last wave
+                    continue
+                group.append(pickle.dumps(d))
+                if len(group) >= CHUNK_BATCH_DOCS:
+                    send(group)
+                    group = []
+            if group:
+                send(group)
+            if consumer.ident is None:
+                summaries.put(_END)  # nothing to do on the cluster
+                return
+            for _ in range(PULLERS):
+                self._put(plan, None)
+        except Stopped:
+            return
+        except BaseException as e:
+            log.exception("loader")
+            self._failure = self._failure or PhaseFailed(JobPhase.LOADING, f"{type(e).__name__}: {e}")
+            self.control.halt()
+
+    def _put(self, plan, item: Any) -> None:
+        from ray.util.queue import Full
+
+        while True:
+            self.control.check()
+            try:
+                plan.put(item, timeout=0.2)
+                return
+            except Full:
+                continue
+
+    def _dataset(self, config: JobConfig, plan, staging: str):
+        import ray.data
+
+        from kbingest.pipeline.executors.ray_workers import EmbedWriter, pull_and_chunk
+
+        env = {k: os.environ[k] for k in ENV_FORWARDED if k in os.environ}
+        gpus = config.ray_gpus_per_actor or None
+        cfg = config.model_dump_json()
+        ds = ray.data.range(PULLERS, override_num_blocks=PULLERS)
+        ds = ds.map_batches(pull_and_chunk, fn_args=(cfg, plan, staging), batch_size=1, batch_format="pyarrow",
+                            num_cpus=CHUNK_TASK_CPUS)
+        with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)
+            warnings.simplefilter("ignore")
+            return ds.map_batches(EmbedWriter, fn_constructor_args=(cfg, env, gpus or 0.0),
+                                  batch_size=EMBED_BATCH_DOCS, batch_format="pyarrow",
+                                  compute=ray.data.ActorPoolStrategy(size=config.ray_embed_actors),
+                                  num_cpus=EMBED_ACTOR_CPUS, num_gpus=gpus,
+                                  max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+
+    def _consume(self, ds, out: queue.Queue) -> None:
+        """The pass's summaries as the actors finish batches (a thread: the driver's loop stays free
+        to see pause and cancel, and to commit while the cluster goes on)."""
+        try:
+            for row in ds.iter_rows():
+                out.put(pickle.loads(row["summary"]))
+                if self.control.stopping:
+                    return
+            out.put(_END)
+        except BaseException as e:  # a task that failed past its retries
+            out.put(e)
+
+    def _commit(self, stages: PassStages, staging: str, wave: list[dict], removals: list[Doc]) -> None:
+        """One wave: its fragments become one version of the staging dataset, then its whole documents
+        are written in ONE merge_insert (IndexStage.flush: checkpoint and metrics as for threads)."""
+        index = stages.index
+        fragments = [f for s in wave for f in s["fragments"]]
+        by_doc: dict[str, list[dict]] = {}
+        if fragments:
+            for row in _commit_staging(staging, fragments, wave[0]["dim"]).to_pylist():
+                by_doc.setdefault(row["doc_id"], []).append(row)
+        self.waves += 1
+        fault_point("ray_staged", self.waves)
+        for s in wave:
+            for doc_id, path, version, replaces, title, dropped, n_rows in s["docs"]:
+                if dropped:
+                    continue
+                rows = by_doc.get(doc_id, [])
+                if len(rows) != n_rows:  # never half a document
+                    raise PhaseFailed(JobPhase.INDEXING, f"staged wave holds {len(rows)} of the {n_rows} rows of {path}")
+                index.add(Doc(path=path, doc_id=doc_id, version=version, replaces=replaces, title=title, rows=rows))
+        for d in removals:
+            index.add(d)
+        if index.batch:
+            index.flush()
+            index.r.count("ray_waves")
+        _drop_files(staging, fragments)
+
+
+def _commit_staging(uri: str, fragments: list[str], dim: int):
+    """The fragments the actors wrote become the wave's staging dataset (one Lance commit); its rows."""
+    import lance
+    from lance.fragment import FragmentMetadata
+
+    from kbingest.pipeline.index import schema
+
+    op = lance.LanceOperation.Overwrite(schema(dim), [FragmentMetadata.from_json(f) for f in fragments])
+    return lance.LanceDataset.commit(uri, op).to_table()
+
+
+def _drop_files(staging: str, fragments: list[str]) -> None:
+    """A committed wave's staged files are deleted at once: staging holds one wave at a time."""
+    import json
+
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(staging if "://" in staging else os.path.abspath(staging))
+    for f in fragments:
+        for file in json.loads(f).get("files", []):
+            try:
+                filesystem.delete_file(f"{root}/data/{file['path']}")
+            except (OSError, KeyError):
+                pass
+
+
+def _failed_phase(e: BaseException) -> PhaseFailed:
+    text = str(e)
+    phase = JobPhase.CHUNKING if "chunk_batch" in text else JobPhase.EMBEDDING
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Failure)\b.*:", ln)]
+    return PhaseFailed(phase, f"ray: {(causes or lines or [type(e).__name__])[-1]}"[:500])

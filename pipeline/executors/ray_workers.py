@@ -1,0 +1,189 @@
+"""What the Ray executor runs on the cluster's workers: the same ChunkStage and EmbedStage as the
+thread executor, fed one batch of documents at a time, and the staging of their rows as Lance
+fragments. Imported by Ray on each worker (the same kbingest package on every machine).
+
+A worker reports through a `RecordingReporter`: the calls a stage makes (progress, document
+errors, warnings, counts) are recorded, sent back with the batch's result, and replayed by the
+driver onto the job's real Reporter, so the status says the same as for threads.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Iterable, Optional
+
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.stages.base import Doc
+
+# Reporter calls a worker records; the pass-level ones (phase_done, total_known) are the driver's.
+_REPLAYED = {"phase_started", "add_total", "progress", "count", "set", "doc_error", "warning"}
+ENV_FORWARDED = ("KBINGEST_FAKE_DELAY", "KBINGEST_FAKE_FAIL_ON", "KBINGEST_CRASH_AT", "KBINGEST_CRASH_ONCE")
+
+
+class RecordingReporter:
+    """A Reporter that records what a stage says, for the driver to replay (`replay`)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def record(*args: Any) -> None:
+            if name in _REPLAYED:
+                self.calls.append((name, args))
+        return record
+
+    def take(self) -> list[tuple[str, tuple]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def replay(calls: Iterable[tuple[str, tuple]], reporter: Any) -> None:
+    for name, args in calls:
+        getattr(reporter, name)(*args)
+
+
+class _NoStoredVectors:
+    """Workers do not read the table: an edited document is embedded whole (the vectors are the same)."""
+
+    def vectors_by_text(self, doc_id: str, model: str) -> dict:
+        return {}
+
+
+_chunkers: dict[str, Any] = {}
+
+
+def _chunker(config: JobConfig):
+    """One Chunker per worker process and settings (its tokenizer loads once)."""
+    from kbingest.pipeline.chunking import Chunker
+    from kbingest.pipeline.embedding import make_embedder
+    from kbingest.pipeline.models import DEFAULT_MODEL
+
+    key = config.version_key()
+    if key not in _chunkers:
+        counter = None  # the shipped tokenizer
+        if config.embedder != "fake" and config.model != DEFAULT_MODEL:
+            emb = make_embedder(config.embedder, config.model, config.batch_size, 1)
+            counter = emb.token_counter() if hasattr(emb, "token_counter") else None
+        _chunkers[key] = Chunker(config.chunk_settings(), counter)
+    return _chunkers[key]
+
+
+def pull_and_chunk(batch, config_json: str, plan, staging_uri: str):
+    """Ray Data task (a generator): takes groups of loaded documents from the driver's plan queue
+    until its end mark, and yields them chunked, with the reports made. A few of these run for the
+    whole pass, so the embedding actors after them live as long as the pass (one model load each)."""
+    import pyarrow as pa
+
+    from kbingest.pipeline.stages.chunk import ChunkStage
+
+    config = JobConfig.model_validate_json(config_json)
+    rec = RecordingReporter()
+    stage = ChunkStage(config, rec, _chunker(config), _NoStoredVectors())
+    while True:
+        group = plan.get()
+        if group is None:
+            return
+        docs, reports = [], []
+        for blob in group:
+            d: Doc = pickle.loads(blob)
+            out = stage(d)
+            docs.append(pickle.dumps(out if out is not None else _failed(d)))
+            reports.append(pickle.dumps(rec.take()))
+        yield pa.table({"doc": pa.array(docs, pa.binary()), "reports": pa.array(reports, pa.binary()),
+                        "staging": pa.array([staging_uri] * len(docs), pa.string())})
+
+
+def _failed(d: Doc) -> Doc:
+    """A document that failed chunking (its error is in the reports): nothing of it is written."""
+    return Doc(path=d.path, doc_id=d.doc_id, version=d.version, replaces=d.replaces, dropped=True)
+
+
+class EmbedWriter:
+    """Ray Data actor: loads the model once, embeds batches of whole documents with the same
+    EmbedStage as threads (retries, a failing document isolated), and writes their rows as Lance
+    fragments of the pass's staging dataset (committed by the driver, a wave at a time). Returns one summary row a batch: the fragments, the
+    documents (with their row counts), the reports and the node that did it."""
+
+    def __init__(self, config_json: str, env: dict[str, str], gpus: float = 0.0) -> None:
+        os.environ.update(env)
+        from kbingest.pipeline.control import RunControl
+        from kbingest.pipeline.embedding import make_embedder
+
+        self.config = JobConfig.model_validate_json(config_json)
+        c = self.config
+        threads = c.threads or 1  # one onnxruntime thread per CPU the actor holds
+        self.embedder = make_embedder(c.embedder, c.model, c.batch_size, threads)
+        self.control = RunControl()  # the driver stops a wave; a worker finishes its batch
+        self.batches = 0
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from kbingest.pipeline.stages.embed import EmbedStage
+
+        self.batches += 1
+        _fault("ray_actor", self.batches)
+        staging_uri = batch.column("staging").to_pylist()[0]
+        rec = RecordingReporter()
+        stage = EmbedStage(self.config, rec, self.control, lambda: self.embedder)
+        calls: list = []
+        for blob in batch.column("reports").to_pylist():
+            calls.extend(pickle.loads(blob))
+        docs: list[Doc] = []
+        for blob in batch.column("doc").to_pylist():
+            d: Doc = pickle.loads(blob)
+            if not d.dropped:
+                docs.extend(stage.add(d))
+        docs.extend(stage.flush())
+        calls.extend(rec.take())
+        rows = [dict(row, vector=_floats(row["vector"])) for d in docs if not d.dropped for row in d.rows]
+        fragments = write_fragments(rows, staging_uri, self.embedder.dim) if rows else []
+        metas = [(d.doc_id, d.path, d.version, d.replaces, d.title, d.dropped, len(d.rows)) for d in docs]
+        summary = {"fragments": fragments, "docs": metas, "reports": calls, "rows": len(rows),
+                   "dim": self.embedder.dim, "node": _node_id()}
+        return pa.table({"summary": pa.array([pickle.dumps(summary)], pa.binary())})
+
+
+def write_fragments(rows: list[dict], uri: str, dim: int) -> list[str]:
+    """Rows -> new Lance fragments under `uri` (not yet part of any version): their JSON metadata."""
+    import json
+
+    import pyarrow as pa
+    from lance.fragment import write_fragments as lance_write
+
+    from kbingest.pipeline.index import schema
+
+    table = pa.Table.from_pylist(rows, schema=schema(dim))
+    # append: the staging dataset may have versions already (the driver commits a wave while the
+    # actors go on), or none yet (then the fragments are written as for a new one)
+    frags = lance_write(table, uri, schema=schema(dim), mode="append")
+    return [json.dumps(f.to_json()) for f in frags]
+
+
+def _floats(v: Any) -> list:
+    return v.tolist() if hasattr(v, "tolist") else list(v)
+
+
+def _node_id() -> Optional[str]:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None
+
+
+def _fault(name: str, count: int) -> None:
+    """Fault injection for the tests: KBINGEST_CRASH_AT=ray_actor:N kills this actor's process at
+    its Nth batch, once (KBINGEST_CRASH_ONCE names a marker file made before dying)."""
+    if os.environ.get("KBINGEST_CRASH_AT") != f"{name}:{count}":
+        return
+    marker = os.environ.get("KBINGEST_CRASH_ONCE")
+    if marker:
+        if os.path.exists(marker):
+            return
+        open(marker, "w").close()
+    os._exit(1)
