@@ -24,6 +24,7 @@ from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.failures import reason
 from kbingest.pipeline.liveness import KEEPALIVE_S
 from kbingest.pipeline.index import IndexError_, KnowledgeBase
+from kbingest.pipeline.instrument import Sampler
 from kbingest.pipeline.jobs import INTERRUPTED
 from kbingest.pipeline.locking import EngineLock, HomeLocked
 from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
@@ -43,6 +44,7 @@ log = logging.getLogger("kbingest.engine")
 
 HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
+GAUGE_S = 1.0            # how often the monitor samples queue depths and documents in flight (instrument.py)
 PASS_METRICS = ("documents_found", "documents_skipped", "documents_added", "documents_replaced",
                 "documents_removed", "files_ignored", "chunks_created", "chunks_embedded", "chunks_indexed",
                 "commits", "document_warnings")
@@ -80,6 +82,8 @@ class IngestJob:
         self._ckpt_lock = threading.Lock()
         self._final = False
         self._monitor_stop = threading.Event()
+        self._sampler = Sampler()
+        self._gauge_lock = threading.Lock()  # a sample is never set after the pass's idle gauges
         self.done = threading.Event()
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
 
@@ -239,9 +243,15 @@ class IngestJob:
 
     def _monitor(self) -> None:
         """Heartbeat to the store, and pause/cancel requests from another process."""
-        last_beat, last_version = 0.0, -1
+        last_beat, last_version, last_gauge = 0.0, -1, 0.0
+        sampler = self._sampler
         while not self._monitor_stop.wait(CONTROL_POLL_S):
             try:
+                if time.monotonic() - last_gauge >= GAUGE_S:
+                    last_gauge = time.monotonic()
+                    with self._gauge_lock:
+                        for key, value in sampler.sample(self.executor).items():
+                            self.tracker.set_metric(key, value)
                 control = self.store.control_of(self.job_id)
                 if control == "pause" and not self.control.stopping:
                     self.pause()
@@ -320,6 +330,12 @@ class IngestJob:
             scope=scope,
         )
         self._index_stage = stages.index
-        self.executor.run_pass(stages)
+        try:
+            self.executor.run_pass(stages)
+        finally:
+            if getattr(self.executor, "queues", None) is not None:  # an executor the monitor samples
+                with self._gauge_lock:
+                    for key, value in self._sampler.idle().items():
+                        t.set_metric(key, value)
         if not kb.exists and not self.control.stopping:  # nothing was written: the knowledge base exists, empty
             kb.ensure(dim if dim is not None else self._embedder().dim)

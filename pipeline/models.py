@@ -92,6 +92,38 @@ class DocumentError(BaseModel):
     attempts: int = 1
 
 
+class QueueGauge(BaseModel):
+    """One queue between two phases, as the job's monitor last sampled it (about once a second)."""
+
+    depth: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+    empty_s: float = Field(0.0, ge=0, description="seconds it has been empty (its reader waits)")
+    full_s: float = Field(0.0, ge=0, description="seconds it has been full (its writer waits)")
+
+
+class InFlightDoc(BaseModel):
+    """A document in a phase now: being worked on or waiting in the phase's input queue."""
+
+    path: str
+    size: Optional[int] = Field(None, description="bytes of the document, when still known")
+    chunks: Optional[int] = Field(None, description="its chunks, once chunked")
+
+
+class CommitBatch(BaseModel):
+    """What the indexer holds for its next commit."""
+
+    documents: int = Field(ge=0)
+    chunks: int = Field(ge=0)
+
+
+class SlowestDocument(BaseModel):
+    """The document that took longest in one phase (chunking or embedding) so far in this run."""
+
+    path: str
+    phase: PhaseName
+    seconds: float = Field(ge=0)
+
+
 class JobMetrics(BaseModel):
     """The metrics of a status snapshot, typed: the one list of their names. The JSON keys are the
     field names, and a key that was never set is left out of the JSON (so the contract is as it was).
@@ -123,6 +155,13 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
+    # sampled by the job's monitor thread (instrument.py), about once a second while a pass runs
+    queue_docs: Optional[QueueGauge] = None       # loaded, waiting to be chunked
+    queue_chunked: Optional[QueueGauge] = None    # chunked, waiting to be embedded
+    queue_embedded: Optional[QueueGauge] = None   # embedded, waiting to be indexed
+    in_flight: Optional[dict[str, list[InFlightDoc]]] = None   # phase -> at most IN_FLIGHT_LISTED documents
+    commit_batch: Optional[CommitBatch] = None
+    slowest_document: Optional[SlowestDocument] = None
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)
