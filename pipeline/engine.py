@@ -85,6 +85,7 @@ class IngestJob:
         self._sampler = Sampler()
         self._gauge_lock = threading.Lock()  # a sample is never set after the pass's idle gauges
         self.done = threading.Event()
+        self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
 
     # ---- creating and loading ---------------------------------------------------------------
@@ -184,7 +185,7 @@ class IngestJob:
             if self.config.watch:
                 self._watch()
             else:
-                self._run_pass()
+                self._run_pass(self.scope)
         except BaseException as e:  # the one error handler: anything unexpected fails the job cleanly
             if not isinstance(e, PhaseFailed):
                 e = PhaseFailed(self._current_phase(), reason(e))

@@ -202,12 +202,38 @@ class Service:
         mark_interrupted(self.home, self.store)  # its process died: shown paused (interrupted) until this one runs it
         return IngestJob.load(self.home, self.store, info.job_id, **self._job_kw())
 
-    def retry(self, job_id: str) -> JobHandle:
-        """Run a finished job again for its failed documents (every unchanged one is skipped)."""
+    def retry(self, job_id: str, paths: Optional[list[str]] = None) -> JobHandle:
+        """Run a finished job again for its failed documents (every unchanged one is skipped);
+        with `paths`, a pass over those documents alone (each must lie below the job's sources)."""
+        import os
+
+        from kbingest.pipeline.loading import within
+
         info = self.job(job_id)
         if info.status.status != JobStatus.COMPLETED or not info.status.m.documents_failed:
             raise WrongState(f"job {info.job_id} has no failed documents to retry (it is {info.status.status.value})")
-        return self.resume(job_id)
+        scope = None
+        if paths is not None:
+            roots = [os.path.abspath(s) for s in info.config.sources]
+            scope = sorted({os.path.abspath(p) for p in paths})
+            outside = [p for p in scope if not any(within(p, r) for r in roots)]
+            if not scope or outside:
+                raise InvalidInput(f"not below the job's sources: {printable(outside[0])}" if outside
+                                   else "no path to retry")
+        job = self.resume(job_id)
+        if scope is not None:
+            job.scope = scope  # type: ignore[attr-defined]
+        return job
+
+    def knowledge_bases(self) -> list[str]:
+        """The knowledge bases of this home: those on disk and those a job names, sorted."""
+        names = {r.config.kb for r in self.store.all()}
+        try:
+            names.update(p.name[:-len(".lance")] for p in self.home.lancedb_dir.iterdir()
+                         if p.name.endswith(".lance") and not p.name.startswith("."))
+        except OSError:
+            pass
+        return sorted(names)
 
     # ---- steering a job from outside its process --------------------------------------------
     def request_cancel(self, job_id: str) -> str:
@@ -258,6 +284,21 @@ class Service:
         self.store.update(job_id, lambda r: r.model_copy(update={"control": None}) if r.control == what else r)
         raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s; the request was withdrawn "
                              f"(the job goes on): try again with a longer --timeout")
+
+    # ---- front-end preferences --------------------------------------------------------------
+    def settings(self) -> dict:
+        """The preferences kept in the home (settings.json): {} when there are none."""
+        from kbingest.pipeline.settings import read_settings
+
+        return read_settings(self.home.root)
+
+    def save_settings(self, **updates) -> dict:
+        from kbingest.pipeline.settings import write_settings
+
+        try:
+            return write_settings(self.home.root, updates)
+        except OSError as e:
+            raise EngineFailure(f"cannot save the settings in {self.home.root}: {e.strerror or e}") from None
 
     # ---- repairing --------------------------------------------------------------------------
     def repair(self, kb: str) -> str:
