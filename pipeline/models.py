@@ -90,6 +90,7 @@ class DocumentError(BaseModel):
     kind: str
     message: str
     attempts: int = 1
+    at: Optional[datetime] = Field(None, description="when it failed (UTC); absent in older statuses")
 
 
 class QueueGauge(BaseModel):
