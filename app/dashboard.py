@@ -614,9 +614,12 @@ class KbIngestApp(App[None]):
             if not b.tooltip or b.action in seen or b.action.startswith(("select_job", "app.")):
                 continue
             seen.add(b.action)
+            if self.check_action(b.action, ()) is False:  # the other face of a toggle (f)
+                continue
             key = b.key_display or KEY_NAMES.get(b.key, b.key)
-            yield SystemCommand(f"{b.description} ({key})", b.tooltip, partial(self.run_action, b.action))
-        yield SystemCommand("retry failed documents (r)", "retry the failed documents of the selected "
+            yield SystemCommand(f"{b.description.capitalize()} ({key})", b.tooltip,
+                                partial(self.run_action, b.action))
+        yield SystemCommand("Retry failed documents (r)", "retry the failed documents of the selected "
                             "finished job (r resumes it; enter on an error retries one document)",
                             partial(self.run_action, "resume"))
         yield from super().get_system_commands(screen)

@@ -97,16 +97,18 @@ async def open_error(pilot: Pilot) -> None:
 
 async def open_palette(pilot: Pilot) -> None:
     await pilot.press("ctrl+p")
-    await pilot.pause(0.5)
-    await pilot.press(*"pause")
-    await pilot.pause(0.8)
+    await pilot.pause(1.0)
 
 
 async def open_form(pilot: Pilot) -> None:
     await pilot.press("n")
-    await pilot.pause(0.3)
+    for _ in range(100):
+        if isinstance(pilot.app.screen, NewJobScreen):
+            break
+        await pilot.pause(0.05)
     pilot.app.screen.query_one("#kb").value = "docs"
-    await pilot.pause(0.2)
+    await pilot.pause(0.5)
+    await pilot.wait_for_scheduled_animations()
 
 
 # ---- snapshots -----------------------------------------------------------------------------------
