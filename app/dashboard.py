@@ -651,17 +651,22 @@ class KbIngestApp(App[None]):
     def _new_job_answer(self, config: Any) -> None:
         if config is None:
             return
+        self._start_here(lambda: self.service.start(config), "cannot start the job",
+                         lambda job: f"started {job.job_id} on knowledge base {config.kb}")
+
+    def _start_here(self, make: Callable[[], JobLike], refused: str, started: Callable[[JobLike], str]) -> None:
+        """Start a job from the service in this dashboard (one at a time), saying what happened."""
         if self._live is not None:
             self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
-                      "start this one when it ends", severity="warning")
+                      "try again when it ends", severity="warning")
             return
         try:
-            job = self.service.start(config)
+            job = make()
         except KbError as e:
-            self._say(f"cannot start the job: {e}", severity="error")
+            self._say(f"{refused}: {e}", severity="error")
             return
         self._start(job)
-        self._say(f"started {job.job_id} on knowledge base {config.kb}")
+        self._say(started(job))
 
     def action_search(self) -> None:
         v = self.selected
@@ -681,16 +686,8 @@ class KbIngestApp(App[None]):
     def _error_answer(self, job_id: str, path: str, answer: Optional[str]) -> None:
         if answer != "retry":
             return
-        if self._live is not None:
-            self._say(f"job {self._live.job_id} is running in this dashboard: retry when it ends", severity="warning")
-            return
-        try:
-            job = self.service.retry(job_id, paths=[path])
-        except KbError as e:
-            self._say(f"cannot retry {path}: {e}", severity="error")
-            return
-        self._start(job)
-        self._say(f"retrying {path} of {job_id}")
+        self._start_here(lambda: self.service.retry(job_id, paths=[path]), f"cannot retry {path}",
+                         lambda job: f"retrying {path} of {job_id}")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(help_from_bindings(self.BINDINGS), HELP_NOTES))

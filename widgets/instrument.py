@@ -120,17 +120,24 @@ def _short(path: str, width: int) -> str:
     return fit(tail, width)
 
 
-class FlowPane(Static):
-    """Queue gauges between the phases and the flags, one or two lines."""
+class SnapshotText(Static):
+    """A Static showing text made from a snapshot, updated only when that text changed."""
 
     def show(self, snap: Optional[JobStatusResponse], force: bool = False) -> None:
-        text = self.render_flow(snap)
+        text = self.text_of(snap)
         sig = (text.plain, tuple(text.spans))
         if sig != getattr(self, "_sig", None) or force:
             self._sig = sig
             self.update(text)
 
-    def render_flow(self, snap: Optional[JobStatusResponse]) -> Text:
+    def text_of(self, snap: Optional[JobStatusResponse]) -> Text:
+        raise NotImplementedError
+
+
+class FlowPane(SnapshotText):
+    """Queue gauges between the phases and the flags, one or two lines."""
+
+    def text_of(self, snap: Optional[JobStatusResponse]) -> Text:
         out = Text(end="", no_wrap=True, overflow="ellipsis")
         if snap is None or not any(isinstance(snap.metrics.get(k), dict) for k, _, _ in QUEUES):
             return out
@@ -154,17 +161,10 @@ class FlowPane(Static):
         return out
 
 
-class InFlightPane(Static):
+class InFlightPane(SnapshotText):
     """The documents in each phase now, the indexer's next commit and the slowest document."""
 
-    def show(self, snap: Optional[JobStatusResponse], force: bool = False) -> None:
-        text = self.render_in_flight(snap)
-        sig = (text.plain, tuple(text.spans))
-        if sig != getattr(self, "_sig", None) or force:
-            self._sig = sig
-            self.update(text)
-
-    def render_in_flight(self, snap: Optional[JobStatusResponse]) -> Text:
+    def text_of(self, snap: Optional[JobStatusResponse]) -> Text:
         muted = theme_style(self.app, "foreground-muted")
         out = Text(end="")
         m: dict[str, Any] = snap.metrics if snap is not None else {}
