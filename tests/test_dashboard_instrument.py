@@ -394,3 +394,28 @@ def test_batch_lines_carry_the_gauges_and_validate(home, pages, status_validator
     last = lines[-1]["metrics"]
     assert last["queue_docs"]["capacity"] > 0 and last["in_flight"] == {}
     assert last["slowest_document"]["seconds"] >= 0
+
+
+def test_200_jobs_refresh_fast(tmp_path):
+    """With 200 jobs a poll that changes nothing costs little, and a filter keystroke too."""
+    import time as _time
+
+    home, store = make_store(tmp_path, many_jobs(200))
+
+    async def scenario() -> None:
+        app = make_app(home, store)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await pilot.pause()
+            items = app._read_store()
+            t0 = _time.perf_counter()
+            for _ in range(5):
+                app._apply_records(items)
+            steady = (_time.perf_counter() - t0) / 5
+            t0 = _time.perf_counter()
+            app.filter_text = "wiki"
+            app._refresh_views(force=True)
+            filtered = _time.perf_counter() - t0
+            assert app.query_one(JobTable).row_count == 50
+            assert steady < 0.25 and filtered < 0.5, (steady, filtered)
+
+    run(scenario())
