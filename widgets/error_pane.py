@@ -51,6 +51,8 @@ class ErrorPane(VerticalScroll):
             return
         self.cursor = max(0, min(self.count - 1, self.cursor + step))
         self.show(self._view, force=True)
+        # each document takes two lines or more (wrapped): keep the selected one in sight
+        self.scroll_to(y=max(0, 2 * self.cursor - 1), animate=False)
 
     def action_open(self) -> None:
         err = self.selected_error
