@@ -336,7 +336,7 @@ class IngestJob:
         finally:
             if getattr(self.executor, "queues", None) is not None:  # an executor the monitor samples
                 with self._gauge_lock:
-                    for key, value in self._sampler.idle().items():
+                    for key, value in self._sampler.idle(self.executor).items():
                         t.set_metric(key, value)
         if not kb.exists and not self.control.stopping:  # nothing was written: the knowledge base exists, empty
             kb.ensure(dim if dim is not None else self._embedder().dim)

@@ -15,7 +15,6 @@ from kbingest.pipeline.textsafe import fs_text
 IN_FLIGHT_LISTED = 3  # documents per phase in the snapshot
 QUEUE_METRICS = {"docs": "queue_docs", "chunked": "queue_chunked", "embedded": "queue_embedded"}
 # the phase that reads each queue: its documents are "in" that phase
-QUEUE_CAPACITY: dict[str, int] = {}  # metric -> the capacity last seen (for `idle`)
 QUEUE_READER = {"docs": "chunking", "chunked": "embedding", "embedded": "indexing"}
 
 
@@ -67,7 +66,6 @@ class Sampler:
             depth, cap = q.qsize(), q.maxsize
             empty = self._since(self._empty_since, name, depth == 0, now)
             full = self._since(self._full_since, name, cap > 0 and depth >= cap, now)
-            QUEUE_CAPACITY[QUEUE_METRICS[name]] = cap
             out[QUEUE_METRICS[name]] = {"depth": depth, "capacity": cap,
                                         "empty_s": round(empty, 1), "full_s": round(full, 1)}
             listed = in_flight.setdefault(QUEUE_READER[name], [])
@@ -87,11 +85,12 @@ class Sampler:
                                        "seconds": round(slowest[0], 3)}
         return out
 
-    def idle(self) -> dict[str, Any]:
+    def idle(self, executor: Any) -> dict[str, Any]:
         """The metrics once a pass is over: empty queues, nothing in flight (the slowest stays)."""
         self.reset()
-        out: dict[str, Any] = {key: {"depth": 0, "capacity": cap, "empty_s": 0.0, "full_s": 0.0}
-                               for key, cap in QUEUE_CAPACITY.items()}
+        capacity = getattr(executor, "capacity", {}) or {}
+        out: dict[str, Any] = {QUEUE_METRICS[name]: {"depth": 0, "capacity": cap, "empty_s": 0.0, "full_s": 0.0}
+                               for name, cap in capacity.items() if name in QUEUE_METRICS}
         out.update(in_flight={}, commit_batch={"documents": 0, "chunks": 0})
         return out
 

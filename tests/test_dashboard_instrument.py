@@ -315,8 +315,9 @@ def test_sampler_times_empty_and_full_queues():
     assert m["queue_docs"] == {"depth": 4, "capacity": 4, "empty_s": 0.0, "full_s": 7.0}
     assert m["queue_chunked"]["empty_s"] == 7.0 and m["queue_chunked"]["full_s"] == 0.0
     assert m["slowest_document"] == {"path": "/d/slow.md", "phase": "embedding", "seconds": 2.5}
-    idle = s.idle()
-    assert idle["in_flight"] == {} and idle["queue_docs"]["depth"] == 0
+    ex.capacity = {"docs": 4, "chunked": 4, "embedded": 8}
+    idle = s.idle(ex)
+    assert idle["in_flight"] == {} and idle["queue_docs"] == {"depth": 0, "capacity": 4, "empty_s": 0.0, "full_s": 0.0}
 
 
 def test_flags_name_the_neighbour_to_blame():

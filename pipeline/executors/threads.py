@@ -32,6 +32,7 @@ _PHASE_OF_WORKER = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
 
 class ThreadExecutor(Executor):
     name = "threads"
+    capacity = {"docs": QUEUE_DOCS, "chunked": QUEUE_CHUNKED, "embedded": QUEUE_EMBEDDED}
 
     def run_pass(self, stages: PassStages) -> None:
         self._failure: Optional[PhaseFailed] = None
@@ -40,8 +41,7 @@ class ThreadExecutor(Executor):
         self.current: dict[str, Any] = {"chunking": None, "embedding": None}
         self.slowest: Optional[tuple[float, str, str]] = None
         self.stages = stages
-        self.queues = {"docs": queue.Queue(QUEUE_DOCS), "chunked": queue.Queue(QUEUE_CHUNKED),
-                       "embedded": queue.Queue(QUEUE_EMBEDDED)}
+        self.queues = {name: queue.Queue(cap) for name, cap in self.capacity.items()}
         q = self.queues
         workers = [
             ("loader", lambda: self._load(stages, q["docs"])),
