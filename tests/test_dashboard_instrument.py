@@ -95,20 +95,37 @@ async def open_error(pilot: Pilot) -> None:
     await pilot.pause(0.3)
 
 
+async def steady(pilot: Pilot, ready) -> None:
+    """Wait until `ready()`, then stop every cursor blinking: the picture no longer depends on timing."""
+    from textual.widgets import Input
+
+    for _ in range(200):
+        if ready():
+            break
+        await pilot.pause(0.05)
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause(0.3)
+    await pilot.wait_for_scheduled_animations()
+
+
+def _palette_listed(pilot: Pilot) -> bool:
+    from textual.command import CommandList, CommandPalette
+
+    screen = pilot.app.screen
+    return isinstance(screen, CommandPalette) and screen.query_one(CommandList).option_count >= 10
+
+
 async def open_palette(pilot: Pilot) -> None:
     await pilot.press("ctrl+p")
-    await pilot.pause(1.0)
+    await steady(pilot, lambda: _palette_listed(pilot))
 
 
 async def open_form(pilot: Pilot) -> None:
     await pilot.press("n")
-    for _ in range(100):
-        if isinstance(pilot.app.screen, NewJobScreen):
-            break
-        await pilot.pause(0.05)
+    await steady(pilot, lambda: isinstance(pilot.app.screen, NewJobScreen))
     pilot.app.screen.query_one("#kb").value = "docs"
-    await pilot.pause(0.5)
-    await pilot.wait_for_scheduled_animations()
+    await steady(pilot, lambda: True)
 
 
 # ---- snapshots -----------------------------------------------------------------------------------
