@@ -11,28 +11,32 @@ import asyncio
 import os
 import signal
 import sys
+import time
+from collections import Counter
 from datetime import datetime, tzinfo
 from functools import partial
 from typing import Any, Callable, Optional
 
 from rich.text import Text
 from textual import events
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.css.query import NoMatches
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
-from kbingest.app.screens import ConfirmCancelScreen, HelpScreen, help_from_bindings
+from kbingest.app.console import ErrorScreen, NewJobScreen, SearchScreen
+from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen, help_from_bindings
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
 from kbingest.widgets.format import JobView, safe, status_style, theme_style
-from kbingest.widgets.job_table import JobTable
+from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
+from kbingest.widgets.job_table import SORTS, JobTable, matches
 from kbingest.widgets.phase_timeline import PhaseTimeline
 
 POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
@@ -45,6 +49,11 @@ HELP_NOTES = [
     "Items: documents for loading and chunking, chunks for embedding and indexing.",
     "A job whose process died shows as paused, \"interrupted…\"; r resumes it.",
     "Greyed keys in the footer do not apply to the selected job.",
+    "In the errors pane (tab to it): ↑↓ select a document, enter shows its error in full; there r retries "
+    "that document alone and y copies its path.",
+    "ctrl+p opens the command palette: every action above, and the themes (the choice is kept in the home).",
+    "history: items/s of each phase over the last minutes (yellow: slowing down). queues: documents waiting "
+    "between the phases; a phase waiting on an empty queue is flagged starved, one held by a full queue blocked.",
 ]
 
 
@@ -70,7 +79,7 @@ class KbIngestApp(App[None]):
 
     TITLE = "kbingest"
     CSS_PATH = "dashboard.tcss"
-    ENABLE_COMMAND_PALETTE = False
+    ENABLE_COMMAND_PALETTE = True
     NOTIFICATION_TIMEOUT = 4
 
     # The one list of keys: the footer, the help screen (help_from_bindings) and, with their
@@ -93,6 +102,18 @@ class KbIngestApp(App[None]):
         Binding("f", "freeze_view", "freeze view", id="freeze",
                 tooltip="freeze the view to read it: the jobs go on working"),
         Binding("f", "follow_view", "live view", id="follow", tooltip="f again follows them live"),
+        Binding("d", "drain", "drain", id="drain",
+                tooltip="drain the selected job: it loads no new documents, finishes those loaded, then completes"),
+        Binding("n", "new_job", "new job", id="new_job",
+                tooltip="a new job: sources, knowledge base and settings; it starts here"),
+        Binding("slash", "search", "search", key_display="/", id="search",
+                tooltip="search the selected job's knowledge base; enter on a result shows its full text"),
+        Binding("l", "filter", "filter", show=False, id="filter",
+                tooltip="filter the job list as you type (knowledge base, status or id); escape clears it"),
+        Binding("o", "sort", "sort", show=False, id="sort", tooltip="sort the job list: newest first, by status, by knowledge base"),
+        Binding("i", "toggle_in_flight", "in flight", show=False, id="in_flight",
+                tooltip="show the documents in flight, the next commit and the slowest document "
+                        "(always shown on a tall terminal)"),
         Binding("tab", "app.focus_next", "next pane", show=False, id="next_pane",
                 tooltip="move to the errors or the events, to scroll them"),
     ]
@@ -135,15 +156,21 @@ class KbIngestApp(App[None]):
         self._errors_title: Optional[str] = None
         self._main: Any = None
         self.run_error: Optional[BaseException] = None
+        self.rates = RateHistory()
+        self.filter_text = ""
+        self.sort = SORTS[0]
 
     # ---- layout -----------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter jobs: knowledge base, status or id (escape clears)", id="filter", compact=True)
         yield JobTable(id="jobs")
         with Vertical(id="detail", classes="pane"):
             yield Static(Text(""), id="summary", markup=False)
             yield PhaseTimeline(id="phases")
+            yield FlowPane(Text(""), id="flow", markup=False)
         with Container(id="bottom"):
             yield ErrorPane(id="errors")
+            yield InFlightPane(Text(""), id="inflight", markup=False)
             yield EventLog(id="log")
         yield Footer()
 
@@ -169,6 +196,10 @@ class KbIngestApp(App[None]):
         log.add_class("pane")
         log.border_title = "events"
         log.tz = self.tz
+        inflight = self._q("#inflight")
+        inflight.add_class("pane")
+        inflight.border_title = "in flight"
+        self._restore_theme()
         self._apply_size(self.size.width, self.size.height)
         try:
             self._apply_records(self._read_store())  # the first frame shows every job
@@ -257,6 +288,7 @@ class KbIngestApp(App[None]):
         if prev == view:
             return
         self._views[view.job_id] = view
+        self.rates.record(view.job_id, view.snap, time.monotonic())
         self._log_events(view.job_id, diff_events(prev, view))
 
     def _log_events(self, job_id: str, items: list[tuple[str, str]]) -> None:
@@ -268,7 +300,8 @@ class KbIngestApp(App[None]):
 
     # ---- rendering --------------------------------------------------------------------------
     def _ordered(self) -> list[JobView]:
-        return sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
+        views = sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
+        return self.sort.apply(views, self.filter_text)
 
     def _refresh_views(self, force: bool = False) -> None:
         if not self._ui_ready or (self.frozen and not force):
@@ -286,6 +319,7 @@ class KbIngestApp(App[None]):
         if force:
             table.forget_rows()
         table.show(views, self.clock(), self.tz, self._selected)
+        self._update_jobs_title(len(views))
         self._show_selected(force=force)
         self._update_action_state()
 
@@ -311,7 +345,11 @@ class KbIngestApp(App[None]):
             if force or sig != self._summary_sig:  # only when it changed
                 self._summary_sig = sig
                 self._q("#summary", Static).update(summary)
-        self._q(PhaseTimeline).show(view.snap.phase_details if view else None, force=force)
+        history = {p: self.rates.of(view.job_id, p) for p in ("loading", "chunking", "embedding", "indexing")} \
+            if view else None
+        self._q(PhaseTimeline).show(view.snap.phase_details if view else None, force=force, history=history)
+        self._q(FlowPane).show(view.snap if view else None, force=force)
+        self._q(InFlightPane).show(view.snap if view else None, force=force)
         errors = self._q(ErrorPane)
         errors.show(view, force=force)
         n = view.failed_docs if view else 0
@@ -390,20 +428,24 @@ class KbIngestApp(App[None]):
         return s in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.PENDING) or (
             s == JobStatus.COMPLETED and v.failed_docs > 0)
 
+    def _can_drain(self, v: Optional[JobView]) -> bool:
+        return v is not None and hasattr(self.service, "drain") and v.status == JobStatus.RUNNING
+
     def _can_cancel(self, v: Optional[JobView]) -> bool:
         return v is not None and v.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("freeze_view", "follow_view"):  # one key, two faces: only one is shown
             return self.frozen == (action == "follow_view")
-        check = {"pause": self._can_pause, "resume": self._can_resume, "cancel": self._can_cancel}.get(action)
+        check = {"pause": self._can_pause, "resume": self._can_resume, "cancel": self._can_cancel,
+                 "drain": self._can_drain}.get(action)
         if check is None:
             return True
         return True if check(self.selected) else None  # None: shown greyed out in the footer
 
     def _update_action_state(self) -> None:
         v = self.selected
-        state = (self._can_pause(v), self._can_resume(v), self._can_cancel(v))
+        state = (self._can_pause(v), self._can_resume(v), self._can_cancel(v), self._can_drain(v))
         if state != self._actions_state:
             self._actions_state = state
             self.refresh_bindings()
@@ -424,8 +466,7 @@ class KbIngestApp(App[None]):
             return
         self.frozen = frozen
         self._main.set_class(frozen, "frozen")
-        self._q(JobTable).border_title = Text(self._jobs_title + (" · VIEW FROZEN, the jobs go on: f follows live"
-                                                                  if frozen else ""))
+        self._update_jobs_title(None, force=True)
         self.refresh_bindings()
         if not frozen:
             self._refresh_views(force=True)  # everything that happened meanwhile, events included
@@ -455,8 +496,8 @@ class KbIngestApp(App[None]):
             self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
                       "pause it (p) or let it finish, then resume this one", severity="warning")
             return
-        if self.service.engine_busy():
-            self._say("another process is running a job in this home: wait for it, or pause it "
+        if self.service.engine_busy(v.kb):  # another job writes this knowledge base (others do not matter)
+            self._say(f"another job is writing knowledge base {v.kb}: wait for it, or pause it "
                       "(`kbingest pause JOB_ID`)", severity="warning")
             return
         retry = v.status == JobStatus.COMPLETED
@@ -503,6 +544,158 @@ class KbIngestApp(App[None]):
         self._say({"requested": f"asked the process running {job_id} to cancel it",
                    "cancelled": f"{job_id} cancelled"}.get(outcome, f"{job_id} was not cancelled: it had ended"))
         self._apply_records(self._read_store())
+
+    # ---- the job list: filter, sort, counts ---------------------------------------------------
+    def _update_jobs_title(self, shown: Optional[int], force: bool = False) -> None:
+        counts = Counter(v.status.value for v in self._views.values())
+        parts = [self._jobs_title]
+        if counts:
+            parts.append(", ".join(f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+        if self.filter_text:
+            parts.append(f"filter {self.filter_text!r}: {shown if shown is not None else '?'} shown")
+        if self.sort is not SORTS[0]:
+            parts.append(f"sorted {self.sort.label}")
+        if self.frozen:
+            parts.append("VIEW FROZEN, the jobs go on: f follows live")
+        title = printable(" · ".join(parts))
+        if force or title != getattr(self, "_jobs_title_shown", None):
+            self._jobs_title_shown = title
+            self._q(JobTable).border_title = Text(title)
+
+    def action_filter(self) -> None:
+        box = self._q("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "filter":
+            return
+        event.stop()
+        self.filter_text = event.value.strip()
+        self._refresh_views(force=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            event.stop()
+            self._q(JobTable).focus()
+
+    def on_key(self, event: events.Key) -> None:
+        box = self._main.query_one("#filter", Input) if self._main is not None else None
+        if event.key == "escape" and box is not None and box.has_focus:
+            event.stop()
+            box.value = ""
+            box.remove_class("shown")
+            self._q(JobTable).focus()
+
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._say(f"jobs sorted {self.sort.label}")
+        self._refresh_views(force=True)
+
+    def action_toggle_in_flight(self) -> None:
+        self._main.toggle_class("show-inflight")
+
+    # ---- themes -------------------------------------------------------------------------------
+    def _restore_theme(self) -> None:
+        try:
+            theme = self.service.settings().get("theme")
+        except Exception:
+            theme = None
+        if isinstance(theme, str) and theme in self.available_themes and theme != self.theme:
+            self.theme = theme
+        self._theme_loaded = True
+
+    def watch_theme(self, theme: str) -> None:
+        if not getattr(self, "_theme_loaded", False):
+            return
+        try:
+            if self.service.settings().get("theme") != theme:
+                self.service.save_settings(theme=theme)
+        except Exception as e:  # a read-only home: the theme still changes, for this run
+            self._say(f"theme not kept: {e}", severity="warning")
+
+    # ---- the command palette ------------------------------------------------------------------
+    def get_system_commands(self, screen: Any):
+        """Every action of the bindings, with its key, then Textual's own (themes, keys...)."""
+        seen: set[str] = set()
+        for b in self.BINDINGS:
+            if not b.tooltip or b.action in seen or b.action.startswith(("select_job", "app.")):
+                continue
+            seen.add(b.action)
+            if self.check_action(b.action, ()) is False:  # the other face of a toggle (f)
+                continue
+            key = b.key_display or KEY_NAMES.get(b.key, b.key)
+            yield SystemCommand(f"{b.description.capitalize()} ({key})", b.tooltip,
+                                partial(self.run_action, b.action))
+        yield SystemCommand("Retry failed documents (r)", "retry the failed documents of the selected "
+                            "finished job (r resumes it; enter on an error retries one document)",
+                            partial(self.run_action, "resume"))
+        yield from super().get_system_commands(screen)
+
+    # ---- drain, new job, search -----------------------------------------------------------------
+    def action_drain(self) -> None:
+        v = self.selected
+        drain = getattr(self.service, "drain", None)
+        if v is None or drain is None:
+            self._say("drain is not available in this version of kbingest" if drain is None else "no job selected",
+                      severity="warning")
+            return
+        try:
+            drain(v.job_id)
+        except Exception as e:
+            self._say(f"cannot drain {v.job_id}: {e}", severity="error")
+            return
+        self._log_events(v.job_id, [("drain asked: no new documents; those loaded are finished", "info")])
+        self._say(f"draining {v.job_id}")
+
+    def action_new_job(self) -> None:
+        try:
+            kbs = self.service.knowledge_bases()
+        except Exception:
+            kbs = []
+        default = getattr(self.service, "default_embedder", None) or "fastembed"
+        self.push_screen(NewJobScreen(kbs, embedder=default), self._new_job_answer)
+
+    def _new_job_answer(self, config: Any) -> None:
+        if config is None:
+            return
+        self._start_here(lambda: self.service.start(config), "cannot start the job",
+                         lambda job: f"started {job.job_id} on knowledge base {config.kb}")
+
+    def _start_here(self, make: Callable[[], JobLike], refused: str, started: Callable[[JobLike], str]) -> None:
+        """Start a job from the service in this dashboard (one at a time), saying what happened."""
+        if self._live is not None:
+            self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
+                      "try again when it ends", severity="warning")
+            return
+        try:
+            job = make()
+        except KbError as e:
+            self._say(f"{refused}: {e}", severity="error")
+            return
+        self._start(job)
+        self._say(started(job))
+
+    def action_search(self) -> None:
+        v = self.selected
+        if v is None:
+            self._say("no job selected: its knowledge base is searched", severity="warning")
+            return
+        self.push_screen(SearchScreen(self.service, v.kb))
+
+    # ---- one error in full ----------------------------------------------------------------------
+    def on_error_pane_open(self, event: ErrorPane.Open) -> None:
+        v = self.selected
+        if v is None:
+            return
+        self.push_screen(ErrorScreen(v.job_id, event.error, self.tz),
+                         partial(self._error_answer, v.job_id, event.error.path))
+
+    def _error_answer(self, job_id: str, path: str, answer: Optional[str]) -> None:
+        if answer != "retry":
+            return
+        self._start_here(lambda: self.service.retry(job_id, paths=[path]), f"cannot retry {path}",
+                         lambda job: f"retrying {path} of {job_id}")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(help_from_bindings(self.BINDINGS), HELP_NOTES))

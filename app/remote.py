@@ -137,7 +137,7 @@ class RemoteService:
     def status(self, job_id: Optional[str] = None, kb: Optional[str] = None) -> JobStatusResponse:
         return self.find(job_id, kb).status
 
-    def engine_busy(self) -> Optional[str]:
+    def engine_busy(self, kb: Optional[str] = None) -> Optional[str]:
         return self._call("GET", API + "/engine")["busy"]
 
     # ---- starting (in the server) ----

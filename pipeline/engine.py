@@ -25,6 +25,7 @@ from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.failures import reason
 from kbingest.pipeline.liveness import KEEPALIVE_S
 from kbingest.pipeline.index import IndexError_, KnowledgeBase
+from kbingest.pipeline.instrument import Sampler
 from kbingest.pipeline.jobs import INTERRUPTED
 from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
                                       JobStatusResponse, iso, utcnow)
@@ -45,6 +46,7 @@ log = logging.getLogger("kbingest.engine")
 HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
 QUEUE_METRICS = ("queue_position", "waiting_for")  # set while pending only
+GAUGE_S = 1.0            # how often the monitor samples queue depths and documents in flight (instrument.py)
 
 
 def new_job_id(kb: str) -> str:
@@ -79,7 +81,10 @@ class IngestJob:
         self._ckpt_lock = threading.Lock()
         self._final = False
         self._monitor_stop = threading.Event()
+        self._sampler = Sampler()
+        self._gauge_lock = threading.Lock()  # a sample is never set after the pass's idle gauges
         self.done = threading.Event()
+        self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
         self._place = None  # the lock that says this process waits for this job (pipeline/jobqueue.py)
@@ -280,7 +285,7 @@ class IngestJob:
             if self.config.watch:
                 self._watch()
             else:
-                self._run_pass()
+                self._run_pass(self.scope)
         except BaseException as e:  # the one error handler: anything unexpected fails the job cleanly
             if not isinstance(e, PhaseFailed):
                 e = PhaseFailed(self._current_phase(), reason(e))
@@ -349,9 +354,15 @@ class IngestJob:
 
     def _monitor(self) -> None:
         """Heartbeat to the store, and pause/cancel requests from another process."""
-        last_beat, last_version = 0.0, -1
+        last_beat, last_version, last_gauge = 0.0, -1, 0.0
+        sampler = self._sampler
         while not self._monitor_stop.wait(CONTROL_POLL_S):
             try:
+                if time.monotonic() - last_gauge >= GAUGE_S:
+                    last_gauge = time.monotonic()
+                    with self._gauge_lock:
+                        for key, value in sampler.sample(self.executor).items():
+                            self.tracker.set_metric(key, value)
                 control = self.store.control_of(self.job_id)
                 if control == "pause" and not self.control.stopping:
                     self.pause()
@@ -443,7 +454,13 @@ class IngestJob:
             job_id=self.job_id,
         )
         self._index_stage = stages.index
-        self.executor.run_pass(stages)
+        try:
+            self.executor.run_pass(stages)
+        finally:
+            if getattr(self.executor, "queues", None) is not None:  # an executor the monitor samples
+                with self._gauge_lock:
+                    for key, value in self._sampler.idle(self.executor).items():
+                        t.set_metric(key, value)
         if dry:
             rate, source = embed_rate(self.store.all(), c.vector_model)
             t.set_metric("dry_run", self._dry_run.report(rate, source))

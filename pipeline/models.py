@@ -105,6 +105,39 @@ class DocumentError(BaseModel):
     kind: str
     message: str
     attempts: int = 1
+    at: Optional[datetime] = Field(None, description="when it failed (UTC); absent in older statuses")
+
+
+class QueueGauge(BaseModel):
+    """One queue between two phases, as the job's monitor last sampled it (about once a second)."""
+
+    depth: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+    empty_s: float = Field(0.0, ge=0, description="seconds it has been empty (its reader waits)")
+    full_s: float = Field(0.0, ge=0, description="seconds it has been full (its writer waits)")
+
+
+class InFlightDoc(BaseModel):
+    """A document in a phase now: being worked on or waiting in the phase's input queue."""
+
+    path: str
+    size: Optional[int] = Field(None, description="bytes of the document, when still known")
+    chunks: Optional[int] = Field(None, description="its chunks, once chunked")
+
+
+class CommitBatch(BaseModel):
+    """What the indexer holds for its next commit."""
+
+    documents: int = Field(ge=0)
+    chunks: int = Field(ge=0)
+
+
+class SlowestDocument(BaseModel):
+    """The document that took longest in one phase (chunking or embedding) so far in this run."""
+
+    path: str
+    phase: PhaseName
+    seconds: float = Field(ge=0)
 
 
 class JobMetrics(BaseModel):
@@ -152,6 +185,13 @@ class JobMetrics(BaseModel):
     dry_run: Optional[dict[str, Any]] = None
     ray_waves: Optional[int] = None            # waves the Ray executor committed
     ray_rows_by_node: Optional[dict[str, int]] = None   # rows staged by each Ray node (this run)
+    # sampled by the job's monitor thread (instrument.py), about once a second while a pass runs
+    queue_docs: Optional[QueueGauge] = None       # loaded, waiting to be chunked
+    queue_chunked: Optional[QueueGauge] = None    # chunked, waiting to be embedded
+    queue_embedded: Optional[QueueGauge] = None   # embedded, waiting to be indexed
+    in_flight: Optional[dict[str, list[InFlightDoc]]] = None   # phase -> at most IN_FLIGHT_LISTED documents
+    commit_batch: Optional[CommitBatch] = None
+    slowest_document: Optional[SlowestDocument] = None
 
 
 METRIC_NAMES: frozenset[str] = frozenset(JobMetrics.model_fields)

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, Iterable, Optional
 
 from kbingest.pipeline.loading import within
-from kbingest.pipeline.models import DocumentError
+from kbingest.pipeline.models import DocumentError, utcnow
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.tracker import PhaseTracker
@@ -84,7 +84,8 @@ class TrackerReporter:
             return list(self._errors)
 
     def doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
-        err = DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message, attempts=attempts)
+        err = DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message, attempts=attempts,
+                            at=utcnow())
         with self._lock:
             self._errors.append(err)
             self.t.set_metric("documents_failed", len(self._errors))

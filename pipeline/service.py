@@ -259,12 +259,29 @@ class Service:
         job.wait_for_lock = wait
         return job
 
-    def retry(self, job_id: str, wait: bool = True) -> JobHandle:
-        """Run a finished job again for its failed documents (every unchanged one is skipped)."""
+    def retry(self, job_id: str, paths: Optional[list[str]] = None, wait: bool = True) -> JobHandle:
+        """Run a finished job again for its failed documents (every unchanged one is skipped);
+        with `paths`, a pass over those documents alone (each must lie below the job's sources)."""
+        import os
+
+        from kbingest.pipeline.loading import within
+
         info = self.job(job_id)
         if info.status.status != JobStatus.COMPLETED or not info.status.m.documents_failed:
             raise WrongState(f"job {info.job_id} has no failed documents to retry (it is {info.status.status.value})")
-        return self.resume(job_id, wait=wait)
+        scope = None
+        if paths is not None:
+            roots = [os.path.abspath(s) for s in info.config.sources]
+            scope = sorted({os.path.abspath(p) for p in paths})
+            outside = [p for p in scope if not any(within(p, r) for r in roots)]
+            if not scope or outside:
+                raise InvalidInput(f"not below the job's sources: {printable(outside[0])}" if outside
+                                   else "no path to retry")
+        job = self.resume(job_id, wait=wait)
+        if scope is not None:
+            job.scope = scope  # type: ignore[attr-defined]
+        return job
+
 
     # ---- steering a job from outside its process --------------------------------------------
     def request_cancel(self, job_id: str) -> str:
@@ -336,6 +353,21 @@ class Service:
         from kbingest.pipeline.resident import announced
 
         return announced(self.home, url, token_required)
+
+    # ---- front-end preferences --------------------------------------------------------------
+    def settings(self) -> dict:
+        """The preferences kept in the home (settings.json): {} when there are none."""
+        from kbingest.pipeline.settings import read_settings
+
+        return read_settings(self.home.root)
+
+    def save_settings(self, **updates) -> dict:
+        from kbingest.pipeline.settings import write_settings
+
+        try:
+            return write_settings(self.home.root, updates)
+        except OSError as e:
+            raise EngineFailure(f"cannot save the settings in {self.home.root}: {e.strerror or e}") from None
 
     # ---- repairing --------------------------------------------------------------------------
     def repair(self, kb: str) -> str:

@@ -66,12 +66,12 @@ def test_dashboard_reaches_into_no_private_textual_attribute():
 
 def test_help_screen_is_built_from_the_bindings():
     from kbingest.app.dashboard import HELP_KEYS, KbIngestApp
-    from kbingest.app.screens import help_from_bindings
+    from kbingest.app.screens import KEY_NAMES, help_from_bindings
 
     assert HELP_KEYS == help_from_bindings(KbIngestApp.BINDINGS)
     keys_in_help = {k.strip() for keys, _ in HELP_KEYS for k in keys.split(",")}
     for b in KbIngestApp.BINDINGS:
-        assert {"question_mark": "?"}.get(b.key, b.key) in keys_in_help, f"{b.key} is missing from the help"
+        assert KEY_NAMES.get(b.key, b.key) in keys_in_help, f"{b.key} is missing from the help"
     texts = dict(HELP_KEYS)
     assert texts["p"].startswith("pause the selected job") and texts["q, ctrl+c"].startswith("quit")
 

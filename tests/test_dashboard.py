@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.pilot import Pilot
 
 from kbingest.app.dashboard import HELP_KEYS, KbIngestApp
-from kbingest.app.screens import ConfirmCancelScreen, HelpScreen
+from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen
 from kbingest.pipeline.engine import IngestJob
 from kbingest.pipeline.jobs import INTERRUPTED, open_store
 from kbingest.pipeline.index import KnowledgeBase
@@ -272,7 +272,7 @@ def test_help_lists_every_key(home):
                 assert key in text, f"{key} missing from the help"
             # every key bound in the dashboard is in the help
             for b in list(KbIngestApp.BINDINGS) + list(JobTable.BINDINGS):
-                key = {"question_mark": "?"}.get(b.key, b.key)
+                key = KEY_NAMES.get(b.key, b.key)
                 assert key in text, f"{b.key} missing from the help"
             await pilot.press("escape")
             await wait_until(pilot, lambda: not isinstance(app.screen, HelpScreen), "the help to close")

@@ -7,20 +7,63 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.widgets import Static
 
+from kbingest.pipeline.models import DocumentError
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.format import JobView, safe, theme_style
 
 
 class ErrorPane(VerticalScroll):
-    """Scrollable; rebuilt only when the errors it shows change."""
+    """Scrollable; rebuilt only when the errors it shows change. Focused (tab), ↑↓ select a failed
+    document and enter opens it (the app shows it in a modal: ErrorPane.Open)."""
+
+    BINDINGS = [
+        Binding("up", "move(-1)", "select", key_display="↑↓", id="error_up", tooltip="select a failed document"),
+        Binding("down", "move(1)", "select", show=False, id="error_down", tooltip="select a failed document"),
+        Binding("enter", "open", "details", id="error_open",
+                tooltip="in the errors pane: the selected error in full; there r retries that document alone "
+                        "and y copies its path"),
+    ]
+
+    class Open(Message):
+        def __init__(self, error: DocumentError) -> None:
+            super().__init__()
+            self.error = error
 
     def __init__(self, *, id: Optional[str] = None) -> None:
         super().__init__(id=id)
         self._sig: Optional[tuple] = None
         self.count = 0
+        self.cursor = 0
+        self._view: Optional[JobView] = None
+
+    @property
+    def selected_error(self) -> Optional[DocumentError]:
+        errors = self._view.errors if self._view is not None else []
+        return errors[self.cursor] if 0 <= self.cursor < len(errors) else None
+
+    def action_move(self, step: int) -> None:
+        if not self.count:
+            return
+        self.cursor = max(0, min(self.count - 1, self.cursor + step))
+        self.show(self._view, force=True)
+        # each document takes two lines or more (wrapped): keep the selected one in sight
+        self.scroll_to(y=max(0, 2 * self.cursor - 1), animate=False)
+
+    def action_open(self) -> None:
+        err = self.selected_error
+        if err is not None:
+            self.post_message(self.Open(err))
+
+    def on_focus(self) -> None:
+        self.show(self._view, force=True)
+
+    def on_blur(self) -> None:
+        self.show(self._view, force=True)
 
     def compose(self) -> ComposeResult:
         yield Static(Text(""), id="error-text", markup=False)
@@ -36,7 +79,11 @@ class ErrorPane(VerticalScroll):
             return
         job_changed = self._sig is None or sig[0] != self._sig[0]
         self._sig = sig
+        self._view = view
         self.count = 0 if view is None else len(view.errors)
+        if job_changed:
+            self.cursor = 0
+        self.cursor = max(0, min(self.cursor, self.count - 1))
         self.query_one("#error-text", Static).update(self._build(view))
         if job_changed:
             self.scroll_home(animate=False)
@@ -61,11 +108,13 @@ class ErrorPane(VerticalScroll):
         if s.error and not any(p.error == s.error for p in failed):
             grid.add_row(Text("✗", style=err), Text.assemble(("job error: ", err), safe(s.error)))
             rows += 1
-        for e in view.errors:
+        for i, e in enumerate(view.errors):
             detail = f"{safe(e.phase)} · {safe(e.kind)} · {safe(e.message)}"
             if e.attempts > 1:
                 detail += f" ({e.attempts} attempts)"
-            grid.add_row(Text("✗", style=err), Text(safe(e.path), style="bold"))
+            chosen = i == self.cursor and self.has_focus
+            grid.add_row(Text("▶" if chosen else "✗", style=err),
+                         Text(safe(e.path), style="bold reverse" if chosen else "bold"))
             grid.add_row(Text(""), Text(" " + detail))
             rows += 1
         if len(view.errors) < view.failed_docs:

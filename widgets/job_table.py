@@ -1,15 +1,16 @@
 """The job list: one row per job in the home, newest first."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from kbingest.widgets.format import JobView, fit, fmt_duration, fmt_started, safe, status_style
+from kbingest.widgets.format import JobView, fit, fmt_duration, fmt_started, fmt_time, safe, status_style
 
 # (key, label, fixed width or None for "fit the content")
 COLUMNS: tuple[tuple[str, str, Optional[int]], ...] = (
@@ -19,9 +20,47 @@ COLUMNS: tuple[tuple[str, str, Optional[int]], ...] = (
     ("progress", "progress", 8),
     ("started", "started", 11),
     ("elapsed", "elapsed", 7),
+    ("note", "note", None),
 )
 KB_MAX = 16
 ID_MIN = 12
+NOTE_MIN = 14  # the note column (a pending job's reason, a watch job's last sync) shows from this width
+STATUS_ORDER = {"running": 0, "pending": 1, "paused": 2, "failed": 3, "completed": 4, "cancelled": 5}
+
+
+def matches(v: JobView, words: list[str]) -> bool:
+    """Every word is in the job's knowledge base, status or id (case-insensitive)."""
+    hay = f"{v.kb} {v.status.value} {v.job_id}".lower()
+    return all(w in hay for w in words)
+
+
+@dataclass(frozen=True)
+class Sort:
+    label: str
+    key: Optional[Callable[[JobView], Any]]  # None: as given (newest first)
+
+    def apply(self, views: list[JobView], text: str = "") -> list[JobView]:
+        words = text.lower().split()
+        out = [v for v in views if matches(v, words)] if words else list(views)
+        return sorted(out, key=self.key) if self.key is not None else out  # stable: newest first within
+
+
+SORTS: tuple[Sort, ...] = (
+    Sort("newest first", None),
+    Sort("by status", lambda v: STATUS_ORDER.get(v.status.value, 9)),
+    Sort("by knowledge base", lambda v: v.kb),
+)
+
+
+def note(v: JobView, tz: Optional[tzinfo]) -> str:
+    """What the row says beyond its status: why a job waits, when a watch job last synced."""
+    s = v.snap
+    if s.status.value == "pending":
+        return safe(s.message) or "waiting"
+    if s.metrics.get("watch_bursts") is not None or s.message.startswith("watching"):
+        done = [d.completed_at for d in s.phase_details if d.name == "indexing" and d.completed_at]
+        return f"watching · synced {fmt_time(done[0], tz)}" if done else "watching"
+    return ""
 
 
 class JobTable(DataTable):
@@ -67,7 +106,8 @@ class JobTable(DataTable):
             old = self._row_signatures.get(v.job_id)
             if old == sig:
                 continue
-            for (key, _, _), new, new_sig, prev in zip(COLUMNS, cells, sig, old or (None,) * len(COLUMNS)):
+            cols = self._columns(layout)
+            for (key, _, _), new, new_sig, prev in zip(cols, cells, sig, old or (None,) * len(cols)):
                 if new_sig != prev:
                     self.update_cell(v.job_id, key, new)
             self._row_signatures[v.job_id] = sig
@@ -82,21 +122,22 @@ class JobTable(DataTable):
             views, now, tz, _ = self._last
             self.show(views, now, tz, self.selected_id)
 
-    def _layout_for(self, views: list[JobView]) -> tuple[int, int]:
+    def _layout_for(self, views: list[JobView]) -> tuple[int, int, int]:
         kb_w = max([2] + [len(safe(v.kb)) for v in views])
         kb_w = min(kb_w, KB_MAX)
         id_len = max([3] + [len(safe(v.job_id)) for v in views])
         fixed = kb_w + sum(w for _, _, w in COLUMNS if w) + 2 * len(COLUMNS) + 2  # cell padding, scrollbar
         width = self.scrollable_content_region.width or self.size.width or 80
         id_w = max(ID_MIN, min(id_len, width - fixed))
-        return (id_w, kb_w)
+        note_w = width - fixed - id_w
+        return (id_w, kb_w, note_w if note_w >= NOTE_MIN else 0)
 
     def _rebuild(self, views: list[JobView], now: datetime, tz: Optional[tzinfo], selected: Optional[str],
-                 layout: tuple[int, int]) -> None:
-        id_w, kb_w = layout
+                 layout: tuple[int, int, int]) -> None:
+        id_w, kb_w, note_w = layout
         self.clear(columns=True)
-        for key, label, width in COLUMNS:
-            w = id_w if key == "job" else kb_w if key == "kb" else width
+        for key, label, width in self._columns(layout):
+            w = id_w if key == "job" else kb_w if key == "kb" else note_w if key == "note" else width
             self.add_column(Text(label), key=key, width=w)
         self._row_signatures.clear()
         for v in views:
@@ -108,11 +149,15 @@ class JobTable(DataTable):
         if selected in self._order:
             self.move_cursor(row=self._order.index(selected), animate=False)
 
-    def _row(self, v: JobView, now: datetime, tz: Optional[tzinfo], layout: tuple[int, int]) -> tuple:
-        id_w, kb_w = layout
+    @staticmethod
+    def _columns(layout: tuple[int, int, int]) -> tuple[tuple[str, str, Optional[int]], ...]:
+        return COLUMNS if layout[2] else COLUMNS[:-1]  # the note column only where it fits
+
+    def _row(self, v: JobView, now: datetime, tz: Optional[tzinfo], layout: tuple[int, int, int]) -> tuple:
+        id_w, kb_w, note_w = layout
         s = v.snap
         warn = s.status.value == "completed" and v.failed_docs > 0
-        return (
+        cells = (
             Text(fit(safe(v.job_id), id_w), no_wrap=True, end=""),
             Text(fit(safe(v.kb), kb_w), no_wrap=True, end=""),
             Text(s.status.value, style=status_style(self.app, s.status.value, warn=warn), no_wrap=True, end=""),
@@ -120,6 +165,9 @@ class JobTable(DataTable):
             Text(fmt_started(s.started_at, tz), no_wrap=True, end=""),
             Text(fmt_duration(v.elapsed(now)), justify="right", no_wrap=True, end=""),
         )
+        if note_w:
+            cells += (Text(fit(note(v, tz), note_w), no_wrap=True, end="", style="italic"),)
+        return cells
 
 
 def _signature(cells: tuple) -> tuple:

@@ -11,7 +11,8 @@ from textual.widgets import Label, ProgressBar
 
 from kbingest.pipeline.models import PhaseDetail
 from kbingest.pipeline.status import PHASES
-from kbingest.widgets.format import DASH, fmt_clock, fmt_count, fmt_duration, fmt_rate, status_style
+from kbingest.widgets.format import DASH, fmt_clock, fmt_count, fmt_duration, fmt_rate, status_style, theme_style
+from kbingest.widgets.instrument import sparkline, trend
 
 PHASE_NAMES: tuple[str, ...] = tuple(p.value for p in PHASES)
 UNITS = {"loading": "docs", "chunking": "docs", "embedding": "chunks", "indexing": "chunks"}
@@ -41,6 +42,7 @@ class PhaseHeader(Horizontal):
         yield Label(Text("progress"), classes="ph-bar-h")
         yield Label(Text("items", justify="right"), classes="ph-items")
         yield Label(Text("rate", justify="right"), classes="ph-rate")
+        yield Label(Text(" history"), classes="ph-spark")
         yield Label(Text("ETA", justify="right"), classes="ph-eta")
         yield Label(Text("status"), classes="ph-status")
         yield Label(Text("time", justify="right"), classes="ph-time")
@@ -59,15 +61,24 @@ class PhaseRow(Horizontal):
         yield ProgressBar(total=100, show_eta=False, show_percentage=True, classes="ph-bar")
         yield Label(Text(DASH, justify="right"), classes="ph-items")
         yield Label(Text(DASH, justify="right"), classes="ph-rate")
+        yield Label(Text(""), classes="ph-spark")
         yield Label(Text(DASH, justify="right"), classes="ph-eta")
         yield Label(Text("pending"), classes="ph-status")
         yield Label(Text(DASH, justify="right"), classes="ph-time")
 
-    def show(self, detail: Optional[PhaseDetail], force: bool = False) -> None:
-        cells = _cells(detail)
+    def show(self, detail: Optional[PhaseDetail], history: Optional[list[float]] = None,
+             force: bool = False) -> None:
+        spark_label = self.query_one(".ph-spark", Label)
+        width = max(0, (spark_label.size.width or 10) - 1)
+        spark = sparkline(history or [], width)
+        slowing = trend(history or []) == "slowing"
+        cells = _cells(detail) + (spark, slowing)
         if cells == self._sig and not force:
             return
         self._sig = cells
+        spark_label.update(Text(" " + spark, no_wrap=True,
+                                style=theme_style(self.app, "warning" if slowing else "accent")))
+        cells = cells[:6]
         progress, items, rate, eta, status, dur = cells
         self.query_one(ProgressBar).update(total=100, progress=progress)
         self.query_one(".ph-items", Label).update(Text(items, justify="right", no_wrap=True))
@@ -85,7 +96,8 @@ class PhaseTimeline(Vertical):
         for name in PHASE_NAMES:
             yield PhaseRow(name)
 
-    def show(self, details: Optional[list[PhaseDetail]], force: bool = False) -> None:
+    def show(self, details: Optional[list[PhaseDetail]], force: bool = False,
+             history: Optional[dict[str, list[float]]] = None) -> None:
         by_name = {d.name: d for d in (details or [])}
         for row in self.query(PhaseRow):
-            row.show(by_name.get(row.phase), force=force)
+            row.show(by_name.get(row.phase), (history or {}).get(row.phase), force=force)

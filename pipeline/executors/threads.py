@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from kbingest.pipeline.control import PhaseFailed, Stopped
@@ -31,11 +32,16 @@ _PHASE_OF_WORKER = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
 
 class ThreadExecutor(Executor):
     name = "threads"
+    capacity = {"docs": QUEUE_DOCS, "chunked": QUEUE_CHUNKED, "embedded": QUEUE_EMBEDDED}
 
     def run_pass(self, stages: PassStages) -> None:
         self._failure: Optional[PhaseFailed] = None
-        self.queues = {"docs": queue.Queue(QUEUE_DOCS), "chunked": queue.Queue(QUEUE_CHUNKED),
-                       "embedded": queue.Queue(QUEUE_EMBEDDED)}
+        # what each worker holds now, and the slowest (seconds, path, phase): one assignment per
+        # document, read by the job's monitor (instrument.py) about once a second
+        self.current: dict[str, Any] = {"chunking": None, "embedding": None}
+        self.slowest: Optional[tuple[float, str, str]] = None
+        self.stages = stages
+        self.queues = {name: queue.Queue(cap) for name, cap in self.capacity.items()}
         q = self.queues
         workers = [
             ("loader", lambda: self._load(stages, q["docs"])),
@@ -54,11 +60,23 @@ class ThreadExecutor(Executor):
                 self.control.halt()
             for th in threads:
                 th.join()
+            self.queues, self.stages = {}, None  # the pass is over: nothing is in flight (instrument.py)
         if self._failure is not None:
             raise self._failure
 
     def queue_depths(self) -> dict[str, int]:
         return {name: qq.qsize() for name, qq in getattr(self, "queues", {}).items()}
+
+    def _timed(self, phase: str, item: Any, fn: Callable[[Any], Any]) -> Any:
+        self.current[phase] = item
+        t0 = time.perf_counter()
+        try:
+            return fn(item)
+        finally:
+            took = time.perf_counter() - t0
+            self.current[phase] = None
+            if self.slowest is None or took > self.slowest[0]:
+                self.slowest = (took, getattr(item, "path", ""), phase)
 
     # ---- workers ----------------------------------------------------------------------------
     def _worker(self, name: str, fn: Callable[[], None]) -> None:
@@ -86,7 +104,7 @@ class ThreadExecutor(Executor):
 
     def _chunk(self, stages: PassStages, inp: queue.Queue, out: queue.Queue) -> None:
         while (item := self._get(inp)) is not _END:
-            d = stages.chunk(item)
+            d = self._timed("chunking", item, stages.chunk)
             if d is not None:
                 self._put(out, d)
         stages.chunk.finish()
@@ -94,7 +112,7 @@ class ThreadExecutor(Executor):
 
     def _embed(self, stages: PassStages, inp: queue.Queue, out: queue.Queue) -> None:
         while (item := self._get(inp)) is not _END:
-            for d in stages.embed.add(item):
+            for d in self._timed("embedding", item, stages.embed.add):
                 self._put(out, d)
         for d in stages.embed.flush():
             self._put(out, d)
