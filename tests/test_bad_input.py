@@ -212,10 +212,11 @@ def test_resume_after_fixing_one_file_ingests_exactly_that_file(tmp_path, bad_fo
     r2 = run_measured("resume", job_id, "--batch", home=home, launcher=NOPERM_LAUNCHER)
     assert r2.returncode == 3, r2.stderr  # the other bad files are still bad
     m = r2.final["metrics"]
+    tp = {"documents_added": 0, "documents_replaced": 0, "documents_removed": 0, **m["this_pass"]}  # the retry's pass
     assert r2.final["job_id"] == job_id and r2.final["status"] == "completed"
-    assert m["documents_added"] == 1
-    assert m["documents_replaced"] == 0 and m["documents_removed"] == 0
-    assert m["documents_skipped"] == len(good)
+    assert tp["documents_added"] == 1 and m["documents_added"] == len(good) + 1  # the job's total: both passes
+    assert tp["documents_replaced"] == 0 and tp["documents_removed"] == 0
+    assert tp["documents_skipped"] == len(good)
     assert "binary.md" not in {os.path.basename(e["path"]) for e in m["document_errors"]}
     assert m["documents_failed"] == len(BAD) - 1
 

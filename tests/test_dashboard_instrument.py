@@ -437,3 +437,25 @@ def test_200_jobs_refresh_fast(tmp_path):
             assert steady < 0.25 and filtered < 0.5, (steady, filtered)
 
     run(scenario())
+
+
+def test_pending_and_watch_rows_say_their_place_and_last_sync():
+    """Issue 14: the job list shows a pending job's reason and its place in line, a watch job's last sync."""
+    from datetime import timezone
+
+    from kbingest.pipeline.models import JobStatusResponse, PhaseDetail
+    from kbingest.widgets.format import JobView
+    from kbingest.widgets.job_table import note
+
+    phases = [PhaseDetail(name=p) for p in ("loading", "chunking", "embedding", "indexing")]
+    pending = JobStatusResponse(job_id="b-1", kb_id="a", status="pending", phase="loading", phase_details=phases,
+                                message="pending: waiting for job a-1 on knowledge base a",
+                                metrics={"queue_position": 2, "waiting_for": "a-1"})
+    v = JobView(job_id="b-1", kb="a", snap=pending, errors=[], created_at="2026-12-02T00:00:00Z")
+    assert note(v, timezone.utc) == "#2 in line · pending: waiting for job a-1 on knowledge base a"
+    from kbingest.pipeline.status import JobStatus
+
+    watch = pending.model_copy(update={"status": JobStatus.RUNNING, "message": "watching 1 source(s) for changes",
+                                       "metrics": {"watch_bursts": 3, "last_synced_at": "2026-12-02T10:11:12.000Z"}})
+    assert note(JobView(job_id="w-1", kb="w", snap=watch, errors=[], created_at="2026-12-02T00:00:00Z"),
+                timezone.utc) == "watching · synced 10:11:12"

@@ -38,7 +38,7 @@ def pass_done(job, n: int) -> bool:
 class Watching:
     """A watching job running in a thread, and what the tests ask of it."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **settings) -> None:
         from kbingest.pipeline.engine import IngestJob
         from kbingest.pipeline.jobs import open_store
         from kbingest.pipeline.models import JobConfig
@@ -48,7 +48,8 @@ class Watching:
         self.home = Home(tmp_path / "home").ensure()
         self.store = open_store(self.home)
         self.job = IngestJob.create(self.home, self.store,
-                                    JobConfig(sources=[str(self.folder)], kb="w", embedder="fake", watch=True))
+                                    JobConfig(sources=[str(self.folder)], kb="w", embedder="fake", watch=True,
+                                              **settings))
         self.thread = threading.Thread(target=self.job.run, name="watching-job")
         self.thread.start()
         wait_for(lambda: self.job.snapshot().message.startswith("watching"), 60, "the job to watch")
@@ -91,6 +92,14 @@ class Watching:
 @pytest.fixture
 def watching(tmp_path):
     w = Watching(tmp_path)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def watching_mass_removal_allowed(tmp_path):
+    """Watching with --allow-mass-removal: these 3-page tests remove most of the knowledge base on purpose."""
+    w = Watching(tmp_path, max_removal_share=1.0)
     yield w
     w.stop()
 
@@ -186,7 +195,8 @@ def test_moved_file_is_rekeyed(watching):
     assert len({r["doc_id"] for r in rows}) == len(PAGES)
 
 
-def test_folder_moved_out_leaves_the_table(watching, tmp_path):
+def test_folder_moved_out_leaves_the_table(watching_mass_removal_allowed, tmp_path):
+    watching = watching_mass_removal_allowed
     sub = watching.folder / "reliability"
     shutil.move(str(sub), str(tmp_path / "archived"))
     m = watching.after_one_burst()
@@ -228,7 +238,8 @@ def test_save_during_the_first_pass_is_not_missed(tmp_path):
     assert not th.is_alive()
 
 
-def test_source_folder_deleted_then_restored(watching, tmp_path):
+def test_source_folder_deleted_then_restored(watching_mass_removal_allowed, tmp_path):
+    watching = watching_mass_removal_allowed
     shutil.rmtree(watching.folder)
     m = watching.after_one_burst()
     assert m["documents_removed"] == len(PAGES), m
@@ -237,3 +248,11 @@ def test_source_folder_deleted_then_restored(watching, tmp_path):
     wait_for(lambda: watching.pass_done(2) and watching.metrics()["this_pass"].get("documents_added") == len(PAGES), 15,
              "the restored folder to be ingested")
     assert len(watching.rows()) == watching.initial_rows
+
+
+def test_a_watched_source_that_empties_keeps_the_knowledge_base(watching):
+    """The mass-removal guard holds in watch mode too: an unmounted share looks like a deleted folder."""
+    shutil.rmtree(watching.folder)
+    watching.after_one_burst()
+    assert len(watching.rows()) == watching.initial_rows
+    assert any(e.kind == "mass_removal_refused" for e in watching.job.errors)

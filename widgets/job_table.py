@@ -55,9 +55,13 @@ SORTS: tuple[Sort, ...] = (
 def note(v: JobView, tz: Optional[tzinfo]) -> str:
     """What the row says beyond its status: why a job waits, when a watch job last synced."""
     s = v.snap
+    m = s.m
     if s.status.value == "pending":
-        return safe(s.message) or "waiting"
-    if s.metrics.get("watch_bursts") is not None or s.message.startswith("watching"):
+        where = f"#{m.queue_position} in line · " if m.queue_position else ""
+        return where + (safe(s.message) or "waiting")
+    if m.watch_bursts is not None or s.message.startswith("watching"):
+        if m.last_synced_at:
+            return f"watching · synced {fmt_time(datetime.fromisoformat(m.last_synced_at.replace('Z', '+00:00')), tz)}"
         done = [d.completed_at for d in s.phase_details if d.name == "indexing" and d.completed_at]
         return f"watching · synced {fmt_time(done[0], tz)}" if done else "watching"
     return ""
