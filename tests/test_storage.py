@@ -210,3 +210,23 @@ def test_locations_resolve(tmp_path, monkeypatch):
     opts = loc.storage_options()
     assert opts["aws_secret_access_key"] == "SECRET" and opts["allow_http"] == "true" and opts["region"] == "eu-west-1"
     assert "SECRET" not in json.dumps(loc.job_fields(home))
+
+
+def test_ray_executor_round_trip_on_s3(s3, pages, tmp_path):
+    """Both executors against the emulator: the Ray executor stages and commits under the s3:// location
+    and ends with the thread executor's table; an unchanged re-run embeds nothing; no staging is left."""
+    pytest.importorskip("ray")
+    threads_uri, ray_uri = s3["uri"] + "-threads", s3["uri"] + "-ray"
+    base = ["ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake"]
+    r = run_cli("--db", threads_uri, *base, home=tmp_path / "t", env=s3["env"])
+    assert r.returncode == 0, r.stderr
+    r = run_cli("--db", ray_uri, *base, "--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "3",
+                home=tmp_path / "r", env=s3["env"], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _last(r)["metrics"]["ray_waves"] >= 2
+    assert sorted(_table_ids(ray_uri)) == sorted(_table_ids(threads_uri))
+    prefix = ray_uri.split(BUCKET + "/", 1)[1]
+    assert not [k for k in _objects(s3["endpoint"], prefix) if "/_staging/" in k]
+    again = run_cli("--db", ray_uri, *base, "--executor", "ray", home=tmp_path / "r", env=s3["env"], timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _last(again)["metrics"]["chunks_embedded"] == 0

@@ -303,10 +303,11 @@ def _commit_staging(uri: str, fragments: list[str], dim: int):
     import lance
     from lance.fragment import FragmentMetadata
 
+    from kbingest.pipeline.executors.ray_workers import staging_options
     from kbingest.pipeline.index import schema
 
     op = lance.LanceOperation.Overwrite(schema(dim), [FragmentMetadata.from_json(f) for f in fragments])
-    return lance.LanceDataset.commit(uri, op).to_table()
+    return lance.LanceDataset.commit(uri, op, storage_options=staging_options(uri)).to_table()
 
 
 def _drop_files(staging: str, fragments: list[str]) -> None:

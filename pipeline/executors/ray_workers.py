@@ -159,8 +159,16 @@ def write_fragments(rows: list[dict], uri: str, dim: int) -> list[str]:
     table = pa.Table.from_pylist(rows, schema=schema(dim))
     # append: the staging dataset may have versions already (the driver commits a wave while the
     # actors go on), or none yet (then the fragments are written as for a new one)
-    frags = lance_write(table, uri, schema=schema(dim), mode="append")
+    frags = lance_write(table, uri, schema=schema(dim), mode="append", storage_options=staging_options(uri))
     return [json.dumps(f.to_json()) for f in frags]
+
+
+def staging_options(uri: str) -> Optional[dict[str, str]]:
+    """Lance storage options for staging on object storage: from the AWS_* environment each worker has
+    (as the driver's connection does); None for a folder."""
+    from kbingest.pipeline.storage import KbLocation
+
+    return KbLocation(uri).storage_options() or None
 
 
 def _floats(v: Any) -> list:
