@@ -920,6 +920,13 @@ def fig_cost(ctx: Ctx) -> list[Row]:
     return rows(ctx)
 
 
+def fig_mixed(ctx: Ctx) -> list[Row]:
+    """Issue 13: a mixed folder (Markdown, HTML, PDF, DOCX) e2e vs raw fastembed (bench/mixed.py)."""
+    from bench.mixed import rows
+
+    return rows(ctx)
+
+
 FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "chunking": fig_chunking,
     "runtime": fig_runtime,  # before throughput: it finds raw fastembed's best batch size
@@ -937,4 +944,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "search_scale": fig_search_scale,
     "metadata": fig_metadata,
     "cost": fig_cost,
+    "mixed": fig_mixed,
 }
