@@ -79,10 +79,7 @@ class Sampler:
         if index is not None:
             batch = list(getattr(index, "batch", ()) or ())
             out["commit_batch"] = {"documents": len(batch), "chunks": int(getattr(index, "rows", 0) or 0)}
-        slowest = getattr(executor, "slowest", None)
-        if slowest is not None:
-            out["slowest_document"] = {"path": fs_text(slowest[1]), "phase": slowest[2],
-                                       "seconds": round(slowest[0], 3)}
+        out.update(_slowest(executor))
         return out
 
     def idle(self, executor: Any) -> dict[str, Any]:
@@ -92,6 +89,7 @@ class Sampler:
         out: dict[str, Any] = {QUEUE_METRICS[name]: {"depth": 0, "capacity": cap, "empty_s": 0.0, "full_s": 0.0}
                                for name, cap in capacity.items() if name in QUEUE_METRICS}
         out.update(in_flight={}, commit_batch={"documents": 0, "chunks": 0})
+        out.update(_slowest(executor))  # a pass shorter than a sample still says its slowest document
         return out
 
     @staticmethod
@@ -100,3 +98,10 @@ class Sampler:
             table.pop(key, None)
             return 0.0
         return now - table.setdefault(key, now)
+
+
+def _slowest(executor: Any) -> dict[str, Any]:
+    slowest = getattr(executor, "slowest", None)
+    if slowest is None:
+        return {}
+    return {"slowest_document": {"path": fs_text(slowest[1]), "phase": slowest[2], "seconds": round(slowest[0], 3)}}
