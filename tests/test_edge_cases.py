@@ -180,7 +180,9 @@ def test_resuming_a_failed_job_keeps_its_progress(home, store, pages):
         made.append(FlakyEmbedder(broken=lambda n: state["broken"] and n > 20))
         return made[-1]
 
-    job = IngestJob.create(home, store, config([pages], retries=0, commit_rows=1), embedder_factory=factory)
+    # batch size 1: the embedder breaks after 20 calls, well inside the job (the default batches 8 texts a call)
+    job = IngestJob.create(home, store, config([pages], retries=0, commit_rows=1, batch_size=1),
+                           embedder_factory=factory)
     failed = job.run()
     assert failed.status == JobStatus.FAILED and failed.progress > 0
     state["broken"] = False

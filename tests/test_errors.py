@@ -110,7 +110,7 @@ KnowledgeBase(h, "docs").ensure(384)  # LanceDB's runtime mapped before the limi
 limit()
 snap = job.run()
 print(json.dumps({"status": snap.status.value, "phase": snap.phase.value, "error": snap.error,
-                  "errors": [e.model_dump() for e in job.errors], "indexed": snap.metrics.get("chunks_indexed", 0)}))
+                  "errors": [e.model_dump(mode="json") for e in job.errors], "indexed": snap.metrics.get("chunks_indexed", 0)}))
 """
 
 
