@@ -4,13 +4,15 @@
 - doc_version: from its content hash and every setting that changes its chunks or vectors
   (JobConfig.version_key); equal versions mean the document can be skipped.
 - chunk_id: from (source, content hash, position, version key).
+- text_hash: of a chunk's text alone (stored with it): equal texts of the same model share one vector,
+  within a job and across the knowledge base.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 
-_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+_HEX_RE = re.compile(r"^[0-9a-f]{32}(?:[0-9a-f]{32})?$")  # the ids below (32) or a text hash (64)
 
 
 def _h(*parts: str) -> str:
@@ -33,6 +35,12 @@ def doc_version(content_hash: str, version_key: str) -> str:
 
 def chunk_id(source: str, content_hash: str, position: int, version_key: str) -> str:
     return _h("chunk", source, content_hash, str(position), version_key)
+
+
+def text_hash(text: str) -> str:
+    """SHA-256 of the text's UTF-8, in hex: what LanceDB's `encode(sha256(text), 'hex')` gives for
+    the stored text, so tables made before the column gain it in SQL (index.MIGRATIONS)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_key(value: str) -> bool:

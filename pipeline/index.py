@@ -32,6 +32,7 @@ from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 from kbingest.pipeline.storage import KbLocation  # noqa: E402
 
 SEARCH_MODES = ("vector", "text", "hybrid")
+LOOKUP_KEYS = 512  # text hashes a stored-vector query names at most (an IN list, not a table)
 _HIT_COLUMNS = ["id", "text", "source", "heading_path", "title", "model"]
 
 
@@ -117,6 +118,7 @@ def schema(dim: int) -> pa.Schema:
         pa.field("model", pa.string()),
         pa.field("page", pa.int32(), nullable=True),  # first page of the chunk; null where no pages
         pa.field("metadata", metadata_type()),
+        pa.field("text_hash", pa.string()),  # ids.text_hash(text): a stored vector is found by its text
     ])
 
 
@@ -154,6 +156,7 @@ def struct_sql(struct: pa.StructType, have: pa.Schema) -> str:
 MIGRATIONS: tuple[AddColumn, ...] = (
     AddColumn("page", lambda have: "CAST(NULL AS INT)"),
     AddColumn("metadata", lambda have: struct_sql(metadata_type(), have)),
+    AddColumn("text_hash", lambda have: "encode(sha256(text), 'hex')"),  # = ids.text_hash, computed by LanceDB
 )
 
 
@@ -362,15 +365,20 @@ class KnowledgeBase:
         return pa.Table.from_arrays([md if f.name == "metadata" else flat.column(f.name) for f in full], schema=full)
 
     @_damage_checked
-    def vectors_by_text(self, doc_id: str, model: str) -> dict[str, Any]:
-        """The vectors this document's stored chunks have, by chunk text, where the same model made
-        them: an edit re-embeds only the chunks whose text changed."""
-        if self._table is None:
+    def vectors_by_hash(self, hashes: Iterable[str], model: str) -> dict[str, Any]:
+        """The stored vectors of these texts (by ids.text_hash) that the same model made, from any
+        document of the knowledge base: a text stored once is never embedded again."""
+        if self._table is None or "text_hash" not in self._table.schema.names:
             return {}
-        t = (self._table.search(None).where(in_predicate("doc_id", [doc_id]))
-             .select(["text", "vector", "model"]).limit(None).to_arrow())
-        return {txt: vec for txt, vec, m in zip(t["text"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist())
-                if m == model}
+        wanted = sorted(set(hashes))
+        found: dict[str, Any] = {}
+        for i in range(0, len(wanted), LOOKUP_KEYS):
+            t = (self._table.search(None).where(in_predicate("text_hash", wanted[i:i + LOOKUP_KEYS]))
+                 .select(["text_hash", "vector", "model"]).limit(None).to_arrow())
+            for h, vec, m in zip(t["text_hash"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist()):
+                if m == model:
+                    found[h] = vec
+        return found
 
     @_damage_checked
     def models(self) -> list[str]:

@@ -36,3 +36,14 @@ def test_previous_versions_table_reruns_with_nothing_embedded(old_kb):
     hits = run_cli("search", "--kb", "compat", "how do I design for reliability", "--json", home=old_kb)
     assert hits.returncode == 0, hits.stderr
     assert json.loads(hits.stdout)[0]["source"] == str(SOURCE / "principles.md")
+    from kbingest.pipeline.ids import text_hash
+    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.paths import Home
+
+    t = KnowledgeBase(Home(old_kb), "compat")._table.to_arrow()  # gained by LanceDB's SQL: the same hash
+    assert t.num_rows and t["text_hash"].to_pylist() == [text_hash(x) for x in t["text"].to_pylist()]
+    (SOURCE / "moved").mkdir()  # a page moved: a new document whose every text the old table holds
+    shutil.copy(SOURCE / "principles.md", SOURCE / "moved" / "principles.md")
+    r = run_cli("ingest", str(SOURCE), "--kb", "compat", "--batch", home=old_kb)
+    m = json.loads(r.stdout.splitlines()[-1])["metrics"]
+    assert r.returncode == 0 and m["documents_added"] == 1 and m["chunks_embedded"] == 0 and m["chunks_reused"] > 0

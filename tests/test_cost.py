@@ -50,6 +50,54 @@ def test_repeated_text_is_embedded_once(tmp_path, home):
     assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)  # right vectors
 
 
+def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
+    """Across jobs and documents: a page copied or moved to another folder, and a page that shares
+    paragraphs with stored ones, embed only their new texts; the stored vectors are the ones reused."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(3):
+        (first / f"page{i}.md").write_text(f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n"
+                                           f"## Footer {i}\n\n{PHRASE} Page {i}.\n")
+    emb = CountingEmbedder()
+    svc = _svc(home, emb)
+    one = svc.start(svc.config([str(first)], "kbwide", embedder="fake", max_tokens=32, overlap_tokens=0)).run()
+    assert one.status == JobStatus.COMPLETED and not one.m.chunks_reused
+    stored_texts = set(emb.texts)
+    second = tmp_path / "moved"
+    second.mkdir()
+    (second / "page0-copy.md").write_text((first / "page0.md").read_text())
+    (second / "page1-edited.md").write_text((first / "page1.md").read_text() + "\n## New\n\nA paragraph never seen.\n")
+    emb.texts.clear()
+    two = svc.start(svc.config([str(second)], "kbwide", embedder="fake", max_tokens=32, overlap_tokens=0)).run()
+    assert two.status == JobStatus.COMPLETED
+    assert emb.texts and not set(emb.texts) & stored_texts  # only the new paragraph's chunk(s)
+    assert two.m.chunks_embedded == len(emb.texts) and two.m.chunks_reused == two.m.chunks_created - len(emb.texts)
+    assert two.m.chunks_reused >= 4
+    emb_phase = next(p for p in two.phase_details if p.name == "embedding")
+    assert emb_phase.items_processed == emb_phase.items_total == two.m.chunks_created
+    t = KnowledgeBase(home, "kbwide")._table.to_arrow()
+    assert t.num_rows == one.m.chunks_created + two.m.chunks_created
+    want = FakeEmbedder().embed(t["text"].to_pylist())
+    assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)
+    from kbingest.pipeline.ids import text_hash
+    assert t["text_hash"].to_pylist() == [text_hash(x) for x in t["text"].to_pylist()]
+
+
+def test_a_stored_vector_of_another_model_is_not_reused(tmp_path, home):
+    from kbingest.pipeline.ids import text_hash
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text(f"# A\n\n{PHRASE}\n")
+    svc = _svc(home, CountingEmbedder())
+    svc.start(svc.config([str(src)], "models", embedder="fake")).run()
+    kb = KnowledgeBase(home, "models")
+    h = text_hash(kb._table.to_arrow()["text"][0].as_py())
+    model = kb._table.to_arrow()["model"][0].as_py()
+    assert set(kb.vectors_by_hash([h], model)) == {h}
+    assert kb.vectors_by_hash([h], model + "-other") == {}
+
+
 def test_a_document_that_breaks_the_model_does_not_strand_its_shared_text(tmp_path, home):
     """Document A leads a text B shares; A breaks the model: B's row is embedded on its own, B completes."""
     src = tmp_path / "docs"

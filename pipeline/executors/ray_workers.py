@@ -46,9 +46,12 @@ def replay(calls: Iterable[tuple[str, tuple]], reporter: Any) -> None:
 
 
 class _NoStoredVectors:
-    """Workers do not read the table: an edited document is embedded whole (the vectors are the same)."""
+    """Workers do not read the table: a text it holds is embedded again (the vectors are the same)."""
 
-    def vectors_by_text(self, doc_id: str, model: str) -> dict:
+    def count(self) -> int:
+        return 0
+
+    def vectors_by_hash(self, hashes, model: str) -> dict:
         return {}
 
 

@@ -1,6 +1,7 @@
 """Chunking: a loaded document becomes rows (chunk text, ids, heading path), before vectors.
 
-An edited document keeps the vectors of its chunks whose text did not change (reused, not embedded).
+A chunk whose text the knowledge base already holds, from this document before an edit or from any
+other, of the same model, keeps that stored vector (reused, not embedded).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class ChunkStage:
         self.kb = kb
         self.version_key = config.version_key()
         self.model = config.vector_model
+        self.lookup = kb.count() > 0  # rows this job commits are found by the embed stage's own cache
 
     def __call__(self, d: Doc) -> Optional[Doc]:
         """The document with its rows; None when it failed (recorded). A removal passes through."""
@@ -50,7 +52,7 @@ class ChunkStage:
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
         r.count("chunks_created", len(d.rows))
-        if d.replaces and d.rows:
+        if self.lookup and d.rows:
             self._reuse_vectors(d)
         r.progress(PHASE)
         return d
@@ -62,15 +64,15 @@ class ChunkStage:
         self.r.phase_done(PHASE)
 
     def _reuse_vectors(self, d: Doc) -> None:
-        """An edited document keeps the vectors of the chunks whose text did not change."""
+        """Rows whose text the knowledge base holds, made by the same model, take the stored vector."""
         try:
-            known = self.kb.vectors_by_text(d.doc_id, self.model)
+            known = self.kb.vectors_by_hash([row["text_hash"] for row in d.rows], self.model)
         except Exception:  # only an optimisation: embed everything instead
-            log.warning("could not read the stored vectors of %s", d.path, exc_info=True)
+            log.warning("could not read the stored vectors for %s", d.path, exc_info=True)
             return
         reused = 0
         for row in d.rows:
-            v = known.get(row["text"])
+            v = known.get(row["text_hash"])
             if v is not None:
                 row["vector"] = v
                 reused += 1
@@ -87,5 +89,5 @@ def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str) -> list[dict]
         "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, version_key),
         "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
         "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-        "model": model, "page": page,
+        "model": model, "page": page, "text_hash": ids.text_hash(ch.text),
     } for ch, page in zip(chunked.chunks, pages)]

@@ -6,7 +6,6 @@ that break the model (recorded, dropped) from a model that is broken (the phase 
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -22,24 +21,20 @@ PHASE = JobPhase.EMBEDDING
 CACHE_ENTRIES = 20_000  # vectors kept by text within a job (~31 MB at 384 float32): repeated text is embedded once
 
 
-def text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-
-
 class VectorCache:
     """The newest vectors of the job by text: bounded, least recently used out first."""
 
     def __init__(self, entries: int = CACHE_ENTRIES) -> None:
         self.entries = entries
-        self._d: OrderedDict[bytes, Any] = OrderedDict()
+        self._d: OrderedDict[str, Any] = OrderedDict()
 
-    def get(self, key: bytes) -> Any:
+    def get(self, key: str) -> Any:
         v = self._d.get(key)
         if v is not None:
             self._d.move_to_end(key)
         return v
 
-    def put(self, key: bytes, vector: Any) -> None:
+    def put(self, key: str, vector: Any) -> None:
         self._d[key] = vector
         self._d.move_to_end(key)
         if len(self._d) > self.entries:
@@ -56,7 +51,7 @@ class EmbedStage:
         self._embedder = embedder      # called (and the model loaded) at the first batch only
         self.pending: list[Doc] = []   # documents with rows not all embedded yet, in order
         self.todo: list[tuple[Doc, int]] = []  # (document, row index) waiting for a batch: one per distinct text
-        self.waiting: dict[bytes, list[tuple[Doc, int]]] = {}  # text key -> rows that take that text's vector
+        self.waiting: dict[str, list[tuple[Doc, int]]] = {}  # text hash -> rows that take that text's vector
         self.cache = VectorCache()
 
     def add(self, d: Doc) -> list[Doc]:
@@ -67,7 +62,7 @@ class EmbedStage:
             for i, row in enumerate(d.rows):
                 if "vector" in row:
                     continue
-                key = text_key(row["text"])
+                key = row["text_hash"]
                 known = self.cache.get(key)
                 if known is not None:  # this text was embedded before in this job
                     row["vector"] = known
@@ -114,7 +109,7 @@ class EmbedStage:
             if not d.dropped:
                 keep.append((d, i))
                 continue
-            key = text_key(d.rows[i]["text"])
+            key = d.rows[i]["text_hash"]
             others = [(o, j) for o, j in self.waiting.pop(key, []) if not o.dropped]
             if others:
                 self.waiting[key] = others
@@ -123,7 +118,7 @@ class EmbedStage:
 
     def _deliver(self, d: Doc, i: int, vector: Any) -> int:
         """Give a distinct text's vector to every row waiting for it; the number of rows that reused it."""
-        key = text_key(d.rows[i]["text"])
+        key = d.rows[i]["text_hash"]
         self.cache.put(key, vector)
         rows = [(dd, ii) for dd, ii in self.waiting.pop(key, [(d, i)]) if not dd.dropped]
         for dd, ii in rows:
