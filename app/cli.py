@@ -8,6 +8,7 @@ Heavy libraries (LanceDB, fastembed, Textual) are imported only by the commands 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -215,14 +216,17 @@ def _log_to_stderr() -> None:
 
 
 def _run(job, svc: Service, batch: bool) -> int:
-    if batch:
-        from kbingest.app.batch import run_batch
+    """A watch job and a dashboard answer `kbingest search` in this home while they run (warm)."""
+    resident = svc.answer_searches() if (job.config.watch or not batch) else contextlib.nullcontext()
+    with resident:
+        if batch:
+            from kbingest.app.batch import run_batch
 
-        _log_to_stderr()
-        return int(run_batch(job))
-    from kbingest.app.dashboard import run_dashboard
+            _log_to_stderr()
+            return int(run_batch(job))
+        from kbingest.app.dashboard import run_dashboard
 
-    return int(run_dashboard(svc, job))
+        return int(run_dashboard(svc, job))
 
 
 def cmd_control(args: argparse.Namespace, what: str) -> int:
@@ -337,7 +341,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         remote = RemoteService(args.server, token=args.token or os.environ.get("KBINGEST_TOKEN"))
         remote.ping()
         return int(run_dashboard(remote, None))
-    return int(run_dashboard(_service(args), None))
+    svc = _service(args)
+    with svc.answer_searches():  # `kbingest search` in another shell asks this process, warm
+        return int(run_dashboard(svc, None))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

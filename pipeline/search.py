@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Optional
+import threading
+from typing import Any, Callable, Mapping, Optional
 
 from kbingest.pipeline.embedding import make_embedder
 from kbingest.pipeline.errors import InvalidInput
@@ -22,6 +23,31 @@ def locate(home: Home, config: Optional[JobConfig], db: Optional[str] = None,
     return KbLocation.resolve(home, db, db_options)
 
 
+_query_models: dict[tuple[str, str], Any] = {}
+_query_models_lock = threading.Lock()
+
+
+class _SharedEmbedder:
+    """One loaded model for every query of the process (a resident one answers many, from threads)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> Any:
+        with self._lock:
+            return self._inner.embed(texts)
+
+
+def query_embedder(config: JobConfig) -> Any:
+    """The process's query model for this config's embedder and model, loaded at its first query."""
+    key = (config.embedder, config.model)
+    with _query_models_lock:
+        if key not in _query_models:
+            _query_models[key] = _SharedEmbedder(make_embedder(config.embedder, config.model, batch_size=1))
+        return _query_models[key]
+
+
 def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: str = "hybrid",
               embedder_factory: Optional[Callable] = None) -> list[SearchHit]:
     if mode not in SEARCH_MODES:
@@ -32,7 +58,6 @@ def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: st
         return []  # nothing to find: the model is not loaded
     vec = None
     if mode != "text":
-        embedder = embedder_factory(config) if embedder_factory else make_embedder(
-            config.embedder, config.model, batch_size=1)
+        embedder = (embedder_factory or query_embedder)(config)
         vec = embedder.embed([query])[0]
     return kb.search(vec, k, mode=mode, text=query)

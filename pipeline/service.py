@@ -354,6 +354,13 @@ class Service:
 
         return announced(self.home, url, token_required)
 
+    def answer_searches(self):
+        """A context manager: while it is open, this process (a watch job, a dashboard) answers
+        `kbingest search` in this home, unless another resident process does already."""
+        from kbingest.pipeline.resident import answering_searches
+
+        return answering_searches(self)
+
     # ---- front-end preferences --------------------------------------------------------------
     def settings(self) -> dict:
         """The preferences kept in the home (settings.json): {} when there are none."""
@@ -383,9 +390,6 @@ class Service:
                db_options: Optional[dict] = None):
         """The k chunks nearest the query (vector, full-text or hybrid), embedded with the model the
         knowledge base was built with, where its jobs put it (or `db`)."""
-        _validated(kb, "knowledge base name")
-        if k < 1:
-            raise InvalidInput("-k must be at least 1")
         if self.resident_search and db is None and not db_options:
             from kbingest.pipeline.models import SearchHit
             from kbingest.pipeline.resident import find, search as resident_search
@@ -394,10 +398,18 @@ class Service:
             hits = resident_search(server, kb, query, k, mode) if server else None
             if hits is not None:
                 return [SearchHit(**h) for h in hits]
+        return self.search_here(kb, query, k, mode, db, db_options)
+
+    def search_here(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
+                    db_options: Optional[dict] = None):
+        """search() in this process, never through a resident one; the query model stays loaded."""
         from kbingest.pipeline.embedding import EmbeddingError
         from kbingest.pipeline.index import KnowledgeBase
         from kbingest.pipeline.search import locate, search_kb
 
+        _validated(kb, "knowledge base name")
+        if k < 1:
+            raise InvalidInput("-k must be at least 1")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
         location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
         base = KnowledgeBase(self.home, kb, location)

@@ -3,6 +3,7 @@ progress stays truthful when most chunks are reused."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kbingest.pipeline.embedding import FakeEmbedder
 from kbingest.pipeline.index import KnowledgeBase
@@ -163,3 +164,61 @@ def test_search_asks_the_resident_server_first_and_starts_cold_without_it(tmp_pa
     assert not (h / "serve.json").exists()
     again = run_cli("search", "--kb", "docs", "reliability principles", "--json", home=h)
     assert again.returncode == 0 and json.loads(again.stdout) == json.loads(cold.stdout)
+
+
+def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
+    """`kbingest search` in another shell asks a running `ingest --watch` (no LanceDB or model import in
+    the search process), sees an edit once the watch has indexed it, and starts cold once it is gone.
+    The responder wants the secret written in the home's private announcement."""
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from conftest import REPO, run_cli
+    from test_control import Batch
+
+    h = tmp_path / "h"
+    src = tmp_path / "watched"
+    shutil.copytree(pages, src)
+    w = Batch(["ingest", str(src), "--kb", "docs", "--batch", "--watch", "--embedder", "fake"], h, tmp_path,
+              name="watch")
+    try:
+        assert w.wait_for(lambda d: d["status"] == "running" and "watching" in d["message"], 90), w.stderr
+        announcement = json.loads((h / "serve.json").read_text())
+        assert (h / "serve.json").stat().st_mode & 0o077 == 0 and announcement["pid"] == w.p.pid
+        with pytest.raises(urllib.error.HTTPError) as no_secret:  # the port alone gives nothing
+            urllib.request.urlopen(announcement["url"] + "/api/ingestion/kb/docs/search?q=x", timeout=10)
+        assert no_secret.value.code == 401
+
+        def search(query: str) -> tuple[list, set]:
+            r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search",
+                                "--kb", "docs", query, "--json"], capture_output=True, text=True, cwd=str(REPO),
+                               timeout=120)
+            assert r.returncode == 0, r.stderr[-2000:]
+            imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
+            return json.loads(r.stdout), imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
+
+        hits, heavy = search("reliability principles")
+        assert hits and not heavy
+        page = sorted(src.rglob("*.md"))[0]
+        page.write_text(page.read_text() + "\n\n## Zanzibar quokka\n\nThe zanzibar quokka paragraph.\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            hits, heavy = search("zanzibar quokka")
+            if any("quokka" in x["text"] for x in hits):
+                break
+            time.sleep(0.2)
+        assert any("quokka" in x["text"] for x in hits) and not heavy
+        missing = run_cli("search", "--kb", "nope", "x", home=h)
+        assert missing.returncode == 2 and "no knowledge base" in missing.stderr  # typed, through the responder
+    finally:
+        w.p.send_signal(signal.SIGTERM)
+        assert w.finish(60) == 130, w.stderr
+    assert not (h / "serve.json").exists()
+    again = run_cli("search", "--kb", "docs", "zanzibar quokka", "--json", home=h)
+    assert again.returncode == 0 and any("quokka" in x["text"] for x in json.loads(again.stdout))
