@@ -372,7 +372,9 @@ class KbIngestApp(App[None]):
         m = s.metrics
         parts = []
         if "documents_found" in m:
-            parts.append(f"{m.get('documents_found', 0)} docs found")
+            by_format = m.get("documents_by_format") or {}
+            formats = f" ({', '.join(f'{n} {f}' for f, n in sorted(by_format.items()))})" if len(by_format) > 1 else ""
+            parts.append(f"{m.get('documents_found', 0)} docs found{formats}")
             for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
                                ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
                 if m.get(key):

@@ -155,6 +155,7 @@ class JobMetrics(BaseModel):
     documents_failed: Optional[int] = None
     documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
     files_ignored: Optional[int] = None        # not documents (by name)
+    documents_by_format: Optional[dict[str, int]] = None  # documents_found by format (markdown, pdf...)
     chunks_created: Optional[int] = None
     chunks_embedded: Optional[int] = None
     chunks_reused: Optional[int] = None        # vectors reused instead of embedded

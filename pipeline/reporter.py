@@ -38,6 +38,7 @@ class TrackerReporter:
         self._warnings: list[dict[str, str]] = []
         self._full_pass = True
         self._skip_credit = 0  # documents this job wrote in earlier passes: skipped now, they are not "unchanged"
+        self._by_format: dict[str, int] = dict(tracker.snapshot().m.documents_by_format or {})
         self._recount()
 
     # ---- progress ---------------------------------------------------------------------------
@@ -67,6 +68,15 @@ class TrackerReporter:
             n -= used
         if n:
             self.t.incr_metric(metric, n)
+
+    def found(self, fmt: str) -> None:
+        """A document the walk found, of this format: counted in documents_found and by format (a full
+        pass counts anew; a watch burst counts in its "this_pass" block only)."""
+        self.count("documents_found")
+        if self._full_pass:
+            with self._lock:
+                self._by_format[fmt] = self._by_format.get(fmt, 0) + 1
+                self.t.set_metric("documents_by_format", dict(self._by_format))
 
     def set(self, metric: str, value: Any) -> None:
         self.t.set_metric(metric, value)
@@ -148,6 +158,8 @@ class TrackerReporter:
             self._skip_credit = (m.documents_added or 0) + (m.documents_replaced or 0)
             for key in WALK_METRICS:
                 self.t.set_metric(key, 0)
+            self._by_format = {}
+            self.t.set_metric("documents_by_format", {})
         for key in JOB_TOTALS:
             if getattr(m, key) is None:
                 self.t.set_metric(key, 0)

@@ -329,6 +329,29 @@ def test_file_names_are_shown_literally(home):
     run(scenario())
 
 
+def test_summary_counts_documents_by_format(home):
+    """A mixed folder: the job's summary says how many documents of each format the walk found."""
+    from kbingest.pipeline.models import JobRecord, iso, utcnow
+    from kbingest.pipeline.tracker import PhaseTracker
+
+    t = PhaseTracker("mixed-1", "mixed")
+    t.set_status(JobStatus.RUNNING)
+    t.set_metric("documents_found", 10)
+    t.set_metric("documents_by_format", {"pdf": 5, "markdown": 1, "html": 2, "docx": 2})
+    now = iso(utcnow())
+    store_of(home).put(JobRecord(job_id="mixed-1", config=JobConfig(sources=["/d"], kb="mixed"), status=t.snapshot(),
+                                 created_at=now, updated_at=now))
+
+    async def scenario() -> None:
+        app = KbIngestApp(home, None, store=store_of(home))
+        async with app.run_test(size=(200, 50)) as pilot:
+            await pilot.pause()
+            summary = app.query_one("#summary").render()
+            assert "10 docs found (2 docx, 2 html, 1 markdown, 5 pdf)" in str(summary)
+
+    run(scenario())
+
+
 # ---- the event log ---------------------------------------------------------------------------
 def _view(**kw) -> JobView:
     from test_dashboard_snapshots import running_snapshot

@@ -77,6 +77,7 @@ def test_every_format_counted_and_every_error_names_its_reason(mixed):
     assert "HTML" in messages["fake.pdf"] and "PNG image" in messages["image.html"]
     loading = next(p for p in final["phase_details"] if p["name"] == "loading")
     assert loading["items_processed"] == loading["items_total"] == len(GOOD) + len(BAD) - 1  # .doc: a walk error
+    assert m["documents_by_format"] == {"markdown": 1, "html": 2, "pdf": 5, "docx": 2}  # failed ones too
     for name in BAD:
         assert name in r.stderr  # and the batch summary names each one
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator, Optional
 
-from kbingest.pipeline import ids, loading
+from kbingest.pipeline import formats, ids, loading
 from kbingest.pipeline.control import RunControl
 from kbingest.pipeline.failures import note_document, reason
 from kbingest.pipeline.index import StoredDoc
@@ -89,7 +89,8 @@ class LoadStage:
             if not counted:
                 r.add_total(PHASE)
             listed += 1
-            r.count("documents_found")
+            fmt = formats.for_path(item.path)
+            r.found(fmt.name if fmt else "unknown")
             doc, gone = self._read(item)
             if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
                 r.warning(doc.path, doc.warnings)
