@@ -129,8 +129,9 @@ class KbLocation:
         return out
 
     def connect(self):
-        import lancedb
+        from kbingest.pipeline.fastimport import import_lancedb
 
+        lancedb = import_lancedb()
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True, mode=0o700)
         return lancedb.connect(self.uri, storage_options=self.storage_options() or None)

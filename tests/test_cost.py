@@ -222,3 +222,25 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
     assert not (h / "serve.json").exists()
     again = run_cli("search", "--kb", "docs", "zanzibar quokka", "--json", home=h)
     assert again.returncode == 0 and any("quokka" in x["text"] for x in json.loads(again.stdout))
+
+
+def test_lancedb_is_imported_without_the_rest_client_it_never_uses(tmp_path):
+    """pipeline/fastimport.py: the REST namespace client's package __init__ (0.9 s) does not run for
+    LanceDB on a folder; a name of that package, once used, is there (its __init__ runs then)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from kbingest.pipeline.fastimport import import_lancedb
+import pyarrow as pa
+db = import_lancedb().connect({str(tmp_path / 'db')!r})
+t = db.create_table("t", pa.table({{"a": [1, 2, 3]}}))
+assert t.count_rows() == 2 + 1 and t.search(None).where("a > 1").to_arrow().num_rows == 2
+assert "lance_namespace_urllib3_client.api" not in sys.modules, "the REST client was imported"
+from lance_namespace_urllib3_client import ApiClient  # used: the package's __init__ runs, whole
+assert "lance_namespace_urllib3_client.api" in sys.modules and ApiClient.__name__ == "ApiClient"
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
