@@ -387,6 +387,9 @@ class ProcResult:
 def bench_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
+    # as a user's Python runs: it keeps the bytecode of what it imported (this sandbox's environment
+    # turns that off, which makes every command compile kbingest's own modules again, ~0.1 s)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("KBINGEST_FAKE_DELAY", None)
     env.pop("KBINGEST_FAKE_FAIL_ON", None)
     env.pop("KBINGEST_CRASH_AT", None)

@@ -579,22 +579,22 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
             f"{fj([wo['cpu_s'] for _, wo in fake], '.2f')} s; walls with {fj([w['wall_s'] for w, _ in fake], '.2f')} s, "
             f"without {fj([wo['wall_s'] for _, wo in fake], '.2f')} s; pairs alternate which runs first")
     rows = [
-        Row("10.1", "metadata struct: ingest process CPU with / without - 1, FAKE embedder without delay (worst case)",
+        Row("17.1", "metadata struct: ingest process CPU with / without - 1, FAKE embedder without delay (worst case)",
             unit="%", values=cpu, op="<", target=2.0, goal="< 2 % (reference: run-to-run noise is larger)",
             note=note),
-        Row("10.2", "metadata struct: ingest wall with / without - 1, same runs (wall is noisy on a shared machine)",
+        Row("17.2", "metadata struct: ingest wall with / without - 1, same runs (wall is noisy on a shared machine)",
             unit="%", values=wall),
-        Row("10.3", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
+        Row("17.3", "metadata struct: time assembling it (struct_from_columns) / ingest wall, same runs", unit="%",
             values=direct, op="<", target=2.0, goal="< 2 % (reference)"),
-        Row("10.7", "metadata struct: table data files with / without (after the final optimize)", unit="x",
+        Row("17.7", "metadata struct: table data files with / without (after the final optimize)", unit="x",
             values=[w["data_bytes"] / wo["data_bytes"] for w, wo in fake],
             note=f"data files with {fake[0][0]['data_bytes'] / 2**20:.1f} MiB, without "
                  f"{fake[0][1]['data_bytes'] / 2**20:.1f} MiB (first pair)"),
-        Row("10.9", "metadata struct: peak RSS of the ingest process with / without, same runs", unit="x",
+        Row("17.9", "metadata struct: peak RSS of the ingest process with / without, same runs", unit="x",
             values=[w["peak_mib"] / wo["peak_mib"] for w, wo in fake],
             note=f"with {fj([w['peak_mib'] for w, _ in fake], '.0f')} MiB, without "
                  f"{fj([wo['peak_mib'] for _, wo in fake], '.0f')} MiB"),
-        Row("10.8", f"metadata struct: migration of a table an earlier version made ({n} rows), seconds",
+        Row("17.8", f"metadata struct: migration of a table an earlier version made ({n} rows), seconds",
             unit="s", values=[wo["migrate_s"] for _, wo in fake],
             note="KnowledgeBase.ensure on the 'without' table: add_columns computed by LanceDB, the model tag"),
     ]
@@ -608,11 +608,11 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
     extra_ms = [1000 * (w - wo) / d["chunks"] for w, wo in zip(d["with"], d["without"])]
     ingest_ms = median([1000 * wo["cpu_s"] / wo["chunks_indexed"] for _, wo in fake])
     rows += [
-        Row("10.4", "metadata struct: extra CPU of KnowledgeBase.write per chunk (write alone, same rows)",
+        Row("17.4", "metadata struct: extra CPU of KnowledgeBase.write per chunk (write alone, same rows)",
             unit="ms", values=extra_ms,
             note=f"{d['chunks']} rows in batches of {default_config()['commit_rows']} into a new table, CPU s with "
                  f"{fj(d['with'], '.3f')}, without {fj(d['without'], '.3f')}"),
-        Row("10.5", "metadata struct: that extra write CPU / the whole ingest's CPU per chunk, FAKE embedder",
+        Row("17.5", "metadata struct: that extra write CPU / the whole ingest's CPU per chunk, FAKE embedder",
             unit="%", values=[100 * x / ingest_ms for x in extra_ms], op="<", target=2.0, goal="< 2 %",
             note=f"the fake-embedder ingest without the struct spends {ingest_ms:.2f} ms of CPU per chunk (figure 10.1 "
                  f"runs); the real model spends about 40 ms of wall per chunk on top"),
@@ -622,7 +622,7 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
         log(f"figure 10: the real model, each run paused after {seconds:.0f} s")
         real = pairs("real", ctx.reps(2, 1), seconds)
         rate = [(w["chunks_embedded"] / w["wall_s"]) / (wo["chunks_embedded"] / wo["wall_s"]) for w, wo in real]
-        rows.append(Row("10.6", "metadata struct: REAL model, chunks embedded per second with / without (bounded "
+        rows.append(Row("17.6", "metadata struct: REAL model, chunks embedded per second with / without (bounded "
                                 "prefix)", unit="x", values=rate, op=">=", target=0.98, goal=">= 0.98 (reference)",
                         note=f"paused after {seconds:.0f} s; chunks embedded with "
                              f"{fj([w['chunks_embedded'] for w, _ in real], 'd')}, without "
@@ -668,14 +668,14 @@ def fig_serve(ctx: Ctx) -> list[Row]:
     d = json.loads(r.stdout.strip().splitlines()[-1])
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks)"
     return [
-        Row("10.1", f"serve: p99 latency of GET .../kb/{{kb}}/status under load ({load})", unit="ms",
+        Row("15.1", f"serve: p99 latency of GET .../kb/{{kb}}/status under load ({load})", unit="ms",
             values=d["p99_per_run_ms"], op="<", target=50.0, goal="< 50 ms",
             note=f"`python -m bench.serve_load`: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
                  f"{d['p99_ms']:.1f} ms, max {d['max_ms']:.0f} ms, {d['errors']} non-200; SSE events per job "
                  f"{d['sse_events']}, final {d['sse_final']}; the same clients with no job running: p50 "
                  f"{d['idle_p50_ms']:.1f} ms, p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end "
                  f"{fj(d['load_avg'], '.1f')} (2 cores)"),
-        Row("10.2", f"serve: job throughput with the clients / without, same run, alternating ({load})", unit="x",
+        Row("15.2", f"serve: job throughput with the clients / without, same run, alternating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
                  f"(job wall time from the status, model load included)"),

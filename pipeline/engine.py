@@ -428,14 +428,17 @@ class IngestJob:
     def _run_pass(self, scope: Optional[list[str]] = None) -> None:
         """One pass over the sources (scope None) or over these paths below them (a watch burst)."""
         c, t, r = self.config, self.tracker, self.reporter
-        kb = KnowledgeBase.for_job(self.home, c)
+        kb = KnowledgeBase.for_job(self.home, c)  # opened only when needed
         dim = self._expected_dim()
-        if kb.exists and dim is not None and kb.dim != dim:
-            raise IndexError_(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
-                              f"makes {dim}: use another --kb for another model")
-        if kb.exists:
-            kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
-        stored = kb.stored_docs()
+        remembered = kb.remembered(dim)  # as at the end of the last pass, if the table has not changed since
+        stored = remembered
+        if stored is None:
+            if kb.exists and dim is not None and kb.dim != dim:
+                raise IndexError_(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
+                                  f"makes {dim}: use another --kb for another model")
+            if kb.exists:
+                kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
+            stored = kb.stored_docs()
         chunker = Chunker(c.chunk_settings(), self._token_counter())
         r.new_pass(full=scope is None)  # job totals go on across passes; "this_pass" restarts
         r.forget(scope)  # every pass finds the problems of what it walks again
@@ -456,6 +459,9 @@ class IngestJob:
         self._index_stage = stages.index
         try:
             self.executor.run_pass(stages)
+        except BaseException:
+            kb.forget()  # a commit may have failed midway: the next pass scans the table
+            raise
         finally:
             if getattr(self.executor, "queues", None) is not None:  # an executor the monitor samples
                 with self._gauge_lock:
@@ -464,5 +470,7 @@ class IngestJob:
         if dry:
             rate, source = embed_rate(self.store.all(), c.vector_model)
             t.set_metric("dry_run", self._dry_run.report(rate, source))
-        elif not kb.exists and not self.control.stopping:  # nothing was written: the knowledge base exists, empty
+        elif remembered is None and not kb.exists and not self.control.stopping:  # nothing written: it exists, empty
             kb.ensure(dim if dim is not None else self._embedder().dim)
+        if not dry:
+            kb.remember(stored)

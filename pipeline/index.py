@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from kbingest.pipeline.errors import EngineFailure  # noqa: E402
+from kbingest.pipeline import kbstate  # noqa: E402
 from kbingest.pipeline.ids import in_predicate  # noqa: E402
+from kbingest.pipeline.kbstate import StoredDoc  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.models import SearchHit  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
 from kbingest.pipeline.storage import KbLocation  # noqa: E402
@@ -185,13 +187,6 @@ def struct_from_columns(struct: pa.StructType, flat: pa.Table, rows: list[dict[s
     return pa.StructArray.from_arrays(arrays, fields=list(struct))
 
 
-@dataclass(frozen=True)
-class StoredDoc:
-    version: str
-    source: str
-    chunks: int
-
-
 def _default_ann_min_rows() -> int:
     from kbingest.pipeline.models import JobConfig
 
@@ -216,18 +211,75 @@ def list_kbs(home: Home, location: Optional[KbLocation] = None) -> list[str]:
 
 
 class KnowledgeBase:
-    @_damage_checked
+    """One knowledge base's table. Nothing is opened (nor LanceDB imported) until something needs the
+    table: an unchanged run that knows what the table holds (`remembered`) never opens it."""
+
     def __init__(self, home: Home, name: str, location: Optional[KbLocation] = None,
                  ann_min_rows: Optional[int] = None) -> None:
         self.name = validate_name(name, "knowledge base name")
+        self.home = home
         self.location = location or KbLocation.default(home)
         self.ann_min_rows = ann_min_rows if ann_min_rows is not None else _default_ann_min_rows()
-        self._db = connect(home, self.location)
         self._optimize_marker = home.optimize_marker(self.name)
-        self._table = None
+        self._conn = None
+        self._tbl = None
+        self._opened = False
         self.commits = 0
-        if self.name in _table_names(self._db):
-            self._table = self._db.open_table(self.name)
+        self.written: dict[str, Optional[StoredDoc]] = {}  # what this object committed: doc_id -> it, None: removed
+
+    @property
+    def _db(self):
+        if self._conn is None:
+            self._conn = connect(self.home, self.location)
+        return self._conn
+
+    @property
+    def _table(self):
+        if not self._opened:
+            self._open()
+        return self._tbl
+
+    @_table.setter
+    def _table(self, table) -> None:
+        self._tbl, self._opened = table, True
+
+    @_damage_checked
+    def _open(self) -> None:
+        self._tbl = self._db.open_table(self.name) if self.name in _table_names(self._db) else None
+        self._opened = True
+
+    # ---- what it holds, remembered between runs (pipeline/kbstate.py) -------------------------
+    def remembered(self, dim: Optional[int]) -> Optional[dict[str, StoredDoc]]:
+        """The documents the table holds, from the home's memory of it, without opening it: when the
+        table is as it was at the end of the last pass, of vectors of size `dim`, and migrated."""
+        if dim is None or self.location != KbLocation.default(self.home):
+            return None
+        state = kbstate.read(self.home, self.name)
+        if state is None or state.dim != dim or not set(schema(dim).names) <= set(state.columns):
+            return None
+        return state.docs
+
+    def remember(self, stored: dict[str, StoredDoc]) -> None:
+        """At the end of a pass whose documents began as `stored`: remember them with what this object
+        wrote since (the job holds the knowledge base's lock, so no one else wrote)."""
+        if self.location != KbLocation.default(self.home):
+            return
+        if not self._opened and not self.written:
+            return  # not opened: the table is as remembered
+        if self._table is None:
+            kbstate.forget(self.home, self.name)
+            return
+        docs = dict(stored)
+        for doc_id, doc in self.written.items():
+            if doc is None:
+                docs.pop(doc_id, None)
+            else:
+                docs[doc_id] = doc
+        kbstate.write(self.home, self.name, self.dim or 0, self._table.schema.names, docs)
+
+    def forget(self) -> None:
+        """The table may hold what this run does not know (a write failed midway): scan it next time."""
+        kbstate.forget(self.home, self.name)
 
     @classmethod
     def for_job(cls, home: Home, config) -> "KnowledgeBase":
@@ -319,6 +371,7 @@ class KnowledgeBase:
         if not doc_ids:
             return
         stale = doc_ids if replacing is None else sorted(set(replacing) & set(doc_ids))
+        self._note_written(rows, doc_ids)
         if not rows:
             self._table.delete(in_predicate("doc_id", doc_ids))
         else:
@@ -331,6 +384,18 @@ class KnowledgeBase:
             if model and model != self._model_tag():
                 self._tag_model(model)
         self.commits += 1
+
+    def _note_written(self, rows: list[dict[str, Any]], doc_ids: list[str]) -> None:
+        """Before the commit: a commit that fails is followed by forget(), never by remember()."""
+        per: dict[str, list[Any]] = {}
+        for r in rows:
+            e = per.get(r["doc_id"])
+            if e is None:
+                per[r["doc_id"]] = [r["doc_version"], r["source"], 1]
+            else:
+                e[2] += 1
+        for d in doc_ids:
+            self.written[d] = StoredDoc(*per[d]) if d in per else None
 
     # ---- staging (the Ray executor's workers write here; the driver commits from it) ---------
     def staging_uri(self, job_id: str) -> str:

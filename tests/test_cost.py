@@ -244,3 +244,57 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def _ingest_importing(home, src, *extra: str):
+    """`kbingest ingest --batch` in a fresh process: (its final status, whether it imported lancedb)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(home), "ingest", str(src),
+                        "--kb", "docs", "--batch", "--embedder", "fake", *extra], capture_output=True, text=True,
+                       cwd=str(REPO), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
+    return json.loads(r.stdout.splitlines()[-1])["metrics"], "lancedb" in imported
+
+
+def test_an_unchanged_run_opens_no_table_and_a_change_anywhere_is_seen(tmp_path, pages):
+    """What the table holds is remembered between runs (pipeline/kbstate.py): an unchanged run imports
+    no LanceDB; an edit, a removal, and a write to the table by anything else are all still seen."""
+    from kbingest.pipeline.paths import Home
+
+    h = tmp_path / "h"
+    n = len(list(pages.rglob("*.md")))
+    m, opened = _ingest_importing(h, pages)
+    assert m["documents_added"] == n and opened
+    m, opened = _ingest_importing(h, pages)
+    assert m["documents_skipped"] == n and m["chunks_embedded"] == 0 and not opened  # the table was not opened
+    first, second = sorted(pages.rglob("*.md"))[:2]
+    first.write_text(first.read_text() + "\n\nAn edit.\n")
+    second.unlink()
+    m, opened = _ingest_importing(h, pages)
+    assert opened and m["documents_replaced"] == 1 and m["documents_removed"] == 1 and m["documents_skipped"] == n - 2
+    m, opened = _ingest_importing(h, pages)
+    assert not opened and m["documents_skipped"] == n - 1 and not m["documents_removed"]
+    kb = KnowledgeBase(Home(h), "docs")  # another writer: a document's rows deleted behind kbingest's back
+    victim = sorted(pages.rglob("*.md"))[-1]
+    doc = next(d for d, s in kb.stored_docs().items() if s.source.endswith(victim.name))
+    kb._table.delete(f"doc_id = '{doc}'")
+    m, opened = _ingest_importing(h, pages)
+    assert opened and m["documents_added"] == 1 and m["documents_skipped"] == n - 2  # seen, and written again
+    assert {s.source for s in KnowledgeBase(Home(h), "docs").stored_docs().values()} == {
+        str(p) for p in pages.rglob("*.md")}
+
+
+def test_a_table_outside_the_home_is_always_opened(tmp_path, pages):
+    """A --db location may be written by another home, whose lock this one does not see: not remembered."""
+    h = tmp_path / "h"
+    db = tmp_path / "shared-db"
+    _ingest_importing(h, pages, "--db", str(db))
+    m, opened = _ingest_importing(h, pages, "--db", str(db))
+    assert opened and m["documents_skipped"] == len(list(pages.rglob("*.md")))
+    assert not (h / "kbstate").exists() or not any((h / "kbstate").iterdir())

@@ -30,7 +30,7 @@ class ChunkStage:
         self.kb = kb
         self.version_key = config.version_key()
         self.model = config.vector_model
-        self.lookup = kb.count() > 0  # rows this job commits are found by the embed stage's own cache
+        self._lookup: Optional[bool] = None  # whether the table held rows when the first document came
 
     def __call__(self, d: Doc) -> Optional[Doc]:
         """The document with its rows; None when it failed (recorded). A removal passes through."""
@@ -52,7 +52,7 @@ class ChunkStage:
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
         r.count("chunks_created", len(d.rows))
-        if self.lookup and d.rows:
+        if d.rows and self._stored_rows():
             self._reuse_vectors(d)
         r.progress(PHASE)
         return d
@@ -62,6 +62,13 @@ class ChunkStage:
         self.r.total_known(JobPhase.EMBEDDING)
         self.r.total_known(JobPhase.INDEXING)
         self.r.phase_done(PHASE)
+
+    def _stored_rows(self) -> bool:
+        """Rows this job commits are found by the embed stage's own cache: the table is asked only
+        if it held rows before (looked at once, when the first document needs chunking)."""
+        if self._lookup is None:
+            self._lookup = self.kb.count() > 0
+        return self._lookup
 
     def _reuse_vectors(self, d: Doc) -> None:
         """Rows whose text the knowledge base holds, made by the same model, take the stored vector."""

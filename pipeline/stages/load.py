@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Optional
 from kbingest.pipeline import formats, ids, loading
 from kbingest.pipeline.control import RunControl
 from kbingest.pipeline.failures import note_document, reason
-from kbingest.pipeline.index import StoredDoc
+from kbingest.pipeline.kbstate import StoredDoc
 from kbingest.pipeline.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
