@@ -118,11 +118,13 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
     th.start()
     if on_start:
         on_start()
+    seq = 0
     try:
         while th.is_alive():
             th.join(POLL_S)
-            snap = job.snapshot()
-            reporter.offer(snap)
+            snaps, seq = job.snapshots_since(seq)  # every status or phase change since, then now
+            for snap in snaps:
+                reporter.offer(snap)
             if tty:
                 err.write("\r\x1b[2K" + _progress_line(snap))
                 err.flush()
@@ -133,7 +135,10 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
         err.write("\r\x1b[2K")
     if "error" in result:
         raise result["error"]  # type: ignore[misc]
-    final = job.snapshot()
+    snaps, seq = job.snapshots_since(seq)
+    for snap in snaps[:-1]:
+        reporter.offer(snap)
+    final = snaps[-1]
     reporter.offer(final, force=True)
     if reporter.closed:
         err.write("kbingest: stdout was closed early: the status lines stopped there; the job went on\n")

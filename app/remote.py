@@ -60,6 +60,9 @@ class RemoteJob:
     def snapshot(self) -> JobStatusResponse:
         return self._snap
 
+    def snapshots_since(self, seq: int) -> tuple[list[JobStatusResponse], int]:
+        return [self._snap], seq
+
     @property
     def errors(self) -> list[DocumentError]:
         return self._snap.errors

@@ -492,6 +492,8 @@ async def _event_stream(host: EngineHost, job_id: str, first: JobStatusResponse,
     reporter.offer(first, force=True)
     n, idle = 0, 0.0
     snap = first
+    live = host.live(job_id)
+    seq = live.snapshots_since(1 << 62)[1] if live is not None else 0  # changes after `first` only
     while True:
         while lines.items:
             n += 1
@@ -507,7 +509,13 @@ async def _event_stream(host: EngineHost, job_id: str, first: JobStatusResponse,
         if await request.is_disconnected():
             return
         handle = host.live(job_id)
-        snap = handle.snapshot() if handle is not None else (await to_thread(host.info, job_id)).status
+        if handle is not None:  # every status or phase change since the last look, then now
+            snaps, seq = handle.snapshots_since(seq)
+        else:
+            snaps = [(await to_thread(host.info, job_id)).status]
+        for snap in snaps[:-1]:
+            reporter.offer(snap)
+        snap = snaps[-1]
         resting = snap.status.is_terminal or (snap.status == JobStatus.PAUSED and host.live(job_id) is None)
         reporter.offer(snap, force=resting)
 

@@ -48,6 +48,38 @@ def cold_commands(ws: Workspace, home: Path, kb: str, reps: int) -> dict[str, li
     return out
 
 
+def import_profile(ws: Workspace, home: Path, kb: str, docs: Path) -> list[dict[str, Any]]:
+    """Each cold command once under `python -X importtime`: its wall, the time its imports took, and
+    the packages that took most (top-level names, cumulative microseconds)."""
+    base = kbingest_cmd() + ["--home", str(home)]
+    cmds = {
+        "kbingest --help": base + ["--help"],
+        "kbingest status": base + ["status"],
+        "kbingest jobs": base + ["jobs"],
+        "kbingest ingest (unchanged)": base + ["ingest", str(docs), "--kb", kb, "--batch"],
+        "kbingest search": base + ["search", "--kb", kb, "how to design for reliability", "-k", "3"],
+    }
+    out = []
+    for name, cmd in cmds.items():
+        r = run_proc(cmd[:1] + ["-X", "importtime"] + cmd[1:], ws.root / "logs" / f"imp-{name.split()[1]}",
+                     env=bench_env())
+        total, largest = 0, {}
+        for line in r.stderr.read_text(errors="replace").splitlines():
+            if not line.startswith("import time:") or line.count("|") != 2:
+                continue
+            _, cum, mod = line[len("import time:"):].split("|")
+            if not cum.strip().isdigit():
+                continue  # the header
+            if not mod.startswith("  "):  # a top-level import: its cumulative time counts once
+                total += int(cum)
+            root = mod.strip().split(".")[0]
+            largest[root] = max(largest.get(root, 0), int(cum))  # a package's import at its outermost
+        largest.pop("kbingest", None)  # kbingest's own imports are the others
+        out.append({"command": name, "wall": r.wall, "imports_s": total / 1e6,
+                    "top": sorted(largest.items(), key=lambda kv: -kv[1])[:5]})
+    return out
+
+
 def measure(ws: Workspace, pages: int, reps: int) -> dict[str, Any]:
     docs = ws.subset(pages)
     home = ws.root / f"cost-home-{pages}"
@@ -57,6 +89,7 @@ def measure(ws: Workspace, pages: int, reps: int) -> dict[str, Any]:
     reruns = [run_ingest(ws, home, [docs], kb="cost", tag=f"rerun{i}") for i in range(reps)]
     m_re = [_final(r)["metrics"] for r in reruns]
     cold = cold_commands(ws, home, "cost", reps)
+    imports = import_profile(ws, home, "cost", docs)
     rep_dir = ws.root / "repeated"
     rep_dir.mkdir(exist_ok=True)
     (rep_dir / "phrase.txt").write_text((PHRASE * (10_000_000 // len(PHRASE))))
@@ -68,7 +101,7 @@ def measure(ws: Workspace, pages: int, reps: int) -> dict[str, Any]:
         "first_chunks_created": m_first.get("chunks_created"), "first_chunks_reused": m_first.get("chunks_reused", 0),
         "rerun_walls": [r.wall for r in reruns], "rerun_rss_mib": [r.maxrss_mib for r in reruns],
         "rerun_chunks_embedded": [m.get("chunks_embedded") for m in m_re],
-        "cold": cold,
+        "cold": cold, "imports": imports,
         "phrase_wall": phrase.wall, "phrase_rss_mib": phrase.maxrss_mib,
         "phrase_chunks_created": m_phrase.get("chunks_created"), "phrase_chunks_embedded": m_phrase.get("chunks_embedded"),
         "phrase_chunks_reused": m_phrase.get("chunks_reused"),
@@ -102,6 +135,14 @@ def rows(ctx) -> list:
                        note=f"python -c pass {base:.3f} s in the same run"))
     for name in ("kbingest --help", "kbingest jobs", "python -c pass"):
         out.append(Row(f"12.cold.{name.split()[-1]}", f"cold `{name}`, median", unit="s", values=r["cold"][name]))
+    lines = ["Each command once under `python -X importtime`, a fresh process, after the figures above: its wall time, "
+             "the time its imports took, and the top-level packages that took most (cumulative). "
+             "Command: `python -m bench --only cost`.", "",
+             "| command | wall (s) | imports (s) | largest imports (ms) |", "| --- | --- | --- | --- |"]
+    for d in r["imports"]:
+        top = ", ".join(f"{m} {us / 1000:.0f}" for m, us in d["top"])
+        lines.append(f"| `{d['command']}` | {d['wall']:.2f} | {d['imports_s']:.2f} | {top} |")
+    ctx.book.note("Cold commands: what each imports", "\n".join(lines))
     return out
 
 

@@ -123,6 +123,9 @@ class IngestJob:
     def snapshot(self) -> JobStatusResponse:
         return self.tracker.snapshot()
 
+    def snapshots_since(self, seq: int) -> tuple[list[JobStatusResponse], int]:
+        return self.tracker.snapshots_since(seq)
+
     @property
     def errors(self) -> list[DocumentError]:
         return self.reporter.errors

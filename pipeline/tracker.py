@@ -23,6 +23,7 @@ PHASE_WEIGHTS: dict[JobPhase, float] = {
     JobPhase.INDEXING: 0.10,
 }
 RATE_WINDOW_S = 10.0
+TRANSITIONS_KEPT = 64  # status-change snapshots kept for pollers (a pass makes about ten)
 
 
 def _check_metric(key: str) -> None:
@@ -82,6 +83,10 @@ class PhaseTracker:
         self._progress_floor = 0.0
         self._failed_phase: Optional[JobPhase] = None  # the phase a failed job failed in: its job-level phase
         self._version = 0  # bumped on every change: readers can tell cheaply whether anything moved
+        # a snapshot at every change of the job's or a phase's status, numbered: a poller that looks
+        # less often than they come (a fast unchanged run) still sees each one (`snapshots_since`)
+        self._transitions: deque[tuple[int, JobStatusResponse]] = deque(maxlen=TRANSITIONS_KEPT)
+        self._transition_seq = 0
 
     # ---- restoring --------------------------------------------------------------------------
     @classmethod
@@ -127,6 +132,7 @@ class PhaseTracker:
                 self._error = error
             self._stop_phases_for(status)
             self._version += 1
+            self._note_transition()
 
     def _stop_phases_for(self, status: JobStatus) -> None:
         """When the job stops, its running phases stop with it (pending ones stay pending)."""
@@ -206,6 +212,7 @@ class PhaseTracker:
                 self._phase_to(st, JobStatus.RUNNING)
                 st.samples.append((self._clock(), st.processed))
                 self._version += 1
+                self._note_transition()
 
     def add_total(self, phase: JobPhase, n: int = 1) -> None:
         """n more items (fewer, when n < 0: items dropped on the way), never below none."""
@@ -236,8 +243,11 @@ class PhaseTracker:
                 self._phase_to(st, JobStatus.RUNNING)
             st.total_final = True
             st.total = max(st.total, st.processed)
+            changed = st.status != JobStatus.COMPLETED
             self._phase_to(st, JobStatus.COMPLETED)
             self._version += 1
+            if changed:
+                self._note_transition()
 
     def skip_phase(self, phase: JobPhase) -> None:
         """The phase is not run by design (a dry run): `skipped`, done for progress."""
@@ -246,6 +256,7 @@ class PhaseTracker:
             if st.status == JobStatus.PENDING:
                 self._phase_to(st, JobStatus.SKIPPED)
                 self._version += 1
+                self._note_transition()
 
     def fail_phase(self, phase: JobPhase, error: str) -> None:
         """The phase failed. One that had completed already keeps its status (its work is done) and
@@ -259,6 +270,7 @@ class PhaseTracker:
             st.error = error
             self._failed_phase = phase
             self._version += 1
+            self._note_transition()
 
     def set_phase_error(self, phase: JobPhase, error: Optional[str]) -> None:
         """Error text on a phase that goes on (e.g. 'N documents failed')."""
@@ -302,41 +314,58 @@ class PhaseTracker:
                 out[p] = None
         return out
 
+    def _note_transition(self) -> None:
+        """Called with the lock held, after a status change."""
+        self._transition_seq += 1
+        self._transitions.append((self._transition_seq, self._snapshot_locked()))
+
+    def snapshots_since(self, seq: int) -> tuple[list[JobStatusResponse], int]:
+        """The snapshots taken at the status changes numbered after `seq` (0: all kept), oldest first,
+        then the snapshot of now; and the number to ask with next time. A poller that prints each
+        misses no status or phase change however fast they came, and never goes back in time."""
+        with self._lock:
+            out = [snap for n, snap in self._transitions if n > seq]
+            out.append(self._snapshot_locked())
+            return out, self._transition_seq
+
     def snapshot(self) -> JobStatusResponse:
         with self._lock:
-            now = self._clock()
-            details = []
-            overall = 0.0
-            current = JobPhase.COMPLETED
-            totals = self._estimated_totals()
-            for p in PHASES:
-                st = self._phases[p]
-                est = totals[p]
-                frac = 1.0 if st.status.is_done else (min(1.0, st.processed / est) if est else 0.0)
-                overall += PHASE_WEIGHTS[p] * frac
-                if current == JobPhase.COMPLETED and not st.status.is_done:
-                    current = p
-                rate = st.rate(now) if st.status == JobStatus.RUNNING else None
-                eta = None
-                if rate and rate > 0 and est is not None:
-                    eta = max(0.0, (est - st.processed) / rate)
-                details.append(PhaseDetail(
-                    name=p.value, status=st.status,
-                    progress=(100 if st.status == JobStatus.COMPLETED else 0 if st.status == JobStatus.SKIPPED
-                              else int(min(100, max(0, frac * 100)))),
-                    items_processed=st.processed, items_total=st.total,
-                    started_at=st.started_at, completed_at=st.completed_at, error=st.error,
-                    rate=round(rate, 3) if rate is not None else None,
-                    eta_seconds=round(eta, 1) if eta is not None else None,
-                    duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
-                ))
-            if self._status == JobStatus.FAILED and self._failed_phase is not None:
-                current = self._failed_phase  # not the earliest phase it stopped, but the one that failed
-            progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
-            self._progress_floor = max(self._progress_floor, progress)
-            return JobStatusResponse(
-                job_id=self.job_id, kb_id=self.kb_id, status=self._status, phase=current,
-                progress=round(self._progress_floor, 2), message=self._message, error=self._error,
-                metrics=dict(self._metrics), started_at=self._started_at, completed_at=self._completed_at,
-                phase_details=details,
-            )
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> JobStatusResponse:
+        now = self._clock()
+        details = []
+        overall = 0.0
+        current = JobPhase.COMPLETED
+        totals = self._estimated_totals()
+        for p in PHASES:
+            st = self._phases[p]
+            est = totals[p]
+            frac = 1.0 if st.status.is_done else (min(1.0, st.processed / est) if est else 0.0)
+            overall += PHASE_WEIGHTS[p] * frac
+            if current == JobPhase.COMPLETED and not st.status.is_done:
+                current = p
+            rate = st.rate(now) if st.status == JobStatus.RUNNING else None
+            eta = None
+            if rate and rate > 0 and est is not None:
+                eta = max(0.0, (est - st.processed) / rate)
+            details.append(PhaseDetail(
+                name=p.value, status=st.status,
+                progress=(100 if st.status == JobStatus.COMPLETED else 0 if st.status == JobStatus.SKIPPED
+                          else int(min(100, max(0, frac * 100)))),
+                items_processed=st.processed, items_total=st.total,
+                started_at=st.started_at, completed_at=st.completed_at, error=st.error,
+                rate=round(rate, 3) if rate is not None else None,
+                eta_seconds=round(eta, 1) if eta is not None else None,
+                duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
+            ))
+        if self._status == JobStatus.FAILED and self._failed_phase is not None:
+            current = self._failed_phase  # not the earliest phase it stopped, but the one that failed
+        progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
+        self._progress_floor = max(self._progress_floor, progress)
+        return JobStatusResponse(
+            job_id=self.job_id, kb_id=self.kb_id, status=self._status, phase=current,
+            progress=round(self._progress_floor, 2), message=self._message, error=self._error,
+            metrics=dict(self._metrics), started_at=self._started_at, completed_at=self._completed_at,
+            phase_details=details,
+        )

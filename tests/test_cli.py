@@ -21,6 +21,14 @@ def test_batch_ingest_prints_schema_valid_json_lines_and_exit_0(tmp_path, pages,
     assert [d["progress"] for d in lines] == sorted(d["progress"] for d in lines)
     assert lines[-1]["metrics"]["documents_added"] == 6
     assert "Traceback" not in r.stderr and "completed" in r.stderr
+    again = _lines(run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).stdout)
+    # an unchanged run is over in a blink, yet it has a line for every status and phase change (contracts/CLI.md)
+    assert [d["status"] for d in again][:2] == ["pending", "running"] and again[-1]["status"] == "completed"
+    phases = {name: [next(p["status"] for p in d["phase_details"] if p["name"] == name) for d in again]
+              for name in ("loading", "chunking", "embedding", "indexing")}
+    assert "running" in phases["loading"] and all(seen[-1] == "completed" for seen in phases.values()), phases
+    done_at = {name: seen.index("completed") for name, seen in phases.items()}  # each completion a line of its own
+    assert len(set(done_at.values())) == 4 and done_at["loading"] < done_at["indexing"], done_at
 
 
 def test_status_and_jobs_json_validate(tmp_path, pages, status_validator):

@@ -193,3 +193,26 @@ def test_failure_after_every_phase_completed_shows_that_phase():
     t.fail_phase(JobPhase.INDEXING, "optimize broke")
     t.set_status(JobStatus.FAILED, "failed", error="optimize broke")
     assert t.snapshot().phase == JobPhase.INDEXING
+
+
+def test_every_status_change_is_kept_for_a_slow_poller():
+    """A poller that looks once after many changes gets a snapshot of each, in order, then now."""
+    t, _ = tracker()
+    snaps, seq = t.snapshots_since(0)
+    assert [s.status for s in snaps] == [JobStatus.PENDING]  # nothing changed yet: only now
+    t.set_status(JobStatus.RUNNING, "ingesting")
+    for p in (JobPhase.LOADING, JobPhase.CHUNKING, JobPhase.EMBEDDING, JobPhase.INDEXING):
+        t.start_phase(p)
+        t.add_total(p, 2)
+        t.advance(p, 2)  # progress alone is not a change of status
+        t.complete_phase(p)
+    t.set_status(JobStatus.COMPLETED, "done")
+    snaps, seq2 = t.snapshots_since(seq)
+    assert seq2 == seq + 10 and len(snaps) == 11
+    assert [s.status for s in snaps[:2]] == [JobStatus.RUNNING, JobStatus.RUNNING]
+    assert [detail(s, "chunking").status for s in snaps[2:5]] == [JobStatus.PENDING, JobStatus.RUNNING,
+                                                                   JobStatus.COMPLETED]
+    assert snaps[-2].status == snaps[-1].status == JobStatus.COMPLETED  # the last change, then now
+    assert [s.progress for s in snaps] == sorted(s.progress for s in snaps)
+    again, seq3 = t.snapshots_since(seq2)
+    assert len(again) == 1 and seq3 == seq2  # nothing new: only now
