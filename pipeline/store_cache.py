@@ -20,6 +20,7 @@ class ReadCachedStore:
 
     def __init__(self, store: JobStore) -> None:
         self._store = store
+        self._path = str(store.home.store_file)  # stat'ed on every read: a str, not a Path built each time
         self._key: Optional[tuple] = None
         self._recs: list[JobRecord] = []
         self._lock = threading.Lock()
@@ -30,7 +31,7 @@ class ReadCachedStore:
 
     def _file_key(self) -> Optional[tuple]:
         try:
-            st = os.stat(self._store.home.store_file)
+            st = os.stat(self._path)
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)

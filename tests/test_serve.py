@@ -404,3 +404,49 @@ def test_sigkill_mid_job_then_serve_again_and_resume_gives_the_clean_table(tmp_p
     finally:
         server.stop()
     assert sorted(table_rows(home)) == sorted(table_rows(tmp_path / "clean"))
+
+
+def test_a_response_leaves_in_one_write_and_a_close_sends_what_is_buffered():
+    """The server's transport: what uvicorn writes in one turn of the event loop (status line and
+    headers, then body) is one send; a close first sends what is buffered; a closed peer gets nothing."""
+    import asyncio
+
+    from kbingest.app.server import _CoalescedWrites
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str):
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        t = Transport()
+        w = _CoalescedWrites(t, loop)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        w.write(b"{}")
+        assert t.sent == []  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        assert t.sent == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        w.write(b"last")
+        w.close()  # flushed before the close
+        assert t.sent[-1] == b"last" and t.closed
+        t2 = Transport()
+        w2 = _CoalescedWrites(t2, loop)
+        w2.write(b"lost")
+        t2.closed = True  # the peer went away meanwhile
+        await asyncio.sleep(0)
+        assert t2.sent == [] and w2.get_extra_info("peername") == ("127.0.0.1", 1)
+
+    asyncio.run(scenario())
