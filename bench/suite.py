@@ -633,17 +633,22 @@ def fig_metadata(ctx: Ctx) -> list[Row]:
 
 # ---- watch mode: save to searchable -----------------------------------------------------------
 
+def _json_module(module: str, *args: str) -> dict[str, Any]:
+    """`python -m <module> ... --json`: its progress logged, its last stdout line (JSON) returned."""
+    r = subprocess.run([sys.executable, "-m", module, *args, "--json"], cwd=str(REPO), env=bench_env(),
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"{module} exit {r.returncode}: {r.stderr[-600:]}")
+    for line in r.stderr.splitlines():
+        log("  " + line)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def fig_watch(ctx: Ctx) -> list[Row]:
     """Watch latency: a one-page edit's new sentence found by search, real model."""
     runs = ctx.reps(5, 3)
     log(f"watch latency: {runs} saves into a watched folder of 4 pages, real model")
-    r = subprocess.run([sys.executable, "-m", "bench.watch_latency", "--runs", str(runs), "--json"], cwd=str(REPO),
-                       env=bench_env(), capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench.watch_latency exit {r.returncode}: {r.stderr[-600:]}")
-    for line in r.stderr.splitlines():
-        log("  " + line)
-    d = json.loads(r.stdout.strip().splitlines()[-1])
+    d = _json_module("bench.watch_latency", "--runs", str(runs))
     return [
         Row("9.1", "watch mode: save of a one-page change to its new sentence found by search (real model)",
             unit="s", values=d["latencies"], op="<", target=5.0, goal="< 5 s",
@@ -658,13 +663,7 @@ def fig_watch(ctx: Ctx) -> list[Row]:
 
 def _watch_as_a_user(runs: int) -> Row:
     """Issue 12: the watch job in its own process, each poll a fresh `kbingest search` process."""
-    r = subprocess.run([sys.executable, "-m", "bench.watch_cli", "--runs", str(runs), "--json"], cwd=str(REPO),
-                       env=bench_env(), capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench.watch_cli exit {r.returncode}: {r.stderr[-600:]}")
-    for line in r.stderr.splitlines():
-        log("  " + line)
-    d = json.loads(r.stdout.strip().splitlines()[-1])
+    d = _json_module("bench.watch_cli", "--runs", str(runs))
     return Row("9.2", "watch as a user: save to the new sentence found by a fresh `kbingest search` process "
                       "(`ingest --watch` in its own process, real model)", unit="s", values=d["latencies"], op="<",
                target=3.0, goal="< 3 s (issue 12)",
@@ -677,13 +676,7 @@ def fig_serve(ctx: Ctx) -> list[Row]:
     """kbingest serve under load: 50 clients polling status at 10 Hz + one SSE client, real model."""
     reps, pages = ctx.reps(2, 1), ctx.pages(16, 6) or 16
     log(f"serve load: {reps} pair(s) of jobs ({pages} pages, real model), without and with 50 clients at 10 Hz")
-    r = subprocess.run([sys.executable, "-m", "bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--json"],
-                       cwd=str(REPO), env=bench_env(), capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench.serve_load exit {r.returncode}: {r.stderr[-600:]}")
-    for line in r.stderr.splitlines():
-        log("  " + line)
-    d = json.loads(r.stdout.strip().splitlines()[-1])
+    d = _json_module("bench.serve_load", "--pages", str(pages), "--reps", str(reps))
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks)"
     return [
         Row("15.1", f"serve: p99 latency of GET .../kb/{{kb}}/status under load ({load})", unit="ms",
