@@ -7,7 +7,7 @@ returned to the system when the child exits, and the job's own memory stays flat
 a time still holds: the indexer (the only writer) waits for the child. Small tables (under
 CHILD_ROWS rows) are optimized in the process: there the child's start-up would dominate.
 
-The child lives no longer than the engine that started it (which holds the home's engine lock):
+The child lives no longer than the engine that started it (which holds its knowledge base's writer lock):
 the kernel kills it when its parent dies (PR_SET_PDEATHSIG), and a watchdog thread in it checks
 that its parent is still the engine, for the instant before prctl and for systems without it.
 

@@ -2,7 +2,7 @@
 
 LanceDB keeps every version of a table (a manifest per version in `_versions/`, data files in
 `data/`); a commit writes new files and then a new manifest, so an older version stays whole when
-the files of a newer one are lost. Repair, holding the engine lock (no job writes meanwhile):
+the files of a newer one are lost. Repair, holding the knowledge base's writer lock (no job writes meanwhile):
 
 1. opens the table; a newest manifest that does not parse is moved aside until one opens;
 2. reads the current version whole (every row, every column, streamed): readable -> nothing to do;
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from kbingest.pipeline.errors import EngineFailure, NotFound
+from kbingest.pipeline.errors import Busy, EngineFailure, NotFound
 from kbingest.pipeline.failures import reason
 from kbingest.pipeline.index import connect, damage_of
-from kbingest.pipeline.locking import EngineLock
+from kbingest.pipeline.locking import holder_pid
 from kbingest.pipeline.paths import Home, validate_name
 
 Action = Literal["healthy", "restored", "recreated"]
@@ -127,7 +127,14 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOu
         raise UnknownKB(f"no knowledge base {kb!r} in {home.root}")
     again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}`" if sources
              else f"`kbingest ingest SOURCE... --kb {kb}`")
-    with EngineLock(home.engine_lock_file):  # no job writes to it meanwhile
+    from kbingest.pipeline import jobqueue
+
+    lock = jobqueue.try_kb_lock(home, kb)  # what a job writing it holds: none starts meanwhile
+    if lock is None:
+        pid = holder_pid(home.kb_lock_file(kb))
+        raise Busy(f"a job is writing knowledge base {kb!r} ({f'process {pid}' if pid else 'another process'}): "
+                   "repair it once that job has stopped (`kbingest pause` or `cancel` it)")
+    with lock:
         db = connect(home)
         aside = _Aside(home, kb)
         table, why = _open(db, kb, table_dir, aside)

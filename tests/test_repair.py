@@ -122,14 +122,20 @@ def test_repair_of_a_healthy_or_unknown_kb_changes_nothing(indexed):
 
 
 def test_repair_waits_for_no_engine(indexed):
-    """Repair never races a running job: with the engine lock held it refuses in one line."""
-    from kbingest.pipeline.locking import EngineLock
+    """Repair never races a running job: with the knowledge base's writer lock held (as a job writing
+    it holds it) it refuses in one line, naming the holder, and moves nothing."""
+    from kbingest.pipeline import jobqueue
 
     home, _, _ = indexed
     _damage(home, "data file deleted")
-    with EngineLock(Home(home).engine_lock_file):
+    lock = jobqueue.try_kb_lock(Home(home), "docs")
+    assert lock is not None
+    try:
         r = run_cli("repair", "--kb", "docs", home=home)
-    assert r.returncode == 2 and "already running a job in this home" in _one_line(r)
+    finally:
+        lock.release()
+    assert r.returncode == 2 and "a job is writing knowledge base 'docs'" in _one_line(r)
+    assert f"process {os.getpid()}" in _one_line(r) and not (Path(home) / "damaged").exists()
 
 
 def test_repair_changes_nothing_when_the_failure_is_not_damage(indexed, monkeypatch):
