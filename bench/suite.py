@@ -235,8 +235,11 @@ def fig_memory(ctx: Ctx) -> list[Row]:
             final = _check(r, f"fake {which} ingest")
             if final.get("status") != "completed":
                 raise RuntimeError(f"fake {which} ingest ended {final.get('status')}")
-            res[which] = {"rss": r.maxrss_mib, "wall": r.wall, "n": _emb(final)[0]}
-            log(f"  fake embedder, {which}: {res[which]['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB")
+            fm = final.get("metrics") or {}
+            res[which] = {"rss": r.maxrss_mib, "wall": r.wall, "n": _emb(final)[0], "own": fm.get("peak_rss_mib"),
+                          "child": fm.get("optimize_peak_rss_mib")}
+            log(f"  fake embedder, {which}: {res[which]['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB "
+                f"(the job's process {res[which]['own']} MiB, its compaction child {res[which]['child']} MiB)")
             ctx.ws.drop(home)
         pairs.append(res)
     rows.append(Row("3.3", "peak RSS, full 10x corpus / full 1x corpus, FAKE embedder (streaming claim)", unit="x",
@@ -245,6 +248,16 @@ def fig_memory(ctx: Ctx) -> list[Row]:
                          f"alternating order: 1x {fj([p['1x']['rss'] for p in pairs], '.0f')} MiB "
                          f"({pairs[0]['1x']['n']} chunks), 10x {fj([p['10x']['rss'] for p in pairs], '.0f')} MiB "
                          f"({pairs[0]['10x']['n']} chunks)"))
+    if all(p[w]["own"] for p in pairs for w in ("1x", "10x")):
+        rows.append(Row("3.5", "peak RSS of the job's own process (not its compaction child), full 10x / full 1x, "
+                               "FAKE embedder, same runs as 3.3", unit="x",
+                        values=[p["10x"]["own"] / p["1x"]["own"] for p in pairs], op="<=", target=1.10,
+                        goal="<= 1.10",
+                        note=f"the status's peak_rss_mib (RUSAGE_SELF): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
+                             f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
+                             f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
+                             f"and its full-text index merged in a child, peaking at "
+                             f"{fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB"))
     ctx.shared["fake10x_wall"] = median([p["10x"]["wall"] for p in pairs])
     # a candidate fix for what grows: glibc malloc arenas (LanceDB's writer threads), measured the same way
     arena_pairs = []

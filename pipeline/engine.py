@@ -49,6 +49,16 @@ QUEUE_METRICS = ("queue_position", "waiting_for")  # set while pending only
 GAUGE_S = 1.0            # how often the monitor samples queue depths and documents in flight (instrument.py)
 
 
+def _own_peak_rss_mib() -> Optional[float]:
+    """This process's peak RSS so far (a compaction child's is reported as optimize_peak_rss_mib)."""
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except (ImportError, OSError):
+        return None
+
+
 def new_job_id(kb: str) -> str:
     return f"{kb}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
@@ -307,6 +317,7 @@ class IngestJob:
     def _finish(self) -> None:
         t = self.tracker
         n_err = len(self.errors)
+        t.set_metric("peak_rss_mib", _own_peak_rss_mib())
         # a pause or cancel that came once every phase had completed (during the final optimize)
         # came too late: the work is done, and the job says so
         done = not self.config.watch and t.snapshot().phase == JobPhase.COMPLETED

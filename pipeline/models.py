@@ -167,6 +167,7 @@ class JobMetrics(BaseModel):
     optimizes: Optional[int] = None
     optimize_errors: Optional[int] = None
     optimize_peak_rss_mib: Optional[float] = None
+    peak_rss_mib: Optional[float] = None       # the job's process's own peak RSS (not its compaction child's)
     loading_retries: Optional[int] = None
     chunking_retries: Optional[int] = None
     embedding_retries: Optional[int] = None

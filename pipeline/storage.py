@@ -73,6 +73,13 @@ def _check_uri(uri: str) -> str:
     return str(Path(uri).expanduser().absolute())
 
 
+# LanceDB's caches per connection. Its defaults (6 GB of index, 1 GB of metadata) let a long job's
+# process grow with every version it commits; bounded here. The index cache holds what a search
+# reads of the ANN and full-text indexes (docs/scale-out.md: 1M rows need a few hundred MB warm).
+INDEX_CACHE_BYTES = 1 << 30
+METADATA_CACHE_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class KbLocation:
     """Where the knowledge bases of a job (or a search) live, and how to reach them."""
@@ -134,7 +141,8 @@ class KbLocation:
         lancedb = import_lancedb()
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True, mode=0o700)
-        return lancedb.connect(self.uri, storage_options=self.storage_options() or None)
+        session = lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+        return lancedb.connect(self.uri, storage_options=self.storage_options() or None, session=session)
 
     def exists(self) -> bool:
         """Whether there may be tables here (a local folder that is missing has none)."""

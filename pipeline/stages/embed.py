@@ -18,7 +18,10 @@ from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
 
 PHASE = JobPhase.EMBEDDING
-CACHE_ENTRIES = 20_000  # vectors kept by text within a job (~31 MB at 384 float32): repeated text is embedded once
+CACHE_ENTRIES = 4096  # vectors kept by text within a job (~7 MB at 384 float32): repeated text is embedded once.
+# Repeated boilerplate recurs across the whole corpus and stays (least recently used out first); a
+# text repeated only far apart is found in the table by the next job. 20,000 cost 54 MB at 10x
+# the corpus (docs/benchmarks.md, memory).
 
 
 class VectorCache:
@@ -35,7 +38,8 @@ class VectorCache:
         return v
 
     def put(self, key: str, vector: Any) -> None:
-        self._d[key] = vector
+        """Kept as a copy: a row of the embedder's batch array would keep the whole batch alive."""
+        self._d[key] = vector.copy() if hasattr(vector, "copy") else vector
         self._d.move_to_end(key)
         if len(self._d) > self.entries:
             self._d.popitem(last=False)
