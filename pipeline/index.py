@@ -187,6 +187,18 @@ def struct_from_columns(struct: pa.StructType, flat: pa.Table, rows: list[dict[s
     return pa.StructArray.from_arrays(arrays, fields=list(struct))
 
 
+def docs_of_rows(rows: Iterable[tuple[str, str, str]]) -> dict[str, StoredDoc]:
+    """(doc_id, doc_version, source) of each row -> each document's version, source and row count."""
+    out: dict[str, list[Any]] = {}
+    for d, v, s in rows:
+        e = out.get(d)
+        if e is None:
+            out[d] = [v, s, 1]
+        else:
+            e[2] += 1
+    return {d: StoredDoc(v, s, n) for d, (v, s, n) in out.items()}
+
+
 def _default_ann_min_rows() -> int:
     from kbingest.pipeline.models import JobConfig
 
@@ -351,14 +363,7 @@ class KnowledgeBase:
         if self._table is None:
             return {}
         t = self._scan(["doc_id", "doc_version", "source"])
-        out: dict[str, list[Any]] = {}
-        for d, v, s in zip(t["doc_id"].to_pylist(), t["doc_version"].to_pylist(), t["source"].to_pylist()):
-            e = out.get(d)
-            if e is None:
-                out[d] = [v, s, 1]
-            else:
-                e[2] += 1
-        return {d: StoredDoc(v, s, n) for d, (v, s, n) in out.items()}
+        return docs_of_rows(zip(t["doc_id"].to_pylist(), t["doc_version"].to_pylist(), t["source"].to_pylist()))
 
     @_damage_checked
     def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str],
@@ -387,15 +392,9 @@ class KnowledgeBase:
 
     def _note_written(self, rows: list[dict[str, Any]], doc_ids: list[str]) -> None:
         """Before the commit: a commit that fails is followed by forget(), never by remember()."""
-        per: dict[str, list[Any]] = {}
-        for r in rows:
-            e = per.get(r["doc_id"])
-            if e is None:
-                per[r["doc_id"]] = [r["doc_version"], r["source"], 1]
-            else:
-                e[2] += 1
+        per = docs_of_rows((r["doc_id"], r["doc_version"], r["source"]) for r in rows)
         for d in doc_ids:
-            self.written[d] = StoredDoc(*per[d]) if d in per else None
+            self.written[d] = per.get(d)
 
     # ---- staging (the Ray executor's workers write here; the driver commits from it) ---------
     def staging_uri(self, job_id: str) -> str:
