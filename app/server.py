@@ -197,6 +197,8 @@ class EngineHost:
         """pause or cancel, with the CLI's semantics: answers once the job has paused or ended;
         already paused (cancelled): answered as it is; 409 when the action does not apply."""
         item = self._live.get(job_id)
+        if item is not None and item[1].is_alive() and item[0].snapshot().status.is_terminal:
+            item[1].join(timeout)  # its run has ended and its thread is finishing: the store has the last word
         if item is None or not item[1].is_alive():  # not running here (or its run has ended): the store decides
             return self.service.pause(job_id, timeout) if what == "pause" else self.service.cancel(job_id, timeout)
         handle, th = item
@@ -255,16 +257,21 @@ class Guard:
         self.max_body = max_body
         self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
 
+    def authorized(self, headers: dict, path: str) -> bool:
+        """The token rule: every path but /healthz needs `Authorization: Bearer <token>` (constant time)."""
+        if self.token is None or path == "/healthz":
+            return True
+        auth = headers.get(b"authorization", b"")
+        given = auth[7:] if auth[:7].lower() == b"bearer " else b""
+        return hmac.compare_digest(given, self.token)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.token is not None and scope.get("path") != "/healthz":
-            auth = headers.get(b"authorization", b"")
-            given = auth[7:] if auth[:7].lower() == b"bearer " else b""
-            if not hmac.compare_digest(given, self.token):
-                return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
-                                         "<token>`", extra=[(b"www-authenticate", b"Bearer")])
+        if not self.authorized(headers, scope.get("path", "")):
+            return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
+                                     "<token>`", extra=[(b"www-authenticate", b"Bearer")])
         if self.fast_get is not None and scope.get("method") == "GET":
             answer = self.fast_get(scope.get("path", ""))
             if answer is not None:
@@ -561,6 +568,7 @@ class _CoalescedWrites:
 
 
 def _http_protocol() -> Any:
+    """uvicorn's httptools protocol, writing each response in one send."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
@@ -585,10 +593,12 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
     service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
+    host = app.app.state.host
     _log_to_stderr()
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                            access_log=False, lifespan="off", server_header=False,
-                                           proxy_headers=False, http=_http_protocol()))  # no proxy is trusted: the peer is the client
+                                           proxy_headers=False,  # no proxy is trusted: the peer is the client
+                                           http=_http_protocol()))
     log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s", service.home.root, cfg.host, cfg.port, API,
                 "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
@@ -600,7 +610,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
                               token_required=bool(cfg.token)):
             server.run()
     finally:
-        app.app.state.host.join()
+        host.join()
     return 0
 
 
