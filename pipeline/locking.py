@@ -92,7 +92,7 @@ class EngineLock:
         return self._fd is not None
 
     def __enter__(self) -> "EngineLock":
-        return self.acquire()
+        return self if self.held else self.acquire()  # a lock acquired already is held for the block
 
     def __exit__(self, *exc: object) -> None:
         self.release()
