@@ -61,8 +61,10 @@ def import_profile(ws: Workspace, home: Path, kb: str, docs: Path) -> list[dict[
     }
     out = []
     for name, cmd in cmds.items():
-        r = run_proc(cmd[:1] + ["-X", "importtime"] + cmd[1:], ws.root / "logs" / f"imp-{name.split()[1]}",
-                     env=bench_env())
+        r = run_proc(cmd, ws.root / "logs" / f"imp-{name.split()[1]}",
+                     env=bench_env({"PYTHONPROFILEIMPORTTIME": "1"}))  # = -X importtime, for the console script too
+        if r.rc != 0:
+            raise RuntimeError(f"{name} exited {r.rc}: {r.stderr_tail()}")
         total, largest = 0, {}
         for line in r.stderr.read_text(errors="replace").splitlines():
             if not line.startswith("import time:") or line.count("|") != 2:
