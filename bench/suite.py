@@ -256,8 +256,8 @@ def fig_memory(ctx: Ctx) -> list[Row]:
                         note=f"the status's peak_rss_mib (RUSAGE_SELF): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
                              f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
                              f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
-                             f"and its full-text index merged in a child, peaking at "
-                             f"{fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB"))
+                             f"in a child (pylance's bounded compaction, pipeline/compaction.py), whose own peak "
+                             f"(VmHWM) was {fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB"))
     ctx.shared["fake10x_wall"] = median([p["10x"]["wall"] for p in pairs])
     # a candidate fix for what grows: glibc malloc arenas (LanceDB's writer threads), measured the same way
     arena_pairs = []

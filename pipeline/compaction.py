@@ -1,11 +1,16 @@
 """Compaction of a knowledge base in a short-lived child process.
 
-LanceDB's optimize() merges every fragment smaller than its target into new files and so needs
-memory in proportion to the table: run inside a long job, it left the job's heap 1.7x larger on
-a 10x corpus than on the 1x one (docs/benchmarks.md, figure 3). In a child, that memory is
-returned to the system when the child exits, and the job's own memory stays flat. One writer at
-a time still holds: the indexer (the only writer) waits for the child. Small tables (under
-CHILD_ROWS rows) are optimized in the process: there the child's start-up would dominate.
+Compaction merges the small fragments each commit writes, prunes old versions and adds the rows
+written since to the search indexes (`compact`). Its memory must not follow the table (docs/
+benchmarks.md, memory): LanceDB's optimize() rewrote every fragment under its 1M-row target, so
+each optimize decoded and re-encoded the whole table (a 64k-row table's child peaked at 530 MiB).
+A large table (from CHILD_ROWS rows) is compacted in a child with pylance's compaction, which
+leaves fragments of COMPACT's target alone and copies encoded pages where it can: an optimize
+rewrites what was written since, and the child's peak stays flat (~255-290 MiB at 64k rows, of
+which ~150 MiB is pylance's own import; LanceDB only when an index must be built). Its memory is
+returned to the system when it exits, and the job's own stays flat. One writer at a time still
+holds: the indexer (the only writer) waits for the child. Small tables are optimized in the
+process by LanceDB's optimize: there a child's start-up would dominate.
 
 The child lives no longer than the engine that started it (which holds its knowledge base's writer lock):
 the kernel kills it when its parent dies (PR_SET_PDEATHSIG), and a watchdog thread in it checks
@@ -16,7 +21,7 @@ full-text index, and the ANN index past its row threshold; in the child for a la
 index build's memory is returned too.
 
     python -m kbingest.pipeline.compaction URI TABLE PARENT_PID [ANN_MIN_ROWS [OPTIONS_JSON]]
-    # prints {"peak_rss_mib": ..., "seconds": ..., "indexes": {...}}
+    # prints {"peak_rss_mib": ..., "seconds": ..., "indexes": {...}}; no ANN_MIN_ROWS: no index to build
 
 URI is a folder or s3://bucket/prefix; OPTIONS_JSON the job's non-secret storage options (the child
 reads credentials from the same AWS_* environment as the parent).
@@ -25,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -43,13 +47,32 @@ CHILD_ROWS = 20_000      # from this table size on, a child: below it the memory
                          # start-up (~1.5 s of CPU) would cost more than it saves (every watch burst optimizes)
 
 
+# How fragments are merged (pylance's compact_files), by peak RSS measured on the 10x corpus
+# (docs/benchmarks.md, memory: 64k rows, child peak 532 MiB with LanceDB's defaults, 290 with these).
+COMPACT = {
+    "target_rows_per_fragment": 8192,      # a fragment this large is done: later compactions leave it alone
+    "compaction_mode": "try_binary_copy",  # copy encoded pages where the schemas match, no decode/re-encode
+    "batch_size": 1024,                    # rows read at a time where pages must be re-encoded
+    "num_threads": 1,                      # one rewrite task at a time: its buffers, not one per core
+}
+
+
 class CompactionError(RuntimeError):
     pass
 
 
+def compact(ds) -> None:
+    """Compact a Lance dataset, prune versions older than KEEP_VERSIONS_S (what LanceDB's optimize
+    does, with COMPACT's bounds), and add the rows written since to its indexes."""
+    ds.optimize.compact_files(**COMPACT)
+    ds.cleanup_old_versions(older_than=timedelta(seconds=KEEP_VERSIONS_S), error_if_tagged_old_versions=False)
+    ds.optimize.optimize_indices()
+
+
 def optimize_here(table, ann_min_rows: Optional[int] = None) -> dict:
-    """Optimize an open lancedb Table in this process, then build the search indexes it lacks
-    (none when ann_min_rows is None: compaction only)."""
+    """Optimize an open lancedb Table in this process with LanceDB's own optimize (a small table:
+    its whole rewrite is small, and the job does not import pylance's Python package, ~23 MiB),
+    then build the search indexes it lacks (none when ann_min_rows is None: compaction only)."""
     from kbingest.pipeline.search_index import maintain
 
     t0 = time.perf_counter()
@@ -59,8 +82,9 @@ def optimize_here(table, ann_min_rows: Optional[int] = None) -> dict:
 
 
 def optimize_in_child(location, table: str, ann_min_rows: Optional[int] = None) -> dict:
-    """Optimize TABLE at `location` (a KbLocation) in a child process; returns its report (peak RSS,
-    seconds, indexes built)."""
+    """Optimize TABLE at `location` (a KbLocation) in a child process, and build the search indexes
+    it lacks when ann_min_rows is given (the caller knows: search_index.wanted); returns the child's
+    report (its own peak RSS, seconds, indexes built)."""
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -96,16 +120,22 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from kbingest.pipeline.rss import own_peak_rss_mib
     from kbingest.pipeline.storage import KbLocation
 
     uri, name, parent, min_rows, options = (list(argv) + ["", "{}"])[:5]
     _die_with_parent(int(parent))
     time.sleep(float(os.environ.get(DELAY_ENV) or 0))
     location = KbLocation(uri, json.loads(options or "{}"))
-    report = optimize_here(location.connect().open_table(name), int(min_rows) if min_rows else None)
-    report.update(peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-    report.pop("child")  # the parent says where it ran
-    print(json.dumps(report))
+    t0 = time.perf_counter()
+    compact(location.open_dataset(name))
+    indexes = {}
+    if min_rows:  # an index to build: LanceDB's configs (its import costs ~50 MiB, so only then)
+        from kbingest.pipeline.search_index import maintain
+
+        indexes = maintain(location.connect().open_table(name), int(min_rows))
+    print(json.dumps({"peak_rss_mib": own_peak_rss_mib(), "seconds": round(time.perf_counter() - t0, 3),
+                      "indexes": indexes}))
     return 0
 
 

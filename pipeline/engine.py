@@ -31,6 +31,7 @@ from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, 
                                       JobStatusResponse, iso, utcnow)
 from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.reporter import TrackerReporter
+from kbingest.pipeline.rss import own_peak_rss_mib
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
 from kbingest.pipeline.stages.dryrun import NoIndexStage, TallyStage, embed_rate
@@ -47,16 +48,6 @@ HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the 
 CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
 QUEUE_METRICS = ("queue_position", "waiting_for")  # set while pending only
 GAUGE_S = 1.0            # how often the monitor samples queue depths and documents in flight (instrument.py)
-
-
-def _own_peak_rss_mib() -> Optional[float]:
-    """This process's peak RSS so far (a compaction child's is reported as optimize_peak_rss_mib)."""
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except (ImportError, OSError):
-        return None
 
 
 def new_job_id(kb: str) -> str:
@@ -317,7 +308,7 @@ class IngestJob:
     def _finish(self) -> None:
         t = self.tracker
         n_err = len(self.errors)
-        t.set_metric("peak_rss_mib", _own_peak_rss_mib())
+        t.set_metric("peak_rss_mib", own_peak_rss_mib())
         # a pause or cancel that came once every phase had completed (during the final optimize)
         # came too late: the work is done, and the job says so
         done = not self.config.watch and t.snapshot().phase == JobPhase.COMPLETED

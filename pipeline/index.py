@@ -462,14 +462,15 @@ class KnowledgeBase:
         system when it exits (pipeline/compaction.py). Returns a report: where, the child's peak RSS,
         seconds, and the indexes built. A marker file is kept while it runs: one that a kill or a
         failure interrupts is pending, and the next run redoes it."""
-        from kbingest.pipeline import compaction
+        from kbingest.pipeline import compaction, search_index
 
         self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
         os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         if self.count() < compaction.CHILD_ROWS:
             report = compaction.optimize_here(self._table, self.ann_min_rows)
         else:
-            report = compaction.optimize_in_child(self.location, self.name, self.ann_min_rows)
+            build = search_index.wanted(self._table, self.ann_min_rows)
+            report = compaction.optimize_in_child(self.location, self.name, self.ann_min_rows if build else None)
             self._table = self._db.open_table(self.name)  # the version the child made
         self._optimize_marker.unlink(missing_ok=True)
         return report

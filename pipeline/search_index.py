@@ -85,6 +85,21 @@ def state(table) -> IndexState:
     return IndexState(trained, name, kind, fts)
 
 
+def _wants_fts(st: IndexState, rows: int) -> bool:
+    return not st.has_fts and rows > 0
+
+
+def _wants_ann(st: IndexState, rows: int, min_rows: int) -> bool:
+    grown = st.ann_trained_rows is not None and rows >= RETRAIN_GROWTH * max(st.ann_trained_rows, 1)
+    return rows >= min_rows and (st.ann_trained_rows is None or grown)
+
+
+def wanted(table, min_rows: int) -> bool:
+    """Whether `maintain` would build anything on this table now (an index missing, or outgrown)."""
+    st, rows = state(table), table.count_rows()
+    return _wants_fts(st, rows) or _wants_ann(st, rows, min_rows)
+
+
 def maintain(table, min_rows: int, kind: str = ANN_KIND) -> dict[str, Any]:
     """Build what is missing: the full-text index, and the ANN index once the table holds `min_rows`
     rows (or retrain it past RETRAIN_GROWTH). Returns what was done and how long it took."""
@@ -93,12 +108,11 @@ def maintain(table, min_rows: int, kind: str = ANN_KIND) -> dict[str, Any]:
     report: dict[str, Any] = {}
     st = state(table)
     rows = table.count_rows()
-    if not st.has_fts and rows:
+    if _wants_fts(st, rows):
         t0 = time.perf_counter()
         table.create_index("text", config=FTS(), replace=True, name=FTS_NAME)
         report["fts_built_s"] = round(time.perf_counter() - t0, 3)
-    grown = st.ann_trained_rows is not None and rows >= RETRAIN_GROWTH * max(st.ann_trained_rows, 1)
-    if rows >= min_rows and (st.ann_trained_rows is None or grown):
+    if _wants_ann(st, rows, min_rows):
         dim = table.schema.field("vector").type.list_size
         t0 = time.perf_counter()
         table.create_index("vector", config=ann_config(kind, rows, dim), replace=True, name=f"{ANN_NAME}_{rows}")

@@ -144,6 +144,17 @@ class KbLocation:
         session = lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES)
         return lancedb.connect(self.uri, storage_options=self.storage_options() or None, session=session)
 
+    def table_uri(self, table: str) -> str:
+        """Where LanceDB keeps TABLE here: the Lance dataset `<uri>/<table>.lance`."""
+        return f"{self.uri.rstrip('/')}/{table}.lance"
+
+    def open_dataset(self, table: str):
+        """TABLE as a Lance dataset (pylance alone: no LanceDB import, ~50 MiB less in a process
+        that only compacts)."""
+        import lance
+
+        return lance.dataset(self.table_uri(table), storage_options=self.storage_options() or None)
+
     def exists(self) -> bool:
         """Whether there may be tables here (a local folder that is missing has none)."""
         return not self.is_local or Path(self.uri).exists()

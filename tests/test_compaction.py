@@ -100,7 +100,7 @@ def test_failed_optimize_is_pending_until_one_succeeds(home, pages, monkeypatch)
     store = open_store(home)
     cfg = JobConfig(sources=[str(pages)], kb="docs", embedder="fake", commit_rows=20, optimize_every=1000)
 
-    def broken(table):
+    def broken(table, ann_min_rows=None):
         raise RuntimeError("optimize interrupted")
 
     monkeypatch.setattr(compaction, "optimize_here", broken)
@@ -110,3 +110,50 @@ def test_failed_optimize_is_pending_until_one_succeeds(home, pages, monkeypatch)
     snap = IngestJob.create(home, store, cfg).run()  # a re-run with nothing new to commit
     assert snap.metrics.get("commits") == 0 and snap.metrics.get("optimizes") == 1
     assert not KnowledgeBase(home, "docs").optimize_pending and KnowledgeBase(home, "docs").fragments() == 1
+
+
+# ---- memory that does not follow the table (issue 12, figure 3.3) --------------------------------
+def test_compaction_rewrites_only_what_was_written_since(tmp_path):
+    """A fragment that reached COMPACT's target is left as it is: each optimize of a growing table
+    rewrites the small fragments its commits wrote, not the whole table (whose memory would grow
+    with it: LanceDB's 1M-row default rewrote every row each time)."""
+    import lance
+    import pyarrow as pa
+
+    from kbingest.pipeline import compaction
+
+    target = compaction.COMPACT["target_rows_per_fragment"]
+
+    def rows(start: int, n: int) -> pa.Table:
+        return pa.table({"id": pa.array(range(start, start + n), pa.int64()),
+                         "text": pa.array([f"chunk {i}" for i in range(start, start + n)])})
+
+    uri = str(tmp_path / "t.lance")
+    lance.write_dataset(rows(0, target + 10), uri)
+    for k in range(6):  # six small commits
+        lance.write_dataset(rows(target + 10 + 50 * k, 50), uri, mode="append")
+    ds = lance.dataset(uri)
+    full = ds.get_fragments()[0]
+    assert len(ds.get_fragments()) == 7
+    compaction.compact(ds)
+    ds = lance.dataset(uri)
+    frags = ds.get_fragments()
+    assert [f.fragment_id for f in frags][0] == full.fragment_id  # the full fragment untouched
+    assert frags[0].data_files()[0].path == full.data_files()[0].path
+    assert len(frags) == 2 and sum(f.count_rows() for f in frags) == target + 10 + 300
+    assert sorted(ds.to_table(columns=["id"])["id"].to_pylist()) == list(range(target + 10 + 300))
+
+
+def test_a_child_reports_its_own_peak_not_its_parents(tmp_path):
+    """Linux carries a parent's RSS high-water mark into ru_maxrss across fork and exec: a small child
+    of a large parent must still report its own peak (the compaction child's report)."""
+    ballast = bytearray(300 * 1024 * 1024)  # touched: resident in this process
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    code = ("import resource; from kbingest.pipeline.rss import own_peak_rss_mib; "
+            "print(own_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, check=True)
+    own, inherited = map(float, out.stdout.split())
+    del ballast
+    assert inherited > 300  # what ru_maxrss says: the parent's peak
+    assert own < 100, own   # a Python that imported one small module
