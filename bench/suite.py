@@ -253,7 +253,7 @@ def fig_memory(ctx: Ctx) -> list[Row]:
                                "FAKE embedder, same runs as 3.3", unit="x",
                         values=[p["10x"]["own"] / p["1x"]["own"] for p in pairs], op="<=", target=1.10,
                         goal="<= 1.10",
-                        note=f"the status's peak_rss_mib (RUSAGE_SELF): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
+                        note=f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
                              f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
                              f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
                              f"in a child (pylance's bounded compaction, pipeline/compaction.py), whose own peak "
