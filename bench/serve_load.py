@@ -245,6 +245,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="pairs (without clients, with clients), alternating")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--hz", type=float, default=10.0)
+    p.add_argument("--client-nice", type=int, default=0, metavar="N",
+                   help="a diagnostic: the load generator's nice value once the server runs (default 0, the job's "
+                        "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
+                        "their own scheduling's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
@@ -268,6 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"kbingest serve did not start: {server.stderr.read()[-600:] if server.stderr else ''}")
             time.sleep(0.2)
+        if args.client_nice:
+            os.nice(args.client_nice)  # the server (started above) keeps its priority
         order = []
         for i in range(args.reps):  # A B, B A, A B...: neither side always goes first
             pair = [0, args.clients] if i % 2 == 0 else [args.clients, 0]
@@ -298,7 +304,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bare = [r for r in runs if not r["clients"]]
     lat = [x for r in loaded for x in r["latencies"]]
     ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
-    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "chunks": runs[0]["chunks"],
+    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "client_nice": args.client_nice, "chunks": runs[0]["chunks"],
            "polls": len(lat), "errors": sum(len(r["errors"]) for r in loaded),
            "p50_ms": _pct(lat, .5) * 1e3, "p99_ms": _pct(lat, .99) * 1e3, "max_ms": max(lat) * 1e3,
            "p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in loaded],

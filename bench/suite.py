@@ -702,7 +702,10 @@ def fig_serve(ctx: Ctx) -> list[Row]:
         Row("15.2", f"serve: job throughput with the clients / without, same run, alternating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
-                 f"(job wall time from the status, model load included)"),
+                 f"(job wall time from the status, model load included); CPU seconds of the server process "
+                 f"(job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
+                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the load generator (same 2 cores) "
+                 f"{fj(d['client_cpu_s'], '.2f')}"),
     ]
 
 
