@@ -4,8 +4,9 @@ plus one SSE client, against the same job with no clients, in one run, alternati
     python -m bench.serve_load [--pages 16] [--reps 2] [--clients 50] [--hz 10] [--json]
 
 Only 127.0.0.1; every job and the whole run are bounded in time; the server is stopped at the end.
-The clients are raw asyncio HTTP/1.1 keep-alive connections (one request at a time each) on uvloop,
-so that the load generator takes little of the CPU the job and the server share with it.
+The clients are asyncio protocols on HTTP/1.1 keep-alive connections (one request at a time each)
+on uvloop, so that the load generator takes little of the CPU the job and the server share with it;
+the CPU seconds of the server and of the load generator are reported per job (/proc).
 Figures: p99 (and p50, max) status latency under load; job throughput (chunks indexed / job
 wall time, real model) with clients over without, per pair, and its median.
 """
