@@ -271,6 +271,13 @@ class KnowledgeBase:
             return None
         return state.docs
 
+    def remembered_rows(self) -> Optional[int]:
+        """The chunks the table holds by the home's memory of it (None: not known without opening it)."""
+        if self.location != KbLocation.default(self.home):
+            return None
+        state = kbstate.read(self.home, self.name)
+        return None if state is None else sum(d.chunks for d in state.docs.values())
+
     def remember(self, stored: dict[str, StoredDoc]) -> None:
         """At the end of a pass whose documents began as `stored`: remember them with what this object
         wrote since (the job holds the knowledge base's lock, so no one else wrote)."""

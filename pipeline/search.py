@@ -44,8 +44,24 @@ def query_embedder(config: JobConfig) -> Any:
     key = (config.embedder, config.model)
     with _query_models_lock:
         if key not in _query_models:
-            _query_models[key] = _SharedEmbedder(make_embedder(config.embedder, config.model, batch_size=1))
+            # one session: a query is one short text, and each session costs ~0.3 s to build
+            _query_models[key] = _SharedEmbedder(make_embedder(config.embedder, config.model, batch_size=1, threads=1))
         return _query_models[key]
+
+
+def preload_query_embedder(config: JobConfig) -> None:
+    """Load the process's query model in a thread while the caller opens the table: the model's
+    session is built in native code that releases the GIL, so it overlaps LanceDB's import (a cold
+    `kbingest search`: 2.8 -> 2.0 s on a slow instance of this machine, docs/benchmarks.md). Only for
+    a table known to hold rows (an empty one never loads the model); a failure is left for the
+    query's own load to raise."""
+    def load() -> None:
+        try:
+            query_embedder(config)
+        except Exception:  # the search's own call raises it, in kbingest's words
+            pass
+
+    threading.Thread(target=load, name="kbingest-query-model", daemon=True).start()
 
 
 def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: str = "hybrid",

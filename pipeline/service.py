@@ -406,7 +406,7 @@ class Service:
         """search() in this process, never through a resident one; the query model stays loaded."""
         from kbingest.pipeline.embedding import EmbeddingError
         from kbingest.pipeline.index import KnowledgeBase
-        from kbingest.pipeline.search import locate, search_kb
+        from kbingest.pipeline.search import SEARCH_MODES, locate, preload_query_embedder, search_kb
 
         _validated(kb, "knowledge base name")
         if k < 1:
@@ -414,6 +414,9 @@ class Service:
         jobs = [r for r in self.store.all() if r.config.kb == kb]
         location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
         base = KnowledgeBase(self.home, kb, location)
+        if (jobs and self._embedder_factory is None and mode in SEARCH_MODES and mode != "text" and query.strip()
+                and (base.remembered_rows() or 0) > 0):
+            preload_query_embedder(jobs[0].config)  # while the table opens
         if not base.exists:
             raise NotFound(f"no knowledge base {kb!r} in {location}")
         if jobs:

@@ -298,3 +298,39 @@ def test_a_table_outside_the_home_is_always_opened(tmp_path, pages):
     m, opened = _ingest_importing(h, pages, "--db", str(db))
     assert opened and m["documents_skipped"] == len(list(pages.rglob("*.md")))
     assert not (h / "kbstate").exists() or not any((h / "kbstate").iterdir())
+
+
+def test_a_cold_search_loads_the_model_while_the_table_opens_and_never_for_an_empty_one(tmp_path, home,
+                                                                                        monkeypatch):
+    """The query model is built in a thread alongside LanceDB's import when the home remembers the
+    table holds rows; a text search, or a knowledge base with no rows, loads no model at all."""
+    import threading
+
+    from kbingest.pipeline import search
+
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.md").write_text("# Alpha\n\nReliability design for workloads.\n")
+    writer = _svc(home, CountingEmbedder())
+    assert writer.start(writer.config([str(src)], "full", embedder="fake")).run().status == JobStatus.COMPLETED
+    (tmp_path / "none").mkdir()
+    assert writer.start(writer.config([str(tmp_path / "none")], "empty", embedder="fake")).run().status \
+        == JobStatus.COMPLETED
+
+    loads: list[str] = []
+    real = search.query_embedder
+
+    def counting(config):
+        loads.append(threading.current_thread().name)
+        return real(config)
+
+    monkeypatch.setattr(search, "query_embedder", counting)
+    monkeypatch.setattr(search, "_query_models", {})
+    cold = Service(home)  # no injected factory: the process's own query model, as `kbingest search`
+    assert KnowledgeBase(home, "full").remembered_rows() == 1
+    hits = cold.search_here("full", "reliability", k=3, mode="hybrid")
+    assert hits and "kbingest-query-model" in loads  # loaded by the preloading thread
+    loads.clear()
+    assert cold.search_here("full", "reliability", k=3, mode="text")
+    assert cold.search_here("empty", "reliability", k=3, mode="hybrid") == []
+    assert loads == []  # text mode and an empty knowledge base: no model
