@@ -76,7 +76,6 @@ class _PollProtocol(asyncio.Protocol):
         self.buf = b""
         self.sent_at: Optional[float] = None
         self.transport: Optional[asyncio.Transport] = None
-        self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -105,10 +104,6 @@ class _PollProtocol(asyncio.Protocol):
         status = int(head.split(b" ", 2)[1])
         if status != 200:
             self.errors.append(status)
-
-    def connection_lost(self, exc) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 async def _poller(port: int, path: str, period: float, stop: asyncio.Event, lat: list[float], errors: list[int],

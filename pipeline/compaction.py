@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     compact(location.open_dataset(name))
     indexes = {}
-    if min_rows:  # an index to build: LanceDB's configs (its import costs ~50 MiB, so only then)
+    if min_rows:  # an index to build: LanceDB's configs (its import costs ~90 MiB, so only then)
         from kbingest.pipeline.search_index import maintain
 
         indexes = maintain(location.connect().open_table(name), int(min_rows))

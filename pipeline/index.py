@@ -261,27 +261,32 @@ class KnowledgeBase:
         self._opened = True
 
     # ---- what it holds, remembered between runs (pipeline/kbstate.py) -------------------------
+    @property
+    def _remembered_here(self) -> bool:
+        """Only HOME/lancedb's tables are remembered: another home's writer would not take this
+        home's lock, so a memory of a table at a --db location could be stale unseen."""
+        return self.location == KbLocation.default(self.home)
+
+    def _memory(self) -> Optional[kbstate.KbState]:
+        return kbstate.read(self.home, self.name) if self._remembered_here else None
+
     def remembered(self, dim: Optional[int]) -> Optional[dict[str, StoredDoc]]:
         """The documents the table holds, from the home's memory of it, without opening it: when the
         table is as it was at the end of the last pass, of vectors of size `dim`, and migrated."""
-        if dim is None or self.location != KbLocation.default(self.home):
-            return None
-        state = kbstate.read(self.home, self.name)
+        state = self._memory() if dim is not None else None
         if state is None or state.dim != dim or not set(schema(dim).names) <= set(state.columns):
             return None
         return state.docs
 
     def remembered_rows(self) -> Optional[int]:
         """The chunks the table holds by the home's memory of it (None: not known without opening it)."""
-        if self.location != KbLocation.default(self.home):
-            return None
-        state = kbstate.read(self.home, self.name)
+        state = self._memory()
         return None if state is None else sum(d.chunks for d in state.docs.values())
 
     def remember(self, stored: dict[str, StoredDoc]) -> None:
         """At the end of a pass whose documents began as `stored`: remember them with what this object
         wrote since (the job holds the knowledge base's lock, so no one else wrote)."""
-        if self.location != KbLocation.default(self.home):
+        if not self._remembered_here:
             return
         if not self._opened and not self.written:
             return  # not opened: the table is as remembered

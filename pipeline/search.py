@@ -52,7 +52,7 @@ def query_embedder(config: JobConfig) -> Any:
 def preload_query_embedder(config: JobConfig) -> None:
     """Load the process's query model in a thread while the caller opens the table: the model's
     session is built in native code that releases the GIL, so it overlaps LanceDB's import (a cold
-    `kbingest search`: 2.8 -> 2.0 s on a slow instance of this machine, docs/benchmarks.md). Only for
+    `kbingest search` 3.27 -> 2.92 s with the one-session query model, docs/benchmarks.md). Only for
     a table known to hold rows (an empty one never loads the model); a failure is left for the
     query's own load to raise."""
     def load() -> None:

@@ -149,8 +149,8 @@ class KbLocation:
         return f"{self.uri.rstrip('/')}/{table}.lance"
 
     def open_dataset(self, table: str):
-        """TABLE as a Lance dataset (pylance alone: no LanceDB import, ~50 MiB less in a process
-        that only compacts)."""
+        """TABLE as a Lance dataset (pylance alone: no LanceDB import, ~90 MiB less in a process
+        that only compacts: docs/benchmarks.md, memory)."""
         import lance
 
         return lance.dataset(self.table_uri(table), storage_options=self.storage_options() or None)

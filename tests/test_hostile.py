@@ -344,7 +344,7 @@ OTHER_UID = 4242  # a user that is not us (the tests run as root, which can chow
 def test_an_unsafe_home_is_refused_in_one_line_and_left_as_it_is(tmp_path, pages, damage, needle):
     """A home others can write (or another user's, or holding their files or planted links) is
     refused: exit 2, one line naming the reason; kbingest changes nothing in it, not even its mode."""
-    home = tmp_path / "shared"
+    home = tmp_path / "others_home"
     assert run_cli("ingest", str(pages), "--kb", "k", "--batch", *FAKE, home=home).returncode == 0
     victim = tmp_path / "victim"
     victim.write_text("precious")
