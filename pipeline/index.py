@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
@@ -420,8 +421,15 @@ class KnowledgeBase:
         from pyarrow import fs
 
         filesystem, path = fs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
-            filesystem.delete_dir(path)
+        for attempt in range(3):  # a worker still closing a file there makes a local delete fail once
+            try:
+                if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+                    filesystem.delete_dir(path)
+                break
+            except OSError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
         for parent in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):  # <kb>/, then _staging/
             if os.path.basename(parent) == "_staging" or os.path.basename(os.path.dirname(parent)) == "_staging":
                 try:

@@ -25,6 +25,7 @@ from bench.ray_cluster import start_nodes, stop_nodes
 from conftest import REPO, WAF, run_cli
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # one worker: one session cluster, and the temp-dir check
 # CI runs the smoke test, the same-table test, one driver kill, the actor kill and pause/resume/cancel;
 # the other kills and the two-node test are slower: KBINGEST_RAY_TESTS=all runs them too.
 ray_slow = pytest.mark.skipif(os.environ.get("KBINGEST_RAY_TESTS") != "all",
@@ -210,7 +211,7 @@ def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
     _wait_for_embedding(home, "jp", proc)
     t0 = time.monotonic()
     assert run_cli("pause", "jp", home=home).returncode == 0
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
     assert time.monotonic() - t0 < 30
     snap = json.loads(run_cli("status", "jp", "--json", home=home).stdout)
     assert snap["status"] == "paused"
@@ -224,9 +225,42 @@ def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
     proc = _start(home2, corpus, "jc", ray_address)
     _wait_for_embedding(home2, "jc", proc)
     assert run_cli("cancel", "jc", home=home2).returncode == 0
-    assert proc.wait(timeout=60) == 4
+    assert proc.wait(timeout=60) == 4, proc.stderr.read()
     assert json.loads(run_cli("status", "jc", "--json", home=home2).stdout)["status"] == "cancelled"
     assert staging_left(home2) == []
+
+
+def test_a_stopped_pass_ends_its_embedding_actors_before_its_staging_goes(ray_address):
+    """Ray Data only lets go of its actors when a pass stops, and an actor then finishes its batch
+    and writes its fragments into a staging being removed (a cancel in CI ended `failed` that way):
+    the driver kills every registered actor, mid-call, and returns once each is gone."""
+    from kbingest.pipeline.executors.ray import _end_actors
+    from kbingest.pipeline.executors.ray_workers import ActorRegistry
+
+    @ray.remote(num_cpus=0, max_restarts=3)
+    class Embedding:
+        def __init__(self, registry) -> None:
+            ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
+
+        def batch(self) -> str:
+            time.sleep(120)
+            return "written"
+
+    registry = ray.remote(num_cpus=0)(ActorRegistry).remote()
+    actors = [Embedding.remote(registry) for _ in range(2)]
+    ray.get([a.__ray_ready__.remote() for a in actors], timeout=60)  # constructed: registered
+    calls = [a.batch.remote() for a in actors]
+    time.sleep(0.5)  # under way
+    t0 = time.monotonic()
+    _end_actors(registry)
+    assert time.monotonic() - t0 < 30
+    for a, call in zip(actors, calls):
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(call, timeout=30)  # the batch in flight was dropped, not finished
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(a.__ray_ready__.remote(), timeout=30)  # and it was not restarted
+    assert ray.get(registry.take.remote()) == []
+    ray.kill(registry)
 
 
 # ---- two local nodes ---------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ Only the driver writes the knowledge base (concurrent merge_insert duplicates ke
 applied by one merge_insert or not at all: killed before it, the staging is discarded at the next
 run's start and the resume's plan does that work again; killed after it, the plan skips it.
 Pause commits the whole documents already staged and stops; cancel abandons what is in flight.
+Either way the embedding actors are killed (each registered itself) and the dataset has ended
+before the staging is removed: no batch in flight lands in it afterwards.
 A killed actor is restarted by Ray and its batch retried. Without an address a private local Ray
 starts with the job and stops with it.
 """
@@ -49,6 +51,7 @@ EMBED_BATCH_DOCS = 4            # documents an embedding actor takes a call (one
 CHUNK_TASK_CPUS = 0.5
 EMBED_ACTOR_CPUS = 1.0
 ACTOR_RESTARTS = 3              # a killed actor is restarted, its batch retried, this many times
+STOP_WAIT_S = 60.0              # a stopped pass waits this long for the dataset to end before removing its staging
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024
 BLOCK_BYTES = 64 * 1024
 _END = object()
@@ -69,7 +72,11 @@ class RaySession:
             raise RayMissing(JobPhase.LOADING, "the ray executor needs Ray: pip install 'kbingest[ray]'") from None
         self.owned = False
         self.temp_dir: Optional[str] = None
-        quiet = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+        # stderr is for the job's own lines: Ray's notes on this driver (no SIGTERM handler off the main
+        # thread, constructor arguments in the object store) are not the operator's; its failures reach
+        # the job as exceptions. RAY_BACKEND_LOG_LEVEL=info (set by the operator) brings them back.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         if ray.is_initialized():  # a driver that connected already (tests, a notebook): use it
             pass
         elif config.ray_address:
@@ -141,12 +148,18 @@ class RayExecutor(Executor):
     def _run(self, stages: PassStages, config: JobConfig, staging: str) -> None:
         from ray.util.queue import Queue
 
+        import ray
+
+        from kbingest.pipeline.executors.ray_workers import ActorRegistry
+
         plan = Queue(maxsize=PLAN_GROUPS, actor_options={"num_cpus": 0})
+        registry = ray.remote(num_cpus=0)(ActorRegistry).remote()
         removals: list[Doc] = []
         summaries: queue.Queue = queue.Queue()
         # the cluster's part starts with the first document to work on (an unchanged pass starts nothing)
-        consumer = threading.Thread(target=lambda: self._consume(self._dataset(config, plan, staging), summaries),
-                                    name="kbingest-ray", daemon=True)
+        consumer = threading.Thread(
+            target=lambda: self._consume(self._dataset(config, plan, staging, registry), summaries),
+            name="kbingest-ray", daemon=True)
         feeder = threading.Thread(target=self._feed, args=(stages, plan, removals, consumer, summaries),
                                   name="kbingest-loader", daemon=True)
         feeder.start()
@@ -191,10 +204,14 @@ class RayExecutor(Executor):
             if self._failure is not None:
                 self.control.halt()
             if self.control.stopping:
-                import ray
-
-                ray.kill(plan.actor)  # the pullers fail, the pass's tasks and actors end
+                # the dataset now fails as it must: Ray Data's report of that is not the operator's to read
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL + 1)
+                ray.kill(plan.actor)  # the pullers fail, the pass's tasks end
+                _end_actors(registry)  # and no embedding actor writes into the staging any more
             feeder.join(timeout=30)
+            if consumer.ident is not None:
+                consumer.join(timeout=STOP_WAIT_S)
+            ray.kill(registry)
 
     def _feed(self, stages: PassStages, plan, removals: list[Doc], consumer: threading.Thread,
               summaries: queue.Queue) -> None:
@@ -240,7 +257,7 @@ class RayExecutor(Executor):
             except Full:
                 continue
 
-    def _dataset(self, config: JobConfig, plan, staging: str):
+    def _dataset(self, config: JobConfig, plan, staging: str, registry):
         import ray.data
 
         from kbingest.pipeline.executors.ray_workers import EmbedWriter, pull_and_chunk
@@ -253,7 +270,7 @@ class RayExecutor(Executor):
                             num_cpus=CHUNK_TASK_CPUS)
         with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)
             warnings.simplefilter("ignore")
-            return ds.map_batches(EmbedWriter, fn_constructor_args=(cfg, env, gpus or 0.0),
+            return ds.map_batches(EmbedWriter, fn_constructor_args=(cfg, env, gpus or 0.0, registry),
                                   batch_size=EMBED_BATCH_DOCS, batch_format="pyarrow",
                                   compute=ray.data.ActorPoolStrategy(size=config.ray_embed_actors),
                                   num_cpus=EMBED_ACTOR_CPUS, num_gpus=gpus,
@@ -296,6 +313,28 @@ class RayExecutor(Executor):
             index.flush()
             index.r.count("ray_waves")
         _drop_files(staging, fragments)
+
+
+def _end_actors(registry) -> None:
+    """Kill the pass's embedding actors (no restart) and wait until each is gone (bounded): a batch
+    in flight is dropped, not written into a staging about to be removed."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    try:
+        actors = ray.get(registry.take.remote(), timeout=10)
+    except RayError:
+        return
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for a in actors:
+        try:
+            ray.get(a.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+        except GetTimeoutError:
+            log.warning("an embedding actor did not end within %.0f s of the stop", STOP_WAIT_S)
+        except RayError:
+            pass  # dead: what the kill was for
 
 
 def _commit_staging(uri: str, fragments: list[str], dim: int):

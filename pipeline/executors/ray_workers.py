@@ -104,14 +104,34 @@ def _failed(d: Doc) -> Doc:
     return Doc(path=d.path, doc_id=d.doc_id, version=d.version, replaces=d.replaces, dropped=True)
 
 
+class ActorRegistry:
+    """A Ray actor (no CPU) the driver makes for a pass: each embedding actor registers its handle,
+    so that a stopped pass can end them before its staging is removed (Ray Data only lets go of
+    its actors, which then finish the batch in flight and write its fragments)."""
+
+    def __init__(self) -> None:
+        self.actors: list = []
+
+    def add(self, actor: Any) -> None:
+        self.actors.append(actor)
+
+    def take(self) -> list:
+        actors, self.actors = self.actors, []
+        return actors
+
+
 class EmbedWriter:
     """Ray Data actor: loads the model once, embeds batches of whole documents with the same
     EmbedStage as threads (retries, a failing document isolated), and writes their rows as Lance
     fragments of the pass's staging dataset (committed by the driver, a wave at a time). Returns one summary row a batch: the fragments, the
     documents (with their row counts), the reports and the node that did it."""
 
-    def __init__(self, config_json: str, env: dict[str, str], gpus: float = 0.0) -> None:
+    def __init__(self, config_json: str, env: dict[str, str], gpus: float = 0.0, registry: Any = None) -> None:
         os.environ.update(env)
+        if registry is not None:  # before any batch (again after a restart: a handle is killed once)
+            import ray
+
+            ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
         from kbingest.pipeline.control import RunControl
         from kbingest.pipeline.embedding import make_embedder
 
