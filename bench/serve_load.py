@@ -4,9 +4,10 @@ plus one SSE client, against the same job with no clients, in one run, alternati
     python -m bench.serve_load [--pages 16] [--reps 2] [--clients 50] [--hz 10] [--json]
 
 Only 127.0.0.1; every job and the whole run are bounded in time; the server is stopped at the end.
-The clients are asyncio protocols on HTTP/1.1 keep-alive connections (one request at a time each)
-on uvloop, so that the load generator takes little of the CPU the job and the server share with it;
-the CPU seconds of the server and of the load generator are reported per job (/proc).
+The polling clients are HTTP/1.1 keep-alive connections (one request at a time each) driven from
+one thread on epoll (`Pollers`), so that the load generator takes little of the CPU the job and the
+server share with it; the SSE client is asyncio. The CPU seconds of the server and of the load
+generator are reported per job (/proc).
 Figures: p99 (and p50, max) status latency under load; job throughput (chunks indexed / job
 wall time, real model) with clients over without, per pair, and its median.
 """
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -66,65 +68,96 @@ def _get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n".encode()
 
 
-class _PollProtocol(asyncio.Protocol):
-    """One keep-alive connection polling one path: a request written from a timer, its response
-    parsed as bytes arrive (no stream objects, no task per request: a few tens of µs of the load
-    generator's CPU a poll, where asyncio streams took ~200)."""
+class Pollers:
+    """`clients` keep-alive connections polling one path at `hz` each, staggered evenly, in one
+    thread on epoll: a request is written when due (skipped while one is in flight, as a client
+    with a timer and one connection would), its response parsed as bytes arrive. No event loop,
+    task or timer object a poll: about a send, a recv and a share of an epoll wake-up, so that the
+    load generator, which shares the job's cores here and has its own machine in production, takes
+    as little of them as it can."""
 
-    def __init__(self, raw: bytes, lat: list[float], errors: list[int]) -> None:
-        self.raw, self.lat, self.errors = raw, lat, errors
-        self.buf = b""
-        self.sent_at: Optional[float] = None
-        self.transport: Optional[asyncio.Transport] = None
+    def __init__(self, port: int, path: str, clients: int, hz: float) -> None:
+        self.raw = _get(path)
+        self.period, self.n = 1.0 / hz, clients
+        self.lat: list[float] = []
+        self.errors: list[int] = []
+        self.socks = []
+        for _ in range(clients):
+            s = socket.create_connection((HOST, port))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            self.socks.append(s)
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        self.transport = transport
+    def run(self, stop: threading.Event) -> None:
+        import select
 
-    def send(self) -> None:
-        if self.sent_at is None and self.transport is not None and not self.transport.is_closing():
-            self.sent_at = time.perf_counter()
-            self.transport.write(self.raw)
+        ep = select.epoll()
+        by_fd = {s.fileno(): i for i, s in enumerate(self.socks)}
+        for fd in by_fd:
+            ep.register(fd, select.EPOLLIN)
+        sent: list[Optional[float]] = [None] * self.n
+        bufs = [b""] * self.n
+        step = self.period / self.n
+        due, k = time.perf_counter(), 0
+        try:
+            while not stop.is_set():
+                now = time.perf_counter()
+                while due <= now:  # every poll now due, round robin
+                    if sent[k] is None:
+                        sent[k] = now
+                        self.socks[k].send(self.raw)
+                    k = (k + 1) % self.n
+                    due += step
+                for fd, _ in ep.poll(min(max(due - time.perf_counter(), 0.0), 0.1)):
+                    i = by_fd[fd]
+                    data = self.socks[i].recv(65536)
+                    if not data:
+                        raise ConnectionError("the server closed a polling connection")
+                    buf = bufs[i] + data
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        bufs[i] = buf
+                        continue
+                    at = buf.lower().find(b"content-length:", 0, end)
+                    length = int(buf[at + 15:buf.index(b"\r\n", at)]) if at >= 0 else 0
+                    if len(buf) < end + 4 + length:
+                        bufs[i] = buf
+                        continue
+                    bufs[i] = buf[end + 4 + length:]
+                    if sent[i] is not None:
+                        self.lat.append(time.perf_counter() - sent[i])
+                    sent[i] = None
+                    if buf[9:12] != b"200":
+                        self.errors.append(int(buf[9:12]))
+        finally:
+            ep.close()
+            for s in self.socks:
+                s.close()
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = self.buf[:end]
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:].strip())
-        if len(self.buf) < end + 4 + length:
-            return
-        self.buf = self.buf[end + 4 + length:]
-        if self.sent_at is not None:
-            self.lat.append(time.perf_counter() - self.sent_at)
-        self.sent_at = None
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            self.errors.append(status)
 
+async def _polling(port: int, path: str, clients: int, hz: float):
+    """Pollers running in a thread; returns `done`, which stops them and gives them back (or raises
+    what stopped them early: a bench whose clients failed measures nothing)."""
+    pollers = await asyncio.get_running_loop().run_in_executor(None, Pollers, port, path, clients, hz)
+    stop = threading.Event()
+    failure: list[BaseException] = []
 
-async def _poller(port: int, path: str, period: float, stop: asyncio.Event, lat: list[float], errors: list[int],
-                  offset: float) -> None:
-    """Polls `path` every `period` s from `offset` on, one request in flight at most (a poll whose
-    answer has not come is skipped, as a client with a timer and one connection would)."""
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(lambda: _PollProtocol(_get(path), lat, errors), HOST, port)
+    def run() -> None:
+        try:
+            pollers.run(stop)
+        except BaseException as e:
+            failure.append(e)
 
-    def tick(at: float) -> None:
-        if stop.is_set():
-            return
-        proto.send()
-        loop.call_at(at + period, tick, at + period)
+    thread = threading.Thread(target=run, name="pollers", daemon=True)
+    thread.start()
 
-    first = loop.time() + offset
-    loop.call_at(first, tick, first)
-    try:
-        await stop.wait()
-    finally:
-        transport.close()
+    async def done() -> Pollers:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        if failure:
+            raise failure[0]
+        return pollers
+    return done
 
 
 async def _sse(port: int, job_id: str, events: list[dict]) -> None:
@@ -161,12 +194,8 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
     if status != 202:
         raise RuntimeError(f"starting the job: HTTP {status}: {body}")
     job_id = body["job_id"]
-    stop = asyncio.Event()
-    lat: list[float] = []
-    errors: list[int] = []
     events: list[dict] = []
-    tasks = [asyncio.create_task(_poller(port, f"{API}/kb/{kb}/status", 1.0 / hz, stop, lat, errors,
-                                         offset=i / (hz * max(clients, 1)))) for i in range(clients)]
+    polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz) if clients else None
     sse = asyncio.create_task(_sse(port, job_id, events)) if clients else None
     deadline = time.monotonic() + JOB_TIMEOUT_S
     final: dict = {}
@@ -176,8 +205,8 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
         final = info["status"]
         if final["status"] not in ("pending", "running"):
             break
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    pollers = await polling() if polling is not None else None
+    lat, errors = (pollers.lat, pollers.errors) if pollers is not None else ([], [])
     if sse is not None:
         try:
             await asyncio.wait_for(sse, 10)
@@ -198,19 +227,14 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
 
 async def _idle_polls(port: int, kb: str, clients: int, hz: float, seconds: float = 5.0) -> list[float]:
     """The same clients for a few seconds with no job running: the machine's share of the latency."""
-    stop, lat, errors = asyncio.Event(), [], []
-    tasks = [asyncio.create_task(_poller(port, f"{API}/kb/{kb}/status", 1.0 / hz, stop, lat, errors,
-                                         offset=i / (hz * max(clients, 1)))) for i in range(clients)]
+    polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz)
     await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return lat
+    return (await polling()).lat
 
 
 def _run(coro):
-    """The clients on uvloop (a kbingest dependency where it builds): the load generator shares the
-    2 cores with the job it measures, and its own CPU (which real clients spend on their own
-    machines) is a third lower than on asyncio's default loop."""
+    """The SSE client and the job's own calls on uvloop (a kbingest dependency where it builds): the
+    load generator shares the 2 cores with the job it measures."""
     try:
         import uvloop
     except ImportError:

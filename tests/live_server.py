@@ -28,7 +28,7 @@ class ThreadServer:
     def __init__(self, home: Path, **cfg) -> None:
         import uvicorn
 
-        from kbingest.app.server import ServerConfig, create_app
+        from kbingest.app.server import ServerConfig, create_app, uvicorn_config
         from kbingest.pipeline.service import Service
 
         self.sock = socket.socket()
@@ -39,7 +39,7 @@ class ThreadServer:
         self.service = Service(home, cached_reads=True)
         self.app = create_app(self.service, ServerConfig(port=self.port, **cfg))
         self.host = self.app.app.state.host
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False))
+        self.server = uvicorn.Server(uvicorn_config(self.app, port=self.port))  # as `kbingest serve` runs it
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20

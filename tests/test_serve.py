@@ -450,3 +450,85 @@ def test_a_response_leaves_in_one_write_and_a_close_sends_what_is_buffered():
         assert t2.sent == [] and w2.get_extra_info("peername") == ("127.0.0.1", 1)
 
     asyncio.run(scenario())
+
+
+# ---- the polled status, answered in the protocol -------------------------------------------------
+class _Responses:
+    """HTTP/1.1 responses off one socket, in order: status, headers (lower-case names), body."""
+
+    def __init__(self, sock) -> None:
+        self.sock, self.buf = sock, b""
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.buf += data
+
+    def next(self) -> tuple[int, dict, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict((k.lower(), v.strip()) for k, v in (ln.split(":", 1) for ln in lines[1:]))
+        length = int(headers.get("content-length", "0"))
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(lines[0].split()[1]), headers, body
+
+
+def test_the_polled_status_answered_in_the_protocol_is_the_routes_answer(serve, corpus, monkeypatch):
+    """Once the kb status is cached, a keep-alive GET of it is answered by the HTTP protocol itself
+    (no ASGI call): the route's body and content type, a pipelined pair in order, an unknown knowledge
+    base's 404 in the one error shape. A query, a close or a missing token go uvicorn's way (the
+    ASGI app is called) with their usual answers."""
+    import socket
+
+    from kbingest.app.server import Guard
+
+    s = serve(token="t", allow_roots=[str(corpus)])
+    with httpx.Client(base_url=s.url, headers={"Authorization": "Bearer t"}, timeout=60) as c:
+        wait_status(c, start_job(c, [corpus]), {"completed"})
+        routed = c.get(f"{API}/kb/waf/status")
+    assert routed.status_code == 200
+    calls: list[str] = []
+    asgi = Guard.__call__
+
+    async def counted(self, scope, receive, send):
+        calls.append(scope.get("path", "") + "?" + scope.get("query_string", b"").decode())
+        return await asgi(self, scope, receive, send)
+
+    monkeypatch.setattr(Guard, "__call__", counted)
+
+    def get(target: str, *extra: str) -> bytes:
+        return "\r\n".join([f"GET {target} HTTP/1.1", "Host: x", *extra, "", ""]).encode()
+
+    poll = get(f"{API}/kb/waf/status", "Authorization: Bearer t")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        read = _Responses(sock).next
+        answers = []
+        for _ in range(3):
+            sock.sendall(poll)
+            answers.append(read())
+        sock.sendall(poll + poll)  # pipelined
+        answers += [read(), read()]
+        for status, headers, body in answers:
+            assert status == 200 and headers["content-type"] == "application/json" and "date" in headers
+            assert json.loads(body) == routed.json()
+        assert calls == [], "answered before any ASGI call"
+
+        sock.sendall(get(f"{API}/kb/waf/status?x=1", "Authorization: Bearer t"))
+        status, _, body = read()
+        assert status == 200 and json.loads(body) == routed.json()
+        sock.sendall(get(f"{API}/kb/waf/status"))  # no token
+        status, headers, body = read()
+        assert status == 401 and json.loads(body)["error"] == "unauthorized" and headers["www-authenticate"] == "Bearer"
+        sock.sendall(get(f"{API}/kb/nope/status", "Authorization: Bearer t"))
+        status, _, body = read()
+        assert status == 404 and json.loads(body)["error"] == "not_found"
+        sock.sendall(get(f"{API}/kb/waf/status", "Authorization: Bearer t", "Connection: close"))
+        status, _, body = read()
+        assert status == 200 and json.loads(body) == routed.json()
+        assert sock.recv(1) == b"", "Connection: close was honoured"
+        assert read.__self__.buf == b"", "no answer that was not asked for"
+    assert calls == [f"{API}/kb/waf/status?x=1", f"{API}/kb/waf/status?", f"{API}/kb/waf/status?"]
