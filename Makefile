@@ -17,7 +17,7 @@ run: setup  ## the dashboard ingesting the sample shipped in samples/waf
 	$(BIN)/kbingest --home $(HOME_DIR) ingest samples/waf --kb sample
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/pip install -q -e ".[test,bench]"

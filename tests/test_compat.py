@@ -9,6 +9,7 @@ import pytest
 from conftest import DATA, run_cli
 
 FIXTURE = DATA / "kb-v0.1"
+pytestmark = pytest.mark.xdist_group("compat")  # one worker: SOURCE is a fixed path
 SOURCE = Path("/tmp/kbingest-compat-v01/docs")  # where version 0.1 read the pages from (its document keys)
 
 

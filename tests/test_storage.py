@@ -212,6 +212,7 @@ def test_locations_resolve(tmp_path, monkeypatch):
     assert "SECRET" not in json.dumps(loc.job_fields(home))
 
 
+@pytest.mark.xdist_group("ray")  # with the other Ray tests: their check of kbingest-ray-* temp dirs
 def test_ray_executor_round_trip_on_s3(s3, pages, tmp_path):
     """Both executors against the emulator: the Ray executor stages and commits under the s3:// location
     and ends with the thread executor's table; an unchanged re-run embeds nothing; no staging is left."""
