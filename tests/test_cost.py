@@ -246,6 +246,42 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_a_cold_search_imports_neither_pandas_nor_the_overrides_checks(tmp_path, pages):
+    """pipeline/fastimport.py: `kbingest search` forgoes pandas (pyarrow's dataset module would import
+    it: ~0.45 s) and lancedb imports with `overrides` as the marker it is on Python 3.12 (~0.3 s);
+    every search mode still answers, and the real `overrides` is there for anything imported after."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_cli
+
+    h = tmp_path / "h"
+    assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
+    for mode in ("hybrid", "vector", "text"):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search", "--kb",
+                            "docs", "reliability", "--mode", mode, "--json"], capture_output=True, text=True,
+                           cwd=str(REPO), timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout), f"{mode}: no hits"
+        imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
+        assert "lancedb" in imported, mode
+        assert not any(m.startswith("pandas.") for m in imported), f"{mode}: pandas was loaded"  # only tried
+        if sys.version_info < (3, 12):
+            assert "overrides.overrides" not in imported, mode
+    code = """
+import sys
+from kbingest.pipeline.fastimport import import_lancedb
+import_lancedb()
+import overrides
+assert hasattr(overrides, "__VERSION__") and "overrides.enforce" in sys.modules, "the real package after"
+import pandas
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def _ingest_importing(home, src, *extra: str):
     """`kbingest ingest --batch` in a fresh process: (its final status, whether it imported lancedb)."""
     import json
