@@ -312,9 +312,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from kbingest.pipeline.fastimport import forgo_pandas
-
-    forgo_pandas()  # a cold search makes no DataFrame: pyarrow need not import pandas (~0.45 s)
+    Service.one_shot_search()
     svc = _service(args)
     svc.resident_search = True  # a `kbingest serve` of this home answers warm
     hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),

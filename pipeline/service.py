@@ -387,6 +387,14 @@ class Service:
         return repair(self.home, kb, sources=jobs[0].config.sources if jobs else None).message
 
     # ---- searching --------------------------------------------------------------------------
+    @staticmethod
+    def one_shot_search() -> None:
+        """This process makes one search and ends (the CLI's `search`): it makes no DataFrame, so
+        pyarrow need not import pandas (~0.45 s of a cold search: pipeline/fastimport.py)."""
+        from kbingest.pipeline.fastimport import forgo_pandas
+
+        forgo_pandas()
+
     def search(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
                db_options: Optional[dict] = None):
         """The k chunks nearest the query (vector, full-text or hybrid), embedded with the model the
