@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench bench-tools setup clean
 $(BIN)/kbingest: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -22,6 +22,9 @@ test: setup
 bench: setup
 	$(BIN)/pip install -q -e ".[test,bench]"
 	$(BIN)/python -m bench
+
+bench-tools:  ## wrk and nginx for the serve load figures (`--only serve_wrk`, the nginx floor); Debian, as root
+	apt-get install -y -q wrk nginx-light
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

@@ -562,6 +562,13 @@ class _CoalescedWrites:
             if not self._t.is_closing():
                 self._t.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """One whole response: sent at once unless writes of this turn wait (order is kept)."""
+        if self._buf:
+            self.write(data)
+        elif not self._t.is_closing():
+            self._t.write(data)
+
     def close(self) -> None:
         self._flush()
         self._t.close()
@@ -582,12 +589,34 @@ class _Answered:
 
 _ANSWERED = _Answered()
 
+# A request that is exactly one bodiless keep-alive HTTP/1.1 GET of a plain path (no query, no
+# escapes), every header line well formed: what a status poller sends. Anything else is the parser's.
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9/_.~-]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[ \t]*[\x20-\x7e]*\r\n)*)\r\n\Z")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\x20-\x7e]*?)[ \t]*\r\n")
+_NOT_SIMPLE = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"connection"})
+
+
+def simple_get(data: bytes) -> Optional[tuple[str, dict[bytes, bytes]]]:
+    """(path, headers by lower-case name) if `data` is one whole simple GET as above, else None."""
+    m = _SIMPLE_GET.match(data)
+    if m is None:
+        return None
+    headers = {}
+    for name, value in _FIELD.findall(m.group(2)):
+        name = name.lower()
+        if name in _NOT_SIMPLE and not (name == b"connection" and value.lower() == b"keep-alive"):
+            return None
+        headers[name] = value
+    return m.group(1).decode("ascii"), headers
+
 
 def _http_protocol(guard: Guard) -> Any:
     """uvicorn's httptools protocol, writing each response in one send, and answering the polled
     kb status itself: a keep-alive GET of that path that the guard lets through and `fast_get`
-    answers is written as the headers end, with no ASGI cycle, task or event (~100 µs of the
-    server's CPU a poll). Everything else, and that path whenever fast_get declines, takes
+    answers is written as the headers end, with no ASGI cycle, task or event; and when such a poll
+    arrives whole between requests (`simple_get`: as pollers send it), as it arrives, without the
+    parser's callbacks either. Everything else, and that path whenever fast_get declines, takes
     uvicorn's way."""
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, _get_status_line
@@ -595,24 +624,46 @@ def _http_protocol(guard: Guard) -> Any:
     status_lines: dict[int, bytes] = {}
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+        _in_message = False  # the parser holds part of a request
+
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))
+
+        def data_received(self, data: bytes) -> None:
+            # a poll that arrives whole, between requests, is answered without the parser's callbacks
+            if not (self._in_message or self._busy()):
+                request = simple_get(data)
+                if request is not None and self._answer(*request):
+                    return
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            self._in_message = True
+            super().on_message_begin()
+
+        def on_message_complete(self) -> None:
+            self._in_message = False
+            super().on_message_complete()
 
         def on_headers_complete(self) -> None:
             if not self._answered_here():
                 super().on_headers_complete()
 
+        def _busy(self) -> bool:
+            return guard.fast_get is None or bool(self.pipeline) or not (self.cycle is None or self.cycle.response_complete)
+
         def _answered_here(self) -> bool:
             p = self.parser
-            if (guard.fast_get is None or p.get_method() != b"GET" or p.get_http_version() != "1.1"
-                    or not p.should_keep_alive() or p.should_upgrade() or self.pipeline
-                    or not (self.cycle is None or self.cycle.response_complete)):
+            if (p.get_method() != b"GET" or p.get_http_version() != "1.1" or not p.should_keep_alive()
+                    or p.should_upgrade() or self._busy()):
                 return False
             url = httptools.parse_url(self.url)
             if url.query or b"%" in url.path:
                 return False
-            path = url.path.decode("ascii", "replace")
-            if not guard.authorized(dict(self.headers), path):
+            return self._answer(url.path.decode("ascii", "replace"), dict(self.headers))
+
+        def _answer(self, path: str, headers: dict) -> bool:
+            if not guard.authorized(headers, path):
                 return False  # uvicorn's way answers 401
             answer = guard.fast_get(path)
             if answer is None:
@@ -623,7 +674,8 @@ def _http_protocol(guard: Guard) -> Any:
             head = [status_lines[status], b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body)]
             head += [b"%s: %s\r\n" % kv for kv in self.server_state.default_headers]
-            self.transport.write(b"".join(head) + b"\r\n" + body)
+            self._unset_keepalive_if_required()
+            self.transport.write_now(b"".join(head) + b"\r\n" + body)
             self.cycle = _ANSWERED  # type: ignore[assignment]
             self.on_response_complete()
             return True

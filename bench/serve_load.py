@@ -10,6 +10,12 @@ server share with it; the SSE client is asyncio. The CPU seconds of the server a
 generator are reported per job (/proc).
 Figures: p99 (and p50, max) status latency under load; job throughput (chunks indexed / job
 wall time, real model) with clients over without, per pair, and its median.
+
+`--floor` (a diagnostic, needs nginx on the PATH or in /usr/sbin) adds a third job to each round:
+the same clients polling a static copy of the status (same bytes) served by nginx, one process, on
+127.0.0.1, while the job runs in `kbingest serve` exactly as before (the SSE client included). Its
+ratio to the job without clients is what the job would keep if the status poll cost what a C
+server takes to answer it: the floor that the load generator and this machine's loopback leave.
 """
 from __future__ import annotations
 
@@ -135,9 +141,16 @@ class Pollers:
                 s.close()
 
 
-async def _polling(port: int, path: str, clients: int, hz: float):
-    """Pollers running in a thread; returns `done`, which stops them and gives them back (or raises
-    what stopped them early: a bench whose clients failed measures nothing)."""
+async def _polling(port: int, path: str, clients: int, hz: float, wrk_dir: Optional[Path] = None):
+    """Pollers running in a thread (or wrk, given a folder for its script); returns `done`, which
+    stops them and gives them back (or raises what stopped them early: a bench whose clients failed
+    measures nothing)."""
+    if wrk_dir is not None:
+        wrk = WrkPollers(port, path, clients, hz, wrk_dir)
+
+        async def stop_wrk() -> WrkPollers:
+            return await asyncio.get_running_loop().run_in_executor(None, wrk.stop)
+        return stop_wrk
     pollers = await asyncio.get_running_loop().run_in_executor(None, Pollers, port, path, clients, hz)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -158,6 +171,64 @@ async def _polling(port: int, path: str, clients: int, hz: float):
             raise failure[0]
         return pollers
     return done
+
+
+# ---- the same clients from wrk (C), a diagnostic --------------------------------------------------
+WRK_SCRIPT = """-- each connection: one request at a time, the next {lo}-{hi} ms after a response ({hz:g} Hz on average,
+-- connections drifting apart); at the end, every latency recorded (microseconds, count) as JSON
+math.randomseed(os.time())
+delay = function() return math.random({lo}, {hi}) end
+done = function(summary, latency, requests)
+  local parts, i, last = {{}}, 1, -1
+  while i <= latency.max - latency.min + 1 do
+    local v, c = latency(i)
+    if v == nil or v > latency.max or v <= last then break end
+    parts[#parts + 1] = string.format("[%d,%d]", v, c)
+    last = v
+    i = i + 1
+  end
+  local e = summary.errors
+  io.write(string.format('{{"requests": %d, "non2xx": %d, "socket_errors": %d, "latency_us": [%s]}}\\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, table.concat(parts, ",")))
+end
+"""
+
+
+def wrk_binary() -> Optional[str]:
+    return shutil.which("wrk")
+
+
+class WrkPollers:
+    """`clients` connections of one wrk thread polling `path`, each waiting a uniform 0.5-1.5
+    periods after a response: the same load as `Pollers` from a C load generator. Stopped with
+    SIGINT (wrk then reports); `lat`, `errors` and `cpu_s` (wrk's own, from wait4) as Pollers'."""
+
+    def __init__(self, port: int, path: str, clients: int, hz: float, script_dir: Path) -> None:
+        binary = wrk_binary()
+        if binary is None:
+            raise RuntimeError("--load-generator wrk needs wrk (Debian: apt-get install wrk)")
+        mean_ms = 1000.0 / hz
+        script = script_dir / "poll.lua"
+        script.write_text(WRK_SCRIPT.format(lo=round(mean_ms / 2), hi=round(mean_ms * 1.5), hz=hz))
+        self.lat: list[float] = []
+        self.errors: list[int] = []
+        self.cpu_s = 0.0
+        self.proc = subprocess.Popen([binary, "-t1", f"-c{clients}", "-d3600s", "--timeout", "10s", "-s", str(script),
+                                      f"http://{HOST}:{port}{path}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> "WrkPollers":
+        self.proc.send_signal(signal.SIGINT)
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+        report = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), None)
+        if report is None:
+            raise RuntimeError(f"wrk reported nothing (exit {self.proc.returncode}): {out[-400:]}")
+        for us, count in report["latency_us"]:
+            self.lat += [us / 1e6] * count
+        self.errors = [0] * (report["non2xx"] + report["socket_errors"])
+        return self
 
 
 async def _sse(port: int, job_id: str, events: list[dict]) -> None:
@@ -188,14 +259,83 @@ async def _call(port: int, method: str, path: str, body: Optional[dict] = None) 
     return status, json.loads(out) if out else {}
 
 
+# ---- the floor: a static responder in C ------------------------------------------------------
+NGINX_CONF = """master_process off;
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 256; use epoll; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /status {{ root {root}/www; try_files /status.json =404; default_type application/json; }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> Optional[str]:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+class StaticResponder:
+    """nginx, one process, serving `GET /status` from `root/www/status.json` on 127.0.0.1:port."""
+
+    def __init__(self, root: Path) -> None:
+        binary = nginx_binary()
+        if binary is None:
+            raise RuntimeError("--floor needs nginx (Debian: apt-get install nginx-light)")
+        self.root, self.port = root, _free_port()
+        (root / "www").mkdir(parents=True, exist_ok=True)
+        self.body_file = root / "www" / "status.json"
+        self.body_file.write_bytes(b"{}")
+        conf = root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=root, port=self.port))
+        self.proc = subprocess.Popen([binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read()[-400:] if self.proc.stderr else ''}")
+                time.sleep(0.1)
+
+    def serve(self, body: bytes) -> None:
+        tmp = self.body_file.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        os.replace(tmp, self.body_file)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 # ---- one job --------------------------------------------------------------------------------------
-async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> dict:
+async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float,
+                   poll_at: Optional[tuple[int, str]] = None, wrk_dir: Optional[Path] = None) -> dict:
     status, body = await _call(port, "POST", f"{API}/kb/{kb}/jobs", {"sources": [str(docs)]})
     if status != 202:
         raise RuntimeError(f"starting the job: HTTP {status}: {body}")
     job_id = body["job_id"]
     events: list[dict] = []
-    polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz) if clients else None
+    poll_port, poll_path = poll_at or (port, f"{API}/kb/{kb}/status")
+    polling = await _polling(poll_port, poll_path, clients, hz, wrk_dir) if clients else None
     sse = asyncio.create_task(_sse(port, job_id, events)) if clients else None
     deadline = time.monotonic() + JOB_TIMEOUT_S
     final: dict = {}
@@ -207,6 +347,7 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
             break
     pollers = await polling() if polling is not None else None
     lat, errors = (pollers.lat, pollers.errors) if pollers is not None else ([], [])
+    wrk_cpu_s = getattr(pollers, "cpu_s", 0.0)  # a child's: not in the bench's process_time
     if sse is not None:
         try:
             await asyncio.wait_for(sse, 10)
@@ -221,13 +362,14 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float) -> d
     phases_seen = sorted({e["phase"] for e in events})
     load_avg = os.getloadavg()[0]
     return {"job_id": job_id, "clients": clients, "wall": wall, "chunks": chunks, "rate": chunks / wall,
-            "latencies": lat, "errors": errors, "sse_events": len(events), "sse_phases": phases_seen, "load_avg": load_avg,
+            "latencies": lat, "errors": errors, "wrk_cpu_s": wrk_cpu_s, "sse_events": len(events), "sse_phases": phases_seen, "load_avg": load_avg,
             "sse_final": events[-1]["status"] if events else None}
 
 
-async def _idle_polls(port: int, kb: str, clients: int, hz: float, seconds: float = 5.0) -> list[float]:
+async def _idle_polls(port: int, kb: str, clients: int, hz: float, wrk_dir: Optional[Path] = None,
+                      seconds: float = 5.0) -> list[float]:
     """The same clients for a few seconds with no job running: the machine's share of the latency."""
-    polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz)
+    polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz, wrk_dir)
     await asyncio.sleep(seconds)
     return (await polling()).lat
 
@@ -269,6 +411,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="a diagnostic: the load generator's nice value once the server runs (default 0, the job's "
                         "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
                         "their own scheduling's)")
+    p.add_argument("--floor", action="store_true",
+                   help="a diagnostic: a third job a round, its clients polling the same status bytes served by nginx")
+    p.add_argument("--load-generator", choices=("pollers", "wrk"), default="pollers",
+                   help="the polling clients: `Pollers` (Python, epoll; the default) or wrk (C), a diagnostic")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
@@ -279,7 +425,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     runs: list[dict] = []
     idle: list[float] = []
+    responder: Optional[StaticResponder] = None
     try:
+        responder = StaticResponder(tmp / "nginx") if args.floor else None
+        wrk_dir = tmp if args.load_generator == "wrk" else None
         import httpx
 
         deadline = time.monotonic() + 60
@@ -294,25 +443,35 @@ def main(argv: Optional[list[str]] = None) -> int:
             time.sleep(0.2)
         if args.client_nice:
             os.nice(args.client_nice)  # the server (started above) keeps its priority
+        modes = ["bare", "server"] + (["floor"] if responder is not None else [])
         order = []
-        for i in range(args.reps):  # A B, B A, A B...: neither side always goes first
-            pair = [0, args.clients] if i % 2 == 0 else [args.clients, 0]
-            order += pair
-        for i, clients in enumerate(order):
-            cpu0 = _cpu_s(server.pid), time.process_time()
-            r = _run(_one_job(port, docs, f"load{i}", clients, args.hz))
-            r["server_cpu_s"], r["client_cpu_s"] = _cpu_s(server.pid) - cpu0[0], time.process_time() - cpu0[1]
+        for i in range(args.reps):  # A B, B A, A B... (A B C, B C A, C A B...): no mode always goes first
+            order += modes[i % len(modes):] + modes[:i % len(modes)]
+        for i, mode in enumerate(order):
+            clients = 0 if mode == "bare" else args.clients
+            poll_at = (responder.port, "/status") if mode == "floor" and responder is not None else None
+            cpu0 = _cpu_s(server.pid), time.process_time(), _cpu_s(responder.proc.pid) if responder else 0.0
+            r = _run(_one_job(port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
+            r["mode"] = mode
+            r["server_cpu_s"] = _cpu_s(server.pid) - cpu0[0]
+            r["client_cpu_s"] = time.process_time() - cpu0[1] + r["wrk_cpu_s"]
+            r["responder_cpu_s"] = (_cpu_s(responder.proc.pid) - cpu0[2]) if responder else 0.0
             runs.append(r)
+            if responder is not None:  # the floor's clients get the bytes the server answers
+                responder.serve(httpx.get(f"http://{HOST}:{port}{API}/kb/load{i}/status", timeout=10).content)
             extra = ""
             if clients:
                 extra = (f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], .5) * 1e3:.1f} ms p99 "
                          f"{_pct(r['latencies'], .99) * 1e3:.1f} ms, {r['sse_events']} SSE events")
-            log(f"  job {i + 1}/{len(order)} with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
+            nginx = f", nginx {r['responder_cpu_s']:.2f} s" if mode == "floor" else ""
+            log(f"  job {i + 1}/{len(order)} ({mode}) with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
                 f"({r['rate']:.1f}/s){extra}; CPU: server (with the job) {r['server_cpu_s']:.1f} s, "
-                f"load generator {r['client_cpu_s']:.2f} s")
-        idle = _run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz))
+                f"load generator {r['client_cpu_s']:.2f} s{nginx}")
+        idle = _run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz, wrk_dir))
         log(f"  no job running: {len(idle)} polls p50 {_pct(idle, .5) * 1e3:.1f} ms p99 {_pct(idle, .99) * 1e3:.1f} ms")
     finally:
+        if responder is not None:
+            responder.stop()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(60)
@@ -320,11 +479,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             server.kill()
             server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    loaded = [r for r in runs if r["clients"]]
-    bare = [r for r in runs if not r["clients"]]
+    loaded = [r for r in runs if r["mode"] == "server"]
+    bare = [r for r in runs if r["mode"] == "bare"]
+    floor = [r for r in runs if r["mode"] == "floor"]
+    floor_ratios = [a["rate"] / b["rate"] for a, b in zip(floor, bare)]
     lat = [x for r in loaded for x in r["latencies"]]
     ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
-    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "client_nice": args.client_nice, "chunks": runs[0]["chunks"],
+    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "client_nice": args.client_nice,
+           "load_generator": args.load_generator, "chunks": runs[0]["chunks"],
            "polls": len(lat), "errors": sum(len(r["errors"]) for r in loaded),
            "p50_ms": _pct(lat, .5) * 1e3, "p99_ms": _pct(lat, .99) * 1e3, "max_ms": max(lat) * 1e3,
            "p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in loaded],
@@ -334,6 +496,11 @@ def main(argv: Optional[list[str]] = None) -> int:
            "sse_final": [r["sse_final"] for r in loaded], "load_avg": [r["load_avg"] for r in runs],
            "server_cpu_bare_s": [r["server_cpu_s"] for r in bare], "server_cpu_loaded_s": [r["server_cpu_s"] for r in loaded],
            "client_cpu_s": [r["client_cpu_s"] for r in loaded],
+           "floor_ratios": floor_ratios, "floor_ratio_median": median(floor_ratios) if floor_ratios else None,
+           "rates_floor": [r["rate"] for r in floor], "floor_polls": sum(len(r["latencies"]) for r in floor),
+           "floor_client_cpu_s": [r["client_cpu_s"] for r in floor],
+           "floor_nginx_cpu_s": [r["responder_cpu_s"] for r in floor],
+           "floor_server_cpu_s": [r["server_cpu_s"] for r in floor],
            "idle_polls": len(idle), "idle_p50_ms": (_pct(idle, .5) or 0) * 1e3, "idle_p99_ms": (_pct(idle, .99) or 0) * 1e3}
     if args.json:
         print(json.dumps(out))

@@ -477,6 +477,34 @@ class _Responses:
         return int(lines[0].split()[1]), headers, body
 
 
+def test_only_a_whole_plain_keep_alive_get_is_taken_as_a_poll():
+    """The protocol answers a request without the parser only if it is one whole bodiless HTTP/1.1
+    GET of a plain path with well-formed header lines; anything else goes to httptools and uvicorn."""
+    from kbingest.app.server import simple_get
+
+    poll = b"GET /api/ingestion/kb/waf/status HTTP/1.1\r\nHost: x\r\nAuthorization:  Bearer t \r\n"
+    assert simple_get(poll + b"\r\n") == ("/api/ingestion/kb/waf/status", {b"host": b"x", b"authorization": b"Bearer t"})
+    assert simple_get(poll + b"Connection: Keep-Alive\r\n\r\n") is not None
+    for other in [poll,                                                  # not whole yet
+                  poll + b"\r\n" + poll + b"\r\n",                      # pipelined
+                  poll + b"\r\nbody",                                     # more after the head
+                  poll + b"Connection: close\r\n\r\n",
+                  poll + b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                  poll + b"Content-Length: 0\r\n\r\n",
+                  poll + b"Transfer-Encoding: chunked\r\n\r\n",
+                  poll + b"Expect: 100-continue\r\n\r\n",
+                  poll + b" folded: value\r\n\r\n",                      # obsolete line folding
+                  poll + b"Bad Name: x\r\n\r\n",
+                  poll + b"X: a\x00b\r\n\r\n",
+                  poll + b"X: a\nb\r\n\r\n",
+                  b"GET /api/ingestion/kb/waf/status?x=1 HTTP/1.1\r\n\r\n",
+                  b"GET /api/ingestion/kb/w%61f/status HTTP/1.1\r\n\r\n",
+                  b"GET /api/ingestion/kb/waf/status HTTP/1.0\r\n\r\n",
+                  b"HEAD /api/ingestion/kb/waf/status HTTP/1.1\r\n\r\n",
+                  b"GET http://x/api/ingestion/kb/waf/status HTTP/1.1\r\n\r\n"]:
+        assert simple_get(other) is None, other
+
+
 def test_the_polled_status_answered_in_the_protocol_is_the_routes_answer(serve, corpus, monkeypatch):
     """Once the kb status is cached, a keep-alive GET of it is answered by the HTTP protocol itself
     (no ASGI call): the route's body and content type, a pipelined pair in order, an unknown knowledge
@@ -499,6 +527,18 @@ def test_the_polled_status_answered_in_the_protocol_is_the_routes_answer(serve, 
         return await asgi(self, scope, receive, send)
 
     monkeypatch.setattr(Guard, "__call__", counted)
+    from kbingest.app import server as server_module
+
+    whole_polls: list[str] = []
+    sniff = server_module.simple_get
+
+    def counted_sniff(data):
+        found = sniff(data)
+        if found is not None:
+            whole_polls.append(found[0])
+        return found
+
+    monkeypatch.setattr(server_module, "simple_get", counted_sniff)
 
     def get(target: str, *extra: str) -> bytes:
         return "\r\n".join([f"GET {target} HTTP/1.1", "Host: x", *extra, "", ""]).encode()
@@ -516,6 +556,7 @@ def test_the_polled_status_answered_in_the_protocol_is_the_routes_answer(serve, 
             assert status == 200 and headers["content-type"] == "application/json" and "date" in headers
             assert json.loads(body) == routed.json()
         assert calls == [], "answered before any ASGI call"
+        assert whole_polls == [f"{API}/kb/waf/status"] * 3, "the whole polls were taken as such, the pipelined pair was not"
 
         sock.sendall(get(f"{API}/kb/waf/status?x=1", "Authorization: Bearer t"))
         status, _, body = read()
