@@ -631,7 +631,7 @@ def _http_protocol(guard: Guard) -> Any:
 
         def data_received(self, data: bytes) -> None:
             # a poll that arrives whole, between requests, is answered without the parser's callbacks
-            if not (self._in_message or self._busy()):
+            if not (self._in_message or self._cannot_answer()):
                 request = simple_get(data)
                 if request is not None and self._answer(*request):
                     return
@@ -649,13 +649,14 @@ def _http_protocol(guard: Guard) -> Any:
             if not self._answered_here():
                 super().on_headers_complete()
 
-        def _busy(self) -> bool:
+        def _cannot_answer(self) -> bool:
+            """No fast path, or a request before this one is not answered yet (its answer goes first)."""
             return guard.fast_get is None or bool(self.pipeline) or not (self.cycle is None or self.cycle.response_complete)
 
         def _answered_here(self) -> bool:
             p = self.parser
             if (p.get_method() != b"GET" or p.get_http_version() != "1.1" or not p.should_keep_alive()
-                    or p.should_upgrade() or self._busy()):
+                    or p.should_upgrade() or self._cannot_answer()):
                 return False
             url = httptools.parse_url(self.url)
             if url.query or b"%" in url.path:
@@ -674,7 +675,6 @@ def _http_protocol(guard: Guard) -> Any:
             head = [status_lines[status], b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body)]
             head += [b"%s: %s\r\n" % kv for kv in self.server_state.default_headers]
-            self._unset_keepalive_if_required()
             self.transport.write_now(b"".join(head) + b"\r\n" + body)
             self.cycle = _ANSWERED  # type: ignore[assignment]
             self.on_response_complete()

@@ -713,11 +713,11 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     w = "" if generator == "pollers" else "w"
     by = "" if generator == "pollers" else ", the clients from wrk"
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks){by}"
-    cmd = f"`python -m bench.serve_load{' --load-generator wrk' if w else ''}`"
+    cmd = f"python -m bench.serve_load{' --load-generator wrk' if w else ''}"
     rows = [
         Row(f"15.1{w}", f"serve: p99 latency of GET .../kb/{{kb}}/status under load ({load})", unit="ms",
             values=d["p99_per_run_ms"], op="<", target=50.0, goal="< 50 ms",
-            note=f"{cmd}: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
+            note=f"`{cmd}`: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
                  f"{d['p99_ms']:.1f} ms, max {d['max_ms']:.0f} ms, {d['errors']} non-200; SSE events per job "
                  f"{d['sse_events']}, final {d['sse_final']}; the same clients with no job running: p50 "
                  f"{d['idle_p50_ms']:.1f} ms, p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end "
@@ -735,7 +735,7 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
             f"15.2{w}f", f"serve, a diagnostic (the floor): job throughput with the same clients polling the same status "
                          f"bytes served by nginx instead / without, same run, rotating ({load})", unit="x",
             values=d["floor_ratios"],
-            note=f"{cmd[:-1]} --floor`: chunks/s {fj(d['rates_floor'], '.1f')}; {d['floor_polls']} "
+            note=f"`{cmd} --floor`: chunks/s {fj(d['rates_floor'], '.1f')}; {d['floor_polls']} "
                  f"polls; CPU seconds of nginx {fj(d['floor_nginx_cpu_s'], '.2f')}, the load generator "
                  f"{fj(d['floor_client_cpu_s'], '.2f')}, the server process (job and SSE) "
                  f"{fj(d['floor_server_cpu_s'], '.1f')}"))
