@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="jobs started over HTTP may read sources under DIR (repeatable; none: starting is off)")
     sv.add_argument("--notify", action="append", default=[], metavar="URL",
                     help="POST the final status of each job that ends in this server to URL (repeatable)")
+    sv.add_argument("--no-status-front", action="store_false", dest="status_front",
+                    help="answer status polls in the process that runs the jobs too (by default a second process "
+                         "answers them: docs/serve.md)")
     return p
 
 
@@ -352,7 +355,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _log_to_stderr()
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
-                       notify=args.notify)
+                       notify=args.notify, status_front=args.status_front)
     return serve(cfg, getattr(args, "home", None))
 
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
 
+from kbingest.app.http_poll import API
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, JobInfo,
                                        KbError, NotFound, Service, WrongState)
 
-API = "/api/ingestion"
 TIMEOUT_S = 10.0
 _ERRORS: dict[str, type[KbError]] = {c.kind: c for c in (InvalidInput, NotFound, WrongState, Busy, Forbidden,
                                                            ControlTimeout, EngineFailure)}

@@ -13,14 +13,13 @@ no CORS.
 """
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import logging
 import os
 import sys
 import signal
-import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kbingest.app.batch import JsonLinesReporter
+from kbingest.app.http_poll import API, ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, simple_get
 from kbingest.app.notify import Notifier
+from kbingest.app.status_front import supported as status_front_supported
 from kbingest.pipeline.models import JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
                                        Service, WrongState)
@@ -38,12 +39,9 @@ from kbingest.pipeline.status import JobStatus
 log = logging.getLogger("kbingest.server")
 
 MAX_BODY = 64 * 1024
-ENV_TOKEN = "KBINGEST_TOKEN"
 SSE_POLL_S = 0.1          # as --batch polls its job
 SSE_KEEPALIVE_S = 15.0    # a comment line, so that proxies keep an idle stream open
 CONTROL_TIMEOUT_S = 120.0
-STATUS_TTL_S = 0.05       # a kb status is computed at most this often (polled by many clients)
-API = "/api/ingestion"
 
 
 class StartingDisabled(KbError):
@@ -70,6 +68,7 @@ class ServerConfig:
     token: Optional[str] = None
     allow_roots: list[str] = field(default_factory=list)
     notify: list[str] = field(default_factory=list)
+    status_front: bool = True  # status polls answered by a second process (app/status_front.py)
 
 
 def is_loopback(host: str) -> bool:
@@ -91,6 +90,7 @@ class EngineHost:
         self._live: dict[str, tuple[JobHandle, threading.Thread]] = {}
         self._lock = threading.Lock()
         self._status_cache: dict[str, tuple[float, bytes]] = {}
+        self.front: Optional[Any] = None  # the status front's link, when `kbingest serve` runs one
 
     # ---- reading ----
     def live(self, job_id: str) -> Optional[JobHandle]:
@@ -258,12 +258,7 @@ class Guard:
         self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
 
     def authorized(self, headers: dict, path: str) -> bool:
-        """The token rule: every path but /healthz needs `Authorization: Bearer <token>` (constant time)."""
-        if self.token is None or path == "/healthz":
-            return True
-        auth = headers.get(b"authorization", b"")
-        given = auth[7:] if auth[:7].lower() == b"bearer " else b""
-        return hmac.compare_digest(given, self.token)
+        return authorized(self.token, headers, path)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -397,7 +392,9 @@ def create_app(service: Service, cfg: ServerConfig):
 
     @app.get("/healthz", tags=["server"])
     async def healthz() -> dict:
-        return {"status": "ok", "jobs_running_here": len(host.live_handles())}
+        front = host.front
+        return {"status": "ok", "jobs_running_here": len(host.live_handles()),
+                "status_front": None if front is None else {"pid": front.pid, "polls_answered": front.answers}}
 
     @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now")
     def engine() -> dict:
@@ -472,14 +469,11 @@ def create_app(service: Service, cfg: ServerConfig):
     return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host))
 
 
-_KB_STATUS = re.compile(API + r"/kb/([^/]+)/status")
-
-
 def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
     """GET .../kb/{kb_id}/status, the endpoint fifty clients poll ten times a second: answered
     straight from the ASGI layer while the store is read from memory (about a tenth of the
     framework's cost); otherwise (None) by the FastAPI route, which does the same in a thread."""
-    m = _KB_STATUS.fullmatch(path)
+    m = KB_STATUS.fullmatch(path)
     if m is None:
         return None
     recent = host.recent_kb_status_json(m.group(1))  # most polls: no store, no stat
@@ -589,28 +583,6 @@ class _Answered:
 
 _ANSWERED = _Answered()
 
-# A request that is exactly one bodiless keep-alive HTTP/1.1 GET of a plain path (no query, no
-# escapes), every header line well formed: what a status poller sends. Anything else is the parser's.
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_SIMPLE_GET = re.compile(rb"GET (/[A-Za-z0-9/_.~-]*) HTTP/1\.1\r\n((?:" + _TOKEN + rb":[ \t]*[\x20-\x7e]*\r\n)*)\r\n\Z")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\x20-\x7e]*?)[ \t]*\r\n")
-_NOT_SIMPLE = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"connection"})
-
-
-def simple_get(data: bytes) -> Optional[tuple[str, dict[bytes, bytes]]]:
-    """(path, headers by lower-case name) if `data` is one whole simple GET as above, else None."""
-    m = _SIMPLE_GET.match(data)
-    if m is None:
-        return None
-    headers = {}
-    for name, value in _FIELD.findall(m.group(2)):
-        name = name.lower()
-        if name in _NOT_SIMPLE and not (name == b"connection" and value.lower() == b"keep-alive"):
-            return None
-        headers[name] = value
-    return m.group(1).decode("ascii"), headers
-
-
 def _http_protocol(guard: Guard) -> Any:
     """uvicorn's httptools protocol, writing each response in one send, and answering the polled
     kb status itself: a keep-alive GET of that path that the guard lets through and `fast_get`
@@ -625,9 +597,13 @@ def _http_protocol(guard: Guard) -> Any:
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         _in_message = False  # the parser holds part of a request
+        handed_over = b""  # a connection from the status front: what the front read of it
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))
+            if self.handed_over:
+                data, self.handed_over = self.handed_over, b""
+                self.data_received(data)
 
         def data_received(self, data: bytes) -> None:
             # a poll that arrives whole, between requests, is answered without the parser's callbacks
@@ -693,10 +669,97 @@ def uvicorn_config(app: Guard, host: str = "127.0.0.1", port: int = 8000) -> Any
                           http=_http_protocol(app))
 
 
-def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> int:
-    """Run the server until SIGINT/SIGTERM; jobs running here are paused (checkpoint saved) first."""
+def bind(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here: the status front and this process both serve it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(2048)  # uvicorn's backlog
+        except OSError:
+            sock.close()
+            raise
+    except OSError as e:
+        raise InvalidInput(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+async def _published_status(host: EngineHost, kb: str) -> Optional[bytes]:
+    """kb's status for the status front, or None where this process answers that kb (an error)."""
+    try:
+        recent = host.recent_kb_status_json(kb)
+        if recent is not None:
+            return recent
+        if host.reads_from_memory():
+            return host.kb_status_json(kb)
+        return await asyncio.to_thread(host.kb_status_json, kb)
+    except KbError:
+        return None
+    except Exception:
+        log.exception("status of %s for the status front", kb)
+        return None
+
+
+def engine_server(config: Any, listen: socket.socket, host: EngineHost, token: Optional[str], front: bool) -> Any:
+    """uvicorn's server on `listen`: with `front`, the status front accepts and this process takes
+    the connections it hands over (and the socket itself, should the front die)."""
     import uvicorn
 
+    from kbingest.app.status_front import FrontLink
+
+    class EngineServer(uvicorn.Server):
+        front: Optional[FrontLink] = None
+
+        async def startup(self, sockets: Optional[list] = None) -> None:
+            if not front:
+                return await super().startup(sockets=[listen])
+            await super().startup(sockets=[])
+            link = FrontLink(listen, token, partial(_published_status, host), self._adopt, self._take_the_socket)
+            try:
+                link.start(asyncio.get_running_loop())
+            except OSError as e:
+                log.warning("no status front (%s): this process answers every request", e)
+                self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, sock=listen))
+                return
+            self.front = host.front = link
+
+        async def shutdown(self, sockets: Optional[list] = None) -> None:
+            if self.front is not None:
+                await self.front.stop()
+            await super().shutdown(sockets=sockets)
+
+        def _protocol(self) -> Any:
+            return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                                   app_state=self.lifespan.state)
+
+        def _adopt(self, sock: socket.socket, data: bytes) -> None:
+            def protocol() -> Any:
+                p = self._protocol()
+                p.handed_over = data
+                return p
+            self._later(asyncio.get_running_loop().connect_accepted_socket(protocol, sock))
+
+        def _take_the_socket(self) -> None:
+            host.front = None
+
+            async def take() -> None:
+                self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, sock=listen))
+            self._later(take())
+
+        def _later(self, coro: Any) -> None:
+            task = asyncio.get_running_loop().create_task(coro)
+            tasks = self.__dict__.setdefault("_tasks", set())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    return EngineServer(config)
+
+
+def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> int:
+    """Run the server until SIGINT/SIGTERM; jobs running here are paused (checkpoint saved) first."""
     cfg.token = cfg.token or os.environ.get(ENV_TOKEN) or None
     if not is_loopback(cfg.host) and not cfg.token:
         raise InvalidInput(f"--host {cfg.host} is not a loopback address: give a token (--token or {ENV_TOKEN}), "
@@ -709,8 +772,11 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     app = create_app(service, cfg)
     host = app.app.state.host
     _log_to_stderr()
-    server = uvicorn.Server(uvicorn_config(app, cfg.host, cfg.port))
-    log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s", service.home.root, cfg.host, cfg.port, API,
+    listen = bind(cfg.host, cfg.port)
+    front = cfg.status_front and status_front_supported()
+    server = engine_server(uvicorn_config(app, cfg.host, cfg.port), listen, host, cfg.token, front)
+    log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s%s", service.home.root, cfg.host, cfg.port, API,
+                "; status polls answered by a second process (the status front)" if front else "",
                 "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
     # the process before the `finally` below (jobs paused, the announcement removed) could run
@@ -722,6 +788,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
             server.run()
     finally:
         host.join()
+        listen.close()
     return 0
 
 

@@ -401,6 +401,42 @@ def _pct(xs: list[float], q: float) -> Optional[float]:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+class _Server:
+    """`kbingest serve` on 127.0.0.1, a free port, its own home; stopped with SIGTERM."""
+
+    def __init__(self, home: Path, docs: Path, extra: list[str]) -> None:
+        self.port = _free_port()
+        self.front: Optional[int] = None  # the status front's pid
+        self.proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "serve", "--host", HOST,
+                                      "--port", str(self.port), "--allow-root", str(docs), *extra], cwd=str(REPO),
+                                     env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://{HOST}:{self.port}/healthz", timeout=1)
+                if health.status_code == 200:
+                    self.front = (health.json().get("status_front") or {}).get("pid")
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read()[-600:] if self.proc.stderr else ""
+                raise RuntimeError(f"kbingest serve did not start: {err}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve_load")
     p.add_argument("--pages", type=int, default=16)
@@ -415,50 +451,53 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="a diagnostic: a third job a round, its clients polling the same status bytes served by nginx")
     p.add_argument("--load-generator", choices=("pollers", "wrk"), default="pollers",
                    help="the polling clients: `Pollers` (Python, epoll; the default) or wrk (C), a diagnostic")
+    p.add_argument("--no-status-front", action="store_true",
+                   help="a diagnostic: `kbingest serve --no-status-front` (polls answered in the process of the job)")
+    p.add_argument("--without-front-too", action="store_true",
+                   help="a diagnostic: one more job a round, on a second `kbingest serve --no-status-front`, the "
+                        "clients polling it (its own home, idle otherwise)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
     docs = _copy_subset(tmp / "docs", args.pages)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(tmp / "home"), "serve", "--host", HOST,
-                               "--port", str(port), "--allow-root", str(docs)], cwd=str(REPO), env=bench_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    servers: list[_Server] = []
     runs: list[dict] = []
     idle: list[float] = []
     responder: Optional[StaticResponder] = None
     try:
+        server = _Server(tmp / "home", docs, ["--no-status-front"] if args.no_status_front else [])
+        servers.append(server)
+        if args.without_front_too:
+            servers.append(_Server(tmp / "home-without-front", docs, ["--no-status-front"]))
+        for s in servers:
+            s.wait_ready()
+        port, front = server.port, server.front
         responder = StaticResponder(tmp / "nginx") if args.floor else None
         wrk_dir = tmp if args.load_generator == "wrk" else None
         import httpx
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"kbingest serve did not start: {server.stderr.read()[-600:] if server.stderr else ''}")
-            time.sleep(0.2)
         if args.client_nice:
             os.nice(args.client_nice)  # the server (started above) keeps its priority
-        modes = ["bare", "server"] + (["floor"] if responder is not None else [])
+        modes = (["bare", "server"] + (["floor"] if responder is not None else [])
+                 + (["nofront"] if args.without_front_too else []))
         order = []
         for i in range(args.reps):  # A B, B A, A B... (A B C, B C A, C A B...): no mode always goes first
             order += modes[i % len(modes):] + modes[:i % len(modes)]
         for i, mode in enumerate(order):
             clients = 0 if mode == "bare" else args.clients
             poll_at = (responder.port, "/status") if mode == "floor" and responder is not None else None
-            cpu0 = _cpu_s(server.pid), time.process_time(), _cpu_s(responder.proc.pid) if responder else 0.0
-            r = _run(_one_job(port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
+            on = servers[-1] if mode == "nofront" else server
+            cpu0 = (_cpu_s(on.proc.pid), time.process_time(), _cpu_s(responder.proc.pid) if responder else 0.0,
+                    _cpu_s(front) if front else 0.0)
+            r = _run(_one_job(on.port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
             r["mode"] = mode
-            r["server_cpu_s"] = _cpu_s(server.pid) - cpu0[0]
+            r["server_cpu_s"] = _cpu_s(on.proc.pid) - cpu0[0]
             r["client_cpu_s"] = time.process_time() - cpu0[1] + r["wrk_cpu_s"]
             r["responder_cpu_s"] = (_cpu_s(responder.proc.pid) - cpu0[2]) if responder else 0.0
+            r["front_cpu_s"] = (_cpu_s(front) - cpu0[3]) if front else 0.0
             runs.append(r)
             if responder is not None:  # the floor's clients get the bytes the server answers
-                responder.serve(httpx.get(f"http://{HOST}:{port}{API}/kb/load{i}/status", timeout=10).content)
+                responder.serve(httpx.get(f"http://{HOST}:{on.port}{API}/kb/load{i}/status", timeout=10).content)
             extra = ""
             if clients:
                 extra = (f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], .5) * 1e3:.1f} ms p99 "
@@ -466,23 +505,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             nginx = f", nginx {r['responder_cpu_s']:.2f} s" if mode == "floor" else ""
             log(f"  job {i + 1}/{len(order)} ({mode}) with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
                 f"({r['rate']:.1f}/s){extra}; CPU: server (with the job) {r['server_cpu_s']:.1f} s, "
-                f"load generator {r['client_cpu_s']:.2f} s{nginx}")
+                f"status front {r['front_cpu_s']:.2f} s, load generator {r['client_cpu_s']:.2f} s{nginx}")
         idle = _run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz, wrk_dir))
         log(f"  no job running: {len(idle)} polls p50 {_pct(idle, .5) * 1e3:.1f} ms p99 {_pct(idle, .99) * 1e3:.1f} ms")
     finally:
         if responder is not None:
             responder.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        for s in servers:
+            s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     loaded = [r for r in runs if r["mode"] == "server"]
     bare = [r for r in runs if r["mode"] == "bare"]
     floor = [r for r in runs if r["mode"] == "floor"]
     floor_ratios = [a["rate"] / b["rate"] for a, b in zip(floor, bare)]
+    nofront = [r for r in runs if r["mode"] == "nofront"]
+    nofront_ratios = [a["rate"] / b["rate"] for a, b in zip(nofront, bare)]
     lat = [x for r in loaded for x in r["latencies"]]
     ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
     out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "client_nice": args.client_nice,
@@ -495,12 +532,18 @@ def main(argv: Optional[list[str]] = None) -> int:
            "sse_events": [r["sse_events"] for r in loaded], "sse_phases": [r["sse_phases"] for r in loaded],
            "sse_final": [r["sse_final"] for r in loaded], "load_avg": [r["load_avg"] for r in runs],
            "server_cpu_bare_s": [r["server_cpu_s"] for r in bare], "server_cpu_loaded_s": [r["server_cpu_s"] for r in loaded],
-           "client_cpu_s": [r["client_cpu_s"] for r in loaded],
+           "client_cpu_s": [r["client_cpu_s"] for r in loaded], "status_front": not args.no_status_front,
+           "front_cpu_s": [r["front_cpu_s"] for r in loaded],
            "floor_ratios": floor_ratios, "floor_ratio_median": median(floor_ratios) if floor_ratios else None,
            "rates_floor": [r["rate"] for r in floor], "floor_polls": sum(len(r["latencies"]) for r in floor),
            "floor_client_cpu_s": [r["client_cpu_s"] for r in floor],
            "floor_nginx_cpu_s": [r["responder_cpu_s"] for r in floor],
            "floor_server_cpu_s": [r["server_cpu_s"] for r in floor],
+           "nofront_ratios": nofront_ratios, "rates_nofront": [r["rate"] for r in nofront],
+           "nofront_polls": sum(len(r["latencies"]) for r in nofront),
+           "nofront_p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in nofront],
+           "nofront_server_cpu_s": [r["server_cpu_s"] for r in nofront],
+           "nofront_client_cpu_s": [r["client_cpu_s"] for r in nofront],
            "idle_polls": len(idle), "idle_p50_ms": (_pct(idle, .5) or 0) * 1e3, "idle_p99_ms": (_pct(idle, .99) or 0) * 1e3}
     if args.json:
         print(json.dumps(out))

@@ -709,7 +709,7 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     log(f"serve load ({generator}): {reps} round(s) of jobs ({pages} pages, real model), without and with 50 clients "
         f"at 10 Hz" + (", and with them polling nginx" if floor else " (no nginx: no floor job)"))
     d = _json_module("bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--load-generator", generator,
-                     *floor)
+                     "--without-front-too", *floor)
     w = "" if generator == "pollers" else "w"
     by = "" if generator == "pollers" else ", the clients from wrk"
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks){by}"
@@ -725,11 +725,20 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
         Row(f"15.2{w}", f"serve: job throughput with the clients / without, same run, rotating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
-                 f"(job wall time from the status, model load included); CPU seconds of the server process "
+                 f"(job wall time from the status, model load included); CPU seconds of the engine host "
                  f"(job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
-                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the load generator (same 2 cores) "
-                 f"{fj(d['client_cpu_s'], '.2f')}"),
+                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the status front {fj(d['front_cpu_s'], '.2f')}; the load "
+                 f"generator (same 2 cores) {fj(d['client_cpu_s'], '.2f')}"),
     ]
+    if d.get("nofront_ratios"):
+        rows.append(Row(
+            f"15.2{w}n", f"serve, a diagnostic: job throughput with the same clients on a second `kbingest serve "
+                         f"--no-status-front` (polls answered in the job's process) / without, same run ({load})",
+            unit="x", values=d["nofront_ratios"],
+            note=f"`{cmd} --without-front-too`: chunks/s {fj(d['rates_nofront'], '.1f')}; {d['nofront_polls']} polls, "
+                 f"p99 per job {fj(d['nofront_p99_per_run_ms'], '.1f')} ms; CPU seconds of that server (job "
+                 f"included) {fj(d['nofront_server_cpu_s'], '.1f')}, the load generator "
+                 f"{fj(d['nofront_client_cpu_s'], '.2f')}"))
     if d.get("floor_ratios"):
         rows.append(Row(
             f"15.2{w}f", f"serve, a diagnostic (the floor): job throughput with the same clients polling the same status "

@@ -76,15 +76,17 @@ class ProcessServer:
             assert time.monotonic() < deadline, "kbingest serve did not start"
             time.sleep(0.1)
 
+    stderr = ""  # what the server wrote there, once it has stopped
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=30)
+        self.stderr += self.proc.communicate(timeout=30)[1] or ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.communicate(timeout=60)
+                self.stderr += self.proc.communicate(timeout=60)[1] or ""
             except subprocess.TimeoutExpired:
                 self.kill()
