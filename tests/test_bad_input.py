@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,35 +53,68 @@ class Run:
         return self.lines[-1]
 
 
+# Linux carries a process's peak RSS into the ru_maxrss of a child it execs (pipeline/rss.py), and a
+# pytest worker that has run other tests may be larger than the CLI it measures (CI once saw 1,031 MiB
+# for a 496 MiB run). So a small process starts the CLI: its own peak is ~10 MiB, and wait4 there
+# gives the CLI's own peak (and its reaped children's: the compaction child), written to fd ARGV[1].
+SPAWNER = """
+import os, sys
+fd = int(sys.argv[1])
+os.set_inheritable(fd, False)
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, b"%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
+"""
+
+
 def run_measured(*args: str, home: Path, timeout: float = 180, launcher: str | None = None,
                  env: dict | None = None) -> Run:
-    """Run the CLI in a child and measure THAT child's peak RSS with wait4 (RUSAGE_CHILDREN would
-    report the largest child this test process ever had). A hung child is killed: a FIFO must
-    never make the job hang, so a timeout fails the test instead of blocking it."""
+    """Run the CLI in a child and measure THAT child's peak RSS with wait4, from a small process in
+    between (SPAWNER). A hung child is killed: a FIFO must never make the job hang, so a timeout
+    fails the test instead of blocking it."""
     cmd = [sys.executable] + (["-c", launcher] if launcher else ["-m", "kbingest"]) + ["--home", str(home), *args]
     e = dict(os.environ)
     e.update(env or {})
+    result_r, result_w = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=str(REPO), env=e)
+        p = subprocess.Popen([sys.executable, "-c", SPAWNER, str(result_w), *cmd], stdout=out, stderr=err,
+                             stdin=subprocess.DEVNULL, cwd=str(REPO), env=e, pass_fds=(result_w,),
+                             start_new_session=True)  # a group: the timeout kills the CLI with it
+        os.close(result_w)
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
-            p.kill()
+            os.killpg(p.pid, signal.SIGKILL)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(p.pid, 0)
+            p.wait()
         finally:
             timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
+        with os.fdopen(result_r, "rb") as result:
+            reported = result.read().split()
         seconds = time.monotonic() - t0
         assert not killed.is_set(), f"kbingest {' '.join(args)} hung: killed after {timeout} s"
+        assert p.returncode == 0 and len(reported) == 2, f"the spawner failed: {p.returncode}, {reported}"
         out.seek(0)
         err.seek(0)
-        return Run(p.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss, seconds)
+        return Run(int(reported[0]), out.read().decode(), err.read().decode(), int(reported[1]), seconds)
+
+
+def test_the_measured_peak_is_the_clis_not_this_processs(tmp_path):
+    """This process made 400 MiB resident: a child it started directly would report at least that
+    (ru_maxrss carried across exec); the CLI measured through the spawner reports its own ~100 MiB."""
+    ballast = bytearray(400 * 1024 * 1024)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))  # every page touched
+    r = run_measured("jobs", home=tmp_path / "home")
+    del ballast
+    assert r.returncode == 0, r.stderr
+    assert 10 * 1024 < r.maxrss_kb < 250 * 1024, f"{r.maxrss_kb / 1024:.0f} MiB"
 
 
 def table_rows(home: Path, kb: str) -> list[dict]:
