@@ -117,7 +117,10 @@ class Front:
         if timer is not None:
             timer.cancel()
         for conn in conns:
-            conn.resume() if answer else conn.hand_over()
+            if answer:
+                conn.resume()
+            else:
+                conn.hand_over()
 
     # ---- polls
     def response(self, kb: str) -> Optional[bytes]:
@@ -146,6 +149,8 @@ class Front:
 
     def _sweep(self) -> None:
         now = time.monotonic()
+        for kb in [kb for kb, entry in self.table.items() if now - entry[0] >= FRESH_S]:
+            del self.table[kb]  # no longer published
         for conn in list(self.connections):
             if conn.handing_over:
                 continue
