@@ -263,6 +263,33 @@ def test_a_stopped_pass_ends_its_embedding_actors_before_its_staging_goes(ray_ad
     ray.kill(registry)
 
 
+def test_a_stopped_pass_silences_ray_data_only_while_it_ends(tmp_path, ray_address, corpus, monkeypatch):
+    """A server runs job after job in one process: the pause of one must not leave Ray Data's logger
+    silenced for the next (its errors are the operator's to read)."""
+    import logging
+    import threading
+
+    from kbingest.pipeline.service import Service
+
+    monkeypatch.setenv("KBINGEST_FAKE_DELAY", "0.05")
+    logger = logging.getLogger("ray.data")
+    svc = Service(tmp_path / "h")
+    job = svc.start(svc.config([str(corpus)], KB, embedder="fake", executor="ray", ray_address=ray_address,
+                               ray_embed_actors=1, ray_wave_docs=int(WAVE)), job_id="jl")
+    runner = threading.Thread(target=job.run, daemon=True)
+    runner.start()
+    end = time.monotonic() + 180
+    while {p.name: p.status.value for p in job.snapshot().phase_details}["loading"] != "completed":
+        assert runner.is_alive() and time.monotonic() < end, "the job did not reach embedding in time"
+        time.sleep(0.2)
+    level = logger.level  # what the session set for the pass
+    job.pause()
+    runner.join(timeout=90)
+    assert not runner.is_alive()
+    assert job.snapshot().status.value == "paused"
+    assert logger.level == level != logging.CRITICAL + 1
+
+
 # ---- two local nodes ---------------------------------------------------------------------------------
 @ray_slow
 def test_ray_two_local_nodes_share_the_work(tmp_path, corpus, clean_table):

@@ -20,6 +20,7 @@ starts with the job and stops with it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -203,14 +204,15 @@ class RayExecutor(Executor):
         finally:
             if self._failure is not None:
                 self.control.halt()
-            if self.control.stopping:
-                # the dataset now fails as it must: Ray Data's report of that is not the operator's to read
-                logging.getLogger("ray.data").setLevel(logging.CRITICAL + 1)
-                ray.kill(plan.actor)  # the pullers fail, the pass's tasks end
-                _end_actors(registry)  # and no embedding actor writes into the staging any more
-            feeder.join(timeout=30)
-            if consumer.ident is not None:
-                consumer.join(timeout=STOP_WAIT_S)
+            # a stopped dataset fails as it must: Ray Data's report of that is not the operator's to
+            # read, while it ends; its later passes in this process (a server's next job) are heard
+            with ray_data_silenced() if self.control.stopping else contextlib.nullcontext():
+                if self.control.stopping:
+                    ray.kill(plan.actor)  # the pullers fail, the pass's tasks end
+                    _end_actors(registry)  # and no embedding actor writes into the staging any more
+                feeder.join(timeout=30)
+                if consumer.ident is not None:
+                    consumer.join(timeout=STOP_WAIT_S)
             ray.kill(registry)
 
     def _feed(self, stages: PassStages, plan, removals: list[Doc], consumer: threading.Thread,
@@ -313,6 +315,18 @@ class RayExecutor(Executor):
             index.flush()
             index.r.count("ray_waves")
         _drop_files(staging, fragments)
+
+
+@contextlib.contextmanager
+def ray_data_silenced() -> Iterator[None]:
+    """Ray Data's logger says nothing inside, and what it said before after."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _end_actors(registry) -> None:
