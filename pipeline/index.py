@@ -223,6 +223,22 @@ def list_kbs(home: Home, location: Optional[KbLocation] = None) -> list[str]:
     return _table_names(connect(home, location))
 
 
+def stored_vectors(table, hashes: Iterable[str], model: str) -> dict[str, Any]:
+    """The vectors an open LanceDB table (or None) holds for these texts (by ids.text_hash) that
+    `model` made: what the driver's KnowledgeBase and a Ray worker reading the table both answer."""
+    if table is None or "text_hash" not in table.schema.names:
+        return {}
+    wanted = sorted(set(hashes))
+    found: dict[str, Any] = {}
+    for i in range(0, len(wanted), LOOKUP_KEYS):
+        t = (table.search(None).where(in_predicate("text_hash", wanted[i:i + LOOKUP_KEYS]))
+             .select(["text_hash", "vector", "model"]).limit(None).to_arrow())
+        for h, vec, m in zip(t["text_hash"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist()):
+            if m == model:
+                found[h] = vec
+    return found
+
+
 class KnowledgeBase:
     """One knowledge base's table. Nothing is opened (nor LanceDB imported) until something needs the
     table: an unchanged run that knows what the table holds (`remembered`) never opens it."""
@@ -452,17 +468,7 @@ class KnowledgeBase:
     def vectors_by_hash(self, hashes: Iterable[str], model: str) -> dict[str, Any]:
         """The stored vectors of these texts (by ids.text_hash) that the same model made, from any
         document of the knowledge base: a text stored once is never embedded again."""
-        if self._table is None or "text_hash" not in self._table.schema.names:
-            return {}
-        wanted = sorted(set(hashes))
-        found: dict[str, Any] = {}
-        for i in range(0, len(wanted), LOOKUP_KEYS):
-            t = (self._table.search(None).where(in_predicate("text_hash", wanted[i:i + LOOKUP_KEYS]))
-                 .select(["text_hash", "vector", "model"]).limit(None).to_arrow())
-            for h, vec, m in zip(t["text_hash"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist()):
-                if m == model:
-                    found[h] = vec
-        return found
+        return stored_vectors(self._table, hashes, model)
 
     @_damage_checked
     def models(self) -> list[str]:

@@ -139,6 +139,25 @@ def test_ray_same_table_and_four_phases(tmp_path, ray_address, corpus, clean_tab
     assert table(tmp_path / "h") == clean_table
 
 
+def test_ray_edited_page_reuses_the_stored_vectors_of_its_unchanged_texts(tmp_path, ray_address):
+    """The chunking tasks read the table (read only): an edited page's untouched chunks take their
+    stored vectors instead of being embedded again, as with threads, and the table is what threads
+    make of the edited corpus."""
+    src, home, threads_home = copy_corpus(tmp_path / "docs"), tmp_path / "h", tmp_path / "t"
+    assert ingest(home, src).returncode == 0  # the first run (threads: quicker)
+    page = src / waf_pages(N_PAGES)[0]
+    page.write_text(page.read_text() + "\n\n## Added section\n\nA new paragraph about key rotation and audit.\n")
+    res = ingest(home, src, *ray_opts(ray_address))
+    assert res.returncode == 0, res.stderr
+    m = last_status(res.stdout)["metrics"]
+    assert m["documents_replaced"] == 1 and m["documents_skipped"] == N_PAGES - 1
+    assert m.get("chunks_reused", 0) >= 1, m
+    assert m["chunks_embedded"] >= 1 and m["chunks_embedded"] + m["chunks_reused"] == m["chunks_indexed"], m
+    assert ingest(threads_home, src).returncode == 0
+    assert table(home) == table(threads_home)
+    assert staging_left(home) == []
+
+
 @pytest.mark.parametrize("crash_at", ["ray_staged:2", pytest.param("after_commit:2", marks=ray_slow),
                                       pytest.param("ray_staged:1", marks=ray_slow)])
 def test_ray_driver_sigkill_then_resume_gives_the_clean_table(tmp_path, ray_address, corpus, clean_table, crash_at):

@@ -215,7 +215,8 @@ def test_locations_resolve(tmp_path, monkeypatch):
 @pytest.mark.xdist_group("ray")  # with the other Ray tests: their check of kbingest-ray-* temp dirs
 def test_ray_executor_round_trip_on_s3(s3, pages, tmp_path):
     """Both executors against the emulator: the Ray executor stages and commits under the s3:// location
-    and ends with the thread executor's table; an unchanged re-run embeds nothing; no staging is left."""
+    and ends with the thread executor's table; an edited page's untouched texts keep their stored vectors;
+    an unchanged re-run embeds nothing; no staging is left."""
     pytest.importorskip("ray")
     threads_uri, ray_uri = s3["uri"] + "-threads", s3["uri"] + "-ray"
     base = ["ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake"]
@@ -228,6 +229,14 @@ def test_ray_executor_round_trip_on_s3(s3, pages, tmp_path):
     assert sorted(_table_ids(ray_uri)) == sorted(_table_ids(threads_uri))
     prefix = ray_uri.split(BUCKET + "/", 1)[1]
     assert not [k for k in _objects(s3["endpoint"], prefix) if "/_staging/" in k]
+    # an edited page: the chunking tasks read the stored vectors of its untouched texts from the bucket
+    page = sorted(pages.rglob("*.md"))[0]
+    page.write_text(page.read_text() + "\n\n## Added section\n\nA new paragraph about key rotation and audit.\n")
+    edited = run_cli("--db", ray_uri, *base, "--executor", "ray", home=tmp_path / "r", env=s3["env"], timeout=600)
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    m = _last(edited)["metrics"]
+    assert m["documents_replaced"] == 1 and m.get("chunks_reused", 0) >= 1, m
+    assert m["chunks_embedded"] + m["chunks_reused"] == m["chunks_indexed"], m
     again = run_cli("--db", ray_uri, *base, "--executor", "ray", home=tmp_path / "r", env=s3["env"], timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _last(again)["metrics"]["chunks_embedded"] == 0

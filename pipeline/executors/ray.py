@@ -1,9 +1,10 @@
 """The Ray executor: the same pass on a Ray cluster (Ray Data).
 
     driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
-    cluster: pull_and_chunk tasks (ChunkStage) --> EmbedWriter actor pool (EmbedStage, the model
-             loaded once an actor, GPU where given) --> Lance fragments written by the actors into
-             the job's staging dataset, under the knowledge base's location
+    cluster: pull_and_chunk tasks (ChunkStage; the stored vectors of texts the table holds, read
+             there) --> EmbedWriter actor pool (EmbedStage, the model loaded once an actor, GPU where
+             given) --> Lance fragments written by the actors into the job's staging dataset, under
+             the knowledge base's location
     driver:  a wave (ray_wave_docs documents, or WAVE_SECONDS) at a time: its fragments become one
              version of the staging dataset, then ONE merge_insert keyed by chunk id (IndexStage.flush:
              metrics and checkpoint as for threads); the wave's staged files are deleted
@@ -158,8 +159,9 @@ class RayExecutor(Executor):
         removals: list[Doc] = []
         summaries: queue.Queue = queue.Queue()
         # the cluster's part starts with the first document to work on (an unchanged pass starts nothing)
+        kb = stages.index.kb
         consumer = threading.Thread(
-            target=lambda: self._consume(self._dataset(config, plan, staging, registry), summaries),
+            target=lambda: self._consume(self._dataset(config, kb, plan, staging, registry), summaries),
             name="kbingest-ray", daemon=True)
         feeder = threading.Thread(target=self._feed, args=(stages, plan, removals, consumer, summaries),
                                   name="kbingest-loader", daemon=True)
@@ -259,7 +261,7 @@ class RayExecutor(Executor):
             except Full:
                 continue
 
-    def _dataset(self, config: JobConfig, plan, staging: str, registry):
+    def _dataset(self, config: JobConfig, kb, plan, staging: str, registry):
         import ray.data
 
         from kbingest.pipeline.executors.ray_workers import EmbedWriter, pull_and_chunk
@@ -268,8 +270,9 @@ class RayExecutor(Executor):
         gpus = config.ray_gpus_per_actor or None
         cfg = config.model_dump_json()
         ds = ray.data.range(PULLERS, override_num_blocks=PULLERS)
-        ds = ds.map_batches(pull_and_chunk, fn_args=(cfg, plan, staging), batch_size=1, batch_format="pyarrow",
-                            num_cpus=CHUNK_TASK_CPUS)
+        table = (kb.location.uri, dict(kb.location.options), kb.name)  # read there for stored vectors
+        ds = ds.map_batches(pull_and_chunk, fn_args=(cfg, plan, staging, table), batch_size=1,
+                            batch_format="pyarrow", num_cpus=CHUNK_TASK_CPUS)
         with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)
             warnings.simplefilter("ignore")
             return ds.map_batches(EmbedWriter, fn_constructor_args=(cfg, env, gpus or 0.0, registry),

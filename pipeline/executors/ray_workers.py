@@ -8,12 +8,15 @@ driver onto the job's real Reporter, so the status says the same as for threads.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from typing import Any, Iterable, Optional
 
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc
+
+log = logging.getLogger("kbingest.engine")
 
 # Reporter calls a worker records; the pass-level ones (phase_done, total_known) are the driver's.
 _REPLAYED = {"phase_started", "add_total", "progress", "count", "set", "doc_error", "warning"}
@@ -45,14 +48,45 @@ def replay(calls: Iterable[tuple[str, tuple]], reporter: Any) -> None:
         getattr(reporter, name)(*args)
 
 
-class _NoStoredVectors:
-    """Workers do not read the table: a text it holds is embedded again (the vectors are the same)."""
+class TableVectors:
+    """The knowledge base's table as a chunking task reads it (opened at the first question, read
+    only; the driver alone writes it): the vectors of texts it holds, which ChunkStage gives to the
+    rows before they reach an embedding actor, as the driver's KnowledgeBase does with threads.
+    It is only an optimisation: a table it cannot read means every text is embedded."""
+
+    def __init__(self, uri: str, options: dict[str, str], name: str) -> None:
+        self.location, self.name = (uri, dict(options)), name
+        self._table: Any = None
+        self._opened = False
+
+    def _open(self):
+        if not self._opened:
+            self._opened = True
+            from kbingest.pipeline.index import _table_names
+            from kbingest.pipeline.storage import KbLocation
+
+            location = KbLocation(*self.location)
+            if location.is_local and not os.path.isdir(location.table_uri(self.name)):
+                return None  # a first run: nothing stored (and LanceDB not imported for it)
+            try:
+                db = location.connect()
+                self._table = db.open_table(self.name) if self.name in _table_names(db) else None  # None: a first run
+            except Exception:  # not readable from this worker: embed everything
+                log.warning("the stored vectors of %s are not readable on this worker", self.name, exc_info=True)
+        return self._table
 
     def count(self) -> int:
-        return 0
+        table = self._open()
+        try:
+            return table.count_rows() if table is not None else 0
+        except Exception:
+            log.warning("could not count the rows of %s on this worker", self.name, exc_info=True)
+            return 0
 
     def vectors_by_hash(self, hashes, model: str) -> dict:
-        return {}
+        from kbingest.pipeline.index import stored_vectors
+
+        return stored_vectors(self._open(), hashes, model)
 
 
 _chunkers: dict[str, Any] = {}
@@ -74,7 +108,7 @@ def _chunker(config: JobConfig):
     return _chunkers[key]
 
 
-def pull_and_chunk(batch, config_json: str, plan, staging_uri: str):
+def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple[str, dict, str]):
     """Ray Data task (a generator): takes groups of loaded documents from the driver's plan queue
     until its end mark, and yields them chunked, with the reports made. A few of these run for the
     whole pass, so the embedding actors after them live as long as the pass (one model load each)."""
@@ -84,7 +118,7 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str):
 
     config = JobConfig.model_validate_json(config_json)
     rec = RecordingReporter()
-    stage = ChunkStage(config, rec, _chunker(config), _NoStoredVectors())
+    stage = ChunkStage(config, rec, _chunker(config), TableVectors(*table))
     while True:
         group = plan.get()
         if group is None:
