@@ -216,6 +216,11 @@ def _table_names(db) -> list[str]:
     return sorted(getattr(res, "tables", res))
 
 
+def open_table(db, name: str):
+    """Table NAME of an open LanceDB connection, or None where it has none yet."""
+    return db.open_table(name) if name in _table_names(db) else None
+
+
 def list_kbs(home: Home, location: Optional[KbLocation] = None) -> list[str]:
     location = location or KbLocation.default(home)
     if not location.exists():
@@ -274,7 +279,7 @@ class KnowledgeBase:
 
     @_damage_checked
     def _open(self) -> None:
-        self._tbl = self._db.open_table(self.name) if self.name in _table_names(self._db) else None
+        self._tbl = open_table(self._db, self.name)
         self._opened = True
 
     # ---- what it holds, remembered between runs (pipeline/kbstate.py) -------------------------

@@ -270,7 +270,7 @@ class RayExecutor(Executor):
         gpus = config.ray_gpus_per_actor or None
         cfg = config.model_dump_json()
         ds = ray.data.range(PULLERS, override_num_blocks=PULLERS)
-        table = (kb.location.uri, dict(kb.location.options), kb.name)  # read there for stored vectors
+        table = (kb.location, kb.name)  # read there for stored vectors (credentials: the worker's own)
         ds = ds.map_batches(pull_and_chunk, fn_args=(cfg, plan, staging, table), batch_size=1,
                             batch_format="pyarrow", num_cpus=CHUNK_TASK_CPUS)
         with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)

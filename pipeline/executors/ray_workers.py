@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc
+
+if TYPE_CHECKING:
+    from kbingest.pipeline.storage import KbLocation
 
 log = logging.getLogger("kbingest.engine")
 
@@ -54,23 +57,20 @@ class TableVectors:
     rows before they reach an embedding actor, as the driver's KnowledgeBase does with threads.
     It is only an optimisation: a table it cannot read means every text is embedded."""
 
-    def __init__(self, uri: str, options: dict[str, str], name: str) -> None:
-        self.location, self.name = (uri, dict(options)), name
+    def __init__(self, location: "KbLocation", name: str) -> None:
+        self.location, self.name = location, name
         self._table: Any = None
         self._opened = False
 
     def _open(self):
         if not self._opened:
             self._opened = True
-            from kbingest.pipeline.index import _table_names
-            from kbingest.pipeline.storage import KbLocation
-
-            location = KbLocation(*self.location)
-            if location.is_local and not os.path.isdir(location.table_uri(self.name)):
+            if self.location.is_local and not os.path.isdir(self.location.table_uri(self.name)):
                 return None  # a first run: nothing stored (and LanceDB not imported for it)
+            from kbingest.pipeline.index import open_table
+
             try:
-                db = location.connect()
-                self._table = db.open_table(self.name) if self.name in _table_names(db) else None  # None: a first run
+                self._table = open_table(self.location.connect(), self.name)  # None: a first run
             except Exception:  # not readable from this worker: embed everything
                 log.warning("the stored vectors of %s are not readable on this worker", self.name, exc_info=True)
         return self._table
@@ -108,7 +108,7 @@ def _chunker(config: JobConfig):
     return _chunkers[key]
 
 
-def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple[str, dict, str]):
+def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple["KbLocation", str]):
     """Ray Data task (a generator): takes groups of loaded documents from the driver's plan queue
     until its end mark, and yields them chunked, with the reports made. A few of these run for the
     whole pass, so the embedding actors after them live as long as the pass (one model load each)."""
