@@ -8,6 +8,11 @@ MAX_DEPTH are removed before parsing (their text is kept): 100,000 nested <div>s
 Kept: headings (as Markdown headings: the heading path), paragraphs, lists, code blocks (fenced,
 whole), tables (Markdown tables, whole), the <title> (the document's title). Dropped: navigation,
 page headers and footers, sidebars, scripts, styles, forms, cookie and consent banners, images.
+
+A page built by a documentation generator (Sphinx, MkDocs, Docusaurus, Javadoc) is detected by
+pipeline/formats/docsites.py, whose profile cleans it before the walk and rewrites a few of its nodes
+during it (API entries as headings, admonition labels, code languages); the generator's name goes into
+the Markdown's front matter (`generator: sphinx`), the document's metadata.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import codecs
 import re
 from typing import Optional
 
+from kbingest.pipeline.formats import docsites
 from kbingest.pipeline.formats.base import Extracted, Format
 from kbingest.pipeline.formats.mdtext import escape_line_start, fence, heading, squash, table
 from kbingest.pipeline.formats.sniff import describe
@@ -112,12 +118,14 @@ def _code_language(node) -> str:
 
 
 _BLOCK_INSIDE = "br, p, div, li, ul, ol, pre, table, h1, h2, h3, h4, h5, h6"
+_BLOCK_IN_HEADING = "br, p, div, li, ul, ol, pre, table"
 
 
 def _inline_text(node) -> str:
     """The text of a heading or table cell: inline elements joined as written, blocks and <br>
     inside it separated by a space."""
-    sep = " " if node.css_first(_BLOCK_INSIDE) is not None else ""
+    # Lexbor's css_first() matches the node itself: a heading is looked into for the other blocks only
+    sep = " " if node.css_first(_BLOCK_IN_HEADING if node.tag in _HEADINGS else _BLOCK_INSIDE) is not None else ""
     return node.text(deep=True, separator=sep)
 
 
@@ -135,6 +143,8 @@ class _Writer:
         self.marker: Optional[str] = None  # the open list item's marker, until its text is written
         self.in_list_block = False         # the last block is a list its items are added to
         self.quote = 0
+        self.level = 0                     # the level of the last heading of the page's own (API entries go below it)
+        self.label: Optional[str] = None   # an admonition's title ("Note:"), put before its first text
 
     def text(self, s: str) -> None:
         self.inline.append(s)
@@ -146,6 +156,9 @@ class _Writer:
         lines = [ln for ln in lines if ln]
         if not lines:
             return
+        if self.label is not None and not self.lists:
+            lines[0] = self.label + " " + lines[0]
+            self.label = None
         if self.lists:
             indent = " " * sum(lst[2] for lst in self.lists)
             first = self.marker if self.marker is not None else indent
@@ -164,6 +177,9 @@ class _Writer:
 
     def add(self, block: str) -> None:
         if block.strip():
+            if self.label is not None:  # a labelled block that does not start with text: the label alone
+                self.blocks.append(self.label)
+                self.label = None
             self.blocks.append(block)
             self.in_list_block = False
 
@@ -200,19 +216,30 @@ def _main_root(tree):
 
 def html_to_markdown(html: str) -> tuple[str, Optional[str]]:
     """(Markdown of the main content, the <title>)."""
+    markdown, title, _ = convert(html)
+    return markdown, title
+
+
+def convert(html: str) -> tuple[str, Optional[str], Optional[str]]:
+    """(Markdown of the main content, the <title>, the documentation generator that built the page
+    when a profile of pipeline/formats/docsites.py detects one)."""
     from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(flatten_deep(html))
     title_node = tree.css_first("title")
     title = squash(title_node.text(deep=True)) if title_node is not None else ""
+    site = docsites.detect(tree)
+    generator = site.name if site is not None else None
     root, in_content = _main_root(tree)
     w = _Writer()
     if root is None:
-        return "", title or None
+        return "", title or None, generator
+    if site is not None:
+        site.prepare(root)
     # depth-first without recursion: down through .child, across through .next, up through .parent
     node, root_id = root, root.mem_id
     while True:
-        opened = _enter(node, w, in_content)
+        opened = _enter(node, w, in_content, site)
         at_root = node.mem_id == root_id
         if opened and node.child is not None:
             node = node.child
@@ -224,11 +251,11 @@ def html_to_markdown(html: str) -> tuple[str, Optional[str]]:
             at_root = node.mem_id == root_id
             _leave(node, w)
         if at_root:
-            return w.markdown(), title or None
+            return w.markdown(), title or None, generator
         node = node.next
 
 
-def _enter(node, w: _Writer, in_content: bool) -> bool:
+def _enter(node, w: _Writer, in_content: bool, site=None) -> bool:
     """Write what `node` starts; True when its children are to be walked (and `_leave` called)."""
     tag = node.tag
     if tag == "-text":
@@ -236,6 +263,10 @@ def _enter(node, w: _Writer, in_content: bool) -> bool:
         return False
     if tag.startswith("-") or _dropped(node, in_content):  # comments, doctype; boilerplate
         return False
+    if site is not None:  # a documentation generator's page: its API entries, admonitions, code blocks
+        done = site.enter(node, w)
+        if done is not None:
+            return done
     if tag in _HEADINGS or tag in ("pre", "table"):
         w.flush()
         if tag == "pre":
@@ -245,7 +276,8 @@ def _enter(node, w: _Writer, in_content: bool) -> bool:
             w.add(_table(node))
         else:
             text = _inline_text(node)
-            w.add(heading(_HEADINGS[tag], text))
+            w.level = _HEADINGS[tag]
+            w.add(heading(w.level, text))
         return False
     if tag in ("ul", "ol"):
         w.open_list(tag == "ol")
@@ -293,7 +325,9 @@ class HtmlFormat(Format):
 
     def extract(self, data: bytes, *, path: str) -> Extracted:
         text, warnings = decode_html(data)
-        markdown, title = html_to_markdown(text)
+        markdown, title, generator = convert(text)
+        if generator is not None and markdown.strip():  # the document's metadata: front matter the chunker reads
+            markdown = f"---\ngenerator: {generator}\n---\n" + markdown
         return Extracted(text=markdown, markdown=True, title=title, warnings=warnings)
 
 
