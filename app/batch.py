@@ -13,13 +13,14 @@ import time
 from typing import Callable, Optional, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
-from kbingest.pipeline.service import JobHandle
+from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, debug, describe
 from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.service import printable
 
 POLL_S = 0.1
 MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes
+RESUME_HINT = "then resume the job"  # how the words of an exhausted resource end (pipeline/failures.py RESUME_HINT)
 
 
 class JsonLinesReporter:
@@ -95,6 +96,12 @@ def summary_line(s: JobStatusResponse) -> str:
     return printable(text)
 
 
+def _stopped(job: JobHandle, e: BaseException) -> EngineFailure:
+    """A job stopped by an error that escaped it (a resource the process ran out of: threads, memory),
+    in kbingest's words, naming how to go on (exit 1)."""
+    return EngineFailure(f"{describe(e, doing=f'job {job.job_id}')}; resume with: kbingest resume {job.job_id}")
+
+
 def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
               on_start: Optional[Callable[[], None]] = None) -> ExitCode:
     reporter = JsonLinesReporter(out)
@@ -115,7 +122,12 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     th = threading.Thread(target=work, name="kbingest-job", daemon=True)
-    th.start()
+    try:
+        th.start()
+    except RuntimeError as e:  # no thread (thread limit, or no memory for its stack): the job never ran
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        raise _stopped(job, e) from None
     if on_start:
         on_start()
     seq = 0
@@ -134,7 +146,10 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
     if tty:
         err.write("\r\x1b[2K")
     if "error" in result:
-        raise result["error"]  # type: ignore[misc]
+        e = result["error"]
+        if isinstance(e, (KbError, KeyboardInterrupt, SystemExit)) or debug():
+            raise e  # type: ignore[misc]
+        raise _stopped(job, e) from None  # e.g. a library's panic (a BaseException) when no thread could start
     snaps, seq = job.snapshots_since(seq)
     for snap in snaps[:-1]:
         reporter.offer(snap)
@@ -143,7 +158,7 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
     if reporter.closed:
         err.write("kbingest: stdout was closed early: the status lines stopped there; the job went on\n")
     err.write(summary_line(final) + "\n")
-    if final.status == JobStatus.PAUSED:
+    if final.status == JobStatus.PAUSED or (final.status == JobStatus.FAILED and RESUME_HINT in (final.error or "")):
         err.write(f"kbingest: resume with: kbingest resume {job.job_id}\n")
     for e in job.errors[:20]:
         err.write(printable(f"  {e.phase}: {e.path}: {e.kind}: {e.message}") + "\n")

@@ -3,7 +3,9 @@
 `describe(exc, doing="writing 3 documents to knowledge base 'docs'")` says what kbingest was doing
 and what went wrong, in one line, without the internals of the libraries underneath (LanceDB's
 Rust source paths, "Wrapped error: ..." chains). The library's own text is appended only when
-KBINGEST_DEBUG=1. An out-of-memory error names the address-space limit (RLIMIT_AS, `ulimit -v`).
+KBINGEST_DEBUG=1. An out-of-memory error names the address-space limit (RLIMIT_AS, `ulimit -v`);
+every exhausted resource is named in kbingest's words, whichever library ran out of it
+(`exhausted`): the file size limit (`ulimit -f`), memory, threads.
 
 Worker threads note the document they are working on (`note_document`), so that a failure that
 escapes a worker can still name it (`noted_document`).
@@ -79,8 +81,69 @@ def _origin(exc: BaseException) -> Optional[str]:
     return None if pkg == "kbingest" else {"lancedb": "LanceDB", "lance": "LanceDB"}.get(pkg, pkg)
 
 
+def file_size_limit() -> Optional[int]:
+    """This process's file size limit (RLIMIT_FSIZE, what `ulimit -f` sets), or None if unlimited."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    return None if soft in (resource.RLIM_INFINITY, -1) else int(soft)
+
+
+def file_too_large() -> str:
+    limit = file_size_limit()
+    if limit is None:
+        return ("a file reached the largest size its file system allows: put the knowledge bases (--db) on "
+                "another file system, then resume the job")
+    return (f"the file size limit (RLIMIT_FSIZE, `ulimit -f`) of {_size(limit)} was reached: "
+            "raise it, then resume the job")
+
+
+def no_thread() -> str:
+    limit = memory_limit()
+    room = "" if limit is None else f", or the address-space limit (`ulimit -v`) of {_size(limit)}"
+    return (f"no thread could be started: the thread limit (`ulimit -u`){room} was reached; "
+            "raise it, or lower --threads, then resume the job")
+
+
+# Exhausted resources, told apart by the text any library (or Python) gives: (kind, markers)
+_EXHAUSTED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("file_size", ("file too large", "os error 27", "file size limit exceeded")),
+    ("threads", ("can't start new thread", "can't spawn worker thread", "pthread_create failed",
+                 "blas_thread_init", "failed to spawn thread", "unable to create thread")),
+    ("memory", ("failed to allocate memory", "bad_alloc", "out of memory", "cannot allocate memory",
+                "memory allocation", "failed to map segment from shared object")),
+)
+
+
+def exhausted(exc: BaseException) -> Optional[str]:
+    """The resource the process ran out of ("file_size", "memory", "threads"), whatever raised it
+    (an OSError, a library's RuntimeError or ImportError, Python's own "can't start new thread");
+    None when exc is no such failure."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "file_size"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return "memory"
+    low = " ".join(str(exc).split()).lower()
+    return next((kind for kind, marks in _EXHAUSTED if any(m in low for m in marks)), None)
+
+
+RESUME_HINT = "then resume the job"  # every exhausted resource's words end so (app/batch.py names the command)
+
+
+def exhausted_words(kind: str) -> str:
+    if kind == "memory":
+        return f"{out_of_memory()}, {RESUME_HINT}"
+    return {"file_size": file_too_large, "threads": no_thread}[kind]()
+
+
 # Kinds of library failure, told apart by the library's text: (kind, kbingest's words, markers)
 FAILURE_KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("file_size", "the file size limit was reached", ("file too large", "os error 27")),
     ("disk_full", "the disk is full", ("no space left",)),
     ("permission", "permission denied", ("permission denied",)),
     ("truncated", "a file it needs is truncated or corrupt",
@@ -106,8 +169,9 @@ def _classify(text: str) -> Optional[str]:
 
 
 def _what(exc: BaseException, lib: Optional[str]) -> str:
-    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
-        return out_of_memory()
+    resource = exhausted(exc)
+    if resource is not None:
+        return exhausted_words(resource)
     if isinstance(exc, OSError) and exc.errno is not None:  # the system's words are already plain
         what = exc.strerror or library_text(exc)
         if exc.errno == errno.ENOSPC:
@@ -125,7 +189,7 @@ def reason(exc: BaseException) -> str:
     line = _what(exc, lib)
     if lib is not None and debug():
         line += f" [{type(exc).__name__}: {' '.join(str(exc).split())[:MAX_LINE * 4]}]"
-    elif lib is not None and not isinstance(exc, (MemoryError, OSError)):
+    elif lib is not None and not isinstance(exc, (MemoryError, OSError)) and exhausted(exc) is None:
         line += f" (KBINGEST_DEBUG=1 shows {lib}'s message)"
     return line
 

@@ -9,6 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+# Compressed formats (.docx, PDF streams) are bounded by what they really inflate to, counted while
+# inflating, never by what their headers claim: at most INFLATE_FACTOR times the job's file size limit
+# (--max-file-mb), and never less than INFLATE_FLOOR. Default: 10 x 20 MiB = 200 MiB.
+INFLATE_FACTOR = 10
+INFLATE_FLOOR = 64 * 1024 * 1024
+
+
+def inflation_limit(max_file_bytes: Optional[int] = None) -> int:
+    """The most bytes a document of a job with this file size limit (default: the job default) may
+    inflate to."""
+    if max_file_bytes is None:
+        from kbingest.pipeline.models import job_default
+
+        max_file_bytes = job_default("max_file_bytes")
+    return max(INFLATE_FLOOR, INFLATE_FACTOR * max_file_bytes)
+
+
+def too_inflated(what: str, limit: int) -> "LoadError":
+    """The error of a document that inflates past `limit` (inflation_limit): kind too_large."""
+    return LoadError("too_large", f"{what} inflates to more than {limit / 2**20:,.0f} MiB (the limit: "
+                     f"{INFLATE_FACTOR} x --max-file-mb, at least {INFLATE_FLOOR >> 20} MiB): "
+                     "not inflated further, not loaded")
+
 
 class LoadError(Exception):
     """A document that could not be loaded; `kind` is machine-readable, `message` is for a person."""
@@ -27,6 +50,7 @@ class Extracted:
     markdown: bool                     # the Markdown chunker applies (headings give the heading path)
     title: Optional[str] = None        # the document's own title (HTML <title>, PDF metadata), if any
     page_starts: tuple[int, ...] = ()  # paged formats: offset in `text` where page i+1 begins
+    page_ocr: tuple[Optional[float], ...] = ()  # per page: None read from its text layer, else OCR's confidence
     warnings: tuple[str, ...] = ()     # loaded, but flagged (e.g. invalid UTF-8 replaced)
 
 
@@ -45,3 +69,8 @@ class Format:
     def extract(self, data: bytes, *, path: str) -> Extracted:
         """The text and structure of `data`; raise LoadError(kind, message) when it cannot."""
         raise NotImplementedError
+
+    def extract_within(self, data: bytes, *, path: str, max_inflated: int) -> Extracted:
+        """`extract`, with what the document may inflate to (inflation_limit); a format that
+        inflates nothing (Markdown, text, HTML) ignores it."""
+        return self.extract(data, path=path)

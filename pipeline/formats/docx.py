@@ -2,17 +2,23 @@
 
 A .docx is a zip archive: its directory is checked (entry count, total uncompressed size, the ratio
 of the main document) before anything is inflated, so a zip bomb is a per-document error, never a
-memory blow-up. python-docx parses (lxml, external entities not resolved). Legacy .doc (OLE2) is not
-read: see formats.UNSUPPORTED.
+memory blow-up. The directory's sizes can lie (zipfile inflates a member whole, whatever size it
+declares), so every member is then inflated once here, in bounded pieces and discarded, counting
+what it really inflates to: past the job's inflation limit (base.inflation_limit) the document is
+`too_large` before python-docx sees it. python-docx parses (lxml, external entities not resolved).
+Legacy .doc (OLE2) is not read: see formats.UNSUPPORTED.
 """
 from __future__ import annotations
 
+import bz2
 import io
 import re
+import struct
 import zipfile
+import zlib
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.formats.base import Extracted, Format, LoadError, inflation_limit, too_inflated
 from kbingest.pipeline.formats.mdtext import escape_line_start, heading, squash, table
 from kbingest.pipeline.formats.sniff import describe
 
@@ -20,6 +26,8 @@ MAX_ENTRIES = 10_000                  # files in the archive
 MAX_UNCOMPRESSED = 256 * 1024 * 1024  # bytes, all entries together, as the directory declares them
 MAX_RATIO = 200                       # uncompressed / compressed, for any entry over 1 MiB inflated
 MAIN_PART = "word/document.xml"
+PIECE = 1 << 20                       # bytes inflated at a time while counting
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])$", re.I)
 _LIST_STYLE = re.compile(r"list\s*(bullet|number|paragraph|continue)?\s*([2-9])?$", re.I)
@@ -46,6 +54,72 @@ def check_archive(data: bytes) -> zipfile.ZipFile:
     if MAIN_PART not in z.namelist():
         raise LoadError("corrupt", f"the archive has no {MAIN_PART}: it is not a Word document")
     return z
+
+
+def _decompressor(method: int):
+    """A decompressor whose `decompress(data, max_length)` bounds its output, for the methods zipfile
+    reads; None for stored members."""
+    if method == zipfile.ZIP_STORED:
+        return None
+    if method == zipfile.ZIP_DEFLATED:
+        return zlib.decompressobj(-15)
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor()
+    # LZMA (and anything else): its decompressor in zipfile inflates a whole read at once; Word never
+    # writes it, so it is not read at all
+    raise LoadError("corrupt", f"the .docx uses zip compression method {method}, which Word does not write: "
+                    "not inflated, not loaded")
+
+
+def _inflated_size(data: bytes, info: zipfile.ZipInfo, budget: int) -> int:
+    """What the member really inflates to (counted, output discarded), stopping past `budget`. The
+    compressed bytes are found from the member's local header, as zipfile finds them; the size its
+    headers declare plays no part. A member that does not inflate cleanly counts what it gave (the
+    parser then fails on it, as before)."""
+    start = info.header_offset
+    head = data[start:start + _LOCAL_HEADER.size]
+    if len(head) < _LOCAL_HEADER.size:
+        return 0
+    magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+    if magic != b"PK\x03\x04":
+        return 0
+    begin = start + _LOCAL_HEADER.size + name_len + extra_len
+    raw = memoryview(data)[begin:begin + info.compress_size]
+    d = _decompressor(info.compress_type)
+    if d is None:
+        return len(raw)
+    total, pos, pending = 0, 0, b""
+    try:
+        while total <= budget and not d.eof:
+            if isinstance(d, bz2.BZ2Decompressor):  # holds what it has not given out yet itself
+                if d.needs_input:
+                    if pos >= len(raw):
+                        break
+                    pending, pos = raw[pos:pos + PIECE], pos + PIECE
+                total += len(d.decompress(pending, PIECE))
+                pending = b""
+                continue
+            if not pending:
+                if pos >= len(raw):
+                    break
+                pending, pos = raw[pos:pos + PIECE], pos + PIECE
+            total += len(d.decompress(pending, PIECE))
+            pending = d.unconsumed_tail
+    except (zlib.error, OSError, EOFError, ValueError):
+        pass
+    return total
+
+
+def check_inflation(data: bytes, z: zipfile.ZipFile, limit: int) -> None:
+    """Raise LoadError too_large when the archive's members really inflate, together, to more than
+    `limit` bytes (python-docx reads the parts it needs whole, each at once)."""
+    total = 0
+    for info in z.infolist():
+        if info.flag_bits & 0x1 or info.is_dir():  # encrypted: zipfile refuses it without a password
+            continue
+        total += _inflated_size(data, info, limit - total)
+        if total > limit:
+            raise too_inflated("the .docx", limit)
 
 
 def _style_name(p) -> str:
@@ -119,10 +193,16 @@ class DocxFormat(Format):
         return None if head.startswith(b"PK\x03\x04") else describe(head)
 
     def extract(self, data: bytes, *, path: str) -> Extracted:
+        return self.extract_within(data, path=path, max_inflated=inflation_limit())
+
+    def extract_within(self, data: bytes, *, path: str, max_inflated: int) -> Extracted:
         import docx
 
         z = check_archive(data)
-        z.close()
+        try:
+            check_inflation(data, z, max_inflated)
+        finally:
+            z.close()
         try:
             document = docx.Document(io.BytesIO(data))
         except Exception as e:  # python-docx and lxml raise many kinds on bad parts
