@@ -7,9 +7,11 @@ steered through the job store, as the CLI does. Every use case is the service's
 {"error": kind, "message": ...}, with each error's `http_status`.
 
 Security (docs/serve.md): 127.0.0.1 by default; another address needs a token; with a token every
-endpoint but /healthz needs `Authorization: Bearer <token>`; sources must lie under an
---allow-root folder (no --allow-root: starting jobs over HTTP is off); bodies capped at 64 KiB;
-no CORS.
+endpoint but /healthz needs `Authorization: Bearer <token>`; without one, only requests whose Host
+names the loopback, the bound address or an --allow-host NAME are answered (DNS rebinding); a job
+started or resumed here reads only under the --allow-root folders (JobConfig.allowed_roots: every
+pass's walk and read, pipeline/loading.py; no --allow-root: starting jobs over HTTP is off); bodies
+capped at 64 KiB; no CORS. Every error, whatever its cause, is {"error": kind, "message": ...}.
 """
 
 import asyncio
@@ -28,12 +30,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kbingest.app.batch import JsonLinesReporter
-from kbingest.app.http_poll import API, ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, simple_get
+from kbingest.app.http_poll import (API, ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, host_allowed, host_name,
+                                    host_rule, simple_get)
 from kbingest.app.notify import Notifier
 from kbingest.app.status_front import supported as status_front_supported
 from kbingest.pipeline.models import JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
-                                       Service, WrongState)
+                                       Service, WrongState, printable)
 from kbingest.pipeline.status import JobStatus
 
 log = logging.getLogger("kbingest.server")
@@ -56,8 +59,41 @@ class Unauthorized(KbError):
     http_status = 401
 
 
+# Every kind of error this server answers, by HTTP status (README, "HTTP API"): anything else the
+# framework raises is answered as the kind of its status here.
+KIND_OF_STATUS = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                  405: "method_not_allowed", 409: "wrong_state", 413: "too_large", 421: "wrong_host",
+                  422: "invalid_input", 500: "internal", 504: "timeout"}
+
+
+def kind_of_status(status: int) -> str:
+    return KIND_OF_STATUS.get(status) or ("invalid_input" if status < 500 else "internal")
+
+
+def _text(message: str) -> str:
+    """A message as valid Unicode: a lone surrogate (from a JSON escape) shown as its escape."""
+    try:
+        message.encode("utf-8")
+        return message
+    except UnicodeEncodeError:
+        return printable(message, keep_newlines=True)
+
+
 def error_body(kind: str, message: str) -> bytes:
-    return json.dumps({"error": kind, "message": message}).encode()
+    return json.dumps({"error": kind, "message": _text(message)}).encode()
+
+
+def _no_lone_surrogates(value: Any, where: str) -> None:
+    """A JSON body's strings must be valid Unicode (JSON's \\ud800 escape is not): 422 otherwise."""
+    if isinstance(value, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            raise InvalidInput(f"{where}: not valid Unicode (a lone surrogate escape)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_lone_surrogates(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _no_lone_surrogates(v, where)
 
 
 # ---- the engine host ----------------------------------------------------------------------------
@@ -67,6 +103,7 @@ class ServerConfig:
     port: int = 8000
     token: Optional[str] = None
     allow_roots: list[str] = field(default_factory=list)
+    allow_hosts: list[str] = field(default_factory=list)  # Host names answered without a token, besides the loopback
     notify: list[str] = field(default_factory=list)
     status_front: bool = True  # status polls answered by a second process (app/status_front.py)
 
@@ -145,27 +182,42 @@ class EngineHost:
 
     # ---- starting ----
     def check_sources(self, sources: list[str]) -> None:
+        """Fast feedback at POST and resume (403): each source, symlinks resolved now, lies under an
+        --allow-root folder. What binds the job is its `allowed_roots`, enforced at every pass."""
         if not self.allow_roots:
             raise StartingDisabled("this server starts no jobs over HTTP: it was started without --allow-root "
                                    "(`kbingest serve --allow-root DIR` allows sources under DIR)")
         for s in sources:
-            real = Path(s).expanduser().resolve()  # symlinks resolved: a link out of the root is out
+            if "\x00" in s:
+                raise InvalidInput(f"sources: a NUL character in {printable(s)!r}")
+            try:  # the path the job will walk (pipeline/loading.py's validate_sources: no ~ expansion)
+                real = Path(os.path.realpath(os.path.abspath(s)))  # symlinks resolved: a link out of the root is out
+            except (OSError, ValueError):
+                raise InvalidInput(f"sources: {printable(s)!r} is not a valid file name") from None
             if not any(real == root or real.is_relative_to(root) for root in self.allow_roots):
-                raise Forbidden(f"source {s!r} is not under an --allow-root folder of this server")
+                raise Forbidden(f"source {printable(s)!r} is not under an --allow-root folder of this server")
+
+    @property
+    def roots(self) -> list[str]:
+        """The --allow-root folders, as a job's JobConfig.allowed_roots."""
+        return [str(r) for r in self.allow_roots]
 
     def start(self, kb: str, sources: list[str], settings: dict[str, Any], job_id: Optional[str]) -> JobStatusResponse:
         self.check_sources(sources)
-        config = Service.config(sources, kb, **settings)
+        config = Service.config(sources, kb, allowed_roots=self.roots, **settings)
         with self._lock:
             self._check_idle()
             return self._launch(self.service.start(config, job_id=job_id))
 
     def resume(self, job_id: str) -> JobStatusResponse:
+        """The job runs here, bound to this server's --allow-root folders (whatever it was bound to
+        before): its sources are checked now, and its every pass walks and reads under them."""
         with self._lock:
             if job_id in self._live:
                 raise WrongState(f"job {job_id} is running in this server")
             self._check_idle()
-            return self._launch(self.service.resume(job_id))
+            self.check_sources(self.service.job(job_id).config.sources)
+            return self._launch(self.service.resume(job_id, allowed_roots=self.roots))
 
     def _check_idle(self) -> None:
         running = next(iter(self._live), None)
@@ -247,23 +299,50 @@ class EngineHost:
 
 # ---- HTTP guard: token, body cap ---------------------------------------------------------------
 class Guard:
-    """ASGI middleware: the bearer token (constant-time) on every path but /healthz, and the
-    64 KiB body cap (declared length or counted as it streams in)."""
+    """ASGI middleware: the Host rule (no token: DNS rebinding), the bearer token (constant-time) on
+    every path but /healthz, the 64 KiB body cap (declared length or counted as it streams in), and
+    the one error shape for anything the app did not expect (a JSON 500, one line in the log)."""
 
     def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY,
-                 fast_get: Optional[Any] = None) -> None:
+                 fast_get: Optional[Any] = None, hosts: Optional[frozenset[str]] = None) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
         self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
+        self.hosts = hosts  # http_poll.host_rule: the Host names answered (None: any, a token guards)
 
     def authorized(self, headers: dict, path: str) -> bool:
         return authorized(self.token, headers, path)
 
+    def admits(self, headers: dict, path: str) -> bool:
+        """Host and token rules both pass: the request may be answered (else the guard says why)."""
+        return host_allowed(self.hosts, headers) and authorized(self.token, headers, path)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, watched)
+        except Exception as e:  # the app's own handler has answered (a JSON 500) if it could
+            log.error("%s %s failed: %s", scope.get("method"), printable(scope.get("path", "")),
+                      printable(str(e) or type(e).__name__), exc_info=bool(os.environ.get("KBINGEST_DEBUG")))
+            if not started:
+                await _send_error(send, 500, "internal", "the server could not answer this request")
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or [])
+        if not host_allowed(self.hosts, headers):
+            given = host_name(headers.get(b"host", b"").decode("latin-1")) or headers.get(b"host", b"").decode("latin-1")
+            return await _send_error(send, 421, "wrong_host", f"this server answers requests addressed to it by a "
+                                     f"loopback name or its own address, not {printable(given)!r} (a web page's DNS "
+                                     "rebinding looks like this): `kbingest serve --allow-host NAME` adds a name")
         if not self.authorized(headers, scope.get("path", "")):
             return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
                                      "<token>`", extra=[(b"www-authenticate", b"Bearer")])
@@ -368,12 +447,13 @@ def create_app(service: Service, cfg: ServerConfig):
     from kbingest.app.server_metrics import metrics_text
 
     host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify))
+    hosts = host_rule(cfg.token, cfg.host, cfg.allow_hosts)  # the Guard's token decides, as below
     app = FastAPI(title="kbingest", version="1", description="Ingestion jobs of one kbingest home: status, "
                   "control, live events, search and metrics.")
     app.state.host = host
 
     def err(status: int, kind: str, message: str) -> JSONResponse:
-        return JSONResponse({"error": kind, "message": message}, status_code=status)
+        return JSONResponse({"error": kind, "message": _text(message)}, status_code=status)
 
     @app.exception_handler(KbError)
     async def _kb_error(_req: Request, e: KbError) -> JSONResponse:
@@ -387,8 +467,13 @@ def create_app(service: Service, cfg: ServerConfig):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "error")
-        return err(e.status_code, kind, str(e.detail))
+        if e.status_code == 400:  # the framework could not read the body (100,000 nested arrays, bad UTF-8...)
+            return err(400, "invalid_input", f"the request body is not JSON that can be read: {e.detail}")
+        return err(e.status_code, kind_of_status(e.status_code), str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, e: Exception) -> JSONResponse:  # the Guard logs it, in one line
+        return err(500, "internal", "the server could not answer this request")
 
     @app.get("/healthz", tags=["server"])
     async def healthz() -> dict:
@@ -417,6 +502,7 @@ def create_app(service: Service, cfg: ServerConfig):
               summary="start a job (sources must lie under an --allow-root folder)")
     def start(kb_id: str, body: StartJobRequest):  # type: ignore[valid-type]
         data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+        _no_lone_surrogates(data, "")
         sources, job_id = data.pop("sources"), data.pop("job_id", None)
         settings = {k: v for k, v in data.items() if v is not None}
         snap = host.start(kb_id, sources, settings, job_id)
@@ -466,7 +552,7 @@ def create_app(service: Service, cfg: ServerConfig):
         body, content_type = metrics_text(host)
         return Response(content=body, media_type=content_type)
 
-    return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host))
+    return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host), hosts=hosts)
 
 
 def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
@@ -640,8 +726,8 @@ def _http_protocol(guard: Guard) -> Any:
             return self._answer(url.path.decode("ascii", "replace"), dict(self.headers))
 
         def _answer(self, path: str, headers: dict) -> bool:
-            if not guard.authorized(headers, path):
-                return False  # uvicorn's way answers 401
+            if not guard.admits(headers, path):
+                return False  # uvicorn's way answers 421 or 401
             answer = guard.fast_get(path)
             if answer is None:
                 return False
@@ -703,9 +789,11 @@ async def _published_status(host: EngineHost, kb: str) -> Optional[bytes]:
         return None
 
 
-def engine_server(config: Any, listen: socket.socket, host: EngineHost, token: Optional[str], front: bool) -> Any:
+def engine_server(config: Any, listen: socket.socket, host: EngineHost, token: Optional[str], front: bool, *,
+                  hosts: Optional[frozenset[str]]) -> Any:
     """uvicorn's server on `listen`: with `front`, the status front accepts and this process takes
-    the connections it hands over (and the socket itself, should the front die)."""
+    the connections it hands over (and the socket itself, should the front die). `hosts`: the Host
+    rule (http_poll.host_rule), which the front applies as the engine host's Guard does."""
     import uvicorn
 
     from kbingest.app.status_front import FrontLink
@@ -717,7 +805,8 @@ def engine_server(config: Any, listen: socket.socket, host: EngineHost, token: O
             if not front:
                 return await super().startup(sockets=[listen])
             await super().startup(sockets=[])
-            link = FrontLink(listen, token, partial(_published_status, host), self._adopt, self._take_the_socket)
+            link = FrontLink(listen, token, partial(_published_status, host), self._adopt, self._take_the_socket,
+                             hosts=hosts)
             try:
                 link.start(asyncio.get_running_loop())
             except OSError as e:
@@ -767,6 +856,10 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     for root in cfg.allow_roots:
         if not Path(root).expanduser().is_dir():
             raise InvalidInput(f"--allow-root {root}: not a folder")
+    for name in cfg.allow_hosts:
+        if not host_name(name):
+            raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
+                               "or an address)")
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
     service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
@@ -774,7 +867,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     _log_to_stderr()
     listen = bind(cfg.host, cfg.port)
     front = cfg.status_front and status_front_supported()
-    server = engine_server(uvicorn_config(app, cfg.host, cfg.port), listen, host, cfg.token, front)
+    server = engine_server(uvicorn_config(app, cfg.host, cfg.port), listen, host, cfg.token, front, hosts=app.hosts)
     log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s%s", service.home.root, cfg.host, cfg.port, API,
                 "; status polls answered by a second process (the status front)" if front else "",
                 "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")

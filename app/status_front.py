@@ -7,10 +7,11 @@ processes, as nginx in front of an application would:
 
 - the **front** (this module's `main`, a child of `kbingest serve`) accepts every connection on
   the server's socket. A whole, plain keep-alive GET of a kb status (`http_poll.simple_get`, the
-  token checked by the same rule) is answered from the bytes the engine host last published for
-  that kb. Anything else, however early or late in the connection, is handed over: the connection
-  itself (its descriptor, SCM_RIGHTS) with the bytes read from it so far, and the engine host's
-  uvicorn takes it from there, for good. So every other endpoint, every error, SSE, bodies and
+  token and the Host checked by the same rules) is answered from the bytes the engine host last
+  published for that kb. Anything else, however early or late in the connection, is handed over
+  (a Host the rule refuses too: the engine host answers its 421): the connection itself (its
+  descriptor, SCM_RIGHTS) with the bytes read from it so far, and the engine host's uvicorn takes
+  it from there, for good. So every other endpoint, every error, SSE, bodies and
   their cap are the engine host's, answered exactly as without a front.
 - the **engine host** (`FrontLink`, in the `kbingest serve` process) publishes the status of each
   kb the front polls: every STATUS_TTL_S when it changed, every REPUBLISH_S in any case, and stops
@@ -39,7 +40,7 @@ import time
 from email.utils import formatdate
 from typing import Any, Awaitable, Callable, Optional
 
-from kbingest.app.http_poll import ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, simple_get
+from kbingest.app.http_poll import ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, host_allowed, simple_get
 
 REPUBLISH_S = 0.5     # an unchanged status is published again this often
 FRESH_S = 1.5         # the front serves a publication this long at most
@@ -64,10 +65,12 @@ def supported() -> bool:
 class Front:
     """The front's state: the published statuses, the polls waiting for one, the counts to report."""
 
-    def __init__(self, listen: socket.socket, ctrl: socket.socket, token: Optional[bytes]) -> None:
+    def __init__(self, listen: socket.socket, ctrl: socket.socket, token: Optional[bytes],
+                 hosts: Optional[frozenset[str]] = frozenset()) -> None:
         self.listen = listen
         self.ctrl = ctrl
         self.token = token
+        self.hosts = hosts  # http_poll.host_rule: the Host names answered (None: any, a token guards)
         self.table: dict[str, list] = {}  # kb -> [arrived (monotonic), body, date second, whole response]
         self.waiting: dict[str, tuple[list[PollConnection], asyncio.TimerHandle]] = {}
         self.answered: dict[str, int] = {}
@@ -199,7 +202,8 @@ class PollConnection(asyncio.Protocol):
             return  # a poll still arriving
         request = simple_get(buf)
         m = KB_STATUS.fullmatch(request[0]) if request is not None else None
-        if m is None or not authorized(self.front.token, request[1], request[0]):  # type: ignore[index]
+        if (m is None or not authorized(self.front.token, request[1], request[0])  # type: ignore[index]
+                or not host_allowed(self.front.hosts, request[1])):  # type: ignore[index]
             return self.hand_over()
         kb = m.group(1)
         answer = self.front.response(kb)
@@ -234,11 +238,15 @@ class PollConnection(asyncio.Protocol):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m kbingest.app.status_front LISTEN_FD CTRL_FD` (started by `kbingest serve` only)."""
-    listen_fd, ctrl_fd = (int(a) for a in (argv if argv is not None else sys.argv[1:]))
+    """`python -m kbingest.app.status_front LISTEN_FD CTRL_FD HOSTS` (started by `kbingest serve` only;
+    HOSTS: the Host names answered, comma-separated, or `*` for any: a token guards the server)."""
+    args = argv if argv is not None else sys.argv[1:]
+    listen_fd, ctrl_fd = int(args[0]), int(args[1])
+    hosts = args[2] if len(args) > 2 else ""  # none given: only loopback addresses (the rest is handed over)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     token = os.environ.pop(ENV_TOKEN, "") or None
-    front = Front(socket.socket(fileno=listen_fd), socket.socket(fileno=ctrl_fd), token.encode() if token else None)
+    front = Front(socket.socket(fileno=listen_fd), socket.socket(fileno=ctrl_fd), token.encode() if token else None,
+                  None if hosts == "*" else frozenset(h for h in hosts.split(",") if h))
     try:
         import uvloop
         uvloop.run(front.run())
@@ -255,9 +263,11 @@ class FrontLink:
 
     def __init__(self, listen: socket.socket, token: Optional[str],
                  status: Callable[[str], Awaitable[Optional[bytes]]],
-                 adopt: Callable[[socket.socket, bytes], None], lost: Callable[[], None]) -> None:
+                 adopt: Callable[[socket.socket, bytes], None], lost: Callable[[], None], *,
+                 hosts: Optional[frozenset[str]]) -> None:
         self.listen = listen
         self.token = token
+        self.hosts = hosts  # the engine host's Host rule, which the front applies too
         self.status = status
         self.adopt = adopt
         self.lost = lost
@@ -281,7 +291,8 @@ class FrontLink:
             env[ENV_TOKEN] = self.token  # not on the command line, where `ps` shows it
         fds = (self.listen.fileno(), theirs.fileno())
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kbingest.app.status_front", *map(str, fds)],
+            rule = "*" if self.hosts is None else ",".join(sorted(self.hosts))
+            self.proc = subprocess.Popen([sys.executable, "-m", "kbingest.app.status_front", *map(str, fds), rule],
                                          pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         except OSError:
             mine.close()

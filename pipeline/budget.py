@@ -34,9 +34,8 @@ PRIORITY_POLL_S = 0.005  # how often a bulk call looks whether a watch burst sti
 STEP_ASIDE_S = 0.002     # how long a process that just embedded lets a waiting one take the next turn
 
 
-def _open(path: Path) -> int:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600)
+def _open(home: Home, path: Path) -> int:
+    return home.open_file(path, os.O_RDWR | os.O_CREAT)  # HOME/locks never followed if it is a link
 
 
 def _held_by_other(fd: int) -> bool:
@@ -54,6 +53,7 @@ class EmbedBudget:
 
     def __init__(self, home: Home) -> None:
         d = home.locks_dir
+        self._home = home
         mode = os.environ.get(ENV_OFF, "priority")
         self.enabled = mode != "0"
         self.turns = mode == "turns"
@@ -65,7 +65,7 @@ class EmbedBudget:
 
     def _descriptors(self) -> tuple[int, int, int]:
         if self._fds is None:
-            self._fds = tuple(_open(p) for p in self._paths)  # type: ignore[assignment]
+            self._fds = tuple(_open(self._home, p) for p in self._paths)  # type: ignore[assignment]
         return self._fds  # type: ignore[return-value]
 
     @contextlib.contextmanager

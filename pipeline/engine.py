@@ -24,6 +24,8 @@ from kbingest.pipeline.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.failures import reason
 from kbingest.pipeline.liveness import KEEPALIVE_S
+from kbingest.pipeline.locking import HeldLocks
+from kbingest.pipeline.storage import KbLocation
 from kbingest.pipeline.index import IndexError_, KnowledgeBase
 from kbingest.pipeline.instrument import Sampler
 from kbingest.pipeline.jobs import INTERRUPTED
@@ -180,8 +182,25 @@ class IngestJob:
 
     # ---- the queue ---------------------------------------------------------------------------
     def _take_kb(self):
-        """The knowledge base's lock; waiting for it as a pending job unless --no-wait. None when the
-        job was cancelled or paused while it waited."""
+        """The knowledge base's locks: the home's (one writer per knowledge base of this home, the
+        queue), then the one at its location (one writer whichever home writes there: issue 27);
+        waiting for each as a pending job unless --no-wait. None when the job was cancelled or paused
+        while it waited."""
+        lock = self._take_home_kb()
+        if lock is None:
+            return None
+        try:
+            writer = self._take_location()
+        except BaseException:
+            lock.release()
+            raise
+        if writer is None:
+            lock.release()
+            return None
+        return HeldLocks(lock, writer)
+
+    def _take_home_kb(self):
+        """This home's lock of the knowledge base (HOME/locks, the queue: docs/queue.md)."""
         home, kb = self.home, self.config.kb
         if not self.wait_for_lock:
             refused = jobqueue.refusal(home, self.store.all(), self.job_id, kb)
@@ -196,9 +215,60 @@ class IngestJob:
                 return lock
         if self._place is None or not self._place.held:
             self._place = jobqueue.hold_place(home, self.job_id)
+        self._mark_pending(f"pending: waiting for knowledge base {kb}", keep=True)
+        lock = jobqueue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
+                                    self.control.wait)
+        for key in QUEUE_METRICS:
+            self.tracker.drop_metric(key)
+        if lock is None:
+            self._stopped_pending()
+        return lock
+
+    def _take_location(self):
+        """The writer lock where the table lives (pipeline/locking.py), held while this home's lock is:
+        a job of another home writing the same location makes this one wait as pending (naming it),
+        or, with --no-wait, refused naming it. None when stopped while it waited."""
+        kb = self.config.kb
+        loc = KbLocation.of_job(self.home, self.config)
+        writer = loc.writer_lock(kb, {"home": str(self.home.root), "job": self.job_id}, on_lost=self._lost_lease)
+        if writer.try_acquire():
+            return writer
+        if not self.wait_for_lock:
+            raise jobqueue.KbBusy(f"knowledge base {kb} at {loc} is being written by {writer.holder()}: "
+                                  "not started (--no-wait); run without --no-wait to queue it")
+        if self._place is None or not self._place.held:
+            self._place = jobqueue.hold_place(self.home, self.job_id)
+        last = None
+        while True:
+            why = f"pending: waiting for {writer.holder()} writing knowledge base {kb} at {loc}"
+            if why != last:
+                if last is None:
+                    self._mark_pending(why)
+                else:
+                    self.tracker.set_message(why)
+                    self._checkpoint()
+                last = why
+            self.control.wait(jobqueue.POLL_S)
+            if self._stop_waiting():
+                self._stopped_pending()
+                return None
+            if writer.try_acquire():
+                return writer
+
+    def _lost_lease(self, why: str) -> None:
+        """The location's lease was taken (its renewals failed for its whole life): stop writing now."""
+        if self._failure is None:
+            self._failure = PhaseFailed(self._current_phase(), why)
+        self.control.halt()
+
+    def _mark_pending(self, message: str, keep: bool = False) -> None:
+        """Stored as pending (owner: this process, queued now), unless cancelled meanwhile. `keep`:
+        a job already pending keeps its message."""
         t = self.tracker
         if t.status != JobStatus.PENDING:
-            t.set_status(JobStatus.PENDING, f"pending: waiting for knowledge base {kb}")
+            t.set_status(JobStatus.PENDING, message)
+        elif not keep:
+            t.set_message(message)
         snap, stored = self.snapshot(), {}
 
         def enqueue(r: JobRecord) -> JobRecord:
@@ -211,13 +281,6 @@ class IngestJob:
         if stored.get("status") == JobStatus.CANCELLED:
             self._final = True
             raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
-        lock = jobqueue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
-                                    self.control.wait)
-        for key in QUEUE_METRICS:
-            t.drop_metric(key)
-        if lock is None:
-            self._stopped_pending()
-        return lock
 
     def _waiting(self, message: str, blocker: Optional[str], position: int) -> None:
         t = self.tracker
@@ -454,7 +517,7 @@ class IngestJob:
             for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
                 t.skip_phase(phase)
         stages = PassStages(
-            load=LoadStage(c, r, self.control, stored, scope),
+            load=LoadStage(c, r, self.control, stored, scope, kb.high_water()),
             chunk=ChunkStage(c, r, chunker, kb),
             embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
             index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),

@@ -122,6 +122,8 @@ def schema(dim: int) -> pa.Schema:
         pa.field("page", pa.int32(), nullable=True),  # first page of the chunk; null where no pages
         pa.field("metadata", metadata_type()),
         pa.field("text_hash", pa.string()),  # ids.text_hash(text): a stored vector is found by its text
+        pa.field("ocr_confidence", pa.float32(), nullable=True),  # the chunk's first page was read by OCR, with
+        # this mean confidence (0-1); null where it was read from a text layer (docs/formats.md, OCR)
     ])
 
 
@@ -160,6 +162,7 @@ MIGRATIONS: tuple[AddColumn, ...] = (
     AddColumn("page", lambda have: "CAST(NULL AS INT)"),
     AddColumn("metadata", lambda have: struct_sql(metadata_type(), have)),
     AddColumn("text_hash", lambda have: "encode(sha256(text), 'hex')"),  # = ids.text_hash, computed by LanceDB
+    AddColumn("ocr_confidence", lambda have: "CAST(NULL AS FLOAT)"),  # rows written before OCR: none was
 )
 
 
@@ -260,6 +263,7 @@ class KnowledgeBase:
         self._opened = False
         self.commits = 0
         self.written: dict[str, Optional[StoredDoc]] = {}  # what this object committed: doc_id -> it, None: removed
+        self.removal_allowed = False  # the job allows any removal (--allow-mass-removal): it lowers the mark
 
     @property
     def _db(self):
@@ -305,9 +309,36 @@ class KnowledgeBase:
         state = self._memory()
         return None if state is None else sum(d.chunks for d in state.docs.values())
 
+    def high_water(self) -> Optional[int]:
+        """The documents this knowledge base held at the end of the last pass that added documents
+        (pipeline/kbstate.py), or None: what the mass-removal guard measures removals against. Kept
+        for HOME/lancedb only, like what it holds: another home may write a --db location unseen."""
+        return kbstate.read_mark(self.home, self.name) if self._remembered_here else None
+
+    def _note_high_water(self, stored: dict[str, StoredDoc]) -> None:
+        """After a pass that began with `stored` and committed self.written: a pass that added documents
+        sets the mark to the count it leaves, as does one whose removals the operator allowed; any other
+        keeps it (removals are measured against it, so successive halvings add up)."""
+        if not self.written or not self._remembered_here:
+            return
+        added = removed = 0
+        for doc_id, doc in self.written.items():
+            if doc is None:
+                removed += doc_id in stored
+            else:
+                added += doc_id not in stored
+        after = len(stored) + added - removed
+        mark = self.high_water()
+        base = len(stored) if mark is None else mark
+        new = after if added or (removed and self.removal_allowed) else max(base, after)
+        if new != mark:
+            kbstate.write_mark(self.home, self.name, new)
+
     def remember(self, stored: dict[str, StoredDoc]) -> None:
         """At the end of a pass whose documents began as `stored`: remember them with what this object
-        wrote since (the job holds the knowledge base's lock, so no one else wrote)."""
+        wrote since (the job holds the knowledge base's lock, so no one else wrote), and the
+        knowledge base's high-water mark."""
+        self._note_high_water(stored)
         if not self._remembered_here:
             return
         if not self._opened and not self.written:
@@ -330,7 +361,9 @@ class KnowledgeBase:
     @classmethod
     def for_job(cls, home: Home, config) -> "KnowledgeBase":
         """The knowledge base a job writes: at the location it recorded, with its index threshold."""
-        return cls(home, config.kb, KbLocation.of_job(home, config), getattr(config, "ann_min_rows", None))
+        kb = cls(home, config.kb, KbLocation.of_job(home, config), getattr(config, "ann_min_rows", None))
+        kb.removal_allowed = getattr(config, "max_removal_share", 0.0) >= 1.0
+        return kb
 
     @property
     def exists(self) -> bool:
@@ -495,15 +528,14 @@ class KnowledgeBase:
         failure interrupts is pending, and the next run redoes it."""
         from kbingest.pipeline import compaction, search_index
 
-        self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
-        os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        os.close(self.home.open_file(self._optimize_marker, os.O_WRONLY | os.O_CREAT))  # HOME/pending: no link followed
         if self.count() < compaction.CHILD_ROWS:
             report = compaction.optimize_here(self._table, self.ann_min_rows)
         else:
             build = search_index.wanted(self._table, self.ann_min_rows)
             report = compaction.optimize_in_child(self.location, self.name, self.ann_min_rows if build else None)
             self._table = self._db.open_table(self.name)  # the version the child made
-        self._optimize_marker.unlink(missing_ok=True)
+        self.home.remove_file(self._optimize_marker)
         return report
 
     @_damage_checked

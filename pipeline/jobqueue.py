@@ -14,40 +14,39 @@ from typing import Callable, Optional
 from kbingest.pipeline.errors import KbBusy
 from kbingest.pipeline.locking import EngineLock, HomeLocked, holder_pid, is_locked
 from kbingest.pipeline.models import JobRecord
-from kbingest.pipeline.paths import Home
+from kbingest.pipeline.paths import Home, HomeError
 from kbingest.pipeline.status import JobStatus
 
 POLL_S = 0.25  # how often a waiting job looks whether it may start
 
 
-def _lock(path: Path) -> EngineLock:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return EngineLock(path)
+def _lock(home: Home, path: Path) -> EngineLock:
+    return EngineLock(path, home.root)  # HOME/locks made, and opened, without following a link
 
 
 def hold_place(home: Home, job_id: str) -> EngineLock:
     """The lock that says this process owns pending job `job_id` (released when it runs or ends)."""
-    return _lock(home.queue_lock_file(job_id)).acquire()
+    return _lock(home, home.queue_lock_file(job_id)).acquire()
 
 
 def drop_place(home: Home, lock: Optional[EngineLock], job_id: str) -> None:
     if lock is not None and lock.held:
         lock.release()
         try:
-            home.queue_lock_file(job_id).unlink()
-        except OSError:
+            home.remove_file(home.queue_lock_file(job_id))  # relative to HOME/locks, never through a link
+        except (OSError, HomeError):
             pass
 
 
 def waiter_alive(home: Home, rec: JobRecord) -> bool:
     """A pending job whose owner process still waits for it."""
-    return rec.owner_pid is not None and is_locked(home.queue_lock_file(rec.job_id))
+    return rec.owner_pid is not None and is_locked(home.queue_lock_file(rec.job_id), home.root)
 
 
 def try_kb_lock(home: Home, kb: str) -> Optional[EngineLock]:
     """The knowledge base's writer lock if it is free now, else None (no waiting)."""
     try:
-        return _lock(home.kb_lock_file(kb)).acquire(grace=0.0)
+        return _lock(home, home.kb_lock_file(kb)).acquire(grace=0.0)
     except HomeLocked:
         return None
 
@@ -55,9 +54,9 @@ def try_kb_lock(home: Home, kb: str) -> Optional[EngineLock]:
 def writer_of(home: Home, records: list[JobRecord], kb: str) -> Optional[JobRecord]:
     """The running job that holds knowledge base `kb` now, if it is known."""
     path = home.kb_lock_file(kb)
-    if not is_locked(path):
+    if not is_locked(path, home.root):
         return None
-    pid = holder_pid(path)
+    pid = holder_pid(path, home.root)
     for r in records:
         if r.config.kb == kb and r.status.status == JobStatus.RUNNING and r.owner_pid == pid:
             return r
@@ -79,7 +78,7 @@ def wait_reason(home: Home, records: list[JobRecord], job_id: str, kb: str) -> O
     me = next((r for r in records if r.job_id == job_id), None)
     if me is not None and me.queued_at is not None:
         ahead = [r for r in ahead if (r.queued_at, r.job_id) < (me.queued_at, me.job_id)]
-    locked = is_locked(home.kb_lock_file(kb))
+    locked = is_locked(home.kb_lock_file(kb), home.root)
     if not locked and not ahead:
         return None
     position = len(ahead) + 1
@@ -88,7 +87,7 @@ def wait_reason(home: Home, records: list[JobRecord], job_id: str, kb: str) -> O
         who = f"job {blocker}"
     elif locked:
         blocker = None
-        pid = holder_pid(home.kb_lock_file(kb))
+        pid = holder_pid(home.kb_lock_file(kb), home.root)
         who = f"process {pid}" if pid else "another process"
     else:
         blocker = ahead[-1].job_id

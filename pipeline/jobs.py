@@ -24,9 +24,9 @@ def _interrupted(rec: JobRecord, home: Home) -> bool:
     if rec.status.status != JobStatus.RUNNING:
         return False
     lock = home.kb_lock_file(rec.config.kb)
-    if not is_locked(lock):
+    if not is_locked(lock, home.root):
         return True
-    holder = holder_pid(lock)
+    holder = holder_pid(lock, home.root)
     return rec.owner_pid is not None and holder is not None and holder != rec.owner_pid
 
 

@@ -13,11 +13,11 @@ import hashlib
 import os
 import stat
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from kbingest.pipeline import formats
-from kbingest.pipeline.formats.base import LoadError
+from kbingest.pipeline.formats.base import LoadError, inflation_limit
 from kbingest.pipeline.models import job_default
 
 BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
@@ -40,6 +40,9 @@ class LoadLimits:
     max_depth: int = job_default("max_depth")  # directory depth below a source root (the root is depth 0)
     max_files: int = job_default("max_files")  # documents per job; beyond: one Problem, and the walk stops
     follow_links: bool = job_default("follow_links")  # follow every symlink, even out of the root
+    # a job of `kbingest serve`: its --allow-root folders (real paths), which bind every folder walked and
+    # every file read, whatever follow_links says (Bounds, below); None: the source is the boundary
+    allowed_roots: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class Candidate:
     root: str  # absolute path of the SOURCE it was found under
     size: int
     mtime_ns: int
+    # its canonical path (the document's identity), as the walk reached it: the source's real path and
+    # the real folders opened beneath it, or a link's target resolved when it was judged; None where
+    # the walk cannot know it (a file named as a source, a folder reached through --follow-links)
+    real: Optional[str] = field(default=None, compare=False)
+    dev_ino: Optional[tuple[int, int]] = field(default=None, compare=False)  # (st_dev, st_ino) the walk saw
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class LoadedDocument:
     format: str = "text"
     title: Optional[str] = None        # the format's own title (HTML <title>), if any
     page_starts: tuple[int, ...] = ()  # paged formats: offset in text where page i+1 begins
+    page_ocr: tuple[Optional[float], ...] = ()  # per page: None from its text layer, else OCR's confidence
 
 
 class SourceError(ValueError):
@@ -143,6 +152,11 @@ def _outside(target: str) -> tuple[str, str]:
     )
 
 
+def _outside_allowed(target: str) -> tuple[str, str]:
+    return ("outside_allowed_root",
+            f"it leads outside the --allow-root folders of the server running this job ({_show(target)}): not read")
+
+
 def _os_kind(e: OSError, doing: str) -> tuple[str, str]:
     """Map an OSError to (kind, message); `doing` is e.g. 'list this folder'."""
     if isinstance(e, PermissionError):
@@ -180,6 +194,8 @@ def validate_sources(sources: list[str]) -> list[str]:
             raise SourceError(f"source cannot be accessed (permission denied): {_show(path)}") from None
         except OSError as e:
             raise SourceError(f"source cannot be accessed ({e.strerror}): {_show(path)}") from None
+        except ValueError:  # a lone surrogate (from JSON) that no file name can hold
+            raise SourceError(f"source path is not a valid file name: {_show(path)}") from None
         if stat.S_ISREG(st.st_mode):
             if formats.unsupported(path):
                 raise SourceError(f"{formats.unsupported(path)}: {_show(path)}")
@@ -233,6 +249,84 @@ def _swapped() -> tuple[str, str]:
                             "not followed; ingest again once it settles")
 
 
+def _fd_path(fd: int) -> str:
+    """Where the file or folder open at `fd` is now, as the kernel names it: every symlink resolved,
+    whatever path led to it. OSError where the system cannot say (then nothing is inside)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:  # no /proc: macOS names it with F_GETPATH
+        import fcntl
+
+        if not hasattr(fcntl, "F_GETPATH"):
+            raise OSError(errno.ENOSYS, "cannot tell where an open file lies") from None
+        return os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0"))
+
+
+class Bounds:
+    """The allowed roots of a job run by `kbingest serve` (LoadLimits.allowed_roots), opened for a
+    walk (held to its end) or a read. Each root is opened from / one real folder at a time (the
+    server stored it resolved), so a root swapped for a symlink is refused, not followed. What is
+    inside is judged on the descriptor actually opened (its path as the kernel has it now), never on
+    a path string checked before the open: no symlink, --follow-links or swap can lead a walk or a
+    read out of the roots."""
+
+    def __init__(self, roots: tuple[str, ...]) -> None:
+        self.fds: list[int] = []
+        top = os.open(os.sep, _DIR_FLAGS)
+        try:
+            for root in roots:
+                parts = [p for p in os.path.abspath(root).split(os.sep) if p]
+                self.fds.append(_open_beneath(top, parts, follow=False))
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(top)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def _reals(self) -> list[str]:
+        return [_fd_path(fd) for fd in self.fds]  # now: a root renamed since it was opened is followed
+
+    def holds_path(self, real: str) -> bool:
+        """A resolved path (os.path.realpath) lies in a root: a judgement before an open, to say why."""
+        try:
+            return any(within(real, r) for r in self._reals())
+        except OSError:
+            return False
+
+    def holds(self, fd: int) -> bool:
+        """The file or folder open at fd lies in a root: the check that decides."""
+        try:
+            where = _fd_path(fd)
+        except OSError:
+            return False
+        return self.holds_path(where)
+
+    def located(self, fd: int) -> str:
+        try:
+            return _fd_path(fd)
+        except OSError:
+            return "?"
+
+
+class _OutsideRoots(OSError):
+    """A folder opened by the walk lies outside the allowed roots."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(errno.EACCES, "outside the allowed roots")
+        self.where = where
+
+
+def _roots_unusable(e: BaseException) -> tuple[str, str]:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+    return ("outside_allowed_root", f"the --allow-root folders of the server running this job cannot be opened "
+                                    f"({why}; a folder on the way replaced by a symlink?): nothing read")
+
+
 def walk(sources: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
     """Stream Candidates, Skipped and Problems, sorted by name within each folder."""
     yield from _Walker(limits).run(sources)
@@ -271,8 +365,29 @@ class _Walker:
         self.count = 0
         self.stopped = False
         self.walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every folder walked
+        self.bounds: Optional[Bounds] = None  # a job of `kbingest serve`: its roots, held while it walks
+
+    def _bounded(self, sources: list[str], body) -> Iterator[Candidate | Problem | Skipped]:
+        """Run the walk `body()` with the allowed roots (if any) opened at its start and held to its end."""
+        if self.limits.allowed_roots is None:
+            yield from body()
+            return
+        try:
+            self.bounds = Bounds(self.limits.allowed_roots)
+        except (OSError, ValueError) as e:
+            for source in sources:
+                yield _problem(os.path.abspath(os.fsdecode(source)), _roots_unusable(e))
+            return
+        try:
+            yield from body()
+        finally:
+            self.bounds.close()
+            self.bounds = None
 
     def run(self, sources: list[str]) -> Iterator[Candidate | Problem | Skipped]:
+        yield from self._bounded(sources, lambda: self._run(sources))
+
+    def _run(self, sources: list[str]) -> Iterator[Candidate | Problem | Skipped]:
         for source in sources:
             root = os.path.abspath(os.fsdecode(source))
             try:
@@ -280,6 +395,11 @@ class _Walker:
             except (OSError, ValueError) as e:
                 yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
                 continue
+            if self.bounds is not None and not stat.S_ISDIR(st.st_mode):  # a file: judged now, decided at its read
+                real = os.path.realpath(root)
+                if not self.bounds.holds_path(real):
+                    yield _problem(root, _outside_allowed(real))
+                    continue
             if stat.S_ISDIR(st.st_mode):
                 yield from self._source_dir(root, lambda r: self._dir(r, (), 0, ()))
             else:
@@ -297,15 +417,21 @@ class _Walker:
                 yield _problem(root, _os_kind(_as_oserror(e), "open this source"))
             return
         try:
+            if self.bounds is not None and not self.bounds.holds(fd):  # the folder opened, wherever it is
+                yield _problem(root, _outside_allowed(self.bounds.located(fd)))
+                return
             yield from body(_Root(root, real, fd))
         finally:
             os.close(fd)
 
     def run_within(self, root: str, paths: list[str]) -> Iterator[Candidate | Problem | Skipped]:
+        yield from self._bounded([root], lambda: self._run_within(root, paths))
+
+    def _run_within(self, root: str, paths: list[str]) -> Iterator[Candidate | Problem | Skipped]:
         root = os.path.abspath(os.fsdecode(root))
         wanted = sorted({os.path.abspath(os.fsdecode(x)) for x in paths})
         if root in wanted:
-            yield from self.run([root])
+            yield from self._run([root])
             return
         wanted = [p for p in wanted if within(p, root)]
         if wanted:
@@ -331,11 +457,17 @@ class _Walker:
             elif stat.S_ISDIR(st.st_mode):
                 yield from self._subdir(r, parts, depth, ())
             else:
-                yield from self._file(p, r.path, st)
+                yield from self._file(p, r.path, st, self._real(r, parts))
             if self.stopped:
                 return
 
-    def _file(self, path: str, root: str, st: os.stat_result) -> Iterator[Candidate | Problem | Skipped]:
+    def _real(self, r: _Root, parts: tuple[str, ...]) -> Optional[str]:
+        """The canonical path of a file found beneath the root through real folders only (no link
+        followed: every folder was opened with O_NOFOLLOW), with no realpath; None with --follow-links."""
+        return None if self.limits.follow_links else os.path.join(r.real, *parts)
+
+    def _file(self, path: str, root: str, st: os.stat_result, real: Optional[str] = None
+              ) -> Iterator[Candidate | Problem | Skipped]:
         if not is_document(path):
             why = formats.unsupported(path)
             if why:
@@ -356,13 +488,15 @@ class _Walker:
             )
         else:
             self.count += 1
-            yield Candidate(path, root, st.st_size, st.st_mtime_ns)
+            yield Candidate(path, root, st.st_size, st.st_mtime_ns, real, (st.st_dev, st.st_ino))
 
     def _list(self, r: _Root, parts: tuple[str, ...]) -> tuple[Optional[tuple[int, int]], list[_Entry]]:
         """Open the folder beneath the root and list it: its identity and its entries, each looked
         at (lstat) through the folder's descriptor before that descriptor is closed."""
         fd = _open_beneath(r.fd, parts, self.limits.follow_links)
         try:
+            if self.bounds is not None and not self.bounds.holds(fd):  # reached through a followed link
+                raise _OutsideRoots(self.bounds.located(fd))
             st = os.fstat(fd)
             key = (st.st_dev, st.st_ino)
             if key in self.walked:
@@ -385,6 +519,9 @@ class _Walker:
         path = r.join(parts)
         try:
             key, entries = self._list(r, parts)
+        except _OutsideRoots as e:
+            yield _problem(path, _outside_allowed(e.where))
+            return
         except OSError as e:
             follow = self.limits.follow_links
             yield _problem(path, _swapped() if parts and _replaced(e, follow) else _os_kind(e, "list this folder"))
@@ -412,7 +549,7 @@ class _Walker:
         elif stat.S_ISDIR(entry.st.st_mode):  # a folder named like a document is still a folder
             yield from self._subdir(r, parts, depth + 1, ancestors)
         else:
-            yield from self._file(r.join(parts), r.path, entry.st)
+            yield from self._file(r.join(parts), r.path, entry.st, self._real(r, parts))
 
     def _subdir(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
                 ) -> Iterator[Candidate | Problem | Skipped]:
@@ -453,6 +590,10 @@ class _Walker:
             return
         inside = within(target, r.real)
         follow = self.limits.follow_links
+        if self.bounds is not None and (stat.S_ISDIR(st.st_mode) or is_document(path)) \
+                and not self.bounds.holds_path(target):  # never followed, whatever --follow-links says
+            yield _problem(path, _outside_allowed(target))
+            return
         if stat.S_ISDIR(st.st_mode):
             if not inside and not follow:
                 yield _problem(path, _outside(target))
@@ -464,7 +605,7 @@ class _Walker:
         elif is_document(path) and not inside and not follow:
             yield _problem(path, _outside(target))
         else:
-            yield from self._file(path, r.path, st)
+            yield from self._file(path, r.path, st, target)
 
 
 def _as_oserror(e: Exception) -> OSError:
@@ -483,10 +624,16 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     fmt = formats.for_path(c.path)
     if fmt is None:
         raise LoadError("unsupported_format", "no format reads this file type: not loaded")
-    dfd, name = _opening(lambda: _document_folder(c, limits), limits)
+    bounds = _read_bounds(limits)
+    try:
+        dfd, name = _opening(lambda: _document_folder(c, limits), limits)
+    except BaseException:
+        if bounds is not None:
+            bounds.close()
+        raise
     try:
         for _ in range(READ_ATTEMPTS):
-            data, before, after = _read_once(c, dfd, name, limits)
+            data, before, after = _read_once(c, dfd, name, limits, bounds)
             if _sig(before) == _sig(after) and len(data) == after.st_size:
                 break
         else:
@@ -496,6 +643,8 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
             )
     finally:
         os.close(dfd)
+        if bounds is not None:
+            bounds.close()
     warnings = []
     if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
         warnings.append("changed since it was listed: its current content was loaded")
@@ -504,7 +653,7 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     really = fmt.identify(data[:BINARY_SAMPLE])
     if really is not None:
         raise LoadError("wrong_format", f"not a {fmt.name} file: it looks like {really}: not loaded")
-    ex = fmt.extract(data, path=c.path)
+    ex = fmt.extract_within(data, path=c.path, max_inflated=inflation_limit(limits.max_file_bytes))
     if not ex.text.strip():
         raise LoadError("empty", "the file contains only whitespace" if fmt.name in ("text", "markdown")
                         else f"no text found in this {fmt.name} file")
@@ -519,7 +668,18 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
         format=fmt.name,
         title=ex.title,
         page_starts=ex.page_starts,
+        page_ocr=ex.page_ocr,
     )
+
+
+def _read_bounds(limits: LoadLimits) -> Optional[Bounds]:
+    """The allowed roots for one read (a job of `kbingest serve`), or None."""
+    if limits.allowed_roots is None:
+        return None
+    try:
+        return Bounds(limits.allowed_roots)
+    except (OSError, ValueError) as e:
+        raise LoadError(*_roots_unusable(e)) from None
 
 
 def _sig(st: os.stat_result) -> tuple:
@@ -594,7 +754,7 @@ def _open_regular(dfd: int, name: str, st: Optional[os.stat_result] = None) -> i
     return os.open(name, _OPEN_FLAGS, dir_fd=dfd)
 
 
-def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits
+def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits, bounds: Optional[Bounds] = None
                ) -> tuple[bytes, os.stat_result, os.stat_result]:
     def open_it() -> int:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -604,6 +764,8 @@ def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits
 
     fd = _opening(open_it, limits)
     try:
+        if bounds is not None and not bounds.holds(fd):  # the file opened, whatever links or swaps led there
+            raise LoadError(*_outside_allowed(bounds.located(fd)))
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):  # replaced by something else after the check above
             raise LoadError(*_not_regular(before.st_mode))

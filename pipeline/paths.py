@@ -1,6 +1,7 @@
 """Where things live under a home folder, and the validation of names that become paths."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -80,22 +81,92 @@ def _check_home_file(path: Path, st: os.stat_result) -> None:
                          "remove it or give it back to you (chown)")
 
 
-def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+def _check_home_subfolder(path: Path, st: os.stat_result) -> None:
+    _check_home_file(path, st)
+    if not stat.S_ISDIR(st.st_mode):
+        raise HomeError(f"{path} is not a folder: kbingest keeps its own files there; remove it")
+    if st.st_mode & 0o022:
+        raise HomeError(f"{path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): anyone could "
+                         "plant files in it; make it private (chmod 700) or remove it")
+
+
+def _open_subfolder(dfd: int, name: str, path: Path, create: bool, where: str) -> int:
+    """Folder NAME of the folder open at dfd, never through a link; made (0700) if missing and `create`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in (1, 2):
+        try:
+            return os.open(name, flags, dir_fd=dfd)
+        except FileNotFoundError:
+            if not create or attempt == 2:
+                raise
+            with contextlib.suppress(FileExistsError):  # made meanwhile, or planted: opened as any
+                os.mkdir(name, 0o700, dir_fd=dfd)  # mkdirat: never follows a link it finds there
+        except PermissionError:
+            raise HomeError(f"cannot open {path}: permission denied") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            if stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in {where}; "
+                                 "remove it") from None
+            raise HomeError(f"{path} is not a folder: kbingest keeps its own files there; remove it") from None
+    raise AssertionError("unreachable")
+
+
+def open_folder(root: Path, rel: Path | str, create: bool = False, home: bool = True) -> int:
+    """A descriptor of the folder ROOT/REL: ROOT as named (a home is checked: check_home_folder),
+    then each folder below it opened relative to the one above with O_NOFOLLOW | O_DIRECTORY, so a
+    folder planted as a symlink (HOME/locks -> elsewhere) is refused in one line (HomeError), never
+    followed. Missing folders are created (0700) when `create`; else FileNotFoundError. In a home
+    (`home`), every folder must also be this user's and writable by no one else."""
+    root = Path(root)
+    try:
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        raise HomeError(f"cannot open {root}: permission denied") from None
+    path = root
+    try:
+        if home:
+            check_home_folder(root, os.fstat(dfd))
+        for part in Path(rel).parts:
+            if part in (".", "..", "/"):
+                raise HomeError(f"{root / rel}: not a folder below {root}")
+            path = path / part
+            fd = _open_subfolder(dfd, part, path, create, "its home" if home else "the folders it keeps")
+            os.close(dfd)
+            dfd = fd
+            if home:
+                _check_home_subfolder(path, os.fstat(dfd))
+    except BaseException:
+        os.close(dfd)
+        raise
+    return dfd
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600, root: Path | None = None, home: bool = True) -> int:
     """Open a file of a home: its folder is checked again (check_home_folder), the file is opened
     relative to it without following a symlink (O_NOFOLLOW), and must be a regular file of this user.
-    Raises HomeError with one line instead; FileNotFoundError passes through."""
+    With `root` (the home, when the file is in a folder below it: HOME/locks/...), every folder
+    from the root down is opened without following a link (open_folder), created with O_CREAT.
+    Raises HomeError with one line instead; FileNotFoundError passes through. `home=False`: a
+    file kbingest keeps outside a home (a writer lock beside a table), not checked for its owner."""
     path = Path(path)
+    if root is not None and path.parent != Path(root):
+        dfd = open_folder(Path(root), path.parent.relative_to(root), create=bool(flags & os.O_CREAT), home=home)
+    else:
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except PermissionError:
+            raise HomeError(f"cannot open the home {path.parent}: permission denied") from None
     try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except PermissionError:
-        raise HomeError(f"cannot open the home {path.parent}: permission denied") from None
-    try:
-        check_home_folder(path.parent, os.fstat(dfd))
+        if home and (root is None or path.parent == Path(root)):  # a folder below: open_folder checked it
+            check_home_folder(path.parent, os.fstat(dfd))
         try:
             fd = os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, mode, dir_fd=dfd)
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in its home; "
+                where = "its home" if home else "the folders it keeps"
+                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in {where}; "
                                  "remove it") from None
             if isinstance(e, PermissionError):
                 try:
@@ -108,7 +179,8 @@ def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
         os.close(dfd)
     try:
         st = os.fstat(fd)
-        _check_home_file(path, st)
+        if home:
+            _check_home_file(path, st)
         if not stat.S_ISREG(st.st_mode):
             raise HomeError(f"{path} is not a regular file: remove it")
     except BaseException:
@@ -167,10 +239,35 @@ class Home:
         """Present while an optimize of KB has started and not finished: the next run redoes it."""
         return self.root / "pending" / f"{kb}.optimize"
 
+    FOLDERS = ("locks", "kbstate", "damaged", "pending")  # what kbingest makes in a home (besides lancedb)
+
+    def open_file(self, path: Path, flags: int, mode: int = 0o600) -> int:
+        """Open a file of this home (open_private), every folder from the home down opened without
+        following a link: HOME/locks planted as a symlink is refused, never written through."""
+        return open_private(path, flags, mode, root=self.root)
+
+    def open_folder(self, rel: Path | str, create: bool = False) -> int:
+        """A descriptor of folder HOME/REL, opened without following a link (open_folder)."""
+        return open_folder(self.root, rel, create)
+
+    def remove_file(self, path: Path) -> None:
+        """Remove a file of a folder of this home, relative to the folder opened without following a
+        link (a planted HOME/kbstate -> elsewhere loses nothing); a missing one is no error."""
+        try:
+            dfd = self.open_folder(Path(path).parent.relative_to(self.root))
+        except FileNotFoundError:
+            return
+        try:
+            os.unlink(Path(path).name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dfd)
+
     def ensure(self) -> "Home":
         """Create a new home readable by its owner only (0700). An existing one is checked, never
         changed: it must be this user's folder, writable by no one else, and the files kbingest
-        keeps in it must be this user's and no symlinks (HomeError otherwise)."""
+        keeps in it (files and folders) must be this user's and no symlinks (HomeError otherwise)."""
         try:
             self._create()
             st = os.stat(self.root)
@@ -183,7 +280,8 @@ class Home:
         except OSError as e:
             raise HomeError(f"cannot create the home {self.root}: {e.strerror}") from None
         check_home_folder(self.root, st)
-        for path in (self.store_file, self.store_lock_file, self.engine_lock_file, self.lancedb_dir):
+        for path in (self.store_file, self.store_lock_file, self.engine_lock_file, self.lancedb_dir,
+                     *(self.root / name for name in self.FOLDERS)):
             try:
                 _check_home_file(path, os.lstat(path))
             except FileNotFoundError:

@@ -11,11 +11,16 @@ the files of a newer one are lost. Repair, holding the knowledge base's writer l
 4. else, or when no manifest opens at all, moves the table aside and re-creates it empty (with
    its schema, where a manifest still says it), so that the next ingest rebuilds it.
 
-What is taken out is moved to HOME/damaged/, never deleted. Documents indexed after the version
+What is taken out is moved aside, never deleted: to HOME/damaged/ for a table in the home, to
+DB/.kbingest/damaged/ beside the table for a --db folder (the same disk: nothing is copied); every
+folder on the way is opened without following a link (a planted HOME/damaged is refused). On S3 a
+readable older version is restored; nothing is moved there. Documents indexed after the version
 kept are found missing by the next ingest of the same sources and indexed again (skip-by-hash).
 """
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import shutil
 import time
@@ -25,9 +30,10 @@ from typing import Literal, Optional
 
 from kbingest.pipeline.errors import Busy, EngineFailure, NotFound
 from kbingest.pipeline.failures import reason
-from kbingest.pipeline.index import connect, damage_of
-from kbingest.pipeline.locking import holder_pid
-from kbingest.pipeline.paths import Home, validate_name
+from kbingest.pipeline.index import connect, damage_of, list_kbs
+from kbingest.pipeline.locking import LOCATION_DIR, holder_pid
+from kbingest.pipeline.paths import Home, open_folder, validate_name
+from kbingest.pipeline.storage import KbLocation
 
 Action = Literal["healthy", "restored", "recreated"]
 MAX_MANIFESTS_SET_ASIDE = 16   # a table whose 16 newest manifests do not parse is re-created
@@ -90,27 +96,45 @@ def _manifests(table_dir: Path) -> list[Path]:
 
 
 class _Aside:
-    """Moves damaged parts to HOME/damaged/NAME-TIMESTAMP/, keeping their relative paths."""
+    """Moves damaged parts to HOME/damaged/NAME-TIMESTAMP/ (a table in the home) or to
+    DB/.kbingest/damaged/NAME-TIMESTAMP/ (a --db folder), keeping their relative paths. The folders
+    are opened (and made) without following a link; the part is renamed into the folder's descriptor."""
 
-    def __init__(self, home: Home, kb: str) -> None:
-        self.dest = home.damaged_dir / f"{kb}-{time.strftime('%Y%m%dT%H%M%S')}"
+    def __init__(self, home: Home, kb: str, location: KbLocation) -> None:
+        name = f"{kb}-{time.strftime('%Y%m%dT%H%M%S')}"
+        if location.uri == str(home.lancedb_dir):
+            self.root, self.base, self.in_home = home.root, Path("damaged") / name, True
+        else:
+            self.root, self.base, self.in_home = Path(location.uri), Path(LOCATION_DIR) / "damaged" / name, False
+        self.dest = self.root / self.base
         self.moved: list[str] = []
 
     def move(self, path: Path, rel: str) -> Path:
         target = self.dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.move(str(path), str(target))
+        dfd = open_folder(self.root, (self.base / rel).parent, create=True, home=self.in_home)
+        try:
+            try:
+                os.rename(str(path), target.name, dst_dir_fd=dfd)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                shutil.move(str(path), f"/proc/self/fd/{dfd}/{target.name}")  # another disk: copied there
+        finally:
+            os.close(dfd)
         self.moved.append(str(target))
         return target
 
 
-def _open(db, kb: str, table_dir: Path, aside: _Aside):
-    """The table, setting aside newest manifests that do not open; None when none opens."""
+def _open(db, kb: str, table_dir: Optional[Path], aside: _Aside):
+    """The table, setting aside newest manifests that do not open; None when none opens (or, on S3
+    where nothing is moved, when the newest does not)."""
     for _ in range(MAX_MANIFESTS_SET_ASIDE + 1):
         try:
             return db.open_table(kb), None
         except Exception as e:
             why = _damage_or_refuse(e, kb)
+            if table_dir is None:
+                return None, why
             found = _manifests(table_dir)
             if len(found) < 2:  # the last one (or none) left: nothing older to fall back to
                 return None, why
@@ -118,25 +142,41 @@ def _open(db, kb: str, table_dir: Path, aside: _Aside):
     return None, f"its {MAX_MANIFESTS_SET_ASIDE} newest manifests do not open"
 
 
-def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOutcome:
-    """Check knowledge base KB and repair it if it is damaged; say what was done. `sources`, when
-    known (the newest job's), make the message name the command that re-indexes what was lost."""
+def repair(home: Home, kb: str, sources: Optional[list[str]] = None,
+           location: Optional[KbLocation] = None) -> RepairOutcome:
+    """Check knowledge base KB (at `location`, HOME/lancedb by default) and repair it if it is
+    damaged; say what was done. `sources`, when known (the newest job's), make the message name the
+    command that re-indexes what was lost."""
     validate_name(kb, "knowledge base name")
-    table_dir = home.table_dir(kb)
-    if not table_dir.is_dir():
-        raise UnknownKB(f"no knowledge base {kb!r} in {home.root}")
-    again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}`" if sources
-             else f"`kbingest ingest SOURCE... --kb {kb}`")
+    location = location or KbLocation.default(home)
+    default = location.uri == str(home.lancedb_dir)
+    table_dir = Path(location.table_uri(kb)) if location.is_local else None
+    if table_dir is not None and not table_dir.is_dir():
+        raise UnknownKB(f"no knowledge base {kb!r} in {home.root if default else location}")
+    db_flag = "" if default else f" --db {shlex.quote(location.uri)}"
+    again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}{db_flag}`" if sources
+             else f"`kbingest ingest SOURCE... --kb {kb}{db_flag}`")
     from kbingest.pipeline import jobqueue
+    from kbingest.pipeline.locking import HeldLocks
 
     lock = jobqueue.try_kb_lock(home, kb)  # what a job writing it holds: none starts meanwhile
     if lock is None:
-        pid = holder_pid(home.kb_lock_file(kb))
+        pid = holder_pid(home.kb_lock_file(kb), home.root)
         raise Busy(f"a job is writing knowledge base {kb!r} ({f'process {pid}' if pid else 'another process'}): "
                    "repair it once that job has stopped (`kbingest pause` or `cancel` it)")
-    with lock:
-        db = connect(home)
-        aside = _Aside(home, kb)
+    writer = location.writer_lock(kb, {"home": str(home.root), "job": "repair"})
+    try:
+        if not writer.try_acquire():  # a job of another home writes it there
+            raise Busy(f"knowledge base {kb!r} at {location} is being written by {writer.holder()}: "
+                       "repair it once that job has stopped")
+    except BaseException:
+        lock.release()
+        raise
+    with HeldLocks(lock, writer):
+        db = connect(home, location)
+        if table_dir is None and kb not in list_kbs(home, location):
+            raise UnknownKB(f"no knowledge base {kb!r} in {location}")
+        aside = _Aside(home, kb, location)
         table, why = _open(db, kb, table_dir, aside)
         schema = None
         if table is not None:
@@ -168,6 +208,10 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOu
                         f"({n} chunks) as version {table.version}. Documents indexed after version {v} are "
                         f"missing: {again} indexes them again"), table.version, n, aside.moved)
         # nothing readable is left: start the table anew, keep the damaged one for inspection
+        if table_dir is None:
+            raise EngineFailure(f"knowledge base {kb!r} at {location}: no version of it could be read ({why}); "
+                                "on S3 repair restores a readable version and moves nothing: remove the table "
+                                f"({location.table_uri(kb)}) and run {again}")
         moved = aside.move(table_dir, f"{kb}.lance")
         if schema is not None:
             db.create_table(kb, schema=schema)

@@ -4,7 +4,9 @@
 options. Credentials and the endpoint come from the standard AWS environment variables at run time
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL) and are
 never stored: a job records its URI and its non-secret options, so that resume writes to the same
-place, and `--db-option` refuses keys that look like secrets. The job store stays local to the home.
+place, and `--db-option` refuses keys that look like secrets. The job store stays local to the home;
+the writer lock of a knowledge base lives with its table (`writer_lock`: a lock file beside it, or
+a lease object on S3), so that two homes naming one location never write a table at once.
 """
 from __future__ import annotations
 
@@ -143,6 +145,16 @@ class KbLocation:
             Path(self.uri).mkdir(parents=True, exist_ok=True, mode=0o700)
         session = lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES)
         return lancedb.connect(self.uri, storage_options=self.storage_options() or None, session=session)
+
+    def writer_lock(self, kb: str, info: Optional[Mapping[str, str]] = None, on_lost=None):
+        """The lock that keeps one writer of knowledge base KB here, whichever home writes it: a lock
+        file beside the table in a folder, a lease object with an expiry on S3 (pipeline/locking.py).
+        `info` (home, job) names the holder to whoever waits; `on_lost` is told if a lease is lost."""
+        from kbingest.pipeline.locking import FolderWriterLock, S3Lease
+
+        if self.is_local:
+            return FolderWriterLock(self.uri, kb, dict(info or {}))
+        return S3Lease(self, kb, dict(info or {}), on_lost=on_lost)
 
     def table_uri(self, table: str) -> str:
         """Where LanceDB keeps TABLE here: the Lance dataset `<uri>/<table>.lance`."""

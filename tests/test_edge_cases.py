@@ -224,3 +224,63 @@ def test_closed_stdout_does_not_kill_the_job(tmp_path, pages):
 
     rec = open_store(Home(home)).get(first["job_id"])
     assert rec.status.status == JobStatus.COMPLETED
+
+
+def test_a_folder_swapped_between_load_and_chunking_is_one_document_error(tmp_path, home, store, monkeypatch):
+    """Issue 27, item 6: a document's identity (its canonical path) is computed once, at load, from the
+    walk, and carried on its Doc; chunking resolves no path again. The race of the swap test in
+    test_hostile.py (src/sub swapped between a real folder and a link out of the source; 1 run in 35
+    failed the job with `Invalid argument` from realpath at chunk time) is replayed deterministically:
+    once sub/a.md is read, sub becomes the link; a realpath that meets it finds it swapped back to
+    the folder before it reads the link (EINVAL), as the swapping thread made it do."""
+    from kbingest.pipeline import formats
+
+    src = copy_pages(tmp_path / "src", SMALL_PAGES[:2])
+    sub = src / "sub"
+    sub.mkdir()
+    (sub / "a.md").write_text("# A\n\nwombat inside the source root\n")
+    (sub / "b.md").write_text("# B\n\nanother page inside the source root\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.md").write_text("# B\n\nplatypus outside the source root\n")
+    parked_real, parked_link = tmp_path / "parked-real", tmp_path / "parked-link"
+    os.symlink(outside, parked_link)
+
+    def swap(to_link: bool) -> None:
+        if to_link:
+            os.rename(sub, parked_real)
+            os.rename(parked_link, sub)
+        else:
+            os.rename(sub, parked_link)
+            os.rename(parked_real, sub)
+
+    md = formats.for_path("x.md")
+    extract, armed = md.extract, []
+
+    def extract_then_swap(data, path=None):
+        out = extract(data, path=path)
+        if path == str(sub / "a.md") and not armed:
+            swap(to_link=True)  # read: now its folder is a link out of the source
+            armed.append(True)
+        return out
+
+    real_readlink = os.readlink
+
+    def racing_readlink(path, *a, **kw):
+        if armed and os.fspath(path) == str(sub) and os.path.islink(sub):
+            swap(to_link=False)  # between realpath's lstat (a link) and its readlink (a folder)
+        return real_readlink(path, *a, **kw)
+
+    monkeypatch.setattr(md, "extract", extract_then_swap)
+    monkeypatch.setattr(os, "readlink", racing_readlink)
+    job = IngestJob.create(home, store, config([src]))
+    snap = job.run()
+    monkeypatch.undo()
+
+    assert snap.status == JobStatus.COMPLETED, snap.error  # exit 3: completed, one document failed
+    assert [(os.path.basename(e.path), e.kind) for e in job.errors] == [("b.md", "path_changed")]
+    assert snap.m.documents_failed == 1
+    rows = KnowledgeBase(home, "docs").ids()
+    sources = {s.source for s in KnowledgeBase(home, "docs").stored_docs().values()}
+    assert sources == {str(src / p) for p in SMALL_PAGES[:2]} | {str(sub / "a.md")}
+    assert len(rows) == len(set(rows))

@@ -75,10 +75,10 @@ def test_not_a_zip_is_wrong_format(tmp_path):
 
 def test_legacy_doc_is_an_unsupported_format_error_other_suffixes_skipped(tmp_path):
     F.write(tmp_path / "old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64))
-    F.write(tmp_path / "photo.jpg", b"\xff\xd8\xff" + bytes(64))
+    F.write(tmp_path / "photo.gif", b"GIF89a" + bytes(64))
     F.write(tmp_path / "new.docx", F.docx_bytes())
     out = {type(x).__name__ + ":" + x.path.rsplit("/", 1)[1]: x for x in walk([str(tmp_path)], LoadLimits())}
     doc = out["Problem:old.doc"]
     assert isinstance(doc, Problem) and doc.kind == "unsupported_format" and "legacy Word (.doc)" in doc.message
-    assert isinstance(out["Skipped:photo.jpg"], Skipped) and ".docx" in out["Skipped:photo.jpg"].reason
+    assert isinstance(out["Skipped:photo.gif"], Skipped) and ".docx" in out["Skipped:photo.gif"].reason
     assert "Candidate:new.docx" in out

@@ -90,7 +90,7 @@ def test_validate_sources_not_found(tmp_path):
 @pytest.mark.parametrize("make", ["png", "fifo", "dangling", "empty"])
 def test_validate_sources_refuses(tmp_path, make):
     if make == "png":
-        sources = [str(write(tmp_path / "x.png"))]
+        sources = [str(write(tmp_path / "x.gif"))]
     elif make == "fifo":
         os.mkfifo(tmp_path / "p.md")
         sources = [str(tmp_path / "p.md")]
@@ -120,7 +120,7 @@ def test_walk_streams_sorted_candidates_and_skips(tmp_path):
     write(tmp_path / "b.md", "bb")
     write(tmp_path / "a.txt", "a")
     write(tmp_path / "C.MARKDOWN", "c")
-    write(tmp_path / "image.png", b"\x89PNG")
+    write(tmp_path / "image.gif", b"GIF89a")
     write(tmp_path / "sub" / "z.md")
     write(tmp_path / "sub" / "deeper" / "y.md")
 
@@ -130,7 +130,7 @@ def test_walk_streams_sorted_candidates_and_skips(tmp_path):
 
     found = items(tmp_path)
     assert rel(tmp_path, found) == ["C.MARKDOWN", "a.txt", "b.md", "sub/deeper/y.md", "sub/z.md"]
-    assert rel(tmp_path, found, Skipped) == ["image.png"]
+    assert rel(tmp_path, found, Skipped) == ["image.gif"]
     assert not problems(found)
     b = next(x for x in found if x.path.endswith("b.md"))
     st = os.stat(tmp_path / "b.md")
@@ -215,7 +215,7 @@ def test_follow_links_detects_directory_loops(tmp_path):
 def test_dangling_and_self_looping_symlinks(tmp_path):
     os.symlink(tmp_path / "gone.md", tmp_path / "dangling.md")
     os.symlink("self.md", tmp_path / "self.md")
-    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")  # not a document: skipped
+    os.symlink(tmp_path / "gone.gif", tmp_path / "dangling.gif")  # not a document: skipped
     os.symlink("b.md", tmp_path / "a.md")
     os.symlink("a.md", tmp_path / "b.md")
     found = items(tmp_path, LoadLimits(follow_links=True))
@@ -225,7 +225,7 @@ def test_dangling_and_self_looping_symlinks(tmp_path):
         "a.md": "symlink_loop",
         "b.md": "symlink_loop",
     }
-    assert rel(tmp_path, found, Skipped) == ["dangling.png"]
+    assert rel(tmp_path, found, Skipped) == ["dangling.gif"]
     for p in found:
         assert_one_line(p.message if isinstance(p, Problem) else p.reason)
 

@@ -156,3 +156,25 @@ def test_repair_changes_nothing_when_the_failure_is_not_damage(indexed, monkeypa
         repair(Home(home), "docs")
     monkeypatch.undo()
     assert not (home / "damaged").exists() and _docs(home) == before
+
+
+@pytest.mark.parametrize("how", ["data file deleted", "data file truncated"])
+def test_an_unchanged_rerun_does_not_trust_its_memory_of_a_damaged_table(indexed, how):
+    """Issue 27, item 10: what the table holds is remembered (HOME/kbstate) against its manifest, and a
+    data file can be lost without a new manifest. The memory lists the data files and their sizes and
+    is trusted only while each is there at its size (one stat each): here it is not, so the table is
+    read, and the re-run says it is damaged and names `kbingest repair`, instead of "unchanged", exit 0."""
+    home, pages, before = indexed
+    state = home / "kbstate" / "docs.json"
+    assert state.exists()  # the re-run would take the documents from here, opening no table
+    _damage(home, how)
+    r = _ingest(home, pages)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "knowledge base 'docs' is damaged" in r.stderr and "kbingest repair --kb docs" in r.stderr
+    assert not any(s in r.stderr for s in NO_INTERNALS), r.stderr
+
+    assert run_cli("repair", "--kb", "docs", home=home).returncode == 0
+    _ingest_here(home, pages)
+    assert _docs(home) == before
+    r = _ingest(home, pages)  # remembered again, and trusted: the files are all there
+    assert r.returncode == 0 and state.exists(), r.stderr

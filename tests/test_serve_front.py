@@ -48,7 +48,8 @@ def polls_answered_by_front(s: ProcessServer, at_least: int) -> int:
 
 
 def request(target: str, *extra: str, method: str = "GET", body: bytes = b"") -> bytes:
-    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: x", *extra, "", ""]).encode() + body
+    # addressed as a client of 127.0.0.1 does: without a token, another Host is refused (421, the Host rule)
+    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", *extra, "", ""]).encode() + body
 
 
 def alive(pid: int) -> bool:

@@ -73,7 +73,7 @@ def feed(docs):
 
 def test_is_junk():
     for name in ("x.md.swp", ".x.md.swp", "x.md.swx", "x.md~", ".#x.md", "#x.md#", "4913", "x.md.tmp",
-                 ".x.md.tmp", "image.png", "Makefile", ""):
+                 ".x.md.tmp", "image.gif", "Makefile", ""):
         assert is_junk(name), name
     for name in ("x.md", "X.MD", "notes.markdown", "a.txt", ".hidden.md"):
         assert not is_junk(name), name
@@ -327,7 +327,7 @@ def test_folder_copied_in_waits_for_its_files(feed, docs):
 # ---- what is ignored ----------------------------------------------------------------------------
 
 def test_junk_is_ignored(feed, docs):
-    for name in (".a.md.swp", "a.md.swx", "a.md~", ".#a.md", "#a.md#", "4913", "notes.tmp", "image.png",
+    for name in (".a.md.swp", "a.md.swx", "a.md~", ".#a.md", "#a.md#", "4913", "notes.tmp", "image.gif",
                  "data.json"):
         (docs / name).write_text("junk")
     (docs / ".git" / "objects").mkdir(parents=True)

@@ -24,6 +24,7 @@ class Doc:
     title: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)   # chunk rows, vectors added by embedding
     dropped: bool = False               # failed in embedding: nothing of it is written
+    canonical: str = ""                 # its identity, resolved once at load: doc_id and chunk ids come from it
 
     @property
     def removal(self) -> bool:

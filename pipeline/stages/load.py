@@ -10,6 +10,7 @@ import os
 from typing import Iterable, Iterator, Optional
 
 from kbingest.pipeline import formats, ids, loading
+from kbingest.pipeline.formats import ocr
 from kbingest.pipeline.control import RunControl
 from kbingest.pipeline.failures import note_document, reason
 from kbingest.pipeline.kbstate import StoredDoc
@@ -24,18 +25,30 @@ PHASE = JobPhase.LOADING
 
 def canonical(path: str) -> str:
     """A document's identity: its path with every symlink, '..' and relative part resolved, so the
-    same file reached through a symlink or another spelling is one document."""
+    same file reached through a symlink or another spelling is one document. The walk gives it
+    (Candidate.real) wherever it can; this is the fallback, run once, at load (never after)."""
     return os.path.realpath(path)
+
+
+def identity(item: Candidate) -> str:
+    """The canonical path of a document the walk found: computed once, here, and carried on its Doc
+    (chunk ids are made from it): nothing after loading resolves a path again. Raises OSError when
+    a link on the way changes while it is resolved (EINVAL, ELOOP)."""
+    return item.real or canonical(item.path)
 
 
 class LoadStage:
     def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
-                 stored: dict[str, StoredDoc], scope: Optional[list[str]] = None) -> None:
+                 stored: dict[str, StoredDoc], scope: Optional[list[str]] = None,
+                 high_water: Optional[int] = None) -> None:
         self.config = config
         self.r = reporter
         self.control = control
         self.stored = stored
         self.scope = scope
+        self.high_water = high_water  # KnowledgeBase.high_water(): removals are measured against it
+        self.roots = [fs_text(os.path.abspath(s)) for s in config.sources]  # as sources are stored
+        self._by_name: Optional[dict[str, list[str]]] = None  # stored documents by file name (_same_file)
         self.limits = config.load_limits()
         self.version_key = config.version_key()
 
@@ -57,6 +70,7 @@ class LoadStage:
         r, c = self.r, self.config
         r.phase_started(PHASE)
         seen: set[str] = set()   # documents found this pass: what the table holds of them stays
+        fed: set[str] = set()    # the sources (self.roots) under which this pass found a document
         held: list[str] = []     # files and folders refused this pass: what it holds below them stays
         complete_walk = True
         items, covered = self._scoped_walk()
@@ -83,8 +97,20 @@ class LoadStage:
                 if item.kind != "vanished":
                     held.append(fs_text(item.path))  # refused now (unreadable, too deep...): its chunks stay
                 continue
-            did = ids.doc_id(canonical(item.path))
+            try:
+                canon = identity(item)
+            except (OSError, ValueError):  # a link on its path changed while it was resolved
+                r.doc_error(item.path, PHASE, "path_changed", "its path changed (a link replaced) while it was "
+                            "resolved: not read; ingest again once it settles")
+                held.append(fs_text(item.path))  # refused now: what the table holds of it stays
+                if not counted:
+                    r.add_total(PHASE)
+                listed += 1
+                r.progress(PHASE)
+                continue
+            did = self._same_file(ids.doc_id(canon), item)
             if did in seen:  # overlapping sources (a folder and a file or folder in it): loaded once
+                self._feeds(fed, item.path)
                 continue
             if not counted:
                 r.add_total(PHASE)
@@ -96,6 +122,7 @@ class LoadStage:
                 r.warning(doc.path, doc.warnings)
             if not gone:  # a document that failed to load keeps what it had indexed
                 seen.add(did)
+                self._feeds(fed, item.path)
             r.progress(PHASE)
             if doc is None:
                 continue
@@ -104,15 +131,15 @@ class LoadStage:
             if old is not None and old.version == version:
                 self._count_skipped(old.chunks)
                 continue
-            yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc)
+            yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc,
+                      canonical=canon)
         r.total_known(PHASE)
         if complete_walk:
             covered = [fs_text(p) for p in covered]  # sources are stored as fs_text
             stored = self.stored
             gone = [d for d, s in stored.items() if d not in seen and s.source is not None
                     and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
-            if self._mass_removal(len(gone)):
-                gone = []
+            gone = self._guard_removals(gone, fed)
             for did in gone:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
         r.phase_done(PHASE)
@@ -121,17 +148,79 @@ class LoadStage:
         """Documents a drain left: those listed and not taken (0 for a watch burst, which lists none)."""
         return max(0, (self.listed_total or 0) - taken)
 
+    def _same_file(self, did: str, item: Candidate) -> str:
+        """The id of this document: `did`, from its canonical path, unless the knowledge base holds
+        none by that id but holds this very file under another path that no link explains (a bind
+        mount of the same folder, a hard link): a stored document of the same file name whose path
+        is, now, the same (device, inode). Asked only of documents new to the knowledge base, and
+        only of stored documents of the same name: a stat or two, never a scan."""
+        if did in self.stored or item.dev_ino is None or not item.dev_ino[1]:
+            return did
+        if self._by_name is None:
+            self._by_name = {}
+            for d, s in self.stored.items():
+                if s.source:
+                    self._by_name.setdefault(os.path.basename(s.source), []).append(d)
+        for other in self._by_name.get(os.path.basename(fs_text(item.path)), ()):
+            try:
+                st = os.stat(self.stored[other].source)
+            except (OSError, ValueError):
+                continue
+            if (st.st_dev, st.st_ino) == item.dev_ino:
+                return other
+        return did
+
+    def _feeds(self, fed: set[str], path: str) -> None:
+        """A document was found under these sources: none of them is empty."""
+        p = fs_text(path)
+        fed.update(root for root in self.roots if within(p, root))
+
+    def _guard_removals(self, gone: list[str], fed: set[str]) -> list[str]:
+        """What of `gone` this pass removes. A source under which the walk found no document, while
+        the knowledge base holds documents from it, keeps them (an unmounted share among several
+        sources is a minority of the knowledge base); the rest is measured against the knowledge
+        base's high-water mark (_mass_removal). One document, or --allow-mass-removal: no guard."""
+        share = self.config.max_removal_share
+        if len(gone) <= 1 or share >= 1.0:
+            return gone
+        stored, kept = self.stored, set()
+        for root in self.roots:
+            if root in fed:
+                continue
+            going = [d for d in gone if within(stored[d].source, root)]
+            if len(going) < 2 or len(going) != sum(1 for s in stored.values() if s.source and within(s.source, root)):
+                continue  # a single document, or some of the source's documents stay
+            kept.update(going)
+            self.r.doc_error(root, PHASE, "mass_removal_refused",
+                             f"this pass would remove {len(going)} of the {len(stored)} documents of knowledge "
+                             f"base {self.config.kb!r}: all of this source's, where no document was found "
+                             "(an empty or unmounted source looks like this): none was removed, their chunks are "
+                             "kept; if the removal is meant, run again with --allow-mass-removal")
+        rest = [d for d in gone if d not in kept]
+        return [] if self._mass_removal(len(rest)) else rest
+
     def _mass_removal(self, n: int) -> bool:
-        """More than max_removal_share of the knowledge base's documents would go at once (rsync's
-        --max-delete is the model): an unmounted share or a missing disk looks like this. Nothing is
-        removed, and the refusal is recorded with the counts."""
+        """More than max_removal_share of the knowledge base's documents would be gone (rsync's
+        --max-delete is the model): an unmounted share or a missing disk looks like this. Measured
+        against its high-water mark (the documents it held at the end of the last pass that added
+        some), so that halving it run after run is refused too. Nothing is removed, and the refusal
+        is recorded with the counts."""
         total, share = len(self.stored), self.config.max_removal_share
-        if n <= 1 or share >= 1.0 or n <= share * total:
+        if n <= 1 or share >= 1.0:
+            return False
+        mark = max(total, self.high_water or 0)
+        since = mark - (total - n)  # documents gone since the mark, this pass's included
+        if since <= share * mark:
             return False
         where = self.scope[0] if self.scope else self.config.sources[0]
+        if since == n:
+            what = f"({100 * n / total:.0f}%, over the {100 * share:.0f}% limit)"
+        else:
+            what = (f"which held {mark} when documents were last added: {since} of them would be gone "
+                    f"({100 * since / mark:.0f}%, over the {100 * share:.0f}% limit)")
         self.r.doc_error(where, PHASE, "mass_removal_refused",
                          f"this pass would remove {n} of the {total} documents of knowledge base "
-                         f"{self.config.kb!r} ({100 * n / total:.0f}%, over the {100 * share:.0f}% limit): none "
+                         f"{self.config.kb!r} {what}: none "
                          "was removed, their chunks are kept. An empty or unmounted source looks like this; if "
                          "the removal is meant, run again with --allow-mass-removal")
         return True
@@ -139,8 +228,9 @@ class LoadStage:
     def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
         """The document, or None with its error recorded; and whether it is gone from disk."""
         note_document(cand.path)
-        try:
-            return loading.read_document(cand, self.limits), False
+        try:  # OCR (formats/ocr.py): --ocr's mode, a stop within one page, pages counted as they are read
+            with ocr.session(self.config.ocr, self.control.check, self._page_read):
+                return loading.read_document(cand, self.limits), False
         except LoadError as e:
             self.r.doc_error(cand.path, PHASE, e.kind, e.message)
             if e.kind == "vanished":  # deleted between walk and read: its chunks go too
@@ -150,6 +240,11 @@ class LoadStage:
         except MemoryError as e:  # one document too large for this process: recorded, the job goes on
             self.r.doc_error(cand.path, PHASE, "out_of_memory", reason(e))
         return None, False
+
+    def _page_read(self, by_ocr: bool) -> None:
+        self.r.count("pages_read")
+        if by_ocr:
+            self.r.count("pages_ocr")
 
     def _count_skipped(self, chunks: int) -> None:
         r = self.r
