@@ -4,27 +4,38 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
-.PHONY: run test bench bench-tools setup clean
-$(BIN)/kbingest: pyproject.toml
-	$(PY) -m venv $(VENV)
+.PHONY: run test bench bench-tools setup setup-test clean
+# `make run` installs the package and its OCR and S3 extras (what the dashboard, the sample, scans and s3:// need); `make test` adds
+# the test extras, and the Ray and interop extras whose tests run in the suite. Each target
+# re-installs only when pyproject.toml changed since its stamp.
+$(VENV)/.run-installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,interop,ray]"
+	$(BIN)/pip install -q -e ".[ocr,s3]"
 	touch $@
 
-setup: $(BIN)/kbingest
+$(VENV)/.test-installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,interop,ray,ocr,s3]"
+	touch $(VENV)/.run-installed $@
+
+setup: $(VENV)/.run-installed
+
+setup-test: $(VENV)/.test-installed
 
 run: setup  ## the dashboard ingesting the sample shipped in samples/waf
 	$(BIN)/kbingest --home $(HOME_DIR) ingest samples/waf --kb sample
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-bench: setup
+bench: setup-test
 	$(BIN)/pip install -q -e ".[test,bench]"
 	$(BIN)/python -m bench
 
-bench-tools:  ## wrk and nginx for the serve load figures (`--only serve_wrk`, the nginx floor); Debian, as root
-	apt-get install -y -q wrk nginx-light
+bench-tools:  ## wrk and nginx for the serve load figures (`--only serve_wrk`, the nginx floor), Tesseract for `--only ocr`; Debian, as root
+	apt-get install -y -q wrk nginx-light tesseract-ocr
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) build *.egg-info

@@ -58,8 +58,11 @@ def test_running_lines_need_most_pages_and_short_lines():
 
 
 def test_scanned_pdf_is_no_text_layer():
-    e = F.extract_error(PDF, F.scanned_pdf())
-    assert e.kind == "no_text_layer" and e.message.startswith("no text layer (OCR is not supported)")
+    from kbingest.pipeline.formats import ocr
+
+    with ocr.session("off"):  # --ocr off: today's error (auto reads it: tests/test_ocr.py)
+        e = F.extract_error(PDF, F.scanned_pdf())
+    assert e.kind == "no_text_layer" and e.message.startswith("no text layer") and "--ocr auto" in e.message
 
 
 def test_encrypted_pdf():

@@ -8,6 +8,7 @@ from typing import Optional
 from kbingest.pipeline.formats.base import Extracted, Format, LoadError
 from kbingest.pipeline.formats.docx import DOCX
 from kbingest.pipeline.formats.html import HTML
+from kbingest.pipeline.formats.image import IMAGE
 from kbingest.pipeline.formats.pdf import PDF
 from kbingest.pipeline.formats.text import MARKDOWN, TEXT
 
@@ -17,6 +18,7 @@ _BUILTIN: tuple[Format, ...] = (
     HTML,
     PDF,
     DOCX,
+    IMAGE,  # OCR (ocr.py; the extra kbingest[ocr])
 )
 
 # Suffixes people expect to be read that no format reads: an error naming why, not a silent skip.
