@@ -20,7 +20,7 @@ MIXED_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}<
 
 
 def _lines(md: str) -> list[str]:
-    from kbingest.pipeline.chunking import split_front_matter
+    from kbingest.pipeline.chunk.chunking import split_front_matter
 
     return split_front_matter(md)[1].splitlines()
 

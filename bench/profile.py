@@ -100,8 +100,8 @@ def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
     sampler.start()
     prof.start()
     marks: list[tuple[str, float]] = []
-    from kbingest.pipeline.engine import IngestJob  # noqa: E402
-    from kbingest.pipeline.jobs import open_store  # noqa: E402  (import time is part of the profile)
+    from kbingest.pipeline.job.engine import IngestJob  # noqa: E402
+    from kbingest.pipeline.jobstore.recovery import open_store  # noqa: E402  (import time is part of the profile)
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
     marks.append(("imports (engine, pydantic, tinydb)", time.perf_counter() - t0))

@@ -1,6 +1,6 @@
 """Search at scale: a knowledge base of N synthetic rows (384-d, clustered so that neighbours mean
 something), searched through KnowledgeBase.search as `kbingest search` does, with no index (exact
-flat scan) and with each ANN kind of pipeline/search_index.py: p50 latency, recall@10 against exact
+flat scan) and with each ANN kind of pipeline/kb/search_indexes.py: p50 latency, recall@10 against exact
 search (numpy ground truth), index build time; then the full-text index's build time and a text
 query's p50.
 
@@ -58,7 +58,7 @@ class Synthetic:
 def _rows(vecs: np.ndarray, start: int, rng: np.random.Generator):
     import pyarrow as pa
 
-    from kbingest.pipeline.index import schema
+    from kbingest.pipeline.kb.table import schema
 
     n = len(vecs)
     words = rng.integers(0, VOCAB, size=(n, 12))
@@ -115,11 +115,11 @@ def measure(kb, queries: np.ndarray, truth: Optional[np.ndarray], reps: int) -> 
 def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
         sweep: bool = True) -> list[dict[str, Any]]:
     """Every measurement, as dicts; `sweep` tries each kind's SETTINGS, else only the settings the
-    search uses (search_index.QUERY)."""
-    from kbingest.pipeline import search_index
-    from kbingest.pipeline.index import KnowledgeBase
+    search uses (search_indexes.QUERY)."""
+    from kbingest.pipeline.kb import search_indexes
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     home = Home(root / "home").ensure()
     kb = KnowledgeBase(home, "scale", KbLocation(str(root / "db")), ann_min_rows=10**12)
@@ -139,22 +139,22 @@ def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
     emit({"what": "flat (no index)", **measure(kb, queries, truth, flat_reps)})
     for kind in kinds:
         t0 = time.perf_counter()
-        kb._table.create_index("vector", config=search_index.ann_config(kind, rows, DIM), replace=True,
-                               name=f"{search_index.ANN_NAME}_{rows}")
+        kb._table.create_index("vector", config=search_indexes.ann_config(kind, rows, DIM), replace=True,
+                               name=f"{search_indexes.ANN_NAME}_{rows}")
         build_s = time.perf_counter() - t0
-        saved = dict(search_index.QUERY)
+        saved = dict(search_indexes.QUERY)
         q = saved[kind]
         try:
             for nprobes, refine, ef in (SETTINGS[kind] if sweep else [(q.nprobes, q.refine_factor, q.ef)]):
-                search_index.QUERY[kind] = search_index.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
+                search_indexes.QUERY[kind] = search_indexes.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
                 emit({"what": kind, "build_s": round(build_s, 1), "nprobes": nprobes, "refine_factor": refine,
                       "ef": ef, **measure(kb, queries, truth, n_queries)})
         finally:
-            search_index.QUERY.clear()
-            search_index.QUERY.update(saved)
-        kb._table.drop_index(f"{search_index.ANN_NAME}_{rows}")
+            search_indexes.QUERY.clear()
+            search_indexes.QUERY.update(saved)
+        kb._table.drop_index(f"{search_indexes.ANN_NAME}_{rows}")
     t0 = time.perf_counter()
-    rep = search_index.maintain(kb._table, min_rows=10**12)  # the full-text index only
+    rep = search_indexes.maintain(kb._table, min_rows=10**12)  # the full-text index only
     fts_s = time.perf_counter() - t0
     lat = []
     for i in range(n_queries):

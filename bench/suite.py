@@ -256,7 +256,7 @@ def fig_memory(ctx: Ctx) -> list[Row]:
                         note=f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
                              f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
                              f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
-                             f"in a child (pylance's bounded compaction, pipeline/compaction.py), whose own peak "
+                             f"in a child (pylance's bounded compaction, pipeline/kb/compaction.py), whose own peak "
                              f"(VmHWM) was {fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB"))
     ctx.shared["fake10x_wall"] = median([p["10x"]["wall"] for p in pairs])
     # a candidate fix for what grows: glibc malloc arenas (LanceDB's writer threads), measured the same way
@@ -959,10 +959,10 @@ def fig_profile(ctx: Ctx) -> list[Row]:
 def fig_search_scale(ctx: Ctx) -> list[Row]:
     """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
     from bench import search_scale
-    from kbingest.pipeline import search_index
+    from kbingest.pipeline.kb import search_indexes
 
     rows = 50_000 if ctx.quick else 1_000_000
-    kind = search_index.ANN_KIND
+    kind = search_indexes.ANN_KIND
     root = ctx.ws.root / "search-scale"
     log(f"  {rows} synthetic rows, flat scan then {kind} (bench/search_scale.py)")
     res = search_scale.run(rows, 50, [kind], root, flat_reps=15, sweep=False)

@@ -174,7 +174,7 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
-    heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/liveness.py)
+    heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/jobstore/liveness.py)
     not_responding: Optional[bool] = None
     last_synced_at: Optional[str] = None       # a watch job: when its last pass ended (ISO 8601, UTC)
     # the job queue (docs/queue.md): set while the job is pending
@@ -222,7 +222,7 @@ class JobConfig(BaseModel):
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
     max_chars: int = Field(4000, ge=100)
     # texts per embed() call: the default model's runtime runs them at their own length, one per core
-    # (pipeline/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
+    # (pipeline/embed/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
     batch_size: int = Field(8, ge=1, le=1024, description="chunks per embedding call (the default model runs "
                             "them one per core, each at its own length)")  # docs/runtime.md
     threads: Optional[int] = Field(None, ge=1, description="cores used by the embedder (default: every core)")
@@ -245,7 +245,7 @@ class JobConfig(BaseModel):
                                                 "(default HOME/lancedb)")
     db_options: dict[str, str] = Field(default_factory=dict, description="LanceDB storage options (no secrets)")
     ann_min_rows: int = Field(100_000, ge=1, description="rows from which an ANN vector index is built "
-                                                         "(pipeline/search_index.py)")
+                                                         "(pipeline/kb/search_indexes.py)")
     # the Ray executor (executor="ray", the extra kbingest[ray]); ignored by the others
     ray_address: Optional[str] = Field(None, description="Ray cluster to run on: auto or HOST:PORT "
                                        "(default: a local Ray started and stopped with the job)")
@@ -277,13 +277,13 @@ class JobConfig(BaseModel):
         return self
 
     def chunk_settings(self):
-        from kbingest.pipeline.chunking import ChunkSettings
+        from kbingest.pipeline.chunk.chunking import ChunkSettings
 
         return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens,
                              max_chars=self.max_chars)
 
     def load_limits(self):
-        from kbingest.pipeline.loading import LoadLimits
+        from kbingest.pipeline.load.loading import LoadLimits
 
         return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
                           max_files=self.max_files, follow_links=self.follow_links)
@@ -322,7 +322,7 @@ class JobRecord(BaseModel):
     status: JobStatusResponse
     control: Optional[Literal["pause", "cancel", "drain"]] = None
     owner_pid: Optional[int] = None
-    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/liveness.py)
-    queued_at: Optional[str] = None  # when it began waiting for its knowledge base (pipeline/jobqueue.py)
+    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/jobstore/liveness.py)
+    queued_at: Optional[str] = None  # when it began waiting for its knowledge base (pipeline/jobstore/queue.py)
     created_at: str
     updated_at: str

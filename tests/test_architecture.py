@@ -46,7 +46,7 @@ def test_engine_sources_never_import_textual():
 
 
 def test_importing_the_engine_and_service_loads_no_textual():
-    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.engine, kbingest.pipeline.executors.threads;"
+    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.job.engine, kbingest.pipeline.executors.threads;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO / "tests"),
                        timeout=120)

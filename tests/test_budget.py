@@ -1,4 +1,4 @@
-"""The home's shared embedding budget (pipeline/budget.py): one embedding call at a time across jobs,
+"""The home's shared embedding budget (pipeline/job/budget.py): one embedding call at a time across jobs,
 fair turns, and a watch burst before bulk work."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kbingest.pipeline.budget import BudgetedEmbedder, EmbedBudget
+from kbingest.pipeline.job.budget import BudgetedEmbedder, EmbedBudget
 
 
 class Probe:

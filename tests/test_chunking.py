@@ -1,4 +1,4 @@
-"""pipeline/chunking.py: sections, packing, splitting, overlap, invariants (on the real tokenizer)."""
+"""pipeline/chunk/chunking.py: sections, packing, splitting, overlap, invariants (on the real tokenizer)."""
 from __future__ import annotations
 
 import random
@@ -8,10 +8,10 @@ import pytest
 from markdown_it import MarkdownIt
 
 from conftest import WAF
-from kbingest.pipeline import chunking
-from kbingest.pipeline.chunking import (CHUNKER_VERSION, ChunkDraft, ChunkedDocument, Chunker, ChunkingError,
+from kbingest.pipeline.chunk import chunking
+from kbingest.pipeline.chunk.chunking import (CHUNKER_VERSION, ChunkDraft, ChunkedDocument, Chunker, ChunkingError,
                                ChunkSettings, _WordCounts)
-from kbingest.pipeline.tokens import default_counter
+from kbingest.pipeline.chunk.tokens import default_counter
 
 MD = MarkdownIt("commonmark").enable("table")
 

@@ -1,4 +1,4 @@
-"""Hostile inputs to pipeline/chunking.py: each one finishes within an asserted time bound and keeps
+"""Hostile inputs to pipeline/chunk/chunking.py: each one finishes within an asserted time bound and keeps
 the chunk invariants (no empty chunk, <= max_chars, <= max_tokens on a sample checked with the
 real tokenizer)."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from kbingest.pipeline.chunking import Chunker, ChunkSettings
-from kbingest.pipeline.tokens import default_counter
+from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
+from kbingest.pipeline.chunk.tokens import default_counter
 
 TIME_BOUND_S = 20.0          # asserted per case
 HANG_GUARD_S = 120           # SIGALRM: a hang fails the test instead of blocking the run

@@ -105,7 +105,7 @@ def test_a_closed_pipe_exits_quietly(tmp_path, pages):
 
     from conftest import REPO
 
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobRecord
     from kbingest.pipeline.paths import Home
 
@@ -130,9 +130,9 @@ def test_a_closed_pipe_exits_quietly(tmp_path, pages):
 def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
     """Two --no-wait ingests race for a knowledge base: the loser is refused (KbBusy, exit 1) and
     leaves no pending job."""
-    from kbingest.pipeline.engine import IngestJob
+    from kbingest.pipeline.job.engine import IngestJob
     from kbingest.pipeline.errors import Busy
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.locking import EngineLock
     from kbingest.pipeline.models import JobConfig
 

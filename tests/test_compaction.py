@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 from conftest import REPO, copy_pages
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.index import KnowledgeBase
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.kb.table import KnowledgeBase
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobStatus
 
@@ -22,10 +22,10 @@ from kbingest.pipeline.status import JobStatus
 # is the final one (commit_rows small, optimize_every large).
 ENGINE = """
 import sys
-from kbingest.pipeline import compaction
+from kbingest.pipeline.kb import compaction
 compaction.CHILD_ROWS = 1
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
 home = Home(sys.argv[1]).ensure()
@@ -39,7 +39,7 @@ def _compaction_child(parent: psutil.Process, timeout: float) -> psutil.Process:
     while time.monotonic() < deadline:
         for c in parent.children():
             try:
-                if "kbingest.pipeline.compaction" in " ".join(c.cmdline()):
+                if "kbingest.pipeline.kb.compaction" in " ".join(c.cmdline()):
                     return c
             except psutil.NoSuchProcess:
                 pass
@@ -79,7 +79,7 @@ def test_killed_engine_takes_its_compaction_child_and_the_next_run_redoes_the_op
         if engine.poll() is None:
             engine.kill()
         for c in psutil.Process().children(recursive=True):
-            if "kbingest.pipeline.compaction" in " ".join(c.cmdline()):
+            if "kbingest.pipeline.kb.compaction" in " ".join(c.cmdline()):
                 c.kill()
 
     kb = KnowledgeBase(home, "docs")
@@ -94,7 +94,7 @@ def test_killed_engine_takes_its_compaction_child_and_the_next_run_redoes_the_op
 
 
 def test_failed_optimize_is_pending_until_one_succeeds(home, pages, monkeypatch):
-    from kbingest.pipeline import compaction
+    from kbingest.pipeline.kb import compaction
     from kbingest.pipeline.models import JobConfig
 
     store = open_store(home)
@@ -120,7 +120,7 @@ def test_compaction_rewrites_only_what_was_written_since(tmp_path):
     import lance
     import pyarrow as pa
 
-    from kbingest.pipeline import compaction
+    from kbingest.pipeline.kb import compaction
 
     target = compaction.COMPACT["target_rows_per_fragment"]
 

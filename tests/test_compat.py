@@ -37,8 +37,8 @@ def test_previous_versions_table_reruns_with_nothing_embedded(old_kb):
     hits = run_cli("search", "--kb", "compat", "how do I design for reliability", "--json", home=old_kb)
     assert hits.returncode == 0, hits.stderr
     assert json.loads(hits.stdout)[0]["source"] == str(SOURCE / "principles.md")
-    from kbingest.pipeline.ids import text_hash
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.ids import text_hash
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     t = KnowledgeBase(Home(old_kb), "compat")._table.to_arrow()  # gained by LanceDB's SQL: the same hash

@@ -179,7 +179,7 @@ def test_pause_from_another_shell_then_resume(tmp_path, corpus, status_validator
     assert r.returncode == 0, r.stderr
     assert "paused" in r.stderr and "Traceback" not in r.stderr
     # it returned once the job had paused: the batch process is stopping or gone, its record says paused
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.paths import Home
 
     assert open_store(Home(h)).get(job).status.status.value == "paused"

@@ -16,9 +16,9 @@ from textual.pilot import Pilot
 
 from kbingest.app.dashboard import HELP_KEYS, KbIngestApp
 from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.jobs import INTERRUPTED, open_store
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.jobstore.recovery import INTERRUPTED, open_store
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import DocumentError, JobConfig
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobStatus
@@ -298,7 +298,7 @@ def test_footer_shows_every_fixed_key(home):
 def test_file_names_are_shown_literally(home):
     """Names with markup, ANSI escapes and bidi overrides are escaped and never interpreted."""
     from kbingest.pipeline.models import JobRecord, iso, utcnow
-    from kbingest.pipeline.tracker import PhaseTracker
+    from kbingest.pipeline.job.tracker import PhaseTracker
 
     store = store_of(home)
     t = PhaseTracker("t-1", "t")
@@ -332,7 +332,7 @@ def test_file_names_are_shown_literally(home):
 def test_summary_counts_documents_by_format(home):
     """A mixed folder: the job's summary says how many documents of each format the walk found."""
     from kbingest.pipeline.models import JobRecord, iso, utcnow
-    from kbingest.pipeline.tracker import PhaseTracker
+    from kbingest.pipeline.job.tracker import PhaseTracker
 
     t = PhaseTracker("mixed-1", "mixed")
     t.set_status(JobStatus.RUNNING)

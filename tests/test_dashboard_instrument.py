@@ -17,10 +17,10 @@ from textual.pilot import Pilot
 
 from kbingest.app.console import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.dashboard import KbIngestApp
-from kbingest.pipeline.instrument import Sampler
+from kbingest.pipeline.job.instrument import Sampler
 from kbingest.pipeline.models import DocumentError, JobConfig
 from kbingest.pipeline.service import InvalidInput, Service
-from kbingest.pipeline.settings import read_settings, write_settings
+from kbingest.pipeline.jobstore.preferences import read_settings, write_settings
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.instrument import flags, sparkline, trend
 from kbingest.widgets.job_table import JobTable

@@ -19,7 +19,7 @@ from kbingest.app.dashboard import KbIngestApp
 from kbingest.pipeline.models import DocumentError, JobConfig, JobRecord, JobStatusResponse, PhaseDetail, iso
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.jobstore.store import JobStore
 
 pytestmark = pytest.mark.timeout(60)
 

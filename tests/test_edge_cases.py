@@ -14,10 +14,10 @@ import threading
 import pytest
 
 from conftest import REPO, SMALL_PAGES, copy_pages, listed_folder
-from kbingest.pipeline.embedding import FakeEmbedder
-from kbingest.pipeline.engine import IngestJob, NotResumable
-from kbingest.pipeline.index import KnowledgeBase
-from kbingest.pipeline.jobs import cancel_stored, open_store
+from kbingest.pipeline.embed.embedding import FakeEmbedder
+from kbingest.pipeline.job.engine import IngestJob, NotResumable
+from kbingest.pipeline.kb.table import KnowledgeBase
+from kbingest.pipeline.jobstore.recovery import cancel_stored, open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobStatus
 

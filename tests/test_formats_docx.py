@@ -7,9 +7,9 @@ import tracemalloc
 import pytest
 
 import format_fixtures as F
-from kbingest.pipeline.formats import docx as docx_format
-from kbingest.pipeline.formats.docx import DOCX
-from kbingest.pipeline.loading import LoadError, LoadLimits, Problem, Skipped, walk
+from kbingest.pipeline.load.formats import docx as docx_format
+from kbingest.pipeline.load.formats.docx import DOCX
+from kbingest.pipeline.load.loading import LoadError, LoadLimits, Problem, Skipped, walk
 
 
 

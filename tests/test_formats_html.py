@@ -7,9 +7,9 @@ import pytest
 
 import format_fixtures as F
 from format_fixtures import HTML_PAGE, nested_div_html, write
-from kbingest.pipeline.formats import for_path
-from kbingest.pipeline.formats.html import HTML, flatten_deep
-from kbingest.pipeline.loading import LoadError
+from kbingest.pipeline.load.formats import for_path
+from kbingest.pipeline.load.formats.html import HTML, flatten_deep
+from kbingest.pipeline.load.loading import LoadError
 
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import format_fixtures as F
-from kbingest.pipeline.chunking import Chunker, ChunkSettings
-from kbingest.pipeline.formats.pages import chunk_pages, page_of
-from kbingest.pipeline.formats.pdf import PDF
+from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
+from kbingest.pipeline.load.formats.pages import chunk_pages, page_of
+from kbingest.pipeline.load.formats.pdf import PDF
 
 
 @dataclass

@@ -7,8 +7,8 @@ import time
 import pytest
 
 import format_fixtures as F
-from kbingest.pipeline.formats.pdf import PDF, drop_running_lines, join_hyphenation
-from kbingest.pipeline.loading import LoadError, LoadLimits
+from kbingest.pipeline.load.formats.pdf import PDF, drop_running_lines, join_hyphenation
+from kbingest.pipeline.load.loading import LoadError, LoadLimits
 
 
 

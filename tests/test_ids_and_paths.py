@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from kbingest.pipeline import ids
+from kbingest.pipeline.kb import ids
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 
 
@@ -51,7 +51,7 @@ def test_home_is_private(tmp_path):
 
 def test_a_knowledge_base_name_leaves_room_for_everything_made_from_it():
     """Issue 18, item 16: every name derived from a valid knowledge base name is valid too."""
-    from kbingest.pipeline.engine import new_job_id
+    from kbingest.pipeline.job.engine import new_job_id
     from kbingest.pipeline.paths import KB_NAME, MAX_LEN
 
     longest = "k" * MAX_LEN[KB_NAME]

@@ -10,8 +10,8 @@ KB = "k"
 
 
 def ingest(home, src: Path, **cfg):
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
 
     config = JobConfig(sources=[str(src.resolve())], kb=KB, embedder="fake", **cfg)
@@ -144,7 +144,7 @@ def test_settings_change_reindexes_everything_without_leftovers(home, pages, tmp
 
 def _fragments_during(home, src, monkeypatch, **cfg) -> tuple[list[int], int, int]:
     """Fragment counts right after every commit, the commits made, and the fragments at the end."""
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     seen: list[int] = []
@@ -188,14 +188,14 @@ def test_fragments_stay_bounded_over_many_commits(home, tmp_path, monkeypatch):
 def test_large_tables_are_optimized_in_a_child_process(home, pages, monkeypatch):
     """From CHILD_ROWS rows on, compaction runs in a child (its memory leaves with it): the table is
     compacted all the same, the job sees the new version, and the child's peak RSS is reported."""
-    from kbingest.pipeline import compaction
+    from kbingest.pipeline.kb import compaction
 
     monkeypatch.setattr(compaction, "CHILD_ROWS", 1)
     snap = ingest(home, pages, commit_rows=16)  # asserts it completed
     m = snap.metrics
     assert m["commits"] > 2 and m["optimizes"] >= 1 and m.get("optimize_errors") is None
     assert m["optimize_peak_rss_mib"] > 50  # a real child that imported pylance (its own peak, not ours)
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
 
     kb = KnowledgeBase(home, KB)
     assert kb.fragments() <= 2

@@ -51,7 +51,7 @@ def _one_document(home: Path) -> tuple[str, str, int]:
 
 
 def _query_vector(text: str) -> list[float]:
-    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
 
     return FakeEmbedder().embed([text])[0].tolist()
 
@@ -68,7 +68,7 @@ def test_rows_carry_metadata_struct_mirroring_flat_columns(built):
 
 
 def test_model_stored_with_kb_and_shown_by_search_json(built):
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     field = _table(built).schema.field("vector")
@@ -160,7 +160,7 @@ def test_langchain_community_search_filter_and_metadata(built):
     import lancedb
     from langchain_community.vectorstores import LanceDB
 
-    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
 
     store = LanceDB(connection=lancedb.connect(str(built / "lancedb")), table_name=KB,
                     embedding=_langchain_embeddings(FakeEmbedder()),
@@ -189,7 +189,7 @@ def test_langchain_lancedb_search_and_metadata(built):
     pytest.importorskip("langchain_lancedb")
     from langchain_lancedb import LanceDB
 
-    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
 
     store = LanceDB(embedding_function=_langchain_embeddings(FakeEmbedder()), uri=str(built / "lancedb"),
                     table_name=KB)
@@ -256,7 +256,7 @@ def test_llamaindex_retriever_with_filters(built):
     from llama_index.core.vector_stores import ExactMatchFilter, MetadataFilters
     from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
-    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
 
     store = LanceDBVectorStore(uri=str(built / "lancedb"), table_name=KB, vector_column_name="vector",
                                text_key="text", doc_id_key="doc_id", mode="append")

@@ -16,9 +16,9 @@ from datetime import timedelta
 import pytest
 
 from conftest import REPO, WAF, run_cli
-from kbingest.pipeline.liveness import NOT_RESPONDING_AFTER_S, with_liveness
+from kbingest.pipeline.jobstore.liveness import NOT_RESPONDING_AFTER_S, with_liveness
 from kbingest.pipeline.models import JobConfig, JobRecord, iso, utcnow
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.status import JobStatus
 
 
@@ -114,9 +114,9 @@ def test_a_busy_engine_with_nothing_new_to_say_keeps_its_heartbeat(home, tmp_pat
     seconds, so a working engine is never called not responding."""
     import threading
 
-    from kbingest.pipeline.embedding import FakeEmbedder
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import effective_status, open_store
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import effective_status, open_store
 
     src = tmp_path / "one"
     src.mkdir()

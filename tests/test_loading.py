@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import listed_folder  # noqa: E402
-from kbingest.pipeline import loading  # noqa: E402
-from kbingest.pipeline.loading import (  # noqa: E402
+from kbingest.pipeline.load import loading  # noqa: E402
+from kbingest.pipeline.load.loading import (  # noqa: E402
     Candidate,
     LoadError,
     LoadLimits,

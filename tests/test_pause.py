@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
-from kbingest.pipeline.embedding import FakeEmbedder
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.index import KnowledgeBase
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.embed.embedding import FakeEmbedder
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.kb.table import KnowledgeBase
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobPhase, JobStatus

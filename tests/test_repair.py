@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.paths import Home
 
 NO_INTERNALS = ("Traceback", ".rs:", "cargo", "lance error")
@@ -22,8 +22,8 @@ def _ingest(home: Path, src: Path, *extra: str):
 
 def _ingest_here(home: Path, src: Path, **kw) -> None:
     """The same job in this process (faster than the CLI, where the CLI is not the point)."""
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.status import JobStatus
 
@@ -124,11 +124,11 @@ def test_repair_of_a_healthy_or_unknown_kb_changes_nothing(indexed):
 def test_repair_waits_for_no_engine(indexed):
     """Repair never races a running job: with the knowledge base's writer lock held (as a job writing
     it holds it) it refuses in one line, naming the holder, and moves nothing."""
-    from kbingest.pipeline import jobqueue
+    from kbingest.pipeline.jobstore import queue
 
     home, _, _ = indexed
     _damage(home, "data file deleted")
-    lock = jobqueue.try_kb_lock(Home(home), "docs")
+    lock = queue.try_kb_lock(Home(home), "docs")
     assert lock is not None
     try:
         r = run_cli("repair", "--kb", "docs", home=home)
@@ -143,7 +143,7 @@ def test_repair_changes_nothing_when_the_failure_is_not_damage(indexed, monkeypa
     repair moves nothing aside and says why, rather than "repairing" a healthy table."""
     from lancedb.table import LanceTable
 
-    from kbingest.pipeline.repair import NotDamaged, repair
+    from kbingest.pipeline.kb.repair import NotDamaged, repair
 
     home, _, before = indexed
 

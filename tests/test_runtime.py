@@ -1,4 +1,4 @@
-"""kbingest's embedding runtime (pipeline/runtime.py, pipeline/onnx_attention.py): the graph rewrite,
+"""kbingest's embedding runtime (pipeline/embed/runtime.py, pipeline/embed/onnx_attention.py): the graph rewrite,
 the same vectors as fastembed on real WAF chunks, the derived-file cache and the fallback."""
 from __future__ import annotations
 
@@ -38,14 +38,14 @@ def _feed(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _session(model_or_path):
-    from kbingest.pipeline.runtime import session_options
+    from kbingest.pipeline.embed.runtime import session_options
 
     src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else model_or_path
     return ort.InferenceSession(src, session_options(1), providers=["CPUExecutionProvider"])
 
 
 def test_rewrite_fuses_every_layer_and_keeps_the_outputs():
-    from kbingest.pipeline.onnx_attention import fuse_attention, fuse_gelu
+    from kbingest.pipeline.embed.onnx_attention import fuse_attention, fuse_gelu
 
     original = onnx.load(_model_path())
     model = onnx.load(_model_path())
@@ -68,7 +68,7 @@ def test_rewrite_fuses_every_layer_and_keeps_the_outputs():
 def test_rewrite_refuses_a_graph_without_the_pattern():
     from onnx import TensorProto, helper
 
-    from kbingest.pipeline.onnx_attention import RewriteError, fuse_attention
+    from kbingest.pipeline.embed.onnx_attention import RewriteError, fuse_attention
 
     x = helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
@@ -80,7 +80,7 @@ def test_rewrite_refuses_a_graph_without_the_pattern():
 
 def _waf_chunks(n: int) -> list[str]:
     """n real chunk texts (the engine's chunker, 240 tokens) spread over the WAF corpus."""
-    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 
     pages = sorted(WAF.rglob("*.md"))
     chunker = Chunker(ChunkSettings(max_tokens=240, overlap_tokens=32))
@@ -95,7 +95,7 @@ def _waf_chunks(n: int) -> list[str]:
 @pytest.mark.e2e
 def test_same_vectors_as_fastembed_on_real_chunks(tmp_path, monkeypatch):
     monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
-    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     texts = _waf_chunks(100) + ["", "a", "word " * 600]  # empty, one token, truncated at the model's limit
     ref = FastEmbedder(runtime="fastembed")
@@ -117,8 +117,8 @@ def test_derived_graph_is_cached_by_source_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
     from pathlib import Path
 
-    import kbingest.pipeline.onnx_attention as oa
-    from kbingest.pipeline.runtime import file_sha256, fused_model_file
+    import kbingest.pipeline.embed.onnx_attention as oa
+    from kbingest.pipeline.embed.runtime import file_sha256, fused_model_file
 
     src = Path(_model_path())
     first = fused_model_file(src, 12)
@@ -131,8 +131,8 @@ def test_derived_graph_is_cached_by_source_hash(tmp_path, monkeypatch):
 
 def test_rewrite_failure_falls_back_to_fastembed_with_a_warning(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
-    import kbingest.pipeline.onnx_attention as oa
-    from kbingest.pipeline.embedding import FastEmbedder
+    import kbingest.pipeline.embed.onnx_attention as oa
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     def broken(*a, **k):
         raise oa.RewriteError("not the pattern")

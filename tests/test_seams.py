@@ -7,8 +7,8 @@ import pytest
 
 from conftest import SMALL_PAGES, copy_pages
 
-from kbingest.pipeline import formats
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load import formats
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.service import (Busy, ControlTimeout, KbBusy, EngineFailure, InvalidInput, NotFound, Service,
                                        WrongState)
@@ -130,7 +130,7 @@ def test_an_unchanged_rerun_never_constructs_the_embedder(tmp_path, home):
     made = []
 
     def factory(config):
-        from kbingest.pipeline.embedding import FakeEmbedder
+        from kbingest.pipeline.embed.embedding import FakeEmbedder
 
         made.append(config)
         return FakeEmbedder()

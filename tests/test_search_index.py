@@ -25,7 +25,7 @@ def _rows(start: int, n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
 
 
 def _kb(home, min_rows: int):
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
 
     kb = KnowledgeBase(home, KB, ann_min_rows=min_rows)
     kb.ensure(DIM)
@@ -79,13 +79,13 @@ def test_past_the_threshold_an_ann_index_and_new_rows_stay_searchable(home):
 
 
 def test_the_ann_index_is_retrained_when_the_table_has_grown(home):
-    from kbingest.pipeline import search_index
+    from kbingest.pipeline.kb import search_indexes
 
     kb = _kb(home, min_rows=300)
     _write(kb, 0, 300)
     kb.optimize()
     assert kb.index_state().ann_trained_rows == 300
-    _write(kb, 300, int(300 * (search_index.RETRAIN_GROWTH - 1)) + 10)
+    _write(kb, 300, int(300 * (search_indexes.RETRAIN_GROWTH - 1)) + 10)
     rep = kb.optimize()["indexes"]
     st = kb.index_state()
     assert rep["ann_rows"] == st.ann_trained_rows == kb.count()
@@ -93,7 +93,7 @@ def test_the_ann_index_is_retrained_when_the_table_has_grown(home):
 
 
 def test_modes_text_and_hybrid(home):
-    from kbingest.pipeline.index import IndexError_
+    from kbingest.pipeline.kb.table import IndexError_
 
     kb = _kb(home, min_rows=10_000)
     v = _write(kb, 0, 200)

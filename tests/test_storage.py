@@ -71,7 +71,7 @@ def _last(r) -> dict:
 
 
 def _table_ids(uri: str) -> list[str]:
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     return KbLocation(uri).connect().open_table(KB).to_arrow()["id"].to_pylist()
 
@@ -126,7 +126,7 @@ def test_resume_after_a_crash_writes_to_the_recorded_location(s3, tmp_path):
     ids = _table_ids(s3["uri"])
     ref = tmp_path / "ref"
     assert run_cli("ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", home=ref).returncode == 0
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     assert sorted(ids) == sorted(KnowledgeBase(Home(ref), KB).ids())  # the same table as a clean local run
@@ -138,10 +138,10 @@ def test_resume_after_a_crash_writes_to_the_recorded_location(s3, tmp_path):
 def test_compaction_child_and_indexes_on_s3(s3, home, pages, monkeypatch):
     """A large table's compaction runs in a child that reaches the same bucket (URI and options passed,
     credentials from the environment); the indexes are built there too."""
-    from kbingest.pipeline import compaction
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.index import KnowledgeBase
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.kb import compaction
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.kb.table import KnowledgeBase
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
 
     monkeypatch.setattr(compaction, "CHILD_ROWS", 1)
@@ -187,7 +187,7 @@ def test_bad_db_options_are_refused(tmp_path, opt, why):
 
 def test_locations_resolve(tmp_path, monkeypatch):
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     home = Home(tmp_path / "h")
     monkeypatch.delenv("KBINGEST_DB", raising=False)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from kbingest.pipeline.engine import IngestJob
+from kbingest.pipeline.job.engine import IngestJob
 
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 
 
@@ -157,7 +157,7 @@ def _enospc(*a, **k):
 
 
 def test_disk_full_is_a_typed_one_line_error_and_the_old_store_stands(home, monkeypatch):
-    from kbingest.pipeline.store import StoreWriteError
+    from kbingest.pipeline.jobstore.store import StoreWriteError
 
     store = open_store(home)
     _job(home, store, job_id="j")
@@ -175,7 +175,7 @@ def test_disk_full_is_a_typed_one_line_error_and_the_old_store_stands(home, monk
 def test_disk_full_at_the_final_checkpoint_is_one_line_exit_1(home, pages, monkeypatch, capsys):
     """The job's work is done, its last status cannot be saved: the CLI says so in one line, exit 1."""
     from kbingest.app import cli
-    from kbingest.pipeline.store import StoreWriteError
+    from kbingest.pipeline.jobstore.store import StoreWriteError
 
     real_finish = IngestJob._finish
 
@@ -233,8 +233,8 @@ def test_readers_answer_from_the_last_store_file_and_say_it_may_be_stale(home, h
 
 
 def test_a_writer_waits_a_bounded_time_then_fails_naming_the_holder(home, held_lock, monkeypatch):
-    from kbingest.pipeline import store as store_mod
-    from kbingest.pipeline.store import StoreBusy
+    from kbingest.pipeline.jobstore import store as store_mod
+    from kbingest.pipeline.jobstore.store import StoreBusy
 
     store = open_store(home)
     assert store.stale
@@ -252,7 +252,7 @@ def test_a_writer_waits_a_bounded_time_then_fails_naming_the_holder(home, held_l
 
 def test_a_writer_through_the_cli_fails_cleanly(home, held_lock):
     from conftest import run_cli
-    from kbingest.pipeline import store as store_mod
+    from kbingest.pipeline.jobstore import store as store_mod
 
     t0 = time.monotonic()
     r = run_cli("cancel", "j", home=home.root, timeout=60)

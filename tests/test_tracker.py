@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 import pytest
 
 from kbingest.pipeline.status import InvalidTransition, JobPhase, JobStatus
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.job.tracker import PhaseTracker
 
 
 class Clock:

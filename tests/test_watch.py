@@ -1,4 +1,4 @@
-"""The change feed of watch mode (pipeline/watch.py) on its own: real watchdog observers on tmp_path.
+"""The change feed of watch mode (pipeline/job/watch.py) on its own: real watchdog observers on tmp_path.
 
 Each test does what an editor or a user does, then collects bursts until one holds the path,
 and keeps collecting a little past the quiet time to be sure no second burst comes.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from kbingest.pipeline import watch as watch_mod
-from kbingest.pipeline.watch import Burst, ChangeFeed, _outermost, is_junk
+from kbingest.pipeline.job import watch as watch_mod
+from kbingest.pipeline.job.watch import Burst, ChangeFeed, _outermost, is_junk
 
 QUIET = 0.3
 STABLE = 0.15

@@ -39,8 +39,8 @@ class Watching:
     """A watching job running in a thread, and what the tests ask of it."""
 
     def __init__(self, tmp_path: Path, **settings) -> None:
-        from kbingest.pipeline.engine import IngestJob
-        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.job.engine import IngestJob
+        from kbingest.pipeline.jobstore.recovery import open_store
         from kbingest.pipeline.models import JobConfig
         from kbingest.pipeline.paths import Home
 
@@ -74,12 +74,12 @@ class Watching:
         return {"documents_added": 0, "documents_replaced": 0, "documents_removed": 0, **m["this_pass"]}
 
     def kb(self):
-        from kbingest.pipeline.index import KnowledgeBase
+        from kbingest.pipeline.kb.table import KnowledgeBase
 
         return KnowledgeBase(self.home, "w")
 
     def rows(self) -> list[dict]:
-        from kbingest.pipeline.index import connect
+        from kbingest.pipeline.kb.table import connect
 
         return connect(self.home).open_table("w").to_arrow().select(["source", "text", "doc_id"]).to_pylist()
 
@@ -207,9 +207,9 @@ def test_folder_moved_out_leaves_the_table(watching_mass_removal_allowed, tmp_pa
 
 def test_save_during_the_first_pass_is_not_missed(tmp_path):
     """The feed starts before the first full pass: a save while it runs is ingested, once settled."""
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.index import connect
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb.table import connect
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 

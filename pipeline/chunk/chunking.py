@@ -25,7 +25,7 @@ from typing import NamedTuple
 from markdown_it import MarkdownIt
 
 from kbingest.pipeline.models import MIN_CHUNK_TOKENS, job_default
-from kbingest.pipeline.tokens import TokenCounter, default_counter
+from kbingest.pipeline.chunk.tokens import TokenCounter, default_counter
 
 CHUNKER_VERSION = "1"
 MAX_TOKENS_LIMIT = 8192           # any model; a model's own cap is JobConfig's rule (models.MODEL_MAX_TOKENS)

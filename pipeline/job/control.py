@@ -74,7 +74,7 @@ def with_retries(phase: JobPhase, fn, *, retries: int, control: RunControl, on_r
     import logging
     import time
 
-    from kbingest.pipeline.failures import describe, reason
+    from kbingest.pipeline.messages import describe, reason
 
     log = logging.getLogger("kbingest.engine")
     delay = 0.2

@@ -16,21 +16,22 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline import executors, jobqueue
-from kbingest.pipeline.budget import BudgetedEmbedder, EmbedBudget
-from kbingest.pipeline.chunking import Chunker
-from kbingest.pipeline.control import PhaseFailed, RunControl
-from kbingest.pipeline.embedding import Embedder, make_embedder
+from kbingest.pipeline import executors
+from kbingest.pipeline.jobstore import queue
+from kbingest.pipeline.job.budget import BudgetedEmbedder, EmbedBudget
+from kbingest.pipeline.chunk.chunking import Chunker
+from kbingest.pipeline.job.control import PhaseFailed, RunControl
+from kbingest.pipeline.embed.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
-from kbingest.pipeline.failures import reason
-from kbingest.pipeline.liveness import KEEPALIVE_S
-from kbingest.pipeline.index import IndexError_, KnowledgeBase
-from kbingest.pipeline.instrument import Sampler
-from kbingest.pipeline.jobs import INTERRUPTED
+from kbingest.pipeline.messages import reason
+from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
+from kbingest.pipeline.kb.table import IndexError_, KnowledgeBase
+from kbingest.pipeline.job.instrument import Sampler
+from kbingest.pipeline.jobstore.recovery import INTERRUPTED
 from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
                                       JobStatusResponse, iso, utcnow)
 from kbingest.pipeline.paths import Home, validate_name
-from kbingest.pipeline.reporter import TrackerReporter
+from kbingest.pipeline.job.reporter import TrackerReporter
 from kbingest.pipeline.rss import own_peak_rss_mib
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
@@ -39,8 +40,8 @@ from kbingest.pipeline.stages.embed import EmbedStage
 from kbingest.pipeline.stages.index import IndexStage
 from kbingest.pipeline.stages.load import LoadStage
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.store import JobStore, StoreBusy, StoreWriteError
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.jobstore.store import JobStore, StoreBusy, StoreWriteError
+from kbingest.pipeline.job.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
 
@@ -88,7 +89,7 @@ class IngestJob:
         self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
-        self._place = None  # the lock that says this process waits for this job (pipeline/jobqueue.py)
+        self._place = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
         self._dry_run = None  # the TallyStage of a dry run's pass
         self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
@@ -99,12 +100,12 @@ class IngestJob:
         validate_name(config.kb, "knowledge base name")
         job_id = validate_name(job_id or new_job_id(config.kb), "job id")
         t = PhaseTracker(job_id, config.kb)
-        why = jobqueue.wait_reason(home, store.all(), job_id, config.kb)
+        why = queue.wait_reason(home, store.all(), job_id, config.kb)
         if why is not None:  # the first status line says why it waits
             t.set_message(why[0])
             t.set_metric("queue_position", why[2])
             t.set_metric("waiting_for", why[1])
-        place = jobqueue.hold_place(home, job_id)  # its process dies: shown interrupted, not stuck pending
+        place = queue.hold_place(home, job_id)  # its process dies: shown interrupted, not stuck pending
         now = iso(utcnow())
         rec = JobRecord(job_id=job_id, config=config, status=t.snapshot(), created_at=now, updated_at=now,
                         owner_pid=os.getpid(), queued_at=now)
@@ -163,11 +164,11 @@ class IngestJob:
         try:
             try:
                 lock = self._take_kb()
-            except jobqueue.KbBusy:
+            except queue.KbBusy:
                 self._forget_if_never_ran()
                 raise
             finally:
-                jobqueue.drop_place(self.home, self._place, self.job_id)
+                queue.drop_place(self.home, self._place, self.job_id)
             if lock is None:  # stopped while pending
                 return self.snapshot()
             return self._run_locked(retry, resumed)
@@ -184,18 +185,18 @@ class IngestJob:
         job was cancelled or paused while it waited."""
         home, kb = self.home, self.config.kb
         if not self.wait_for_lock:
-            refused = jobqueue.refusal(home, self.store.all(), self.job_id, kb)
-            lock = None if refused else jobqueue.try_kb_lock(home, kb)
+            refused = queue.refusal(home, self.store.all(), self.job_id, kb)
+            lock = None if refused else queue.try_kb_lock(home, kb)
             if lock is None:
-                raise refused or jobqueue.KbBusy(f"knowledge base {kb} is being written by another job; "
+                raise refused or queue.KbBusy(f"knowledge base {kb} is being written by another job; "
                                                  "run without --no-wait to queue it")
             return lock
-        if jobqueue.wait_reason(home, self.store.all(), self.job_id, kb) is None:
-            lock = jobqueue.try_kb_lock(home, kb)
+        if queue.wait_reason(home, self.store.all(), self.job_id, kb) is None:
+            lock = queue.try_kb_lock(home, kb)
             if lock is not None:
                 return lock
         if self._place is None or not self._place.held:
-            self._place = jobqueue.hold_place(home, self.job_id)
+            self._place = queue.hold_place(home, self.job_id)
         t = self.tracker
         if t.status != JobStatus.PENDING:
             t.set_status(JobStatus.PENDING, f"pending: waiting for knowledge base {kb}")
@@ -211,7 +212,7 @@ class IngestJob:
         if stored.get("status") == JobStatus.CANCELLED:
             self._final = True
             raise NotResumable(f"job {self.job_id} was cancelled and cannot be resumed")
-        lock = jobqueue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
+        lock = queue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
                                     self.control.wait)
         for key in QUEUE_METRICS:
             t.drop_metric(key)
@@ -389,7 +390,7 @@ class IngestJob:
     def _watch(self) -> None:
         """A full pass, then one pass per burst of changes until the job is paused or cancelled.
         The feed starts before the first pass, so nothing saved during it is missed."""
-        from kbingest.pipeline.watch import ChangeFeed
+        from kbingest.pipeline.job.watch import ChangeFeed
 
         t = self.tracker
         with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:

@@ -10,11 +10,11 @@ import logging
 import threading
 from typing import Any, Callable, Iterable, Optional
 
-from kbingest.pipeline.loading import within
+from kbingest.pipeline.load.loading import within
 from kbingest.pipeline.models import DocumentError, utcnow
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.job.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
 

@@ -54,7 +54,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from kbingest.pipeline.loading import is_document
+from kbingest.pipeline.load.loading import is_document
 
 log = logging.getLogger("kbingest.watch")
 

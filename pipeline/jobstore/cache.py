@@ -12,7 +12,7 @@ import threading
 from typing import Any, Optional
 
 from kbingest.pipeline.models import JobRecord
-from kbingest.pipeline.store import JobStore
+from kbingest.pipeline.jobstore.store import JobStore
 
 
 class ReadCachedStore:

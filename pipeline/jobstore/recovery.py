@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 
-from kbingest.pipeline.liveness import with_liveness
-from kbingest.pipeline.jobqueue import waiter_alive
+from kbingest.pipeline.jobstore.liveness import with_liveness
+from kbingest.pipeline.jobstore.queue import waiter_alive
 from kbingest.pipeline.locking import holder_pid, is_locked
 from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import PHASES, JobPhase, JobStatus
-from kbingest.pipeline.store import JobStore
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.jobstore.store import JobStore
+from kbingest.pipeline.job.tracker import PhaseTracker
 
 INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
 
@@ -18,7 +18,7 @@ INTERRUPTED = "interrupted: the process running this job stopped; resume it to c
 def _interrupted(rec: JobRecord, home: Home) -> bool:
     """Recorded as running, but no engine holds its knowledge base, or the one holding it is another
     process (another job writes it now); or recorded as pending, with no live process waiting for it
-    (pipeline/jobqueue.py): the process that ran this job died."""
+    (pipeline/jobstore/queue.py): the process that ran this job died."""
     if rec.status.status == JobStatus.PENDING:
         return rec.owner_pid is not None and not waiter_alive(home, rec)
     if rec.status.status != JobStatus.RUNNING:
@@ -81,7 +81,7 @@ def mark_interrupted(home: Home, store: JobStore) -> list[str]:
 def recovered_records(home: Home) -> list[JobRecord]:
     """When the job store is lost, one completed job per knowledge base found in LanceDB, with the
     sources (the common folder of its documents) and model it holds, so that it can be re-run."""
-    from kbingest.pipeline.index import KnowledgeBase, list_kbs  # LanceDB only when the store was lost
+    from kbingest.pipeline.kb.table import KnowledgeBase, list_kbs  # LanceDB only when the store was lost
 
     out = []
     for name in list_kbs(home):

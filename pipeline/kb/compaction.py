@@ -16,11 +16,11 @@ The child lives no longer than the engine that started it (which holds its knowl
 the kernel kills it when its parent dies (PR_SET_PDEATHSIG), and a watchdog thread in it checks
 that its parent is still the engine, for the instant before prctl and for systems without it.
 
-After compaction, the search indexes the table lacks are built (pipeline/search_index.py): the
+After compaction, the search indexes the table lacks are built (pipeline/kb/search_indexes.py): the
 full-text index, and the ANN index past its row threshold; in the child for a large table, so an
 index build's memory is returned too.
 
-    python -m kbingest.pipeline.compaction URI TABLE PARENT_PID [ANN_MIN_ROWS [OPTIONS_JSON]]
+    python -m kbingest.pipeline.kb.compaction URI TABLE PARENT_PID [ANN_MIN_ROWS [OPTIONS_JSON]]
     # prints {"peak_rss_mib": ..., "seconds": ..., "indexes": {...}}; no ANN_MIN_ROWS: no index to build
 
 URI is a folder or s3://bucket/prefix; OPTIONS_JSON the job's non-secret storage options (the child
@@ -73,7 +73,7 @@ def optimize_here(table, ann_min_rows: Optional[int] = None) -> dict:
     """Optimize an open lancedb Table in this process with LanceDB's own optimize (a small table:
     its whole rewrite is small, and the job does not import pylance's Python package, ~23 MiB),
     then build the search indexes it lacks (none when ann_min_rows is None: compaction only)."""
-    from kbingest.pipeline.search_index import maintain
+    from kbingest.pipeline.kb.search_indexes import maintain
 
     t0 = time.perf_counter()
     table.optimize(cleanup_older_than=timedelta(seconds=KEEP_VERSIONS_S))
@@ -86,11 +86,13 @@ def optimize_in_child(location, table: str, ann_min_rows: Optional[int] = None) 
     it lacks when ann_min_rows is given (the caller knows: search_index.wanted); returns the child's
     report (its own peak RSS, seconds, indexes built)."""
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the child imports this very package
+    import kbingest
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(kbingest.__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     args = [location.uri, table, str(os.getpid()), "" if ann_min_rows is None else str(ann_min_rows),
             json.dumps(dict(location.options))]
-    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.compaction", *args], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.kb.compaction", *args], capture_output=True,
                        text=True, timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
@@ -121,7 +123,7 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     from kbingest.pipeline.rss import own_peak_rss_mib
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     uri, name, parent, min_rows, options = (list(argv) + ["", "{}"])[:5]
     _die_with_parent(int(parent))
@@ -131,7 +133,7 @@ def main(argv: list[str]) -> int:
     compact(location.open_dataset(name))
     indexes = {}
     if min_rows:  # an index to build: LanceDB's configs (its import costs ~90 MiB, so only then)
-        from kbingest.pipeline.search_index import maintain
+        from kbingest.pipeline.kb.search_indexes import maintain
 
         indexes = maintain(location.connect().open_table(name), int(min_rows))
     print(json.dumps({"peak_rss_mib": own_peak_rss_mib(), "seconds": round(time.perf_counter() - t0, 3),

@@ -136,7 +136,7 @@ class KbLocation:
         return out
 
     def connect(self):
-        from kbingest.pipeline.fastimport import import_lancedb
+        from kbingest.pipeline.kb.fastimport import import_lancedb
 
         lancedb = import_lancedb()
         if self.is_local:

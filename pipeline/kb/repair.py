@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from kbingest.pipeline.errors import Busy, EngineFailure, NotFound
-from kbingest.pipeline.failures import reason
-from kbingest.pipeline.index import connect, damage_of
+from kbingest.pipeline.messages import reason
+from kbingest.pipeline.kb.table import connect, damage_of
 from kbingest.pipeline.locking import holder_pid
 from kbingest.pipeline.paths import Home, validate_name
 
@@ -127,9 +127,9 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None) -> RepairOu
         raise UnknownKB(f"no knowledge base {kb!r} in {home.root}")
     again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}`" if sources
              else f"`kbingest ingest SOURCE... --kb {kb}`")
-    from kbingest.pipeline import jobqueue
+    from kbingest.pipeline.jobstore import queue
 
-    lock = jobqueue.try_kb_lock(home, kb)  # what a job writing it holds: none starts meanwhile
+    lock = queue.try_kb_lock(home, kb)  # what a job writing it holds: none starts meanwhile
     if lock is None:
         pid = holder_pid(home.kb_lock_file(kb))
         raise Busy(f"a job is writing knowledge base {kb!r} ({f'process {pid}' if pid else 'another process'}): "

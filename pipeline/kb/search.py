@@ -5,12 +5,12 @@ import os
 import threading
 from typing import Any, Callable, Mapping, Optional
 
-from kbingest.pipeline.embedding import make_embedder
+from kbingest.pipeline.embed.embedding import make_embedder
 from kbingest.pipeline.errors import InvalidInput
-from kbingest.pipeline.index import SEARCH_MODES, KnowledgeBase, SearchHit
+from kbingest.pipeline.kb.table import SEARCH_MODES, KnowledgeBase, SearchHit
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
-from kbingest.pipeline.storage import ENV_DB, KbLocation
+from kbingest.pipeline.kb.location import ENV_DB, KbLocation
 
 
 def locate(home: Home, config: Optional[JobConfig], db: Optional[str] = None,

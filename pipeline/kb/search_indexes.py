@@ -6,7 +6,7 @@
   it an exact flat scan is fast enough and exact. Retrained when the table has grown RETRAIN_GROWTH
   times past the size it was trained on (its partitions would otherwise grow with the table).
 
-Both are built off the hot path: by `maintain()`, which runs after compaction (pipeline/compaction.py,
+Both are built off the hot path: by `maintain()`, which runs after compaction (pipeline/kb/compaction.py,
 in the child process for a large table). LanceDB's own optimize() adds rows written since to both
 indexes without retraining, and rows not yet in an index are still found: LanceDB scans them flat
 and merges them into the results.

@@ -1,5 +1,5 @@
 """The LanceDB knowledge base: one table per KB at its location (HOME/lancedb by default, or a folder
-or s3://bucket/prefix given with --db: pipeline/storage.py), as contracts/CLI.md lays out.
+or s3://bucket/prefix given with --db: pipeline/kb/location.py), as contracts/CLI.md lays out.
 
 Each row also carries a `metadata` struct that mirrors its flat columns (source, heading_path, title,
 doc_id, position, page): LangChain's and LlamaIndex's LanceDB stores read a column of that name and
@@ -27,12 +27,12 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from kbingest.pipeline.errors import EngineFailure  # noqa: E402
-from kbingest.pipeline import kbstate  # noqa: E402
-from kbingest.pipeline.ids import in_predicate  # noqa: E402
-from kbingest.pipeline.kbstate import StoredDoc  # noqa: E402,F401  (re-exported)
+from kbingest.pipeline.kb import kbstate  # noqa: E402
+from kbingest.pipeline.kb.ids import in_predicate  # noqa: E402
+from kbingest.pipeline.kb.kbstate import StoredDoc  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.models import SearchHit  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
-from kbingest.pipeline.storage import KbLocation  # noqa: E402
+from kbingest.pipeline.kb.location import KbLocation  # noqa: E402
 
 SEARCH_MODES = ("vector", "text", "hybrid")
 LOOKUP_KEYS = 512  # text hashes a stored-vector query names at most (an IN list, not a table)
@@ -56,7 +56,7 @@ class KBDamaged(IndexError_):
 def damage_of(exc: BaseException) -> Optional[str]:
     """What is damaged, when LanceDB failed because the table's files are missing or truncated;
     None for any other failure (a full disk, a bad query, a bug)."""
-    from kbingest.pipeline.failures import failure_kind, library_text
+    from kbingest.pipeline.messages import failure_kind, library_text
 
     if isinstance(exc, KBDamaged) or (isinstance(exc, OSError) and exc.errno is not None):
         return None
@@ -282,7 +282,7 @@ class KnowledgeBase:
         self._tbl = open_table(self._db, self.name)
         self._opened = True
 
-    # ---- what it holds, remembered between runs (pipeline/kbstate.py) -------------------------
+    # ---- what it holds, remembered between runs (pipeline/kb/kbstate.py) -------------------------
     @property
     def _remembered_here(self) -> bool:
         """Only HOME/lancedb's tables are remembered: another home's writer would not take this
@@ -489,18 +489,19 @@ class KnowledgeBase:
 
     def optimize(self) -> dict:
         """Compact the table, prune old versions and build the search indexes it lacks
-        (pipeline/search_index.py); a large table in a child process, whose memory goes back to the
-        system when it exits (pipeline/compaction.py). Returns a report: where, the child's peak RSS,
+        (pipeline/kb/search_indexes.py); a large table in a child process, whose memory goes back to the
+        system when it exits (pipeline/kb/compaction.py). Returns a report: where, the child's peak RSS,
         seconds, and the indexes built. A marker file is kept while it runs: one that a kill or a
         failure interrupts is pending, and the next run redoes it."""
-        from kbingest.pipeline import compaction, search_index
+        from kbingest.pipeline.kb import compaction
+        from kbingest.pipeline.kb import search_indexes
 
         self._optimize_marker.parent.mkdir(mode=0o700, exist_ok=True)
         os.close(os.open(self._optimize_marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         if self.count() < compaction.CHILD_ROWS:
             report = compaction.optimize_here(self._table, self.ann_min_rows)
         else:
-            build = search_index.wanted(self._table, self.ann_min_rows)
+            build = search_indexes.wanted(self._table, self.ann_min_rows)
             report = compaction.optimize_in_child(self.location, self.name, self.ann_min_rows if build else None)
             self._table = self._db.open_table(self.name)  # the version the child made
         self._optimize_marker.unlink(missing_ok=True)
@@ -520,7 +521,7 @@ class KnowledgeBase:
         return self._scan(["id"]).column("id").to_pylist()
 
     def index_state(self):
-        from kbingest.pipeline.search_index import state
+        from kbingest.pipeline.kb.search_indexes import state
 
         return state(self._table) if self._table is not None else None
 
@@ -530,13 +531,13 @@ class KnowledgeBase:
         """The k best chunks. vector: cosine similarity (exact below the ANN threshold, through the
         ANN index above it); text: BM25 on the full-text index; hybrid: both, fused by reciprocal
         rank (LanceDB's RRFReranker, k=60). The score is the mode's own: cosine similarity, BM25, RRF."""
-        from kbingest.pipeline import search_index
+        from kbingest.pipeline.kb import search_indexes
 
         if mode not in SEARCH_MODES:
             raise ValueError(f"unknown search mode {mode!r}: one of {', '.join(SEARCH_MODES)}")
         if self._table is None:
             return []
-        st = search_index.state(self._table)
+        st = search_indexes.state(self._table)
         if mode != "vector" and not st.has_fts:
             if mode == "text":
                 raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
@@ -545,7 +546,7 @@ class KnowledgeBase:
         kind = st.ann_kind if mode != "text" else None
         if mode == "vector":
             q = self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-            q = search_index.tune(q.distance_type("cosine"), kind)
+            q = search_indexes.tune(q.distance_type("cosine"), kind)
             score = lambda r: 1.0 - float(r["_distance"])  # noqa: E731
         elif mode == "text":
             q = self._table.search(text, query_type="fts", fts_columns="text")
@@ -555,7 +556,7 @@ class KnowledgeBase:
 
             q = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
                  .vector(np.asarray(vector, dtype=np.float32)).text(text).distance_type("cosine"))
-            q = search_index.tune(q, kind).rerank(RRFReranker())
+            q = search_indexes.tune(q, kind).rerank(RRFReranker())
             score = lambda r: float(r["_relevance_score"])  # noqa: E731
         columns = _HIT_COLUMNS + (["page"] if "page" in self._table.schema.names else [])  # old tables: none
         res = q.limit(k).select(columns).to_list()

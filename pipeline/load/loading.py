@@ -16,8 +16,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-from kbingest.pipeline import formats
-from kbingest.pipeline.formats.base import LoadError
+from kbingest.pipeline.load import formats
+from kbingest.pipeline.load.formats.base import LoadError
 from kbingest.pipeline.models import job_default
 
 BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
@@ -108,7 +108,7 @@ def _show(text: str) -> str:
 
 
 def is_document(path: str) -> bool:
-    """A file some registered format reads (pipeline/formats)."""
+    """A file some registered format reads (pipeline/load/formats)."""
     return formats.for_path(path) is not None
 
 

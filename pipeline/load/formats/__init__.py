@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
-from kbingest.pipeline.formats.docx import DOCX
-from kbingest.pipeline.formats.html import HTML
-from kbingest.pipeline.formats.pdf import PDF
-from kbingest.pipeline.formats.text import MARKDOWN, TEXT
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load.formats.docx import DOCX
+from kbingest.pipeline.load.formats.html import HTML
+from kbingest.pipeline.load.formats.pdf import PDF
+from kbingest.pipeline.load.formats.text import MARKDOWN, TEXT
 
 _BUILTIN: tuple[Format, ...] = (
     MARKDOWN,

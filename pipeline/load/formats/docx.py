@@ -12,9 +12,9 @@ import re
 import zipfile
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
-from kbingest.pipeline.formats.mdtext import escape_line_start, heading, squash, table
-from kbingest.pipeline.formats.sniff import describe
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load.formats.mdtext import escape_line_start, heading, squash, table
+from kbingest.pipeline.load.formats.sniff import describe
 
 MAX_ENTRIES = 10_000                  # files in the archive
 MAX_UNCOMPRESSED = 256 * 1024 * 1024  # bytes, all entries together, as the directory declares them

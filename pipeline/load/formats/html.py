@@ -15,10 +15,10 @@ import codecs
 import re
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format
-from kbingest.pipeline.formats.mdtext import escape_line_start, fence, heading, squash, table
-from kbingest.pipeline.formats.sniff import describe
-from kbingest.pipeline.formats.text import bom, decode_counting, looks_binary, replaced_warning
+from kbingest.pipeline.load.formats.base import Extracted, Format
+from kbingest.pipeline.load.formats.mdtext import escape_line_start, fence, heading, squash, table
+from kbingest.pipeline.load.formats.sniff import describe
+from kbingest.pipeline.load.formats.text import bom, decode_counting, looks_binary, replaced_warning
 
 MAX_DEPTH = 256            # element nesting kept; deeper tags are dropped, their text kept
 META_SCAN_BYTES = 4096     # where a <meta charset> is looked for (the spec says 1024; pages lie)

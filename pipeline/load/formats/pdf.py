@@ -17,9 +17,9 @@ import threading
 from collections import Counter
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
-from kbingest.pipeline.formats.mdtext import heading, plain_lines, squash
-from kbingest.pipeline.formats.sniff import describe
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load.formats.mdtext import heading, plain_lines, squash
+from kbingest.pipeline.load.formats.sniff import describe
 
 MAX_PAGES = 100_000          # pages read; beyond, the rest is not loaded (with a warning)
 MAX_OUTLINE_ENTRIES = 10_000

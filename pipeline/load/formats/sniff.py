@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kbingest.pipeline.formats.text import looks_binary
+from kbingest.pipeline.load.formats.text import looks_binary
 
 # (magic at offset 0, what it is)
 _MAGIC: tuple[tuple[bytes, str], ...] = (

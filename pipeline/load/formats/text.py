@@ -5,7 +5,7 @@ import codecs
 import threading
 from typing import Optional
 
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
 
 BINARY_SAMPLE = 8192
 _BOMS = (  # UTF-32 first: its little-endian BOM starts with the UTF-16 one
