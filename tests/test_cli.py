@@ -133,7 +133,7 @@ def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
     from kbingest.pipeline.job.engine import IngestJob
     from kbingest.pipeline.errors import Busy
     from kbingest.pipeline.jobstore.recovery import open_store
-    from kbingest.pipeline.locking import EngineLock
+    from kbingest.pipeline.locking import FileLock
     from kbingest.pipeline.models import JobConfig
 
     import pytest
@@ -142,7 +142,7 @@ def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
     loser = IngestJob.create(home, store, JobConfig(sources=[str(pages)], kb="docs", embedder="fake"))
     loser.wait_for_lock = False
     home.kb_lock_file("docs").parent.mkdir(exist_ok=True)
-    with EngineLock(home.kb_lock_file("docs")):  # the winner took the kb between the loser's check and its run
+    with FileLock(home.kb_lock_file("docs")):  # the winner took the kb between the loser's check and its run
         with pytest.raises(Busy):
             loser.run()
     assert store.get(loser.job_id) is None

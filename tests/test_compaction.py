@@ -1,5 +1,5 @@
 """Issue 18 item 20: a killed optimize. The compaction child dies with the engine that started it
-(it would write to the table without the engine lock), and the next run redoes the optimize."""
+(it would write to the table without the writer lock of its knowledge base), and the next run redoes the optimize."""
 from __future__ import annotations
 
 import os

@@ -331,7 +331,7 @@ def test_damaged_job_store_is_rebuilt_from_lancedb(tmp_path, pages, status_valid
 @pytest.mark.parametrize("action", ["pause", "cancel"])
 def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path, small_corpus, status_validator,
                                                                         action):
-    """The engine lock being held says nothing about a job whose own process died: while another
+    """A writer lock being held says nothing about a job whose own process died: while another
     job runs, the dead one shows paused (interrupted), `pause`/`cancel` of it answer at once
     without touching the running one, and it resumes once the home is free."""
     src, ref = small_corpus

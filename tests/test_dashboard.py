@@ -204,7 +204,7 @@ def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, 
 
 # ---- interrupted jobs, one job at a time -----------------------------------------------------
 def _interrupted_record(home: Home, pages) -> str:
-    """A job recorded as running by a process that died (no engine lock held)."""
+    """A job recorded as running by a process that died (no writer lock held)."""
     store = store_of(home)
     job = IngestJob.create(home, store, config(pages))
     t = job.tracker

@@ -394,7 +394,7 @@ def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, plante
     """Planted after the home was checked: every open in the home is O_NOFOLLOW (and checks the
     owner), so a link to a victim is refused, the victim never truncated, no file created."""
     from kbingest.pipeline.jobstore.recovery import open_store
-    from kbingest.pipeline.locking import EngineLock, holder_pid, is_locked
+    from kbingest.pipeline.locking import FileLock, holder_pid, is_locked
     from kbingest.pipeline.paths import Home, HomeError
 
     home = Home(tmp_path / "h").ensure()
@@ -407,7 +407,7 @@ def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, plante
     os.symlink(victim if planted != "jobs.json.lock" else absent, path)
     with pytest.raises(HomeError, match="symbolic link"):
         if planted == "engine.lock":
-            EngineLock(path).acquire()
+            FileLock(path).acquire()
         else:
             store.all()
     if planted == "engine.lock":

@@ -1,4 +1,5 @@
-"""One engine per home: the engine lock, and probes of it that never get in its way.
+"""File locks (a knowledge base's writer lock, a waiting job's place): one holder at a time, and probes
+of a lock that never get in its way.
 
 flock locks belong to an open file description, so two fds of one process contend as two
 processes would: the tests hold "other processes'" locks on fds of their own.
@@ -13,24 +14,24 @@ import time
 
 import pytest
 
-from kbingest.pipeline.locking import EngineLock, HomeLocked, is_locked
+from kbingest.pipeline.locking import FileLock, LockHeld, is_locked
 
 
 @pytest.fixture
 def lock_path(home):
-    return home.engine_lock_file
+    return home.root / "a.lock"  # any file: the lock is the same for a writer and a place in the queue
 
 
 def test_held_lock_is_seen_and_refuses_a_second_engine_naming_the_holder(lock_path):
     assert not is_locked(lock_path)
-    with EngineLock(lock_path):
+    with FileLock(lock_path):
         assert is_locked(lock_path)
-        with pytest.raises(HomeLocked) as e:
-            EngineLock(lock_path).acquire()
+        with pytest.raises(LockHeld) as e:
+            FileLock(lock_path).acquire()
         assert e.value.pid == os.getpid()
         assert str(os.getpid()) in str(e.value)
     assert not is_locked(lock_path)  # released: the next engine may start
-    EngineLock(lock_path).acquire().release()
+    FileLock(lock_path).acquire().release()
 
 
 def _hold_shared(path, seconds: float) -> threading.Thread:
@@ -48,7 +49,7 @@ def _hold_shared(path, seconds: float) -> threading.Thread:
 
 
 def test_a_probe_in_progress_is_not_an_engine(lock_path):
-    EngineLock(lock_path).acquire().release()  # the file exists
+    FileLock(lock_path).acquire().release()  # the file exists
     th = _hold_shared(lock_path, 0.3)
     try:
         assert not is_locked(lock_path)  # another probe (dashboard, `kbingest status`) holds it for a moment
@@ -57,10 +58,10 @@ def test_a_probe_in_progress_is_not_an_engine(lock_path):
 
 
 def test_an_engine_starting_during_a_probe_waits_it_out(lock_path):
-    EngineLock(lock_path).acquire().release()
+    FileLock(lock_path).acquire().release()
     th = _hold_shared(lock_path, 0.2)
     try:
-        lock = EngineLock(lock_path).acquire()  # no HomeLocked: the probe is gone within the grace period
+        lock = FileLock(lock_path).acquire()  # no LockHeld: the probe is gone within the grace period
         assert lock.held and is_locked(lock_path)
         lock.release()
     finally:
@@ -73,7 +74,7 @@ def test_a_lock_wait_is_bounded_and_names_the_holder(lock_path):
 
     from kbingest.pipeline.locking import describe, flock_within, lock_holder
 
-    EngineLock(lock_path).acquire().release()
+    FileLock(lock_path).acquire().release()
     p = subprocess.Popen(["flock", "-o", str(lock_path), "sleep", "30"], start_new_session=True)
     fd = os.open(lock_path, os.O_RDONLY)
     try:

@@ -93,12 +93,12 @@ def test_the_ann_index_is_retrained_when_the_table_has_grown(home):
 
 
 def test_modes_text_and_hybrid(home):
-    from kbingest.pipeline.kb.table import IndexError_
+    from kbingest.pipeline.kb.table import TableError
 
     kb = _kb(home, min_rows=10_000)
     v = _write(kb, 0, 200)
     # before any full-text index: text says how to get one, hybrid is its vector half
-    with pytest.raises(IndexError_, match="no full-text index yet"):
+    with pytest.raises(TableError, match="no full-text index yet"):
         kb.search(None, 3, mode="text", text="word5")
     assert [h.id for h in kb.search(v[5], 4, mode="hybrid", text="word5")] == \
         [h.id for h in kb.search(v[5], 4, mode="vector")]

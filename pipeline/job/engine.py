@@ -25,7 +25,7 @@ from kbingest.pipeline.embed.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.messages import reason
 from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
-from kbingest.pipeline.kb.table import IndexError_, KnowledgeBase
+from kbingest.pipeline.kb.table import TableError, KnowledgeBase
 from kbingest.pipeline.job.instrument import Sampler
 from kbingest.pipeline.jobstore.recovery import INTERRUPTED
 from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
@@ -440,7 +440,7 @@ class IngestJob:
         stored = remembered
         if stored is None:
             if kb.exists and dim is not None and kb.dim != dim:
-                raise IndexError_(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
+                raise TableError(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
                                   f"makes {dim}: use another --kb for another model")
             if kb.exists:
                 kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)

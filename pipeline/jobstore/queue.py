@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kbingest.pipeline.errors import KbBusy
-from kbingest.pipeline.locking import EngineLock, HomeLocked, holder_pid, is_locked
+from kbingest.pipeline.locking import FileLock, LockHeld, holder_pid, is_locked
 from kbingest.pipeline.models import JobRecord
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobStatus
@@ -20,17 +20,17 @@ from kbingest.pipeline.status import JobStatus
 POLL_S = 0.25  # how often a waiting job looks whether it may start
 
 
-def _lock(path: Path) -> EngineLock:
+def _lock(path: Path) -> FileLock:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return EngineLock(path)
+    return FileLock(path)
 
 
-def hold_place(home: Home, job_id: str) -> EngineLock:
+def hold_place(home: Home, job_id: str) -> FileLock:
     """The lock that says this process owns pending job `job_id` (released when it runs or ends)."""
     return _lock(home.queue_lock_file(job_id)).acquire()
 
 
-def drop_place(home: Home, lock: Optional[EngineLock], job_id: str) -> None:
+def drop_place(home: Home, lock: Optional[FileLock], job_id: str) -> None:
     if lock is not None and lock.held:
         lock.release()
         try:
@@ -44,11 +44,11 @@ def waiter_alive(home: Home, rec: JobRecord) -> bool:
     return rec.owner_pid is not None and is_locked(home.queue_lock_file(rec.job_id))
 
 
-def try_kb_lock(home: Home, kb: str) -> Optional[EngineLock]:
+def try_kb_lock(home: Home, kb: str) -> Optional[FileLock]:
     """The knowledge base's writer lock if it is free now, else None (no waiting)."""
     try:
         return _lock(home.kb_lock_file(kb)).acquire(grace=0.0)
-    except HomeLocked:
+    except LockHeld:
         return None
 
 
@@ -110,7 +110,7 @@ def refusal(home: Home, records: list[JobRecord], job_id: str, kb: str) -> Optio
 
 def wait_for_kb(home: Home, kb: str, job_id: str, records: Callable[[], list[JobRecord]],
                 on_wait: Callable[[str, Optional[str], int], None], stop: Callable[[], bool],
-                sleep: Callable[[float], object]) -> Optional[EngineLock]:
+                sleep: Callable[[float], object]) -> Optional[FileLock]:
     """Wait until job `job_id` is first in `kb`'s queue and the lock is free; return the lock held.
     None when `stop()` says to stop waiting (a cancel or pause, from this process or the store)."""
     last = None

@@ -39,11 +39,11 @@ LOOKUP_KEYS = 512  # text hashes a stored-vector query names at most (an IN list
 _HIT_COLUMNS = ["id", "text", "source", "heading_path", "title", "model"]
 
 
-class IndexError_(EngineFailure):
-    pass
+class TableError(EngineFailure):
+    """A knowledge base's table cannot do what is asked (vectors of another size, no full-text index yet)."""
 
 
-class KBDamaged(IndexError_):
+class KBDamaged(TableError):
     """The files of a knowledge base's table are missing or cut short: `kbingest repair` brings it back."""
 
     def __init__(self, name: str, why: str) -> None:
@@ -349,7 +349,7 @@ class KnowledgeBase:
             self._table = self._db.create_table(self.name, schema=schema(dim), exist_ok=True)
             return
         if self.dim != dim:
-            raise IndexError_(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
+            raise TableError(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
                               f"makes {dim}: use another --kb for another model")
         added = migrate(self._table)
         if added:
@@ -540,7 +540,7 @@ class KnowledgeBase:
         st = search_indexes.state(self._table)
         if mode != "vector" and not st.has_fts:
             if mode == "text":
-                raise IndexError_(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
+                raise TableError(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
                                   "writes to it builds one): use --mode vector or --mode hybrid")
             mode = "vector"  # hybrid on a table from before full-text indexes: its vector half
         kind = st.ann_kind if mode != "text" else None
