@@ -23,6 +23,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from bench.common import Row, log
+from bench.context import Ctx
+
 DIM = 384
 K = 10
 BATCH = 50_000
@@ -195,6 +198,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+# ---- search at scale (issue 16): synthetic rows, with and without the ANN index ----------------
+
+def fig_search_scale(ctx: Ctx) -> list[Row]:
+    """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
+    from kbingest.pipeline.kb import search_indexes
+
+    rows = 50_000 if ctx.quick else 1_000_000
+    kind = search_indexes.ANN_KIND
+    root = ctx.ws.root / "search-scale"
+    log(f"  {rows} synthetic rows, flat scan then {kind} (bench/search_scale.py)")
+    res = run(rows, 50, [kind], root, flat_reps=15, sweep=False)
+    flat = next(r for r in res if r["what"].startswith("flat"))
+    ann = next(r for r in res if r["what"] == kind)
+    fts = next(r for r in res if r["what"] == "full-text")
+    n = f"{rows:,} rows, 384-d clustered, {ann['queries']} queries"
+    return [
+        Row("s.ann_p50", f"search p50 with the {kind} index ({n})", "ms", [ann["p50_ms"]], "<", 50.0, "< 50 ms",
+            note=f"p90 {ann['p90_ms']} ms; flat scan p50 {flat['p50_ms']} ms"),
+        Row("s.ann_recall", f"recall@10 with the {kind} index against exact search ({n})", "", [ann["recall_at_10"]],
+            ">=", 0.95, ">= 0.95"),
+        Row("s.flat_p50", f"search p50 without an index, exact flat scan ({rows:,} rows)", "ms", [flat["p50_ms"]]),
+        Row("s.ann_build", f"{kind} build time ({rows:,} rows, 2 cores)", "s", [ann["build_s"]]),
+        Row("s.fts_build", f"full-text index build time ({rows:,} rows)", "s", [fts["build_s"]],
+            note=f"text query p50 {fts['p50_ms']} ms"),
+    ]
 
 
 if __name__ == "__main__":
