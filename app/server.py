@@ -329,16 +329,14 @@ class _Lines:
 
 
 def _start_request_model():
-    """The POST body: sources, and the CLI's job settings (JobConfig's fields, unset: its defaults)."""
+    """The POST body: sources, and the job settings a user may set (JobConfig.USER_SETTABLE, unset: its defaults)."""
     from typing import Optional as Opt
 
     from pydantic import ConfigDict, Field, create_model
 
-    from kbingest.app.cli import OPTION_OF_FIELD
-
     fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)),
                               "job_id": (Opt[str], None)}
-    for name in [*OPTION_OF_FIELD, "embedder"]:
+    for name in JobConfig.USER_SETTABLE:
         info = JobConfig.model_fields[name]
         fields[name] = (Opt[info.annotation], Field(None, description=info.description))  # type: ignore[name-defined]
     return create_model("StartJobRequest", __config__=ConfigDict(extra="forbid"), **fields)
@@ -793,7 +791,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
 
 
 def _log_to_stderr() -> None:
-    from kbingest.app.cli import _log_to_stderr as one_line
+    from kbingest.app.logs import log_to_stderr
 
-    one_line()
+    log_to_stderr()
     logging.getLogger("kbingest").setLevel(logging.WARNING)

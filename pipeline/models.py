@@ -204,6 +204,8 @@ MODEL_MAX_TOKENS: dict[str, int] = {DEFAULT_MODEL: 254}
 # Vector sizes known without loading a model (the table is checked against them before any work).
 MODEL_DIMS: dict[str, int] = {DEFAULT_MODEL: 384, "fake": 384}
 MIN_CHUNK_TOKENS = 16
+CHUNKER_VERSION = "1"
+MAX_TOKENS_LIMIT = 8192           # any model; a model's own cap is JobConfig's rule (MODEL_MAX_TOKENS)
 
 
 class JobConfig(BaseModel):
@@ -262,6 +264,12 @@ class JobConfig(BaseModel):
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
         "db", "db_options", "ann_min_rows", "until",
         "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs")
+    # The settings a user may set for a job (a CLI option each, the fields of a POST /jobs body); the
+    # others are set by kbingest (sources, kb, db: their own arguments) or kept at their default.
+    USER_SETTABLE: ClassVar[tuple[str, ...]] = (
+        "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
+        "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
+        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -276,15 +284,11 @@ class JobConfig(BaseModel):
         self.chunk_settings()
         return self
 
-    def chunk_settings(self):
-        from kbingest.pipeline.chunk.chunking import ChunkSettings
-
+    def chunk_settings(self) -> ChunkSettings:
         return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens,
                              max_chars=self.max_chars)
 
-    def load_limits(self):
-        from kbingest.pipeline.load.loading import LoadLimits
-
+    def load_limits(self) -> LoadLimits:
         return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
                           max_files=self.max_files, follow_links=self.follow_links)
 
@@ -311,6 +315,36 @@ _FIRST_VERSIONED = frozenset({"model", "embedder", "max_tokens", "overlap_tokens
 def job_default(name: str) -> Any:
     """A job setting's default, from JobConfig (the one place that says it)."""
     return JobConfig.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """Derived from JobConfig (`config.chunk_settings()`), whose defaults these are."""
+
+    max_tokens: int = job_default("max_tokens")          # budget of a chunk's text, model tokenizer, no specials
+    overlap_tokens: int = job_default("overlap_tokens")  # tail of the previous chunk of the section repeated
+    max_chars: int = job_default("max_chars")            # hard cap on characters per chunk ([UNK]-only giant words)
+
+    def __post_init__(self) -> None:
+        if not MIN_CHUNK_TOKENS <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise ValueError(f"max_tokens must be in {MIN_CHUNK_TOKENS}..{MAX_TOKENS_LIMIT}, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError(f"overlap_tokens must be in 0..max_tokens-1, got {self.overlap_tokens}")
+        if self.max_chars < 64:
+            raise ValueError(f"max_chars must be >= 64, got {self.max_chars}")
+
+    def fingerprint(self) -> str:
+        return f"v{CHUNKER_VERSION}-t{self.max_tokens}-o{self.overlap_tokens}-c{self.max_chars}"
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Derived from JobConfig (`config.load_limits()`), whose defaults these are."""
+
+    max_file_bytes: int = job_default("max_file_bytes")  # larger files are refused with a reason
+    max_depth: int = job_default("max_depth")  # directory depth below a source root (the root is depth 0)
+    max_files: int = job_default("max_files")  # documents per job; beyond: one Problem, and the walk stops
+    follow_links: bool = job_default("follow_links")  # follow every symlink, even out of the root
 
 
 class JobRecord(BaseModel):

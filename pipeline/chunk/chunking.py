@@ -24,11 +24,9 @@ from typing import NamedTuple
 
 from markdown_it import MarkdownIt
 
-from kbingest.pipeline.models import MIN_CHUNK_TOKENS, job_default
+from kbingest.pipeline.models import CHUNKER_VERSION, MAX_TOKENS_LIMIT, ChunkSettings  # noqa: F401 (kept importable here)
 from kbingest.pipeline.chunk.tokens import TokenCounter, default_counter
 
-CHUNKER_VERSION = "1"
-MAX_TOKENS_LIMIT = 8192           # any model; a model's own cap is JobConfig's rule (models.MODEL_MAX_TOKENS)
 MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
 # markdown-it-py costs ~0.2 s/MB plus ~40-250 us per line: larger documents are chunked as plain text
 MARKDOWN_MAX_CHARS = 16_000_000
@@ -52,26 +50,6 @@ _PRE_TOKEN = re.compile(r"[^!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")   # within a word:
 
 class ChunkingError(Exception):
     """A document that cannot be chunked in bounded time and memory."""
-
-
-@dataclass(frozen=True)
-class ChunkSettings:
-    """Derived from JobConfig (`config.chunk_settings()`), whose defaults these are."""
-
-    max_tokens: int = job_default("max_tokens")          # budget of a chunk's text, model tokenizer, no specials
-    overlap_tokens: int = job_default("overlap_tokens")  # tail of the previous chunk of the section repeated
-    max_chars: int = job_default("max_chars")            # hard cap on characters per chunk ([UNK]-only giant words)
-
-    def __post_init__(self) -> None:
-        if not MIN_CHUNK_TOKENS <= self.max_tokens <= MAX_TOKENS_LIMIT:
-            raise ValueError(f"max_tokens must be in {MIN_CHUNK_TOKENS}..{MAX_TOKENS_LIMIT}, got {self.max_tokens}")
-        if not 0 <= self.overlap_tokens < self.max_tokens:
-            raise ValueError(f"overlap_tokens must be in 0..max_tokens-1, got {self.overlap_tokens}")
-        if self.max_chars < 64:
-            raise ValueError(f"max_chars must be >= 64, got {self.max_chars}")
-
-    def fingerprint(self) -> str:
-        return f"v{CHUNKER_VERSION}-t{self.max_tokens}-o{self.overlap_tokens}-c{self.max_chars}"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 from kbingest.pipeline.load import formats
 from kbingest.pipeline.load.formats.base import LoadError
-from kbingest.pipeline.models import job_default
+from kbingest.pipeline.models import LoadLimits
 
 BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
 READ_ATTEMPTS = 4  # the first read plus up to 3 retries when the file changes while being read
@@ -30,16 +30,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NOCTTY", 0)
     | getattr(os, "O_CLOEXEC", 0)
 )
-
-
-@dataclass(frozen=True)
-class LoadLimits:
-    """Derived from JobConfig (`config.load_limits()`), whose defaults these are."""
-
-    max_file_bytes: int = job_default("max_file_bytes")  # larger files are refused with a reason
-    max_depth: int = job_default("max_depth")  # directory depth below a source root (the root is depth 0)
-    max_files: int = job_default("max_files")  # documents per job; beyond: one Problem, and the walk stops
-    follow_links: bool = job_default("follow_links")  # follow every symlink, even out of the root
 
 
 @dataclass(frozen=True)
