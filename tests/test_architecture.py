@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 FRONT_END_MAY_IMPORT = {"kbingest.pipeline.service", "kbingest.pipeline.models", "kbingest.pipeline.status"}
@@ -196,7 +198,7 @@ def _outside_needles() -> list[str]:
 def test_nothing_names_a_path_outside_the_repository():
     needles = _outside_needles()
     bad = []
-    for py in _py_files("app", "pipeline", "widgets", "tests", "bench", "kbingest"):
+    for py in _py_files("app", "pipeline", "widgets", "tests", "bench", "src"):
         text = py.read_text()
         bad += [f"{py.relative_to(REPO)}: {n}" for n in needles if n in text]
     assert not bad, bad
@@ -222,6 +224,40 @@ def test_pyproject_declares_every_package_folder():
     assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
 
 
+def test_no_folder_at_the_root_shadows_the_installed_package():
+    assert not (REPO / "kbingest").exists(), "a kbingest/ folder at the root shadows an installed kbingest"
+
+
+@pytest.mark.xdist_group("install")  # both install tests build in the checkout's build/ folder
+def test_a_regular_install_runs_from_the_repository_root(tmp_path):
+    """`pip install .` (not editable) into a fresh virtual environment; `python -m kbingest` and the
+    `kbingest` command then run with the repository root as the current directory, where app/,
+    pipeline/ and widgets/ sit (a kbingest/ folder there would shadow the installed package)."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    py = venv / "bin" / "python"
+    # offline: the dependencies and the build backend are this test environment's (a path in a .pth
+    # file: its own .pth files, such as the editable install's finder, are not read)
+    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                        "--no-build-isolation", "--no-index", str(REPO)], capture_output=True, text=True, timeout=600,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(py), "-c", "import kbingest.pipeline.models as m; print(m.__file__)"], capture_output=True,
+                       text=True, timeout=120, cwd=str(REPO), env=env)
+    assert r.returncode == 0 and str(venv) in r.stdout, (r.stdout, r.stderr[-2000:])  # the installed copy
+    for cmd in ([str(py), "-m", "kbingest", "--help"], [str(venv / "bin" / "kbingest"), "--help"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(REPO), env=env)
+        assert r.returncode == 0 and "usage: kbingest" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.xdist_group("install")
 def test_install_adds_only_the_kbingest_name(tmp_path):
     """`pip install .` puts one top-level import name into site-packages, and `python -m kbingest` runs."""
     target = tmp_path / "site"
