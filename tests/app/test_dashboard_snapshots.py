@@ -4,8 +4,8 @@ The states are handcrafted JobRecords in a JobStore in tmp_path, and a fake job 
 IngestJob interface for a job "running in this process". The terminal size, the clock, the time
 zone and the home label are fixed, so the pictures are the same on every machine.
 
-Update the baselines with `pytest tests/test_dashboard_snapshots.py --snapshot-update`, then look
-at them (snapshot_report.html, or the SVGs in tests/__snapshots__/).
+Update the baselines with `pytest tests/app/test_dashboard_snapshots.py --snapshot-update`, then look
+at them (snapshot_report.html, or the SVGs in tests/app/__snapshots__/).
 """
 from __future__ import annotations
 
