@@ -83,7 +83,7 @@ def optimize_here(table, ann_min_rows: Optional[int] = None) -> dict:
 
 def optimize_in_child(location, table: str, ann_min_rows: Optional[int] = None) -> dict:
     """Optimize TABLE at `location` (a KbLocation) in a child process, and build the search indexes
-    it lacks when ann_min_rows is given (the caller knows: search_index.wanted); returns the child's
+    it lacks when ann_min_rows is given (the caller knows: search_indexes.wanted); returns the child's
     report (its own peak RSS, seconds, indexes built)."""
     env = dict(os.environ, LANCEDB_LOG=os.environ.get("LANCEDB_LOG", "error"))
     import kbingest
