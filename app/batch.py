@@ -20,7 +20,7 @@ from kbingest.pipeline.service import printable
 
 POLL_S = 0.1
 MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes
-RESUME_HINT = "then resume the job"  # how the words of an exhausted resource end (pipeline/failures.py RESUME_HINT)
+RESUME_HINT = "then resume the job"  # how the words of an exhausted resource end (pipeline/messages.py RESUME_HINT)
 
 
 class JsonLinesReporter:

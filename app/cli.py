@@ -15,6 +15,7 @@ import sys
 from typing import Optional, Sequence
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
+from kbingest.app.logs import log_to_stderr
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse, job_default
 from kbingest.pipeline.service import InvalidInput, KbError, Service, printable
 
@@ -38,7 +39,7 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
-    "max_removal_share": "--allow-mass-removal", "until": "--until"}
+    "max_removal_share": "--allow-mass-removal", "until": "--until", "embedder": "--embedder"}
 NO_WAIT_HELP = ("refuse (exit 1, one line) instead of waiting as pending while another job writes the "
                 "knowledge base")
 
@@ -197,27 +198,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(job, svc, batch=args.batch)
 
 
-def _log_to_stderr() -> None:
-    """Engine warnings (retries, a failed worker) as one escaped line each on stderr: no traceback
-    (KBINGEST_DEBUG=1 shows them), no raw control characters from file names or exceptions."""
-    import logging
-
-    class OneLine(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            text = printable(f"kbingest: {record.getMessage()}")
-            if record.exc_info and os.environ.get("KBINGEST_DEBUG"):
-                text += "\n" + self.formatException(record.exc_info)
-            return text
-
-    logger = logging.getLogger("kbingest")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(OneLine())
-        logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-
-
 def _run(job, svc: Service, batch: bool) -> int:
     """A watch job and a dashboard answer `kbingest search` in this home while they run (warm)."""
     resident = svc.answer_searches() if (job.config.watch or not batch) else contextlib.nullcontext()
@@ -225,7 +205,7 @@ def _run(job, svc: Service, batch: bool) -> int:
         if batch:
             from kbingest.app.batch import run_batch
 
-            _log_to_stderr()
+            log_to_stderr()
             return int(run_batch(job))
         from kbingest.app.dashboard import run_dashboard
 
@@ -353,7 +333,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from kbingest.app.server import ServerConfig, serve
 
-    _log_to_stderr()
+    log_to_stderr()
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
                        notify=args.notify, status_front=args.status_front)
     return serve(cfg, getattr(args, "home", None))

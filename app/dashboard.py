@@ -254,7 +254,7 @@ class KbIngestApp(App[None]):
                 continue  # the live snapshot is newer than the store's
             snap = info.status
             if snap.status == JobStatus.RUNNING and live_id is not None:
-                # this process holds the engine lock: any other job recorded as running died with its process
+                # this process runs a job here: any other job recorded as running died with its process
                 snap = Service.as_interrupted(snap)
             running_elsewhere = snap.status == JobStatus.RUNNING
             view = JobView(job_id=info.job_id, kb=info.kb, snap=snap, errors=snap.errors,

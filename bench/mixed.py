@@ -20,7 +20,7 @@ MIXED_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}<
 
 
 def _lines(md: str) -> list[str]:
-    from kbingest.pipeline.chunking import split_front_matter
+    from kbingest.pipeline.chunk.chunking import split_front_matter
 
     return split_front_matter(md)[1].splitlines()
 
@@ -82,7 +82,8 @@ def build_mixed(src: Path, dest: Path) -> dict[str, int]:
 
 
 def rows(ctx) -> list[Row]:
-    from bench.suite import _first_run
+    """Issue 13: a mixed folder (Markdown, HTML, PDF, DOCX) e2e vs raw fastembed (bench/mixed.py)."""
+    from bench.context import first_run
 
     n_pages = ctx.pages(24, 8)
     src = ctx.ws.subset(n_pages)
@@ -92,7 +93,7 @@ def rows(ctx) -> list[Row]:
     ratios, e2e_cps, raw_cps = [], [], []
     raw_bs = ctx.shared.get("fastembed_best_bs", 1)
     for rep in range(ctx.reps(2, 1)):
-        run = _first_run(ctx, docs, f"mixed{rep}", 5400)
+        run = first_run(ctx, docs, f"mixed{rep}", 5400)
         data, _ = run_inproc(ctx.ws, "raw_embed", {"home": str(run["home"]), "kb": "bench", "sources": [str(docs)],
                                                    "batch_size": raw_bs, "threads": None}, timeout=5400)
         e2e_cps.append(run["n"] / run["wall"])

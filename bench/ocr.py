@@ -1,4 +1,4 @@
-"""Figure: OCR (pipeline/formats/ocr.py, RapidOCR PP-OCRv4 on onnxruntime) against Tesseract, on the
+"""Figure: OCR (pipeline/load/formats/ocr.py, RapidOCR PP-OCRv4 on onnxruntime) against Tesseract, on the
 same page images, in the same run.
 
 The pages: a few bench corpus (WAF) pages typeset to PDF with reportlab (bench.formats.make_pdf), each
@@ -104,7 +104,7 @@ def make_pages(md_pages: list[Path], out: Path, n: int) -> list[str]:
 # ---- children ----------------------------------------------------------------------------------
 
 def run_kbingest(pages: list[Path]) -> dict[str, Any]:
-    from kbingest.pipeline.formats import image, ocr
+    from kbingest.pipeline.load.formats import image, ocr
 
     t0 = time.perf_counter()
     ocr._load_engine()

@@ -14,7 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR
+import subprocess
+
+from bench.common import OUT_DIR, Row, bench_env, log, run_inproc
+from bench.context import Ctx, embedding_phase
+from bench.dashboard import dashboard_importable, run_dashboard_pty
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +104,8 @@ def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
     sampler.start()
     prof.start()
     marks: list[tuple[str, float]] = []
-    from kbingest.pipeline.engine import IngestJob  # noqa: E402
-    from kbingest.pipeline.jobs import open_store  # noqa: E402  (import time is part of the profile)
+    from kbingest.pipeline.job.engine import IngestJob  # noqa: E402
+    from kbingest.pipeline.jobstore.recovery import open_store  # noqa: E402  (import time is part of the profile)
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
     marks.append(("imports (engine, pydantic, tinydb)", time.perf_counter() - t0))
@@ -157,3 +161,70 @@ def _pyinstrument_top(prof, wall: float, depth: int = 6) -> list[tuple[str, floa
             visit(c, d + 1)
     visit(root, 0)
     return out[:40]
+
+
+# ---- profiling --------------------------------------------------------------------------------
+
+def fig_profile(ctx: Ctx) -> list[Row]:
+    n_pages = ctx.pages(20, 4)
+    docs = ctx.ws.subset(n_pages)
+    home = ctx.ws.home("profile")
+    log(f"profile: one in-process batch ingest of {ctx.corpus_label(n_pages)} (pyinstrument + thread sampler)")
+    d, _ = run_inproc(ctx.ws, "profile_ingest", {"home": str(home), "docs": str(docs), "tag": "ingest"},
+                      timeout=3600)
+    ctx.ws.drop(home)
+    lines = [f"One in-process ingest of the {ctx.corpus_label(n_pages)} ({d['chunks']} chunks) in "
+             f"{d['wall_s']:.1f} s, embedding phase {d['embedding_s']:.1f} s. Full output: "
+             + ", ".join(f"`{Path(f).relative_to(REPO)}`" for f in d["files"]) + ".", "",
+             "Main thread (pyinstrument, seconds):", "", "```"]
+    lines += [f"{t:7.2f}  {name}" for name, t in d["main_top"][:25]]
+    lines += ["```", "", "Worker threads (stack sampler, share of each thread's samples, innermost Python frame):", "",
+              "```"]
+    for name, s in d["threads"].items():
+        if name.startswith(("kbingest", "bench-job")):
+            lines.append(f"{name}: {s['samples']} samples")
+            lines += [f"   {pct:5.1f}%  {lab}" for lab, pct in s["self"]]
+    lines.append("```")
+    rr = d.get("rerun") or {}
+    if rr:
+        lines += ["", f"Re-run of the same pages in the same process (imports already done; a new job loads the model "
+                      f"again): {rr['wall_s']:.2f} s, {rr['embedded']} chunks embedded, status {rr['status']}. "
+                      f"Main thread (pyinstrument, seconds; `bench/out/profile_ingest_rerun_main.txt`):", "", "```"]
+        lines += [f"{t:7.2f}  {name}" for name, t in rr["top"][:20]]
+        lines.append("```")
+    ctx.book.note("Profile of a batch ingest", "\n".join(lines))
+    ok, _ = dashboard_importable()
+    if ok:
+        out = REPO / "bench" / "out" / "profile_dashboard_main.txt"
+        session = ctx.ws.root / "dashboard.pyisession"
+        home = ctx.ws.home("profile-dash")
+        log("profile: the dashboard (pyinstrument on its main thread: the Textual event loop)")
+        d = run_dashboard_pty(ctx, home, docs, timeout=3600,
+                              prefix=[sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
+                                      "-m", "kbingest"])
+        ctx.ws.drop(home)
+        st = d["status"] or {}
+        n, emb_s = embedding_phase(st) if st else (0, 0.0)
+        head = ["(no profile written)"]
+        if session.exists():
+            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "--no-color", "--no-unicode",
+                            "-r", "text", "-o", str(out)], env=bench_env(), timeout=300)
+            pst = ctx.ws.root / "dashboard.pstats"
+            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats", "-o",
+                            str(pst)], env=bench_env(), timeout=300)
+            head = out.read_text().splitlines()[:40] if out.exists() else head
+            if pst.exists():
+                import io
+                import pstats
+
+                buf = io.StringIO()
+                pstats.Stats(str(pst), stream=buf).sort_stats("tottime").print_stats(18)
+                top = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-19:]
+                (REPO / "bench" / "out" / "profile_dashboard_selftime.txt").write_text(buf.getvalue())
+                head += ["", "self time, top functions (pstats of the same session):"] + top
+        ctx.book.note("Profile of the dashboard",
+                      f"The dashboard ingesting the same pages under pyinstrument: {n} chunks, embedding phase "
+                      f"{emb_s:.1f} s, process CPU {d['cpu_s'] or 0:.0f} s over {d['wall']:.0f} s wall. Main thread "
+                      f"(the UI; the engine's workers are other threads), from `{out.relative_to(REPO)}`:\n\n```\n"
+                      + "\n".join(head) + "\n```")
+    return []

@@ -61,7 +61,7 @@ def driver_costs(rows: int = 2000, table_rows: int = 20000, dim: int = 384) -> d
 
     from kbingest.pipeline.executors.ray import _commit_staging
     from kbingest.pipeline.executors.ray_workers import write_fragments
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """Search at scale: a knowledge base of N synthetic rows (384-d, clustered so that neighbours mean
 something), searched through KnowledgeBase.search as `kbingest search` does, with no index (exact
-flat scan) and with each ANN kind of pipeline/search_index.py: p50 latency, recall@10 against exact
+flat scan) and with each ANN kind of pipeline/kb/search_indexes.py: p50 latency, recall@10 against exact
 search (numpy ground truth), index build time; then the full-text index's build time and a text
 query's p50.
 
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from bench.common import Row, log
+from bench.context import Ctx
 
 DIM = 384
 K = 10
@@ -58,7 +61,7 @@ class Synthetic:
 def _rows(vecs: np.ndarray, start: int, rng: np.random.Generator):
     import pyarrow as pa
 
-    from kbingest.pipeline.index import schema
+    from kbingest.pipeline.kb.table import schema
 
     n = len(vecs)
     words = rng.integers(0, VOCAB, size=(n, 12))
@@ -115,11 +118,11 @@ def measure(kb, queries: np.ndarray, truth: Optional[np.ndarray], reps: int) -> 
 def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
         sweep: bool = True) -> list[dict[str, Any]]:
     """Every measurement, as dicts; `sweep` tries each kind's SETTINGS, else only the settings the
-    search uses (search_index.QUERY)."""
-    from kbingest.pipeline import search_index
-    from kbingest.pipeline.index import KnowledgeBase
+    search uses (search_indexes.QUERY)."""
+    from kbingest.pipeline.kb import search_indexes
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     home = Home(root / "home").ensure()
     kb = KnowledgeBase(home, "scale", KbLocation(str(root / "db")), ann_min_rows=10**12)
@@ -139,22 +142,22 @@ def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
     emit({"what": "flat (no index)", **measure(kb, queries, truth, flat_reps)})
     for kind in kinds:
         t0 = time.perf_counter()
-        kb._table.create_index("vector", config=search_index.ann_config(kind, rows, DIM), replace=True,
-                               name=f"{search_index.ANN_NAME}_{rows}")
+        kb._table.create_index("vector", config=search_indexes.ann_config(kind, rows, DIM), replace=True,
+                               name=f"{search_indexes.ANN_NAME}_{rows}")
         build_s = time.perf_counter() - t0
-        saved = dict(search_index.QUERY)
+        saved = dict(search_indexes.QUERY)
         q = saved[kind]
         try:
             for nprobes, refine, ef in (SETTINGS[kind] if sweep else [(q.nprobes, q.refine_factor, q.ef)]):
-                search_index.QUERY[kind] = search_index.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
+                search_indexes.QUERY[kind] = search_indexes.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
                 emit({"what": kind, "build_s": round(build_s, 1), "nprobes": nprobes, "refine_factor": refine,
                       "ef": ef, **measure(kb, queries, truth, n_queries)})
         finally:
-            search_index.QUERY.clear()
-            search_index.QUERY.update(saved)
-        kb._table.drop_index(f"{search_index.ANN_NAME}_{rows}")
+            search_indexes.QUERY.clear()
+            search_indexes.QUERY.update(saved)
+        kb._table.drop_index(f"{search_indexes.ANN_NAME}_{rows}")
     t0 = time.perf_counter()
-    rep = search_index.maintain(kb._table, min_rows=10**12)  # the full-text index only
+    rep = search_indexes.maintain(kb._table, min_rows=10**12)  # the full-text index only
     fts_s = time.perf_counter() - t0
     lat = []
     for i in range(n_queries):
@@ -195,6 +198,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+# ---- search at scale (issue 16): synthetic rows, with and without the ANN index ----------------
+
+def fig_search_scale(ctx: Ctx) -> list[Row]:
+    """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
+    from kbingest.pipeline.kb import search_indexes
+
+    rows = 50_000 if ctx.quick else 1_000_000
+    kind = search_indexes.ANN_KIND
+    root = ctx.ws.root / "search-scale"
+    log(f"  {rows} synthetic rows, flat scan then {kind} (bench/search_scale.py)")
+    res = run(rows, 50, [kind], root, flat_reps=15, sweep=False)
+    flat = next(r for r in res if r["what"].startswith("flat"))
+    ann = next(r for r in res if r["what"] == kind)
+    fts = next(r for r in res if r["what"] == "full-text")
+    n = f"{rows:,} rows, 384-d clustered, {ann['queries']} queries"
+    return [
+        Row("s.ann_p50", f"search p50 with the {kind} index ({n})", "ms", [ann["p50_ms"]], "<", 50.0, "< 50 ms",
+            note=f"p90 {ann['p90_ms']} ms; flat scan p50 {flat['p50_ms']} ms"),
+        Row("s.ann_recall", f"recall@10 with the {kind} index against exact search ({n})", "", [ann["recall_at_10"]],
+            ">=", 0.95, ">= 0.95"),
+        Row("s.flat_p50", f"search p50 without an index, exact flat scan ({rows:,} rows)", "ms", [flat["p50_ms"]]),
+        Row("s.ann_build", f"{kind} build time ({rows:,} rows, 2 cores)", "s", [ann["build_s"]]),
+        Row("s.fts_build", f"full-text index build time ({rows:,} rows)", "s", [fts["build_s"]],
+            note=f"text query p50 {fts['p50_ms']} ms"),
+    ]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ sentence is among its top 3 hits. The time from the save to that answer is the f
 
     python -m bench.watch_cli [--pages 4] [--runs 5] [--json]
 
-The watch process answers those searches warm (pipeline/resident.py); a search that finds no
+The watch process answers those searches warm (pipeline/kb/resident.py); a search that finds no
 resident process would start cold. Also measured, in the same run: a fresh-process search of a
 sentence already indexed (what each poll costs), and `python -c pass`.
 """

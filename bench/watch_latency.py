@@ -10,12 +10,12 @@ when the job picked the change up (its watch_bursts metric moved), which is the 
 (quiet + stable time). With --load, a bulk job (`kbingest ingest --batch` of the whole corpus, in
 another process, same home, another knowledge base) is embedding during every save: the watch goal
 (< 5 s) holds under load because a watch burst goes first in the shared embedding budget
-(pipeline/budget.py; docs/queue.md). Progress goes to stderr; one Markdown line with the median and every
+(pipeline/job/budget.py; docs/queue.md). Progress goes to stderr; one Markdown line with the median and every
 figure goes to stdout.
 
 How the search is polled (--poll):
 - vector (default): the query is embedded once, before the save, and each poll is exactly what
-  `pipeline.search.search(home, store, kb, sentence, k=3)` does after making its embedder: a
+  `pipeline.kb.search.search(home, store, kb, sentence, k=3)` does after making its embedder: a
   fresh `KnowledgeBase(home, kb).search(vector, 3)`. Once found, `search()` itself is called
   and must agree.
 - search: each poll calls `search()` itself, which loads the model every time (~0.9 s of CPU
@@ -88,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from kbingest.pipeline.embedding import make_embedder
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.embed.embedding import make_embedder
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
     from kbingest.pipeline.service import Service
 
-    def search(home, store, kb, query, k):  # what `kbingest search` does (pipeline.search.search is gone)
+    def search(home, store, kb, query, k):  # what `kbingest search` does (pipeline.kb.search.search is gone)
         return Service(home, store=store).search(kb, query, k)
-    from kbingest.pipeline.watch import ChangeFeed
+    from kbingest.pipeline.job.watch import ChangeFeed
 
     feed_defaults = ChangeFeed([])
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-watch-bench-"))
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             if found is None:
                 raise SystemExit(f"run {i + 1}: the sentence was not found within {TIMEOUT_S:.0f} s")
             if not any(sentence in h.text for h in search(home, store, "watchbench", sentence, k=3)):
-                raise SystemExit(f"run {i + 1}: found by the polled search but not by pipeline.search.search")
+                raise SystemExit(f"run {i + 1}: found by the polled search but not by pipeline.kb.search.search")
             if bulk is not None and bulk.poll() is not None:
                 raise SystemExit(f"run {i + 1}: the bulk job ended before the run: no load to measure under")
             latencies.append(found)

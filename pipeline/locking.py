@@ -1,7 +1,8 @@
-"""File locks of a home: one engine per home at a time (a lock the kernel releases when its holder
-dies), and bounded waits for every lock, naming the holder when the wait runs out; and the writer
-lock of a knowledge base where its table lives (a lock file beside it, or a lease object on S3),
-which every home writing that location sees."""
+"""File locks of a home: one holder at a time (a lock the kernel releases when its holder dies), such
+as a knowledge base's writer lock and a waiting job's place in the queue, and bounded waits for every
+lock, naming the holder when the wait runs out; and the writer lock of a knowledge base where its
+table lives (a lock file beside it, or a lease object on S3), which every home writing that location
+sees."""
 from __future__ import annotations
 
 import fcntl
@@ -21,11 +22,11 @@ from kbingest.pipeline.paths import open_private
 log = logging.getLogger("kbingest.engine")
 
 
-class HomeLocked(Busy):
+class LockHeld(Busy):
     def __init__(self, path: Path, pid: Optional[int]) -> None:
         who = f"process {pid}" if pid else "another process"
-        super().__init__(f"{who} is already running a job in this home (lock {path}); "
-                         "watch it with `kbingest` or `kbingest status`, or wait for it to finish")
+        super().__init__(f"{who} holds the lock {path}; "
+                         "watch its job with `kbingest` or `kbingest status`, or wait for it to finish")
         self.pid = pid
 
 
@@ -74,7 +75,7 @@ def describe(pid: Optional[int]) -> str:
         return f"process {pid}"
 
 
-class EngineLock:
+class FileLock:
     """An flock on a lock file of a home. `root`: the home, when the file is in a folder below it
     (HOME/locks): every folder is then opened without following a link (paths.open_private)."""
 
@@ -83,13 +84,13 @@ class EngineLock:
         self.root = root
         self._fd: Optional[int] = None
 
-    def acquire(self, grace: float = PROBE_GRACE_S) -> "EngineLock":
+    def acquire(self, grace: float = PROBE_GRACE_S) -> "FileLock":
         """Take the lock; `grace` seconds wait out probes (0: a queue's poll, which comes again)."""
         fd = open_private(self.path, os.O_RDWR | os.O_CREAT, root=self.root)
-        # an engine holds it, or a probe (a dashboard, `kbingest status`) for a moment
+        # a job holds it, or a probe (a dashboard, `kbingest status`) for a moment
         if not flock_within(fd, fcntl.LOCK_EX, grace):
             os.close(fd)
-            raise HomeLocked(self.path, holder_pid(self.path, self.root))
+            raise LockHeld(self.path, holder_pid(self.path, self.root))
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -104,7 +105,7 @@ class EngineLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "EngineLock":
+    def __enter__(self) -> "FileLock":
         return self if self.held else self.acquire()  # a lock acquired already is held for the block
 
     def __exit__(self, *exc: object) -> None:
@@ -125,7 +126,7 @@ def holder_pid(path: Path, root: Optional[Path] = None) -> Optional[int]:
 
 
 def is_locked(path: Path, root: Optional[Path] = None) -> bool:
-    """True while some live process holds the engine lock of this home. The probe takes a shared
+    """True while some live process holds the lock at `path`. The probe takes a shared
     lock, so two probes never see each other as an engine; an engine starting during a probe waits
     it out (PROBE_GRACE_S)."""
     try:

@@ -174,7 +174,7 @@ class JobMetrics(BaseModel):
     indexing_retries: Optional[int] = None
     watch_bursts: Optional[int] = None
     watch_warning: Optional[str] = None
-    heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/liveness.py)
+    heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/jobstore/liveness.py)
     not_responding: Optional[bool] = None
     last_synced_at: Optional[str] = None       # a watch job: when its last pass ended (ISO 8601, UTC)
     # the job queue (docs/queue.md): set while the job is pending
@@ -204,6 +204,8 @@ MODEL_MAX_TOKENS: dict[str, int] = {DEFAULT_MODEL: 254}
 # Vector sizes known without loading a model (the table is checked against them before any work).
 MODEL_DIMS: dict[str, int] = {DEFAULT_MODEL: 384, "fake": 384}
 MIN_CHUNK_TOKENS = 16
+CHUNKER_VERSION = "1"
+MAX_TOKENS_LIMIT = 8192           # any model; a model's own cap is JobConfig's rule (MODEL_MAX_TOKENS)
 
 
 class JobConfig(BaseModel):
@@ -222,7 +224,7 @@ class JobConfig(BaseModel):
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
     max_chars: int = Field(4000, ge=100)
     # texts per embed() call: the default model's runtime runs them at their own length, one per core
-    # (pipeline/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
+    # (pipeline/embed/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
     batch_size: int = Field(8, ge=1, le=1024, description="chunks per embedding call (the default model runs "
                             "them one per core, each at its own length)")  # docs/runtime.md
     threads: Optional[int] = Field(None, ge=1, description="cores used by the embedder (default: every core)")
@@ -245,7 +247,7 @@ class JobConfig(BaseModel):
                                                 "(default HOME/lancedb)")
     db_options: dict[str, str] = Field(default_factory=dict, description="LanceDB storage options (no secrets)")
     ann_min_rows: int = Field(100_000, ge=1, description="rows from which an ANN vector index is built "
-                                                         "(pipeline/search_index.py)")
+                                                         "(pipeline/kb/search_indexes.py)")
     # the Ray executor (executor="ray", the extra kbingest[ray]); ignored by the others
     ray_address: Optional[str] = Field(None, description="Ray cluster to run on: auto or HOST:PORT "
                                        "(default: a local Ray started and stopped with the job)")
@@ -262,6 +264,12 @@ class JobConfig(BaseModel):
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
         "db", "db_options", "ann_min_rows", "until",
         "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs")
+    # The settings a user may set for a job (a CLI option each, the fields of a POST /jobs body); the
+    # others are set by kbingest (sources, kb, db: their own arguments) or kept at their default.
+    USER_SETTABLE: ClassVar[tuple[str, ...]] = (
+        "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
+        "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
+        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -276,15 +284,11 @@ class JobConfig(BaseModel):
         self.chunk_settings()
         return self
 
-    def chunk_settings(self):
-        from kbingest.pipeline.chunking import ChunkSettings
-
+    def chunk_settings(self) -> ChunkSettings:
         return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens,
                              max_chars=self.max_chars)
 
-    def load_limits(self):
-        from kbingest.pipeline.loading import LoadLimits
-
+    def load_limits(self) -> LoadLimits:
         return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
                           max_files=self.max_files, follow_links=self.follow_links)
 
@@ -313,6 +317,39 @@ def job_default(name: str) -> Any:
     return JobConfig.model_fields[name].default
 
 
+@dataclass(frozen=True)
+class ChunkSettings:
+    """Derived from JobConfig (`config.chunk_settings()`), whose defaults these are."""
+
+    max_tokens: int = job_default("max_tokens")          # budget of a chunk's text, model tokenizer, no specials
+    overlap_tokens: int = job_default("overlap_tokens")  # tail of the previous chunk of the section repeated
+    max_chars: int = job_default("max_chars")            # hard cap on characters per chunk ([UNK]-only giant words)
+
+    def __post_init__(self) -> None:
+        if not MIN_CHUNK_TOKENS <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise ValueError(f"max_tokens must be in {MIN_CHUNK_TOKENS}..{MAX_TOKENS_LIMIT}, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise ValueError(f"overlap_tokens must be in 0..max_tokens-1, got {self.overlap_tokens}")
+        if self.max_chars < 64:
+            raise ValueError(f"max_chars must be >= 64, got {self.max_chars}")
+
+    def fingerprint(self) -> str:
+        return f"v{CHUNKER_VERSION}-t{self.max_tokens}-o{self.overlap_tokens}-c{self.max_chars}"
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Derived from JobConfig (`config.load_limits()`), whose defaults these are."""
+
+    max_file_bytes: int = job_default("max_file_bytes")  # larger files are refused with a reason
+    max_depth: int = job_default("max_depth")  # directory depth below a source root (the root is depth 0)
+    max_files: int = job_default("max_files")  # documents per job; beyond: one Problem, and the walk stops
+    follow_links: bool = job_default("follow_links")  # follow every symlink, even out of the root
+    # a job of `kbingest serve`: its --allow-root folders (real paths), which bind every folder walked and
+    # every file read, whatever follow_links says (load/loading.py, Bounds); None: the source is the boundary
+    allowed_roots: Optional[tuple[str, ...]] = None
+
+
 class JobRecord(BaseModel):
     """A job as the job store keeps it (no per-chunk data). Its document errors live in its status
     (the first MAX_ERRORS_LISTED, and the count): stored once."""
@@ -322,7 +359,7 @@ class JobRecord(BaseModel):
     status: JobStatusResponse
     control: Optional[Literal["pause", "cancel", "drain"]] = None
     owner_pid: Optional[int] = None
-    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/liveness.py)
-    queued_at: Optional[str] = None  # when it began waiting for its knowledge base (pipeline/jobqueue.py)
+    heartbeat_at: Optional[str] = None  # the engine running it last wrote (pipeline/jobstore/liveness.py)
+    queued_at: Optional[str] = None  # when it began waiting for its knowledge base (pipeline/jobstore/queue.py)
     created_at: str
     updated_at: str

@@ -16,7 +16,7 @@ from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbi
 from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.failures import debug, describe
+from kbingest.pipeline.messages import debug, describe
 from kbingest.pipeline.textsafe import printable
 
 __all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy", "KbBusy",
@@ -77,14 +77,14 @@ class Service:
         self._embedder_factory = embedder_factory
         self._store = store  # an open JobStore to share (one per process where possible)
         self._cached_reads = cached_reads
-        self.resident_search = resident_search  # ask this home's `kbingest serve` first (pipeline/resident.py)
+        self.resident_search = resident_search  # ask this home's `kbingest serve` first (pipeline/kb/resident.py)
         self.notices: list[str] = []  # things a person should be told (a store rebuilt...)
 
     # ---- the job store ----------------------------------------------------------------------
     @property
     def store(self):
         if self._store is None:
-            from kbingest.pipeline.jobs import open_store
+            from kbingest.pipeline.jobstore.recovery import open_store
 
             self._store = open_store(self.home)
             # another process holds the store's lock: answered from its last saved file, and said so
@@ -93,7 +93,7 @@ class Service:
                 self.notices.append(f"the job store did not parse; it was moved aside to "
                                     f"{self._store.recovered_from} and rebuilt from the knowledge bases")
             if self._cached_reads:
-                from kbingest.pipeline.store_cache import ReadCachedStore
+                from kbingest.pipeline.jobstore.cache import ReadCachedStore
 
                 self._store = ReadCachedStore(self._store)
         return self._store
@@ -105,7 +105,7 @@ class Service:
         return rec
 
     def _info(self, rec: JobRecord) -> JobInfo:
-        from kbingest.pipeline.jobs import effective_status
+        from kbingest.pipeline.jobstore.recovery import effective_status
 
         return JobInfo(job_id=rec.job_id, kb=rec.config.kb, config=rec.config,
                        status=effective_status(rec, self.home), created_at=rec.created_at, updated_at=rec.updated_at)
@@ -137,34 +137,34 @@ class Service:
         """Why a job on knowledge base `kb` would wait now (another job writes it, or jobs are queued
         for it), or None. Without `kb`: whether any knowledge base of the home is being written.
         A job that waits is queued, not refused (docs/queue.md): this is for showing, not for gating."""
-        from kbingest.pipeline import jobqueue
+        from kbingest.pipeline.jobstore import queue
 
         recs = self.store.all()
         kbs = [_validated(kb, "knowledge base name")] if kb else sorted({r.config.kb for r in recs})
         for name in kbs:
-            why = jobqueue.wait_reason(self.home, recs, "", name)
+            why = queue.wait_reason(self.home, recs, "", name)
             if why is not None:
                 return why[0].removeprefix("pending: ")
         return None
 
     def knowledge_bases(self) -> list[str]:
         """The knowledge bases of this home (LanceDB tables), sorted: what a new-job form offers."""
-        from kbingest.pipeline.index import list_kbs
+        from kbingest.pipeline.kb.table import list_kbs
 
         return list_kbs(self.home)
 
     def queue(self, kb: str) -> list[JobInfo]:
         """The jobs waiting for knowledge base `kb`, first in line first (their status carries the
         reason in `message` and `metrics.queue_position` / `metrics.waiting_for`)."""
-        from kbingest.pipeline import jobqueue
+        from kbingest.pipeline.jobstore import queue
 
-        return [self._info(r) for r in jobqueue.queue_of(self.home, self.store.all(), _validated(kb, "knowledge base name"))]
+        return [self._info(r) for r in queue.queue_of(self.home, self.store.all(), _validated(kb, "knowledge base name"))]
 
     @staticmethod
     def as_interrupted(snap: JobStatusResponse) -> JobStatusResponse:
         """A status recorded as running whose process is known to be gone, shown as it is."""
-        from kbingest.pipeline.jobs import INTERRUPTED
-        from kbingest.pipeline.tracker import PhaseTracker
+        from kbingest.pipeline.jobstore.recovery import INTERRUPTED
+        from kbingest.pipeline.job.tracker import PhaseTracker
 
         t = PhaseTracker.from_snapshot(snap)
         t.set_status(JobStatus.PAUSED, INTERRUPTED)
@@ -177,7 +177,7 @@ class Service:
         names that become paths, JobConfig's bounds. InvalidInput names the setting at fault."""
         from pydantic import ValidationError
 
-        from kbingest.pipeline.loading import SourceError, validate_sources
+        from kbingest.pipeline.load.loading import SourceError, validate_sources
 
         _validated(kb, "knowledge base name")
         try:
@@ -195,14 +195,14 @@ class Service:
     @staticmethod
     def location_settings(home, db: Optional[str], options: Optional[list[str]]) -> dict:
         """The JobConfig fields of `--db URI` and `--db-option KEY=VALUE` (a bad one is InvalidInput)."""
-        from kbingest.pipeline.storage import KbLocation
+        from kbingest.pipeline.kb.location import KbLocation
 
         home = home if isinstance(home, Home) else Home(home)
         return KbLocation.from_flags(home, db, options).job_fields(home)
 
     @staticmethod
     def db_options(options: Optional[list[str]]) -> dict[str, str]:
-        from kbingest.pipeline.storage import parse_options
+        from kbingest.pipeline.kb.location import parse_options
 
         return parse_options(options)
 
@@ -211,9 +211,9 @@ class Service:
 
     def _check_free(self, kb: str, job_id: str = "") -> None:
         """--no-wait: refused now (KbBusy, exit 1) when the job would have to wait."""
-        from kbingest.pipeline import jobqueue
+        from kbingest.pipeline.jobstore import queue
 
-        refused = jobqueue.refusal(self.home, self.store.all(), job_id, kb)
+        refused = queue.refusal(self.home, self.store.all(), job_id, kb)
         if refused is not None:
             raise refused
 
@@ -221,7 +221,7 @@ class Service:
         """A new job, stored as pending; the caller runs it (`handle.run()`, in a thread if it likes).
         While another job writes its knowledge base, `run()` waits as pending (the queue) and starts
         by itself; `wait=False` refuses it instead (KbBusy), here or when `run()` finds it busy."""
-        from kbingest.pipeline.engine import IngestJob
+        from kbingest.pipeline.job.engine import IngestJob
 
         _validated(config.kb, "knowledge base name")
         if job_id is not None:
@@ -230,7 +230,7 @@ class Service:
                 raise WrongState(f"job {job_id!r} exists already: resume it with `kbingest resume {job_id}`")
         if not wait:
             self._check_free(config.kb)
-        from kbingest.pipeline.jobs import mark_interrupted
+        from kbingest.pipeline.jobstore.recovery import mark_interrupted
 
         mark_interrupted(self.home, self.store)  # jobs whose process died show as interrupted, not running
         job = IngestJob.create(self.home, self.store, config, job_id=job_id, **self._job_kw())
@@ -243,8 +243,8 @@ class Service:
 
     def resume(self, job_id: str, wait: bool = True) -> JobHandle:
         """Continue a paused, interrupted or failed job; retry the failed documents of a finished one."""
-        from kbingest.pipeline.engine import IngestJob
-        from kbingest.pipeline.jobs import mark_interrupted
+        from kbingest.pipeline.job.engine import IngestJob
+        from kbingest.pipeline.jobstore.recovery import mark_interrupted
 
         info = self.job(job_id)
         if info.status.status == JobStatus.CANCELLED:
@@ -265,7 +265,7 @@ class Service:
         with `paths`, a pass over those documents alone (each must lie below the job's sources)."""
         import os
 
-        from kbingest.pipeline.loading import within
+        from kbingest.pipeline.load.loading import within
 
         info = self.job(job_id)
         if info.status.status != JobStatus.COMPLETED or not info.status.m.documents_failed:
@@ -288,7 +288,7 @@ class Service:
     def request_cancel(self, job_id: str) -> str:
         """Cancel without waiting, decided under the store's lock against the stored record:
         "cancelled" (no engine ran it), "requested" (its engine is asked), "unchanged" (it had ended)."""
-        from kbingest.pipeline.jobs import cancel_stored
+        from kbingest.pipeline.jobstore.recovery import cancel_stored
 
         rec = self._record(job_id)
         outcome = cancel_stored(self.home, self.store, rec.job_id)
@@ -351,26 +351,26 @@ class Service:
     # ---- a resident process --------------------------------------------------------------------
     def announce(self, url: str, token_required: bool):
         """A context manager: while it is open, `kbingest search` in this home asks the server at `url`."""
-        from kbingest.pipeline.resident import announced
+        from kbingest.pipeline.kb.resident import announced
 
         return announced(self.home, url, token_required)
 
     def answer_searches(self):
         """A context manager: while it is open, this process (a watch job, a dashboard) answers
         `kbingest search` in this home, unless another resident process does already."""
-        from kbingest.pipeline.resident import answering_searches
+        from kbingest.pipeline.kb.resident import answering_searches
 
         return answering_searches(self)
 
     # ---- front-end preferences --------------------------------------------------------------
     def settings(self) -> dict:
         """The preferences kept in the home (settings.json): {} when there are none."""
-        from kbingest.pipeline.settings import read_settings
+        from kbingest.pipeline.jobstore.preferences import read_settings
 
         return read_settings(self.home.root)
 
     def save_settings(self, **updates) -> dict:
-        from kbingest.pipeline.settings import write_settings
+        from kbingest.pipeline.jobstore.preferences import write_settings
 
         try:
             return write_settings(self.home.root, updates)
@@ -380,7 +380,7 @@ class Service:
     # ---- repairing --------------------------------------------------------------------------
     def repair(self, kb: str) -> str:
         """Check a knowledge base; bring a damaged one back. Says what it did."""
-        from kbingest.pipeline.repair import repair
+        from kbingest.pipeline.kb.repair import repair
 
         _validated(kb, "knowledge base name")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
@@ -390,8 +390,8 @@ class Service:
     @staticmethod
     def one_shot_search() -> None:
         """This process makes one search and ends (the CLI's `search`): it makes no DataFrame, so
-        pyarrow need not import pandas (~0.45 s of a cold search: pipeline/fastimport.py)."""
-        from kbingest.pipeline.fastimport import forgo_pandas
+        pyarrow need not import pandas (~0.45 s of a cold search: pipeline/kb/fastimport.py)."""
+        from kbingest.pipeline.kb.fastimport import forgo_pandas
 
         forgo_pandas()
 
@@ -401,7 +401,7 @@ class Service:
         knowledge base was built with, where its jobs put it (or `db`)."""
         if self.resident_search and db is None and not db_options:
             from kbingest.pipeline.models import SearchHit
-            from kbingest.pipeline.resident import find, search as resident_search
+            from kbingest.pipeline.kb.resident import find, search as resident_search
 
             server = find(self.home)
             hits = resident_search(server, kb, query, k, mode) if server else None
@@ -412,9 +412,9 @@ class Service:
     def search_here(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
                     db_options: Optional[dict] = None):
         """search() in this process, never through a resident one; the query model stays loaded."""
-        from kbingest.pipeline.embedding import EmbeddingError
-        from kbingest.pipeline.index import KnowledgeBase
-        from kbingest.pipeline.search import SEARCH_MODES, locate, preload_query_embedder, search_kb
+        from kbingest.pipeline.embed.embedding import EmbeddingError
+        from kbingest.pipeline.kb.table import KnowledgeBase
+        from kbingest.pipeline.kb.search import SEARCH_MODES, locate, preload_query_embedder, search_kb
 
         _validated(kb, "knowledge base name")
         if k < 1:

@@ -211,7 +211,7 @@ def many_entries_zip(entries: int = 20_000) -> bytes:
 
 def load(path: Path, limits=None):
     """read_document on one file, as the loader reads it in a job."""
-    from kbingest.pipeline.loading import Candidate, LoadLimits, read_document
+    from kbingest.pipeline.load.loading import Candidate, LoadLimits, read_document
 
     st = path.stat()
     return read_document(Candidate(str(path), str(path.parent), st.st_size, st.st_mtime_ns), limits or LoadLimits())
@@ -221,7 +221,7 @@ def extract_error(fmt, data: bytes):
     """The LoadError a format raises on these bytes (fails the test when it raises none)."""
     import pytest
 
-    from kbingest.pipeline.formats.base import LoadError
+    from kbingest.pipeline.load.formats.base import LoadError
 
     with pytest.raises(LoadError) as e:
         fmt.extract(data, path="x" + fmt.suffixes[0])
@@ -230,7 +230,7 @@ def extract_error(fmt, data: bytes):
 
 def heading_paths(markdown: str) -> set[str]:
     """The heading paths the Markdown chunker gives this text's chunks."""
-    from kbingest.pipeline.chunking import Chunker, ChunkSettings
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 
     return {c.heading_path for c in Chunker(ChunkSettings()).chunk(markdown, markdown=True).chunks}
 

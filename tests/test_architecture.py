@@ -1,6 +1,7 @@
 """The seams hold: front ends reach the engine only through the service; the engine never imports
 Textual; the dashboard uses no private Textual attribute; help comes from the bindings; nothing
-names a path outside the repository; the install declares every package folder."""
+names a path outside the repository; the install declares every package folder; no module imports
+itself through others (no import cycle, function-level imports included)."""
 from __future__ import annotations
 
 import ast
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -39,6 +42,106 @@ def test_front_ends_import_only_the_service_models_and_status():
     assert not bad, "front ends must call pipeline/service.py:\n" + "\n".join(bad)
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of app/, pipeline/, widgets/ and bench/, and the project modules each imports (at
+    module level or inside a function; `from P import x` counts as P.x where that is a module)."""
+    tops = {"app": "kbingest.app", "pipeline": "kbingest.pipeline", "widgets": "kbingest.widgets", "bench": "bench"}
+    files = {}
+    for top, pkg in tops.items():
+        for py in _py_files(top):
+            parts = list(py.relative_to(REPO / top).with_suffix("").parts)
+            files[".".join([pkg, *(parts[:-1] if parts[-1] == "__init__" else parts)])] = py
+
+    def project_module(name: str) -> str | None:
+        name = "kbingest." + name if name.startswith(("pipeline.", "app.")) else name
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for mod, py in files.items():
+        package = mod if py.name == "__init__.py" else mod.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(py.read_text(), filename=str(py))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            edges |= {t for t in map(project_module, names) if t and t != mod}
+        graph[mod] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            w = next(children, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    graph = _module_graph()
+    assert "kbingest.pipeline.models" in graph and "bench.suite" in graph, "the scan is broken"
+    assert "kbingest.pipeline.service" in graph["kbingest.app.cli"]
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(
+        " <-> ".join(c) + "\n  " + "\n  ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) for c in cycles)
+
+
+def test_every_setting_a_user_may_set_has_its_cli_option():
+    from kbingest.app.cli import OPTION_OF_FIELD
+    from kbingest.pipeline.models import JobConfig
+
+    assert set(OPTION_OF_FIELD) == set(JobConfig.USER_SETTABLE)
+    assert set(JobConfig.USER_SETTABLE) <= set(JobConfig.model_fields)
+
+
 def test_engine_sources_never_import_textual():
     bad = [f"{py.relative_to(REPO)}:{line}" for py in _py_files("pipeline")
            for line, mod in _imports(py) if mod.split(".")[0] in ("textual", "rich")]
@@ -46,7 +149,7 @@ def test_engine_sources_never_import_textual():
 
 
 def test_importing_the_engine_and_service_loads_no_textual():
-    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.engine, kbingest.pipeline.executors.threads;"
+    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.job.engine, kbingest.pipeline.executors.threads;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO / "tests"),
                        timeout=120)
@@ -95,7 +198,7 @@ def _outside_needles() -> list[str]:
 def test_nothing_names_a_path_outside_the_repository():
     needles = _outside_needles()
     bad = []
-    for py in _py_files("app", "pipeline", "widgets", "tests", "bench", "kbingest"):
+    for py in _py_files("app", "pipeline", "widgets", "tests", "bench", "src"):
         text = py.read_text()
         bad += [f"{py.relative_to(REPO)}: {n}" for n in needles if n in text]
     assert not bad, bad
@@ -121,6 +224,40 @@ def test_pyproject_declares_every_package_folder():
     assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
 
 
+def test_no_folder_at_the_root_shadows_the_installed_package():
+    assert not (REPO / "kbingest").exists(), "a kbingest/ folder at the root shadows an installed kbingest"
+
+
+@pytest.mark.xdist_group("install")  # both install tests build in the checkout's build/ folder
+def test_a_regular_install_runs_from_the_repository_root(tmp_path):
+    """`pip install .` (not editable) into a fresh virtual environment; `python -m kbingest` and the
+    `kbingest` command then run with the repository root as the current directory, where app/,
+    pipeline/ and widgets/ sit (a kbingest/ folder there would shadow the installed package)."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    py = venv / "bin" / "python"
+    # offline: the dependencies and the build backend are this test environment's (a path in a .pth
+    # file: its own .pth files, such as the editable install's finder, are not read)
+    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                        "--no-build-isolation", "--no-index", str(REPO)], capture_output=True, text=True, timeout=600,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(py), "-c", "import kbingest.pipeline.models as m; print(m.__file__)"], capture_output=True,
+                       text=True, timeout=120, cwd=str(REPO), env=env)
+    assert r.returncode == 0 and str(venv) in r.stdout, (r.stdout, r.stderr[-2000:])  # the installed copy
+    for cmd in ([str(py), "-m", "kbingest", "--help"], [str(venv / "bin" / "kbingest"), "--help"]):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(REPO), env=env)
+        assert r.returncode == 0 and "usage: kbingest" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.xdist_group("install")
 def test_install_adds_only_the_kbingest_name(tmp_path):
     """`pip install .` puts one top-level import name into site-packages, and `python -m kbingest` runs."""
     target = tmp_path / "site"

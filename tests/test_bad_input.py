@@ -278,10 +278,10 @@ def test_missing_source_is_a_usage_error_and_creates_no_job(tmp_path, pages):
 def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch):
     """Two failures that need a hand in the process: a file that cannot be opened (the tests run as
     root), and one that disappears between the walk and the read."""
-    from kbingest.pipeline import loading as loading_mod  # the loading stage reads through it
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.load import loading as loading_mod  # the loading stage reads through it
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.models import JobConfig
 
     src = copy_pages(tmp_path / "docs")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kbingest.pipeline.embedding import FakeEmbedder
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.embed.embedding import FakeEmbedder
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.service import Service
 from kbingest.pipeline.status import JobStatus
 
@@ -80,12 +80,12 @@ def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
     assert t.num_rows == one.m.chunks_created + two.m.chunks_created
     want = FakeEmbedder().embed(t["text"].to_pylist())
     assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)
-    from kbingest.pipeline.ids import text_hash
+    from kbingest.pipeline.kb.ids import text_hash
     assert t["text_hash"].to_pylist() == [text_hash(x) for x in t["text"].to_pylist()]
 
 
 def test_a_stored_vector_of_another_model_is_not_reused(tmp_path, home):
-    from kbingest.pipeline.ids import text_hash
+    from kbingest.pipeline.kb.ids import text_hash
 
     src = tmp_path / "docs"
     src.mkdir()
@@ -225,14 +225,14 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
 
 
 def test_lancedb_is_imported_without_the_rest_client_it_never_uses(tmp_path):
-    """pipeline/fastimport.py: the REST namespace client's package __init__ (0.9 s) does not run for
+    """pipeline/kb/fastimport.py: the REST namespace client's package __init__ (0.9 s) does not run for
     LanceDB on a folder; a name of that package, once used, is there (its __init__ runs then)."""
     import subprocess
     import sys
 
     code = f"""
 import sys
-from kbingest.pipeline.fastimport import import_lancedb
+from kbingest.pipeline.kb.fastimport import import_lancedb
 import pyarrow as pa
 db = import_lancedb().connect({str(tmp_path / 'db')!r})
 t = db.create_table("t", pa.table({{"a": [1, 2, 3]}}))
@@ -247,7 +247,7 @@ print("ok")
 
 
 def test_a_cold_search_imports_neither_pandas_nor_the_overrides_checks(tmp_path, pages):
-    """pipeline/fastimport.py: `kbingest search` forgoes pandas (pyarrow's dataset module would import
+    """pipeline/kb/fastimport.py: `kbingest search` forgoes pandas (pyarrow's dataset module would import
     it: ~0.45 s) and lancedb imports with `overrides` as the marker it is on Python 3.12 (~0.3 s);
     every search mode still answers, and the real `overrides` is there for anything imported after."""
     import json
@@ -271,7 +271,7 @@ def test_a_cold_search_imports_neither_pandas_nor_the_overrides_checks(tmp_path,
             assert "overrides.overrides" not in imported, mode
     code = """
 import sys
-from kbingest.pipeline.fastimport import import_lancedb
+from kbingest.pipeline.kb.fastimport import import_lancedb
 import_lancedb()
 import overrides
 assert hasattr(overrides, "__VERSION__") and "overrides.enforce" in sys.modules, "the real package after"
@@ -299,7 +299,7 @@ def _ingest_importing(home, src, *extra: str):
 
 
 def test_an_unchanged_run_opens_no_table_and_a_change_anywhere_is_seen(tmp_path, pages):
-    """What the table holds is remembered between runs (pipeline/kbstate.py): an unchanged run imports
+    """What the table holds is remembered between runs (pipeline/kb/kbstate.py): an unchanged run imports
     no LanceDB; an edit, a removal, and a write to the table by anything else are all still seen."""
     from kbingest.pipeline.paths import Home
 
@@ -342,7 +342,7 @@ def test_a_cold_search_loads_the_model_while_the_table_opens_and_never_for_an_em
     table holds rows; a text search, or a knowledge base with no rows, loads no model at all."""
     import threading
 
-    from kbingest.pipeline import search
+    from kbingest.pipeline.kb import search
 
     src = tmp_path / "docs"
     src.mkdir()

@@ -61,7 +61,7 @@ def ids_by_doc(rows: list[tuple[str, str]]) -> dict[str, set[str]]:
 
 
 def kb_ids(home: Path) -> list[str]:
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     return KnowledgeBase(Home(home), KB).ids()
@@ -217,7 +217,7 @@ def test_sigkill_at_random_instants_then_resume_equals_clean_run(tmp_path):
         assert seg.p.returncode == -signal.SIGKILL
 
         # the job store opens and knows the job; the job shows as paused, interrupted
-        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.jobstore.recovery import open_store
         from kbingest.pipeline.paths import Home
 
         rec = open_store(Home(h)).get(job_id)
@@ -270,7 +270,7 @@ def test_crash_after_commit_before_checkpoint(tmp_path, small_corpus, n):
     # the commit is in the table, the checkpoint is not: the store still counts fewer commits
     docs, rows = assert_table_consistent(h, ref)
     assert 0 < docs < len(ref["by_doc"])
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.paths import Home
 
     rec = open_store(Home(h)).get(job_id)
@@ -331,7 +331,7 @@ def test_damaged_job_store_is_rebuilt_from_lancedb(tmp_path, pages, status_valid
 @pytest.mark.parametrize("action", ["pause", "cancel"])
 def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path, small_corpus, status_validator,
                                                                         action):
-    """The engine lock being held says nothing about a job whose own process died: while another
+    """A writer lock being held says nothing about a job whose own process died: while another
     job runs, the dead one shows paused (interrupted), `pause`/`cancel` of it answer at once
     without touching the running one, and it resumes once the home is free."""
     src, ref = small_corpus
@@ -363,7 +363,7 @@ def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path,
         want = "paused" if action == "pause" else "cancelled"
         assert json.loads(run_cli("status", job_a, "--json", home=h).stdout)["status"] == want
         assert b.p.poll() is None, "job b should still be running"
-        from kbingest.pipeline.jobs import open_store
+        from kbingest.pipeline.jobstore.recovery import open_store
         from kbingest.pipeline.paths import Home
 
         assert open_store(Home(h)).get(job_b).control is None, "the request went to the running job"

@@ -20,7 +20,7 @@ def ingested(tmp_path_factory):
 
 
 def test_real_ingest_completes_and_table_holds_every_page(ingested, status_validator):
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     h, docs, first = ingested
@@ -39,7 +39,7 @@ def test_real_ingest_completes_and_table_holds_every_page(ingested, status_valid
 
 
 def test_second_identical_run_adds_no_row(ingested):
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     h, docs, _ = ingested

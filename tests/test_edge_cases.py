@@ -14,10 +14,10 @@ import threading
 import pytest
 
 from conftest import REPO, SMALL_PAGES, copy_pages, listed_folder
-from kbingest.pipeline.embedding import FakeEmbedder
-from kbingest.pipeline.engine import IngestJob, NotResumable
-from kbingest.pipeline.index import KnowledgeBase
-from kbingest.pipeline.jobs import cancel_stored, open_store
+from kbingest.pipeline.embed.embedding import FakeEmbedder
+from kbingest.pipeline.job.engine import IngestJob, NotResumable
+from kbingest.pipeline.kb.table import KnowledgeBase
+from kbingest.pipeline.jobstore.recovery import cancel_stored, open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobStatus
 
@@ -233,7 +233,7 @@ def test_a_folder_swapped_between_load_and_chunking_is_one_document_error(tmp_pa
     failed the job with `Invalid argument` from realpath at chunk time) is replayed deterministically:
     once sub/a.md is read, sub becomes the link; a realpath that meets it finds it swapped back to
     the folder before it reads the link (EINVAL), as the swapping thread made it do."""
-    from kbingest.pipeline import formats
+    from kbingest.pipeline.load import formats
 
     src = copy_pages(tmp_path / "src", SMALL_PAGES[:2])
     sub = src / "sub"

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from kbingest.pipeline import loading as engine_mod  # the loading stage reads through it
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.failures import describe
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.load import loading as engine_mod  # the loading stage reads through it
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.messages import describe
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobPhase, JobStatus
 
@@ -82,9 +82,9 @@ def test_failed_worker_says_what_failed_and_on_which_document(home, pages, monke
 OOM_RUN = """
 import ctypes, json, re, resource, sys
 ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # as the CLI does: two malloc arenas
-from kbingest.pipeline.embedding import FakeEmbedder
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.jobs import open_store
+from kbingest.pipeline.embed.embedding import FakeEmbedder
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
 mode, home, src = sys.argv[1:4]
@@ -105,7 +105,7 @@ def limit():
 h = Home(home).ensure()
 cfg = JobConfig(sources=[src], kb="docs", embedder="fake", max_file_bytes=4 << 30, retries=1)
 job = IngestJob.create(h, open_store(h), cfg, embedder_factory=limited)
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.kb.table import KnowledgeBase
 KnowledgeBase(h, "docs").ensure(384)  # LanceDB's runtime mapped before the limit, as a model would be
 limit()
 snap = job.run()

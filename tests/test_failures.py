@@ -14,10 +14,10 @@ import pytest
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
 from conftest import SMALL_PAGES
-from kbingest.pipeline.embedding import EmbeddingError, FakeEmbedder
-from kbingest.pipeline.engine import IngestJob
-from kbingest.pipeline.jobs import open_store
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.embed.embedding import EmbeddingError, FakeEmbedder
+from kbingest.pipeline.job.engine import IngestJob
+from kbingest.pipeline.jobstore.recovery import open_store
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobPhase, JobStatus
 

@@ -6,7 +6,7 @@ import os
 
 from conftest import SMALL_PAGES, copy_pages
 
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.service import Service
 from kbingest.pipeline.status import JobStatus
 

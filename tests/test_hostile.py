@@ -46,7 +46,7 @@ def page(i: int, extra: str = "") -> str:
 
 
 def kb_rows(home: Path, kb: str) -> list[dict]:
-    from kbingest.pipeline.index import KnowledgeBase
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
 
     t = KnowledgeBase(Home(home), kb)._table
@@ -79,8 +79,8 @@ def hostile_root(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=lambda n: ascii(n)[1:-1][:24])
 def test_hostile_name_is_ingested_replaced_and_deleted_exactly(tmp_path, hostile_root, name):
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 
@@ -121,7 +121,7 @@ def test_hostile_name_is_ingested_replaced_and_deleted_exactly(tmp_path, hostile
 
 def test_predicates_are_built_only_by_in_predicate():
     """Every LanceDB call that takes a predicate gets it from ids.in_predicate (hex keys only)."""
-    from kbingest.pipeline.ids import in_predicate
+    from kbingest.pipeline.kb.ids import in_predicate
 
     calls = []
     for py in sorted((REPO / "pipeline").rglob("*.py")):
@@ -393,8 +393,8 @@ def test_an_existing_home_keeps_its_mode_and_a_new_one_is_private(tmp_path):
 def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, planted):
     """Planted after the home was checked: every open in the home is O_NOFOLLOW (and checks the
     owner), so a link to a victim is refused, the victim never truncated, no file created."""
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.locking import EngineLock, holder_pid, is_locked
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.locking import FileLock, holder_pid, is_locked
     from kbingest.pipeline.paths import Home, HomeError
 
     home = Home(tmp_path / "h").ensure()
@@ -407,7 +407,7 @@ def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, plante
     os.symlink(victim if planted != "jobs.json.lock" else absent, path)
     with pytest.raises(HomeError, match="symbolic link"):
         if planted == "engine.lock":
-            EngineLock(path).acquire()
+            FileLock(path).acquire()
         else:
             store.all()
     if planted == "engine.lock":
@@ -492,9 +492,9 @@ def test_a_folder_swapped_for_an_outside_symlink_never_leads_out_of_the_root(tmp
     never through a symlink, so no swap between a check and an open reaches the outside folder."""
     import time
 
-    from kbingest.pipeline.engine import IngestJob
-    from kbingest.pipeline.jobs import open_store
-    from kbingest.pipeline.loading import Candidate, LoadError, LoadLimits, read_document, walk
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.load.loading import Candidate, LoadError, LoadLimits, read_document, walk
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 

@@ -3,7 +3,7 @@ import json
 
 from kbingest.pipeline.models import JobStatusResponse, PhaseDetail
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.tracker import PhaseTracker
+from kbingest.pipeline.job.tracker import PhaseTracker
 
 
 def states():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SMALL_PAGES, copy_pages
-from kbingest.pipeline import failures
-from kbingest.pipeline.failures import exhausted, reason
+from kbingest.pipeline import messages
+from kbingest.pipeline.messages import exhausted, reason
 
 
 class PanicException(BaseException):
@@ -41,8 +41,8 @@ def test_exhausted_resources_are_told_apart(exc, kind):
 
 
 def test_the_words_name_the_resource_and_its_limit(monkeypatch):
-    monkeypatch.setattr(failures, "file_size_limit", lambda: 64 * 1024)
-    monkeypatch.setattr(failures, "memory_limit", lambda: 600 * 1024 * 1024)
+    monkeypatch.setattr(messages, "file_size_limit", lambda: 64 * 1024)
+    monkeypatch.setattr(messages, "memory_limit", lambda: 600 * 1024 * 1024)
     assert reason(OSError(errno.EFBIG, "File too large")).startswith(
         "the file size limit (RLIMIT_FSIZE, `ulimit -f`) of 64.0 KiB was reached")
     line = reason(RuntimeError("can't start new thread"))
@@ -105,6 +105,6 @@ def test_no_thread_for_the_job_is_named_with_resume(tmp_path, monkeypatch):
 def test_the_batch_front_knows_the_words_that_invite_a_resume():
     from kbingest.app import batch
 
-    assert batch.RESUME_HINT == failures.RESUME_HINT
+    assert batch.RESUME_HINT == messages.RESUME_HINT
     for kind in ("file_size", "memory", "threads"):
-        assert failures.exhausted_words(kind).endswith(failures.RESUME_HINT)
+        assert messages.exhausted_words(kind).endswith(messages.RESUME_HINT)

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import SMALL_PAGES, copy_pages
 
-from kbingest.pipeline import formats
-from kbingest.pipeline.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load import formats
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.service import (Busy, ControlTimeout, KbBusy, EngineFailure, InvalidInput, NotFound, Service,
                                        WrongState)
@@ -130,7 +130,7 @@ def test_an_unchanged_rerun_never_constructs_the_embedder(tmp_path, home):
     made = []
 
     def factory(config):
-        from kbingest.pipeline.embedding import FakeEmbedder
+        from kbingest.pipeline.embed.embedding import FakeEmbedder
 
         made.append(config)
         return FakeEmbedder()
@@ -178,14 +178,14 @@ def test_each_error_maps_to_one_exit_code():
 def test_a_pause_that_times_out_is_withdrawn(tmp_path, home):
     """A job 'running' in the store with no engine answering: the pause times out (exit 5 in the CLI),
     and the request is withdrawn, so the job never pauses after the CLI said it did not."""
-    from kbingest.pipeline.locking import EngineLock
+    from kbingest.pipeline.locking import FileLock
 
     svc = _service(home)
     job = svc.start(svc.config([str(tmp_path)], "t", embedder="fake"))
     job.tracker.set_status(JobStatus.RUNNING)
     job._checkpoint()
     home.kb_lock_file("t").parent.mkdir(exist_ok=True)
-    with EngineLock(home.kb_lock_file("t")):  # an engine holds the knowledge base: the job looks alive
+    with FileLock(home.kb_lock_file("t")):  # an engine holds the knowledge base: the job looks alive
         svc.store.update(job.job_id, lambda r: r.model_copy(update={"owner_pid": None}))
         with pytest.raises(ControlTimeout, match="withdrawn"):
             svc.pause(job.job_id, timeout=0.5)

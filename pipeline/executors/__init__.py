@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kbingest.pipeline.control import RunControl
+from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.executors.base import Executor
 
 # name -> "module:Class", imported only when a job uses it (a distributed engine is a heavy import)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from kbingest.pipeline.control import RunControl
+from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.status import JobStatus
 

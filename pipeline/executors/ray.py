@@ -35,7 +35,7 @@ import uuid
 import warnings
 from typing import Any, Iterator, Optional
 
-from kbingest.pipeline.control import PhaseFailed, RunControl, Stopped
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.executors.base import Executor
 from kbingest.pipeline.executors.ray_workers import ENV_FORWARDED, replay
 from kbingest.pipeline.models import JobConfig
@@ -360,7 +360,7 @@ def _commit_staging(uri: str, fragments: list[str], dim: int):
     from lance.fragment import FragmentMetadata
 
     from kbingest.pipeline.executors.ray_workers import staging_options
-    from kbingest.pipeline.index import schema
+    from kbingest.pipeline.kb.table import schema
 
     op = lance.LanceOperation.Overwrite(schema(dim), [FragmentMetadata.from_json(f) for f in fragments])
     return lance.LanceDataset.commit(uri, op, storage_options=staging_options(uri)).to_table()

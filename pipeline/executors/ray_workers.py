@@ -17,7 +17,7 @@ from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc
 
 if TYPE_CHECKING:
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
 log = logging.getLogger("kbingest.engine")
 
@@ -67,7 +67,7 @@ class TableVectors:
             self._opened = True
             if self.location.is_local and not os.path.isdir(self.location.table_uri(self.name)):
                 return None  # a first run: nothing stored (and LanceDB not imported for it)
-            from kbingest.pipeline.index import open_table
+            from kbingest.pipeline.kb.table import open_table
 
             try:
                 self._table = open_table(self.location.connect(), self.name)  # None: a first run
@@ -84,7 +84,7 @@ class TableVectors:
             return 0
 
     def vectors_by_hash(self, hashes, model: str) -> dict:
-        from kbingest.pipeline.index import stored_vectors
+        from kbingest.pipeline.kb.table import stored_vectors
 
         return stored_vectors(self._open(), hashes, model)
 
@@ -94,8 +94,8 @@ _chunkers: dict[str, Any] = {}
 
 def _chunker(config: JobConfig):
     """One Chunker per worker process and settings (its tokenizer loads once)."""
-    from kbingest.pipeline.chunking import Chunker
-    from kbingest.pipeline.embedding import make_embedder
+    from kbingest.pipeline.chunk.chunking import Chunker
+    from kbingest.pipeline.embed.embedding import make_embedder
     from kbingest.pipeline.models import DEFAULT_MODEL
 
     key = config.version_key()
@@ -166,8 +166,8 @@ class EmbedWriter:
             import ray
 
             ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
-        from kbingest.pipeline.control import RunControl
-        from kbingest.pipeline.embedding import make_embedder
+        from kbingest.pipeline.job.control import RunControl
+        from kbingest.pipeline.embed.embedding import make_embedder
 
         self.config = JobConfig.model_validate_json(config_json)
         c = self.config
@@ -211,7 +211,7 @@ def write_fragments(rows: list[dict], uri: str, dim: int) -> list[str]:
     import pyarrow as pa
     from lance.fragment import write_fragments as lance_write
 
-    from kbingest.pipeline.index import schema
+    from kbingest.pipeline.kb.table import schema
 
     table = pa.Table.from_pylist(rows, schema=schema(dim))
     # append: the staging dataset may have versions already (the driver commits a wave while the
@@ -223,7 +223,7 @@ def write_fragments(rows: list[dict], uri: str, dim: int) -> list[str]:
 def staging_options(uri: str) -> Optional[dict[str, str]]:
     """Lance storage options for staging on object storage: from the AWS_* environment each worker has
     (as the driver's connection does); None for a folder."""
-    from kbingest.pipeline.storage import KbLocation
+    from kbingest.pipeline.kb.location import KbLocation
 
     return KbLocation(uri).storage_options() or None
 

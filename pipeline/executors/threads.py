@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline.control import PhaseFailed, Stopped
+from kbingest.pipeline.job.control import PhaseFailed, Stopped
 from kbingest.pipeline.executors.base import Executor
-from kbingest.pipeline.failures import describe, noted_document
+from kbingest.pipeline.messages import describe, noted_document
 from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.status import JobPhase

@@ -1,7 +1,7 @@
 """What stages share: the document on its way, and the Reporter they report through.
 
 Stages are plain classes: no queues, no threads, no tracker. An executor (pipeline/executors/)
-moves documents between them; the job (pipeline/engine.py) implements the Reporter over its
+moves documents between them; the job (pipeline/job/engine.py) implements the Reporter over its
 PhaseTracker. A stage reads settings from the JobConfig it is given, never from the job.
 """
 from __future__ import annotations

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from kbingest.pipeline import ids
-from kbingest.pipeline.chunking import Chunker
-from kbingest.pipeline.failures import note_document, reason
-from kbingest.pipeline.formats.pages import chunk_pages
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.kb import ids
+from kbingest.pipeline.chunk.chunking import Chunker
+from kbingest.pipeline.messages import note_document, reason
+from kbingest.pipeline.load.formats.pages import chunk_pages
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.stages.load import canonical

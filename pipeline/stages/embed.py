@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
-from kbingest.pipeline.control import PhaseFailed, RunControl, Stopped, with_retries
-from kbingest.pipeline.embedding import Embedder
-from kbingest.pipeline.failures import note_document, reason
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped, with_retries
+from kbingest.pipeline.embed.embedding import Embedder
+from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter

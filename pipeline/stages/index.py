@@ -10,9 +10,9 @@ import os
 import time
 from typing import Optional
 
-from kbingest.pipeline.control import RunControl, with_retries
-from kbingest.pipeline.failures import describe, note_document
-from kbingest.pipeline.index import KnowledgeBase
+from kbingest.pipeline.job.control import RunControl, with_retries
+from kbingest.pipeline.messages import describe, note_document
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase

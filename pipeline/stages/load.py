@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator, Optional
 
-from kbingest.pipeline import formats, ids, loading
-from kbingest.pipeline.formats import ocr
-from kbingest.pipeline.control import RunControl
-from kbingest.pipeline.failures import note_document, reason
-from kbingest.pipeline.kbstate import StoredDoc
-from kbingest.pipeline.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
+from kbingest.pipeline.load import formats
+from kbingest.pipeline.kb import ids
+from kbingest.pipeline.load import loading
+from kbingest.pipeline.load.formats import ocr
+from kbingest.pipeline.job.control import RunControl
+from kbingest.pipeline.messages import note_document, reason
+from kbingest.pipeline.kb.kbstate import StoredDoc
+from kbingest.pipeline.load.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase

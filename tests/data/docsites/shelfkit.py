@@ -1,4 +1,4 @@
-"""Shelfkit: a tiny library documented by tests/test_formats_docsites.py with Sphinx (autodoc) and
+"""Shelfkit: a tiny library documented by tests/load/test_formats_docsites.py with Sphinx (autodoc) and
 MkDocs (mkdocstrings). Google-style docstrings: Sphinx reads them with napoleon."""
 from __future__ import annotations
 

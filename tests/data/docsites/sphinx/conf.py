@@ -1,4 +1,4 @@
-# The Sphinx site of tests/test_formats_docsites.py: autodoc of ../shelfkit.py (no network: no
+# The Sphinx site of tests/load/test_formats_docsites.py: autodoc of ../shelfkit.py (no network: no
 # intersphinx, the default theme).
 import os
 import sys

@@ -1,0 +1,1 @@
+"""Chunk: split text into chunks the model reads whole, counted with the model's own tokenizer."""

@@ -1,0 +1,1 @@
+"""Load: walk the sources, read each document safely, and the formats that turn bytes into text."""

