@@ -15,6 +15,9 @@ from bench.common import (REPO, Book, Row, Workspace, bench_env, corpus_bytes, c
                           kbingest_cmd, log, median, phase, run_inproc, run_ingest)
 
 from bench.formats import fig_formats  # noqa: E402
+from bench.ocr import fig_ocr  # noqa: E402
+from bench.retrieval import fig_retrieval  # noqa: E402
+from bench.docsites import fig_docsites  # noqa: E402
 
 GIB_MIB = 1024.0
 
@@ -1011,8 +1014,11 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "sweep": fig_sweep,
     "profile": fig_profile,
     "formats": fig_formats,
+    "ocr": fig_ocr,
     "search_scale": fig_search_scale,
     "metadata": fig_metadata,
     "cost": fig_cost,
     "mixed": fig_mixed,
+    "retrieval": fig_retrieval,
+    "docsites": fig_docsites,
 }
