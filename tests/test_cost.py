@@ -92,15 +92,13 @@ def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
 
 
 def test_a_stored_vector_of_another_model_is_not_reused(tmp_path, home):
-    from kbingest.pipeline.kb.ids import text_hash
-
     src = tmp_path / "docs"
     src.mkdir()
     (src / "a.md").write_text(f"# A\n\n{PHRASE}\n")
     svc = _svc(home, CountingEmbedder())
     svc.start(svc.config([str(src)], "models", embedder="fake")).run()
     kb = KnowledgeBase(home, "models")
-    h = text_hash(kb._table.to_arrow()["text"][0].as_py())
+    h = kb._table.to_arrow()["text_hash"][0].as_py()  # the hash of what was embedded (docs/search.md)
     model = kb._table.to_arrow()["model"][0].as_py()
     assert set(kb.vectors_by_hash([h], model)) == {h}
     assert kb.vectors_by_hash([h], model + "-other") == {}

@@ -81,6 +81,7 @@ def mark_interrupted(home: Home, store: JobStore) -> list[str]:
 def recovered_records(home: Home) -> list[JobRecord]:
     """When the job store is lost, one completed job per knowledge base found in LanceDB, with the
     sources (the common folder of its documents) and model it holds, so that it can be re-run."""
+    from kbingest.pipeline.kb.search import table_embeds_context
     from kbingest.pipeline.kb.table import KnowledgeBase, list_kbs  # LanceDB only when the store was lost
 
     out = []
@@ -89,6 +90,7 @@ def recovered_records(home: Home) -> list[JobRecord]:
             kb = KnowledgeBase(home, name)
             docs = kb.stored_docs()
             models = kb.models()
+            context = table_embeds_context(kb)  # how its rows were embedded (docs/search.md), None: cannot tell
         except Exception:
             continue
         t = PhaseTracker(f"{name}-recovered", name)
@@ -108,7 +110,8 @@ def recovered_records(home: Home) -> list[JobRecord]:
         except ValueError:
             sources = ["."]
         model = models[0] if models else DEFAULT_MODEL
-        config = JobConfig(sources=sources, kb=name, model=model, embedder="fake" if model == "fake" else "fastembed")
+        config = JobConfig(sources=sources, kb=name, model=model, embedder="fake" if model == "fake" else "fastembed",
+                           embed_context=context)
         now = iso(utcnow())
         out.append(JobRecord(job_id=f"{name}-recovered", config=config, status=t.snapshot(),
                              created_at=now, updated_at=now))
