@@ -403,6 +403,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _say(describe(e, doing=f"kbingest {args.command or 'dashboard'}"))
         return int(ExitCode.FAILED)
+    except BaseException as e:  # a Rust library's panic (pyo3's PanicException derives from BaseException)
+        if type(e).__name__ != "PanicException":
+            raise
+        from kbingest.pipeline.service import debug, describe
+
+        if debug():
+            raise
+        _say(describe(e, doing=f"kbingest {args.command or 'dashboard'}"))
+        return int(ExitCode.FAILED)
 
 
 def entry() -> None:

@@ -108,3 +108,21 @@ def test_the_batch_front_knows_the_words_that_invite_a_resume():
     assert batch.RESUME_HINT == messages.RESUME_HINT
     for kind in ("file_size", "memory", "threads"):
         assert messages.exhausted_words(kind).endswith(messages.RESUME_HINT)
+
+
+def test_a_rust_panic_escaping_a_command_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
+    """pyo3's PanicException derives from BaseException, so `except Exception` does not catch it."""
+    from kbingest.app import cli
+
+    class PanicException(BaseException):  # the name pyo3 gives it
+        pass
+
+    def boom(args):
+        raise PanicException("OS can't spawn worker thread: Resource temporarily unavailable (os error 11)")
+
+    monkeypatch.setitem(cli.COMMANDS, "jobs", boom)
+    monkeypatch.delenv("KBINGEST_DEBUG", raising=False)
+    assert cli.main(["--home", str(tmp_path / "home"), "jobs"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kbingest:") and "Traceback" not in err[0]
+    assert "thread" in err[0]
