@@ -146,7 +146,7 @@ def test_sigint_pauses_the_server_job_and_pause_cancel_steer_it(tmp_path, monkey
                 proc.kill()
         job_id = first["job_id"]
         assert proc.returncode == 130, err
-        assert lines_of(out)[-1]["status"] == "paused" if out.strip() else True
+        assert lines_of(out)[-1]["status"] == "paused"  # the last line: the job at rest
         assert f"resume with: kbingest --server {server.url} resume {job_id}" in err
         assert server.service.job(job_id).status.status.value == "paused"  # in the server, checkpoint saved
 
@@ -198,3 +198,25 @@ def test_server_errors_in_kbingest_words(tmp_path):
         assert r.returncode == 0 and r.stderr == "kbingest: no jobs in this home yet\n", r.stderr
     finally:
         server.stop()
+
+
+def test_dashboard_of_a_server_job_leaves_it_running_there_exit_0(tmp_path, monkeypatch, capsys):
+    """`kbingest --server URL ingest ...` without --batch: the dashboard on the server, the job selected;
+    quitting while the server still runs it is exit 0, saying so (not the exit code of a failed job)."""
+    from kbingest.app import dashboard
+    from kbingest.app.remote import RemoteJob, RemoteService
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.service import JobInfo
+
+    from kbingest.pipeline.job.tracker import PhaseTracker
+    from kbingest.pipeline.status import JobStatus
+
+    tracker = PhaseTracker("d-1", "d")
+    tracker.set_status(JobStatus.RUNNING, "loading")
+    snap = tracker.snapshot()
+    info = JobInfo(job_id="d-1", kb="d", config=JobConfig(sources=["/srv/d"], kb="d"), status=snap,
+                   created_at="2026-12-06T10:00:00Z", updated_at="2026-12-06T10:00:01Z")
+    service = RemoteService("http://127.0.0.1:9")
+    monkeypatch.setattr(dashboard.KbIngestApp, "run", lambda self: None)  # the user quits at once
+    assert dashboard.run_dashboard(service, RemoteJob(service, info, snap)) == 0
+    assert "job d-1 goes on in http://127.0.0.1:9 (running)" in capsys.readouterr().err
