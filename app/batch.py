@@ -211,9 +211,9 @@ def run_remote_batch(service, job, out: TextIO = sys.stdout, err: TextIO = sys.s
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     final: Optional[JobStatusResponse] = None
     moved, broken = False, 0
+    last: Optional[JobStatusResponse] = None  # a stream opened again starts with the job as it is: not twice
     try:
         while final is None:
-            last: Optional[JobStatusResponse] = None
             try:
                 for snap in service.events(job_id):
                     broken = 0
