@@ -13,7 +13,7 @@ import time
 from typing import Callable, Optional, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
-from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, debug, describe
+from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, Unreachable, debug, describe
 from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.service import printable
@@ -155,17 +155,95 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
         reporter.offer(snap)
     final = snaps[-1]
     reporter.offer(final, force=True)
+    return _report_end(reporter, final, job.errors, err, f"kbingest resume {job.job_id}")
+
+
+def _report_end(reporter: JsonLinesReporter, final: JobStatusResponse, errors: list, err: TextIO,
+                resume: str) -> ExitCode:
+    """stderr's end of a --batch run (the summary, how to resume, the failed documents); the exit code."""
     if reporter.closed:
         err.write("kbingest: stdout was closed early: the status lines stopped there; the job went on\n")
     err.write(summary_line(final) + "\n")
     if final.status == JobStatus.PAUSED or (final.status == JobStatus.FAILED and RESUME_HINT in (final.error or "")):
-        err.write(f"kbingest: resume with: kbingest resume {job.job_id}\n")
-    for e in job.errors[:20]:
+        err.write(printable(f"kbingest: resume with: {resume}") + "\n")
+    for e in errors[:20]:
         err.write(printable(f"  {e.phase}: {e.path}: {e.kind}: {e.message}") + "\n")
-    if len(job.errors) > 20:
-        err.write(f"  … and {len(job.errors) - 20} more\n")
+    if len(errors) > 20:
+        err.write(f"  … and {len(errors) - 20} more\n")
     warnings = final.metrics.get("document_warning_list") or []
     for w in warnings[:20]:
         err.write(printable(f"  warning: {w.get('path')}: {w.get('warning')}") + "\n")
     err.flush()
     return exit_code_for(final)
+
+
+# ---- --server URL: a job the server runs, followed through its events --------------------------------
+RECONNECTS = 5  # a stream broken off is opened again this many times in a row before giving up
+
+
+def run_remote_batch(service, job, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> ExitCode:
+    """`kbingest --server URL ingest|resume ... --batch`: the job runs in the server; its snapshots
+    come from the server's SSE stream (the --batch lines' moments, chosen there by the same
+    JsonLinesReporter) and are printed as they come. The job rests at a terminal status, or paused
+    (SIGINT and SIGTERM ask the server to pause it, as --batch pauses a local job): exit codes as for
+    a local job. A paused snapshot counts once the job has been seen doing something else, or once
+    the stream ends (a resumed job's first snapshot is the paused one it was resumed from)."""
+    reporter = JsonLinesReporter(out)
+    tty = err.isatty()
+    job_id = job.job_id
+
+    def ask_pause() -> None:
+        try:
+            service.request_pause(job_id)
+        except KbError as e:  # it had rested meanwhile, or the server is gone: the stream says which
+            err.write(printable(f"kbingest: {e.message}") + "\n")
+            err.flush()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        err.write(f"\nkbingest: {signal.Signals(signum).name}: pausing job {job_id} in the server "
+                  "(checkpoint first)…\n")
+        err.flush()
+        threading.Thread(target=ask_pause, name="kbingest-pause", daemon=True).start()
+
+    def rests(s: JobStatusResponse, moved: bool) -> bool:
+        return s.status.is_terminal or (s.status == JobStatus.PAUSED and moved)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    final: Optional[JobStatusResponse] = None
+    moved, broken = False, 0
+    last: Optional[JobStatusResponse] = None  # a stream opened again starts with the job as it is: not twice
+    try:
+        while final is None:
+            try:
+                for snap in service.events(job_id):
+                    broken = 0
+                    if snap != last:
+                        reporter.offer(snap, force=True)
+                    last = snap
+                    moved = moved or snap.status != JobStatus.PAUSED
+                    if tty:
+                        err.write("\r\x1b[2K" + _progress_line(snap))
+                        err.flush()
+                    if rests(snap, moved):
+                        final = snap
+                        break
+            except Unreachable:
+                broken += 1
+                if broken > RECONNECTS:
+                    raise
+                time.sleep(min(2.0, 0.2 * 2 ** broken))
+                continue
+            if final is None:  # the stream ended: the job as it is now
+                now = service.job(job_id).status
+                if rests(now, True):
+                    final = now
+                    if now != last:
+                        reporter.offer(now, force=True)
+                else:
+                    time.sleep(0.2)  # still at work (the stream broke off): follow it again
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if tty:
+        err.write("\r\x1b[2K")
+    return _report_end(reporter, final, final.errors, err, f"kbingest --server {service.url} resume {job_id}")

@@ -20,6 +20,15 @@ from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
 from kbingest.pipeline.service import InvalidInput, KbError, Service, printable
 
 ENV_HOME = "KBINGEST_HOME"
+ENV_SERVER = "KBINGEST_SERVER"
+ENV_TOKEN = "KBINGEST_TOKEN"
+# With --server URL every command goes to the server's HTTP API; these have no route there (contracts/CLI.md)
+NOT_REMOTE = {
+    "serve": "it serves a home of this machine",
+    "drain": "the server's HTTP API has no drain; run `kbingest drain JOB_ID` on the server's machine",
+    "repair": "the server's HTTP API has no repair; run `kbingest repair --kb NAME` on the server's machine",
+}
+LOCAL_ONLY = {"home": "--home", "db": "--db", "db_option": "--db-option", "no_wait": "--no-wait"}
 
 # CLI option -> JobConfig field: help text and defaults come from JobConfig, the one place that says them
 JOB_OPTIONS: list[tuple[str, str, dict]] = [
@@ -57,6 +66,14 @@ def _add_home(p: argparse.ArgumentParser) -> None:
                    help="a LanceDB storage option (repeatable; no secrets: they come from the environment)")
 
 
+def _add_server(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    p.add_argument("--server", metavar="URL", default=default,
+                   help=f"run the command on a running `kbingest serve` at URL, through its HTTP API, instead of a "
+                        f"local home; with no command: the dashboard there (env {ENV_SERVER})")
+    p.add_argument("--token", metavar="T", default=default,
+                   help=f"with --server: the server's token (env {ENV_TOKEN})")
+
+
 def _help(field: str, unit: str = "") -> str:
     d = job_default(field)
     default = "" if d is None else f" (default {d:g}{unit})" if isinstance(d, float) else f" (default {d}{unit})"
@@ -69,14 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ingest folders of documents into local LanceDB knowledge bases, "
                     "and watch and steer every phase. With no command: the dashboard.")
     _add_home(p)
-    p.add_argument("--server", metavar="URL", default=None,
-                   help="open the dashboard on a running `kbingest serve` at URL instead of a local home")
-    p.add_argument("--token", metavar="T", default=None,
-                   help="with --server: the server's token (env KBINGEST_TOKEN)")
+    _add_server(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     ing = sub.add_parser("ingest", help="start a job that ingests SOURCE files/folders into knowledge base NAME")
     _add_home(ing)
+    _add_server(ing)
     ing.add_argument("sources", nargs="+", metavar="SOURCE", help="file or folder to ingest")
     ing.add_argument("--kb", required=True, metavar="NAME", help="knowledge base (LanceDB table) name")
     ing.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
@@ -99,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     res = sub.add_parser("resume", help="continue a paused, interrupted or failed job; retry a finished job's failures")
     _add_home(res)
+    _add_server(res)
     res.add_argument("job_id", metavar="JOB_ID")
     res.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
     res.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
@@ -107,27 +123,32 @@ def build_parser() -> argparse.ArgumentParser:
                        ("drain", "drain (take no new documents, commit those loaded, complete)")):
         c = sub.add_parser(name, help=f"ask a job running in another process to {what}; returns once it has")
         _add_home(c)
+        _add_server(c)
         c.add_argument("job_id", metavar="JOB_ID")
         c.add_argument("--timeout", type=float, default=120.0,
                        help="seconds to wait (default 120); past it, exit 5 and the request is withdrawn")
 
     st = sub.add_parser("status", help="one job's status (the newest, or JOB_ID, or the newest of --kb)")
     _add_home(st)
+    _add_server(st)
     st.add_argument("job_id", nargs="?", metavar="JOB_ID")
     st.add_argument("--kb", metavar="NAME")
     st.add_argument("--json", action="store_true", help="one JSON object valid against job_status.schema.json")
 
     jb = sub.add_parser("jobs", help="all jobs, newest first")
     _add_home(jb)
+    _add_server(jb)
     jb.add_argument("--json", action="store_true", help="a JSON array of status objects")
 
     rp = sub.add_parser("repair", help="check knowledge base NAME; bring a damaged one back (its last readable "
                                        "version, or re-created for the next ingest to rebuild)")
     _add_home(rp)
+    _add_server(rp)
     rp.add_argument("--kb", required=True, metavar="NAME")
 
     se = sub.add_parser("search", help="the N best chunks for QUERY")
     _add_home(se)
+    _add_server(se)
     se.add_argument("query", metavar="QUERY")
     se.add_argument("--kb", required=True, metavar="NAME")
     se.add_argument("-k", type=int, default=5, metavar="N", help="how many chunks (default 5)")
@@ -156,7 +177,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- helpers --------------------------------------------------------------------------------
 def _service(args: argparse.Namespace) -> Service:
-    return Service(getattr(args, "home", None))
+    """The one place a command gets its service: the server's over HTTP with --server
+    (app/remote.py's RemoteService, the same methods), else the local home's."""
+    remote = getattr(args, "remote", None)
+    return remote if remote is not None else Service(getattr(args, "home", None))
+
+
+def _server_of(args: argparse.Namespace) -> tuple[Optional[str], str]:
+    """(URL, where it was given) from --server, else KBINGEST_SERVER; an empty value is none."""
+    if args.server is not None:
+        return (args.server.strip() or None), "--server"
+    return (os.environ.get(ENV_SERVER, "").strip() or None), ENV_SERVER
+
+
+def _connect(args: argparse.Namespace) -> None:
+    """--server URL (or KBINGEST_SERVER): every command goes to the server, or is refused (exit 2):
+    never answered from the local home."""
+    url, given = _server_of(args)
+    args.remote = None
+    if url is None:
+        return
+    command = args.command
+    if command in NOT_REMOTE:
+        raise InvalidInput(f"`kbingest {command}` does not run on a server ({given} {url}): {NOT_REMOTE[command]}")
+    for attr, opt in LOCAL_ONLY.items():
+        if getattr(args, attr, None):
+            raise InvalidInput(f"{opt} is for a local home; with {given} {url} the server's is used (drop one of them)")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"{given} {url}: give the server's URL, such as http://127.0.0.1:8000")
+    from kbingest.app.remote import RemoteService
+
+    args.remote = RemoteService(url, token=args.token or os.environ.get(ENV_TOKEN) or None)
 
 
 def _say(msg: str) -> None:
@@ -171,15 +222,17 @@ def _notices(svc: Service) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> JobConfig:
+    remote = getattr(args, "remote", None)
     settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
     settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
-                    watch=args.watch, embedder=args.embedder, until=args.until,
-                    **Service.location_settings(getattr(args, "home", None), getattr(args, "db", None),
-                                                getattr(args, "db_option", None)))
+                    watch=args.watch, embedder=args.embedder, until=args.until)
+    if remote is None:  # a server's jobs keep their knowledge bases where the server says
+        settings.update(Service.location_settings(getattr(args, "home", None), getattr(args, "db", None),
+                                                  getattr(args, "db_option", None)))
     if args.allow_mass_removal:
         settings["max_removal_share"] = 1.0
     try:
-        return Service.config(args.sources, args.kb, **settings)
+        return (remote or Service).config(args.sources, args.kb, **settings)
     except InvalidInput as e:
         opt = OPTION_OF_FIELD.get(e.setting or "")
         if opt:
@@ -204,7 +257,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _run(job, svc: Service, batch: bool) -> int:
-    """A watch job and a dashboard answer `kbingest search` in this home while they run (warm)."""
+    """A watch job and a dashboard answer `kbingest search` in this home while they run (warm).
+    With --server the job runs in the server: --batch follows its events, the dashboard shows it there."""
+    if getattr(svc, "url", None) is not None:
+        if batch:
+            from kbingest.app.batch import run_remote_batch
+
+            return int(run_remote_batch(svc, job))
+        from kbingest.app.dashboard import run_dashboard
+
+        return int(run_dashboard(svc, job))
     resident = svc.answer_searches() if (job.config.watch or not batch) else contextlib.nullcontext()
     with resident:
         if batch:
@@ -223,7 +285,7 @@ def cmd_control(args: argparse.Namespace, what: str) -> int:
     if before.status.status.value == {"pause": "paused", "cancel": "cancelled"}.get(what):
         _say(f"job {before.job_id} is already {before.status.status.value}")
         return int(ExitCode.OK)
-    act = {"pause": svc.pause, "cancel": svc.cancel, "drain": svc.drain}[what]
+    act = getattr(svc, what)  # pause, cancel or drain (a server's: pause and cancel)
     snap = act(before.job_id, args.timeout)
     waited = before.status.status.value == "running"
     _say(f"job {before.job_id} is {snap.status.value}" if waited else f"job {before.job_id} {snap.status.value}")
@@ -300,11 +362,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    Service.one_shot_search()
     svc = _service(args)
-    svc.resident_search = True  # a `kbingest serve` of this home answers warm
-    hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
-                      db_options=Service.db_options(getattr(args, "db_option", None)))
+    if svc is getattr(args, "remote", None):
+        hits = svc.search(args.kb, args.query, args.k, mode=args.mode)
+    else:
+        Service.one_shot_search()
+        svc.resident_search = True  # a `kbingest serve` of this home answers warm
+        hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
+                          db_options=Service.db_options(getattr(args, "db_option", None)))
     _notices(svc)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
@@ -326,10 +391,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from kbingest.app.dashboard import run_dashboard
 
-    if args.server:
-        from kbingest.app.remote import RemoteService
-
-        remote = RemoteService(args.server, token=args.token or os.environ.get("KBINGEST_TOKEN"))
+    remote = getattr(args, "remote", None)
+    if remote is not None:
         remote.ping()
         return int(run_dashboard(remote, None))
     svc = _service(args)
@@ -385,6 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     try:
+        _connect(args)
         if args.command is None:
             return cmd_dashboard(args)
         return COMMANDS[args.command](args)

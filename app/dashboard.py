@@ -810,6 +810,10 @@ def run_dashboard(service: Service, job: Optional[JobHandle]) -> ExitCode:
         sys.stderr.write(printable(f"kbingest: job {job.job_id} could not run: {app.run_error}") + "\n")
         return ExitCode.FAILED
     snap = app.last_status(job.job_id) or job.snapshot()  # r may have run it again in the dashboard
+    if snap.status in (JobStatus.RUNNING, JobStatus.PENDING):  # run by a server (--server): it goes on there
+        sys.stderr.write(printable(f"kbingest: job {job.job_id} goes on in {app.home_label} "
+                                   f"({snap.status.value})") + "\n")
+        return ExitCode.OK
     if snap.status == JobStatus.PAUSED:
         sys.stderr.write(printable(f"kbingest: job {job.job_id} paused, checkpoint saved; `kbingest` then r, "
                                    f"or `kbingest resume {job.job_id}`, continues it") + "\n")

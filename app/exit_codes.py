@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 from kbingest.pipeline.models import JobStatusResponse
-from kbingest.pipeline.service import ControlTimeout, EngineFailure, KbBusy, KbError
+from kbingest.pipeline.service import ControlTimeout, EngineFailure, KbBusy, KbError, Unreachable
 from kbingest.pipeline.status import JobStatus
 
 
@@ -33,6 +33,8 @@ def exit_code_for_error(e: KbError) -> ExitCode:
     """Every typed error is the user's to act on (exit 2), but these."""
     if isinstance(e, ControlTimeout):
         return ExitCode.TIMEOUT
+    if isinstance(e, Unreachable):  # --server: no answer (wrong URL, server down): the user's to fix, as before
+        return ExitCode.USAGE
     if isinstance(e, (EngineFailure, KbBusy)):  # KbBusy: --no-wait, the job did not run (docs/queue.md)
         return ExitCode.FAILED
     return ExitCode.USAGE

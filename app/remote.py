@@ -1,8 +1,9 @@
 """The service's interface over HTTP (httpx), for the dashboard on a running `kbingest serve`:
 `kbingest --server URL [--token T]`. The dashboard calls the same methods on it as on a local
-Service (jobs, job, find, status, engine_busy, resume, retry, request_pause, request_cancel,
+Service (jobs, job, find, status, engine_busy, start, resume, retry, request_pause, request_cancel,
 pause, cancel, search, as_interrupted); the server's typed errors come back as the same KbError
-classes, by their `kind`.
+classes, by their `kind`. The CLI's commands run on it too with `--server URL` (app/cli.py), and
+`ingest --batch` follows the server's events (app/batch.py, run_remote_batch).
 
 `resume` asks the server to run the job: the handle it returns is already started there, so
 its run() returns at once and the job shows from then on as running in another process (p, c
@@ -12,21 +13,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from kbingest.app.http_poll import API
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, JobInfo,
-                                       KbError, NotFound, Service, WrongState)
+                                       KbError, NotFound, Service, Unreachable, WrongState)
 
 TIMEOUT_S = 10.0
+EVENTS_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive comment every 15 s of silence
 _ERRORS: dict[str, type[KbError]] = {c.kind: c for c in (InvalidInput, NotFound, WrongState, Busy, Forbidden,
                                                            ControlTimeout, EngineFailure)}
 
 
-class Unreachable(KbError):
-    kind = "unreachable"
-    http_status = 502
+def transport_words(e: BaseException, timeout: Optional[float] = None) -> str:
+    """Why an HTTP exchange failed, in a few words ("connection refused", "unknown host"...)."""
+    import httpx
+
+    text = str(e).lower()
+    if isinstance(e, httpx.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(e, httpx.ConnectError):
+        if "refused" in text:
+            return "connection refused"
+        if any(w in text for w in ("name or service not known", "nodename nor servname", "name resolution",
+                                   "no address associated", "getaddrinfo")):
+            return "unknown host"
+        if "unreachable" in text:
+            return "network unreachable"
+        return text or "cannot connect"
+    if isinstance(e, httpx.TimeoutException):
+        return f"no answer within {timeout:g} s" if timeout else "no answer in time"
+    if isinstance(e, httpx.RemoteProtocolError):
+        return "the connection broke off"
+    if isinstance(e, httpx.UnsupportedProtocol):
+        return "not an http:// or https:// URL"
+    return text or type(e).__name__
 
 
 class RemoteError(KbError):
@@ -85,6 +107,8 @@ class RemoteService:
         self.url = url.rstrip("/")
         self.home = RemoteHome(self.url)
         self.notices: list[str] = []
+        self.timeout = timeout
+        self._token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = client or httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -98,16 +122,41 @@ class RemoteService:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise Unreachable(f"cannot reach kbingest serve at {self.url}: {type(e).__name__}: {e}") from None
+            raise self._unreachable(e, kw.get("timeout")) from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                kind, message = str(body["error"]), str(body["message"])
-            except (ValueError, KeyError, TypeError):
-                kind, message = "error", f"HTTP {r.status_code} from {self.url}{path}"
-            cls = _ERRORS.get(kind)
-            raise cls(message) if cls is not None else RemoteError(kind, r.status_code, message)
-        return r.json()
+            self._raise_for(r, path)
+        try:
+            return r.json()
+        except ValueError:
+            raise self._not_kbingest(r.status_code, path) from None
+
+    def _unreachable(self, e: BaseException, timeout: Optional[float] = None) -> Unreachable:
+        return Unreachable(f"cannot reach the server at {self.url} ({transport_words(e, timeout or self.timeout)})")
+
+    def _not_kbingest(self, status: int, path: str) -> RemoteError:
+        return RemoteError("error", status, f"the server at {self.url} did not answer as `kbingest serve` does "
+                                            f"(HTTP {status} for {path})")
+
+    def _raise_for(self, r: Any, path: str) -> None:
+        """An error answer as the typed error the service raises (by its kind), in kbingest's words;
+        401 and 403 said as such, with the server's reason."""
+        try:
+            body = r.json()
+            kind, message = str(body["error"]), str(body["message"])
+        except (ValueError, KeyError, TypeError):
+            raise self._not_kbingest(r.status_code, path) from None
+        if r.status_code == 401:
+            raise RemoteError(kind, 401, f"the server at {self.url} " + (
+                "refused the token (--token or KBINGEST_TOKEN)" if self._token
+                else "needs a token (--token or KBINGEST_TOKEN)"))
+        if r.status_code == 403:
+            raise Forbidden(f"the server at {self.url} refused: {message}")
+        cls = _ERRORS.get(kind)
+        if cls is not None:
+            raise cls(message)
+        if r.status_code >= 500:
+            raise EngineFailure(f"the server at {self.url} failed: {message}")
+        raise RemoteError(kind, r.status_code, message)
 
     @staticmethod
     def _info(d: dict) -> JobInfo:
@@ -144,7 +193,42 @@ class RemoteService:
         return self._call("GET", API + "/engine")["busy"]
 
     # ---- starting (in the server) ----
-    def resume(self, job_id: str) -> RemoteJob:
+    @staticmethod
+    def config(sources: list[str], kb: str, **settings: Any) -> JobConfig:
+        """A job's settings validated here as Service.config validates them (names, bounds, the option
+        at fault); the sources are paths on the server, which checks them against its --allow-root
+        folders: here each must only be absolute (a relative one would be read from the server's cwd)."""
+        import os
+
+        if not sources:
+            raise InvalidInput("no source given: name at least one file or folder")
+        for s in sources:
+            if not os.path.isabs(s):
+                raise InvalidInput(f"with --server, a SOURCE is a path on the server: give {s!r} as an absolute path")
+        config = Service.config([os.sep], kb, **settings)  # every check but the sources' (the server's to make)
+        return config.model_copy(update={"sources": list(dict.fromkeys(sources))})
+
+    def start(self, config: JobConfig, job_id: Optional[str] = None, wait: bool = True) -> RemoteJob:
+        """A new job run by the server (POST .../kb/{kb}/jobs): its sources are paths on the server,
+        checked against its --allow-root folders; the settings that differ from the defaults are sent."""
+        if not wait:
+            raise InvalidInput("--no-wait is not available with --server: the server queues a job whose "
+                               "knowledge base is busy")
+        defaults = JobConfig(sources=list(config.sources), kb=config.kb)
+        body: dict[str, Any] = {"sources": list(config.sources)}
+        for name in JobConfig.USER_SETTABLE:
+            value = getattr(config, name)
+            if value != getattr(defaults, name):
+                body[name] = value
+        if job_id is not None:
+            body["job_id"] = job_id
+        answer = self._call("POST", f"{API}/kb/{config.kb}/jobs", json=body)
+        return RemoteJob(self, self.job(answer["job_id"]), JobStatusResponse.model_validate(answer["status"]))
+
+    def resume(self, job_id: str, wait: bool = True) -> RemoteJob:
+        if not wait:
+            raise InvalidInput("--no-wait is not available with --server: the server queues a job whose "
+                               "knowledge base is busy")
         body = self._call("POST", f"{API}/jobs/{job_id}/resume")
         return RemoteJob(self, self.job(job_id), JobStatusResponse.model_validate(body["status"]))
 
@@ -170,6 +254,35 @@ class RemoteService:
         return JobStatusResponse.model_validate(body)
 
     # ---- searching ----
-    def search(self, kb: str, query: str, k: int = 5) -> list[SimpleNamespace]:
+    def search(self, kb: str, query: str, k: int = 5, mode: str = "hybrid") -> list[SimpleNamespace]:
         """Hits with the attributes of the service's SearchHit (id, score, source, heading_path, text, title)."""
-        return [SimpleNamespace(**h) for h in self._call("GET", f"{API}/kb/{kb}/search", params={"q": query, "k": k})]
+        params: dict[str, Any] = {"q": query, "k": k}
+        if mode != "hybrid":
+            params["mode"] = mode
+        return [SimpleNamespace(**h) for h in self._call("GET", f"{API}/kb/{kb}/search", params=params)]
+
+    # ---- following a job ----
+    def events(self, job_id: str) -> Iterator[JobStatusResponse]:
+        """The job's snapshots as the server's SSE stream sends them (GET .../jobs/{id}/events), until
+        the stream ends. A broken stream is Unreachable."""
+        import httpx
+
+        path = f"{API}/jobs/{job_id}/events"
+        timeout = httpx.Timeout(self.timeout, read=EVENTS_READ_TIMEOUT_S)
+        try:
+            with self._http.stream("GET", path, timeout=timeout) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise_for(r, path)
+                event, data = "", []
+                for line in r.iter_lines():
+                    if line == "":
+                        if event == "status" and data:
+                            yield JobStatusResponse.model_validate_json("\n".join(data))
+                        event, data = "", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+        except httpx.HTTPError as e:
+            raise self._unreachable(e, EVENTS_READ_TIMEOUT_S) from None

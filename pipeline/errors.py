@@ -68,3 +68,10 @@ class EngineFailure(KbError):
 
     kind = "engine_failure"
     http_status = 500
+
+
+class Unreachable(KbError):
+    """`--server URL`: the server could not be reached, or broke off (refused, unknown host, timed out)."""
+
+    kind = "unreachable"
+    http_status = 502

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
 
 from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
-                                      NotFound, WrongState)
+                                      NotFound, Unreachable, WrongState)
 from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 from kbingest.pipeline.status import JobStatus
@@ -20,7 +20,7 @@ from kbingest.pipeline.messages import debug, describe
 from kbingest.pipeline.textsafe import printable
 
 __all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy", "KbBusy",
-           "Forbidden", "ControlTimeout", "EngineFailure", "printable", "describe", "debug", "CONTROL_POLL_S"]
+           "Forbidden", "ControlTimeout", "EngineFailure", "Unreachable", "printable", "describe", "debug", "CONTROL_POLL_S"]
 
 CONTROL_POLL_S = 0.2  # how often a pause/cancel from outside the engine looks whether it took effect
 

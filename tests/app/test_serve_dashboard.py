@@ -111,4 +111,4 @@ def test_dashboard_on_an_unreachable_server_is_one_line_exit_2():
     from live_server import free_port
 
     r = run_cli("--server", f"http://127.0.0.1:{free_port()}", timeout=60)
-    assert r.returncode == 2 and "cannot reach kbingest serve" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "cannot reach the server at" in r.stderr and "(connection refused)" in r.stderr and "Traceback" not in r.stderr
