@@ -18,6 +18,7 @@ from bench.profile import fig_profile
 from bench.runtime import fig_runtime
 from bench.search_scale import fig_search_scale
 from bench.serve import fig_serve, fig_serve_wrk
+from bench.sources import fig_sources
 from bench.store import fig_store
 from bench.sweep import fig_sweep
 from bench.throughput import fig_rerun, fig_throughput
@@ -44,4 +45,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "metadata": fig_metadata,
     "cost": cost.rows,
     "mixed": mixed.rows,
+    "sources": fig_sources,
 }
