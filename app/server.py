@@ -188,17 +188,12 @@ class EngineHost:
         """Fast feedback at POST and resume (403): each source, symlinks resolved now, lies under an
         --allow-root folder; each URI source under an --allow-url prefix (what binds the job is its
         `allowed_urls`, enforced at every request: pipeline/load/sources.py)."""
-        from kbingest.pipeline.load.sources import SourceUnusable, is_uri, validate_uri
-
-        uris = [s for s in sources if is_uri(s)]
+        uris = [s for s in sources if isinstance(s, str) and Service.uri_source(s) is not None]
         for u in uris:
-            try:
-                canon = validate_uri(u)
-            except SourceUnusable as e:
-                raise InvalidInput(f"sources: {e}") from None
+            canon = Service.uri_source(u)
             if not any(canon.startswith(p) for p in self.allow_urls):
                 raise Forbidden(f"source {printable(u)!r} is not under an --allow-url prefix of this server")
-        sources = [s for s in sources if not is_uri(s)]
+        sources = [s for s in sources if s not in uris]
         if not sources and uris:
             return
         if not self.allow_roots:
@@ -871,15 +866,14 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     for root in cfg.allow_roots:
         if not Path(root).expanduser().is_dir():
             raise InvalidInput(f"--allow-root {root}: not a folder")
-    from kbingest.pipeline.load.sources import SourceUnusable, is_uri, validate_uri
-
     for i, prefix in enumerate(cfg.allow_urls):
         try:
-            if not is_uri(prefix):
-                raise SourceUnusable("expected s3://BUCKET/PREFIX or http(s)://HOST/PATH")
-            cfg.allow_urls[i] = validate_uri(prefix)
-        except SourceUnusable as e:
+            canon = Service.uri_source(prefix)
+        except InvalidInput as e:
             raise InvalidInput(f"--allow-url {printable(prefix)}: {e}") from None
+        if canon is None:
+            raise InvalidInput(f"--allow-url {printable(prefix)}: expected s3://BUCKET/PREFIX or http(s)://HOST/PATH")
+        cfg.allow_urls[i] = canon
     for name in cfg.allow_hosts:
         if not host_name(name):
             raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "

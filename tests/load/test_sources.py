@@ -327,3 +327,34 @@ def test_serve_starts_crawls_only_under_allow_url(tmp_path, site):
             assert status["metrics"]["documents_added"] == 5
     finally:
         s.stop()
+
+
+def test_watch_polls_an_s3_prefix_every_interval(home, s3):
+    client, uri, prefix = s3
+    _put(client, f"{prefix}a.md", 1)
+    svc = Service(home)
+    job = svc.watch(svc.config([uri], "docs", embedder="fake", interval=1))
+    th = threading.Thread(target=job.run)
+    th.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not job.snapshot().message.startswith("watching"):
+            assert time.monotonic() < deadline, job.snapshot().message
+            time.sleep(0.1)
+        _put(client, f"{prefix}b.md", 2, extra="Arrived while watched: echidna.")
+        while f"{uri}b.md" not in _stored(home):  # the next listing, about a second later
+            assert time.monotonic() < deadline, job.snapshot().to_json()
+            time.sleep(0.2)
+    finally:
+        job.pause()
+        th.join(60)
+    assert not th.is_alive()
+    assert (job.snapshot().m.watch_bursts or 0) >= 1
+
+
+def test_cli_refuses_a_malformed_uri_and_serve_a_malformed_allow_url(tmp_path):
+    r = run_cli("ingest", "https:///nohost", "--kb", "docs", "--batch", home=tmp_path / "h")
+    assert r.returncode == 2 and "no host" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("serve", "--allow-url", "/not/a/url", "--port", str(_free_port()), home=tmp_path / "h")
+    assert r.returncode == 2 and "--allow-url" in r.stderr, r.stderr
