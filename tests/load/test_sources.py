@@ -358,3 +358,11 @@ def test_cli_refuses_a_malformed_uri_and_serve_a_malformed_allow_url(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli("serve", "--allow-url", "/not/a/url", "--port", str(_free_port()), home=tmp_path / "h")
     assert r.returncode == 2 and "--allow-url" in r.stderr, r.stderr
+
+
+def test_dashboard_search_lists_a_remote_document_by_its_uri():
+    from kbingest.app.console import source_label
+
+    assert source_label("https://docs.example.org/guide/install.html") == "https://docs.example.org/guide/install.html"
+    assert source_label("s3://bucket/manuals/a.md") == "s3://bucket/manuals/a.md"
+    assert source_label("/home/u/docs/a.md") == "a.md"
