@@ -366,3 +366,28 @@ def test_dashboard_search_lists_a_remote_document_by_its_uri():
     assert source_label("https://docs.example.org/guide/install.html") == "https://docs.example.org/guide/install.html"
     assert source_label("s3://bucket/manuals/a.md") == "s3://bucket/manuals/a.md"
     assert source_label("/home/u/docs/a.md") == "a.md"
+
+
+@pytest.mark.xdist_group("ray")
+def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
+    """--executor ray (a private local Ray): the driver lists and reads (issue 34 item 3, the workers
+    fetching, is not done); the table holds the same pages, a re-run skips them all, a page gone is removed."""
+    pytest.importorskip("ray")
+    d = site.base + "/docs/"
+    ray = ("--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "2")
+
+    def ingest(*extra):
+        r = run_cli("ingest", d, "--kb", "docs", "--batch", "--embedder", "fake", *extra, home=tmp_path / "h",
+                    timeout=600)
+        assert r.returncode == 3, r.stderr  # completed, with the site's 404 and redirect as document errors
+        last = json.loads(r.stdout.strip().splitlines()[-1])
+        assert last["status"] == "completed"
+        return last["metrics"]
+
+    assert ingest(*ray)["documents_added"] == 5
+    m = ingest(*ray)
+    assert m["documents_skipped"] == 5 and not m.get("documents_added")
+    del site.pages["/docs/deep/page.html"]
+    m = ingest(*ray)
+    assert m["documents_removed"] == 1
+    assert sorted(_stored(Home(tmp_path / "h"))) == sorted([d, d + "guide.html", d + "api.html", d + "slow.html"])
