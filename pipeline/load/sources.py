@@ -429,8 +429,10 @@ def validate_uri(uri: str) -> str:
     if any(c in uri for c in "\x00\r\n\t "):
         raise SourceUnusable(f"source URI contains a control character or a space: {uri!r}")
     if uri.lower().startswith("s3://"):
-        split_s3(uri)
-        return uri
+        bucket, prefix = split_s3(uri)
+        if prefix and not prefix.endswith("/"):  # a folder of the bucket, as a folder is a source
+            prefix += "/"
+        return f"s3://{bucket}/{prefix}"
     p = urlsplit(uri)
     if not p.hostname:
         raise SourceUnusable(f"no host in {uri!r}: expected https://HOST/PATH")

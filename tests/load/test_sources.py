@@ -391,3 +391,11 @@ def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
     m = ingest(*ray)
     assert m["documents_removed"] == 1
     assert sorted(_stored(Home(tmp_path / "h"))) == sorted([d, d + "guide.html", d + "api.html", d + "slow.html"])
+
+
+def test_an_s3_prefix_is_a_folder_of_the_bucket(home, s3):
+    client, uri, prefix = s3
+    _put(client, f"{prefix}a/x.md", 1)
+    _put(client, f"{prefix}ab/y.md", 2)  # beside the folder a/, not in it
+    _ingest(Service(home), [uri + "a"])
+    assert sorted(_stored(home)) == [f"{uri}a/x.md"]
