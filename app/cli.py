@@ -47,6 +47,7 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--ray-wave-docs", "ray_wave_docs", {"type": int, "metavar": "N"}),
     ("--embed-context", "embed_context", {"choices": ["yes", "no"]}),  # docs/search.md
     ("--ocr", "ocr", {"choices": ["auto", "off", "force"]}),  # docs/formats.md (OCR)
+    ("--interval", "interval", {"type": float, "metavar": "SECONDS"}),
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="start a job that ingests SOURCE files/folders into knowledge base NAME")
     _add_home(ing)
     _add_server(ing)
-    ing.add_argument("sources", nargs="+", metavar="SOURCE", help="file or folder to ingest")
+    ing.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="file or folder to ingest, or s3://BUCKET/PREFIX/, or https://HOST/PATH/ (a site "
+                          "crawled within that prefix, or a sitemap.xml): docs/sources.md")
     ing.add_argument("--kb", required=True, metavar="NAME", help="knowledge base (LanceDB table) name")
     ing.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
     ing.add_argument("--watch", action="store_true", help=_help("watch").replace(" (default False)", ""))
@@ -167,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
                     help="without a token, answer requests addressed to NAME too, besides the loopback and the "
                          "bound address (repeatable)")
+    sv.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", dest="allow_urls",
+                    help="let jobs started over HTTP read s3:// objects or crawl pages under this URL prefix "
+                         "(repeatable; loopback and private addresses only when PREFIX names that host): "
+                         "docs/sources.md")
     sv.add_argument("--notify", action="append", default=[], metavar="URL",
                     help="POST the final status of each job that ends in this server to URL (repeatable)")
     sv.add_argument("--no-status-front", action="store_false", dest="status_front",
@@ -405,7 +412,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
-                       allow_hosts=args.allow_hosts, notify=args.notify, status_front=args.status_front)
+                       allow_hosts=args.allow_hosts, allow_urls=args.allow_urls,
+                       notify=args.notify, status_front=args.status_front)
     return serve(cfg, getattr(args, "home", None))
 
 

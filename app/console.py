@@ -38,6 +38,14 @@ MODAL_CSS = """
 MAX_SUGGESTIONS_SCANNED = 2000  # directory entries read for one completion
 
 
+
+def source_label(source: str) -> str:
+    """A search hit's document as the results list shows it: a file by its name, a document not on the
+    local disk (s3://, http(s)://: docs/sources.md) by its whole URI, which is its identity."""
+    if "://" in source:
+        return source
+    return os.path.basename(source) or source
+
 class ErrorScreen(ModalScreen[Optional[str]]):
     """One failed document in full. Dismisses with "retry" (r), or None."""
 
@@ -270,7 +278,7 @@ class SearchScreen(ModalScreen[None]):
         table.clear()
         for i, h in enumerate(hits):
             page = getattr(h, "page", None)
-            table.add_row(Text(f"{h.score:.3f}"), Text(safe(os.path.basename(h.source) or h.source)),
+            table.add_row(Text(f"{h.score:.3f}"), Text(safe(source_label(h.source))),
                           Text(safe(h.heading_path)), Text("" if page is None else str(page)), key=str(i))
         status = error or (f"{len(hits)} result{'s' if len(hits) != 1 else ''}: ↑↓ and enter open one"
                            if hits else "no results")

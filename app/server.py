@@ -103,6 +103,7 @@ class ServerConfig:
     port: int = 8000
     token: Optional[str] = None
     allow_roots: list[str] = field(default_factory=list)
+    allow_urls: list[str] = field(default_factory=list)  # URL prefixes jobs started over HTTP may read (issue 34)
     allow_hosts: list[str] = field(default_factory=list)  # Host names answered without a token, besides the loopback
     notify: list[str] = field(default_factory=list)
     status_front: bool = True  # status polls answered by a second process (app/status_front.py)
@@ -120,8 +121,10 @@ def is_loopback(host: str) -> bool:
 class EngineHost:
     """The jobs this process runs (each in a thread), over the service that knows every job."""
 
-    def __init__(self, service: Service, allow_roots: list[str], notifier: Optional[Notifier] = None) -> None:
+    def __init__(self, service: Service, allow_roots: list[str], notifier: Optional[Notifier] = None,
+                 allow_urls: Optional[list[str]] = None) -> None:
         self.service = service
+        self.allow_urls = list(allow_urls or [])
         self.allow_roots = [Path(r).expanduser().resolve() for r in allow_roots]
         self.notifier = notifier or Notifier([])
         self._live: dict[str, tuple[JobHandle, threading.Thread]] = {}
@@ -183,7 +186,16 @@ class EngineHost:
     # ---- starting ----
     def check_sources(self, sources: list[str]) -> None:
         """Fast feedback at POST and resume (403): each source, symlinks resolved now, lies under an
-        --allow-root folder. What binds the job is its `allowed_roots`, enforced at every pass."""
+        --allow-root folder; each URI source under an --allow-url prefix (what binds the job is its
+        `allowed_urls`, enforced at every request: pipeline/load/sources.py)."""
+        uris = [s for s in sources if isinstance(s, str) and Service.uri_source(s) is not None]
+        for u in uris:
+            canon = Service.uri_source(u)
+            if not any(canon.startswith(p) for p in self.allow_urls):
+                raise Forbidden(f"source {printable(u)!r} is not under an --allow-url prefix of this server")
+        sources = [s for s in sources if s not in uris]
+        if not sources and uris:
+            return
         if not self.allow_roots:
             raise StartingDisabled("this server starts no jobs over HTTP: it was started without --allow-root "
                                    "(`kbingest serve --allow-root DIR` allows sources under DIR)")
@@ -204,7 +216,7 @@ class EngineHost:
 
     def start(self, kb: str, sources: list[str], settings: dict[str, Any], job_id: Optional[str]) -> JobStatusResponse:
         self.check_sources(sources)
-        config = Service.config(sources, kb, allowed_roots=self.roots, **settings)
+        config = Service.config(sources, kb, allowed_roots=self.roots, allowed_urls=list(self.allow_urls), **settings)
         with self._lock:
             self._check_idle()
             return self._launch(self.service.start(config, job_id=job_id))
@@ -444,7 +456,7 @@ def create_app(service: Service, cfg: ServerConfig):
 
     from kbingest.app.server_metrics import metrics_text
 
-    host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify))
+    host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify), allow_urls=cfg.allow_urls)
     hosts = host_rule(cfg.token, cfg.host, cfg.allow_hosts)  # the Guard's token decides, as below
     app = FastAPI(title="kbingest", version="1", description="Ingestion jobs of one kbingest home: status, "
                   "control, live events, search and metrics.")
@@ -854,6 +866,14 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     for root in cfg.allow_roots:
         if not Path(root).expanduser().is_dir():
             raise InvalidInput(f"--allow-root {root}: not a folder")
+    for i, prefix in enumerate(cfg.allow_urls):
+        try:
+            canon = Service.uri_source(prefix)
+        except InvalidInput as e:
+            raise InvalidInput(f"--allow-url {printable(prefix)}: {e}") from None
+        if canon is None:
+            raise InvalidInput(f"--allow-url {printable(prefix)}: expected s3://BUCKET/PREFIX or http(s)://HOST/PATH")
+        cfg.allow_urls[i] = canon
     for name in cfg.allow_hosts:
         if not host_name(name):
             raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
@@ -868,7 +888,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     server = engine_server(uvicorn_config(app, cfg.host, cfg.port), listen, host, cfg.token, front, hosts=app.hosts)
     log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s%s", service.home.root, cfg.host, cfg.port, API,
                 "; status polls answered by a second process (the status front)" if front else "",
-                "" if cfg.allow_roots else "; starting jobs over HTTP is off (no --allow-root)")
+                "" if cfg.allow_roots or cfg.allow_urls else "; starting jobs over HTTP is off (no --allow-root)")
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
     # the process before the `finally` below (jobs paused, the announcement removed) could run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -21,6 +21,7 @@ from bench.retrieval import fig_retrieval
 from bench.runtime import fig_runtime
 from bench.search_scale import fig_search_scale
 from bench.serve import fig_serve, fig_serve_wrk
+from bench.sources import fig_sources
 from bench.store import fig_store
 from bench.sweep import fig_sweep
 from bench.throughput import fig_rerun, fig_throughput
@@ -50,4 +51,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "mixed": mixed.rows,
     "retrieval": fig_retrieval,
     "docsites": fig_docsites,
+    "sources": fig_sources,
 }

@@ -245,6 +245,13 @@ class JobConfig(BaseModel):
         "OCR (offline) of PDF pages without text and of images: auto (pages with no text layer), off (none: "
         "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"))
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
+    interval: float = Field(60.0, ge=1.0, le=86400.0, description=(
+        "--watch over s3:// or http(s):// sources: seconds between two listings or crawls"))
+    # set by `kbingest serve` only (never a CLI option or a POST field): its --allow-url prefixes. A URI
+    # source (s3://, http(s)://) of the job must lie under one, and a page is never fetched from a
+    # loopback, link-local or private address unless its prefix names that host (pipeline/load/sources.py)
+    allowed_urls: Optional[list[str]] = Field(None, description="the URL prefixes every URI this job reads "
+                                              "must lie under (kbingest serve --allow-url)")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
     until: Optional[Literal["chunking"]] = Field(None, description=(
         "dry run: stop after this phase (chunking: no model loaded, nothing written; a report of documents, "
@@ -282,7 +289,7 @@ class JobConfig(BaseModel):
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
-        "db", "db_options", "ann_min_rows", "until",
+        "db", "db_options", "ann_min_rows", "until", "interval", "allowed_urls",
         "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs", "allowed_roots")
     # The settings a user may set for a job (a CLI option each, the fields of a POST /jobs body); the
     # others are set by kbingest (sources, kb, db: their own arguments, allowed_roots: a server's) or kept
@@ -291,7 +298,7 @@ class JobConfig(BaseModel):
         "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
         "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
         "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder",
-        "embed_context", "ocr")
+        "embed_context", "ocr", "interval")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -313,7 +320,8 @@ class JobConfig(BaseModel):
     def load_limits(self) -> LoadLimits:
         return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
                           max_files=self.max_files, follow_links=self.follow_links,
-                          allowed_roots=None if self.allowed_roots is None else tuple(self.allowed_roots))
+                          allowed_roots=None if self.allowed_roots is None else tuple(self.allowed_roots),
+                          allowed_urls=None if self.allowed_urls is None else tuple(self.allowed_urls))
 
     @property
     def vector_model(self) -> str:
@@ -379,6 +387,9 @@ class LoadLimits:
     # a job of `kbingest serve`: its --allow-root folders (real paths), which bind every folder walked and
     # every file read, whatever follow_links says (load/loading.py, Bounds); None: the source is the boundary
     allowed_roots: Optional[tuple[str, ...]] = None
+    # a job of `kbingest serve`: its --allow-url prefixes, which bind every URI source (load/sources.py); None:
+    # a job of the CLI, whose operator may read any URI (loopback included)
+    allowed_urls: Optional[tuple[str, ...]] = None
 
 
 class JobRecord(BaseModel):

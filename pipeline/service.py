@@ -193,6 +193,19 @@ class Service:
             raise InvalidInput(msg if not field else f"{field}: {msg}", setting=field) from None
 
     @staticmethod
+    def uri_source(source: str) -> Optional[str]:
+        """A SOURCE that names documents not on the local disk (s3://, http(s)://: docs/sources.md) as the
+        job will hold it (a canonical URL); None for a file or folder. A malformed one is InvalidInput."""
+        from kbingest.pipeline.load.sources import SourceUnusable, is_uri, validate_uri
+
+        if not is_uri(source):
+            return None
+        try:
+            return validate_uri(source)
+        except SourceUnusable as e:
+            raise InvalidInput(str(e)) from None
+
+    @staticmethod
     def location_settings(home, db: Optional[str], options: Optional[list[str]]) -> dict:
         """The JobConfig fields of `--db URI` and `--db-option KEY=VALUE` (a bad one is InvalidInput)."""
         from kbingest.pipeline.kb.location import KbLocation

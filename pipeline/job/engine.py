@@ -454,8 +454,11 @@ class IngestJob:
         """A full pass, then one pass per burst of changes until the job is paused or cancelled.
         The feed starts before the first pass, so nothing saved during it is missed."""
         from kbingest.pipeline.job.watch import ChangeFeed
+        from kbingest.pipeline.load.sources import is_uri
 
         t = self.tracker
+        if any(is_uri(s) for s in self.config.sources):
+            return self._watch_polling()
         with ChangeFeed(self.config.sources, exclude=[str(self.home.root)]) as feed:
             self._run_pass()
             t.set_metric("last_synced_at", iso(utcnow()))
@@ -470,6 +473,22 @@ class IngestJob:
                 with self.budget.priority():  # a save goes before other jobs' bulk backfill
                     self._run_pass(None if burst.rescan else sorted(burst.paths))
                 t.set_metric("last_synced_at", iso(utcnow()))
+
+    def _watch_polling(self) -> None:
+        """--watch over s3:// or http(s):// sources (pipeline/load/sources.py): no change feed, a full pass
+        every `interval` seconds (an unchanged object or page costs its listing entry or a 304)."""
+        t, c = self.tracker, self.config
+        while True:
+            self._run_pass()
+            t.set_metric("last_synced_at", iso(utcnow()))
+            t.set_message(f"watching {len(c.sources)} source(s): next listing in {c.interval:g} s")
+            due = time.monotonic() + c.interval
+            while time.monotonic() < due and not self.control.stopping and not self.control.draining:
+                time.sleep(min(0.25, max(0.0, due - time.monotonic())))
+            if self.control.stopping or self.control.draining:
+                return
+            t.reset_phases(keep_progress=False)
+            t.incr_metric("watch_bursts")
 
     # ---- one pass ---------------------------------------------------------------------------
     def _embedder(self) -> Embedder:
@@ -518,7 +537,8 @@ class IngestJob:
             for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
                 t.skip_phase(phase)
         stages = PassStages(
-            load=LoadStage(c, r, self.control, stored, scope, kb.high_water()),
+            load=LoadStage(c, r, self.control, stored, scope, kb.high_water(),
+                           state_path=str(self.home.root / "sources" / f"{c.kb}.json")),
             chunk=ChunkStage(c, r, chunker, kb),
             embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
             index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),

@@ -166,8 +166,18 @@ def validate_sources(sources: list[str]) -> list[str]:
     """Absolute, de-duplicated sources; raise SourceError naming the first bad one."""
     if not sources:
         raise SourceError("no source given: name at least one file or folder")
+    from kbingest.pipeline.load.sources import SourceUnusable, is_uri, validate_uri
+
     out: list[str] = []
     for source in sources:
+        if is_uri(source):  # s3:// or http(s):// (pipeline/load/sources.py): syntax only, nothing fetched
+            try:
+                uri = validate_uri(source)
+            except SourceUnusable as e:
+                raise SourceError(str(e)) from None
+            if uri not in out:
+                out.append(uri)
+            continue
         path = os.path.abspath(os.fsdecode(source))
         if "\x00" in path:
             raise SourceError(f"source path contains a NUL character: {_show(path)}")
@@ -635,23 +645,30 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     warnings = []
     if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
         warnings.append("changed since it was listed: its current content was loaded")
+    return loaded_from_bytes(c.path, c.root, data, fmt, limits, tuple(warnings))
+
+
+def loaded_from_bytes(path: str, root: str, data: bytes, fmt, limits: LoadLimits,
+                      warnings: tuple[str, ...] = ()) -> LoadedDocument:
+    """A document's bytes identified and extracted by its format: the one way files and remote
+    documents (pipeline/load/sources.py) become text. Raises LoadError."""
     if not data:
         raise LoadError("empty", "the file is empty (0 bytes)")
     really = fmt.identify(data[:BINARY_SAMPLE])
     if really is not None:
         raise LoadError("wrong_format", f"not a {fmt.name} file: it looks like {really}: not loaded")
-    ex = fmt.extract_within(data, path=c.path, max_inflated=inflation_limit(limits.max_file_bytes))
+    ex = fmt.extract_within(data, path=path, max_inflated=inflation_limit(limits.max_file_bytes))
     if not ex.text.strip():
         raise LoadError("empty", "the file contains only whitespace" if fmt.name in ("text", "markdown")
                         else f"no text found in this {fmt.name} file")
     return LoadedDocument(
-        path=c.path,
-        root=c.root,
+        path=path,
+        root=root,
         text=ex.text,
         content_hash=hashlib.sha256(data).hexdigest(),
         size=len(data),
         markdown=ex.markdown,
-        warnings=tuple(warnings) + ex.warnings,
+        warnings=warnings + ex.warnings,
         format=fmt.name,
         title=ex.title,
         page_starts=ex.page_starts,

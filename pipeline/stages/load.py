@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Optional
 
 from kbingest.pipeline.load import formats
 from kbingest.pipeline.kb import ids
-from kbingest.pipeline.load import loading
+from kbingest.pipeline.load import loading, sources
 from kbingest.pipeline.load.formats import ocr
 from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.messages import note_document, reason
@@ -28,7 +28,10 @@ PHASE = JobPhase.LOADING
 def canonical(path: str) -> str:
     """A document's identity: its path with every symlink, '..' and relative part resolved, so the
     same file reached through a symlink or another spelling is one document. The walk gives it
-    (Candidate.real) wherever it can; this is the fallback, run once, at load (never after)."""
+    (Candidate.real) wherever it can; this is the fallback, run once, at load (never after). A remote
+    document's identity is its URI (pipeline/load/sources.py), as the source gave it."""
+    if sources.is_uri(path):
+        return path
     return os.path.realpath(path)
 
 
@@ -42,24 +45,29 @@ def identity(item: Candidate) -> str:
 class LoadStage:
     def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
                  stored: dict[str, StoredDoc], scope: Optional[list[str]] = None,
-                 high_water: Optional[int] = None) -> None:
+                 high_water: Optional[int] = None, state_path: Optional[str] = None) -> None:
         self.config = config
         self.r = reporter
         self.control = control
         self.stored = stored
         self.scope = scope
         self.high_water = high_water  # KnowledgeBase.high_water(): removals are measured against it
-        self.roots = [fs_text(os.path.abspath(s)) for s in config.sources]  # as sources are stored
+        # as sources are stored: a URI source (pipeline/load/sources.py) as it is
+        self.roots = [s if sources.is_uri(s) else fs_text(os.path.abspath(s)) for s in config.sources]
+        self.local = [s for s in config.sources if not sources.is_uri(s)]
+        self.remote = [s for s in config.sources if sources.is_uri(s)]
+        self.state_path = state_path  # where the pages' ETag / Last-Modified are kept (sources.WebState)
+        self.opened: list = []  # the remote sources this pass opened (their counters: the bench reads them)
         self._by_name: Optional[dict[str, list[str]]] = None  # stored documents by file name (_same_file)
         self.limits = config.load_limits()
         self.version_key = config.version_key()
 
     def _scoped_walk(self) -> tuple[Iterable, list[str]]:
         """What to walk, and the paths inside which a stored document not seen is gone."""
-        roots = [os.path.abspath(s) for s in self.config.sources]
+        roots = [os.path.abspath(s) for s in self.local]
         scope, limits = self.scope, self.limits
         if scope is None:
-            return walk(self.config.sources, limits), roots
+            return walk(self.local, limits), roots + self.remote
 
         def items():
             for root in roots:
@@ -76,10 +84,10 @@ class LoadStage:
         held: list[str] = []     # files and folders refused this pass: what it holds below them stays
         complete_walk = True
         items, covered = self._scoped_walk()
-        counted = self.scope is None
+        counted = self.scope is None and not self.remote  # a remote source's size is known as it is listed
         self.listed_total: Optional[int] = None
         if counted:  # a listing pass first (no reads): progress and ETA know the job's size
-            self.listed_total = len({i.path for i in walk(c.sources, self.limits) if isinstance(i, Candidate)})
+            self.listed_total = len({i.path for i in walk(self.local, self.limits) if isinstance(i, Candidate)})
             r.add_total(PHASE, self.listed_total)
             r.total_known(PHASE)
         listed = 0
@@ -135,6 +143,10 @@ class LoadStage:
                 continue
             yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc,
                       canonical=canon)
+        if self.remote and self.scope is None and complete_walk:
+            self._complete = True
+            yield from self._remote(seen, fed, held)
+            complete_walk = self._complete
         r.total_known(PHASE)
         if complete_walk:
             covered = [fs_text(p) for p in covered]  # sources are stored as fs_text
@@ -145,6 +157,94 @@ class LoadStage:
             for did in gone:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
         r.phase_done(PHASE)
+
+    def _remote(self, seen: set[str], fed: set[str], held: list[str]) -> Iterator[Doc]:
+        """The documents of the URI sources (pipeline/load/sources.py): an object whose listed version
+        (ETag) the table holds is skipped without being read; a page answered 304 too. A source that
+        cannot be listed holds what the table has of it; a page or object that fails is its own error."""
+        r, key = self.r, self.version_key
+        state = sources.WebState(self.state_path)
+        for url, entry in list(state.pages.items()):  # a conditional request only for what the table holds
+            old = self.stored.get(ids.doc_id(url))
+            entry["conditional"] = bool(old is not None and old.version == entry.get("version")
+                                        and (entry.get("etag") or entry.get("last_modified")))
+        try:
+            for uri in self.remote:
+                src = sources.open_source(uri, self.limits, state)
+                self.opened.append(src)
+                for item in src.items():
+                    self.control.check()
+                    if self.control.draining:
+                        self._complete = False
+                        return
+                    if isinstance(item, sources.Problem):
+                        if item.kind == "too_many_files":
+                            self._complete = False
+                        r.doc_error(item.path, PHASE, item.kind, item.message)
+                        if item.kind != "not_found":  # refused or failed now: what the table holds of it stays
+                            held.append(item.path)
+                        continue
+                    did = ids.doc_id(item.uri)
+                    if did in seen:
+                        continue
+                    seen.add(did)
+                    fed.add(uri)
+                    r.add_total(PHASE)
+                    doc = yield_doc = None
+                    old = self.stored.get(did)
+                    fmt = sources.format_for(item.uri, "text/html" if item.not_modified else None)
+                    version = ids.doc_version(item.version, key) if item.version else None
+                    if item.not_modified or (version is not None and old is not None and old.version == version):
+                        r.found(fmt.name if fmt else "unknown")
+                        r.progress(PHASE)
+                        if old is not None:
+                            self._count_skipped(old.chunks)
+                        continue
+                    note_document(item.uri)
+                    try:
+                        data, ctype = item.read()
+                        fmt = sources.format_for(item.uri, ctype)
+                        if fmt is None:
+                            raise LoadError("unsupported_format", "no format reads this document: not loaded")
+                        r.found(fmt.name)
+                        with ocr.session(self.config.ocr, self.control.check, self._page_read):
+                            doc = loading.loaded_from_bytes(item.uri, uri, data, fmt, self.limits)
+                    except LoadError as e:
+                        r.doc_error(item.uri, PHASE, e.kind, e.message)
+                        if e.kind == "vanished":
+                            seen.discard(did)  # deleted between listing and read: its chunks go too
+                        else:
+                            held.append(item.uri)
+                        r.progress(PHASE)
+                        continue
+                    except MemoryError as e:
+                        r.doc_error(item.uri, PHASE, "out_of_memory", reason(e))
+                        held.append(item.uri)
+                        r.progress(PHASE)
+                        continue
+                    r.progress(PHASE)
+                    if doc.warnings:
+                        r.warning(doc.path, doc.warnings)
+                    version = version or ids.doc_version(doc.content_hash, key)
+                    v = item.validators
+                    if v.get("etag") or v.get("last_modified") or v.get("links"):
+                        state.put(item.uri, {**v, "version": version})
+                    if old is not None and old.version == version:
+                        self._count_skipped(old.chunks)
+                        continue
+                    yield_doc = Doc(path=item.uri, doc_id=did, version=version, replaces=old is not None,
+                                    loaded=doc, canonical=item.uri)
+                    yield yield_doc
+        except sources.SourceUnusable as e:
+            self._complete = False
+            r.doc_error(self.remote[0], PHASE, "source_unusable", str(e))
+        finally:
+            for url in [u for u in state.pages if ids.doc_id(u) not in seen]:
+                state.forget(url)
+            try:
+                state.save()
+            except OSError:
+                pass
 
     def _not_processed(self, taken: int) -> int:
         """Documents a drain left: those listed and not taken (0 for a watch burst, which lists none)."""

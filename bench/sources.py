@@ -1,0 +1,174 @@
+"""Issue 34's figure `sources`: documents not on the local disk.
+
+- An unchanged re-run of N objects (10,000; 1,000 with --quick) under an `s3://` prefix of moto's S3
+  server: its time, against the unchanged re-run of the same N documents as local files (the baseline,
+  same run), and the objects downloaded (goal 0: the skip is decided from the listing's ETags).
+- A crawl of a site of P pages (200; 60 with --quick) on a local HTTP server (127.0.0.1): pages per
+  second (with the politeness delay, sources.WEB_DELAY_S, and WEB_CONCURRENCY fetches at once), against
+  the same pages ingested as local .html files (documents per second, same run).
+
+Both run in this process through the Service with the fake embedder (the figure is the loading's: an
+unchanged re-run loads no model).
+
+    python -m bench --only sources
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bench.common import Row, log
+
+BUCKET = "kbingest-bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(svc, sources, kb):
+    from kbingest.pipeline.status import JobStatus
+
+    job = svc.start(svc.config(list(sources), kb, embedder="fake"))
+    t0 = time.perf_counter()
+    snap = job.run()
+    took = time.perf_counter() - t0
+    if snap.status != JobStatus.COMPLETED:
+        raise RuntimeError(f"job {kb}: {snap.status.value}: {snap.error}")
+    return snap, took
+
+
+def _text(i: int) -> str:
+    return f"# Document {i}\n\nThe words of document {i}, about topic {i % 97} and item {i}.\n"
+
+
+def rerun_rows(ctx) -> list[Row]:
+    import os
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from kbingest.pipeline.load import sources
+    from kbingest.pipeline.service import Service
+
+    n = 1000 if ctx.quick else 10_000
+    root = ctx.ws.root / "sources"
+    folder = root / "local"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"d{i:05d}.md").write_text(_text(i))
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                                            "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    try:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        log(f"sources: putting {n} objects into moto")
+        for i in range(n):
+            client.put_object(Bucket=BUCKET, Key=f"docs/d{i:05d}.md", Body=_text(i).encode())
+        svc = Service(root / "home")
+        uri = f"s3://{BUCKET}/docs/"
+        _run(svc, [str(folder)], "local")
+        _run(svc, [uri], "remote")
+        downloads: list[int] = []
+        real = sources.S3Source._reader
+
+        def reader(self, c, key):
+            inner = real(self, c, key)
+
+            def read():
+                downloads.append(1)
+                return inner()
+            return read
+        sources.S3Source._reader = reader
+        try:
+            local_s, remote_s = [], []
+            for _ in range(ctx.reps(3, 1)):
+                snap, took = _run(svc, [str(folder)], "local")
+                assert snap.m.documents_skipped == n, snap.m
+                local_s.append(took)
+                snap, took = _run(svc, [uri], "remote")
+                assert snap.m.documents_skipped == n, snap.m
+                remote_s.append(took)
+        finally:
+            sources.S3Source._reader = real
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    best_l, best_r = min(local_s), min(remote_s)
+    return [
+        Row("34.s3_rerun_s", f"unchanged re-run of {n} objects under an s3:// prefix (moto), seconds", "s",
+            remote_s, note=f"local files baseline (same {n} documents, same run): {best_l:.2f} s"),
+        Row("34.s3_rerun_ratio", f"unchanged re-run, s3:// over local files ({n} documents)", "x",
+            [best_r / best_l], note="moto's listing is 1,000 keys a request, on the loopback"),
+        Row("34.s3_rerun_downloads", f"objects downloaded by the unchanged re-runs of {n} objects", "objects",
+            [float(len(downloads))], op="<=", target=0, goal="0: skipped from the listing's ETags"),
+    ]
+
+
+def crawl_rows(ctx) -> list[Row]:
+    from kbingest.pipeline.load import sources
+    from kbingest.pipeline.service import Service
+
+    p = 60 if ctx.quick else 200
+    root = ctx.ws.root / "crawl"
+    folder = root / "local"
+    folder.mkdir(parents=True, exist_ok=True)
+    pages = {}
+    for i in range(p):
+        links = "".join(f'<a href="p{j}.html">page {j}</a> ' for j in (i + 1, i * 2 + 1, i * 3 + 2) if j < p)
+        html = (f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1><p>{_text(i)}</p>"
+                f"{links}</body></html>").encode()
+        pages[f"/site/p{i}.html"] = html
+        (folder / f"p{i}.html").write_bytes(html)
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html" if body else "text/plain")
+            body = body or b"no"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        svc = Service(root / "home")
+        crawl, local = [], []
+        for r in range(ctx.reps(3, 1)):
+            snap, took = _run(svc, [f"http://127.0.0.1:{httpd.server_address[1]}/site/p0.html"], f"web{r}")
+            crawl.append((snap.m.documents_added or 0) / took)
+            snap, took = _run(svc, [str(folder)], f"local{r}")
+            local.append((snap.m.documents_added or 0) / took)
+    finally:
+        httpd.shutdown()
+    return [
+        Row("34.crawl_pages_s", f"crawl of a {p}-page site on 127.0.0.1, pages/s (new pages, fake embedder)",
+            "pages/s", crawl, note=f"politeness delay {sources.WEB_DELAY_S} s, {sources.WEB_CONCURRENCY} at once; "
+                                   f"the same pages as local files: {max(local):.1f} docs/s"),
+        Row("34.crawl_ratio", "crawl pages/s over the same pages as local .html files (docs/s)", "x",
+            [max(crawl) / max(local)]),
+    ]
+
+
+def fig_sources(ctx) -> list[Row]:
+    return rerun_rows(ctx) + crawl_rows(ctx)
