@@ -149,8 +149,7 @@ class EngineHost:
         return [self._with_live(i) for i in self.service.jobs()]
 
     def reads_from_memory(self) -> bool:
-        fresh = getattr(self.service.store, "fresh", None)
-        return bool(fresh and fresh())
+        return self.service.reads_from_memory()
 
     def kb_status(self, kb: str) -> JobStatusResponse:
         return self.status_of(self.service.find(kb=kb))
@@ -293,8 +292,7 @@ class EngineHost:
         if from_snap:
             return from_snap
         handle = self.live(job_id)
-        depths = getattr(getattr(handle, "executor", None), "queue_depths", None)
-        return dict(depths()) if callable(depths) else {}
+        return handle.queue_depths() if handle is not None else {}
 
 
 # ---- HTTP guard: token, body cap ---------------------------------------------------------------

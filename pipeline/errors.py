@@ -68,3 +68,10 @@ class EngineFailure(KbError):
 
     kind = "engine_failure"
     http_status = 500
+
+
+class Unsupported(KbError):
+    """This front end's service cannot do that (over `--server`: what only the server's home holds)."""
+
+    kind = "unsupported"
+    http_status = 501

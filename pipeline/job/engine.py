@@ -35,7 +35,7 @@ from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, 
 from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.job.reporter import TrackerReporter
 from kbingest.pipeline.rss import own_peak_rss_mib
-from kbingest.pipeline.stages.base import PassStages
+from kbingest.pipeline.stages.base import EmbedStep, IndexStep, PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
 from kbingest.pipeline.stages.dryrun import NoIndexStage, TallyStage, embed_rate
 from kbingest.pipeline.stages.embed import EmbedStage
@@ -92,7 +92,7 @@ class IngestJob:
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
         self._place = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
-        self._dry_run = None  # the TallyStage of a dry run's pass
+        self._dry_run: Optional[TallyStage] = None  # the TallyStage of a dry run's pass
         self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
     # ---- creating and loading ---------------------------------------------------------------
@@ -133,6 +133,12 @@ class IngestJob:
     @property
     def errors(self) -> list[DocumentError]:
         return self.reporter.errors
+
+    def queue_depths(self) -> dict[str, int]:
+        return dict(self.executor.queue_depths())
+
+    def job_store(self) -> JobStore:
+        return self.store
 
     @property
     def last_commit_at(self) -> Optional[float]:
@@ -513,19 +519,25 @@ class IngestJob:
         r.forget(scope)  # every pass finds the problems of what it walks again
         t.set_message("ingesting" if not c.until else f"dry run: stops after {c.until}")
         dry = c.until == "chunking"
+        embed: EmbedStep
+        index: IndexStep
         if dry:  # --until chunking: no model, nothing written
-            self._dry_run = TallyStage(r, chunker.counter)
+            embed = self._dry_run = TallyStage(r, chunker.counter)
+            index = NoIndexStage()
+            self._index_stage = None
             for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
                 t.skip_phase(phase)
+        else:
+            embed = EmbedStage(c, r, self.control, self._embedder)
+            index = self._index_stage = IndexStage(c, r, self.control, kb)
         stages = PassStages(
             load=LoadStage(c, r, self.control, stored, scope, kb.high_water()),
             chunk=ChunkStage(c, r, chunker, kb),
-            embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
-            index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),
+            embed=embed,
+            index=index,
             scope=scope,
             job_id=self.job_id,
         )
-        self._index_stage = stages.index
         try:
             self.executor.run_pass(stages)
         except BaseException:
@@ -536,7 +548,7 @@ class IngestJob:
                 with self._gauge_lock:
                     for key, value in self._sampler.idle(self.executor).items():
                         t.set_metric(key, value)
-        if dry:
+        if self._dry_run is not None and dry:
             rate, source = embed_rate(self.store.all(), c.vector_model)
             t.set_metric("dry_run", self._dry_run.report(rate, source))
         elif remembered is None and not kb.exists and not self.control.stopping:  # nothing written: it exists, empty
