@@ -36,7 +36,7 @@ from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
 from kbingest.widgets.format import JobView, safe, status_style, theme_style
 from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
-from kbingest.widgets.job_table import SORTS, JobTable, matches
+from kbingest.widgets.job_table import SORTS, JobTable
 from kbingest.widgets.phase_timeline import PhaseTimeline
 
 POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)

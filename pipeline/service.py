@@ -8,7 +8,7 @@ Nothing below this module is imported by app/ or widgets/ (a test checks it).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
                                       NotFound, Unsupported, WrongState)
