@@ -118,7 +118,7 @@ class RemoteService:
         return r.json()
 
     @staticmethod
-    def _info(d: dict) -> JobInfo:
+    def _info(d: dict[str, Any]) -> JobInfo:
         return JobInfo(job_id=d["job_id"], kb=d["kb"], config=JobConfig.model_validate(d["config"]),
                        status=JobStatusResponse.model_validate(d["status"]), created_at=d["created_at"],
                        updated_at=d["updated_at"])

@@ -78,7 +78,7 @@ class RaySession:
         # thread, constructor arguments in the object store) are not the operator's; its failures reach
         # the job as exceptions. RAY_BACKEND_LOG_LEVEL=info (set by the operator) brings them back.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        quiet = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        quiet: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         if ray.is_initialized():  # a driver that connected already (tests, a notebook): use it
             pass
         elif config.ray_address:
@@ -232,7 +232,7 @@ class RayExecutor(Executor):
               summaries: queue.Queue) -> None:
         """The driver's part: walk, read, hash and skip unchanged documents (LoadStage); the plan goes
         to the cluster in groups through a bounded queue, then one end mark per puller."""
-        group: list[bytes] = []
+        group: list[Optional[bytes]] = []
 
         def send(group: list[Optional[bytes]]) -> None:
             if not consumer.is_alive() and consumer.ident is None:
