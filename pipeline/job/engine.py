@@ -25,7 +25,7 @@ from kbingest.pipeline.embed.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.messages import reason
 from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
-from kbingest.pipeline.locking import HeldLocks
+from kbingest.pipeline.locking import FileLock, HeldLocks
 from kbingest.pipeline.kb.location import KbLocation
 from kbingest.pipeline.kb.table import TableError, KnowledgeBase
 from kbingest.pipeline.job.instrument import Sampler
@@ -91,7 +91,7 @@ class IngestJob:
         self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
-        self._place = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
+        self._place: Optional[FileLock] = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
         self._dry_run: Optional[TallyStage] = None  # the TallyStage of a dry run's pass
         self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
@@ -276,7 +276,7 @@ class IngestJob:
             t.set_status(JobStatus.PENDING, message)
         elif not keep:
             t.set_message(message)
-        snap, stored = self.snapshot(), {}
+        snap, stored = self.snapshot(), dict[str, Any]()
 
         def enqueue(r: JobRecord) -> JobRecord:
             stored.update(status=r.status.status)
@@ -336,7 +336,7 @@ class IngestJob:
         if resumed:
             t.reset_phases(keep_progress=not retry)  # a paused, interrupted or failed job goes on from where it was
         t.set_status(JobStatus.RUNNING, "starting: opening the knowledge base")
-        snap, stored = self.snapshot(), {}
+        snap, stored = self.snapshot(), dict[str, Any]()
 
         def claim(r: JobRecord) -> JobRecord:
             # decided against the stored record, under the store's lock: a cancel from another shell
