@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
-.PHONY: run test lint types bench bench-tools setup setup-test clean
+.PHONY: run test lint style types bench bench-tools setup setup-test clean
 # `make run` installs the package and its OCR and S3 extras (what the dashboard, the sample, scans and s3:// need); `make test` adds
 # the test extras, and the Ray and interop extras whose tests run in the suite. Each target
 # re-installs only when pyproject.toml changed since its stamp.
@@ -33,6 +33,10 @@ test: setup-test lint types
 lint: setup-test  ## ruff ([tool.ruff] in pyproject.toml): the lint rules, then the format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+style: setup-test  ## what the lead runs once the branches are merged: imports sorted (ruff's I rules), then the formatter
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
 
 # mypy checks the engine and the service seam under their installed names (kbingest.pipeline...): the
 # folders sit at the root (pyproject's package-dir), so a link tree in build/mypy maps them as installed.

@@ -857,7 +857,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
             raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
                                "or an address)")
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
-    service.store  # opened (and recovered if need be) before the first request
+    _ = service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
     host = app.app.state.host
     _log_to_stderr()

@@ -32,5 +32,5 @@ class Executor(ABC):
         """Documents waiting between phases now, by queue name ({}: this executor has no queues)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: most executors hold nothing)
         """Release what the executor holds (a cluster connection...) when the job's run ends."""
