@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from kbingest.pipeline import executors
 from kbingest.pipeline.jobstore import queue
@@ -512,7 +512,7 @@ class IngestJob:
                 raise TableError(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
                                   f"makes {dim}: use another --kb for another model")
             if kb.exists:
-                kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
+                kb.ensure(cast(int, kb.dim))  # it exists: it has a dimension. Gains the columns added since (no model)
             stored = kb.stored_docs()
         chunker = Chunker(c.chunk_settings(), self._token_counter())
         r.new_pass(full=scope is None)  # job totals go on across passes; "this_pass" restarts

@@ -473,7 +473,7 @@ class ChangeFeed:
         settled: set[str] = set()
         unsettled: set[str] = set()
         dirs: set[str] = set()
-        samples: dict[str, tuple[Optional[tuple], float]] = {}
+        samples: dict[str, tuple[tuple[int, int], float]] = {}
         for p, (first, last, sig, sig_at) in snap.items():
             overdue = now - first >= MAX_SETTLE_S
             quiet_at = last + self.quiet_seconds
