@@ -791,7 +791,7 @@ class KbIngestApp(App[None]):
 HELP_KEYS: list[tuple[str, str]] = help_from_bindings(KbIngestApp.BINDINGS)
 
 
-def run_dashboard(service: Service, job: Optional[JobHandle]) -> ExitCode:
+def run_dashboard(service: JobService, job: Optional[JobHandle]) -> ExitCode:
     """Open the dashboard on every job of the service's home; start `job` in it if given.
 
     Returns the exit code of the started job (from its final snapshot), else ExitCode.OK."""
