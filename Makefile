@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
-.PHONY: run test bench bench-tools setup setup-test clean
+.PHONY: run test lint style types bench bench-tools setup setup-test clean
 # `make run` installs the package and its OCR and S3 extras (what the dashboard, the sample, scans and s3:// need); `make test` adds
 # the test extras, and the Ray and interop extras whose tests run in the suite. Each target
 # re-installs only when pyproject.toml changed since its stamp.
@@ -27,8 +27,27 @@ setup-test: $(VENV)/.test-installed
 run: setup  ## the dashboard ingesting the sample shipped in samples/waf
 	$(BIN)/kbingest --home $(HOME_DIR) ingest samples/waf --kb sample
 
-test: setup-test
+test: setup-test lint types
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+lint: setup-test  ## ruff ([tool.ruff] in pyproject.toml): the lint rules, then the format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+style: setup-test  ## what the lead runs once the branches are merged: imports sorted (ruff's I rules), then the formatter
+	$(BIN)/ruff check --select I --fix .
+	$(BIN)/ruff format .
+
+# mypy checks the engine and the service seam under their installed names (kbingest.pipeline...): the
+# folders sit at the root (pyproject's package-dir), so a link tree in build/mypy maps them as installed.
+MYPY_TREE := build/mypy/kbingest
+types: setup-test  ## mypy ([tool.mypy] in pyproject.toml)
+	mkdir -p $(MYPY_TREE)
+	ln -sfn ../../../src/kbingest/__init__.py $(MYPY_TREE)/__init__.py
+	ln -sfn ../../../pipeline $(MYPY_TREE)/pipeline
+	ln -sfn ../../../app $(MYPY_TREE)/app
+	ln -sfn ../../../widgets $(MYPY_TREE)/widgets
+	MYPYPATH=build/mypy $(BIN)/mypy $(MYPY_TREE)/pipeline $(MYPY_TREE)/app/remote.py tests/test_seams_typed.py
 
 bench: setup-test
 	$(BIN)/pip install -q -e ".[test,bench]"

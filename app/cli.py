@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
+from kbingest.app.exit_codes import ExitCode, exit_code_for_error
 from kbingest.app.logs import log_to_stderr
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse, job_default
 from kbingest.pipeline.service import InvalidInput, KbError, Service, printable

@@ -18,7 +18,7 @@ from textual.suggester import SuggestFromList, Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
 from kbingest.pipeline.models import DocumentError, JobConfig
-from kbingest.pipeline.service import KbError, Service
+from kbingest.pipeline.service import JobService, KbError, Service
 from kbingest.widgets.format import fmt_time, safe
 
 MODAL_CSS = """
@@ -234,7 +234,7 @@ class SearchScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "close", "close", key_display="esc", id="search_close")]
     K = 10
 
-    def __init__(self, service: Service, kb: str) -> None:
+    def __init__(self, service: JobService, kb: str) -> None:
         super().__init__()
         self.service = service
         self.kb = kb

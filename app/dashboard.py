@@ -30,13 +30,13 @@ from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
 from kbingest.app.console import ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen, help_from_bindings
 from kbingest.pipeline.models import JobStatusResponse, utcnow
-from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable
+from kbingest.pipeline.service import JobHandle, JobInfo, JobService, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
 from kbingest.widgets.format import JobView, safe, status_style, theme_style
 from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
-from kbingest.widgets.job_table import SORTS, JobTable, matches
+from kbingest.widgets.job_table import SORTS, JobTable
 from kbingest.widgets.phase_timeline import PhaseTimeline
 
 POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
@@ -126,8 +126,8 @@ class KbIngestApp(App[None]):
         super().__init__()
         # one store per process where possible: the job's own (opening a JobStore sweeps its temp files).
         # A service (local, or app/remote.py's over HTTP) is used as it is.
-        self.service = source if hasattr(source, "jobs") else Service(
-            source, store=store or getattr(job, "store", None))
+        self.service: JobService = source if hasattr(source, "jobs") else Service(
+            source, store=store if store is not None else (job.job_store() if job is not None else None))
         self.home = self.service.home
         self.job = job
         self.clock = clock or utcnow
@@ -431,7 +431,7 @@ class KbIngestApp(App[None]):
             s == JobStatus.COMPLETED and v.failed_docs > 0)
 
     def _can_drain(self, v: Optional[JobView]) -> bool:
-        return v is not None and hasattr(self.service, "drain") and v.status == JobStatus.RUNNING
+        return v is not None and self.service.can_drain() and v.status == JobStatus.RUNNING
 
     def _can_cancel(self, v: Optional[JobView]) -> bool:
         return v is not None and v.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED)
@@ -637,13 +637,13 @@ class KbIngestApp(App[None]):
     # ---- drain, new job, search -----------------------------------------------------------------
     def action_drain(self) -> None:
         v = self.selected
-        drain = getattr(self.service, "drain", None)
-        if v is None or drain is None:
-            self._say("drain is not available in this version of kbingest" if drain is None else "no job selected",
+        drain = self.service.can_drain()
+        if v is None or not drain:
+            self._say("drain is not available in this version of kbingest" if not drain else "no job selected",
                       severity="warning")
             return
         try:
-            drain(v.job_id)
+            self.service.drain(v.job_id)
         except Exception as e:
             self._say(f"cannot drain {v.job_id}: {e}", severity="error")
             return
@@ -655,7 +655,7 @@ class KbIngestApp(App[None]):
             kbs = self.service.knowledge_bases()
         except Exception:
             kbs = []
-        default = getattr(self.service, "default_embedder", None) or "fastembed"
+        default = self.service.default_embedder()
         self.push_screen(NewJobScreen(kbs, embedder=default), self._new_job_answer)
 
     def _new_job_answer(self, config: Any) -> None:
@@ -791,7 +791,7 @@ class KbIngestApp(App[None]):
 HELP_KEYS: list[tuple[str, str]] = help_from_bindings(KbIngestApp.BINDINGS)
 
 
-def run_dashboard(service: Service, job: Optional[JobHandle]) -> ExitCode:
+def run_dashboard(service: JobService, job: Optional[JobHandle]) -> ExitCode:
     """Open the dashboard on every job of the service's home; start `job` in it if given.
 
     Returns the exit code of the started job (from its final snapshot), else ExitCode.OK."""

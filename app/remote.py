@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 from kbingest.app.http_poll import API
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, JobInfo,
-                                       KbError, NotFound, Service, Unreachable, WrongState)
+                                       KbError, NotFound, Service, Unreachable, Unsupported, WrongState)
 
 TIMEOUT_S = 10.0
 EVENTS_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive comment every 15 s of silence
@@ -95,11 +95,19 @@ class RemoteJob:
     def cancel(self) -> None:
         self._service.request_cancel(self.job_id)
 
+    def queue_depths(self) -> dict[str, int]:
+        return {}  # its executor is in the server
+
+    def job_store(self) -> None:
+        return None
+
 
 class RemoteService:
     """Service's reading and steering methods, answered by a `kbingest serve` at `url`."""
 
-    as_interrupted = staticmethod(Service.as_interrupted)  # pure: computed here
+    @staticmethod
+    def as_interrupted(snap: JobStatusResponse) -> JobStatusResponse:
+        return Service.as_interrupted(snap)  # pure: computed here
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = TIMEOUT_S, client: Any = None) -> None:
         import httpx
@@ -159,7 +167,7 @@ class RemoteService:
         raise RemoteError(kind, r.status_code, message)
 
     @staticmethod
-    def _info(d: dict) -> JobInfo:
+    def _info(d: dict[str, Any]) -> JobInfo:
         return JobInfo(job_id=d["job_id"], kb=d["kb"], config=JobConfig.model_validate(d["config"]),
                        status=JobStatusResponse.model_validate(d["status"]), created_at=d["created_at"],
                        updated_at=d["updated_at"])
@@ -190,7 +198,14 @@ class RemoteService:
         return self.find(job_id, kb).status
 
     def engine_busy(self, kb: Optional[str] = None) -> Optional[str]:
-        return self._call("GET", API + "/engine")["busy"]
+        busy: Optional[str] = self._call("GET", API + "/engine")["busy"]
+        return busy
+
+    def knowledge_bases(self) -> list[str]:
+        return []  # the server lists none: a new-job form offers no names
+
+    def default_embedder(self) -> str:
+        return str(JobConfig.model_fields["embedder"].default)  # as a local Service proposes
 
     # ---- starting (in the server) ----
     @staticmethod
@@ -232,7 +247,9 @@ class RemoteService:
         body = self._call("POST", f"{API}/jobs/{job_id}/resume")
         return RemoteJob(self, self.job(job_id), JobStatusResponse.model_validate(body["status"]))
 
-    def retry(self, job_id: str) -> RemoteJob:
+    def retry(self, job_id: str, paths: Optional[list[str]] = None, wait: bool = True) -> RemoteJob:
+        if paths is not None:
+            raise Unsupported("retrying single documents is not available over --server: retry the whole job (r)")
         info = self.job(job_id)
         if info.status.status.value != "completed" or not info.status.m.documents_failed:
             raise WrongState(f"job {info.job_id} has no failed documents to retry (it is {info.status.status.value})")
@@ -243,7 +260,7 @@ class RemoteService:
         self._call("POST", f"{API}/jobs/{job_id}/pause", params={"wait": "false"})
 
     def request_cancel(self, job_id: str) -> str:
-        return self._call("POST", f"{API}/jobs/{job_id}/cancel", params={"wait": "false"})["outcome"]
+        return str(self._call("POST", f"{API}/jobs/{job_id}/cancel", params={"wait": "false"})["outcome"])
 
     def pause(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
         body = self._call("POST", f"{API}/jobs/{job_id}/pause", params={"timeout": timeout}, timeout=timeout + 10)
@@ -252,6 +269,19 @@ class RemoteService:
     def cancel(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
         body = self._call("POST", f"{API}/jobs/{job_id}/cancel", params={"timeout": timeout}, timeout=timeout + 10)
         return JobStatusResponse.model_validate(body)
+
+    def can_drain(self) -> bool:
+        return False  # the server has no drain request
+
+    def drain(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
+        raise Unsupported("drain is not available over --server")
+
+    # ---- preferences: the server's home keeps its own ----
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def save_settings(self, **updates: Any) -> dict[str, Any]:
+        raise Unsupported("preferences are not kept over --server")
 
     # ---- searching ----
     def search(self, kb: str, query: str, k: int = 5, mode: str = "hybrid") -> list[SimpleNamespace]:

@@ -152,8 +152,7 @@ class EngineHost:
         return [self._with_live(i) for i in self.service.jobs()]
 
     def reads_from_memory(self) -> bool:
-        fresh = getattr(self.service.store, "fresh", None)
-        return bool(fresh and fresh())
+        return self.service.reads_from_memory()
 
     def kb_status(self, kb: str) -> JobStatusResponse:
         return self.status_of(self.service.find(kb=kb))
@@ -305,8 +304,7 @@ class EngineHost:
         if from_snap:
             return from_snap
         handle = self.live(job_id)
-        depths = getattr(getattr(handle, "executor", None), "queue_depths", None)
-        return dict(depths()) if callable(depths) else {}
+        return handle.queue_depths() if handle is not None else {}
 
 
 # ---- HTTP guard: token, body cap ---------------------------------------------------------------
@@ -879,7 +877,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
             raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
                                "or an address)")
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
-    service.store  # opened (and recovered if need be) before the first request
+    _ = service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
     host = app.app.state.host
     _log_to_stderr()

@@ -58,7 +58,7 @@ QUESTIONS: list[tuple[str, str]] = [
     ("Make a normal distribution estimated from sample data", "from_samples("),
 ]
 
-CONF = f"""project = "statistics"
+CONF = """project = "statistics"
 extensions = ["sphinx.ext.autodoc"]
 html_theme = "alabaster"
 """

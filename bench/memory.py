@@ -27,7 +27,7 @@ def fig_memory(ctx: Ctx) -> list[Row]:
     # 10x, real model, bounded prefix: SIGINT (pause) after `bound` s
     bound = min(wall1, 40.0 if ctx.quick else 300.0)
     prefix = []
-    for rep in range(ctx.reps(1, 1)):
+    for _rep in range(ctx.reps(1, 1)):
         home = ctx.ws.home("mem10x")
         log(f"  10x corpus, real model, paused by SIGINT after {bound:.0f} s")
         r = run_ingest(ctx.ws, home, [docs10], signal_after=bound, timeout=bound + 600)

@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 import time
-from pathlib import Path
 from typing import Any
 
 import subprocess

@@ -40,7 +40,7 @@ def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[sub
                                "--temp-dir", temp, *ports, *common], **quiet)]
     address = f"127.0.0.1:{port}"
     _wait_for(address, 1, env)
-    for i in range(1, nodes):
+    for _i in range(1, nodes):
         ports = ["--metrics-export-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
                  "--dashboard-agent-grpc-port", str(_free_port())]
         procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *ports, *common], **quiet))

@@ -67,7 +67,7 @@ def fig_runtime(ctx: Ctx) -> list[Row]:
         ratios.append(pair["ours"]["chunks_per_s"] / pair["fe"]["chunks_per_s"])
         load.append(os.getloadavg()[0])
     inter = []
-    for rep in range(ctx.reps(2, 1)):  # the same pair in one process, alternating every 16 texts
+    for _rep in range(ctx.reps(2, 1)):  # the same pair in one process, alternating every 16 texts
         d, _ = run_inproc(ctx.ws, "embed_interleaved", {"corpus": str(corpus_root()), "n": n, "fe_batch": 1,
                                                         "batch_size": KBINGEST_CALL_BATCH, "group": 16}, timeout=1800)
         inter.append(d)

@@ -309,7 +309,7 @@ class StaticResponder:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read()[-400:] if self.proc.stderr else ''}")
+                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read()[-400:] if self.proc.stderr else ''}") from None
                 time.sleep(0.1)
 
     def serve(self, body: bytes) -> None:

@@ -88,7 +88,7 @@ def fig_rerun(ctx: Ctx) -> list[Row]:
     n_pages = ctx.pages(None, 4)
     docs = ctx.ws.subset(n_pages)
     reruns = []
-    for rep in range(ctx.reps(1, 1)):
+    for _rep in range(ctx.reps(1, 1)):
         run = first_run(ctx, docs, "rerun", 5400)
         reruns += run_again(ctx, run, docs, ctx.reps(3, 2))
         ctx.shared.setdefault("first_runs", []).append(run)

@@ -75,3 +75,10 @@ class Unreachable(KbError):
 
     kind = "unreachable"
     http_status = 502
+
+
+class Unsupported(KbError):
+    """This front end's service cannot do that (over `--server`: what only the server's home holds)."""
+
+    kind = "unsupported"
+    http_status = 501

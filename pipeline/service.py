@@ -8,54 +8,21 @@ Nothing below this module is imported by app/ or widgets/ (a test checks it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
-                                      NotFound, Unreachable, WrongState)
+                                      NotFound, Unreachable, Unsupported, WrongState)
 from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
+from kbingest.pipeline.seams import JobHandle, JobInfo, JobService
 from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.messages import debug, describe
 from kbingest.pipeline.textsafe import printable
 
 __all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy", "KbBusy",
-           "Forbidden", "ControlTimeout", "EngineFailure", "Unreachable", "printable", "describe", "debug", "CONTROL_POLL_S"]
+           "Forbidden", "ControlTimeout", "EngineFailure", "Unreachable", "Unsupported", "printable", "describe", "debug", "CONTROL_POLL_S", "JobService"]
 
 CONTROL_POLL_S = 0.2  # how often a pause/cancel from outside the engine looks whether it took effect
-
-
-class JobHandle(Protocol):
-    """A job to run in this process: what `start`, `resume` and `retry` return."""
-
-    job_id: str
-    config: JobConfig
-
-    def run(self) -> JobStatusResponse: ...
-    def pause(self) -> None: ...
-    def cancel(self) -> None: ...
-    def snapshot(self) -> JobStatusResponse: ...
-    def snapshots_since(self, seq: int) -> tuple[list[JobStatusResponse], int]: ...  # every status change, then now
-
-    @property
-    def errors(self) -> list[DocumentError]: ...
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A stored job as a front end shows it: its status as it is now (one whose process died shows
-    as paused, interrupted), with its config and times."""
-
-    job_id: str
-    kb: str
-    config: JobConfig
-    status: JobStatusResponse
-    created_at: str
-    updated_at: str
-
-    @property
-    def errors(self) -> list[DocumentError]:
-        return self.status.errors
 
 
 def _validated(value: str, what: str) -> str:
@@ -97,6 +64,14 @@ class Service:
 
                 self._store = ReadCachedStore(self._store)
         return self._store
+
+    def reads_from_memory(self) -> bool:
+        """Whether a read is answered from memory now (cached_reads, the store file unchanged): no
+        lock, no parse, so a caller on an event loop may read inline."""
+        from kbingest.pipeline.jobstore.cache import ReadCachedStore
+
+        store = self.store
+        return isinstance(store, ReadCachedStore) and store.fresh()
 
     def _record(self, job_id: str) -> JobRecord:
         rec = self.store.get(_validated(job_id, "job id"))
@@ -146,6 +121,10 @@ class Service:
             if why is not None:
                 return why[0].removeprefix("pending: ")
         return None
+
+    def default_embedder(self) -> str:
+        """The embedder a new-job form proposes: JobConfig's default."""
+        return str(JobConfig.model_fields["embedder"].default)
 
     def knowledge_bases(self) -> list[str]:
         """The knowledge bases of this home (LanceDB tables), sorted: what a new-job form offers."""
@@ -344,6 +323,9 @@ class Service:
             raise WrongState(f"job {info.job_id} is not running (it is {info.status.status.value}); nothing to drain"
                              + (": cancel a pending job instead" if info.status.status == JobStatus.PENDING else ""))
         self.store.request(info.job_id, "drain")
+
+    def can_drain(self) -> bool:
+        return True
 
     def drain(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse:
         """Drain a job some engine runs (cancel its loading only) and wait until it has completed."""

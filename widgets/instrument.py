@@ -15,7 +15,7 @@ from textual.widgets import Static
 
 from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
-from kbingest.widgets.format import fit, fmt_duration, fmt_rate, safe, theme_style
+from kbingest.widgets.format import fit, fmt_duration, safe, theme_style
 
 SAMPLE_S = 2.0        # one rate sample per phase every 2 s
 HISTORY = 150         # samples kept per phase: the last 5 minutes

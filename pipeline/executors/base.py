@@ -28,5 +28,9 @@ class Executor(ABC):
         """Pause (PAUSED) or cancel (CANCELLED): the one call that reaches a running executor."""
         self.control.request(reason)
 
-    def close(self) -> None:
+    def queue_depths(self) -> dict[str, int]:
+        """Documents waiting between phases now, by queue name ({}: this executor has no queues)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 (a hook: most executors hold nothing)
         """Release what the executor holds (a cluster connection...) when the job's run ends."""

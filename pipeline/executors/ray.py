@@ -40,7 +40,7 @@ from kbingest.pipeline.executors.base import Executor
 from kbingest.pipeline.executors.ray_workers import ENV_FORWARDED, replay
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, PassStages
-from kbingest.pipeline.stages.index import fault_point
+from kbingest.pipeline.stages.index import IndexStage, fault_point
 from kbingest.pipeline.status import JobPhase
 
 log = logging.getLogger("kbingest.engine")
@@ -78,7 +78,7 @@ class RaySession:
         # thread, constructor arguments in the object store) are not the operator's; its failures reach
         # the job as exceptions. RAY_BACKEND_LOG_LEVEL=info (set by the operator) brings them back.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        quiet = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        quiet: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
         if ray.is_initialized():  # a driver that connected already (tests, a notebook): use it
             pass
         elif config.ray_address:
@@ -128,9 +128,19 @@ class RayExecutor(Executor):
             self.session = None
 
     # ---- one pass ---------------------------------------------------------------------------
+    @staticmethod
+    def _table_stage(stages: PassStages) -> IndexStage:
+        """The IndexStage of the pass: the Ray executor stages its waves in the table's storage."""
+        index = stages.index
+        if not isinstance(index, IndexStage):
+            raise PhaseFailed(JobPhase.INDEXING, "the ray executor writes a knowledge base: no dry run (--until "
+                                                 "chunking) with --executor ray; use --executor threads")
+        return index
+
     def run_pass(self, stages: PassStages) -> None:
-        config: JobConfig = stages.index.config
-        kb = stages.index.kb
+        index = self._table_stage(stages)
+        config: JobConfig = index.config
+        kb = index.kb
         if self.session is None:
             self.session = RaySession(config)
         self._failure: Optional[PhaseFailed] = None
@@ -159,7 +169,8 @@ class RayExecutor(Executor):
         removals: list[Doc] = []
         summaries: queue.Queue = queue.Queue()
         # the cluster's part starts with the first document to work on (an unchanged pass starts nothing)
-        kb = stages.index.kb
+        index = self._table_stage(stages)
+        kb = index.kb
         consumer = threading.Thread(
             target=lambda: self._consume(self._dataset(config, kb, plan, staging, registry), summaries),
             name="kbingest-ray", daemon=True)
@@ -184,11 +195,11 @@ class RayExecutor(Executor):
                         self._commit(stages, staging, wave, removals)
                     break
                 if item is not None:
-                    replay(item["reports"], stages.index.r)
+                    replay(item["reports"], index.r)
                     if item["rows"]:
                         node = item["node"] or "?"
                         self.rows_by_node[node] = self.rows_by_node.get(node, 0) + item["rows"]
-                        stages.index.r.set("ray_rows_by_node", dict(self.rows_by_node))
+                        index.r.set("ray_rows_by_node", dict(self.rows_by_node))
                     wave.append(item)
                     wave_docs += len(item["docs"])
                 if wave and (wave_docs >= config.ray_wave_docs or time.monotonic() - wave_started >= WAVE_SECONDS):
@@ -221,7 +232,7 @@ class RayExecutor(Executor):
               summaries: queue.Queue) -> None:
         """The driver's part: walk, read, hash and skip unchanged documents (LoadStage); the plan goes
         to the cluster in groups through a bounded queue, then one end mark per puller."""
-        group: list[bytes] = []
+        group: list[Optional[bytes]] = []
 
         def send(group: list[Optional[bytes]]) -> None:
             if not consumer.is_alive() and consumer.ident is None:
@@ -296,7 +307,7 @@ class RayExecutor(Executor):
     def _commit(self, stages: PassStages, staging: str, wave: list[dict], removals: list[Doc]) -> None:
         """One wave: its fragments become one version of the staging dataset, then its whole documents
         are written in ONE merge_insert (IndexStage.flush: checkpoint and metrics as for threads)."""
-        index = stages.index
+        index = self._table_stage(stages)
         fragments = [f for s in wave for f in s["fragments"]]
         by_doc: dict[str, list[dict]] = {}
         if fragments:

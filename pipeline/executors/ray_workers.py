@@ -83,7 +83,7 @@ class TableVectors:
             log.warning("could not count the rows of %s on this worker", self.name, exc_info=True)
             return 0
 
-    def vectors_by_hash(self, hashes, model: str) -> dict:
+    def vectors_by_hash(self, hashes: Iterable[str], model: str) -> dict[str, Any]:
         from kbingest.pipeline.kb.table import stored_vectors
 
         return stored_vectors(self._open(), hashes, model)

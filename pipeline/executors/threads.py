@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline.job.control import PhaseFailed, Stopped
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.executors.base import Executor
 from kbingest.pipeline.messages import describe, noted_document
 from kbingest.pipeline.textsafe import fs_text
@@ -33,6 +33,11 @@ _PHASE_OF_WORKER = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
 class ThreadExecutor(Executor):
     name = "threads"
     capacity = {"docs": QUEUE_DOCS, "chunked": QUEUE_CHUNKED, "embedded": QUEUE_EMBEDDED}
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__(control)
+        self.queues: dict[str, queue.Queue[Any]] = {}  # between the phases, while a pass runs
+        self.stages: Optional[PassStages] = None
 
     def run_pass(self, stages: PassStages) -> None:
         self._failure: Optional[PhaseFailed] = None
@@ -65,7 +70,7 @@ class ThreadExecutor(Executor):
             raise self._failure
 
     def queue_depths(self) -> dict[str, int]:
-        return {name: qq.qsize() for name, qq in getattr(self, "queues", {}).items()}
+        return {name: qq.qsize() for name, qq in self.queues.items()}
 
     def _timed(self, phase: str, item: Any, fn: Callable[[Any], Any]) -> Any:
         self.current[phase] = item

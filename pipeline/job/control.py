@@ -96,4 +96,5 @@ def with_retries(phase: JobPhase, fn, *, retries: int, control: RunControl, on_r
                 delay = min(delay * 2, 5.0)
     if quiet:
         return None
+    assert last is not None  # the loop ran at least once
     raise PhaseFailed(phase, f"{phase.value} failed after {retries + 1} attempts: {reason(last)}")

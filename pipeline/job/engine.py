@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from kbingest.pipeline import executors
 from kbingest.pipeline.jobstore import queue
@@ -25,7 +25,7 @@ from kbingest.pipeline.embed.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
 from kbingest.pipeline.messages import reason
 from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
-from kbingest.pipeline.locking import HeldLocks
+from kbingest.pipeline.locking import FileLock, HeldLocks
 from kbingest.pipeline.kb.location import KbLocation
 from kbingest.pipeline.kb.table import TableError, KnowledgeBase
 from kbingest.pipeline.job.instrument import Sampler
@@ -35,7 +35,7 @@ from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, 
 from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.job.reporter import TrackerReporter
 from kbingest.pipeline.rss import own_peak_rss_mib
-from kbingest.pipeline.stages.base import PassStages
+from kbingest.pipeline.stages.base import EmbedStep, IndexStep, PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
 from kbingest.pipeline.stages.dryrun import NoIndexStage, TallyStage, embed_rate
 from kbingest.pipeline.stages.embed import EmbedStage
@@ -91,8 +91,8 @@ class IngestJob:
         self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
-        self._place = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
-        self._dry_run = None  # the TallyStage of a dry run's pass
+        self._place: Optional[FileLock] = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
+        self._dry_run: Optional[TallyStage] = None  # the TallyStage of a dry run's pass
         self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
     # ---- creating and loading ---------------------------------------------------------------
@@ -133,6 +133,12 @@ class IngestJob:
     @property
     def errors(self) -> list[DocumentError]:
         return self.reporter.errors
+
+    def queue_depths(self) -> dict[str, int]:
+        return dict(self.executor.queue_depths())
+
+    def job_store(self) -> JobStore:
+        return self.store
 
     @property
     def last_commit_at(self) -> Optional[float]:
@@ -270,7 +276,7 @@ class IngestJob:
             t.set_status(JobStatus.PENDING, message)
         elif not keep:
             t.set_message(message)
-        snap, stored = self.snapshot(), {}
+        snap, stored = self.snapshot(), dict[str, Any]()
 
         def enqueue(r: JobRecord) -> JobRecord:
             stored.update(status=r.status.status)
@@ -330,7 +336,7 @@ class IngestJob:
         if resumed:
             t.reset_phases(keep_progress=not retry)  # a paused, interrupted or failed job goes on from where it was
         t.set_status(JobStatus.RUNNING, "starting: opening the knowledge base")
-        snap, stored = self.snapshot(), {}
+        snap, stored = self.snapshot(), dict[str, Any]()
 
         def claim(r: JobRecord) -> JobRecord:
             # decided against the stored record, under the store's lock: a cancel from another shell
@@ -525,27 +531,33 @@ class IngestJob:
                 raise TableError(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
                                   f"makes {dim}: use another --kb for another model")
             if kb.exists:
-                kb.ensure(kb.dim)  # a table made by an earlier version gains the columns added since (no model needed)
+                kb.ensure(cast(int, kb.dim))  # it exists: it has a dimension. Gains the columns added since (no model)
             stored = kb.stored_docs()
         chunker = Chunker(c.chunk_settings(), self._token_counter())
         r.new_pass(full=scope is None)  # job totals go on across passes; "this_pass" restarts
         r.forget(scope)  # every pass finds the problems of what it walks again
         t.set_message("ingesting" if not c.until else f"dry run: stops after {c.until}")
         dry = c.until == "chunking"
+        embed: EmbedStep
+        index: IndexStep
         if dry:  # --until chunking: no model, nothing written
-            self._dry_run = TallyStage(r, chunker.counter)
+            embed = self._dry_run = TallyStage(r, chunker.counter)
+            index = NoIndexStage()
+            self._index_stage = None
             for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
                 t.skip_phase(phase)
+        else:
+            embed = EmbedStage(c, r, self.control, self._embedder)
+            index = self._index_stage = IndexStage(c, r, self.control, kb)
         stages = PassStages(
             load=LoadStage(c, r, self.control, stored, scope, kb.high_water(),
                            state_path=str(self.home.root / "sources" / f"{c.kb}.json")),
             chunk=ChunkStage(c, r, chunker, kb),
-            embed=self._dry_run if dry else EmbedStage(c, r, self.control, self._embedder),
-            index=NoIndexStage() if dry else IndexStage(c, r, self.control, kb),
+            embed=embed,
+            index=index,
             scope=scope,
             job_id=self.job_id,
         )
-        self._index_stage = stages.index
         try:
             self.executor.run_pass(stages)
         except BaseException:
@@ -556,7 +568,7 @@ class IngestJob:
                 with self._gauge_lock:
                     for key, value in self._sampler.idle(self.executor).items():
                         t.set_metric(key, value)
-        if dry:
+        if self._dry_run is not None and dry:
             rate, source = embed_rate(self.store.all(), c.vector_model)
             t.set_metric("dry_run", self._dry_run.report(rate, source))
         elif remembered is None and not kb.exists and not self.control.stopping:  # nothing written: it exists, empty

@@ -114,7 +114,7 @@ try:  # Linux with watchdog >= 7
             self._kb_on_trouble = on_trouble
             super().__init__()
 
-        def add_callback(self, path, mask, callback, id_):  # type: ignore[no-untyped-def]
+        def add_callback(self, path, mask, callback, id_):
             try:
                 return super().add_callback(path, mask, callback, id_)
             except OSError as e:
@@ -122,7 +122,7 @@ try:  # Linux with watchdog >= 7
                     self._kb_on_trouble("limit", e)
                 raise
 
-        def handle_event(self, event) -> None:  # type: ignore[no-untyped-def]
+        def handle_event(self, event) -> None:
             if event.is_queue_overflow:
                 self._kb_on_trouble("overflow", None)
             super().handle_event(event)
@@ -473,7 +473,7 @@ class ChangeFeed:
         settled: set[str] = set()
         unsettled: set[str] = set()
         dirs: set[str] = set()
-        samples: dict[str, tuple[Optional[tuple], float]] = {}
+        samples: dict[str, tuple[tuple[int, int], float]] = {}
         for p, (first, last, sig, sig_at) in snap.items():
             overdue = now - first >= MAX_SETTLE_S
             quiet_at = last + self.quiet_seconds

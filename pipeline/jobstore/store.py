@@ -57,7 +57,7 @@ class StoreWriteError(EngineFailure):
 
     def __init__(self, path: Path, e: OSError) -> None:
         what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror or type(e).__name__)
+                errno.EROFS: "the file system is read-only"}.get(e.errno or 0, e.strerror or type(e).__name__)
         super().__init__(f"cannot save the job store {path}: {what}; its last saved state is kept. "
                          "Free space (or fix the disk), then run the command again")
         self.errno = e.errno

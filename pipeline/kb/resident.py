@@ -102,7 +102,7 @@ def search(info: dict[str, Any], kb: str, query: str, k: int, mode: str) -> Opti
         cls = {"not_found": errors.NotFound, "invalid_input": errors.InvalidInput}.get(body.get("error"))
         if cls is None:
             return None
-        raise cls(str(body.get("message", "")))
+        raise cls(str(body.get("message", ""))) from None
     except (OSError, ValueError):
         return None
 

@@ -7,7 +7,7 @@ PhaseTracker. A stage reads settings from the JobConfig it is given, never from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Iterable, Iterator, Optional, Protocol
 
 from kbingest.pipeline.status import JobPhase
 
@@ -48,13 +48,59 @@ class Reporter(Protocol):
     def checkpoint(self) -> None: ...
 
 
+# What an executor calls of each stage (pipeline/executors/): LoadStage, ChunkStage, EmbedStage and
+# IndexStage implement them, and the dry run's TallyStage and NoIndexStage (pipeline/stages/dryrun.py).
+class LoadStep(Protocol):
+    """The documents of a pass, in order: changed ones loaded, gone ones as removals."""
+
+    def __iter__(self) -> Iterator[Doc]: ...
+
+
+class ChunkStep(Protocol):
+    def __call__(self, d: Doc) -> Optional[Doc]:
+        """The document with its rows; None when it failed (reported). A removal passes through."""
+        ...
+
+    def finish(self) -> None:
+        """Every document is chunked."""
+        ...
+
+
+class EmbedStep(Protocol):
+    def add(self, d: Doc) -> list[Doc]:
+        """Take a chunked document; return the documents whose rows all have vectors now, in order."""
+        ...
+
+    def flush(self) -> list[Doc]:
+        """Embed what waits for a full batch; return the rest of the documents, in order."""
+        ...
+
+
+class IndexStep(Protocol):
+    def add(self, d: Doc) -> None:
+        """Take an embedded document (or a removal) for the next commit."""
+        ...
+
+    def due(self) -> bool:
+        """Whether the next commit is due (rows or time)."""
+        ...
+
+    def flush(self) -> None:
+        """Commit what was taken (a checkpoint follows)."""
+        ...
+
+    def finish(self) -> None:
+        """The pass is over and was not stopped: the table's last work (compaction, indexes)."""
+        ...
+
+
 @dataclass
 class PassStages:
     """The four stages of one pass, as an executor runs them."""
 
-    load: Any      # iterable of Doc
-    chunk: Any     # ChunkStage
-    embed: Any     # EmbedStage
-    index: Any     # IndexStage
+    load: LoadStep
+    chunk: ChunkStep
+    embed: EmbedStep
+    index: IndexStep
     scope: Optional[list[str]] = None
     job_id: Optional[str] = None   # names the job's staging (the Ray executor)

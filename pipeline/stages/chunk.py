@@ -6,14 +6,13 @@ other, of the same model, keeps that stored vector (reused, not embedded).
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Iterable, Optional, Protocol
 
 from kbingest.pipeline.kb import ids
 from kbingest.pipeline.chunk.chunking import Chunker
 from kbingest.pipeline.embed.embedding import embedded_text
 from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.load.formats.pages import chunk_pages
-from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
@@ -23,8 +22,15 @@ log = logging.getLogger("kbingest.engine")
 PHASE = JobPhase.CHUNKING
 
 
+class StoredVectors(Protocol):
+    """What ChunkStage asks of the knowledge base: the KnowledgeBase, or a Ray worker's TableVectors."""
+
+    def count(self) -> int: ...
+    def vectors_by_hash(self, hashes: Iterable[str], model: str) -> dict[str, Any]: ...
+
+
 class ChunkStage:
-    def __init__(self, config: JobConfig, reporter: Reporter, chunker: Chunker, kb: KnowledgeBase) -> None:
+    def __init__(self, config: JobConfig, reporter: Reporter, chunker: Chunker, kb: StoredVectors) -> None:
         self.r = reporter
         self.chunker = chunker
         self.kb = kb

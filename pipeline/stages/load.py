@@ -151,10 +151,10 @@ class LoadStage:
         if complete_walk:
             covered = [fs_text(p) for p in covered]  # sources are stored as fs_text
             stored = self.stored
-            gone = [d for d, s in stored.items() if d not in seen and s.source is not None
-                    and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
-            gone = self._guard_removals(gone, fed)
-            for did in gone:
+            removed = [d for d, s in stored.items() if d not in seen and s.source is not None
+                       and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
+            removed = self._guard_removals(removed, fed)
+            for did in removed:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
         r.phase_done(PHASE)
 

@@ -8,9 +8,7 @@ run the real engine (fake embedder) on real files and LanceDB.
 from __future__ import annotations
 
 import asyncio
-import os
-from datetime import timedelta, timezone
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 from textual.pilot import Pilot
@@ -18,14 +16,14 @@ from textual.pilot import Pilot
 from kbingest.app.console import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.dashboard import KbIngestApp
 from kbingest.pipeline.job.instrument import Sampler
-from kbingest.pipeline.models import DocumentError, JobConfig
+from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.service import InvalidInput, Service
 from kbingest.pipeline.jobstore.preferences import read_settings, write_settings
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.instrument import flags, sparkline, trend
 from kbingest.widgets.job_table import JobTable
 
-from test_dashboard_snapshots import (NOW, T0, FakeJob, completed_record, failed_record, make_app, make_store,
+from test_dashboard_snapshots import (T0, FakeJob, completed_record, failed_record, make_app, make_store,
                                       phase, record, running_snapshot, status)
 
 pytestmark = pytest.mark.timeout(120)

@@ -107,7 +107,7 @@ class _KbHeld:
     def __init__(self, server: ThreadServer, kb: str) -> None:
         from kbingest.pipeline.jobstore import queue
 
-        server.service.store  # the home, made
+        _ = server.service.store  # the home, made
         self.lock = queue.try_kb_lock(server.service.home, kb)
         assert self.lock is not None
 

@@ -1,6 +1,7 @@
 from datetime import datetime, timezone
 
 import pytest
+from pydantic import ValidationError
 
 from kbingest.pipeline.status import InvalidTransition, JobPhase, JobStatus
 from kbingest.pipeline.job.tracker import PhaseTracker
@@ -137,7 +138,7 @@ def test_illegal_transition_raises():
 def test_snapshots_are_immutable():
     t, _ = tracker()
     s = t.snapshot()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):  # frozen
         s.status = JobStatus.RUNNING  # type: ignore[misc]
 
 

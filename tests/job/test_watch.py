@@ -316,7 +316,7 @@ def test_folder_copied_in_waits_for_its_files(feed, docs):
     dest = docs / "copying"
     dest.mkdir()
     with open(dest / "part.md", "w") as fh:
-        for i in range(8):
+        for _i in range(8):
             fh.write("chunk " * 100 + "\n")
             fh.flush()
             time.sleep(0.1)

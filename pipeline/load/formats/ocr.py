@@ -51,7 +51,7 @@ class Session:
     on_page: Callable[[bool], None] = lambda ocr: None     # a page was read (ocr: by OCR)
 
 
-_SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())
+_SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())  # noqa: B039 (frozen)
 
 
 def current() -> Session:

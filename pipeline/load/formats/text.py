@@ -20,6 +20,8 @@ _counter = threading.local()
 
 
 def _replace_and_count(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):  # registered for decoding only
+        raise exc
     _counter.n += 1
     return "\ufffd", exc.end
 
@@ -74,7 +76,7 @@ def replaced_warning(replaced: int, encoding: str) -> tuple[str, ...]:
 
 class TextFormat(Format):
     name = "text"
-    suffixes = (".txt",)
+    suffixes: tuple[str, ...] = (".txt",)
     description = "the text, paragraphs and sentences; no headings"
     markdown = False
 
