@@ -304,7 +304,7 @@ class RemoteService:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for(r, path)
-                event, data = "", []
+                event, data = "", []  # type: tuple[str, list[str]]
                 for line in r.iter_lines():
                     if line == "":
                         if event == "status" and data:

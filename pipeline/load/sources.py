@@ -83,7 +83,7 @@ def _private_host(host: str) -> bool:
 
 def _addresses(host: str, port: int) -> list[str]:
     try:
-        return sorted({a[4][0] for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
+        return sorted({str(a[4][0]) for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
     except (OSError, UnicodeError):
         return []
 
@@ -131,7 +131,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 class S3Source:
-    def __init__(self, uri: str, limits: LoadLimits, state: "WebState" = None) -> None:
+    def __init__(self, uri: str, limits: LoadLimits, state: "Optional[WebState]" = None) -> None:
         self.uri, self.limits = uri, limits
         self.bucket, self.prefix = split_s3(uri)
         self.downloads = 0  # objects read (the bench checks an unchanged re-run reads none)
