@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
                                       NotFound, Unreachable, Unsupported, WrongState)
-from kbingest.pipeline.models import DEFAULT_MODEL, DocumentError, JobConfig, JobRecord, JobStatusResponse
+from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 from kbingest.pipeline.seams import JobHandle, JobInfo, JobService
 from kbingest.pipeline.status import JobStatus

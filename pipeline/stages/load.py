@@ -77,7 +77,7 @@ class LoadStage:
         return items(), [os.path.abspath(p) for p in scope]
 
     def __iter__(self) -> Iterator[Doc]:
-        r, c = self.r, self.config
+        r = self.r
         r.phase_started(PHASE)
         seen: set[str] = set()   # documents found this pass: what the table holds of them stays
         fed: set[str] = set()    # the sources (self.roots) under which this pass found a document

@@ -5,7 +5,6 @@ refused in one line (exit 2), never answered from the local home. Against an in-
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -209,7 +209,7 @@ class Site:
 
     def page(self, path: str, title: str, body: str, links=(), etag: bool = True) -> None:
         html = (f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p>"
-                + "".join(f'<a href="{l}">{l}</a> ' for l in links) + "</body></html>").encode()
+                + "".join(f'<a href="{u}">{u}</a> ' for u in links) + "</body></html>").encode()
         headers = {"Content-Type": "text/html; charset=utf-8"}
         if etag:
             headers["ETag"] = f'"{abs(hash(html))}"'
