@@ -30,7 +30,7 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     log(f"serve load ({generator}): {reps} round(s) of jobs ({pages} pages, real model), without and with 50 clients "
         f"at 10 Hz" + (", and with them polling nginx" if floor else " (no nginx: no floor job)"))
     d = json_module("bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--load-generator", generator,
-                     "--without-front-too", *floor)
+                     *floor)  # the load generator niced (10) below the server: serve_load's default
     w = "" if generator == "pollers" else "w"
     by = "" if generator == "pollers" else ", the clients from wrk"
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks){by}"
