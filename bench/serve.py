@@ -46,10 +46,10 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
         Row(f"15.2{w}", f"serve: job throughput with the clients / without, same run, rotating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
-                 f"(job wall time from the status, model load included); CPU seconds of the engine host "
+                 f"(job wall time from the status, model load included); CPU seconds of the server "
                  f"(job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
-                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the status front {fj(d['front_cpu_s'], '.2f')}; the load "
-                 f"generator (same 2 cores) {fj(d['client_cpu_s'], '.2f')}"),
+                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the load generator (same 2 cores, nice "
+                 f"{d['client_nice']}) {fj(d['client_cpu_s'], '.2f')}"),
     ]
     if d.get("nofront_ratios"):
         rows.append(Row(
