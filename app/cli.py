@@ -176,9 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "docs/sources.md")
     sv.add_argument("--notify", action="append", default=[], metavar="URL",
                     help="POST the final status of each job that ends in this server to URL (repeatable)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
+                    help="without a token, also answer requests whose Host is NAME (besides the loopback names)")
+    sv.add_argument("--rate-limit", type=float, default=None, metavar="N",
+                    help="requests a second each client address may make, 304s and long-poll waits not counted "
+                         "(default 50, burst twice that; 0: no limit; docs/serve.md)")
     sv.add_argument("--no-status-front", action="store_false", dest="status_front",
-                    help="answer status polls in the process that runs the jobs too (by default a second process "
-                         "answers them: docs/serve.md)")
+                    help="no effect: kept for scripts (the server is one process)")
     return p
 
 
@@ -412,8 +416,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
-                       allow_hosts=args.allow_hosts, allow_urls=args.allow_urls,
-                       notify=args.notify, status_front=args.status_front)
+                       notify=args.notify, allow_hosts=args.allow_hosts, allow_urls=args.allow_urls,
+                       **({} if args.rate_limit is None else {"rate_limit": args.rate_limit}))
     return serve(cfg, getattr(args, "home", None))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Iterator, Optional
 
-from kbingest.app.http_poll import API
+from kbingest.app.http_guard import API
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, JobInfo,
                                        KbError, NotFound, Service, Unreachable, Unsupported, WrongState)

@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kbingest.app.batch import JsonLinesReporter
-from kbingest.app.http_poll import (API, ENV_TOKEN, KB_STATUS, STATUS_TTL_S, authorized, host_allowed, host_name,
-                                    host_rule, simple_get)
+from kbingest.app.http_guard import API, ENV_TOKEN, authorized, host_allowed, host_name, host_rule
 from kbingest.app.notify import Notifier
-from kbingest.app.status_front import supported as status_front_supported
 from kbingest.pipeline.models import JobConfig, JobStatusResponse
 from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
                                        Service, WrongState, printable)
@@ -45,6 +43,11 @@ MAX_BODY = 64 * 1024
 SSE_POLL_S = 0.1          # as --batch polls its job
 SSE_KEEPALIVE_S = 15.0    # a comment line, so that proxies keep an idle stream open
 CONTROL_TIMEOUT_S = 120.0
+STATUS_TTL_S = 0.05       # a kb status is computed at most this often (polled by many clients)
+LONG_POLL_MAX_S = 30.0    # GET .../status?wait=SECONDS waits at most this long
+LONG_POLL_STEP_S = 0.1    # how often a long poll looks for a change
+RATE_LIMIT = 50.0         # requests a second per client address (burst: twice that); 304s not counted
+JOURNAL_EVENTS = 4096     # SSE events a job's journal keeps for Last-Event-ID
 
 
 class StartingDisabled(KbError):
@@ -63,7 +66,7 @@ class Unauthorized(KbError):
 # framework raises is answered as the kind of its status here.
 KIND_OF_STATUS = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                   405: "method_not_allowed", 409: "wrong_state", 413: "too_large", 421: "wrong_host",
-                  422: "invalid_input", 500: "internal", 504: "timeout"}
+                  422: "invalid_input", 429: "rate_limited", 500: "internal", 504: "timeout"}
 
 
 def kind_of_status(status: int) -> str:
@@ -77,6 +80,20 @@ def _text(message: str) -> str:
         return message
     except UnicodeEncodeError:
         return printable(message, keep_newlines=True)
+
+
+def etag_of(body: bytes) -> str:
+    import hashlib
+
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def etag_matches(if_none_match: Optional[str], tag: str) -> bool:
+    """If-None-Match names `tag` (a list of tags, weak or strong, or *)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or tag in tags
 
 
 def error_body(kind: str, message: str) -> bytes:
@@ -106,7 +123,8 @@ class ServerConfig:
     allow_urls: list[str] = field(default_factory=list)  # URL prefixes jobs started over HTTP may read (issue 34)
     allow_hosts: list[str] = field(default_factory=list)  # Host names answered without a token, besides the loopback
     notify: list[str] = field(default_factory=list)
-    status_front: bool = True  # status polls answered by a second process (app/status_front.py)
+    status_front: bool = True  # no effect (--no-status-front is kept for scripts: the server is one process)
+    rate_limit: float = RATE_LIMIT  # requests a second per client address; 0: no limit
 
 
 def is_loopback(host: str) -> bool:
@@ -129,8 +147,10 @@ class EngineHost:
         self.notifier = notifier or Notifier([])
         self._live: dict[str, tuple[JobHandle, threading.Thread]] = {}
         self._lock = threading.Lock()
-        self._status_cache: dict[str, tuple[float, bytes]] = {}
-        self.front: Optional[Any] = None  # the status front's link, when `kbingest serve` runs one
+        self._status_cache: dict[str, tuple[float, bytes, str]] = {}
+        self._journals: dict[str, "_Journal"] = {}
+        self.boot = os.urandom(3).hex()  # SSE ids of this process: `boot.n`
+        self.stopping: Any = lambda: False  # the server is shutting down (open SSE streams end)
 
     # ---- reading ----
     def live(self, job_id: str) -> Optional[JobHandle]:
@@ -157,23 +177,37 @@ class EngineHost:
     def kb_status(self, kb: str) -> JobStatusResponse:
         return self.status_of(self.service.find(kb=kb))
 
-    def recent_kb_status_json(self, kb: str) -> Optional[bytes]:
-        """kb_status as JSON if it was computed less than STATUS_TTL_S ago, else None."""
+    def recent_kb_status(self, kb: str) -> Optional[tuple[bytes, str]]:
+        """(JSON, ETag) of kb_status if computed less than STATUS_TTL_S ago, else None."""
         hit = self._status_cache.get(kb)
-        return hit[1] if hit is not None and time.monotonic() - hit[0] < STATUS_TTL_S else None
+        return (hit[1], hit[2]) if hit is not None and time.monotonic() - hit[0] < STATUS_TTL_S else None
 
-    def kb_status_json(self, kb: str) -> bytes:
-        """kb_status as JSON, computed at most once every STATUS_TTL_S per knowledge base: fifty
-        clients polling at 10 Hz cost the job about 20 computations a second, not 500."""
-        recent = self.recent_kb_status_json(kb)
+    def kb_status_entry(self, kb: str) -> tuple[bytes, str]:
+        """kb_status as JSON with its ETag, computed at most once every STATUS_TTL_S per knowledge
+        base: fifty clients polling at 10 Hz cost the job about 20 computations a second, not 500.
+        The ETag names these bytes (a hash): a client that has them is answered 304."""
+        recent = self.recent_kb_status(kb)
         if recent is not None:
             return recent
         now = time.monotonic()
         body = self.kb_status(kb).to_json().encode()
         if len(self._status_cache) >= 1024:
             self._status_cache.clear()
-        self._status_cache[kb] = (now, body)
-        return body
+        tag = etag_of(body)
+        self._status_cache[kb] = (now, body, tag)
+        return body, tag
+
+    def kb_status_json(self, kb: str) -> bytes:
+        return self.kb_status_entry(kb)[0]
+
+    def journal(self, job_id: str, first: JobStatusResponse) -> "_Journal":
+        """The SSE events of a job, shared by its streams (ids are this process's: Last-Event-ID)."""
+        j = self._journals.get(job_id)
+        if j is None:
+            if len(self._journals) >= 256:
+                self._journals.pop(next(iter(self._journals)))
+            j = self._journals[job_id] = _Journal(self, job_id, first)
+        return j
 
     def _with_live(self, info: JobInfo) -> JobInfo:
         handle = self.live(info.job_id)
@@ -288,13 +322,15 @@ class EngineHost:
             outcome = self.service.request_cancel(job_id)
         return {"job_id": job_id, "outcome": outcome}
 
-    def join(self, timeout: float = 30.0) -> None:
-        """Pause every job running here and wait for their checkpoints (the server is stopping)."""
+    def join(self, timeout: float = 30.0) -> list[str]:
+        """Pause every job running here and wait for their checkpoints (the server is stopping): the
+        ids of the jobs paused."""
         items = list(self._live.values())
         for handle, _ in items:
             handle.pause()
         for _, th in items:
             th.join(timeout)
+        return [h.job_id for h, _ in items]
 
     def queue_depths(self, job_id: str, snap: JobStatusResponse) -> dict[str, int]:
         """Queue depths between phases: from the snapshot's `queue_*` metrics if it has them, else
@@ -314,19 +350,33 @@ class Guard:
     the one error shape for anything the app did not expect (a JSON 500, one line in the log)."""
 
     def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY,
-                 fast_get: Optional[Any] = None, hosts: Optional[frozenset[str]] = None) -> None:
+                 hosts: Optional[frozenset[str]] = None, rate_limit: float = 0.0) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
-        self.fast_get = fast_get  # path -> (status, JSON bytes) or None: answered without the framework
-        self.hosts = hosts  # http_poll.host_rule: the Host names answered (None: any, a token guards)
+        self.hosts = hosts  # http_guard.host_rule: the Host names answered (None: any, a token guards)
+        self.rate = rate_limit  # requests a second per client address (0: no limit)
+        self._buckets: dict[str, list[float]] = {}  # address -> [tokens, monotonic time of the last refill]
 
     def authorized(self, headers: dict, path: str) -> bool:
         return authorized(self.token, headers, path)
 
-    def admits(self, headers: dict, path: str) -> bool:
-        """Host and token rules both pass: the request may be answered (else the guard says why)."""
-        return host_allowed(self.hosts, headers) and authorized(self.token, headers, path)
+    def _retry_after(self, client: str) -> int:
+        """0 when `client` may be answered now, else the seconds it should wait (the token bucket)."""
+        now = time.monotonic()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) >= 4096:  # forget the clients whose buckets are full again
+                self._buckets = {k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < 2 * self.rate}
+            bucket = self._buckets[client] = [2 * self.rate, now]
+        bucket[0] = min(2 * self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        return 0 if bucket[0] >= 1 else max(1, int((1 - bucket[0]) / self.rate + 0.999))
+
+    def _charge(self, client: str) -> None:
+        bucket = self._buckets.get(client)
+        if bucket is not None:
+            bucket[0] -= 1
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -356,10 +406,20 @@ class Guard:
         if not self.authorized(headers, scope.get("path", "")):
             return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
                                      "<token>`", extra=[(b"www-authenticate", b"Bearer")])
-        if self.fast_get is not None and scope.get("method") == "GET":
-            answer = self.fast_get(scope.get("path", ""))
-            if answer is not None:
-                return await _send_json(send, *answer)
+        if self.rate > 0 and scope.get("path") != "/healthz":
+            client = (scope.get("client") or ("?", 0))[0]
+            wait = self._retry_after(client)
+            if wait:
+                return await _send_error(send, 429, "rate_limited", f"more than {self.rate:g} requests a second from "
+                                         f"{client}: wait {wait} s (a poller that sends If-None-Match, or waits with "
+                                         "?wait=, is answered 304 and not counted)",
+                                         extra=[(b"retry-after", str(wait).encode())])
+            inner = send
+
+            async def send(message: dict) -> None:  # noqa: F811 (counted once answered, but not a 304)
+                if message["type"] == "http.response.start" and message["status"] != 304:
+                    self._charge(client)
+                await inner(message)
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -417,6 +477,68 @@ class _Lines:
         pass
 
 
+def _error_kinds() -> list[str]:
+    kinds = set(KIND_OF_STATUS.values())
+    todo = [KbError]
+    while todo:
+        c = todo.pop()
+        todo.extend(c.__subclasses__())
+        if isinstance(getattr(c, "kind", None), str):
+            kinds.add(c.kind)
+    return sorted(kinds)
+
+
+def _error_model():
+    from typing import Literal
+
+    from pydantic import ConfigDict, Field, create_model
+
+    kind = Literal[tuple(_error_kinds())]  # type: ignore[valid-type]
+    return create_model("Error", __config__=ConfigDict(extra="forbid"),
+                        error=(kind, Field(description="what went wrong, as a word a client can test")),
+                        message=(str, Field(description="one line, in kbingest's words")))
+
+
+ErrorBody = _error_model()
+_WHY = {304: "not modified: If-None-Match names the current ETag", 400: "a body that is not JSON",
+        401: "no or wrong `Authorization: Bearer <token>`", 403: "a source outside the --allow-root folders",
+        404: "no such job or knowledge base", 405: "starting jobs over HTTP is off (no --allow-root)",
+        409: "the action does not apply to the job as it is", 413: "a body over 64 KiB",
+        421: "a Host this server does not answer (without a token)", 422: "invalid parameters or body",
+        429: "more requests than the rate limit (Retry-After says when)", 500: "an error the server did not expect",
+        504: "the job did not pause or stop in time"}
+_ALWAYS = (401, 421, 429, 500)  # the guard's, on every route
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI `responses` for these statuses and the guard's: each error with the one error schema."""
+    out: dict = {}
+    for c in sorted(set(codes) | set(_ALWAYS)):
+        if c == 304:
+            out[c] = {"description": _WHY[c], "headers": {"ETag": {"schema": {"type": "string"}}}}
+        else:
+            out[c] = {"model": ErrorBody, "description": _WHY[c]}
+            if c == 429:
+                out[c]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return out
+
+
+def _offline_docs(app: Any) -> None:
+    """/docs: Swagger UI from the installed swagger-ui-bundle package, no other host named."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="kbingest API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+
 def _start_request_model():
     """The POST body: sources, and the job settings a user may set (JobConfig.USER_SETTABLE, unset: its defaults)."""
     from typing import Optional as Opt
@@ -457,8 +579,9 @@ def create_app(service: Service, cfg: ServerConfig):
     host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify), allow_urls=cfg.allow_urls)
     hosts = host_rule(cfg.token, cfg.host, cfg.allow_hosts)  # the Guard's token decides, as below
     app = FastAPI(title="kbingest", version="1", description="Ingestion jobs of one kbingest home: status, "
-                  "control, live events, search and metrics.")
+                  "control, live events, search and metrics.", docs_url=None, redoc_url=None)
     app.state.host = host
+    _offline_docs(app)
 
     def err(status: int, kind: str, message: str) -> JSONResponse:
         return JSONResponse({"error": kind, "message": _text(message)}, status_code=status)
@@ -483,31 +606,65 @@ def create_app(service: Service, cfg: ServerConfig):
     async def _unexpected(_req: Request, e: Exception) -> JSONResponse:  # the Guard logs it, in one line
         return err(500, "internal", "the server could not answer this request")
 
-    @app.get("/healthz", tags=["server"])
+    @app.get("/healthz", tags=["server"], responses={k: v for k, v in errors().items() if k != 401})
     async def healthz() -> dict:
-        front = host.front
-        return {"status": "ok", "jobs_running_here": len(host.live_handles()),
-                "status_front": None if front is None else {"pid": front.pid, "polls_answered": front.answers}}
+        return {"status": "ok", "jobs_running_here": len(host.live_handles()), "status_front": None}
 
-    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now")
+    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now",
+             responses=errors())
     def engine() -> dict:
         return {"busy": service.engine_busy(), "jobs_running_here": [h.job_id for h in host.live_handles()]}
 
     @app.get(API + "/kb/{kb_id}/status", response_model=JobStatusResponse, tags=["jobs"],
-             summary="the newest job of a knowledge base (JobStatusResponse)")
-    def kb_status(kb_id: str):  # mostly answered before the framework: _fast_kb_status
-        return Response(content=host.kb_status_json(kb_id), media_type="application/json")
+             summary="the newest job of a knowledge base (JobStatusResponse)",
+             responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304, 404, 422)})
+    async def kb_status(kb_id: str, request: Request, wait: float = 0.0):
+        """With `If-None-Match` naming the status's ETag: 304 at once, or with `wait=SECONDS` (at most
+        30) as soon as the status changes (200) or when the wait runs out (304)."""
+        if not 0 <= wait <= 3600:
+            raise InvalidInput("wait: between 0 and 30 seconds")
+        body, tag = await _entry(kb_id)
+        seen = request.headers.get("if-none-match")
+        if etag_matches(seen, tag) and wait > 0:
+            deadline = time.monotonic() + min(wait, LONG_POLL_MAX_S)
+            while etag_matches(seen, tag) and time.monotonic() < deadline and not host.stopping():
+                await asyncio.sleep(min(LONG_POLL_STEP_S, max(0.0, deadline - time.monotonic())))
+                if await request.is_disconnected():
+                    break
+                body, tag = await _entry(kb_id)
+        if etag_matches(seen, tag):
+            return Response(status_code=304, headers={"ETag": tag, "Cache-Control": "no-cache"})
+        return Response(content=body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-cache"})
 
-    @app.get(API + "/jobs", tags=["jobs"], summary="every job, newest first")
-    def jobs() -> list[dict]:
-        return [_info_dict(i) for i in host.jobs()]
+    async def _entry(kb_id: str) -> tuple[bytes, str]:
+        recent = host.recent_kb_status(kb_id)  # most polls: no store, no stat, no thread
+        if recent is not None:
+            return recent
+        if host.reads_from_memory():
+            return host.kb_status_entry(kb_id)
+        return await run_in_threadpool(host.kb_status_entry, kb_id)
 
-    @app.get(API + "/jobs/{job_id}", tags=["jobs"], summary="one job: its config, times and status")
+    @app.get(API + "/jobs", tags=["jobs"], summary="every job, newest first",
+             responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304)})
+    def jobs(request: Request):
+        body = json.dumps([_info_dict(i) for i in host.jobs()]).encode()
+        tag = etag_of(body)
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}
+        if etag_matches(request.headers.get("if-none-match"), tag):
+            return Response(status_code=304, headers=headers)
+        return Response(content=body, media_type="application/json", headers=headers)
+
+    @app.get(API + "/jobs/{job_id}", tags=["jobs"], summary="one job: its config, times and status",
+             responses=errors(404, 422))
     def job(job_id: str) -> dict:
         return _info_dict(host.info(job_id))
 
     @app.post(API + "/kb/{kb_id}/jobs", status_code=202, tags=["jobs"],
-              summary="start a job (sources must lie under an --allow-root folder)")
+              summary="start a job (sources must lie under an --allow-root folder)",
+              responses={202: {"description": "started, or queued behind the knowledge base's writer",
+                               "headers": {"Location": {"schema": {"type": "string"},
+                                                        "description": "the job: GET it"}}},
+                         **errors(400, 403, 404, 405, 409, 413, 422)})
     def start(kb_id: str, body: StartJobRequest):  # type: ignore[valid-type]
         data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
         _no_lone_surrogates(data, "")
@@ -518,35 +675,47 @@ def create_app(service: Service, cfg: ServerConfig):
                             headers={"Location": f"{API}/jobs/{snap.job_id}"})
 
     @app.post(API + "/jobs/{job_id}/resume", status_code=202, tags=["control"],
-              summary="continue a paused, interrupted or failed job in this server (or retry its failures)")
+              summary="continue a paused, interrupted or failed job in this server (or retry its failures)",
+              responses={202: {"description": "resumed here", "headers": {"Location": {"schema": {"type": "string"}}}},
+                         **errors(403, 404, 405, 409, 422)})
     def resume(job_id: str):
         snap = host.resume(job_id)
         return JSONResponse({"job_id": snap.job_id, "status": snap.to_json_dict()}, status_code=202,
                             headers={"Location": f"{API}/jobs/{snap.job_id}"})
 
     @app.post(API + "/jobs/{job_id}/pause", response_model=JobStatusResponse, tags=["control"],
-              summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false")
+              summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false",
+              responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)})
     def pause(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
         if not wait:  # asked, not waited for: 202 and the status as it is
             return JSONResponse(host.request(job_id, "pause"), status_code=202)
         return _status_response(host.control(job_id, "pause", _bounded(timeout)))
 
     @app.post(API + "/jobs/{job_id}/cancel", response_model=JobStatusResponse, tags=["control"],
-              summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)")
+              summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)",
+              responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)})
     def cancel(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
         if not wait:
             return JSONResponse(host.request(job_id, "cancel"), status_code=202)
         return _status_response(host.control(job_id, "cancel", _bounded(timeout)))
 
     @app.get(API + "/jobs/{job_id}/events", tags=["jobs"],
-             summary="Server-Sent Events: one `status` event per snapshot change; ends with the final status")
+             summary="Server-Sent Events: one `status` event per snapshot change; ends with the final status",
+             response_class=StreamingResponse,
+             responses={200: {"description": "`status` events (id, data: a JobStatusResponse); Last-Event-ID "
+                                             "resumes a dropped stream",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                        **errors(404, 422)})
     async def events(job_id: str, request: Request):
         first = (await run_in_threadpool(host.info, job_id)).status  # 404 before the stream starts
-        return StreamingResponse(_event_stream(host, job_id, first, request, run_in_threadpool),
+        journal = host.journal(job_id, first)
+        return StreamingResponse(_event_stream(host, journal, request.headers.get("last-event-id"), request,
+                                               run_in_threadpool),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get(API + "/kb/{kb_id}/search", tags=["search"], summary="the k chunks nearest the query")
+    @app.get(API + "/kb/{kb_id}/search", tags=["search"], summary="the k chunks nearest the query",
+             responses=errors(404, 422))
     def search(kb_id: str, q: str, k: int = 5, mode: str = "hybrid") -> list[dict]:
         if not q.strip():
             raise InvalidInput("q: an empty query")
@@ -555,32 +724,33 @@ def create_app(service: Service, cfg: ServerConfig):
         return [h.__dict__ for h in service.search(kb_id, q, k, mode=mode)]
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
-             summary="Prometheus text format: every job's phases, errors, queues, commits")
+             summary="Prometheus text format: every job's phases, errors, queues, commits", responses=errors())
     def metrics():
         body, content_type = metrics_text(host)
         return Response(content=body, media_type=content_type)
 
-    return Guard(app, cfg.token, fast_get=partial(_fast_kb_status, host), hosts=hosts)
+    def openapi() -> dict:
+        """Every error of every route is the one error shape, as JSON (422 included: not FastAPI's
+        validation shape), whatever the route's own media type."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
 
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ErrorBody.model_json_schema()
+            for schemas in (spec["components"]["schemas"],):
+                schemas.pop("HTTPValidationError", None)
+                schemas.pop("ValidationError", None)
+            for ops in spec.get("paths", {}).values():
+                for op in ops.values():
+                    for code, resp in op.get("responses", {}).items():
+                        if code.isdigit() and int(code) >= 400:
+                            resp["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                            resp["description"] = _WHY.get(int(code), resp.get("description", ""))
+            app.openapi_schema = spec
+        return app.openapi_schema
 
-def _fast_kb_status(host: EngineHost, path: str) -> Optional[tuple[int, bytes]]:
-    """GET .../kb/{kb_id}/status, the endpoint fifty clients poll ten times a second: answered
-    straight from the ASGI layer while the store is read from memory (about a tenth of the
-    framework's cost); otherwise (None) by the FastAPI route, which does the same in a thread."""
-    m = KB_STATUS.fullmatch(path)
-    if m is None:
-        return None
-    recent = host.recent_kb_status_json(m.group(1))  # most polls: no store, no stat
-    if recent is not None:
-        return 200, recent
-    if not host.reads_from_memory():
-        return None
-    try:
-        return 200, host.kb_status_json(m.group(1))
-    except KbError as e:
-        return e.http_status, error_body(e.kind, e.message)
-    except Exception:  # anything else: the route answers, with the app's error handling
-        return None
+    app.openapi = openapi  # type: ignore[method-assign]
+    return Guard(app, cfg.token, hosts=hosts, rate_limit=cfg.rate_limit)
 
 
 def _bounded(timeout: float) -> float:
@@ -589,168 +759,94 @@ def _bounded(timeout: float) -> float:
     return timeout
 
 
-async def _event_stream(host: EngineHost, job_id: str, first: JobStatusResponse, request: Any, to_thread: Any):
-    """The --batch lines' moments (JsonLinesReporter decides), as SSE `status` events. Ends once
-    the job rests: ended, or paused with no thread of this server running it."""
-    lines = _Lines()
-    reporter = JsonLinesReporter(lines)
-    reporter.offer(first, force=True)
-    n, idle = 0, 0.0
-    snap = first
-    live = host.live(job_id)
-    seq = live.snapshots_since(1 << 62)[1] if live is not None else 0  # changes after `first` only
+class _Journal:
+    """A job's SSE events, kept for Last-Event-ID (the newest JOURNAL_EVENTS): the --batch lines'
+    moments (JsonLinesReporter decides) as `status` events numbered `boot.n`. Advanced by whichever
+    stream of the job looks first (all run on the server's event loop), at most every SSE_POLL_S.
+    `ended` once the final status (completed, failed, cancelled) is in; a paused job's journal goes
+    on, so that its streams see it resume."""
+
+    def __init__(self, host: EngineHost, job_id: str, first: JobStatusResponse) -> None:
+        from collections import deque
+
+        self.host, self.job_id = host, job_id
+        self._lines = _Lines()
+        self._reporter = JsonLinesReporter(self._lines)
+        self.events: Any = deque(maxlen=JOURNAL_EVENTS)
+        self.last_id = 0
+        self._handle = host.live(job_id)  # its changes after `first` only
+        self._seq = self._handle.snapshots_since(1 << 62)[1] if self._handle is not None else 0
+        self._looked = 0.0
+        self._lock = asyncio.Lock()
+        self.ended = False
+        self._take(first, force=True)
+
+    def _take(self, snap: JobStatusResponse, force: bool = False) -> None:
+        self._reporter.offer(snap, force=force or snap.status.is_terminal)
+        for line in self._lines.items:
+            self.last_id += 1
+            self.events.append((self.last_id, line))
+        self._lines.items.clear()
+        self.ended = snap.status.is_terminal
+
+    async def advance(self, to_thread: Any) -> None:
+        async with self._lock:
+            if time.monotonic() - self._looked < SSE_POLL_S * 0.9:
+                return
+            handle = self.host.live(self.job_id)
+            if handle is not None:  # every status or phase change since the last look, then now
+                if handle is not self._handle:  # a run that started since (resumed): its changes from its start
+                    self._handle, self._seq = handle, 0
+                snaps, self._seq = handle.snapshots_since(self._seq)
+            else:
+                self._handle = None
+                snaps = [(await to_thread(self.host.info, self.job_id)).status]
+            self._looked = time.monotonic()
+            for snap in snaps[:-1]:
+                self._take(snap)
+            self._take(snaps[-1])
+
+    def position(self, last_event_id: Optional[str]) -> int:
+        """The id after which a stream starts: its Last-Event-ID if this journal still holds what
+        followed it, else just before the newest event (the job as it is now)."""
+        newest = max(0, self.last_id - 1)
+        if not last_event_id:
+            return newest
+        boot, _, n = last_event_id.strip().partition(".")
+        if boot != self.host.boot or not n.isdigit():
+            return newest
+        n = int(n)
+        oldest = self.events[0][0] if self.events else self.last_id + 1
+        return n if oldest - 1 <= n <= self.last_id else newest
+
+    def after(self, n: int) -> list[tuple[int, str]]:
+        return [e for e in self.events if e[0] > n]
+
+
+async def _event_stream(host: EngineHost, journal: _Journal, last_event_id: Optional[str], request: Any,
+                        to_thread: Any):
+    """A job's events from its journal: from Last-Event-ID on (no gap) or from its status now. Ends at a
+    final status (completed, failed, cancelled), when the client leaves or when the server stops; a
+    paused job's stream stays open (a `: keep-alive` comment every SSE_KEEPALIVE_S of silence) and
+    shows its resume."""
+    await journal.advance(to_thread)
+    pos = journal.position(last_event_id)
+    idle = 0.0
     while True:
-        while lines.items:
-            n += 1
-            yield f"id: {n}\nevent: status\ndata: {lines.items.pop(0)}\n\n"
+        for n, line in journal.after(pos):
+            pos = n
+            yield f"id: {host.boot}.{n}\nevent: status\ndata: {line}\n\n"
             idle = 0.0
-        if snap.status.is_terminal or (snap.status == JobStatus.PAUSED and host.live(job_id) is None):
+        if journal.ended and pos >= journal.last_id:
             return
         await asyncio.sleep(SSE_POLL_S)
         idle += SSE_POLL_S
         if idle >= SSE_KEEPALIVE_S:
             idle = 0.0
             yield ": keep-alive\n\n"
-        if await request.is_disconnected():
+        if host.stopping() or await request.is_disconnected():
             return
-        handle = host.live(job_id)
-        if handle is not None:  # every status or phase change since the last look, then now
-            snaps, seq = handle.snapshots_since(seq)
-        else:
-            snaps = [(await to_thread(host.info, job_id)).status]
-        for snap in snaps[:-1]:
-            reporter.offer(snap)
-        snap = snaps[-1]
-        resting = snap.status.is_terminal or (snap.status == JobStatus.PAUSED and host.live(job_id) is None)
-        reporter.offer(snap, force=resting)
-
-
-# ---- HTTP/1.1: one write per response ------------------------------------------------------------
-class _CoalescedWrites:
-    """A transport whose writes in one turn of the event loop leave in one send: uvicorn writes a
-    response's status line and headers, then its body, and on loopback each send costs both ends a
-    wake-up (a quarter of a status poll's CPU). Flushed at the end of the turn, and before a close."""
-
-    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._t = transport
-        self._loop = loop
-        self._buf: list[bytes] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._t, name)
-
-    def write(self, data: bytes) -> None:
-        if not self._buf:
-            self._loop.call_soon(self._flush)
-        self._buf.append(bytes(data))
-
-    def _flush(self) -> None:
-        if self._buf:
-            data, self._buf = b"".join(self._buf), []
-            if not self._t.is_closing():
-                self._t.write(data)
-
-    def write_now(self, data: bytes) -> None:
-        """One whole response: sent at once unless writes of this turn wait (order is kept)."""
-        if self._buf:
-            self.write(data)
-        elif not self._t.is_closing():
-            self._t.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._t.close()
-
-
-class _Answered:
-    """The cycle of a request answered in the protocol: complete, as uvicorn checks."""
-    response_complete = True
-    disconnected = False
-    keep_alive = True
-    more_body = False
-
-    class message_event:  # noqa: N801 (uvicorn sets its cycle's event when the connection goes)
-        @staticmethod
-        def set() -> None:
-            pass
-
-
-_ANSWERED = _Answered()
-
-def _http_protocol(guard: Guard) -> Any:
-    """uvicorn's httptools protocol, writing each response in one send, and answering the polled
-    kb status itself: a keep-alive GET of that path that the guard lets through and `fast_get`
-    answers is written as the headers end, with no ASGI cycle, task or event; and when such a poll
-    arrives whole between requests (`simple_get`: as pollers send it), as it arrives, without the
-    parser's callbacks either. Everything else, and that path whenever fast_get declines, takes
-    uvicorn's way."""
-    import httptools
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, _get_status_line
-
-    status_lines: dict[int, bytes] = {}
-
-    class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-        _in_message = False  # the parser holds part of a request
-        handed_over = b""  # a connection from the status front: what the front read of it
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(_CoalescedWrites(transport, asyncio.get_running_loop()))
-            if self.handed_over:
-                data, self.handed_over = self.handed_over, b""
-                self.data_received(data)
-
-        def data_received(self, data: bytes) -> None:
-            # a poll that arrives whole, between requests, is answered without the parser's callbacks
-            if not (self._in_message or self._cannot_answer()):
-                request = simple_get(data)
-                if request is not None and self._answer(*request):
-                    return
-            super().data_received(data)
-
-        def on_message_begin(self) -> None:
-            self._in_message = True
-            super().on_message_begin()
-
-        def on_message_complete(self) -> None:
-            self._in_message = False
-            super().on_message_complete()
-
-        def on_headers_complete(self) -> None:
-            if not self._answered_here():
-                super().on_headers_complete()
-
-        def _cannot_answer(self) -> bool:
-            """No fast path, or a request before this one is not answered yet (its answer goes first)."""
-            return guard.fast_get is None or bool(self.pipeline) or not (self.cycle is None or self.cycle.response_complete)
-
-        def _answered_here(self) -> bool:
-            p = self.parser
-            if (p.get_method() != b"GET" or p.get_http_version() != "1.1" or not p.should_keep_alive()
-                    or p.should_upgrade() or self._cannot_answer()):
-                return False
-            url = httptools.parse_url(self.url)
-            if url.query or b"%" in url.path:
-                return False
-            return self._answer(url.path.decode("ascii", "replace"), dict(self.headers))
-
-        def _answer(self, path: str, headers: dict) -> bool:
-            if not guard.admits(headers, path):
-                return False  # uvicorn's way answers 421 or 401
-            answer = guard.fast_get(path)
-            if answer is None:
-                return False
-            status, body = answer
-            if status not in status_lines:
-                status_lines[status] = _get_status_line(status)
-            head = [status_lines[status], b"content-type: application/json\r\n",
-                    b"content-length: %d\r\n" % len(body)]
-            head += [b"%s: %s\r\n" % kv for kv in self.server_state.default_headers]
-            self.transport.write_now(b"".join(head) + b"\r\n" + body)
-            self.cycle = _ANSWERED  # type: ignore[assignment]
-            self.on_response_complete()
-            return True
-
-    return CoalescingHttpToolsProtocol
+        await journal.advance(to_thread)
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -760,11 +856,12 @@ def uvicorn_config(app: Guard, host: str = "127.0.0.1", port: int = 8000) -> Any
 
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
                           server_header=False, proxy_headers=False,  # no proxy is trusted: the peer is the client
-                          http=_http_protocol(app))
+                          timeout_keep_alive=5,  # an idle connection is closed after 5 s
+                          timeout_graceful_shutdown=5)  # then open streams are cut: the jobs are paused next
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The server's listening socket, bound here: the status front and this process both serve it."""
+    """The server's listening socket, bound here (a port in use: one line, exit 2)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
@@ -781,82 +878,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _published_status(host: EngineHost, kb: str) -> Optional[bytes]:
-    """kb's status for the status front, or None where this process answers that kb (an error)."""
-    try:
-        recent = host.recent_kb_status_json(kb)
-        if recent is not None:
-            return recent
-        if host.reads_from_memory():
-            return host.kb_status_json(kb)
-        return await asyncio.to_thread(host.kb_status_json, kb)
-    except KbError:
-        return None
-    except Exception:
-        log.exception("status of %s for the status front", kb)
-        return None
-
-
-def engine_server(config: Any, listen: socket.socket, host: EngineHost, token: Optional[str], front: bool, *,
-                  hosts: Optional[frozenset[str]]) -> Any:
-    """uvicorn's server on `listen`: with `front`, the status front accepts and this process takes
-    the connections it hands over (and the socket itself, should the front die). `hosts`: the Host
-    rule (http_poll.host_rule), which the front applies as the engine host's Guard does."""
-    import uvicorn
-
-    from kbingest.app.status_front import FrontLink
-
-    class EngineServer(uvicorn.Server):
-        front: Optional[FrontLink] = None
-
-        async def startup(self, sockets: Optional[list] = None) -> None:
-            if not front:
-                return await super().startup(sockets=[listen])
-            await super().startup(sockets=[])
-            link = FrontLink(listen, token, partial(_published_status, host), self._adopt, self._take_the_socket,
-                             hosts=hosts)
-            try:
-                link.start(asyncio.get_running_loop())
-            except OSError as e:
-                log.warning("no status front (%s): this process answers every request", e)
-                self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, sock=listen))
-                return
-            self.front = host.front = link
-
-        async def shutdown(self, sockets: Optional[list] = None) -> None:
-            if self.front is not None:
-                await self.front.stop()
-            await super().shutdown(sockets=sockets)
-
-        def _protocol(self) -> Any:
-            return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
-                                                   app_state=self.lifespan.state)
-
-        def _adopt(self, sock: socket.socket, data: bytes) -> None:
-            def protocol() -> Any:
-                p = self._protocol()
-                p.handed_over = data
-                return p
-            self._later(asyncio.get_running_loop().connect_accepted_socket(protocol, sock))
-
-        def _take_the_socket(self) -> None:
-            host.front = None
-
-            async def take() -> None:
-                self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, sock=listen))
-            self._later(take())
-
-        def _later(self, coro: Any) -> None:
-            task = asyncio.get_running_loop().create_task(coro)
-            tasks = self.__dict__.setdefault("_tasks", set())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    return EngineServer(config)
-
-
 def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> int:
     """Run the server until SIGINT/SIGTERM; jobs running here are paused (checkpoint saved) first."""
+    import uvicorn
+
     cfg.token = cfg.token or os.environ.get(ENV_TOKEN) or None
     if not is_loopback(cfg.host) and not cfg.token:
         raise InvalidInput(f"--host {cfg.host} is not a loopback address: give a token (--token or {ENV_TOKEN}), "
@@ -876,28 +901,34 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
         if not host_name(name):
             raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
                                "or an address)")
+    if not 0 <= cfg.rate_limit <= 1e6:
+        raise InvalidInput("--rate-limit: between 0 (no limit) and 1000000 requests a second")
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
     _ = service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
     host = app.app.state.host
     _log_to_stderr()
     listen = bind(cfg.host, cfg.port)
-    front = cfg.status_front and status_front_supported()
-    server = engine_server(uvicorn_config(app, cfg.host, cfg.port), listen, host, cfg.token, front, hosts=app.hosts)
-    log.warning("serving %s on http://%s:%d (API %s, OpenAPI /docs)%s%s", service.home.root, cfg.host, cfg.port, API,
-                "; status polls answered by a second process (the status front)" if front else "",
-                "" if cfg.allow_roots or cfg.allow_urls else "; starting jobs over HTTP is off (no --allow-root)")
+    server = uvicorn.Server(uvicorn_config(app, cfg.host, cfg.port))
+    host.stopping = lambda: server.should_exit
+    url = f"http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{cfg.port}"
+    log.warning("kbingest serve: %s (home %s), token %s, allowed roots: %s, web UI: none (API %s, OpenAPI %s/docs)",
+                url, service.home.root, "on" if cfg.token else "off",
+                ", ".join(host.roots) if cfg.allow_roots else ("none" if cfg.allow_urls else "none (starting jobs over HTTP is off)"), API, url)
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
     # the process before the `finally` below (jobs paused, the announcement removed) could run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    paused: list[str] = []
     try:
         # `kbingest search` in this home asks this process first: warm, it answers in milliseconds
         with service.announce(f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}",
                               token_required=bool(cfg.token)):
-            server.run()
+            server.run(sockets=[listen])
     finally:
-        host.join()
+        paused = host.join()
         listen.close()
+        log.warning("kbingest serve stopped: %s", f"paused {', '.join(paused)} (checkpoint saved; "
+                    "POST .../jobs/ID/resume or `kbingest resume ID` continues)" if paused else "no job was running")
     return 0
 
 

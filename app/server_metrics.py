@@ -84,12 +84,6 @@ class _JobsCollector:
                     queues.add_metric([*j, q], depth)
         yield from (jobs_by_status, job_status, progress, running_here, processed, total, rate, eta, phase_status,
                     doc_errors, failed, queues, commits, chunks, embed_s)
-        front = getattr(self.host, "front", None)
-        if front is not None:  # the status front's answers never reach the engine host's request path
-            polls = CounterMetricFamily("kbingest_status_front_polls_answered",
-                                        "kb status polls the status front answered (reported every 0.5 s)")
-            polls.add_metric([], front.answers)
-            yield polls
 
 
 def metrics_text(host: Any) -> tuple[bytes, str]:

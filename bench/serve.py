@@ -30,7 +30,7 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     log(f"serve load ({generator}): {reps} round(s) of jobs ({pages} pages, real model), without and with 50 clients "
         f"at 10 Hz" + (", and with them polling nginx" if floor else " (no nginx: no floor job)"))
     d = json_module("bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--load-generator", generator,
-                     "--without-front-too", *floor)
+                     *floor)  # the load generator niced (10) below the server: serve_load's default
     w = "" if generator == "pollers" else "w"
     by = "" if generator == "pollers" else ", the clients from wrk"
     load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks){by}"
@@ -46,10 +46,10 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
         Row(f"15.2{w}", f"serve: job throughput with the clients / without, same run, rotating ({load})", unit="x",
             values=d["ratios"], op=">=", target=0.95, goal=">= 0.95",
             note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
-                 f"(job wall time from the status, model load included); CPU seconds of the engine host "
+                 f"(job wall time from the status, model load included); CPU seconds of the server "
                  f"(job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
-                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the status front {fj(d['front_cpu_s'], '.2f')}; the load "
-                 f"generator (same 2 cores) {fj(d['client_cpu_s'], '.2f')}"),
+                 f"{fj(d['server_cpu_loaded_s'], '.1f')}; the load generator (same 2 cores, nice "
+                 f"{d['client_nice']}) {fj(d['client_cpu_s'], '.2f')}"),
     ]
     if d.get("nofront_ratios"):
         rows.append(Row(

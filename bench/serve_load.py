@@ -408,7 +408,9 @@ class _Server:
         self.port = _free_port()
         self.front: Optional[int] = None  # the status front's pid
         self.proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "serve", "--host", HOST,
-                                      "--port", str(self.port), "--allow-root", str(docs), *extra], cwd=str(REPO),
+                                      "--port", str(self.port), "--allow-root", str(docs),
+                                      "--rate-limit", "0",  # its 50 clients stand for 50 machines
+                                      *extra], cwd=str(REPO),
                                      env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def wait_ready(self) -> None:
@@ -443,8 +445,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="pairs (without clients, with clients), alternating")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--hz", type=float, default=10.0)
-    p.add_argument("--client-nice", type=int, default=0, metavar="N",
-                   help="a diagnostic: the load generator's nice value once the server runs (default 0, the job's "
+    p.add_argument("--client-nice", type=int, default=10, metavar="N",
+                   help="the load generator's nice value once the server runs (default 10: below the job; 0 is the job's "
                         "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
                         "their own scheduling's)")
     p.add_argument("--floor", action="store_true",
