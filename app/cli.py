@@ -176,8 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "docs/sources.md")
     sv.add_argument("--notify", action="append", default=[], metavar="URL",
                     help="POST the final status of each job that ends in this server to URL (repeatable)")
-    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
-                    help="without a token, also answer requests whose Host is NAME (besides the loopback names)")
     sv.add_argument("--rate-limit", type=float, default=None, metavar="N",
                     help="requests a second each client address may make, 304s and long-poll waits not counted "
                          "(default 50, burst twice that; 0: no limit; docs/serve.md)")

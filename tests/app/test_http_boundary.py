@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(180)
 # README, "HTTP API": every kind of error the server answers, by status
 DOCUMENTED = {400: {"invalid_input"}, 401: {"unauthorized"}, 403: {"forbidden"}, 404: {"not_found"},
               405: {"jobs_disabled", "method_not_allowed"}, 409: {"wrong_state", "busy"}, 413: {"too_large"},
-              421: {"wrong_host"}, 422: {"invalid_input"}, 504: {"timeout"}}
+              421: {"wrong_host"}, 422: {"invalid_input"}, 429: {"rate_limited"}, 504: {"timeout"}}
 
 
 def assert_documented_error(r: httpx.Response) -> dict:
@@ -326,7 +326,7 @@ def boundary_server(tmp_path_factory):
     (root / "src").mkdir(parents=True)  # empty: a body that does start a job reads nothing
     (base / "outside").mkdir()
     os.symlink(base / "outside", root / "src" / "escape")
-    s = ThreadServer(base / "home", allow_roots=[str(root)])
+    s = ThreadServer(base / "home", allow_roots=[str(root)], rate_limit=0)  # hundreds of bodies a second: the limit is tested in test_serve_plain
     yield s, str(root)
     s.stop()
 
