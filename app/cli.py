@@ -38,6 +38,8 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--ray-embed-actors", "ray_embed_actors", {"type": int, "metavar": "N"}),
     ("--ray-gpus-per-actor", "ray_gpus_per_actor", {"type": float, "metavar": "F"}),
     ("--ray-wave-docs", "ray_wave_docs", {"type": int, "metavar": "N"}),
+    ("--embed-context", "embed_context", {"choices": ["yes", "no"]}),  # docs/search.md
+    ("--ocr", "ocr", {"choices": ["auto", "off", "force"]}),  # docs/formats.md (OCR)
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
@@ -168,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="clients must send `Authorization: Bearer T` (env KBINGEST_TOKEN)")
     sv.add_argument("--allow-root", action="append", default=[], metavar="DIR", dest="allow_roots",
                     help="jobs started over HTTP may read sources under DIR (repeatable; none: starting is off)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
+                    help="without a token, answer requests addressed to NAME too, besides the loopback and the "
+                         "bound address (repeatable)")
     sv.add_argument("--notify", action="append", default=[], metavar="URL",
                     help="POST the final status of each job that ends in this server to URL (repeatable)")
     sv.add_argument("--no-status-front", action="store_false", dest="status_front",
@@ -327,15 +332,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
     else:
-        for i, h in enumerate(hits, 1):
+        for i, h in enumerate(hits, 1):  # relevance in [0, 1], the file relative to its SOURCE (docs/search.md)
             page = f"  p. {h.page}" if h.page is not None else ""
-            print(printable(f"{i}. {h.score:.3f}  {h.source}{page}  [{h.heading_path}]"))
+            rel = h.relevance if h.relevance is not None else h.score
+            print(printable(f"{i}. {rel:.2f}  {h.path or h.source}{page}  [{h.heading_path}]"))
             print(printable("   " + h.text[:200].replace("\n", " ")))
     return int(ExitCode.OK)
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    print(printable(_service(args).repair(args.kb)))
+    print(printable(_service(args).repair(args.kb, db=getattr(args, "db", None),
+                                          db_options=Service.db_options(getattr(args, "db_option", None)))))
     return int(ExitCode.OK)
 
 
@@ -358,7 +365,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
-                       notify=args.notify, status_front=args.status_front)
+                       allow_hosts=args.allow_hosts, notify=args.notify, status_front=args.status_front)
     return serve(cfg, getattr(args, "home", None))
 
 

@@ -12,10 +12,13 @@ from bench.formats import fig_formats
 from bench.chunking import fig_chunking
 from bench.dashboard import fig_dashboard
 from bench.eta import fig_eta
+from bench.docsites import fig_docsites
 from bench.memory import fig_memory
 from bench.metadata import fig_metadata
+from bench.ocr import fig_ocr
 from bench.pause import fig_pause
 from bench.profile import fig_profile
+from bench.retrieval import fig_retrieval
 from bench.runtime import fig_runtime
 from bench.search_scale import fig_search_scale
 from bench.serve import fig_serve, fig_serve_wrk
@@ -41,9 +44,12 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "sweep": fig_sweep,
     "profile": fig_profile,
     "formats": fig_formats,
+    "ocr": fig_ocr,
     "search_scale": fig_search_scale,
     "metadata": fig_metadata,
     "cost": cost.rows,
     "mixed": mixed.rows,
     "eta": fig_eta,
+    "retrieval": fig_retrieval,
+    "docsites": fig_docsites,
 }

@@ -101,6 +101,10 @@ class SearchHit:
     title: str
     page: Optional[int] = None
     model: str = ""  # the embedding model of this chunk's vector: embed queries with the same one
+    path: str = ""   # the source file relative to the job's SOURCE it was found under (else `source`)
+    relevance: Optional[float] = None     # in [0, 1], for people: docs/search.md says how each mode makes it
+    vector_score: Optional[float] = None  # cosine similarity (vector and hybrid modes)
+    text_score: Optional[float] = None    # BM25 (text and hybrid modes)
 
 
 class DocumentError(BaseModel):
@@ -162,6 +166,8 @@ class JobMetrics(BaseModel):
     documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
     files_ignored: Optional[int] = None        # not documents (by name)
     documents_by_format: Optional[dict[str, int]] = None  # documents_found by format (markdown, pdf...)
+    pages_read: Optional[int] = None           # pages of paged documents read (PDF pages, image frames)
+    pages_ocr: Optional[int] = None            # of which read by OCR (--ocr)
     chunks_created: Optional[int] = None
     chunks_embedded: Optional[int] = None
     chunks_reused: Optional[int] = None        # vectors reused instead of embedded
@@ -241,6 +247,9 @@ class JobConfig(BaseModel):
     max_depth: int = Field(64, ge=0, description="folder depth limit")
     max_files: int = Field(100_000, ge=1, description="documents per job limit")
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
+    ocr: Literal["auto", "off", "force"] = Field("auto", description=(
+        "OCR (offline) of PDF pages without text and of images: auto (pages with no text layer), off (none: "
+        "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"))
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
     until: Optional[Literal["chunking"]] = Field(None, description=(
@@ -260,22 +269,35 @@ class JobConfig(BaseModel):
     ray_embed_actors: int = Field(2, ge=1, le=4096, description="embedding actors (one model loaded in each)")
     ray_gpus_per_actor: float = Field(0.0, ge=0, le=64, description="GPUs each embedding actor holds")
     ray_wave_docs: int = Field(256, ge=1, le=1_000_000, description="documents per wave (one commit each)")
+    # docs/search.md: None is decided when the job is made (Service.start): yes for a new knowledge
+    # base, what its jobs did for an existing one (no for one made before this setting)
+    embed_context: Optional[bool] = Field(None, description=(
+        "embed each chunk with its document title and heading path in front (the stored text unchanged); "
+        "default: yes for a new knowledge base, as it was made for an existing one"))
+    # set by `kbingest serve` only (never a CLI option or a POST field): its --allow-root folders, at the
+    # POST and again at every HTTP resume. Every pass's walk and read stay inside them, whatever
+    # follow_links says; None (the CLI's jobs): the source is the boundary (pipeline/load/loading.py)
+    allowed_roots: Optional[list[str]] = Field(None, description="the folders every file this job reads must "
+                                               "lie in (the --allow-root folders of the server that runs it)")
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
     # unchanged documents). A test checks that each field is in exactly one of the two.
-    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
+    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars",
+                                            "embed_context", "ocr")
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
         "db", "db_options", "ann_min_rows", "until",
-        "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs")
+        "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs", "allowed_roots")
     # The settings a user may set for a job (a CLI option each, the fields of a POST /jobs body); the
-    # others are set by kbingest (sources, kb, db: their own arguments) or kept at their default.
+    # others are set by kbingest (sources, kb, db: their own arguments, allowed_roots: a server's) or kept
+    # at their default.
     USER_SETTABLE: ClassVar[tuple[str, ...]] = (
         "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
         "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
-        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder")
+        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder",
+        "embed_context", "ocr")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -296,7 +318,8 @@ class JobConfig(BaseModel):
 
     def load_limits(self) -> LoadLimits:
         return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
-                          max_files=self.max_files, follow_links=self.follow_links)
+                          max_files=self.max_files, follow_links=self.follow_links,
+                          allowed_roots=None if self.allowed_roots is None else tuple(self.allowed_roots))
 
     @property
     def vector_model(self) -> str:
@@ -310,12 +333,20 @@ class JobConfig(BaseModel):
         not at its default, so adding a setting never re-ingests a knowledge base."""
         key = f"{self.chunk_settings().fingerprint()}|{self.vector_model}"
         for name in self.VERSIONED:
-            if name not in _FIRST_VERSIONED and getattr(self, name) != job_default(name):
-                key += f"|{name}={getattr(self, name)}"
+            value = getattr(self, name)
+            if name not in _FIRST_VERSIONED and value != job_default(name) and value not in _AS_BEFORE.get(name, ()):
+                key += f"|{name}={value}"
         return key
+
+    @property
+    def context_embedding(self) -> bool:
+        """Whether chunks are embedded with their title and heading path in front (None: not, as before)."""
+        return bool(self.embed_context)
 
 
 _FIRST_VERSIONED = frozenset({"model", "embedder", "max_tokens", "overlap_tokens", "max_chars"})
+# values of a later versioned setting that mean what versions before it did: they add nothing to the key
+_AS_BEFORE: dict[str, tuple] = {"embed_context": (None, False)}
 
 
 def job_default(name: str) -> Any:

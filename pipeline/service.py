@@ -233,16 +233,34 @@ class Service:
         from kbingest.pipeline.jobstore.recovery import mark_interrupted
 
         mark_interrupted(self.home, self.store)  # jobs whose process died show as interrupted, not running
+        if config.embed_context is None:
+            config = config.model_copy(update={"embed_context": self._context_of(config)})
         job = IngestJob.create(self.home, self.store, config, job_id=job_id, **self._job_kw())
         job.wait_for_lock = wait
         return job
+
+    def _context_of(self, config: JobConfig) -> bool:
+        """Whether a new job embeds titles and heading paths (docs/search.md): as the knowledge base's
+        newest job did (False for a job made before the setting), else as its table's rows were made
+        (a knowledge base copied without its jobs), else yes (a new knowledge base)."""
+        for rec in self.store.all():  # newest first
+            if rec.config.kb == config.kb:
+                return rec.config.context_embedding
+        from kbingest.pipeline.kb.table import KnowledgeBase
+        from kbingest.pipeline.kb.search import table_embeds_context
+        from kbingest.pipeline.kb.location import KbLocation
+
+        base = KnowledgeBase(self.home, config.kb, KbLocation.of_job(self.home, config))
+        found = table_embeds_context(base) if base.exists else None
+        return True if found is None else found
 
     def watch(self, config: JobConfig, job_id: Optional[str] = None, wait: bool = True) -> JobHandle:
         """A job that keeps running and ingests what changes under its sources."""
         return self.start(config.model_copy(update={"watch": True}), job_id=job_id, wait=wait)
 
-    def resume(self, job_id: str, wait: bool = True) -> JobHandle:
-        """Continue a paused, interrupted or failed job; retry the failed documents of a finished one."""
+    def resume(self, job_id: str, wait: bool = True, allowed_roots: Optional[list[str]] = None) -> JobHandle:
+        """Continue a paused, interrupted or failed job; retry the failed documents of a finished one.
+        `allowed_roots` (a server's --allow-root folders) bind its every pass from now on."""
         from kbingest.pipeline.job.engine import IngestJob
         from kbingest.pipeline.jobstore.recovery import mark_interrupted
 
@@ -256,6 +274,10 @@ class Service:
         if not wait:
             self._check_free(info.kb, info.job_id)
         mark_interrupted(self.home, self.store)  # its process died: shown paused (interrupted) until this one runs it
+        if allowed_roots is not None:
+            roots = list(allowed_roots)
+            self.store.update(info.job_id, lambda r: r.model_copy(
+                update={"config": r.config.model_copy(update={"allowed_roots": roots})}))
         job = IngestJob.load(self.home, self.store, info.job_id, **self._job_kw())
         job.wait_for_lock = wait
         return job
@@ -378,13 +400,16 @@ class Service:
             raise EngineFailure(f"cannot save the settings in {self.home.root}: {e.strerror or e}") from None
 
     # ---- repairing --------------------------------------------------------------------------
-    def repair(self, kb: str) -> str:
-        """Check a knowledge base; bring a damaged one back. Says what it did."""
+    def repair(self, kb: str, db: Optional[str] = None, db_options: Optional[dict] = None) -> str:
+        """Check a knowledge base where `db` (or KBINGEST_DB) says, else where its newest job wrote,
+        else in HOME/lancedb (as search finds it); bring a damaged one back. Says what it did."""
         from kbingest.pipeline.kb.repair import repair
+        from kbingest.pipeline.kb.search import locate
 
         _validated(kb, "knowledge base name")
         jobs = [r for r in self.store.all() if r.config.kb == kb]
-        return repair(self.home, kb, sources=jobs[0].config.sources if jobs else None).message
+        location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
+        return repair(self.home, kb, sources=jobs[0].config.sources if jobs else None, location=location).message
 
     # ---- searching --------------------------------------------------------------------------
     @staticmethod
@@ -414,7 +439,7 @@ class Service:
         """search() in this process, never through a resident one; the query model stays loaded."""
         from kbingest.pipeline.embed.embedding import EmbeddingError
         from kbingest.pipeline.kb.table import KnowledgeBase
-        from kbingest.pipeline.kb.search import SEARCH_MODES, locate, preload_query_embedder, search_kb
+        from kbingest.pipeline.kb.search import SEARCH_MODES, locate, preload_query_embedder, search_kb, with_paths
 
         _validated(kb, "knowledge base name")
         if k < 1:
@@ -434,7 +459,8 @@ class Service:
             cfg = JobConfig(sources=["."], kb=kb, embedder="fake" if model == "fake" else "fastembed",
                             model=DEFAULT_MODEL if model == "fake" else model)
         try:
-            return search_kb(base, cfg, query, k, mode=mode, embedder_factory=self._embedder_factory)
+            hits = search_kb(base, cfg, query, k, mode=mode, embedder_factory=self._embedder_factory)
+            return with_paths(hits, [src for r in jobs for src in r.config.sources])  # relative to its SOURCE
         except EmbeddingError as e:
             raise EngineFailure(str(e)) from None
 

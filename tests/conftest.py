@@ -12,6 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Test modules import helpers from other rooms' test modules by name (test_control, test_repair...):
+# every room folder is on the path, so that one room's folder runs alone as it runs in the whole suite.
+for _room in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _room.is_dir() and any(_room.glob("test_*.py")) and str(_room) not in sys.path:
+        sys.path.append(str(_room))
+
 
 DATA = REPO / "tests" / "data"
 WAF = DATA / "waf" / "well-architected"  # the whole corpus, CC-BY-4.0 (tests/data/waf/NOTICE.md)

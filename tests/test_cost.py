@@ -23,6 +23,13 @@ class CountingEmbedder(FakeEmbedder):
         return super().embed(texts)
 
 
+def _embedded(t) -> list[str]:
+    """What a new knowledge base embeds for each row (pipeline/embed/embedding.py embedded_text)."""
+    from kbingest.pipeline.embed.embedding import embedded_text
+
+    return [embedded_text(r["text"], r["title"], r["heading_path"]) for r in t.to_pylist()]
+
+
 def _svc(home, emb):
     return Service(home, embedder_factory=lambda c: emb)
 
@@ -47,7 +54,7 @@ def test_repeated_text_is_embedded_once(tmp_path, home):
     kb = KnowledgeBase(home, "rep")
     assert kb.count() == m.chunks_indexed == m.chunks_created
     t = kb._table.to_arrow()
-    want = FakeEmbedder().embed(t["text"].to_pylist())
+    want = FakeEmbedder().embed(_embedded(t))  # of what was embedded: title and heading path in front (issue 31)
     assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)  # right vectors
 
 
@@ -78,10 +85,10 @@ def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
     assert emb_phase.items_processed == emb_phase.items_total == two.m.chunks_created
     t = KnowledgeBase(home, "kbwide")._table.to_arrow()
     assert t.num_rows == one.m.chunks_created + two.m.chunks_created
-    want = FakeEmbedder().embed(t["text"].to_pylist())
+    want = FakeEmbedder().embed(_embedded(t))
     assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)
     from kbingest.pipeline.kb.ids import text_hash
-    assert t["text_hash"].to_pylist() == [text_hash(x) for x in t["text"].to_pylist()]
+    assert t["text_hash"].to_pylist() == [text_hash(x) for x in _embedded(t)]  # the hash of what was embedded
 
 
 def test_a_stored_vector_of_another_model_is_not_reused(tmp_path, home):

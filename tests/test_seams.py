@@ -94,7 +94,7 @@ def test_every_setting_is_versioned_or_not_exactly_once():
 
 
 CHANGED = {"model": "other-model", "embedder": "fake", "max_tokens": 128, "overlap_tokens": 8,
-           "max_chars": 2000}
+           "max_chars": 2000, "ocr": "force", "embed_context": True}
 
 
 def test_the_version_key_follows_every_versioned_setting_and_no_other():

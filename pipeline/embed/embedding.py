@@ -25,6 +25,26 @@ class EmbeddingError(EngineFailure):
     pass
 
 
+CONTEXT_MAX_CHARS = 300  # the title and heading path put in front of a chunk: at most this much (~60 tokens)
+
+
+def embedded_text(text: str, title: str = "", heading_path: str = "", context: bool = True) -> str:
+    """What is embedded for a chunk: with `context`, its document title and heading path in front
+    ("Title > Section > Subsection", then a blank line; the title left out where it is the first
+    heading, the path where the chunker's continuation prefix gives it already), else the text alone. The stored text stays the chunk's own (docs/search.md); the row's
+    `text_hash` is the hash of this, so a stored vector is reused only for the same embedded input."""
+    if not context:
+        return text
+    parts = [p.strip() for p in (heading_path or "").split(" > ") if p.strip()]
+    if parts and text.startswith(heading_path):
+        parts = []  # a continuation chunk: the chunker put its heading path in front already
+    title = (title or "").strip()
+    if title and not (parts and parts[0].casefold() == title.casefold()) and not text.startswith(title):
+        parts.insert(0, title)
+    head = " > ".join(parts)[:CONTEXT_MAX_CHARS]
+    return f"{head}\n\n{text}" if head else text
+
+
 class Embedder(Protocol):
     model: str
     dim: int

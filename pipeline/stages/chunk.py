@@ -10,12 +10,12 @@ from typing import Optional
 
 from kbingest.pipeline.kb import ids
 from kbingest.pipeline.chunk.chunking import Chunker
+from kbingest.pipeline.embed.embedding import embedded_text
 from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.load.formats.pages import chunk_pages
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
-from kbingest.pipeline.stages.load import canonical
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
 
@@ -30,6 +30,7 @@ class ChunkStage:
         self.kb = kb
         self.version_key = config.version_key()
         self.model = config.vector_model
+        self.context = config.context_embedding  # the text_hash is of what is embedded (title and heading path too)
         self._lookup: Optional[bool] = None  # whether the table held rows when the first document came
 
     def __call__(self, d: Doc) -> Optional[Doc]:
@@ -48,7 +49,7 @@ class ChunkStage:
             r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
             return None
         d.title = doc.title or chunked.title or ""  # the format's own title (HTML <title>) first
-        d.rows = chunk_rows(chunked, doc, d, self.version_key, self.model)
+        d.rows = chunk_rows(chunked, doc, d, self.version_key, self.model, self.context)
         d.loaded = None  # the text is in the rows now
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
@@ -90,13 +91,21 @@ class ChunkStage:
             self.r.count("chunks_reused", reused)
 
 
-def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str) -> list[dict]:
+def _ocr_confidence(doc, page) -> Optional[float]:
+    """OCR's confidence for the page a chunk starts on; None where that page was read from a text layer."""
+    ocr = getattr(doc, "page_ocr", ())
+    return ocr[page - 1] if page is not None and 0 < page <= len(ocr) else None
+
+
+def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str, context: bool = False) -> list[dict]:
     """A chunked document's rows (no vectors yet): what every executor stages, the same way. Ids from
-    the document's canonical path; each chunk's first page where the format has pages."""
+    the document's canonical path, as the load resolved it (d.canonical: no path is resolved again
+    here, where a file may be gone or replaced); each chunk's first page where the format has pages."""
     pages = chunk_pages(doc.text, doc.page_starts, chunked.chunks)
     return [{
-        "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, version_key),
+        "id": ids.chunk_id(d.canonical, doc.content_hash, ch.position, version_key),
         "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
         "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-        "model": model, "page": page, "text_hash": ids.text_hash(ch.text),
+        "model": model, "page": page, "ocr_confidence": _ocr_confidence(doc, page),
+        "text_hash": ids.text_hash(embedded_text(ch.text, d.title, ch.heading_path, context)),  # what is embedded
     } for ch, page in zip(chunked.chunks, pages)]

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped, with_retries
-from kbingest.pipeline.embed.embedding import Embedder
+from kbingest.pipeline.embed.embedding import Embedder, embedded_text
 from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.models import JobConfig
@@ -57,6 +57,11 @@ class EmbedStage:
         self.todo: list[tuple[Doc, int]] = []  # (document, row index) waiting for a batch: one per distinct text
         self.waiting: dict[str, list[tuple[Doc, int]]] = {}  # text hash -> rows that take that text's vector
         self.cache = VectorCache()
+        self.context = config.context_embedding  # title and heading path embedded in front of each text
+
+    def _input(self, row: dict) -> str:
+        """What is embedded for a row (its text_hash is the hash of this: ChunkStage's chunk_rows)."""
+        return embedded_text(row["text"], row.get("title") or "", row.get("heading_path") or "", self.context)
 
     def add(self, d: Doc) -> list[Doc]:
         """Take a document; return the documents now ready for indexing, in order."""
@@ -132,7 +137,7 @@ class EmbedStage:
     def _embed_batch(self, batch: list[tuple[Doc, int]]) -> bool:
         """Embed one batch; True when a document of it was dropped (it breaks the model)."""
         embedder = self._embedder()
-        texts = [d.rows[i]["text"] for d, i in batch]
+        texts = [self._input(d.rows[i]) for d, i in batch]
         note_document(batch[0][0].path)
         vecs = with_retries(PHASE, lambda: embedder.embed(texts), retries=self.retries, control=self.control,
                             on_retry=lambda: self.r.count("embedding_retries"), quiet=True)
@@ -154,7 +159,7 @@ class EmbedStage:
         for d in docs:
             rows = [(d, i) for dd, i in batch if dd is d]
             try:
-                vecs = embedder.embed([d.rows[i]["text"] for _, i in rows])
+                vecs = embedder.embed([self._input(d.rows[i]) for _, i in rows])
             except Exception as e:
                 failed.append((d, reason(e)))
                 continue
