@@ -74,6 +74,7 @@ def judge(samples: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     t0, t1 = samples[0][0], samples[-1][0]
     total = max(1e-9, t1 - t0)
     eta_err: list[float] = []
+    worst_at: Optional[float] = None
     prog_err: list[float] = []
     unknown = 0
     monotonic = True
@@ -95,9 +96,12 @@ def judge(samples: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
             unknown += 1
             continue
         eta_err.append(abs(eta - (t1 - t)) / total)
+        if eta_err[-1] == max(eta_err):
+            worst_at = (t - t0) / total
     final = samples[-1][1]
     return {"total_s": total, "samples": len(samples), "judged": len(prog_err), "eta_unknown": unknown,
             "eta_err_median": median(eta_err), "eta_err_worst": max(eta_err) if eta_err else None,
+            "worst_at": worst_at,
             "progress_err_median": median(prog_err), "monotonic": monotonic,
             "chunks": (final.get("metrics") or {}).get("chunks_created")}
 
@@ -123,7 +127,7 @@ def fig_eta(ctx: Ctx) -> list[Row]:
                 f"load {_load()}")
             res = sample_run(home, docs, timeout=3600)
             log(f"  {res['total_s']:.1f} s, {res['chunks']} chunks, {res['samples']} samples: ETA error median "
-                f"{res['eta_err_median']}, worst {res['eta_err_worst']}, progress error median "
+                f"{res['eta_err_median']}, worst {res['eta_err_worst']} (at {res['worst_at']} of T), progress error median "
                 f"{res['progress_err_median']}, unknown ETAs {res['eta_unknown']}, monotonic {res['monotonic']}")
             runs[name].append(res)
             ctx.ws.drop(home)

@@ -30,6 +30,7 @@ PHASE_WEIGHTS: dict[JobPhase, float] = {
     JobPhase.INDEXING: 0.10,
 }
 RATE_WINDOW_S = 10.0
+JOB_RATE_WINDOW_S = 30.0  # the job's ETA divides by a steadier rate: a machine shared with others varies
 TRANSITIONS_KEPT = 64  # status-change snapshots kept for pollers (a pass makes about ten)
 
 
@@ -57,12 +58,12 @@ class _PhaseState:
     def elapsed(self, now: float) -> float:
         return self.run_seconds + ((now - self.running_since) if self.running_since is not None else 0.0)
 
-    def rate(self, now: float) -> Optional[float]:
+    def rate(self, now: float, window: float = RATE_WINDOW_S) -> Optional[float]:
         if not self.samples:
             return None
         t0, n0 = self.samples[0]
         for t, n in self.samples:
-            if now - t <= RATE_WINDOW_S:
+            if now - t <= window:
                 t0, n0 = t, n
                 break
         dt = now - t0
@@ -398,7 +399,7 @@ class PhaseTracker:
         if work is None:
             return None
         if work > 0:
-            rate = emb.rate(now) if emb.status == JobStatus.RUNNING else None
+            rate = emb.rate(now, JOB_RATE_WINDOW_S) if emb.status == JobStatus.RUNNING else None
             return work / rate if rate else None
         if idx.status.is_done:
             return 0.0
