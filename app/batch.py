@@ -13,6 +13,7 @@ import time
 from typing import Callable, Optional, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
+from kbingest.app.text import progress_line
 from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, Unreachable, debug, describe
 from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
@@ -77,15 +78,7 @@ def _silence(out: TextIO) -> None:
 
 
 def _progress_line(s: JobStatusResponse) -> str:
-    cur = next((p for p in s.phase_details if p.name == s.phase), None)
-    parts = [f"{s.status.value:9}", f"{s.progress:5.1f}%", s.phase.value]
-    if cur is not None:
-        parts.append(f"{cur.items_processed}/{cur.items_total}")
-        if cur.rate:
-            parts.append(f"{cur.rate:.1f}/s")
-        if cur.eta_seconds is not None:
-            parts.append(f"ETA {int(cur.eta_seconds) // 60}m{int(cur.eta_seconds) % 60:02d}s")
-    return " ".join(parts)
+    return progress_line(s)
 
 
 def summary_line(s: JobStatusResponse) -> str:

@@ -11,10 +11,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
-from kbingest.app.exit_codes import ExitCode, exit_code_for_error
+from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
+from kbingest.app import text
 from kbingest.app.logs import log_to_stderr
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse, job_default
 from kbingest.pipeline.service import InvalidInput, KbError, Service, printable
@@ -81,11 +83,36 @@ def _help(field: str, unit: str = "") -> str:
     return ((JobConfig.model_fields[field].description or field) + default).replace("%", "%%")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command or choice."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = [c.strip().strip("'") for c in m.group(2).split(",")]
+            guess = text.did_you_mean(m.group(1), choices)
+            if guess:
+                message += f"; did you mean '{guess}'?"
+        super().error(message)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kbingest")
+    except Exception:  # not installed as a distribution (a source tree on the path)
+        from kbingest import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="kbingest",
         description="Ingest folders of documents into local LanceDB knowledge bases, "
                     "and watch and steer every phase. With no command: the dashboard.")
+    p.add_argument("--version", action="version", version=f"kbingest {_version()}")
     _add_home(p)
     _add_server(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -302,24 +329,20 @@ def cmd_control(args: argparse.Namespace, what: str) -> int:
 
 
 def _human_status(s: JobStatusResponse, errors: list[DocumentError]) -> str:
-    lines = [f"job {s.job_id}  kb {s.kb_id}  {s.status.value}  {s.progress:.1f}%  phase {s.phase.value}",
-             f"  {s.message}"]
+    head = f"job {s.job_id}  kb {s.kb_id}  {s.status.value}  {s.progress:.1f}%"
+    if s.eta_seconds is not None:
+        head += f"  {text.eta(s.eta_seconds)}"
+    lines = [head + f"  phase {s.phase.value}", f"  {s.message}"]
     if s.error:
         lines.append(f"  error: {s.error}")
     for p in s.phase_details:
-        rate = f"{p.rate:.1f}/s" if p.rate else ""
-        eta = f"ETA {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
-        dur = f"{p.duration_seconds:.1f}s" if p.duration_seconds is not None else ""
-        lines.append(f"  {p.name:9} {p.status.value:9} {p.progress:3d}%  {p.items_processed}/{p.items_total}"
-                     f"  {rate} {eta} {dur}".rstrip())
+        lines.append("  " + text.phase_line(p))
         if p.error:
             lines.append(f"            {p.error}")
-    m = {k: v for k, v in s.metrics.items()
-         if k not in ("document_errors", "document_warning_list", "this_pass", "dry_run") and v is not None}
-    if m:
-        lines.append("  " + ", ".join(f"{k}={v}" for k, v in sorted(m.items())))
-    if s.m.this_pass:
-        lines.append("  this pass: " + ", ".join(f"{k}={v}" for k, v in sorted(s.m.this_pass.items())))
+    lines.extend("  " + line for line in text.metric_lines(s.metrics))
+    passed = text.this_pass_line(s.m.this_pass)
+    if passed:
+        lines.append("  " + passed)
     lines.extend(_dry_run_lines(s.m.dry_run))
     for e in errors:
         lines.append(f"  failed: {e.phase}: {e.path}: {e.kind}: {e.message}")
@@ -364,9 +387,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return int(ExitCode.OK)
     if not infos:
         _say("no jobs in this home yet")
-    for i in infos:
-        s = i.status
-        print(printable(f"{i.job_id:40} {s.kb_id:16} {s.status.value:9} {s.progress:5.1f}%  {i.created_at}"))
+        return int(ExitCode.OK)
+    for line in text.jobs_table((i.job_id, i.status, i.created_at) for i in infos):
+        print(printable(line))
     return int(ExitCode.OK)
 
 

@@ -11,6 +11,7 @@ from bench.context import Ctx
 from bench.formats import fig_formats
 from bench.chunking import fig_chunking
 from bench.dashboard import fig_dashboard
+from bench.eta import fig_eta
 from bench.docsites import fig_docsites
 from bench.memory import fig_memory
 from bench.metadata import fig_metadata
@@ -49,6 +50,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "metadata": fig_metadata,
     "cost": cost.rows,
     "mixed": mixed.rows,
+    "eta": fig_eta,
     "retrieval": fig_retrieval,
     "docsites": fig_docsites,
     "sources": fig_sources,

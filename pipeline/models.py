@@ -44,8 +44,11 @@ class PhaseDetail(_Timestamps):
     started_at: Optional[datetime] = None
     completed_at: Optional[datetime] = None
     error: Optional[str] = None
-    rate: Optional[float] = None  # items per second over the recent window
-    eta_seconds: Optional[float] = None
+    rate: Optional[float] = None  # items per second over the recent window (items with work: this pass's)
+    eta_seconds: Optional[float] = None  # never beyond the job's eta_seconds
+    items_total_estimate: Optional[int] = Field(None, ge=0, description=(
+        "while the total still grows: the items expected in all, an estimate (shown as ~N); "
+        "items_processed / items_total_estimate is the phase's progress"))
     duration_seconds: Optional[float] = None
 
 
@@ -65,6 +68,9 @@ class JobStatusResponse(_Timestamps):
     started_at: Optional[datetime] = None
     completed_at: Optional[datetime] = None
     phase_details: list[PhaseDetail] = Field(min_length=4, max_length=4)  # loading, chunking, embedding, indexing
+    eta_seconds: Optional[float] = Field(None, ge=0, description=(
+        "seconds left of a running job, from the chunks still to embed and this pass's embedding rate "
+        "(docs/eta.md); null while unknown"))
 
     @property
     def m(self) -> "JobMetrics":

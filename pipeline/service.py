@@ -446,7 +446,7 @@ class Service:
                 and (base.remembered_rows() or 0) > 0):
             preload_query_embedder(jobs[0].config)  # while the table opens
         if not base.exists:
-            raise NotFound(f"no knowledge base {kb!r} in {location}")
+            raise NotFound(f"no knowledge base {kb!r} in {location}; {_kbs_there(self.home, location)}")
         if jobs:
             cfg = jobs[0].config
         else:  # a knowledge base without its jobs (copied from another home): the model its table names
@@ -458,3 +458,17 @@ class Service:
             return with_paths(hits, [src for r in jobs for src in r.config.sources])  # relative to its SOURCE
         except EmbeddingError as e:
             raise EngineFailure(str(e)) from None
+
+
+def _kbs_there(home, location) -> str:
+    """The knowledge bases a location holds, named for a user who mistyped one."""
+    from kbingest.pipeline.kb.table import list_kbs
+
+    try:
+        names = sorted(list_kbs(home, location))
+    except Exception:  # naming them is a courtesy: an unreadable location says so in other words
+        return "the knowledge bases there could not be listed"
+    if not names:
+        return "it holds none yet"
+    shown = ", ".join(repr(n) for n in names[:20])
+    return f"it holds {shown}" + (f" and {len(names) - 20} more" if len(names) > 20 else "")

@@ -90,16 +90,29 @@ def flags(snap: Optional[JobStatusResponse]) -> list[tuple[str, str]]:
         return []
     status = {d.name: d.status for d in snap.phase_details}
     out: list[tuple[str, str]] = []
-    for key, writer, reader in QUEUES:
-        g = snap.metrics.get(key)
+    gauges = [snap.metrics.get(key) for key, _, _ in QUEUES]
+    for i, (key, writer, reader) in enumerate(QUEUES):
+        g = gauges[i]
         if not isinstance(g, dict):
             continue
         empty, full = float(g.get("empty_s") or 0), float(g.get("full_s") or 0)
         if empty >= STARVED_S and status.get(writer) == JobStatus.RUNNING and status.get(reader) == JobStatus.RUNNING:
             out.append((reader, f"{reader} starved: waiting on {writer} for {fmt_duration(empty)}"))
         if full >= STARVED_S:
-            out.append((writer, f"{writer} blocked: {reader} is behind, queue full for {fmt_duration(full)}"))
+            out.append((writer, f"{writer} blocked: {_behind(gauges, i)} is behind, queue full for {fmt_duration(full)}"))
     return out
+
+
+def _full(g: object) -> bool:
+    return isinstance(g, dict) and int(g.get("capacity") or 0) > 0 and int(g.get("depth") or 0) >= int(g["capacity"])
+
+
+def _behind(gauges: list, i: int) -> str:
+    """The phase to blame for queue i being full: the first one downstream whose input is full and
+    whose output has room (a reader whose own output is full is held up in turn)."""
+    while i + 1 < len(QUEUES) and _full(gauges[i + 1]):
+        i += 1
+    return QUEUES[i][2]
 
 
 def _size(n: Optional[int]) -> str:

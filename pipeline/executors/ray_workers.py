@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kbingest.engine")
 
 # Reporter calls a worker records; the pass-level ones (phase_done, total_known) are the driver's.
-_REPLAYED = {"phase_started", "add_total", "progress", "count", "set", "doc_error", "warning"}
+_REPLAYED = {"phase_started", "add_total", "progress", "count", "set", "doc_error", "warning", "add_bytes",
+             "settle_bytes"}
 ENV_FORWARDED = ("KBINGEST_FAKE_DELAY", "KBINGEST_FAKE_FAIL_ON", "KBINGEST_CRASH_AT", "KBINGEST_CRASH_ONCE")
 
 

@@ -51,8 +51,14 @@ class TrackerReporter:
     def total_known(self, phase: JobPhase) -> None:
         self.t.finish_total(phase)
 
-    def progress(self, phase: JobPhase, n: int = 1) -> None:
-        self.t.advance(phase, n)
+    def progress(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
+        self.t.advance(phase, n, free)
+
+    def add_bytes(self, n: int) -> None:
+        self.t.add_bytes(n)
+
+    def settle_bytes(self, n: int, chunks: Optional[int] = None) -> None:
+        self.t.settle_bytes(n, chunks)
 
     def phase_done(self, phase: JobPhase) -> None:
         self.t.complete_phase(phase)

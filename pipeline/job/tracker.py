@@ -1,5 +1,12 @@
 """PhaseTracker: per-phase status, counts, timing, rate and ETA; publishes immutable snapshots.
 
+The job's ETA is measured in the bottleneck's unit, chunks to embed (docs/eta.md): the chunks of the
+documents chunked and not embedded yet, plus the bytes of the documents not chunked yet at the chunks
+per byte seen so far in this pass; reused chunks and skipped documents are free. Divided by the chunks
+embedded per second over the last RATE_WINDOW_S of this pass. Phase ETAs are capped by the job's.
+Progress (the job's and each phase's) never goes back within a pass: totals still growing are
+estimated, and flagged so (`items_total_estimate`).
+
 Worker threads call the mutators; readers (the batch printer, the dashboard) call `snapshot()`
 whenever they like. Nothing here pushes to a reader: readers poll.
 """
@@ -23,6 +30,7 @@ PHASE_WEIGHTS: dict[JobPhase, float] = {
     JobPhase.INDEXING: 0.10,
 }
 RATE_WINDOW_S = 10.0
+JOB_RATE_WINDOW_S = 30.0  # the job's ETA divides by a steadier rate: a machine shared with others varies
 TRANSITIONS_KEPT = 64  # status-change snapshots kept for pollers (a pass makes about ten)
 
 
@@ -43,24 +51,26 @@ class _PhaseState:
     error: Optional[str] = None
     run_seconds: float = 0.0  # time spent running, across pauses
     running_since: Optional[float] = None
-    samples: deque = field(default_factory=lambda: deque(maxlen=256))
+    worked: int = 0  # items processed with work (not reused, not skipped): what the rate counts
+    samples: deque = field(default_factory=lambda: deque(maxlen=256))  # (time, worked)
+    last_frac: float = 0.0  # the progress last published in this pass: never shown lower
 
     def elapsed(self, now: float) -> float:
         return self.run_seconds + ((now - self.running_since) if self.running_since is not None else 0.0)
 
-    def rate(self, now: float) -> Optional[float]:
+    def rate(self, now: float, window: float = RATE_WINDOW_S) -> Optional[float]:
         if not self.samples:
             return None
         t0, n0 = self.samples[0]
         for t, n in self.samples:
-            if now - t <= RATE_WINDOW_S:
+            if now - t <= window:
                 t0, n0 = t, n
                 break
         dt = now - t0
         if dt < 0.5:
             el = self.elapsed(now)
-            return (self.processed / el) if el > 0.5 and self.processed else None
-        return max(0.0, (self.processed - n0) / dt)
+            return (self.worked / el) if el > 0.5 and self.worked else None
+        return max(0.0, (self.worked - n0) / dt)
 
 
 class PhaseTracker:
@@ -87,6 +97,15 @@ class PhaseTracker:
         # less often than they come (a fast unchanged run) still sees each one (`snapshots_since`)
         self._transitions: deque[tuple[int, JobStatusResponse]] = deque(maxlen=TRANSITIONS_KEPT)
         self._transition_seq = 0
+        self._reset_work()
+
+    def _reset_work(self) -> None:
+        """This pass's bytes to chunk (docs/eta.md): listed, settled (chunked, skipped or failed),
+        and those chunked with the chunks they made (the chunks per byte seen so far)."""
+        self._bytes_listed = 0
+        self._bytes_settled = 0
+        self._bytes_chunked = 0
+        self._chunks_from_bytes = 0
 
     # ---- restoring --------------------------------------------------------------------------
     @classmethod
@@ -203,6 +222,7 @@ class PhaseTracker:
                 self._phases[p] = _PhaseState(p)
             if not keep_progress:
                 self._progress_floor = 0.0
+            self._reset_work()
             self._version += 1
 
     def start_phase(self, phase: JobPhase) -> None:
@@ -210,7 +230,7 @@ class PhaseTracker:
             st = self._phases[phase]
             if st.status != JobStatus.RUNNING:
                 self._phase_to(st, JobStatus.RUNNING)
-                st.samples.append((self._clock(), st.processed))
+                st.samples.append((self._clock(), st.worked))
                 self._version += 1
                 self._note_transition()
 
@@ -227,13 +247,33 @@ class PhaseTracker:
             self._phases[phase].total_final = True
             self._version += 1
 
-    def advance(self, phase: JobPhase, n: int = 1) -> None:
+    def advance(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
+        """n more items done; free: done without work (a reused vector, a skipped document), so
+        they count in progress and not in the rate."""
         with self._lock:
             st = self._phases[phase]
             st.processed += n
             if st.processed > st.total:
                 st.total = st.processed
-            st.samples.append((self._clock(), st.processed))
+            if not free:
+                st.worked += n
+                st.samples.append((self._clock(), st.worked))
+            self._version += 1
+
+    def add_bytes(self, n: int) -> None:
+        """n more bytes of documents to read and chunk in this pass."""
+        with self._lock:
+            self._bytes_listed += max(0, n)
+            self._version += 1
+
+    def settle_bytes(self, n: int, chunks: Optional[int] = None) -> None:
+        """A document's n bytes need no chunking any more: chunked into `chunks` chunks, or (None)
+        skipped, failed or left."""
+        with self._lock:
+            self._bytes_settled += max(0, n)
+            if chunks is not None and n > 0:
+                self._bytes_chunked += n
+                self._chunks_from_bytes += chunks
             self._version += 1
 
     def complete_phase(self, phase: JobPhase) -> None:
@@ -294,8 +334,8 @@ class PhaseTracker:
 
     def _estimated_totals(self) -> dict[JobPhase, Optional[float]]:
         """Each phase's expected item count. A total that still grows is scaled by the share of
-        the input that has reached the phase so far: chunking counts documents loaded, embedding
-        and indexing count the chunks of the documents chunked."""
+        the input that has reached the phase so far (chunking counts documents loaded); embedding
+        and indexing count the chunks known plus those the bytes not chunked yet will make."""
         ph = self._phases
         reached = {
             JobPhase.LOADING: 1.0,
@@ -303,16 +343,79 @@ class PhaseTracker:
         }
         reached[JobPhase.EMBEDDING] = reached[JobPhase.CHUNKING] * self._done_share(ph[JobPhase.CHUNKING])
         reached[JobPhase.INDEXING] = reached[JobPhase.EMBEDDING]
+        coming = self._chunks_to_come()
         out: dict[JobPhase, Optional[float]] = {}
         for p in PHASES:
             st = ph[p]
             if st.status.is_done or st.total_final:
                 out[p] = float(st.total)
+            elif p in (JobPhase.EMBEDDING, JobPhase.INDEXING) and coming is not None:
+                out[p] = max(float(st.total) + coming, float(st.processed))
             elif reached[p] > 0 and st.total > 0:
                 out[p] = max(st.total / reached[p], float(st.processed))
             else:
                 out[p] = None
         return out
+
+    def _chunks_to_come(self) -> Optional[float]:
+        """Chunks the documents not chunked yet will make, at the chunks per byte seen so far in this
+        pass (0 once chunking is done; None while no document has been chunked)."""
+        if self._phases[JobPhase.CHUNKING].status.is_done or self._phases[JobPhase.EMBEDDING].total_final:
+            return 0.0
+        if not self._bytes_listed:
+            return None  # no listing: what is still to come is unknown
+        left = max(0, self._bytes_listed - self._bytes_settled)
+        if not left:
+            return 0.0
+        if not self._bytes_chunked:
+            return None
+        return left * self._chunks_from_bytes / self._bytes_chunked
+
+    def _remaining_work(self) -> Optional[float]:
+        """Chunks still to embed in this pass (docs/eta.md); None while unknown."""
+        emb = self._phases[JobPhase.EMBEDDING]
+        if emb.status.is_done:
+            return 0.0
+        coming = self._chunks_to_come()
+        if coming is None:  # no bytes to go by: the chunks known, scaled by the documents chunked so far
+            est = self._estimated_totals()[JobPhase.EMBEDDING]
+            return None if est is None else max(0.0, est - emb.processed)
+        return max(0, emb.total - emb.processed) + coming
+
+    def _job_eta(self, now: float) -> Optional[float]:
+        """Seconds left of a running job: chunks still to embed over the embedding rate of this
+        pass; once all is embedded, the indexer's rows left over its rate."""
+        if self._status != JobStatus.RUNNING or all(st.status.is_done for st in self._phases.values()):
+            return None  # not running, or between a watch job's bursts: nothing to promise
+        emb, idx = self._phases[JobPhase.EMBEDDING], self._phases[JobPhase.INDEXING]
+        if emb.status == JobStatus.SKIPPED:  # a dry run: chunking is the last phase
+            ch = self._phases[JobPhase.CHUNKING]
+            est = self._estimated_totals()[JobPhase.CHUNKING]
+            rate = ch.rate(now) if ch.status == JobStatus.RUNNING else None
+            if ch.status.is_done:
+                return 0.0
+            return max(0.0, (est - ch.processed) / rate) if rate and est is not None else None
+        work = self._remaining_work()
+        if work is None:
+            return None
+        if work > 0:
+            rate = emb.rate(now, JOB_RATE_WINDOW_S) if emb.status == JobStatus.RUNNING else None
+            return work / rate if rate else None
+        if idx.status.is_done:
+            return 0.0
+        rate = idx.rate(now) if idx.status == JobStatus.RUNNING else None
+        left = max(0, idx.total - idx.processed)
+        return (left / rate) if rate else (0.0 if not left else None)
+
+    def _work_progress(self) -> Optional[float]:
+        """The job's share done in the ETA's unit (chunks embedded over chunks to embed), or None."""
+        emb = self._phases[JobPhase.EMBEDDING]
+        if emb.status == JobStatus.SKIPPED or emb.status == JobStatus.COMPLETED:
+            return None
+        work = self._remaining_work()
+        if work is None or emb.processed + work <= 0:
+            return None
+        return emb.processed / (emb.processed + work)
 
     def _note_transition(self) -> None:
         """Called with the lock held, after a status change."""
@@ -338,22 +441,30 @@ class PhaseTracker:
         overall = 0.0
         current = JobPhase.COMPLETED
         totals = self._estimated_totals()
+        job_eta = self._job_eta(now)
         for p in PHASES:
             st = self._phases[p]
             est = totals[p]
             frac = 1.0 if st.status.is_done else (min(1.0, st.processed / est) if est else 0.0)
+            if st.status != JobStatus.SKIPPED:
+                frac = max(frac, st.last_frac)  # within a pass a bar never goes back
+                st.last_frac = frac
             overall += PHASE_WEIGHTS[p] * frac
             if current == JobPhase.COMPLETED and not st.status.is_done:
                 current = p
             rate = st.rate(now) if st.status == JobStatus.RUNNING else None
             eta = None
-            if rate and rate > 0 and est is not None:
-                eta = max(0.0, (est - st.processed) / rate)
+            if rate and rate > 0 and est is not None and job_eta is not None:
+                eta = min(job_eta, max(0.0, (est - st.processed) / rate))  # none beyond the job's
+            estimate = None
+            if not (st.status.is_done or st.total_final) and est is not None and est > st.total:
+                # the items beside the bar: processed / estimate is the bar's fraction
+                estimate = max(st.total, int(round(st.processed / frac)) if frac > 0 else int(round(est)))
             details.append(PhaseDetail(
                 name=p.value, status=st.status,
                 progress=(100 if st.status == JobStatus.COMPLETED else 0 if st.status == JobStatus.SKIPPED
                           else int(min(100, max(0, frac * 100)))),
-                items_processed=st.processed, items_total=st.total,
+                items_processed=st.processed, items_total=st.total, items_total_estimate=estimate,
                 started_at=st.started_at, completed_at=st.completed_at, error=st.error,
                 rate=round(rate, 3) if rate is not None else None,
                 eta_seconds=round(eta, 1) if eta is not None else None,
@@ -361,11 +472,14 @@ class PhaseTracker:
             ))
         if self._status == JobStatus.FAILED and self._failed_phase is not None:
             current = self._failed_phase  # not the earliest phase it stopped, but the one that failed
+        work = self._work_progress()
+        if work is not None:
+            overall = work
         progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
         self._progress_floor = max(self._progress_floor, progress)
         return JobStatusResponse(
             job_id=self.job_id, kb_id=self.kb_id, status=self._status, phase=current,
             progress=round(self._progress_floor, 2), message=self._message, error=self._error,
             metrics=dict(self._metrics), started_at=self._started_at, completed_at=self._completed_at,
-            phase_details=details,
+            phase_details=details, eta_seconds=round(job_eta, 1) if job_eta is not None else None,
         )

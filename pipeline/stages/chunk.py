@@ -51,6 +51,7 @@ class ChunkStage:
             chunked = self.chunker.chunk(doc.text, markdown=doc.markdown)
         except Exception as e:
             r.progress(PHASE)
+            r.settle_bytes(doc.size)
             r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
             return None
         d.title = doc.title or chunked.title or ""  # the format's own title (HTML <title>) first
@@ -59,6 +60,7 @@ class ChunkStage:
         r.add_total(JobPhase.EMBEDDING, len(d.rows))
         r.add_total(JobPhase.INDEXING, len(d.rows))
         r.count("chunks_created", len(d.rows))
+        r.settle_bytes(doc.size, len(d.rows))
         if d.rows and self._stored_rows():
             self._reuse_vectors(d)
         r.progress(PHASE)
@@ -91,7 +93,7 @@ class ChunkStage:
                 row["vector"] = v
                 reused += 1
         if reused:
-            self.r.progress(JobPhase.EMBEDDING, reused)
+            self.r.progress(JobPhase.EMBEDDING, reused, True)
             self.r.count("chunks_reused", reused)
 
 

@@ -82,7 +82,7 @@ class EmbedStage:
                     self.waiting[key] = [(d, i)]
                     self.todo.append((d, i))
             if reused:
-                self.r.progress(PHASE, reused)
+                self.r.progress(PHASE, reused, True)
                 self.r.count("chunks_reused", reused)
         self.pending.append(d)
         while len(self.todo) >= self.bs:
@@ -178,7 +178,7 @@ class EmbedStage:
                 if dd is d:
                     self.todo.insert(0, (d, i))
             n = sum(1 for row in d.rows if "vector" not in row)  # its rows still waiting are dropped with it
-            self.r.progress(PHASE, n)
+            self.r.progress(PHASE, n, True)
             self.r.add_total(JobPhase.INDEXING, -len(d.rows))
         return bool(failed)
 

@@ -87,7 +87,9 @@ class LoadStage:
         counted = self.scope is None and not self.remote  # a remote source's size is known as it is listed
         self.listed_total: Optional[int] = None
         if counted:  # a listing pass first (no reads): progress and ETA know the job's size
-            self.listed_total = len({i.path for i in walk(self.local, self.limits) if isinstance(i, Candidate)})
+            sizes = {i.path: i.size for i in walk(self.local, self.limits) if isinstance(i, Candidate)}
+            self.listed_total = len(sizes)
+            r.add_bytes(sum(sizes.values()))
             r.add_total(PHASE, self.listed_total)
             r.total_known(PHASE)
         listed = 0
@@ -113,7 +115,9 @@ class LoadStage:
                 r.doc_error(item.path, PHASE, "path_changed", "its path changed (a link replaced) while it was "
                             "resolved: not read; ingest again once it settles")
                 held.append(fs_text(item.path))  # refused now: what the table holds of it stays
-                if not counted:
+                if counted:
+                    r.settle_bytes(item.size)
+                else:
                     r.add_total(PHASE)
                 listed += 1
                 r.progress(PHASE)
@@ -124,6 +128,7 @@ class LoadStage:
                 continue
             if not counted:
                 r.add_total(PHASE)
+                r.add_bytes(item.size)
             listed += 1
             fmt = formats.for_path(item.path)
             r.found(fmt.name if fmt else "unknown")
@@ -135,11 +140,13 @@ class LoadStage:
                 self._feeds(fed, item.path)
             r.progress(PHASE)
             if doc is None:
+                r.settle_bytes(item.size)
                 continue
             version = ids.doc_version(doc.content_hash, self.version_key)
             old = self.stored.get(did)
             if old is not None and old.version == version:
                 self._count_skipped(old.chunks)
+                r.settle_bytes(item.size)
                 continue
             yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc,
                       canonical=canon)
@@ -352,7 +359,7 @@ class LoadStage:
         r = self.r
         r.count("documents_skipped")
         r.add_total(JobPhase.CHUNKING)
-        r.progress(JobPhase.CHUNKING)
+        r.progress(JobPhase.CHUNKING, 1, True)
         for phase in (JobPhase.EMBEDDING, JobPhase.INDEXING):
             r.add_total(phase, chunks)
-            r.progress(phase, chunks)
+            r.progress(phase, chunks, True)

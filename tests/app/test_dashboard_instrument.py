@@ -458,3 +458,14 @@ def test_pending_and_watch_rows_say_their_place_and_last_sync():
                                        "metrics": {"watch_bursts": 3, "last_synced_at": "2026-12-02T10:11:12.000Z"}})
     assert note(JobView(job_id="w-1", kb="w", snap=watch, errors=[], created_at="2026-12-02T00:00:00Z"),
                 timezone.utc) == "watching · synced 10:11:12"
+
+
+def test_blocked_names_the_stage_whose_input_is_full_and_output_has_room():
+    """Issue 30 item 4: loading's queue full while chunking's is full too: embedding is the cause."""
+    snap = instrument_snapshot()
+    full = {"depth": 16, "capacity": 16, "empty_s": 0.0, "full_s": 9.0}
+    both = snap.model_copy(update={"metrics": {**snap.metrics, "queue_docs": full, "queue_chunked": full}})
+    assert flags(both) == [("loading", "loading blocked: embedding is behind, queue full for 9.0s"),
+                           ("chunking", "chunking blocked: embedding is behind, queue full for 9.0s")]
+    one = snap.model_copy(update={"metrics": {**snap.metrics, "queue_docs": full}})
+    assert flags(one) == [("loading", "loading blocked: chunking is behind, queue full for 9.0s")]

@@ -217,3 +217,107 @@ def test_every_status_change_is_kept_for_a_slow_poller():
     assert [s.progress for s in snaps] == sorted(s.progress for s in snaps)
     again, seq3 = t.snapshots_since(seq2)
     assert len(again) == 1 and seq3 == seq2  # nothing new: only now
+
+
+# ---- issue 30: the job's ETA in chunks to embed, progress that never goes back ----------------------
+def _running_pass(t, listed_bytes):
+    t.set_status(JobStatus.RUNNING)
+    t.start_phase(JobPhase.LOADING)
+    t.add_bytes(listed_bytes)
+    t.start_phase(JobPhase.CHUNKING)
+    t.start_phase(JobPhase.EMBEDDING)
+
+
+def test_job_eta_counts_bytes_not_chunked_at_the_chunks_per_byte_seen():
+    t, clock = tracker()
+    _running_pass(t, 1000)
+    t.add_total(JobPhase.CHUNKING)
+    t.advance(JobPhase.CHUNKING)
+    t.settle_bytes(100, chunks=10)      # 0.1 chunk per byte so far
+    t.add_total(JobPhase.EMBEDDING, 10)
+    clock.t += 10
+    t.advance(JobPhase.EMBEDDING, 5)    # 0.5 chunk/s
+    s = t.snapshot()
+    # 5 chunks known and not embedded + 900 bytes not chunked x 0.1 = 95 chunks at 0.5/s
+    assert s.eta_seconds == pytest.approx(190.0)
+    assert all(p.eta_seconds is None or p.eta_seconds <= s.eta_seconds for p in s.phase_details)
+    emb = detail(s, "embedding")
+    assert emb.items_total_estimate == 100 and emb.progress == 5  # 5/~100 beside a 5 % bar
+    assert s.progress == pytest.approx(5.0)  # the job's share in the same unit
+
+
+def test_eta_unknown_until_a_document_is_chunked_and_null_when_not_running():
+    t, clock = tracker()
+    _running_pass(t, 1000)
+    clock.t += 5
+    assert t.snapshot().eta_seconds is None
+    t.settle_bytes(1000, chunks=20)
+    t.add_total(JobPhase.EMBEDDING, 20)
+    clock.t += 5
+    t.advance(JobPhase.EMBEDDING, 10)
+    assert t.snapshot().eta_seconds == pytest.approx(10.0)
+    t.set_status(JobStatus.PAUSED)
+    assert t.snapshot().eta_seconds is None
+
+
+def test_reused_vectors_and_skipped_documents_are_free_in_rates_and_eta():
+    t, clock = tracker()
+    _running_pass(t, 1000)
+    t.settle_bytes(1000, chunks=200)
+    t.add_total(JobPhase.EMBEDDING, 200)
+    t.advance(JobPhase.EMBEDDING, 150, free=True)  # a resume: vectors reused at once
+    clock.t += 10
+    t.advance(JobPhase.EMBEDDING, 10)
+    s = t.snapshot()
+    emb = detail(s, "embedding")
+    assert emb.rate == pytest.approx(1.0)  # not 16/s
+    assert s.eta_seconds == pytest.approx(40.0)
+
+
+def test_phase_etas_never_beyond_the_jobs():
+    t, clock = tracker()
+    _running_pass(t, 10_000)
+    t.add_total(JobPhase.LOADING, 1000)
+    t.finish_total(JobPhase.LOADING)
+    t.settle_bytes(5000, chunks=100)
+    t.add_total(JobPhase.EMBEDDING, 100)
+    clock.t += 10
+    t.advance(JobPhase.LOADING, 10)     # loading alone would say 990 s
+    t.advance(JobPhase.EMBEDDING, 50)   # the job: 50 + 100 chunks at 5/s = 30 s
+    s = t.snapshot()
+    assert s.eta_seconds == pytest.approx(30.0)
+    assert detail(s, "loading").eta_seconds == pytest.approx(30.0)
+
+
+def test_bars_and_job_progress_never_go_back_within_a_pass_and_items_agree():
+    t, clock = tracker()
+    _running_pass(t, 10_000)
+    t.add_total(JobPhase.LOADING, 10)
+    t.finish_total(JobPhase.LOADING)
+    seen: dict[str, int] = {}
+    job = 0.0
+    # small documents first, then one holding most of the bytes: the estimated totals grow late
+    sizes = [100] * 9 + [9100]
+    for i, size in enumerate(sizes):
+        t.advance(JobPhase.LOADING)
+        t.add_total(JobPhase.CHUNKING)
+        clock.t += 1
+        t.advance(JobPhase.CHUNKING)
+        chunks = size // 10 if i < 9 else size // 5  # the big one chunks denser than the rest
+        t.settle_bytes(size, chunks=chunks)
+        t.add_total(JobPhase.EMBEDDING, chunks)
+        if i < 9:
+            t.advance(JobPhase.EMBEDDING, chunks)  # 90 of ~1000, then 90 of 1910: the bar holds at 9 %
+        s = t.snapshot()
+        assert s.progress >= job
+        job = s.progress
+        for p in s.phase_details:
+            assert p.progress >= seen.get(p.name, 0), (i, p)
+            seen[p.name] = p.progress
+            if p.items_total_estimate is not None:
+                assert p.items_total_estimate >= p.items_total
+                assert abs(100 * p.items_processed / p.items_total_estimate - p.progress) <= 1.0
+            elif p.items_total and p.status == JobStatus.RUNNING:  # held: the items catch up with the bar
+                assert 100 * p.items_processed / p.items_total <= p.progress + 1
+    emb = detail(t.snapshot(), "embedding")
+    assert (emb.items_processed, emb.items_total, emb.progress) == (90, 1910, 9)
