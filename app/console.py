@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList, Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
+from kbingest.app.view_model import hit_label, offered_embedders
 from kbingest.pipeline.models import DocumentError, JobConfig
 from kbingest.pipeline.service import KbError, Service
 from kbingest.widgets.format import fmt_time, safe
@@ -150,7 +151,9 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
                             suggester=SuggestFromList(self.knowledge_bases, case_sensitive=True), compact=True)
             with Horizontal(classes="row"):
                 yield Label("embedder")
-                yield Select([("fastembed", "fastembed"), ("fake", "fake")], value=self.embedder,
+                offered = offered_embedders()
+                offered += () if self.embedder in offered else (self.embedder,)
+                yield Select([(e, e) for e in offered], value=self.embedder,
                              allow_blank=False, id="embedder", compact=True)
             for name in self.SETTINGS:
                 with Horizontal(classes="row"):
@@ -270,7 +273,7 @@ class SearchScreen(ModalScreen[None]):
         table.clear()
         for i, h in enumerate(hits):
             page = getattr(h, "page", None)
-            table.add_row(Text(f"{h.score:.3f}"), Text(safe(os.path.basename(h.source) or h.source)),
+            table.add_row(Text(f"{h.score:.3f}"), Text(safe(hit_label(h))),
                           Text(safe(h.heading_path)), Text("" if page is None else str(page)), key=str(i))
         status = error or (f"{len(hits)} result{'s' if len(hits) != 1 else ''}: ↑↓ and enter open one"
                            if hits else "no results")

@@ -29,12 +29,13 @@ from textual.worker import Worker, WorkerState
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
 from kbingest.app.console import ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen, help_from_bindings
+from kbingest.app.view_model import job_eta, resume_refusal, where_running
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
-from kbingest.widgets.format import JobView, safe, status_style, theme_style
+from kbingest.widgets.format import JobView, fmt_clock, safe, status_style, theme_style
 from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
 from kbingest.widgets.job_table import SORTS, JobTable, matches
 from kbingest.widgets.phase_timeline import PhaseTimeline
@@ -252,10 +253,7 @@ class KbIngestApp(App[None]):
             self._created[info.job_id] = info.created_at
             if info.job_id == live_id:
                 continue  # the live snapshot is newer than the store's
-            snap = info.status
-            if snap.status == JobStatus.RUNNING and live_id is not None:
-                # this process runs a job here: any other job recorded as running died with its process
-                snap = Service.as_interrupted(snap)
+            snap = info.status  # as the service sees it: running while its engine holds its knowledge base
             running_elsewhere = snap.status == JobStatus.RUNNING
             view = JobView(job_id=info.job_id, kb=info.kb, snap=snap, errors=snap.errors,
                            created_at=info.created_at, updated_at=info.updated_at, running_elsewhere=running_elsewhere)
@@ -335,8 +333,8 @@ class KbIngestApp(App[None]):
             self._q("#summary", Static).update(Text(
                 "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
         else:
-            where = " · running here" if view.local else " · running in another process" if view.running_elsewhere else ""
-            title = printable(f"job {view.job_id} · kb {view.kb}{where}")
+            where = where_running(view)
+            title = printable(f"job {view.job_id} · kb {view.kb}" + (f" · {where}" if where else ""))
             if title != self._detail_title:
                 self._detail_title = title
                 detail.border_title = Text(title)
@@ -366,6 +364,9 @@ class KbIngestApp(App[None]):
         s = v.snap
         warn = s.status == JobStatus.COMPLETED and v.failed_docs > 0
         out = Text(end="")
+        eta = job_eta(s)
+        if eta is not None:  # the job's ETA first (issue 30)
+            out.append(f"ETA {fmt_clock(eta)}  ", style="bold")
         out.append(s.status.value, style=status_style(self, s.status.value, warn=warn))
         out.append(f" {s.progress:.1f}%  ")
         out.append(safe(s.message))
@@ -398,6 +399,8 @@ class KbIngestApp(App[None]):
         key = event.row_key.value if event.row_key is not None else None
         if key is not None and key != self._selected and key in self._views:
             self._selected = key
+            if not self._ui_ready:  # the app is closing
+                return
             self._show_selected()
             self._update_action_state()
 
@@ -582,12 +585,21 @@ class KbIngestApp(App[None]):
             self._q(JobTable).focus()
 
     def on_key(self, event: events.Key) -> None:
+        if event.key in self._keys_of("resume") and self.screen is self._main:
+            why = resume_refusal(self.selected, self._live.job_id if self._live is not None else None)
+            if why is not None and not self._can_resume(self.selected):  # r greyed out: say why
+                event.stop()
+                self._say(why, severity="warning")
+                return
         box = self._main.query_one("#filter", Input) if self._main is not None else None
         if event.key == "escape" and box is not None and box.has_focus:
             event.stop()
             box.value = ""
             box.remove_class("shown")
             self._q(JobTable).focus()
+
+    def _keys_of(self, action: str) -> set[str]:
+        return {b.key for b in self.BINDINGS if b.action == action}
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]

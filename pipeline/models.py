@@ -65,6 +65,9 @@ class JobStatusResponse(_Timestamps):
     started_at: Optional[datetime] = None
     completed_at: Optional[datetime] = None
     phase_details: list[PhaseDetail] = Field(min_length=4, max_length=4)  # loading, chunking, embedding, indexing
+    eta_seconds: Optional[float] = Field(None, ge=0, description=(
+        "seconds left of a running job, from the chunks still to embed and this pass's embedding rate "
+        "(docs/eta.md); null while unknown"))
 
     @property
     def m(self) -> "JobMetrics":

@@ -257,7 +257,8 @@ def test_filter_as_you_type_and_sort(tmp_path):
     run(scenario())
 
 
-def test_new_job_form_validates_then_starts_a_job(home, pages):
+def test_new_job_form_validates_then_starts_a_job(home, pages, monkeypatch):
+    monkeypatch.setenv("KBINGEST_OFFER_FAKE_EMBEDDER", "1")  # the form offers the test embedder (app/view_model.py)
     service = service_of(home)
 
     async def scenario() -> None:
