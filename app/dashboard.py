@@ -58,6 +58,9 @@ HELP_NOTES = [
 ]
 
 
+# the palette's names of actions whose footer label is cut short to fit 80 columns
+PALETTE_TITLES = {"freeze_view": "freeze view", "follow_view": "live view", "new_job": "new job", "search": "search"}
+
 JobLike = JobHandle  # what the dashboard runs: a job from the service, or a fake in tests
 
 
@@ -98,16 +101,16 @@ class KbIngestApp(App[None]):
                 tooltip="quit; a job running here is paused first, its checkpoint saved: "
                         "start `kbingest` again and press r to resume it"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
-        Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up", tooltip="select a job"),
-        Binding("down", "select_job(1)", "select", show=False, id="select_down", tooltip="select a job"),
-        Binding("f", "freeze_view", "freeze view", id="freeze",
+        Binding("up", "select_job(-1)", "job", key_display="↑↓", id="select_up", tooltip="select a job"),
+        Binding("down", "select_job(1)", "job", show=False, id="select_down", tooltip="select a job"),
+        Binding("f", "freeze_view", "freeze", id="freeze",
                 tooltip="freeze the view to read it: the jobs go on working"),
-        Binding("f", "follow_view", "live view", id="follow", tooltip="f again follows them live"),
+        Binding("f", "follow_view", "live", id="follow", tooltip="f again follows them live"),
         Binding("d", "drain", "drain", id="drain",
                 tooltip="drain the selected job: it loads no new documents, finishes those loaded, then completes"),
-        Binding("n", "new_job", "new job", id="new_job",
+        Binding("n", "new_job", "new", id="new_job",
                 tooltip="a new job: sources, knowledge base and settings; it starts here"),
-        Binding("slash", "search", "search", key_display="/", id="search",
+        Binding("slash", "search", "find", key_display="/", id="search",
                 tooltip="search the selected job's knowledge base; enter on a result shows its full text"),
         Binding("l", "filter", "filter", show=False, id="filter",
                 tooltip="filter the job list as you type (knowledge base, status or id); escape clears it"),
@@ -173,7 +176,7 @@ class KbIngestApp(App[None]):
             yield ErrorPane(id="errors")
             yield InFlightPane(Text(""), id="inflight", markup=False)
             yield EventLog(id="log")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # 80 columns hold every key shown (^p: in the help)
 
     def _q(self, selector: Any, expect_type: Any = None) -> Any:
         """A widget of the main screen (App.query_one searches the active screen: a modal, maybe)."""
@@ -639,7 +642,8 @@ class KbIngestApp(App[None]):
             if self.check_action(b.action, ()) is False:  # the other face of a toggle (f)
                 continue
             key = b.key_display or KEY_NAMES.get(b.key, b.key)
-            yield SystemCommand(f"{b.description.capitalize()} ({key})", b.tooltip,
+            title = PALETTE_TITLES.get(b.action, b.description)
+            yield SystemCommand(f"{title.capitalize()} ({key})", b.tooltip,
                                 partial(self.run_action, b.action))
         yield SystemCommand("Retry failed documents (r)", "retry the failed documents of the selected "
                             "finished job (r resumes it; enter on an error retries one document)",

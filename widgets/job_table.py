@@ -75,9 +75,9 @@ class JobTable(DataTable):
     of jobs changes, or when its width does."""
 
     BINDINGS = [
-        Binding("up", "cursor_up", "select", key_display="↑↓", id="select_up",
+        Binding("up", "cursor_up", "job", key_display="↑↓", id="select_up",
                 tooltip="select the job above / below"),
-        Binding("down", "cursor_down", "select", show=False, id="select_down"),
+        Binding("down", "cursor_down", "job", show=False, id="select_down"),
     ]
 
     def __init__(self, *, id: Optional[str] = None) -> None:

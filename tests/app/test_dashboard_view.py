@@ -176,3 +176,24 @@ def test_every_key_of_the_dashboard_is_in_the_docs_key_table():
     missing = [b.key for b in KbIngestApp.BINDINGS
                if KEY_NAMES.get(b.key, b.key) not in keys and (b.key_display or "") not in keys]
     assert not missing, f"keys missing from docs/dashboard.md's key table: {missing}"
+
+
+def test_the_footer_keeps_new_job_search_and_drain_at_80x24(tmp_path):
+    """Issue 30 item 5: at 80x24 the footer showed p r c ? q f, and n, / and d fell off its end."""
+    from textual.widgets._footer import FooterKey
+
+    home, store = make_store(tmp_path, [completed_record()])
+    job = FakeJob(running_snapshot())
+
+    async def scenario() -> None:
+        app = make_app(home, store, job)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            seen = {k.key: k.region for k in app.screen.query(FooterKey)}
+            for key in ("n", "slash", "d", "p", "r", "c", "q"):
+                assert key in seen, f"{key} not in the footer"
+                region = seen[key]
+                assert region.width > 0 and region.right <= 80, f"{key} is cut off the footer: {region}"
+            job.pause()
+
+    asyncio.run(scenario())
