@@ -27,8 +27,8 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
-from kbingest.app.console import ErrorScreen, NewJobScreen, SearchScreen
-from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen, help_from_bindings
+from kbingest.app.screens import (KEY_NAMES, ConfirmCancelScreen, ErrorScreen, HelpScreen, NewJobScreen, SearchScreen,
+                                  help_from_bindings)
 from kbingest.app.view_model import job_eta, resume_refusal, where_running
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable

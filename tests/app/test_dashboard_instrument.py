@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from kbingest.app.console import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
+from kbingest.app.screens import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.dashboard import KbIngestApp
 from kbingest.pipeline.job.instrument import Sampler
 from kbingest.pipeline.models import DocumentError, JobConfig

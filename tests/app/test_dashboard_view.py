@@ -148,7 +148,7 @@ def test_the_job_eta_leads_the_job_header(tmp_path):
 def test_the_new_job_form_offers_no_test_embedder(tmp_path, monkeypatch):
     from textual.widgets import Select
 
-    from kbingest.app.console import NewJobScreen
+    from kbingest.app.screens import NewJobScreen
 
     monkeypatch.delenv(vm.ENV_TEST_EMBEDDER, raising=False)
     home, store = make_store(tmp_path, [completed_record()])

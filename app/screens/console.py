@@ -17,32 +17,19 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList, Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
+from kbingest.app.screens.base import modal_css
 from kbingest.app.view_model import hit_label, offered_embedders
 from kbingest.pipeline.models import DocumentError, JobConfig
 from kbingest.pipeline.service import KbError, Service
 from kbingest.widgets.format import fmt_time, safe
 
-MODAL_CSS = """
-{name} {{
-    align: center middle;
-}}
-{name} > #dialog {{
-    width: 100;
-    max-width: 96%;
-    height: auto;
-    max-height: 96%;
-    border: thick $primary 80%;
-    background: $surface;
-    padding: 0 1;
-}}
-"""
 MAX_SUGGESTIONS_SCANNED = 2000  # directory entries read for one completion
 
 
 class ErrorScreen(ModalScreen[Optional[str]]):
     """One failed document in full. Dismisses with "retry" (r), or None."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="ErrorScreen") + """
+    DEFAULT_CSS = modal_css("ErrorScreen") + """
     ErrorScreen #error-detail { height: auto; }
     """
     BINDINGS = [
@@ -120,7 +107,7 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
     """A new job: sources, knowledge base and the main settings (the CLI's defaults), validated by
     Service.config. Dismisses with the JobConfig, or None."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="NewJobScreen") + """
+    DEFAULT_CSS = modal_css("NewJobScreen") + """
     NewJobScreen .row { height: 1; margin-top: 1; }
     NewJobScreen .row Label { width: 16; }
     NewJobScreen .row Input, NewJobScreen .row Select { width: 1fr; }
@@ -201,7 +188,7 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
 class ChunkScreen(ModalScreen[None]):
     """A search result's full chunk text."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="ChunkScreen")
+    DEFAULT_CSS = modal_css("ChunkScreen")
     BINDINGS = [Binding("escape", "close", "close", key_display="esc", id="chunk_close")]
 
     def __init__(self, hit: Any) -> None:
@@ -222,7 +209,7 @@ class ChunkScreen(ModalScreen[None]):
 class SearchScreen(ModalScreen[None]):
     """Search one knowledge base: type, enter; ↑↓ and enter open a result's full text."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="SearchScreen") + """
+    DEFAULT_CSS = modal_css("SearchScreen") + """
     SearchScreen #results { height: auto; max-height: 20; }
     SearchScreen #search-status { color: $text-muted; height: auto; }
     """
