@@ -29,7 +29,7 @@ from textual.worker import Worker, WorkerState
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
 from kbingest.app.screens import (KEY_NAMES, ConfirmCancelScreen, ErrorScreen, HelpScreen, NewJobScreen, SearchScreen,
                                   help_from_bindings)
-from kbingest.app.view_model import job_eta, resume_refusal, where_running
+from kbingest.app.view_model import job_eta, resume_refusal, summary_counts, where_running
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
@@ -373,25 +373,7 @@ class KbIngestApp(App[None]):
         out.append(s.status.value, style=status_style(self, s.status.value, warn=warn))
         out.append(f" {s.progress:.1f}%  ")
         out.append(safe(s.message))
-        m = s.metrics
-        parts = []
-        if "documents_found" in m:
-            by_format = m.get("documents_by_format") or {}
-            formats = f" ({', '.join(f'{n} {f}' for f, n in sorted(by_format.items()))})" if len(by_format) > 1 else ""
-            parts.append(f"{m.get('documents_found', 0)} docs found{formats}")
-            for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
-                               ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
-                if m.get(key):
-                    parts.append(f"{m[key]} {label}")
-        if v.failed_docs:
-            parts.append(f"{v.failed_docs} failed")
-        if m.get("document_warnings"):
-            parts.append(f"{m['document_warnings']} with warnings")
-        chunks = []
-        if "chunks_indexed" in m:
-            commits = int(m.get("commits") or 0)
-            chunks.append(f"{m.get('chunks_indexed', 0)} chunks indexed in {commits} commit{'s' if commits != 1 else ''}")
-        line = ", ".join(parts) + (" · " if parts and chunks else "") + ", ".join(chunks)
+        line = summary_counts(v)
         if line:
             out.append("\n")
             out.append(safe(line), style=theme_style(self, "foreground-muted"))

@@ -84,3 +84,29 @@ def hit_label(hit: Any) -> str:
         return path
     source = str(hit.source)
     return source if "://" in source else (os.path.basename(source) or source)
+
+
+def summary_counts(v: Any) -> str:
+    """The job header's second line: documents found (by format), added, changed, unchanged, removed,
+    failed, with warnings; chunks indexed and commits."""
+    s = v.snap
+    m = s.metrics
+    parts = []
+    if "documents_found" in m:
+        by_format = m.get("documents_by_format") or {}
+        formats = f" ({', '.join(f'{n} {f}' for f, n in sorted(by_format.items()))})" if len(by_format) > 1 else ""
+        parts.append(f"{m.get('documents_found', 0)} docs found{formats}")
+        for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
+                           ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
+            if m.get(key):
+                parts.append(f"{m[key]} {label}")
+    if v.failed_docs:
+        parts.append(f"{v.failed_docs} failed")
+    if m.get("document_warnings"):
+        parts.append(f"{m['document_warnings']} with warnings")
+    chunks = []
+    if "chunks_indexed" in m:
+        commits = int(m.get("commits") or 0)
+        chunks.append(f"{m.get('chunks_indexed', 0)} chunks indexed in {commits} commit{'s' if commits != 1 else ''}")
+    line = ", ".join(parts) + (" · " if parts and chunks else "") + ", ".join(chunks)
+    return line

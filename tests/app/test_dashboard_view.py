@@ -197,3 +197,9 @@ def test_the_footer_keeps_new_job_search_and_drain_at_80x24(tmp_path):
             job.pause()
 
     asyncio.run(scenario())
+
+
+def test_the_summary_counts_come_from_the_snapshot_alone():
+    snap = running_snapshot()
+    v = JobView(job_id=snap.job_id, kb="docs", snap=snap)
+    assert vm.summary_counts(v) == "42 docs found, 18 added · 480 chunks indexed in 3 commits"
