@@ -27,14 +27,15 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
-from kbingest.app.console import ErrorScreen, NewJobScreen, SearchScreen
-from kbingest.app.screens import KEY_NAMES, ConfirmCancelScreen, HelpScreen, help_from_bindings
+from kbingest.app.screens import (KEY_NAMES, ConfirmCancelScreen, ErrorScreen, HelpScreen, NewJobScreen, SearchScreen,
+                                  help_from_bindings)
+from kbingest.app.view_model import job_eta, resume_refusal, summary_counts, where_running
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, JobService, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.error_pane import ErrorPane
 from kbingest.widgets.event_log import EventBook, EventLog, diff_events
-from kbingest.widgets.format import JobView, safe, status_style, theme_style
+from kbingest.widgets.format import JobView, fmt_clock, safe, status_style, theme_style
 from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
 from kbingest.widgets.job_table import SORTS, JobTable
 from kbingest.widgets.phase_timeline import PhaseTimeline
@@ -56,6 +57,9 @@ HELP_NOTES = [
     "between the phases; a phase waiting on an empty queue is flagged starved, one held by a full queue blocked.",
 ]
 
+
+# the palette's names of actions whose footer label is cut short to fit 80 columns
+PALETTE_TITLES = {"freeze_view": "freeze view", "follow_view": "live view", "new_job": "new job", "search": "search"}
 
 JobLike = JobHandle  # what the dashboard runs: a job from the service, or a fake in tests
 
@@ -97,16 +101,16 @@ class KbIngestApp(App[None]):
                 tooltip="quit; a job running here is paused first, its checkpoint saved: "
                         "start `kbingest` again and press r to resume it"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
-        Binding("up", "select_job(-1)", "select", key_display="↑↓", id="select_up", tooltip="select a job"),
-        Binding("down", "select_job(1)", "select", show=False, id="select_down", tooltip="select a job"),
-        Binding("f", "freeze_view", "freeze view", id="freeze",
+        Binding("up", "select_job(-1)", "job", key_display="↑↓", id="select_up", tooltip="select a job"),
+        Binding("down", "select_job(1)", "job", show=False, id="select_down", tooltip="select a job"),
+        Binding("f", "freeze_view", "freeze", id="freeze",
                 tooltip="freeze the view to read it: the jobs go on working"),
-        Binding("f", "follow_view", "live view", id="follow", tooltip="f again follows them live"),
+        Binding("f", "follow_view", "live", id="follow", tooltip="f again follows them live"),
         Binding("d", "drain", "drain", id="drain",
                 tooltip="drain the selected job: it loads no new documents, finishes those loaded, then completes"),
-        Binding("n", "new_job", "new job", id="new_job",
+        Binding("n", "new_job", "new", id="new_job",
                 tooltip="a new job: sources, knowledge base and settings; it starts here"),
-        Binding("slash", "search", "search", key_display="/", id="search",
+        Binding("slash", "search", "find", key_display="/", id="search",
                 tooltip="search the selected job's knowledge base; enter on a result shows its full text"),
         Binding("l", "filter", "filter", show=False, id="filter",
                 tooltip="filter the job list as you type (knowledge base, status or id); escape clears it"),
@@ -172,7 +176,7 @@ class KbIngestApp(App[None]):
             yield ErrorPane(id="errors")
             yield InFlightPane(Text(""), id="inflight", markup=False)
             yield EventLog(id="log")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)  # 80 columns hold every key shown (^p: in the help)
 
     def _q(self, selector: Any, expect_type: Any = None) -> Any:
         """A widget of the main screen (App.query_one searches the active screen: a modal, maybe)."""
@@ -252,10 +256,7 @@ class KbIngestApp(App[None]):
             self._created[info.job_id] = info.created_at
             if info.job_id == live_id:
                 continue  # the live snapshot is newer than the store's
-            snap = info.status
-            if snap.status == JobStatus.RUNNING and live_id is not None:
-                # this process runs a job here: any other job recorded as running died with its process
-                snap = Service.as_interrupted(snap)
+            snap = info.status  # as the service sees it: running while its engine holds its knowledge base
             running_elsewhere = snap.status == JobStatus.RUNNING
             view = JobView(job_id=info.job_id, kb=info.kb, snap=snap, errors=snap.errors,
                            created_at=info.created_at, updated_at=info.updated_at, running_elsewhere=running_elsewhere)
@@ -335,8 +336,8 @@ class KbIngestApp(App[None]):
             self._q("#summary", Static).update(Text(
                 "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
         else:
-            where = " · running here" if view.local else " · running in another process" if view.running_elsewhere else ""
-            title = printable(f"job {view.job_id} · kb {view.kb}{where}")
+            where = where_running(view)
+            title = printable(f"job {view.job_id} · kb {view.kb}" + (f" · {where}" if where else ""))
             if title != self._detail_title:
                 self._detail_title = title
                 detail.border_title = Text(title)
@@ -366,28 +367,13 @@ class KbIngestApp(App[None]):
         s = v.snap
         warn = s.status == JobStatus.COMPLETED and v.failed_docs > 0
         out = Text(end="")
+        eta = job_eta(s)
+        if eta is not None:  # the job's ETA first (issue 30)
+            out.append(f"ETA {fmt_clock(eta)}  ", style="bold")
         out.append(s.status.value, style=status_style(self, s.status.value, warn=warn))
         out.append(f" {s.progress:.1f}%  ")
         out.append(safe(s.message))
-        m = s.metrics
-        parts = []
-        if "documents_found" in m:
-            by_format = m.get("documents_by_format") or {}
-            formats = f" ({', '.join(f'{n} {f}' for f, n in sorted(by_format.items()))})" if len(by_format) > 1 else ""
-            parts.append(f"{m.get('documents_found', 0)} docs found{formats}")
-            for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
-                               ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
-                if m.get(key):
-                    parts.append(f"{m[key]} {label}")
-        if v.failed_docs:
-            parts.append(f"{v.failed_docs} failed")
-        if m.get("document_warnings"):
-            parts.append(f"{m['document_warnings']} with warnings")
-        chunks = []
-        if "chunks_indexed" in m:
-            commits = int(m.get("commits") or 0)
-            chunks.append(f"{m.get('chunks_indexed', 0)} chunks indexed in {commits} commit{'s' if commits != 1 else ''}")
-        line = ", ".join(parts) + (" · " if parts and chunks else "") + ", ".join(chunks)
+        line = summary_counts(v)
         if line:
             out.append("\n")
             out.append(safe(line), style=theme_style(self, "foreground-muted"))
@@ -398,6 +384,8 @@ class KbIngestApp(App[None]):
         key = event.row_key.value if event.row_key is not None else None
         if key is not None and key != self._selected and key in self._views:
             self._selected = key
+            if not self._ui_ready:  # the app is closing
+                return
             self._show_selected()
             self._update_action_state()
 
@@ -582,12 +570,21 @@ class KbIngestApp(App[None]):
             self._q(JobTable).focus()
 
     def on_key(self, event: events.Key) -> None:
+        if event.key in self._keys_of("resume") and self.screen is self._main:
+            why = resume_refusal(self.selected, self._live.job_id if self._live is not None else None)
+            if why is not None and not self._can_resume(self.selected):  # r greyed out: say why
+                event.stop()
+                self._say(why, severity="warning")
+                return
         box = self._main.query_one("#filter", Input) if self._main is not None else None
         if event.key == "escape" and box is not None and box.has_focus:
             event.stop()
             box.value = ""
             box.remove_class("shown")
             self._q(JobTable).focus()
+
+    def _keys_of(self, action: str) -> set[str]:
+        return {b.key for b in self.BINDINGS if b.action == action}
 
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
@@ -627,7 +624,8 @@ class KbIngestApp(App[None]):
             if self.check_action(b.action, ()) is False:  # the other face of a toggle (f)
                 continue
             key = b.key_display or KEY_NAMES.get(b.key, b.key)
-            yield SystemCommand(f"{b.description.capitalize()} ({key})", b.tooltip,
+            title = PALETTE_TITLES.get(b.action, b.description)
+            yield SystemCommand(f"{title.capitalize()} ({key})", b.tooltip,
                                 partial(self.run_action, b.action))
         yield SystemCommand("Retry failed documents (r)", "retry the failed documents of the selected "
                             "finished job (r resumes it; enter on an error retries one document)",

@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 from rich.text import Text
 from textual.widgets import RichLog
 
+from kbingest.app.view_model import status_text
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.format import JobView, fmt_duration, safe, status_style, theme_style
 from kbingest.widgets.phase_timeline import UNITS
@@ -33,8 +34,7 @@ def diff_events(prev: Optional[JobView], cur: JobView) -> list[tuple[str, str]]:
     s = cur.snap
     out: list[tuple[str, str]] = []
     if prev is None:
-        text = s.status.value + (f": {safe(s.message)}" if s.message else "")
-        out.append((text, s.status.value))
+        out.append((safe(status_text(s.status.value, s.message)), s.status.value))
         if s.error and s.error not in s.message:
             out.append((f"error: {safe(s.error)}", "error"))
         if cur.errors:
@@ -43,7 +43,7 @@ def diff_events(prev: Optional[JobView], cur: JobView) -> list[tuple[str, str]]:
     p = prev.snap
     status: list[tuple[str, str]] = []
     if s.status != p.status:
-        text = f"{p.status.value} → {s.status.value}" + (f": {safe(s.message)}" if s.message else "")
+        text = f"{p.status.value} → " + safe(status_text(s.status.value, s.message))
         status.append((text, s.status.value))
     elif s.message != p.message and s.message:
         status.append((safe(s.message), "info"))

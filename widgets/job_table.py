@@ -10,6 +10,7 @@ from textual import events
 from textual.binding import Binding
 from textual.widgets import DataTable
 
+from kbingest.app.view_model import fit_job_id
 from kbingest.widgets.format import JobView, fit, fmt_duration, fmt_started, fmt_time, safe, status_style
 
 # (key, label, fixed width or None for "fit the content")
@@ -74,9 +75,9 @@ class JobTable(DataTable):
     of jobs changes, or when its width does."""
 
     BINDINGS = [
-        Binding("up", "cursor_up", "select", key_display="↑↓", id="select_up",
+        Binding("up", "cursor_up", "job", key_display="↑↓", id="select_up",
                 tooltip="select the job above / below"),
-        Binding("down", "cursor_down", "select", show=False, id="select_down"),
+        Binding("down", "cursor_down", "job", show=False, id="select_down"),
     ]
 
     def __init__(self, *, id: Optional[str] = None) -> None:
@@ -162,7 +163,7 @@ class JobTable(DataTable):
         s = v.snap
         warn = s.status.value == "completed" and v.failed_docs > 0
         cells = (
-            Text(fit(safe(v.job_id), id_w), no_wrap=True, end=""),
+            Text(fit_job_id(safe(v.job_id), safe(v.kb), id_w), no_wrap=True, end=""),
             Text(fit(safe(v.kb), kb_w), no_wrap=True, end=""),
             Text(s.status.value, style=status_style(self.app, s.status.value, warn=warn), no_wrap=True, end=""),
             Text(f"{s.progress:5.1f}%", justify="right", no_wrap=True, end=""),

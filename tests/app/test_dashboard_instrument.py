@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from textual.pilot import Pilot
 
-from kbingest.app.console import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
+from kbingest.app.screens import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.dashboard import KbIngestApp
 from kbingest.pipeline.job.instrument import Sampler
 from kbingest.pipeline.models import JobConfig
@@ -255,7 +255,8 @@ def test_filter_as_you_type_and_sort(tmp_path):
     run(scenario())
 
 
-def test_new_job_form_validates_then_starts_a_job(home, pages):
+def test_new_job_form_validates_then_starts_a_job(home, pages, monkeypatch):
+    monkeypatch.setenv("KBINGEST_OFFER_FAKE_EMBEDDER", "1")  # the form offers the test embedder (app/view_model.py)
     service = service_of(home)
 
     async def scenario() -> None:

@@ -17,24 +17,12 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList, Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
+from kbingest.app.screens.base import modal_css
+from kbingest.app.view_model import hit_label, offered_embedders
 from kbingest.pipeline.models import DocumentError, JobConfig
 from kbingest.pipeline.service import JobService, KbError, Service
 from kbingest.widgets.format import fmt_time, safe
 
-MODAL_CSS = """
-{name} {{
-    align: center middle;
-}}
-{name} > #dialog {{
-    width: 100;
-    max-width: 96%;
-    height: auto;
-    max-height: 96%;
-    border: thick $primary 80%;
-    background: $surface;
-    padding: 0 1;
-}}
-"""
 MAX_SUGGESTIONS_SCANNED = 2000  # directory entries read for one completion
 
 
@@ -49,7 +37,7 @@ def source_label(source: str) -> str:
 class ErrorScreen(ModalScreen[Optional[str]]):
     """One failed document in full. Dismisses with "retry" (r), or None."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="ErrorScreen") + """
+    DEFAULT_CSS = modal_css("ErrorScreen") + """
     ErrorScreen #error-detail { height: auto; }
     """
     BINDINGS = [
@@ -127,7 +115,7 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
     """A new job: sources, knowledge base and the main settings (the CLI's defaults), validated by
     Service.config. Dismisses with the JobConfig, or None."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="NewJobScreen") + """
+    DEFAULT_CSS = modal_css("NewJobScreen") + """
     NewJobScreen .row { height: 1; margin-top: 1; }
     NewJobScreen .row Label { width: 16; }
     NewJobScreen .row Input, NewJobScreen .row Select { width: 1fr; }
@@ -158,7 +146,9 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
                             suggester=SuggestFromList(self.knowledge_bases, case_sensitive=True), compact=True)
             with Horizontal(classes="row"):
                 yield Label("embedder")
-                yield Select([("fastembed", "fastembed"), ("fake", "fake")], value=self.embedder,
+                offered = offered_embedders()
+                offered += () if self.embedder in offered else (self.embedder,)
+                yield Select([(e, e) for e in offered], value=self.embedder,
                              allow_blank=False, id="embedder", compact=True)
             for name in self.SETTINGS:
                 with Horizontal(classes="row"):
@@ -206,7 +196,7 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
 class ChunkScreen(ModalScreen[None]):
     """A search result's full chunk text."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="ChunkScreen")
+    DEFAULT_CSS = modal_css("ChunkScreen")
     BINDINGS = [Binding("escape", "close", "close", key_display="esc", id="chunk_close")]
 
     def __init__(self, hit: Any) -> None:
@@ -227,7 +217,7 @@ class ChunkScreen(ModalScreen[None]):
 class SearchScreen(ModalScreen[None]):
     """Search one knowledge base: type, enter; ↑↓ and enter open a result's full text."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="SearchScreen") + """
+    DEFAULT_CSS = modal_css("SearchScreen") + """
     SearchScreen #results { height: auto; max-height: 20; }
     SearchScreen #search-status { color: $text-muted; height: auto; }
     """
@@ -278,7 +268,7 @@ class SearchScreen(ModalScreen[None]):
         table.clear()
         for i, h in enumerate(hits):
             page = getattr(h, "page", None)
-            table.add_row(Text(f"{h.score:.3f}"), Text(safe(source_label(h.source))),
+            table.add_row(Text(f"{h.score:.3f}"), Text(safe(hit_label(h))),
                           Text(safe(h.heading_path)), Text("" if page is None else str(page)), key=str(i))
         status = error or (f"{len(hits)} result{'s' if len(hits) != 1 else ''}: ↑↓ and enter open one"
                            if hits else "no results")

@@ -1,4 +1,4 @@
-"""Modal screens of the dashboard: the cancel confirmation and the help screen."""
+"""Modal screens of the dashboard: the cancel confirmation and the help screen (built from the bindings)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
 
+from kbingest.app.screens.base import modal_css
 from kbingest.widgets.format import safe
 
 
@@ -42,19 +43,7 @@ def help_from_bindings(bindings: Sequence[Binding]) -> list[tuple[str, str]]:
 class ConfirmCancelScreen(ModalScreen[bool]):
     """Asks before cancelling a job, saying what will be lost. `y` accepts; `n` or `escape` refuse."""
 
-    DEFAULT_CSS = """
-    ConfirmCancelScreen {
-        align: center middle;
-    }
-    ConfirmCancelScreen > #dialog {
-        width: 74;
-        max-width: 96%;
-        height: auto;
-        max-height: 96%;
-        border: thick $error 80%;
-        background: $surface;
-        padding: 0 1;
-    }
+    DEFAULT_CSS = modal_css("ConfirmCancelScreen", width=74, border="error") + """
     ConfirmCancelScreen #question {
         text-style: bold;
         margin-bottom: 1;
@@ -113,19 +102,7 @@ class ConfirmCancelScreen(ModalScreen[bool]):
 class HelpScreen(ModalScreen[None]):
     """Every key and what it does; `escape`, `?` or `q` close it."""
 
-    DEFAULT_CSS = """
-    HelpScreen {
-        align: center middle;
-    }
-    HelpScreen > #help {
-        width: 76;
-        max-width: 96%;
-        height: auto;
-        max-height: 96%;
-        border: thick $primary 80%;
-        background: $surface;
-        padding: 0 1;
-    }
+    DEFAULT_CSS = modal_css("HelpScreen", dialog="help", width=76) + """
     HelpScreen #help-keys {
         height: auto;
     }
