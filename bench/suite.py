@@ -13,6 +13,7 @@ from bench.chunking import fig_chunking
 from bench.dashboard import fig_dashboard
 from bench.memory import fig_memory
 from bench.metadata import fig_metadata
+from bench.ocr import fig_ocr
 from bench.pause import fig_pause
 from bench.profile import fig_profile
 from bench.runtime import fig_runtime
@@ -44,4 +45,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "metadata": fig_metadata,
     "cost": cost.rows,
     "mixed": mixed.rows,
+    "ocr": fig_ocr,
 }
