@@ -235,6 +235,9 @@ class JobConfig(BaseModel):
     max_depth: int = Field(64, ge=0, description="folder depth limit")
     max_files: int = Field(100_000, ge=1, description="documents per job limit")
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
+    ocr: Literal["auto", "off", "force"] = Field("auto", description=(
+        "OCR (offline) of PDF pages without text and of images: auto (pages with no text layer), off (none: "
+        "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"))
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
     until: Optional[Literal["chunking"]] = Field(None, description=(
@@ -258,7 +261,7 @@ class JobConfig(BaseModel):
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
     # unchanged documents). A test checks that each field is in exactly one of the two.
-    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars")
+    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars", "ocr")
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
         "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
