@@ -36,6 +36,7 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--ray-embed-actors", "ray_embed_actors", {"type": int, "metavar": "N"}),
     ("--ray-gpus-per-actor", "ray_gpus_per_actor", {"type": float, "metavar": "F"}),
     ("--ray-wave-docs", "ray_wave_docs", {"type": int, "metavar": "N"}),
+    ("--ocr", "ocr", {"choices": ["auto", "off", "force"]}),  # docs/formats.md (OCR)
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
     "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",

@@ -156,6 +156,8 @@ class JobMetrics(BaseModel):
     documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
     files_ignored: Optional[int] = None        # not documents (by name)
     documents_by_format: Optional[dict[str, int]] = None  # documents_found by format (markdown, pdf...)
+    pages_read: Optional[int] = None           # pages of paged documents read (PDF pages, image frames)
+    pages_ocr: Optional[int] = None            # of which read by OCR (--ocr)
     chunks_created: Optional[int] = None
     chunks_embedded: Optional[int] = None
     chunks_reused: Optional[int] = None        # vectors reused instead of embedded
@@ -272,7 +274,7 @@ class JobConfig(BaseModel):
     USER_SETTABLE: ClassVar[tuple[str, ...]] = (
         "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
         "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
-        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder")
+        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder", "ocr")
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":

@@ -88,6 +88,12 @@ class ChunkStage:
             self.r.count("chunks_reused", reused)
 
 
+def _ocr_confidence(doc, page) -> Optional[float]:
+    """OCR's confidence for the page a chunk starts on; None where that page was read from a text layer."""
+    ocr = getattr(doc, "page_ocr", ())
+    return ocr[page - 1] if page is not None and 0 < page <= len(ocr) else None
+
+
 def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str) -> list[dict]:
     """A chunked document's rows (no vectors yet): what every executor stages, the same way. Ids from
     the document's canonical path; each chunk's first page where the format has pages."""
@@ -96,5 +102,5 @@ def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str) -> list[dict]
         "id": ids.chunk_id(canonical(doc.path), doc.content_hash, ch.position, version_key),
         "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
         "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-        "model": model, "page": page, "text_hash": ids.text_hash(ch.text),
+        "model": model, "page": page, "ocr_confidence": _ocr_confidence(doc, page), "text_hash": ids.text_hash(ch.text),
     } for ch, page in zip(chunked.chunks, pages)]
