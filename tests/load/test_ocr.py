@@ -273,6 +273,27 @@ def test_a_docs_folder_with_icons_and_logos_ingests_with_exit_0(tmp_path):
     assert m["pages_ocr"] == 2  # the logo and the scan; the favicon never reached OCR
 
 
+@needs_engine
+def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
+    """A 300 dpi page is not fed whole to the text detector (its cost and buffers grow with the area):
+    it is scaled to ocr.DET_SIDE on its longer side; lines are still cut from the full image."""
+    import numpy as np
+
+    engine = ocr._load_engine()
+    seen = []
+    real = engine.text_det.infer
+
+    def spy(x):
+        seen.append(x.shape)
+        return real(x)
+    engine.text_det.infer = spy
+    try:
+        ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
+    finally:
+        engine.text_det.infer = real
+    assert seen and max(seen[0][2:]) <= ocr.DET_SIDE < ocr.MAX_SIDE
+
+
 # ---- the pool: pause within one page, time limit --------------------------------------------------
 
 def _slow_pages(monkeypatch, seconds: float, started: list):
