@@ -66,9 +66,12 @@ def scanned_pdf(pages: list[list[str]], layer: list[str] | None = None) -> bytes
     c = canvas.Canvas(buf, pagesize=PAGE_SIZE)
     for im in _pixels(pages):
         c.drawImage(ImageReader(im), 0, 0, width=PAGE_SIZE[0], height=PAGE_SIZE[1])
-        if layer:
-            c.setFont("Helvetica", 6)
-            c.drawString(4, 4, " ".join(layer))
+        if layer:  # invisible (render mode 3), as the text layer of a scan: only a text layer reads it
+            t = c.beginText(4, 4)
+            t.setFont("Helvetica", 6)
+            t.setTextRenderMode(3)
+            t.textLine(" ".join(layer))
+            c.drawText(t)
         c.showPage()
     c.save()
     return buf.getvalue()
