@@ -165,6 +165,7 @@ class JobMetrics(BaseModel):
     documents_failed: Optional[int] = None
     documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
     files_ignored: Optional[int] = None        # not documents (by name)
+    documents_without_text: Optional[int] = None  # read without fault, no text in them (an icon): skipped, warned
     documents_by_format: Optional[dict[str, int]] = None  # documents_found by format (markdown, pdf...)
     pages_read: Optional[int] = None           # pages of paged documents read (PDF pages, image frames)
     pages_ocr: Optional[int] = None            # of which read by OCR (--ocr)

@@ -22,7 +22,7 @@ MAX_ERRORS_LISTED = 100   # document errors (and warnings) the status lists; `do
 PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
 # What a walk of the sources finds: a full pass's count is the job's (the previous full pass's is
 # replaced); a watch burst walks a few paths, and counts them in its "this_pass" block only.
-WALK_METRICS = ("documents_found", "documents_skipped", "files_ignored")
+WALK_METRICS = ("documents_found", "documents_skipped", "files_ignored", "documents_without_text")
 # The job totals every status carries from its first pass on (0 until counted): scripts read them.
 JOB_TOTALS = ("documents_added", "documents_replaced", "documents_removed", "chunks_created", "chunks_embedded",
               "chunks_indexed", "commits", "document_warnings")

@@ -13,6 +13,7 @@ from kbingest.pipeline.load import formats
 from kbingest.pipeline.kb import ids
 from kbingest.pipeline.load import loading, sources
 from kbingest.pipeline.load.formats import ocr
+from kbingest.pipeline.load.formats.base import NoText
 from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.kb.kbstate import StoredDoc
@@ -340,6 +341,10 @@ class LoadStage:
         try:  # OCR (formats/ocr.py): --ocr's mode, a stop within one page, pages counted as they are read
             with ocr.session(self.config.ocr, self.control.check, self._page_read):
                 return loading.read_document(cand, self.limits), False
+        except NoText as e:  # an image without text (an icon): skipped, warned and counted, not an error
+            self.r.warning(cand.path, [e.message])
+            self.r.count("documents_without_text")
+            return None, False
         except LoadError as e:
             self.r.doc_error(cand.path, PHASE, e.kind, e.message)
             if e.kind == "vanished":  # deleted between walk and read: its chunks go too

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 from kbingest.pipeline.job.control import RunControl, Stopped
 from kbingest.pipeline.load.formats import for_path, ocr
-from kbingest.pipeline.load.formats.base import LoadError
+from kbingest.pipeline.load.formats.base import LoadError, NoText
 from kbingest.pipeline.load.formats.image import IMAGE, MAX_IMAGE_PIXELS
 from kbingest.pipeline.load.formats.pdf import PDF
 from kbingest.pipeline.models import JobConfig
@@ -66,9 +66,12 @@ def scanned_pdf(pages: list[list[str]], layer: list[str] | None = None) -> bytes
     c = canvas.Canvas(buf, pagesize=PAGE_SIZE)
     for im in _pixels(pages):
         c.drawImage(ImageReader(im), 0, 0, width=PAGE_SIZE[0], height=PAGE_SIZE[1])
-        if layer:
-            c.setFont("Helvetica", 6)
-            c.drawString(4, 4, " ".join(layer))
+        if layer:  # invisible (render mode 3), as the text layer of a scan: only a text layer reads it
+            t = c.beginText(4, 4)
+            t.setFont("Helvetica", 6)
+            t.setTextRenderMode(3)
+            t.textLine(" ".join(layer))
+            c.drawText(t)
         c.showPage()
     c.save()
     return buf.getvalue()
@@ -213,8 +216,85 @@ def test_png_that_is_a_pdf_is_wrong_format_and_garbage_is_corrupt(tmp_path):
 
 def test_images_with_ocr_off_are_no_text_layer():
     with ocr.session("off"), pytest.raises(LoadError) as e:
-        IMAGE.extract(bomb_png(10, 10), path="x.png")
+        IMAGE.extract(bomb_png(100, 100), path="x.png")
     assert e.value.kind == "no_text_layer"
+
+
+def _picture(size=(240, 160)) -> bytes:
+    """A PNG drawing without any text (a logo: a disc and a bar)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    d.ellipse((20, 20, 120, 120), fill=(30, 90, 200))
+    d.rectangle((140, 60, 220, 80), fill=(220, 120, 20))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_tiny_image_is_skipped_as_without_text_and_never_ocrd(monkeypatch):
+    from PIL import Image
+
+    def no_engine():
+        raise AssertionError("a tiny image runs no OCR")
+    monkeypatch.setattr(ocr, "_load_engine", no_engine)
+    for size in ((16, 16), (300, 20), (60, 60)):  # an icon, a thin rule, under MIN_PIXELS
+        buf = io.BytesIO()
+        Image.new("RGB", size, "white").save(buf, "PNG")
+        with pytest.raises(NoText) as e:
+            IMAGE.extract(buf.getvalue(), path="_static/icon.png")
+        assert e.value.kind == "no_text" and f"{size[0]} x {size[1]} pixels is too small" in e.value.message
+
+
+def test_an_image_where_ocr_finds_no_text_is_no_text_not_an_error(monkeypatch):
+    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "_load_engine", lambda: None)
+    monkeypatch.setattr(ocr, "recognize", lambda image: ocr.PageText("", None, 0))
+    with pytest.raises(NoText) as e:
+        IMAGE.extract(_picture(), path="logo.png")
+    assert "OCR found no text in the image" in e.value.message
+
+
+@needs_engine
+def test_a_docs_folder_with_icons_and_logos_ingests_with_exit_0(tmp_path):
+    """A built documentation site's _static/ images: skipped with a warning each, counted, not errors."""
+    docs = tmp_path / "site"
+    (docs / "_static").mkdir(parents=True)
+    (docs / "index.md").write_text("# Guide\n\nPriming the turbine manifold before the first start.\n")
+    (docs / "_static" / "logo.png").write_bytes(_picture())
+    from PIL import Image
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(docs / "_static" / "favicon.png")
+    (docs / "_static" / "scan.png").write_bytes(image_bytes("PNG", [PAGE_1]))  # an image with text is loaded
+    r = run_cli("ingest", str(docs), "--kb", "site", "--batch", "--embedder", "fake", home=tmp_path / "home")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    m = json.loads(r.stdout.splitlines()[-1])["metrics"]
+    assert not m.get("document_errors") and m.get("documents_failed") in (None, 0)
+    assert m["documents_added"] == 2 and m["documents_without_text"] == 2
+    warned = {Path(w["path"]).name: w["warning"] for w in m["document_warning_list"]}
+    assert "too small to hold text" in warned["favicon.png"] and "no text" in warned["logo.png"]
+    assert m["pages_ocr"] == 2  # the logo and the scan; the favicon never reached OCR
+
+
+@needs_engine
+def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
+    """A 300 dpi page is not fed whole to the text detector (its cost and buffers grow with the area):
+    it is scaled to ocr.DET_SIDE on its longer side; lines are still cut from the full image."""
+    import numpy as np
+
+    engine = ocr._load_engine()
+    seen = []
+    real = engine.text_det.infer
+
+    def spy(x):
+        seen.append(x.shape)
+        return real(x)
+    engine.text_det.infer = spy
+    try:
+        ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
+    finally:
+        engine.text_det.infer = real
+    assert seen and max(seen[0][2:]) <= ocr.DET_SIDE < ocr.MAX_SIDE
 
 
 # ---- the pool: pause within one page, time limit --------------------------------------------------

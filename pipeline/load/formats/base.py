@@ -42,6 +42,15 @@ class LoadError(Exception):
         self.message = message
 
 
+class NoText(LoadError):
+    """Not a document to load, and not a broken one either: bytes a format read without fault that
+    hold no text (an icon, a logo, a photo). The loader skips it with a warning and counts it
+    (documents_without_text); what the knowledge base held of it stays, as for any document not loaded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("no_text", message)
+
+
 @dataclass(frozen=True)
 class Extracted:
     """A document's text and structure, as one format extracted it."""

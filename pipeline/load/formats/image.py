@@ -17,12 +17,14 @@ import warnings
 from typing import Iterator, Optional
 
 import kbingest.pipeline.load.formats.ocr as ocr  # not `from ...formats import`: no cycle through the package (tests/test_architecture.py)
-from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError, NoText
 from kbingest.pipeline.load.formats.mdtext import plain_lines
 from kbingest.pipeline.load.formats.sniff import describe
 
 MAX_IMAGE_PIXELS = 60_000_000   # per frame (an A4 page at 600 dpi is 35 MP); larger headers: not decoded
 MAX_IMAGE_PAGES = 1_000         # frames of a multi-page TIFF read; beyond, a warning
+MIN_SIDE = 32                   # an image narrower or lower than this holds no line of text worth reading:
+MIN_PIXELS = 4_096              # nor does one of fewer pixels (64 x 64): both skipped without running OCR
 
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 
@@ -117,10 +119,14 @@ class ImageFormat(Format):
 
     def extract(self, data: bytes, *, path: str) -> Extracted:
         sess = ocr.current()
-        if sess.mode == "off":
-            raise LoadError("no_text_layer", "an image has no text layer and --ocr off reads none: not loaded")
         im = _open(data)
         try:
+            w, h = im.size
+            if min(w, h) < MIN_SIDE or w * h < MIN_PIXELS:  # an icon, a bullet, a badge: OCR is not run
+                raise NoText(f"an image of {w} x {h} pixels is too small to hold text (an icon?): not read "
+                             "by OCR, not loaded")
+            if sess.mode == "off":
+                raise LoadError("no_text_layer", "an image has no text layer and --ocr off reads none: not loaded")
             count = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
             if not ocr.available():
                 raise ocr.unavailable("an image")
@@ -139,6 +145,9 @@ class ImageFormat(Format):
         if count > MAX_IMAGE_PAGES:
             warnings_.append(f"only the first {MAX_IMAGE_PAGES} of {count} frames were read")
         empty = sum(1 for r in results if r.page is not None and not r.page.text.strip())
+        if results and empty == len(results):  # read without fault, no text: a logo or a photo, not a broken file
+            what = "the image" if len(results) == 1 else f"any of the {len(results)} pages of the image"
+            raise NoText(f"OCR found no text in {what} (a logo, a diagram or a photo?): not loaded")
         if empty and len(results) > 1 and empty < len(results):
             warnings_.append(f"OCR found no text on {empty} of {len(results)} pages")
         return Extracted(text="\n\n".join(parts), markdown=True, page_starts=tuple(starts),
