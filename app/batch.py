@@ -2,6 +2,7 @@
 
 stdout carries status JSON only (one object a line, flushed); stderr carries what a person reads.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,10 +15,9 @@ from typing import Callable, Optional, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
 from kbingest.app.text import progress_line
-from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, Unreachable, debug, describe
 from kbingest.pipeline.models import JobStatusResponse
+from kbingest.pipeline.service import EngineFailure, JobHandle, KbError, Unreachable, debug, describe, printable
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.service import printable
 
 POLL_S = 0.1
 MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progress changes
@@ -42,8 +42,12 @@ class JsonLinesReporter:
 
     @staticmethod
     def _progress(s: JobStatusResponse) -> tuple:
-        return (s.progress, tuple(p.items_processed for p in s.phase_details),
-                tuple(p.items_total for p in s.phase_details), s.message)
+        return (
+            s.progress,
+            tuple(p.items_processed for p in s.phase_details),
+            tuple(p.items_total for p in s.phase_details),
+            s.message,
+        )
 
     def offer(self, s: JobStatusResponse, force: bool = False) -> bool:
         key, prog, now = self._key(s), self._progress(s), self.clock()
@@ -95,8 +99,9 @@ def _stopped(job: JobHandle, e: BaseException) -> EngineFailure:
     return EngineFailure(f"{describe(e, doing=f'job {job.job_id}')}; resume with: kbingest resume {job.job_id}")
 
 
-def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-              on_start: Optional[Callable[[], None]] = None) -> ExitCode:
+def run_batch(
+    job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr, on_start: Optional[Callable[[], None]] = None
+) -> ExitCode:
     reporter = JsonLinesReporter(out)
     reporter.offer(job.snapshot(), force=True)  # the first line: the job exists
     tty = err.isatty()
@@ -151,8 +156,9 @@ def run_batch(job: JobHandle, out: TextIO = sys.stdout, err: TextIO = sys.stderr
     return _report_end(reporter, final, job.errors, err, f"kbingest resume {job.job_id}")
 
 
-def _report_end(reporter: JsonLinesReporter, final: JobStatusResponse, errors: list, err: TextIO,
-                resume: str) -> ExitCode:
+def _report_end(
+    reporter: JsonLinesReporter, final: JobStatusResponse, errors: list, err: TextIO, resume: str
+) -> ExitCode:
     """stderr's end of a --batch run (the summary, how to resume, the failed documents); the exit code."""
     if reporter.closed:
         err.write("kbingest: stdout was closed early: the status lines stopped there; the job went on\n")
@@ -193,8 +199,9 @@ def run_remote_batch(service, job, out: TextIO = sys.stdout, err: TextIO = sys.s
             err.flush()
 
     def on_signal(signum: int, _frame: object) -> None:
-        err.write(f"\nkbingest: {signal.Signals(signum).name}: pausing job {job_id} in the server "
-                  "(checkpoint first)…\n")
+        err.write(
+            f"\nkbingest: {signal.Signals(signum).name}: pausing job {job_id} in the server (checkpoint first)…\n"
+        )
         err.flush()
         threading.Thread(target=ask_pause, name="kbingest-pause", daemon=True).start()
 
@@ -224,7 +231,7 @@ def run_remote_batch(service, job, out: TextIO = sys.stdout, err: TextIO = sys.s
                 broken += 1
                 if broken > RECONNECTS:
                     raise
-                time.sleep(min(2.0, 0.2 * 2 ** broken))
+                time.sleep(min(2.0, 0.2 * 2**broken))
                 continue
             if final is None:  # the stream ended: the job as it is now
                 now = service.job(job_id).status

@@ -5,6 +5,7 @@ A user's mistake is a one-line message and exit 2, never a traceback. Every comm
 service layer (pipeline/service.py) and nothing below it; app/exit_codes.py maps its errors.
 Heavy libraries (LanceDB, fastembed, Textual) are imported only by the commands that use them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,8 @@ import re
 import sys
 from typing import Optional, Sequence
 
-from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
 from kbingest.app import text
+from kbingest.app.exit_codes import ExitCode, exit_code_for_error
 from kbingest.app.logs import log_to_stderr
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse, job_default
 from kbingest.pipeline.service import InvalidInput, KbError, Service, printable
@@ -52,29 +53,49 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--interval", "interval", {"type": float, "metavar": "SECONDS"}),
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {
-    "max_file_bytes": "--max-file-mb", "follow_links": "--follow-links", "watch": "--watch",
-    "max_removal_share": "--allow-mass-removal", "until": "--until", "embedder": "--embedder"}
-NO_WAIT_HELP = ("refuse (exit 1, one line) instead of waiting as pending while another job writes the "
-                "knowledge base")
+    "max_file_bytes": "--max-file-mb",
+    "follow_links": "--follow-links",
+    "watch": "--watch",
+    "max_removal_share": "--allow-mass-removal",
+    "until": "--until",
+    "embedder": "--embedder",
+}
+NO_WAIT_HELP = "refuse (exit 1, one line) instead of waiting as pending while another job writes the knowledge base"
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
-                   help=f"folder holding all state: job store and LanceDB (env {ENV_HOME}; "
-                        "default: the platform's user data folder for kbingest)")
-    p.add_argument("--db", metavar="URI", default=argparse.SUPPRESS,
-                   help="where knowledge bases live: a folder or s3://bucket/prefix (env KBINGEST_DB; default "
-                        "HOME/lancedb); S3 credentials and endpoint from the AWS_* environment")
-    p.add_argument("--db-option", metavar="KEY=VALUE", action="append", default=argparse.SUPPRESS,
-                   help="a LanceDB storage option (repeatable; no secrets: they come from the environment)")
+    p.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"folder holding all state: job store and LanceDB (env {ENV_HOME}; "
+        "default: the platform's user data folder for kbingest)",
+    )
+    p.add_argument(
+        "--db",
+        metavar="URI",
+        default=argparse.SUPPRESS,
+        help="where knowledge bases live: a folder or s3://bucket/prefix (env KBINGEST_DB; default "
+        "HOME/lancedb); S3 credentials and endpoint from the AWS_* environment",
+    )
+    p.add_argument(
+        "--db-option",
+        metavar="KEY=VALUE",
+        action="append",
+        default=argparse.SUPPRESS,
+        help="a LanceDB storage option (repeatable; no secrets: they come from the environment)",
+    )
 
 
 def _add_server(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
-    p.add_argument("--server", metavar="URL", default=default,
-                   help=f"run the command on a running `kbingest serve` at URL, through its HTTP API, instead of a "
-                        f"local home; with no command: the dashboard there (env {ENV_SERVER})")
-    p.add_argument("--token", metavar="T", default=default,
-                   help=f"with --server: the server's token (env {ENV_TOKEN})")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        default=default,
+        help=f"run the command on a running `kbingest serve` at URL, through its HTTP API, instead of a "
+        f"local home; with no command: the dashboard there (env {ENV_SERVER})",
+    )
+    p.add_argument("--token", metavar="T", default=default, help=f"with --server: the server's token (env {ENV_TOKEN})")
 
 
 def _help(field: str, unit: str = "") -> str:
@@ -111,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="kbingest",
         description="Ingest folders of documents into local LanceDB knowledge bases, "
-                    "and watch and steer every phase. With no command: the dashboard.")
+        "and watch and steer every phase. With no command: the dashboard.",
+    )
     p.add_argument("--version", action="version", version=f"kbingest {_version()}")
     _add_home(p)
     _add_server(p, None)
@@ -120,26 +142,42 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="start a job that ingests SOURCE files/folders into knowledge base NAME")
     _add_home(ing)
     _add_server(ing)
-    ing.add_argument("sources", nargs="+", metavar="SOURCE",
-                     help="file or folder to ingest, or s3://BUCKET/PREFIX/, or https://HOST/PATH/ (a site "
-                          "crawled within that prefix, or a sitemap.xml): docs/sources.md")
+    ing.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="file or folder to ingest, or s3://BUCKET/PREFIX/, or https://HOST/PATH/ (a site "
+        "crawled within that prefix, or a sitemap.xml): docs/sources.md",
+    )
     ing.add_argument("--kb", required=True, metavar="NAME", help="knowledge base (LanceDB table) name")
     ing.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
     ing.add_argument("--watch", action="store_true", help=_help("watch").replace(" (default False)", ""))
     for opt, field, kw in JOB_OPTIONS:
         ing.add_argument(opt, dest=field, default=job_default(field), help=_help(field), **kw)
     mb = job_default("max_file_bytes") / (1024 * 1024)
-    ing.add_argument("--max-file-mb", type=float, default=mb, metavar="MB",
-                     help=f"{JobConfig.model_fields['max_file_bytes'].description} (default {mb:g})")
-    ing.add_argument("--follow-links", action="store_true",
-                     help=JobConfig.model_fields["follow_links"].description + " (default: not followed)")
-    ing.add_argument("--allow-mass-removal", action="store_true",
-                     help="let this job remove any share of the knowledge base's documents (by default a pass "
-                          f"that would remove more than {100 * job_default('max_removal_share'):.0f}%% of them removes none)")
+    ing.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=mb,
+        metavar="MB",
+        help=f"{JobConfig.model_fields['max_file_bytes'].description} (default {mb:g})",
+    )
+    ing.add_argument(
+        "--follow-links",
+        action="store_true",
+        help=JobConfig.model_fields["follow_links"].description + " (default: not followed)",
+    )
+    ing.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="let this job remove any share of the knowledge base's documents (by default a pass "
+        f"that would remove more than {100 * job_default('max_removal_share'):.0f}%% of them removes none)",
+    )
     ing.add_argument("--until", choices=["chunking"], default=None, help=_help("until").replace(" (default None)", ""))
     ing.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
-    ing.add_argument("--embedder", choices=["fastembed", "fake"], default=job_default("embedder"),
-                     help=argparse.SUPPRESS)  # 'fake' for tests only
+    ing.add_argument(
+        "--embedder", choices=["fastembed", "fake"], default=job_default("embedder"), help=argparse.SUPPRESS
+    )  # 'fake' for tests only
     ing.add_argument("--job-id", default=None, help=argparse.SUPPRESS)
 
     res = sub.add_parser("resume", help="continue a paused, interrupted or failed job; retry a finished job's failures")
@@ -149,14 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--batch", action="store_true", help="headless: JSON Lines on stdout, exit codes")
     res.add_argument("--no-wait", action="store_true", help=NO_WAIT_HELP)
 
-    for name, what in (("pause", "pause"), ("cancel", "cancel"),
-                       ("drain", "drain (take no new documents, commit those loaded, complete)")):
+    for name, what in (
+        ("pause", "pause"),
+        ("cancel", "cancel"),
+        ("drain", "drain (take no new documents, commit those loaded, complete)"),
+    ):
         c = sub.add_parser(name, help=f"ask a job running in another process to {what}; returns once it has")
         _add_home(c)
         _add_server(c)
         c.add_argument("job_id", metavar="JOB_ID")
-        c.add_argument("--timeout", type=float, default=120.0,
-                       help="seconds to wait (default 120); past it, exit 5 and the request is withdrawn")
+        c.add_argument(
+            "--timeout",
+            type=float,
+            default=120.0,
+            help="seconds to wait (default 120); past it, exit 5 and the request is withdrawn",
+        )
 
     st = sub.add_parser("status", help="one job's status (the newest, or JOB_ID, or the newest of --kb)")
     _add_home(st)
@@ -170,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server(jb)
     jb.add_argument("--json", action="store_true", help="a JSON array of status objects")
 
-    rp = sub.add_parser("repair", help="check knowledge base NAME; bring a damaged one back (its last readable "
-                                       "version, or re-created for the next ingest to rebuild)")
+    rp = sub.add_parser(
+        "repair",
+        help="check knowledge base NAME; bring a damaged one back (its last readable "
+        "version, or re-created for the next ingest to rebuild)",
+    )
     _add_home(rp)
     _add_server(rp)
     rp.add_argument("--kb", required=True, metavar="NAME")
@@ -183,31 +231,68 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--kb", required=True, metavar="NAME")
     se.add_argument("-k", type=int, default=5, metavar="N", help="how many chunks (default 5)")
     se.add_argument("--json", action="store_true", help="a JSON array of hits")
-    se.add_argument("--mode", choices=["vector", "text", "hybrid"], default="hybrid",
-                    help="vector (cosine), text (full-text BM25) or hybrid: both fused by reciprocal rank (default)")
+    se.add_argument(
+        "--mode",
+        choices=["vector", "text", "hybrid"],
+        default="hybrid",
+        help="vector (cosine), text (full-text BM25) or hybrid: both fused by reciprocal rank (default)",
+    )
 
     sv = sub.add_parser("serve", help="the HTTP API (status, control, events, search, metrics) on this home")
     _add_home(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs a token)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument("--token", default=None, metavar="T",
-                    help="clients must send `Authorization: Bearer T` (env KBINGEST_TOKEN)")
-    sv.add_argument("--allow-root", action="append", default=[], metavar="DIR", dest="allow_roots",
-                    help="jobs started over HTTP may read sources under DIR (repeatable; none: starting is off)")
-    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME", dest="allow_hosts",
-                    help="without a token, answer requests addressed to NAME too, besides the loopback and the "
-                         "bound address (repeatable)")
-    sv.add_argument("--allow-url", action="append", default=[], metavar="PREFIX", dest="allow_urls",
-                    help="let jobs started over HTTP read s3:// objects or crawl pages under this URL prefix "
-                         "(repeatable; loopback and private addresses only when PREFIX names that host): "
-                         "docs/sources.md")
-    sv.add_argument("--notify", action="append", default=[], metavar="URL",
-                    help="POST the final status of each job that ends in this server to URL (repeatable)")
-    sv.add_argument("--rate-limit", type=float, default=None, metavar="N",
-                    help="requests a second each client address may make, 304s and long-poll waits not counted "
-                         "(default 50, burst twice that; 0: no limit; docs/serve.md)")
-    sv.add_argument("--no-status-front", action="store_false", dest="status_front",
-                    help="no effect: kept for scripts (the server is one process)")
+    sv.add_argument(
+        "--token", default=None, metavar="T", help="clients must send `Authorization: Bearer T` (env KBINGEST_TOKEN)"
+    )
+    sv.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        dest="allow_roots",
+        help="jobs started over HTTP may read sources under DIR (repeatable; none: starting is off)",
+    )
+    sv.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        dest="allow_hosts",
+        help="without a token, answer requests addressed to NAME too, besides the loopback and the "
+        "bound address (repeatable)",
+    )
+    sv.add_argument(
+        "--allow-url",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        dest="allow_urls",
+        help="let jobs started over HTTP read s3:// objects or crawl pages under this URL prefix "
+        "(repeatable; loopback and private addresses only when PREFIX names that host): "
+        "docs/sources.md",
+    )
+    sv.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST the final status of each job that ends in this server to URL (repeatable)",
+    )
+    sv.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        metavar="N",
+        help="requests a second each client address may make, 304s and long-poll waits not counted "
+        "(default 50, burst twice that; 0: no limit; docs/serve.md)",
+    )
+    sv.add_argument(
+        "--no-status-front",
+        action="store_false",
+        dest="status_front",
+        help="no effect: kept for scripts (the server is one process)",
+    )
     return p
 
 
@@ -260,11 +345,19 @@ def _notices(svc: Service) -> None:
 def _config_from(args: argparse.Namespace) -> JobConfig:
     remote = getattr(args, "remote", None)
     settings = {field: getattr(args, field) for _, field, _ in JOB_OPTIONS}
-    settings.update(max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)), follow_links=args.follow_links,
-                    watch=args.watch, embedder=args.embedder, until=args.until)
+    settings.update(
+        max_file_bytes=max(1, int(args.max_file_mb * 1024 * 1024)),
+        follow_links=args.follow_links,
+        watch=args.watch,
+        embedder=args.embedder,
+        until=args.until,
+    )
     if remote is None:  # a server's jobs keep their knowledge bases where the server says
-        settings.update(Service.location_settings(getattr(args, "home", None), getattr(args, "db", None),
-                                                  getattr(args, "db_option", None)))
+        settings.update(
+            Service.location_settings(
+                getattr(args, "home", None), getattr(args, "db", None), getattr(args, "db_option", None)
+            )
+        )
     if args.allow_mass_removal:
         settings["max_removal_share"] = 1.0
     try:
@@ -359,10 +452,15 @@ def _dry_run_lines(d: Optional[dict]) -> list[str]:
     if not d:
         return []
     est = d.get("estimated_embedding_seconds")
-    out = [f"  dry run: {d.get('documents')} document(s), {d.get('chunks')} chunks, {d.get('tokens')} tokens; "
-           + (f"embedding about {est:.0f} s at {d.get('embed_rate_chunks_per_s')} chunks/s ({d.get('rate_source')})"
-              if est is not None else "embedding time unknown"),
-           "  tokens per document:"]
+    out = [
+        f"  dry run: {d.get('documents')} document(s), {d.get('chunks')} chunks, {d.get('tokens')} tokens; "
+        + (
+            f"embedding about {est:.0f} s at {d.get('embed_rate_chunks_per_s')} chunks/s ({d.get('rate_source')})"
+            if est is not None
+            else "embedding time unknown"
+        ),
+        "  tokens per document:",
+    ]
     hist = d.get("tokens_per_document_histogram") or {}
     top = max(hist.values(), default=1)
     for k, n in hist.items():
@@ -400,8 +498,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         Service.one_shot_search()
         svc.resident_search = True  # a `kbingest serve` of this home answers warm
-        hits = svc.search(args.kb, args.query, args.k, mode=args.mode, db=getattr(args, "db", None),
-                          db_options=Service.db_options(getattr(args, "db_option", None)))
+        hits = svc.search(
+            args.kb,
+            args.query,
+            args.k,
+            mode=args.mode,
+            db=getattr(args, "db", None),
+            db_options=Service.db_options(getattr(args, "db_option", None)),
+        )
     _notices(svc)
     if args.json:
         print(json.dumps([h.__dict__ for h in hits]))
@@ -415,8 +519,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    print(printable(_service(args).repair(args.kb, db=getattr(args, "db", None),
-                                          db_options=Service.db_options(getattr(args, "db_option", None)))))
+    print(
+        printable(
+            _service(args).repair(
+                args.kb, db=getattr(args, "db", None), db_options=Service.db_options(getattr(args, "db_option", None))
+            )
+        )
+    )
     return int(ExitCode.OK)
 
 
@@ -436,9 +545,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kbingest.app.server import ServerConfig, serve
 
     log_to_stderr()
-    cfg = ServerConfig(host=args.host, port=args.port, token=args.token, allow_roots=args.allow_roots,
-                       notify=args.notify, allow_hosts=args.allow_hosts, allow_urls=args.allow_urls,
-                       **({} if args.rate_limit is None else {"rate_limit": args.rate_limit}))
+    cfg = ServerConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        allow_roots=args.allow_roots,
+        notify=args.notify,
+        allow_hosts=args.allow_hosts,
+        allow_urls=args.allow_urls,
+        **({} if args.rate_limit is None else {"rate_limit": args.rate_limit}),
+    )
     return serve(cfg, getattr(args, "home", None))
 
 
@@ -468,9 +584,14 @@ def _quiet_closed_stdout() -> None:
 
 
 COMMANDS = {
-    "ingest": cmd_ingest, "resume": cmd_resume, "status": cmd_status, "jobs": cmd_jobs, "search": cmd_search,
+    "ingest": cmd_ingest,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "jobs": cmd_jobs,
+    "search": cmd_search,
     "repair": cmd_repair,
-    "pause": lambda a: cmd_control(a, "pause"), "cancel": lambda a: cmd_control(a, "cancel"),
+    "pause": lambda a: cmd_control(a, "pause"),
+    "cancel": lambda a: cmd_control(a, "cancel"),
     "serve": cmd_serve,
     "drain": lambda a: cmd_control(a, "drain"),
 }

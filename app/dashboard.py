@@ -5,6 +5,7 @@ the other jobs through the job store about once a second (read in a thread worke
 never posts to the UI and never waits on it; the UI only updates widgets whose text changed.
 A job started here runs in a thread worker calling `job.run()`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,15 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for, exit_code_for_error
-from kbingest.app.screens import (KEY_NAMES, ConfirmCancelScreen, ErrorScreen, HelpScreen, NewJobScreen, SearchScreen,
-                                  help_from_bindings)
+from kbingest.app.screens import (
+    KEY_NAMES,
+    ConfirmCancelScreen,
+    ErrorScreen,
+    HelpScreen,
+    NewJobScreen,
+    SearchScreen,
+    help_from_bindings,
+)
 from kbingest.app.view_model import job_eta, resume_refusal, summary_counts, where_running
 from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, JobService, KbError, Service, printable
@@ -40,15 +48,15 @@ from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
 from kbingest.widgets.job_table import SORTS, JobTable
 from kbingest.widgets.phase_timeline import PhaseTimeline
 
-POLL_S = 0.5         # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
-STORE_POLL_S = 1.0   # every job, from the job store
-WIDE = 150           # columns from which errors and log sit side by side
-TALL = 36            # rows from which the job list and summary get more room
-QUIT_DELAY_S = 0.5   # the "paused, checkpoint saved" notice stays this long before the app exits
+POLL_S = 0.5  # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
+STORE_POLL_S = 1.0  # every job, from the job store
+WIDE = 150  # columns from which errors and log sit side by side
+TALL = 36  # rows from which the job list and summary get more room
+QUIT_DELAY_S = 0.5  # the "paused, checkpoint saved" notice stays this long before the app exits
 
 HELP_NOTES = [
     "Items: documents for loading and chunking, chunks for embedding and indexing.",
-    "A job whose process died shows as paused, \"interrupted…\"; r resumes it.",
+    'A job whose process died shows as paused, "interrupted…"; r resumes it.',
     "Greyed keys in the footer do not apply to the selected job.",
     "In the errors pane (tab to it): ↑↓ select a document, enter shows its error in full; there r retries "
     "that document alone and y copies its path.",
@@ -67,7 +75,7 @@ JobLike = JobHandle  # what the dashboard runs: a job from the service, or a fak
 def _short_path(path: str) -> str:
     user = os.path.expanduser("~")
     if user not in ("", "/") and (path == user or path.startswith(user + os.sep)):
-        return "~" + path[len(user):]
+        return "~" + path[len(user) :]
     return path
 
 
@@ -89,49 +97,123 @@ class KbIngestApp(App[None]):
     # The one list of keys: the footer, the help screen (help_from_bindings) and, with their
     # tooltips, every description of a key come from here.
     BINDINGS = [
-        Binding("p", "pause", "pause", id="pause",
-                tooltip="pause the selected job: it finishes the batch in flight, saves its checkpoint, then stops"),
-        Binding("r", "resume", "resume", id="resume",
-                tooltip="resume the selected paused, interrupted or failed job, or retry the failed documents "
-                        "of a finished one"),
-        Binding("c", "cancel", "cancel", id="cancel",
-                tooltip="cancel the selected job (asks first: y cancels, n or escape keeps it)"),
+        Binding(
+            "p",
+            "pause",
+            "pause",
+            id="pause",
+            tooltip="pause the selected job: it finishes the batch in flight, saves its checkpoint, then stops",
+        ),
+        Binding(
+            "r",
+            "resume",
+            "resume",
+            id="resume",
+            tooltip="resume the selected paused, interrupted or failed job, or retry the failed documents "
+            "of a finished one",
+        ),
+        Binding(
+            "c",
+            "cancel",
+            "cancel",
+            id="cancel",
+            tooltip="cancel the selected job (asks first: y cancels, n or escape keeps it)",
+        ),
         Binding("question_mark", "help", "help", key_display="?", id="help", tooltip="this help"),
-        Binding("q", "quit", "quit", key_display="q/^c", id="quit",
-                tooltip="quit; a job running here is paused first, its checkpoint saved: "
-                        "start `kbingest` again and press r to resume it"),
+        Binding(
+            "q",
+            "quit",
+            "quit",
+            key_display="q/^c",
+            id="quit",
+            tooltip="quit; a job running here is paused first, its checkpoint saved: "
+            "start `kbingest` again and press r to resume it",
+        ),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True, id="quit_ctrl_c"),
         Binding("up", "select_job(-1)", "job", key_display="↑↓", id="select_up", tooltip="select a job"),
         Binding("down", "select_job(1)", "job", show=False, id="select_down", tooltip="select a job"),
-        Binding("f", "freeze_view", "freeze", id="freeze",
-                tooltip="freeze the view to read it: the jobs go on working"),
+        Binding(
+            "f", "freeze_view", "freeze", id="freeze", tooltip="freeze the view to read it: the jobs go on working"
+        ),
         Binding("f", "follow_view", "live", id="follow", tooltip="f again follows them live"),
-        Binding("d", "drain", "drain", id="drain",
-                tooltip="drain the selected job: it loads no new documents, finishes those loaded, then completes"),
-        Binding("n", "new_job", "new", id="new_job",
-                tooltip="a new job: sources, knowledge base and settings; it starts here"),
-        Binding("slash", "search", "find", key_display="/", id="search",
-                tooltip="search the selected job's knowledge base; enter on a result shows its full text"),
-        Binding("l", "filter", "filter", show=False, id="filter",
-                tooltip="filter the job list as you type (knowledge base, status or id); escape clears it"),
-        Binding("o", "sort", "sort", show=False, id="sort", tooltip="sort the job list: newest first, by status, by knowledge base"),
-        Binding("i", "toggle_in_flight", "in flight", show=False, id="in_flight",
-                tooltip="show the documents in flight, the next commit and the slowest document "
-                        "(always shown on a tall terminal)"),
-        Binding("tab", "app.focus_next", "next pane", show=False, id="next_pane",
-                tooltip="move to the errors or the events, to scroll them"),
+        Binding(
+            "d",
+            "drain",
+            "drain",
+            id="drain",
+            tooltip="drain the selected job: it loads no new documents, finishes those loaded, then completes",
+        ),
+        Binding(
+            "n",
+            "new_job",
+            "new",
+            id="new_job",
+            tooltip="a new job: sources, knowledge base and settings; it starts here",
+        ),
+        Binding(
+            "slash",
+            "search",
+            "find",
+            key_display="/",
+            id="search",
+            tooltip="search the selected job's knowledge base; enter on a result shows its full text",
+        ),
+        Binding(
+            "l",
+            "filter",
+            "filter",
+            show=False,
+            id="filter",
+            tooltip="filter the job list as you type (knowledge base, status or id); escape clears it",
+        ),
+        Binding(
+            "o",
+            "sort",
+            "sort",
+            show=False,
+            id="sort",
+            tooltip="sort the job list: newest first, by status, by knowledge base",
+        ),
+        Binding(
+            "i",
+            "toggle_in_flight",
+            "in flight",
+            show=False,
+            id="in_flight",
+            tooltip="show the documents in flight, the next commit and the slowest document "
+            "(always shown on a tall terminal)",
+        ),
+        Binding(
+            "tab",
+            "app.focus_next",
+            "next pane",
+            show=False,
+            id="next_pane",
+            tooltip="move to the errors or the events, to scroll them",
+        ),
     ]
 
-    def __init__(self, source: Any, job: Optional[JobLike] = None, *, store: Any = None,
-                 clock: Optional[Callable[[], datetime]] = None, tz: Optional[tzinfo] = None,
-                 home_label: Optional[str] = None, poll_seconds: float = POLL_S,
-                 store_poll_seconds: float = STORE_POLL_S,
-                 job_factory: Optional[Callable[[str], JobLike]] = None) -> None:
+    def __init__(
+        self,
+        source: Any,
+        job: Optional[JobLike] = None,
+        *,
+        store: Any = None,
+        clock: Optional[Callable[[], datetime]] = None,
+        tz: Optional[tzinfo] = None,
+        home_label: Optional[str] = None,
+        poll_seconds: float = POLL_S,
+        store_poll_seconds: float = STORE_POLL_S,
+        job_factory: Optional[Callable[[str], JobLike]] = None,
+    ) -> None:
         super().__init__()
         # one store per process where possible: the job's own (opening a JobStore sweeps its temp files).
         # A service (local, or app/remote.py's over HTTP) is used as it is.
-        self.service: JobService = source if hasattr(source, "jobs") else Service(
-            source, store=store if store is not None else (job.job_store() if job is not None else None))
+        self.service: JobService = (
+            source
+            if hasattr(source, "jobs")
+            else Service(source, store=store if store is not None else (job.job_store() if job is not None else None))
+        )
         self.home = self.service.home
         self.job = job
         self.clock = clock or utcnow
@@ -245,8 +327,13 @@ class KbIngestApp(App[None]):
     def _poll_store(self) -> None:
         if self._store_worker is not None and self._store_worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
             return
-        self._store_worker = self.run_worker(partial(self._read_store_tagged, self._store_gen), thread=True,
-                                             group="store", name="read-store", exit_on_error=False)
+        self._store_worker = self.run_worker(
+            partial(self._read_store_tagged, self._store_gen),
+            thread=True,
+            group="store",
+            name="read-store",
+            exit_on_error=False,
+        )
 
     def _apply_records(self, items: list[JobInfo]) -> None:
         live_id = self._live.job_id if self._live is not None else None
@@ -258,8 +345,15 @@ class KbIngestApp(App[None]):
                 continue  # the live snapshot is newer than the store's
             snap = info.status  # as the service sees it: running while its engine holds its knowledge base
             running_elsewhere = snap.status == JobStatus.RUNNING
-            view = JobView(job_id=info.job_id, kb=info.kb, snap=snap, errors=snap.errors,
-                           created_at=info.created_at, updated_at=info.updated_at, running_elsewhere=running_elsewhere)
+            view = JobView(
+                job_id=info.job_id,
+                kb=info.kb,
+                snap=snap,
+                errors=snap.errors,
+                created_at=info.created_at,
+                updated_at=info.updated_at,
+                running_elsewhere=running_elsewhere,
+            )
             self._ingest(view)
         for job_id in [j for j in self._views if j not in seen and j != live_id]:
             del self._views[job_id]  # removed from the store
@@ -269,8 +363,14 @@ class KbIngestApp(App[None]):
         job = self._live
         if job is None:
             return None
-        return JobView(job_id=job.job_id, kb=job.config.kb, snap=job.snapshot(), errors=list(job.errors),
-                       created_at=self._created.get(job.job_id, "~"), local=True)
+        return JobView(
+            job_id=job.job_id,
+            kb=job.config.kb,
+            snap=job.snapshot(),
+            errors=list(job.errors),
+            created_at=self._created.get(job.job_id, "~"),
+            local=True,
+        )
 
     def _poll_live(self) -> None:
         view = self._live_view()
@@ -301,7 +401,7 @@ class KbIngestApp(App[None]):
 
     # ---- rendering --------------------------------------------------------------------------
     def _ordered(self) -> list[JobView]:
-        views = sorted(self._views.values(), key=lambda v: (self._created.get(v.job_id) or "~"), reverse=True)
+        views = sorted(self._views.values(), key=lambda v: self._created.get(v.job_id) or "~", reverse=True)
         return self.sort.apply(views, self.filter_text)
 
     def _refresh_views(self, force: bool = False) -> None:
@@ -333,8 +433,9 @@ class KbIngestApp(App[None]):
             self._detail_title = None
             detail.border_title = "no job selected"
             self._summary_sig = None
-            self._q("#summary", Static).update(Text(
-                "no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end=""))
+            self._q("#summary", Static).update(
+                Text("no jobs in this home yet: `kbingest ingest SOURCE --kb NAME` starts one", end="")
+            )
         else:
             where = where_running(view)
             title = printable(f"job {view.job_id} · kb {view.kb}" + (f" · {where}" if where else ""))
@@ -346,8 +447,11 @@ class KbIngestApp(App[None]):
             if force or sig != self._summary_sig:  # only when it changed
                 self._summary_sig = sig
                 self._q("#summary", Static).update(summary)
-        history = {p: self.rates.of(view.job_id, p) for p in ("loading", "chunking", "embedding", "indexing")} \
-            if view else None
+        history = (
+            {p: self.rates.of(view.job_id, p) for p in ("loading", "chunking", "embedding", "indexing")}
+            if view
+            else None
+        )
         self._q(PhaseTimeline).show(view.snap.phase_details if view else None, force=force, history=history)
         self._q(FlowPane).show(view.snap if view else None, force=force)
         self._q(InFlightPane).show(view.snap if view else None, force=force)
@@ -416,7 +520,8 @@ class KbIngestApp(App[None]):
             return False
         s = v.status
         return s in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.PENDING) or (
-            s == JobStatus.COMPLETED and v.failed_docs > 0)
+            s == JobStatus.COMPLETED and v.failed_docs > 0
+        )
 
     def _can_drain(self, v: Optional[JobView]) -> bool:
         return v is not None and self.service.can_drain() and v.status == JobStatus.RUNNING
@@ -427,8 +532,12 @@ class KbIngestApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("freeze_view", "follow_view"):  # one key, two faces: only one is shown
             return self.frozen == (action == "follow_view")
-        check = {"pause": self._can_pause, "resume": self._can_resume, "cancel": self._can_cancel,
-                 "drain": self._can_drain}.get(action)
+        check = {
+            "pause": self._can_pause,
+            "resume": self._can_resume,
+            "cancel": self._can_cancel,
+            "drain": self._can_drain,
+        }.get(action)
         if check is None:
             return True
         return True if check(self.selected) else None  # None: shown greyed out in the footer
@@ -483,12 +592,17 @@ class KbIngestApp(App[None]):
         if not self._can_resume(v):
             return
         if self._live is not None:
-            self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
-                      "pause it (p) or let it finish, then resume this one", severity="warning")
+            self._say(
+                f"job {self._live.job_id} is running in this dashboard: one job at a time; "
+                "pause it (p) or let it finish, then resume this one",
+                severity="warning",
+            )
             return
         if self.service.engine_busy(v.kb):  # another job writes this knowledge base (others do not matter)
-            self._say(f"another job is writing knowledge base {v.kb}: wait for it, or pause it "
-                      "(`kbingest pause JOB_ID`)", severity="warning")
+            self._say(
+                f"another job is writing knowledge base {v.kb}: wait for it, or pause it (`kbingest pause JOB_ID`)",
+                severity="warning",
+            )
             return
         retry = v.status == JobStatus.COMPLETED
         try:
@@ -531,8 +645,11 @@ class KbIngestApp(App[None]):
             return
         if outcome == "requested":
             self._log_events(job_id, [("cancel asked of the process running it", "info")])
-        self._say({"requested": f"asked the process running {job_id} to cancel it",
-                   "cancelled": f"{job_id} cancelled"}.get(outcome, f"{job_id} was not cancelled: it had ended"))
+        self._say(
+            {"requested": f"asked the process running {job_id} to cancel it", "cancelled": f"{job_id} cancelled"}.get(
+                outcome, f"{job_id} was not cancelled: it had ended"
+            )
+        )
         self._apply_records(self._read_store())
 
     # ---- the job list: filter, sort, counts ---------------------------------------------------
@@ -625,11 +742,13 @@ class KbIngestApp(App[None]):
                 continue
             key = b.key_display or KEY_NAMES.get(b.key, b.key)
             title = PALETTE_TITLES.get(b.action, b.description)
-            yield SystemCommand(f"{title.capitalize()} ({key})", b.tooltip,
-                                partial(self.run_action, b.action))
-        yield SystemCommand("Retry failed documents (r)", "retry the failed documents of the selected "
-                            "finished job (r resumes it; enter on an error retries one document)",
-                            partial(self.run_action, "resume"))
+            yield SystemCommand(f"{title.capitalize()} ({key})", b.tooltip, partial(self.run_action, b.action))
+        yield SystemCommand(
+            "Retry failed documents (r)",
+            "retry the failed documents of the selected "
+            "finished job (r resumes it; enter on an error retries one document)",
+            partial(self.run_action, "resume"),
+        )
         yield from super().get_system_commands(screen)
 
     # ---- drain, new job, search -----------------------------------------------------------------
@@ -637,8 +756,10 @@ class KbIngestApp(App[None]):
         v = self.selected
         drain = self.service.can_drain()
         if v is None or not drain:
-            self._say("drain is not available in this version of kbingest" if not drain else "no job selected",
-                      severity="warning")
+            self._say(
+                "drain is not available in this version of kbingest" if not drain else "no job selected",
+                severity="warning",
+            )
             return
         try:
             self.service.drain(v.job_id)
@@ -659,14 +780,19 @@ class KbIngestApp(App[None]):
     def _new_job_answer(self, config: Any) -> None:
         if config is None:
             return
-        self._start_here(lambda: self.service.start(config), "cannot start the job",
-                         lambda job: f"started {job.job_id} on knowledge base {config.kb}")
+        self._start_here(
+            lambda: self.service.start(config),
+            "cannot start the job",
+            lambda job: f"started {job.job_id} on knowledge base {config.kb}",
+        )
 
     def _start_here(self, make: Callable[[], JobLike], refused: str, started: Callable[[JobLike], str]) -> None:
         """Start a job from the service in this dashboard (one at a time), saying what happened."""
         if self._live is not None:
-            self._say(f"job {self._live.job_id} is running in this dashboard: one job at a time; "
-                      "try again when it ends", severity="warning")
+            self._say(
+                f"job {self._live.job_id} is running in this dashboard: one job at a time; try again when it ends",
+                severity="warning",
+            )
             return
         try:
             job = make()
@@ -688,14 +814,18 @@ class KbIngestApp(App[None]):
         v = self.selected
         if v is None:
             return
-        self.push_screen(ErrorScreen(v.job_id, event.error, self.tz),
-                         partial(self._error_answer, v.job_id, event.error.path))
+        self.push_screen(
+            ErrorScreen(v.job_id, event.error, self.tz), partial(self._error_answer, v.job_id, event.error.path)
+        )
 
     def _error_answer(self, job_id: str, path: str, answer: Optional[str]) -> None:
         if answer != "retry":
             return
-        self._start_here(lambda: self.service.retry(job_id, paths=[path]), f"cannot retry {path}",
-                         lambda job: f"retrying {path} of {job_id}")
+        self._start_here(
+            lambda: self.service.retry(job_id, paths=[path]),
+            f"cannot retry {path}",
+            lambda job: f"retrying {path} of {job_id}",
+        )
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(help_from_bindings(self.BINDINGS), HELP_NOTES))
@@ -707,9 +837,11 @@ class KbIngestApp(App[None]):
                 self._quitting = True
                 job.pause()
                 self._log_events(job.job_id, [("quitting: pausing, the checkpoint is being saved", "info")])
-                self._say(f"pausing… {job.job_id} finishes the batch in flight and saves its checkpoint, "
-                          "then the dashboard quits; start `kbingest` again and press r to resume it",
-                          title="quitting")
+                self._say(
+                    f"pausing… {job.job_id} finishes the batch in flight and saves its checkpoint, "
+                    "then the dashboard quits; start `kbingest` again and press r to resume it",
+                    title="quitting",
+                )
             else:
                 self._say("still pausing… the checkpoint is being saved", title="quitting")
             return
@@ -720,8 +852,9 @@ class KbIngestApp(App[None]):
         self._store_gen += 1
         self._live = job
         self._selected = job.job_id
-        self._live_worker = self.run_worker(partial(self._run_job, job), thread=True, group="job",
-                                            name=f"run {job.job_id}", exit_on_error=False)
+        self._live_worker = self.run_worker(
+            partial(self._run_job, job), thread=True, group="job", name=f"run {job.job_id}", exit_on_error=False
+        )
         self._poll_live()
         self._q(JobTable).select(job.job_id)
 
@@ -740,7 +873,10 @@ class KbIngestApp(App[None]):
                 self._store_worker = None
             return
         if worker is not self._live_worker or event.state not in (
-                WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
             return
         job = self._live
         assert job is not None
@@ -797,8 +933,13 @@ def run_dashboard(service: JobService, job: Optional[JobHandle]) -> ExitCode:
     app.run()
     for job_id in app.paused_on_quit:
         if job is None or job_id != job.job_id:
-            sys.stderr.write(printable(f"kbingest: job {job_id} paused, checkpoint saved; `kbingest` then r, "
-                                       f"or `kbingest resume {job_id}`, continues it") + "\n")
+            sys.stderr.write(
+                printable(
+                    f"kbingest: job {job_id} paused, checkpoint saved; `kbingest` then r, "
+                    f"or `kbingest resume {job_id}`, continues it"
+                )
+                + "\n"
+            )
     if job is None:
         return ExitCode.OK
     if isinstance(app.run_error, KbError):
@@ -809,12 +950,18 @@ def run_dashboard(service: JobService, job: Optional[JobHandle]) -> ExitCode:
         return ExitCode.FAILED
     snap = app.last_status(job.job_id) or job.snapshot()  # r may have run it again in the dashboard
     if snap.status in (JobStatus.RUNNING, JobStatus.PENDING):  # run by a server (--server): it goes on there
-        sys.stderr.write(printable(f"kbingest: job {job.job_id} goes on in {app.home_label} "
-                                   f"({snap.status.value})") + "\n")
+        sys.stderr.write(
+            printable(f"kbingest: job {job.job_id} goes on in {app.home_label} ({snap.status.value})") + "\n"
+        )
         return ExitCode.OK
     if snap.status == JobStatus.PAUSED:
-        sys.stderr.write(printable(f"kbingest: job {job.job_id} paused, checkpoint saved; `kbingest` then r, "
-                                   f"or `kbingest resume {job.job_id}`, continues it") + "\n")
+        sys.stderr.write(
+            printable(
+                f"kbingest: job {job.job_id} paused, checkpoint saved; `kbingest` then r, "
+                f"or `kbingest resume {job.job_id}`, continues it"
+            )
+            + "\n"
+        )
     else:
         sys.stderr.write(printable(f"kbingest: job {job.job_id}: {snap.message}") + "\n")
     return exit_code_for(snap)

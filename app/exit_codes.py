@@ -1,5 +1,6 @@
 """Exit statuses of the CLI, as contracts/CLI.md fixes them: the one place that maps a job's final
 status and each typed error of the service to a code."""
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -10,13 +11,13 @@ from kbingest.pipeline.status import JobStatus
 
 
 class ExitCode(IntEnum):
-    OK = 0               # completed, no document errors
-    FAILED = 1           # the job failed
-    USAGE = 2            # a usage error
+    OK = 0  # completed, no document errors
+    FAILED = 1  # the job failed
+    USAGE = 2  # a usage error
     DOCUMENT_ERRORS = 3  # completed, but some documents failed
     CANCELLED = 4
-    TIMEOUT = 5          # `pause`/`cancel` waited its --timeout; the request was withdrawn, the job goes on
-    PAUSED = 130         # paused by SIGINT, SIGTERM or `kbingest pause`; resumable
+    TIMEOUT = 5  # `pause`/`cancel` waited its --timeout; the request was withdrawn, the job goes on
+    PAUSED = 130  # paused by SIGINT, SIGTERM or `kbingest pause`; resumable
 
 
 def exit_code_for(snap: JobStatusResponse) -> ExitCode:

@@ -10,7 +10,6 @@ API = "/api/ingestion"
 ENV_TOKEN = "KBINGEST_TOKEN"
 
 
-
 def authorized(token: Optional[bytes], headers: dict, path: str) -> bool:
     """The token rule: every path but /healthz needs `Authorization: Bearer <token>` (constant time)."""
     if token is None or path == "/healthz":
@@ -35,7 +34,7 @@ def host_name(value: str) -> str:
     v = value.strip().lower()
     if v.startswith("["):
         end = v.find("]")
-        name = v[:end + 1] if end > 0 else ""
+        name = v[: end + 1] if end > 0 else ""
     elif v.count(":") > 1:  # a bare IPv6 address (--host ::1)
         name = f"[{v}]"
     else:

@@ -1,4 +1,5 @@
 """Logging of the front ends: the engine's warnings as one escaped line each on stderr."""
+
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ from kbingest.pipeline.service import printable
 def log_to_stderr() -> None:
     """Engine warnings (retries, a failed worker) as one escaped line each on stderr: no traceback
     (KBINGEST_DEBUG=1 shows them), no raw control characters from file names or exceptions."""
+
     class OneLine(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
             text = printable(f"kbingest: {record.getMessage()}")

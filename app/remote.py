@@ -9,6 +9,7 @@ classes, by their `kind`. The CLI's commands run on it too with `--server URL` (
 its run() returns at once and the job shows from then on as running in another process (p, c
 reach it through request_pause / request_cancel; quitting the dashboard leaves it running).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,13 +18,26 @@ from typing import Any, Iterator, Optional
 
 from kbingest.app.http_guard import API
 from kbingest.pipeline.models import DocumentError, JobConfig, JobStatusResponse
-from kbingest.pipeline.service import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, JobInfo,
-                                       KbError, NotFound, Service, Unreachable, Unsupported, WrongState)
+from kbingest.pipeline.service import (
+    Busy,
+    ControlTimeout,
+    EngineFailure,
+    Forbidden,
+    InvalidInput,
+    JobInfo,
+    KbError,
+    NotFound,
+    Service,
+    Unreachable,
+    Unsupported,
+    WrongState,
+)
 
 TIMEOUT_S = 10.0
 EVENTS_READ_TIMEOUT_S = 60.0  # the server sends a keep-alive comment every 15 s of silence
-_ERRORS: dict[str, type[KbError]] = {c.kind: c for c in (InvalidInput, NotFound, WrongState, Busy, Forbidden,
-                                                           ControlTimeout, EngineFailure)}
+_ERRORS: dict[str, type[KbError]] = {
+    c.kind: c for c in (InvalidInput, NotFound, WrongState, Busy, Forbidden, ControlTimeout, EngineFailure)
+}
 
 
 def transport_words(e: BaseException, timeout: Optional[float] = None) -> str:
@@ -36,8 +50,16 @@ def transport_words(e: BaseException, timeout: Optional[float] = None) -> str:
     if isinstance(e, httpx.ConnectError):
         if "refused" in text:
             return "connection refused"
-        if any(w in text for w in ("name or service not known", "nodename nor servname", "name resolution",
-                                   "no address associated", "getaddrinfo")):
+        if any(
+            w in text
+            for w in (
+                "name or service not known",
+                "nodename nor servname",
+                "name resolution",
+                "no address associated",
+                "getaddrinfo",
+            )
+        ):
             return "unknown host"
         if "unreachable" in text:
             return "network unreachable"
@@ -142,8 +164,11 @@ class RemoteService:
         return Unreachable(f"cannot reach the server at {self.url} ({transport_words(e, timeout or self.timeout)})")
 
     def _not_kbingest(self, status: int, path: str) -> RemoteError:
-        return RemoteError("error", status, f"the server at {self.url} did not answer as `kbingest serve` does "
-                                            f"(HTTP {status} for {path})")
+        return RemoteError(
+            "error",
+            status,
+            f"the server at {self.url} did not answer as `kbingest serve` does (HTTP {status} for {path})",
+        )
 
     def _raise_for(self, r: Any, path: str) -> None:
         """An error answer as the typed error the service raises (by its kind), in kbingest's words;
@@ -154,9 +179,16 @@ class RemoteService:
         except (ValueError, KeyError, TypeError):
             raise self._not_kbingest(r.status_code, path) from None
         if r.status_code == 401:
-            raise RemoteError(kind, 401, f"the server at {self.url} " + (
-                "refused the token (--token or KBINGEST_TOKEN)" if self._token
-                else "needs a token (--token or KBINGEST_TOKEN)"))
+            raise RemoteError(
+                kind,
+                401,
+                f"the server at {self.url} "
+                + (
+                    "refused the token (--token or KBINGEST_TOKEN)"
+                    if self._token
+                    else "needs a token (--token or KBINGEST_TOKEN)"
+                ),
+            )
         if r.status_code == 403:
             raise Forbidden(f"the server at {self.url} refused: {message}")
         cls = _ERRORS.get(kind)
@@ -168,9 +200,14 @@ class RemoteService:
 
     @staticmethod
     def _info(d: dict[str, Any]) -> JobInfo:
-        return JobInfo(job_id=d["job_id"], kb=d["kb"], config=JobConfig.model_validate(d["config"]),
-                       status=JobStatusResponse.model_validate(d["status"]), created_at=d["created_at"],
-                       updated_at=d["updated_at"])
+        return JobInfo(
+            job_id=d["job_id"],
+            kb=d["kb"],
+            config=JobConfig.model_validate(d["config"]),
+            status=JobStatusResponse.model_validate(d["status"]),
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+        )
 
     def ping(self) -> None:
         """Reachable, and the token (if the server wants one) accepted."""
@@ -227,8 +264,9 @@ class RemoteService:
         """A new job run by the server (POST .../kb/{kb}/jobs): its sources are paths on the server,
         checked against its --allow-root folders; the settings that differ from the defaults are sent."""
         if not wait:
-            raise InvalidInput("--no-wait is not available with --server: the server queues a job whose "
-                               "knowledge base is busy")
+            raise InvalidInput(
+                "--no-wait is not available with --server: the server queues a job whose knowledge base is busy"
+            )
         defaults = JobConfig(sources=list(config.sources), kb=config.kb)
         body: dict[str, Any] = {"sources": list(config.sources)}
         for name in JobConfig.USER_SETTABLE:
@@ -242,8 +280,9 @@ class RemoteService:
 
     def resume(self, job_id: str, wait: bool = True) -> RemoteJob:
         if not wait:
-            raise InvalidInput("--no-wait is not available with --server: the server queues a job whose "
-                               "knowledge base is busy")
+            raise InvalidInput(
+                "--no-wait is not available with --server: the server queues a job whose knowledge base is busy"
+            )
         body = self._call("POST", f"{API}/jobs/{job_id}/resume")
         return RemoteJob(self, self.job(job_id), JobStatusResponse.model_validate(body["status"]))
 

@@ -19,13 +19,12 @@ import ipaddress
 import json
 import logging
 import os
-import sys
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,21 +32,30 @@ from kbingest.app.batch import JsonLinesReporter
 from kbingest.app.http_guard import API, ENV_TOKEN, authorized, host_allowed, host_name, host_rule
 from kbingest.app.notify import Notifier
 from kbingest.pipeline.models import JobConfig, JobStatusResponse
-from kbingest.pipeline.service import (Busy, ControlTimeout, Forbidden, InvalidInput, JobHandle, JobInfo, KbError,
-                                       Service, WrongState, printable)
-from kbingest.pipeline.status import JobStatus
+from kbingest.pipeline.service import (
+    Busy,
+    ControlTimeout,
+    Forbidden,
+    InvalidInput,
+    JobHandle,
+    JobInfo,
+    KbError,
+    Service,
+    WrongState,
+    printable,
+)
 
 log = logging.getLogger("kbingest.server")
 
 MAX_BODY = 64 * 1024
-SSE_POLL_S = 0.1          # as --batch polls its job
-SSE_KEEPALIVE_S = 15.0    # a comment line, so that proxies keep an idle stream open
+SSE_POLL_S = 0.1  # as --batch polls its job
+SSE_KEEPALIVE_S = 15.0  # a comment line, so that proxies keep an idle stream open
 CONTROL_TIMEOUT_S = 120.0
-STATUS_TTL_S = 0.05       # a kb status is computed at most this often (polled by many clients)
-LONG_POLL_MAX_S = 30.0    # GET .../status?wait=SECONDS waits at most this long
-LONG_POLL_STEP_S = 0.1    # how often a long poll looks for a change
-RATE_LIMIT = 50.0         # requests a second per client address (burst: twice that); 304s not counted
-JOURNAL_EVENTS = 4096     # SSE events a job's journal keeps for Last-Event-ID
+STATUS_TTL_S = 0.05  # a kb status is computed at most this often (polled by many clients)
+LONG_POLL_MAX_S = 30.0  # GET .../status?wait=SECONDS waits at most this long
+LONG_POLL_STEP_S = 0.1  # how often a long poll looks for a change
+RATE_LIMIT = 50.0  # requests a second per client address (burst: twice that); 304s not counted
+JOURNAL_EVENTS = 4096  # SSE events a job's journal keeps for Last-Event-ID
 
 
 class StartingDisabled(KbError):
@@ -64,9 +72,20 @@ class Unauthorized(KbError):
 
 # Every kind of error this server answers, by HTTP status (README, "HTTP API"): anything else the
 # framework raises is answered as the kind of its status here.
-KIND_OF_STATUS = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                  405: "method_not_allowed", 409: "wrong_state", 413: "too_large", 421: "wrong_host",
-                  422: "invalid_input", 429: "rate_limited", 500: "internal", 504: "timeout"}
+KIND_OF_STATUS = {
+    400: "invalid_input",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "wrong_state",
+    413: "too_large",
+    421: "wrong_host",
+    422: "invalid_input",
+    429: "rate_limited",
+    500: "internal",
+    504: "timeout",
+}
 
 
 def kind_of_status(status: int) -> str:
@@ -139,8 +158,13 @@ def is_loopback(host: str) -> bool:
 class EngineHost:
     """The jobs this process runs (each in a thread), over the service that knows every job."""
 
-    def __init__(self, service: Service, allow_roots: list[str], notifier: Optional[Notifier] = None,
-                 allow_urls: Optional[list[str]] = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        allow_roots: list[str],
+        notifier: Optional[Notifier] = None,
+        allow_urls: Optional[list[str]] = None,
+    ) -> None:
         self.service = service
         self.allow_urls = list(allow_urls or [])
         self.allow_roots = [Path(r).expanduser().resolve() for r in allow_roots]
@@ -213,8 +237,14 @@ class EngineHost:
         handle = self.live(info.job_id)
         if handle is None:
             return info
-        return JobInfo(job_id=info.job_id, kb=info.kb, config=info.config, status=handle.snapshot(),
-                       created_at=info.created_at, updated_at=info.updated_at)
+        return JobInfo(
+            job_id=info.job_id,
+            kb=info.kb,
+            config=info.config,
+            status=handle.snapshot(),
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+        )
 
     # ---- starting ----
     def check_sources(self, sources: list[str]) -> None:
@@ -230,8 +260,10 @@ class EngineHost:
         if not sources and uris:
             return
         if not self.allow_roots:
-            raise StartingDisabled("this server starts no jobs over HTTP: it was started without --allow-root "
-                                   "(`kbingest serve --allow-root DIR` allows sources under DIR)")
+            raise StartingDisabled(
+                "this server starts no jobs over HTTP: it was started without --allow-root "
+                "(`kbingest serve --allow-root DIR` allows sources under DIR)"
+            )
         for s in sources:
             if "\x00" in s:
                 raise InvalidInput(f"sources: a NUL character in {printable(s)!r}")
@@ -335,8 +367,11 @@ class EngineHost:
     def queue_depths(self, job_id: str, snap: JobStatusResponse) -> dict[str, int]:
         """Queue depths between phases: from the snapshot's `queue_*` metrics if it has them, else
         from the live executor of a job running here."""
-        from_snap = {k[len("queue_"):]: int(v) for k, v in snap.metrics.items()
-                     if k.startswith("queue_") and isinstance(v, (int, float))}
+        from_snap = {
+            k[len("queue_") :]: int(v)
+            for k, v in snap.metrics.items()
+            if k.startswith("queue_") and isinstance(v, (int, float))
+        }
         if from_snap:
             return from_snap
         handle = self.live(job_id)
@@ -349,8 +384,14 @@ class Guard:
     every path but /healthz, the 64 KiB body cap (declared length or counted as it streams in), and
     the one error shape for anything the app did not expect (a JSON 500, one line in the log)."""
 
-    def __init__(self, app: Any, token: Optional[str], max_body: int = MAX_BODY,
-                 hosts: Optional[frozenset[str]] = None, rate_limit: float = 0.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        token: Optional[str],
+        max_body: int = MAX_BODY,
+        hosts: Optional[frozenset[str]] = None,
+        rate_limit: float = 0.0,
+    ) -> None:
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
@@ -367,7 +408,9 @@ class Guard:
         bucket = self._buckets.get(client)
         if bucket is None:
             if len(self._buckets) >= 4096:  # forget the clients whose buckets are full again
-                self._buckets = {k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < 2 * self.rate}
+                self._buckets = {
+                    k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * self.rate < 2 * self.rate
+                }
             bucket = self._buckets[client] = [2 * self.rate, now]
         bucket[0] = min(2 * self.rate, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
@@ -391,35 +434,58 @@ class Guard:
         try:
             await self._guarded(scope, receive, watched)
         except Exception as e:  # the app's own handler has answered (a JSON 500) if it could
-            log.error("%s %s failed: %s", scope.get("method"), printable(scope.get("path", "")),
-                      printable(str(e) or type(e).__name__), exc_info=bool(os.environ.get("KBINGEST_DEBUG")))
+            log.error(
+                "%s %s failed: %s",
+                scope.get("method"),
+                printable(scope.get("path", "")),
+                printable(str(e) or type(e).__name__),
+                exc_info=bool(os.environ.get("KBINGEST_DEBUG")),
+            )
             if not started:
                 await _send_error(send, 500, "internal", "the server could not answer this request")
 
     async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or [])
         if not host_allowed(self.hosts, headers):
-            given = host_name(headers.get(b"host", b"").decode("latin-1")) or headers.get(b"host", b"").decode("latin-1")
-            return await _send_error(send, 421, "wrong_host", f"this server answers requests addressed to it by a "
-                                     f"loopback name or its own address, not {printable(given)!r} (a web page's DNS "
-                                     "rebinding looks like this): `kbingest serve --allow-host NAME` adds a name")
+            given = host_name(headers.get(b"host", b"").decode("latin-1")) or headers.get(b"host", b"").decode(
+                "latin-1"
+            )
+            return await _send_error(
+                send,
+                421,
+                "wrong_host",
+                f"this server answers requests addressed to it by a "
+                f"loopback name or its own address, not {printable(given)!r} (a web page's DNS "
+                "rebinding looks like this): `kbingest serve --allow-host NAME` adds a name",
+            )
         if not self.authorized(headers, scope.get("path", "")):
-            return await _send_error(send, 401, "unauthorized", "this server needs `Authorization: Bearer "
-                                     "<token>`", extra=[(b"www-authenticate", b"Bearer")])
+            return await _send_error(
+                send,
+                401,
+                "unauthorized",
+                "this server needs `Authorization: Bearer <token>`",
+                extra=[(b"www-authenticate", b"Bearer")],
+            )
         if self.rate > 0 and scope.get("path") != "/healthz":
             client = (scope.get("client") or ("?", 0))[0]
             wait = self._retry_after(client)
             if wait:
-                return await _send_error(send, 429, "rate_limited", f"more than {self.rate:g} requests a second from "
-                                         f"{client}: wait {wait} s (a poller that sends If-None-Match, or waits with "
-                                         "?wait=, is answered 304 and not counted)",
-                                         extra=[(b"retry-after", str(wait).encode())])
+                return await _send_error(
+                    send,
+                    429,
+                    "rate_limited",
+                    f"more than {self.rate:g} requests a second from "
+                    f"{client}: wait {wait} s (a poller that sends If-None-Match, or waits with "
+                    "?wait=, is answered 304 and not counted)",
+                    extra=[(b"retry-after", str(wait).encode())],
+                )
             inner = send
 
             async def send(message: dict) -> None:  # noqa: F811 (counted once answered, but not a 304)
                 if message["type"] == "http.response.start" and message["status"] != 304:
                     self._charge(client)
                 await inner(message)
+
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -456,9 +522,17 @@ async def _send_error(send: Any, status: int, kind: str, message: str, extra: Op
 
 
 async def _send_json(send: Any, status: int, body: bytes, extra: Optional[list] = None) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(extra or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(extra or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -494,19 +568,30 @@ def _error_model():
     from pydantic import ConfigDict, Field, create_model
 
     kind = Literal[tuple(_error_kinds())]  # type: ignore[valid-type]
-    return create_model("Error", __config__=ConfigDict(extra="forbid"),
-                        error=(kind, Field(description="what went wrong, as a word a client can test")),
-                        message=(str, Field(description="one line, in kbingest's words")))
+    return create_model(
+        "Error",
+        __config__=ConfigDict(extra="forbid"),
+        error=(kind, Field(description="what went wrong, as a word a client can test")),
+        message=(str, Field(description="one line, in kbingest's words")),
+    )
 
 
 ErrorBody = _error_model()
-_WHY = {304: "not modified: If-None-Match names the current ETag", 400: "a body that is not JSON",
-        401: "no or wrong `Authorization: Bearer <token>`", 403: "a source outside the --allow-root folders",
-        404: "no such job or knowledge base", 405: "starting jobs over HTTP is off (no --allow-root)",
-        409: "the action does not apply to the job as it is", 413: "a body over 64 KiB",
-        421: "a Host this server does not answer (without a token)", 422: "invalid parameters or body",
-        429: "more requests than the rate limit (Retry-After says when)", 500: "an error the server did not expect",
-        504: "the job did not pause or stop in time"}
+_WHY = {
+    304: "not modified: If-None-Match names the current ETag",
+    400: "a body that is not JSON",
+    401: "no or wrong `Authorization: Bearer <token>`",
+    403: "a source outside the --allow-root folders",
+    404: "no such job or knowledge base",
+    405: "starting jobs over HTTP is off (no --allow-root)",
+    409: "the action does not apply to the job as it is",
+    413: "a body over 64 KiB",
+    421: "a Host this server does not answer (without a token)",
+    422: "invalid parameters or body",
+    429: "more requests than the rate limit (Retry-After says when)",
+    500: "an error the server did not expect",
+    504: "the job did not pause or stop in time",
+}
 _ALWAYS = (401, 421, 429, 500)  # the guard's, on every route
 
 
@@ -533,10 +618,13 @@ def _offline_docs(app: Any) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="kbingest API",
-                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="kbingest API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
 
 def _start_request_model():
@@ -545,8 +633,7 @@ def _start_request_model():
 
     from pydantic import ConfigDict, Field, create_model
 
-    fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)),
-                              "job_id": (Opt[str], None)}
+    fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)), "job_id": (Opt[str], None)}
     for name in JobConfig.USER_SETTABLE:
         info = JobConfig.model_fields[name]
         fields[name] = (Opt[info.annotation], Field(None, description=info.description))  # type: ignore[name-defined]
@@ -563,23 +650,34 @@ def _status_response(snap: JobStatusResponse):
 
 
 def _info_dict(info: JobInfo) -> dict[str, Any]:
-    return {"job_id": info.job_id, "kb": info.kb, "created_at": info.created_at, "updated_at": info.updated_at,
-            "config": info.config.model_dump(mode="json"), "status": info.status.to_json_dict()}
+    return {
+        "job_id": info.job_id,
+        "kb": info.kb,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "config": info.config.model_dump(mode="json"),
+        "status": info.status.to_json_dict(),
+    }
 
 
 def create_app(service: Service, cfg: ServerConfig):
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from kbingest.app.server_metrics import metrics_text
 
     host = EngineHost(service, cfg.allow_roots, Notifier(cfg.notify), allow_urls=cfg.allow_urls)
     hosts = host_rule(cfg.token, cfg.host, cfg.allow_hosts)  # the Guard's token decides, as below
-    app = FastAPI(title="kbingest", version="1", description="Ingestion jobs of one kbingest home: status, "
-                  "control, live events, search and metrics.", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="kbingest",
+        version="1",
+        description="Ingestion jobs of one kbingest home: status, control, live events, search and metrics.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.host = host
     _offline_docs(app)
 
@@ -610,14 +708,17 @@ def create_app(service: Service, cfg: ServerConfig):
     async def healthz() -> dict:
         return {"status": "ok", "jobs_running_here": len(host.live_handles()), "status_front": None}
 
-    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now",
-             responses=errors())
+    @app.get(API + "/engine", tags=["server"], summary="whether a job can start in this home now", responses=errors())
     def engine() -> dict:
         return {"busy": service.engine_busy(), "jobs_running_here": [h.job_id for h in host.live_handles()]}
 
-    @app.get(API + "/kb/{kb_id}/status", response_model=JobStatusResponse, tags=["jobs"],
-             summary="the newest job of a knowledge base (JobStatusResponse)",
-             responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304, 404, 422)})
+    @app.get(
+        API + "/kb/{kb_id}/status",
+        response_model=JobStatusResponse,
+        tags=["jobs"],
+        summary="the newest job of a knowledge base (JobStatusResponse)",
+        responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304, 404, 422)},
+    )
     async def kb_status(kb_id: str, request: Request, wait: float = 0.0):
         """With `If-None-Match` naming the status's ETag: 304 at once, or with `wait=SECONDS` (at most
         30) as soon as the status changes (200) or when the wait runs out (304)."""
@@ -644,8 +745,12 @@ def create_app(service: Service, cfg: ServerConfig):
             return host.kb_status_entry(kb_id)
         return await run_in_threadpool(host.kb_status_entry, kb_id)
 
-    @app.get(API + "/jobs", tags=["jobs"], summary="every job, newest first",
-             responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304)})
+    @app.get(
+        API + "/jobs",
+        tags=["jobs"],
+        summary="every job, newest first",
+        responses={200: {"headers": {"ETag": {"schema": {"type": "string"}}}}, **errors(304)},
+    )
     def jobs(request: Request):
         body = json.dumps([_info_dict(i) for i in host.jobs()]).encode()
         tag = etag_of(body)
@@ -654,68 +759,111 @@ def create_app(service: Service, cfg: ServerConfig):
             return Response(status_code=304, headers=headers)
         return Response(content=body, media_type="application/json", headers=headers)
 
-    @app.get(API + "/jobs/{job_id}", tags=["jobs"], summary="one job: its config, times and status",
-             responses=errors(404, 422))
+    @app.get(
+        API + "/jobs/{job_id}",
+        tags=["jobs"],
+        summary="one job: its config, times and status",
+        responses=errors(404, 422),
+    )
     def job(job_id: str) -> dict:
         return _info_dict(host.info(job_id))
 
-    @app.post(API + "/kb/{kb_id}/jobs", status_code=202, tags=["jobs"],
-              summary="start a job (sources must lie under an --allow-root folder)",
-              responses={202: {"description": "started, or queued behind the knowledge base's writer",
-                               "headers": {"Location": {"schema": {"type": "string"},
-                                                        "description": "the job: GET it"}}},
-                         **errors(400, 403, 404, 405, 409, 413, 422)})
+    @app.post(
+        API + "/kb/{kb_id}/jobs",
+        status_code=202,
+        tags=["jobs"],
+        summary="start a job (sources must lie under an --allow-root folder)",
+        responses={
+            202: {
+                "description": "started, or queued behind the knowledge base's writer",
+                "headers": {"Location": {"schema": {"type": "string"}, "description": "the job: GET it"}},
+            },
+            **errors(400, 403, 404, 405, 409, 413, 422),
+        },
+    )
     def start(kb_id: str, body: StartJobRequest):  # type: ignore[valid-type]
         data = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
         _no_lone_surrogates(data, "")
         sources, job_id = data.pop("sources"), data.pop("job_id", None)
         settings = {k: v for k, v in data.items() if v is not None}
         snap = host.start(kb_id, sources, settings, job_id)
-        return JSONResponse({"job_id": snap.job_id, "status": snap.to_json_dict()}, status_code=202,
-                            headers={"Location": f"{API}/jobs/{snap.job_id}"})
+        return JSONResponse(
+            {"job_id": snap.job_id, "status": snap.to_json_dict()},
+            status_code=202,
+            headers={"Location": f"{API}/jobs/{snap.job_id}"},
+        )
 
-    @app.post(API + "/jobs/{job_id}/resume", status_code=202, tags=["control"],
-              summary="continue a paused, interrupted or failed job in this server (or retry its failures)",
-              responses={202: {"description": "resumed here", "headers": {"Location": {"schema": {"type": "string"}}}},
-                         **errors(403, 404, 405, 409, 422)})
+    @app.post(
+        API + "/jobs/{job_id}/resume",
+        status_code=202,
+        tags=["control"],
+        summary="continue a paused, interrupted or failed job in this server (or retry its failures)",
+        responses={
+            202: {"description": "resumed here", "headers": {"Location": {"schema": {"type": "string"}}}},
+            **errors(403, 404, 405, 409, 422),
+        },
+    )
     def resume(job_id: str):
         snap = host.resume(job_id)
-        return JSONResponse({"job_id": snap.job_id, "status": snap.to_json_dict()}, status_code=202,
-                            headers={"Location": f"{API}/jobs/{snap.job_id}"})
+        return JSONResponse(
+            {"job_id": snap.job_id, "status": snap.to_json_dict()},
+            status_code=202,
+            headers={"Location": f"{API}/jobs/{snap.job_id}"},
+        )
 
-    @app.post(API + "/jobs/{job_id}/pause", response_model=JobStatusResponse, tags=["control"],
-              summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false",
-              responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)})
+    @app.post(
+        API + "/jobs/{job_id}/pause",
+        response_model=JobStatusResponse,
+        tags=["control"],
+        summary="pause a running job; answers once it has paused (checkpoint saved), or at once with wait=false",
+        responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)},
+    )
     def pause(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
         if not wait:  # asked, not waited for: 202 and the status as it is
             return JSONResponse(host.request(job_id, "pause"), status_code=202)
         return _status_response(host.control(job_id, "pause", _bounded(timeout)))
 
-    @app.post(API + "/jobs/{job_id}/cancel", response_model=JobStatusResponse, tags=["control"],
-              summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)",
-              responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)})
+    @app.post(
+        API + "/jobs/{job_id}/cancel",
+        response_model=JobStatusResponse,
+        tags=["control"],
+        summary="cancel a job; a running one is asked, and answered once it has stopped (or at once with wait=false)",
+        responses={202: {"description": "asked (wait=false)"}, **errors(404, 409, 422, 504)},
+    )
     def cancel(job_id: str, timeout: float = CONTROL_TIMEOUT_S, wait: bool = True):
         if not wait:
             return JSONResponse(host.request(job_id, "cancel"), status_code=202)
         return _status_response(host.control(job_id, "cancel", _bounded(timeout)))
 
-    @app.get(API + "/jobs/{job_id}/events", tags=["jobs"],
-             summary="Server-Sent Events: one `status` event per snapshot change; ends with the final status",
-             response_class=StreamingResponse,
-             responses={200: {"description": "`status` events (id, data: a JobStatusResponse); Last-Event-ID "
-                                             "resumes a dropped stream",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                        **errors(404, 422)})
+    @app.get(
+        API + "/jobs/{job_id}/events",
+        tags=["jobs"],
+        summary="Server-Sent Events: one `status` event per snapshot change; ends with the final status",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "`status` events (id, data: a JobStatusResponse); Last-Event-ID "
+                "resumes a dropped stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors(404, 422),
+        },
+    )
     async def events(job_id: str, request: Request):
         first = (await run_in_threadpool(host.info, job_id)).status  # 404 before the stream starts
         journal = host.journal(job_id, first)
-        return StreamingResponse(_event_stream(host, journal, request.headers.get("last-event-id"), request,
-                                               run_in_threadpool),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _event_stream(host, journal, request.headers.get("last-event-id"), request, run_in_threadpool),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
-    @app.get(API + "/kb/{kb_id}/search", tags=["search"], summary="the k chunks nearest the query",
-             responses=errors(404, 422))
+    @app.get(
+        API + "/kb/{kb_id}/search",
+        tags=["search"],
+        summary="the k chunks nearest the query",
+        responses=errors(404, 422),
+    )
     def search(kb_id: str, q: str, k: int = 5, mode: str = "hybrid") -> list[dict]:
         if not q.strip():
             raise InvalidInput("q: an empty query")
@@ -723,8 +871,13 @@ def create_app(service: Service, cfg: ServerConfig):
             raise InvalidInput("k: at most 100")
         return [h.__dict__ for h in service.search(kb_id, q, k, mode=mode)]
 
-    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
-             summary="Prometheus text format: every job's phases, errors, queues, commits", responses=errors())
+    @app.get(
+        "/metrics",
+        tags=["server"],
+        response_class=PlainTextResponse,
+        summary="Prometheus text format: every job's phases, errors, queues, commits",
+        responses=errors(),
+    )
     def metrics():
         body, content_type = metrics_text(host)
         return Response(content=body, media_type=content_type)
@@ -823,8 +976,9 @@ class _Journal:
         return [e for e in self.events if e[0] > n]
 
 
-async def _event_stream(host: EngineHost, journal: _Journal, last_event_id: Optional[str], request: Any,
-                        to_thread: Any):
+async def _event_stream(
+    host: EngineHost, journal: _Journal, last_event_id: Optional[str], request: Any, to_thread: Any
+):
     """A job's events from its journal: from Last-Event-ID on (no gap) or from its status now. Ends at a
     final status (completed, failed, cancelled), when the client leaves or when the server stops; a
     paused job's stream stays open (a `: keep-alive` comment every SSE_KEEPALIVE_S of silence) and
@@ -854,17 +1008,26 @@ def uvicorn_config(app: Guard, host: str = "127.0.0.1", port: int = 8000) -> Any
     """How uvicorn serves the app (the command, and the tests' in-process servers)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
-                          server_header=False, proxy_headers=False,  # no proxy is trusted: the peer is the client
-                          timeout_keep_alive=5,  # an idle connection is closed after 5 s
-                          timeout_graceful_shutdown=5)  # then open streams are cut: the jobs are paused next
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        proxy_headers=False,  # no proxy is trusted: the peer is the client
+        timeout_keep_alive=5,  # an idle connection is closed after 5 s
+        timeout_graceful_shutdown=5,
+    )  # then open streams are cut: the jobs are paused next
 
 
 def bind(host: str, port: int) -> socket.socket:
     """The server's listening socket, bound here (a port in use: one line, exit 2)."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -884,8 +1047,10 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
 
     cfg.token = cfg.token or os.environ.get(ENV_TOKEN) or None
     if not is_loopback(cfg.host) and not cfg.token:
-        raise InvalidInput(f"--host {cfg.host} is not a loopback address: give a token (--token or {ENV_TOKEN}), "
-                           "which every client then sends as `Authorization: Bearer <token>`")
+        raise InvalidInput(
+            f"--host {cfg.host} is not a loopback address: give a token (--token or {ENV_TOKEN}), "
+            "which every client then sends as `Authorization: Bearer <token>`"
+        )
     for root in cfg.allow_roots:
         if not Path(root).expanduser().is_dir():
             raise InvalidInput(f"--allow-root {root}: not a folder")
@@ -899,8 +1064,9 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
         cfg.allow_urls[i] = canon
     for name in cfg.allow_hosts:
         if not host_name(name):
-            raise InvalidInput(f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, "
-                               "or an address)")
+            raise InvalidInput(
+                f"--allow-host {printable(name)}: not a host name (a name such as kb.internal, or an address)"
+            )
     if not 0 <= cfg.rate_limit <= 1e6:
         raise InvalidInput("--rate-limit: between 0 (no limit) and 1000000 requests a second")
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
@@ -912,23 +1078,36 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     server = uvicorn.Server(uvicorn_config(app, cfg.host, cfg.port))
     host.stopping = lambda: server.should_exit
     url = f"http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{cfg.port}"
-    log.warning("kbingest serve: %s (home %s), token %s, allowed roots: %s, web UI: none (API %s, OpenAPI %s/docs)",
-                url, service.home.root, "on" if cfg.token else "off",
-                ", ".join(host.roots) if cfg.allow_roots else ("none" if cfg.allow_urls else "none (starting jobs over HTTP is off)"), API, url)
+    log.warning(
+        "kbingest serve: %s (home %s), token %s, allowed roots: %s, web UI: none (API %s, OpenAPI %s/docs)",
+        url,
+        service.home.root,
+        "on" if cfg.token else "off",
+        ", ".join(host.roots)
+        if cfg.allow_roots
+        else ("none" if cfg.allow_urls else "none (starting jobs over HTTP is off)"),
+        API,
+        url,
+    )
     # uvicorn re-raises the SIGTERM it caught once it has shut down: with the default handler that kills
     # the process before the `finally` below (jobs paused, the announcement removed) could run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     paused: list[str] = []
     try:
         # `kbingest search` in this home asks this process first: warm, it answers in milliseconds
-        with service.announce(f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}",
-                              token_required=bool(cfg.token)):
+        with service.announce(
+            f"http://{cfg.host if is_loopback(cfg.host) else '127.0.0.1'}:{cfg.port}", token_required=bool(cfg.token)
+        ):
             server.run(sockets=[listen])
     finally:
         paused = host.join()
         listen.close()
-        log.warning("kbingest serve stopped: %s", f"paused {', '.join(paused)} (checkpoint saved; "
-                    "POST .../jobs/ID/resume or `kbingest resume ID` continues)" if paused else "no job was running")
+        log.warning(
+            "kbingest serve stopped: %s",
+            f"paused {', '.join(paused)} (checkpoint saved; POST .../jobs/ID/resume or `kbingest resume ID` continues)"
+            if paused
+            else "no job was running",
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ phase, status, kind, queue.
 Jobs listed: every job running or paused, and the newest MAX_ENDED ended ones (a home keeps
 every job it ever ran: the scrape stays bounded).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,26 +28,32 @@ class _JobsCollector:
         jobs_by_status = GaugeMetricFamily("kbingest_jobs", "jobs in the home by status", labels=["status"])
         job_status = StateSetMetricFamily("kbingest_job_status", "the job's status (1: the one it is in)", labels=J)
         progress = GaugeMetricFamily("kbingest_job_progress_ratio", "the job's progress, 0 to 1", labels=J)
-        running_here = GaugeMetricFamily("kbingest_job_running_in_server",
-                                         "1 if the job runs in this server process", labels=J)
-        processed = GaugeMetricFamily("kbingest_phase_items_processed",
-                                      "items the phase has processed (documents, or chunks)", labels=P)
-        total = GaugeMetricFamily("kbingest_phase_items_expected",
-                                  "items the phase expects in all (items_total of the status)", labels=P)
+        running_here = GaugeMetricFamily(
+            "kbingest_job_running_in_server", "1 if the job runs in this server process", labels=J
+        )
+        processed = GaugeMetricFamily(
+            "kbingest_phase_items_processed", "items the phase has processed (documents, or chunks)", labels=P
+        )
+        total = GaugeMetricFamily(
+            "kbingest_phase_items_expected", "items the phase expects in all (items_total of the status)", labels=P
+        )
         rate = GaugeMetricFamily("kbingest_phase_rate_items_per_second", "the phase's current rate", labels=P)
         eta = GaugeMetricFamily("kbingest_phase_eta_seconds", "the phase's estimated time left", labels=P)
-        phase_status = StateSetMetricFamily("kbingest_phase_status", "the phase's status (1: the one it is in)",
-                                            labels=P)
-        doc_errors = GaugeMetricFamily("kbingest_document_errors",
-                                       "failed documents the status lists, by kind of error", labels=[*J, "kind"])
+        phase_status = StateSetMetricFamily(
+            "kbingest_phase_status", "the phase's status (1: the one it is in)", labels=P
+        )
+        doc_errors = GaugeMetricFamily(
+            "kbingest_document_errors", "failed documents the status lists, by kind of error", labels=[*J, "kind"]
+        )
         failed = GaugeMetricFamily("kbingest_documents_failed", "documents that failed (all of them)", labels=J)
-        queues = GaugeMetricFamily("kbingest_queue_depth", "items waiting in the queue between two phases",
-                                   labels=[*J, "queue"])
+        queues = GaugeMetricFamily(
+            "kbingest_queue_depth", "items waiting in the queue between two phases", labels=[*J, "queue"]
+        )
         commits = CounterMetricFamily("kbingest_commits", "LanceDB commits of the job", labels=J)
-        chunks = CounterMetricFamily("kbingest_chunks_indexed", "chunks the job wrote to the knowledge base",
-                                     labels=J)
-        embed_s = CounterMetricFamily("kbingest_embedding_seconds", "time the job has spent in its embedding phase",
-                                      labels=J)
+        chunks = CounterMetricFamily("kbingest_chunks_indexed", "chunks the job wrote to the knowledge base", labels=J)
+        embed_s = CounterMetricFamily(
+            "kbingest_embedding_seconds", "time the job has spent in its embedding phase", labels=J
+        )
 
         infos = self.host.jobs()
         by_status = Counter(i.status.status.value for i in infos)
@@ -82,8 +89,23 @@ class _JobsCollector:
             if snap.status == JobStatus.RUNNING:
                 for q, depth in sorted(self.host.queue_depths(info.job_id, snap).items()):
                     queues.add_metric([*j, q], depth)
-        yield from (jobs_by_status, job_status, progress, running_here, processed, total, rate, eta, phase_status,
-                    doc_errors, failed, queues, commits, chunks, embed_s)
+        yield from (
+            jobs_by_status,
+            job_status,
+            progress,
+            running_here,
+            processed,
+            total,
+            rate,
+            eta,
+            phase_status,
+            doc_errors,
+            failed,
+            queues,
+            commits,
+            chunks,
+            embed_s,
+        )
 
 
 def metrics_text(host: Any) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@
 
 Only formatting: no engine calls. `kbingest status --json` is the one for scripts.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -64,19 +65,51 @@ def progress_line(s: JobStatusResponse) -> str:
 
 
 # ---- the metrics, in words ------------------------------------------------------------------------
-_SHOWN_ELSEWHERE = {"document_errors", "document_warning_list", "this_pass", "dry_run", "documents_by_format",
-                    "queue_docs", "queue_chunked", "queue_embedded", "in_flight", "commit_batch",
-                    "slowest_document"}
+_SHOWN_ELSEWHERE = {
+    "document_errors",
+    "document_warning_list",
+    "this_pass",
+    "dry_run",
+    "documents_by_format",
+    "queue_docs",
+    "queue_chunked",
+    "queue_embedded",
+    "in_flight",
+    "commit_batch",
+    "slowest_document",
+}
 _GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("documents", [("documents_found", "found"), ("documents_skipped", "unchanged"), ("documents_added", "added"),
-                   ("documents_replaced", "replaced"), ("documents_removed", "removed"),
-                   ("documents_failed", "failed"), ("documents_not_processed", "not processed"),
-                   ("documents_indexed", "indexed"), ("files_ignored", "files ignored")]),
-    ("chunks", [("chunks_created", "created"), ("chunks_embedded", "embedded"), ("chunks_reused", "reused"),
-                ("chunks_indexed", "indexed"), ("commits", "commits"), ("optimizes", "optimizes")]),
+    (
+        "documents",
+        [
+            ("documents_found", "found"),
+            ("documents_skipped", "unchanged"),
+            ("documents_added", "added"),
+            ("documents_replaced", "replaced"),
+            ("documents_removed", "removed"),
+            ("documents_failed", "failed"),
+            ("documents_not_processed", "not processed"),
+            ("documents_indexed", "indexed"),
+            ("files_ignored", "files ignored"),
+        ],
+    ),
+    (
+        "chunks",
+        [
+            ("chunks_created", "created"),
+            ("chunks_embedded", "embedded"),
+            ("chunks_reused", "reused"),
+            ("chunks_indexed", "indexed"),
+            ("commits", "commits"),
+            ("optimizes", "optimizes"),
+        ],
+    ),
 ]
-_QUEUES = [("queue_docs", "loaded → chunking"), ("queue_chunked", "chunked → embedding"),
-           ("queue_embedded", "embedded → indexing")]
+_QUEUES = [
+    ("queue_docs", "loaded → chunking"),
+    ("queue_chunked", "chunked → embedding"),
+    ("queue_embedded", "embedded → indexing"),
+]
 
 
 def _plain(v: Any) -> str:
@@ -118,8 +151,9 @@ def metric_lines(m: dict[str, Any]) -> list[str]:
     if queues:
         out.append("queues: " + "; ".join(queues))
     for phase, docs in (m.get("in_flight") or {}).items():
-        named = ", ".join(d.get("path", "") + (f" ({size(d.get('size'))})" if d.get("size") is not None else "")
-                          for d in docs)
+        named = ", ".join(
+            d.get("path", "") + (f" ({size(d.get('size'))})" if d.get("size") is not None else "") for d in docs
+        )
         out.append(f"in {phase}: {named}")
     cb = m.get("commit_batch")
     if isinstance(cb, dict) and (cb.get("documents") or cb.get("chunks")):
@@ -142,8 +176,15 @@ def this_pass_line(block: Optional[dict[str, int]]) -> Optional[str]:
 def phase_line(p: PhaseDetail) -> str:
     rate = f"{p.rate:.1f}/s" if p.rate else ""
     dur = duration(p.duration_seconds)
-    cells = [f"{p.name:9}", f"{p.status.value:9}", f"{p.progress:3d}%", f"{items(p):>15}", f"{rate:>9}",
-             f"{eta(p.eta_seconds):>10}", f"{dur:>7}"]
+    cells = [
+        f"{p.name:9}",
+        f"{p.status.value:9}",
+        f"{p.progress:3d}%",
+        f"{items(p):>15}",
+        f"{rate:>9}",
+        f"{eta(p.eta_seconds):>10}",
+        f"{dur:>7}",
+    ]
     return "  ".join(cells).rstrip()
 
 
@@ -153,11 +194,15 @@ JOBS_HEADER = ("JOB", "KB", "STATUS", "PROGRESS", "ETA", "CREATED")
 
 def jobs_table(rows: Iterable[tuple[str, JobStatusResponse, str]]) -> list[str]:
     """A header row, then one row per job: job id, knowledge base, status, progress, ETA, created."""
-    cells = [JOBS_HEADER] + [(job_id, s.kb_id, s.status.value, f"{s.progress:.1f}%", duration(s.eta_seconds) or "-",
-                              created) for job_id, s, created in rows]
+    cells = [JOBS_HEADER] + [
+        (job_id, s.kb_id, s.status.value, f"{s.progress:.1f}%", duration(s.eta_seconds) or "-", created)
+        for job_id, s, created in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(JOBS_HEADER))]
-    return ["  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in cells]
+    return [
+        "  ".join(c.rjust(w) if i == 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in cells
+    ]
 
 
 # ---- did you mean ---------------------------------------------------------------------------------

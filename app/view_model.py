@@ -4,6 +4,7 @@ that it is tested without a terminal. The App (app/dashboard.py) and the widgets
 A view here is duck-typed: `widgets.format.JobView` (job_id, kb, snap, errors, local,
 running_elsewhere, failed_docs, status).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 from kbingest.pipeline.status import JobStatus
 
-EMBEDDERS = ("fastembed",)       # what the new-job form offers
+EMBEDDERS = ("fastembed",)  # what the new-job form offers
 ENV_TEST_EMBEDDER = "KBINGEST_OFFER_FAKE_EMBEDDER"  # set (tests): the form offers the test embedder `fake` too
 
 
@@ -26,7 +27,7 @@ def status_text(status: str, message: str) -> str:
     if msg == status:
         msg = ""
     elif msg.startswith(status + ":"):
-        msg = msg[len(status) + 1:].lstrip()
+        msg = msg[len(status) + 1 :].lstrip()
     return status + (f": {msg}" if msg else "")
 
 
@@ -39,10 +40,10 @@ def fit_job_id(job_id: str, kb: str, width: int) -> str:
         return job_id
     if width == 1:
         return job_id[-1]
-    tail = job_id[len(kb):] if kb and job_id.startswith(kb) else ""
+    tail = job_id[len(kb) :] if kb and job_id.startswith(kb) else ""
     if tail and len(tail) + 2 <= width:  # at least one letter of the name, then "…"
-        return job_id[:width - len(tail) - 1] + "…" + tail
-    return "…" + job_id[len(job_id) - (width - 1):]
+        return job_id[: width - len(tail) - 1] + "…" + tail
+    return "…" + job_id[len(job_id) - (width - 1) :]
 
 
 def where_running(v: Any) -> str:
@@ -63,8 +64,10 @@ def resume_refusal(v: Any, live_id: Optional[str]) -> Optional[str]:
     if v is None:
         return None
     if v.running_elsewhere and v.status in (JobStatus.RUNNING, JobStatus.PENDING):
-        return (f"{v.job_id} runs in another process (another shell or `kbingest serve`), not here: "
-                "p pauses it there, then r resumes it here")
+        return (
+            f"{v.job_id} runs in another process (another shell or `kbingest serve`), not here: "
+            "p pauses it there, then r resumes it here"
+        )
     if v.local:
         return f"{v.job_id} is running here already"
     return None
@@ -96,8 +99,12 @@ def summary_counts(v: Any) -> str:
         by_format = m.get("documents_by_format") or {}
         formats = f" ({', '.join(f'{n} {f}' for f, n in sorted(by_format.items()))})" if len(by_format) > 1 else ""
         parts.append(f"{m.get('documents_found', 0)} docs found{formats}")
-        for key, label in (("documents_added", "added"), ("documents_replaced", "changed"),
-                           ("documents_skipped", "unchanged"), ("documents_removed", "removed")):
+        for key, label in (
+            ("documents_added", "added"),
+            ("documents_replaced", "changed"),
+            ("documents_skipped", "unchanged"),
+            ("documents_removed", "removed"),
+        ):
             if m.get(key):
                 parts.append(f"{m[key]} {label}")
     if v.failed_docs:

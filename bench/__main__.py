@@ -7,6 +7,7 @@
 
 Results of figures not run this time stay in the book from earlier runs (each row has its date).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 failed = True
                 traceback.print_exc()
-                rows = [Row(f"0.{name}", f"{name}: the benchmark itself failed", status="error",
-                            note=f"{type(e).__name__}: {str(e)[:600]}")]
+                rows = [
+                    Row(
+                        f"0.{name}",
+                        f"{name}: the benchmark itself failed",
+                        status="error",
+                        note=f"{type(e).__name__}: {str(e)[:600]}",
+                    )
+                ]
             else:
                 book.rows.pop(f"0.{name}", None)
             book.add(rows)

@@ -5,6 +5,7 @@ Every figure is a ratio or a paired comparison measured in the same run, over se
 repetitions, and the median is what is judged: the machine this was written on is noisy (the
 same short run varies 2x), so absolute numbers from different runs are not compared.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,7 @@ def median(xs: Sequence[float]) -> Optional[float]:
 
 
 # ---- the machine ------------------------------------------------------------------------------
+
 
 def _version(dist: str) -> str:
     from importlib import metadata
@@ -99,19 +101,20 @@ def machine_info() -> dict[str, Any]:
 
 # ---- results ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     """One line of the results table. `op`/`target` make it a goal; without them it is information."""
 
-    key: str                      # stable id, e.g. "1.e2e_ratio"
-    figure: str                   # what is measured, for people
+    key: str  # stable id, e.g. "1.e2e_ratio"
+    figure: str  # what is measured, for people
     unit: str = ""
-    values: list[float] = field(default_factory=list)   # every repetition
-    op: Optional[str] = None      # ">=", "<=", "<", ">" or None (information only)
+    values: list[float] = field(default_factory=list)  # every repetition
+    op: Optional[str] = None  # ">=", "<=", "<", ">" or None (information only)
     target: Optional[float] = None
-    goal: str = ""                # the goal as written for people
+    goal: str = ""  # the goal as written for people
     note: str = ""
-    status: str = ""              # pass | fail | info | pending | error (set by finish())
+    status: str = ""  # pass | fail | info | pending | error (set by finish())
     measured: Optional[float] = None
     measured_at: str = ""
 
@@ -125,8 +128,12 @@ class Row:
         elif self.measured is None:
             self.status = "error"
         else:
-            ok = {">=": self.measured >= self.target, "<=": self.measured <= self.target,
-                  "<": self.measured < self.target, ">": self.measured > self.target}[self.op]
+            ok = {
+                ">=": self.measured >= self.target,
+                "<=": self.measured <= self.target,
+                "<": self.measured < self.target,
+                ">": self.measured > self.target,
+            }[self.op]
             self.status = "pass" if ok else "fail"
         return self
 
@@ -181,26 +188,33 @@ class Book:
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ordered = sorted(self.rows.values(), key=lambda r: _sort_key(r["key"]))
-        self.json_file.write_text(json.dumps({"machine": self.machine, "runs": self.runs, "rows": ordered,
-                                              "notes": self.notes}, indent=1))
+        self.json_file.write_text(
+            json.dumps({"machine": self.machine, "runs": self.runs, "rows": ordered, "notes": self.notes}, indent=1)
+        )
         self.md_file.write_text(self.markdown())
 
     def markdown(self) -> str:
         m = self.machine
         lines = ["# kbingest benchmark results", ""]
         if m:
-            lines += [f"Measured {m.get('date')} on {m.get('cpu')}, {m.get('cores')} cores, "
-                      f"{m.get('ram_gib')} GiB RAM, {m.get('os')}; Python {m.get('python')}, "
-                      f"onnxruntime {m.get('onnxruntime')}, fastembed {m.get('fastembed')}, "
-                      f"lancedb {m.get('lancedb')}, tokenizers {m.get('tokenizers')}, "
-                      f"langchain-text-splitters {m.get('langchain-text-splitters')}, chonkie {m.get('chonkie')}, "
-                      f"textual {m.get('textual')}. Load average at start: {m.get('loadavg_at_start')}.", ""]
+            lines += [
+                f"Measured {m.get('date')} on {m.get('cpu')}, {m.get('cores')} cores, "
+                f"{m.get('ram_gib')} GiB RAM, {m.get('os')}; Python {m.get('python')}, "
+                f"onnxruntime {m.get('onnxruntime')}, fastembed {m.get('fastembed')}, "
+                f"lancedb {m.get('lancedb')}, tokenizers {m.get('tokenizers')}, "
+                f"langchain-text-splitters {m.get('langchain-text-splitters')}, chonkie {m.get('chonkie')}, "
+                f"textual {m.get('textual')}. Load average at start: {m.get('loadavg_at_start')}.",
+                "",
+            ]
         if self.runs:
             lines += [f"Command: `python -m bench {' '.join(self.runs[-1]['argv'])}`".replace("bench ` ", "bench`"), ""]
-        lines += ["Every figure is a ratio or a paired comparison measured within one run; the median of the",
-                  "repetitions is judged. `info` rows carry no goal: they explain the others.", "",
-                  "| # | figure | goal | measured (median) | repetitions | result |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "Every figure is a ratio or a paired comparison measured within one run; the median of the",
+            "repetitions is judged. `info` rows carry no goal: they explain the others.",
+            "",
+            "| # | figure | goal | measured (median) | repetitions | result |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for r in sorted(self.rows.values(), key=lambda r: _sort_key(r["key"])):
             unit = f" {r['unit']}" if r.get("unit") else ""
             reps = ", ".join(_fmt(v) for v in r.get("values", [])) or "–"
@@ -227,6 +241,7 @@ def _sort_key(key: str) -> tuple:
 
 
 # ---- corpora ----------------------------------------------------------------------------------
+
 
 def corpus_pages(root: Optional[Path] = None) -> list[Path]:
     root = root or corpus_root()
@@ -271,8 +286,10 @@ def perturb(text: str, copy: int, rnd: random.Random) -> str:
             if all(w.isalpha() for w in (words[j], words[j + 1])):
                 words[j], words[j + 1] = words[j + 1], words[j]
                 lines[i] = " ".join(words)
-    note = (f"This is copy {copy + 1} of 10 of this page, kept as revision {copy + 1} for the "
-            f"benchmark; sentence {copy + 1} makes its hash differ.")
+    note = (
+        f"This is copy {copy + 1} of 10 of this page, kept as revision {copy + 1} for the "
+        f"benchmark; sentence {copy + 1} makes its hash differ."
+    )
     insert = start
     for i in range(start, len(lines)):  # after the first heading, if it comes before any prose
         s = lines[i].strip()
@@ -350,17 +367,18 @@ def corpus_bytes(path: Path) -> int:
 
 # ---- subprocesses -----------------------------------------------------------------------------
 
+
 @dataclass
 class ProcResult:
     cmd: list[str]
     rc: int
-    wall: float                     # seconds from just before spawn to reaped exit
-    maxrss_mib: float               # the child's own peak RSS (wait4 rusage, exact)
+    wall: float  # seconds from just before spawn to reaped exit
+    maxrss_mib: float  # the child's own peak RSS (wait4 rusage, exact)
     stdout: Path
     stderr: Path
     signalled_at: Optional[float] = None
     timed_out: bool = False
-    cpu_s: float = 0.0              # user + system CPU seconds of the child
+    cpu_s: float = 0.0  # user + system CPU seconds of the child
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
@@ -399,9 +417,15 @@ def bench_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
-def run_proc(cmd: list[str], out_prefix: Path, env: Optional[dict[str, str]] = None,
-             timeout: Optional[float] = None, signal_after: Optional[float] = None,
-             signal_when: Optional[Callable[[], bool]] = None, stdin=None) -> ProcResult:
+def run_proc(
+    cmd: list[str],
+    out_prefix: Path,
+    env: Optional[dict[str, str]] = None,
+    timeout: Optional[float] = None,
+    signal_after: Optional[float] = None,
+    signal_when: Optional[Callable[[], bool]] = None,
+    stdin=None,
+) -> ProcResult:
     """Run cmd to its exit; stdout/stderr go to files (no pipe can fill up). Peak RSS comes from
     wait4's rusage of this very child, so no sampling can miss the peak. `signal_after` seconds
     (or once `signal_when()` is true) it gets SIGINT, as a user pressing ctrl+c."""
@@ -411,8 +435,15 @@ def run_proc(cmd: list[str], out_prefix: Path, env: Optional[dict[str, str]] = N
     timed_out = False
     with open(so, "wb") as fo, open(se, "wb") as fe:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                             env=env or bench_env(), cwd=str(REPO), start_new_session=True)
+        p = subprocess.Popen(
+            cmd,
+            stdout=fo,
+            stderr=fe,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            env=env or bench_env(),
+            cwd=str(REPO),
+            start_new_session=True,
+        )
         last_check = 0.0
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -435,8 +466,17 @@ def run_proc(cmd: list[str], out_prefix: Path, env: Optional[dict[str, str]] = N
             time.sleep(0.005)
         wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
-    return ProcResult(cmd=cmd, rc=p.returncode, wall=wall, maxrss_mib=ru.ru_maxrss / 1024, stdout=so, stderr=se,
-                      signalled_at=signalled_at, timed_out=timed_out, cpu_s=ru.ru_utime + ru.ru_stime)
+    return ProcResult(
+        cmd=cmd,
+        rc=p.returncode,
+        wall=wall,
+        maxrss_mib=ru.ru_maxrss / 1024,
+        stdout=so,
+        stderr=se,
+        signalled_at=signalled_at,
+        timed_out=timed_out,
+        cpu_s=ru.ru_utime + ru.ru_stime,
+    )
 
 
 def kbingest_cmd() -> list[str]:
@@ -445,14 +485,23 @@ def kbingest_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "kbingest"]
 
 
-def run_ingest(ws: Workspace, home: Path, sources: list[Path], kb: str = "bench", extra: Sequence[str] = (),
-               env_extra: Optional[dict[str, str]] = None, tag: str = "ingest", **kw: Any) -> ProcResult:
+def run_ingest(
+    ws: Workspace,
+    home: Path,
+    sources: list[Path],
+    kb: str = "bench",
+    extra: Sequence[str] = (),
+    env_extra: Optional[dict[str, str]] = None,
+    tag: str = "ingest",
+    **kw: Any,
+) -> ProcResult:
     cmd = kbingest_cmd() + ["--home", str(home), "ingest", *map(str, sources), "--kb", kb, "--batch", *extra]
     return run_proc(cmd, ws.root / "logs" / f"{home.name}-{tag}-{time.time_ns()}", env=bench_env(env_extra), **kw)
 
 
-def run_inproc(ws: Workspace, task: str, params: dict[str, Any], timeout: Optional[float] = None,
-               tag: str = "") -> tuple[dict[str, Any], ProcResult]:
+def run_inproc(
+    ws: Workspace, task: str, params: dict[str, Any], timeout: Optional[float] = None, tag: str = ""
+) -> tuple[dict[str, Any], ProcResult]:
     """Run `python -m bench.inproc TASK` (a worker measuring inside one process); its last stdout
     line is a JSON object."""
     cmd = [sys.executable, "-m", "bench.inproc", task, json.dumps(params)]
@@ -475,5 +524,15 @@ def default_config() -> dict[str, Any]:
     from kbingest.pipeline.models import JobConfig
 
     f = JobConfig.model_fields
-    return {k: f[k].default for k in ("batch_size", "threads", "commit_rows", "commit_seconds", "max_tokens",
-                                      "overlap_tokens", "optimize_every")}
+    return {
+        k: f[k].default
+        for k in (
+            "batch_size",
+            "threads",
+            "commit_rows",
+            "commit_seconds",
+            "max_tokens",
+            "overlap_tokens",
+            "optimize_every",
+        )
+    }

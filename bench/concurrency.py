@@ -10,6 +10,7 @@ wall (goal <= 1.05: running them together costs nothing). `--no-budget` adds a t
 concurrent with the budget off (KBINGEST_EMBED_BUDGET=0: both onnxruntime pools on every core),
 to show what the budget buys. One Markdown line on stdout; progress on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ from bench.common import REPO, corpus_root, log
 
 def pages(root: Path, n: int) -> tuple[list[Path], list[Path]]:
     all_pages = sorted(p for p in root.rglob("*.md") if 2_000 <= p.stat().st_size <= 30_000)
-    return all_pages[:n], all_pages[n:2 * n]
+    return all_pages[:n], all_pages[n : 2 * n]
 
 
 def copy(dest: Path, files: list[Path], root: Path) -> Path:
@@ -39,9 +40,14 @@ def copy(dest: Path, files: list[Path], root: Path) -> Path:
 
 
 def start(home: Path, src: Path, kb: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(src), "--kb", kb,
-                             "--batch"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(REPO))
+    return subprocess.Popen(
+        [sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(src), "--kb", kb, "--batch"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+    )
 
 
 def finish(p: subprocess.Popen) -> None:
@@ -90,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         ratio = med["conc"] / med["seq"]
         extra = ""
         if args.no_budget:
-            extra = (f"; budget off: {med['conc-nobudget']:.1f} s ({med['conc-nobudget'] / med['seq']:.3f} x), "
-                     f"runs {', '.join(f'{x:.1f}' for x in walls['conc-nobudget'])}")
-        print(f"| two jobs on two knowledge bases, concurrent / sequential wall ({args.pages}+{args.pages} pages, "
-              f"real model, {args.reps} reps) | **{ratio:.3f} x** (goal <= 1.05) | sequential "
-              f"{', '.join(f'{x:.1f}' for x in walls['seq'])} s, concurrent "
-              f"{', '.join(f'{x:.1f}' for x in walls['conc'])} s{extra} |", flush=True)
+            extra = (
+                f"; budget off: {med['conc-nobudget']:.1f} s ({med['conc-nobudget'] / med['seq']:.3f} x), "
+                f"runs {', '.join(f'{x:.1f}' for x in walls['conc-nobudget'])}"
+            )
+        print(
+            f"| two jobs on two knowledge bases, concurrent / sequential wall ({args.pages}+{args.pages} pages, "
+            f"real model, {args.reps} reps) | **{ratio:.3f} x** (goal <= 1.05) | sequential "
+            f"{', '.join(f'{x:.1f}' for x in walls['seq'])} s, concurrent "
+            f"{', '.join(f'{x:.1f}' for x in walls['conc'])} s{extra} |",
+            flush=True,
+        )
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
 """What every figure shares: the context of a suite run, and runs of a batch ingest that several take."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bench.common import REPO, Book, Row, Workspace, bench_env, log, phase, run_ingest
-
 
 GIB_MIB = 1024.0
 
@@ -52,10 +52,13 @@ def check_final(res, what: str, want_rc=(0,)) -> dict[str, Any]:
 
 def embedding_phase(final: dict[str, Any]) -> tuple[int, float]:
     p = phase(final, "embedding")
-    return int(p.get("items_processed") or final["metrics"].get("chunks_embedded", 0)), float(p.get("duration_seconds") or 0.0)
+    return int(p.get("items_processed") or final["metrics"].get("chunks_embedded", 0)), float(
+        p.get("duration_seconds") or 0.0
+    )
 
 
 # ---- figure 1 (+ 3a, 4): batch ingest against raw fastembed ----------------------------------
+
 
 def first_run(ctx: Ctx, docs: Path, tag: str, timeout: float) -> dict[str, Any]:
     home = ctx.ws.home(tag)
@@ -75,30 +78,53 @@ def run_again(ctx: Ctx, run: dict[str, Any], docs: Path, k: int) -> list[dict[st
         r = run_ingest(ctx.ws, run["home"], [docs], tag=f"rerun{i}", timeout=600)
         final = check_final(r, "re-run")
         m = final["metrics"]
-        out.append({"wall": r.wall, "ratio": r.wall / run["wall"], "embedded": m.get("chunks_embedded", 0),
-                    "skipped": m.get("documents_skipped", 0), "status": final.get("status"), "rss": r.maxrss_mib})
-        log(f"    re-run {i + 1}: {r.wall:.2f} s = {100 * r.wall / run['wall']:.1f}% of the first run, "
-            f"{m.get('chunks_embedded', 0)} chunks embedded, {m.get('documents_skipped', 0)} documents skipped")
+        out.append(
+            {
+                "wall": r.wall,
+                "ratio": r.wall / run["wall"],
+                "embedded": m.get("chunks_embedded", 0),
+                "skipped": m.get("documents_skipped", 0),
+                "status": final.get("status"),
+                "rss": r.maxrss_mib,
+            }
+        )
+        log(
+            f"    re-run {i + 1}: {r.wall:.2f} s = {100 * r.wall / run['wall']:.1f}% of the first run, "
+            f"{m.get('chunks_embedded', 0)} chunks embedded, {m.get('documents_skipped', 0)} documents skipped"
+        )
     return out
 
 
 def rerun_rows(ctx: Ctx, reruns: list[dict[str, Any]], label: str) -> list[Row]:
     return [
-        Row("4.1", f"re-run over the unchanged {label}: wall time / first run's", unit="%",
-            values=[100 * r["ratio"] for r in reruns], op="<", target=5.0, goal="< 5 %",
+        Row(
+            "4.1",
+            f"re-run over the unchanged {label}: wall time / first run's",
+            unit="%",
+            values=[100 * r["ratio"] for r in reruns],
+            op="<",
+            target=5.0,
+            goal="< 5 %",
             note="each first run of figure 1 is re-run in the same home; "
-                 f"walls {fj([r['wall'] for r in reruns], '.1f')} s"),
-        Row("4.2", "re-run: chunks embedded", values=[r["embedded"] for r in reruns], op="<=", target=0,
-            goal="0"),
+            f"walls {fj([r['wall'] for r in reruns], '.1f')} s",
+        ),
+        Row("4.2", "re-run: chunks embedded", values=[r["embedded"] for r in reruns], op="<=", target=0, goal="0"),
     ]
 
 
 # ---- watch mode: save to searchable -----------------------------------------------------------
 
+
 def json_module(module: str, *args: str) -> dict[str, Any]:
     """`python -m <module> ... --json`: its progress logged, its last stdout line (JSON) returned."""
-    r = subprocess.run([sys.executable, "-m", module, *args, "--json"], cwd=str(REPO), env=bench_env(),
-                       capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [sys.executable, "-m", module, *args, "--json"],
+        cwd=str(REPO),
+        env=bench_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"{module} exit {r.returncode}: {r.stderr[-600:]}")
     for line in r.stderr.splitlines():

@@ -9,6 +9,7 @@
     python -m bench --only cost            # in the suite
     python -m bench.cost --pages 40 --reps 5   # alone, prints JSON
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,16 @@ def import_profile(ws: Workspace, home: Path, kb: str, docs: Path) -> list[dict[
     }
     out = []
     for name, cmd in cmds.items():
-        r = run_proc(cmd, ws.root / "logs" / f"imp-{name.split()[1]}",
-                     env=bench_env({"PYTHONPROFILEIMPORTTIME": "1"}))  # = -X importtime, for the console script too
+        r = run_proc(
+            cmd, ws.root / "logs" / f"imp-{name.split()[1]}", env=bench_env({"PYTHONPROFILEIMPORTTIME": "1"})
+        )  # = -X importtime, for the console script too
         if r.rc != 0:
             raise RuntimeError(f"{name} exited {r.rc}: {r.stderr_tail()}")
         total, largest = 0, {}
         for line in r.stderr.read_text(errors="replace").splitlines():
             if not line.startswith("import time:") or line.count("|") != 2:
                 continue
-            _, cum, mod = line[len("import time:"):].split("|")
+            _, cum, mod = line[len("import time:") :].split("|")
             if not cum.strip().isdigit():
                 continue  # the header
             if not mod.startswith("  "):  # a top-level import: its cumulative time counts once
@@ -77,8 +79,14 @@ def import_profile(ws: Workspace, home: Path, kb: str, docs: Path) -> list[dict[
             root = mod.strip().split(".")[0]
             largest[root] = max(largest.get(root, 0), int(cum))  # a package's import at its outermost
         largest.pop("kbingest", None)  # kbingest's own imports are the others
-        out.append({"command": name, "wall": r.wall, "imports_s": total / 1e6,
-                    "top": sorted(largest.items(), key=lambda kv: -kv[1])[:5]})
+        out.append(
+            {
+                "command": name,
+                "wall": r.wall,
+                "imports_s": total / 1e6,
+                "top": sorted(largest.items(), key=lambda kv: -kv[1])[:5],
+            }
+        )
     return out
 
 
@@ -99,13 +107,19 @@ def measure(ws: Workspace, pages: int, reps: int) -> dict[str, Any]:
     m_phrase = _final(phrase)["metrics"]
     return {
         "pages": pages,
-        "first_wall": first.wall, "first_rss_mib": first.maxrss_mib,
-        "first_chunks_created": m_first.get("chunks_created"), "first_chunks_reused": m_first.get("chunks_reused", 0),
-        "rerun_walls": [r.wall for r in reruns], "rerun_rss_mib": [r.maxrss_mib for r in reruns],
+        "first_wall": first.wall,
+        "first_rss_mib": first.maxrss_mib,
+        "first_chunks_created": m_first.get("chunks_created"),
+        "first_chunks_reused": m_first.get("chunks_reused", 0),
+        "rerun_walls": [r.wall for r in reruns],
+        "rerun_rss_mib": [r.maxrss_mib for r in reruns],
         "rerun_chunks_embedded": [m.get("chunks_embedded") for m in m_re],
-        "cold": cold, "imports": imports,
-        "phrase_wall": phrase.wall, "phrase_rss_mib": phrase.maxrss_mib,
-        "phrase_chunks_created": m_phrase.get("chunks_created"), "phrase_chunks_embedded": m_phrase.get("chunks_embedded"),
+        "cold": cold,
+        "imports": imports,
+        "phrase_wall": phrase.wall,
+        "phrase_rss_mib": phrase.maxrss_mib,
+        "phrase_chunks_created": m_phrase.get("chunks_created"),
+        "phrase_chunks_embedded": m_phrase.get("chunks_embedded"),
         "phrase_chunks_reused": m_phrase.get("chunks_reused"),
     }
 
@@ -119,29 +133,67 @@ def rows(ctx) -> list:
     cold = {k: median(v) for k, v in r["cold"].items()}
     base = cold["python -c pass"]
     out = [
-        Row("12.1", f"unchanged re-run / first run of {n} pages, each a fresh process", unit="%",
-            values=[100 * w / r["first_wall"] for w in r["rerun_walls"]], op="<", target=2.0, goal="< 2 %",
-            note=f"first run {r['first_wall']:.1f} s; chunks embedded on re-runs: {r['rerun_chunks_embedded']}"),
-        Row("12.2", "peak RSS of the unchanged re-run (no model loaded)", unit="MiB", values=r["rerun_rss_mib"],
-            op="<", target=300.0, goal="well under the ~500 MB of a loaded model",
-            note=f"first run {r['first_rss_mib']:.0f} MiB"),
-        Row("12.3", "10 MB file of one repeated phrase: whole job", unit="s", values=[r["phrase_wall"]], op="<",
-            target=60.0, goal="< 60 s",
+        Row(
+            "12.1",
+            f"unchanged re-run / first run of {n} pages, each a fresh process",
+            unit="%",
+            values=[100 * w / r["first_wall"] for w in r["rerun_walls"]],
+            op="<",
+            target=2.0,
+            goal="< 2 %",
+            note=f"first run {r['first_wall']:.1f} s; chunks embedded on re-runs: {r['rerun_chunks_embedded']}",
+        ),
+        Row(
+            "12.2",
+            "peak RSS of the unchanged re-run (no model loaded)",
+            unit="MiB",
+            values=r["rerun_rss_mib"],
+            op="<",
+            target=300.0,
+            goal="well under the ~500 MB of a loaded model",
+            note=f"first run {r['first_rss_mib']:.0f} MiB",
+        ),
+        Row(
+            "12.3",
+            "10 MB file of one repeated phrase: whole job",
+            unit="s",
+            values=[r["phrase_wall"]],
+            op="<",
+            target=60.0,
+            goal="< 60 s",
             note=f"{r['phrase_chunks_created']} chunks, {r['phrase_chunks_embedded']} embedded, "
-                 f"{r['phrase_chunks_reused']} reused; {r['phrase_rss_mib']:.0f} MiB"),
-        Row("12.4", f"share of chunks reused on the real corpus ({n} pages)", unit="%",
-            values=[100 * (r["first_chunks_reused"] or 0) / max(1, r["first_chunks_created"] or 1)]),
+            f"{r['phrase_chunks_reused']} reused; {r['phrase_rss_mib']:.0f} MiB",
+        ),
+        Row(
+            "12.4",
+            f"share of chunks reused on the real corpus ({n} pages)",
+            unit="%",
+            values=[100 * (r["first_chunks_reused"] or 0) / max(1, r["first_chunks_created"] or 1)],
+        ),
     ]
     for name, target in (("kbingest status", 0.6), ("kbingest search", 2.5)):
-        out.append(Row(f"12.cold.{name.split()[1]}", f"cold `{name}`, median of {len(r['cold'][name])}", unit="s",
-                       values=r["cold"][name], op="<", target=target, goal=f"< {target} s",
-                       note=f"python -c pass {base:.3f} s in the same run"))
+        out.append(
+            Row(
+                f"12.cold.{name.split()[1]}",
+                f"cold `{name}`, median of {len(r['cold'][name])}",
+                unit="s",
+                values=r["cold"][name],
+                op="<",
+                target=target,
+                goal=f"< {target} s",
+                note=f"python -c pass {base:.3f} s in the same run",
+            )
+        )
     for name in ("kbingest --help", "kbingest jobs", "python -c pass"):
         out.append(Row(f"12.cold.{name.split()[-1]}", f"cold `{name}`, median", unit="s", values=r["cold"][name]))
-    lines = ["Each command once under `python -X importtime`, a fresh process, after the figures above: its wall time, "
-             "the time its imports took, and the top-level packages that took most (cumulative). "
-             "Command: `python -m bench --only cost`.", "",
-             "| command | wall (s) | imports (s) | largest imports (ms) |", "| --- | --- | --- | --- |"]
+    lines = [
+        "Each command once under `python -X importtime`, a fresh process, after the figures above: its wall time, "
+        "the time its imports took, and the top-level packages that took most (cumulative). "
+        "Command: `python -m bench --only cost`.",
+        "",
+        "| command | wall (s) | imports (s) | largest imports (ms) |",
+        "| --- | --- | --- | --- |",
+    ]
     for d in r["imports"]:
         top = ", ".join(f"{m} {us / 1000:.0f}" for m, us in d["top"])
         lines.append(f"| `{d['command']}` | {d['wall']:.2f} | {d['imports_s']:.2f} | {top} |")

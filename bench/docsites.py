@@ -16,6 +16,7 @@ docstrings, `sphinx-build` of this machine's Sphinx, alabaster theme), built int
 
     python -m bench --only docsites
 """
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,14 @@ KB = "docsites"
 # "median(" is not found in "median_low("
 QUESTIONS: list[tuple[str, str]] = [
     ("How do I get the middle value of a list of numbers?", "> statistics.median("),
-    ("Which function gives the smaller of the two middle values when there is an even number of data points?",
-     "> statistics.median_low("),
-    ("Which function gives the larger of the two middle values for an even number of data points?",
-     "> statistics.median_high("),
+    (
+        "Which function gives the smaller of the two middle values when there is an even number of data points?",
+        "> statistics.median_low(",
+    ),
+    (
+        "Which function gives the larger of the two middle values for an even number of data points?",
+        "> statistics.median_high(",
+    ),
     ("How do I compute the median of grouped continuous data using interpolation?", "> statistics.median_grouped("),
     ("What is the single most common value in discrete or nominal data?", "> statistics.mode("),
     ("How do I get a list of all the most frequently occurring values?", "> statistics.multimode("),
@@ -84,8 +89,13 @@ def build_site(root: Path) -> Path:
     (src / "conf.py").write_text(CONF)
     (src / "index.rst").write_text(INDEX)
     (src / "api.rst").write_text(API)
-    r = subprocess.run([sys.executable, "-m", "sphinx", "-q", "-b", "html", str(src), str(out)],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-b", "html", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
     if r.returncode != 0:
         raise RuntimeError(f"sphinx-build exited {r.returncode}: {r.stderr[-500:]}")
     return out
@@ -178,28 +188,58 @@ def fig_docsites(ctx) -> list[Row]:
     root = ctx.ws.root / "docsites"
     site = build_site(root)
     ours, generic = shares(site, generic=False), shares(site, generic=True)
-    log(f"  chunks under an API heading: {ours['api']:.3f} (generic path {generic['api']:.3f}); "
-        f"with a permalink mark: {ours['marks']:.3f} (generic {generic['marks']:.3f})")
+    log(
+        f"  chunks under an API heading: {ours['api']:.3f} (generic path {generic['api']:.3f}); "
+        f"with a permalink mark: {ours['marks']:.3f} (generic {generic['marks']:.3f})"
+    )
     home = _ingest(ctx, site, "sphinx")
     home_generic = _ingest(ctx, generic_markdown(site, root / "generic"), "generic")
     r_ours = scores(ranks(home, "api.html", lenient=False))
     r_generic = scores(ranks(home_generic, "api.md", lenient=True))
-    log(f"  recall@5 / MRR@5: {r_ours[0]:.3f} / {r_ours[1]:.3f} (generic path, lenient: "
-        f"{r_generic[0]:.3f} / {r_generic[1]:.3f})")
+    log(
+        f"  recall@5 / MRR@5: {r_ours[0]:.3f} / {r_ours[1]:.3f} (generic path, lenient: "
+        f"{r_generic[0]:.3f} / {r_generic[1]:.3f})"
+    )
     load1 = os.getloadavg()
-    note = (f"Sphinx API reference of `{MODULE}` ({ours['body']} chunks with text on api.html, {ours['total']} "
-            f"on the site); load average {load0[0]:.2f} at start, {load1[0]:.2f} at end")
+    note = (
+        f"Sphinx API reference of `{MODULE}` ({ours['body']} chunks with text on api.html, {ours['total']} "
+        f"on the site); load average {load0[0]:.2f} at start, {load1[0]:.2f} at end"
+    )
     return [
-        Row("36.api_share", "chunks of a generated API reference under an API heading (Sphinx profile)",
-            values=[round(ours["api"], 4)], op=">=", target=0.8, goal=">= 0.8",
-            note=f"generic HTML path: {generic['api']:.3f}; {note}"),
-        Row("36.mark_share", "chunks with a permalink mark (¶) in text or heading path",
-            values=[round(ours["marks"], 4)], op="<=", target=0.0, goal="= 0",
-            note=f"generic HTML path: {generic['marks']:.3f}; {note}"),
-        Row("36.recall5", f"questions about single functions ({len(QUESTIONS)}): recall@5, hybrid search",
-            values=[round(r_ours[0], 4)], op=">=", target=0.8, goal=">= 0.8",
-            note=f"generic HTML path (a hit: the signature in the chunk's text): {r_generic[0]:.3f}; {note}"),
-        Row("36.mrr5", f"questions about single functions ({len(QUESTIONS)}): MRR@5, hybrid search",
-            values=[round(r_ours[1], 4)], op=">=", target=0.6, goal=">= 0.6",
-            note=f"generic HTML path (lenient): {r_generic[1]:.3f}; {note}"),
+        Row(
+            "36.api_share",
+            "chunks of a generated API reference under an API heading (Sphinx profile)",
+            values=[round(ours["api"], 4)],
+            op=">=",
+            target=0.8,
+            goal=">= 0.8",
+            note=f"generic HTML path: {generic['api']:.3f}; {note}",
+        ),
+        Row(
+            "36.mark_share",
+            "chunks with a permalink mark (¶) in text or heading path",
+            values=[round(ours["marks"], 4)],
+            op="<=",
+            target=0.0,
+            goal="= 0",
+            note=f"generic HTML path: {generic['marks']:.3f}; {note}",
+        ),
+        Row(
+            "36.recall5",
+            f"questions about single functions ({len(QUESTIONS)}): recall@5, hybrid search",
+            values=[round(r_ours[0], 4)],
+            op=">=",
+            target=0.8,
+            goal=">= 0.8",
+            note=f"generic HTML path (a hit: the signature in the chunk's text): {r_generic[0]:.3f}; {note}",
+        ),
+        Row(
+            "36.mrr5",
+            f"questions about single functions ({len(QUESTIONS)}): MRR@5, hybrid search",
+            values=[round(r_ours[1], 4)],
+            op=">=",
+            target=0.6,
+            goal=">= 0.6",
+            note=f"generic HTML path (lenient): {r_generic[1]:.3f}; {note}",
+        ),
     ]

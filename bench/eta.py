@@ -7,6 +7,7 @@ is a sample, stamped when it arrives. The job's length T is from its first line 
 100 * elapsed / T| in points; every sample's progress (the job's and each phase's) never lower
 than the one before.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def sample_run(home: Path, docs: Path, timeout: float) -> dict[str, Any]:
     """One ingest --batch; each stdout line with its arrival time (monotonic)."""
     cmd = kbingest_cmd() + ["--home", str(home), "ingest", str(docs), "--kb", "eta", "--batch"]
     samples: list[tuple[float, dict[str, Any]]] = []
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=bench_env(),
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=bench_env(), start_new_session=True
+    )
     t_start = time.monotonic()
     assert p.stdout is not None
     for line in p.stdout:
@@ -99,11 +101,18 @@ def judge(samples: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
         if eta_err[-1] == max(eta_err):
             worst_at = (t - t0) / total
     final = samples[-1][1]
-    return {"total_s": total, "samples": len(samples), "judged": len(prog_err), "eta_unknown": unknown,
-            "eta_err_median": median(eta_err), "eta_err_worst": max(eta_err) if eta_err else None,
-            "worst_at": worst_at,
-            "progress_err_median": median(prog_err), "monotonic": monotonic,
-            "chunks": (final.get("metrics") or {}).get("chunks_created")}
+    return {
+        "total_s": total,
+        "samples": len(samples),
+        "judged": len(prog_err),
+        "eta_unknown": unknown,
+        "eta_err_median": median(eta_err),
+        "eta_err_worst": max(eta_err) if eta_err else None,
+        "worst_at": worst_at,
+        "progress_err_median": median(prog_err),
+        "monotonic": monotonic,
+        "chunks": (final.get("metrics") or {}).get("chunks_created"),
+    }
 
 
 def _load() -> str:
@@ -123,33 +132,64 @@ def fig_eta(ctx: Ctx) -> list[Row]:
     for r in range(reps):
         for name, docs in (("even", even), ("skewed", skewed)):
             home = ctx.ws.home(f"eta-{name}")
-            log(f"figure eta ({name}, run {r + 1}/{reps}): ingest --batch of {docs.name}, real model, "
-                f"load {_load()}")
+            log(f"figure eta ({name}, run {r + 1}/{reps}): ingest --batch of {docs.name}, real model, load {_load()}")
             res = sample_run(home, docs, timeout=3600)
-            log(f"  {res['total_s']:.1f} s, {res['chunks']} chunks, {res['samples']} samples: ETA error median "
+            log(
+                f"  {res['total_s']:.1f} s, {res['chunks']} chunks, {res['samples']} samples: ETA error median "
                 f"{res['eta_err_median']}, worst {res['eta_err_worst']} (at {res['worst_at']} of T), progress error median "
-                f"{res['progress_err_median']}, unknown ETAs {res['eta_unknown']}, monotonic {res['monotonic']}")
+                f"{res['progress_err_median']}, unknown ETAs {res['eta_unknown']}, monotonic {res['monotonic']}"
+            )
             runs[name].append(res)
             ctx.ws.drop(home)
             loads.append(_load())
     load_note = f"1-minute load average during the runs: {', '.join(loads)} (2 cores; above ~2 is provisional)"
     rows: list[Row] = []
     for name, rs in runs.items():
-        what = ("even folder" if name == "even" else
-                "skewed folder (one document of ~40 % of the chunks, last in walk order)")
+        what = (
+            "even folder"
+            if name == "even"
+            else "skewed folder (one document of ~40 % of the chunks, last in walk order)"
+        )
         label = f"{ctx.corpus_label(n_pages)}{'' if name == 'even' else ' + the big document'}"
         rows += [
-            Row(f"eta.{name}.median", f"job ETA error, median sample from 20 % of the job on, {what}",
-                unit="share of T", values=[x["eta_err_median"] for x in rs], op="<=", target=0.15, goal="<= 0.15",
+            Row(
+                f"eta.{name}.median",
+                f"job ETA error, median sample from 20 % of the job on, {what}",
+                unit="share of T",
+                values=[x["eta_err_median"] for x in rs],
+                op="<=",
+                target=0.15,
+                goal="<= 0.15",
                 note=f"|eta_seconds - actual remaining| / job time T; real model, {label}; T "
-                     f"{fj([x['total_s'] for x in rs], '.1f')} s; {fj([x['chunks'] or 0 for x in rs], 'd')} chunks; "
-                     f"samples with no ETA yet: {[x['eta_unknown'] for x in rs]}; {load_note}"),
-            Row(f"eta.{name}.worst", f"job ETA error, worst sample from 20 % on, {what}", unit="share of T",
-                values=[x["eta_err_worst"] for x in rs], op="<=", target=0.30, goal="<= 0.30"),
-            Row(f"eta.{name}.progress", f"job progress vs elapsed / T, median sample from 20 % on, {what}",
-                unit="points", values=[x["progress_err_median"] for x in rs], op="<=", target=15.0, goal="<= 15"),
-            Row(f"eta.{name}.monotonic", f"progress (job and each phase) never went back, {what}", unit="1 = yes",
-                values=[1.0 if x["monotonic"] else 0.0 for x in rs], op=">=", target=1.0, goal="every sample"),
+                f"{fj([x['total_s'] for x in rs], '.1f')} s; {fj([x['chunks'] or 0 for x in rs], 'd')} chunks; "
+                f"samples with no ETA yet: {[x['eta_unknown'] for x in rs]}; {load_note}",
+            ),
+            Row(
+                f"eta.{name}.worst",
+                f"job ETA error, worst sample from 20 % on, {what}",
+                unit="share of T",
+                values=[x["eta_err_worst"] for x in rs],
+                op="<=",
+                target=0.30,
+                goal="<= 0.30",
+            ),
+            Row(
+                f"eta.{name}.progress",
+                f"job progress vs elapsed / T, median sample from 20 % on, {what}",
+                unit="points",
+                values=[x["progress_err_median"] for x in rs],
+                op="<=",
+                target=15.0,
+                goal="<= 15",
+            ),
+            Row(
+                f"eta.{name}.monotonic",
+                f"progress (job and each phase) never went back, {what}",
+                unit="1 = yes",
+                values=[1.0 if x["monotonic"] else 0.0 for x in rs],
+                op=">=",
+                target=1.0,
+                goal="every sample",
+            ),
         ]
     return rows
-

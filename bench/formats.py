@@ -18,6 +18,7 @@ outside <main>.
     python -m bench --only formats [--quick]
     python -m bench.formats pdf|html ...    # one child measurement (used by the figure)
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,24 @@ WORD = re.compile(r"\w+")
 RUNNING_HEADER = "AWS Well-Architected Framework - bench edition"
 RUST_BOOK_GLOB = "/root/.rustup/toolchains/*/share/doc/rust/html/book/ch*.html"
 BOILERPLATE = [
-    "Skip to main content", "Sign in to the console", "Contact sales and support",
-    "We use cookies to give you the best experience", "Accept all cookies", "Manage cookie preferences",
-    "Products Solutions Pricing Documentation", "Learn more about partner programs",
-    "Was this page helpful", "Privacy policy and site terms", "Copyright 2024 Example Corp and its affiliates",
-    "Follow us on social media", "Subscribe to the newsletter for updates",
+    "Skip to main content",
+    "Sign in to the console",
+    "Contact sales and support",
+    "We use cookies to give you the best experience",
+    "Accept all cookies",
+    "Manage cookie preferences",
+    "Products Solutions Pricing Documentation",
+    "Learn more about partner programs",
+    "Was this page helpful",
+    "Privacy policy and site terms",
+    "Copyright 2024 Example Corp and its affiliates",
+    "Follow us on social media",
+    "Subscribe to the newsletter for updates",
 ]
 
 
 # ---- documents ---------------------------------------------------------------------------------
+
 
 def _md_blocks(text: str):
     """(kind, text) blocks of a Markdown page: heading level n as ('h', n, text), ('code', lines),
@@ -59,7 +69,7 @@ def _md_blocks(text: str):
             j = i + 1
             while j < len(lines) and not lines[j].startswith("```"):
                 j += 1
-            yield ("code", "\n".join(lines[i + 1:j]))
+            yield ("code", "\n".join(lines[i + 1 : j]))
             i = j + 1
             continue
         m = re.match(r"(#{1,6})\s+(.*)", ln)
@@ -144,26 +154,37 @@ def make_html(pages: list[Path], out_dir: Path) -> list[dict[str, Any]]:
 
         _, body = split_front_matter(p.read_text(encoding="utf-8", errors="replace"))
         content = md.render(body)
-        related = "".join(f'<li><a href="/p{k}">Related page: {titles[k]}</a></li>'
-                          for k in range(max(0, i - 8), min(len(pages), i + 8)) if k != i)
+        related = "".join(
+            f'<li><a href="/p{k}">Related page: {titles[k]}</a></li>'
+            for k in range(max(0, i - 8), min(len(pages), i + 8))
+            if k != i
+        )
         b = BOILERPLATE
-        html = (f'<!doctype html><html><head><meta charset="utf-8"><title>{titles[i]} - Example Docs</title>'
-                '<style>body{font-family:sans-serif}.sidebar{float:left}</style>'
-                '<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments)}</script></head><body>'
-                f'<a class="skip-link" href="#main">{b[0]}</a>'
-                f'<div id="cookie-banner" class="consent"><p>{b[3]}.</p><button>{b[4]}</button>'
-                f'<a href="/cookies">{b[5]}</a></div>'
-                f'<header class="site-header"><a href="/">Example</a><nav><a href="/p">{b[6]}</a>'
-                f'<a href="/login">{b[1]}</a><a href="/contact">{b[2]}</a></nav></header>'
-                f'<div class="layout"><aside class="sidebar"><ul>{related}</ul></aside>'
-                f'<main id="main"><article>{content}</article>'
-                f'<div class="feedback"><p>{b[8]}?</p></div></main></div>'
-                f'<footer class="site-footer"><p>{b[7]}.</p><p>{b[9]}.</p><p>{b[10]}.</p><p>{b[11]}.</p>'
-                f'<p>{b[12]}.</p></footer><script>gtag("config","X-1")</script></body></html>')
+        html = (
+            f'<!doctype html><html><head><meta charset="utf-8"><title>{titles[i]} - Example Docs</title>'
+            "<style>body{font-family:sans-serif}.sidebar{float:left}</style>"
+            "<script>window.dataLayer=[];function gtag(){dataLayer.push(arguments)}</script></head><body>"
+            f'<a class="skip-link" href="#main">{b[0]}</a>'
+            f'<div id="cookie-banner" class="consent"><p>{b[3]}.</p><button>{b[4]}</button>'
+            f'<a href="/cookies">{b[5]}</a></div>'
+            f'<header class="site-header"><a href="/">Example</a><nav><a href="/p">{b[6]}</a>'
+            f'<a href="/login">{b[1]}</a><a href="/contact">{b[2]}</a></nav></header>'
+            f'<div class="layout"><aside class="sidebar"><ul>{related}</ul></aside>'
+            f'<main id="main"><article>{content}</article>'
+            f'<div class="feedback"><p>{b[8]}?</p></div></main></div>'
+            f'<footer class="site-footer"><p>{b[7]}.</p><p>{b[9]}.</p><p>{b[10]}.</p><p>{b[11]}.</p>'
+            f'<p>{b[12]}.</p></footer><script>gtag("config","X-1")</script></body></html>'
+        )
         f = out_dir / f"page{i:03d}.html"
         f.write_text(html, encoding="utf-8")
-        docs.append(_truth(f, LexborHTMLParser(content), boilerplate=BOILERPLATE + [
-            f"Related page: {titles[k]}" for k in range(max(0, i - 8), min(len(pages), i + 8)) if k != i]))
+        docs.append(
+            _truth(
+                f,
+                LexborHTMLParser(content),
+                boilerplate=BOILERPLATE
+                + [f"Related page: {titles[k]}" for k in range(max(0, i - 8), min(len(pages), i + 8)) if k != i],
+            )
+        )
     return docs
 
 
@@ -196,16 +217,24 @@ def real_html_pages(limit: int) -> list[dict[str, Any]]:
 
 def _truth(path: Path, content, boilerplate: list[str]) -> dict[str, Any]:
     code = [n.text(deep=True).strip("\n") for n in content.css("pre")]
-    rows = [[" ".join(c.text(deep=True).split()) for c in tr.iter() if c.tag in ("td", "th")]
-            for tr in content.css("tr")]
+    rows = [
+        [" ".join(c.text(deep=True).split()) for c in tr.iter() if c.tag in ("td", "th")] for tr in content.css("tr")
+    ]
     for n in content.css("pre"):
         n.decompose()
     words = WORD.findall((content.body or content.root).text(deep=True, separator=" "))
-    return {"file": str(path), "bytes": path.stat().st_size, "words": words, "code": [c for c in code if c.strip()],
-            "rows": [r for r in rows if any(r)], "boilerplate": boilerplate}
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "words": words,
+        "code": [c for c in code if c.strip()],
+        "rows": [r for r in rows if any(r)],
+        "boilerplate": boilerplate,
+    }
 
 
 # ---- child measurements -----------------------------------------------------------------------
+
 
 def _pdf_child(tool: str, path: str, texts_out: str) -> dict[str, Any]:
     data = Path(path).read_bytes()
@@ -244,12 +273,17 @@ def _html_convert(tool: str):
             h = html2text.HTML2Text()
             h.body_width = 0
             return h.handle(b.decode("utf-8", "replace"))
+
         return conv
     if tool == "trafilatura":
         import trafilatura
 
-        return lambda b: trafilatura.extract(b.decode("utf-8", "replace"), output_format="markdown",
-                                             include_tables=True, include_formatting=True) or ""
+        return lambda b: (
+            trafilatura.extract(
+                b.decode("utf-8", "replace"), output_format="markdown", include_tables=True, include_formatting=True
+            )
+            or ""
+        )
     raise ValueError(tool)
 
 
@@ -265,6 +299,7 @@ def _html_child(tool: str, files: list[str], texts_out: str) -> dict[str, Any]:
 
 
 # ---- scores ----------------------------------------------------------------------------------
+
 
 def _words(text: str) -> list[str]:
     return WORD.findall(text.replace("\\", " "))
@@ -292,7 +327,7 @@ def _code_whole(code: str, out_lines: list[str]) -> bool:
     n = len(want)
     for i, ln in enumerate(out_lines):
         if ln.strip() == want[0].strip() and i + n <= len(out_lines):
-            got = [g.rstrip() for g in textwrap.dedent("\n".join(out_lines[i:i + n])).split("\n")]
+            got = [g.rstrip() for g in textwrap.dedent("\n".join(out_lines[i : i + n])).split("\n")]
             if got == want:
                 return True
     return False
@@ -329,18 +364,27 @@ def html_scores(truth: list[dict[str, Any]], texts: list[str]) -> dict[str, floa
         code_ok += sum(_code_whole(c, lines) for c in t["code"])
         rows_total += len(t["rows"])
         rows_ok += sum(_row_whole(r, lines) for r in t["rows"])
-    return {"content_kept": kept / max(1, total), "boilerplate_removed": bp_removed / max(1, bp_total),
-            "code_whole": code_ok / max(1, code_total), "rows_whole": rows_ok / max(1, rows_total),
-            "code_blocks": code_total, "table_rows": rows_total}
+    return {
+        "content_kept": kept / max(1, total),
+        "boilerplate_removed": bp_removed / max(1, bp_total),
+        "code_whole": code_ok / max(1, code_total),
+        "rows_whole": rows_ok / max(1, rows_total),
+        "code_blocks": code_total,
+        "table_rows": rows_total,
+    }
 
 
 # ---- the figure ------------------------------------------------------------------------------
 
+
 def _child(ws, args: list[str], tag: str):
     from bench.common import run_proc
 
-    res = run_proc([sys.executable, "-m", "bench.formats", *args],
-                   ws.root / "logs" / f"formats-{tag}-{time.time_ns()}", timeout=3600)
+    res = run_proc(
+        [sys.executable, "-m", "bench.formats", *args],
+        ws.root / "logs" / f"formats-{tag}-{time.time_ns()}",
+        timeout=3600,
+    )
     data = res.final()
     if res.rc != 0 or data is None:
         raise RuntimeError(f"bench.formats {' '.join(args[:2])} exited {res.rc}: {res.stderr_tail()}")
@@ -362,13 +406,15 @@ def fig_formats(ctx) -> list:
     pdf_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_pdf_pages = make_pdf(md_pages, pdf_file, repeat=1)
-    log(f"figure 9: PDF of {len(md_pages)} corpus pages: {n_pdf_pages} PDF pages, "
-        f"{pdf_file.stat().st_size / 1e6:.1f} MB, built in {time.perf_counter() - t0:.0f} s; {reps} reps A B A B")
+    log(
+        f"figure 9: PDF of {len(md_pages)} corpus pages: {n_pdf_pages} PDF pages, "
+        f"{pdf_file.stat().st_size / 1e6:.1f} MB, built in {time.perf_counter() - t0:.0f} s; {reps} reps A B A B"
+    )
     rate: dict[str, list[float]] = {"kbingest": [], "pypdf": []}
     rss: dict[str, list[float]] = {"kbingest": [], "pypdf": []}
     texts: dict[str, list[str]] = {}
     for i in range(reps):
-        for tool in (("kbingest", "pypdf") if i % 2 == 0 else ("pypdf", "kbingest")):
+        for tool in ("kbingest", "pypdf") if i % 2 == 0 else ("pypdf", "kbingest"):
             out = ws.root / "formats" / f"pdf-{tool}.json"
             data, res = _child(ws, ["pdf", tool, str(pdf_file), str(out)], f"pdf-{tool}")
             rate[tool].append(data["pages"] / data["seconds"])
@@ -377,18 +423,33 @@ def fig_formats(ctx) -> list:
             log(f"  {tool}: {data['pages']} pages in {data['seconds']:.2f} s, peak RSS {res.maxrss_mib:.0f} MiB")
     agree = page_agreement(texts["kbingest"], texts["pypdf"])
     ratios = [a / b for a, b in zip(rate["kbingest"], rate["pypdf"])]
-    rows.append(Row("9.1", "PDF text extraction, kbingest (pypdfium2) / pypdf pages per second (same file)",
-                    unit="x", values=ratios, op=">=", target=3.0, goal=">= 3",
-                    note=f"{n_pdf_pages}-page PDF made from {len(md_pages)} corpus pages (reportlab: bookmarks, "
-                         f"running header, page numbers); kbingest includes its cleaning (outline headings, "
-                         f"running lines, hyphenation); pypdf: PdfReader + page.extract_text() (PyPDFLoader). "
-                         f"Word agreement per page, kbingest vs pypdf: {agree:.3f} (the running header and page "
-                         f"number kbingest drops are part of the difference)."))
+    rows.append(
+        Row(
+            "9.1",
+            "PDF text extraction, kbingest (pypdfium2) / pypdf pages per second (same file)",
+            unit="x",
+            values=ratios,
+            op=">=",
+            target=3.0,
+            goal=">= 3",
+            note=f"{n_pdf_pages}-page PDF made from {len(md_pages)} corpus pages (reportlab: bookmarks, "
+            f"running header, page numbers); kbingest includes its cleaning (outline headings, "
+            f"running lines, hyphenation); pypdf: PdfReader + page.extract_text() (PyPDFLoader). "
+            f"Word agreement per page, kbingest vs pypdf: {agree:.3f} (the running header and page "
+            f"number kbingest drops are part of the difference).",
+        )
+    )
     for k, tool in enumerate(("kbingest", "pypdf")):
         rows.append(Row(f"9.{2 + k}", f"PDF pages per second, {tool}", unit="pages/s", values=rate[tool]))
         rows.append(Row(f"9.{4 + k}", f"PDF extraction peak RSS, {tool} (child process)", unit="MiB", values=rss[tool]))
-    rows.append(Row("9.6", "PDF text agreement kbingest vs pypdf (mean per-page word-sequence similarity)",
-                    unit="", values=[agree]))
+    rows.append(
+        Row(
+            "9.6",
+            "PDF text agreement kbingest vs pypdf (mean per-page word-sequence similarity)",
+            unit="",
+            values=[agree],
+        )
+    )
 
     # HTML
     n_html = ctx.pages(None, 40)
@@ -406,7 +467,7 @@ def fig_formats(ctx) -> list:
         flist = ws.root / "formats" / f"html-{label}.json"
         flist.write_text(json.dumps(files))
         for i in range(reps):
-            for tool in (tools if i % 2 == 0 else tuple(reversed(tools))):
+            for tool in tools if i % 2 == 0 else tuple(reversed(tools)):
                 out = ws.root / "formats" / f"html-{label}-{tool}.json"
                 data, _ = _child(ws, ["html", tool, str(flist), str(out)], f"html-{tool}")
                 mbs[tool].append(data["mb"] / data["seconds"])
@@ -415,26 +476,65 @@ def fig_formats(ctx) -> list:
         mb = sum(t["bytes"] for t in pages) / 1e6
         peer_best = [max(mbs[t][i] for t in tools if t != "kbingest") for i in range(reps)]
         bs4 = mbs["bs4-get_text"]
-        desc = ("HTML pages of the corpus in a site template (header, nav, sidebar, cookie banner, footer, scripts)"
-                if label == "synthetic" else "real mdBook pages (the Rust book from rustup); boilerplate = navigation")
-        q = "; ".join(f"{t}: boilerplate removed {s['boilerplate_removed']:.0%}, content words kept "
-                      f"{s['content_kept']:.0%}, code blocks whole {s['code_whole']:.0%} of {s['code_blocks']}, "
-                      f"table rows whole {s['rows_whole']:.0%} of {s['table_rows']}" for t, s in scores.items())
-        rows.append(Row(f"9.{key}", f"HTML to text, kbingest / BeautifulSoup get_text MB/s ({label})", unit="x",
-                        values=[a / b for a, b in zip(mbs["kbingest"], bs4)], op=">=", target=1.0, goal="> 1",
-                        note=f"{len(pages)} pages, {mb:.1f} MB: {desc}. {q}. kbingest / fastest peer: "
-                             f"{fj_ratio(mbs['kbingest'], peer_best)}."))
+        desc = (
+            "HTML pages of the corpus in a site template (header, nav, sidebar, cookie banner, footer, scripts)"
+            if label == "synthetic"
+            else "real mdBook pages (the Rust book from rustup); boilerplate = navigation"
+        )
+        q = "; ".join(
+            f"{t}: boilerplate removed {s['boilerplate_removed']:.0%}, content words kept "
+            f"{s['content_kept']:.0%}, code blocks whole {s['code_whole']:.0%} of {s['code_blocks']}, "
+            f"table rows whole {s['rows_whole']:.0%} of {s['table_rows']}"
+            for t, s in scores.items()
+        )
+        rows.append(
+            Row(
+                f"9.{key}",
+                f"HTML to text, kbingest / BeautifulSoup get_text MB/s ({label})",
+                unit="x",
+                values=[a / b for a, b in zip(mbs["kbingest"], bs4)],
+                op=">=",
+                target=1.0,
+                goal="> 1",
+                note=f"{len(pages)} pages, {mb:.1f} MB: {desc}. {q}. kbingest / fastest peer: "
+                f"{fj_ratio(mbs['kbingest'], peer_best)}.",
+            )
+        )
         for t in tools:
             rows.append(Row(f"9.{key}.{t}", f"HTML MB/s, {t} ({label})", unit="MB/s", values=mbs[t]))
         s = scores["kbingest"]
-        rows.append(Row(f"9.{key}.boilerplate", f"HTML boilerplate phrases removed, kbingest ({label})", unit="share",
-                        values=[s["boilerplate_removed"]]))
+        rows.append(
+            Row(
+                f"9.{key}.boilerplate",
+                f"HTML boilerplate phrases removed, kbingest ({label})",
+                unit="share",
+                values=[s["boilerplate_removed"]],
+            )
+        )
         if s["code_blocks"]:
-            rows.append(Row(f"9.{key}.code", f"HTML code blocks kept whole, kbingest ({label})", unit="share",
-                            values=[s["code_whole"]], op=">=", target=0.95, goal=">= 0.95"))
+            rows.append(
+                Row(
+                    f"9.{key}.code",
+                    f"HTML code blocks kept whole, kbingest ({label})",
+                    unit="share",
+                    values=[s["code_whole"]],
+                    op=">=",
+                    target=0.95,
+                    goal=">= 0.95",
+                )
+            )
         if s["table_rows"]:
-            rows.append(Row(f"9.{key}.tables", f"HTML table rows kept whole, kbingest ({label})", unit="share",
-                            values=[s["rows_whole"]], op=">=", target=0.95, goal=">= 0.95"))
+            rows.append(
+                Row(
+                    f"9.{key}.tables",
+                    f"HTML table rows kept whole, kbingest ({label})",
+                    unit="share",
+                    values=[s["rows_whole"]],
+                    op=">=",
+                    target=0.95,
+                    goal=">= 0.95",
+                )
+            )
         key += 1
     return rows
 

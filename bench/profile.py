@@ -4,21 +4,20 @@ load, opening the table, then the wait for the workers) and a stack sampler over
 
 Native code (onnxruntime, LanceDB, the tokenizers) shows as the Python frame that called it.
 """
+
 from __future__ import annotations
 
 import collections
+import subprocess
 import sys
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
-
-import subprocess
 
 from bench.common import OUT_DIR, Row, bench_env, log, run_inproc
 from bench.context import Ctx, embedding_phase
 from bench.dashboard import dashboard_importable, run_dashboard_pty
-
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +47,7 @@ class StackSampler:
         for marker in ("site-packages/", str(REPO) + "/", "lib/python3"):
             i = fn.find(marker)
             if i >= 0:
-                fn = fn[i + len(marker):]
+                fn = fn[i + len(marker) :]
                 break
         return f"{fn}:{co.co_name}"
 
@@ -86,8 +85,10 @@ class StackSampler:
         return "\n".join(out)
 
     def summary(self, top: int = 5) -> dict[str, Any]:
-        return {name: {"samples": n, "self": [(lab, round(100 * c / n, 1)) for lab, c in self.leaf[name].most_common(top)]}
-                for name, n in self.samples.most_common()}
+        return {
+            name: {"samples": n, "self": [(lab, round(100 * c / n, 1)) for lab, c in self.leaf[name].most_common(top)]}
+            for name, n in self.samples.most_common()
+        }
 
 
 def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +108,11 @@ def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
     from kbingest.pipeline.jobstore.recovery import open_store  # noqa: E402  (import time is part of the profile)
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.paths import Home
+
     marks.append(("imports (engine, pydantic, tinydb)", time.perf_counter() - t0))
     home = Home(p["home"]).ensure()
     store = open_store(home)
-    cfg = JobConfig(sources=[p["docs"]], kb="profile", embedder=p.get("embedder", "fastembed"),
-                    **p.get("config", {}))
+    cfg = JobConfig(sources=[p["docs"]], kb="profile", embedder=p.get("embedder", "fastembed"), **p.get("config", {}))
     job = IngestJob.create(home, store, cfg)
     marks.append(("job created", time.perf_counter() - t0))
     snap = job.run()
@@ -134,15 +135,24 @@ def profile_ingest(p: dict[str, Any]) -> dict[str, Any]:
         job2 = IngestJob.create(home, store, cfg)
         snap2 = job2.run()
         prof2.stop()
-        rerun = {"wall_s": time.perf_counter() - t1, "status": snap2.status.value,
-                 "embedded": snap2.metrics.get("chunks_embedded", 0), "top": _pyinstrument_top(prof2, 1e-9, depth=7)}
+        rerun = {
+            "wall_s": time.perf_counter() - t1,
+            "status": snap2.status.value,
+            "embedded": snap2.metrics.get("chunks_embedded", 0),
+            "top": _pyinstrument_top(prof2, 1e-9, depth=7),
+        }
         (out_dir / f"profile_{tag}_rerun_main.txt").write_text(prof2.output_text(unicode=False, color=False))
-    return {"wall_s": wall, "marks": marks, "status": snap.status.value, "rerun": rerun,
-            "chunks": snap.metrics.get("chunks_embedded", 0),
-            "embedding_s": emb.duration_seconds if emb else None,
-            "threads": sampler.summary(),
-            "main_top": _pyinstrument_top(prof, wall),
-            "files": [str(out_dir / f"profile_{tag}_main.txt"), str(out_dir / f"profile_{tag}_threads.txt")]}
+    return {
+        "wall_s": wall,
+        "marks": marks,
+        "status": snap.status.value,
+        "rerun": rerun,
+        "chunks": snap.metrics.get("chunks_embedded", 0),
+        "embedding_s": emb.duration_seconds if emb else None,
+        "threads": sampler.summary(),
+        "main_top": _pyinstrument_top(prof, wall),
+        "files": [str(out_dir / f"profile_{tag}_main.txt"), str(out_dir / f"profile_{tag}_threads.txt")],
+    }
 
 
 def _pyinstrument_top(prof, wall: float, depth: int = 6) -> list[tuple[str, float]]:
@@ -158,27 +168,39 @@ def _pyinstrument_top(prof, wall: float, depth: int = 6) -> list[tuple[str, floa
             out.append((f"{'  ' * d}{f.function} ({Path(f.file_path_short or '').name}:{f.line_no})", round(f.time, 2)))
         for c in f.children:
             visit(c, d + 1)
+
     visit(root, 0)
     return out[:40]
 
 
 # ---- profiling --------------------------------------------------------------------------------
 
+
 def fig_profile(ctx: Ctx) -> list[Row]:
     n_pages = ctx.pages(20, 4)
     docs = ctx.ws.subset(n_pages)
     home = ctx.ws.home("profile")
     log(f"profile: one in-process batch ingest of {ctx.corpus_label(n_pages)} (pyinstrument + thread sampler)")
-    d, _ = run_inproc(ctx.ws, "profile_ingest", {"home": str(home), "docs": str(docs), "tag": "ingest"},
-                      timeout=3600)
+    d, _ = run_inproc(ctx.ws, "profile_ingest", {"home": str(home), "docs": str(docs), "tag": "ingest"}, timeout=3600)
     ctx.ws.drop(home)
-    lines = [f"One in-process ingest of the {ctx.corpus_label(n_pages)} ({d['chunks']} chunks) in "
-             f"{d['wall_s']:.1f} s, embedding phase {d['embedding_s']:.1f} s. Full output: "
-             + ", ".join(f"`{Path(f).relative_to(REPO)}`" for f in d["files"]) + ".", "",
-             "Main thread (pyinstrument, seconds):", "", "```"]
+    lines = [
+        f"One in-process ingest of the {ctx.corpus_label(n_pages)} ({d['chunks']} chunks) in "
+        f"{d['wall_s']:.1f} s, embedding phase {d['embedding_s']:.1f} s. Full output: "
+        + ", ".join(f"`{Path(f).relative_to(REPO)}`" for f in d["files"])
+        + ".",
+        "",
+        "Main thread (pyinstrument, seconds):",
+        "",
+        "```",
+    ]
     lines += [f"{t:7.2f}  {name}" for name, t in d["main_top"][:25]]
-    lines += ["```", "", "Worker threads (stack sampler, share of each thread's samples, innermost Python frame):", "",
-              "```"]
+    lines += [
+        "```",
+        "",
+        "Worker threads (stack sampler, share of each thread's samples, innermost Python frame):",
+        "",
+        "```",
+    ]
     for name, s in d["threads"].items():
         if name.startswith(("kbingest", "bench-job")):
             lines.append(f"{name}: {s['samples']} samples")
@@ -186,9 +208,14 @@ def fig_profile(ctx: Ctx) -> list[Row]:
     lines.append("```")
     rr = d.get("rerun") or {}
     if rr:
-        lines += ["", f"Re-run of the same pages in the same process (imports already done; a new job loads the model "
-                      f"again): {rr['wall_s']:.2f} s, {rr['embedded']} chunks embedded, status {rr['status']}. "
-                      f"Main thread (pyinstrument, seconds; `bench/out/profile_ingest_rerun_main.txt`):", "", "```"]
+        lines += [
+            "",
+            f"Re-run of the same pages in the same process (imports already done; a new job loads the model "
+            f"again): {rr['wall_s']:.2f} s, {rr['embedded']} chunks embedded, status {rr['status']}. "
+            f"Main thread (pyinstrument, seconds; `bench/out/profile_ingest_rerun_main.txt`):",
+            "",
+            "```",
+        ]
         lines += [f"{t:7.2f}  {name}" for name, t in rr["top"][:20]]
         lines.append("```")
     ctx.book.note("Profile of a batch ingest", "\n".join(lines))
@@ -198,19 +225,41 @@ def fig_profile(ctx: Ctx) -> list[Row]:
         session = ctx.ws.root / "dashboard.pyisession"
         home = ctx.ws.home("profile-dash")
         log("profile: the dashboard (pyinstrument on its main thread: the Textual event loop)")
-        d = run_dashboard_pty(ctx, home, docs, timeout=3600,
-                              prefix=[sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session),
-                                      "-m", "kbingest"])
+        d = run_dashboard_pty(
+            ctx,
+            home,
+            docs,
+            timeout=3600,
+            prefix=[sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session), "-m", "kbingest"],
+        )
         ctx.ws.drop(home)
         st = d["status"] or {}
         n, emb_s = embedding_phase(st) if st else (0, 0.0)
         head = ["(no profile written)"]
         if session.exists():
-            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "--no-color", "--no-unicode",
-                            "-r", "text", "-o", str(out)], env=bench_env(), timeout=300)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pyinstrument",
+                    "--load",
+                    str(session),
+                    "--no-color",
+                    "--no-unicode",
+                    "-r",
+                    "text",
+                    "-o",
+                    str(out),
+                ],
+                env=bench_env(),
+                timeout=300,
+            )
             pst = ctx.ws.root / "dashboard.pstats"
-            subprocess.run([sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats", "-o",
-                            str(pst)], env=bench_env(), timeout=300)
+            subprocess.run(
+                [sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "pstats", "-o", str(pst)],
+                env=bench_env(),
+                timeout=300,
+            )
             head = out.read_text().splitlines()[:40] if out.exists() else head
             if pst.exists():
                 import io
@@ -221,9 +270,12 @@ def fig_profile(ctx: Ctx) -> list[Row]:
                 top = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-19:]
                 (REPO / "bench" / "out" / "profile_dashboard_selftime.txt").write_text(buf.getvalue())
                 head += ["", "self time, top functions (pstats of the same session):"] + top
-        ctx.book.note("Profile of the dashboard",
-                      f"The dashboard ingesting the same pages under pyinstrument: {n} chunks, embedding phase "
-                      f"{emb_s:.1f} s, process CPU {d['cpu_s'] or 0:.0f} s over {d['wall']:.0f} s wall. Main thread "
-                      f"(the UI; the engine's workers are other threads), from `{out.relative_to(REPO)}`:\n\n```\n"
-                      + "\n".join(head) + "\n```")
+        ctx.book.note(
+            "Profile of the dashboard",
+            f"The dashboard ingesting the same pages under pyinstrument: {n} chunks, embedding phase "
+            f"{emb_s:.1f} s, process CPU {d['cpu_s'] or 0:.0f} s over {d['wall']:.0f} s wall. Main thread "
+            f"(the UI; the engine's workers are other threads), from `{out.relative_to(REPO)}`:\n\n```\n"
+            + "\n".join(head)
+            + "\n```",
+        )
     return []

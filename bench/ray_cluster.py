@@ -1,6 +1,7 @@
 """Local Ray clusters of our own, for the tests and the bench: a head and worker nodes on this machine,
 each a `ray start --block` process we started, stopped by its process group (never `ray stop`,
 which stops every Ray on the machine)."""
+
 from __future__ import annotations
 
 import os
@@ -29,20 +30,55 @@ def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[sub
     port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # no --node-ip-address 127.0.0.1: Ray maps a loopback address to the machine's own IP when it connects
-    common = ["--num-cpus", str(cpus), "--block", "--disable-usage-stats",
-              "--object-store-memory", str(NODE_OBJECT_STORE)]
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                 env=dict(os.environ, **env))
+    common = [
+        "--num-cpus",
+        str(cpus),
+        "--block",
+        "--disable-usage-stats",
+        "--object-store-memory",
+        str(NODE_OBJECT_STORE),
+    ]
+    quiet = dict(
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, **env)
+    )
     # every port of its own: two clusters on one machine (a test's and a bench's) must not collide
-    ports = ["--metrics-export-port", str(_free_port()),
-             "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port())]
-    procs = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                               "--temp-dir", temp, *ports, *common], **quiet)]
+    ports = [
+        "--metrics-export-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--dashboard-agent-grpc-port",
+        str(_free_port()),
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--include-dashboard",
+                "false",
+                "--temp-dir",
+                temp,
+                *ports,
+                *common,
+            ],
+            **quiet,
+        )
+    ]
     address = f"127.0.0.1:{port}"
     _wait_for(address, 1, env)
     for _i in range(1, nodes):
-        ports = ["--metrics-export-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-                 "--dashboard-agent-grpc-port", str(_free_port())]
+        ports = [
+            "--metrics-export-port",
+            str(_free_port()),
+            "--dashboard-agent-listen-port",
+            str(_free_port()),
+            "--dashboard-agent-grpc-port",
+            str(_free_port()),
+        ]
         procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *ports, *common], **quiet))
     _wait_for(address, nodes, env)
     return address, procs, env
@@ -50,21 +86,30 @@ def start_nodes(temp: str, nodes: int = 2, cpus: int = 2) -> tuple[str, list[sub
 
 def _wait_for(address: str, nodes: int, env: dict, timeout: float = 180) -> None:
     """Until the cluster has this many live nodes (asked from a short-lived driver)."""
-    code = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']))")
+    code = (
+        "import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print(sum(1 for n in ray.nodes() if n['Alive']))"
+    )
     end = time.monotonic() + timeout
     res = None
     while time.monotonic() < end:
         try:
-            res = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
-                                 env=dict(os.environ, **env), timeout=60)
+            res = subprocess.run(
+                [sys.executable, "-c", code, address],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, **env),
+                timeout=60,
+            )
         except subprocess.TimeoutExpired:
             continue
         if res.returncode == 0 and res.stdout.strip().isdigit() and int(res.stdout.strip()) >= nodes:
             return
         time.sleep(1)
-    raise RuntimeError(f"the local Ray cluster at {address} has not {nodes} node(s) after {timeout:.0f} s: "
-                       f"{res.stderr[-500:] if res is not None else 'no answer'}")
+    raise RuntimeError(
+        f"the local Ray cluster at {address} has not {nodes} node(s) after {timeout:.0f} s: "
+        f"{res.stderr[-500:] if res is not None else 'no answer'}"
+    )
 
 
 def stop_nodes(procs: list[subprocess.Popen]) -> None:

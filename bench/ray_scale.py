@@ -8,6 +8,7 @@
 
     python -m bench.ray_scale [--pages N] [--reps R]     (results: bench/out/ray_scale.json)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,14 @@ def run(src: Path, home: Path, *opts: str, env: dict | None = None) -> dict:
     job_s = (end - start).total_seconds()
     rows = final["metrics"]["chunks_indexed"]
     shutil.rmtree(home, ignore_errors=True)
-    return {"rows": rows, "job_s": job_s, "wall_s": wall, "rows_per_s": rows / job_s,
-            "by_node": final["metrics"].get("ray_rows_by_node") or {}, "waves": final["metrics"].get("ray_waves")}
+    return {
+        "rows": rows,
+        "job_s": job_s,
+        "wall_s": wall,
+        "rows_per_s": rows / job_s,
+        "by_node": final["metrics"].get("ray_rows_by_node") or {},
+        "waves": final["metrics"].get("ray_waves"),
+    }
 
 
 def driver_costs(rows: int = 2000, table_rows: int = 20000, dim: int = 384) -> dict:
@@ -68,9 +75,22 @@ def driver_costs(rows: int = 2000, table_rows: int = 20000, dim: int = 384) -> d
 
     def make(n: int, start: int) -> list[dict]:
         v = rng.standard_normal((n, dim)).astype("float32")
-        return [{"id": f"{i:016x}", "text": "x" * 800, "vector": v[i - start].tolist(), "source": f"/d/{i // 30}.md",
-                 "heading_path": "a > b", "doc_id": f"{i // 30:016x}", "doc_version": "v", "position": i % 30,
-                 "title": "t", "model": "m"} for i in range(start, start + n)]
+        return [
+            {
+                "id": f"{i:016x}",
+                "text": "x" * 800,
+                "vector": v[i - start].tolist(),
+                "source": f"/d/{i // 30}.md",
+                "heading_path": "a > b",
+                "doc_id": f"{i // 30:016x}",
+                "doc_version": "v",
+                "position": i % 30,
+                "title": "t",
+                "model": "m",
+            }
+            for i in range(start, start + n)
+        ]
+
     tmp = Path(tempfile.mkdtemp(prefix="kbb-"))
     try:
         kb = KnowledgeBase(Home(tmp).ensure(), "b")
@@ -86,9 +106,14 @@ def driver_costs(rows: int = 2000, table_rows: int = 20000, dim: int = 384) -> d
         t2 = time.perf_counter()
         kb.write(staged, {r["doc_id"] for r in staged}, replacing=[])
         t3 = time.perf_counter()
-        return {"wave_rows": rows, "table_rows": table_rows, "fragment_write_rows_per_s": rows / (t1 - t0),
-                "staging_commit_read_s": t2 - t1, "merge_insert_s": t3 - t2,
-                "driver_rows_per_s": rows / (t3 - t1)}
+        return {
+            "wave_rows": rows,
+            "table_rows": table_rows,
+            "fragment_write_rows_per_s": rows / (t1 - t0),
+            "staging_commit_read_s": t2 - t1,
+            "merge_insert_s": t3 - t2,
+            "driver_rows_per_s": rows / (t3 - t1),
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -110,8 +135,20 @@ def main() -> None:
             threads, rays = [], []
             for i in range(0 if args.two_nodes_only else args.reps):  # A B A B
                 threads.append(run(src, tmp / f"t{i}", *common))
-                rays.append(run(src, tmp / f"r{i}", *common, "--executor", "ray", "--ray-address", address,
-                                "--ray-embed-actors", "2", env=env))
+                rays.append(
+                    run(
+                        src,
+                        tmp / f"r{i}",
+                        *common,
+                        "--executor",
+                        "ray",
+                        "--ray-address",
+                        address,
+                        "--ray-embed-actors",
+                        "2",
+                        env=env,
+                    )
+                )
                 print("threads", threads[-1], "\nray", rays[-1], flush=True)
         finally:
             stop_nodes(procs)
@@ -121,12 +158,23 @@ def main() -> None:
             out.update(threads=threads, ray_one_node=rays, ratio=med_r / med_t, one_node_rows_per_s=med_r)
         address, procs, env = start_nodes(str(tmp / "r2"), nodes=2, cpus=2)
         try:
-            two = run(src, tmp / "two", *common, "--executor", "ray", "--ray-address", address,
-                      "--ray-embed-actors", "2", env=env)
+            two = run(
+                src,
+                tmp / "two",
+                *common,
+                "--executor",
+                "ray",
+                "--ray-address",
+                address,
+                "--ray-embed-actors",
+                "2",
+                env=env,
+            )
         finally:
             stop_nodes(procs)
-        out.update(ray_two_nodes=two, two_nodes_rows_per_s_per_node={
-            n: r / two["job_s"] for n, r in two["by_node"].items()})
+        out.update(
+            ray_two_nodes=two, two_nodes_rows_per_s_per_node={n: r / two["job_s"] for n, r in two["by_node"].items()}
+        )
         print("two nodes", two, flush=True)
         out["driver"] = driver_costs()
         print("driver", out["driver"], flush=True)
@@ -134,8 +182,12 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: out.get(k) for k in ("ratio", "one_node_rows_per_s", "two_nodes_rows_per_s_per_node",
-                                              "driver")}, indent=1))
+    print(
+        json.dumps(
+            {k: out.get(k) for k in ("ratio", "one_node_rows_per_s", "two_nodes_rows_per_s_per_node", "driver")},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

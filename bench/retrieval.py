@@ -24,6 +24,7 @@ In one run, on the same pages and questions:
     python -m bench --only retrieval            # ~10 min on 2 idle cores: two real-model ingests, the recipe
     python -m bench --only retrieval --quick    # without the ingest without context (~6 min)
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -74,8 +75,10 @@ def is_hit(q: dict[str, Any], path: str, heading_path: str) -> bool:
 def scores(qs: list[dict[str, Any]], hit_ranks: list[Optional[int]]) -> dict[str, float]:
     """recall@5 and MRR@5 from each question's first hit rank (1-based, None: none in the first 5)."""
     n = len(qs) or 1
-    return {"recall5": sum(r is not None for r in hit_ranks) / n,
-            "mrr5": sum(1.0 / r for r in hit_ranks if r is not None) / n}
+    return {
+        "recall5": sum(r is not None for r in hit_ranks) / n,
+        "mrr5": sum(1.0 / r for r in hit_ranks if r is not None) / n,
+    }
 
 
 def first_hit(q: dict[str, Any], hits: list[tuple[str, str]]) -> Optional[int]:
@@ -102,33 +105,40 @@ def _ingest(ctx, corpus: Path, tag: str, extra: tuple[str, ...]) -> Path:
     if res.rc != 0 or final is None:
         raise RuntimeError(f"ingest ({tag}) exited {res.rc}: {res.stderr_tail()}")
     m = final["metrics"]
-    log(f"  ingest {tag}: {m.get('chunks_indexed')} chunks, {m.get('chunks_embedded')} embedded, "
-        f"{time.perf_counter() - t0:.0f} s")
+    log(
+        f"  ingest {tag}: {m.get('chunks_indexed')} chunks, {m.get('chunks_embedded')} embedded, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     return home
 
 
 def kbingest_runs(home: Path, qs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each mode through the service (as `kbingest search` runs), and the two windowed lists of each
     question for the fusion variants."""
+    from kbingest.pipeline.kb.search import query_embedder, window, with_paths
     from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.kb.search import query_embedder, window, with_paths
     from kbingest.pipeline.service import Service
 
     svc = Service(home)
     cfg = svc.find(kb=KB).config
     ranks: dict[str, list[Optional[int]]] = {}
     for mode in ("vector", "text", "hybrid"):
-        ranks[mode] = [first_hit(q, [(h.path, h.heading_path) for h in svc.search_here(KB, q["q"], K, mode)])
-                       for q in qs]
+        ranks[mode] = [
+            first_hit(q, [(h.path, h.heading_path) for h in svc.search_here(KB, q["q"], K, mode)]) for q in qs
+        ]
     kb = KnowledgeBase(Home(home), KB)
     emb = query_embedder(cfg)
     lists = []
     for q in qs:
         v = emb.embed([q["q"]])[0]
         n = window(K)
-        lists.append((with_paths(kb.search(v, n, mode="vector"), cfg.sources),
-                      with_paths(kb.search(None, n, mode="text", text=q["q"]), cfg.sources)))
+        lists.append(
+            (
+                with_paths(kb.search(v, n, mode="vector"), cfg.sources),
+                with_paths(kb.search(None, n, mode="text", text=q["q"]), cfg.sources),
+            )
+        )
     k1_vs_k10 = sum(svc.search_here(KB, q["q"], 1)[0].id == svc.search_here(KB, q["q"], 10)[0].id for q in qs)
     return {"ranks": ranks, "lists": lists, "k_agree": k1_vs_k10}
 
@@ -136,10 +146,14 @@ def kbingest_runs(home: Path, qs: list[dict[str, Any]]) -> dict[str, Any]:
 def fusion_grid() -> list[Any]:
     from kbingest.pipeline.kb.search import Fusion
 
-    grid = [Fusion(method="rrf", c=c, vector_weight=w, text_weight=1.0)
-            for c in (10, 30, 60) for w in (1.0, 1.5, 2.0, 3.0)]
-    grid += [Fusion(method="score", vector_weight=w, bm25_half=h)
-             for w in (0.5, 0.6, 0.7, 0.8, 0.9) for h in (5.0, 10.0, 20.0, 40.0)]
+    grid = [
+        Fusion(method="rrf", c=c, vector_weight=w, text_weight=1.0) for c in (10, 30, 60) for w in (1.0, 1.5, 2.0, 3.0)
+    ]
+    grid += [
+        Fusion(method="score", vector_weight=w, bm25_half=h)
+        for w in (0.5, 0.6, 0.7, 0.8, 0.9)
+        for h in (5.0, 10.0, 20.0, 40.0)
+    ]
     return grid
 
 
@@ -220,7 +234,7 @@ def recipe_run(corpus: Path, qs: list[dict[str, Any]]) -> dict[str, Any]:
             chunks.append((rel, d.page_content, paths_within(spans, start, start + len(d.page_content))))
     t0 = time.perf_counter()
     emb = make_embedder("fastembed", DEFAULT_MODEL, batch_size=8)
-    vecs = np.concatenate([emb.embed([c[1] for c in chunks[i:i + 64]]) for i in range(0, len(chunks), 64)])
+    vecs = np.concatenate([emb.embed([c[1] for c in chunks[i : i + 64]]) for i in range(0, len(chunks), 64)])
     log(f"  recipe: {len(chunks)} chunks embedded in {time.perf_counter() - t0:.0f} s")
     qv = emb.embed([q["q"] for q in qs])
     ranks = []
@@ -250,49 +264,84 @@ def rows(ctx) -> list[Row]:
         variants.append((s["tune"]["mrr5"] + s["tune"]["recall5"], f, s))
     variants.sort(key=lambda x: -x[0])
     best = variants[0]
-    table = "; ".join(f"{_label(f)}: tune {s['tune']['recall5']:.3f}/{s['tune']['mrr5']:.3f} "
-                      f"held-out {s['held_out']['recall5']:.3f}/{s['held_out']['mrr5']:.3f}"
-                      for _, f, s in variants[:8])
+    table = "; ".join(
+        f"{_label(f)}: tune {s['tune']['recall5']:.3f}/{s['tune']['mrr5']:.3f} "
+        f"held-out {s['held_out']['recall5']:.3f}/{s['held_out']['mrr5']:.3f}"
+        for _, f, s in variants[:8]
+    )
     log(f"  fusion variants, best first (recall@5/MRR@5): {table}")
 
     load1 = os.getloadavg()
-    machine = (f"load average {load0[0]:.2f}/{load0[1]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f} at end; "
-               f"{len(qs)} questions, {n_docs} documents")
+    machine = (
+        f"load average {load0[0]:.2f}/{load0[1]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f} at end; "
+        f"{len(qs)} questions, {n_docs} documents"
+    )
     out: list[Row] = []
 
-    def add(key: str, figure: str, split: dict[str, dict[str, float]], goal: Optional[tuple[str, float]] = None,
-            metric: str = "recall5") -> None:
-        note = (f"tune {split['tune'][metric]:.3f}, held-out {split['held_out'][metric]:.3f}; {machine}")
-        out.append(Row(key, figure, values=[round(split["all"][metric], 4)],
-                       op=goal[0] if goal else None, target=goal[1] if goal else None,
-                       goal=f"{goal[0]} {goal[1]:g}" if goal else "", note=note))
+    def add(
+        key: str,
+        figure: str,
+        split: dict[str, dict[str, float]],
+        goal: Optional[tuple[str, float]] = None,
+        metric: str = "recall5",
+    ) -> None:
+        note = f"tune {split['tune'][metric]:.3f}, held-out {split['held_out'][metric]:.3f}; {machine}"
+        out.append(
+            Row(
+                key,
+                figure,
+                values=[round(split["all"][metric], 4)],
+                op=goal[0] if goal else None,
+                target=goal[1] if goal else None,
+                goal=f"{goal[0]} {goal[1]:g}" if goal else "",
+                note=note,
+            )
+        )
 
     for mode in ("hybrid", "vector", "text"):
         s = by_split(qs, ours["ranks"][mode])
         default = mode == "hybrid"
-        add(f"31.{mode}_recall5", f"{mode} search (default settings): recall@5", s,
-            (">=", 0.85) if default else None)
-        add(f"31.{mode}_mrr5", f"{mode} search (default settings): MRR@5", s,
-            (">=", 0.70) if default else None, "mrr5")
+        add(f"31.{mode}_recall5", f"{mode} search (default settings): recall@5", s, (">=", 0.85) if default else None)
+        add(f"31.{mode}_mrr5", f"{mode} search (default settings): MRR@5", s, (">=", 0.70) if default else None, "mrr5")
     for mode in ("hybrid", "vector") if plain else ():  # --quick: no second ingest
         s = by_split(qs, plain["ranks"][mode])
         add(f"31.plain_{mode}_recall5", f"{mode} search, chunks embedded without title and heading path: recall@5", s)
-        add(f"31.plain_{mode}_mrr5", f"{mode} search, chunks embedded without title and heading path: MRR@5", s,
-            metric="mrr5")
+        add(
+            f"31.plain_{mode}_mrr5",
+            f"{mode} search, chunks embedded without title and heading path: MRR@5",
+            s,
+            metric="mrr5",
+        )
     rs = by_split(qs, recipe["ranks"])
-    add("31.recipe_recall5", f"LangChain recipe (1000/200 splitter, same model, exact cosine top 5; "
-                             f"{recipe['chunks']} chunks): recall@5", rs)
+    add(
+        "31.recipe_recall5",
+        f"LangChain recipe (1000/200 splitter, same model, exact cosine top 5; {recipe['chunks']} chunks): recall@5",
+        rs,
+    )
     add("31.recipe_mrr5", "LangChain recipe: MRR@5", rs, metric="mrr5")
     hs = by_split(qs, ours["ranks"]["hybrid"])
     for metric, name in (("recall5", "recall@5"), ("mrr5", "MRR@5")):
         diff = {k: {metric: hs[k][metric] - rs[k][metric]} for k in hs}
         add(f"31.ahead_{metric}", f"default search minus the LangChain recipe: {name}", diff, (">", 0.0), metric)
     _, f, s = best
-    out.append(Row("31.best_fusion", f"best fusion on the tuning split: {_label(f)} (recall@5 of all questions)",
-                   values=[round(s["all"]["recall5"], 4)],
-                   note=f"MRR@5 {s['all']['mrr5']:.3f}; best first: {table}"))
-    out.append(Row("31.k_agree", "first hit of -k 1 equal to the first of -k 10 (share of questions)",
-                   values=[round(ours["k_agree"] / len(qs), 4)], op=">=", target=1.0, goal="= 1"))
+    out.append(
+        Row(
+            "31.best_fusion",
+            f"best fusion on the tuning split: {_label(f)} (recall@5 of all questions)",
+            values=[round(s["all"]["recall5"], 4)],
+            note=f"MRR@5 {s['all']['mrr5']:.3f}; best first: {table}",
+        )
+    )
+    out.append(
+        Row(
+            "31.k_agree",
+            "first hit of -k 1 equal to the first of -k 10 (share of questions)",
+            values=[round(ours["k_agree"] / len(qs), 4)],
+            op=">=",
+            target=1.0,
+            goal="= 1",
+        )
+    )
     return out
 
 

@@ -10,6 +10,7 @@ query's p50.
 Rows are written in batches (memory stays at a batch); the ground truth is kept as a running top-10
 per query over the same batches. Prints one JSON object per measurement and a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ DIM = 384
 K = 10
 BATCH = 50_000
 CLUSTERS = 1000
-NOISE = 1.0      # per-dimension noise around a cluster centre of unit variance: in-cluster cosine ~0.5
+NOISE = 1.0  # per-dimension noise around a cluster centre of unit variance: in-cluster cosine ~0.5
 VOCAB = 5000
-SETTINGS = {     # query settings swept for each kind: (nprobes, refine_factor, ef)
+SETTINGS = {  # query settings swept for each kind: (nprobes, refine_factor, ef)
     "IVF_PQ": [(20, None, None), (20, 5, None), (20, 10, None), (40, 10, None)],
     "IVF_HNSW_SQ": [(10, None, 32), (20, None, 64), (40, None, 128)],
 }
@@ -67,13 +68,21 @@ def _rows(vecs: np.ndarray, start: int, rng: np.random.Generator):
     words = rng.integers(0, VOCAB, size=(n, 12))
     text = [" ".join(f"w{w}" for w in ws) for ws in words]
     ids = [f"{i:09d}" for i in range(start, start + n)]
-    return pa.table({
-        "id": ids, "text": text,
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel(), pa.float32()), DIM),
-        "source": pa.array(["/synthetic"] * n), "heading_path": pa.array([""] * n), "doc_id": ids,
-        "doc_version": pa.array(["v"] * n), "position": pa.array(np.zeros(n, np.int32)),
-        "title": pa.array([""] * n), "model": pa.array(["synthetic"] * n),
-    }, schema=schema(DIM))
+    return pa.table(
+        {
+            "id": ids,
+            "text": text,
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel(), pa.float32()), DIM),
+            "source": pa.array(["/synthetic"] * n),
+            "heading_path": pa.array([""] * n),
+            "doc_id": ids,
+            "doc_version": pa.array(["v"] * n),
+            "position": pa.array(np.zeros(n, np.int32)),
+            "title": pa.array([""] * n),
+            "model": pa.array(["synthetic"] * n),
+        },
+        schema=schema(DIM),
+    )
 
 
 def build(kb, rows: int, data: Synthetic, queries: np.ndarray) -> tuple[np.ndarray, float]:
@@ -107,22 +116,27 @@ def measure(kb, queries: np.ndarray, truth: Optional[np.ndarray], reps: int) -> 
         lat.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)  # every thread's CPU: what a busy machine cannot inflate
         hits.append([int(h.id) for h in res])
-    out = {"p50_ms": round(statistics.median(lat), 1), "p90_ms": round(float(np.percentile(lat, 90)), 1),
-           "cpu_p50_ms": round(statistics.median(cpu), 1), "queries": len(lat)}
+    out = {
+        "p50_ms": round(statistics.median(lat), 1),
+        "p90_ms": round(float(np.percentile(lat, 90)), 1),
+        "cpu_p50_ms": round(statistics.median(cpu), 1),
+        "queries": len(lat),
+    }
     if truth is not None:
         rec = [len(set(h) & set(t)) / K for h, t in zip(hits, truth[:reps].tolist())]
         out["recall_at_10"] = round(float(np.mean(rec)), 4)
     return out
 
 
-def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
-        sweep: bool = True) -> list[dict[str, Any]]:
+def run(
+    rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int, sweep: bool = True
+) -> list[dict[str, Any]]:
     """Every measurement, as dicts; `sweep` tries each kind's SETTINGS, else only the settings the
     search uses (search_indexes.QUERY)."""
     from kbingest.pipeline.kb import search_indexes
+    from kbingest.pipeline.kb.location import KbLocation
     from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.paths import Home
-    from kbingest.pipeline.kb.location import KbLocation
 
     home = Home(root / "home").ensure()
     kb = KnowledgeBase(home, "scale", KbLocation(str(root / "db")), ann_min_rows=10**12)
@@ -142,16 +156,28 @@ def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
     emit({"what": "flat (no index)", **measure(kb, queries, truth, flat_reps)})
     for kind in kinds:
         t0 = time.perf_counter()
-        kb._table.create_index("vector", config=search_indexes.ann_config(kind, rows, DIM), replace=True,
-                               name=f"{search_indexes.ANN_NAME}_{rows}")
+        kb._table.create_index(
+            "vector",
+            config=search_indexes.ann_config(kind, rows, DIM),
+            replace=True,
+            name=f"{search_indexes.ANN_NAME}_{rows}",
+        )
         build_s = time.perf_counter() - t0
         saved = dict(search_indexes.QUERY)
         q = saved[kind]
         try:
-            for nprobes, refine, ef in (SETTINGS[kind] if sweep else [(q.nprobes, q.refine_factor, q.ef)]):
+            for nprobes, refine, ef in SETTINGS[kind] if sweep else [(q.nprobes, q.refine_factor, q.ef)]:
                 search_indexes.QUERY[kind] = search_indexes.QuerySettings(nprobes=nprobes, refine_factor=refine, ef=ef)
-                emit({"what": kind, "build_s": round(build_s, 1), "nprobes": nprobes, "refine_factor": refine,
-                      "ef": ef, **measure(kb, queries, truth, n_queries)})
+                emit(
+                    {
+                        "what": kind,
+                        "build_s": round(build_s, 1),
+                        "nprobes": nprobes,
+                        "refine_factor": refine,
+                        "ef": ef,
+                        **measure(kb, queries, truth, n_queries),
+                    }
+                )
         finally:
             search_indexes.QUERY.clear()
             search_indexes.QUERY.update(saved)
@@ -164,19 +190,30 @@ def run(rows: int, n_queries: int, kinds: list[str], root: Path, flat_reps: int,
         t1 = time.perf_counter()
         kb.search(None, K, mode="text", text=f"w{i * 37 % VOCAB} w{i * 91 % VOCAB}")
         lat.append((time.perf_counter() - t1) * 1000)
-    emit({"what": "full-text", "build_s": round(fts_s, 1), "built": bool(rep), "p50_ms": round(statistics.median(lat), 1)})
+    emit(
+        {
+            "what": "full-text",
+            "build_s": round(fts_s, 1),
+            "built": bool(rep),
+            "p50_ms": round(statistics.median(lat), 1),
+        }
+    )
     return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| index | query settings | build s | p50 ms | p90 ms | CPU p50 ms | recall@10 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| index | query settings | build s | p50 ms | p90 ms | CPU p50 ms | recall@10 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         if r["what"] == "write":
             continue
         sets = ", ".join(f"{k}={r[k]}" for k in ("nprobes", "refine_factor", "ef") if r.get(k) is not None)
-        lines.append(f"| {r['what']} | {sets or '-'} | {r.get('build_s', '-')} | {r.get('p50_ms', '-')} | "
-                     f"{r.get('p90_ms', '-')} | {r.get('cpu_p50_ms', '-')} | {r.get('recall_at_10', '-')} |")
+        lines.append(
+            f"| {r['what']} | {sets or '-'} | {r.get('build_s', '-')} | {r.get('p50_ms', '-')} | "
+            f"{r.get('p90_ms', '-')} | {r.get('cpu_p50_ms', '-')} | {r.get('recall_at_10', '-')} |"
+        )
     return "\n".join(lines)
 
 
@@ -202,6 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 # ---- search at scale (issue 16): synthetic rows, with and without the ANN index ----------------
 
+
 def fig_search_scale(ctx: Ctx) -> list[Row]:
     """Search at 1M synthetic rows: p50 and recall@10 with the ANN index, flat p50, build times."""
     from kbingest.pipeline.kb import search_indexes
@@ -216,14 +254,34 @@ def fig_search_scale(ctx: Ctx) -> list[Row]:
     fts = next(r for r in res if r["what"] == "full-text")
     n = f"{rows:,} rows, 384-d clustered, {ann['queries']} queries"
     return [
-        Row("s.ann_p50", f"search p50 with the {kind} index ({n})", "ms", [ann["p50_ms"]], "<", 50.0, "< 50 ms",
-            note=f"p90 {ann['p90_ms']} ms; flat scan p50 {flat['p50_ms']} ms"),
-        Row("s.ann_recall", f"recall@10 with the {kind} index against exact search ({n})", "", [ann["recall_at_10"]],
-            ">=", 0.95, ">= 0.95"),
+        Row(
+            "s.ann_p50",
+            f"search p50 with the {kind} index ({n})",
+            "ms",
+            [ann["p50_ms"]],
+            "<",
+            50.0,
+            "< 50 ms",
+            note=f"p90 {ann['p90_ms']} ms; flat scan p50 {flat['p50_ms']} ms",
+        ),
+        Row(
+            "s.ann_recall",
+            f"recall@10 with the {kind} index against exact search ({n})",
+            "",
+            [ann["recall_at_10"]],
+            ">=",
+            0.95,
+            ">= 0.95",
+        ),
         Row("s.flat_p50", f"search p50 without an index, exact flat scan ({rows:,} rows)", "ms", [flat["p50_ms"]]),
         Row("s.ann_build", f"{kind} build time ({rows:,} rows, 2 cores)", "s", [ann["build_s"]]),
-        Row("s.fts_build", f"full-text index build time ({rows:,} rows)", "s", [fts["build_s"]],
-            note=f"text query p50 {fts['p50_ms']} ms"),
+        Row(
+            "s.fts_build",
+            f"full-text index build time ({rows:,} rows)",
+            "s",
+            [fts["build_s"]],
+            note=f"text query p50 {fts['p50_ms']} ms",
+        ),
     ]
 
 

@@ -17,6 +17,7 @@ the same clients polling a static copy of the status (same bytes) served by ngin
 ratio to the job without clients is what the job would keep if the status poll cost what a C
 server takes to answer it: the floor that the load generator and this machine's loopback leave.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,11 +126,11 @@ class Pollers:
                         bufs[i] = buf
                         continue
                     at = buf.lower().find(b"content-length:", 0, end)
-                    length = int(buf[at + 15:buf.index(b"\r\n", at)]) if at >= 0 else 0
+                    length = int(buf[at + 15 : buf.index(b"\r\n", at)]) if at >= 0 else 0
                     if len(buf) < end + 4 + length:
                         bufs[i] = buf
                         continue
-                    bufs[i] = buf[end + 4 + length:]
+                    bufs[i] = buf[end + 4 + length :]
                     if sent[i] is not None:
                         self.lat.append(time.perf_counter() - sent[i])
                     sent[i] = None
@@ -150,6 +151,7 @@ async def _polling(port: int, path: str, clients: int, hz: float, wrk_dir: Optio
 
         async def stop_wrk() -> WrkPollers:
             return await asyncio.get_running_loop().run_in_executor(None, wrk.stop)
+
         return stop_wrk
     pollers = await asyncio.get_running_loop().run_in_executor(None, Pollers, port, path, clients, hz)
     stop = threading.Event()
@@ -170,6 +172,7 @@ async def _polling(port: int, path: str, clients: int, hz: float, wrk_dir: Optio
         if failure:
             raise failure[0]
         return pollers
+
     return done
 
 
@@ -213,8 +216,21 @@ class WrkPollers:
         self.lat: list[float] = []
         self.errors: list[int] = []
         self.cpu_s = 0.0
-        self.proc = subprocess.Popen([binary, "-t1", f"-c{clients}", "-d3600s", "--timeout", "10s", "-s", str(script),
-                                      f"http://{HOST}:{port}{path}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "-t1",
+                f"-c{clients}",
+                "-d3600s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                f"http://{HOST}:{port}{path}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> "WrkPollers":
         self.proc.send_signal(signal.SIGINT)
@@ -252,8 +268,10 @@ async def _sse(port: int, job_id: str, events: list[dict]) -> None:
 async def _call(port: int, method: str, path: str, body: Optional[dict] = None) -> tuple[int, dict]:
     reader, writer = await asyncio.open_connection(HOST, port)
     data = json.dumps(body).encode() if body is not None else b""
-    raw = (f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-           f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    raw = (
+        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode() + data
     status, out = await _request(reader, writer, raw)
     writer.close()
     return status, json.loads(out) if out else {}
@@ -300,8 +318,12 @@ class StaticResponder:
         self.body_file.write_bytes(b"{}")
         conf = root / "nginx.conf"
         conf.write_text(NGINX_CONF.format(root=root, port=self.port))
-        self.proc = subprocess.Popen([binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(root), "-c", str(conf), "-e", str(root / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -309,7 +331,9 @@ class StaticResponder:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read()[-400:] if self.proc.stderr else ''}") from None
+                    raise RuntimeError(
+                        f"nginx did not start: {self.proc.stderr.read()[-400:] if self.proc.stderr else ''}"
+                    ) from None
                 time.sleep(0.1)
 
     def serve(self, body: bytes) -> None:
@@ -327,8 +351,15 @@ class StaticResponder:
 
 
 # ---- one job --------------------------------------------------------------------------------------
-async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float,
-                   poll_at: Optional[tuple[int, str]] = None, wrk_dir: Optional[Path] = None) -> dict:
+async def _one_job(
+    port: int,
+    docs: Path,
+    kb: str,
+    clients: int,
+    hz: float,
+    poll_at: Optional[tuple[int, str]] = None,
+    wrk_dir: Optional[Path] = None,
+) -> dict:
     status, body = await _call(port, "POST", f"{API}/kb/{kb}/jobs", {"sources": [str(docs)]})
     if status != 202:
         raise RuntimeError(f"starting the job: HTTP {status}: {body}")
@@ -361,13 +392,25 @@ async def _one_job(port: int, docs: Path, kb: str, clients: int, hz: float,
     chunks = int(final["metrics"].get("chunks_indexed") or 0)
     phases_seen = sorted({e["phase"] for e in events})
     load_avg = os.getloadavg()[0]
-    return {"job_id": job_id, "clients": clients, "wall": wall, "chunks": chunks, "rate": chunks / wall,
-            "latencies": lat, "errors": errors, "wrk_cpu_s": wrk_cpu_s, "sse_events": len(events), "sse_phases": phases_seen, "load_avg": load_avg,
-            "sse_final": events[-1]["status"] if events else None}
+    return {
+        "job_id": job_id,
+        "clients": clients,
+        "wall": wall,
+        "chunks": chunks,
+        "rate": chunks / wall,
+        "latencies": lat,
+        "errors": errors,
+        "wrk_cpu_s": wrk_cpu_s,
+        "sse_events": len(events),
+        "sse_phases": phases_seen,
+        "load_avg": load_avg,
+        "sse_final": events[-1]["status"] if events else None,
+    }
 
 
-async def _idle_polls(port: int, kb: str, clients: int, hz: float, wrk_dir: Optional[Path] = None,
-                      seconds: float = 5.0) -> list[float]:
+async def _idle_polls(
+    port: int, kb: str, clients: int, hz: float, wrk_dir: Optional[Path] = None, seconds: float = 5.0
+) -> list[float]:
     """The same clients for a few seconds with no job running: the machine's share of the latency."""
     polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz, wrk_dir)
     await asyncio.sleep(seconds)
@@ -407,11 +450,30 @@ class _Server:
     def __init__(self, home: Path, docs: Path, extra: list[str]) -> None:
         self.port = _free_port()
         self.front: Optional[int] = None  # the status front's pid
-        self.proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "serve", "--host", HOST,
-                                      "--port", str(self.port), "--allow-root", str(docs),
-                                      "--rate-limit", "0",  # its 50 clients stand for 50 machines
-                                      *extra], cwd=str(REPO),
-                                     env=bench_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kbingest",
+                "--home",
+                str(home),
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--allow-root",
+                str(docs),
+                "--rate-limit",
+                "0",  # its 50 clients stand for 50 machines
+                *extra,
+            ],
+            cwd=str(REPO),
+            env=bench_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def wait_ready(self) -> None:
         import httpx
@@ -445,19 +507,37 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--reps", type=int, default=2, help="pairs (without clients, with clients), alternating")
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--hz", type=float, default=10.0)
-    p.add_argument("--client-nice", type=int, default=10, metavar="N",
-                   help="the load generator's nice value once the server runs (default 10: below the job; 0 is the job's "
-                        "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
-                        "their own scheduling's)")
-    p.add_argument("--floor", action="store_true",
-                   help="a diagnostic: a third job a round, its clients polling the same status bytes served by nginx")
-    p.add_argument("--load-generator", choices=("pollers", "wrk"), default="pollers",
-                   help="the polling clients: `Pollers` (Python, epoll; the default) or wrk (C), a diagnostic")
-    p.add_argument("--no-status-front", action="store_true",
-                   help="a diagnostic: `kbingest serve --no-status-front` (polls answered in the process of the job)")
-    p.add_argument("--without-front-too", action="store_true",
-                   help="a diagnostic: one more job a round, on a second `kbingest serve --no-status-front`, the "
-                        "clients polling it (its own home, idle otherwise)")
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=10,
+        metavar="N",
+        help="the load generator's nice value once the server runs (default 10: below the job; 0 is the job's "
+        "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
+        "their own scheduling's)",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="a diagnostic: a third job a round, its clients polling the same status bytes served by nginx",
+    )
+    p.add_argument(
+        "--load-generator",
+        choices=("pollers", "wrk"),
+        default="pollers",
+        help="the polling clients: `Pollers` (Python, epoll; the default) or wrk (C), a diagnostic",
+    )
+    p.add_argument(
+        "--no-status-front",
+        action="store_true",
+        help="a diagnostic: `kbingest serve --no-status-front` (polls answered in the process of the job)",
+    )
+    p.add_argument(
+        "--without-front-too",
+        action="store_true",
+        help="a diagnostic: one more job a round, on a second `kbingest serve --no-status-front`, the "
+        "clients polling it (its own home, idle otherwise)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
@@ -480,17 +560,24 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if args.client_nice:
             os.nice(args.client_nice)  # the server (started above) keeps its priority
-        modes = (["bare", "server"] + (["floor"] if responder is not None else [])
-                 + (["nofront"] if args.without_front_too else []))
+        modes = (
+            ["bare", "server"]
+            + (["floor"] if responder is not None else [])
+            + (["nofront"] if args.without_front_too else [])
+        )
         order = []
         for i in range(args.reps):  # A B, B A, A B... (A B C, B C A, C A B...): no mode always goes first
-            order += modes[i % len(modes):] + modes[:i % len(modes)]
+            order += modes[i % len(modes) :] + modes[: i % len(modes)]
         for i, mode in enumerate(order):
             clients = 0 if mode == "bare" else args.clients
             poll_at = (responder.port, "/status") if mode == "floor" and responder is not None else None
             on = servers[-1] if mode == "nofront" else server
-            cpu0 = (_cpu_s(on.proc.pid), time.process_time(), _cpu_s(responder.proc.pid) if responder else 0.0,
-                    _cpu_s(front) if front else 0.0)
+            cpu0 = (
+                _cpu_s(on.proc.pid),
+                time.process_time(),
+                _cpu_s(responder.proc.pid) if responder else 0.0,
+                _cpu_s(front) if front else 0.0,
+            )
             r = _run(_one_job(on.port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
             r["mode"] = mode
             r["server_cpu_s"] = _cpu_s(on.proc.pid) - cpu0[0]
@@ -502,14 +589,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                 responder.serve(httpx.get(f"http://{HOST}:{on.port}{API}/kb/load{i}/status", timeout=10).content)
             extra = ""
             if clients:
-                extra = (f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], .5) * 1e3:.1f} ms p99 "
-                         f"{_pct(r['latencies'], .99) * 1e3:.1f} ms, {r['sse_events']} SSE events")
+                extra = (
+                    f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], 0.5) * 1e3:.1f} ms p99 "
+                    f"{_pct(r['latencies'], 0.99) * 1e3:.1f} ms, {r['sse_events']} SSE events"
+                )
             nginx = f", nginx {r['responder_cpu_s']:.2f} s" if mode == "floor" else ""
-            log(f"  job {i + 1}/{len(order)} ({mode}) with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
+            log(
+                f"  job {i + 1}/{len(order)} ({mode}) with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
                 f"({r['rate']:.1f}/s){extra}; CPU: server (with the job) {r['server_cpu_s']:.1f} s, "
-                f"status front {r['front_cpu_s']:.2f} s, load generator {r['client_cpu_s']:.2f} s{nginx}")
+                f"status front {r['front_cpu_s']:.2f} s, load generator {r['client_cpu_s']:.2f} s{nginx}"
+            )
         idle = _run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz, wrk_dir))
-        log(f"  no job running: {len(idle)} polls p50 {_pct(idle, .5) * 1e3:.1f} ms p99 {_pct(idle, .99) * 1e3:.1f} ms")
+        log(
+            f"  no job running: {len(idle)} polls p50 {_pct(idle, 0.5) * 1e3:.1f} ms p99 {_pct(idle, 0.99) * 1e3:.1f} ms"
+        )
     finally:
         if responder is not None:
             responder.stop()
@@ -524,29 +617,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     nofront_ratios = [a["rate"] / b["rate"] for a, b in zip(nofront, bare)]
     lat = [x for r in loaded for x in r["latencies"]]
     ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
-    out = {"pages": args.pages, "clients": args.clients, "hz": args.hz, "client_nice": args.client_nice,
-           "load_generator": args.load_generator, "chunks": runs[0]["chunks"],
-           "polls": len(lat), "errors": sum(len(r["errors"]) for r in loaded),
-           "p50_ms": _pct(lat, .5) * 1e3, "p99_ms": _pct(lat, .99) * 1e3, "max_ms": max(lat) * 1e3,
-           "p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in loaded],
-           "rates_bare": [r["rate"] for r in bare], "rates_loaded": [r["rate"] for r in loaded],
-           "ratios": ratios, "ratio_median": median(ratios),
-           "sse_events": [r["sse_events"] for r in loaded], "sse_phases": [r["sse_phases"] for r in loaded],
-           "sse_final": [r["sse_final"] for r in loaded], "load_avg": [r["load_avg"] for r in runs],
-           "server_cpu_bare_s": [r["server_cpu_s"] for r in bare], "server_cpu_loaded_s": [r["server_cpu_s"] for r in loaded],
-           "client_cpu_s": [r["client_cpu_s"] for r in loaded], "status_front": not args.no_status_front,
-           "front_cpu_s": [r["front_cpu_s"] for r in loaded],
-           "floor_ratios": floor_ratios, "floor_ratio_median": median(floor_ratios) if floor_ratios else None,
-           "rates_floor": [r["rate"] for r in floor], "floor_polls": sum(len(r["latencies"]) for r in floor),
-           "floor_client_cpu_s": [r["client_cpu_s"] for r in floor],
-           "floor_nginx_cpu_s": [r["responder_cpu_s"] for r in floor],
-           "floor_server_cpu_s": [r["server_cpu_s"] for r in floor],
-           "nofront_ratios": nofront_ratios, "rates_nofront": [r["rate"] for r in nofront],
-           "nofront_polls": sum(len(r["latencies"]) for r in nofront),
-           "nofront_p99_per_run_ms": [_pct(r["latencies"], .99) * 1e3 for r in nofront],
-           "nofront_server_cpu_s": [r["server_cpu_s"] for r in nofront],
-           "nofront_client_cpu_s": [r["client_cpu_s"] for r in nofront],
-           "idle_polls": len(idle), "idle_p50_ms": (_pct(idle, .5) or 0) * 1e3, "idle_p99_ms": (_pct(idle, .99) or 0) * 1e3}
+    out = {
+        "pages": args.pages,
+        "clients": args.clients,
+        "hz": args.hz,
+        "client_nice": args.client_nice,
+        "load_generator": args.load_generator,
+        "chunks": runs[0]["chunks"],
+        "polls": len(lat),
+        "errors": sum(len(r["errors"]) for r in loaded),
+        "p50_ms": _pct(lat, 0.5) * 1e3,
+        "p99_ms": _pct(lat, 0.99) * 1e3,
+        "max_ms": max(lat) * 1e3,
+        "p99_per_run_ms": [_pct(r["latencies"], 0.99) * 1e3 for r in loaded],
+        "rates_bare": [r["rate"] for r in bare],
+        "rates_loaded": [r["rate"] for r in loaded],
+        "ratios": ratios,
+        "ratio_median": median(ratios),
+        "sse_events": [r["sse_events"] for r in loaded],
+        "sse_phases": [r["sse_phases"] for r in loaded],
+        "sse_final": [r["sse_final"] for r in loaded],
+        "load_avg": [r["load_avg"] for r in runs],
+        "server_cpu_bare_s": [r["server_cpu_s"] for r in bare],
+        "server_cpu_loaded_s": [r["server_cpu_s"] for r in loaded],
+        "client_cpu_s": [r["client_cpu_s"] for r in loaded],
+        "status_front": not args.no_status_front,
+        "front_cpu_s": [r["front_cpu_s"] for r in loaded],
+        "floor_ratios": floor_ratios,
+        "floor_ratio_median": median(floor_ratios) if floor_ratios else None,
+        "rates_floor": [r["rate"] for r in floor],
+        "floor_polls": sum(len(r["latencies"]) for r in floor),
+        "floor_client_cpu_s": [r["client_cpu_s"] for r in floor],
+        "floor_nginx_cpu_s": [r["responder_cpu_s"] for r in floor],
+        "floor_server_cpu_s": [r["server_cpu_s"] for r in floor],
+        "nofront_ratios": nofront_ratios,
+        "rates_nofront": [r["rate"] for r in nofront],
+        "nofront_polls": sum(len(r["latencies"]) for r in nofront),
+        "nofront_p99_per_run_ms": [_pct(r["latencies"], 0.99) * 1e3 for r in nofront],
+        "nofront_server_cpu_s": [r["server_cpu_s"] for r in nofront],
+        "nofront_client_cpu_s": [r["client_cpu_s"] for r in nofront],
+        "idle_polls": len(idle),
+        "idle_p50_ms": (_pct(idle, 0.5) or 0) * 1e3,
+        "idle_p99_ms": (_pct(idle, 0.99) or 0) * 1e3,
+    }
     if args.json:
         print(json.dumps(out))
     else:

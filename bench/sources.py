@@ -12,6 +12,7 @@ unchanged re-run loads no model).
 
     python -m bench --only sources
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,10 +67,15 @@ def rerun_rows(ctx) -> list[Row]:
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                                            "AWS_ENDPOINT_URL")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
     try:
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
@@ -89,7 +95,9 @@ def rerun_rows(ctx) -> list[Row]:
             def read():
                 downloads.append(1)
                 return inner()
+
             return read
+
         sources.S3Source._reader = reader
         try:
             local_s, remote_s = [], []
@@ -111,12 +119,29 @@ def rerun_rows(ctx) -> list[Row]:
                 os.environ[k] = v
     best_l, best_r = min(local_s), min(remote_s)
     return [
-        Row("34.s3_rerun_s", f"unchanged re-run of {n} objects under an s3:// prefix (moto), seconds", "s",
-            remote_s, note=f"local files baseline (same {n} documents, same run): {best_l:.2f} s"),
-        Row("34.s3_rerun_ratio", f"unchanged re-run, s3:// over local files ({n} documents)", "x",
-            [best_r / best_l], note="moto's listing is 1,000 keys a request, on the loopback"),
-        Row("34.s3_rerun_downloads", f"objects downloaded by the unchanged re-runs of {n} objects", "objects",
-            [float(len(downloads))], op="<=", target=0, goal="0: skipped from the listing's ETags"),
+        Row(
+            "34.s3_rerun_s",
+            f"unchanged re-run of {n} objects under an s3:// prefix (moto), seconds",
+            "s",
+            remote_s,
+            note=f"local files baseline (same {n} documents, same run): {best_l:.2f} s",
+        ),
+        Row(
+            "34.s3_rerun_ratio",
+            f"unchanged re-run, s3:// over local files ({n} documents)",
+            "x",
+            [best_r / best_l],
+            note="moto's listing is 1,000 keys a request, on the loopback",
+        ),
+        Row(
+            "34.s3_rerun_downloads",
+            f"objects downloaded by the unchanged re-runs of {n} objects",
+            "objects",
+            [float(len(downloads))],
+            op="<=",
+            target=0,
+            goal="0: skipped from the listing's ETags",
+        ),
     ]
 
 
@@ -131,8 +156,9 @@ def crawl_rows(ctx) -> list[Row]:
     pages = {}
     for i in range(p):
         links = "".join(f'<a href="p{j}.html">page {j}</a> ' for j in (i + 1, i * 2 + 1, i * 3 + 2) if j < p)
-        html = (f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1><p>{_text(i)}</p>"
-                f"{links}</body></html>").encode()
+        html = (
+            f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1><p>{_text(i)}</p>{links}</body></html>"
+        ).encode()
         pages[f"/site/p{i}.html"] = html
         (folder / f"p{i}.html").write_bytes(html)
 
@@ -162,11 +188,20 @@ def crawl_rows(ctx) -> list[Row]:
     finally:
         httpd.shutdown()
     return [
-        Row("34.crawl_pages_s", f"crawl of a {p}-page site on 127.0.0.1, pages/s (new pages, fake embedder)",
-            "pages/s", crawl, note=f"politeness delay {sources.WEB_DELAY_S} s, {sources.WEB_CONCURRENCY} at once; "
-                                   f"the same pages as local files: {max(local):.1f} docs/s"),
-        Row("34.crawl_ratio", "crawl pages/s over the same pages as local .html files (docs/s)", "x",
-            [max(crawl) / max(local)]),
+        Row(
+            "34.crawl_pages_s",
+            f"crawl of a {p}-page site on 127.0.0.1, pages/s (new pages, fake embedder)",
+            "pages/s",
+            crawl,
+            note=f"politeness delay {sources.WEB_DELAY_S} s, {sources.WEB_CONCURRENCY} at once; "
+            f"the same pages as local files: {max(local):.1f} docs/s",
+        ),
+        Row(
+            "34.crawl_ratio",
+            "crawl pages/s over the same pages as local .html files (docs/s)",
+            "x",
+            [max(crawl) / max(local)],
+        ),
     ]
 
 

@@ -1,18 +1,19 @@
 """The figures: FIGURES names each and the function that measures it (one module per figure, or per
 few that share the same runs), returning rows for the results book. Goals are in the rows, so
 results.md says pass/fail by itself."""
+
 from __future__ import annotations
 
 from typing import Callable
 
 from bench import cost, mixed
+from bench.chunking import fig_chunking
 from bench.common import Row
 from bench.context import Ctx
-from bench.formats import fig_formats
-from bench.chunking import fig_chunking
 from bench.dashboard import fig_dashboard
-from bench.eta import fig_eta
 from bench.docsites import fig_docsites
+from bench.eta import fig_eta
+from bench.formats import fig_formats
 from bench.memory import fig_memory
 from bench.metadata import fig_metadata
 from bench.ocr import fig_ocr

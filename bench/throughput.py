@@ -1,10 +1,11 @@
 """Figure 1 (+ 3a, 4): batch ingest against raw fastembed, and the re-runs of the same pages."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from bench.common import Row, corpus_bytes, default_config, log, median, run_inproc
-from bench.context import Ctx, GIB_MIB, first_run, rerun_rows, run_again
+from bench.context import GIB_MIB, Ctx, first_run, rerun_rows, run_again
 
 
 def fig_throughput(ctx: Ctx) -> list[Row]:
@@ -32,18 +33,34 @@ def fig_throughput(ctx: Ctx) -> list[Row]:
                 reruns += run_again(ctx, runs[rep], docs, ctx.reps(2, 1))
             else:
                 log(f"  raw fastembed (batch_size={raw_bs}, threads={threads}) on the texts of {ref['home'].name}")
-                data, pr = run_inproc(ctx.ws, "raw_embed", {"home": str(ref["home"]), "kb": "bench",
-                                                            "sources": [str(docs)], "batch_size": raw_bs,
-                                                            "threads": threads}, timeout=timeout)
+                data, pr = run_inproc(
+                    ctx.ws,
+                    "raw_embed",
+                    {
+                        "home": str(ref["home"]),
+                        "kb": "bench",
+                        "sources": [str(docs)],
+                        "batch_size": raw_bs,
+                        "threads": threads,
+                    },
+                    timeout=timeout,
+                )
                 data["rss"] = pr.maxrss_mib
                 data["wall"] = pr.wall
                 raws[rep] = data
-                log(f"    {data['n']} chunks embedded in {data['embed_s']:.1f} s = {data['chunks_per_s']:.2f}/s "
-                    f"(model load {data['load_s']:.1f} s), process peak RSS {pr.maxrss_mib:.0f} MiB")
+                log(
+                    f"    {data['n']} chunks embedded in {data['embed_s']:.1f} s = {data['chunks_per_s']:.2f}/s "
+                    f"(model load {data['load_s']:.1f} s), process peak RSS {pr.maxrss_mib:.0f} MiB"
+                )
     digests = run_inproc(ctx.ws, "texts_digest", {"homes": [str(r["home"]) for r in runs.values()], "kb": "bench"})[0]
     same = len(set(digests["digests"].values()) | {raws[0]["digest"]}) == 1
-    ctx.shared["tp"] = {"runs": list(runs.values()), "raws": list(raws.values()), "label": label,
-                        "n_pages": n_pages, "reruns": reruns}
+    ctx.shared["tp"] = {
+        "runs": list(runs.values()),
+        "raws": list(raws.values()),
+        "label": label,
+        "n_pages": n_pages,
+        "reruns": reruns,
+    }
     ctx.shared["raw_cps"] = median([r["chunks_per_s"] for r in raws.values()])
 
     e2e_ratio, phase_ratio, e2e_cps, raw_cps, fixed = [], [], [], [], []
@@ -58,25 +75,50 @@ def fig_throughput(ctx: Ctx) -> list[Row]:
         fixed.append(run["wall"] - run["emb_s"])
     n_chunks = ref["n"]
     mb = corpus_bytes(docs) / 1e6
-    common = (f"{label} ({ctx.ws.n_pages(n_pages)} pages, {mb:.1f} MB, {n_chunks} chunks); batch size {bs} "
-              f"(raw fastembed: {raw_bs}, {'its best in figure 10' if 'fastembed_best_bs' in ctx.shared else 'its best measured before'}), "
-              f"threads {threads or 'default'}; repetitions alternate which of the pair runs first")
+    common = (
+        f"{label} ({ctx.ws.n_pages(n_pages)} pages, {mb:.1f} MB, {n_chunks} chunks); batch size {bs} "
+        f"(raw fastembed: {raw_bs}, {'its best in figure 10' if 'fastembed_best_bs' in ctx.shared else 'its best measured before'}), "
+        f"threads {threads or 'default'}; repetitions alternate which of the pair runs first"
+    )
     rows = [
-        Row("1.1", "batch ingest throughput, process start to exit / raw fastembed on the same chunk texts",
-            values=e2e_ratio, op=">=", target=0.95, goal=">= 0.95",
-            note=f"{common}. Same texts in every run: {'yes' if same else 'NO'} (digest {raws[0]['digest']})."),
-        Row("1.2", "(diagnostic) in-engine embedding phase throughput / raw fastembed",
-            values=phase_ratio, op=">=", target=0.95, goal=">= 0.95 (reference)",
+        Row(
+            "1.1",
+            "batch ingest throughput, process start to exit / raw fastembed on the same chunk texts",
+            values=e2e_ratio,
+            op=">=",
+            target=0.95,
+            goal=">= 0.95",
+            note=f"{common}. Same texts in every run: {'yes' if same else 'NO'} (digest {raws[0]['digest']}).",
+        ),
+        Row(
+            "1.2",
+            "(diagnostic) in-engine embedding phase throughput / raw fastembed",
+            values=phase_ratio,
+            op=">=",
+            target=0.95,
+            goal=">= 0.95 (reference)",
             note="phase duration_seconds of the final JSON line: what the pipeline costs without imports, "
-                 "model load and the final optimize"),
+            "model load and the final optimize",
+        ),
         Row("1.3", "batch ingest, chunks/s (process start to exit)", unit="chunks/s", values=e2e_cps),
         Row("1.4", "raw fastembed, chunks/s (model load excluded)", unit="chunks/s", values=raw_cps),
-        Row("1.5", "batch ingest: time outside the embedding phase (imports, model load, optimize, exit)",
-            unit="s", values=fixed),
-        Row("3.1", f"peak RSS, default batch ingest of the {label} (real model)", unit="MiB",
-            values=[r["rss"] for r in runs.values()], op="<", target=GIB_MIB, goal="< 1 GiB (1024 MiB)",
+        Row(
+            "1.5",
+            "batch ingest: time outside the embedding phase (imports, model load, optimize, exit)",
+            unit="s",
+            values=fixed,
+        ),
+        Row(
+            "3.1",
+            f"peak RSS, default batch ingest of the {label} (real model)",
+            unit="MiB",
+            values=[r["rss"] for r in runs.values()],
+            op="<",
+            target=GIB_MIB,
+            goal="< 1 GiB (1024 MiB)",
             note=f"wait4 rusage of the process; the raw fastembed worker (model + the same texts, lancedb "
-                 f"imported to read them) peaked at {median([r['rss'] for r in raws.values()]):.0f} MiB"),
+            f"imported to read them) peaked at {median([r['rss'] for r in raws.values()]):.0f} MiB",
+        ),
     ]
     rows += rerun_rows(ctx, reruns, label)
     return rows

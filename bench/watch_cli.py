@@ -8,6 +8,7 @@ The watch process answers those searches warm (pipeline/kb/resident.py); a searc
 resident process would start cold. Also measured, in the same run: a fresh-process search of a
 sentence already indexed (what each poll costs), and `python -c pass`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,26 @@ class WatchProcess:
     """`kbingest ingest --watch --batch`, its JSON lines read as they come."""
 
     def __init__(self, home: Path, folder: Path) -> None:
-        self.p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(folder), "--kb",
-                                   "watchbench", "--batch", "--watch"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, cwd=str(REPO), env=bench_env())
+        self.p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kbingest",
+                "--home",
+                str(home),
+                "ingest",
+                str(folder),
+                "--kb",
+                "watchbench",
+                "--batch",
+                "--watch",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=str(REPO),
+            env=bench_env(),
+        )
         self.last: dict = {}
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -68,8 +86,27 @@ class WatchProcess:
 
 def search(home: Path, query: str) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(home), "search", "--kb", "watchbench", query,
-                        "-k", "3", "--json"], capture_output=True, text=True, cwd=str(REPO), env=bench_env(), timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "search",
+            "--kb",
+            "watchbench",
+            query,
+            "-k",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        env=bench_env(),
+        timeout=120,
+    )
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"kbingest search exited {r.returncode}: {r.stderr[-400:]}")
@@ -117,16 +154,20 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() - saved > TIMEOUT_S:
                     raise SystemExit(f"run {i + 1}: not found within {TIMEOUT_S:.0f} s")
             polls.append(n)
-            log(f"run {i + 1}: {page.name}: found by a fresh `kbingest search` after {latencies[-1]:.2f} s ({n} searches)")
+            log(
+                f"run {i + 1}: {page.name}: found by a fresh `kbingest search` after {latencies[-1]:.2f} s ({n} searches)"
+            )
             watch.wait_watching(60, after=time.monotonic() + 0.5)
             time.sleep(1.0)
         out = {"latencies": latencies, "polls": polls, "search_s": warm, "python_s": bare, "pages": len(pages)}
         if args.json:
             print(json.dumps(out), flush=True)
         else:
-            print(f"watch, save to found by a fresh `kbingest search`: median {statistics.median(latencies):.2f} s "
-                  f"({', '.join(f'{x:.2f}' for x in latencies)}); a warm search {statistics.median(warm):.2f} s, "
-                  f"python -c pass {statistics.median(bare):.3f} s")
+            print(
+                f"watch, save to found by a fresh `kbingest search`: median {statistics.median(latencies):.2f} s "
+                f"({', '.join(f'{x:.2f}' for x in latencies)}); a warm search {statistics.median(warm):.2f} s, "
+                f"python -c pass {statistics.median(bare):.3f} s"
+            )
         return 0
     finally:
         if watch is not None:

@@ -22,6 +22,7 @@ How the search is polled (--poll):
   on the 2-core machine this was written on, taken from the job it measures): the figures then
   include up to a model load of polling granularity and slow the job down.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,28 @@ from bench.common import CORPUS_ENV, REPO, corpus_root  # noqa: E402
 
 POLL_S = 0.2
 TIMEOUT_S = 120.0
-WORDS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "glacier", "harbor", "iris", "juniper",
-         "kelp", "lagoon", "mesa", "nectar", "obsidian", "prairie", "quartz", "reef", "sierra", "tundra"]
+WORDS = [
+    "amber",
+    "basalt",
+    "cobalt",
+    "dune",
+    "ember",
+    "fjord",
+    "glacier",
+    "harbor",
+    "iris",
+    "juniper",
+    "kelp",
+    "lagoon",
+    "mesa",
+    "nectar",
+    "obsidian",
+    "prairie",
+    "quartz",
+    "reef",
+    "sierra",
+    "tundra",
+]
 
 
 def pick_pages(root: Path, n: int) -> list[Path]:
@@ -71,8 +92,10 @@ def wait_for(cond, timeout: float, what: str):
 def sentence_for(i: int) -> str:
     tag = uuid.uuid4().hex[:8]
     w = [WORDS[(i * 3 + k) % len(WORDS)] for k in range(4)]
-    return (f"Watch probe {tag}: the {w[0]} {w[1]} ledger records that the {w[2]} gateway "
-            f"rotates its {w[3]} credentials every {17 + i} hours.")
+    return (
+        f"Watch probe {tag}: the {w[0]} {w[1]} ledger records that the {w[2]} gateway "
+        f"rotates its {w[3]} credentials every {17 + i} hours."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=4, help="waf pages in the watched folder (default 4)")
     ap.add_argument("--embedder", choices=["fastembed", "fake"], default="fastembed")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--poll", choices=["vector", "search"], default="vector",
-                    help="how the search is polled (see the module docstring)")
+    ap.add_argument(
+        "--poll",
+        choices=["vector", "search"],
+        default="vector",
+        help="how the search is polled (see the module docstring)",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object (for `python -m bench`)")
-    ap.add_argument("--load", action="store_true",
-                    help="a bulk job on another knowledge base embeds during every save")
+    ap.add_argument("--load", action="store_true", help="a bulk job on another knowledge base embeds during every save")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
@@ -98,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def search(home, store, kb, query, k):  # what `kbingest search` does (pipeline.kb.search.search is gone)
         return Service(home, store=store).search(kb, query, k)
+
     from kbingest.pipeline.job.watch import ChangeFeed
 
     feed_defaults = ChangeFeed([])
@@ -128,13 +155,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.load:
             import subprocess
 
-            bulk = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home.root), "ingest", str(root),
-                                     "--kb", "bulk", "--batch", "--embedder", args.embedder],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
+            bulk = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kbingest",
+                    "--home",
+                    str(home.root),
+                    "ingest",
+                    str(root),
+                    "--kb",
+                    "bulk",
+                    "--batch",
+                    "--embedder",
+                    args.embedder,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=str(REPO),
+            )
 
             def bulk_embedding():
                 rec = next((r for r in open_store(home).all() if r.config.kb == "bulk"), None)
                 return rec is not None and (rec.status.metrics.get("chunks_embedded") or 0) > 20
+
             wait_for(bulk_embedding, 300, "the bulk job to embed")
             log("a bulk job on knowledge base 'bulk' is embedding")
 
@@ -152,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 def hits_now(sentence=sentence, vec=vec):
                     return KnowledgeBase(home, "watchbench").search(vec, 3)
             else:
+
                 def hits_now(sentence=sentence):
                     return search(home, store, "watchbench", sentence, k=3)
+
             bursts_before = job.snapshot().metrics.get("watch_bursts", 0)
             with open(page, "a", encoding="utf-8") as fh:
                 fh.write(f"\n\n## Watch probe {i + 1}\n\n{sentence}\n")
@@ -188,29 +234,47 @@ def main(argv: list[str] | None = None) -> int:
             # let the pass finish (optimize, checkpoint) before the next save
             wait_for(lambda: job.snapshot().message.startswith("watching"), 60, "the job to watch again")
             pm = job.snapshot().metrics
-            log(f"run {i + 1}: {page.name}: searchable after {found:.2f} s (picked up after "
+            log(
+                f"run {i + 1}: {page.name}: searchable after {found:.2f} s (picked up after "
                 f"{picked[0] if picked else float('nan'):.2f} s; {pm.get('chunks_embedded', 0)} chunks "
-                f"re-embedded, pass over after {time.monotonic() - saved:.2f} s)")
+                f"re-embedded, pass over after {time.monotonic() - saved:.2f} s)"
+            )
             time.sleep(1.0)
 
         if args.json:
             import json
 
-            print(json.dumps({"latencies": latencies, "pickups": pickups, "pages": len(pages),
-                              "chunks": m.get("chunks_indexed", 0), "quiet_s": feed_defaults.quiet_seconds,
-                              "stable_s": feed_defaults.stable_seconds, "poll": args.poll,
-                              "embedder": args.embedder}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "latencies": latencies,
+                        "pickups": pickups,
+                        "pages": len(pages),
+                        "chunks": m.get("chunks_indexed", 0),
+                        "quiet_s": feed_defaults.quiet_seconds,
+                        "stable_s": feed_defaults.stable_seconds,
+                        "poll": args.poll,
+                        "embedder": args.embedder,
+                    }
+                ),
+                flush=True,
+            )
             return 0
         med = statistics.median(latencies)
         figs = ", ".join(f"{x:.2f}" for x in latencies)
-        pick = (f"; picked up by the job after a median {statistics.median(pickups):.2f} s "
-                f"(feed quiet {feed_defaults.quiet_seconds:g} s + stable {feed_defaults.stable_seconds:g} s)"
-                if pickups else "")
+        pick = (
+            f"; picked up by the job after a median {statistics.median(pickups):.2f} s "
+            f"(feed quiet {feed_defaults.quiet_seconds:g} s + stable {feed_defaults.stable_seconds:g} s)"
+            if pickups
+            else ""
+        )
         load = ", a bulk job on another knowledge base embedding" if bulk is not None else ""
-        print(f"| watch latency, save → searchable ({args.embedder}, {len(pages)} pages{load}, "
-              f"poll: {args.poll}, "
-              f"{m.get('chunks_indexed', 0)} chunks) | median **{med:.2f} s** | runs: {figs} s{pick} |",
-              flush=True)
+        print(
+            f"| watch latency, save → searchable ({args.embedder}, {len(pages)} pages{load}, "
+            f"poll: {args.poll}, "
+            f"{m.get('chunks_indexed', 0)} chunks) | median **{med:.2f} s** | runs: {figs} s{pick} |",
+            flush=True,
+        )
         return 0
     finally:
         if bulk is not None and bulk.poll() is None:

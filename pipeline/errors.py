@@ -1,5 +1,6 @@
 """The typed errors of the service layer. Each maps to one CLI exit code (app/exit_codes.py) and,
 for an HTTP front end, one status; `kind` is the machine-readable name both show."""
+
 from __future__ import annotations
 
 

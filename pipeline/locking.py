@@ -3,6 +3,7 @@ as a knowledge base's writer lock and a waiting job's place in the queue, and bo
 lock, naming the holder when the wait runs out; and the writer lock of a knowledge base where its
 table lives (a lock file beside it, or a lease object on S3), which every home writing that location
 sees."""
+
 from __future__ import annotations
 
 import fcntl
@@ -25,8 +26,9 @@ log = logging.getLogger("kbingest.engine")
 class LockHeld(Busy):
     def __init__(self, path: Path, pid: Optional[int]) -> None:
         who = f"process {pid}" if pid else "another process"
-        super().__init__(f"{who} holds the lock {path}; "
-                         "watch its job with `kbingest` or `kbingest status`, or wait for it to finish")
+        super().__init__(
+            f"{who} holds the lock {path}; watch its job with `kbingest` or `kbingest status`, or wait for it to finish"
+        )
         self.pid = pid
 
 
@@ -145,9 +147,9 @@ def is_locked(path: Path, root: Optional[Path] = None) -> bool:
 # ---- the writer lock of a knowledge base, where its table lives ------------------------------------
 # Two homes may name one --db location: the home's lock (HOME/locks) does not see the other home, so
 # the lock that keeps one writer per table lives with the table (issue 27).
-LOCATION_DIR = ".kbingest"   # what kbingest keeps in a folder location (beside the *.lance tables)
+LOCATION_DIR = ".kbingest"  # what kbingest keeps in a folder location (beside the *.lance tables)
 ENV_LEASE_S = "KBINGEST_LEASE_S"
-LEASE_S = 30.0               # an S3 lease not renewed for this long may be taken over
+LEASE_S = 30.0  # an S3 lease not renewed for this long may be taken over
 
 
 def _who(info: dict) -> str:
@@ -255,10 +257,16 @@ class S3Lease(WriterLock):
     expire (its holder died or hangs) may be taken over, conditional on the ETag read. A holder
     that finds its lease taken calls `on_lost`: it must stop writing."""
 
-    def __init__(self, location, kb: str, info: dict, on_lost: Optional[Callable[[str], None]] = None,
-                 ttl: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        location,
+        kb: str,
+        info: dict,
+        on_lost: Optional[Callable[[str], None]] = None,
+        ttl: Optional[float] = None,
+    ) -> None:
         super().__init__(kb, info)
-        rest = location.uri[len("s3://"):]
+        rest = location.uri[len("s3://") :]
         self.bucket, _, prefix = rest.partition("/")
         self.key = "/".join(p for p in (prefix.strip("/"), LOCATION_DIR, "locks", f"{kb}.lease") if p)
         self.where = f"s3://{self.bucket}/{self.key}"
@@ -279,21 +287,24 @@ class S3Lease(WriterLock):
                 import boto3
                 from botocore.config import Config
             except ImportError:
-                raise EngineFailure("an s3:// location needs boto3 for its writer lease: "
-                                    "pip install 'kbingest[s3]'") from None
+                raise EngineFailure(
+                    "an s3:// location needs boto3 for its writer lease: pip install 'kbingest[s3]'"
+                ) from None
             o = self._options
             self._c = boto3.client(
-                "s3", endpoint_url=o.get("aws_endpoint") or o.get("endpoint") or None,
+                "s3",
+                endpoint_url=o.get("aws_endpoint") or o.get("endpoint") or None,
                 region_name=o.get("aws_region") or o.get("region") or None,
-                aws_access_key_id=o.get("aws_access_key_id"), aws_secret_access_key=o.get("aws_secret_access_key"),
+                aws_access_key_id=o.get("aws_access_key_id"),
+                aws_secret_access_key=o.get("aws_secret_access_key"),
                 aws_session_token=o.get("aws_session_token"),
-                config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=10))
+                config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=10),
+            )
         return self._c
 
     def _body(self) -> bytes:
         now = time.time()
-        return json.dumps({**self.info, "renewed_at": now, "expires_at": now + self.ttl,
-                           "token": self._token}).encode()
+        return json.dumps({**self.info, "renewed_at": now, "expires_at": now + self.ttl, "token": self._token}).encode()
 
     def _fail(self, what: str, e: Exception) -> EngineFailure:
         err = getattr(e, "response", {}).get("Error", {})
@@ -357,20 +368,23 @@ class S3Lease(WriterLock):
         deadline = time.monotonic() + self.ttl
         while not self._stop.wait(self.ttl / 3):
             try:
-                r = self._client().put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
-                                              IfMatch=self._etag)
+                r = self._client().put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)
                 self._etag = r["ETag"]
                 deadline = time.monotonic() + self.ttl
                 continue
             except Exception as e:
                 if self._refused(e):
                     cur = self._read_quietly()
-                    return self._lose(f"the writer lease {self.where} of knowledge base {self.kb} was taken by "
-                                      f"{_who(cur) if cur else 'another writer'}: this job stops writing")
+                    return self._lose(
+                        f"the writer lease {self.where} of knowledge base {self.kb} was taken by "
+                        f"{_who(cur) if cur else 'another writer'}: this job stops writing"
+                    )
                 log.warning("could not renew the writer lease %s: %s", self.where, self._fail("renew", e))
             if time.monotonic() > deadline:
-                return self._lose(f"the writer lease {self.where} of knowledge base {self.kb} could not be renewed "
-                                  f"for {self.ttl:g} s: this job stops writing")
+                return self._lose(
+                    f"the writer lease {self.where} of knowledge base {self.kb} could not be renewed "
+                    f"for {self.ttl:g} s: this job stops writing"
+                )
 
     def _read_quietly(self) -> Optional[dict]:
         try:
@@ -403,8 +417,12 @@ class S3Lease(WriterLock):
             self._client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
         except Exception as e:  # taken over meanwhile (412), or gone: not ours to delete
             if not self._refused(e):
-                log.warning("could not release the writer lease %s: %s (it expires in %g s)",
-                            self.where, self._fail("release", e), self.ttl)
+                log.warning(
+                    "could not release the writer lease %s: %s (it expires in %g s)",
+                    self.where,
+                    self._fail("release", e),
+                    self.ttl,
+                )
 
 
 class HeldLocks:

@@ -10,6 +10,7 @@ every exhausted resource is named in kbingest's words, whichever library ran out
 Worker threads note the document they are working on (`note_document`), so that a failure that
 escapes a worker can still name it (`noted_document`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -61,8 +62,10 @@ def out_of_memory() -> str:
     limit = memory_limit()
     if limit is None:
         return "out of memory (no address-space limit is set: the machine's memory ran out)"
-    return (f"out of memory: the address-space limit (RLIMIT_AS, `ulimit -v`) is {_size(limit)}; "
-            "raise it, or lower --max-file-mb")
+    return (
+        f"out of memory: the address-space limit (RLIMIT_AS, `ulimit -v`) is {_size(limit)}; "
+        "raise it, or lower --max-file-mb"
+    )
 
 
 def _origin(exc: BaseException) -> Optional[str]:
@@ -95,26 +98,49 @@ def file_size_limit() -> Optional[int]:
 def file_too_large() -> str:
     limit = file_size_limit()
     if limit is None:
-        return ("a file reached the largest size its file system allows: put the knowledge bases (--db) on "
-                "another file system, then resume the job")
-    return (f"the file size limit (RLIMIT_FSIZE, `ulimit -f`) of {_size(limit)} was reached: "
-            "raise it, then resume the job")
+        return (
+            "a file reached the largest size its file system allows: put the knowledge bases (--db) on "
+            "another file system, then resume the job"
+        )
+    return (
+        f"the file size limit (RLIMIT_FSIZE, `ulimit -f`) of {_size(limit)} was reached: raise it, then resume the job"
+    )
 
 
 def no_thread() -> str:
     limit = memory_limit()
     room = "" if limit is None else f", or the address-space limit (`ulimit -v`) of {_size(limit)}"
-    return (f"no thread could be started: the thread limit (`ulimit -u`){room} was reached; "
-            "raise it, or lower --threads, then resume the job")
+    return (
+        f"no thread could be started: the thread limit (`ulimit -u`){room} was reached; "
+        "raise it, or lower --threads, then resume the job"
+    )
 
 
 # Exhausted resources, told apart by the text any library (or Python) gives: (kind, markers)
 _EXHAUSTED: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("file_size", ("file too large", "os error 27", "file size limit exceeded")),
-    ("threads", ("can't start new thread", "can't spawn worker thread", "pthread_create failed",
-                 "blas_thread_init", "failed to spawn thread", "unable to create thread")),
-    ("memory", ("failed to allocate memory", "bad_alloc", "out of memory", "cannot allocate memory",
-                "memory allocation", "failed to map segment from shared object")),
+    (
+        "threads",
+        (
+            "can't start new thread",
+            "can't spawn worker thread",
+            "pthread_create failed",
+            "blas_thread_init",
+            "failed to spawn thread",
+            "unable to create thread",
+        ),
+    ),
+    (
+        "memory",
+        (
+            "failed to allocate memory",
+            "bad_alloc",
+            "out of memory",
+            "cannot allocate memory",
+            "memory allocation",
+            "failed to map segment from shared object",
+        ),
+    ),
 )
 
 
@@ -146,12 +172,18 @@ FAILURE_KINDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("file_size", "the file size limit was reached", ("file too large", "os error 27")),
     ("disk_full", "the disk is full", ("no space left",)),
     ("permission", "permission denied", ("permission denied",)),
-    ("truncated", "a file it needs is truncated or corrupt",
-     ("file size is too small", "invalid range", "corrupt", "failed to fill whole buffer", "unexpected eof")),
+    (
+        "truncated",
+        "a file it needs is truncated or corrupt",
+        ("file size is too small", "invalid range", "corrupt", "failed to fill whole buffer", "unexpected eof"),
+    ),
     ("missing", "a file it needs is missing", ("not found", "no such file")),
     ("open_files", "too many open files (raise `ulimit -n`)", ("too many open files",)),
-    ("memory", "out of memory", ("failed to allocate memory", "bad_alloc", "out of memory",
-                                 "cannot allocate memory", "memory allocation")),
+    (
+        "memory",
+        "out of memory",
+        ("failed to allocate memory", "bad_alloc", "out of memory", "cannot allocate memory", "memory allocation"),
+    ),
 )
 
 
@@ -188,7 +220,7 @@ def reason(exc: BaseException) -> str:
     lib = _origin(exc)
     line = _what(exc, lib)
     if lib is not None and debug():
-        line += f" [{type(exc).__name__}: {' '.join(str(exc).split())[:MAX_LINE * 4]}]"
+        line += f" [{type(exc).__name__}: {' '.join(str(exc).split())[: MAX_LINE * 4]}]"
     elif lib is not None and not isinstance(exc, (MemoryError, OSError)) and exhausted(exc) is None:
         line += f" (KBINGEST_DEBUG=1 shows {lib}'s message)"
     return line

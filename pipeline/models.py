@@ -1,4 +1,5 @@
 """Pydantic models of every record that crosses a boundary: status JSON, job store, CLI output."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,9 +47,14 @@ class PhaseDetail(_Timestamps):
     error: Optional[str] = None
     rate: Optional[float] = None  # items per second over the recent window (items with work: this pass's)
     eta_seconds: Optional[float] = None  # never beyond the job's eta_seconds
-    items_total_estimate: Optional[int] = Field(None, ge=0, description=(
-        "while the total still grows: the items expected in all, an estimate (shown as ~N); "
-        "items_processed / items_total_estimate is the phase's progress"))
+    items_total_estimate: Optional[int] = Field(
+        None,
+        ge=0,
+        description=(
+            "while the total still grows: the items expected in all, an estimate (shown as ~N); "
+            "items_processed / items_total_estimate is the phase's progress"
+        ),
+    )
     duration_seconds: Optional[float] = None
 
 
@@ -68,9 +74,14 @@ class JobStatusResponse(_Timestamps):
     started_at: Optional[datetime] = None
     completed_at: Optional[datetime] = None
     phase_details: list[PhaseDetail] = Field(min_length=4, max_length=4)  # loading, chunking, embedding, indexing
-    eta_seconds: Optional[float] = Field(None, ge=0, description=(
-        "seconds left of a running job, from the chunks still to embed and this pass's embedding rate "
-        "(docs/eta.md); null while unknown"))
+    eta_seconds: Optional[float] = Field(
+        None,
+        ge=0,
+        description=(
+            "seconds left of a running job, from the chunks still to embed and this pass's embedding rate "
+            "(docs/eta.md); null while unknown"
+        ),
+    )
 
     @property
     def m(self) -> "JobMetrics":
@@ -101,10 +112,10 @@ class SearchHit:
     title: str
     page: Optional[int] = None
     model: str = ""  # the embedding model of this chunk's vector: embed queries with the same one
-    path: str = ""   # the source file relative to the job's SOURCE it was found under (else `source`)
-    relevance: Optional[float] = None     # in [0, 1], for people: docs/search.md says how each mode makes it
+    path: str = ""  # the source file relative to the job's SOURCE it was found under (else `source`)
+    relevance: Optional[float] = None  # in [0, 1], for people: docs/search.md says how each mode makes it
     vector_score: Optional[float] = None  # cosine similarity (vector and hybrid modes)
-    text_score: Optional[float] = None    # BM25 (text and hybrid modes)
+    text_score: Optional[float] = None  # BM25 (text and hybrid modes)
 
 
 class DocumentError(BaseModel):
@@ -157,30 +168,30 @@ class JobMetrics(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    documents_found: Optional[int] = None      # documents the walk found this pass
-    documents_skipped: Optional[int] = None    # unchanged: the table holds their version
+    documents_found: Optional[int] = None  # documents the walk found this pass
+    documents_skipped: Optional[int] = None  # unchanged: the table holds their version
     documents_added: Optional[int] = None
     documents_replaced: Optional[int] = None
     documents_removed: Optional[int] = None
     documents_failed: Optional[int] = None
-    documents_indexed: Optional[int] = None    # a job recovered from the knowledge base: what it holds
-    files_ignored: Optional[int] = None        # not documents (by name)
+    documents_indexed: Optional[int] = None  # a job recovered from the knowledge base: what it holds
+    files_ignored: Optional[int] = None  # not documents (by name)
     documents_without_text: Optional[int] = None  # read without fault, no text in them (an icon): skipped, warned
     documents_by_format: Optional[dict[str, int]] = None  # documents_found by format (markdown, pdf...)
-    pages_read: Optional[int] = None           # pages of paged documents read (PDF pages, image frames)
-    pages_ocr: Optional[int] = None            # of which read by OCR (--ocr)
+    pages_read: Optional[int] = None  # pages of paged documents read (PDF pages, image frames)
+    pages_ocr: Optional[int] = None  # of which read by OCR (--ocr)
     chunks_created: Optional[int] = None
     chunks_embedded: Optional[int] = None
-    chunks_reused: Optional[int] = None        # vectors reused instead of embedded
+    chunks_reused: Optional[int] = None  # vectors reused instead of embedded
     chunks_indexed: Optional[int] = None
     commits: Optional[int] = None
     document_warnings: Optional[int] = None
-    document_errors: Optional[list[DocumentError]] = None   # the first MAX_ERRORS_LISTED errors
+    document_errors: Optional[list[DocumentError]] = None  # the first MAX_ERRORS_LISTED errors
     document_warning_list: Optional[list[dict[str, str]]] = None
     optimizes: Optional[int] = None
     optimize_errors: Optional[int] = None
     optimize_peak_rss_mib: Optional[float] = None
-    peak_rss_mib: Optional[float] = None       # the job's process's own peak RSS (not its compaction child's)
+    peak_rss_mib: Optional[float] = None  # the job's process's own peak RSS (not its compaction child's)
     loading_retries: Optional[int] = None
     chunking_retries: Optional[int] = None
     embedding_retries: Optional[int] = None
@@ -189,22 +200,22 @@ class JobMetrics(BaseModel):
     watch_warning: Optional[str] = None
     heartbeat_age_seconds: Optional[float] = None  # added when a running job is read (pipeline/jobstore/liveness.py)
     not_responding: Optional[bool] = None
-    last_synced_at: Optional[str] = None       # a watch job: when its last pass ended (ISO 8601, UTC)
+    last_synced_at: Optional[str] = None  # a watch job: when its last pass ended (ISO 8601, UTC)
     # the job queue (docs/queue.md): set while the job is pending
-    queue_position: Optional[int] = None       # 1: next to run on its knowledge base
-    waiting_for: Optional[str] = None          # the job that holds (or is ahead on) its knowledge base
+    queue_position: Optional[int] = None  # 1: next to run on its knowledge base
+    waiting_for: Optional[str] = None  # the job that holds (or is ahead on) its knowledge base
     # job totals are the metrics above, across passes; this pass's own counts:
     this_pass: Optional[dict[str, int]] = None
     # drain (loading cancelled, the rest committed) and dry run (--until chunking)
     documents_not_processed: Optional[int] = None
     dry_run: Optional[dict[str, Any]] = None
-    ray_waves: Optional[int] = None            # waves the Ray executor committed
-    ray_rows_by_node: Optional[dict[str, int]] = None   # rows staged by each Ray node (this run)
+    ray_waves: Optional[int] = None  # waves the Ray executor committed
+    ray_rows_by_node: Optional[dict[str, int]] = None  # rows staged by each Ray node (this run)
     # sampled by the job's monitor thread (instrument.py), about once a second while a pass runs
-    queue_docs: Optional[QueueGauge] = None       # loaded, waiting to be chunked
-    queue_chunked: Optional[QueueGauge] = None    # chunked, waiting to be embedded
-    queue_embedded: Optional[QueueGauge] = None   # embedded, waiting to be indexed
-    in_flight: Optional[dict[str, list[InFlightDoc]]] = None   # phase -> at most IN_FLIGHT_LISTED documents
+    queue_docs: Optional[QueueGauge] = None  # loaded, waiting to be chunked
+    queue_chunked: Optional[QueueGauge] = None  # chunked, waiting to be embedded
+    queue_embedded: Optional[QueueGauge] = None  # embedded, waiting to be indexed
+    in_flight: Optional[dict[str, list[InFlightDoc]]] = None  # phase -> at most IN_FLIGHT_LISTED documents
     commit_batch: Optional[CommitBatch] = None
     slowest_document: Optional[SlowestDocument] = None
 
@@ -218,7 +229,7 @@ MODEL_MAX_TOKENS: dict[str, int] = {DEFAULT_MODEL: 254}
 MODEL_DIMS: dict[str, int] = {DEFAULT_MODEL: 384, "fake": 384}
 MIN_CHUNK_TOKENS = 16
 CHUNKER_VERSION = "1"
-MAX_TOKENS_LIMIT = 8192           # any model; a model's own cap is JobConfig's rule (MODEL_MAX_TOKENS)
+MAX_TOKENS_LIMIT = 8192  # any model; a model's own cap is JobConfig's rule (MODEL_MAX_TOKENS)
 
 
 class JobConfig(BaseModel):
@@ -232,14 +243,22 @@ class JobConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="fastembed model name (the default is shipped and works offline)")
     embedder: Literal["fastembed", "fake"] = "fastembed"
     executor: str = Field("threads", description="what runs the pass: threads on this machine, or ray (a Ray cluster)")
-    max_tokens: int = Field(240, ge=MIN_CHUNK_TOKENS, le=8192,
-                            description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)")
+    max_tokens: int = Field(
+        240,
+        ge=MIN_CHUNK_TOKENS,
+        le=8192,
+        description="chunk budget in model tokens (all-MiniLM-L6-v2 reads 256 with specials)",
+    )
     overlap_tokens: int = Field(32, ge=0, description="overlap between chunks, tokens")
     max_chars: int = Field(4000, ge=100)
     # texts per embed() call: the default model's runtime runs them at their own length, one per core
     # (pipeline/embed/runtime.py), so a call needs >= 2 to use 2 cores; 8 keeps a pause within one short call
-    batch_size: int = Field(8, ge=1, le=1024, description="chunks per embedding call (the default model runs "
-                            "them one per core, each at its own length)")  # docs/runtime.md
+    batch_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="chunks per embedding call (the default model runs them one per core, each at its own length)",
+    )  # docs/runtime.md
     threads: Optional[int] = Field(None, ge=1, description="cores used by the embedder (default: every core)")
     commit_rows: int = Field(512, ge=1, description="rows per LanceDB commit")
     commit_seconds: float = Field(5.0, gt=0, description="a commit at least this often, seconds")
@@ -248,64 +267,143 @@ class JobConfig(BaseModel):
     max_depth: int = Field(64, ge=0, description="folder depth limit")
     max_files: int = Field(100_000, ge=1, description="documents per job limit")
     follow_links: bool = Field(False, description="follow symbolic links, even out of the source folder")
-    ocr: Literal["auto", "off", "force"] = Field("auto", description=(
-        "OCR (offline) of PDF pages without text and of images: auto (pages with no text layer), off (none: "
-        "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"))
+    ocr: Literal["auto", "off", "force"] = Field(
+        "auto",
+        description=(
+            "OCR (offline) of PDF pages without text and of images: auto (pages with no text layer), off (none: "
+            "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"
+        ),
+    )
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
-    interval: float = Field(60.0, ge=1.0, le=86400.0, description=(
-        "--watch over s3:// or http(s):// sources: seconds between two listings or crawls"))
+    interval: float = Field(
+        60.0,
+        ge=1.0,
+        le=86400.0,
+        description=("--watch over s3:// or http(s):// sources: seconds between two listings or crawls"),
+    )
     # set by `kbingest serve` only (never a CLI option or a POST field): its --allow-url prefixes. A URI
     # source (s3://, http(s)://) of the job must lie under one, and a page is never fetched from a
     # loopback, link-local or private address unless its prefix names that host (pipeline/load/sources.py)
-    allowed_urls: Optional[list[str]] = Field(None, description="the URL prefixes every URI this job reads "
-                                              "must lie under (kbingest serve --allow-url)")
+    allowed_urls: Optional[list[str]] = Field(
+        None, description="the URL prefixes every URI this job reads must lie under (kbingest serve --allow-url)"
+    )
     retries: int = Field(3, ge=0, description="attempts after a failed embedding batch or commit")
-    until: Optional[Literal["chunking"]] = Field(None, description=(
-        "dry run: stop after this phase (chunking: no model loaded, nothing written; a report of documents, "
-        "chunks, tokens and the estimated embedding time)"))
-    max_removal_share: float = Field(0.5, ge=0.0, le=1.0, description=(
-        "a pass that would remove more than this share of a knowledge base's documents (a source that is "
-        "empty or unmounted) removes none, and says so; 1.0 allows any removal"))
-    db: Optional[str] = Field(None, description="where knowledge bases live: a folder or s3://bucket/prefix "
-                                                "(default HOME/lancedb)")
+    until: Optional[Literal["chunking"]] = Field(
+        None,
+        description=(
+            "dry run: stop after this phase (chunking: no model loaded, nothing written; a report of documents, "
+            "chunks, tokens and the estimated embedding time)"
+        ),
+    )
+    max_removal_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "a pass that would remove more than this share of a knowledge base's documents (a source that is "
+            "empty or unmounted) removes none, and says so; 1.0 allows any removal"
+        ),
+    )
+    db: Optional[str] = Field(
+        None, description="where knowledge bases live: a folder or s3://bucket/prefix (default HOME/lancedb)"
+    )
     db_options: dict[str, str] = Field(default_factory=dict, description="LanceDB storage options (no secrets)")
-    ann_min_rows: int = Field(100_000, ge=1, description="rows from which an ANN vector index is built "
-                                                         "(pipeline/kb/search_indexes.py)")
+    ann_min_rows: int = Field(
+        100_000, ge=1, description="rows from which an ANN vector index is built (pipeline/kb/search_indexes.py)"
+    )
     # the Ray executor (executor="ray", the extra kbingest[ray]); ignored by the others
-    ray_address: Optional[str] = Field(None, description="Ray cluster to run on: auto or HOST:PORT "
-                                       "(default: a local Ray started and stopped with the job)")
+    ray_address: Optional[str] = Field(
+        None,
+        description="Ray cluster to run on: auto or HOST:PORT (default: a local Ray started and stopped with the job)",
+    )
     ray_embed_actors: int = Field(2, ge=1, le=4096, description="embedding actors (one model loaded in each)")
     ray_gpus_per_actor: float = Field(0.0, ge=0, le=64, description="GPUs each embedding actor holds")
     ray_wave_docs: int = Field(256, ge=1, le=1_000_000, description="documents per wave (one commit each)")
     # docs/search.md: None is decided when the job is made (Service.start): yes for a new knowledge
     # base, what its jobs did for an existing one (no for one made before this setting)
-    embed_context: Optional[bool] = Field(None, description=(
-        "embed each chunk with its document title and heading path in front (the stored text unchanged); "
-        "default: yes for a new knowledge base, as it was made for an existing one"))
+    embed_context: Optional[bool] = Field(
+        None,
+        description=(
+            "embed each chunk with its document title and heading path in front (the stored text unchanged); "
+            "default: yes for a new knowledge base, as it was made for an existing one"
+        ),
+    )
     # set by `kbingest serve` only (never a CLI option or a POST field): its --allow-root folders, at the
     # POST and again at every HTTP resume. Every pass's walk and read stay inside them, whatever
     # follow_links says; None (the CLI's jobs): the source is the boundary (pipeline/load/loading.py)
-    allowed_roots: Optional[list[str]] = Field(None, description="the folders every file this job reads must "
-                                               "lie in (the --allow-root folders of the server that runs it)")
+    allowed_roots: Optional[list[str]] = Field(
+        None,
+        description="the folders every file this job reads must "
+        "lie in (the --allow-root folders of the server that runs it)",
+    )
 
     # Every setting is either versioned (it changes what a document's chunks or vectors are: the
     # document version is made from it, so changing it re-ingests) or not (changing it skips
     # unchanged documents). A test checks that each field is in exactly one of the two.
-    VERSIONED: ClassVar[tuple[str, ...]] = ("model", "embedder", "max_tokens", "overlap_tokens", "max_chars",
-                                            "embed_context", "ocr")
+    VERSIONED: ClassVar[tuple[str, ...]] = (
+        "model",
+        "embedder",
+        "max_tokens",
+        "overlap_tokens",
+        "max_chars",
+        "embed_context",
+        "ocr",
+    )
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
-        "sources", "kb", "executor", "batch_size", "threads", "commit_rows", "commit_seconds", "optimize_every",
-        "max_file_bytes", "max_depth", "max_files", "follow_links", "watch", "retries", "max_removal_share",
-        "db", "db_options", "ann_min_rows", "until", "interval", "allowed_urls",
-        "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs", "allowed_roots")
+        "sources",
+        "kb",
+        "executor",
+        "batch_size",
+        "threads",
+        "commit_rows",
+        "commit_seconds",
+        "optimize_every",
+        "max_file_bytes",
+        "max_depth",
+        "max_files",
+        "follow_links",
+        "watch",
+        "retries",
+        "max_removal_share",
+        "db",
+        "db_options",
+        "ann_min_rows",
+        "until",
+        "interval",
+        "allowed_urls",
+        "ray_address",
+        "ray_embed_actors",
+        "ray_gpus_per_actor",
+        "ray_wave_docs",
+        "allowed_roots",
+    )
     # The settings a user may set for a job (a CLI option each, the fields of a POST /jobs body); the
     # others are set by kbingest (sources, kb, db: their own arguments, allowed_roots: a server's) or kept
     # at their default.
     USER_SETTABLE: ClassVar[tuple[str, ...]] = (
-        "model", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth", "max_files",
-        "executor", "ray_address", "ray_embed_actors", "ray_gpus_per_actor", "ray_wave_docs",
-        "max_file_bytes", "follow_links", "watch", "max_removal_share", "until", "embedder",
-        "embed_context", "ocr", "interval")
+        "model",
+        "max_tokens",
+        "overlap_tokens",
+        "batch_size",
+        "threads",
+        "commit_rows",
+        "max_depth",
+        "max_files",
+        "executor",
+        "ray_address",
+        "ray_embed_actors",
+        "ray_gpus_per_actor",
+        "ray_wave_docs",
+        "max_file_bytes",
+        "follow_links",
+        "watch",
+        "max_removal_share",
+        "until",
+        "embedder",
+        "embed_context",
+        "ocr",
+        "interval",
+    )
 
     @model_validator(mode="after")
     def _chunk_settings_valid(self) -> "JobConfig":
@@ -313,22 +411,24 @@ class JobConfig(BaseModel):
             raise ValueError("overlap_tokens must be smaller than max_tokens")
         cap = MODEL_MAX_TOKENS.get(self.model)
         if cap is not None and self.max_tokens > cap:
-            raise ValueError(f"{self.model} reads {cap + 2} tokens with its 2 special tokens: "
-                             f"max_tokens at most {cap}")
+            raise ValueError(f"{self.model} reads {cap + 2} tokens with its 2 special tokens: max_tokens at most {cap}")
         if self.until is not None and self.watch:
             raise ValueError("a dry run (--until) stops after one pass: it cannot --watch")
         self.chunk_settings()
         return self
 
     def chunk_settings(self) -> ChunkSettings:
-        return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens,
-                             max_chars=self.max_chars)
+        return ChunkSettings(max_tokens=self.max_tokens, overlap_tokens=self.overlap_tokens, max_chars=self.max_chars)
 
     def load_limits(self) -> LoadLimits:
-        return LoadLimits(max_file_bytes=self.max_file_bytes, max_depth=self.max_depth,
-                          max_files=self.max_files, follow_links=self.follow_links,
-                          allowed_roots=None if self.allowed_roots is None else tuple(self.allowed_roots),
-                          allowed_urls=None if self.allowed_urls is None else tuple(self.allowed_urls))
+        return LoadLimits(
+            max_file_bytes=self.max_file_bytes,
+            max_depth=self.max_depth,
+            max_files=self.max_files,
+            follow_links=self.follow_links,
+            allowed_roots=None if self.allowed_roots is None else tuple(self.allowed_roots),
+            allowed_urls=None if self.allowed_urls is None else tuple(self.allowed_urls),
+        )
 
     @property
     def vector_model(self) -> str:
@@ -367,9 +467,9 @@ def job_default(name: str) -> Any:
 class ChunkSettings:
     """Derived from JobConfig (`config.chunk_settings()`), whose defaults these are."""
 
-    max_tokens: int = job_default("max_tokens")          # budget of a chunk's text, model tokenizer, no specials
+    max_tokens: int = job_default("max_tokens")  # budget of a chunk's text, model tokenizer, no specials
     overlap_tokens: int = job_default("overlap_tokens")  # tail of the previous chunk of the section repeated
-    max_chars: int = job_default("max_chars")            # hard cap on characters per chunk ([UNK]-only giant words)
+    max_chars: int = job_default("max_chars")  # hard cap on characters per chunk ([UNK]-only giant words)
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_TOKENS <= self.max_tokens <= MAX_TOKENS_LIMIT:

@@ -1,4 +1,5 @@
 """Where things live under a home folder, and the validation of names that become paths."""
+
 from __future__ import annotations
 
 import contextlib
@@ -66,19 +67,25 @@ def check_home_folder(root: Path, st: os.stat_result) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise HomeError(f"home {root} is not a folder: name a folder (or a new path) with --home")
     if st.st_uid != os.geteuid():
-        raise HomeError(f"home {root} belongs to {_owner(st.st_uid)}, not to you ({_owner(os.geteuid())}): "
-                         "use a home of your own with --home")
+        raise HomeError(
+            f"home {root} belongs to {_owner(st.st_uid)}, not to you ({_owner(os.geteuid())}): "
+            "use a home of your own with --home"
+        )
     if st.st_mode & 0o022:
-        raise HomeError(f"home {root} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): "
-                         f"anyone could plant files in it; make it private (chmod 700) or use another --home")
+        raise HomeError(
+            f"home {root} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): "
+            f"anyone could plant files in it; make it private (chmod 700) or use another --home"
+        )
 
 
 def _check_home_file(path: Path, st: os.stat_result) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise HomeError(f"{path} is a symbolic link: kbingest never follows links in its home; remove it")
     if st.st_uid != os.geteuid():
-        raise HomeError(f"{path} belongs to {_owner(st.st_uid)}, not to you: kbingest will not use it; "
-                         "remove it or give it back to you (chown)")
+        raise HomeError(
+            f"{path} belongs to {_owner(st.st_uid)}, not to you: kbingest will not use it; "
+            "remove it or give it back to you (chown)"
+        )
 
 
 def _check_home_subfolder(path: Path, st: os.stat_result) -> None:
@@ -86,8 +93,10 @@ def _check_home_subfolder(path: Path, st: os.stat_result) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise HomeError(f"{path} is not a folder: kbingest keeps its own files there; remove it")
     if st.st_mode & 0o022:
-        raise HomeError(f"{path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): anyone could "
-                         "plant files in it; make it private (chmod 700) or remove it")
+        raise HomeError(
+            f"{path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}): anyone could "
+            "plant files in it; make it private (chmod 700) or remove it"
+        )
 
 
 def _open_subfolder(dfd: int, name: str, path: Path, create: bool, where: str) -> int:
@@ -107,8 +116,9 @@ def _open_subfolder(dfd: int, name: str, path: Path, create: bool, where: str) -
             if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                 raise
             if stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
-                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in {where}; "
-                                 "remove it") from None
+                raise HomeError(
+                    f"{path} is a symbolic link: kbingest never follows links in {where}; remove it"
+                ) from None
             raise HomeError(f"{path} is not a folder: kbingest keeps its own files there; remove it") from None
     raise AssertionError("unreachable")
 
@@ -166,8 +176,9 @@ def open_private(path: Path, flags: int, mode: int = 0o600, root: Path | None = 
         except OSError as e:
             if e.errno == errno.ELOOP:
                 where = "its home" if home else "the folders it keeps"
-                raise HomeError(f"{path} is a symbolic link: kbingest never follows links in {where}; "
-                                 "remove it") from None
+                raise HomeError(
+                    f"{path} is a symbolic link: kbingest never follows links in {where}; remove it"
+                ) from None
             if isinstance(e, PermissionError):
                 try:
                     _check_home_file(path, os.stat(path.name, dir_fd=dfd, follow_symlinks=False))
@@ -280,8 +291,13 @@ class Home:
         except OSError as e:
             raise HomeError(f"cannot create the home {self.root}: {e.strerror}") from None
         check_home_folder(self.root, st)
-        for path in (self.store_file, self.store_lock_file, self.engine_lock_file, self.lancedb_dir,
-                     *(self.root / name for name in self.FOLDERS)):
+        for path in (
+            self.store_file,
+            self.store_lock_file,
+            self.engine_lock_file,
+            self.lancedb_dir,
+            *(self.root / name for name in self.FOLDERS),
+        ):
             try:
                 _check_home_file(path, os.lstat(path))
             except FileNotFoundError:

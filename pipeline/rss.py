@@ -6,6 +6,7 @@ address space's peaks), so a compaction child spawned by a 380 MiB job reported 
 had done anything. /proc/self/status's VmHWM is the high-water mark of this address space alone;
 ru_maxrss is the fallback where there is no /proc.
 """
+
 from __future__ import annotations
 
 import sys

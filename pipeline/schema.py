@@ -5,6 +5,7 @@ committed, and a test checks the two are equal and that every snapshot validates
 It extends the first contract (tests/data/job_status.contract-v1.schema.json): every key that one
 requires is required here too, and the metrics are typed.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from kbingest.pipeline.status import PHASES
 
 TIMESTAMP = {
     "description": "ISO 8601 date-time with a UTC offset or Z, or null when not reached yet",
-    "anyOf": [{"type": "null"},
-              {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"}],
+    "anyOf": [
+        {"type": "null"},
+        {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"},
+    ],
 }
 
 
@@ -33,18 +36,24 @@ def status_schema() -> dict[str, Any]:
     defs["timestamp"] = TIMESTAMP
     metrics = JobMetrics.model_json_schema(mode="serialization", ref_template="#/$defs/{model}")
     defs.update(metrics.pop("$defs", {}))
-    schema["properties"]["metrics"] = {**metrics, "additionalProperties": True,
-                                       "description": "Job metrics; a key that was never set is absent."}
+    schema["properties"]["metrics"] = {
+        **metrics,
+        "additionalProperties": True,
+        "description": "Job metrics; a key that was never set is absent.",
+    }
     schema["properties"]["phase_details"]["prefixItems"] = [
-        {"$ref": "#/$defs/PhaseDetail", "properties": {"name": {"const": p.value}}} for p in PHASES]
+        {"$ref": "#/$defs/PhaseDetail", "properties": {"name": {"const": p.value}}} for p in PHASES
+    ]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "job_status.schema.json",
         **{k: v for k, v in schema.items() if k not in ("$defs",)},
         "title": "JobStatusResponse",
-        "description": ("The status of one ingestion job: job-level status plus per-phase details, as the seed "
-                        "defines it. Generated from pipeline/models.py by `python -m kbingest.pipeline.schema`. "
-                        "Extra keys are allowed; missing or mistyped keys are not."),
+        "description": (
+            "The status of one ingestion job: job-level status plus per-phase details, as the seed "
+            "defines it. Generated from pipeline/models.py by `python -m kbingest.pipeline.schema`. "
+            "Extra keys are allowed; missing or mistyped keys are not."
+        ),
         "$defs": defs,
     }
 

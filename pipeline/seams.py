@@ -7,6 +7,7 @@ method (`can_drain`) or a typed error. `JobHandle` is a job to run in this proce
 `resume` and `retry` return). tests/test_seams_typed.py makes mypy check that both services and both
 handles conform.
 """
+
 from __future__ import annotations
 
 import os
@@ -116,7 +117,7 @@ class JobService(Protocol):
     def request_pause(self, job_id: str) -> None: ...
 
     def request_cancel(self, job_id: str) -> str:
-        """"cancelled" (no engine ran it), "requested" (its engine is asked), "unchanged" (it had ended)."""
+        """ "cancelled" (no engine ran it), "requested" (its engine is asked), "unchanged" (it had ended)."""
         ...
 
     def pause(self, job_id: str, timeout: float = 120.0) -> JobStatusResponse: ...

@@ -5,22 +5,53 @@ are typed (JobStatusResponse, JobInfo, SearchHit, a JobHandle to run); failures 
 (pipeline/errors.py), each mapped to one exit code and one HTTP status by the front end.
 Nothing below this module is imported by app/ or widgets/ (a test checks it).
 """
+
 from __future__ import annotations
 
 import time
 from typing import Callable, Optional
 
-from kbingest.pipeline.errors import (Busy, ControlTimeout, EngineFailure, Forbidden, InvalidInput, KbBusy, KbError,
-                                      NotFound, Unreachable, Unsupported, WrongState)
+from kbingest.pipeline.errors import (
+    Busy,
+    ControlTimeout,
+    EngineFailure,
+    Forbidden,
+    InvalidInput,
+    KbBusy,
+    KbError,
+    NotFound,
+    Unreachable,
+    Unsupported,
+    WrongState,
+)
+from kbingest.pipeline.messages import debug, describe
 from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse
 from kbingest.pipeline.paths import Home, InvalidName, validate_name
 from kbingest.pipeline.seams import JobHandle, JobInfo, JobService
 from kbingest.pipeline.status import JobStatus
-from kbingest.pipeline.messages import debug, describe
 from kbingest.pipeline.textsafe import printable
 
-__all__ = ["Service", "JobHandle", "JobInfo", "KbError", "InvalidInput", "NotFound", "WrongState", "Busy", "KbBusy",
-           "Forbidden", "ControlTimeout", "EngineFailure", "Unreachable", "Unsupported", "printable", "describe", "debug", "CONTROL_POLL_S", "JobService"]
+__all__ = [
+    "Service",
+    "JobHandle",
+    "JobInfo",
+    "KbError",
+    "InvalidInput",
+    "NotFound",
+    "WrongState",
+    "Busy",
+    "KbBusy",
+    "Forbidden",
+    "ControlTimeout",
+    "EngineFailure",
+    "Unreachable",
+    "Unsupported",
+    "printable",
+    "describe",
+    "debug",
+    "CONTROL_POLL_S",
+    "JobService",
+]
 
 CONTROL_POLL_S = 0.2  # how often a pause/cancel from outside the engine looks whether it took effect
 
@@ -35,8 +66,15 @@ def _validated(value: str, what: str) -> str:
 class Service:
     """Every use case over one home. `embedder_factory` replaces the model (tests, benchmarks)."""
 
-    def __init__(self, home=None, *, embedder_factory: Optional[Callable] = None, store=None,
-                 cached_reads: bool = False, resident_search: bool = False) -> None:
+    def __init__(
+        self,
+        home=None,
+        *,
+        embedder_factory: Optional[Callable] = None,
+        store=None,
+        cached_reads: bool = False,
+        resident_search: bool = False,
+    ) -> None:
         """home: a Home, a folder path, or None for the default home (KBINGEST_HOME, else the
         platform's user data folder). cached_reads: reads served from memory while the store file
         is unchanged (a server answering many polls)."""
@@ -57,8 +95,10 @@ class Service:
             # another process holds the store's lock: answered from its last saved file, and said so
             self._store.notify_stale(self.notices.append)
             if self._store.recovered_from is not None:
-                self.notices.append(f"the job store did not parse; it was moved aside to "
-                                    f"{self._store.recovered_from} and rebuilt from the knowledge bases")
+                self.notices.append(
+                    f"the job store did not parse; it was moved aside to "
+                    f"{self._store.recovered_from} and rebuilt from the knowledge bases"
+                )
             if self._cached_reads:
                 from kbingest.pipeline.jobstore.cache import ReadCachedStore
 
@@ -82,8 +122,14 @@ class Service:
     def _info(self, rec: JobRecord) -> JobInfo:
         from kbingest.pipeline.jobstore.recovery import effective_status
 
-        return JobInfo(job_id=rec.job_id, kb=rec.config.kb, config=rec.config,
-                       status=effective_status(rec, self.home), created_at=rec.created_at, updated_at=rec.updated_at)
+        return JobInfo(
+            job_id=rec.job_id,
+            kb=rec.config.kb,
+            config=rec.config,
+            status=effective_status(rec, self.home),
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
+        )
 
     # ---- reading ----------------------------------------------------------------------------
     def jobs(self) -> list[JobInfo]:
@@ -137,13 +183,15 @@ class Service:
         reason in `message` and `metrics.queue_position` / `metrics.waiting_for`)."""
         from kbingest.pipeline.jobstore import queue
 
-        return [self._info(r) for r in queue.queue_of(self.home, self.store.all(), _validated(kb, "knowledge base name"))]
+        return [
+            self._info(r) for r in queue.queue_of(self.home, self.store.all(), _validated(kb, "knowledge base name"))
+        ]
 
     @staticmethod
     def as_interrupted(snap: JobStatusResponse) -> JobStatusResponse:
         """A status recorded as running whose process is known to be gone, shown as it is."""
-        from kbingest.pipeline.jobstore.recovery import INTERRUPTED
         from kbingest.pipeline.job.tracker import PhaseTracker
+        from kbingest.pipeline.jobstore.recovery import INTERRUPTED
 
         t = PhaseTracker.from_snapshot(snap)
         t.set_status(JobStatus.PAUSED, INTERRUPTED)
@@ -238,9 +286,9 @@ class Service:
         for rec in self.store.all():  # newest first
             if rec.config.kb == config.kb:
                 return rec.config.context_embedding
-        from kbingest.pipeline.kb.table import KnowledgeBase
-        from kbingest.pipeline.kb.search import table_embeds_context
         from kbingest.pipeline.kb.location import KbLocation
+        from kbingest.pipeline.kb.search import table_embeds_context
+        from kbingest.pipeline.kb.table import KnowledgeBase
 
         base = KnowledgeBase(self.home, config.kb, KbLocation.of_job(self.home, config))
         found = table_embeds_context(base) if base.exists else None
@@ -268,8 +316,10 @@ class Service:
         mark_interrupted(self.home, self.store)  # its process died: shown paused (interrupted) until this one runs it
         if allowed_roots is not None:
             roots = list(allowed_roots)
-            self.store.update(info.job_id, lambda r: r.model_copy(
-                update={"config": r.config.model_copy(update={"allowed_roots": roots})}))
+            self.store.update(
+                info.job_id,
+                lambda r: r.model_copy(update={"config": r.config.model_copy(update={"allowed_roots": roots})}),
+            )
         job = IngestJob.load(self.home, self.store, info.job_id, **self._job_kw())
         job.wait_for_lock = wait
         return job
@@ -290,13 +340,13 @@ class Service:
             scope = sorted({os.path.abspath(p) for p in paths})
             outside = [p for p in scope if not any(within(p, r) for r in roots)]
             if not scope or outside:
-                raise InvalidInput(f"not below the job's sources: {printable(outside[0])}" if outside
-                                   else "no path to retry")
+                raise InvalidInput(
+                    f"not below the job's sources: {printable(outside[0])}" if outside else "no path to retry"
+                )
         job = self.resume(job_id, wait=wait)
         if scope is not None:
             job.scope = scope  # type: ignore[attr-defined]
         return job
-
 
     # ---- steering a job from outside its process --------------------------------------------
     def request_cancel(self, job_id: str) -> str:
@@ -320,8 +370,10 @@ class Service:
         """Ask a running job to drain: no new documents; those loaded are committed; it completes."""
         info = self.job(job_id)
         if info.status.status != JobStatus.RUNNING:
-            raise WrongState(f"job {info.job_id} is not running (it is {info.status.status.value}); nothing to drain"
-                             + (": cancel a pending job instead" if info.status.status == JobStatus.PENDING else ""))
+            raise WrongState(
+                f"job {info.job_id} is not running (it is {info.status.status.value}); nothing to drain"
+                + (": cancel a pending job instead" if info.status.status == JobStatus.PENDING else "")
+            )
         self.store.request(info.job_id, "drain")
 
     def can_drain(self) -> bool:
@@ -362,8 +414,10 @@ class Service:
                 return now.status
         # the request is withdrawn: the job does not pause later, after we said it did not
         self.store.update(job_id, lambda r: r.model_copy(update={"control": None}) if r.control == what else r)
-        raise ControlTimeout(f"job {job_id} did not {what} within {timeout:g} s; the request was withdrawn "
-                             f"(the job goes on): try again with a longer --timeout")
+        raise ControlTimeout(
+            f"job {job_id} did not {what} within {timeout:g} s; the request was withdrawn "
+            f"(the job goes on): try again with a longer --timeout"
+        )
 
     # ---- a resident process --------------------------------------------------------------------
     def announce(self, url: str, token_required: bool):
@@ -415,13 +469,21 @@ class Service:
 
         forgo_pandas()
 
-    def search(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
-               db_options: Optional[dict] = None):
+    def search(
+        self,
+        kb: str,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        db: Optional[str] = None,
+        db_options: Optional[dict] = None,
+    ):
         """The k chunks nearest the query (vector, full-text or hybrid), embedded with the model the
         knowledge base was built with, where its jobs put it (or `db`)."""
         if self.resident_search and db is None and not db_options:
+            from kbingest.pipeline.kb.resident import find
+            from kbingest.pipeline.kb.resident import search as resident_search
             from kbingest.pipeline.models import SearchHit
-            from kbingest.pipeline.kb.resident import find, search as resident_search
 
             server = find(self.home)
             hits = resident_search(server, kb, query, k, mode) if server else None
@@ -429,12 +491,19 @@ class Service:
                 return [SearchHit(**h) for h in hits]
         return self.search_here(kb, query, k, mode, db, db_options)
 
-    def search_here(self, kb: str, query: str, k: int = 5, mode: str = "hybrid", db: Optional[str] = None,
-                    db_options: Optional[dict] = None):
+    def search_here(
+        self,
+        kb: str,
+        query: str,
+        k: int = 5,
+        mode: str = "hybrid",
+        db: Optional[str] = None,
+        db_options: Optional[dict] = None,
+    ):
         """search() in this process, never through a resident one; the query model stays loaded."""
         from kbingest.pipeline.embed.embedding import EmbeddingError
-        from kbingest.pipeline.kb.table import KnowledgeBase
         from kbingest.pipeline.kb.search import SEARCH_MODES, locate, preload_query_embedder, search_kb, with_paths
+        from kbingest.pipeline.kb.table import KnowledgeBase
 
         _validated(kb, "knowledge base name")
         if k < 1:
@@ -442,8 +511,14 @@ class Service:
         jobs = [r for r in self.store.all() if r.config.kb == kb]
         location = locate(self.home, jobs[0].config if jobs else None, db, db_options)
         base = KnowledgeBase(self.home, kb, location)
-        if (jobs and self._embedder_factory is None and mode in SEARCH_MODES and mode != "text" and query.strip()
-                and (base.remembered_rows() or 0) > 0):
+        if (
+            jobs
+            and self._embedder_factory is None
+            and mode in SEARCH_MODES
+            and mode != "text"
+            and query.strip()
+            and (base.remembered_rows() or 0) > 0
+        ):
             preload_query_embedder(jobs[0].config)  # while the table opens
         if not base.exists:
             raise NotFound(f"no knowledge base {kb!r} in {location}; {_kbs_there(self.home, location)}")
@@ -451,8 +526,12 @@ class Service:
             cfg = jobs[0].config
         else:  # a knowledge base without its jobs (copied from another home): the model its table names
             model = (base.embedding_info() or {}).get("model") or DEFAULT_MODEL
-            cfg = JobConfig(sources=["."], kb=kb, embedder="fake" if model == "fake" else "fastembed",
-                            model=DEFAULT_MODEL if model == "fake" else model)
+            cfg = JobConfig(
+                sources=["."],
+                kb=kb,
+                embedder="fake" if model == "fake" else "fastembed",
+                model=DEFAULT_MODEL if model == "fake" else model,
+            )
         try:
             hits = search_kb(base, cfg, query, k, mode=mode, embedder_factory=self._embedder_factory)
             return with_paths(hits, [src for r in jobs for src in r.config.sources])  # relative to its SOURCE

@@ -1,4 +1,5 @@
 """Job status and phase enums, and the one table of allowed status transitions."""
+
 from __future__ import annotations
 
 from enum import Enum
@@ -66,6 +67,7 @@ def can_transition(current: JobStatus, target: JobStatus) -> bool:
 def check_transition(current: JobStatus, target: JobStatus, what: str = "job") -> JobStatus:
     """Return target if current -> target is allowed, else raise InvalidTransition."""
     if not can_transition(JobStatus(current), JobStatus(target)) or (
-            what == "job" and JobStatus(target) == JobStatus.SKIPPED):
+        what == "job" and JobStatus(target) == JobStatus.SKIPPED
+    ):
         raise InvalidTransition(JobStatus(current), JobStatus(target), what)
     return JobStatus(target)

@@ -1,4 +1,5 @@
 """Text from documents and file names is attacker-controlled: escape it before a person sees it."""
+
 from __future__ import annotations
 
 import re

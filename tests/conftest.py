@@ -1,4 +1,5 @@
 """Shared fixtures: a home in tmp_path, a few real pages copied from the waf corpus, the status schema."""
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,9 @@ def listed_folder(path) -> str:
     return os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
 
 
-def run_cli(*args: str, home: Path | None = None, env: dict | None = None, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, home: Path | None = None, env: dict | None = None, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m kbingest ...` as a user would, in a subprocess."""
     e = dict(os.environ)
     if env:

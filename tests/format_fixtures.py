@@ -1,5 +1,6 @@
 """Documents of every format, built in code (reportlab, python-docx, Pillow: the test extra), so no
 binary fixture is shipped and every property a test relies on is visible here."""
+
 from __future__ import annotations
 
 import io
@@ -47,10 +48,12 @@ def outline_pdf(pages_per_chapter: int = 2) -> bytes:
                 c.showPage()
                 continue
             word = PAGE_WORDS[(page - 1) % len(PAGE_WORDS)]
-            lines = [f"In {name.lower()}, {word} says the pump must be primed before use.",
-                     f"Check the {word} valve and the inlet for a clean connec-",
-                     "tion before you start the motor.",
-                     f"The marker {word} closes this page."]
+            lines = [
+                f"In {name.lower()}, {word} says the pump must be primed before use.",
+                f"Check the {word} valve and the inlet for a clean connec-",
+                "tion before you start the motor.",
+                f"The marker {word} closes this page.",
+            ]
             for i, line in enumerate(lines):
                 c.drawString(72, y - 16 * i, line)
             c.showPage()
@@ -160,8 +163,13 @@ HTML_PAGE = """<!doctype html>
 
 
 def nested_div_html(depth: int = 100_000) -> bytes:
-    return (b"<html><head><title>Deep</title></head><body>" + b"<div>" * depth + b"text at the bottom"
-            + b"</div>" * depth + b"</body></html>")
+    return (
+        b"<html><head><title>Deep</title></head><body>"
+        + b"<div>" * depth
+        + b"text at the bottom"
+        + b"</div>" * depth
+        + b"</body></html>"
+    )
 
 
 def docx_bytes() -> bytes:

@@ -1,5 +1,6 @@
 """A real uvicorn serving kbingest on 127.0.0.1: in this process (a thread), or as `kbingest serve`
 in a subprocess (to be killed). Both on a free port; both stopped by their fixture."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import httpx
-
 from conftest import REPO
 
 
@@ -62,9 +62,14 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         e = dict(os.environ)
         e.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "serve",
-                                      "--port", str(self.port), *args], cwd=str(REPO), env=e,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--home", str(home), "serve", "--port", str(self.port), *args],
+            cwd=str(REPO),
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.proc.poll() is None, self.proc.communicate()[1]

@@ -2,6 +2,7 @@
 Textual; the dashboard uses no private Textual attribute; help comes from the bindings; nothing
 names a path outside the repository; the install declares every package folder; no module imports
 itself through others (no import cycle, function-level imports included)."""
+
 from __future__ import annotations
 
 import ast
@@ -11,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 FRONT_END_MAY_IMPORT = {"kbingest.pipeline.service", "kbingest.pipeline.models", "kbingest.pipeline.status"}
@@ -131,7 +131,8 @@ def test_no_import_cycles():
     assert "kbingest.pipeline.service" in graph["kbingest.app.cli"]
     cycles = _cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(
-        " <-> ".join(c) + "\n  " + "\n  ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) for c in cycles)
+        " <-> ".join(c) + "\n  " + "\n  ".join(f"{m} imports {sorted(graph[m] & set(c))}" for m in c) for c in cycles
+    )
 
 
 def test_every_setting_a_user_may_set_has_its_cli_option():
@@ -143,16 +144,23 @@ def test_every_setting_a_user_may_set_has_its_cli_option():
 
 
 def test_engine_sources_never_import_textual():
-    bad = [f"{py.relative_to(REPO)}:{line}" for py in _py_files("pipeline")
-           for line, mod in _imports(py) if mod.split(".")[0] in ("textual", "rich")]
+    bad = [
+        f"{py.relative_to(REPO)}:{line}"
+        for py in _py_files("pipeline")
+        for line, mod in _imports(py)
+        if mod.split(".")[0] in ("textual", "rich")
+    ]
     assert not bad, bad
 
 
 def test_importing_the_engine_and_service_loads_no_textual():
-    code = ("import sys; import kbingest.pipeline.service, kbingest.pipeline.job.engine, kbingest.pipeline.executors.threads;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO / "tests"),
-                       timeout=120)
+    code = (
+        "import sys; import kbingest.pipeline.service, kbingest.pipeline.job.engine, kbingest.pipeline.executors.threads;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO / "tests"), timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -236,21 +244,44 @@ def test_a_regular_install_runs_from_the_repository_root(tmp_path):
     import sysconfig
 
     venv = tmp_path / "venv"
-    r = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     py = venv / "bin" / "python"
     # offline: the dependencies and the build backend are this test environment's (a path in a .pth
     # file: its own .pth files, such as the editable install's finder, are not read)
     site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
-                        "--no-build-isolation", "--no-index", str(REPO)], capture_output=True, text=True, timeout=600,
-                       cwd=str(tmp_path))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    r = subprocess.run([str(py), "-c", "import kbingest.pipeline.models as m; print(m.__file__)"], capture_output=True,
-                       text=True, timeout=120, cwd=str(REPO), env=env)
+    r = subprocess.run(
+        [str(py), "-c", "import kbingest.pipeline.models as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO),
+        env=env,
+    )
     assert r.returncode == 0 and str(venv) in r.stdout, (r.stdout, r.stderr[-2000:])  # the installed copy
     for cmd in ([str(py), "-m", "kbingest", "--help"], [str(venv / "bin" / "kbingest"), "--help"]):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(REPO), env=env)
@@ -261,22 +292,64 @@ def test_a_regular_install_runs_from_the_repository_root(tmp_path):
 def test_install_adds_only_the_kbingest_name(tmp_path):
     """`pip install .` puts one top-level import name into site-packages, and `python -m kbingest` runs."""
     target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300,
-                       cwd=str(tmp_path))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    top = sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", ".egg-info"))
-                 and p.name not in ("bin", "__pycache__"))
+    top = sorted(
+        p.name
+        for p in target.iterdir()
+        if not p.name.endswith((".dist-info", ".egg-info")) and p.name not in ("bin", "__pycache__")
+    )
     assert top == ["kbingest"], top
     env = dict(os.environ, PYTHONPATH=str(target))
-    r = subprocess.run([sys.executable, "-m", "kbingest", "--help"], capture_output=True, text=True, timeout=120,
-                       cwd=str(tmp_path), env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "kbingest", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert r.returncode == 0 and "kbingest" in r.stdout, r.stderr
     assert (target / "kbingest" / "pipeline" / "model_files" / "all-MiniLM-L6-v2" / "tokenizer.json").exists()
     docs = tmp_path / "docs"  # a job, from outside the checkout: package data and imports resolve installed
     docs.mkdir()
     (docs / "a.md").write_text("# A page\n\nWith a few words to chunk and index.\n")
-    r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "ingest", str(docs),
-                        "--kb", "k", "--batch", "--embedder", "fake"], capture_output=True, text=True, timeout=300,
-                       cwd=str(tmp_path), env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(tmp_path / "h"),
+            "ingest",
+            str(docs),
+            "--kb",
+            "k",
+            "--batch",
+            "--embedder",
+            "fake",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]

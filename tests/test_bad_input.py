@@ -5,6 +5,7 @@ A folder holding every kind of bad file next to good pages is ingested headless,
 every bad file is listed with a precise reason, in every place a person or a script looks.
 Pathological Markdown goes through the whole engine within stated bounds.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SMALL_PAGES, WAF, copy_pages, run_cli
 
 FAKE = ("--embedder", "fake")
@@ -69,8 +69,9 @@ os.write(fd, b"%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
 """
 
 
-def run_measured(*args: str, home: Path, timeout: float = 180, launcher: str | None = None,
-                 env: dict | None = None) -> Run:
+def run_measured(
+    *args: str, home: Path, timeout: float = 180, launcher: str | None = None, env: dict | None = None
+) -> Run:
     """Run the CLI in a child and measure THAT child's peak RSS with wait4, from a small process in
     between (SPAWNER). A hung child is killed: a FIFO must never make the job hang, so a timeout
     fails the test instead of blocking it."""
@@ -80,9 +81,16 @@ def run_measured(*args: str, home: Path, timeout: float = 180, launcher: str | N
     result_r, result_w = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-c", SPAWNER, str(result_w), *cmd], stdout=out, stderr=err,
-                             stdin=subprocess.DEVNULL, cwd=str(REPO), env=e, pass_fds=(result_w,),
-                             start_new_session=True)  # a group: the timeout kills the CLI with it
+        p = subprocess.Popen(
+            [sys.executable, "-c", SPAWNER, str(result_w), *cmd],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO),
+            env=e,
+            pass_fds=(result_w,),
+            start_new_session=True,
+        )  # a group: the timeout kills the CLI with it
         os.close(result_w)
         killed = threading.Event()
 
@@ -172,8 +180,19 @@ def bad_folder(tmp_path) -> tuple[Path, list[str]]:
 def test_bad_files_never_stop_the_line(tmp_path, bad_folder, status_validator):
     root, good = bad_folder
     home = tmp_path / "h"
-    r = run_measured("ingest", str(root), "--kb", "mixed", "--batch", "--max-file-mb", "1", *FAKE,
-                     home=home, launcher=NOPERM_LAUNCHER, timeout=120)
+    r = run_measured(
+        "ingest",
+        str(root),
+        "--kb",
+        "mixed",
+        "--batch",
+        "--max-file-mb",
+        "1",
+        *FAKE,
+        home=home,
+        launcher=NOPERM_LAUNCHER,
+        timeout=120,
+    )
 
     # completed, exit 3, schema-valid JSON lines, no traceback, bounded memory
     assert r.returncode == 3, (r.returncode, r.stderr)
@@ -215,8 +234,9 @@ def test_bad_files_never_stop_the_line(tmp_path, bad_folder, status_validator):
 
     # the invalid UTF-8 page is indexed, decoded with replacement and flagged with a warning
     assert m["document_warnings"] == 1
-    assert m["document_warning_list"] == [{"path": str(root / "invalid-utf8.md"),
-                                           "warning": "invalid UTF-8 replaced at 4 places"}]
+    assert m["document_warning_list"] == [
+        {"path": str(root / "invalid-utf8.md"), "warning": "invalid UTF-8 replaced at 4 places"}
+    ]
     text = " ".join(x["text"] for x in rows if x["source"].endswith("invalid-utf8.md"))
     assert "Caf\ufffd" in text and "\ufffd\ufffd coffee" in text
     assert "warning: " + str(root / "invalid-utf8.md") in r.stderr
@@ -236,8 +256,18 @@ def test_bad_files_never_stop_the_line(tmp_path, bad_folder, status_validator):
 def test_resume_after_fixing_one_file_ingests_exactly_that_file(tmp_path, bad_folder):
     root, good = bad_folder
     home = tmp_path / "h"
-    r = run_measured("ingest", str(root), "--kb", "mixed", "--batch", "--max-file-mb", "1", *FAKE, home=home,
-                     launcher=NOPERM_LAUNCHER)
+    r = run_measured(
+        "ingest",
+        str(root),
+        "--kb",
+        "mixed",
+        "--batch",
+        "--max-file-mb",
+        "1",
+        *FAKE,
+        home=home,
+        launcher=NOPERM_LAUNCHER,
+    )
     assert r.returncode == 3, r.stderr
     job_id = r.final["job_id"]
     before = {x["id"]: x for x in table_rows(home, "mixed")}
@@ -264,8 +294,7 @@ def test_resume_after_fixing_one_file_ingests_exactly_that_file(tmp_path, bad_fo
 
 def test_missing_source_is_a_usage_error_and_creates_no_job(tmp_path, pages):
     home = tmp_path / "h"
-    r = run_cli("ingest", str(pages), str(tmp_path / "no-such-folder"), "--kb", "docs", "--batch", *FAKE,
-                home=home)
+    r = run_cli("ingest", str(pages), str(tmp_path / "no-such-folder"), "--kb", "docs", "--batch", *FAKE, home=home)
     assert r.returncode == 2
     assert r.stdout == ""  # no JSON line: the job never existed
     assert r.stderr.startswith("kbingest: source not found: ") and "no-such-folder" in r.stderr
@@ -278,10 +307,10 @@ def test_missing_source_is_a_usage_error_and_creates_no_job(tmp_path, pages):
 def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch):
     """Two failures that need a hand in the process: a file that cannot be opened (the tests run as
     root), and one that disappears between the walk and the read."""
-    from kbingest.pipeline.load import loading as loading_mod  # the loading stage reads through it
     from kbingest.pipeline.job.engine import IngestJob
     from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.kb.table import KnowledgeBase
+    from kbingest.pipeline.load import loading as loading_mod  # the loading stage reads through it
     from kbingest.pipeline.models import JobConfig
 
     src = copy_pages(tmp_path / "docs")
@@ -323,6 +352,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
 
 # ------------------------------------------------------------------------- pathological Markdown
 
+
 def _one_line_10mb(p: Path) -> None:
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
     line = " ".join(words[(i * 7919) % 10] for i in range(1_900_000))
@@ -340,11 +370,14 @@ def _table_100k(p: Path) -> None:
     p.write_text("\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("make,bound_s", [
-    pytest.param(_one_line_10mb, 90, id="10MB-single-line"),
-    pytest.param(_nested_5000, 60, id="5000-nested-lists"),
-    pytest.param(_table_100k, 60, id="table-100k-cells"),
-])
+@pytest.mark.parametrize(
+    "make,bound_s",
+    [
+        pytest.param(_one_line_10mb, 90, id="10MB-single-line"),
+        pytest.param(_nested_5000, 60, id="5000-nested-lists"),
+        pytest.param(_table_100k, 60, id="table-100k-cells"),
+    ],
+)
 def test_pathological_markdown_through_the_engine(tmp_path, make, bound_s):
     src = copy_pages(tmp_path / "docs", SMALL_PAGES[:1])
     make(src / "patho.md")

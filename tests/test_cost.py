@@ -1,5 +1,6 @@
 """Cost in proportion to the work (issue 12): each distinct text is embedded once per job, and
 progress stays truthful when most chunks are reused."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,9 @@ def test_repeated_text_is_embedded_once(tmp_path, home):
     src.mkdir()
     (src / "repeated.txt").write_text("\n\n".join([PHRASE] * 400))  # one phrase, many identical chunks
     for i in range(3):
-        (src / f"page{i}.md").write_text(f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n"
-                                         f"## Footer\n\n{PHRASE}\n")
+        (src / f"page{i}.md").write_text(
+            f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n## Footer\n\n{PHRASE}\n"
+        )
     emb = CountingEmbedder()
     svc = _svc(home, emb)
     job = svc.start(svc.config([str(src)], "rep", embedder="fake", max_tokens=32, overlap_tokens=0))
@@ -64,8 +66,9 @@ def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
     first = tmp_path / "first"
     first.mkdir()
     for i in range(3):
-        (first / f"page{i}.md").write_text(f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n"
-                                           f"## Footer {i}\n\n{PHRASE} Page {i}.\n")
+        (first / f"page{i}.md").write_text(
+            f"# Page {i}\n\nUnique words of page {i} about topic {i}.\n\n## Footer {i}\n\n{PHRASE} Page {i}.\n"
+        )
     emb = CountingEmbedder()
     svc = _svc(home, emb)
     one = svc.start(svc.config([str(first)], "kbwide", embedder="fake", max_tokens=32, overlap_tokens=0)).run()
@@ -88,6 +91,7 @@ def test_a_text_the_knowledge_base_holds_is_not_embedded_again(tmp_path, home):
     want = FakeEmbedder().embed(_embedded(t))
     assert np.allclose(np.asarray(t["vector"].to_pylist(), dtype=np.float32), want, atol=1e-6)
     from kbingest.pipeline.kb.ids import text_hash
+
     assert t["text_hash"].to_pylist() == [text_hash(x) for x in _embedded(t)]  # the hash of what was embedded
 
 
@@ -129,10 +133,23 @@ def test_cold_commands_import_only_what_they_use(tmp_path, pages):
 
     h = tmp_path / "h"
     assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
-    for args in (["status"], ["status", "--json"], ["jobs"], ["jobs", "--json"], ["pause", "nope-1"],
-                 ["cancel", "nope-1"], ["--help"], ["ingest", "--help"]):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), *args],
-                           capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["jobs"],
+        ["jobs", "--json"],
+        ["pause", "nope-1"],
+        ["cancel", "nope-1"],
+        ["--help"],
+        ["ingest", "--help"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), *args],
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            timeout=120,
+        )
         imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
         heavy = imported & {"lancedb", "fastembed", "numpy", "pyarrow", "textual", "onnxruntime"}
         assert not heavy, (args, heavy)
@@ -155,9 +172,26 @@ def test_search_asks_the_resident_server_first_and_starts_cold_without_it(tmp_pa
     server = ProcessServer(h)
     try:
         assert (h / "serve.json").exists()
-        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search", "--kb",
-                            "docs", "reliability principles", "--json"], capture_output=True, text=True,
-                           cwd=str(REPO), timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "kbingest",
+                "--home",
+                str(h),
+                "search",
+                "--kb",
+                "docs",
+                "reliability principles",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
         assert not imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
@@ -190,8 +224,9 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
     h = tmp_path / "h"
     src = tmp_path / "watched"
     shutil.copytree(pages, src)
-    w = Batch(["ingest", str(src), "--kb", "docs", "--batch", "--watch", "--embedder", "fake"], h, tmp_path,
-              name="watch")
+    w = Batch(
+        ["ingest", str(src), "--kb", "docs", "--batch", "--watch", "--embedder", "fake"], h, tmp_path, name="watch"
+    )
     try:
         assert w.wait_for(lambda d: d["status"] == "running" and "watching" in d["message"], 90), w.stderr
         announcement = json.loads((h / "serve.json").read_text())
@@ -201,9 +236,26 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
         assert no_secret.value.code == 401
 
         def search(query: str) -> tuple[list, set]:
-            r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search",
-                                "--kb", "docs", query, "--json"], capture_output=True, text=True, cwd=str(REPO),
-                               timeout=120)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-X",
+                    "importtime",
+                    "-m",
+                    "kbingest",
+                    "--home",
+                    str(h),
+                    "search",
+                    "--kb",
+                    "docs",
+                    query,
+                    "--json",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=str(REPO),
+                timeout=120,
+            )
             assert r.returncode == 0, r.stderr[-2000:]
             imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
             return json.loads(r.stdout), imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
@@ -239,7 +291,7 @@ def test_lancedb_is_imported_without_the_rest_client_it_never_uses(tmp_path):
 import sys
 from kbingest.pipeline.kb.fastimport import import_lancedb
 import pyarrow as pa
-db = import_lancedb().connect({str(tmp_path / 'db')!r})
+db = import_lancedb().connect({str(tmp_path / "db")!r})
 t = db.create_table("t", pa.table({{"a": [1, 2, 3]}}))
 assert t.count_rows() == 2 + 1 and t.search(None).where("a > 1").to_arrow().num_rows == 2
 assert "lance_namespace_urllib3_client.api" not in sys.modules, "the REST client was imported"
@@ -264,9 +316,28 @@ def test_a_cold_search_imports_neither_pandas_nor_the_overrides_checks(tmp_path,
     h = tmp_path / "h"
     assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
     for mode in ("hybrid", "vector", "text"):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), "search", "--kb",
-                            "docs", "reliability", "--mode", mode, "--json"], capture_output=True, text=True,
-                           cwd=str(REPO), timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "kbingest",
+                "--home",
+                str(h),
+                "search",
+                "--kb",
+                "docs",
+                "reliability",
+                "--mode",
+                mode,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         assert json.loads(r.stdout), f"{mode}: no hits"
         imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
@@ -295,9 +366,29 @@ def _ingest_importing(home, src, *extra: str):
 
     from conftest import REPO
 
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(home), "ingest", str(src),
-                        "--kb", "docs", "--batch", "--embedder", "fake", *extra], capture_output=True, text=True,
-                       cwd=str(REPO), timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(src),
+            "--kb",
+            "docs",
+            "--batch",
+            "--embedder",
+            "fake",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
     return json.loads(r.stdout.splitlines()[-1])["metrics"], "lancedb" in imported
@@ -328,7 +419,8 @@ def test_an_unchanged_run_opens_no_table_and_a_change_anywhere_is_seen(tmp_path,
     m, opened = _ingest_importing(h, pages)
     assert opened and m["documents_added"] == 1 and m["documents_skipped"] == n - 2  # seen, and written again
     assert {s.source for s in KnowledgeBase(Home(h), "docs").stored_docs().values()} == {
-        str(p) for p in pages.rglob("*.md")}
+        str(p) for p in pages.rglob("*.md")
+    }
 
 
 def test_a_table_outside_the_home_is_always_opened(tmp_path, pages):
@@ -341,8 +433,7 @@ def test_a_table_outside_the_home_is_always_opened(tmp_path, pages):
     assert not (h / "kbstate").exists() or not any((h / "kbstate").iterdir())
 
 
-def test_a_cold_search_loads_the_model_while_the_table_opens_and_never_for_an_empty_one(tmp_path, home,
-                                                                                        monkeypatch):
+def test_a_cold_search_loads_the_model_while_the_table_opens_and_never_for_an_empty_one(tmp_path, home, monkeypatch):
     """The query model is built in a thread alongside LanceDB's import when the home remembers the
     table holds rows; a text search, or a knowledge base with no rows, loads no model at all."""
     import threading
@@ -355,8 +446,10 @@ def test_a_cold_search_loads_the_model_while_the_table_opens_and_never_for_an_em
     writer = _svc(home, CountingEmbedder())
     assert writer.start(writer.config([str(src)], "full", embedder="fake")).run().status == JobStatus.COMPLETED
     (tmp_path / "none").mkdir()
-    assert writer.start(writer.config([str(tmp_path / "none")], "empty", embedder="fake")).run().status \
+    assert (
+        writer.start(writer.config([str(tmp_path / "none")], "empty", embedder="fake")).run().status
         == JobStatus.COMPLETED
+    )
 
     loads: list[str] = []
     real = search.query_embedder

@@ -4,6 +4,7 @@ ends exactly as if nothing had happened.
 Everything here runs the CLI in subprocesses, as a user (or a supervisor restarting it) would,
 with the fake embedder slowed by KBINGEST_FAKE_DELAY so that kills land mid-run.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, WAF, run_cli
 
 KB = "k"
-N_PAGES = 64           # documents in the chaos corpus (>= 60)
+N_PAGES = 64  # documents in the chaos corpus (>= 60)
 KILLS = 20
 CHAOS_SEED = 20240611
-FAKE_DELAY = 0.008     # seconds per chunk: ~1700 chunks -> ~14 s of embedding in all
-COMMIT_ROWS = 16       # about one commit per document: many commits to land kills around
+FAKE_DELAY = 0.008  # seconds per chunk: ~1700 chunks -> ~14 s of embedding in all
+COMMIT_ROWS = 16  # about one commit per document: many commits to land kills around
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -86,8 +86,14 @@ class Segment:
         e.update(env)
         self.err_path = log_dir / f"{name}.stderr"
         self._err = open(self.err_path, "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), *args],
-                                  stdout=subprocess.PIPE, stderr=self._err, text=True, env=e, cwd=str(REPO))
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--home", str(home), *args],
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=e,
+            cwd=str(REPO),
+        )
         self.lines: list[dict] = []
         self.times: list[float] = []
         self.first = threading.Event()
@@ -193,8 +199,11 @@ def test_sigkill_at_random_instants_then_resume_equals_clean_run(tmp_path):
     kills: list[dict] = []
     for k in range(KILLS):
         resumed = job_id is not None
-        args = (["resume", job_id, "--batch"] if resumed else
-                ["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", str(COMMIT_ROWS)])
+        args = (
+            ["resume", job_id, "--batch"]
+            if resumed
+            else ["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", str(COMMIT_ROWS)]
+        )
         seg = Segment(args, h, env, logs, f"seg{k:02d}")
         assert seg.first.wait(60), f"no first line from segment {k}: {seg.stderr}"
         job_id = job_id or seg.lines[0]["job_id"]
@@ -202,14 +211,16 @@ def test_sigkill_at_random_instants_then_resume_equals_clean_run(tmp_path):
         if resumed:  # the first line is the stored job, whose process died: paused, interrupted
             assert seg.lines[0]["status"] == "paused" and "interrupted" in seg.lines[0]["message"], seg.lines[0]
         # the job is running in this process (its own status lines, not the stored snapshot)
-        assert seg.wait_for(lambda d: d["status"] == "running" and d["message"].startswith("starting"), 60,
-                            start=1), seg.stderr
+        assert seg.wait_for(lambda d: d["status"] == "running" and d["message"].startswith("starting"), 60, start=1), (
+            seg.stderr
+        )
         if k in during_start:
             time.sleep(rng.uniform(0.0, 0.8))
         else:
             target = int(next(shares) * n_chunks)
-            assert seg.wait_for(lambda d: _indexed(d) >= target, 120, start=1), \
+            assert seg.wait_for(lambda d: _indexed(d) >= target, 120, start=1), (
                 f"segment {k} never reached {target} chunks indexed: {seg.stderr}"
+            )
             time.sleep(rng.uniform(0.0, 0.6))
         assert seg.p.poll() is None, f"segment {k} ended before its kill (rc {seg.p.returncode}): {seg.stderr}"
         phases = seg.running_phases(resumed)
@@ -263,8 +274,19 @@ def small_corpus(tmp_path_factory):
 def test_crash_after_commit_before_checkpoint(tmp_path, small_corpus, n):
     src, ref = small_corpus
     h = tmp_path / "home"
-    r = run_cli("ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "16",
-                home=h, env={"KBINGEST_CRASH_AT": f"after_commit:{n}"})
+    r = run_cli(
+        "ingest",
+        str(src),
+        "--kb",
+        KB,
+        "--batch",
+        "--embedder",
+        "fake",
+        "--commit-rows",
+        "16",
+        home=h,
+        env={"KBINGEST_CRASH_AT": f"after_commit:{n}"},
+    )
     assert r.returncode == 137, (r.returncode, r.stderr)
     job_id = json.loads(r.stdout.splitlines()[0])["job_id"]
     # the commit is in the table, the checkpoint is not: the store still counts fewer commits
@@ -300,8 +322,9 @@ def test_damaged_job_store_is_rebuilt_from_lancedb(tmp_path, pages, status_valid
     before = sorted(kb_ids(h))
     store = h / "jobs.json"
     raw = store.read_bytes()
-    store.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": b"\x00\xff{{not json at all",
-                       "emptied": b""}[damage])
+    store.write_bytes(
+        {"truncated": raw[: len(raw) // 2], "garbage": b"\x00\xff{{not json at all", "emptied": b""}[damage]
+    )
 
     j = run_cli("jobs", "--json", home=h)
     assert j.returncode == 0, j.stderr
@@ -329,8 +352,9 @@ def test_damaged_job_store_is_rebuilt_from_lancedb(tmp_path, pages, status_valid
 
 # ---- 4. a killed job while another job runs in the same home -----------------------------------
 @pytest.mark.parametrize("action", ["pause", "cancel"])
-def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path, small_corpus, status_validator,
-                                                                        action):
+def test_killed_job_shows_interrupted_while_another_job_holds_the_home(
+    tmp_path, small_corpus, status_validator, action
+):
     """A writer lock being held says nothing about a job whose own process died: while another
     job runs, the dead one shows paused (interrupted), `pause`/`cancel` of it answer at once
     without touching the running one, and it resumes once the home is free."""
@@ -339,14 +363,20 @@ def test_killed_job_shows_interrupted_while_another_job_holds_the_home(tmp_path,
     logs = tmp_path / "logs"
     logs.mkdir()
     slow = {"KBINGEST_FAKE_DELAY": "0.02"}
-    a = Segment(["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "16"],
-                h, slow, logs, "a")
+    a = Segment(
+        ["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "16"], h, slow, logs, "a"
+    )
     assert a.wait_for(lambda d: _indexed(d) > 0, 90, start=1), a.stderr
     job_a = a.lines[0]["job_id"]
     a.kill()
 
-    b = Segment(["ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake", "--commit-rows", "16"], h,
-                {"KBINGEST_FAKE_DELAY": "0.1"}, logs, "b")  # slow: it must outlast the checks below
+    b = Segment(
+        ["ingest", str(src), "--kb", "other", "--batch", "--embedder", "fake", "--commit-rows", "16"],
+        h,
+        {"KBINGEST_FAKE_DELAY": "0.1"},
+        logs,
+        "b",
+    )  # slow: it must outlast the checks below
     try:
         assert b.wait_for(lambda d: _indexed(d) > 0, 90, start=1), b.stderr
         job_b = b.lines[0]["job_id"]
@@ -394,8 +424,19 @@ def test_crash_while_replacing_edited_documents_leaves_old_or_new_never_both(tmp
     new = reference_run(src, tmp_path / "ref-home")
     assert not (old["ids"] & new["ids"])
 
-    r = run_cli("ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "16",
-                home=h, env={"KBINGEST_CRASH_AT": "after_commit:1"})
+    r = run_cli(
+        "ingest",
+        str(src),
+        "--kb",
+        KB,
+        "--batch",
+        "--embedder",
+        "fake",
+        "--commit-rows",
+        "16",
+        home=h,
+        env={"KBINGEST_CRASH_AT": "after_commit:1"},
+    )
     assert r.returncode == 137, r.stderr
     job_id = json.loads(r.stdout.splitlines()[0])["job_id"]
     rows = table_rows(h)

@@ -1,8 +1,8 @@
 """End to end on the real stack: the shipped all-MiniLM-L6-v2 through fastembed, a real LanceDB table."""
+
 import json
 
 import pytest
-
 from conftest import copy_pages, run_cli
 
 pytestmark = pytest.mark.e2e

@@ -3,6 +3,7 @@
 In-process with the fake embedder and a real LanceDB table, but the stdout test, which runs the
 CLI in a subprocess as a user's pipe would.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ import sys
 import threading
 
 import pytest
-
 from conftest import REPO, SMALL_PAGES, copy_pages, listed_folder
+
 from kbingest.pipeline.embed.embedding import FakeEmbedder
 from kbingest.pipeline.job.engine import IngestJob, NotResumable
-from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.jobstore.recovery import cancel_stored, open_store
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobStatus
 
@@ -40,13 +41,15 @@ def ids_of(home) -> list[str]:
 
 
 # ---- a document that breaks the model in several of its batches -------------------------------
-def test_document_failing_in_many_batches_is_one_error_and_the_job_completes(home, store, pages,
-                                                                              status_validator):
+def test_document_failing_in_many_batches_is_one_error_and_the_job_completes(home, store, pages, status_validator):
     poisoned = pages / "poisoned.md"
-    poisoned.write_text("# Poisoned\n\n" + "\n\n".join(f"POISON paragraph {i} " + "word " * 60
-                                                         for i in range(4)))
-    job = IngestJob.create(home, store, config([pages], batch_size=1, max_tokens=48, overlap_tokens=0),
-                           embedder_factory=lambda c: FakeEmbedder(fail_on="POISON"))
+    poisoned.write_text("# Poisoned\n\n" + "\n\n".join(f"POISON paragraph {i} " + "word " * 60 for i in range(4)))
+    job = IngestJob.create(
+        home,
+        store,
+        config([pages], batch_size=1, max_tokens=48, overlap_tokens=0),
+        embedder_factory=lambda c: FakeEmbedder(fail_on="POISON"),
+    )
     snap = job.run()
     status_validator.validate(snap.to_json_dict())
     assert snap.status == JobStatus.COMPLETED
@@ -55,7 +58,8 @@ def test_document_failing_in_many_batches_is_one_error_and_the_job_completes(hom
     idx = phase(snap, "indexing")
     assert idx.items_total == idx.items_processed == snap.metrics["chunks_indexed"] == len(ids_of(home))
     assert {s.source for s in KnowledgeBase(home, "docs").stored_docs().values()} == {
-        str(pages / p) for p in SMALL_PAGES}
+        str(pages / p) for p in SMALL_PAGES
+    }
 
 
 # ---- failures after the last phase completed ---------------------------------------------------
@@ -154,7 +158,7 @@ def test_a_cancel_after_the_job_was_loaded_is_honoured(home, store, pages):
     job.tracker.set_status(JobStatus.RUNNING)
     job.tracker.set_status(JobStatus.PAUSED, "paused")
     job._checkpoint()
-    loaded = IngestJob.load(home, store, job.job_id)      # `kbingest resume` has read the job...
+    loaded = IngestJob.load(home, store, job.job_id)  # `kbingest resume` has read the job...
     assert cancel_stored(home, store, job.job_id) == "cancelled"  # ...when `kbingest cancel` lands
     with pytest.raises(NotResumable):
         loaded.run()
@@ -181,8 +185,9 @@ def test_resuming_a_failed_job_keeps_its_progress(home, store, pages):
         return made[-1]
 
     # batch size 1: the embedder breaks after 20 calls, well inside the job (the default batches 8 texts a call)
-    job = IngestJob.create(home, store, config([pages], retries=0, commit_rows=1, batch_size=1),
-                           embedder_factory=factory)
+    job = IngestJob.create(
+        home, store, config([pages], retries=0, commit_rows=1, batch_size=1), embedder_factory=factory
+    )
     failed = job.run()
     assert failed.status == JobStatus.FAILED and failed.progress > 0
     state["broken"] = False
@@ -210,9 +215,26 @@ def test_resuming_a_failed_job_keeps_its_progress(home, store, pages):
 # ---- a reader that goes away -------------------------------------------------------------------
 def test_closed_stdout_does_not_kill_the_job(tmp_path, pages):
     home = tmp_path / "h"
-    p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(pages), "--kb", "docs",
-                          "--batch", "--embedder", "fake"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         cwd=str(REPO), env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(pages),
+            "--kb",
+            "docs",
+            "--batch",
+            "--embedder",
+            "fake",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=str(REPO),
+        env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"),
+    )
     first = json.loads(p.stdout.readline())  # `| head -1`: the job id, then the reader is gone
     p.stdout.close()
     err = p.stderr.read().decode()

@@ -1,6 +1,7 @@
 """Issue 18 items 14 and 15: errors said in kbingest's words. Out of memory names the phase, the
 document and the address-space limit; LanceDB's Rust source paths never reach a person, and its
 text only with KBINGEST_DEBUG=1; a worker that fails says what failed, not a bare "worker X"."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
-from kbingest.pipeline.load import loading as engine_mod  # the loading stage reads through it
+
 from kbingest.pipeline.job.engine import IngestJob
-from kbingest.pipeline.messages import describe
 from kbingest.pipeline.jobstore.recovery import open_store
+from kbingest.pipeline.load import loading as engine_mod  # the loading stage reads through it
+from kbingest.pipeline.messages import describe
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.status import JobPhase, JobStatus
 
@@ -50,8 +51,10 @@ def test_lance_error_is_said_without_rust_internals_and_debug_keeps_its_text(tmp
 
 
 def test_system_and_own_errors_keep_their_plain_words():
-    assert describe(OSError(28, "No space left on device", "/h/x"), doing="writing") == \
-        "writing failed: the disk is full (No space left on device): /h/x"
+    assert (
+        describe(OSError(28, "No space left on device", "/h/x"), doing="writing")
+        == "writing failed: the disk is full (No space left on device): /h/x"
+    )
     assert describe(ValueError("bad chunk size"), doing="chunking") == "chunking failed: bad chunk size"
 
 
@@ -63,8 +66,10 @@ def test_failed_worker_says_what_failed_and_on_which_document(home, pages, monke
 
     def read(cand, limits):
         if cand.path == bad:
-            raise RuntimeError("lance error: LanceError(IO): Generic N/A error: Wrapped error: boom, "
-                               "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/lance-io-13.0.0/src/x.rs:1:2")
+            raise RuntimeError(
+                "lance error: LanceError(IO): Generic N/A error: Wrapped error: boom, "
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/lance-io-13.0.0/src/x.rs:1:2"
+            )
         return real(cand, limits)
 
     monkeypatch.setattr(engine_mod, "read_document", read)
@@ -115,8 +120,14 @@ print(json.dumps({"status": snap.status.value, "phase": snap.phase.value, "error
 
 
 def _run_limited(mode: str, home, src) -> dict:
-    r = subprocess.run([sys.executable, "-", mode, str(home), str(src)], input=OOM_RUN, cwd=str(REPO),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-", mode, str(home), str(src)],
+        input=OOM_RUN,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -152,9 +163,14 @@ def test_an_allocator_failure_in_a_library_is_out_of_memory_with_the_limit():
     import resource
 
     try:
-        exec(compile("raise RuntimeError('[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory "
-                     "for requested buffer of size 1073741824')",
-                     os.path.join(os.path.dirname(np.__file__), "fake_site_module.py"), "exec"))
+        exec(
+            compile(
+                "raise RuntimeError('[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory "
+                "for requested buffer of size 1073741824')",
+                os.path.join(os.path.dirname(np.__file__), "fake_site_module.py"),
+                "exec",
+            )
+        )
     except RuntimeError as e:
         line = describe(e, doing="embedding")
     assert line.startswith("embedding failed: out of memory")

@@ -5,15 +5,16 @@ is recorded as a document error while the rest is indexed; a broken model fails 
 phase, keeps what is indexed and resumes once it works; indexing failures are retried, and a
 persistent one fails the indexing phase.
 """
+
 from __future__ import annotations
 
 import threading
 import time
 
 import pytest
+from conftest import SMALL_PAGES
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
-from conftest import SMALL_PAGES
 from kbingest.pipeline.embed.embedding import EmbeddingError, FakeEmbedder
 from kbingest.pipeline.job.engine import IngestJob
 from kbingest.pipeline.jobstore.recovery import open_store
@@ -206,8 +207,17 @@ def test_cli_document_breaking_the_model_exit_3_with_escaped_one_line_warnings(t
     poisoned = pages / "\x1b[31mpoison\u202e.md"
     poisoned.write_text("# Poison\n\nThis page holds the word KABOOM.\n")
     home = tmp_path / "h"
-    r = run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=home,
-                env={"KBINGEST_FAKE_FAIL_ON": "KABOOM"})
+    r = run_cli(
+        "ingest",
+        str(pages),
+        "--kb",
+        "docs",
+        "--batch",
+        "--embedder",
+        "fake",
+        home=home,
+        env={"KBINGEST_FAKE_FAIL_ON": "KABOOM"},
+    )
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     assert "\x1b" not in r.stderr and "\u202e" not in r.stderr

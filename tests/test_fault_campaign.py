@@ -1,5 +1,6 @@
 """Findings of the fault campaign (issue 18) fixed in the engine: one document however it is
 reached; no mass removal by an empty source; document errors cost the same whatever their number."""
+
 from __future__ import annotations
 
 import os

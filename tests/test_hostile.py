@@ -3,6 +3,7 @@ indexed, replaced and deleted exactly, never become a LanceDB predicate, and rea
 escaped. The source root is a boundary, the limits hold, the home is private, and names that
 become paths are refused.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SMALL_PAGES, copy_pages, run_cli
+
 from kbingest.pipeline.textsafe import fs_text
 
 FAKE = ("--embedder", "fake")
@@ -26,12 +27,14 @@ HOSTILE_NAMES = [
     "\x1b[31mred\x1b[0m.md",
     "carriage\rreturn.md",
     "bidi\u202egnp.md",
-    "[bold red]x[/].md",                 # a folder `[bold red]x[` holding `].md`
-    "[link=http://x]y[/link].md",        # folders `[link=http:` / `x]y[` holding `link].md`
+    "[bold red]x[/].md",  # a folder `[bold red]x[` holding `].md`
+    "[link=http://x]y[/link].md",  # folders `[link=http:` / `x]y[` holding `link].md`
     os.fsdecode(b"invalid-\xff\xfe-utf8.md"),
 ]
-HOSTILE_TEXT = ("body \x1b[31mred\x1b[0m \x1b]0;pwned\x07 \u202eevil\u202c \r carriage "
-                "[bold red]markup[/] [link=http://evil]click[/link] \x08bs \x7fdel")
+HOSTILE_TEXT = (
+    "body \x1b[31mred\x1b[0m \x1b]0;pwned\x07 \u202eevil\u202c \r carriage "
+    "[bold red]markup[/] [link=http://evil]click[/link] \x08bs \x7fdel"
+)
 RAW_FORBIDDEN = ("\x1b", "\u202e", "\r", "\x07", "\x00")
 
 
@@ -66,6 +69,7 @@ def assert_no_raw_controls(text: str, where: str) -> None:
 
 
 # ----------------------------------------------------- names: ingested, replaced, deleted exactly
+
 
 @pytest.fixture
 def hostile_root(tmp_path) -> Path:
@@ -127,18 +131,24 @@ def test_predicates_are_built_only_by_in_predicate():
     for py in sorted((REPO / "pipeline").rglob("*.py")):
         tree = ast.parse(py.read_text(), filename=str(py))
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and (node.func.attr in ("delete", "where", "when_not_matched_by_source_delete")
-                         or (node.func.attr == "update" and any(k.arg == "where" for k in node.keywords)))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and (
+                    node.func.attr in ("delete", "where", "when_not_matched_by_source_delete")
+                    or (node.func.attr == "update" and any(k.arg == "where" for k in node.keywords))
+                )
+            ):
                 calls.append((py.name, node.lineno, node))
     assert calls, "no predicate call found: the scan is broken"
     for fname, line, node in calls:
         args = list(node.args) + [k.value for k in node.keywords]
         assert args, f"{fname}:{line}: {node.func.attr}() without a predicate"
         pred = args[0]
-        ok = (isinstance(pred, ast.Call)
-              and ((isinstance(pred.func, ast.Name) and pred.func.id == "in_predicate")
-                   or (isinstance(pred.func, ast.Attribute) and pred.func.attr == "in_predicate")))
+        ok = isinstance(pred, ast.Call) and (
+            (isinstance(pred.func, ast.Name) and pred.func.id == "in_predicate")
+            or (isinstance(pred.func, ast.Attribute) and pred.func.attr == "in_predicate")
+        )
         assert ok, f"{fname}:{line}: {node.func.attr}() with a predicate not built by in_predicate"
 
     with pytest.raises(ValueError):
@@ -149,6 +159,7 @@ def test_predicates_are_built_only_by_in_predicate():
 
 
 # ------------------------------------------------------------------- text and names reach people escaped
+
 
 def test_hostile_names_and_text_are_escaped_for_people_and_exact_in_json(tmp_path, status_validator):
     src = tmp_path / "src"
@@ -198,14 +209,12 @@ def test_hostile_names_and_text_are_escaped_for_people_and_exact_in_json(tmp_pat
     assert jobs[0]["metrics"]["document_errors"] == got["metrics"]["document_errors"]
 
     # search: human output escaped, --json exact
-    se = run_cli("search", "--kb", "hostile", "zebra5 quokka5 red evil", "-k", str(len(HOSTILE_NAMES)),
-                 home=home)
+    se = run_cli("search", "--kb", "hostile", "zebra5 quokka5 red evil", "-k", str(len(HOSTILE_NAMES)), home=home)
     assert se.returncode == 0, se.stderr
     assert_no_raw_controls(se.stdout + se.stderr, "search output")
     assert "\\x1b[31mred\\x1b[0m.md" in se.stdout and "\\u202eevil" in se.stdout
     assert "[bold red]markup[/]" in se.stdout
-    sj = run_cli("search", "--kb", "hostile", "zebra5 quokka5", "-k", str(len(HOSTILE_NAMES)), "--json",
-                 home=home)
+    sj = run_cli("search", "--kb", "hostile", "zebra5 quokka5", "-k", str(len(HOSTILE_NAMES)), "--json", home=home)
     hits = json.loads(sj.stdout)
     assert_no_raw_controls(sj.stdout, "search --json")
     assert hits[0]["source"] == str(good["\x1b[31mred\x1b[0m.md"])
@@ -214,6 +223,7 @@ def test_hostile_names_and_text_are_escaped_for_people_and_exact_in_json(tmp_pat
 
 
 # ------------------------------------------------------------------------------ the source boundary
+
 
 @pytest.fixture
 def linked(tmp_path) -> tuple[Path, Path]:
@@ -258,6 +268,7 @@ def test_follow_links_follows_them(tmp_path, linked):
 
 # ------------------------------------------------------------------------------------ hard limits
 
+
 def test_max_depth_is_enforced_and_reported(tmp_path):
     src = tmp_path / "src"
     write(src / "top.md", "# Top\n\nlevel zero\n")
@@ -296,6 +307,7 @@ def test_max_files_is_enforced_reported_and_removes_nothing(tmp_path, pages):
 
 # ------------------------------------------------------------------------------------ private state
 
+
 def test_home_is_private_after_a_cli_ingest(tmp_path, pages):
     home = tmp_path / "h"
     old = os.umask(0o000)  # the most careless parent: the CLI must not inherit it
@@ -318,6 +330,7 @@ def test_home_is_private_after_a_cli_ingest(tmp_path, pages):
 
 # --------------------------------------------------------------- safe homes (issue 18, items 4, 5, 12)
 
+
 def _one_line_refusal(r, *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert r.stderr.startswith("kbingest: ") and r.stderr.count("\n") == 1, r.stderr
@@ -333,14 +346,17 @@ def _tree(root: Path) -> dict:
 OTHER_UID = 4242  # a user that is not us (the tests run as root, which can chown)
 
 
-@pytest.mark.parametrize("damage, needle", [
-    ("mode-777", "can be written by other users (mode 777)"),
-    ("mode-1777", "can be written by other users (mode 1777)"),
-    ("mode-770", "can be written by other users (mode 770)"),
-    ("owner", "belongs to uid 4242"),
-    ("store-owner", "jobs.json belongs to uid 4242"),
-    ("store-link", "jobs.json.lock is a symbolic link"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        ("mode-777", "can be written by other users (mode 777)"),
+        ("mode-1777", "can be written by other users (mode 1777)"),
+        ("mode-770", "can be written by other users (mode 770)"),
+        ("owner", "belongs to uid 4242"),
+        ("store-owner", "jobs.json belongs to uid 4242"),
+        ("store-link", "jobs.json.lock is a symbolic link"),
+    ],
+)
 def test_an_unsafe_home_is_refused_in_one_line_and_left_as_it_is(tmp_path, pages, damage, needle):
     """A home others can write (or another user's, or holding their files or planted links) is
     refused: exit 2, one line naming the reason; kbingest changes nothing in it, not even its mode."""
@@ -358,8 +374,12 @@ def test_an_unsafe_home_is_refused_in_one_line_and_left_as_it_is(tmp_path, pages
         (home / "jobs.json.lock").unlink()
         os.symlink(tmp_path / "planted", home / "jobs.json.lock")
     before = _tree(home)
-    for args in (["jobs"], ["status", "--json"], ["ingest", str(pages), "--kb", "k", "--batch", *FAKE],
-                 ["search", "--kb", "k", "reliability"]):
+    for args in (
+        ["jobs"],
+        ["status", "--json"],
+        ["ingest", str(pages), "--kb", "k", "--batch", *FAKE],
+        ["search", "--kb", "k", "reliability"],
+    ):
         _one_line_refusal(run_cli(*args, home=home), needle)
     assert _tree(home) == before
     assert victim.read_text() == "precious" and not (tmp_path / "planted").exists()
@@ -419,19 +439,24 @@ def test_a_symlink_planted_in_the_home_is_never_written_through(tmp_path, plante
 
 # ------------------------------------------------------------------------- names that become paths
 
-@pytest.mark.parametrize("args", [
-    ["ingest", "{src}", "--kb", "../../x", "--batch", *FAKE],
-    ["ingest", "{src}", "--kb", "ok", "--job-id", "../../x", "--batch", *FAKE],
-    ["status", "../../x"],
-    ["status", "--kb", "../../x"],
-    ["status", "../../x", "--json"],
-    ["resume", "../../x"],
-    ["resume", "../../x", "--batch"],
-    ["pause", "../../x"],
-    ["cancel", "../../x"],
-    ["search", "--kb", "../../x", "query"],
-    ["search", "--kb", "../../x", "query", "--json"],
-], ids=lambda a: " ".join(a[:3]))
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "{src}", "--kb", "../../x", "--batch", *FAKE],
+        ["ingest", "{src}", "--kb", "ok", "--job-id", "../../x", "--batch", *FAKE],
+        ["status", "../../x"],
+        ["status", "--kb", "../../x"],
+        ["status", "../../x", "--json"],
+        ["resume", "../../x"],
+        ["resume", "../../x", "--batch"],
+        ["pause", "../../x"],
+        ["cancel", "../../x"],
+        ["search", "--kb", "../../x", "query"],
+        ["search", "--kb", "../../x", "query", "--json"],
+    ],
+    ids=lambda a: " ".join(a[:3]),
+)
 def test_traversal_names_are_refused(tmp_path, pages, args):
     base = tmp_path / "a" / "b"
     home = base / "home"
@@ -452,6 +477,7 @@ def test_traversal_names_are_refused(tmp_path, pages, args):
 
 
 # ------------------------------------------------------------------- the boundary under a symlink race
+
 
 @pytest.fixture
 def swapping(tmp_path):

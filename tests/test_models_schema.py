@@ -1,9 +1,10 @@
 """Every status JSON we print validates against contracts/job_status.schema.json."""
+
 import json
 
+from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.models import JobStatusResponse, PhaseDetail
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.job.tracker import PhaseTracker
 
 
 def states():
@@ -53,8 +54,12 @@ def test_schema_rejects_what_it_should(status_validator):
     import pytest
 
     good = json.loads(list(states())[1].to_json())
-    for mutate in (lambda d: d.pop("phase_details"), lambda d: d.update(status="canceled"),
-                   lambda d: d["phase_details"].reverse(), lambda d: d.update(progress=101)):
+    for mutate in (
+        lambda d: d.pop("phase_details"),
+        lambda d: d.update(status="canceled"),
+        lambda d: d["phase_details"].reverse(),
+        lambda d: d.update(progress=101),
+    ):
         bad = json.loads(json.dumps(good))
         mutate(bad)
         with pytest.raises(jsonschema.ValidationError):
@@ -63,8 +68,16 @@ def test_schema_rejects_what_it_should(status_validator):
 
 def test_phase_detail_fields_of_the_seed():
     d = PhaseDetail(name="loading")
-    assert set(d.model_dump()) >= {"name", "status", "progress", "items_processed", "items_total",
-                                   "started_at", "completed_at", "error"}
+    assert set(d.model_dump()) >= {
+        "name",
+        "status",
+        "progress",
+        "items_processed",
+        "items_total",
+        "started_at",
+        "completed_at",
+        "error",
+    }
 
 
 def test_committed_schema_is_the_generated_one():

@@ -1,6 +1,7 @@
 """Issue 27, item 9: a resource the process runs out of is named in kbingest's words (the file size
 limit, memory, threads), never as "LanceDB raised RuntimeError" or "can't start new thread"; the job
 ends failed (exit 1), says how to resume, and resumes once the limit is raised."""
+
 from __future__ import annotations
 
 import errno
@@ -12,8 +13,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SMALL_PAGES, copy_pages
+
 from kbingest.pipeline import messages
 from kbingest.pipeline.messages import exhausted, reason
 
@@ -22,20 +23,30 @@ class PanicException(BaseException):
     """Like pyo3_runtime.PanicException: a BaseException, not an Exception."""
 
 
-@pytest.mark.parametrize("exc, kind", [
-    (OSError(errno.EFBIG, "File too large"), "file_size"),
-    (RuntimeError("lance error: LanceError(IO): File too large (os error 27), /root/.cargo/x.rs:191:9"), "file_size"),
-    (MemoryError(), "memory"),
-    (OSError(errno.ENOMEM, "Cannot allocate memory"), "memory"),
-    (ImportError("libarrow.so: failed to map segment from shared object"), "memory"),
-    (ImportError("libgomp.so.1: cannot allocate memory in static TLS block"), "memory"),
-    (RuntimeError("can't start new thread"), "threads"),
-    (PanicException("OS can't spawn worker thread: Resource temporarily unavailable (os error 11)"), "threads"),
-    (RuntimeError("OpenBLAS blas_thread_init: pthread_create failed for thread 1 of 2: Resource temporarily "
-                  "unavailable"), "threads"),
-    (RuntimeError("table not found"), None),
-    (OSError(errno.EAGAIN, "Resource temporarily unavailable"), None),  # a lock that would block: not threads
-])
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (OSError(errno.EFBIG, "File too large"), "file_size"),
+        (
+            RuntimeError("lance error: LanceError(IO): File too large (os error 27), /root/.cargo/x.rs:191:9"),
+            "file_size",
+        ),
+        (MemoryError(), "memory"),
+        (OSError(errno.ENOMEM, "Cannot allocate memory"), "memory"),
+        (ImportError("libarrow.so: failed to map segment from shared object"), "memory"),
+        (ImportError("libgomp.so.1: cannot allocate memory in static TLS block"), "memory"),
+        (RuntimeError("can't start new thread"), "threads"),
+        (PanicException("OS can't spawn worker thread: Resource temporarily unavailable (os error 11)"), "threads"),
+        (
+            RuntimeError(
+                "OpenBLAS blas_thread_init: pthread_create failed for thread 1 of 2: Resource temporarily unavailable"
+            ),
+            "threads",
+        ),
+        (RuntimeError("table not found"), None),
+        (OSError(errno.EAGAIN, "Resource temporarily unavailable"), None),  # a lock that would block: not threads
+    ],
+)
 def test_exhausted_resources_are_told_apart(exc, kind):
     assert exhausted(exc) == kind
 
@@ -44,7 +55,8 @@ def test_the_words_name_the_resource_and_its_limit(monkeypatch):
     monkeypatch.setattr(messages, "file_size_limit", lambda: 64 * 1024)
     monkeypatch.setattr(messages, "memory_limit", lambda: 600 * 1024 * 1024)
     assert reason(OSError(errno.EFBIG, "File too large")).startswith(
-        "the file size limit (RLIMIT_FSIZE, `ulimit -f`) of 64.0 KiB was reached")
+        "the file size limit (RLIMIT_FSIZE, `ulimit -f`) of 64.0 KiB was reached"
+    )
     line = reason(RuntimeError("can't start new thread"))
     assert "no thread could be started" in line and "`ulimit -u`" in line and "600.0 MiB" in line
     assert "address-space limit (RLIMIT_AS, `ulimit -v`) is 600.0 MiB" in reason(MemoryError())
@@ -56,8 +68,14 @@ def _cli(home: Path, *args: str, fsize: int | None = None) -> subprocess.Complet
     def limit() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-    return subprocess.run([sys.executable, "-m", "kbingest", "--home", str(home), *args], cwd=str(REPO),
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit if fsize else None)
+    return subprocess.run(
+        [sys.executable, "-m", "kbingest", "--home", str(home), *args],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit if fsize else None,
+    )
 
 
 def test_file_size_limit_is_named_and_the_job_resumes(tmp_path):
@@ -89,6 +107,7 @@ def test_no_thread_for_the_job_is_named_with_resume(tmp_path, monkeypatch):
 
         def snapshot(self):
             from kbingest.pipeline.models import JobConfig  # noqa: F401  (a real snapshot is not needed)
+
             return None
 
     class NoStart(threading.Thread):

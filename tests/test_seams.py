@@ -1,17 +1,25 @@
 """The seams of issue 11, proved by use: a new format is one module plus one registration; a
 setting is versioned or not, and the version follows; the service's typed errors map to one exit
 code each; an unchanged re-run never constructs the embedder."""
+
 from __future__ import annotations
 
 import pytest
-
 from conftest import SMALL_PAGES, copy_pages
 
 from kbingest.pipeline.load import formats
 from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError
 from kbingest.pipeline.models import JobConfig
-from kbingest.pipeline.service import (Busy, ControlTimeout, KbBusy, EngineFailure, InvalidInput, NotFound, Service,
-                                       WrongState)
+from kbingest.pipeline.service import (
+    Busy,
+    ControlTimeout,
+    EngineFailure,
+    InvalidInput,
+    KbBusy,
+    NotFound,
+    Service,
+    WrongState,
+)
 from kbingest.pipeline.status import JobStatus
 
 
@@ -93,17 +101,36 @@ def test_every_setting_is_versioned_or_not_exactly_once():
     assert versioned | unversioned == fields
 
 
-CHANGED = {"model": "other-model", "embedder": "fake", "max_tokens": 128, "overlap_tokens": 8,
-           "max_chars": 2000, "ocr": "force", "embed_context": True}
+CHANGED = {
+    "model": "other-model",
+    "embedder": "fake",
+    "max_tokens": 128,
+    "overlap_tokens": 8,
+    "max_chars": 2000,
+    "ocr": "force",
+    "embed_context": True,
+}
 
 
 def test_the_version_key_follows_every_versioned_setting_and_no_other():
     base = JobConfig(sources=["/d"], kb="k")  # fastembed: the model name matters (the fake has one model)
     for name in JobConfig.VERSIONED:
         assert base.model_copy(update={name: CHANGED[name]}).version_key() != base.version_key(), name
-    for name, value in {"commit_rows": 7, "batch_size": 4, "retries": 0, "max_files": 10, "threads": 1,
-                        "commit_seconds": 1.0, "optimize_every": 3, "max_depth": 2, "follow_links": True,
-                        "max_file_bytes": 100, "watch": True, "sources": ["/e"], "kb": "j"}.items():
+    for name, value in {
+        "commit_rows": 7,
+        "batch_size": 4,
+        "retries": 0,
+        "max_files": 10,
+        "threads": 1,
+        "commit_seconds": 1.0,
+        "optimize_every": 3,
+        "max_depth": 2,
+        "follow_links": True,
+        "max_file_bytes": 100,
+        "watch": True,
+        "sources": ["/e"],
+        "kb": "j",
+    }.items():
         assert base.model_copy(update={name: value}).version_key() == base.version_key(), name
 
 
@@ -114,9 +141,16 @@ def test_versions_are_those_of_the_previous_version():
     assert JobConfig(sources=["/d"], kb="k", embedder="fake").version_key() == "v1-t240-o32-c4000|fake"
 
 
-@pytest.mark.parametrize("change,reingests", [({"max_tokens": 128}, True), ({"overlap_tokens": 8}, True),
-                                              ({"max_chars": 2000}, True), ({"commit_rows": 3}, False),
-                                              ({"batch_size": 4}, False)])
+@pytest.mark.parametrize(
+    "change,reingests",
+    [
+        ({"max_tokens": 128}, True),
+        ({"overlap_tokens": 8}, True),
+        ({"max_chars": 2000}, True),
+        ({"commit_rows": 3}, False),
+        ({"batch_size": 4}, False),
+    ],
+)
 def test_changing_a_setting_reingests_only_when_it_is_versioned(tmp_path, home, change, reingests):
     src = copy_pages(tmp_path / "docs", SMALL_PAGES[:2])
     svc = _service(home)

@@ -1,6 +1,7 @@
 """The front ends' seam (pipeline/seams.py): `Service` and `RemoteService` both implement `JobService`,
 `IngestJob` and `RemoteJob` both implement `JobHandle`. mypy checks the assignments below (`make types`
 runs it on this module); pytest checks every member of the protocols is there at run time."""
+
 from __future__ import annotations
 
 import inspect
@@ -43,7 +44,10 @@ def test_a_remote_service_says_what_it_cannot_do(tmp_path: Path) -> None:
     assert remote.can_drain() is False and Service(tmp_path).can_drain() is True
     assert remote.default_embedder() == Service(tmp_path).default_embedder() == "fastembed"
     assert remote.knowledge_bases() == [] and remote.settings() == {}
-    for call in (lambda: remote.drain("j1"), lambda: remote.save_settings(theme="x"),
-                 lambda: remote.retry("j1", paths=["a"])):
+    for call in (
+        lambda: remote.drain("j1"),
+        lambda: remote.save_settings(theme="x"),
+        lambda: remote.retry("j1", paths=["a"]),
+    ):
         with pytest.raises(Unsupported):
             call()

@@ -1,7 +1,14 @@
 import pytest
 
-from kbingest.pipeline.status import (PHASES, TRANSITIONS, InvalidTransition, JobPhase, JobStatus, can_transition,
-                             check_transition)
+from kbingest.pipeline.status import (
+    PHASES,
+    TRANSITIONS,
+    InvalidTransition,
+    JobPhase,
+    JobStatus,
+    can_transition,
+    check_transition,
+)
 
 
 def test_enum_values_are_the_seeds():
@@ -11,20 +18,40 @@ def test_enum_values_are_the_seeds():
     assert JobPhase.COMPLETED.value == "completed"
 
 
-@pytest.mark.parametrize("a,b", [
-    ("pending", "running"), ("running", "paused"), ("paused", "running"), ("running", "completed"),
-    ("running", "failed"), ("paused", "cancelled"), ("running", "cancelled"), ("pending", "cancelled"),
-    ("failed", "running"), ("completed", "running"),
-])
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ("pending", "running"),
+        ("running", "paused"),
+        ("paused", "running"),
+        ("running", "completed"),
+        ("running", "failed"),
+        ("paused", "cancelled"),
+        ("running", "cancelled"),
+        ("pending", "cancelled"),
+        ("failed", "running"),
+        ("completed", "running"),
+    ],
+)
 def test_allowed(a, b):
     assert check_transition(JobStatus(a), JobStatus(b)) == JobStatus(b)
 
 
-@pytest.mark.parametrize("a,b", [
-    ("pending", "completed"), ("pending", "failed"), ("paused", "completed"), ("cancelled", "running"),
-    ("cancelled", "paused"), ("completed", "paused"), ("completed", "failed"), ("running", "running"),
-    ("failed", "completed"), ("failed", "paused"),
-])
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ("pending", "completed"),
+        ("pending", "failed"),
+        ("paused", "completed"),
+        ("cancelled", "running"),
+        ("cancelled", "paused"),
+        ("completed", "paused"),
+        ("completed", "failed"),
+        ("running", "running"),
+        ("failed", "completed"),
+        ("failed", "paused"),
+    ],
+)
 def test_forbidden_raise(a, b):
     assert not can_transition(JobStatus(a), JobStatus(b))
     with pytest.raises(InvalidTransition, match=f"from {a} to {b}"):

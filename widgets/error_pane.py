@@ -1,4 +1,5 @@
 """The error pane: the failed phase's error and every failed document of the selected job."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,9 +25,14 @@ class ErrorPane(VerticalScroll):
     BINDINGS = [
         Binding("up", "move(-1)", "select", key_display="↑↓", id="error_up", tooltip="select a failed document"),
         Binding("down", "move(1)", "select", show=False, id="error_down", tooltip="select a failed document"),
-        Binding("enter", "open", "details", id="error_open",
-                tooltip="in the errors pane: the selected error in full; there r retries that document alone "
-                        "and y copies its path"),
+        Binding(
+            "enter",
+            "open",
+            "details",
+            id="error_open",
+            tooltip="in the errors pane: the selected error in full; there r retries that document alone "
+            "and y copies its path",
+        ),
     ]
 
     class Open(Message):
@@ -102,8 +108,10 @@ class ErrorPane(VerticalScroll):
         rows = 0
         failed = [p for p in s.phase_details if p.status == JobStatus.FAILED]
         for p in failed:
-            grid.add_row(Text("✗", style=err), Text.assemble((f"{p.name} failed: ", err),
-                                                             safe(p.error or s.error or "no details")))
+            grid.add_row(
+                Text("✗", style=err),
+                Text.assemble((f"{p.name} failed: ", err), safe(p.error or s.error or "no details")),
+            )
             rows += 1
         if s.error and not any(p.error == s.error for p in failed):
             grid.add_row(Text("✗", style=err), Text.assemble(("job error: ", err), safe(s.error)))
@@ -113,8 +121,9 @@ class ErrorPane(VerticalScroll):
             if e.attempts > 1:
                 detail += f" ({e.attempts} attempts)"
             chosen = i == self.cursor and self.has_focus
-            grid.add_row(Text("▶" if chosen else "✗", style=err),
-                         Text(safe(e.path), style="bold reverse" if chosen else "bold"))
+            grid.add_row(
+                Text("▶" if chosen else "✗", style=err), Text(safe(e.path), style="bold reverse" if chosen else "bold")
+            )
             grid.add_row(Text(""), Text(" " + detail))
             rows += 1
         if len(view.errors) < view.failed_docs:

@@ -3,6 +3,7 @@
 Status changes, phase changes, new document errors, commits: never one line per document
 processed. `diff_events()` is pure, so that it can be tested without an app.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -18,14 +19,14 @@ from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.format import JobView, fmt_duration, safe, status_style, theme_style
 from kbingest.widgets.phase_timeline import UNITS
 
-MAX_EVENTS = 500          # kept per job
-MAX_ERRORS_LOGGED = 20    # new document errors logged one by one per poll; the rest are summed up
+MAX_EVENTS = 500  # kept per job
+MAX_ERRORS_LOGGED = 20  # new document errors logged one by one per poll; the rest are summed up
 
 
 @dataclass(frozen=True)
 class Event:
     at: datetime
-    text: str           # plain text, already escaped with printable()
+    text: str  # plain text, already escaped with printable()
     kind: str = "info"  # a status value (coloured like it), "error", or "info"
 
 
@@ -57,16 +58,26 @@ def diff_events(prev: Optional[JobView], cur: JobView) -> list[tuple[str, str]]:
         if d.status == JobStatus.RUNNING:
             out.append((f"{d.name} started", "running"))
         elif d.status == JobStatus.COMPLETED:
-            out.append((f"{d.name} completed: {d.items_processed} {UNITS.get(d.name, 'items')} "
-                        f"in {fmt_duration(d.duration_seconds)}", "completed"))
+            out.append(
+                (
+                    f"{d.name} completed: {d.items_processed} {UNITS.get(d.name, 'items')} "
+                    f"in {fmt_duration(d.duration_seconds)}",
+                    "completed",
+                )
+            )
         elif d.status == JobStatus.FAILED:
             out.append((f"{d.name} failed: {safe(d.error or '')}", "error"))
     commits, was = int(s.metrics.get("commits") or 0), int(p.metrics.get("commits") or 0)
     if commits > was:
-        out.append((f"committed: {int(s.metrics.get('chunks_indexed') or 0)} chunks indexed in this pass "
-                    f"({commits} commit{'s' if commits > 1 else ''})", "info"))
+        out.append(
+            (
+                f"committed: {int(s.metrics.get('chunks_indexed') or 0)} chunks indexed in this pass "
+                f"({commits} commit{'s' if commits > 1 else ''})",
+                "info",
+            )
+        )
     if len(cur.errors) > len(prev.errors):
-        new = cur.errors[len(prev.errors):]
+        new = cur.errors[len(prev.errors) :]
         for e in new[:MAX_ERRORS_LOGGED]:
             out.append((f"failed in {safe(e.phase)}: {safe(e.path)} ({safe(e.kind)}): {safe(e.message)}", "error"))
         if len(new) > MAX_ERRORS_LOGGED:
@@ -99,8 +110,9 @@ class EventLog(RichLog):
     """A RichLog of one job's events, bounded, markup off: each line is a literal Text."""
 
     def __init__(self, *, id: Optional[str] = None, max_lines: int = MAX_EVENTS) -> None:
-        super().__init__(id=id, max_lines=max_lines, wrap=True, markup=False, highlight=False, min_width=20,
-                         auto_scroll=True)
+        super().__init__(
+            id=id, max_lines=max_lines, wrap=True, markup=False, highlight=False, min_width=20, auto_scroll=True
+        )
         self.tz: Optional[tzinfo] = None
         self._shown: deque[Event] = deque(maxlen=max_lines)
         self._width = 0

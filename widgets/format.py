@@ -4,6 +4,7 @@ Everything here returns plain `str` or `rich.text.Text`; nothing is ever parsed 
 Text that comes from documents, file names or the engine goes through `safe()` (which is
 `pipeline.textsafe.printable`) before it is shown.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from rich.style import Style
 from rich.text import Text
 
 from kbingest.pipeline.models import DocumentError, JobStatusResponse
-from kbingest.pipeline.status import JobStatus
 from kbingest.pipeline.service import printable
+from kbingest.pipeline.status import JobStatus
 
 if TYPE_CHECKING:
     from textual.app import App
@@ -53,7 +54,7 @@ def fit(text: str, width: int) -> str:
         return text[:width]
     head = (width - 1) // 2
     tail = width - 1 - head
-    return text[:head] + "…" + text[len(text) - tail:]
+    return text[:head] + "…" + text[len(text) - tail :]
 
 
 def fmt_duration(seconds: Optional[float]) -> str:
@@ -154,8 +155,8 @@ class JobView:
     errors: list[DocumentError] = field(default_factory=list)
     created_at: str = ""
     updated_at: Optional[str] = field(default=None, compare=False)
-    local: bool = False               # running in this process (a worker of this dashboard)
-    running_elsewhere: bool = False   # running in another process on this home
+    local: bool = False  # running in this process (a worker of this dashboard)
+    running_elsewhere: bool = False  # running in another process on this home
 
     @property
     def status(self) -> JobStatus:
@@ -180,8 +181,11 @@ class JobView:
         elif self.snap.status == JobStatus.RUNNING:
             end = as_aware(now)
         else:
-            ends = [as_aware(p.started_at) + timedelta(seconds=p.duration_seconds or 0.0)
-                    for p in self.snap.phase_details if p.started_at is not None]
+            ends = [
+                as_aware(p.started_at) + timedelta(seconds=p.duration_seconds or 0.0)
+                for p in self.snap.phase_details
+                if p.started_at is not None
+            ]
             if not ends:
                 return None
             end = max(ends)

@@ -4,6 +4,7 @@ phase, sampled in the UI), queue gauges with "starved"/"blocked" flags, and the 
 RateHistory is fed the snapshots the dashboard already polls (no extra reads of the engine); it keeps
 one sample per SAMPLE_S per job and phase, HISTORY samples at most (a few minutes).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,9 @@ from kbingest.pipeline.models import JobStatusResponse
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.format import fit, fmt_duration, safe, theme_style
 
-SAMPLE_S = 2.0        # one rate sample per phase every 2 s
-HISTORY = 150         # samples kept per phase: the last 5 minutes
-STARVED_S = 5.0       # an input queue empty (or an output queue full) this long is flagged
+SAMPLE_S = 2.0  # one rate sample per phase every 2 s
+HISTORY = 150  # samples kept per phase: the last 5 minutes
+STARVED_S = 5.0  # an input queue empty (or an output queue full) this long is flagged
 BLOCKS = "▁▂▃▄▅▆▇█"
 # (queue metric, writer phase, reader phase)
 QUEUES: tuple[tuple[str, str, str], ...] = (
@@ -36,8 +37,10 @@ def sparkline(values: list[float], width: int) -> str:
         return ""
     if len(values) > width:  # bins of equal size, the newest at the right
         per = len(values) / width
-        values = [sum(b) / len(b) for b in
-                  (values[int(i * per):max(int((i + 1) * per), int(i * per) + 1)] for i in range(width))]
+        values = [
+            sum(b) / len(b)
+            for b in (values[int(i * per) : max(int((i + 1) * per), int(i * per) + 1)] for i in range(width))
+        ]
     top = max(values)
     if top <= 0:
         return BLOCKS[0] * len(values)
@@ -74,13 +77,13 @@ class RateHistory:
 
 
 def trend(values: list[float]) -> str:
-    """"slowing" when the last quarter runs at under half the rate of the best earlier stretch."""
+    """ "slowing" when the last quarter runs at under half the rate of the best earlier stretch."""
     if len(values) < 8:
         return ""
     q = max(2, len(values) // 4)
     recent = sum(values[-q:]) / q
     earlier = values[:-q]
-    best = max(sum(earlier[i:i + q]) / q for i in range(0, len(earlier) - q + 1)) if len(earlier) >= q else 0
+    best = max(sum(earlier[i : i + q]) / q for i in range(0, len(earlier) - q + 1)) if len(earlier) >= q else 0
     return "slowing" if best > 0 and recent < best / 2 else ""
 
 
@@ -91,7 +94,7 @@ def flags(snap: Optional[JobStatusResponse]) -> list[tuple[str, str]]:
     status = {d.name: d.status for d in snap.phase_details}
     out: list[tuple[str, str]] = []
     gauges = [snap.metrics.get(key) for key, _, _ in QUEUES]
-    for i, (key, writer, reader) in enumerate(QUEUES):
+    for i, (_key, writer, reader) in enumerate(QUEUES):
         g = gauges[i]
         if not isinstance(g, dict):
             continue
@@ -99,7 +102,9 @@ def flags(snap: Optional[JobStatusResponse]) -> list[tuple[str, str]]:
         if empty >= STARVED_S and status.get(writer) == JobStatus.RUNNING and status.get(reader) == JobStatus.RUNNING:
             out.append((reader, f"{reader} starved: waiting on {writer} for {fmt_duration(empty)}"))
         if full >= STARVED_S:
-            out.append((writer, f"{writer} blocked: {_behind(gauges, i)} is behind, queue full for {fmt_duration(full)}"))
+            out.append(
+                (writer, f"{writer} blocked: {_behind(gauges, i)} is behind, queue full for {fmt_duration(full)}")
+            )
     return out
 
 
@@ -165,8 +170,10 @@ class FlowPane(SnapshotText):
             cells = 5
             filled = round(cells * depth / cap) if cap else 0
             out.append(f"{QUEUE_LABEL[key]} ")
-            out.append("█" * filled + "░" * (cells - filled),
-                       style=warn if cap and depth >= cap else theme_style(self.app, "accent"))
+            out.append(
+                "█" * filled + "░" * (cells - filled),
+                style=warn if cap and depth >= cap else theme_style(self.app, "accent"),
+            )
             out.append(f" {depth}/{cap}")
         for _, why in flags(snap):
             out.append("\n⚠ ", style=warn)
@@ -189,8 +196,9 @@ class InFlightPane(SnapshotText):
                     out.append("\n")
                 out.append(f"{safe(phase) if i == 0 else '':<10} ", style="bold")
                 out.append(_short(str(d.get("path", "")), width))
-                extra = " · ".join(x for x in (_size(d.get("size")),
-                                               f"{d['chunks']} chunks" if d.get("chunks") else "") if x)
+                extra = " · ".join(
+                    x for x in (_size(d.get("size")), f"{d['chunks']} chunks" if d.get("chunks") else "") if x
+                )
                 if extra:
                     out.append(f"  {extra}", style=muted)
                 lines += 1

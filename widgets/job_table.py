@@ -1,4 +1,5 @@
 """The job list: one row per job in the home, newest first."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,7 @@ class JobTable(DataTable):
     of jobs changes, or when its width does."""
 
     BINDINGS = [
-        Binding("up", "cursor_up", "job", key_display="↑↓", id="select_up",
-                tooltip="select the job above / below"),
+        Binding("up", "cursor_up", "job", key_display="↑↓", id="select_up", tooltip="select the job above / below"),
         Binding("down", "cursor_down", "job", show=False, id="select_down"),
     ]
 
@@ -137,8 +137,14 @@ class JobTable(DataTable):
         note_w = width - fixed - id_w
         return (id_w, kb_w, note_w if note_w >= NOTE_MIN else 0)
 
-    def _rebuild(self, views: list[JobView], now: datetime, tz: Optional[tzinfo], selected: Optional[str],
-                 layout: tuple[int, int, int]) -> None:
+    def _rebuild(
+        self,
+        views: list[JobView],
+        now: datetime,
+        tz: Optional[tzinfo],
+        selected: Optional[str],
+        layout: tuple[int, int, int],
+    ) -> None:
         id_w, kb_w, note_w = layout
         self.clear(columns=True)
         for key, label, width in self._columns(layout):

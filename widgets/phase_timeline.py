@@ -1,5 +1,6 @@
 """The phase timeline of one job: a row per phase (loading, chunking, embedding, indexing) with a
 progress bar, items processed/total, rate, ETA, phase status and duration."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -30,8 +31,11 @@ def _cells(d: Optional[PhaseDetail]) -> tuple[int, str, str, str, str, str]:
     rate = d.rate
     if status != "running":
         # a finished phase shows its average rate; a stopped one nothing live
-        rate = (d.items_processed / d.duration_seconds
-                if status == "completed" and d.duration_seconds and d.items_processed else None)
+        rate = (
+            d.items_processed / d.duration_seconds
+            if status == "completed" and d.duration_seconds and d.items_processed
+            else None
+        )
     eta = fmt_clock(d.eta_seconds) if status == "running" else DASH
     return (int(d.progress), items, fmt_rate(rate), eta, status, fmt_duration(d.duration_seconds))
 
@@ -66,8 +70,7 @@ class PhaseRow(Horizontal):
         yield Label(Text("pending"), classes="ph-status")
         yield Label(Text(DASH, justify="right"), classes="ph-time")
 
-    def show(self, detail: Optional[PhaseDetail], history: Optional[list[float]] = None,
-             force: bool = False) -> None:
+    def show(self, detail: Optional[PhaseDetail], history: Optional[list[float]] = None, force: bool = False) -> None:
         spark_label = self.query_one(".ph-spark", Label)
         width = max(0, (spark_label.size.width or 10) - 1)
         spark = sparkline(history or [], width)
@@ -76,8 +79,9 @@ class PhaseRow(Horizontal):
         if cells == self._sig and not force:
             return
         self._sig = cells
-        spark_label.update(Text(" " + spark, no_wrap=True,
-                                style=theme_style(self.app, "warning" if slowing else "accent")))
+        spark_label.update(
+            Text(" " + spark, no_wrap=True, style=theme_style(self.app, "warning" if slowing else "accent"))
+        )
         cells = cells[:6]
         progress, items, rate, eta, status, dur = cells
         self.query_one(ProgressBar).update(total=100, progress=progress)
@@ -96,8 +100,12 @@ class PhaseTimeline(Vertical):
         for name in PHASE_NAMES:
             yield PhaseRow(name)
 
-    def show(self, details: Optional[list[PhaseDetail]], force: bool = False,
-             history: Optional[dict[str, list[float]]] = None) -> None:
+    def show(
+        self,
+        details: Optional[list[PhaseDetail]],
+        force: bool = False,
+        history: Optional[dict[str, list[float]]] = None,
+    ) -> None:
         by_name = {d.name: d for d in (details or [])}
         for row in self.query(PhaseRow):
             row.show(by_name.get(row.phase), (history or {}).get(row.phase), force=force)

@@ -1,5 +1,6 @@
 """The one dialog style of the dashboard's modal screens: centred, a bordered dialog (`#dialog`, or the
 id given) on the surface colour. A screen adds its own width or border colour after it."""
+
 from __future__ import annotations
 
 MODAL_CSS = """

@@ -1,6 +1,7 @@
 """The dashboard's console screens: an error in full (retry it, copy its path), the new-job form,
 and search in a knowledge base with a result's full chunk text. Every one is a ModalScreen whose
 keys are its bindings (shown in its footer); all text from files and the engine is escaped."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.suggester import SuggestFromList, Suggester
+from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
 
 from kbingest.app.screens.base import modal_css
@@ -26,7 +27,6 @@ from kbingest.widgets.format import fmt_time, safe
 MAX_SUGGESTIONS_SCANNED = 2000  # directory entries read for one completion
 
 
-
 def source_label(source: str) -> str:
     """A search hit's document as the results list shows it: a file by its name, a document not on the
     local disk (s3://, http(s)://: docs/sources.md) by its whole URI, which is its identity."""
@@ -34,12 +34,16 @@ def source_label(source: str) -> str:
         return source
     return os.path.basename(source) or source
 
+
 class ErrorScreen(ModalScreen[Optional[str]]):
     """One failed document in full. Dismisses with "retry" (r), or None."""
 
-    DEFAULT_CSS = modal_css("ErrorScreen") + """
+    DEFAULT_CSS = (
+        modal_css("ErrorScreen")
+        + """
     ErrorScreen #error-detail { height: auto; }
     """
+    )
     BINDINGS = [
         Binding("r", "retry", "retry this document", id="error_retry"),
         Binding("y", "copy", "copy path", id="error_copy"),
@@ -90,7 +94,7 @@ class PathSuggester(Suggester):
         last = value.rsplit(",", 1)[-1].lstrip()
         if not last:
             return None
-        head = value[:len(value) - len(last)]
+        head = value[: len(value) - len(last)]
         folder, stem = os.path.split(os.path.expanduser(last))
         try:
             with os.scandir(folder or ".") as it:
@@ -104,7 +108,7 @@ class PathSuggester(Suggester):
             return None
         if not names:
             return None
-        return head + last[:len(last) - len(stem)] + sorted(names)[0]
+        return head + last[: len(last) - len(stem)] + sorted(names)[0]
 
 
 def _default(field: str) -> Any:
@@ -115,13 +119,16 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
     """A new job: sources, knowledge base and the main settings (the CLI's defaults), validated by
     Service.config. Dismisses with the JobConfig, or None."""
 
-    DEFAULT_CSS = modal_css("NewJobScreen") + """
+    DEFAULT_CSS = (
+        modal_css("NewJobScreen")
+        + """
     NewJobScreen .row { height: 1; margin-top: 1; }
     NewJobScreen .row Label { width: 16; }
     NewJobScreen .row Input, NewJobScreen .row Select { width: 1fr; }
     NewJobScreen #form-error { color: $error; height: auto; }
     NewJobScreen #buttons { height: 1; margin-top: 1; align-horizontal: right; }
     """
+    )
     BINDINGS = [
         Binding("ctrl+s", "submit", "start", id="form_submit"),
         Binding("escape", "close", "close", key_display="esc", id="form_close"),
@@ -138,18 +145,27 @@ class NewJobScreen(ModalScreen[Optional[JobConfig]]):
             d.border_title = "new job"
             with Horizontal(classes="row"):
                 yield Label("sources")
-                yield Input(placeholder="folders or files, comma separated", id="sources",
-                            suggester=PathSuggester(), compact=True)
+                yield Input(
+                    placeholder="folders or files, comma separated",
+                    id="sources",
+                    suggester=PathSuggester(),
+                    compact=True,
+                )
             with Horizontal(classes="row"):
                 yield Label("knowledge base")
-                yield Input(placeholder=", ".join(self.knowledge_bases[:4]) or "a name", id="kb",
-                            suggester=SuggestFromList(self.knowledge_bases, case_sensitive=True), compact=True)
+                yield Input(
+                    placeholder=", ".join(self.knowledge_bases[:4]) or "a name",
+                    id="kb",
+                    suggester=SuggestFromList(self.knowledge_bases, case_sensitive=True),
+                    compact=True,
+                )
             with Horizontal(classes="row"):
                 yield Label("embedder")
                 offered = offered_embedders()
                 offered += () if self.embedder in offered else (self.embedder,)
-                yield Select([(e, e) for e in offered], value=self.embedder,
-                             allow_blank=False, id="embedder", compact=True)
+                yield Select(
+                    [(e, e) for e in offered], value=self.embedder, allow_blank=False, id="embedder", compact=True
+                )
             for name in self.SETTINGS:
                 with Horizontal(classes="row"):
                     yield Label(name.replace("_", " "))
@@ -217,10 +233,13 @@ class ChunkScreen(ModalScreen[None]):
 class SearchScreen(ModalScreen[None]):
     """Search one knowledge base: type, enter; ↑↓ and enter open a result's full text."""
 
-    DEFAULT_CSS = modal_css("SearchScreen") + """
+    DEFAULT_CSS = (
+        modal_css("SearchScreen")
+        + """
     SearchScreen #results { height: auto; max-height: 20; }
     SearchScreen #search-status { color: $text-muted; height: auto; }
     """
+    )
     BINDINGS = [Binding("escape", "close", "close", key_display="esc", id="search_close")]
     K = 10
 
@@ -268,10 +287,16 @@ class SearchScreen(ModalScreen[None]):
         table.clear()
         for i, h in enumerate(hits):
             page = getattr(h, "page", None)
-            table.add_row(Text(f"{h.score:.3f}"), Text(safe(hit_label(h))),
-                          Text(safe(h.heading_path)), Text("" if page is None else str(page)), key=str(i))
-        status = error or (f"{len(hits)} result{'s' if len(hits) != 1 else ''}: ↑↓ and enter open one"
-                           if hits else "no results")
+            table.add_row(
+                Text(f"{h.score:.3f}"),
+                Text(safe(hit_label(h))),
+                Text(safe(h.heading_path)),
+                Text("" if page is None else str(page)),
+                key=str(i),
+            )
+        status = error or (
+            f"{len(hits)} result{'s' if len(hits) != 1 else ''}: ↑↓ and enter open one" if hits else "no results"
+        )
         self.query_one("#search-status", Static).update(Text(safe(status)))
         if hits:
             table.focus()

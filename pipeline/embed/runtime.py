@@ -14,6 +14,7 @@ What it does differently from fastembed, each measured (docs/runtime.md):
 Tokenizer, mean pooling and L2 normalisation are fastembed's (same files, same settings, same
 float64 pooling), so the vectors are fastembed's (cosine >= 0.999, tested).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,6 +36,7 @@ class RuntimeUnavailable(RuntimeError):
 
 # ---- tokenizer: fastembed's load_tokenizer, without importing fastembed ----------------------
 
+
 def load_tokenizer(model_dir: Path):
     """The tokenizer as fastembed configures it: truncation at the stricter of model_max_length /
     max_length, the special tokens of special_tokens_map.json, padding to the longest (unused here:
@@ -42,24 +44,27 @@ def load_tokenizer(model_dir: Path):
     from tokenizers import AddedToken, Tokenizer
 
     cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
-    limits = [v for v in (cfg.get("model_max_length"), cfg.get("max_length"))
-              if isinstance(v, int) and 0 < v < 1_000_000]
+    limits = [
+        v for v in (cfg.get("model_max_length"), cfg.get("max_length")) if isinstance(v, int) and 0 < v < 1_000_000
+    ]
     if not limits:
         raise RuntimeUnavailable(f"no maximum context length in {model_dir}/tokenizer_config.json")
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     trunc = tok.truncation or {}
-    tok.enable_truncation(max_length=min(limits),
-                          direction=cfg.get("truncation_side") or trunc.get("direction", "right"))
+    tok.enable_truncation(
+        max_length=min(limits), direction=cfg.get("truncation_side") or trunc.get("direction", "right")
+    )
     special = model_dir / "special_tokens_map.json"
     if special.exists():
         for v in json.loads(special.read_text()).values():
-            for t in (v if isinstance(v, list) else [v]):
+            for t in v if isinstance(v, list) else [v]:
                 tok.add_special_tokens([t if isinstance(t, str) else AddedToken(**t)])
     tok.no_padding()
     return tok
 
 
 # ---- the derived (attention-fused) model file ------------------------------------------------
+
 
 def cache_dir() -> Path:
     env = os.environ.get("KBINGEST_CACHE_DIR")
@@ -106,6 +111,7 @@ def fused_model_file(source: Path, num_heads: int) -> Path:
 
 # ---- sessions --------------------------------------------------------------------------------
 
+
 def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
     import onnxruntime as ort
 
@@ -113,10 +119,12 @@ def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     so.enable_cpu_mem_arena = arena
     so.log_severity_level = 3
     return so
@@ -141,9 +149,16 @@ class OnnxRuntimeEmbedder:
     """Embeds with `sessions` onnxruntime sessions of `threads_per_session` intra-op threads each
     (default: one session per available core, 1 thread each) on the attention-fused graph."""
 
-    def __init__(self, model_file: Path, tokenizer_dir: Path, sessions: Optional[int] = None,
-                 threads_per_session: int = 1, fuse: bool = True, arena: bool = True,
-                 level: str = "basic") -> None:
+    def __init__(
+        self,
+        model_file: Path,
+        tokenizer_dir: Path,
+        sessions: Optional[int] = None,
+        threads_per_session: int = 1,
+        fuse: bool = True,
+        arena: bool = True,
+        level: str = "basic",
+    ) -> None:
         import onnxruntime as ort
 
         self.tokenizer = load_tokenizer(tokenizer_dir)
@@ -152,15 +167,18 @@ class OnnxRuntimeEmbedder:
         self.n_sessions = max(1, sessions or available_cores())
         so = session_options(threads_per_session, arena=arena, level=level)
         try:
-            self._sessions = [ort.InferenceSession(str(self.graph_file), so, providers=["CPUExecutionProvider"])
-                              for _ in range(self.n_sessions)]
+            self._sessions = [
+                ort.InferenceSession(str(self.graph_file), so, providers=["CPUExecutionProvider"])
+                for _ in range(self.n_sessions)
+            ]
         except Exception as e:
             raise RuntimeUnavailable(f"onnxruntime cannot load {self.graph_file.name}: {e}") from e
         self._inputs = {i.name for i in self._sessions[0].get_inputs()}
         width = next((o.shape[-1] for o in self._sessions[0].get_outputs() if o.name == OUTPUT), None)
         self.dim = width if isinstance(width, int) else 0  # 0: known after the first text
-        self._pool = ThreadPoolExecutor(self.n_sessions - 1, thread_name_prefix="kbingest-ort") \
-            if self.n_sessions > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.n_sessions - 1, thread_name_prefix="kbingest-ort") if self.n_sessions > 1 else None
+        )
 
     def _one(self, session: Any, ids: list[int]) -> np.ndarray:
         n = len(ids)

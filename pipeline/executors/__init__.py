@@ -1,15 +1,16 @@
 """The executor registry: a job's `executor` setting names one of these."""
+
 from __future__ import annotations
 
 from typing import Callable
 
-from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.executors.base import Executor
+from kbingest.pipeline.job.control import RunControl
 
 # name -> "module:Class", imported only when a job uses it (a distributed engine is a heavy import)
 _REGISTRY: dict[str, str] = {
     "threads": "kbingest.pipeline.executors.threads:ThreadExecutor",
-    "ray": "kbingest.pipeline.executors.ray:RayExecutor",   # the extra kbingest[ray]
+    "ray": "kbingest.pipeline.executors.ray:RayExecutor",  # the extra kbingest[ray]
 }
 
 

@@ -5,6 +5,7 @@ to stage, returns when the pass is done or stopped, and raises PhaseFailed when 
 on. Pause and cancel reach it through one call, `stop(reason)`. Adding an executor touches neither
 the stages nor the job: one module plus one line in pipeline/executors/__init__.py.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

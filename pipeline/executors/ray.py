@@ -19,6 +19,7 @@ before the staging is removed: no batch in flight lands in it afterwards.
 A killed actor is restarted by Ray and its batch retried. Without an address a private local Ray
 starts with the job and stops with it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,9 +36,9 @@ import uuid
 import warnings
 from typing import Any, Iterator, Optional
 
-from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.executors.base import Executor
 from kbingest.pipeline.executors.ray_workers import ENV_FORWARDED, replay
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, PassStages
 from kbingest.pipeline.stages.index import IndexStage, fault_point
@@ -45,15 +46,15 @@ from kbingest.pipeline.status import JobPhase
 
 log = logging.getLogger("kbingest.engine")
 
-WAVE_SECONDS = 30.0             # a wave is committed at ray_wave_docs documents, or this often
-PULLERS = 2                     # chunking tasks pulling the plan for the whole pass
-PLAN_GROUPS = 8                 # groups of documents waiting in the plan queue (bounded: memory stays flat)
-CHUNK_BATCH_DOCS = 8            # documents a group holds
-EMBED_BATCH_DOCS = 4            # documents an embedding actor takes a call (one fragment, one summary)
+WAVE_SECONDS = 30.0  # a wave is committed at ray_wave_docs documents, or this often
+PULLERS = 2  # chunking tasks pulling the plan for the whole pass
+PLAN_GROUPS = 8  # groups of documents waiting in the plan queue (bounded: memory stays flat)
+CHUNK_BATCH_DOCS = 8  # documents a group holds
+EMBED_BATCH_DOCS = 4  # documents an embedding actor takes a call (one fragment, one summary)
 CHUNK_TASK_CPUS = 0.5
 EMBED_ACTOR_CPUS = 1.0
-ACTOR_RESTARTS = 3              # a killed actor is restarted, its batch retried, this many times
-STOP_WAIT_S = 60.0              # a stopped pass waits this long for the dataset to end before removing its staging
+ACTOR_RESTARTS = 3  # a killed actor is restarted, its batch retried, this many times
+STOP_WAIT_S = 60.0  # a stopped pass waits this long for the dataset to end before removing its staging
 LOCAL_OBJECT_STORE = 256 * 1024 * 1024
 BLOCK_BYTES = 64 * 1024
 _END = object()
@@ -88,8 +89,14 @@ class RaySession:
             cpus = max(os.cpu_count() or 1, int(config.ray_embed_actors * EMBED_ACTOR_CPUS + 1))
             with warnings.catch_warnings():  # lancedb's note on forking, as Ray starts its processes
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                         object_store_memory=LOCAL_OBJECT_STORE, _temp_dir=self.temp_dir, **quiet)
+                ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    object_store_memory=LOCAL_OBJECT_STORE,
+                    _temp_dir=self.temp_dir,
+                    **quiet,
+                )
             self.owned = True
         import ray.data
 
@@ -133,8 +140,11 @@ class RayExecutor(Executor):
         """The IndexStage of the pass: the Ray executor stages its waves in the table's storage."""
         index = stages.index
         if not isinstance(index, IndexStage):
-            raise PhaseFailed(JobPhase.INDEXING, "the ray executor writes a knowledge base: no dry run (--until "
-                                                 "chunking) with --executor ray; use --executor threads")
+            raise PhaseFailed(
+                JobPhase.INDEXING,
+                "the ray executor writes a knowledge base: no dry run (--until "
+                "chunking) with --executor ray; use --executor threads",
+            )
         return index
 
     def run_pass(self, stages: PassStages) -> None:
@@ -158,9 +168,8 @@ class RayExecutor(Executor):
             stages.index.finish()
 
     def _run(self, stages: PassStages, config: JobConfig, staging: str) -> None:
-        from ray.util.queue import Queue
-
         import ray
+        from ray.util.queue import Queue
 
         from kbingest.pipeline.executors.ray_workers import ActorRegistry
 
@@ -173,9 +182,12 @@ class RayExecutor(Executor):
         kb = index.kb
         consumer = threading.Thread(
             target=lambda: self._consume(self._dataset(config, kb, plan, staging, registry), summaries),
-            name="kbingest-ray", daemon=True)
-        feeder = threading.Thread(target=self._feed, args=(stages, plan, removals, consumer, summaries),
-                                  name="kbingest-loader", daemon=True)
+            name="kbingest-ray",
+            daemon=True,
+        )
+        feeder = threading.Thread(
+            target=self._feed, args=(stages, plan, removals, consumer, summaries), name="kbingest-loader", daemon=True
+        )
         feeder.start()
         wave: list[dict] = []
         wave_docs, wave_started = 0, time.monotonic()
@@ -228,8 +240,9 @@ class RayExecutor(Executor):
                     consumer.join(timeout=STOP_WAIT_S)
             ray.kill(registry)
 
-    def _feed(self, stages: PassStages, plan, removals: list[Doc], consumer: threading.Thread,
-              summaries: queue.Queue) -> None:
+    def _feed(
+        self, stages: PassStages, plan, removals: list[Doc], consumer: threading.Thread, summaries: queue.Queue
+    ) -> None:
         """The driver's part: walk, read, hash and skip unchanged documents (LoadStage); the plan goes
         to the cluster in groups through a bounded queue, then one end mark per puller."""
         group: list[Optional[bytes]] = []
@@ -238,6 +251,7 @@ class RayExecutor(Executor):
             if not consumer.is_alive() and consumer.ident is None:
                 consumer.start()
             self._put(plan, group)
+
         try:
             for d in stages.load:
                 if d.removal:
@@ -282,15 +296,26 @@ class RayExecutor(Executor):
         cfg = config.model_dump_json()
         ds = ray.data.range(PULLERS, override_num_blocks=PULLERS)
         table = (kb.location, kb.name)  # read there for stored vectors (credentials: the worker's own)
-        ds = ds.map_batches(pull_and_chunk, fn_args=(cfg, plan, staging, table), batch_size=1,
-                            batch_format="pyarrow", num_cpus=CHUNK_TASK_CPUS)
+        ds = ds.map_batches(
+            pull_and_chunk,
+            fn_args=(cfg, plan, staging, table),
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=CHUNK_TASK_CPUS,
+        )
         with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)
             warnings.simplefilter("ignore")
-            return ds.map_batches(EmbedWriter, fn_constructor_args=(cfg, env, gpus or 0.0, registry),
-                                  batch_size=EMBED_BATCH_DOCS, batch_format="pyarrow",
-                                  compute=ray.data.ActorPoolStrategy(size=config.ray_embed_actors),
-                                  num_cpus=EMBED_ACTOR_CPUS, num_gpus=gpus,
-                                  max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+            return ds.map_batches(
+                EmbedWriter,
+                fn_constructor_args=(cfg, env, gpus or 0.0, registry),
+                batch_size=EMBED_BATCH_DOCS,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=config.ray_embed_actors),
+                num_cpus=EMBED_ACTOR_CPUS,
+                num_gpus=gpus,
+                max_restarts=ACTOR_RESTARTS,
+                max_task_retries=ACTOR_RESTARTS,
+            )
 
     def _consume(self, ds, out: queue.Queue) -> None:
         """The pass's summaries as the actors finish batches (a thread: the driver's loop stays free
@@ -321,7 +346,9 @@ class RayExecutor(Executor):
                     continue
                 rows = by_doc.get(doc_id, [])
                 if len(rows) != n_rows:  # never half a document
-                    raise PhaseFailed(JobPhase.INDEXING, f"staged wave holds {len(rows)} of the {n_rows} rows of {path}")
+                    raise PhaseFailed(
+                        JobPhase.INDEXING, f"staged wave holds {len(rows)} of the {n_rows} rows of {path}"
+                    )
                 index.add(Doc(path=path, doc_id=doc_id, version=version, replaces=replaces, title=title, rows=rows))
         for d in removals:
             index.add(d)

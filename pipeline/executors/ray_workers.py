@@ -6,6 +6,7 @@ A worker reports through a `RecordingReporter`: the calls a stage makes (progres
 errors, warnings, counts) are recorded, sent back with the batch's result, and replayed by the
 driver onto the job's real Reporter, so the status says the same as for threads.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("kbingest.engine")
 
 # Reporter calls a worker records; the pass-level ones (phase_done, total_known) are the driver's.
-_REPLAYED = {"phase_started", "add_total", "progress", "count", "set", "doc_error", "warning", "add_bytes",
-             "settle_bytes"}
+_REPLAYED = {
+    "phase_started",
+    "add_total",
+    "progress",
+    "count",
+    "set",
+    "doc_error",
+    "warning",
+    "add_bytes",
+    "settle_bytes",
+}
 ENV_FORWARDED = ("KBINGEST_FAKE_DELAY", "KBINGEST_FAKE_FAIL_ON", "KBINGEST_CRASH_AT", "KBINGEST_CRASH_ONCE")
 
 
@@ -40,6 +50,7 @@ class RecordingReporter:
         def record(*args: Any) -> None:
             if name in _REPLAYED:
                 self.calls.append((name, args))
+
         return record
 
     def take(self) -> list[tuple[str, tuple]]:
@@ -130,8 +141,13 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple
             out = stage(d)
             docs.append(pickle.dumps(out if out is not None else _failed(d)))
             reports.append(pickle.dumps(rec.take()))
-        yield pa.table({"doc": pa.array(docs, pa.binary()), "reports": pa.array(reports, pa.binary()),
-                        "staging": pa.array([staging_uri] * len(docs), pa.string())})
+        yield pa.table(
+            {
+                "doc": pa.array(docs, pa.binary()),
+                "reports": pa.array(reports, pa.binary()),
+                "staging": pa.array([staging_uri] * len(docs), pa.string()),
+            }
+        )
 
 
 def _failed(d: Doc) -> Doc:
@@ -167,8 +183,8 @@ class EmbedWriter:
             import ray
 
             ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
-        from kbingest.pipeline.job.control import RunControl
         from kbingest.pipeline.embed.embedding import make_embedder
+        from kbingest.pipeline.job.control import RunControl
 
         self.config = JobConfig.model_validate_json(config_json)
         c = self.config
@@ -200,8 +216,14 @@ class EmbedWriter:
         rows = [dict(row, vector=_floats(row["vector"])) for d in docs if not d.dropped for row in d.rows]
         fragments = write_fragments(rows, staging_uri, self.embedder.dim) if rows else []
         metas = [(d.doc_id, d.path, d.version, d.replaces, d.title, d.dropped, len(d.rows)) for d in docs]
-        summary = {"fragments": fragments, "docs": metas, "reports": calls, "rows": len(rows),
-                   "dim": self.embedder.dim, "node": _node_id()}
+        summary = {
+            "fragments": fragments,
+            "docs": metas,
+            "reports": calls,
+            "rows": len(rows),
+            "dim": self.embedder.dim,
+            "node": _node_id(),
+        }
         return pa.table({"summary": pa.array([pickle.dumps(summary)], pa.binary())})
 
 

@@ -5,6 +5,7 @@
 Bounded queues keep memory flat whatever the corpus size. On a pause, the indexer commits the
 whole documents already embedded before it stops (nothing lost); on a cancel it drops them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,21 +14,25 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.executors.base import Executor
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.messages import describe, noted_document
-from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.stages.base import PassStages
 from kbingest.pipeline.status import JobPhase
+from kbingest.pipeline.textsafe import fs_text
 
 log = logging.getLogger("kbingest.engine")
 
-QUEUE_DOCS = 16          # loaded documents waiting to be chunked
-QUEUE_CHUNKED = 16       # chunked documents waiting to be embedded
-QUEUE_EMBEDDED = 64      # embedded documents waiting to be indexed
-_END = object()          # end of stream marker
-_PHASE_OF_WORKER = {"loader": JobPhase.LOADING, "chunker": JobPhase.CHUNKING,
-                    "embedder": JobPhase.EMBEDDING, "indexer": JobPhase.INDEXING}
+QUEUE_DOCS = 16  # loaded documents waiting to be chunked
+QUEUE_CHUNKED = 16  # chunked documents waiting to be embedded
+QUEUE_EMBEDDED = 64  # embedded documents waiting to be indexed
+_END = object()  # end of stream marker
+_PHASE_OF_WORKER = {
+    "loader": JobPhase.LOADING,
+    "chunker": JobPhase.CHUNKING,
+    "embedder": JobPhase.EMBEDDING,
+    "indexer": JobPhase.INDEXING,
+}
 
 
 class ThreadExecutor(Executor):

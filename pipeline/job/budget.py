@@ -17,6 +17,7 @@ while it runs; a bulk call does not start while some process holds it. A call th
 itself in `locks/embed-wait.lock` (shared); a process that ends a call and sees a waiter steps aside
 for a moment, so turns alternate instead of the same process taking the lock again at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ from kbingest.pipeline.paths import Home
 
 ENV_OFF = "KBINGEST_EMBED_BUDGET"
 PRIORITY_POLL_S = 0.005  # how often a bulk call looks whether a watch burst still goes first
-STEP_ASIDE_S = 0.002     # how long a process that just embedded lets a waiting one take the next turn
+STEP_ASIDE_S = 0.002  # how long a process that just embedded lets a waiting one take the next turn
 
 
 def _open(home: Home, path: Path) -> int:

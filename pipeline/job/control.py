@@ -3,6 +3,7 @@
 One `RunControl` per run: `request(PAUSED|CANCELLED)` comes from any thread (a key in the
 dashboard, SIGINT, `kbingest pause` through the job store); stages and executors only read it.
 """
+
 from __future__ import annotations
 
 import threading

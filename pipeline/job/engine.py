@@ -7,6 +7,7 @@ re-running walks the sources again and skips every document whose version (conte
 versioned settings) the table already holds, so nothing is indexed twice and nothing half-written
 is trusted. Front ends do not use this module directly: they call pipeline/service.py.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,23 +18,33 @@ import uuid
 from typing import Any, Callable, Optional, cast
 
 from kbingest.pipeline import executors
-from kbingest.pipeline.jobstore import queue
-from kbingest.pipeline.job.budget import BudgetedEmbedder, EmbedBudget
 from kbingest.pipeline.chunk.chunking import Chunker
-from kbingest.pipeline.job.control import PhaseFailed, RunControl
 from kbingest.pipeline.embed.embedding import Embedder, make_embedder
 from kbingest.pipeline.errors import WrongState
-from kbingest.pipeline.messages import reason
-from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
-from kbingest.pipeline.locking import FileLock, HeldLocks
-from kbingest.pipeline.kb.location import KbLocation
-from kbingest.pipeline.kb.table import TableError, KnowledgeBase
+from kbingest.pipeline.job.budget import BudgetedEmbedder, EmbedBudget
+from kbingest.pipeline.job.control import PhaseFailed, RunControl
 from kbingest.pipeline.job.instrument import Sampler
-from kbingest.pipeline.jobstore.recovery import INTERRUPTED
-from kbingest.pipeline.models import (DEFAULT_MODEL, MODEL_DIMS, DocumentError, JobConfig, JobRecord,
-                                      JobStatusResponse, iso, utcnow)
-from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.job.reporter import TrackerReporter
+from kbingest.pipeline.job.tracker import PhaseTracker
+from kbingest.pipeline.jobstore import queue
+from kbingest.pipeline.jobstore.liveness import KEEPALIVE_S
+from kbingest.pipeline.jobstore.recovery import INTERRUPTED
+from kbingest.pipeline.jobstore.store import JobStore, StoreBusy, StoreWriteError
+from kbingest.pipeline.kb.location import KbLocation
+from kbingest.pipeline.kb.table import KnowledgeBase, TableError
+from kbingest.pipeline.locking import FileLock, HeldLocks
+from kbingest.pipeline.messages import reason
+from kbingest.pipeline.models import (
+    DEFAULT_MODEL,
+    MODEL_DIMS,
+    DocumentError,
+    JobConfig,
+    JobRecord,
+    JobStatusResponse,
+    iso,
+    utcnow,
+)
+from kbingest.pipeline.paths import Home, validate_name
 from kbingest.pipeline.rss import own_peak_rss_mib
 from kbingest.pipeline.stages.base import EmbedStep, IndexStep, PassStages
 from kbingest.pipeline.stages.chunk import ChunkStage
@@ -42,15 +53,13 @@ from kbingest.pipeline.stages.embed import EmbedStage
 from kbingest.pipeline.stages.index import IndexStage
 from kbingest.pipeline.stages.load import LoadStage
 from kbingest.pipeline.status import JobPhase, JobStatus
-from kbingest.pipeline.jobstore.store import JobStore, StoreBusy, StoreWriteError
-from kbingest.pipeline.job.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
 
-HEARTBEAT_S = 1.0        # how often a running job's snapshot is written to the job store
-CONTROL_POLL_S = 0.25    # how often the job store is asked for pause/cancel from another shell
+HEARTBEAT_S = 1.0  # how often a running job's snapshot is written to the job store
+CONTROL_POLL_S = 0.25  # how often the job store is asked for pause/cancel from another shell
 QUEUE_METRICS = ("queue_position", "waiting_for")  # set while pending only
-GAUGE_S = 1.0            # how often the monitor samples queue depths and documents in flight (instrument.py)
+GAUGE_S = 1.0  # how often the monitor samples queue depths and documents in flight (instrument.py)
 
 
 def new_job_id(kb: str) -> str:
@@ -65,8 +74,13 @@ class IngestJob:
     """One job: its config, tracker, and the executor that runs it. `run()` blocks until the job
     stops (completed, paused, cancelled, failed); `pause()`/`cancel()` may come from any thread."""
 
-    def __init__(self, home: Home, store: JobStore, record: JobRecord,
-                 embedder_factory: Optional[Callable[[JobConfig], Embedder]] = None) -> None:
+    def __init__(
+        self,
+        home: Home,
+        store: JobStore,
+        record: JobRecord,
+        embedder_factory: Optional[Callable[[JobConfig], Embedder]] = None,
+    ) -> None:
         self.home = home
         self.store = store
         self.record = record
@@ -74,7 +88,8 @@ class IngestJob:
         self.job_id = record.job_id
         self.tracker = PhaseTracker.from_snapshot(record.status)
         self._embedder_factory = embedder_factory or (
-            lambda c: make_embedder(c.embedder, c.model, c.batch_size, c.threads))
+            lambda c: make_embedder(c.embedder, c.model, c.batch_size, c.threads)
+        )
         self.reporter = TrackerReporter(self.tracker, record.status.errors, checkpoint=self._checkpoint)
         self.control = RunControl()
         self.executor = executors.make(self.config.executor, self.control)
@@ -91,14 +106,17 @@ class IngestJob:
         self.scope: Optional[list[str]] = None  # a run over these paths only (a retry of some documents)
         self.embedder_loads = 0  # how many times this job constructed an embedder (0 for unchanged runs)
         self.wait_for_lock = True  # False (--no-wait): refused with KbBusy when its knowledge base is busy
-        self._place: Optional[FileLock] = None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
+        self._place: Optional[FileLock] = (
+            None  # the lock that says this process waits for this job (pipeline/jobstore/queue.py)
+        )
         self._dry_run: Optional[TallyStage] = None  # the TallyStage of a dry run's pass
         self.budget = EmbedBudget(home)  # embedding calls take turns with the home's other jobs
 
     # ---- creating and loading ---------------------------------------------------------------
     @classmethod
-    def create(cls, home: Home, store: JobStore, config: JobConfig, job_id: Optional[str] = None,
-               **kw: Any) -> "IngestJob":
+    def create(
+        cls, home: Home, store: JobStore, config: JobConfig, job_id: Optional[str] = None, **kw: Any
+    ) -> "IngestJob":
         validate_name(config.kb, "knowledge base name")
         job_id = validate_name(job_id or new_job_id(config.kb), "job id")
         t = PhaseTracker(job_id, config.kb)
@@ -109,8 +127,15 @@ class IngestJob:
             t.set_metric("waiting_for", why[1])
         place = queue.hold_place(home, job_id)  # its process dies: shown interrupted, not stuck pending
         now = iso(utcnow())
-        rec = JobRecord(job_id=job_id, config=config, status=t.snapshot(), created_at=now, updated_at=now,
-                        owner_pid=os.getpid(), queued_at=now)
+        rec = JobRecord(
+            job_id=job_id,
+            config=config,
+            status=t.snapshot(),
+            created_at=now,
+            updated_at=now,
+            owner_pid=os.getpid(),
+            queued_at=now,
+        )
         store.put(rec)
         job = cls(home, store, rec, **kw)
         job._place = place
@@ -159,8 +184,9 @@ class IngestJob:
 
     def _request_stop(self, why: JobStatus) -> None:
         self.executor.stop(why)
-        self.tracker.set_message("cancelling…" if self.control.reason == JobStatus.CANCELLED
-                                 else "pausing: finishing the batch in flight…")
+        self.tracker.set_message(
+            "cancelling…" if self.control.reason == JobStatus.CANCELLED else "pausing: finishing the batch in flight…"
+        )
 
     # ---- the run ----------------------------------------------------------------------------
     def run(self) -> JobStatusResponse:
@@ -213,8 +239,9 @@ class IngestJob:
             refused = queue.refusal(home, self.store.all(), self.job_id, kb)
             lock = None if refused else queue.try_kb_lock(home, kb)
             if lock is None:
-                raise refused or queue.KbBusy(f"knowledge base {kb} is being written by another job; "
-                                                 "run without --no-wait to queue it")
+                raise refused or queue.KbBusy(
+                    f"knowledge base {kb} is being written by another job; run without --no-wait to queue it"
+                )
             return lock
         if queue.wait_reason(home, self.store.all(), self.job_id, kb) is None:
             lock = queue.try_kb_lock(home, kb)
@@ -223,8 +250,9 @@ class IngestJob:
         if self._place is None or not self._place.held:
             self._place = queue.hold_place(home, self.job_id)
         self._mark_pending(f"pending: waiting for knowledge base {kb}", keep=True)
-        lock = queue.wait_for_kb(home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting,
-                                    self.control.wait)
+        lock = queue.wait_for_kb(
+            home, kb, self.job_id, self.store.all, self._waiting, self._stop_waiting, self.control.wait
+        )
         for key in QUEUE_METRICS:
             self.tracker.drop_metric(key)
         if lock is None:
@@ -241,8 +269,10 @@ class IngestJob:
         if writer.try_acquire():
             return writer
         if not self.wait_for_lock:
-            raise queue.KbBusy(f"knowledge base {kb} at {loc} is being written by {writer.holder()}: "
-                                  "not started (--no-wait); run without --no-wait to queue it")
+            raise queue.KbBusy(
+                f"knowledge base {kb} at {loc} is being written by {writer.holder()}: "
+                "not started (--no-wait); run without --no-wait to queue it"
+            )
         if self._place is None or not self._place.held:
             self._place = queue.hold_place(self.home, self.job_id)
         last = None
@@ -344,8 +374,9 @@ class IngestJob:
             stored.update(status=r.status.status, control=r.control)
             if r.status.status == JobStatus.CANCELLED:
                 return r
-            return r.model_copy(update={"status": snap, "control": None, "owner_pid": os.getpid(),
-                                        "heartbeat_at": iso(utcnow())})
+            return r.model_copy(
+                update={"status": snap, "control": None, "owner_pid": os.getpid(), "heartbeat_at": iso(utcnow())}
+            )
 
         self.store.update(self.job_id, claim)
         if stored.get("status") == JobStatus.CANCELLED:
@@ -393,19 +424,28 @@ class IngestJob:
             t.set_status(JobStatus.PAUSED, "paused: checkpoint saved; resume to continue")
         else:
             m = t.snapshot().m
-            msg = (f"completed: {m.documents_added or 0} added, {m.documents_replaced or 0} replaced, "
-                   f"{m.documents_skipped or 0} unchanged, {m.documents_removed or 0} removed, "
-                   f"{m.chunks_indexed or 0} chunks indexed")
+            msg = (
+                f"completed: {m.documents_added or 0} added, {m.documents_replaced or 0} replaced, "
+                f"{m.documents_skipped or 0} unchanged, {m.documents_removed or 0} removed, "
+                f"{m.chunks_indexed or 0} chunks indexed"
+            )
             if m.dry_run:
                 d = m.dry_run
                 est = d.get("estimated_embedding_seconds")
-                msg = (f"dry run completed: {d['documents']} document(s) to embed, {d['chunks']} chunks, "
-                       f"{d['tokens']} tokens; embedding " + (f"would take about {est:.0f} s at "
-                       f"{d['embed_rate_chunks_per_s']} chunks/s ({d['rate_source']})" if est is not None
-                       else "time unknown (no measured rate)") + f"; {m.documents_skipped or 0} unchanged")
+                msg = (
+                    f"dry run completed: {d['documents']} document(s) to embed, {d['chunks']} chunks, "
+                    f"{d['tokens']} tokens; embedding "
+                    + (
+                        f"would take about {est:.0f} s at {d['embed_rate_chunks_per_s']} chunks/s ({d['rate_source']})"
+                        if est is not None
+                        else "time unknown (no measured rate)"
+                    )
+                    + f"; {m.documents_skipped or 0} unchanged"
+                )
             elif self.control.draining:
-                msg = (f"drained: {m.documents_not_processed or 0} document(s) not processed; "
-                       + msg.removeprefix("completed: "))
+                msg = f"drained: {m.documents_not_processed or 0} document(s) not processed; " + msg.removeprefix(
+                    "completed: "
+                )
             if n_err:
                 msg += f"; {n_err} document(s) failed"
             t.set_status(JobStatus.COMPLETED, msg)
@@ -446,8 +486,9 @@ class IngestJob:
                 elif control == "cancel" and not self.control.cancelling:
                     self.cancel()
                 now = time.monotonic()
-                if now - last_beat >= HEARTBEAT_S and (self.tracker.version != last_version
-                                                       or now - last_beat >= KEEPALIVE_S):  # alive, with nothing new
+                if now - last_beat >= HEARTBEAT_S and (
+                    self.tracker.version != last_version or now - last_beat >= KEEPALIVE_S
+                ):  # alive, with nothing new
                     last_beat, last_version = now, self.tracker.version
                     self._checkpoint()
             except (StoreBusy, StoreWriteError) as e:  # a heartbeat missed: said, the job goes on
@@ -528,8 +569,10 @@ class IngestJob:
         stored = remembered
         if stored is None:
             if kb.exists and dim is not None and kb.dim != dim:
-                raise TableError(f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
-                                  f"makes {dim}: use another --kb for another model")
+                raise TableError(
+                    f"knowledge base {c.kb!r} holds {kb.dim}-dimensional vectors and this model "
+                    f"makes {dim}: use another --kb for another model"
+                )
             if kb.exists:
                 kb.ensure(cast(int, kb.dim))  # it exists: it has a dimension. Gains the columns added since (no model)
             stored = kb.stored_docs()
@@ -550,8 +593,15 @@ class IngestJob:
             embed = EmbedStage(c, r, self.control, self._embedder)
             index = self._index_stage = IndexStage(c, r, self.control, kb)
         stages = PassStages(
-            load=LoadStage(c, r, self.control, stored, scope, kb.high_water(),
-                           state_path=str(self.home.root / "sources" / f"{c.kb}.json")),
+            load=LoadStage(
+                c,
+                r,
+                self.control,
+                stored,
+                scope,
+                kb.high_water(),
+                state_path=str(self.home.root / "sources" / f"{c.kb}.json"),
+            ),
             chunk=ChunkStage(c, r, chunker, kb),
             embed=embed,
             index=index,

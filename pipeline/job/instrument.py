@@ -5,6 +5,7 @@ documents in each phase, the indexer's next commit and the slowest document so f
 It only reads what the executor exposes (`queues`, `current`, `slowest`, `stages`); an executor
 without them publishes nothing. Each sample is bounded: IN_FLIGHT_LISTED documents per phase.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,8 +67,12 @@ class Sampler:
             depth, cap = q.qsize(), q.maxsize
             empty = self._since(self._empty_since, name, depth == 0, now)
             full = self._since(self._full_since, name, cap > 0 and depth >= cap, now)
-            out[QUEUE_METRICS[name]] = {"depth": depth, "capacity": cap,
-                                        "empty_s": round(empty, 1), "full_s": round(full, 1)}
+            out[QUEUE_METRICS[name]] = {
+                "depth": depth,
+                "capacity": cap,
+                "empty_s": round(empty, 1),
+                "full_s": round(full, 1),
+            }
             listed = in_flight.setdefault(QUEUE_READER[name], [])
             for item in _peek(q, IN_FLIGHT_LISTED):
                 d = _doc(item)
@@ -86,8 +91,11 @@ class Sampler:
         """The metrics once a pass is over: empty queues, nothing in flight (the slowest stays)."""
         self.reset()
         capacity = getattr(executor, "capacity", {}) or {}
-        out: dict[str, Any] = {QUEUE_METRICS[name]: {"depth": 0, "capacity": cap, "empty_s": 0.0, "full_s": 0.0}
-                               for name, cap in capacity.items() if name in QUEUE_METRICS}
+        out: dict[str, Any] = {
+            QUEUE_METRICS[name]: {"depth": 0, "capacity": cap, "empty_s": 0.0, "full_s": 0.0}
+            for name, cap in capacity.items()
+            if name in QUEUE_METRICS
+        }
         out.update(in_flight={}, commit_batch={"documents": 0, "chunks": 0})
         out.update(_slowest(executor))  # a pass shorter than a sample still says its slowest document
         return out

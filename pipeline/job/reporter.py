@@ -4,33 +4,46 @@ kept in order and published in the status (the first MAX_ERRORS_LISTED, and the 
 Every call costs the same however many documents failed before: errors are counted per phase and
 only the first few are listed, so 20,000 failing documents take 20,000 times one error's time.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Any, Callable, Iterable, Optional
 
+from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.load.loading import within
 from kbingest.pipeline.models import DocumentError, utcnow
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
-from kbingest.pipeline.job.tracker import PhaseTracker
 
 log = logging.getLogger("kbingest.engine")
 
-MAX_ERRORS_LISTED = 100   # document errors (and warnings) the status lists; `documents_failed` counts all
+MAX_ERRORS_LISTED = 100  # document errors (and warnings) the status lists; `documents_failed` counts all
 PHASE_ERRORS_LISTED = 10  # documents named in a phase's error text
 # What a walk of the sources finds: a full pass's count is the job's (the previous full pass's is
 # replaced); a watch burst walks a few paths, and counts them in its "this_pass" block only.
 WALK_METRICS = ("documents_found", "documents_skipped", "files_ignored", "documents_without_text")
 # The job totals every status carries from its first pass on (0 until counted): scripts read them.
-JOB_TOTALS = ("documents_added", "documents_replaced", "documents_removed", "chunks_created", "chunks_embedded",
-              "chunks_indexed", "commits", "document_warnings")
+JOB_TOTALS = (
+    "documents_added",
+    "documents_replaced",
+    "documents_removed",
+    "chunks_created",
+    "chunks_embedded",
+    "chunks_indexed",
+    "commits",
+    "document_warnings",
+)
 
 
 class TrackerReporter:
-    def __init__(self, tracker: PhaseTracker, errors: Iterable[DocumentError] = (),
-                 checkpoint: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self,
+        tracker: PhaseTracker,
+        errors: Iterable[DocumentError] = (),
+        checkpoint: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.t = tracker
         self._checkpoint = checkpoint or (lambda: None)
         self._lock = threading.Lock()
@@ -100,8 +113,9 @@ class TrackerReporter:
             return list(self._errors)
 
     def doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
-        err = DocumentError(path=fs_text(path), phase=phase.value, kind=kind, message=message, attempts=attempts,
-                            at=utcnow())
+        err = DocumentError(
+            path=fs_text(path), phase=phase.value, kind=kind, message=message, attempts=attempts, at=utcnow()
+        )
         with self._lock:
             self._errors.append(err)
             self.t.set_metric("documents_failed", len(self._errors))
@@ -138,8 +152,9 @@ class TrackerReporter:
         """A pass looks at these paths again (all, for None): their old errors are found again or gone."""
         marks = None if scope is None else [fs_text(p) for p in scope]
         with self._lock:
-            self._errors = [] if marks is None else [
-                e for e in self._errors if not any(within(e.path, m) for m in marks)]
+            self._errors = (
+                [] if marks is None else [e for e in self._errors if not any(within(e.path, m) for m in marks)]
+            )
             self._recount()
             self.t.set_metric("documents_failed", len(self._errors))
             self._publish_list()

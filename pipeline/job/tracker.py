@@ -10,6 +10,7 @@ estimated, and flagged so (`items_total_estimate`).
 Worker threads call the mutators; readers (the batch printer, the dashboard) call `snapshot()`
 whenever they like. Nothing here pushes to a reader: readers poll.
 """
+
 from __future__ import annotations
 
 import threading
@@ -76,8 +77,13 @@ class _PhaseState:
 class PhaseTracker:
     """Thread-safe tracker of one job's four phases and its overall status."""
 
-    def __init__(self, job_id: str, kb_id: str, clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        kb_id: str,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.job_id = job_id
         self.kb_id = kb_id
         self._clock = clock
@@ -158,7 +164,9 @@ class PhaseTracker:
         if status in (JobStatus.PAUSED, JobStatus.CANCELLED, JobStatus.FAILED):
             target = JobStatus.CANCELLED if status == JobStatus.CANCELLED else JobStatus.PAUSED
             for st in self._phases.values():
-                if st.status == JobStatus.RUNNING or (status == JobStatus.CANCELLED and st.status in (JobStatus.PENDING, JobStatus.PAUSED)):
+                if st.status == JobStatus.RUNNING or (
+                    status == JobStatus.CANCELLED and st.status in (JobStatus.PENDING, JobStatus.PAUSED)
+                ):
                     self._phase_to(st, target)
 
     def set_message(self, message: str) -> None:
@@ -460,16 +468,28 @@ class PhaseTracker:
             if not (st.status.is_done or st.total_final) and est is not None and est > st.total:
                 # the items beside the bar: processed / estimate is the bar's fraction
                 estimate = max(st.total, int(round(st.processed / frac)) if frac > 0 else int(round(est)))
-            details.append(PhaseDetail(
-                name=p.value, status=st.status,
-                progress=(100 if st.status == JobStatus.COMPLETED else 0 if st.status == JobStatus.SKIPPED
-                          else int(min(100, max(0, frac * 100)))),
-                items_processed=st.processed, items_total=st.total, items_total_estimate=estimate,
-                started_at=st.started_at, completed_at=st.completed_at, error=st.error,
-                rate=round(rate, 3) if rate is not None else None,
-                eta_seconds=round(eta, 1) if eta is not None else None,
-                duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
-            ))
+            details.append(
+                PhaseDetail(
+                    name=p.value,
+                    status=st.status,
+                    progress=(
+                        100
+                        if st.status == JobStatus.COMPLETED
+                        else 0
+                        if st.status == JobStatus.SKIPPED
+                        else int(min(100, max(0, frac * 100)))
+                    ),
+                    items_processed=st.processed,
+                    items_total=st.total,
+                    items_total_estimate=estimate,
+                    started_at=st.started_at,
+                    completed_at=st.completed_at,
+                    error=st.error,
+                    rate=round(rate, 3) if rate is not None else None,
+                    eta_seconds=round(eta, 1) if eta is not None else None,
+                    duration_seconds=round(st.elapsed(now), 3) if st.started_at else None,
+                )
+            )
         if self._status == JobStatus.FAILED and self._failed_phase is not None:
             current = self._failed_phase  # not the earliest phase it stopped, but the one that failed
         work = self._work_progress()
@@ -478,8 +498,16 @@ class PhaseTracker:
         progress = 100.0 if current == JobPhase.COMPLETED else min(99.9, overall * 100)
         self._progress_floor = max(self._progress_floor, progress)
         return JobStatusResponse(
-            job_id=self.job_id, kb_id=self.kb_id, status=self._status, phase=current,
-            progress=round(self._progress_floor, 2), message=self._message, error=self._error,
-            metrics=dict(self._metrics), started_at=self._started_at, completed_at=self._completed_at,
-            phase_details=details, eta_seconds=round(job_eta, 1) if job_eta is not None else None,
+            job_id=self.job_id,
+            kb_id=self.kb_id,
+            status=self._status,
+            phase=current,
+            progress=round(self._progress_floor, 2),
+            message=self._message,
+            error=self._error,
+            metrics=dict(self._metrics),
+            started_at=self._started_at,
+            completed_at=self._completed_at,
+            phase_details=details,
+            eta_seconds=round(job_eta, 1) if job_eta is not None else None,
         )

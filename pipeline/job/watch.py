@@ -37,6 +37,7 @@ when one appears, vanishes or changes kind. When inotify runs out of watches or 
 
 This module must not import Textual (pipeline/ is the engine).
 """
+
 from __future__ import annotations
 
 import errno
@@ -48,9 +49,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileAttribEvent, FileClosedEvent,
-                             FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent,
-                             FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -58,22 +69,29 @@ from kbingest.pipeline.load.loading import is_document
 
 log = logging.getLogger("kbingest.watch")
 
-POLL_INTERVAL_S = 1.0        # polling observer: seconds between two snapshots of each source
-MAINTAIN_EVERY_S = 0.25      # how often next_burst re-examines the sources and the observer's health
-RETRY_START_S = 2.0          # after the observer failed to start: seconds before trying again
-MAX_SETTLE_S = 30.0          # a path still changing after this long is reported anyway
-MAX_BURST_PATHS = 1000       # a burst naming more paths names their folders instead
+POLL_INTERVAL_S = 1.0  # polling observer: seconds between two snapshots of each source
+MAINTAIN_EVERY_S = 0.25  # how often next_burst re-examines the sources and the observer's health
+RETRY_START_S = 2.0  # after the observer failed to start: seconds before trying again
+MAX_SETTLE_S = 30.0  # a path still changing after this long is reported anyway
+MAX_BURST_PATHS = 1000  # a burst naming more paths names their folders instead
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 POLLING_WARNING = {
     errno.ENOSPC: "inotify watch limit reached: fell back to polling (slower); raise fs.inotify.max_user_watches",
     errno.EMFILE: "inotify instance limit reached: fell back to polling (slower); raise fs.inotify.max_user_instances",
 }
-VCS_DIRS = frozenset({".git", ".hg", ".svn"})   # their churn is never a document change
+VCS_DIRS = frozenset({".git", ".hg", ".svn"})  # their churn is never a document change
 
 # what is asked of the kernel / reported by the emitters: no opens, reads or folder mtime churn
 EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, FileClosedEvent, FileAttribEvent,
-    DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    FileAttribEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
 ]
 _FILE_EVENTS = frozenset({"created", "modified", "deleted", "moved", "closed", "attrib"})
 _DIR_EVENTS = frozenset({"created", "deleted", "moved"})
@@ -81,8 +99,8 @@ _DIR_EVENTS = frozenset({"created", "deleted", "moved"})
 
 @dataclass(frozen=True)
 class Burst:
-    paths: frozenset[str]   # absolute paths that may have changed (files or folders), each once
-    rescan: bool = False    # the observer lost events or failed: re-walk everything
+    paths: frozenset[str]  # absolute paths that may have changed (files or folders), each once
+    rescan: bool = False  # the observer lost events or failed: re-walk everything
 
 
 def is_junk(name: str) -> bool:
@@ -131,7 +149,7 @@ try:  # Linux with watchdog >= 7
         """InotifyObserver reading through a _FeedInotifyFD (start/schedule are InotifyObserver's)."""
 
         def __init__(self, on_trouble: Callable[[str, Optional[OSError]], None]) -> None:
-            fd = _FeedInotifyFD(on_trouble)   # inotify_init: EMFILE when out of instances
+            fd = _FeedInotifyFD(on_trouble)  # inotify_init: EMFILE when out of instances
             self._inotify_fd = fd
             fd.start()
             BaseObserver.__init__(self, InotifyEmitter, inotify_fd=fd)
@@ -151,6 +169,7 @@ def _native_observer(on_trouble: Callable[[str, Optional[OSError]], None]) -> Ba
 
 # ---- what is watched ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Watch:
     """One source as watched now. Events under `real` (the source's real path) are mapped back to
@@ -166,7 +185,7 @@ class _Watch:
         if path == self.real:
             return self.source
         if self.recursive and path.startswith(_dir_prefix(self.real)):
-            return os.path.join(self.source, path[len(_dir_prefix(self.real)):])
+            return os.path.join(self.source, path[len(_dir_prefix(self.real)) :])
         return None
 
 
@@ -190,7 +209,7 @@ def _plan_one(source: str) -> _Watch:
 class _Pending:
     first_seen: float
     last_event: float
-    sig: Optional[tuple] = None      # (size, mtime_ns) at sig_at; None: not sampled since the last event
+    sig: Optional[tuple] = None  # (size, mtime_ns) at sig_at; None: not sampled since the last event
     sig_at: float = 0.0
 
 
@@ -211,21 +230,27 @@ class ChangeFeed:
     """Which paths below the sources may have changed, as settled bursts. Thread-safe: watchdog's
     threads only record event times; stat checks run in next_burst (the caller's thread)."""
 
-    def __init__(self, sources: list[str], quiet_seconds: float = 0.4, stable_seconds: float = 0.2,
-                 force_polling: bool = False, exclude: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        quiet_seconds: float = 0.4,
+        stable_seconds: float = 0.2,
+        force_polling: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> None:
         self.sources = [os.path.abspath(os.fsdecode(s)) for s in sources]
         self.quiet_seconds = float(quiet_seconds)
         self.stable_seconds = float(stable_seconds)
         self.force_polling = force_polling
         self.exclude = tuple(os.path.abspath(os.fsdecode(p)) for p in exclude)  # e.g. the engine's home
         self.warning: Optional[str] = None
-        self._polling_warning: Optional[str] = None   # why polling, when it is a fallback
-        self.polling = False            # True once running on the polling observer
-        self.restarts = 0               # observer rebuilds (overflow, death, sources changed)
+        self._polling_warning: Optional[str] = None  # why polling, when it is a fallback
+        self.polling = False  # True once running on the polling observer
+        self.restarts = 0  # observer rebuilds (overflow, death, sources changed)
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._wakeup = threading.Event()
-        self._trouble: Optional[str] = None         # "overflow" | "limit": set from watchdog's threads
+        self._trouble: Optional[str] = None  # "overflow" | "limit": set from watchdog's threads
         self._trouble_error: Optional[OSError] = None
         self._observer: Optional[BaseObserver] = None
         self._plan: list[_Watch] = []
@@ -233,7 +258,7 @@ class ChangeFeed:
         self._started = False
         self._stopped = False
         self._next_maintain = 0.0
-        self._retry_at: Optional[float] = None     # the observer is down: try again at this time
+        self._retry_at: Optional[float] = None  # the observer is down: try again at this time
         self._first_ready: Optional[float] = None
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -307,7 +332,7 @@ class ChangeFeed:
                     obs = self._build(polling=False)
                     with self._lock:
                         trouble, err = self._trouble, self._trouble_error
-                    if trouble == "limit":   # a sub-folder could not be watched: not all is seen
+                    if trouble == "limit":  # a sub-folder could not be watched: not all is seen
                         self._stop_observer_obj(obs)
                         raise err or OSError(errno.ENOSPC, "inotify watch limit reached")
                     self._observer = obs
@@ -340,7 +365,8 @@ class ChangeFeed:
     def _to_polling(self, e: OSError) -> None:
         self.polling = True
         self._polling_warning = POLLING_WARNING.get(
-            e.errno or 0, f"inotify unavailable ({e.strerror or e}): fell back to polling (slower)")
+            e.errno or 0, f"inotify unavailable ({e.strerror or e}): fell back to polling (slower)"
+        )
         self.warning = self._polling_warning
         log.warning("%s", self.warning)
 
@@ -358,7 +384,7 @@ class ChangeFeed:
         events may have been lost."""
         with self._lock:
             trouble, err = self._trouble, self._trouble_error
-        healthy = self._observer is None or self._healthy()   # None: down, retried below
+        healthy = self._observer is None or self._healthy()  # None: down, retried below
         if trouble is not None or not healthy or now >= self._next_maintain:
             self._next_maintain = now + MAINTAIN_EVERY_S
             plan = [_plan_one(s) for s in self.sources]
@@ -426,7 +452,7 @@ class ChangeFeed:
         for ex in self.exclude:
             if path == ex or path.startswith(_dir_prefix(ex)):
                 return False
-        if VCS_DIRS.intersection(path[len(watch.source):].split(os.sep)):   # below the source only
+        if VCS_DIRS.intersection(path[len(watch.source) :].split(os.sep)):  # below the source only
             return False
         return is_dir or not is_junk(os.path.basename(path))
 
@@ -491,7 +517,7 @@ class ChangeFeed:
                     continue
             if stat.S_ISDIR(st.st_mode):
                 dirs.add(p)
-                settled.add(p)     # a folder needs quiet only (and its content settled, below)
+                settled.add(p)  # a folder needs quiet only (and its content settled, below)
                 continue
             cur = (st.st_size, st.st_mtime_ns)
             if overdue:
@@ -557,7 +583,7 @@ class ChangeFeed:
                 d = os.path.dirname(p)
                 up.append(d if root is not None and p != root else p)
             up = _outermost(up)
-            if set(up) == set(paths):   # all at their source roots already
+            if set(up) == set(paths):  # all at their source roots already
                 break
             paths = up
         return paths

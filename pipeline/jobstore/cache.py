@@ -5,14 +5,15 @@ times a second): every write goes through the store (its lock, its atomic replac
 read parses the file again only if its identity changed. Writes replace the file (a new inode),
 so (inode, mtime, size) changes on every write, from any process.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 from typing import Any, Optional
 
-from kbingest.pipeline.models import JobRecord
 from kbingest.pipeline.jobstore.store import JobStore
+from kbingest.pipeline.models import JobRecord
 
 
 class ReadCachedStore:

@@ -6,6 +6,7 @@ has not written for NOT_RESPONDING_AFTER_S (a few heartbeats) is shown "not resp
 (Ctrl-Z, SIGSTOP), hung, or starved. The job status stays "running" (the contract's values): the
 message says so, and the metrics carry `heartbeat_age_seconds` and `not_responding`.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,8 +14,8 @@ from typing import Optional
 
 from kbingest.pipeline.models import JobRecord, JobStatusResponse, utcnow
 
-KEEPALIVE_S = 2.0              # the longest an engine goes without writing its heartbeat
-NOT_RESPONDING_AFTER_S = 5.0   # 2.5 keepalives: a busy store or a slow disk is not "not responding"
+KEEPALIVE_S = 2.0  # the longest an engine goes without writing its heartbeat
+NOT_RESPONDING_AFTER_S = 5.0  # 2.5 keepalives: a busy store or a slow disk is not "not responding"
 
 
 def heartbeat_age(rec: JobRecord, now: Optional[datetime] = None) -> Optional[float]:
@@ -38,6 +39,8 @@ def with_liveness(rec: JobRecord, snap: JobStatusResponse, now: Optional[datetim
     if age > NOT_RESPONDING_AFTER_S:
         metrics["not_responding"] = True
         who = f"process {rec.owner_pid}" if rec.owner_pid else "its process"
-        update["message"] = (f"not responding: no heartbeat from {who} for {age:.0f} s (stopped with Ctrl-Z or "
-                             f"SIGSTOP, or hung); last said: {snap.message}")
+        update["message"] = (
+            f"not responding: no heartbeat from {who} for {age:.0f} s (stopped with Ctrl-Z or "
+            f"SIGSTOP, or hung); last said: {snap.message}"
+        )
     return snap.model_copy(update=update)

@@ -4,6 +4,7 @@ Small and forgiving: a missing, unreadable or malformed file reads as no setting
 a new temp file (O_EXCL, never through a symlink) that replaces the old one atomically. A symlink
 at settings.json is neither read through nor written through.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ The process that owns a pending job holds a small lock of its own (`Home.queue_l
 it dies, the kernel drops that lock, and the job shows as interrupted (resumable), never stuck
 pending. The queue is the order jobs started waiting in (`JobRecord.queued_at`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,8 +66,14 @@ def writer_of(home: Home, records: list[JobRecord], kb: str) -> Optional[JobReco
 
 def queue_of(home: Home, records: list[JobRecord], kb: str) -> list[JobRecord]:
     """The live pending jobs of `kb`, first in line first."""
-    live = [r for r in records if r.config.kb == kb and r.status.status == JobStatus.PENDING
-            and r.queued_at is not None and waiter_alive(home, r)]
+    live = [
+        r
+        for r in records
+        if r.config.kb == kb
+        and r.status.status == JobStatus.PENDING
+        and r.queued_at is not None
+        and waiter_alive(home, r)
+    ]
     return sorted(live, key=lambda r: (r.queued_at or "", r.job_id))
 
 
@@ -103,13 +110,21 @@ def refusal(home: Home, records: list[JobRecord], job_id: str, kb: str) -> Optio
     why = wait_reason(home, records, job_id, kb)
     if why is None:
         return None
-    return KbBusy(why[0].removeprefix("pending: ").replace("waiting for", "not started (--no-wait):", 1)
-                  + "; run without --no-wait to queue it")
+    return KbBusy(
+        why[0].removeprefix("pending: ").replace("waiting for", "not started (--no-wait):", 1)
+        + "; run without --no-wait to queue it"
+    )
 
 
-def wait_for_kb(home: Home, kb: str, job_id: str, records: Callable[[], list[JobRecord]],
-                on_wait: Callable[[str, Optional[str], int], None], stop: Callable[[], bool],
-                sleep: Callable[[float], object]) -> Optional[FileLock]:
+def wait_for_kb(
+    home: Home,
+    kb: str,
+    job_id: str,
+    records: Callable[[], list[JobRecord]],
+    on_wait: Callable[[str, Optional[str], int], None],
+    stop: Callable[[], bool],
+    sleep: Callable[[float], object],
+) -> Optional[FileLock]:
     """Wait until job `job_id` is first in `kb`'s queue and the lock is free; return the lock held.
     None when `stop()` says to stop waiting (a cancel or pause, from this process or the store)."""
     last = None

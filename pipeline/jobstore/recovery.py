@@ -1,16 +1,17 @@
 """How stored jobs are seen from outside their engine: interrupted jobs, and a store rebuilt from LanceDB."""
+
 from __future__ import annotations
 
 import os
 
+from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.jobstore.liveness import with_liveness
 from kbingest.pipeline.jobstore.queue import waiter_alive
+from kbingest.pipeline.jobstore.store import JobStore
 from kbingest.pipeline.locking import holder_pid, is_locked
 from kbingest.pipeline.models import DEFAULT_MODEL, JobConfig, JobRecord, JobStatusResponse, iso, utcnow
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import PHASES, JobPhase, JobStatus
-from kbingest.pipeline.jobstore.store import JobStore
-from kbingest.pipeline.job.tracker import PhaseTracker
 
 INTERRUPTED = "interrupted: the process running this job stopped; resume it to continue"
 
@@ -58,8 +59,9 @@ def cancel_stored(home: Home, store: JobStore, job_id: str) -> str:
             outcome["what"] = "unchanged"
             return rec
         t = PhaseTracker.from_snapshot(effective_status(rec, home))
-        t.set_status(JobStatus.CANCELLED, "cancelled while not running: chunks already indexed stay in the "
-                                          "knowledge base")
+        t.set_status(
+            JobStatus.CANCELLED, "cancelled while not running: chunks already indexed stay in the knowledge base"
+        )
         outcome["what"] = "cancelled"
         return rec.model_copy(update={"status": t.snapshot(), "control": None, "owner_pid": None})
 
@@ -110,11 +112,17 @@ def recovered_records(home: Home) -> list[JobRecord]:
         except ValueError:
             sources = ["."]
         model = models[0] if models else DEFAULT_MODEL
-        config = JobConfig(sources=sources, kb=name, model=model, embedder="fake" if model == "fake" else "fastembed",
-                           embed_context=context)
+        config = JobConfig(
+            sources=sources,
+            kb=name,
+            model=model,
+            embedder="fake" if model == "fake" else "fastembed",
+            embed_context=context,
+        )
         now = iso(utcnow())
-        out.append(JobRecord(job_id=f"{name}-recovered", config=config, status=t.snapshot(),
-                             created_at=now, updated_at=now))
+        out.append(
+            JobRecord(job_id=f"{name}-recovered", config=config, status=t.snapshot(), created_at=now, updated_at=now)
+        )
     return out
 
 

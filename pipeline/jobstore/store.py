@@ -7,6 +7,7 @@ guarantee there is one) and says its view may be stale; a writer fails with Stor
 holder. A store that does not parse, or holds a record the models reject, is moved aside and
 rebuilt from the valid records and the knowledge bases.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,15 +26,15 @@ from pydantic import ValidationError
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from kbingest.pipeline.locking import describe, flock_within, lock_holder
 from kbingest.pipeline.errors import Busy, EngineFailure
-from kbingest.pipeline.models import JobRecord, utcnow, iso
+from kbingest.pipeline.locking import describe, flock_within, lock_holder
+from kbingest.pipeline.models import JobRecord, iso, utcnow
 from kbingest.pipeline.paths import Home, open_private
 
 log = logging.getLogger("kbingest.store")
 TMP_PREFIX = ".jobs.json.tmp-"
 TABLE = "jobs"
-READ_WAIT_S = 2.0    # a reader waits this long for the lock, then answers from the last complete file
+READ_WAIT_S = 2.0  # a reader waits this long for the lock, then answers from the last complete file
 WRITE_WAIT_S = 10.0  # a writer waits this long, then fails with StoreBusy
 T = TypeVar("T")
 
@@ -47,8 +48,10 @@ class StoreBusy(Busy):
 
     def __init__(self, lockfile: Path, pid: Optional[int], waited: float) -> None:
         hint = f"; if it is stopped (Ctrl-Z), continue it with `kill -CONT {pid}`" if pid else ""
-        super().__init__(f"the job store is locked by {describe(pid)} for more than {waited:g} s ({lockfile}): "
-                         f"nothing was changed; try again once it is done{hint}")
+        super().__init__(
+            f"the job store is locked by {describe(pid)} for more than {waited:g} s ({lockfile}): "
+            f"nothing was changed; try again once it is done{hint}"
+        )
         self.pid = pid
 
 
@@ -56,10 +59,15 @@ class StoreWriteError(EngineFailure):
     """The job store could not be saved (disk full, read-only, I/O error): the old file stands."""
 
     def __init__(self, path: Path, e: OSError) -> None:
-        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                errno.EROFS: "the file system is read-only"}.get(e.errno or 0, e.strerror or type(e).__name__)
-        super().__init__(f"cannot save the job store {path}: {what}; its last saved state is kept. "
-                         "Free space (or fix the disk), then run the command again")
+        what = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only",
+        }.get(e.errno or 0, e.strerror or type(e).__name__)
+        super().__init__(
+            f"cannot save the job store {path}: {what}; its last saved state is kept. "
+            "Free space (or fix the disk), then run the command again"
+        )
         self.errno = e.errno
 
 
@@ -184,8 +192,9 @@ class JobStore:
         self._jobs = self._db.table(TABLE, cache_size=0)
         have = {d["job_id"] for d in keep}
         kbs = {d["config"]["kb"] for d in keep}
-        found = [r for r in (self._rebuild() if self._rebuild else []) if r.config.kb not in kbs
-                 and r.job_id not in have]
+        found = [
+            r for r in (self._rebuild() if self._rebuild else []) if r.config.kb not in kbs and r.job_id not in have
+        ]
         self._jobs.insert_multiple(keep + [r.model_dump(mode="json") for r in found])
 
     def _holder(self) -> Optional[int]:
@@ -227,8 +236,9 @@ class JobStore:
     def _mark_stale(self, pid: Optional[int]) -> None:
         if not self.stale:
             self.stale = True
-            self.stale_note = (f"the job store is locked by {describe(pid)}: showing its last saved state, "
-                               "which may be stale")
+            self.stale_note = (
+                f"the job store is locked by {describe(pid)}: showing its last saved state, which may be stale"
+            )
             log.info("%s", self.stale_note)
             if self._on_stale:
                 self._on_stale(self.stale_note)
@@ -239,8 +249,9 @@ class JobStore:
             try:
                 return fn()
             except (StoreCorrupt, ValidationError) as e:
-                self._recover(str(e).splitlines()[0], [], locked) if isinstance(e, StoreCorrupt) \
-                    else self._validated(locked)
+                self._recover(str(e).splitlines()[0], [], locked) if isinstance(e, StoreCorrupt) else self._validated(
+                    locked
+                )
                 return fn()
 
     # ---- jobs -------------------------------------------------------------------------------
@@ -253,6 +264,7 @@ class JobStore:
         def read() -> Optional[JobRecord]:
             doc = self._jobs.get(Query().job_id == job_id)
             return JobRecord.model_validate(doc) if doc else None
+
         return self._do(read, write=False)
 
     def all(self) -> list[JobRecord]:
@@ -262,6 +274,7 @@ class JobStore:
 
     def update(self, job_id: str, fn: Callable[[JobRecord], JobRecord]) -> Optional[JobRecord]:
         """Read-modify-write one job under the lock."""
+
         def apply() -> Optional[JobRecord]:
             doc = self._jobs.get(Query().job_id == job_id)
             if not doc:
@@ -271,6 +284,7 @@ class JobStore:
             data["updated_at"] = iso(utcnow())
             self._jobs.upsert(data, Query().job_id == job_id)
             return rec
+
         return self._do(apply)
 
     def remove_job(self, job_id: str, only_if: Optional[Callable[[JobRecord], bool]] = None) -> bool:

@@ -26,6 +26,7 @@ index build's memory is returned too.
 URI is a folder or s3://bucket/prefix; OPTIONS_JSON the job's non-secret storage options (the child
 reads credentials from the same AWS_* environment as the parent).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,22 +39,22 @@ import time
 from datetime import timedelta
 from typing import Optional
 
-KEEP_VERSIONS_S = 60     # versions newer than this survive: readers of older versions keep working
+KEEP_VERSIONS_S = 60  # versions newer than this survive: readers of older versions keep working
 TIMEOUT_S = 1800
-PARENT_CHECK_S = 0.2     # how often the child checks that the engine that started it lives
+PARENT_CHECK_S = 0.2  # how often the child checks that the engine that started it lives
 DELAY_ENV = "KBINGEST_COMPACTION_DELAY"  # tests: seconds the child waits before it optimizes
 PR_SET_PDEATHSIG = 1
-CHILD_ROWS = 20_000      # from this table size on, a child: below it the memory is small and a child's
-                         # start-up (~1.5 s of CPU) would cost more than it saves (every watch burst optimizes)
+CHILD_ROWS = 20_000  # from this table size on, a child: below it the memory is small and a child's
+# start-up (~1.5 s of CPU) would cost more than it saves (every watch burst optimizes)
 
 
 # How fragments are merged (pylance's compact_files), by peak RSS measured on the 10x corpus
 # (docs/benchmarks.md, memory: 64k rows, child peak 532 MiB with LanceDB's defaults, 290 with these).
 COMPACT = {
-    "target_rows_per_fragment": 8192,      # a fragment this large is done: later compactions leave it alone
+    "target_rows_per_fragment": 8192,  # a fragment this large is done: later compactions leave it alone
     "compaction_mode": "try_binary_copy",  # copy encoded pages where the schemas match, no decode/re-encode
-    "batch_size": 1024,                    # rows read at a time where pages must be re-encoded
-    "num_threads": 1,                      # one rewrite task at a time: its buffers, not one per core
+    "batch_size": 1024,  # rows read at a time where pages must be re-encoded
+    "num_threads": 1,  # one rewrite task at a time: its buffers, not one per core
 }
 
 
@@ -90,10 +91,21 @@ def optimize_in_child(location, table: str, ann_min_rows: Optional[int] = None) 
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(kbingest.__file__)))  # the child imports this very package
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    args = [location.uri, table, str(os.getpid()), "" if ann_min_rows is None else str(ann_min_rows),
-            json.dumps(dict(location.options))]
-    r = subprocess.run([sys.executable, "-m", "kbingest.pipeline.kb.compaction", *args], capture_output=True,
-                       text=True, timeout=TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)
+    args = [
+        location.uri,
+        table,
+        str(os.getpid()),
+        "" if ann_min_rows is None else str(ann_min_rows),
+        json.dumps(dict(location.options)),
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "kbingest.pipeline.kb.compaction", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
         raise CompactionError(f"optimize of {table} exited {r.returncode}: {tail}")
@@ -122,8 +134,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from kbingest.pipeline.rss import own_peak_rss_mib
     from kbingest.pipeline.kb.location import KbLocation
+    from kbingest.pipeline.rss import own_peak_rss_mib
 
     uri, name, parent, min_rows, options = (list(argv) + ["", "{}"])[:5]
     _die_with_parent(int(parent))
@@ -136,8 +148,11 @@ def main(argv: list[str]) -> int:
         from kbingest.pipeline.kb.search_indexes import maintain
 
         indexes = maintain(location.connect().open_table(name), int(min_rows))
-    print(json.dumps({"peak_rss_mib": own_peak_rss_mib(), "seconds": round(time.perf_counter() - t0, 3),
-                      "indexes": indexes}))
+    print(
+        json.dumps(
+            {"peak_rss_mib": own_peak_rss_mib(), "seconds": round(time.perf_counter() - t0, 3), "indexes": indexes}
+        )
+    )
     return 0
 
 

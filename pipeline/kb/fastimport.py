@@ -17,6 +17,7 @@ Two more, measured on a cold `import lancedb` (Python 3.11, this machine: 1.5-2.
   DataFrame (`kbingest search`) says so first (`forgo_pandas`): for the rest of that process
   pandas cannot be imported, and pyarrow goes on without it. Never in a library or server process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,8 +90,7 @@ def _marker_overrides() -> Iterator[None]:
 class _NoPandas(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError(f"No module named {name!r} (kbingest: this command does without it)",
-                                      name=name)
+            raise ModuleNotFoundError(f"No module named {name!r} (kbingest: this command does without it)", name=name)
         return None
 
 

@@ -7,6 +7,7 @@
 - text_hash: of a chunk's text alone (stored with it): equal texts of the same model share one vector,
   within a job and across the knowledge base.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -22,6 +22,7 @@ end of the last pass that added documents (the mass-removal guard measures remov
 pipeline/stages/load.py). It is a separate file, so that it survives what forgets the state above (a
 failed pass, a changed table); like it, it is kept for HOME/lancedb tables only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -130,9 +131,14 @@ def write(home: Home, kb: str, dim: int, columns: list[str], docs: dict[str, Sto
     if sig is None or len(docs) > MAX_DOCS:
         forget(home, kb)
         return
-    data = {"format": FORMAT, "signature": sig, "dim": dim, "columns": columns,
-            "files": data_files(str(home.lancedb_dir), kb),
-            "docs": {d: [s.version, s.source, s.chunks] for d, s in docs.items()}}
+    data = {
+        "format": FORMAT,
+        "signature": sig,
+        "dim": dim,
+        "columns": columns,
+        "files": data_files(str(home.lancedb_dir), kb),
+        "docs": {d: [s.version, s.source, s.chunks] for d, s in docs.items()},
+    }
     try:
         _save(home, path, data)
     except OSError as e:  # only an optimisation: the next run scans the table
@@ -147,8 +153,7 @@ def _save(home: Home, path: Path, data: dict) -> None:
         # the folder opened once, without following a link (a planted HOME/kbstate is refused);
         # the file written and renamed relative to it: nothing outside the home is replaced
         dfd = home.open_folder(path.parent.relative_to(home.root), create=True)
-        fd = os.open(tmp.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dfd)
+        fd = os.open(tmp.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
         os.replace(tmp.name, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)

@@ -8,6 +8,7 @@ place, and `--db-option` refuses keys that look like secrets. The job store stay
 the writer lock of a knowledge base lives with its table (`writer_lock`: a lock file beside it, or
 a lease object on S3), so that two homes naming one location never write a table at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 from urllib.parse import urlparse
+
 from kbingest.pipeline.errors import InvalidInput
 
 ENV_DB = "KBINGEST_DB"
@@ -48,8 +50,10 @@ def parse_options(pairs: Optional[Iterable[str]]) -> dict[str, str]:
         if not sep or not _OPTION_KEY.match(key):
             raise StorageError(f"--db-option wants KEY=VALUE (a key of letters, digits, '_', '.', '-'), got {p[:80]!r}")
         if _SECRET_KEY.search(key):
-            raise StorageError(f"--db-option {key}: options are stored with the job, so secrets are refused; "
-                               "pass credentials in the AWS_* environment variables")
+            raise StorageError(
+                f"--db-option {key}: options are stored with the job, so secrets are refused; "
+                "pass credentials in the AWS_* environment variables"
+            )
         out[key] = value
     return out
 
@@ -60,8 +64,9 @@ def _check_uri(uri: str) -> str:
     u = urlparse(uri)
     scheme = u.scheme.lower() if len(u.scheme) > 1 else ""  # "C:" is a drive, not a scheme
     if scheme and scheme not in _SCHEMES:
-        raise StorageError(f"--db {uri[:120]!r}: unsupported scheme {u.scheme!r}; use a folder, file:///path or "
-                           "s3://bucket/prefix")
+        raise StorageError(
+            f"--db {uri[:120]!r}: unsupported scheme {u.scheme!r}; use a folder, file:///path or s3://bucket/prefix"
+        )
     if scheme == "s3":
         if not u.netloc or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", u.netloc):
             raise StorageError(f"--db {uri[:120]!r}: an S3 location is s3://bucket/prefix with a valid bucket name")
@@ -86,7 +91,7 @@ METADATA_CACHE_BYTES = 64 << 20
 class KbLocation:
     """Where the knowledge bases of a job (or a search) live, and how to reach them."""
 
-    uri: str                                                # an absolute folder, or s3://bucket/prefix
+    uri: str  # an absolute folder, or s3://bucket/prefix
     options: Mapping[str, str] = field(default_factory=dict)  # non-secret LanceDB storage options
 
     @classmethod
@@ -143,7 +148,9 @@ class KbLocation:
         lancedb = import_lancedb()
         if self.is_local:
             Path(self.uri).mkdir(parents=True, exist_ok=True, mode=0o700)
-        session = lancedb.Session(index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES)
+        session = lancedb.Session(
+            index_cache_size_bytes=INDEX_CACHE_BYTES, metadata_cache_size_bytes=METADATA_CACHE_BYTES
+        )
         return lancedb.connect(self.uri, storage_options=self.storage_options() or None, session=session)
 
     def writer_lock(self, kb: str, info: Optional[Mapping[str, str]] = None, on_lost=None):

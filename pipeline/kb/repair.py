@@ -17,6 +17,7 @@ folder on the way is opened without following a link (a planted HOME/damaged is 
 readable older version is restored; nothing is moved there. Documents indexed after the version
 kept are found missing by the next ingest of the same sources and indexed again (skip-by-hash).
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,15 +30,15 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from kbingest.pipeline.errors import Busy, EngineFailure, NotFound
-from kbingest.pipeline.messages import reason
+from kbingest.pipeline.kb.location import KbLocation
 from kbingest.pipeline.kb.table import connect, damage_of, list_kbs
 from kbingest.pipeline.locking import LOCATION_DIR, holder_pid
+from kbingest.pipeline.messages import reason
 from kbingest.pipeline.paths import Home, open_folder, validate_name
-from kbingest.pipeline.kb.location import KbLocation
 
 Action = Literal["healthy", "restored", "recreated"]
-MAX_MANIFESTS_SET_ASIDE = 16   # a table whose 16 newest manifests do not parse is re-created
-READ_BATCH_ROWS = 4096         # rows per batch while reading a version whole (memory stays flat)
+MAX_MANIFESTS_SET_ASIDE = 16  # a table whose 16 newest manifests do not parse is re-created
+READ_BATCH_ROWS = 4096  # rows per batch while reading a version whole (memory stays flat)
 
 
 class UnknownKB(NotFound):
@@ -54,7 +55,7 @@ class RepairOutcome:
     kb: str
     action: Action
     message: str
-    version: Optional[int] = None      # the version the table is at now
+    version: Optional[int] = None  # the version the table is at now
     rows: int = 0
     set_aside: list[str] = field(default_factory=list)  # what was moved to HOME/damaged
 
@@ -77,8 +78,10 @@ def _readable(table, kb: str) -> Optional[str]:
 def _damage_or_refuse(e: Exception, kb: str) -> str:
     why = damage_of(e)
     if why is None:
-        raise NotDamaged(f"knowledge base {kb!r} cannot be read, but not because its files are lost or cut short: {reason(e)}; "
-                         "repair changes nothing") from e
+        raise NotDamaged(
+            f"knowledge base {kb!r} cannot be read, but not because its files are lost or cut short: {reason(e)}; "
+            "repair changes nothing"
+        ) from e
     return why
 
 
@@ -91,7 +94,8 @@ def _manifests(table_dir: Path) -> list[Path]:
             n = int(p.stem)
         except ValueError:
             return -1
-        return (2 ** 64 - 1) - n if n > 2 ** 63 else n  # the V2 scheme counts down from u64::MAX
+        return (2**64 - 1) - n if n > 2**63 else n  # the V2 scheme counts down from u64::MAX
+
     return sorted(found, key=version_of, reverse=True)
 
 
@@ -142,8 +146,9 @@ def _open(db, kb: str, table_dir: Optional[Path], aside: _Aside):
     return None, f"its {MAX_MANIFESTS_SET_ASIDE} newest manifests do not open"
 
 
-def repair(home: Home, kb: str, sources: Optional[list[str]] = None,
-           location: Optional[KbLocation] = None) -> RepairOutcome:
+def repair(
+    home: Home, kb: str, sources: Optional[list[str]] = None, location: Optional[KbLocation] = None
+) -> RepairOutcome:
     """Check knowledge base KB (at `location`, HOME/lancedb by default) and repair it if it is
     damaged; say what was done. `sources`, when known (the newest job's), make the message name the
     command that re-indexes what was lost."""
@@ -154,21 +159,28 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None,
     if table_dir is not None and not table_dir.is_dir():
         raise UnknownKB(f"no knowledge base {kb!r} in {home.root if default else location}")
     db_flag = "" if default else f" --db {shlex.quote(location.uri)}"
-    again = (f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}{db_flag}`" if sources
-             else f"`kbingest ingest SOURCE... --kb {kb}{db_flag}`")
+    again = (
+        f"`kbingest ingest {' '.join(shlex.quote(s) for s in sources)} --kb {kb}{db_flag}`"
+        if sources
+        else f"`kbingest ingest SOURCE... --kb {kb}{db_flag}`"
+    )
     from kbingest.pipeline.jobstore import queue
     from kbingest.pipeline.locking import HeldLocks
 
     lock = queue.try_kb_lock(home, kb)  # what a job writing it holds: none starts meanwhile
     if lock is None:
         pid = holder_pid(home.kb_lock_file(kb), home.root)
-        raise Busy(f"a job is writing knowledge base {kb!r} ({f'process {pid}' if pid else 'another process'}): "
-                   "repair it once that job has stopped (`kbingest pause` or `cancel` it)")
+        raise Busy(
+            f"a job is writing knowledge base {kb!r} ({f'process {pid}' if pid else 'another process'}): "
+            "repair it once that job has stopped (`kbingest pause` or `cancel` it)"
+        )
     writer = location.writer_lock(kb, {"home": str(home.root), "job": "repair"})
     try:
         if not writer.try_acquire():  # a job of another home writes it there
-            raise Busy(f"knowledge base {kb!r} at {location} is being written by {writer.holder()}: "
-                       "repair it once that job has stopped")
+            raise Busy(
+                f"knowledge base {kb!r} at {location} is being written by {writer.holder()}: "
+                "repair it once that job has stopped"
+            )
     except BaseException:
         lock.release()
         raise
@@ -186,12 +198,26 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None,
             if why is None:
                 n = table.count_rows()
                 if not aside.moved:
-                    return RepairOutcome(kb, "healthy", f"knowledge base {kb!r} is healthy: version {latest}, "
-                                                        f"{n} chunks, every row readable; nothing to do", latest, n)
-                return RepairOutcome(kb, "restored", (
-                    f"knowledge base {kb!r}: {len(aside.moved)} newest manifest(s) could not be read and were "
-                    f"moved to {aside.dest}; it is at version {latest} now ({n} chunks). Documents indexed after "
-                    f"it are missing: {again} indexes them again"), latest, n, aside.moved)
+                    return RepairOutcome(
+                        kb,
+                        "healthy",
+                        f"knowledge base {kb!r} is healthy: version {latest}, "
+                        f"{n} chunks, every row readable; nothing to do",
+                        latest,
+                        n,
+                    )
+                return RepairOutcome(
+                    kb,
+                    "restored",
+                    (
+                        f"knowledge base {kb!r}: {len(aside.moved)} newest manifest(s) could not be read and were "
+                        f"moved to {aside.dest}; it is at version {latest} now ({n} chunks). Documents indexed after "
+                        f"it are missing: {again} indexes them again"
+                    ),
+                    latest,
+                    n,
+                    aside.moved,
+                )
             for v in sorted((int(x["version"]) for x in table.list_versions()), reverse=True):
                 if v >= latest:
                     continue
@@ -203,19 +229,37 @@ def repair(home: Home, kb: str, sources: Optional[list[str]] = None,
                 if unreadable is None:
                     n = table.count_rows()
                     table.restore()
-                    return RepairOutcome(kb, "restored", (
-                        f"knowledge base {kb!r}: version {latest} could not be read ({why}); restored version {v} "
-                        f"({n} chunks) as version {table.version}. Documents indexed after version {v} are "
-                        f"missing: {again} indexes them again"), table.version, n, aside.moved)
+                    return RepairOutcome(
+                        kb,
+                        "restored",
+                        (
+                            f"knowledge base {kb!r}: version {latest} could not be read ({why}); restored version {v} "
+                            f"({n} chunks) as version {table.version}. Documents indexed after version {v} are "
+                            f"missing: {again} indexes them again"
+                        ),
+                        table.version,
+                        n,
+                        aside.moved,
+                    )
         # nothing readable is left: start the table anew, keep the damaged one for inspection
         if table_dir is None:
-            raise EngineFailure(f"knowledge base {kb!r} at {location}: no version of it could be read ({why}); "
-                                "on S3 repair restores a readable version and moves nothing: remove the table "
-                                f"({location.table_uri(kb)}) and run {again}")
+            raise EngineFailure(
+                f"knowledge base {kb!r} at {location}: no version of it could be read ({why}); "
+                "on S3 repair restores a readable version and moves nothing: remove the table "
+                f"({location.table_uri(kb)}) and run {again}"
+            )
         moved = aside.move(table_dir, f"{kb}.lance")
         if schema is not None:
             db.create_table(kb, schema=schema)
         made = "re-created it empty" if schema is not None else "removed it (the next ingest creates it)"
-        return RepairOutcome(kb, "recreated", (
-            f"knowledge base {kb!r}: no version of it could be read ({why}); moved its table to {moved} and "
-            f"{made}; {again} indexes its documents again"), None, 0, aside.moved)
+        return RepairOutcome(
+            kb,
+            "recreated",
+            (
+                f"knowledge base {kb!r}: no version of it could be read ({why}); moved its table to {moved} and "
+                f"{made}; {again} indexes its documents again"
+            ),
+            None,
+            0,
+            aside.moved,
+        )

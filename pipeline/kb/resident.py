@@ -9,6 +9,7 @@ owner; a search reads that file, checks the process lives, asks over HTTP on loo
 timeout, and on any failure searches cold as before. Only the standard library is used here, so
 the cold path pays nothing for it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ def announced(home: Home, url: str, token_required: bool, secret: Optional[str] 
     path = _file(home)
     fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "pid": os.getpid(), "token": token_required, **({"secret": secret} if secret else {})},
-                  f)
+        json.dump(
+            {"url": url, "pid": os.getpid(), "token": token_required, **({"secret": secret} if secret else {})}, f
+        )
     try:
         yield
     finally:
@@ -72,7 +74,11 @@ def find(home: Home) -> Optional[dict[str, Any]]:
     if host not in ("127.0.0.1", "localhost", "::1"):
         return None  # only ever a server on this machine's loopback
     secret = info.get("secret")
-    return {"url": url.rstrip("/"), "token": bool(info.get("token")), "secret": secret if isinstance(secret, str) else None}
+    return {
+        "url": url.rstrip("/"),
+        "token": bool(info.get("token")),
+        "secret": secret if isinstance(secret, str) else None,
+    }
 
 
 def search(info: dict[str, Any], kb: str, query: str, k: int, mode: str) -> Optional[list[dict[str, Any]]]:
@@ -89,8 +95,9 @@ def search(info: dict[str, Any], kb: str, query: str, k: int, mode: str) -> Opti
             return None
         headers["Authorization"] = f"Bearer {token}"
     q = urllib.parse.urlencode({"q": query, "k": k, "mode": mode})
-    req = urllib.request.Request(f"{info['url']}/api/ingestion/kb/{urllib.parse.quote(kb, safe='')}/search?{q}",
-                                 headers=headers)
+    req = urllib.request.Request(
+        f"{info['url']}/api/ingestion/kb/{urllib.parse.quote(kb, safe='')}/search?{q}", headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as r:
             return json.loads(r.read())
@@ -168,8 +175,9 @@ def _handler(service: Any, secret: str):
             q = urllib.parse.parse_qs(url.query)
             try:
                 k = int(q.get("k", ["5"])[0])
-                hits = service.search_here(urllib.parse.unquote(m.group(1)), q.get("q", [""])[0], k,
-                                           mode=q.get("mode", ["hybrid"])[0])
+                hits = service.search_here(
+                    urllib.parse.unquote(m.group(1)), q.get("q", [""])[0], k, mode=q.get("mode", ["hybrid"])[0]
+                )
             except ValueError:
                 return self._answer(422, {"error": "invalid_input", "message": "k must be a whole number"})
             except errors.KbError as e:

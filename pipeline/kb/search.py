@@ -1,4 +1,5 @@
 """Query a knowledge base with the model it was built with, where its jobs put it."""
+
 from __future__ import annotations
 
 import os
@@ -8,14 +9,15 @@ from typing import Any, Callable, Mapping, Optional
 
 from kbingest.pipeline.embed.embedding import make_embedder
 from kbingest.pipeline.errors import InvalidInput
+from kbingest.pipeline.kb.location import ENV_DB, KbLocation
 from kbingest.pipeline.kb.table import SEARCH_MODES, KnowledgeBase, SearchHit
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
-from kbingest.pipeline.kb.location import ENV_DB, KbLocation
 
 
-def locate(home: Home, config: Optional[JobConfig], db: Optional[str] = None,
-           db_options: Optional[Mapping[str, str]] = None) -> KbLocation:
+def locate(
+    home: Home, config: Optional[JobConfig], db: Optional[str] = None, db_options: Optional[Mapping[str, str]] = None
+) -> KbLocation:
     """Where a knowledge base is: `db` (or KBINGEST_DB) when given, else where its newest job wrote, else
     HOME/lancedb."""
     db = db or os.environ.get(ENV_DB) or None
@@ -56,6 +58,7 @@ def preload_query_embedder(config: JobConfig) -> None:
     `kbingest search` 3.27 -> 2.92 s with the one-session query model, docs/benchmarks.md). Only for
     a table known to hold rows (an empty one never loads the model); a failure is left for the
     query's own load to raise."""
+
     def load() -> None:
         try:
             query_embedder(config)
@@ -83,10 +86,10 @@ class Fusion:
     reciprocal-rank fusion, sum of weight / (c + rank). Chosen by the `retrieval` figure (bench/retrieval.py)."""
 
     method: str = "score"
-    vector_weight: float = 0.5   # score: the text's weight is 1 - this; rrf: the vector list's weight
-    bm25_half: float = 20.0      # score: the BM25 score that counts as 0.5
-    c: float = 60.0              # rrf: the rank constant
-    text_weight: float = 1.0     # rrf: the text list's weight
+    vector_weight: float = 0.5  # score: the text's weight is 1 - this; rrf: the vector list's weight
+    bm25_half: float = 20.0  # score: the BM25 score that counts as 0.5
+    c: float = 60.0  # rrf: the rank constant
+    text_weight: float = 1.0  # rrf: the text list's weight
 
 
 FUSION = Fusion()
@@ -102,8 +105,7 @@ def vector_relevance(cosine: Optional[float]) -> float:
     return 0.0 if cosine is None else min(1.0, max(0.0, cosine))
 
 
-def fuse(vector_hits: list[SearchHit], text_hits: list[SearchHit], k: int,
-         fusion: Fusion = FUSION) -> list[SearchHit]:
+def fuse(vector_hits: list[SearchHit], text_hits: list[SearchHit], k: int, fusion: Fusion = FUSION) -> list[SearchHit]:
     """The k best of both lists, fused: `score` the fused score, `relevance` in [0, 1], and the
     components (`vector_score`: cosine, `text_score`: BM25) where the hit was in that list. A hit
     missing from one list scores there as that list's last one does (it ranks below all of them)."""
@@ -118,20 +120,28 @@ def fuse(vector_hits: list[SearchHit], text_hits: list[SearchHit], k: int,
         cos = vh.score if vh is not None else None
         bm25 = th.score if th is not None else None
         if fusion.method == "rrf":
-            score = ((fusion.vector_weight / (fusion.c + vr) if vr else 0.0)
-                     + (fusion.text_weight / (fusion.c + tr) if tr else 0.0))
+            score = (fusion.vector_weight / (fusion.c + vr) if vr else 0.0) + (
+                fusion.text_weight / (fusion.c + tr) if tr else 0.0
+            )
             relevance = score / ((fusion.vector_weight + fusion.text_weight) / (fusion.c + 1))
         else:
             w = fusion.vector_weight
-            score = (w * vector_relevance(cos if cos is not None else v_floor)
-                     + (1 - w) * text_relevance(bm25 if bm25 is not None else t_floor, fusion.bm25_half))
+            score = w * vector_relevance(cos if cos is not None else v_floor) + (1 - w) * text_relevance(
+                bm25 if bm25 is not None else t_floor, fusion.bm25_half
+            )
             relevance = score
         rows.append((-score, vr or 1 << 30, tr or 1 << 30, hid, vh or th, score, relevance, cos, bm25))
     rows.sort(key=lambda r: r[:4])
-    return [replace(h, score=round(score, 6), relevance=round(min(1.0, max(0.0, rel)), 4),
-                    vector_score=None if cos is None else round(cos, 4),
-                    text_score=None if bm25 is None else round(bm25, 4))
-            for *_, h, score, rel, cos, bm25 in rows[:k]]
+    return [
+        replace(
+            h,
+            score=round(score, 6),
+            relevance=round(min(1.0, max(0.0, rel)), 4),
+            vector_score=None if cos is None else round(cos, 4),
+            text_score=None if bm25 is None else round(bm25, 4),
+        )
+        for *_, h, score, rel, cos, bm25 in rows[:k]
+    ]
 
 
 def relative_path(source: str, roots: list[str]) -> str:
@@ -168,8 +178,15 @@ def table_embeds_context(kb: KnowledgeBase, sample: int = 64) -> Optional[bool]:
     return None
 
 
-def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: str = "hybrid",
-              embedder_factory: Optional[Callable] = None, fusion: Fusion = FUSION) -> list[SearchHit]:
+def search_kb(
+    kb: KnowledgeBase,
+    config: JobConfig,
+    query: str,
+    k: int,
+    mode: str = "hybrid",
+    embedder_factory: Optional[Callable] = None,
+    fusion: Fusion = FUSION,
+) -> list[SearchHit]:
     """The k best chunks. vector: cosine similarity, exact (ANN above its threshold); text: BM25 on
     the full-text index; hybrid: both lists, each window(k) deep, fused (`fuse`), then cut to k."""
     if mode not in SEARCH_MODES:
@@ -184,8 +201,9 @@ def search_kb(kb: KnowledgeBase, config: JobConfig, query: str, k: int, mode: st
         vec = embedder.embed([query])[0]
     if mode == "text":
         hits = kb.search(None, k, mode="text", text=query)
-        return [replace(h, relevance=round(text_relevance(h.score, fusion.bm25_half), 4), text_score=h.score)
-                for h in hits]
+        return [
+            replace(h, relevance=round(text_relevance(h.score, fusion.bm25_half), 4), text_score=h.score) for h in hits
+        ]
     if mode == "hybrid":
         state = kb.index_state()
         if state is not None and state.has_fts:

@@ -14,6 +14,7 @@ and merges them into the results.
 The kind and the query settings (ANN_KIND, QUERY) were chosen by measured recall@10 against exact
 search at 1 million rows (docs/scale-out.md, "Search at scale"; python -m bench.search_scale).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,8 @@ from typing import Any, Optional
 
 ANN_KINDS = ("IVF_PQ", "IVF_HNSW_SQ")
 ANN_KIND = "IVF_HNSW_SQ"
-RETRAIN_GROWTH = 4.0          # retrain the ANN index once the table holds 4x the rows it was trained on
-ANN_NAME = "vector_ann"       # + "_<rows trained on>": the index's name records its training size
+RETRAIN_GROWTH = 4.0  # retrain the ANN index once the table holds 4x the rows it was trained on
+ANN_NAME = "vector_ann"  # + "_<rows trained on>": the index's name records its training size
 FTS_NAME = "text_fts"
 _ANN_RE = re.compile(r"^vector_ann_(\d+)$")
 
@@ -34,9 +35,9 @@ _ANN_RE = re.compile(r"^vector_ann_(\d+)$")
 class QuerySettings:
     """How a vector query uses an ANN index (ignored by a flat scan)."""
 
-    nprobes: int = 20           # IVF partitions searched
+    nprobes: int = 20  # IVF partitions searched
     refine_factor: Optional[int] = None  # re-rank k*f candidates on the full vectors (PQ's lost precision)
-    ef: Optional[int] = None    # HNSW candidates (LanceDB's default: 1.5 * k)
+    ef: Optional[int] = None  # HNSW candidates (LanceDB's default: 1.5 * k)
 
 
 QUERY = {
@@ -64,9 +65,9 @@ def partitions(rows: int) -> int:
 
 @dataclass(frozen=True)
 class IndexState:
-    ann_trained_rows: Optional[int]   # None: no ANN index
+    ann_trained_rows: Optional[int]  # None: no ANN index
     ann_name: Optional[str]
-    ann_kind: Optional[str]           # IVF_PQ, IVF_HNSW_SQ (or LanceDB's name of another kind)
+    ann_kind: Optional[str]  # IVF_PQ, IVF_HNSW_SQ (or LanceDB's name of another kind)
     has_fts: bool
 
 
@@ -116,7 +117,11 @@ def maintain(table, min_rows: int, kind: str = ANN_KIND) -> dict[str, Any]:
         dim = table.schema.field("vector").type.list_size
         t0 = time.perf_counter()
         table.create_index("vector", config=ann_config(kind, rows, dim), replace=True, name=f"{ANN_NAME}_{rows}")
-        if st.ann_name and st.ann_name != f"{ANN_NAME}_{rows}" and st.ann_name in {i.name for i in table.list_indices()}:
+        if (
+            st.ann_name
+            and st.ann_name != f"{ANN_NAME}_{rows}"
+            and st.ann_name in {i.name for i in table.list_indices()}
+        ):
             table.drop_index(st.ann_name)
         report.update(ann_built_s=round(time.perf_counter() - t0, 3), ann_kind=kind, ann_rows=rows)
     return report
@@ -133,4 +138,3 @@ def tune(query, kind: Optional[str]):
     if s.ef:
         query = query.ef(s.ef)
     return query
-

@@ -11,6 +11,7 @@ Only one thread writes (the indexer). A batch of documents is written in one mer
 by chunk id whose not-matched-by-source clause deletes those documents' stale chunks: a document
 is replaced in one commit, never "delete then add". Predicates are built only from hex keys.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,9 +31,9 @@ from kbingest.pipeline.errors import EngineFailure  # noqa: E402
 from kbingest.pipeline.kb import kbstate  # noqa: E402
 from kbingest.pipeline.kb.ids import in_predicate  # noqa: E402
 from kbingest.pipeline.kb.kbstate import StoredDoc  # noqa: E402,F401  (re-exported)
+from kbingest.pipeline.kb.location import KbLocation  # noqa: E402
 from kbingest.pipeline.models import SearchHit  # noqa: E402,F401  (re-exported)
 from kbingest.pipeline.paths import Home, validate_name  # noqa: E402
-from kbingest.pipeline.kb.location import KbLocation  # noqa: E402
 
 SEARCH_MODES = ("vector", "text", "hybrid")
 LOOKUP_KEYS = 512  # text hashes a stored-vector query names at most (an IN list, not a table)
@@ -47,8 +48,9 @@ class KBDamaged(TableError):
     """The files of a knowledge base's table are missing or cut short: `kbingest repair` brings it back."""
 
     def __init__(self, name: str, why: str) -> None:
-        super().__init__(f"knowledge base {name!r} is damaged ({why}): "
-                         f"run `kbingest repair --kb {name}` to bring it back")
+        super().__init__(
+            f"knowledge base {name!r} is damaged ({why}): run `kbingest repair --kb {name}` to bring it back"
+        )
         self.name = name
         self.why = why
 
@@ -76,6 +78,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def _damage_checked(fn: _F) -> _F:
     """LanceDB's errors about missing or truncated files become KBDamaged, naming the knowledge base."""
+
     @functools.wraps(fn)
     def checked(self: "KnowledgeBase", *a: Any, **kw: Any) -> Any:
         try:
@@ -85,46 +88,51 @@ def _damage_checked(fn: _F) -> _F:
             if why is None:
                 raise
             raise KBDamaged(self.name, why) from e
+
     return checked  # type: ignore[return-value]
 
 
 log = logging.getLogger(__name__)
 
-MODEL_TAG = "lancedb:tag:model"        # on the vector field: the model that made the vectors (LanceDB's convention)
-EMBEDDING_KEY = "kbingest:embedding"   # on the vector field: JSON of what a caller needs to embed queries
-DISTANCE = "cosine"                    # kbingest's search; the vectors are L2-normalised, so L2 ranks the same
+MODEL_TAG = "lancedb:tag:model"  # on the vector field: the model that made the vectors (LanceDB's convention)
+EMBEDDING_KEY = "kbingest:embedding"  # on the vector field: JSON of what a caller needs to embed queries
+DISTANCE = "cosine"  # kbingest's search; the vectors are L2-normalised, so L2 ranks the same
 
 
 def metadata_type() -> pa.StructType:
     """The `metadata` struct: the flat columns a RAG framework shows with each chunk and filters on."""
-    return pa.struct([
-        pa.field("source", pa.string()),
-        pa.field("heading_path", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("doc_id", pa.string()),
-        pa.field("position", pa.int32()),
-        pa.field("page", pa.int32()),  # PDFs; null where a format has no pages
-    ])
+    return pa.struct(
+        [
+            pa.field("source", pa.string()),
+            pa.field("heading_path", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("page", pa.int32()),  # PDFs; null where a format has no pages
+        ]
+    )
 
 
 def schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("text", pa.string()),
-        pa.field("vector", pa.list_(pa.float32(), dim)),
-        pa.field("source", pa.string()),
-        pa.field("heading_path", pa.string()),
-        pa.field("doc_id", pa.string()),
-        pa.field("doc_version", pa.string()),
-        pa.field("position", pa.int32()),
-        pa.field("title", pa.string()),
-        pa.field("model", pa.string()),
-        pa.field("page", pa.int32(), nullable=True),  # first page of the chunk; null where no pages
-        pa.field("metadata", metadata_type()),
-        pa.field("text_hash", pa.string()),  # ids.text_hash(text): a stored vector is found by its text
-        pa.field("ocr_confidence", pa.float32(), nullable=True),  # the chunk's first page was read by OCR, with
-        # this mean confidence (0-1); null where it was read from a text layer (docs/formats.md, OCR)
-    ])
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("source", pa.string()),
+            pa.field("heading_path", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("doc_version", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("title", pa.string()),
+            pa.field("model", pa.string()),
+            pa.field("page", pa.int32(), nullable=True),  # first page of the chunk; null where no pages
+            pa.field("metadata", metadata_type()),
+            pa.field("text_hash", pa.string()),  # ids.text_hash(text): a stored vector is found by its text
+            pa.field("ocr_confidence", pa.float32(), nullable=True),  # the chunk's first page was read by OCR, with
+            # this mean confidence (0-1); null where it was read from a text layer (docs/formats.md, OCR)
+        ]
+    )
 
 
 # ---- schema migrations -------------------------------------------------------------------------
@@ -137,6 +145,7 @@ class AddColumn:
     the other columns, no re-embedding), its values computed by LanceDB from a SQL expression
     over the columns the table has (`fill` gets the table's schema, so that it can leave out
     columns an even older table lacks)."""
+
     name: str
     fill: Callable[[pa.Schema], str]
 
@@ -239,8 +248,13 @@ def stored_vectors(table, hashes: Iterable[str], model: str) -> dict[str, Any]:
     wanted = sorted(set(hashes))
     found: dict[str, Any] = {}
     for i in range(0, len(wanted), LOOKUP_KEYS):
-        t = (table.search(None).where(in_predicate("text_hash", wanted[i:i + LOOKUP_KEYS]))
-             .select(["text_hash", "vector", "model"]).limit(None).to_arrow())
+        t = (
+            table.search(None)
+            .where(in_predicate("text_hash", wanted[i : i + LOOKUP_KEYS]))
+            .select(["text_hash", "vector", "model"])
+            .limit(None)
+            .to_arrow()
+        )
         for h, vec, m in zip(t["text_hash"].to_pylist(), t["vector"].to_pylist(), t["model"].to_pylist()):
             if m == model:
                 found[h] = vec
@@ -251,8 +265,9 @@ class KnowledgeBase:
     """One knowledge base's table. Nothing is opened (nor LanceDB imported) until something needs the
     table: an unchanged run that knows what the table holds (`remembered`) never opens it."""
 
-    def __init__(self, home: Home, name: str, location: Optional[KbLocation] = None,
-                 ann_min_rows: Optional[int] = None) -> None:
+    def __init__(
+        self, home: Home, name: str, location: Optional[KbLocation] = None, ann_min_rows: Optional[int] = None
+    ) -> None:
         self.name = validate_name(name, "knowledge base name")
         self.home = home
         self.location = location or KbLocation.default(home)
@@ -382,8 +397,10 @@ class KnowledgeBase:
             self._table = self._db.create_table(self.name, schema=schema(dim), exist_ok=True)
             return
         if self.dim != dim:
-            raise TableError(f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
-                              f"makes {dim}: use another --kb for another model")
+            raise TableError(
+                f"knowledge base {self.name!r} holds {self.dim}-dimensional vectors and this model "
+                f"makes {dim}: use another --kb for another model"
+            )
         added = migrate(self._table)
         if added:
             log.info("knowledge base %s: added column(s) %s", self.name, ", ".join(added))
@@ -399,7 +416,8 @@ class KnowledgeBase:
 
     def _tag_model(self, model: str) -> None:
         self._table.update_field_metadata(
-            {"path": "vector", "metadata": {MODEL_TAG: model, EMBEDDING_KEY: json.dumps(self._info(model))}})
+            {"path": "vector", "metadata": {MODEL_TAG: model, EMBEDDING_KEY: json.dumps(self._info(model))}}
+        )
 
     def _info(self, model: str) -> dict[str, Any]:
         return {"model": model, "dimension": self.dim, "distance": DISTANCE, "normalized": True}
@@ -433,8 +451,9 @@ class KnowledgeBase:
         return docs_of_rows(zip(t["doc_id"].to_pylist(), t["doc_version"].to_pylist(), t["source"].to_pylist()))
 
     @_damage_checked
-    def write(self, rows: list[dict[str, Any]], doc_ids: Iterable[str],
-              replacing: Optional[Iterable[str]] = None) -> None:
+    def write(
+        self, rows: list[dict[str, Any]], doc_ids: Iterable[str], replacing: Optional[Iterable[str]] = None
+    ) -> None:
         """Write these documents whole, in one commit: upsert their rows by id and delete their other
         (stale) chunks. `replacing` names those of them the table may hold chunks of (None: any);
         a batch of documents new to the table skips the delete clause, whose outer join reads the
@@ -526,8 +545,7 @@ class KnowledgeBase:
         system when it exits (pipeline/kb/compaction.py). Returns a report: where, the child's peak RSS,
         seconds, and the indexes built. A marker file is kept while it runs: one that a kill or a
         failure interrupts is pending, and the next run redoes it."""
-        from kbingest.pipeline.kb import compaction
-        from kbingest.pipeline.kb import search_indexes
+        from kbingest.pipeline.kb import compaction, search_indexes
 
         os.close(self.home.open_file(self._optimize_marker, os.O_WRONLY | os.O_CREAT))  # HOME/pending: no link followed
         if self.count() < compaction.CHILD_ROWS:
@@ -558,8 +576,9 @@ class KnowledgeBase:
         return state(self._table) if self._table is not None else None
 
     @_damage_checked
-    def search(self, vector: Optional[np.ndarray], k: int, mode: str = "vector",
-               text: Optional[str] = None) -> list[SearchHit]:
+    def search(
+        self, vector: Optional[np.ndarray], k: int, mode: str = "vector", text: Optional[str] = None
+    ) -> list[SearchHit]:
         """The k best chunks. vector: cosine similarity (exact below the ANN threshold, through the
         ANN index above it); text: BM25 on the full-text index; hybrid: both, fused by reciprocal
         rank (LanceDB's RRFReranker, k=60). The score is the mode's own: cosine similarity, BM25, RRF."""
@@ -572,8 +591,10 @@ class KnowledgeBase:
         st = search_indexes.state(self._table)
         if mode != "vector" and not st.has_fts:
             if mode == "text":
-                raise TableError(f"knowledge base {self.name!r} has no full-text index yet (the next job that "
-                                  "writes to it builds one): use --mode vector or --mode hybrid")
+                raise TableError(
+                    f"knowledge base {self.name!r} has no full-text index yet (the next job that "
+                    "writes to it builds one): use --mode vector or --mode hybrid"
+                )
             mode = "vector"  # hybrid on a table from before full-text indexes: its vector half
         kind = st.ann_kind if mode != "text" else None
         if mode == "vector":
@@ -586,14 +607,27 @@ class KnowledgeBase:
         else:
             from lancedb.rerankers import RRFReranker
 
-            q = (self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
-                 .vector(np.asarray(vector, dtype=np.float32)).text(text).distance_type("cosine"))
+            q = (
+                self._table.search(query_type="hybrid", vector_column_name="vector", fts_columns="text")
+                .vector(np.asarray(vector, dtype=np.float32))
+                .text(text)
+                .distance_type("cosine")
+            )
             q = search_indexes.tune(q, kind).rerank(RRFReranker())
             score = lambda r: float(r["_relevance_score"])  # noqa: E731
         columns = _HIT_COLUMNS + (["page"] if "page" in self._table.schema.names else [])  # old tables: none
         res = q.limit(k).select(columns).to_list()
         digits = 6 if mode == "hybrid" else 4  # RRF scores are about 1/60
-        return [SearchHit(id=r["id"], score=round(score(r), digits), source=r["source"],
-                          heading_path=r["heading_path"], text=r["text"], title=r.get("title") or "",
-                          page=r.get("page"), model=r.get("model") or "")
-                for r in res]
+        return [
+            SearchHit(
+                id=r["id"],
+                score=round(score(r), digits),
+                source=r["source"],
+                heading_path=r["heading_path"],
+                text=r["text"],
+                title=r.get("title") or "",
+                page=r.get("page"),
+                model=r.get("model") or "",
+            )
+            for r in res
+        ]

@@ -6,6 +6,7 @@ walk) or a `LoadError` (from `read_document`) with a short machine-readable kind
 clear sentence for a person. Paths are `str` (os.fsdecode-compatible: undecodable bytes in
 names survive as surrogate escapes).
 """
+
 from __future__ import annotations
 
 import errno
@@ -74,15 +75,13 @@ class LoadedDocument:
     markdown: bool
     warnings: tuple[str, ...] = ()
     format: str = "text"
-    title: Optional[str] = None        # the format's own title (HTML <title>), if any
+    title: Optional[str] = None  # the format's own title (HTML <title>), if any
     page_starts: tuple[int, ...] = ()  # paged formats: offset in text where page i+1 begins
     page_ocr: tuple[Optional[float], ...] = ()  # per page: None from its text layer, else OCR's confidence
 
 
 class SourceError(ValueError):
     """A SOURCE that does not exist or is not a usable file or folder."""
-
-
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -114,7 +113,6 @@ def within(target: str, root: str) -> bool:
     return target == root or target.startswith(prefix)
 
 
-
 def _file_type(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "FIFO"
@@ -134,14 +132,15 @@ def _not_regular(mode: int) -> tuple[str, str]:
 def _outside(target: str) -> tuple[str, str]:
     return (
         "symlink_outside_root",
-        f"symlink points outside the source root ({_show(target)}): not followed; "
-        "use --follow-links to follow",
+        f"symlink points outside the source root ({_show(target)}): not followed; use --follow-links to follow",
     )
 
 
 def _outside_allowed(target: str) -> tuple[str, str]:
-    return ("outside_allowed_root",
-            f"it leads outside the --allow-root folders of the server running this job ({_show(target)}): not read")
+    return (
+        "outside_allowed_root",
+        f"it leads outside the --allow-root folders of the server running this job ({_show(target)}): not read",
+    )
 
 
 def _os_kind(e: OSError, doing: str) -> tuple[str, str]:
@@ -197,9 +196,7 @@ def validate_sources(sources: list[str]) -> list[str]:
             if formats.unsupported(path):
                 raise SourceError(f"{formats.unsupported(path)}: {_show(path)}")
             if not is_document(path):
-                raise SourceError(
-                    f"source is not a document (expected {', '.join(formats.suffixes())}): {_show(path)}"
-                )
+                raise SourceError(f"source is not a document (expected {', '.join(formats.suffixes())}): {_show(path)}")
         elif not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"source is neither a file nor a folder ({_file_type(st.st_mode)}): {_show(path)}")
         if path not in out:
@@ -242,8 +239,11 @@ def _replaced(e: OSError, follow: bool) -> bool:
 
 
 def _swapped() -> tuple[str, str]:
-    return ("path_changed", "it was replaced by a symlink or a file while the source was walked: "
-                            "not followed; ingest again once it settles")
+    return (
+        "path_changed",
+        "it was replaced by a symlink or a file while the source was walked: "
+        "not followed; ingest again once it settles",
+    )
 
 
 def _fd_path(fd: int) -> str:
@@ -320,8 +320,11 @@ class _OutsideRoots(OSError):
 
 def _roots_unusable(e: BaseException) -> tuple[str, str]:
     why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-    return ("outside_allowed_root", f"the --allow-root folders of the server running this job cannot be opened "
-                                    f"({why}; a folder on the way replaced by a symlink?): nothing read")
+    return (
+        "outside_allowed_root",
+        f"the --allow-root folders of the server running this job cannot be opened "
+        f"({why}; a folder on the way replaced by a symlink?): nothing read",
+    )
 
 
 def walk(sources: list[str], limits: LoadLimits) -> Iterator[Candidate | Problem | Skipped]:
@@ -463,8 +466,9 @@ class _Walker:
         followed: every folder was opened with O_NOFOLLOW), with no realpath; None with --follow-links."""
         return None if self.limits.follow_links else os.path.join(r.real, *parts)
 
-    def _file(self, path: str, root: str, st: os.stat_result, real: Optional[str] = None
-              ) -> Iterator[Candidate | Problem | Skipped]:
+    def _file(
+        self, path: str, root: str, st: os.stat_result, real: Optional[str] = None
+    ) -> Iterator[Candidate | Problem | Skipped]:
         if not is_document(path):
             why = formats.unsupported(path)
             if why:
@@ -511,8 +515,9 @@ class _Walker:
         finally:
             os.close(fd)
 
-    def _dir(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
-             ) -> Iterator[Candidate | Problem | Skipped]:
+    def _dir(
+        self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
         path = r.join(parts)
         try:
             key, entries = self._list(r, parts)
@@ -524,11 +529,16 @@ class _Walker:
             yield _problem(path, _swapped() if parts and _replaced(e, follow) else _os_kind(e, "list this folder"))
             return
         if key in ancestors:
-            yield Problem(path, "symlink_loop", "symlink loop: this folder leads back to one of its parents; not followed")
+            yield Problem(
+                path, "symlink_loop", "symlink loop: this folder leads back to one of its parents; not followed"
+            )
             return
         if key in self.walked:  # nothing is lost: its documents were loaded through the other path
-            yield Skipped(path, "this folder was already walked through another source or link: "
-                                "skipped so its documents are not loaded twice")
+            yield Skipped(
+                path,
+                "this folder was already walked through another source or link: "
+                "skipped so its documents are not loaded twice",
+            )
             return
         self.walked.add(key)
         ancestors = ancestors + (key,)
@@ -537,8 +547,9 @@ class _Walker:
             if self.stopped:
                 return
 
-    def _entry(self, r: _Root, parts: tuple[str, ...], entry: _Entry, depth: int, ancestors: tuple
-               ) -> Iterator[Candidate | Problem | Skipped]:
+    def _entry(
+        self, r: _Root, parts: tuple[str, ...], entry: _Entry, depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
         if entry.error is not None:
             yield _problem(r.join(parts), _os_kind(entry.error, "look at this entry"))
         elif entry.link:
@@ -548,16 +559,21 @@ class _Walker:
         else:
             yield from self._file(r.join(parts), r.path, entry.st, self._real(r, parts))
 
-    def _subdir(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
-                ) -> Iterator[Candidate | Problem | Skipped]:
+    def _subdir(
+        self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
         if depth > self.limits.max_depth:
-            yield Problem(r.join(parts), "too_deep",
-                          f"folder is more than {self.limits.max_depth} levels below the source: not walked")
+            yield Problem(
+                r.join(parts),
+                "too_deep",
+                f"folder is more than {self.limits.max_depth} levels below the source: not walked",
+            )
         else:
             yield from self._dir(r, parts, depth, ancestors)
 
-    def _link(self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
-              ) -> Iterator[Candidate | Problem | Skipped]:
+    def _link(
+        self, r: _Root, parts: tuple[str, ...], depth: int, ancestors: tuple
+    ) -> Iterator[Candidate | Problem | Skipped]:
         """A symlink met in the walk is only judged here (inside or outside the root, file or folder);
         nothing is opened through it: a folder is descended (with --follow-links) by _dir, a file is
         read by read_document, each of which checks again at the moment it opens."""
@@ -587,16 +603,22 @@ class _Walker:
             return
         inside = within(target, r.real)
         follow = self.limits.follow_links
-        if self.bounds is not None and (stat.S_ISDIR(st.st_mode) or is_document(path)) \
-                and not self.bounds.holds_path(target):  # never followed, whatever --follow-links says
+        if (
+            self.bounds is not None
+            and (stat.S_ISDIR(st.st_mode) or is_document(path))
+            and not self.bounds.holds_path(target)
+        ):  # never followed, whatever --follow-links says
             yield _problem(path, _outside_allowed(target))
             return
         if stat.S_ISDIR(st.st_mode):
             if not inside and not follow:
                 yield _problem(path, _outside(target))
             elif not follow:  # nothing is lost: the folder is inside the root, walked under its own name
-                yield Skipped(path, f"symlink to a folder inside the source ({_show(target)}): not descended, "
-                                    "the folder is walked under its own path")
+                yield Skipped(
+                    path,
+                    f"symlink to a folder inside the source ({_show(target)}): not descended, "
+                    "the folder is walked under its own path",
+                )
             else:
                 yield from self._subdir(r, parts, depth + 1, ancestors)
         elif is_document(path) and not inside and not follow:
@@ -648,8 +670,9 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     return loaded_from_bytes(c.path, c.root, data, fmt, limits, tuple(warnings))
 
 
-def loaded_from_bytes(path: str, root: str, data: bytes, fmt, limits: LoadLimits,
-                      warnings: tuple[str, ...] = ()) -> LoadedDocument:
+def loaded_from_bytes(
+    path: str, root: str, data: bytes, fmt, limits: LoadLimits, warnings: tuple[str, ...] = ()
+) -> LoadedDocument:
     """A document's bytes identified and extracted by its format: the one way files and remote
     documents (pipeline/load/sources.py) become text. Raises LoadError."""
     if not data:
@@ -659,8 +682,12 @@ def loaded_from_bytes(path: str, root: str, data: bytes, fmt, limits: LoadLimits
         raise LoadError("wrong_format", f"not a {fmt.name} file: it looks like {really}: not loaded")
     ex = fmt.extract_within(data, path=path, max_inflated=inflation_limit(limits.max_file_bytes))
     if not ex.text.strip():
-        raise LoadError("empty", "the file contains only whitespace" if fmt.name in ("text", "markdown")
-                        else f"no text found in this {fmt.name} file")
+        raise LoadError(
+            "empty",
+            "the file contains only whitespace"
+            if fmt.name in ("text", "markdown")
+            else f"no text found in this {fmt.name} file",
+        )
     return LoadedDocument(
         path=path,
         root=root,
@@ -696,8 +723,11 @@ def _opening(fn, limits: LoadLimits):
         return fn()
     except OSError as e:
         if _replaced(e, limits.follow_links):
-            raise LoadError("path_changed", "a folder on its path was replaced by a symlink or a file since it "
-                                            "was listed: not read; ingest again once it settles") from None
+            raise LoadError(
+                "path_changed",
+                "a folder on its path was replaced by a symlink or a file since it "
+                "was listed: not read; ingest again once it settles",
+            ) from None
         raise LoadError(*_os_kind(e, "open the file")) from None
     except ValueError:  # e.g. a NUL character in the path
         raise LoadError("unreadable", "cannot open the file: its path is invalid") from None
@@ -740,8 +770,11 @@ def _open_link_target(c: Candidate, dfd: int, name: str, limits: LoadLimits) -> 
     target, real_root = os.path.realpath(c.path), os.path.realpath(c.root)
     if not within(target, real_root):
         raise LoadError(*_outside(target))
-    tfd, tname = _folder_of(target) if target == real_root else \
-        _beneath(real_root, os.path.relpath(target, real_root).split(os.sep), False)
+    tfd, tname = (
+        _folder_of(target)
+        if target == real_root
+        else _beneath(real_root, os.path.relpath(target, real_root).split(os.sep), False)
+    )
     try:
         return _open_regular(tfd, tname)
     finally:
@@ -758,8 +791,9 @@ def _open_regular(dfd: int, name: str, st: Optional[os.stat_result] = None) -> i
     return os.open(name, _OPEN_FLAGS, dir_fd=dfd)
 
 
-def _read_once(c: Candidate, dfd: int, name: str, limits: LoadLimits, bounds: Optional[Bounds] = None
-               ) -> tuple[bytes, os.stat_result, os.stat_result]:
+def _read_once(
+    c: Candidate, dfd: int, name: str, limits: LoadLimits, bounds: Optional[Bounds] = None
+) -> tuple[bytes, os.stat_result, os.stat_result]:
     def open_it() -> int:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):

@@ -15,6 +15,7 @@ one of files (`loading.loaded_from_bytes`). Server-started jobs (`kbingest serve
 `LoadLimits.allowed_urls`: only URIs under an --allow-url prefix, and never a loopback, link-local or
 private address unless the prefix itself names such a host (docs/sources.md).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -33,10 +34,10 @@ from kbingest.pipeline.load.formats.base import LoadError
 from kbingest.pipeline.models import LoadLimits
 
 SCHEMES = ("s3://", "http://", "https://")
-WEB_CONCURRENCY = 4          # pages fetched at once
-WEB_DELAY_S = 0.05           # politeness: at least this long between two requests' starts
-WEB_MAX_PAGES = 1000         # pages per crawl (a job's max_files binds too)
-WEB_MAX_DEPTH = 8            # links followed from the start page (a job's max_depth binds too)
+WEB_CONCURRENCY = 4  # pages fetched at once
+WEB_DELAY_S = 0.05  # politeness: at least this long between two requests' starts
+WEB_MAX_PAGES = 1000  # pages per crawl (a job's max_files binds too)
+WEB_MAX_DEPTH = 8  # links followed from the start page (a job's max_depth binds too)
 WEB_TIMEOUT_S = 20.0
 MAX_REDIRECTS = 5
 USER_AGENT = "kbingest"
@@ -51,9 +52,9 @@ def is_uri(source: str) -> bool:
 class RemoteItem:
     """A document of a remote source, found and not read (or, for the web, fetched already)."""
 
-    uri: str                    # its identity: the object's s3:// URI, the page's canonical URL
-    root: str                   # the SOURCE it was found under
-    version: Optional[str]      # known without reading (an object's ETag): the unchanged-skip uses it
+    uri: str  # its identity: the object's s3:// URI, the page's canonical URL
+    root: str  # the SOURCE it was found under
+    version: Optional[str]  # known without reading (an object's ETag): the unchanged-skip uses it
     size: Optional[int] = None
     read: Callable[[], tuple[bytes, Optional[str]]] = field(default=lambda: (b"", None), repr=False)
     not_modified: bool = False  # the server answered 304 to a conditional request: unchanged, no body
@@ -72,6 +73,7 @@ class SourceUnusable(ValueError):
 
 
 # ------------------------------------------------------------------------------ the boundary
+
 
 def _private_host(host: str) -> bool:
     try:
@@ -106,11 +108,15 @@ def check_allowed(uri: str, limits: LoadLimits, resolve: bool = True) -> None:
     addrs = _addresses(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
     bad = [a for a in addrs if not ipaddress.ip_address(a.split("%")[0]).is_global]
     if not addrs or bad:
-        raise LoadError("not_allowed", f"its host resolves to a loopback, link-local or private address "
-                                       f"({bad[0] if bad else 'none'}): not fetched by a server job")
+        raise LoadError(
+            "not_allowed",
+            f"its host resolves to a loopback, link-local or private address "
+            f"({bad[0] if bad else 'none'}): not fetched by a server job",
+        )
 
 
 # ------------------------------------------------------------------------------------ S3
+
 
 def _s3_client():
     try:
@@ -118,12 +124,15 @@ def _s3_client():
     except ImportError:
         raise SourceUnusable("s3:// sources need boto3: pip install 'kbingest[s3]'") from None
     env = os.environ
-    return boto3.client("s3", endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-                        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    )
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise SourceUnusable(f"no bucket in {uri!r}: expected s3://BUCKET/PREFIX")
@@ -148,17 +157,28 @@ class S3Source:
                     if key.endswith("/") or formats.for_path(key) is None:
                         continue
                     if o.get("Size", 0) > self.limits.max_file_bytes:
-                        yield Problem(uri, "too_large", f"object is too large ({o['Size']} bytes, limit "
-                                                        f"{self.limits.max_file_bytes}): not loaded")
+                        yield Problem(
+                            uri,
+                            "too_large",
+                            f"object is too large ({o['Size']} bytes, limit {self.limits.max_file_bytes}): not loaded",
+                        )
                         continue
                     if count >= self.limits.max_files:
-                        yield Problem(uri, "too_many_files", f"more than {self.limits.max_files} documents "
-                                                             "found: stopped listing here")
+                        yield Problem(
+                            uri,
+                            "too_many_files",
+                            f"more than {self.limits.max_files} documents found: stopped listing here",
+                        )
                         return
                     count += 1
                     etag = str(o.get("ETag", "")).strip('"')
-                    yield RemoteItem(uri, self.uri, f"s3-etag:{etag}" if etag else None, o.get("Size"),
-                                     read=self._reader(client, key))
+                    yield RemoteItem(
+                        uri,
+                        self.uri,
+                        f"s3-etag:{etag}" if etag else None,
+                        o.get("Size"),
+                        read=self._reader(client, key),
+                    )
         except LoadError as e:
             yield Problem(self.uri, e.kind, e.message)
         except SourceUnusable as e:
@@ -179,6 +199,7 @@ class S3Source:
             if len(data) > self.limits.max_file_bytes:
                 raise LoadError("too_large", f"object is too large (limit {self.limits.max_file_bytes} bytes)")
             return data, None
+
         return read
 
 
@@ -187,6 +208,7 @@ def _one_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------ web
+
 
 class WebState:
     """What a knowledge base remembers of the pages it crawled: url -> {etag, last_modified, version,
@@ -258,12 +280,18 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 class WebSource:
-    def __init__(self, uri: str, limits: LoadLimits, state: Optional[WebState] = None, delay: float = WEB_DELAY_S,
-                 concurrency: int = WEB_CONCURRENCY, max_pages: int = WEB_MAX_PAGES) -> None:
+    def __init__(
+        self,
+        uri: str,
+        limits: LoadLimits,
+        state: Optional[WebState] = None,
+        delay: float = WEB_DELAY_S,
+        concurrency: int = WEB_CONCURRENCY,
+        max_pages: int = WEB_MAX_PAGES,
+    ) -> None:
         self.start = canonical_url(uri)
         self.sitemap = urlsplit(self.start).path.endswith(".xml")
-        self.prefix = self.start.rsplit("/", 1)[0] + "/" if self.sitemap or not self.start.endswith("/") \
-            else self.start
+        self.prefix = self.start.rsplit("/", 1)[0] + "/" if self.sitemap or not self.start.endswith("/") else self.start
         if self.sitemap:
             self.prefix = self.start.rsplit("/", 1)[0] + "/"
         self.uri, self.limits, self.state = uri, limits, state or WebState(None)
@@ -298,22 +326,28 @@ class WebSource:
                     if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
                         target = canonical_url(urljoin(url, resp.headers.get("location", "")))
                         if not self.inside(target):
-                            raise LoadError("redirect_outside", f"redirected out of the crawled prefix "
-                                                                f"({target[:200]}): not followed")
+                            raise LoadError(
+                                "redirect_outside",
+                                f"redirected out of the crawled prefix ({target[:200]}): not followed",
+                            )
                         url = target
                         continue
                     body = b""
                     if resp.status_code == 200:
                         declared = resp.headers.get("content-length")
                         if declared and declared.isdigit() and int(declared) > self.limits.max_file_bytes:
-                            raise LoadError("too_large", f"page is too large ({declared} bytes, limit "
-                                                         f"{self.limits.max_file_bytes}): not loaded")
+                            raise LoadError(
+                                "too_large",
+                                f"page is too large ({declared} bytes, limit {self.limits.max_file_bytes}): not loaded",
+                            )
                         parts, n = [], 0
                         for chunk in resp.iter_bytes():
                             n += len(chunk)
                             if n > self.limits.max_file_bytes:
-                                raise LoadError("too_large", f"page is larger than the limit "
-                                                             f"({self.limits.max_file_bytes} bytes): not loaded")
+                                raise LoadError(
+                                    "too_large",
+                                    f"page is larger than the limit ({self.limits.max_file_bytes} bytes): not loaded",
+                                )
                             parts.append(chunk)
                         body = b"".join(parts)
                     return url, resp, body
@@ -361,8 +395,11 @@ class WebSource:
             return Problem(url, "http_error", f"the server answered {resp.status_code}: not loaded"), []
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         links = _links(body, final) if ctype in _HTML_TYPES else []
-        validators = {"etag": resp.headers.get("etag"), "last_modified": resp.headers.get("last-modified"),
-                      "links": links}
+        validators = {
+            "etag": resp.headers.get("etag"),
+            "last_modified": resp.headers.get("last-modified"),
+            "links": links,
+        }
         item = RemoteItem(final, self.uri, None, len(body), read=lambda: (body, ctype), validators=validators)
         return item, links
 
@@ -375,9 +412,12 @@ class WebSource:
             yield Problem(self.uri, e.kind, e.message)
             return
         limits = httpx.Limits(max_connections=self.concurrency)
-        with httpx.Client(follow_redirects=False, timeout=WEB_TIMEOUT_S, limits=limits,
-                          headers={"User-Agent": USER_AGENT}) as client, \
-                ThreadPoolExecutor(self.concurrency, thread_name_prefix="kbingest-crawl") as pool:
+        with (
+            httpx.Client(
+                follow_redirects=False, timeout=WEB_TIMEOUT_S, limits=limits, headers={"User-Agent": USER_AGENT}
+            ) as client,
+            ThreadPoolExecutor(self.concurrency, thread_name_prefix="kbingest-crawl") as pool,
+        ):
             robots = self._robots(client)
             if self.sitemap:
                 try:
@@ -408,8 +448,9 @@ class WebSource:
                 taken += len(batch)
                 depth += 1
                 if taken >= self.max_pages and frontier:
-                    yield Problem(self.uri, "too_many_files", f"more than {self.max_pages} pages found: "
-                                                              "stopped crawling here")
+                    yield Problem(
+                        self.uri, "too_many_files", f"more than {self.max_pages} pages found: stopped crawling here"
+                    )
                     return
 
 

@@ -4,6 +4,7 @@
 
 They report through a Reporter (pipeline/stages/base.py); an executor (pipeline/executors/) runs them.
 """
+
 from kbingest.pipeline.stages.base import Doc, PassStages, Reporter
 
 __all__ = ["Doc", "PassStages", "Reporter"]

@@ -4,6 +4,7 @@ Stages are plain classes: no queues, no threads, no tracker. An executor (pipeli
 moves documents between them; the job (pipeline/job/engine.py) implements the Reporter over its
 PhaseTracker. A stage reads settings from the JobConfig it is given, never from the job.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,15 +17,15 @@ from kbingest.pipeline.status import JobPhase
 class Doc:
     """A document on its way through the pipeline."""
 
-    path: str                           # as the user gave it (shown, stored as `source`)
-    doc_id: str                         # from the canonical path: one document however it is reached
-    version: str                        # "" for a document that is gone: its chunks are removed
-    replaces: bool                      # the table held another version of it
-    loaded: Any = None                  # the LoadedDocument, until chunked
+    path: str  # as the user gave it (shown, stored as `source`)
+    doc_id: str  # from the canonical path: one document however it is reached
+    version: str  # "" for a document that is gone: its chunks are removed
+    replaces: bool  # the table held another version of it
+    loaded: Any = None  # the LoadedDocument, until chunked
     title: str = ""
-    rows: list[dict[str, Any]] = field(default_factory=list)   # chunk rows, vectors added by embedding
-    dropped: bool = False               # failed in embedding: nothing of it is written
-    canonical: str = ""                 # its identity, resolved once at load: doc_id and chunk ids come from it
+    rows: list[dict[str, Any]] = field(default_factory=list)  # chunk rows, vectors added by embedding
+    dropped: bool = False  # failed in embedding: nothing of it is written
+    canonical: str = ""  # its identity, resolved once at load: doc_id and chunk ids come from it
 
     @property
     def removal(self) -> bool:
@@ -39,7 +40,9 @@ class Reporter(Protocol):
     def total_known(self, phase: JobPhase) -> None: ...
     def progress(self, phase: JobPhase, n: int = 1, free: bool = False) -> None: ...  # free: no work (reused, skipped)
     def add_bytes(self, n: int) -> None: ...  # bytes of documents to chunk in this pass
-    def settle_bytes(self, n: int, chunks: Optional[int] = None) -> None: ...  # a document's bytes chunked (or not to be)
+    def settle_bytes(
+        self, n: int, chunks: Optional[int] = None
+    ) -> None: ...  # a document's bytes chunked (or not to be)
     def phase_done(self, phase: JobPhase) -> None: ...
     def count(self, metric: str, n: int = 1) -> None: ...
     def found(self, fmt: str) -> None: ...  # a document the walk found, of this format
@@ -105,4 +108,4 @@ class PassStages:
     embed: EmbedStep
     index: IndexStep
     scope: Optional[list[str]] = None
-    job_id: Optional[str] = None   # names the job's staging (the Ray executor)
+    job_id: Optional[str] = None  # names the job's staging (the Ray executor)

@@ -3,16 +3,17 @@
 A chunk whose text the knowledge base already holds, from this document before an edit or from any
 other, of the same model, keeps that stored vector (reused, not embedded).
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any, Iterable, Optional, Protocol
 
-from kbingest.pipeline.kb import ids
 from kbingest.pipeline.chunk.chunking import Chunker
 from kbingest.pipeline.embed.embedding import embedded_text
-from kbingest.pipeline.messages import note_document, reason
+from kbingest.pipeline.kb import ids
 from kbingest.pipeline.load.formats.pages import chunk_pages
+from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
@@ -52,7 +53,9 @@ class ChunkStage:
         except Exception as e:
             r.progress(PHASE)
             r.settle_bytes(doc.size)
-            r.doc_error(doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e))
+            r.doc_error(
+                doc.path, PHASE, "out_of_memory" if isinstance(e, MemoryError) else "chunking_failed", reason(e)
+            )
             return None
         d.title = doc.title or chunked.title or ""  # the format's own title (HTML <title>) first
         d.rows = chunk_rows(chunked, doc, d, self.version_key, self.model, self.context)
@@ -108,10 +111,20 @@ def chunk_rows(chunked, doc, d: Doc, version_key: str, model: str, context: bool
     the document's canonical path, as the load resolved it (d.canonical: no path is resolved again
     here, where a file may be gone or replaced); each chunk's first page where the format has pages."""
     pages = chunk_pages(doc.text, doc.page_starts, chunked.chunks)
-    return [{
-        "id": ids.chunk_id(d.canonical, doc.content_hash, ch.position, version_key),
-        "text": ch.text, "source": fs_text(doc.path), "heading_path": ch.heading_path,
-        "doc_id": d.doc_id, "doc_version": d.version, "position": ch.position, "title": d.title,
-        "model": model, "page": page, "ocr_confidence": _ocr_confidence(doc, page),
-        "text_hash": ids.text_hash(embedded_text(ch.text, d.title, ch.heading_path, context)),  # what is embedded
-    } for ch, page in zip(chunked.chunks, pages)]
+    return [
+        {
+            "id": ids.chunk_id(d.canonical, doc.content_hash, ch.position, version_key),
+            "text": ch.text,
+            "source": fs_text(doc.path),
+            "heading_path": ch.heading_path,
+            "doc_id": d.doc_id,
+            "doc_version": d.version,
+            "position": ch.position,
+            "title": d.title,
+            "model": model,
+            "page": page,
+            "ocr_confidence": _ocr_confidence(doc, page),
+            "text_hash": ids.text_hash(embedded_text(ch.text, d.title, ch.heading_path, context)),  # what is embedded
+        }
+        for ch, page in zip(chunked.chunks, pages)
+    ]

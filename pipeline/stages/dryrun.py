@@ -6,6 +6,7 @@ document's chunks and tokens. `NoIndexStage` takes the indexer's: it writes noth
 (`report()`) gives documents, chunks, the tokens per document as a histogram, and the embedding time
 estimated at a measured rate (see `embed_rate`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -60,7 +61,9 @@ class TallyStage:
     def report(self, rate: Optional[float], rate_source: str) -> dict[str, Any]:
         order = sorted(self.histogram, key=lambda k: int(k.split("-")[0]))
         return {
-            "documents": self.documents, "chunks": self.chunks, "tokens": self.tokens,
+            "documents": self.documents,
+            "chunks": self.chunks,
+            "tokens": self.tokens,
             "tokens_per_document_histogram": {k: self.histogram[k] for k in order},
             "document_list": self.listed,
             "embed_rate_chunks_per_s": round(rate, 2) if rate else None,
@@ -98,7 +101,10 @@ def embed_rate(records: list, vector_model: str) -> tuple[Optional[float], str]:
         emb = next((p for p in s.phase_details if p.name == "embedding"), None)
         n = s.m.chunks_embedded or 0
         if emb is not None and emb.duration_seconds and n >= 20:
-            return n / emb.duration_seconds, f"measured: job {rec.job_id} embedded {n} chunks in {emb.duration_seconds:.1f} s"
+            return (
+                n / emb.duration_seconds,
+                f"measured: job {rec.job_id} embedded {n} chunks in {emb.duration_seconds:.1f} s",
+            )
     if vector_model in REFERENCE_RATE:
         return REFERENCE_RATE[vector_model], "reference: docs/benchmarks.md figure 1.4 (2 cores, batch 1)"
     return None, "unknown: no finished job of this model in this home"

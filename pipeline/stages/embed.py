@@ -4,18 +4,19 @@ The model is asked for only when a row needs a vector: a pass with nothing to em
 it. A batch that fails is retried; one that keeps failing is split by document, to tell documents
 that break the model (recorded, dropped) from a model that is broken (the phase fails).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Callable
 
-from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped, with_retries
 from kbingest.pipeline.embed.embedding import Embedder, embedded_text
+from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped, with_retries
 from kbingest.pipeline.messages import note_document, reason
-from kbingest.pipeline.textsafe import fs_text
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
+from kbingest.pipeline.textsafe import fs_text
 
 PHASE = JobPhase.EMBEDDING
 CACHE_ENTRIES = 4096  # vectors kept by text within a job (~7 MB at 384 float32): repeated text is embedded once.
@@ -46,14 +47,15 @@ class VectorCache:
 
 
 class EmbedStage:
-    def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
-                 embedder: Callable[[], Embedder]) -> None:
+    def __init__(
+        self, config: JobConfig, reporter: Reporter, control: RunControl, embedder: Callable[[], Embedder]
+    ) -> None:
         self.r = reporter
         self.control = control
         self.bs = config.batch_size
         self.retries = config.retries
-        self._embedder = embedder      # called (and the model loaded) at the first batch only
-        self.pending: list[Doc] = []   # documents with rows not all embedded yet, in order
+        self._embedder = embedder  # called (and the model loaded) at the first batch only
+        self.pending: list[Doc] = []  # documents with rows not all embedded yet, in order
         self.todo: list[tuple[Doc, int]] = []  # (document, row index) waiting for a batch: one per distinct text
         self.waiting: dict[str, list[tuple[Doc, int]]] = {}  # text hash -> rows that take that text's vector
         self.cache = VectorCache()
@@ -106,7 +108,7 @@ class EmbedStage:
     def _next_batch(self) -> None:
         if self.control.stopping:  # a pause or cancel waits for one batch at most, not a whole document
             raise Stopped
-        batch, self.todo = self.todo[:self.bs], self.todo[self.bs:]
+        batch, self.todo = self.todo[: self.bs], self.todo[self.bs :]
         if self._embed_batch(batch):  # a document was dropped: none of its rows is embedded
             self._prune_dropped()
 
@@ -139,8 +141,14 @@ class EmbedStage:
         embedder = self._embedder()
         texts = [self._input(d.rows[i]) for d, i in batch]
         note_document(batch[0][0].path)
-        vecs = with_retries(PHASE, lambda: embedder.embed(texts), retries=self.retries, control=self.control,
-                            on_retry=lambda: self.r.count("embedding_retries"), quiet=True)
+        vecs = with_retries(
+            PHASE,
+            lambda: embedder.embed(texts),
+            retries=self.retries,
+            control=self.control,
+            on_retry=lambda: self.r.count("embedding_retries"),
+            quiet=True,
+        )
         if vecs is None:  # persistent failure: find the documents that cause it
             return self._isolate_failure(embedder, batch)
         reused = sum(self._deliver(d, i, v) for (d, i), v in zip(batch, vecs))
@@ -169,8 +177,11 @@ class EmbedStage:
             if reused:
                 self.r.count("chunks_reused", reused)
         if failed and len(failed) == len(docs) and not _model_works(embedder):
-            raise PhaseFailed(PHASE, f"embedding failed after {self.retries + 1} attempts, "
-                                     f"on {fs_text(failed[0][0].path)} first: {failed[0][1]}")
+            raise PhaseFailed(
+                PHASE,
+                f"embedding failed after {self.retries + 1} attempts, "
+                f"on {fs_text(failed[0][0].path)} first: {failed[0][1]}",
+            )
         for d, msg in failed:  # the model works, these documents break it: record them and go on
             self.r.doc_error(d.path, PHASE, "embedding_failed", msg, attempts=self.retries + 2)
             d.dropped = True

@@ -3,6 +3,7 @@
 A document is the unit of commit: its chunks reach the table in one merge_insert, then the
 checkpoint is recorded. Compaction (optimize) is hygiene: a failure of it fails nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,8 @@ import time
 from typing import Optional
 
 from kbingest.pipeline.job.control import RunControl, with_retries
-from kbingest.pipeline.messages import describe, note_document
 from kbingest.pipeline.kb.table import KnowledgeBase
+from kbingest.pipeline.messages import describe, note_document
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
@@ -31,7 +32,7 @@ class IndexStage:
         self.rows = 0
         self.first_at: Optional[float] = None
         self.last_commit_at: Optional[float] = None  # monotonic time of the last LanceDB write
-        self.optimize_peak_mib = 0.0                  # the largest peak RSS of a compaction child
+        self.optimize_peak_mib = 0.0  # the largest peak RSS of a compaction child
 
     def add(self, d: Doc) -> None:
         if d.dropped:
@@ -42,8 +43,9 @@ class IndexStage:
 
     def due(self) -> bool:
         c = self.config
-        return bool(self.batch) and (self.rows >= c.commit_rows
-                                     or time.monotonic() - (self.first_at or 0) >= c.commit_seconds)
+        return bool(self.batch) and (
+            self.rows >= c.commit_rows or time.monotonic() - (self.first_at or 0) >= c.commit_seconds
+        )
 
     def flush(self) -> None:
         """Commit what is batched."""
@@ -60,15 +62,22 @@ class IndexStage:
 
     def _commit(self, docs: list[Doc]) -> None:
         r, kb = self.r, self.kb
-        rows = [dict(row, vector=row["vector"].tolist() if hasattr(row["vector"], "tolist") else row["vector"])
-                for d in docs for row in d.rows]
+        rows = [
+            dict(row, vector=row["vector"].tolist() if hasattr(row["vector"], "tolist") else row["vector"])
+            for d in docs
+            for row in d.rows
+        ]
         r.phase_started(PHASE)
         note_document(docs[0].path)
         if rows:
             kb.ensure(len(rows[0]["vector"]))
-        with_retries(PHASE, lambda: kb.write(rows, [d.doc_id for d in docs],
-                                             replacing=[d.doc_id for d in docs if d.replaces]),
-                     retries=self.config.retries, control=self.control, on_retry=lambda: r.count("indexing_retries"))
+        with_retries(
+            PHASE,
+            lambda: kb.write(rows, [d.doc_id for d in docs], replacing=[d.doc_id for d in docs if d.replaces]),
+            retries=self.config.retries,
+            control=self.control,
+            on_retry=lambda: r.count("indexing_retries"),
+        )
         self.last_commit_at = time.monotonic()
         fault_point("after_commit", kb.commits)
         # the table holds them now: record the checkpoint after

@@ -4,20 +4,29 @@ A pass yields a Doc for every document whose version the table does not hold (ne
 and one with no version for every stored document that is gone from its source (its chunks are
 removed). Unchanged documents are counted as skipped and never leave this stage.
 """
+
 from __future__ import annotations
 
 import os
 from typing import Iterable, Iterator, Optional
 
-from kbingest.pipeline.load import formats
+from kbingest.pipeline.job.control import RunControl
 from kbingest.pipeline.kb import ids
-from kbingest.pipeline.load import loading, sources
+from kbingest.pipeline.kb.kbstate import StoredDoc
+from kbingest.pipeline.load import formats, loading, sources
 from kbingest.pipeline.load.formats import ocr
 from kbingest.pipeline.load.formats.base import NoText
-from kbingest.pipeline.job.control import RunControl
+from kbingest.pipeline.load.loading import (
+    Candidate,
+    LoadedDocument,
+    LoadError,
+    Problem,
+    Skipped,
+    walk,
+    walk_within,
+    within,
+)
 from kbingest.pipeline.messages import note_document, reason
-from kbingest.pipeline.kb.kbstate import StoredDoc
-from kbingest.pipeline.load.loading import Candidate, LoadedDocument, LoadError, Problem, Skipped, walk, walk_within, within
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, Reporter
 from kbingest.pipeline.status import JobPhase
@@ -44,9 +53,16 @@ def identity(item: Candidate) -> str:
 
 
 class LoadStage:
-    def __init__(self, config: JobConfig, reporter: Reporter, control: RunControl,
-                 stored: dict[str, StoredDoc], scope: Optional[list[str]] = None,
-                 high_water: Optional[int] = None, state_path: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        config: JobConfig,
+        reporter: Reporter,
+        control: RunControl,
+        stored: dict[str, StoredDoc],
+        scope: Optional[list[str]] = None,
+        high_water: Optional[int] = None,
+        state_path: Optional[str] = None,
+    ) -> None:
         self.config = config
         self.r = reporter
         self.control = control
@@ -75,14 +91,15 @@ class LoadStage:
                 inside = [p for p in scope if within(p, root)]
                 if inside:
                     yield from walk_within(root, inside, limits)
+
         return items(), [os.path.abspath(p) for p in scope]
 
     def __iter__(self) -> Iterator[Doc]:
         r = self.r
         r.phase_started(PHASE)
-        seen: set[str] = set()   # documents found this pass: what the table holds of them stays
-        fed: set[str] = set()    # the sources (self.roots) under which this pass found a document
-        held: list[str] = []     # files and folders refused this pass: what it holds below them stays
+        seen: set[str] = set()  # documents found this pass: what the table holds of them stays
+        fed: set[str] = set()  # the sources (self.roots) under which this pass found a document
+        held: list[str] = []  # files and folders refused this pass: what it holds below them stays
         complete_walk = True
         items, covered = self._scoped_walk()
         counted = self.scope is None and not self.remote  # a remote source's size is known as it is listed
@@ -113,8 +130,12 @@ class LoadStage:
             try:
                 canon = identity(item)
             except (OSError, ValueError):  # a link on its path changed while it was resolved
-                r.doc_error(item.path, PHASE, "path_changed", "its path changed (a link replaced) while it was "
-                            "resolved: not read; ingest again once it settles")
+                r.doc_error(
+                    item.path,
+                    PHASE,
+                    "path_changed",
+                    "its path changed (a link replaced) while it was resolved: not read; ingest again once it settles",
+                )
                 held.append(fs_text(item.path))  # refused now: what the table holds of it stays
                 if counted:
                     r.settle_bytes(item.size)
@@ -149,8 +170,7 @@ class LoadStage:
                 self._count_skipped(old.chunks)
                 r.settle_bytes(item.size)
                 continue
-            yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc,
-                      canonical=canon)
+            yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc, canonical=canon)
         if self.remote and self.scope is None and complete_walk:
             self._complete = True
             yield from self._remote(seen, fed, held)
@@ -159,8 +179,14 @@ class LoadStage:
         if complete_walk:
             covered = [fs_text(p) for p in covered]  # sources are stored as fs_text
             stored = self.stored
-            removed = [d for d, s in stored.items() if d not in seen and s.source is not None
-                       and any(within(s.source, p) for p in covered) and not any(within(s.source, h) for h in held)]
+            removed = [
+                d
+                for d, s in stored.items()
+                if d not in seen
+                and s.source is not None
+                and any(within(s.source, p) for p in covered)
+                and not any(within(s.source, h) for h in held)
+            ]
             removed = self._guard_removals(removed, fed)
             for did in removed:
                 yield Doc(path=stored[did].source, doc_id=did, version="", replaces=True)
@@ -174,8 +200,11 @@ class LoadStage:
         state = sources.WebState(self.state_path)
         for url, entry in list(state.pages.items()):  # a conditional request only for what the table holds
             old = self.stored.get(ids.doc_id(url))
-            entry["conditional"] = bool(old is not None and old.version == entry.get("version")
-                                        and (entry.get("etag") or entry.get("last_modified")))
+            entry["conditional"] = bool(
+                old is not None
+                and old.version == entry.get("version")
+                and (entry.get("etag") or entry.get("last_modified"))
+            )
         try:
             for uri in self.remote:
                 src = sources.open_source(uri, self.limits, state)
@@ -240,8 +269,14 @@ class LoadStage:
                     if old is not None and old.version == version:
                         self._count_skipped(old.chunks)
                         continue
-                    yield_doc = Doc(path=item.uri, doc_id=did, version=version, replaces=old is not None,
-                                    loaded=doc, canonical=item.uri)
+                    yield_doc = Doc(
+                        path=item.uri,
+                        doc_id=did,
+                        version=version,
+                        replaces=old is not None,
+                        loaded=doc,
+                        canonical=item.uri,
+                    )
                     yield yield_doc
         except sources.SourceUnusable as e:
             self._complete = False
@@ -301,11 +336,15 @@ class LoadStage:
             if len(going) < 2 or len(going) != sum(1 for s in stored.values() if s.source and within(s.source, root)):
                 continue  # a single document, or some of the source's documents stay
             kept.update(going)
-            self.r.doc_error(root, PHASE, "mass_removal_refused",
-                             f"this pass would remove {len(going)} of the {len(stored)} documents of knowledge "
-                             f"base {self.config.kb!r}: all of this source's, where no document was found "
-                             "(an empty or unmounted source looks like this): none was removed, their chunks are "
-                             "kept; if the removal is meant, run again with --allow-mass-removal")
+            self.r.doc_error(
+                root,
+                PHASE,
+                "mass_removal_refused",
+                f"this pass would remove {len(going)} of the {len(stored)} documents of knowledge "
+                f"base {self.config.kb!r}: all of this source's, where no document was found "
+                "(an empty or unmounted source looks like this): none was removed, their chunks are "
+                "kept; if the removal is meant, run again with --allow-mass-removal",
+            )
         rest = [d for d in gone if d not in kept]
         return [] if self._mass_removal(len(rest)) else rest
 
@@ -326,13 +365,19 @@ class LoadStage:
         if since == n:
             what = f"({100 * n / total:.0f}%, over the {100 * share:.0f}% limit)"
         else:
-            what = (f"which held {mark} when documents were last added: {since} of them would be gone "
-                    f"({100 * since / mark:.0f}%, over the {100 * share:.0f}% limit)")
-        self.r.doc_error(where, PHASE, "mass_removal_refused",
-                         f"this pass would remove {n} of the {total} documents of knowledge base "
-                         f"{self.config.kb!r} {what}: none "
-                         "was removed, their chunks are kept. An empty or unmounted source looks like this; if "
-                         "the removal is meant, run again with --allow-mass-removal")
+            what = (
+                f"which held {mark} when documents were last added: {since} of them would be gone "
+                f"({100 * since / mark:.0f}%, over the {100 * share:.0f}% limit)"
+            )
+        self.r.doc_error(
+            where,
+            PHASE,
+            "mass_removal_refused",
+            f"this pass would remove {n} of the {total} documents of knowledge base "
+            f"{self.config.kb!r} {what}: none "
+            "was removed, their chunks are kept. An empty or unmounted source looks like this; if "
+            "the removal is meant, run again with --allow-mass-removal",
+        )
         return True
 
     def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:

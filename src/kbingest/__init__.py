@@ -4,4 +4,5 @@ The one top-level import name of the project. Its sub-packages live in the repos
 folders (app/, pipeline/, widgets/) and are installed here by pyproject.toml's package-dir mapping:
 kbingest.pipeline (the engine, never imports Textual), kbingest.app (CLI, dashboard), kbingest.widgets.
 """
+
 __version__ = "0.2.0"

@@ -1,4 +1,5 @@
 """The CLI as a user calls it, in a subprocess (fake embedder: fast)."""
+
 import json
 
 from conftest import run_cli
@@ -24,8 +25,10 @@ def test_batch_ingest_prints_schema_valid_json_lines_and_exit_0(tmp_path, pages,
     again = _lines(run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).stdout)
     # an unchanged run is over in a blink, yet it has a line for every status and phase change (contracts/CLI.md)
     assert [d["status"] for d in again][:2] == ["pending", "running"] and again[-1]["status"] == "completed"
-    phases = {name: [next(p["status"] for p in d["phase_details"] if p["name"] == name) for d in again]
-              for name in ("loading", "chunking", "embedding", "indexing")}
+    phases = {
+        name: [next(p["status"] for p in d["phase_details"] if p["name"] == name) for d in again]
+        for name in ("loading", "chunking", "embedding", "indexing")
+    }
     assert "running" in phases["loading"] and all(seen[-1] == "completed" for seen in phases.values()), phases
     done_at = {name: seen.index("completed") for name, seen in phases.items()}  # each completion a line of its own
     assert len(set(done_at.values())) == 4 and done_at["loading"] < done_at["indexing"], done_at
@@ -62,12 +65,14 @@ def test_search_json(tmp_path, pages):
 
 def test_usage_errors_exit_2_without_traceback(tmp_path, pages):
     h = tmp_path / "h"
-    for args in (["ingest", str(tmp_path / "missing"), "--kb", "x", "--batch"],
-                 ["ingest", str(pages), "--kb", "../../x", "--batch"],
-                 ["status", "no-such-job"],
-                 ["search", "--kb", "nokb", "q"],
-                 ["resume", "nope"],
-                 ["ingest", str(pages), "--kb", "x", "--chunk-tokens", "999", "--batch"]):
+    for args in (
+        ["ingest", str(tmp_path / "missing"), "--kb", "x", "--batch"],
+        ["ingest", str(pages), "--kb", "../../x", "--batch"],
+        ["status", "no-such-job"],
+        ["search", "--kb", "nokb", "q"],
+        ["resume", "nope"],
+        ["ingest", str(pages), "--kb", "x", "--chunk-tokens", "999", "--batch"],
+    ):
         r = run_cli(*args, home=h)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.startswith("kbingest: "), r.stderr
@@ -92,8 +97,9 @@ def test_python_dash_m_app_and_console_script_agree(tmp_path):
 
     exe = Path(sys.executable).with_name("kbingest")
     assert exe.exists() or shutil.which("kbingest"), "console script kbingest not installed"
-    out = subprocess.run([str(exe if exe.exists() else shutil.which("kbingest")), "--help"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(exe if exe.exists() else shutil.which("kbingest")), "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "kbingest" in out.stdout
 
 
@@ -113,16 +119,45 @@ def test_a_closed_pipe_exits_quietly(tmp_path, pages):
     assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
     store = open_store(Home(h))
     rec = store.all()[0]
-    big = rec.status.model_copy(update={"message": "x" * 2000, "metrics": {**rec.status.metrics, "document_errors": [
-        {"path": f"/d/{i}.md", "phase": "loading", "kind": "binary", "message": "y" * 500} for i in range(150)]}})
+    big = rec.status.model_copy(
+        update={
+            "message": "x" * 2000,
+            "metrics": {
+                **rec.status.metrics,
+                "document_errors": [
+                    {"path": f"/d/{i}.md", "phase": "loading", "kind": "binary", "message": "y" * 500}
+                    for i in range(150)
+                ],
+            },
+        }
+    )
     for i in range(60):  # 60 jobs of ~80 KB of JSON each: far more than a pipe's 64 KB
-        store.put(JobRecord(job_id=f"docs-{i}", config=rec.config, status=big.model_copy(update={"job_id": f"docs-{i}"}),
-                            created_at=rec.created_at, updated_at=rec.updated_at))
-    for args in (["status", "docs-1"], ["status", "docs-1", "--json"], ["jobs", "--json"], ["jobs"],
-                 ["search", "--kb", "docs", "reliability", "-k", "200", "--json"]):
+        store.put(
+            JobRecord(
+                job_id=f"docs-{i}",
+                config=rec.config,
+                status=big.model_copy(update={"job_id": f"docs-{i}"}),
+                created_at=rec.created_at,
+                updated_at=rec.updated_at,
+            )
+        )
+    for args in (
+        ["status", "docs-1"],
+        ["status", "docs-1", "--json"],
+        ["jobs", "--json"],
+        ["jobs"],
+        ["search", "--kb", "docs", "reliability", "-k", "200", "--json"],
+    ):
         cmd = " ".join([sys.executable, "-m", "kbingest", "--home", str(h), *[f"'{a}'" for a in args]])
-        r = subprocess.run(f"{cmd} | head -c1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"", shell=True,
-                           executable="/bin/bash", capture_output=True, text=True, cwd=str(REPO), timeout=120)
+        r = subprocess.run(
+            f'{cmd} | head -c1 >/dev/null; echo "${{PIPESTATUS[0]}}"',
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+            cwd=str(REPO),
+            timeout=120,
+        )
         assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, (args, r.stderr)
         assert r.stdout.strip() == "0", (args, r.stdout, r.stderr)
 
@@ -130,13 +165,13 @@ def test_a_closed_pipe_exits_quietly(tmp_path, pages):
 def test_losing_the_lock_race_leaves_no_ghost_job(home, tmp_path, pages):
     """Two --no-wait ingests race for a knowledge base: the loser is refused (KbBusy, exit 1) and
     leaves no pending job."""
-    from kbingest.pipeline.job.engine import IngestJob
+    import pytest
+
     from kbingest.pipeline.errors import Busy
+    from kbingest.pipeline.job.engine import IngestJob
     from kbingest.pipeline.jobstore.recovery import open_store
     from kbingest.pipeline.locking import FileLock
     from kbingest.pipeline.models import JobConfig
-
-    import pytest
 
     store = open_store(home)
     loser = IngestJob.create(home, store, JobConfig(sources=[str(pages)], kb="docs", embedder="fake"))

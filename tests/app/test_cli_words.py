@@ -1,4 +1,5 @@
 """Issue 30 item 6: the CLI's words, as a user calls it (a subprocess, fake embedder)."""
+
 from conftest import run_cli
 
 from kbingest.app import text
@@ -36,10 +37,20 @@ def test_status_jobs_and_search_read_as_words(tmp_path, pages):
 
 def _snap(**phase):
     phases = [PhaseDetail(name=n) for n in ("loading", "chunking", "embedding", "indexing")]
-    phases[1] = PhaseDetail(name="chunking", status="running", progress=18, items_processed=19, items_total=19,
-                            items_total_estimate=105, rate=3.0, eta_seconds=30.0, **phase)
-    return JobStatusResponse(job_id="j", kb_id="k", status="running", phase="chunking", progress=12.0,
-                             phase_details=phases, eta_seconds=95.0)
+    phases[1] = PhaseDetail(
+        name="chunking",
+        status="running",
+        progress=18,
+        items_processed=19,
+        items_total=19,
+        items_total_estimate=105,
+        rate=3.0,
+        eta_seconds=30.0,
+        **phase,
+    )
+    return JobStatusResponse(
+        job_id="j", kb_id="k", status="running", phase="chunking", progress=12.0, phase_details=phases, eta_seconds=95.0
+    )
 
 
 def test_the_batch_stderr_line_leads_with_the_jobs_eta_and_marks_estimates():
@@ -50,10 +61,15 @@ def test_the_batch_stderr_line_leads_with_the_jobs_eta_and_marks_estimates():
 
 def test_words_for_durations_and_metrics():
     assert [text.duration(x) for x in (None, 5, 65, 3725)] == ["", "5s", "1m05s", "1h02m"]
-    lines = text.metric_lines({"commit_batch": {"documents": 2, "chunks": 40}, "chunks_created": 1200,
-                               "queue_chunked": {"depth": 16, "capacity": 16, "empty_s": 0, "full_s": 9.0},
-                               "in_flight": {"embedding": [{"path": "/d/a.md", "size": 2048}]},
-                               "watch_warning": "too many folders"})
+    lines = text.metric_lines(
+        {
+            "commit_batch": {"documents": 2, "chunks": 40},
+            "chunks_created": 1200,
+            "queue_chunked": {"depth": 16, "capacity": 16, "empty_s": 0, "full_s": 9.0},
+            "in_flight": {"embedding": [{"path": "/d/a.md", "size": 2048}]},
+            "watch_warning": "too many folders",
+        }
+    )
     assert "chunks: 1,200 created" in lines and "next commit: 2 document(s), 40 chunks" in lines
     assert "queues: chunked → embedding 16/16 (full 9s)" in lines and "in embedding: /d/a.md (2.0 KB)" in lines
     assert "watch warning: too many folders" in lines

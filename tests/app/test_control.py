@@ -1,5 +1,6 @@
 """Steering a `--batch` job from outside, as a user would: `kbingest pause` / `cancel` from another
 shell, SIGINT / SIGTERM, a second engine in the same home, and the JSON Lines rules."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, WAF, run_cli
 
 KB = "k"
@@ -73,8 +73,14 @@ class Batch:
         self.err_path = tmp / f"{name}.stderr"
         self._err = open(self.err_path, "w")
         self.started = time.monotonic()
-        self.p = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), *args],
-                                  stdout=subprocess.PIPE, stderr=self._err, text=True, env=e, cwd=str(REPO))
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--home", str(home), *args],
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=e,
+            cwd=str(REPO),
+        )
         self.raw: list[str] = []
         self.times: list[float] = []
         self._cond = threading.Condition()
@@ -127,8 +133,9 @@ class Batch:
 
 
 def ingest_batch(src: Path, home: Path, tmp: Path, env: dict | None = DELAY, name: str = "batch") -> Batch:
-    return Batch(["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "32"],
-                 home, tmp, env, name)
+    return Batch(
+        ["ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake", "--commit-rows", "32"], home, tmp, env, name
+    )
 
 
 def check_json_lines(b: Batch, validator, first_status: str, last_status: str) -> list[dict]:

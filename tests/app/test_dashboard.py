@@ -3,6 +3,7 @@
 KBINGEST_FAKE_DELAY slows the fake embedder so that pause, resume, cancel and quit happen while
 the job runs. Waits are polling loops with timeouts, never fixed long sleeps.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -110,22 +111,29 @@ def test_pause_resume_cancel(home, pages, monkeypatch):
             assert app.check_action("pause", ()) is None and app.check_action("resume", ()) is True
 
             await pilot.press("r")
-            await wait_until(pilot, lambda: app._live is not None and app._live.snapshot().status == JobStatus.RUNNING,
-                             "the job to run again")
+            await wait_until(
+                pilot,
+                lambda: app._live is not None and app._live.snapshot().status == JobStatus.RUNNING,
+                "the job to run again",
+            )
             resumed = app._live
             assert resumed is not job and resumed.job_id == job.job_id
 
             await pilot.press("c")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmCancelScreen), "the confirmation")
             await pilot.press("n")
-            await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmCancelScreen), "the confirmation to close")
+            await wait_until(
+                pilot, lambda: not isinstance(app.screen, ConfirmCancelScreen), "the confirmation to close"
+            )
             await pilot.pause(0.3)
             assert app._live is resumed and resumed.snapshot().status == JobStatus.RUNNING  # `n` keeps it running
 
             await pilot.press("c")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmCancelScreen), "the confirmation")
             await pilot.press("y")
-            await wait_until(pilot, lambda: stored_status(home, job.job_id) == JobStatus.CANCELLED, "cancelled in the store")
+            await wait_until(
+                pilot, lambda: stored_status(home, job.job_id) == JobStatus.CANCELLED, "cancelled in the store"
+            )
             await wait_until(pilot, lambda: app._live is None, "the job's worker to end")
             assert app.selected.status == JobStatus.CANCELLED
             assert app.check_action("cancel", ()) is None and app.check_action("resume", ()) is None
@@ -149,7 +157,9 @@ def test_escape_refuses_cancel(home, pages, monkeypatch):
             await pilot.press("c")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmCancelScreen), "the confirmation")
             await pilot.press("escape")
-            await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmCancelScreen), "the confirmation to close")
+            await wait_until(
+                pilot, lambda: not isinstance(app.screen, ConfirmCancelScreen), "the confirmation to close"
+            )
             assert job.snapshot().status == JobStatus.RUNNING
             await pilot.press("p")
             await wait_until(pilot, lambda: app._live is None, "the job to pause")
@@ -184,7 +194,9 @@ def test_quit_mid_run_pauses_and_a_new_dashboard_resumes(tmp_path, home, pages, 
             await pilot.pause()
             assert app.selected.job_id == job.job_id and app.selected.status == JobStatus.PAUSED
             await pilot.press("r")
-            await wait_until(pilot, lambda: stored_status(home, job.job_id) == JobStatus.COMPLETED, "the job to complete")
+            await wait_until(
+                pilot, lambda: stored_status(home, job.job_id) == JobStatus.COMPLETED, "the job to complete"
+            )
             await wait_until(pilot, lambda: app._live is None, "the worker to end")
             assert app.selected.status == JobStatus.COMPLETED
             await pilot.press("q")
@@ -297,19 +309,23 @@ def test_footer_shows_every_fixed_key(home):
 # ---- untrusted text --------------------------------------------------------------------------
 def test_file_names_are_shown_literally(home):
     """Names with markup, ANSI escapes and bidi overrides are escaped and never interpreted."""
-    from kbingest.pipeline.models import JobRecord, iso, utcnow
     from kbingest.pipeline.job.tracker import PhaseTracker
+    from kbingest.pipeline.models import JobRecord, iso, utcnow
 
     store = store_of(home)
     t = PhaseTracker("t-1", "t")
     t.set_status(JobStatus.RUNNING)
     t.set_status(JobStatus.FAILED, "failed in loading: [bold red]x[/]", error="boom \x1b[31m[link=x]y[/link]")
-    evil = DocumentError(path="/d/[bold red]a[/].md\x1b[2J\u202egpj.md", phase="loading", kind="not_text",
-                         message="[i]bad[/i] \x07")
+    evil = DocumentError(
+        path="/d/[bold red]a[/].md\x1b[2J\u202egpj.md", phase="loading", kind="not_text", message="[i]bad[/i] \x07"
+    )
     t.set_metric("document_errors", [evil.model_dump()])  # a job's document errors are stored in its status
     now = iso(utcnow())
-    store.put(JobRecord(job_id="t-1", config=JobConfig(sources=["/d"], kb="t"), status=t.snapshot(),
-                        created_at=now, updated_at=now))
+    store.put(
+        JobRecord(
+            job_id="t-1", config=JobConfig(sources=["/d"], kb="t"), status=t.snapshot(), created_at=now, updated_at=now
+        )
+    )
 
     async def scenario() -> None:
         app = KbIngestApp(home, None, store=store_of(home))
@@ -331,16 +347,23 @@ def test_file_names_are_shown_literally(home):
 
 def test_summary_counts_documents_by_format(home):
     """A mixed folder: the job's summary says how many documents of each format the walk found."""
-    from kbingest.pipeline.models import JobRecord, iso, utcnow
     from kbingest.pipeline.job.tracker import PhaseTracker
+    from kbingest.pipeline.models import JobRecord, iso, utcnow
 
     t = PhaseTracker("mixed-1", "mixed")
     t.set_status(JobStatus.RUNNING)
     t.set_metric("documents_found", 10)
     t.set_metric("documents_by_format", {"pdf": 5, "markdown": 1, "html": 2, "docx": 2})
     now = iso(utcnow())
-    store_of(home).put(JobRecord(job_id="mixed-1", config=JobConfig(sources=["/d"], kb="mixed"), status=t.snapshot(),
-                                 created_at=now, updated_at=now))
+    store_of(home).put(
+        JobRecord(
+            job_id="mixed-1",
+            config=JobConfig(sources=["/d"], kb="mixed"),
+            status=t.snapshot(),
+            created_at=now,
+            updated_at=now,
+        )
+    )
 
     async def scenario() -> None:
         app = KbIngestApp(home, None, store=store_of(home))
@@ -369,9 +392,12 @@ def test_events_come_from_changes_not_documents():
     assert diff_events(a, b) == []  # progress alone is no event
     c = _view(metrics=dict(a.snap.metrics, commits=4, chunks_indexed=496))
     assert [k for _, k in diff_events(a, c)] == ["info"]
-    d = JobView(job_id=a.job_id, kb=a.kb, snap=a.snap.model_copy(update={"status": JobStatus.PAUSED,
-                                                                          "message": "paused: checkpoint saved"}),
-                errors=[DocumentError(path="/x.md", phase="loading", kind="too_large", message="big")])
+    d = JobView(
+        job_id=a.job_id,
+        kb=a.kb,
+        snap=a.snap.model_copy(update={"status": JobStatus.PAUSED, "message": "paused: checkpoint saved"}),
+        errors=[DocumentError(path="/x.md", phase="loading", kind="too_large", message="big")],
+    )
     texts = [t for t, _ in diff_events(a, d)]
     assert any("running → paused" in t for t in texts) and any("/x.md" in t for t in texts)
 

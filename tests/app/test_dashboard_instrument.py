@@ -5,26 +5,36 @@ retry, the command palette and themes, the job list at scale, the new-job form a
 Snapshots use the fixed states of test_dashboard_snapshots.py at 80x24 and 200x50; the Pilot tests
 run the real engine (fake embedder) on real files and LanceDB.
 """
+
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 
 import pytest
+from test_dashboard_snapshots import (
+    T0,
+    FakeJob,
+    completed_record,
+    failed_record,
+    make_app,
+    make_store,
+    phase,
+    record,
+    running_snapshot,
+    status,
+)
 from textual.pilot import Pilot
 
-from kbingest.app.screens import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.app.dashboard import KbIngestApp
+from kbingest.app.screens import ChunkScreen, ErrorScreen, NewJobScreen, SearchScreen
 from kbingest.pipeline.job.instrument import Sampler
+from kbingest.pipeline.jobstore.preferences import read_settings, write_settings
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.service import InvalidInput, Service
-from kbingest.pipeline.jobstore.preferences import read_settings, write_settings
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.instrument import flags, sparkline, trend
 from kbingest.widgets.job_table import JobTable
-
-from test_dashboard_snapshots import (T0, FakeJob, completed_record, failed_record, make_app, make_store,
-                                      phase, record, running_snapshot, status)
 
 pytestmark = pytest.mark.timeout(120)
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((200, 50), id="200x50")]
@@ -37,13 +47,19 @@ def instrument_snapshot(starved: bool = False):
     metrics = {
         **snap.metrics,
         "queue_docs": {"depth": 16, "capacity": 16, "empty_s": 0.0, "full_s": 0.0},
-        "queue_chunked": {"depth": 0 if starved else 9, "capacity": 16,
-                          "empty_s": 12.0 if starved else 0.0, "full_s": 0.0},
+        "queue_chunked": {
+            "depth": 0 if starved else 9,
+            "capacity": 16,
+            "empty_s": 12.0 if starved else 0.0,
+            "full_s": 0.0,
+        },
         "queue_embedded": {"depth": 2, "capacity": 64, "empty_s": 0.0, "full_s": 0.0},
         "in_flight": {
             "chunking": [{"path": "/data/docs/guides/huge-reference.md", "size": 4_812_000}],
-            "embedding": [{"path": "/data/docs/guides/deploy.md", "chunks": 37},
-                          {"path": "/data/docs/[bold]x[/b]\x1b[31m.md", "chunks": 4}],
+            "embedding": [
+                {"path": "/data/docs/guides/deploy.md", "chunks": 37},
+                {"path": "/data/docs/[bold]x[/b]\x1b[31m.md", "chunks": 4},
+            ],
         },
         "commit_batch": {"documents": 3, "chunks": 112},
         "slowest_document": {"path": "/data/docs/guides/huge-reference.md", "phase": "embedding", "seconds": 41.3},
@@ -74,14 +90,20 @@ def many_jobs(n: int = 200):
         st = statuses[i % len(statuses)]
         kb = ("docs", "notes", "wiki", "handbook")[i % 4]
         done = st == "completed"
-        snap = status(f"{kb}-20260504-{i:06d}", kb, st, [
-            phase("loading", "completed" if done else "pending", 10, 10, started=0, duration=0.2),
-            phase("chunking", "completed" if done else "pending", 10, 10, started=0.2, duration=1),
-            phase("embedding", "completed" if done else "pending", 100, 100, started=1, duration=9),
-            phase("indexing", "completed" if done else "pending", 100, 100, started=2, duration=1),
-        ], 100.0 if done else 0.0,
+        snap = status(
+            f"{kb}-20260504-{i:06d}",
+            kb,
+            st,
+            [
+                phase("loading", "completed" if done else "pending", 10, 10, started=0, duration=0.2),
+                phase("chunking", "completed" if done else "pending", 10, 10, started=0.2, duration=1),
+                phase("embedding", "completed" if done else "pending", 100, 100, started=1, duration=9),
+                phase("indexing", "completed" if done else "pending", 100, 100, started=2, duration=1),
+            ],
+            100.0 if done else 0.0,
             "waiting for job docs-20260504-000001 on knowledge base docs" if st == "pending" else st,
-            started=T0 - timedelta(minutes=i))
+            started=T0 - timedelta(minutes=i),
+        )
         recs.append(record(snap, T0 - timedelta(minutes=i)))
     return recs
 
@@ -150,8 +172,13 @@ def test_snapshot_in_flight(snap_compare, tmp_path, size):
 def test_snapshot_error_modal(snap_compare, tmp_path, size):
     rec = failed_record()
     errors = [e.model_copy(update={"at": T0 + timedelta(seconds=30 + i)}) for i, e in enumerate(rec.status.errors)]
-    rec = rec.model_copy(update={"status": rec.status.model_copy(update={"metrics": {
-        **rec.status.metrics, "document_errors": [e.model_dump() for e in errors]}})})
+    rec = rec.model_copy(
+        update={
+            "status": rec.status.model_copy(
+                update={"metrics": {**rec.status.metrics, "document_errors": [e.model_dump() for e in errors]}}
+            )
+        }
+    )
     app = make_app(*make_store(tmp_path, [rec, completed_record()]))
     assert snap_compare(app, terminal_size=size, run_before=open_error)
 
@@ -215,8 +242,9 @@ def test_retry_one_document_from_the_error_modal(home, pages):
             await pilot.press("y")
             assert app.clipboard == str(bad)
             await pilot.press("r")
-            await wait_until(pilot, lambda: app._live is None and not stored(service, job_id).m.documents_failed,
-                             "the retry to end")
+            await wait_until(
+                pilot, lambda: app._live is None and not stored(service, job_id).m.documents_failed, "the retry to end"
+            )
 
     run(scenario())
     after = stored(service, job_id)
@@ -248,8 +276,10 @@ def test_filter_as_you_type_and_sort(tmp_path):
             await wait_until(pilot, lambda: table.row_count == 40, "the filter to clear")
             await pilot.press("o")  # by status: failed before completed, pending before paused
             await pilot.pause()
-            order = [app._views[table.coordinate_to_cell_key((r, 0)).row_key.value].status.value
-                     for r in range(table.row_count)]
+            order = [
+                app._views[table.coordinate_to_cell_key((r, 0)).row_key.value].status.value
+                for r in range(table.row_count)
+            ]
             assert order.index("pending") < order.index("paused") < order.index("failed") < order.index("completed")
 
     run(scenario())
@@ -280,8 +310,11 @@ def test_new_job_form_validates_then_starts_a_job(home, pages, monkeypatch):
             form.query_one("#max_tokens").value = "240"
             await pilot.press("ctrl+s")
             await wait_until(pilot, lambda: not isinstance(app.screen, NewJobScreen), "the form to close")
-            await wait_until(pilot, lambda: any(j.kb == "fresh" and j.status.status == JobStatus.COMPLETED
-                                                for j in service.jobs()), "the job to complete")
+            await wait_until(
+                pilot,
+                lambda: any(j.kb == "fresh" and j.status.status == JobStatus.COMPLETED for j in service.jobs()),
+                "the job to complete",
+            )
 
     run(scenario())
     assert "fresh" in service.knowledge_bases()
@@ -340,10 +373,12 @@ def test_sampler_times_empty_and_full_queues():
 def test_flags_name_the_neighbour_to_blame():
     snap = instrument_snapshot(starved=True)
     assert flags(snap) == [("embedding", "embedding starved: waiting on chunking for 12s")]
-    full = snap.model_copy(update={"metrics": {**snap.metrics, "queue_docs": {
-        "depth": 16, "capacity": 16, "empty_s": 0, "full_s": 9.0}}})
-    assert ("loading", "loading blocked: chunking is behind, queue full for 9.0s") in flags(full) or \
-        any(p == "loading" and "blocked" in why and "chunking" in why for p, why in flags(full))
+    full = snap.model_copy(
+        update={"metrics": {**snap.metrics, "queue_docs": {"depth": 16, "capacity": 16, "empty_s": 0, "full_s": 9.0}}}
+    )
+    assert ("loading", "loading blocked: chunking is behind, queue full for 9.0s") in flags(full) or any(
+        p == "loading" and "blocked" in why and "chunking" in why for p, why in flags(full)
+    )
     assert flags(running_snapshot()) == []
 
 
@@ -448,17 +483,30 @@ def test_pending_and_watch_rows_say_their_place_and_last_sync():
     from kbingest.widgets.job_table import note
 
     phases = [PhaseDetail(name=p) for p in ("loading", "chunking", "embedding", "indexing")]
-    pending = JobStatusResponse(job_id="b-1", kb_id="a", status="pending", phase="loading", phase_details=phases,
-                                message="pending: waiting for job a-1 on knowledge base a",
-                                metrics={"queue_position": 2, "waiting_for": "a-1"})
+    pending = JobStatusResponse(
+        job_id="b-1",
+        kb_id="a",
+        status="pending",
+        phase="loading",
+        phase_details=phases,
+        message="pending: waiting for job a-1 on knowledge base a",
+        metrics={"queue_position": 2, "waiting_for": "a-1"},
+    )
     v = JobView(job_id="b-1", kb="a", snap=pending, errors=[], created_at="2026-12-02T00:00:00Z")
     assert note(v, timezone.utc) == "#2 in line · pending: waiting for job a-1 on knowledge base a"
     from kbingest.pipeline.status import JobStatus
 
-    watch = pending.model_copy(update={"status": JobStatus.RUNNING, "message": "watching 1 source(s) for changes",
-                                       "metrics": {"watch_bursts": 3, "last_synced_at": "2026-12-02T10:11:12.000Z"}})
-    assert note(JobView(job_id="w-1", kb="w", snap=watch, errors=[], created_at="2026-12-02T00:00:00Z"),
-                timezone.utc) == "watching · synced 10:11:12"
+    watch = pending.model_copy(
+        update={
+            "status": JobStatus.RUNNING,
+            "message": "watching 1 source(s) for changes",
+            "metrics": {"watch_bursts": 3, "last_synced_at": "2026-12-02T10:11:12.000Z"},
+        }
+    )
+    assert (
+        note(JobView(job_id="w-1", kb="w", snap=watch, errors=[], created_at="2026-12-02T00:00:00Z"), timezone.utc)
+        == "watching · synced 10:11:12"
+    )
 
 
 def test_blocked_names_the_stage_whose_input_is_full_and_output_has_room():
@@ -466,7 +514,9 @@ def test_blocked_names_the_stage_whose_input_is_full_and_output_has_room():
     snap = instrument_snapshot()
     full = {"depth": 16, "capacity": 16, "empty_s": 0.0, "full_s": 9.0}
     both = snap.model_copy(update={"metrics": {**snap.metrics, "queue_docs": full, "queue_chunked": full}})
-    assert flags(both) == [("loading", "loading blocked: embedding is behind, queue full for 9.0s"),
-                           ("chunking", "chunking blocked: embedding is behind, queue full for 9.0s")]
+    assert flags(both) == [
+        ("loading", "loading blocked: embedding is behind, queue full for 9.0s"),
+        ("chunking", "chunking blocked: embedding is behind, queue full for 9.0s"),
+    ]
     one = snap.model_copy(update={"metrics": {**snap.metrics, "queue_docs": full}})
     assert flags(one) == [("loading", "loading blocked: chunking is behind, queue full for 9.0s")]

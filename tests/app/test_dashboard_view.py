@@ -2,6 +2,7 @@
 items 1 and 5): jobs of other processes shown as running, ids never cut in the middle, no status said
 twice, no test embedder offered, search results by their path in the source, the job's ETA first;
 and the key table of docs/dashboard.md complete (issue 38 item 3)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,10 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-
 from conftest import REPO
-from test_dashboard_snapshots import (NOW, FakeJob, completed_record, make_app, make_store, record,
-                                      running_snapshot)
+from test_dashboard_snapshots import NOW, FakeJob, completed_record, make_app, make_store, record, running_snapshot
 
 from kbingest.app import view_model as vm
 from kbingest.app.dashboard import KbIngestApp
@@ -58,10 +57,18 @@ def test_a_status_is_never_said_twice():
     assert vm.status_text("paused", "pausedness") == "paused: pausedness"
     snap = running_snapshot()
     a = JobView(job_id=snap.job_id, kb="docs", snap=snap)
-    b = JobView(job_id=snap.job_id, kb="docs", snap=snap.model_copy(update={
-        "status": JobStatus.PAUSED, "message": "paused: checkpoint saved; resume to continue"}))
-    c = JobView(job_id=snap.job_id, kb="docs", snap=snap.model_copy(update={
-        "status": JobStatus.COMPLETED, "message": "completed: 40 added"}))
+    b = JobView(
+        job_id=snap.job_id,
+        kb="docs",
+        snap=snap.model_copy(
+            update={"status": JobStatus.PAUSED, "message": "paused: checkpoint saved; resume to continue"}
+        ),
+    )
+    c = JobView(
+        job_id=snap.job_id,
+        kb="docs",
+        snap=snap.model_copy(update={"status": JobStatus.COMPLETED, "message": "completed: 40 added"}),
+    )
     texts = [t for t, _ in diff_events(a, b) + diff_events(None, c) + diff_events(b, c)]
     assert not [t for t in texts if re.search(r"\b(\w+): \1:", t)], texts
     assert "running → paused: checkpoint saved; resume to continue" in texts
@@ -170,11 +177,14 @@ def test_the_new_job_form_offers_no_test_embedder(tmp_path, monkeypatch):
 # ---- the key table of docs/dashboard.md (issue 38 item 3) -----------------------------------------
 def test_every_key_of_the_dashboard_is_in_the_docs_key_table():
     text = (REPO / "docs" / "dashboard.md").read_text()
-    section = text[text.index("## Keys"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## Keys") :]
+    section = section[: section.index("\n## ", 1)]
     keys = {k for row in re.findall(r"^\| (.+?) \|", section, re.M) for k in re.findall(r"`([^`]+)`", row)}
-    missing = [b.key for b in KbIngestApp.BINDINGS
-               if KEY_NAMES.get(b.key, b.key) not in keys and (b.key_display or "") not in keys]
+    missing = [
+        b.key
+        for b in KbIngestApp.BINDINGS
+        if KEY_NAMES.get(b.key, b.key) not in keys and (b.key_display or "") not in keys
+    ]
     assert not missing, f"keys missing from docs/dashboard.md's key table: {missing}"
 
 

@@ -1,11 +1,12 @@
 """Issue 30: the job's ETA and progress as a script reads `kbingest ingest --batch` (a subprocess, the
 fake embedder slowed per text so that embedding is the bottleneck, as with the real model)."""
+
 import json
 import random
 import statistics
-import time
 import subprocess
 import sys
+import time
 
 from conftest import REPO, WAF
 
@@ -21,7 +22,7 @@ def _skewed(dest, n_small=12):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(p.read_bytes())
         rest += out.stat().st_size
-    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(WAF.rglob("*.md"))[n_small:n_small + 40]).split()
+    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(WAF.rglob("*.md"))[n_small : n_small + 40]).split()
     rnd = random.Random(30)
     parts, size, k = [], 0, 0
     while size < rest * 0.4 / 0.6:

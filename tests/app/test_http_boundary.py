@@ -3,6 +3,7 @@ the server reads (follow_links, a source swapped after the POST or before a resu
 every error is the one JSON shape with a documented kind, whatever the request body (a property
 test); without a token, only requests addressed to the server by a loopback name, its address or
 an --allow-host NAME are answered (DNS rebinding), by both of its processes."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SMALL_PAGES, copy_pages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import SMALL_PAGES, copy_pages
 from live_server import ProcessServer, ThreadServer
 from test_hostile import kb_rows, write
 from test_serve import API, _Responses, start_job, wait_status
@@ -25,9 +25,19 @@ from test_serve import API, _Responses, start_job, wait_status
 pytestmark = pytest.mark.timeout(180)
 
 # README, "HTTP API": every kind of error the server answers, by status
-DOCUMENTED = {400: {"invalid_input"}, 401: {"unauthorized"}, 403: {"forbidden"}, 404: {"not_found"},
-              405: {"jobs_disabled", "method_not_allowed"}, 409: {"wrong_state", "busy"}, 413: {"too_large"},
-              421: {"wrong_host"}, 422: {"invalid_input"}, 429: {"rate_limited"}, 504: {"timeout"}}
+DOCUMENTED = {
+    400: {"invalid_input"},
+    401: {"unauthorized"},
+    403: {"forbidden"},
+    404: {"not_found"},
+    405: {"jobs_disabled", "method_not_allowed"},
+    409: {"wrong_state", "busy"},
+    413: {"too_large"},
+    421: {"wrong_host"},
+    422: {"invalid_input"},
+    429: {"rate_limited"},
+    504: {"timeout"},
+}
 
 
 def assert_documented_error(r: httpx.Response) -> dict:
@@ -225,8 +235,11 @@ def test_every_watch_pass_stays_inside_the_allowed_roots(servers, allowed):
         deadline = time.monotonic() + 60
         while True:
             snap = c.get(f"{API}/jobs/{job_id}").json()["status"]
-            late = {os.path.basename(e["path"]): e["kind"] for e in snap["metrics"].get("document_errors") or []
-                    if os.path.basename(e["path"]).startswith("late")}
+            late = {
+                os.path.basename(e["path"]): e["kind"]
+                for e in snap["metrics"].get("document_errors") or []
+                if os.path.basename(e["path"]).startswith("late")
+            }
             if late and "numbat" in texts(s.service.home.root, "w"):
                 break
             assert time.monotonic() < deadline, (late, snap["metrics"].get("watch_bursts"))
@@ -239,7 +252,15 @@ def test_every_watch_pass_stays_inside_the_allowed_roots(servers, allowed):
 def test_the_walk_and_the_read_stay_inside_the_allowed_roots(allowed):
     """The loader itself (every pass: watch bursts and resumes run it too): a source that resolves
     outside, a followed link out, and a read whose source was swapped after the walk."""
-    from kbingest.pipeline.load.loading import Candidate, LoadError, LoadLimits, Problem, read_document, walk, walk_within
+    from kbingest.pipeline.load.loading import (
+        Candidate,
+        LoadError,
+        LoadLimits,
+        Problem,
+        read_document,
+        walk,
+        walk_within,
+    )
 
     root, src, outside = allowed
     bound = LoadLimits(follow_links=True, allowed_roots=(str(root.resolve()),))
@@ -249,13 +270,15 @@ def test_the_walk_and_the_read_stay_inside_the_allowed_roots(allowed):
     assert "kept.md" in found and "secret.md" not in found
     assert problems == {"escape": "outside_allowed_root", "secret-link.md": "outside_allowed_root"}
     # the CLI's rules are unchanged: no roots, --follow-links follows them all
-    assert "secret.md" in {os.path.basename(i.path) for i in walk([str(src)], LoadLimits(follow_links=True))
-                           if isinstance(i, Candidate)}
+    assert "secret.md" in {
+        os.path.basename(i.path) for i in walk([str(src)], LoadLimits(follow_links=True)) if isinstance(i, Candidate)
+    }
     # a source that is a link out (or a file out) is one problem, nothing listed
     assert [(i.kind) for i in walk([str(src / "escape")], bound)] == ["outside_allowed_root"]
     assert [(i.kind) for i in walk([str(src / "secret-link.md")], bound)] == ["outside_allowed_root"]
-    assert [(i.kind) for i in walk_within(str(src / "escape"), [str(src / "escape" / "secret.md")], bound)] \
-        == ["outside_allowed_root"]
+    assert [(i.kind) for i in walk_within(str(src / "escape"), [str(src / "escape" / "secret.md")], bound)] == [
+        "outside_allowed_root"
+    ]
     # swapped between the walk and the read: the read refuses what it opened
     write(outside / src.name / SMALL_PAGES[0], "# Decoy\n\nplatypus behind a swapped source\n")
     cand = next(i for i in walk([str(src)], bound) if isinstance(i, Candidate) and i.path.endswith(SMALL_PAGES[0]))
@@ -271,12 +294,18 @@ def test_hostile_bodies_are_documented_errors_not_500(servers, allowed, caplog):
     root, src, _ = allowed
     s = servers(allow_roots=[str(root)])
     bodies = [
-        b'{"sources": ["\\u0000"]}', b'{"sources": ["' + str(src).encode() + b'\\u0000"]}',
-        b'{"sources": ["\\ud800"]}', b'{"sources": ["' + str(src).encode() + b'/\\udc80x"]}',
-        b'{"sources": ["~nosuchuser/x"]}', b'{"sources": ["x"], "\\ud800": 1}',
+        b'{"sources": ["\\u0000"]}',
+        b'{"sources": ["' + str(src).encode() + b'\\u0000"]}',
+        b'{"sources": ["\\ud800"]}',
+        b'{"sources": ["' + str(src).encode() + b'/\\udc80x"]}',
+        b'{"sources": ["~nosuchuser/x"]}',
+        b'{"sources": ["x"], "\\ud800": 1}',
         b'{"sources": ["' + str(src).encode() + b'"], "model": "\\ud800"}',
-        b"[" * 30_000 + b"]" * 30_000, b'{"sources": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-        b'{"sources": ["a"]', b"\xff\xfe", b"",
+        b"[" * 30_000 + b"]" * 30_000,
+        b'{"sources": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"sources": ["a"]',
+        b"\xff\xfe",
+        b"",
     ]
     with httpx.Client(base_url=s.url, timeout=30) as c:
         for body in bodies:
@@ -291,31 +320,61 @@ def test_hostile_bodies_are_documented_errors_not_500(servers, allowed, caplog):
 
 @st.composite
 def json_values(draw, depth: int = 0):
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                        st.floats(allow_nan=False), st.text(max_size=20))
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=20)
+    )
     if depth > 2:
         return draw(scalars)
-    return draw(st.one_of(scalars, st.lists(json_values(depth + 1), max_size=3),
-                          st.dictionaries(st.text(max_size=8), json_values(depth + 1), max_size=3)))
+    return draw(
+        st.one_of(
+            scalars,
+            st.lists(json_values(depth + 1), max_size=3),
+            st.dictionaries(st.text(max_size=8), json_values(depth + 1), max_size=3),
+        )
+    )
 
 
-FIELDS = ["sources", "job_id", "max_tokens", "overlap_tokens", "batch_size", "threads", "commit_rows", "max_depth",
-          "max_files", "max_file_bytes", "follow_links", "watch", "model", "embedder", "until", "allowed_roots"]
+FIELDS = [
+    "sources",
+    "job_id",
+    "max_tokens",
+    "overlap_tokens",
+    "batch_size",
+    "threads",
+    "commit_rows",
+    "max_depth",
+    "max_files",
+    "max_file_bytes",
+    "follow_links",
+    "watch",
+    "model",
+    "embedder",
+    "until",
+    "allowed_roots",
+]
 # paths: hostile text, NUL and lone surrogates (JSON escapes), and spellings of places in and out of the root
-PATH_TEXT = st.one_of(st.text(max_size=30), st.sampled_from(["\x00", "\ud800", "\udcff", "~", "~nobody/x", "..",
-                                                            "/etc", "/proc/self/root", "//", ".", "\n"]))
+PATH_TEXT = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["\x00", "\ud800", "\udcff", "~", "~nobody/x", "..", "/etc", "/proc/self/root", "//", ".", "\n"]),
+)
 
 
 def bodies(root: str):
-    paths = st.one_of(PATH_TEXT, PATH_TEXT.map(lambda p: f"{root}/{p}"),
-                      st.sampled_from([f"{root}/src/../../outside", f"{root}/src/escape", f"{root}/missing"]))
+    paths = st.one_of(
+        PATH_TEXT,
+        PATH_TEXT.map(lambda p: f"{root}/{p}"),
+        st.sampled_from([f"{root}/src/../../outside", f"{root}/src/escape", f"{root}/missing"]),
+    )
     settings_ = st.dictionaries(st.sampled_from(FIELDS), json_values(), max_size=4)
-    body = st.builds(lambda s, rest: {**rest, "sources": s}, st.one_of(st.lists(paths, max_size=4), json_values()),
-                     settings_)
-    raw = st.one_of(body.map(lambda b: json.dumps(b).encode()),  # ensure_ascii: lone surrogates as \\udXXX escapes
-                    json_values().map(lambda v: json.dumps(v).encode()),
-                    st.integers(0, 3000).map(lambda n: b"[" * n + b"]" * n),
-                    st.binary(max_size=40))
+    body = st.builds(
+        lambda s, rest: {**rest, "sources": s}, st.one_of(st.lists(paths, max_size=4), json_values()), settings_
+    )
+    raw = st.one_of(
+        body.map(lambda b: json.dumps(b).encode()),  # ensure_ascii: lone surrogates as \\udXXX escapes
+        json_values().map(lambda v: json.dumps(v).encode()),
+        st.integers(0, 3000).map(lambda n: b"[" * n + b"]" * n),
+        st.binary(max_size=40),
+    )
     return raw
 
 
@@ -326,7 +385,9 @@ def boundary_server(tmp_path_factory):
     (root / "src").mkdir(parents=True)  # empty: a body that does start a job reads nothing
     (base / "outside").mkdir()
     os.symlink(base / "outside", root / "src" / "escape")
-    s = ThreadServer(base / "home", allow_roots=[str(root)], rate_limit=0)  # hundreds of bodies a second: the limit is tested in test_serve_plain
+    s = ThreadServer(
+        base / "home", allow_roots=[str(root)], rate_limit=0
+    )  # hundreds of bodies a second: the limit is tested in test_serve_plain
     yield s, str(root)
     s.stop()
 
@@ -334,8 +395,13 @@ def boundary_server(tmp_path_factory):
 def test_every_post_body_is_answered_in_the_documented_shape(boundary_server):
     s, root = boundary_server
     with httpx.Client(base_url=s.url, timeout=30) as c:
-        @settings(max_examples=int(os.environ.get("KBINGEST_HYPOTHESIS_EXAMPLES", "300")), deadline=None,
-                  database=None, suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=int(os.environ.get("KBINGEST_HYPOTHESIS_EXAMPLES", "300")),
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(raw=bodies(root), kb=st.sampled_from(["k", "b@d", "x" * 200]))
         def prop(raw: bytes, kb: str) -> None:
             r = c.post(f"{API}/kb/{kb}/jobs", content=raw, headers={"Content-Type": "application/json"})
@@ -362,16 +428,30 @@ def test_without_a_token_only_requests_addressed_to_this_server_are_answered(ser
         wait_status(c, start_job(c, [src], kb="waf"), {"completed"})
         c.get(f"{API}/kb/waf/status")  # cached: the next poll is answered in the protocol itself
     port = s.port
-    for host in ("attacker.example", f"attacker.example:{port}", "localhost.attacker.example", "127.0.0.1.nip.io",
-                 "", "a b"):
+    for host in (
+        "attacker.example",
+        f"attacker.example:{port}",
+        "localhost.attacker.example",
+        "127.0.0.1.nip.io",
+        "",
+        "a b",
+    ):
         for target in (f"{API}/kb/waf/status", f"{API}/jobs", f"{API}/kb/waf/search?q=x", "/healthz", "/metrics"):
             status, headers, body = raw_get(port, target, host)
             assert status == 421 and headers["content-type"] == "application/json", (host, target, status)
             assert json.loads(body)["error"] == "wrong_host" and "--allow-host" in json.loads(body)["message"]
     r = httpx.post(f"{s.url}{API}/kb/waf/jobs", json={"sources": [str(src)]}, headers={"Host": "attacker.example"})
     assert r.status_code == 421 and assert_documented_error(r)["error"] == "wrong_host"
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "localhost.", "[::1]", "127.0.0.5",
-                 "kb.internal", f"KB.Internal:{port}"):
+    for host in (
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        "LOCALHOST",
+        "localhost.",
+        "[::1]",
+        "127.0.0.5",
+        "kb.internal",
+        f"KB.Internal:{port}",
+    ):
         status, _, body = raw_get(port, f"{API}/kb/waf/status", host)
         assert status == 200 and json.loads(body)["status"] == "completed", (host, status, body)
     assert len(s.service.jobs()) == 1  # the refused POST started nothing
@@ -409,7 +489,22 @@ def test_an_allow_host_that_is_not_a_host_name_is_one_line_and_exit_2(tmp_path):
     from conftest import REPO
     from live_server import free_port
 
-    r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "serve", "--port",
-                        str(free_port()), "--allow-host", "a,b"], cwd=str(REPO), capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(tmp_path / "h"),
+            "serve",
+            "--port",
+            str(free_port()),
+            "--allow-host",
+            "a,b",
+        ],
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "--allow-host a,b: not a host name" in r.stderr and "Traceback" not in r.stderr

@@ -2,6 +2,7 @@
 and answers as the same command run locally on the server's home; what the server cannot do is
 refused in one line (exit 2), never answered from the local home. Against an in-process uvicorn
 (live_server.ThreadServer) and against `kbingest serve` in a subprocess; the CLI in a subprocess."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_pages, run_cli
 from live_server import ProcessServer, ThreadServer, free_port
 from test_crash_resume import waf_pages
@@ -32,8 +32,11 @@ def same_answer(url: str, home: Path, *args: str) -> subprocess.CompletedProcess
     """The command on the server and on its home, locally: the same stdout, stderr and exit code."""
     there = remote(url, *args)
     here = run_cli(*args, home=home)
-    assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout, here.stderr), \
-        (args, there, here)
+    assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout, here.stderr), (
+        args,
+        there,
+        here,
+    )
     return there
 
 
@@ -55,12 +58,22 @@ def check_every_command(url: str, home: Path, corpus: Path, status_validator) ->
     # the server ran it, in its home: the local command sees it there
     assert json.loads(run_cli("status", job_id, "--json", home=home).stdout)["status"] == "completed"
 
-    for args in (["jobs"], ["jobs", "--json"], ["status"], ["status", "--json"], ["status", job_id],
-                 ["status", "--kb", "docs", "--json"], ["search", "--kb", "docs", "reliability pillars", "--json"],
-                 ["search", "--kb", "docs", "security", "-k", "3"],
-                 ["search", "--kb", "docs", "design principles", "--mode", "text", "--json"],
-                 ["status", "nope-job"], ["status", "--kb", "nothing"], ["search", "--kb", "nothing", "x"],
-                 ["pause", job_id], ["cancel", job_id]):
+    for args in (
+        ["jobs"],
+        ["jobs", "--json"],
+        ["status"],
+        ["status", "--json"],
+        ["status", job_id],
+        ["status", "--kb", "docs", "--json"],
+        ["search", "--kb", "docs", "reliability pillars", "--json"],
+        ["search", "--kb", "docs", "security", "-k", "3"],
+        ["search", "--kb", "docs", "design principles", "--mode", "text", "--json"],
+        ["status", "nope-job"],
+        ["status", "--kb", "nothing"],
+        ["search", "--kb", "nothing", "x"],
+        ["pause", job_id],
+        ["cancel", job_id],
+    ):
         same_answer(url, home, *args)
     assert json.loads(remote(url, "jobs", "--json").stdout)[1]["job_id"] == job_id  # the newest first
     assert remote(url, "pause", job_id).returncode == 2  # a completed job: nothing to pause (409, as locally)
@@ -76,14 +89,16 @@ def check_every_command(url: str, home: Path, corpus: Path, status_validator) ->
 
 
 def check_refusals(url: str, corpus: Path) -> None:
-    cases = [(["serve"], "does not run on a server"),
-             (["drain", "some-job"], "has no drain"),
-             (["repair", "--kb", "docs"], "has no repair"),
-             (["--home", "/tmp/x", "jobs"], "--home is for a local home"),
-             (["jobs", "--home", "/tmp/x"], "--home is for a local home"),
-             (["search", "--kb", "docs", "x", "--db", "/tmp/x"], "--db is for a local home"),
-             (["ingest", str(corpus), "--kb", "d", "--batch", "--no-wait"], "--no-wait is for a local home"),
-             (["ingest", "docs", "--kb", "d", "--batch"], "give 'docs' as an absolute path")]
+    cases = [
+        (["serve"], "does not run on a server"),
+        (["drain", "some-job"], "has no drain"),
+        (["repair", "--kb", "docs"], "has no repair"),
+        (["--home", "/tmp/x", "jobs"], "--home is for a local home"),
+        (["jobs", "--home", "/tmp/x"], "--home is for a local home"),
+        (["search", "--kb", "docs", "x", "--db", "/tmp/x"], "--db is for a local home"),
+        (["ingest", str(corpus), "--kb", "d", "--batch", "--no-wait"], "--no-wait is for a local home"),
+        (["ingest", "docs", "--kb", "d", "--batch"], "give 'docs' as an absolute path"),
+    ]
     for args, words in cases:
         r = remote(url, *args)
         assert r.returncode == 2, (args, r)
@@ -133,9 +148,26 @@ def test_sigint_pauses_the_server_job_and_pause_cancel_steer_it(tmp_path, monkey
     corpus = copy_pages(tmp_path / "docs", waf_pages(16))
     server = ThreadServer(tmp_path / "home", allow_roots=[str(corpus)])
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--server", server.url, "ingest", str(corpus),
-                                 "--kb", "docs", "--batch", "--embedder", "fake"], cwd=str(REPO),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kbingest",
+                "--server",
+                server.url,
+                "ingest",
+                str(corpus),
+                "--kb",
+                "docs",
+                "--batch",
+                "--embedder",
+                "fake",
+            ],
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             first = wait_line(proc, lambda d: d["status"] == "running" and (d["metrics"].get("chunks_embedded") or 0))
             proc.send_signal(signal.SIGINT)
@@ -150,9 +182,13 @@ def test_sigint_pauses_the_server_job_and_pause_cancel_steer_it(tmp_path, monkey
         assert server.service.job(job_id).status.status.value == "paused"  # in the server, checkpoint saved
 
         # resumed over the API, then paused and cancelled by the CLI, as `kbingest pause` / `cancel` do locally
-        resumed = subprocess.Popen([sys.executable, "-m", "kbingest", "--server", server.url, "resume", job_id,
-                                    "--batch"], cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+        resumed = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--server", server.url, "resume", job_id, "--batch"],
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_line(resumed, lambda d: d["status"] == "running")
             p = remote(server.url, "pause", job_id)
@@ -184,14 +220,28 @@ def test_server_errors_in_kbingest_words(tmp_path):
     server = ThreadServer(tmp_path / "home", allow_roots=[str(corpus)], token="s3cret")
     try:
         r = remote(server.url, "jobs")
-        assert r.returncode == 2 and r.stderr == (f"kbingest: the server at {server.url} needs a token "
-                                                  "(--token or KBINGEST_TOKEN)\n"), r.stderr
+        assert r.returncode == 2 and r.stderr == (
+            f"kbingest: the server at {server.url} needs a token (--token or KBINGEST_TOKEN)\n"
+        ), r.stderr
         r = remote(server.url, "status", "--token", "wrong")
         assert r.returncode == 2 and "refused the token" in r.stderr, r.stderr
-        r = remote(server.url, "ingest", str(outside), "--kb", "d", "--batch", "--embedder", "fake",
-                   env={"KBINGEST_TOKEN": "s3cret"})
-        assert r.returncode == 2 and r.stderr.startswith(f"kbingest: the server at {server.url} refused: source ") \
-            and "--allow-root" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        r = remote(
+            server.url,
+            "ingest",
+            str(outside),
+            "--kb",
+            "d",
+            "--batch",
+            "--embedder",
+            "fake",
+            env={"KBINGEST_TOKEN": "s3cret"},
+        )
+        assert (
+            r.returncode == 2
+            and r.stderr.startswith(f"kbingest: the server at {server.url} refused: source ")
+            and "--allow-root" in r.stderr
+            and r.stderr.count("\n") == 1
+        ), r.stderr
         assert remote(server.url, "--token", "s3cret", "jobs").returncode == 0
         r = run_cli("--server", server.url, "--token", "s3cret", "jobs")
         assert r.returncode == 0 and r.stderr == "kbingest: no jobs in this home yet\n", r.stderr
@@ -204,17 +254,22 @@ def test_dashboard_of_a_server_job_leaves_it_running_there_exit_0(tmp_path, monk
     quitting while the server still runs it is exit 0, saying so (not the exit code of a failed job)."""
     from kbingest.app import dashboard
     from kbingest.app.remote import RemoteJob, RemoteService
+    from kbingest.pipeline.job.tracker import PhaseTracker
     from kbingest.pipeline.models import JobConfig
     from kbingest.pipeline.service import JobInfo
-
-    from kbingest.pipeline.job.tracker import PhaseTracker
     from kbingest.pipeline.status import JobStatus
 
     tracker = PhaseTracker("d-1", "d")
     tracker.set_status(JobStatus.RUNNING, "loading")
     snap = tracker.snapshot()
-    info = JobInfo(job_id="d-1", kb="d", config=JobConfig(sources=["/srv/d"], kb="d"), status=snap,
-                   created_at="2026-12-06T10:00:00Z", updated_at="2026-12-06T10:00:01Z")
+    info = JobInfo(
+        job_id="d-1",
+        kb="d",
+        config=JobConfig(sources=["/srv/d"], kb="d"),
+        status=snap,
+        created_at="2026-12-06T10:00:00Z",
+        updated_at="2026-12-06T10:00:01Z",
+    )
     service = RemoteService("http://127.0.0.1:9")
     monkeypatch.setattr(dashboard.KbIngestApp, "run", lambda self: None)  # the user quits at once
     assert dashboard.run_dashboard(service, RemoteJob(service, info, snap)) == 0

@@ -1,5 +1,6 @@
 """`kbingest serve` (issue 15) against a real uvicorn on 127.0.0.1: jobs over HTTP, the status
 contract at every poll, SSE, control with the CLI's semantics, metrics, notifications, security."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import REPO, copy_pages, run_cli
 from live_server import ThreadServer, free_port
 from test_crash_resume import waf_pages
@@ -173,9 +173,27 @@ def test_pause_resume_cancel_have_the_cli_semantics(serve, corpus, monkeypatch):
 def test_a_job_of_another_process_is_seen_and_paused(serve, corpus, tmp_path):
     s = serve(allow_roots=[str(corpus)])
     env = dict(os.environ, KBINGEST_FAKE_DELAY="0.02")
-    cli = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(s.service.home.root), "ingest",
-                            str(corpus), "--kb", "cli", "--batch", "--embedder", "fake"], cwd=str(REPO), env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(s.service.home.root),
+            "ingest",
+            str(corpus),
+            "--kb",
+            "cli",
+            "--batch",
+            "--embedder",
+            "fake",
+        ],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with httpx.Client(base_url=s.url, timeout=60) as c:
             deadline = time.monotonic() + 60
@@ -238,9 +256,10 @@ def test_metrics_parse_and_follow_the_job(serve, corpus, monkeypatch):
 
 
 def test_queue_depths_come_from_the_snapshot_when_it_has_them(tmp_path):
+    from test_dashboard_snapshots import running_snapshot
+
     from kbingest.app.server import EngineHost
     from kbingest.pipeline.service import Service
-    from test_dashboard_snapshots import running_snapshot
 
     host = EngineHost(Service(tmp_path / "h"), [])
     snap = running_snapshot()
@@ -305,8 +324,25 @@ def test_binds_loopback_by_default_and_refuses_other_addresses_without_token(tmp
 
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
     env = {k: v for k, v in os.environ.items() if k != "KBINGEST_TOKEN"}
-    r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "serve", "--host", "0.0.0.0",
-                        "--port", str(free_port())], capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(tmp_path / "h"),
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(REPO),
+    )
     assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -355,7 +391,7 @@ def test_request_bodies_are_capped(serve, corpus):
 
         def chunks():  # no Content-Length: counted as it streams in
             for i in range(0, len(big), 8192):
-                yield big[i:i + 8192]
+                yield big[i : i + 8192]
 
         r = c.post(f"{API}/kb/waf/jobs", content=chunks(), headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["error"] == "too_large"
@@ -365,8 +401,9 @@ def test_request_bodies_are_capped(serve, corpus):
 def test_cors_is_off(serve):
     s = serve()
     with httpx.Client(base_url=s.url, timeout=30) as c:
-        pre = c.options(f"{API}/jobs", headers={"Origin": "https://evil.example",
-                                                 "Access-Control-Request-Method": "GET"})
+        pre = c.options(
+            f"{API}/jobs", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+        )
         got = c.get(f"{API}/jobs", headers={"Origin": "https://evil.example"})
     for r in (pre, got):
         assert not any(h.lower().startswith("access-control-") for h in r.headers), r.headers

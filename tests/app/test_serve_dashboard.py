@@ -1,6 +1,7 @@
 """`kbingest --server URL`: the dashboard on a RemoteService (app/remote.py) over a real uvicorn on
 127.0.0.1, driven with Pilot: a job running in the server is listed live, and p, r and c steer it
 there. Also: p pauses a job running in another process of a local home (request_pause)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import REPO, copy_pages
 from live_server import ThreadServer
 from test_crash_resume import waf_pages
@@ -42,25 +42,38 @@ def test_remote_dashboard_lists_and_steers_a_server_job(tmp_path, monkeypatch):
         async def scenario() -> None:
             app = KbIngestApp(remote, None, poll_seconds=0.2, store_poll_seconds=0.2)
             async with app.run_test(size=SIZE) as pilot:
-                await wait_until(pilot, lambda: app.selected is not None and app.selected.job_id == job_id
-                                 and app.selected.running_elsewhere, "the server's job, running")
+                await wait_until(
+                    pilot,
+                    lambda: (
+                        app.selected is not None and app.selected.job_id == job_id and app.selected.running_elsewhere
+                    ),
+                    "the server's job, running",
+                )
                 assert app.home_label == server.url
                 assert app.check_action("pause", ()) is True and app.check_action("resume", ()) is None
                 await pilot.press("p")
-                await wait_until(pilot, lambda: server_status(server.url, job_id)["status"] == "paused",
-                                 "paused in the server")
+                await wait_until(
+                    pilot, lambda: server_status(server.url, job_id)["status"] == "paused", "paused in the server"
+                )
                 await wait_until(pilot, lambda: app.selected.status == JobStatus.PAUSED, "shown paused")
                 assert app.check_action("resume", ()) is True
                 await pilot.press("r")  # the server runs it again
-                await wait_until(pilot, lambda: server.host.live(job_id) is not None or
-                                 server_status(server.url, job_id)["status"] == "completed", "running in the server")
+                await wait_until(
+                    pilot,
+                    lambda: (
+                        server.host.live(job_id) is not None
+                        or server_status(server.url, job_id)["status"] == "completed"
+                    ),
+                    "running in the server",
+                )
                 await wait_until(pilot, lambda: app.selected.running_elsewhere, "shown running elsewhere")
                 assert app._live is None  # nothing runs in the dashboard's process
                 await pilot.press("c")
                 await wait_until(pilot, lambda: isinstance(app.screen, ConfirmCancelScreen), "the confirmation")
                 await pilot.press("y")
-                await wait_until(pilot, lambda: server_status(server.url, job_id)["status"] == "cancelled",
-                                 "cancelled in the server")
+                await wait_until(
+                    pilot, lambda: server_status(server.url, job_id)["status"] == "cancelled", "cancelled in the server"
+                )
                 await wait_until(pilot, lambda: app.selected.status == JobStatus.CANCELLED, "shown cancelled")
             lines = [e.text for e in app._events.of(job_id)]
             assert any("running → paused" in t for t in lines) and any("→ cancelled" in t for t in lines)
@@ -76,9 +89,26 @@ def test_local_dashboard_pauses_a_job_of_another_process(tmp_path):
     corpus = copy_pages(tmp_path / "docs", waf_pages(16))
     home = tmp_path / "home"
     env = dict(os.environ, KBINGEST_FAKE_DELAY="0.03")
-    cli = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(corpus), "--kb", "d",
-                            "--batch", "--embedder", "fake"], cwd=str(REPO), env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(corpus),
+            "--kb",
+            "d",
+            "--batch",
+            "--embedder",
+            "fake",
+        ],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         svc = Service(home)
         deadline = time.monotonic() + 60
@@ -92,8 +122,11 @@ def test_local_dashboard_pauses_a_job_of_another_process(tmp_path):
         async def scenario() -> None:
             app = KbIngestApp(svc, None, store_poll_seconds=0.2)
             async with app.run_test(size=SIZE) as pilot:
-                await wait_until(pilot, lambda: app.selected is not None and app.selected.running_elsewhere,
-                                 "the other process's job")
+                await wait_until(
+                    pilot,
+                    lambda: app.selected is not None and app.selected.running_elsewhere,
+                    "the other process's job",
+                )
                 assert app.check_action("pause", ()) is True
                 await pilot.press("p")
                 await wait_until(pilot, lambda: app.selected.status == JobStatus.PAUSED, "paused")
@@ -111,4 +144,9 @@ def test_dashboard_on_an_unreachable_server_is_one_line_exit_2():
     from live_server import free_port
 
     r = run_cli("--server", f"http://127.0.0.1:{free_port()}", timeout=60)
-    assert r.returncode == 2 and "cannot reach the server at" in r.stderr and "(connection refused)" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "cannot reach the server at" in r.stderr
+        and "(connection refused)" in r.stderr
+        and "Traceback" not in r.stderr
+    )

@@ -2,6 +2,7 @@
 SSE through pause and resume with Last-Event-ID, the OpenAPI's errors, /docs offline, the lines an
 operator reads, and (kept from the retired status front's tests) a mix of requests on one
 connection, the token, 404, 413, SIGTERM, idle connections and a port in use, against the command."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ import time
 
 import httpx
 import pytest
-
 from live_server import ProcessServer
 from test_serve import API, _Responses, corpus, serve, start_job, wait_running_with_progress, wait_status  # noqa: F401
 
@@ -140,13 +140,14 @@ def test_last_event_id_resumes_a_dropped_stream_without_a_gap(serve, corpus, mon
         rest: list = []
         with c.stream("GET", f"{API}/jobs/{job_id}/events", headers={"Last-Event-ID": first[-1][0]}) as r:
             rest = [e for e in _events(r.iter_lines()) if e is not None]
-        whole = [e for e in _events(_lines_of(c.get(f"{API}/jobs/{job_id}/events", headers={
-            "Last-Event-ID": first[0][0]})))]
+        whole = [
+            e for e in _events(_lines_of(c.get(f"{API}/jobs/{job_id}/events", headers={"Last-Event-ID": first[0][0]})))
+        ]
     boot, n = first[-1][0].split(".")
     numbers = [int(e[0].split(".")[1]) for e in rest]
     assert numbers == list(range(int(n) + 1, int(n) + 1 + len(numbers))), "every event after the last one seen"
     assert rest[-1][1]["status"] == "completed"
-    assert [e[0] for e in whole][:len(rest) + 1][1:] == [e[0] for e in rest], "the same journal"
+    assert [e[0] for e in whole][: len(rest) + 1][1:] == [e[0] for e in rest], "the same journal"
 
 
 def _lines_of(r: httpx.Response):
@@ -177,15 +178,20 @@ def test_every_route_documents_its_statuses_with_the_one_error_schema(serve, cor
         assert "text/event-stream" in ev
         # real answers, each checked against what the spec says of its route and status
         schema = {"$ref": "#/components/schemas/Error", "components": spec["components"]}
-        answers = [("get", API + "/jobs/{job_id}", c.get(f"{API}/jobs/nope")),
-                   ("get", API + "/kb/{kb_id}/status", c.get(f"{API}/kb/nope/status")),
-                   ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"sources": ["/etc"]})),
-                   ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"nope": 1})),
-                   ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", content=b"x" * 70000,
-                                                              headers={"Content-Type": "application/json"})),
-                   ("get", API + "/jobs", httpx.get(f"{s.url}{API}/jobs")),
-                   ("post", API + "/jobs/{job_id}/pause", c.post(f"{API}/jobs/nope/pause")),
-                   ("get", API + "/kb/{kb_id}/search", c.get(f"{API}/kb/waf/search", params={"q": " "}))]
+        answers = [
+            ("get", API + "/jobs/{job_id}", c.get(f"{API}/jobs/nope")),
+            ("get", API + "/kb/{kb_id}/status", c.get(f"{API}/kb/nope/status")),
+            ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"sources": ["/etc"]})),
+            ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"nope": 1})),
+            (
+                "post",
+                API + "/kb/{kb_id}/jobs",
+                c.post(f"{API}/kb/waf/jobs", content=b"x" * 70000, headers={"Content-Type": "application/json"}),
+            ),
+            ("get", API + "/jobs", httpx.get(f"{s.url}{API}/jobs")),
+            ("post", API + "/jobs/{job_id}/pause", c.post(f"{API}/jobs/nope/pause")),
+            ("get", API + "/kb/{kb_id}/search", c.get(f"{API}/kb/waf/search", params={"q": " "})),
+        ]
         for method, path, r in answers:
             assert str(r.status_code) in spec["paths"][path][method]["responses"], (path, r.status_code)
             jsonschema.validate(r.json(), schema)
@@ -309,7 +315,12 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "serve", "--port",
-                            str(port)], cwd=str(REPO), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "serve", "--port", str(port)],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert r.returncode == 2, r.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr

@@ -1,16 +1,24 @@
 """pipeline/chunk/chunking.py: sections, packing, splitting, overlap, invariants (on the real tokenizer)."""
+
 from __future__ import annotations
 
 import random
 import time
 
 import pytest
+from conftest import WAF
 from markdown_it import MarkdownIt
 
-from conftest import WAF
 from kbingest.pipeline.chunk import chunking
-from kbingest.pipeline.chunk.chunking import (CHUNKER_VERSION, ChunkDraft, ChunkedDocument, Chunker, ChunkingError,
-                               ChunkSettings, _WordCounts)
+from kbingest.pipeline.chunk.chunking import (
+    CHUNKER_VERSION,
+    ChunkDraft,
+    ChunkedDocument,
+    Chunker,
+    ChunkingError,
+    ChunkSettings,
+    _WordCounts,
+)
 from kbingest.pipeline.chunk.tokens import default_counter
 
 MD = MarkdownIt("commonmark").enable("table")
@@ -40,28 +48,40 @@ def assert_invariants(doc: ChunkedDocument, s: ChunkSettings, counter) -> None:
 def body_of(c: ChunkDraft) -> str:
     """A chunk's text without its continuation prefix."""
     prefix = c.heading_path + "\n\n"
-    return c.text[len(prefix):] if c.heading_path and c.text.startswith(prefix) else c.text
+    return c.text[len(prefix) :] if c.heading_path and c.text.startswith(prefix) else c.text
 
 
 def sentences(n: int, seed: int = 0, words: int = 12) -> list[str]:
     rnd = random.Random(seed)
-    vocab = ("cloud workload reliability design team data service cost model region failure recovery "
-             "network identity storage latency budget scale secure monitor review plan").split()
+    vocab = (
+        "cloud workload reliability design team data service cost model region failure recovery "
+        "network identity storage latency budget scale secure monitor review plan"
+    ).split()
     return [f"S{i} " + " ".join(rnd.choice(vocab) for _ in range(words)) + "." for i in range(n)]
 
 
 # ---- settings ---------------------------------------------------------------------------------
 
+
 def test_settings_validate_and_fingerprint():
     s = ChunkSettings()
     assert (s.max_tokens, s.overlap_tokens, s.max_chars) == (240, 32, 4000)
-    assert s.fingerprint() == ChunkSettings().fingerprint()          # stable
+    assert s.fingerprint() == ChunkSettings().fingerprint()  # stable
     assert CHUNKER_VERSION in s.fingerprint()
-    fps = {ChunkSettings(max_tokens=200).fingerprint(), ChunkSettings(overlap_tokens=0).fingerprint(),
-           ChunkSettings(max_chars=1000).fingerprint(), s.fingerprint()}
-    assert len(fps) == 4                                              # every setting is in it
-    for bad in (dict(max_tokens=8193), dict(max_tokens=4), dict(overlap_tokens=-1),
-                dict(overlap_tokens=240), dict(max_chars=10)):
+    fps = {
+        ChunkSettings(max_tokens=200).fingerprint(),
+        ChunkSettings(overlap_tokens=0).fingerprint(),
+        ChunkSettings(max_chars=1000).fingerprint(),
+        s.fingerprint(),
+    }
+    assert len(fps) == 4  # every setting is in it
+    for bad in (
+        dict(max_tokens=8193),
+        dict(max_tokens=4),
+        dict(overlap_tokens=-1),
+        dict(overlap_tokens=240),
+        dict(max_chars=10),
+    ):
         with pytest.raises(ValueError):
             ChunkSettings(**bad)
 
@@ -88,22 +108,29 @@ Body text.
 def test_front_matter_is_metadata_never_text(counter):
     doc = chunk(FRONT, counter)
     assert doc.title == "Design: principles"
-    assert doc.metadata == {"title": "Design: principles", "description": "Review the design principles",
-                            "author": "O'Brien", "ms.date": "04/15/2024"}
+    assert doc.metadata == {
+        "title": "Design: principles",
+        "description": "Review the design principles",
+        "author": "O'Brien",
+        "ms.date": "04/15/2024",
+    }
     joined = "\n".join(c.text for c in doc.chunks)
     assert "ms.date" not in joined and "author" not in joined and "---" not in joined
     assert doc.chunks[0].text.startswith("# The H1 title")
 
 
-@pytest.mark.parametrize("text", [
-    "---\ntitle: never closed\n# Heading\n\ntext",
-    "---\n: : :\n\t[\n  - x\n---\ntext",
-    "---\n---\ntext",
-    "---",
-    "---\n",
-    "--- \ntitle: x\n...\ntext",
-    "---\n\x00\ufeff\ud7ff: \"\n---\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "---\ntitle: never closed\n# Heading\n\ntext",
+        "---\n: : :\n\t[\n  - x\n---\ntext",
+        "---\n---\ntext",
+        "---",
+        "---\n",
+        "--- \ntitle: x\n...\ntext",
+        '---\n\x00\ufeff\ud7ff: "\n---\n',
+    ],
+)
 def test_malformed_front_matter_never_raises(counter, text):
     doc = chunk(text, counter)
     assert isinstance(doc.metadata, dict)
@@ -113,7 +140,7 @@ def test_malformed_front_matter_never_raises(counter, text):
 def test_unclosed_or_non_yaml_front_matter_stays_text(counter):
     doc = chunk("---\ntitle: never closed\n\nSome text.", counter)
     assert doc.metadata == {} and "Some text." in doc.chunks[-1].text
-    doc = chunk("---\nNot yaml at all\n---\n\nMore.", counter)   # a thematic break, then a setext H2
+    doc = chunk("---\nNot yaml at all\n---\n\nMore.", counter)  # a thematic break, then a setext H2
     assert doc.metadata == {} and doc.chunks[0].heading_path == "Not yaml at all"
 
 
@@ -154,10 +181,10 @@ def test_nested_heading_paths_pop_properly(counter):
     got = [(c.heading_path, c.text.splitlines()[0]) for c in doc.chunks]
     assert got == [
         ("", "Preamble before any heading."),
-        ("Top bold code link", "# Top **bold** `code` [link](http://example.com)"),   # markup kept in text
+        ("Top bold code link", "# Top **bold** `code` [link](http://example.com)"),  # markup kept in text
         ("Top bold code link > Second", "## Second"),
         ("Top bold code link > Second > Third", "### Third"),
-        ("Top bold code link > Back to two", "## Back to two"),                        # H2 after H3 pops
+        ("Top bold code link > Back to two", "## Back to two"),  # H2 after H3 pops
         ("New top", "# New top"),
     ]
 
@@ -185,7 +212,7 @@ def test_no_headings_at_all(counter):
 
 def test_a_chunk_never_spans_two_sections(counter):
     text = "\n\n".join(f"## Part {i}\n\nShort text {i}." for i in range(8))
-    doc = chunk(text, counter)                       # everything would fit in one chunk
+    doc = chunk(text, counter)  # everything would fit in one chunk
     assert len(doc.chunks) == 8
     for i, c in enumerate(doc.chunks):
         assert c.text == f"## Part {i}\n\nShort text {i}." and c.heading_path == f"Part {i}"
@@ -204,6 +231,7 @@ def test_continuation_chunks_start_with_the_heading_path(counter):
 
 # ---- packing and splitting --------------------------------------------------------------------
 
+
 def test_blocks_are_packed_greedily_and_markdown_is_preserved(counter):
     paras = [f"Paragraph {i} with **bold** and a [link](http://x/{i})." for i in range(6)]
     doc = chunk("\n\n".join(paras), counter)
@@ -216,7 +244,7 @@ def test_long_paragraph_splits_at_sentence_ends(counter):
     doc = chunk(text, counter, max_tokens=60, overlap_tokens=0)
     assert len(doc.chunks) > 5
     assert all(c.text.endswith(".") for c in doc.chunks)
-    assert " ".join(c.text for c in doc.chunks) == text                  # nothing lost, nothing repeated
+    assert " ".join(c.text for c in doc.chunks) == text  # nothing lost, nothing repeated
 
 
 def test_list_over_budget_splits_at_item_boundaries(counter):
@@ -224,7 +252,7 @@ def test_list_over_budget_splits_at_item_boundaries(counter):
     doc = chunk("\n".join(items), counter, max_tokens=60, overlap_tokens=0)
     assert len(doc.chunks) > 5
     pieces = [line for c in doc.chunks for line in c.text.split("\n")]
-    assert pieces == items                                               # whole items, in order
+    assert pieces == items  # whole items, in order
 
 
 def test_code_fence_kept_whole_when_it_fits(counter):
@@ -243,13 +271,13 @@ def test_long_code_fence_splits_into_valid_fences(counter):
     assert len(code_chunks) > 5
     seen = []
     for c in code_chunks:
-        fence = body_of(c)[body_of(c).index("~~~python title=demo\n"):]
+        fence = body_of(c)[body_of(c).index("~~~python title=demo\n") :]
         assert fence.endswith("\n~~~")
         tokens = [t for t in MD.parse(fence) if t.level == 0]
-        assert [t.type for t in tokens] == ["fence"], fence              # one valid fence per piece
+        assert [t.type for t in tokens] == ["fence"], fence  # one valid fence per piece
         assert tokens[0].info == "python title=demo"
         seen += tokens[0].content.splitlines()
-    assert seen == lines                                                 # every line once, in order
+    assert seen == lines  # every line once, in order
 
 
 def test_unclosed_fence_pieces_are_closed(counter):
@@ -290,15 +318,15 @@ def test_table_over_budget_repeats_its_header(counter):
 
 
 def test_giant_unspaced_word_is_capped_by_max_chars(counter):
-    word = "x" * 50_000                      # one [UNK] token: only the character cap bounds it
+    word = "x" * 50_000  # one [UNK] token: only the character cap bounds it
     doc = chunk(f"Before.\n\n{word}\n\nAfter.", counter, max_chars=1000, overlap_tokens=0)
     assert all(len(c.text) <= 1000 for c in doc.chunks)
     assert len(doc.chunks) >= 50
-    assert "".join(c.text for c in doc.chunks) == f"Before.\n\n{word}\n\nAfter."   # cut, nothing lost
+    assert "".join(c.text for c in doc.chunks) == f"Before.\n\n{word}\n\nAfter."  # cut, nothing lost
 
 
 def test_giant_word_of_many_tokens_is_cut_by_characters(counter):
-    word = "a." * 3000                       # 6000 tokens, no whitespace
+    word = "a." * 3000  # 6000 tokens, no whitespace
     doc = chunk(word, counter, max_tokens=50, overlap_tokens=0)
     assert "".join(c.text for c in doc.chunks) == word
 
@@ -316,7 +344,7 @@ def test_plain_text_mode(counter):
     assert all(c.heading_path == "" for c in doc.chunks)
     assert doc.chunks[0].text.startswith("# Not a heading\n\nFirst paragraph.")
     assert doc.title is None
-    assert all(c.text.endswith((".", "```")) for c in doc.chunks)        # paragraphs, then sentences
+    assert all(c.text.endswith((".", "```")) for c in doc.chunks)  # paragraphs, then sentences
 
 
 def test_document_over_the_hard_limit_raises(counter, monkeypatch):
@@ -326,6 +354,7 @@ def test_document_over_the_hard_limit_raises(counter, monkeypatch):
 
 
 # ---- overlap ----------------------------------------------------------------------------------
+
 
 def test_overlap_off_repeats_nothing(counter):
     paras = [" ".join(sentences(5, seed=i)) for i in range(10)]
@@ -343,16 +372,15 @@ def test_overlap_on_carries_the_previous_tail_within_budget(counter):
     for prev, cur in zip(sec, sec[1:]):
         prev_body, cur_body = body_of(prev), body_of(cur)
         # the longest start of cur that is the end of prev: the repeated text
-        overlap = max((k for k in range(1, len(cur_body) + 1)
-                       if prev_body.endswith(cur_body[:k])), default=0)
+        overlap = max((k for k in range(1, len(cur_body) + 1) if prev_body.endswith(cur_body[:k])), default=0)
         if overlap:
             carried += 1
             repeated = cur_body[:overlap]
-            assert repeated.endswith((".", ".\n")) or repeated.rstrip().endswith(".")   # whole sentences
+            assert repeated.endswith((".", ".\n")) or repeated.rstrip().endswith(".")  # whole sentences
             assert counter.count(repeated) <= s.overlap_tokens
     assert carried >= len(sec) // 2
     nxt = [c for c in doc.chunks if c.heading_path == "Next"]
-    assert nxt[0].text == "# Next\n\nEnd."                               # never crosses a section
+    assert nxt[0].text == "# Next\n\nEnd."  # never crosses a section
 
 
 def test_overlap_adds_text_compared_to_no_overlap(counter):
@@ -365,15 +393,17 @@ def test_overlap_adds_text_compared_to_no_overlap(counter):
 
 # ---- counting, determinism, corpus ------------------------------------------------------------
 
+
 def test_cached_word_counts_are_exact(counter):
     rnd = random.Random(3)
     alphabet = list("abcXYZ019 \t\n.,;:!?'\"()[]{}<>/\\|-_=+*&^%$#@~`") + list(
-        "éüßİΣς—’“…中文字😀\u00a0\u3000\u200b\x00\x01\x0b\x0c\x1c\x1f\x7f\x85\u2028\u0301ﬁ")
+        "éüßİΣς—’“…中文字😀\u00a0\u3000\u200b\x00\x01\x0b\x0c\x1c\x1f\x7f\x85\u2028\u0301ﬁ"
+    )
     texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 200))) for _ in range(500)]
     texts += ["word " * 50, "x" * 150, "a." * 300, ""]
     wc = _WordCounts(counter)
     assert wc.count(texts) == counter.count_batch(texts)
-    assert wc.count(texts[::-1]) == counter.count_batch(texts[::-1])   # warm cache, same answers
+    assert wc.count(texts[::-1]) == counter.count_batch(texts[::-1])  # warm cache, same answers
 
 
 def test_tokenizer_calls_per_document_are_few(counter):
@@ -396,9 +426,9 @@ def test_tokenizer_calls_per_document_are_few(counter):
     text = (WAF / "reliability" / "principles.md").read_text(encoding="utf-8")
     first = chunker.chunk(text)
     assert len(first.chunks) > 5
-    assert len(calls) <= 2, calls                    # one batched call (+ one for oversize blocks)
+    assert len(calls) <= 2, calls  # one batched call (+ one for oversize blocks)
     calls.clear()
-    assert chunker.chunk(text) == first              # second time: every word is known
+    assert chunker.chunk(text) == first  # second time: every word is known
     assert calls == []
 
 

@@ -1,6 +1,7 @@
 """Hostile inputs to pipeline/chunk/chunking.py: each one finishes within an asserted time bound and keeps
 the chunk invariants (no empty chunk, <= max_chars, <= max_tokens on a sample checked with the
 real tokenizer)."""
+
 from __future__ import annotations
 
 import random
@@ -14,8 +15,8 @@ import pytest
 from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.chunk.tokens import default_counter
 
-TIME_BOUND_S = 20.0          # asserted per case
-HANG_GUARD_S = 120           # SIGALRM: a hang fails the test instead of blocking the run
+TIME_BOUND_S = 20.0  # asserted per case
+HANG_GUARD_S = 120  # SIGALRM: a hang fails the test instead of blocking the run
 MAX_RSS_BYTES = 3 * 1024**3  # peak resident memory of the test process
 SETTINGS = ChunkSettings()
 
@@ -85,21 +86,21 @@ def test_10mb_single_line_with_spaces(chunker, counter):
 
 
 def test_10mb_single_line_without_spaces(chunker, counter):
-    text = "x" * 10_000_000                                # [UNK] pieces: bounded by max_chars
+    text = "x" * 10_000_000  # [UNK] pieces: bounded by max_chars
     doc = timed_chunk(chunker, text)
     assert_invariants(doc, counter)
     assert "".join(c.text for c in doc.chunks) == text
 
 
 def test_10mb_single_line_of_punctuation(chunker, counter):
-    text = "a." * 5_000_000                                # one token per character, no whitespace
+    text = "a." * 5_000_000  # one token per character, no whitespace
     doc = timed_chunk(chunker, text)
     assert_invariants(doc, counter)
     assert "".join(c.text for c in doc.chunks) == text
 
 
 def test_5000_nested_list_levels_on_indented_lines(chunker, counter):
-    text = "\n".join("  " * i + f"- item {i}" for i in range(5000))     # 25 MB, mostly indentation
+    text = "\n".join("  " * i + f"- item {i}" for i in range(5000))  # 25 MB, mostly indentation
     doc = timed_chunk(chunker, text)
     assert_invariants(doc, counter)
     assert "item 4999" in doc.chunks[-1].text
@@ -124,7 +125,7 @@ def test_recursion_error_falls_back_to_plain_text(chunker, counter, monkeypatch)
     text = "# Title\n\n" + "\n".join("  " * i + f"- item {i}" for i in range(300))
     doc = timed_chunk(chunker, text)
     assert_invariants(doc, counter)
-    assert all(c.heading_path == "" for c in doc.chunks)       # plain-text paragraphs
+    assert all(c.heading_path == "" for c in doc.chunks)  # plain-text paragraphs
     assert doc.chunks[0].text.startswith("# Title")
 
 
@@ -134,14 +135,14 @@ def test_table_of_100k_cells(chunker, counter):
     doc = timed_chunk(chunker, "## Big table\n\n" + head + "\n" + "\n".join(rows))
     assert_invariants(doc, counter)
     table_chunks = [c for c in doc.chunks if "|r" in c.text]
-    assert all(head in c.text for c in table_chunks)           # the header is repeated in every piece
+    assert all(head in c.text for c in table_chunks)  # the header is repeated in every piece
     assert sum(c.text.count("\n|r") for c in table_chunks) == len(rows)
 
 
 def test_table_of_100k_cells_in_wide_rows(chunker, counter):
     head = "|" + "|".join(f"h{j}" for j in range(1000)) + "|\n|" + "---|" * 1000
     rows = "\n".join("|" + "|".join(f"c{j}" for j in range(1000)) + "|" for _ in range(100))
-    doc = timed_chunk(chunker, head + "\n" + rows)              # header too big to repeat
+    doc = timed_chunk(chunker, head + "\n" + rows)  # header too big to repeat
     assert_invariants(doc, counter)
 
 

@@ -1,5 +1,6 @@
 """kbingest's embedding runtime (pipeline/embed/runtime.py, pipeline/embed/onnx_attention.py): the graph rewrite,
 the same vectors as fastembed on real WAF chunks, the derived-file cache and the fallback."""
+
 from __future__ import annotations
 
 import collections
@@ -7,7 +8,6 @@ import logging
 
 import numpy as np
 import pytest
-
 from conftest import WAF
 
 onnx = pytest.importorskip("onnx")
@@ -72,8 +72,9 @@ def test_rewrite_refuses_a_graph_without_the_pattern():
 
     x = helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["attention_mask"], ["y"])],
-                                                "g", [x], [y]))
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Softmax", ["attention_mask"], ["y"])], "g", [x], [y])
+    )
     with pytest.raises(RewriteError):
         fuse_attention(model, num_heads=12)
 
@@ -103,7 +104,7 @@ def test_same_vectors_as_fastembed_on_real_chunks(tmp_path, monkeypatch):
     want = np.concatenate([ref.embed([t]) for t in texts])  # fastembed batch 1, as kbingest used it
     fast = FastEmbedder(threads=2)
     assert fast.runtime == "onnxruntime-fused" and fast.dim == ref.dim == 384
-    got = np.concatenate([fast.embed(texts[i:i + 16]) for i in range(0, len(texts), 16)])
+    got = np.concatenate([fast.embed(texts[i : i + 16]) for i in range(0, len(texts), 16)])
     assert got.dtype == np.float32 and got.shape == want.shape
     cos = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     assert cos.min() >= 0.999, f"vectors drift from fastembed's: cosine min {cos.min():.6f}"
@@ -141,7 +142,9 @@ def test_rewrite_failure_falls_back_to_fastembed_with_a_warning(tmp_path, monkey
     with caplog.at_level(logging.WARNING, logger="kbingest.embedding"):
         emb = FastEmbedder()
     assert emb.runtime == "fastembed"
-    assert any("fast embedding runtime unavailable" in r.getMessage() and "not the pattern" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "fast embedding runtime unavailable" in r.getMessage() and "not the pattern" in r.getMessage()
+        for r in caplog.records
+    )
     v = emb.embed(["still embeds", "two texts"])
     assert v.shape == (2, 384) and not list((tmp_path / "cache").rglob("*.onnx"))

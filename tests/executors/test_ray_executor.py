@@ -7,6 +7,7 @@ subprocesses, as a user would, with the fake embedder. The smoke test (a job tha
 its own local Ray) and four more always run; two more driver kills and the two-node test run with
 KBINGEST_RAY_TESTS=all (too slow for every CI run on a shared 2-core machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,21 +21,22 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, WAF, run_cli
 
 from bench.ray_cluster import start_nodes, stop_nodes
-from conftest import REPO, WAF, run_cli
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.xdist_group("ray")  # one worker: one session cluster, and the temp-dir check
 # CI runs the smoke test, the same-table test, one driver kill, the actor kill and pause/resume/cancel;
 # the other kills and the two-node test are slower: KBINGEST_RAY_TESTS=all runs them too.
-ray_slow = pytest.mark.skipif(os.environ.get("KBINGEST_RAY_TESTS") != "all",
-                              reason="slow Ray test: set KBINGEST_RAY_TESTS=all")
+ray_slow = pytest.mark.skipif(
+    os.environ.get("KBINGEST_RAY_TESTS") != "all", reason="slow Ray test: set KBINGEST_RAY_TESTS=all"
+)
 pytest.importorskip("lance")
 
 KB = "k"
 N_PAGES = 24
-WAVE = "4"      # documents per wave: 6 waves over the corpus
+WAVE = "4"  # documents per wave: 6 waves over the corpus
 
 
 def waf_pages(n: int) -> list[str]:
@@ -78,8 +80,15 @@ def ray_address(tmp_path_factory):
     """One local cluster for the session: 2 CPUs, no dashboard, a bounded object store, a private
     temp dir (short: Ray's socket paths must stay under 108 bytes)."""
     temp = tempfile.mkdtemp(prefix="kbr-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024,
-             _temp_dir=temp, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024 * 1024,
+        _temp_dir=temp,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
@@ -100,8 +109,7 @@ def clean_table(tmp_path_factory, corpus) -> list[tuple]:
 
 
 def ray_opts(address: str, *extra: str) -> list[str]:
-    return ["--executor", "ray", "--ray-address", address, "--ray-embed-actors", "1", "--ray-wave-docs", WAVE,
-            *extra]
+    return ["--executor", "ray", "--ray-address", address, "--ray-embed-actors", "1", "--ray-wave-docs", WAVE, *extra]
 
 
 # ---- always: the smoke test --------------------------------------------------------------------
@@ -134,8 +142,12 @@ def test_ray_same_table_and_four_phases(tmp_path, ray_address, corpus, clean_tab
     assert final["metrics"]["commits"] == final["metrics"]["ray_waves"]  # one merge_insert a wave
     assert final["metrics"]["chunks_indexed"] == len(clean_table)
     totals = {p["name"]: (p["items_processed"], p["items_total"]) for p in final["phase_details"]}
-    assert totals == {"loading": (N_PAGES, N_PAGES), "chunking": (N_PAGES, N_PAGES),
-                      "embedding": (len(clean_table),) * 2, "indexing": (len(clean_table),) * 2}
+    assert totals == {
+        "loading": (N_PAGES, N_PAGES),
+        "chunking": (N_PAGES, N_PAGES),
+        "embedding": (len(clean_table),) * 2,
+        "indexing": (len(clean_table),) * 2,
+    }
     assert table(tmp_path / "h") == clean_table
 
 
@@ -158,8 +170,10 @@ def test_ray_edited_page_reuses_the_stored_vectors_of_its_unchanged_texts(tmp_pa
     assert staging_left(home) == []
 
 
-@pytest.mark.parametrize("crash_at", ["ray_staged:2", pytest.param("after_commit:2", marks=ray_slow),
-                                      pytest.param("ray_staged:1", marks=ray_slow)])
+@pytest.mark.parametrize(
+    "crash_at",
+    ["ray_staged:2", pytest.param("after_commit:2", marks=ray_slow), pytest.param("ray_staged:1", marks=ray_slow)],
+)
 def test_ray_driver_sigkill_then_resume_gives_the_clean_table(tmp_path, ray_address, corpus, clean_table, crash_at):
     """Killed (SIGKILL-like: no cleanup) with a wave staged but not committed, or committed but not
     checkpointed: resume gives exactly the clean table, and the staging is gone."""
@@ -178,10 +192,30 @@ def test_ray_driver_sigkill_then_resume_gives_the_clean_table(tmp_path, ray_addr
 def test_ray_driver_killed_mid_wave_then_resume(tmp_path, ray_address, corpus, clean_table):
     """A timed SIGKILL of the driver while the actors embed, then resume: the clean table."""
     home = tmp_path / "h"
-    proc = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(corpus), "--kb", KB,
-                             "--batch", "--embedder", "fake", "--job-id", "j2", *ray_opts(ray_address)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(REPO),
-                            env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(corpus),
+            "--kb",
+            KB,
+            "--batch",
+            "--embedder",
+            "fake",
+            "--job-id",
+            "j2",
+            *ray_opts(ray_address),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"),
+    )
     for line in proc.stdout:  # the first wave committed: kill in the middle of the next
         if line.startswith("{") and (json.loads(line)["metrics"].get("ray_waves") or 0) >= 1:
             break
@@ -196,8 +230,12 @@ def test_ray_driver_killed_mid_wave_then_resume(tmp_path, ray_address, corpus, c
 
 def test_ray_killed_actor_is_restarted_and_the_job_completes(tmp_path, ray_address, corpus, clean_table):
     marker = tmp_path / "actor-killed"
-    res = ingest(tmp_path / "h", corpus, *ray_opts(ray_address),
-                 env={"KBINGEST_CRASH_AT": "ray_actor:2", "KBINGEST_CRASH_ONCE": str(marker)})
+    res = ingest(
+        tmp_path / "h",
+        corpus,
+        *ray_opts(ray_address),
+        env={"KBINGEST_CRASH_AT": "ray_actor:2", "KBINGEST_CRASH_ONCE": str(marker)},
+    )
     assert marker.exists(), "the actor was killed"
     assert res.returncode == 0, res.stderr
     assert table(tmp_path / "h") == clean_table
@@ -218,10 +256,30 @@ def _wait_for_embedding(home: Path, job: str, proc: subprocess.Popen, timeout: f
 
 
 def _start(home: Path, corpus: Path, job: str, address: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(corpus), "--kb", KB,
-                             "--batch", "--embedder", "fake", "--job-id", job, *ray_opts(address)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
-                            env=dict(os.environ, KBINGEST_FAKE_DELAY="0.05"))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(corpus),
+            "--kb",
+            KB,
+            "--batch",
+            "--embedder",
+            "fake",
+            "--job-id",
+            job,
+            *ray_opts(address),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ, KBINGEST_FAKE_DELAY="0.05"),
+    )
 
 
 def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
@@ -293,8 +351,18 @@ def test_a_stopped_pass_silences_ray_data_only_while_it_ends(tmp_path, ray_addre
     monkeypatch.setenv("KBINGEST_FAKE_DELAY", "0.05")
     logger = logging.getLogger("ray.data")
     svc = Service(tmp_path / "h")
-    job = svc.start(svc.config([str(corpus)], KB, embedder="fake", executor="ray", ray_address=ray_address,
-                               ray_embed_actors=1, ray_wave_docs=int(WAVE)), job_id="jl")
+    job = svc.start(
+        svc.config(
+            [str(corpus)],
+            KB,
+            embedder="fake",
+            executor="ray",
+            ray_address=ray_address,
+            ray_embed_actors=1,
+            ray_wave_docs=int(WAVE),
+        ),
+        job_id="jl",
+    )
     runner = threading.Thread(target=job.run, daemon=True)
     runner.start()
     end = time.monotonic() + 180
@@ -315,8 +383,20 @@ def test_ray_two_local_nodes_share_the_work(tmp_path, corpus, clean_table):
     temp = tempfile.mkdtemp(prefix="kbr2-")
     address, procs, env = start_nodes(temp, nodes=2, cpus=2)  # Ray Data spreads the two actors
     try:
-        res = ingest(tmp_path / "h", corpus, "--executor", "ray", "--ray-address", address,
-                     "--ray-embed-actors", "2", "--ray-wave-docs", "12", env=env, timeout=240)
+        res = ingest(
+            tmp_path / "h",
+            corpus,
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+            "--ray-embed-actors",
+            "2",
+            "--ray-wave-docs",
+            "12",
+            env=env,
+            timeout=240,
+        )
         assert res.returncode == 0, res.stderr
         by_node = last_status(res.stdout)["metrics"]["ray_rows_by_node"]
         assert len(by_node) == 2, by_node  # tasks reported from two node ids

@@ -1,5 +1,6 @@
 """The home's shared embedding budget (pipeline/job/budget.py): one embedding call at a time across jobs,
 fair turns, and a watch burst before bulk work."""
+
 from __future__ import annotations
 
 import threading

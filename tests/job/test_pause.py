@@ -4,6 +4,7 @@ One long document (many chunks) embedded slowly by the fake embedder: a pause re
 middle of it returns within about one batch's time, nothing of the half-embedded document is
 written, and the resumed job ends with the same chunk set as a run never paused.
 """
+
 from __future__ import annotations
 
 import threading
@@ -11,8 +12,8 @@ import time
 
 from kbingest.pipeline.embed.embedding import FakeEmbedder
 from kbingest.pipeline.job.engine import IngestJob
-from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.jobstore.recovery import open_store
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobPhase, JobStatus
@@ -22,14 +23,15 @@ DELAY_S = 0.05  # per text: 0.2 s a batch
 
 
 def long_document(path, sections: int = 30) -> None:
-    body = "\n\n".join(f"## Section {i}\n\n" + " ".join(f"word{i}x{j} sentence about topic {i}." for j in range(40))
-                       for i in range(sections))
+    body = "\n\n".join(
+        f"## Section {i}\n\n" + " ".join(f"word{i}x{j} sentence about topic {i}." for j in range(40))
+        for i in range(sections)
+    )
     path.write_text("# A long page\n\n" + body + "\n")
 
 
 def config(src) -> JobConfig:
-    return JobConfig(sources=[str(src)], kb="docs", embedder="fake", batch_size=BATCH, max_tokens=64,
-                     overlap_tokens=8)
+    return JobConfig(sources=[str(src)], kb="docs", embedder="fake", batch_size=BATCH, max_tokens=64, overlap_tokens=8)
 
 
 def test_pause_mid_document_returns_within_a_batch_and_resume_matches_clean_run(tmp_path):

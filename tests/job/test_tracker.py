@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from kbingest.pipeline.status import InvalidTransition, JobPhase, JobStatus
 from kbingest.pipeline.job.tracker import PhaseTracker
+from kbingest.pipeline.status import InvalidTransition, JobPhase, JobStatus
 
 
 class Clock:
@@ -211,8 +211,11 @@ def test_every_status_change_is_kept_for_a_slow_poller():
     snaps, seq2 = t.snapshots_since(seq)
     assert seq2 == seq + 10 and len(snaps) == 11
     assert [s.status for s in snaps[:2]] == [JobStatus.RUNNING, JobStatus.RUNNING]
-    assert [detail(s, "chunking").status for s in snaps[2:5]] == [JobStatus.PENDING, JobStatus.RUNNING,
-                                                                   JobStatus.COMPLETED]
+    assert [detail(s, "chunking").status for s in snaps[2:5]] == [
+        JobStatus.PENDING,
+        JobStatus.RUNNING,
+        JobStatus.COMPLETED,
+    ]
     assert snaps[-2].status == snaps[-1].status == JobStatus.COMPLETED  # the last change, then now
     assert [s.progress for s in snaps] == sorted(s.progress for s in snaps)
     again, seq3 = t.snapshots_since(seq2)
@@ -233,10 +236,10 @@ def test_job_eta_counts_bytes_not_chunked_at_the_chunks_per_byte_seen():
     _running_pass(t, 1000)
     t.add_total(JobPhase.CHUNKING)
     t.advance(JobPhase.CHUNKING)
-    t.settle_bytes(100, chunks=10)      # 0.1 chunk per byte so far
+    t.settle_bytes(100, chunks=10)  # 0.1 chunk per byte so far
     t.add_total(JobPhase.EMBEDDING, 10)
     clock.t += 10
-    t.advance(JobPhase.EMBEDDING, 5)    # 0.5 chunk/s
+    t.advance(JobPhase.EMBEDDING, 5)  # 0.5 chunk/s
     s = t.snapshot()
     # 5 chunks known and not embedded + 900 bytes not chunked x 0.1 = 95 chunks at 0.5/s
     assert s.eta_seconds == pytest.approx(190.0)
@@ -282,8 +285,8 @@ def test_phase_etas_never_beyond_the_jobs():
     t.settle_bytes(5000, chunks=100)
     t.add_total(JobPhase.EMBEDDING, 100)
     clock.t += 10
-    t.advance(JobPhase.LOADING, 10)     # loading alone would say 990 s
-    t.advance(JobPhase.EMBEDDING, 50)   # the job: 50 + 100 chunks at 5/s = 30 s
+    t.advance(JobPhase.LOADING, 10)  # loading alone would say 990 s
+    t.advance(JobPhase.EMBEDDING, 50)  # the job: 50 + 100 chunks at 5/s = 30 s
     s = t.snapshot()
     assert s.eta_seconds == pytest.approx(30.0)
     assert detail(s, "loading").eta_seconds == pytest.approx(30.0)

@@ -3,6 +3,7 @@
 Each test does what an editor or a user does, then collects bursts until one holds the path,
 and keeps collecting a little past the quiet time to be sure no second burst comes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,8 @@ from kbingest.pipeline.job.watch import Burst, ChangeFeed, _outermost, is_junk
 
 QUIET = 0.3
 STABLE = 0.15
-TAIL = QUIET + STABLE + 0.35   # after the first burst: long enough for a second one to show up
-POLL_INTERVAL = 0.3            # the polling observer's interval in these tests (1 s in use)
+TAIL = QUIET + STABLE + 0.35  # after the first burst: long enough for a second one to show up
+POLL_INTERVAL = 0.3  # the polling observer's interval in these tests (1 s in use)
 POLL_TAIL = TAIL + POLL_INTERVAL
 
 
@@ -71,9 +72,22 @@ def feed(docs):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def test_is_junk():
-    for name in ("x.md.swp", ".x.md.swp", "x.md.swx", "x.md~", ".#x.md", "#x.md#", "4913", "x.md.tmp",
-                 ".x.md.tmp", "image.gif", "Makefile", ""):
+    for name in (
+        "x.md.swp",
+        ".x.md.swp",
+        "x.md.swx",
+        "x.md~",
+        ".#x.md",
+        "#x.md#",
+        "4913",
+        "x.md.tmp",
+        ".x.md.tmp",
+        "image.gif",
+        "Makefile",
+        "",
+    ):
         assert is_junk(name), name
     for name in ("x.md", "X.MD", "notes.markdown", "a.txt", ".hidden.md"):
         assert not is_junk(name), name
@@ -85,7 +99,7 @@ def test_coarsen_big_bursts(monkeypatch):
     paths = [f"/r/a{i}/x{j}.md" for i in range(5) for j in range(4)] + ["/other/one.md"]
     assert sorted(feed._coarsen(paths)) == ["/other/one.md"] + [f"/r/a{i}" for i in range(5)]
     deep = [f"/r/d{i}/e/x.md" for i in range(30)]
-    assert feed._coarsen(deep) == ["/r"]          # never above the source root
+    assert feed._coarsen(deep) == ["/r"]  # never above the source root
     assert feed._coarsen(["/r/a.md"]) == ["/r/a.md"]
 
 
@@ -101,11 +115,15 @@ def test_watch_maps_real_paths_back_to_the_source():
 
 
 def test_outermost():
-    assert sorted(_outermost(["/a/b", "/a/b/c.md", "/a/b/d/e.md", "/a/bc.md", "/x.md"])) == \
-        ["/a/b", "/a/bc.md", "/x.md"]
+    assert sorted(_outermost(["/a/b", "/a/b/c.md", "/a/b/d/e.md", "/a/bc.md", "/x.md"])) == [
+        "/a/b",
+        "/a/bc.md",
+        "/x.md",
+    ]
 
 
 # ---- editors' save patterns ---------------------------------------------------------------------
+
 
 def _in_background(fn) -> tuple[threading.Thread, list[float]]:
     """Run fn in a thread (as an editor would, while the feed is being asked); [when it ended]."""
@@ -147,7 +165,7 @@ def test_chunked_write_is_one_burst(feed, docs):
     got = collect_timed(feed, want=lambda b: str(p) in b.paths)
     th.join()
     assert [b.paths for _, b in got] == [frozenset({str(p)})]
-    assert got[0][0] >= ended[0] + QUIET   # not before the last chunk had been quiet for a while
+    assert got[0][0] >= ended[0] + QUIET  # not before the last chunk had been quiet for a while
 
 
 def test_slow_chunked_write_waits_until_stable(feed, docs):
@@ -171,14 +189,14 @@ def test_slow_chunked_write_waits_until_stable(feed, docs):
 def test_write_without_events_is_waited_for_until_stable(feed, docs):
     """Stability is checked by stat, not only by events: a file whose size still changes after the
     quiet period (here: the quiet time is cut short by hand) is not reported until it stops."""
-    feed._stop_observer()                                    # no events: only the stat checks
+    feed._stop_observer()  # no events: only the stat checks
     p = docs / "a.md"
     p.write_text("# A\n\nfirst\n")
     with feed._lock:
-        feed._touch(str(p), time.monotonic() - 10)           # an event, long quiet since
-    assert feed._collect(time.monotonic())[0] is None        # first stat sample taken
-    p.write_text("# A\n\nfirst and more\n")                  # no event for this write
-    assert feed._collect(time.monotonic())[0] is None        # changed since the sample: wait again
+        feed._touch(str(p), time.monotonic() - 10)  # an event, long quiet since
+    assert feed._collect(time.monotonic())[0] is None  # first stat sample taken
+    p.write_text("# A\n\nfirst and more\n")  # no event for this write
+    assert feed._collect(time.monotonic())[0] is None  # changed since the sample: wait again
     time.sleep(STABLE + 0.05)
     burst, _ = feed._collect(time.monotonic())
     assert burst is not None and burst.paths == frozenset({str(p)})
@@ -255,6 +273,7 @@ def test_many_files_saved_together_are_one_burst(feed, docs):
 
 # ---- deletions and moves ----------------------------------------------------------------------
 
+
 def test_deletion(feed, docs):
     p = docs / "sub" / "b.md"
     p.unlink()
@@ -266,7 +285,7 @@ def test_folder_deleted(feed, docs):
     sub = docs / "sub"
     shutil.rmtree(sub)
     bursts = collect(feed, want=lambda b: str(sub) in b.paths)
-    assert [b.paths for b in bursts] == [frozenset({str(sub)})]   # its files are covered by the folder
+    assert [b.paths for b in bursts] == [frozenset({str(sub)})]  # its files are covered by the folder
 
 
 def test_move_within_tree(feed, docs):
@@ -326,9 +345,9 @@ def test_folder_copied_in_waits_for_its_files(feed, docs):
 
 # ---- what is ignored ----------------------------------------------------------------------------
 
+
 def test_junk_is_ignored(feed, docs):
-    for name in (".a.md.swp", "a.md.swx", "a.md~", ".#a.md", "#a.md#", "4913", "notes.tmp", "image.gif",
-                 "data.json"):
+    for name in (".a.md.swp", "a.md.swx", "a.md~", ".#a.md", "#a.md#", "4913", "notes.tmp", "image.gif", "data.json"):
         (docs / name).write_text("junk")
     (docs / ".git" / "objects").mkdir(parents=True)
     (docs / ".git" / "objects" / "readme.md").write_text("not ours")
@@ -355,6 +374,7 @@ def test_reading_files_is_not_a_change(feed, docs):
 
 
 # ---- sources of every kind ----------------------------------------------------------------------
+
 
 def test_single_file_source(tmp_path):
     d = tmp_path / "d"
@@ -408,6 +428,7 @@ def test_relative_source_gives_absolute_paths(docs, monkeypatch):
 
 # ---- polling, lost events, dead observers ----------------------------------------------------------
 
+
 @pytest.fixture
 def fast_polling(monkeypatch):
     monkeypatch.setattr(watch_mod, "POLL_INTERVAL_S", POLL_INTERVAL)
@@ -417,6 +438,7 @@ def test_forced_polling_reports_changes(docs, fast_polling):
     with ChangeFeed([str(docs)], QUIET, STABLE, force_polling=True) as feed:
         assert feed.polling
         from watchdog.observers.polling import PollingObserver
+
         assert isinstance(feed._observer, PollingObserver)
         p = docs / "a.md"
         p.write_text("# A\n\nchanged under polling\n")
@@ -435,14 +457,16 @@ def test_forced_polling_reports_moves_and_deletions(docs, fast_polling):
         (docs / "sub" / "b.md").unlink()
         want = {str(docs / "a.md"), str(docs / "sub" / "moved.md"), str(docs / "sub" / "b.md")}
         seen: set[str] = set()
-        for b in collect(feed, want=lambda b: want <= seen.union(b.paths) or not seen.update(b.paths),
-                         timeout=8, tail=POLL_TAIL):
+        for b in collect(
+            feed, want=lambda b: want <= seen.union(b.paths) or not seen.update(b.paths), timeout=8, tail=POLL_TAIL
+        ):
             seen |= b.paths
     assert want <= seen
 
 
-@pytest.mark.parametrize("method,err", [("start", errno.ENOSPC), ("schedule", errno.ENOSPC),
-                                        ("schedule", errno.EMFILE)])
+@pytest.mark.parametrize(
+    "method,err", [("start", errno.ENOSPC), ("schedule", errno.ENOSPC), ("schedule", errno.EMFILE)]
+)
 def test_inotify_limit_falls_back_to_polling(docs, monkeypatch, fast_polling, method, err):
     from watchdog.observers.inotify import InotifyObserver
 
@@ -477,7 +501,7 @@ def test_watch_limit_on_a_new_subfolder_switches_to_polling_and_rescans(feed, do
     assert any(b.rescan for b in bursts)
     assert feed.polling and "watch limit" in (feed.warning or "")
     p = docs / "crowded" / "late.md"
-    p.write_text("# late\n")   # only polling sees this one
+    p.write_text("# late\n")  # only polling sees this one
     bursts = collect(feed, want=lambda b: str(p) in b.paths, timeout=8, tail=0)
     assert holding(bursts, p)
 

@@ -1,6 +1,7 @@
 """Watch mode end to end: a watching IngestJob (fake embedder, real LanceDB) on a copy of a few
 waf pages; each editor's way of saving leads to exactly one re-ingest of the file, deletions and
 moves leave no orphan rows."""
+
 from __future__ import annotations
 
 import os
@@ -10,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_pages
 
 PAGES = ["reliability/principles.md", "reliability/checklist.md", "security/principles.md"]
-SETTLE = 1.5   # after a pass: long enough for a second, unwanted burst to show up
+SETTLE = 1.5  # after a pass: long enough for a second, unwanted burst to show up
 
 
 def wait_for(cond, timeout: float = 15.0, what: str = "condition"):
@@ -47,9 +47,11 @@ class Watching:
         self.folder = copy_pages(tmp_path / "docs", PAGES)
         self.home = Home(tmp_path / "home").ensure()
         self.store = open_store(self.home)
-        self.job = IngestJob.create(self.home, self.store,
-                                    JobConfig(sources=[str(self.folder)], kb="w", embedder="fake", watch=True,
-                                              **settings))
+        self.job = IngestJob.create(
+            self.home,
+            self.store,
+            JobConfig(sources=[str(self.folder)], kb="w", embedder="fake", watch=True, **settings),
+        )
         self.thread = threading.Thread(target=self.job.run, name="watching-job")
         self.thread.start()
         wait_for(lambda: self.job.snapshot().message.startswith("watching"), 60, "the job to watch")
@@ -107,20 +109,24 @@ def watching_mass_removal_allowed(tmp_path):
 def _one_replacement(w: Watching, path: Path, needle: str) -> None:
     m = w.after_one_burst()
     assert (m["documents_replaced"], m["documents_added"], m["documents_removed"]) == (1, 0, 0), m
-    assert m["documents_found"] == 1   # only that file was walked again
+    assert m["documents_found"] == 1  # only that file was walked again
     total = w.metrics()  # the job's totals: the first pass's work and the burst's
-    assert (total["documents_added"], total["documents_replaced"], total["documents_found"]) == (len(PAGES), 1, len(PAGES))
+    assert (total["documents_added"], total["documents_replaced"], total["documents_found"]) == (
+        len(PAGES),
+        1,
+        len(PAGES),
+    )
     assert total["chunks_indexed"] == w.initial_rows + m["chunks_indexed"]
     rows = w.rows()
     assert any(needle in r["text"] for r in rows if r["source"] == str(path))
-    assert {r["source"] for r in rows} == {str(w.folder / p) for p in PAGES}   # no stray document
+    assert {r["source"] for r in rows} == {str(w.folder / p) for p in PAGES}  # no stray document
     stored = w.kb().stored_docs()
     assert sorted(s.source for s in stored.values()) == sorted(str(w.folder / p) for p in PAGES)
     assert len(w.kb().ids()) == sum(s.chunks for s in stored.values())
 
 
 def test_idle_watching_makes_no_bursts(watching):
-    time.sleep(SETTLE)   # the first pass read every file: reading is not a change
+    time.sleep(SETTLE)  # the first pass read every file: reading is not a change
     assert watching.bursts() == 0
     assert watching.metrics()["documents_added"] == len(PAGES)
 
@@ -137,7 +143,7 @@ def test_chunked_write(watching):
     text = p.read_text() + "\n\n## Appendix\n\n" + "Chunked writes settle before ingest: bison. " * 40
     with open(p, "w") as fh:
         for i in range(0, len(text), len(text) // 10 + 1):
-            fh.write(text[i:i + len(text) // 10 + 1])
+            fh.write(text[i : i + len(text) // 10 + 1])
             fh.flush()
             time.sleep(0.05)
     _one_replacement(watching, p, "bison")
@@ -187,9 +193,9 @@ def test_moved_file_is_rekeyed(watching):
     m = watching.after_one_burst()
     assert (m["documents_added"], m["documents_removed"], m["documents_replaced"]) == (1, 1, 0), m
     rows = watching.rows()
-    assert not [r for r in rows if r["source"] == str(src)]          # no orphan row
+    assert not [r for r in rows if r["source"] == str(src)]  # no orphan row
     assert [r for r in rows if r["source"] == str(dest)]
-    assert len(rows) == watching.initial_rows                          # same chunks, new key
+    assert len(rows) == watching.initial_rows  # same chunks, new key
     stored = watching.kb().stored_docs()
     assert str(dest) in {s.source for s in stored.values()}
     assert len({r["doc_id"] for r in rows}) == len(PAGES)
@@ -215,8 +221,9 @@ def test_save_during_the_first_pass_is_not_missed(tmp_path):
 
     folder = copy_pages(tmp_path / "docs", PAGES)
     home = Home(tmp_path / "home").ensure()
-    job = IngestJob.create(home, open_store(home),
-                           JobConfig(sources=[str(folder)], kb="w", embedder="fake", watch=True))
+    job = IngestJob.create(
+        home, open_store(home), JobConfig(sources=[str(folder)], kb="w", embedder="fake", watch=True)
+    )
     th = threading.Thread(target=job.run)
     th.start()
     try:
@@ -244,9 +251,12 @@ def test_source_folder_deleted_then_restored(watching_mass_removal_allowed, tmp_
     m = watching.after_one_burst()
     assert m["documents_removed"] == len(PAGES), m
     assert watching.rows() == []
-    copy_pages(watching.folder, PAGES)   # the folder comes back: watched again, ingested again
-    wait_for(lambda: watching.pass_done(2) and watching.metrics()["this_pass"].get("documents_added") == len(PAGES), 15,
-             "the restored folder to be ingested")
+    copy_pages(watching.folder, PAGES)  # the folder comes back: watched again, ingested again
+    wait_for(
+        lambda: watching.pass_done(2) and watching.metrics()["this_pass"].get("documents_added") == len(PAGES),
+        15,
+        "the restored folder to be ingested",
+    )
     assert len(watching.rows()) == watching.initial_rows
 
 

@@ -1,6 +1,7 @@
 """Issue 18 item 8: a stopped engine must not look alive. `status` shows the heartbeat's age and calls
 a running job "not responding" once its engine, still holding the home, has been silent a few
 heartbeats; it recovers when the engine goes on."""
+
 from __future__ import annotations
 
 import fcntl
@@ -14,11 +15,11 @@ import time
 from datetime import timedelta
 
 import pytest
-
 from conftest import REPO, WAF, run_cli
+
+from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.jobstore.liveness import NOT_RESPONDING_AFTER_S, with_liveness
 from kbingest.pipeline.models import JobConfig, JobRecord, iso, utcnow
-from kbingest.pipeline.job.tracker import PhaseTracker
 from kbingest.pipeline.status import JobStatus
 
 
@@ -26,9 +27,15 @@ def _running_record(beat_age_s: float) -> JobRecord:
     t = PhaseTracker("j1", "docs")
     t.set_status(JobStatus.RUNNING, "ingesting")
     now = utcnow()
-    return JobRecord(job_id="j1", config=JobConfig(sources=["/x"], kb="docs"), status=t.snapshot(),
-                     owner_pid=4242, created_at=iso(now), updated_at=iso(now),
-                     heartbeat_at=iso(now - timedelta(seconds=beat_age_s)))
+    return JobRecord(
+        job_id="j1",
+        config=JobConfig(sources=["/x"], kb="docs"),
+        status=t.snapshot(),
+        owner_pid=4242,
+        created_at=iso(now),
+        updated_at=iso(now),
+        heartbeat_at=iso(now - timedelta(seconds=beat_age_s)),
+    )
 
 
 def test_heartbeat_age_is_shown_and_a_silent_engine_is_not_responding():
@@ -72,9 +79,26 @@ def test_sigstopped_engine_is_not_responding_then_recovers(tmp_path):
     shutil.copytree(WAF / "reliability", src)
     home = tmp_path / "home"
     env = dict(os.environ, KBINGEST_FAKE_DELAY="0.05")  # a slow model: the job runs for a while
-    engine = subprocess.Popen([sys.executable, "-m", "kbingest", "--home", str(home), "ingest", str(src),
-                               "--kb", "docs", "--batch", "--embedder", "fake"], cwd=str(REPO), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kbingest",
+            "--home",
+            str(home),
+            "ingest",
+            str(src),
+            "--kb",
+            "docs",
+            "--batch",
+            "--embedder",
+            "fake",
+        ],
+        cwd=str(REPO),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -122,8 +146,12 @@ def test_a_busy_engine_with_nothing_new_to_say_keeps_its_heartbeat(home, tmp_pat
     src.mkdir()
     (src / "a.md").write_text("# One\n\nA single short chunk.\n")
     store = open_store(home)
-    job = IngestJob.create(home, store, JobConfig(sources=[str(src)], kb="docs", embedder="fake"),
-                           embedder_factory=lambda c: FakeEmbedder(delay=8.0))
+    job = IngestJob.create(
+        home,
+        store,
+        JobConfig(sources=[str(src)], kb="docs", embedder="fake"),
+        embedder_factory=lambda c: FakeEmbedder(delay=8.0),
+    )
     runner = threading.Thread(target=job.run)
     runner.start()
     ages = []

@@ -4,6 +4,7 @@ of a lock that never get in its way.
 flock locks belong to an open file description, so two fds of one process contend as two
 processes would: the tests hold "other processes'" locks on fds of their own.
 """
+
 from __future__ import annotations
 
 import fcntl

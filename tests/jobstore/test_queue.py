@@ -1,5 +1,6 @@
 """The job queue and per-knowledge-base locks, drain and the dry run (issue 14), as an operator
 meets them: `--batch` processes in one home, steered from other shells."""
+
 from __future__ import annotations
 
 import json
@@ -7,17 +8,21 @@ import os
 import signal
 
 import pytest
-
 from conftest import run_cli
 from test_control import KB, Batch, assert_whole_documents, check_json_lines, corpus, status_json  # noqa: F401
 
-SLOW = {"KBINGEST_FAKE_DELAY": "0.01"}   # ~5 s of embedding for the corpus
+SLOW = {"KBINGEST_FAKE_DELAY": "0.01"}  # ~5 s of embedding for the corpus
 SLOWER = {"KBINGEST_FAKE_DELAY": "0.03"}
 
 
 def ingest(src, home, tmp, kb=KB, env=SLOW, name="batch", *extra):
-    return Batch(["ingest", str(src), "--kb", kb, "--batch", "--embedder", "fake", "--commit-rows", "32", *extra],
-                 home, tmp, env, name)
+    return Batch(
+        ["ingest", str(src), "--kb", kb, "--batch", "--embedder", "fake", "--commit-rows", "32", *extra],
+        home,
+        tmp,
+        env,
+        name,
+    )
 
 
 def first_time(b: Batch, pred) -> float:
@@ -69,8 +74,9 @@ def test_a_watch_job_holds_only_its_own_kb(tmp_path, corpus):
     watched = tmp_path / "watched"
     watched.mkdir()
     (watched / "a.md").write_text("# A\n\nsome text to watch\n")
-    w = Batch(["ingest", str(watched), "--kb", "a", "--batch", "--watch", "--embedder", "fake"], h, tmp_path,
-              name="watch")
+    w = Batch(
+        ["ingest", str(watched), "--kb", "a", "--batch", "--watch", "--embedder", "fake"], h, tmp_path, name="watch"
+    )
     assert w.wait_for(lambda d: d["status"] == "running" and "watching" in d["message"], 60), w.stderr
     r = run_cli("ingest", str(src), "--kb", "b", "--batch", "--embedder", "fake", home=h)
     assert r.returncode == 0, r.stderr

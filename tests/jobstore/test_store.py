@@ -10,7 +10,6 @@ import time
 import pytest
 
 from kbingest.pipeline.job.engine import IngestJob
-
 from kbingest.pipeline.jobstore.recovery import open_store
 from kbingest.pipeline.models import JobConfig
 
@@ -42,8 +41,12 @@ def test_concurrent_updates_lose_nothing(home):
 
     def bump(i):
         for _ in range(20):
-            store.update("j", lambda r: r.model_copy(update={
-                "config": r.config.model_copy(update={"sources": r.config.sources + [str(i)]})}))
+            store.update(
+                "j",
+                lambda r: r.model_copy(
+                    update={"config": r.config.model_copy(update={"sources": r.config.sources + [str(i)]})}
+                ),
+            )
 
     threads = [threading.Thread(target=bump, args=(i,)) for i in range(4)]
     for t in threads:
@@ -87,6 +90,7 @@ def test_control_requests_roundtrip(home):
 
 
 # ------------------------------------------------------------- a malformed store (issue 18, item 10)
+
 
 def _with_job_then(home, edit):
     """A store holding one good job, then `edit(data)` of its parsed JSON written back."""
@@ -152,6 +156,7 @@ def test_a_malformed_store_through_the_cli_is_one_line_and_a_working_store(home)
 
 # ------------------------------------------------------------------ disk full (issue 18, item 9)
 
+
 def _enospc(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -188,14 +193,14 @@ def test_disk_full_at_the_final_checkpoint_is_one_line_exit_1(home, pages, monke
     with pytest.raises(StoreWriteError):
         IngestJob.create(home, store, JobConfig(sources=[str(pages)], kb="docs", embedder="fake")).run()
     monkeypatch.setattr(os, "fsync", os.fsync)
-    code = cli.main(["--home", str(home.root), "ingest", str(pages), "--kb", "docs2", "--batch",
-                     "--embedder", "fake"])
+    code = cli.main(["--home", str(home.root), "ingest", str(pages), "--kb", "docs2", "--batch", "--embedder", "fake"])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kbingest: cannot save the job store")
 
 
 # ----------------------------------------------------- a held lock never hangs (issue 18, item 6)
+
 
 @pytest.fixture
 def held_lock(home):
@@ -252,6 +257,7 @@ def test_a_writer_waits_a_bounded_time_then_fails_naming_the_holder(home, held_l
 
 def test_a_writer_through_the_cli_fails_cleanly(home, held_lock):
     from conftest import run_cli
+
     from kbingest.pipeline.jobstore import store as store_mod
 
     t0 = time.monotonic()

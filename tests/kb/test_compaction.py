@@ -1,5 +1,6 @@
 """Issue 18 item 20: a killed optimize. The compaction child dies with the engine that started it
 (it would write to the table without the writer lock of its knowledge base), and the next run redoes the optimize."""
+
 from __future__ import annotations
 
 import os
@@ -10,11 +11,11 @@ import time
 
 import psutil
 import pytest
-
 from conftest import REPO, copy_pages
+
 from kbingest.pipeline.job.engine import IngestJob
-from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.jobstore.recovery import open_store
+from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.status import JobStatus
 
@@ -59,8 +60,15 @@ def test_killed_engine_takes_its_compaction_child_and_the_next_run_redoes_the_op
     src = copy_pages(tmp_path / "docs")
     home = Home(tmp_path / "home").ensure()
     env = dict(os.environ, KBINGEST_COMPACTION_DELAY="60")  # the child waits: killed while it runs
-    engine = subprocess.Popen([sys.executable, "-", str(home.root), str(src)], cwd=str(REPO), env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    engine = subprocess.Popen(
+        [sys.executable, "-", str(home.root), str(src)],
+        cwd=str(REPO),
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     engine.stdin.write(ENGINE)
     engine.stdin.close()
     try:
@@ -125,8 +133,12 @@ def test_compaction_rewrites_only_what_was_written_since(tmp_path):
     target = compaction.COMPACT["target_rows_per_fragment"]
 
     def rows(start: int, n: int) -> pa.Table:
-        return pa.table({"id": pa.array(range(start, start + n), pa.int64()),
-                         "text": pa.array([f"chunk {i}" for i in range(start, start + n)])})
+        return pa.table(
+            {
+                "id": pa.array(range(start, start + n), pa.int64()),
+                "text": pa.array([f"chunk {i}" for i in range(start, start + n)]),
+            }
+        )
 
     uri = str(tmp_path / "t.lance")
     lance.write_dataset(rows(0, target + 10), uri)
@@ -150,10 +162,12 @@ def test_a_child_reports_its_own_peak_not_its_parents(tmp_path):
     ballast = bytearray(300 * 1024 * 1024)  # touched: resident in this process
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
-    code = ("import resource; from kbingest.pipeline.rss import own_peak_rss_mib; "
-            "print(own_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    code = (
+        "import resource; from kbingest.pipeline.rss import own_peak_rss_mib; "
+        "print(own_peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, check=True)
     own, inherited = map(float, out.stdout.split())
     del ballast
     assert inherited > 300  # what ru_maxrss says: the parent's peak
-    assert own < 100, own   # a Python that imported one small module
+    assert own < 100, own  # a Python that imported one small module

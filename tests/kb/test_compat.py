@@ -1,11 +1,11 @@
 """A knowledge base made by the previous version opens and re-runs with 0 chunks embedded."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA, run_cli
 
 FIXTURE = DATA / "kb-v0.1"

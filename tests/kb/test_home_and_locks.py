@@ -2,6 +2,7 @@
 followed when planted as symlinks; and the writer lock of a knowledge base lives with its table, so
 two homes writing one --db location (a folder, or S3 on moto's server on 127.0.0.1) never duplicate a
 row: the second waits as pending, or with --no-wait is refused naming the holder. `repair` honours --db."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from test_control import KB, Batch, corpus  # noqa: F401
 from test_repair import _ingest_here
 from test_storage import _table_ids, s3, s3_endpoint  # noqa: F401
+
 from kbingest.pipeline.paths import Home, HomeError
 
 FAKE = ("--embedder", "fake")
@@ -47,8 +48,12 @@ def _listing(folder: Path) -> dict[str, str]:
 
 
 # ---- item 3: every folder under HOME is opened without following a link ------------------------------
-VICTIMS = {"locks": {"kb-k.lock": "precious", "embed.lock": "precious"}, "kbstate": {"k.json": "precious"},
-           "pending": {"k.optimize": "precious"}, "damaged": {"keep.txt": "precious"}}
+VICTIMS = {
+    "locks": {"kb-k.lock": "precious", "embed.lock": "precious"},
+    "kbstate": {"k.json": "precious"},
+    "pending": {"k.optimize": "precious"},
+    "damaged": {"keep.txt": "precious"},
+}
 
 
 @pytest.mark.parametrize("name", sorted(VICTIMS))
@@ -68,17 +73,20 @@ def test_locks_planted_after_the_check_are_never_written_through(tmp_path):
     """HOME/locks swapped for a link after the home was checked: the knowledge base's lock, a queue
     place, a probe and the embedding budget are refused; the files outside are neither created nor
     truncated."""
-    from kbingest.pipeline.jobstore import queue
     from kbingest.pipeline.job.budget import EmbedBudget
+    from kbingest.pipeline.jobstore import queue
     from kbingest.pipeline.locking import holder_pid, is_locked
 
     home = Home(tmp_path / "h").ensure()
     outside = tmp_path / "outside"
     _plant(home.root, "locks", outside, VICTIMS["locks"])
-    for take in (lambda: queue.try_kb_lock(home, "k"), lambda: queue.hold_place(home, "k-1"),
-                 lambda: is_locked(home.kb_lock_file("k"), home.root),
-                 lambda: holder_pid(home.kb_lock_file("k"), home.root),
-                 lambda: EmbedBudget(home)._descriptors()):
+    for take in (
+        lambda: queue.try_kb_lock(home, "k"),
+        lambda: queue.hold_place(home, "k-1"),
+        lambda: is_locked(home.kb_lock_file("k"), home.root),
+        lambda: holder_pid(home.kb_lock_file("k"), home.root),
+        lambda: EmbedBudget(home)._descriptors(),
+    ):
         with pytest.raises(HomeError, match="locks is a symbolic link"):
             take()
     assert _listing(outside) == VICTIMS["locks"]
@@ -107,8 +115,8 @@ def test_kbstate_and_pending_planted_after_the_check_replace_nothing_outside(tmp
 
 def test_repair_never_moves_a_table_out_of_the_home_through_a_planted_damaged(tmp_path, pages):
     """HOME/damaged planted after the check: what repair sets aside stays in the home."""
-    from kbingest.pipeline.kb.repair import _Aside
     from kbingest.pipeline.kb.location import KbLocation
+    from kbingest.pipeline.kb.repair import _Aside
 
     _ingest_here(tmp_path / "h", pages)
     home = Home(tmp_path / "h")
@@ -122,8 +130,13 @@ def test_repair_never_moves_a_table_out_of_the_home_through_a_planted_damaged(tm
 
 # ---- item 4: the writer lock lives with the table -------------------------------------------------
 def _ingest(src, home: Path, tmp: Path, db: str, name: str, env: dict | None = None, *extra: str) -> Batch:
-    return Batch(["--db", db, "ingest", str(src), "--kb", KB, "--batch", *FAKE, "--commit-rows", "32", *extra],
-                 home, tmp, dict(SLOW, **(env or {})), name)
+    return Batch(
+        ["--db", db, "ingest", str(src), "--kb", KB, "--batch", *FAKE, "--commit-rows", "32", *extra],
+        home,
+        tmp,
+        dict(SLOW, **(env or {})),
+        name,
+    )
 
 
 def _pending_for(b: Batch, other: Batch) -> list[dict]:
@@ -210,8 +223,8 @@ def test_repair_refuses_while_another_home_writes_the_db(tmp_path, pages):
 
 # ---- the S3 lease ---------------------------------------------------------------------------------
 def _lease(s3, kb: str = KB, ttl: float = 30.0, **kw):
-    from kbingest.pipeline.locking import S3Lease
     from kbingest.pipeline.kb.location import KbLocation
+    from kbingest.pipeline.locking import S3Lease
 
     return S3Lease(KbLocation(s3["uri"]), kb, {"home": kw.pop("home", "/h"), "job": kw.pop("job", "j")}, ttl=ttl, **kw)
 
@@ -270,19 +283,35 @@ def test_repair_on_s3_restores_the_last_readable_version(s3, tmp_path, pages):  
     """`repair --db s3://...` checks the table there (healthy: nothing to do); with the newest data
     object deleted it restores the last version that reads whole, and moves nothing."""
     import boto3
-
     from test_storage import BUCKET, _objects
 
     home = tmp_path / "h"
-    r = run_cli("--db", s3["uri"], "ingest", str(pages), "--kb", KB, "--batch", *FAKE, "--commit-rows", "10",
-                home=home, env=s3["env"])
+    r = run_cli(
+        "--db",
+        s3["uri"],
+        "ingest",
+        str(pages),
+        "--kb",
+        KB,
+        "--batch",
+        *FAKE,
+        "--commit-rows",
+        "10",
+        home=home,
+        env=s3["env"],
+    )
     assert r.returncode == 0, r.stderr
     other = tmp_path / "other"
     r = run_cli("repair", "--kb", KB, "--db", s3["uri"], home=other, env=s3["env"])
     assert r.returncode == 0 and "is healthy" in r.stdout, r.stdout + r.stderr
     prefix = s3["uri"].split(BUCKET + "/", 1)[1]
-    c = boto3.client("s3", endpoint_url=s3["endpoint"], region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing")
+    c = boto3.client(
+        "s3",
+        endpoint_url=s3["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     from kbingest.pipeline.kb.location import KbLocation
 
     newest = KbLocation(s3["uri"]).open_dataset(KB).get_fragments()[-1].data_files()[0].path

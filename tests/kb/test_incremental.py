@@ -1,5 +1,6 @@
 """Incremental runs, in-process with the fake embedder: only what changed is embedded again, what
 is gone is removed, a settings change re-indexes everything, and the table stays compact."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ framework's public API, with the query embedded by the model that made the table
 tests need the `interop` extra (pip install -e ".[test,interop]") and are skipped without it; the
 schema-migration and model tests need nothing more than `test`.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SMALL_PAGES, copy_pages, run_cli
 
 KB = "docs"
@@ -74,7 +74,11 @@ def test_model_stored_with_kb_and_shown_by_search_json(built):
     field = _table(built).schema.field("vector")
     assert field.metadata[b"lancedb:tag:model"] == b"fake"
     assert json.loads(field.metadata[b"kbingest:embedding"]) == {
-        "model": "fake", "dimension": 384, "distance": "cosine", "normalized": True}
+        "model": "fake",
+        "dimension": 384,
+        "distance": "cosine",
+        "normalized": True,
+    }
     assert KnowledgeBase(Home(built), KB).embedding_info()["model"] == "fake"
     r = run_cli("search", "--kb", KB, "reliability design principles", "-k", "2", "--json", home=built)
     assert r.returncode == 0, r.stderr
@@ -102,13 +106,20 @@ def test_search_without_its_jobs_embeds_with_the_model_the_kb_names(tmp_path):
 def _v020_schema(dim: int):
     import pyarrow as pa
 
-    return pa.schema([
-        pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()),
-        pa.field("vector", pa.list_(pa.float32(), dim)), pa.field("source", pa.string()),
-        pa.field("heading_path", pa.string()), pa.field("doc_id", pa.string()),
-        pa.field("doc_version", pa.string()), pa.field("position", pa.int32()),
-        pa.field("title", pa.string()), pa.field("model", pa.string()),
-    ])
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("source", pa.string()),
+            pa.field("heading_path", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("doc_version", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("title", pa.string()),
+            pa.field("model", pa.string()),
+        ]
+    )
 
 
 def test_earlier_table_gains_metadata_on_next_job_with_nothing_embedded(tmp_path):
@@ -139,8 +150,15 @@ def test_earlier_table_gains_metadata_on_next_job_with_nothing_embedded(tmp_path
     assert all(m["page"] is None for m in md)
     # and LanceDB filters on the filled struct
     src = md[0]["source"]
-    assert set(t.search(None).where(f"metadata.source = '{src}'").select(["source"]).limit(None)
-               .to_arrow().column("source").to_pylist()) == {src}
+    assert set(
+        t.search(None)
+        .where(f"metadata.source = '{src}'")
+        .select(["source"])
+        .limit(None)
+        .to_arrow()
+        .column("source")
+        .to_pylist()
+    ) == {src}
 
 
 # ---- LangChain -----------------------------------------------------------------------------------
@@ -165,9 +183,14 @@ def test_langchain_community_search_filter_and_metadata(built):
 
     from kbingest.pipeline.embed.embedding import FakeEmbedder
 
-    store = LanceDB(connection=lancedb.connect(str(built / "lancedb")), table_name=KB,
-                    embedding=_langchain_embeddings(FakeEmbedder()),
-                    vector_key="vector", text_key="text", id_key="id")
+    store = LanceDB(
+        connection=lancedb.connect(str(built / "lancedb")),
+        table_name=KB,
+        embedding=_langchain_embeddings(FakeEmbedder()),
+        vector_key="vector",
+        text_key="text",
+        id_key="id",
+    )
     docs = store.similarity_search("reliability design principles", k=4)
     assert len(docs) == 4
     for d in docs:
@@ -185,17 +208,19 @@ def test_langchain_community_search_filter_and_metadata(built):
 
 
 @pytest.mark.interop
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="langchain-lancedb 0.1.0 reads `metadata` as a JSON string (json.loads), "
-                          "so a struct column cannot be read; see docs/interop.md")
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="langchain-lancedb 0.1.0 reads `metadata` as a JSON string (json.loads), "
+    "so a struct column cannot be read; see docs/interop.md",
+)
 def test_langchain_lancedb_search_and_metadata(built):
     pytest.importorskip("langchain_lancedb")
     from langchain_lancedb import LanceDB
 
     from kbingest.pipeline.embed.embedding import FakeEmbedder
 
-    store = LanceDB(embedding_function=_langchain_embeddings(FakeEmbedder()), uri=str(built / "lancedb"),
-                    table_name=KB)
+    store = LanceDB(embedding_function=_langchain_embeddings(FakeEmbedder()), uri=str(built / "lancedb"), table_name=KB)
     docs = store.similarity_search("reliability design principles", k=3)
     assert docs and all(Path(d.metadata["source"]).is_file() for d in docs)
 
@@ -232,10 +257,17 @@ def test_llamaindex_store_query_filter_and_metadata(built):
     from llama_index.core.vector_stores import ExactMatchFilter, MetadataFilters, VectorStoreQuery
     from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
-    store = LanceDBVectorStore(uri=str(built / "lancedb"), table_name=KB, vector_column_name="vector",
-                               text_key="text", doc_id_key="doc_id", mode="append")
-    res = store.query(VectorStoreQuery(query_embedding=_query_vector("reliability design principles"),
-                                       similarity_top_k=4))
+    store = LanceDBVectorStore(
+        uri=str(built / "lancedb"),
+        table_name=KB,
+        vector_column_name="vector",
+        text_key="text",
+        doc_id_key="doc_id",
+        mode="append",
+    )
+    res = store.query(
+        VectorStoreQuery(query_embedding=_query_vector("reliability design principles"), similarity_top_k=4)
+    )
     assert len(res.nodes) == 4
     for node in res.nodes:
         assert node.get_content()
@@ -246,8 +278,13 @@ def test_llamaindex_store_query_filter_and_metadata(built):
 
     source, title, n = _one_document(built)
     for key, value in (("source", source), ("title", title)):
-        res = store.query(VectorStoreQuery(query_embedding=_query_vector("principles"), similarity_top_k=50,
-                                           filters=MetadataFilters(filters=[ExactMatchFilter(key=key, value=value)])))
+        res = store.query(
+            VectorStoreQuery(
+                query_embedding=_query_vector("principles"),
+                similarity_top_k=50,
+                filters=MetadataFilters(filters=[ExactMatchFilter(key=key, value=value)]),
+            )
+        )
         assert {node.metadata["source"] for node in res.nodes} == {source}, key
         assert len(res.nodes) == min(n, 50)
 
@@ -261,12 +298,19 @@ def test_llamaindex_retriever_with_filters(built):
 
     from kbingest.pipeline.embed.embedding import FakeEmbedder
 
-    store = LanceDBVectorStore(uri=str(built / "lancedb"), table_name=KB, vector_column_name="vector",
-                               text_key="text", doc_id_key="doc_id", mode="append")
+    store = LanceDBVectorStore(
+        uri=str(built / "lancedb"),
+        table_name=KB,
+        vector_column_name="vector",
+        text_key="text",
+        doc_id_key="doc_id",
+        mode="append",
+    )
     index = VectorStoreIndex.from_vector_store(store, embed_model=_llamaindex_embedding(FakeEmbedder()))
     source, title, _ = _one_document(built)
-    retriever = index.as_retriever(similarity_top_k=3,
-                                   filters=MetadataFilters(filters=[ExactMatchFilter(key="title", value=title)]))
+    retriever = index.as_retriever(
+        similarity_top_k=3, filters=MetadataFilters(filters=[ExactMatchFilter(key="title", value=title)])
+    )
     hits = retriever.retrieve("design principles")
     assert hits and {h.node.metadata["source"] for h in hits} == {source}
     assert all(h.node.metadata["title"] == title for h in hits)

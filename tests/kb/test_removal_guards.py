@@ -1,5 +1,6 @@
 """Issue 27, item 11: the mass-removal guard per source, and against the knowledge base's high-water
 mark; one file reached through a bind mount (its (device, inode)) is one document."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import run_cli
+
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.paths import Home
 from kbingest.pipeline.service import Service
@@ -26,8 +27,10 @@ def _pages(folder, names):
 
 
 def _sources(home, kb="docs") -> set[str]:
-    return {os.path.basename(s.source) for s in KnowledgeBase(Home(home.root if isinstance(home, Home) else home),
-                                                               kb).stored_docs().values()}
+    return {
+        os.path.basename(s.source)
+        for s in KnowledgeBase(Home(home.root if isinstance(home, Home) else home), kb).stored_docs().values()
+    }
 
 
 def _ingest(svc: Service, sources, **settings):

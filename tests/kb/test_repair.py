@@ -2,14 +2,15 @@
 Every command says which knowledge base is damaged in one line; `kbingest repair --kb NAME` brings
 it back (the last readable version, or a re-created table) and says which; the next ingest makes
 it whole again. The tables are real LanceDB tables, damaged on disk."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.paths import Home
 
@@ -148,8 +149,10 @@ def test_repair_changes_nothing_when_the_failure_is_not_damage(indexed, monkeypa
     home, _, before = indexed
 
     def no_fds(self, *a, **kw):
-        raise RuntimeError("lance error: LanceError(IO): Too many open files (os error 24), "
-                           "/root/.cargo/registry/src/index.crates.io-x/lance-io-13.0.0/src/local.rs:1:2")
+        raise RuntimeError(
+            "lance error: LanceError(IO): Too many open files (os error 24), "
+            "/root/.cargo/registry/src/index.crates.io-x/lance-io-13.0.0/src/local.rs:1:2"
+        )
 
     monkeypatch.setattr(LanceTable, "count_rows", no_fds)
     with pytest.raises(NotDamaged, match="(?i)knowledge base .docs. cannot be read.*too many open files"):

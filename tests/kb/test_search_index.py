@@ -1,13 +1,13 @@
 """Search that stays fast (issue 16, item 5): the full-text index always, the ANN index past its row
 threshold, rows written since the last build still found (LanceDB scans them flat), the three
 search modes, and `--mode vector` unchanged below the threshold. Real LanceDB, small tables."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 KB = "k"
@@ -18,9 +18,21 @@ def _rows(start: int, n: int, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     rng = np.random.default_rng((seed, start))
     v = rng.normal(size=(n, DIM)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    rows = [{"id": f"{i:06d}", "text": f"chunk number {i} about topic{i % 17} and word{i}", "vector": v[j].tolist(),
-             "source": f"/docs/d{i}.md", "heading_path": f"H{i}", "doc_id": f"{i:06d}", "doc_version": "v",
-             "position": 0, "title": "", "model": "fake"} for j, i in enumerate(range(start, start + n))]
+    rows = [
+        {
+            "id": f"{i:06d}",
+            "text": f"chunk number {i} about topic{i % 17} and word{i}",
+            "vector": v[j].tolist(),
+            "source": f"/docs/d{i}.md",
+            "heading_path": f"H{i}",
+            "doc_id": f"{i:06d}",
+            "doc_version": "v",
+            "position": 0,
+            "title": "",
+            "model": "fake",
+        }
+        for j, i in enumerate(range(start, start + n))
+    ]
     return rows, v
 
 
@@ -48,8 +60,13 @@ def test_below_the_threshold_only_the_full_text_index_and_vector_search_is_exact
     q = v[7] + 0.3 * v[8]
     hits = kb.search(q, 10, mode="vector")
     # exactly what the search before this change returned: the same query, the same scores
-    ref = (kb._table.search(np.asarray(q, dtype=np.float32), vector_column_name="vector").distance_type("cosine")
-           .limit(10).select(["id"]).to_list())
+    ref = (
+        kb._table.search(np.asarray(q, dtype=np.float32), vector_column_name="vector")
+        .distance_type("cosine")
+        .limit(10)
+        .select(["id"])
+        .to_list()
+    )
     assert [h.id for h in hits] == [r["id"] for r in ref]
     assert [h.score for h in hits] == [round(1.0 - float(r["_distance"]), 4) for r in ref]
     # and that is the exact cosine ranking
@@ -100,8 +117,9 @@ def test_modes_text_and_hybrid(home):
     # before any full-text index: text says how to get one, hybrid is its vector half
     with pytest.raises(TableError, match="no full-text index yet"):
         kb.search(None, 3, mode="text", text="word5")
-    assert [h.id for h in kb.search(v[5], 4, mode="hybrid", text="word5")] == \
-        [h.id for h in kb.search(v[5], 4, mode="vector")]
+    assert [h.id for h in kb.search(v[5], 4, mode="hybrid", text="word5")] == [
+        h.id for h in kb.search(v[5], 4, mode="vector")
+    ]
     kb.optimize()
     text = kb.search(None, 5, mode="text", text="word42")
     assert text[0].id == "000042" and text[0].score > 0
@@ -126,8 +144,9 @@ def test_cli_search_modes(home, pages):
     assert r.returncode == 0, r.stderr
     out = {}
     for mode in ("vector", "text", "hybrid"):
-        s = run_cli("search", "--kb", KB, "recovery point objective", "--mode", mode, "--json", "-k", "3",
-                    home=home.root)
+        s = run_cli(
+            "search", "--kb", KB, "recovery point objective", "--mode", mode, "--json", "-k", "3", home=home.root
+        )
         assert s.returncode == 0, s.stderr
         out[mode] = json.loads(s.stdout)
         assert len(out[mode]) == 3

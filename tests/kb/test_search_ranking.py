@@ -1,6 +1,7 @@
 """Search that finds the right section (issue 31): hybrid ranking independent of -k (both lists windowed,
 fused, then cut), a relevance in [0, 1] and paths relative to the SOURCE, chunks embedded with their
 title and heading path (the stored text unchanged), and the version / reuse rule of that setting."""
+
 from __future__ import annotations
 
 import json
@@ -9,19 +10,26 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from conftest import run_cli
-from kbingest.pipeline.kb import search as search_mod
+
 from kbingest.pipeline.embed.embedding import FakeEmbedder, embedded_text
+from kbingest.pipeline.kb import search as search_mod
 from kbingest.pipeline.kb.ids import text_hash
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import JobConfig, SearchHit
 from kbingest.pipeline.service import Service
 from kbingest.pipeline.status import JobStatus
 
-QUERIES = ["recovery point objective", "how do I keep costs under control", "protect identities",
-           "design for resilience and failures", "automate deployments safely", "performance targets",
-           "least privilege access", "monitor health of the workload"]
+QUERIES = [
+    "recovery point objective",
+    "how do I keep costs under control",
+    "protect identities",
+    "design for resilience and failures",
+    "automate deployments safely",
+    "performance targets",
+    "least privilege access",
+    "monitor health of the workload",
+]
 
 
 class CountingEmbedder(FakeEmbedder):
@@ -101,8 +109,9 @@ def test_cli_search_shows_paths_relative_to_the_source_and_a_relevance(home, pag
     r = run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=home.root)
     assert r.returncode == 0, r.stderr
     for mode in ("hybrid", "vector", "text"):
-        out = run_cli("search", "--kb", "docs", "reliability design principles", "--mode", mode, "-k", "5",
-                      home=home.root)
+        out = run_cli(
+            "search", "--kb", "docs", "reliability design principles", "--mode", mode, "-k", "5", home=home.root
+        )
         assert out.returncode == 0, out.stderr
         lines = [ln for ln in out.stdout.splitlines() if re.match(r"^\d+\. ", ln)]
         assert len(lines) == 5, out.stdout
@@ -112,8 +121,9 @@ def test_cli_search_shows_paths_relative_to_the_source_and_a_relevance(home, pag
             assert m, ln
             assert 0.0 <= float(m.group(1)) <= 1.0
             assert (pages / m.group(2)).is_file() and not m.group(2).startswith("/")
-    js = json.loads(run_cli("search", "--kb", "docs", "reliability design principles", "--json", "-k", "5",
-                            home=home.root).stdout)
+    js = json.loads(
+        run_cli("search", "--kb", "docs", "reliability design principles", "--json", "-k", "5", home=home.root).stdout
+    )
     assert js[0]["source"].startswith(str(pages))  # --json keeps the stored source too
     assert all(h["path"] == str(Path(h["source"]).relative_to(pages)) for h in js)
     assert all(0 <= h["relevance"] <= 1 and "score" in h and "vector_score" in h and "text_score" in h for h in js)
@@ -124,8 +134,10 @@ def test_cli_search_shows_paths_relative_to_the_source_and_a_relevance(home, pag
 def test_chunks_are_embedded_with_title_and_heading_path_and_stored_as_they_are(home, tmp_path):
     src = tmp_path / "docs"
     src.mkdir()
-    (src / "pump.md").write_text("---\ntitle: Pump Handbook\n---\n\n## Maintenance\n\nReplace the seals every "
-                                 "year.\n\n### Seals\n\nUse the blue seal kit only.\n")
+    (src / "pump.md").write_text(
+        "---\ntitle: Pump Handbook\n---\n\n## Maintenance\n\nReplace the seals every "
+        "year.\n\n### Seals\n\nUse the blue seal kit only.\n"
+    )
     emb = CountingEmbedder()
     svc = _svc(home, emb)
     snap = _ingest(svc, src)

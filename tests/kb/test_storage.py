@@ -1,12 +1,12 @@
 """Knowledge bases on object storage (issue 16, item 4): `--db s3://bucket/prefix` against moto's S3
 server on 127.0.0.1, started and stopped by these tests; and the validation of --db / --db-option."""
+
 from __future__ import annotations
 
 import json
 import socket
 
 import pytest
-
 from conftest import run_cli
 
 BUCKET = "kbingest-test"
@@ -35,8 +35,13 @@ def s3_endpoint():
     server.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=BUCKET)
         yield url
     finally:
         server.stop()
@@ -56,8 +61,13 @@ def s3(s3_endpoint, monkeypatch, request):
 def _objects(endpoint: str, prefix: str) -> list[str]:
     import boto3
 
-    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing")
+    c = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     keys = []
     for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
@@ -78,8 +88,9 @@ def _table_ids(uri: str) -> list[str]:
 # ---- the S3 round trip ------------------------------------------------------------------------
 def test_ingest_rerun_and_search_on_s3(s3, pages, tmp_path):
     home = tmp_path / "h"
-    r = run_cli("--db", s3["uri"], "ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake",
-                home=home, env=s3["env"])
+    r = run_cli(
+        "--db", s3["uri"], "ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake", home=home, env=s3["env"]
+    )
     assert r.returncode == 0, r.stderr
     first = _last(r)["metrics"]
     assert first["chunks_indexed"] > 0 and first["documents_added"] == 6
@@ -91,8 +102,17 @@ def test_ingest_rerun_and_search_on_s3(s3, pages, tmp_path):
     assert len(ids) == len(set(ids)) == first["chunks_indexed"]
 
     # the env var names the same place; an unchanged re-run embeds nothing
-    r2 = run_cli("ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake", home=home,
-                 env=dict(s3["env"], KBINGEST_DB=s3["uri"]))
+    r2 = run_cli(
+        "ingest",
+        str(pages),
+        "--kb",
+        KB,
+        "--batch",
+        "--embedder",
+        "fake",
+        home=home,
+        env=dict(s3["env"], KBINGEST_DB=s3["uri"]),
+    )
     assert r2.returncode == 0, r2.stderr
     again = _last(r2)["metrics"]
     assert again["chunks_embedded"] == 0 and again["documents_skipped"] == 6 and again["chunks_indexed"] == 0
@@ -113,9 +133,23 @@ def test_resume_after_a_crash_writes_to_the_recorded_location(s3, tmp_path):
 
     src = copy_corpus(tmp_path / "src", 12)
     home = tmp_path / "h"
-    r = run_cli("--db", s3["uri"], "ingest", str(src), "--kb", KB, "--batch", "--embedder", "fake",
-                "--commit-rows", "16", "--job-id", "crashy", home=home,
-                env=dict(s3["env"], KBINGEST_CRASH_AT="after_commit:2"))
+    r = run_cli(
+        "--db",
+        s3["uri"],
+        "ingest",
+        str(src),
+        "--kb",
+        KB,
+        "--batch",
+        "--embedder",
+        "fake",
+        "--commit-rows",
+        "16",
+        "--job-id",
+        "crashy",
+        home=home,
+        env=dict(s3["env"], KBINGEST_CRASH_AT="after_commit:2"),
+    )
     assert r.returncode == 137, r.stderr
     partial = _table_ids(s3["uri"])
     assert partial
@@ -137,15 +171,22 @@ def test_resume_after_a_crash_writes_to_the_recorded_location(s3, tmp_path):
 def test_compaction_child_and_indexes_on_s3(s3, home, pages, monkeypatch):
     """A large table's compaction runs in a child that reaches the same bucket (URI and options passed,
     credentials from the environment); the indexes are built there too."""
-    from kbingest.pipeline.kb import compaction
     from kbingest.pipeline.job.engine import IngestJob
-    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.jobstore.recovery import open_store
+    from kbingest.pipeline.kb import compaction
+    from kbingest.pipeline.kb.table import KnowledgeBase
     from kbingest.pipeline.models import JobConfig
 
     monkeypatch.setattr(compaction, "CHILD_ROWS", 1)
-    config = JobConfig(sources=[str(pages)], kb=KB, embedder="fake", commit_rows=16, db=s3["uri"],
-                       db_options={"connect_timeout": "10s"}, ann_min_rows=100)
+    config = JobConfig(
+        sources=[str(pages)],
+        kb=KB,
+        embedder="fake",
+        commit_rows=16,
+        db=s3["uri"],
+        db_options={"connect_timeout": "10s"},
+        ann_min_rows=100,
+    )
     snap = IngestJob.create(home, open_store(home), config).run()
     assert snap.status.value == "completed", snap.message
     m = snap.metrics
@@ -159,34 +200,40 @@ def test_compaction_child_and_indexes_on_s3(s3, home, pages, monkeypatch):
 
 
 # ---- validation ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("uri, why", [
-    ("ftp://host/x", "unsupported scheme 'ftp'"),
-    ("gs://bucket/x", "unsupported scheme 'gs'"),
-    ("s3://", "valid bucket name"),
-    ("s3://Bad_Bucket/x", "valid bucket name"),
-    ("s3://bucket/a/../b", "no query, fragment or '..'"),
-    ("file://otherhost/x", "local path"),
-    ("/tmp/x\x1b[31m", "control characters"),
-])
+@pytest.mark.parametrize(
+    "uri, why",
+    [
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("gs://bucket/x", "unsupported scheme 'gs'"),
+        ("s3://", "valid bucket name"),
+        ("s3://Bad_Bucket/x", "valid bucket name"),
+        ("s3://bucket/a/../b", "no query, fragment or '..'"),
+        ("file://otherhost/x", "local path"),
+        ("/tmp/x\x1b[31m", "control characters"),
+    ],
+)
 def test_bad_locations_are_one_line_usage_errors(tmp_path, uri, why):
     r = run_cli("--db", uri, "ingest", str(tmp_path), "--kb", KB, "--batch", "--embedder", "fake", home=tmp_path / "h")
     assert r.returncode == 2, r.stderr
     assert why in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("opt, why", [
-    ("novalue", "KEY=VALUE"),
-    ("aws_secret_access_key=x", "secrets are refused"),
-    ("aws_session_token=x", "secrets are refused"),
-])
+@pytest.mark.parametrize(
+    "opt, why",
+    [
+        ("novalue", "KEY=VALUE"),
+        ("aws_secret_access_key=x", "secrets are refused"),
+        ("aws_session_token=x", "secrets are refused"),
+    ],
+)
 def test_bad_db_options_are_refused(tmp_path, opt, why):
     r = run_cli("--db-option", opt, "search", "--kb", KB, "q", home=tmp_path / "h")
     assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_locations_resolve(tmp_path, monkeypatch):
-    from kbingest.pipeline.paths import Home
     from kbingest.pipeline.kb.location import KbLocation
+    from kbingest.pipeline.paths import Home
 
     home = Home(tmp_path / "h")
     monkeypatch.delenv("KBINGEST_DB", raising=False)
@@ -221,8 +268,20 @@ def test_ray_executor_round_trip_on_s3(s3, pages, tmp_path):
     base = ["ingest", str(pages), "--kb", KB, "--batch", "--embedder", "fake"]
     r = run_cli("--db", threads_uri, *base, home=tmp_path / "t", env=s3["env"])
     assert r.returncode == 0, r.stderr
-    r = run_cli("--db", ray_uri, *base, "--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "3",
-                home=tmp_path / "r", env=s3["env"], timeout=600)
+    r = run_cli(
+        "--db",
+        ray_uri,
+        *base,
+        "--executor",
+        "ray",
+        "--ray-embed-actors",
+        "1",
+        "--ray-wave-docs",
+        "3",
+        home=tmp_path / "r",
+        env=s3["env"],
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _last(r)["metrics"]["ray_waves"] >= 2
     assert sorted(_table_ids(ray_uri)) == sorted(_table_ids(threads_uri))

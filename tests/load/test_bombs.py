@@ -7,6 +7,7 @@ document error `too_large`, naming the limit; the job goes on (the other documen
 exit 3) and its peak RSS stays under 800 MB. The bombs are built here, at test time, in
 milliseconds: a deflate block of 1 MiB of spaces, full-flushed (so it needs no history), repeated.
 """
+
 from __future__ import annotations
 
 import struct
@@ -14,16 +15,16 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import pytest
-
 import format_fixtures as F
+import pytest
 from test_bad_input import FAKE, run_measured
+
 from kbingest.pipeline.load.formats import docx as docx_format
 from kbingest.pipeline.load.formats import pdf as pdf_format
 from kbingest.pipeline.load.formats.base import INFLATE_FLOOR, LoadError, inflation_limit
 
 MIB = 1 << 20
-RSS_CAP_KB = 800 * 1000 * 1000 // 1024   # 800 MB, as ru_maxrss (KiB)
+RSS_CAP_KB = 800 * 1000 * 1000 // 1024  # 800 MB, as ru_maxrss (KiB)
 
 
 def deflate_of(mib: int, fill: bytes = b" ", wrapped: bool = False) -> bytes:
@@ -56,8 +57,29 @@ def lying_docx(mib: int, claimed: int = 1000) -> bytes:
     out, central = bytearray(), bytearray()
     for name, comp, crc, size in members:
         n = name.encode()
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, len(comp), size,
-                               len(n), 0, 0, 0, 0, 0, len(out)) + n
+        central += (
+            struct.pack(
+                "<4sHHHHHHIIIHHHHHII",
+                b"PK\x01\x02",
+                20,
+                20,
+                0,
+                8,
+                0,
+                0x21,
+                crc,
+                len(comp),
+                size,
+                len(n),
+                0,
+                0,
+                0,
+                0,
+                0,
+                len(out),
+            )
+            + n
+        )
         out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(comp), size, len(n), 0) + n
         out += comp
     end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(out), 0)
@@ -66,11 +88,14 @@ def lying_docx(mib: int, claimed: int = 1000) -> bytes:
 
 def pdf_with_stream(stream: bytes, filters: str = "/FlateDecode", extra: str = "") -> bytes:
     """A one-page PDF whose content stream is `stream` (already encoded with `filters`)."""
-    objs = [b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-            b"<< /Length %d /Filter %s %s>>\nstream\n" % (len(stream), filters.encode(), extra.encode())
-            + stream + b"\nendstream"]
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d /Filter %s %s>>\nstream\n" % (len(stream), filters.encode(), extra.encode())
+        + stream
+        + b"\nendstream",
+    ]
     out, offsets = bytearray(b"%PDF-1.7\n"), []
     for i, body in enumerate(objs, 1):
         offsets.append(len(out))
@@ -90,6 +115,7 @@ def error_of(fmt, data: bytes, limit: int) -> LoadError:
 
 # ---- the formats: what is really inflated is counted -----------------------------------------------
 
+
 def test_docx_counts_what_a_part_really_inflates_to_not_what_the_directory_claims():
     bomb = lying_docx(80)  # claims 1,000 bytes: the directory checks see nothing wrong
     docx_format.check_archive(bomb).close()
@@ -107,11 +133,14 @@ def test_pdf_counts_what_a_stream_decodes_to():
     assert e.kind == "too_large" and "more than 64 MiB" in e.message
 
 
-@pytest.mark.parametrize("filters, encode", [
-    ("[/ASCIIHexDecode /FlateDecode]", lambda z: z.hex().encode() + b">"),
-    ("[/A85 /Fl]", lambda z: __import__("base64").a85encode(z) + b"~>"),
-    ("/Fl#61teDecode", lambda z: z),                      # a name spelled with a #xx escape
-])
+@pytest.mark.parametrize(
+    "filters, encode",
+    [
+        ("[/ASCIIHexDecode /FlateDecode]", lambda z: z.hex().encode() + b">"),
+        ("[/A85 /Fl]", lambda z: __import__("base64").a85encode(z) + b"~>"),
+        ("/Fl#61teDecode", lambda z: z),  # a name spelled with a #xx escape
+    ],
+)
 def test_pdf_filter_chains_are_followed(filters, encode):
     e = error_of(pdf_format.PDF, pdf_with_stream(encode(deflate_of(80, wrapped=True)), filters), 64 * MIB)
     assert e.kind == "too_large"
@@ -119,12 +148,13 @@ def test_pdf_filter_chains_are_followed(filters, encode):
 
 def test_pdf_indirect_filter_is_resolved():
     data = pdf_with_stream(deflate_of(80, wrapped=True), "9 0 R").replace(
-        b"xref", b"9 0 obj\n/FlateDecode\nendobj\nxref")
+        b"xref", b"9 0 obj\n/FlateDecode\nendobj\nxref"
+    )
     assert error_of(pdf_format.PDF, data, 64 * MIB).kind == "too_large"
 
 
 def test_pdf_run_length_and_lzw_are_counted():
-    rl = bytes([129, 0x20]) * (40 * MIB // 128) + b"\x80"   # 40 MiB: 128 spaces per 2 bytes (64x)
+    rl = bytes([129, 0x20]) * (40 * MIB // 128) + b"\x80"  # 40 MiB: 128 spaces per 2 bytes (64x)
     assert pdf_format.check_decoded_size(pdf_with_stream(rl, "/RunLengthDecode"), 64 * MIB) is None
     with pytest.raises(LoadError) as e:
         pdf_format.check_decoded_size(pdf_with_stream(rl, "/RunLengthDecode"), 32 * MIB)
@@ -143,7 +173,7 @@ def test_pdf_run_length_and_lzw_are_counted():
 def test_pdf_images_count_alone_not_towards_the_total():
     img = deflate_of(40, wrapped=True)
     data = pdf_with_stream(img, "/FlateDecode", "/Subtype /Image /Width 1 /Height 1 ")
-    assert pdf_format.check_decoded_size(data, 64 * MIB) is None   # 40 MiB: one image within the limit
+    assert pdf_format.check_decoded_size(data, 64 * MIB) is None  # 40 MiB: one image within the limit
 
 
 def test_ordinary_pdfs_pass_the_scan_and_load():
@@ -159,6 +189,7 @@ def test_the_limit_follows_max_file_mb():
 
 
 # ---- the CLI: the job goes on, within 800 MB ---------------------------------------------------
+
 
 def _ingest_with(tmp_path: Path, name: str, data: bytes):
     from conftest import SMALL_PAGES, copy_pages

@@ -5,6 +5,7 @@ real shape (tests/data/docsites/*.html: how each was made is written at its top)
 they ingest to: API entries are headings (the signature, whole), under their section; no permalink
 mark anywhere; admonitions labelled; code blocks keep their language and prompts; tables whole; the
 generator is named in the document's metadata; the generic path is unchanged for other pages."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import format_fixtures as F
+import pytest
 from conftest import DATA, run_cli
+
 from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.load.formats.html import HTML, convert
 
@@ -27,10 +28,16 @@ MARKS = ("¶", "\u200b", "🔗")
 
 
 def _build(cmd: list[str], cwd: Path) -> None:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", NO_MKDOCS_2_WARNING="1",
-               # nothing is fetched: a generator that tried would fail here, not wait
-               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
-               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    env = dict(
+        os.environ,
+        PYTHONDONTWRITEBYTECODE="1",
+        NO_MKDOCS_2_WARNING="1",
+        # nothing is fetched: a generator that tried would fail here, not wait
+        http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+    )
     r = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
 
@@ -49,8 +56,9 @@ def mkdocs_site(tmp_path_factory) -> Path:
     """tests/data/docsites/mkdocs built by mkdocs (Material theme, mkdocstrings of shelfkit.py)."""
     work = tmp_path_factory.mktemp("mkdocs")
     shutil.copytree(SRC, work / "src", ignore=shutil.ignore_patterns("*.html"))
-    _build([sys.executable, "-m", "mkdocs", "build", "-q", "-f", "src/mkdocs/mkdocs.yml", "-d", str(work / "site")],
-           work)
+    _build(
+        [sys.executable, "-m", "mkdocs", "build", "-q", "-f", "src/mkdocs/mkdocs.yml", "-d", str(work / "site")], work
+    )
     return work / "site"
 
 
@@ -105,7 +113,7 @@ def test_sphinx_admonitions_code_and_tables(sphinx_site):
     assert "Changed in version 2.1: Large shelves hold 40 books." in text
     api = _page(sphinx_site / "api.html").text
     assert "Note: A shelf holds at most 40 books." in api
-    assert '```python\n>>> parse_isbn("978-3-16-148410-0")\n\'9783161484100\'\n```' in api
+    assert "```python\n>>> parse_isbn(\"978-3-16-148410-0\")\n'9783161484100'\n```" in api
 
 
 def test_sphinx_generator_in_the_documents_metadata(sphinx_site):
@@ -121,8 +129,9 @@ def test_mkdocs_api_entries_take_their_signature(mkdocs_site):
     ex = _page(mkdocs_site / "api" / "index.html")
     doc = _chunks(ex.text)
     assert doc.metadata == {"generator": "mkdocs"}
-    _chunk_under(doc, "API reference > Shelf > add_book(title: str, pages: int = 100) -> None",
-                 "right end of the shelf")
+    _chunk_under(
+        doc, "API reference > Shelf > add_book(title: str, pages: int = 100) -> None", "right end of the shelf"
+    )
     _chunk_under(doc, "API reference > Shelf > count_books() -> int", "How many books")
     _chunk_under(doc, "API reference > parse_isbn(text: str) -> str", "removing its hyphens")
     assert "```pycon\n>>> parse_isbn(" in ex.text
@@ -153,9 +162,21 @@ def test_docusaurus_page():
     assert "Warning: Never open the port twice" in ex.text
     assert "$ conda install -c pumps pumpkit" in ex.text  # a tab the reader has not clicked is content too
     assert "| parity | none |" in ex.text
-    for chrome in ("\u200b", "Edit this page", "Last updated", "unreleased documentation", "Version: Next",
-                   "Pagination intro", "Home crumb", "Desktop toc link", "On this page", "Copy", "Sidebar intro link",
-                   "Pumpkit 4 is out", "footer"):
+    for chrome in (
+        "\u200b",
+        "Edit this page",
+        "Last updated",
+        "unreleased documentation",
+        "Version: Next",
+        "Pagination intro",
+        "Home crumb",
+        "Desktop toc link",
+        "On this page",
+        "Copy",
+        "Sidebar intro link",
+        "Pumpkit 4 is out",
+        "footer",
+    ):
         assert chrome not in ex.text, chrome
 
 
@@ -163,8 +184,11 @@ def test_javadoc_member_details_take_their_signature():
     ex = _page(SRC / "javadoc.html")
     doc = _chunks(ex.text)
     assert doc.metadata == {"generator": "javadoc"}
-    _chunk_under(doc, "Class Pump > Method Details > public void start(int litresPerMinute) throws PumpException",
-                 "Starts the pump at the given flow")
+    _chunk_under(
+        doc,
+        "Class Pump > Method Details > public void start(int litresPerMinute) throws PumpException",
+        "Starts the pump at the given flow",
+    )
     _chunk_under(doc, "Class Pump > Method Details > public void stop()", "closes its valve")
     assert "Method Summary" not in ex.text  # each member's first sentence once, in its details
 
@@ -187,10 +211,14 @@ def test_heading_text_is_joined_as_written():
 def test_sphinx_page_nested_deep_is_bounded():
     """A Sphinx page whose API entries nest 100,000 deep loads in bounded time, like any HTML."""
     n = 100_000
-    html = ('<html><head><meta name="generator" content="Sphinx 9"></head><body><div class="body" role="main">'
-            '<h1>Deep<a class="headerlink" href="#deep">¶</a></h1>'
-            + '<dl class="py function"><dt class="sig sig-object py">f()<a class="headerlink" href="#f">¶</a></dt><dd>'
-            * n + "bottom" + "</dd></dl>" * n + "</div></body></html>")
+    html = (
+        '<html><head><meta name="generator" content="Sphinx 9"></head><body><div class="body" role="main">'
+        '<h1>Deep<a class="headerlink" href="#deep">¶</a></h1>'
+        + '<dl class="py function"><dt class="sig sig-object py">f()<a class="headerlink" href="#f">¶</a></dt><dd>' * n
+        + "bottom"
+        + "</dd></dl>" * n
+        + "</div></body></html>"
+    )
     t0 = time.perf_counter()
     md, _, generator = convert(html)
     assert time.perf_counter() - t0 < 30
@@ -211,7 +239,13 @@ def test_ingest_of_a_built_sphinx_site_counts_html_and_rows_have_api_headings(sp
     assert final["status"] == "completed"
     assert not [e for e in final["metrics"].get("document_errors") or [] if e["path"].endswith(".html")]
     assert final["metrics"]["documents_by_format"]["html"] == len(list(sphinx_site.rglob("*.html")))
-    rows = lancedb.connect(str(home / "lancedb")).open_table("docs").search(None).select(
-        ["text", "heading_path"]).limit(None).to_list()
+    rows = (
+        lancedb.connect(str(home / "lancedb"))
+        .open_table("docs")
+        .search(None)
+        .select(["text", "heading_path"])
+        .limit(None)
+        .to_list()
+    )
     assert not any(m in r["text"] or m in r["heading_path"] for r in rows for m in MARKS)
     assert any(r["heading_path"].endswith("add_book(title: str, pages: int = 100) → None") for r in rows)

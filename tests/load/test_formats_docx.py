@@ -1,16 +1,16 @@
 """Word (.docx) on the format registry: headings, lists, tables; zip bombs refused before inflating;
 legacy .doc reported as unsupported."""
+
 from __future__ import annotations
 
 import tracemalloc
 
+import format_fixtures as F
 import pytest
 
-import format_fixtures as F
 from kbingest.pipeline.load.formats import docx as docx_format
 from kbingest.pipeline.load.formats.docx import DOCX
 from kbingest.pipeline.load.loading import LoadError, LoadLimits, Problem, Skipped, walk
-
 
 
 @pytest.fixture(scope="module")

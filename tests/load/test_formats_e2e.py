@@ -1,14 +1,14 @@
 """A mixed folder (Markdown, HTML, PDF, DOCX and bad files of each) ingested headless as a user would:
 every format's documents are indexed, every bad file fails with its format's own reason; pages reach
 the table and `kbingest search`; a knowledge base from before the page column migrates."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
 import format_fixtures as F
+import pytest
 from conftest import run_cli
 from test_bad_input import ONE_GB_KB, run_measured
 
@@ -27,8 +27,10 @@ BAD = {  # file -> the error kind it must fail with
 
 def build_mixed(root: Path, bad: bool = True) -> Path:
     F.write(root / "notes.md", "# Notes\n\n" + "The pump notes say: prime before start. " * 4 + "\n")
-    F.write(root / "api.html", F.HTML_PAGE.replace(
-        "<h1>Pump API</h1>", "<h1>Pump API</h1><p>Escape test \x1b[2J\x1b]0;pwned\x07 done.</p>"))
+    F.write(
+        root / "api.html",
+        F.HTML_PAGE.replace("<h1>Pump API</h1>", "<h1>Pump API</h1><p>Escape test \x1b[2J\x1b]0;pwned\x07 done.</p>"),
+    )
     F.write(root / "manual.pdf", F.outline_pdf())
     F.write(root / "handbook.docx", F.docx_bytes())
     if bad:
@@ -115,8 +117,9 @@ def test_search_shows_page_and_escapes_document_text(mixed):
 
 def test_max_file_mb_applies_to_every_format(tmp_path):
     root = build_mixed(tmp_path / "docs", bad=False)
-    r = run_cli("ingest", str(root), "--kb", "small", "--batch", "--max-file-mb", "0.0001", *FAKE,
-                home=tmp_path / "home")
+    r = run_cli(
+        "ingest", str(root), "--kb", "small", "--batch", "--max-file-mb", "0.0001", *FAKE, home=tmp_path / "home"
+    )
     final = json.loads(r.stdout.splitlines()[-1])
     kinds = {Path(e["path"]).name: e["kind"] for e in final["metrics"]["document_errors"]}
     assert kinds == {name: "too_large" for name in GOOD}
@@ -149,8 +152,9 @@ def test_knowledge_base_without_page_column_migrates_and_reembeds_nothing(tmp_pa
 
 def test_2000_page_pdf_ingests_under_1_gib(tmp_path):
     F.write(tmp_path / "docs" / "long.pdf", F.many_pages_pdf(2000))
-    r = run_measured("ingest", str(tmp_path / "docs"), "--kb", "long", "--batch", *FAKE,
-                     home=tmp_path / "home", timeout=600)
+    r = run_measured(
+        "ingest", str(tmp_path / "docs"), "--kb", "long", "--batch", *FAKE, home=tmp_path / "home", timeout=600
+    )
     assert r.returncode == 0, r.stderr
     m = r.final["metrics"]
     assert m["documents_added"] == 1 and m["chunks_indexed"] > 2000

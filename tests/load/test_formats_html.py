@@ -1,16 +1,16 @@
 """HTML on the format registry: main content as Markdown, boilerplate dropped, charset, hostile input."""
+
 from __future__ import annotations
 
 import time
 
-import pytest
-
 import format_fixtures as F
+import pytest
 from format_fixtures import HTML_PAGE, nested_div_html, write
+
 from kbingest.pipeline.load.formats import for_path
 from kbingest.pipeline.load.formats.html import HTML, flatten_deep
 from kbingest.pipeline.load.loading import LoadError
-
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,16 @@ def test_suffixes_are_registered():
 def test_main_content_kept_boilerplate_dropped(page):
     text = page.text
     assert "The pump exposes a small HTTP API. Call `start()` first." in text
-    for boilerplate in ("Navigation link", "cookies", "Accept all", "Copyright", "Related: the blower",
-                        "Blog", "never indexed", "font-family"):
+    for boilerplate in (
+        "Navigation link",
+        "cookies",
+        "Accept all",
+        "Copyright",
+        "Related: the blower",
+        "Blog",
+        "never indexed",
+        "font-family",
+    ):
         assert boilerplate not in text, boilerplate
 
 
@@ -38,8 +46,9 @@ def test_title_and_headings(page):
 
 
 def test_code_block_and_table_kept_whole(page):
-    assert ("```python\ndef start(pump):\n    if pump.pressure < 2:\n        pump.prime()\n\n"
-            "    return pump.run()\n```") in page.text
+    assert (
+        "```python\ndef start(pump):\n    if pump.pressure < 2:\n        pump.prime()\n\n    return pump.run()\n```"
+    ) in page.text
     assert ("| Setting | Default |\n| --- | --- |\n| pressure | 2 bar |\n| speed | 1450 rpm |") in page.text
     assert "- open the valve\n- check the seals\n  1. inlet seal\n  2. outlet seal" in page.text
 
@@ -51,8 +60,9 @@ def test_text_that_looks_like_markdown_is_escaped():
 
 
 def test_page_without_main_keeps_body_minus_boilerplate():
-    ex = HTML.extract(b"<body><nav>menu</nav><div><h2>Only</h2><p>body text</p></div>"
-                      b"<footer>foot</footer></body>", path="x.html")
+    ex = HTML.extract(
+        b"<body><nav>menu</nav><div><h2>Only</h2><p>body text</p></div><footer>foot</footer></body>", path="x.html"
+    )
     assert ex.text == "## Only\n\nbody text\n"
 
 

@@ -1,9 +1,11 @@
 """The page each chunk starts on, from a paged document's page_starts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import format_fixtures as F
+
 from kbingest.pipeline.chunk.chunking import Chunker, ChunkSettings
 from kbingest.pipeline.load.formats.pages import chunk_pages, page_of
 from kbingest.pipeline.load.formats.pdf import PDF

@@ -1,16 +1,15 @@
 """PDF on the format registry: outline headings, page starts, running lines, hyphenation, and every
 way a PDF can be unreadable as a per-document error of its own kind."""
+
 from __future__ import annotations
 
 import time
 
+import format_fixtures as F
 import pytest
 
-import format_fixtures as F
 from kbingest.pipeline.load.formats.pdf import PDF, drop_running_lines, join_hyphenation
 from kbingest.pipeline.load.loading import LoadError, LoadLimits
-
-
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,12 @@ def manual():
 
 def test_outline_gives_headings_and_heading_path(manual):
     assert manual.markdown and manual.title == "ACME Pump Manual"
-    assert {"Safety rules", "Installing the pump", "Installing the pump > Column layout",
-            "Maintenance schedule"} <= F.heading_paths(manual.text)
+    assert {
+        "Safety rules",
+        "Installing the pump",
+        "Installing the pump > Column layout",
+        "Maintenance schedule",
+    } <= F.heading_paths(manual.text)
     # the bookmark's title line on its page became the heading: it is not repeated as text
     assert manual.text.count("Safety rules") == 1
 

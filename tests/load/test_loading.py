@@ -1,4 +1,5 @@
 """Loading phase: walking hostile folders and reading documents safely."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from conftest import listed_folder  # noqa: E402
+
 from kbingest.pipeline.load import loading  # noqa: E402
 from kbingest.pipeline.load.loading import (  # noqa: E402
     Candidate,
@@ -166,8 +168,7 @@ def test_symlink_outside_root_not_followed_by_default(tmp_path):
     assert problems(found) == {"file_link.md": "symlink_outside_root", "dir_link": "symlink_outside_root"}
     msg = next(p.message for p in found if isinstance(p, Problem) and p.path.endswith("file_link.md"))
     assert msg == (
-        f"symlink points outside the source root ({outside / 'secret.md'}): not followed; "
-        "use --follow-links to follow"
+        f"symlink points outside the source root ({outside / 'secret.md'}): not followed; use --follow-links to follow"
     )
 
     # read_document refuses too (a Candidate built by hand, or a link swapped in after the walk)
@@ -263,7 +264,9 @@ def test_fifo_swapped_in_after_the_check_does_not_block(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.md")
     c = Candidate(str(tmp_path / "pipe.md"), str(tmp_path), 6, 0)
     real_stat = os.stat
-    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(regular) if str(p).endswith("pipe.md") else real_stat(p, *a, **k))
+    monkeypatch.setattr(
+        os, "stat", lambda p, *a, **k: real_stat(regular) if str(p).endswith("pipe.md") else real_stat(p, *a, **k)
+    )
     with pytest.raises(LoadError) as info:
         read_document(c, LIMITS)
     assert info.value.kind == "not_regular_file"
@@ -382,9 +385,11 @@ def test_bom_and_utf16(tmp_path):
     assert doc.text == "# Title\n" and doc.warnings == ()
     assert doc.content_hash == hashlib.sha256(raw).hexdigest()  # the hash is of the raw bytes
 
-    for name, encoded in [("le.md", "\ufeffh\u00e9llo \u4e16\n".encode("utf-16-le")),
-                          ("be.md", "\ufeffh\u00e9llo \u4e16\n".encode("utf-16-be")),
-                          ("default.md", "h\u00e9llo \u4e16\n".encode("utf-16"))]:
+    for name, encoded in [
+        ("le.md", "\ufeffh\u00e9llo \u4e16\n".encode("utf-16-le")),
+        ("be.md", "\ufeffh\u00e9llo \u4e16\n".encode("utf-16-be")),
+        ("default.md", "h\u00e9llo \u4e16\n".encode("utf-16")),
+    ]:
         assert read(write(tmp_path / name, encoded)).text == "h\u00e9llo \u4e16\n"
 
     broken = read(write(tmp_path / "broken16.md", b"\xff\xfeh\x00\x00\xd8i\x00"))  # lone high surrogate
@@ -483,7 +488,7 @@ def test_too_many_files_stops_the_walk(tmp_path):
 
 
 HOSTILE = [
-    "quote'd \"double\".md",
+    'quote\'d "double".md',
     "back\\slash.md",
     "100% %s %n.md",
     "new\nline.md",

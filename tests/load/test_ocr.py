@@ -3,6 +3,7 @@ are read offline with --ocr auto|off|force; bombs and bad images fail as one doc
 their kind; a pause lands within one page. Fixtures are made here: text typeset with reportlab,
 rendered with PDFium to pixels (the text is the truth), put back in an image-only PDF or saved as
 PNG / JPEG / TIFF. Pages are small (5 x 2 in) so the real engine reads each in about a second."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from kbingest.pipeline.job.control import RunControl, Stopped
 from kbingest.pipeline.load.formats import for_path, ocr
 from kbingest.pipeline.load.formats.base import LoadError, NoText
@@ -96,8 +97,12 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) \
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
         + chunk(b"IEND", b"")
+    )
 
 
 def _norm(text: str) -> str:
@@ -105,6 +110,7 @@ def _norm(text: str) -> str:
 
 
 # ---- PDFs ----------------------------------------------------------------------------------------
+
 
 @needs_engine
 def test_scanned_pdf_is_read_by_ocr_page_by_page():
@@ -114,7 +120,7 @@ def test_scanned_pdf_is_read_by_ocr_page_by_page():
     text = _norm(ex.text)
     assert "turbine manifold" in text and "idle virtual machines" in text
     assert len(ex.page_starts) == 2
-    assert _norm(ex.text[ex.page_starts[1]:]).startswith("retire idle")  # page 2 holds page 2's text
+    assert _norm(ex.text[ex.page_starts[1] :]).startswith("retire idle")  # page 2 holds page 2's text
     assert len(ex.page_ocr) == 2 and all(c is not None and c > ocr.CONFIDENCE_FLOOR for c in ex.page_ocr)
     assert counted == [True, True]  # two pages read, both by OCR
     assert not ex.warnings
@@ -147,6 +153,7 @@ def test_text_pdf_is_not_ocrd_and_pages_are_counted():
 
 # ---- images --------------------------------------------------------------------------------------
 
+
 @needs_engine
 @pytest.mark.parametrize("fmt,suffix", [("PNG", ".png"), ("JPEG", ".jpg"), ("WEBP", ".webp")])
 def test_image_of_a_page_is_read(fmt, suffix):
@@ -160,7 +167,7 @@ def test_image_of_a_page_is_read(fmt, suffix):
 def test_tiff_frames_are_pages():
     ex = IMAGE.extract(image_bytes("TIFF", [PAGE_1, PAGE_2]), path="scan.tif")
     assert len(ex.page_starts) == 2 and len(ex.page_ocr) == 2
-    assert "turbine" in _norm(ex.text[:ex.page_starts[1]]) and "idle virtual" in _norm(ex.text[ex.page_starts[1]:])
+    assert "turbine" in _norm(ex.text[: ex.page_starts[1]]) and "idle virtual" in _norm(ex.text[ex.page_starts[1] :])
 
 
 def test_bomb_png_fails_fast_in_bounded_memory():
@@ -182,10 +189,11 @@ def test_bomb_png_fails_fast_in_bounded_memory():
 
 
 def test_image_just_over_the_pixel_limit_is_refused_before_decoding(monkeypatch):
-    side = int(MAX_IMAGE_PIXELS ** 0.5) + 10  # under Pillow's own bomb limit: only kbingest's stops it
+    side = int(MAX_IMAGE_PIXELS**0.5) + 10  # under Pillow's own bomb limit: only kbingest's stops it
 
     def no_engine():
         raise AssertionError("refused from the header: no engine, no decoding")
+
     monkeypatch.setattr(ocr, "_load_engine", no_engine)
     with pytest.raises(LoadError) as e:
         IMAGE.extract(bomb_png(side, side), path="big.png")
@@ -238,6 +246,7 @@ def test_a_tiny_image_is_skipped_as_without_text_and_never_ocrd(monkeypatch):
 
     def no_engine():
         raise AssertionError("a tiny image runs no OCR")
+
     monkeypatch.setattr(ocr, "_load_engine", no_engine)
     for size in ((16, 16), (300, 20), (60, 60)):  # an icon, a thin rule, under MIN_PIXELS
         buf = io.BytesIO()
@@ -264,6 +273,7 @@ def test_a_docs_folder_with_icons_and_logos_ingests_with_exit_0(tmp_path):
     (docs / "index.md").write_text("# Guide\n\nPriming the turbine manifold before the first start.\n")
     (docs / "_static" / "logo.png").write_bytes(_picture())
     from PIL import Image
+
     Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(docs / "_static" / "favicon.png")
     (docs / "_static" / "scan.png").write_bytes(image_bytes("PNG", [PAGE_1]))  # an image with text is loaded
     r = run_cli("ingest", str(docs), "--kb", "site", "--batch", "--embedder", "fake", home=tmp_path / "home")
@@ -289,6 +299,7 @@ def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
     def spy(x):
         seen.append(x.shape)
         return real(x)
+
     engine.text_det.infer = spy
     try:
         ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
@@ -299,6 +310,7 @@ def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
 
 # ---- the pool: pause within one page, time limit --------------------------------------------------
 
+
 def _slow_pages(monkeypatch, seconds: float, started: list):
     monkeypatch.setattr(ocr, "_load_engine", lambda: None)
 
@@ -306,6 +318,7 @@ def _slow_pages(monkeypatch, seconds: float, started: list):
         started.append(image)
         time.sleep(seconds)
         return ocr.PageText(f"page {image}", 0.9, 1)
+
     monkeypatch.setattr(ocr, "recognize", slow)
 
 
@@ -336,6 +349,7 @@ def test_a_page_over_the_time_limit_is_left_out_with_a_warning(monkeypatch):
 
 # ---- settings ------------------------------------------------------------------------------------
 
+
 def test_ocr_setting_is_versioned_and_its_default_keeps_versions():
     base = JobConfig(sources=["x"], kb="k")
     assert "ocr" in JobConfig.VERSIONED and base.ocr == "auto"
@@ -345,6 +359,7 @@ def test_ocr_setting_is_versioned_and_its_default_keeps_versions():
 
 # ---- end to end: the CLI, then search --------------------------------------------------------------
 
+
 @needs_engine
 def test_scanned_pdf_and_photo_ingest_and_search_finds_their_page(tmp_path):
     docs = tmp_path / "docs"
@@ -352,26 +367,47 @@ def test_scanned_pdf_and_photo_ingest_and_search_finds_their_page(tmp_path):
     (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
     (docs / "photo.jpg").write_bytes(image_bytes("JPEG", [["Calibrate the pressure gauge", "after each repair."]]))
     home = tmp_path / "home"
-    r = run_cli("ingest", str(docs), "--kb", "scans", "--batch", "--embedder", "fake",
-                "--chunk-tokens", "16", "--overlap", "0", home=home)  # small chunks: one a page at least
+    r = run_cli(
+        "ingest",
+        str(docs),
+        "--kb",
+        "scans",
+        "--batch",
+        "--embedder",
+        "fake",
+        "--chunk-tokens",
+        "16",
+        "--overlap",
+        "0",
+        home=home,
+    )  # small chunks: one a page at least
     assert r.returncode == 0, r.stderr
     final = json.loads(r.stdout.splitlines()[-1])
     m = final["metrics"]
     assert m["documents_added"] == 2 and m["pages_read"] == 3 and m["pages_ocr"] == 3
     assert m["documents_by_format"] == {"pdf": 1, "image": 1}
 
-    hits = json.loads(run_cli("search", "--kb", "scans", "idle virtual machines", "--json", "--mode", "text",
-                              home=home).stdout)
+    hits = json.loads(
+        run_cli("search", "--kb", "scans", "idle virtual machines", "--json", "--mode", "text", home=home).stdout
+    )
     top = hits[0]
     assert top["source"].endswith("scan.pdf") and "virtual machines" in top["text"].lower()
     assert "turbine" not in top["text"].lower() and top["page"] == 2
-    hits = json.loads(run_cli("search", "--kb", "scans", "pressure gauge", "--json", "--mode", "text",
-                              home=home).stdout)
+    hits = json.loads(
+        run_cli("search", "--kb", "scans", "pressure gauge", "--json", "--mode", "text", home=home).stdout
+    )
     assert hits[0]["source"].endswith("photo.jpg") and hits[0]["page"] == 1
 
     import lancedb
-    rows = lancedb.connect(str(home / "lancedb")).open_table("scans").search(None) \
-        .select(["source", "ocr_confidence"]).limit(None).to_list()
+
+    rows = (
+        lancedb.connect(str(home / "lancedb"))
+        .open_table("scans")
+        .search(None)
+        .select(["source", "ocr_confidence"])
+        .limit(None)
+        .to_list()
+    )
     assert rows and all(0.8 < row["ocr_confidence"] <= 1.0 for row in rows)
 
 
@@ -380,8 +416,9 @@ def test_ocr_off_from_the_cli_fails_the_scan_with_no_text_layer(tmp_path):
     docs.mkdir()
     (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1]))
     (docs / "notes.md").write_text("# Notes\n\nPlain text is read as before.\n")
-    r = run_cli("ingest", str(docs), "--kb", "k", "--batch", "--embedder", "fake", "--ocr", "off",
-                home=tmp_path / "home")
+    r = run_cli(
+        "ingest", str(docs), "--kb", "k", "--batch", "--embedder", "fake", "--ocr", "off", home=tmp_path / "home"
+    )
     assert r.returncode == 3, r.stderr
     m = json.loads(r.stdout.splitlines()[-1])["metrics"]
     assert [(Path(e["path"]).name, e["kind"]) for e in m["document_errors"]] == [("scan.pdf", "no_text_layer")]

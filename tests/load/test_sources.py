@@ -1,6 +1,7 @@
 """Issue 34: documents not on the local disk. `s3://bucket/prefix/` against moto's S3 server, and
 `http://127.0.0.1:PORT/docs/` against a local site (links, robots.txt, a redirect out of the prefix,
 a 404, a slow page, a page that changes between runs, ETag / Last-Modified)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from conftest import run_cli
+
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import LoadLimits
 from kbingest.pipeline.paths import Home
@@ -30,6 +31,7 @@ def _free_port() -> int:
 
 # ------------------------------------------------------------------------------------- S3
 
+
 @pytest.fixture(scope="module")
 def s3_endpoint():
     pytest.importorskip("moto.server")
@@ -44,8 +46,13 @@ def s3_endpoint():
     server.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=BUCKET)
         yield url
     finally:
         server.stop()
@@ -63,8 +70,11 @@ def s3(s3_endpoint, monkeypatch, request):
 
 
 def _put(client, key: str, n: int, extra: str = "") -> None:
-    client.put_object(Bucket=BUCKET, Key=key,
-                      Body=f"# Object {n}\n\nThe words of object {n}, about topic {n} alone. {extra}\n".encode())
+    client.put_object(
+        Bucket=BUCKET,
+        Key=key,
+        Body=f"# Object {n}\n\nThe words of object {n}, about topic {n} alone. {extra}\n".encode(),
+    )
 
 
 def _ingest(svc: Service, sources, kb="docs", **settings):
@@ -91,7 +101,9 @@ def _counting_gets(monkeypatch) -> list[str]:
         def read():
             got.append(key)
             return inner()
+
         return read
+
     monkeypatch.setattr(sources.S3Source, "_reader", reader)
     return got
 
@@ -168,6 +180,7 @@ def test_s3_cli_ingest_and_status_show_the_uri(tmp_path, s3):
 
 # ------------------------------------------------------------------------------------ web
 
+
 class Site:
     """A small site on 127.0.0.1: pages under /docs/, robots.txt, ETag and Last-Modified honoured."""
 
@@ -208,8 +221,11 @@ class Site:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def page(self, path: str, title: str, body: str, links=(), etag: bool = True) -> None:
-        html = (f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p>"
-                + "".join(f'<a href="{u}">{u}</a> ' for u in links) + "</body></html>").encode()
+        html = (
+            f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p>"
+            + "".join(f'<a href="{u}">{u}</a> ' for u in links)
+            + "</body></html>"
+        ).encode()
         headers = {"Content-Type": "text/html; charset=utf-8"}
         if etag:
             headers["ETag"] = f'"{abs(hash(html))}"'
@@ -224,10 +240,23 @@ class Site:
 def site():
     s = Site()
     s.pages["/robots.txt"] = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /docs/private/\n")
-    s.page("/docs/", "Home", "The start page of the documentation.",
-           links=["guide.html", "api.html#section", "missing.html", "away.html", "private/secret.html",
-                  "/outside.html", "slow.html"])
-    s.page("/docs/guide.html", "Guide", "How to install the widget and configure it.", links=["deep/page.html", "/docs/"])
+    s.page(
+        "/docs/",
+        "Home",
+        "The start page of the documentation.",
+        links=[
+            "guide.html",
+            "api.html#section",
+            "missing.html",
+            "away.html",
+            "private/secret.html",
+            "/outside.html",
+            "slow.html",
+        ],
+    )
+    s.page(
+        "/docs/guide.html", "Guide", "How to install the widget and configure it.", links=["deep/page.html", "/docs/"]
+    )
     s.page("/docs/api.html", "API", "The widget API reference: frobnicate takes two arguments.")
     s.page("/docs/deep/page.html", "Deep", "A page two links from the start, about sprockets.")
     s.page("/docs/private/secret.html", "Secret", "robots.txt says no.")
@@ -245,12 +274,12 @@ def test_crawl_within_prefix_honours_robots_redirects_and_404(home, site):
     stored = _stored(home)
     d = site.base + "/docs/"
     assert sorted(stored) == sorted([d, d + "guide.html", d + "api.html", d + "deep/page.html", d + "slow.html"])
-    assert site.hits("/docs/private/secret.html") == []   # robots.txt honoured
-    assert site.hits("/outside.html") == []               # neither a link nor a redirect out of the prefix
+    assert site.hits("/docs/private/secret.html") == []  # robots.txt honoured
+    assert site.hits("/outside.html") == []  # neither a link nor a redirect out of the prefix
     kinds = {e.path: e.kind for e in snap.errors}
-    assert kinds[d + "missing.html"] == "not_found"       # a page that fails is one document's error
+    assert kinds[d + "missing.html"] == "not_found"  # a page that fails is one document's error
     assert kinds[d + "away.html"] == "redirect_outside"
-    assert len(site.hits("/docs/api.html")) == 1          # the fragment dropped: one page
+    assert len(site.hits("/docs/api.html")) == 1  # the fragment dropped: one page
     hits = svc.search("docs", "frobnicate arguments", k=1)
     assert hits[0].source == d + "api.html"
 
@@ -273,9 +302,12 @@ def test_crawl_rerun_sends_conditional_requests_and_follows_changes(home, site):
 
 def test_sitemap_lists_the_pages(home, site):
     d = site.base + "/docs/"
-    site.pages["/docs/sitemap.xml"] = (200, {"Content-Type": "application/xml"},
-                                       f"<urlset><url><loc>{d}api.html</loc></url><url><loc>{d}guide.html</loc>"
-                                       f"</url><url><loc>{site.base}/outside.html</loc></url></urlset>".encode())
+    site.pages["/docs/sitemap.xml"] = (
+        200,
+        {"Content-Type": "application/xml"},
+        f"<urlset><url><loc>{d}api.html</loc></url><url><loc>{d}guide.html</loc>"
+        f"</url><url><loc>{site.base}/outside.html</loc></url></urlset>".encode(),
+    )
     _ingest(Service(home), [d + "sitemap.xml"])
     assert sorted(_stored(home)) == [d + "api.html", d + "guide.html"]
 
@@ -286,14 +318,14 @@ def test_server_jobs_may_not_fetch_private_addresses_or_outside_allowed_prefixes
 
     server = LoadLimits(allowed_urls=("https://docs.example.org/", "http://127.0.0.1:8080/docs/"))
     check_allowed("http://127.0.0.1:8080/docs/a.html", server)  # the operator named this host
-    check_allowed("http://127.0.0.1:9999/x", LoadLimits())      # the CLI: its operator is the user
-    for url in ("http://127.0.0.1:8080/admin", "http://169.254.169.254/latest/meta-data/",
-                "http://10.0.0.1/docs/"):
+    check_allowed("http://127.0.0.1:9999/x", LoadLimits())  # the CLI: its operator is the user
+    for url in ("http://127.0.0.1:8080/admin", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/docs/"):
         with pytest.raises(LoadError) as e:
             check_allowed(url, server)
         assert e.value.kind == "not_allowed"
     rebinding = LoadLimits(allowed_urls=("http://localtest.invalid/",))
     import kbingest.pipeline.load.sources as sources
+
     orig = sources._addresses
     try:
         sources._addresses = lambda host, port: ["127.0.0.1"]  # a public name that resolves to the loopback
@@ -306,7 +338,6 @@ def test_server_jobs_may_not_fetch_private_addresses_or_outside_allowed_prefixes
 
 def test_serve_starts_crawls_only_under_allow_url(tmp_path, site):
     import httpx
-
     from live_server import ThreadServer
 
     API = "/api/ingestion"
@@ -377,8 +408,9 @@ def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
     ray = ("--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "2")
 
     def ingest(*extra):
-        r = run_cli("ingest", d, "--kb", "docs", "--batch", "--embedder", "fake", *extra, home=tmp_path / "h",
-                    timeout=600)
+        r = run_cli(
+            "ingest", d, "--kb", "docs", "--batch", "--embedder", "fake", *extra, home=tmp_path / "h", timeout=600
+        )
         assert r.returncode == 3, r.stderr  # completed, with the site's 404 and redirect as document errors
         last = json.loads(r.stdout.strip().splitlines()[-1])
         assert last["status"] == "completed"

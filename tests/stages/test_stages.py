@@ -1,6 +1,7 @@
 """Each stage alone (pipeline/stages/), with a fake Reporter that records what the stage reports: no
 job, no executor, no tracker. The knowledge base is a fake where a stage needs one (ChunkStage,
 IndexStage); EmbedStage runs the fake embedder."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -30,21 +31,41 @@ class RecordingReporter:
     def _rec(self, *call: Any) -> None:
         self.calls.append(call)
 
-    def phase_started(self, phase: JobPhase) -> None: self._rec("phase_started", phase)
-    def add_total(self, phase: JobPhase, n: int = 1) -> None: self._rec("add_total", phase, n)
-    def total_known(self, phase: JobPhase) -> None: self._rec("total_known", phase)
-    def progress(self, phase: JobPhase, n: int = 1) -> None: self._rec("progress", phase, n)
-    def phase_done(self, phase: JobPhase) -> None: self._rec("phase_done", phase)
-    def count(self, metric: str, n: int = 1) -> None: self._rec("count", metric, n)
-    def found(self, fmt: str) -> None: self._rec("found", fmt)
-    def set(self, metric: str, value: Any) -> None: self._rec("set", metric, value)
-    def message(self, text: str) -> None: self._rec("message", text)
+    def phase_started(self, phase: JobPhase) -> None:
+        self._rec("phase_started", phase)
+
+    def add_total(self, phase: JobPhase, n: int = 1) -> None:
+        self._rec("add_total", phase, n)
+
+    def total_known(self, phase: JobPhase) -> None:
+        self._rec("total_known", phase)
+
+    def progress(self, phase: JobPhase, n: int = 1) -> None:
+        self._rec("progress", phase, n)
+
+    def phase_done(self, phase: JobPhase) -> None:
+        self._rec("phase_done", phase)
+
+    def count(self, metric: str, n: int = 1) -> None:
+        self._rec("count", metric, n)
+
+    def found(self, fmt: str) -> None:
+        self._rec("found", fmt)
+
+    def set(self, metric: str, value: Any) -> None:
+        self._rec("set", metric, value)
+
+    def message(self, text: str) -> None:
+        self._rec("message", text)
 
     def doc_error(self, path: str, phase: JobPhase, kind: str, message: str, attempts: int = 1) -> None:
         self._rec("doc_error", path, phase, kind)
 
-    def warning(self, path: str, warnings: Iterable[str]) -> None: self._rec("warning", path, list(warnings))
-    def checkpoint(self) -> None: self._rec("checkpoint")
+    def warning(self, path: str, warnings: Iterable[str]) -> None:
+        self._rec("warning", path, list(warnings))
+
+    def checkpoint(self) -> None:
+        self._rec("checkpoint")
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [c[1:] for c in self.calls if c[0] == name]
@@ -110,7 +131,9 @@ def test_load_stage_yields_each_changed_document_and_reports_the_walk(tmp_path, 
     docs = list(stage)
     names = sorted(d.path.rsplit("/", 1)[-1] for d in docs)
     assert "a.md" in names and "b.txt" in names
-    assert all(d.loaded is not None and d.version and not d.replaces for d in docs if d.path.endswith(("a.md", "b.txt")))
+    assert all(
+        d.loaded is not None and d.version and not d.replaces for d in docs if d.path.endswith(("a.md", "b.txt"))
+    )
     assert r.named("phase_started")[0] == (L,)
     assert ("markdown",) in r.named("found")
     assert r.named("phase_done") == [(L,)]

@@ -1,5 +1,6 @@
 """The format registry: which format reads a document, found by its suffix (LlamaIndex's reader
 registry is the model). Adding a format is one module plus one line in `_BUILTIN` below."""
+
 from __future__ import annotations
 
 import os
@@ -82,5 +83,15 @@ def suffixes() -> tuple[str, ...]:
 for _fmt in _BUILTIN:
     register(_fmt)
 
-__all__ = ["Extracted", "Format", "LoadError", "register", "unregister", "for_path", "formats", "suffixes",
-           "unsupported", "UNSUPPORTED"]
+__all__ = [
+    "Extracted",
+    "Format",
+    "LoadError",
+    "register",
+    "unregister",
+    "for_path",
+    "formats",
+    "suffixes",
+    "unsupported",
+    "UNSUPPORTED",
+]

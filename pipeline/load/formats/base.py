@@ -4,6 +4,7 @@ A format turns a document's bytes (already read safely and bounded by the loader
 structure. It decides for itself whether bytes are its own (`identify`): binary detection is each
 format's decision, so a PDF is never refused as "binary" before the PDF reader sees it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ def inflation_limit(max_file_bytes: Optional[int] = None) -> int:
 
 def too_inflated(what: str, limit: int) -> "LoadError":
     """The error of a document that inflates past `limit` (inflation_limit): kind too_large."""
-    return LoadError("too_large", f"{what} inflates to more than {limit / 2**20:,.0f} MiB (the limit: "
-                     f"{INFLATE_FACTOR} x --max-file-mb, at least {INFLATE_FLOOR >> 20} MiB): "
-                     "not inflated further, not loaded")
+    return LoadError(
+        "too_large",
+        f"{what} inflates to more than {limit / 2**20:,.0f} MiB (the limit: "
+        f"{INFLATE_FACTOR} x --max-file-mb, at least {INFLATE_FLOOR >> 20} MiB): "
+        "not inflated further, not loaded",
+    )
 
 
 class LoadError(Exception):
@@ -55,20 +59,20 @@ class NoText(LoadError):
 class Extracted:
     """A document's text and structure, as one format extracted it."""
 
-    text: str                          # Markdown when `markdown`, else plain text
-    markdown: bool                     # the Markdown chunker applies (headings give the heading path)
-    title: Optional[str] = None        # the document's own title (HTML <title>, PDF metadata), if any
+    text: str  # Markdown when `markdown`, else plain text
+    markdown: bool  # the Markdown chunker applies (headings give the heading path)
+    title: Optional[str] = None  # the document's own title (HTML <title>, PDF metadata), if any
     page_starts: tuple[int, ...] = ()  # paged formats: offset in `text` where page i+1 begins
     page_ocr: tuple[Optional[float], ...] = ()  # per page: None read from its text layer, else OCR's confidence
-    warnings: tuple[str, ...] = ()     # loaded, but flagged (e.g. invalid UTF-8 replaced)
+    warnings: tuple[str, ...] = ()  # loaded, but flagged (e.g. invalid UTF-8 replaced)
 
 
 class Format:
     """One document format. Subclasses set the class attributes and implement `extract`."""
 
-    name: str = ""                     # "markdown", "text", "html", "pdf", "docx"
-    suffixes: tuple[str, ...] = ()     # lower-case, with the dot
-    description: str = ""              # what is extracted (README's table)
+    name: str = ""  # "markdown", "text", "html", "pdf", "docx"
+    suffixes: tuple[str, ...] = ()  # lower-case, with the dot
+    description: str = ""  # what is extracted (README's table)
 
     def identify(self, head: bytes) -> Optional[str]:
         """None when `head` (the first bytes) can be this format; else what it really looks like,

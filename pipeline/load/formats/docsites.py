@@ -15,6 +15,7 @@ generic walk:
 
 Pages no profile detects take the generic path unchanged. `detect(tree)` is the one entry point.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,8 @@ from typing import Optional
 
 from kbingest.pipeline.load.formats.mdtext import fence, heading, squash
 
-MAX_LEVEL = 6            # Markdown's deepest heading
-MAX_SIGNATURE = 400      # characters of a signature kept as a heading (the rest is cut with "…")
+MAX_LEVEL = 6  # Markdown's deepest heading
+MAX_SIGNATURE = 400  # characters of a signature kept as a heading (the rest is cut with "…")
 
 # text of a permalink anchor (an <a href="#..."> whose whole text is one of these)
 _MARKS = frozenset(("¶", "#", "§", "🔗", "\u200b", ""))
@@ -31,16 +32,27 @@ _MARKS = frozenset(("¶", "#", "§", "🔗", "\u200b", ""))
 _CHROME_TEXT = re.compile(
     r"(?:was this (?:page|article|section|doc) helpful\??|is this page helpful\??|did this page help you\??|"
     r"edit (?:this page|on github|on gitlab|on bitbucket|source)|view (?:page )?source|show source|"
-    r"suggest (?:an )?edit|copy(?: code)?(?: to clipboard)?|copied!?|\[source\])", re.I)
+    r"suggest (?:an )?edit|copy(?: code)?(?: to clipboard)?|copied!?|\[source\])",
+    re.I,
+)
 _CHROME_TAGS = ("a", "p", "button", "summary", "span")
 # Sphinx's highlight-<lexer> names that are not a language a reader would name
-_LEXER_ALIASES = {"default": "python", "python3": "python", "py3": "python", "py": "python",
-                  "ipython3": "ipython", "none": "", "text": "", "guess": "", "plaintext": ""}
+_LEXER_ALIASES = {
+    "default": "python",
+    "python3": "python",
+    "py3": "python",
+    "py": "python",
+    "ipython3": "ipython",
+    "none": "",
+    "text": "",
+    "guess": "",
+    "plaintext": "",
+}
 _LANG_CLASS = re.compile(r"^(?:highlight|language|lang)-([\w+#.-]{1,32})$")
-LABEL = "data-kbingest-label"    # set by `prepare` on an admonition's title
-DROP = "data-kbingest-drop"      # set by `prepare` on what it removes that no selector names
-API_UP = 32                      # ancestors looked at for the API entry an entry is nested in
-API = "data-kbingest-api"        # set by the walk on an API entry it has made a heading of
+LABEL = "data-kbingest-label"  # set by `prepare` on an admonition's title
+DROP = "data-kbingest-drop"  # set by `prepare` on what it removes that no selector names
+API_UP = 32  # ancestors looked at for the API entry an entry is nested in
+API = "data-kbingest-api"  # set by the walk on an API entry it has made a heading of
 
 
 def _classes(node) -> tuple[str, ...]:
@@ -147,7 +159,7 @@ class Profile:
     def api_heading(self, node, text: str, level: int, w) -> bool:
         """Write the heading of an API entry (its signature, whole) at `level`."""
         if len(text) > MAX_SIGNATURE:
-            text = text[:MAX_SIGNATURE - 1] + "…"
+            text = text[: MAX_SIGNATURE - 1] + "…"
         w.flush()
         w.add(heading(max(1, min(MAX_LEVEL, level)), text))
         return False
@@ -161,19 +173,39 @@ class Sphinx(Profile):
     """Sphinx (any theme: alabaster, Read the Docs, Furo, PyData, Book)."""
 
     name = "sphinx"
-    drop = ("a.headerlink", "span.viewcode-link", "a.viewcode-back", "span.linenos", "td.linenos",
-            "div.toctree-wrapper", "div.rst-versions", "div.rst-footer-buttons", "div.edit-this-page",
-            "div.view-this-page", "div.announcement", "div.bd-header-version-warning",
-            "#bd-header-version-warning", "div.version-switcher__container", "div.sphinx-tabs-tab",
-            "button.copybtn", "div.feedback", "div.helpful")
+    drop = (
+        "a.headerlink",
+        "span.viewcode-link",
+        "a.viewcode-back",
+        "span.linenos",
+        "td.linenos",
+        "div.toctree-wrapper",
+        "div.rst-versions",
+        "div.rst-footer-buttons",
+        "div.edit-this-page",
+        "div.view-this-page",
+        "div.announcement",
+        "div.bd-header-version-warning",
+        "#bd-header-version-warning",
+        "div.version-switcher__container",
+        "div.sphinx-tabs-tab",
+        "button.copybtn",
+        "div.feedback",
+        "div.helpful",
+    )
     admonition_title = "p.admonition-title, p.topic-title, p.sidebar-title"
 
     def detect(self, tree, generator: str) -> bool:
         if "sphinx" in generator:
             return True
-        return (tree.css_first("div.sphinxsidebar, a.headerlink[title^='Link to this'], "
-                               "a.headerlink[title^='Permalink to this'], dt.sig-object, "
-                               "div.sphinxsidebarwrapper") is not None)
+        return (
+            tree.css_first(
+                "div.sphinxsidebar, a.headerlink[title^='Link to this'], "
+                "a.headerlink[title^='Permalink to this'], dt.sig-object, "
+                "div.sphinxsidebarwrapper"
+            )
+            is not None
+        )
 
     def enter(self, node, w) -> Optional[bool]:
         if node.tag == "dl":
@@ -195,7 +227,9 @@ class Sphinx(Profile):
             return True
         # Sphinx before 4: <dl class="py function"> (or "function") and a <dt id="...">
         cls = _classes(dl)
-        return bool(cls) and cls[0] in _SPHINX_DOMAINS and "field-list" not in cls and dt.attributes.get("id") is not None
+        return (
+            bool(cls) and cls[0] in _SPHINX_DOMAINS and "field-list" not in cls and dt.attributes.get("id") is not None
+        )
 
     @staticmethod
     def _signature(dt) -> str:
@@ -225,10 +259,23 @@ class MkDocs(Profile):
     signature of `separate_signature: true` taken into the heading)."""
 
     name = "mkdocs"
-    drop = ("a.headerlink", "a.md-content__button", "div.md-source-file", "aside.md-source-file",
-            "form.md-feedback", "div.md-feedback", "div.md-banner", "aside.md-banner", "div.md-announce",
-            "button.md-clipboard", "span.linenos", "td.linenos", "details.mkdocstrings-source",
-            "nav.md-tags", "div.md-tags")
+    drop = (
+        "a.headerlink",
+        "a.md-content__button",
+        "div.md-source-file",
+        "aside.md-source-file",
+        "form.md-feedback",
+        "div.md-feedback",
+        "div.md-banner",
+        "aside.md-banner",
+        "div.md-announce",
+        "button.md-clipboard",
+        "span.linenos",
+        "td.linenos",
+        "details.mkdocstrings-source",
+        "nav.md-tags",
+        "div.md-tags",
+    )
     admonition_title = "p.admonition-title, summary"
 
     def detect(self, tree, generator: str) -> bool:
@@ -258,11 +305,22 @@ class Docusaurus(Profile):
     """Docusaurus (the classic theme: `theme-doc-markdown`, Prism code blocks, hash links)."""
 
     name = "docusaurus"
-    drop = ("a.hash-link", "div.theme-doc-version-banner", "span.theme-doc-version-badge",
-            "a.theme-edit-this-page", "div.theme-doc-footer-edit-meta-row", "div.theme-last-updated",
-            "footer.theme-doc-footer", "nav.pagination-nav", "nav.theme-doc-breadcrumbs",
-            "div.theme-doc-toc-mobile", "div.theme-doc-toc-desktop", "div.theme-announcement-bar",
-            "ul.tabs", "div.buttonGroup__atx")
+    drop = (
+        "a.hash-link",
+        "div.theme-doc-version-banner",
+        "span.theme-doc-version-badge",
+        "a.theme-edit-this-page",
+        "div.theme-doc-footer-edit-meta-row",
+        "div.theme-last-updated",
+        "footer.theme-doc-footer",
+        "nav.pagination-nav",
+        "nav.theme-doc-breadcrumbs",
+        "div.theme-doc-toc-mobile",
+        "div.theme-doc-toc-desktop",
+        "div.theme-announcement-bar",
+        "ul.tabs",
+        "div.buttonGroup__atx",
+    )
     admonition_title = "div.theme-admonition > div:first-child, div.admonition-heading"
 
     def detect(self, tree, generator: str) -> bool:
@@ -281,8 +339,16 @@ class Javadoc(Profile):
 
     name = "javadoc"
     # the summaries repeat each member's first sentence, which its details hold whole
-    drop = ("a.anchor-link", "span.skip-nav", "section.summary", "div.summary", "section.method-summary",
-            "section.field-summary", "section.constructor-summary", "section.nested-class-summary")
+    drop = (
+        "a.anchor-link",
+        "span.skip-nav",
+        "section.summary",
+        "div.summary",
+        "section.method-summary",
+        "section.field-summary",
+        "section.constructor-summary",
+        "section.nested-class-summary",
+    )
     admonition_title = ""
     # lists that only lay the page out (one member per item): their items are sections, not a list
     layout_lists = ("ul.summary-list", "ul.details-list", "ul.member-list", "ul.block-list", "ul.blockList")

@@ -8,6 +8,7 @@ what it really inflates to: past the job's inflation limit (base.inflation_limit
 `too_large` before python-docx sees it. python-docx parses (lxml, external entities not resolved).
 Legacy .doc (OLE2) is not read: see formats.UNSUPPORTED.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -22,11 +23,11 @@ from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError, in
 from kbingest.pipeline.load.formats.mdtext import escape_line_start, heading, squash, table
 from kbingest.pipeline.load.formats.sniff import describe
 
-MAX_ENTRIES = 10_000                  # files in the archive
+MAX_ENTRIES = 10_000  # files in the archive
 MAX_UNCOMPRESSED = 256 * 1024 * 1024  # bytes, all entries together, as the directory declares them
-MAX_RATIO = 200                       # uncompressed / compressed, for any entry over 1 MiB inflated
+MAX_RATIO = 200  # uncompressed / compressed, for any entry over 1 MiB inflated
 MAIN_PART = "word/document.xml"
-PIECE = 1 << 20                       # bytes inflated at a time while counting
+PIECE = 1 << 20  # bytes inflated at a time while counting
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... file name length, extra field length
 
 _HEADING_STYLE = re.compile(r"heading\s*([1-9])$", re.I)
@@ -41,16 +42,24 @@ def check_archive(data: bytes) -> zipfile.ZipFile:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError) as e:
         raise LoadError("corrupt", f"the .docx is not a readable zip archive ({e}): not loaded") from None
     if len(infos) > MAX_ENTRIES:
-        raise LoadError("zip_bomb", f"the .docx archive holds {len(infos):,} files (limit {MAX_ENTRIES:,}): "
-                        "not inflated, not loaded")
+        raise LoadError(
+            "zip_bomb",
+            f"the .docx archive holds {len(infos):,} files (limit {MAX_ENTRIES:,}): not inflated, not loaded",
+        )
     total = sum(i.file_size for i in infos)
     if total > MAX_UNCOMPRESSED:
-        raise LoadError("zip_bomb", f"the .docx would inflate to {total / 2**20:,.0f} MiB "
-                        f"(limit {MAX_UNCOMPRESSED // 2**20} MiB): not inflated, not loaded")
+        raise LoadError(
+            "zip_bomb",
+            f"the .docx would inflate to {total / 2**20:,.0f} MiB "
+            f"(limit {MAX_UNCOMPRESSED // 2**20} MiB): not inflated, not loaded",
+        )
     for i in infos:
         if i.file_size > 2**20 and i.file_size > MAX_RATIO * max(1, i.compress_size):
-            raise LoadError("zip_bomb", f"{i.filename} in the .docx inflates {i.file_size // max(1, i.compress_size):,} "
-                            f"times (limit {MAX_RATIO}): a zip bomb, not loaded")
+            raise LoadError(
+                "zip_bomb",
+                f"{i.filename} in the .docx inflates {i.file_size // max(1, i.compress_size):,} "
+                f"times (limit {MAX_RATIO}): a zip bomb, not loaded",
+            )
     if MAIN_PART not in z.namelist():
         raise LoadError("corrupt", f"the archive has no {MAIN_PART}: it is not a Word document")
     return z
@@ -67,8 +76,10 @@ def _decompressor(method: int):
         return bz2.BZ2Decompressor()
     # LZMA (and anything else): its decompressor in zipfile inflates a whole read at once; Word never
     # writes it, so it is not read at all
-    raise LoadError("corrupt", f"the .docx uses zip compression method {method}, which Word does not write: "
-                    "not inflated, not loaded")
+    raise LoadError(
+        "corrupt",
+        f"the .docx uses zip compression method {method}, which Word does not write: not inflated, not loaded",
+    )
 
 
 def _inflated_size(data: bytes, info: zipfile.ZipInfo, budget: int) -> int:
@@ -77,14 +88,14 @@ def _inflated_size(data: bytes, info: zipfile.ZipInfo, budget: int) -> int:
     headers declare plays no part. A member that does not inflate cleanly counts what it gave (the
     parser then fails on it, as before)."""
     start = info.header_offset
-    head = data[start:start + _LOCAL_HEADER.size]
+    head = data[start : start + _LOCAL_HEADER.size]
     if len(head) < _LOCAL_HEADER.size:
         return 0
     magic, name_len, extra_len = _LOCAL_HEADER.unpack(head)
     if magic != b"PK\x03\x04":
         return 0
     begin = start + _LOCAL_HEADER.size + name_len + extra_len
-    raw = memoryview(data)[begin:begin + info.compress_size]
+    raw = memoryview(data)[begin : begin + info.compress_size]
     d = _decompressor(info.compress_type)
     if d is None:
         return len(raw)
@@ -95,14 +106,14 @@ def _inflated_size(data: bytes, info: zipfile.ZipInfo, budget: int) -> int:
                 if d.needs_input:
                     if pos >= len(raw):
                         break
-                    pending, pos = raw[pos:pos + PIECE], pos + PIECE
+                    pending, pos = raw[pos : pos + PIECE], pos + PIECE
                 total += len(d.decompress(pending, PIECE))
                 pending = b""
                 continue
             if not pending:
                 if pos >= len(raw):
                     break
-                pending, pos = raw[pos:pos + PIECE], pos + PIECE
+                pending, pos = raw[pos : pos + PIECE], pos + PIECE
             total += len(d.decompress(pending, PIECE))
             pending = d.unconsumed_tail
     except (zlib.error, OSError, EOFError, ValueError):

@@ -14,6 +14,7 @@ pipeline/load/formats/docsites.py, whose profile cleans it before the walk and r
 during it (API entries as headings, admonition labels, code languages); the generator's name goes into
 the Markdown's front matter (`generator: sphinx`), the document's metadata.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -26,24 +27,33 @@ from kbingest.pipeline.load.formats.mdtext import escape_line_start, fence, head
 from kbingest.pipeline.load.formats.sniff import describe
 from kbingest.pipeline.load.formats.text import bom, decode_counting, looks_binary, replaced_warning
 
-MAX_DEPTH = 256            # element nesting kept; deeper tags are dropped, their text kept
-META_SCAN_BYTES = 4096     # where a <meta charset> is looked for (the spec says 1024; pages lie)
+MAX_DEPTH = 256  # element nesting kept; deeper tags are dropped, their text kept
+META_SCAN_BYTES = 4096  # where a <meta charset> is looked for (the spec says 1024; pages lie)
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^>]*>")
 # end tags browsers may omit, and elements that have none: never counted as nesting
-_UNCOUNTED = frozenset("""area base br col embed hr img input link meta source track wbr param keygen
-    p li dt dd option optgroup tr td th thead tbody tfoot colgroup caption rb rt rp html head body""".split())
-_DROP_TAGS = frozenset("""script style noscript template svg math iframe object embed canvas nav aside
-    form button select textarea input dialog menu head""".split())
-_DROP_ROLES = frozenset(("navigation", "banner", "contentinfo", "complementary", "search", "dialog",
-                         "alertdialog", "menu", "menubar"))
+_UNCOUNTED = frozenset(
+    """area base br col embed hr img input link meta source track wbr param keygen
+    p li dt dd option optgroup tr td th thead tbody tfoot colgroup caption rb rt rp html head body""".split()
+)
+_DROP_TAGS = frozenset(
+    """script style noscript template svg math iframe object embed canvas nav aside
+    form button select textarea input dialog menu head""".split()
+)
+_DROP_ROLES = frozenset(
+    ("navigation", "banner", "contentinfo", "complementary", "search", "dialog", "alertdialog", "menu", "menubar")
+)
 _BOILERPLATE = re.compile(
     r"(?:^|[\s_-])(?:cookie|cookies|consent|gdpr|cc-banner|sidebar|side-bar|breadcrumbs?|navbar|nav-bar|"
-    r"site-header|site-footer|skip-link|skiplink|share-buttons|social-share)(?:$|[\s_-])", re.I)
+    r"site-header|site-footer|skip-link|skiplink|share-buttons|social-share)(?:$|[\s_-])",
+    re.I,
+)
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
-_BLOCKS = frozenset("""p div section article main header footer address blockquote figure figcaption
-    details summary dl dt dd center hgroup fieldset legend""".split())
+_BLOCKS = frozenset(
+    """p div section article main header footer address blockquote figure figcaption
+    details summary dl dt dd center hgroup fieldset legend""".split()
+)
 
 
 def decode_html(data: bytes) -> tuple[str, tuple[str, ...]]:
@@ -112,8 +122,8 @@ def _code_language(node) -> str:
             continue
         for cls in (n.attributes.get("class") or "").split():
             for prefix in ("language-", "lang-", "highlight-source-"):
-                if cls.startswith(prefix) and re.fullmatch(r"[\w+#.-]{1,32}", cls[len(prefix):]):
-                    return cls[len(prefix):]
+                if cls.startswith(prefix) and re.fullmatch(r"[\w+#.-]{1,32}", cls[len(prefix) :]):
+                    return cls[len(prefix) :]
     return ""
 
 
@@ -139,12 +149,12 @@ class _Writer:
     def __init__(self) -> None:
         self.blocks: list[str] = []
         self.inline: list[str] = []
-        self.lists: list[list] = []       # per open <ul>/<ol>: [ordered, next number, its marker's width]
+        self.lists: list[list] = []  # per open <ul>/<ol>: [ordered, next number, its marker's width]
         self.marker: Optional[str] = None  # the open list item's marker, until its text is written
-        self.in_list_block = False         # the last block is a list its items are added to
+        self.in_list_block = False  # the last block is a list its items are added to
         self.quote = 0
-        self.level = 0                     # the level of the last heading of the page's own (API entries go below it)
-        self.label: Optional[str] = None   # an admonition's title ("Note:"), put before its first text
+        self.level = 0  # the level of the last heading of the page's own (API entries go below it)
+        self.label: Optional[str] = None  # an admonition's title ("Note:"), put before its first text
 
     def text(self, s: str) -> None:
         self.inline.append(s)
@@ -313,9 +323,11 @@ def _leave(node, w: _Writer) -> None:
 class HtmlFormat(Format):
     name = "html"
     suffixes = (".html", ".htm", ".xhtml")
-    description = ("the main content: headings as the heading path, <title> as the title, paragraphs, "
-                   "lists, code blocks and tables kept whole; navigation, headers, footers, sidebars, "
-                   "scripts, styles and cookie banners dropped")
+    description = (
+        "the main content: headings as the heading path, <title> as the title, paragraphs, "
+        "lists, code blocks and tables kept whole; navigation, headers, footers, sidebars, "
+        "scripts, styles and cookie banners dropped"
+    )
 
     def identify(self, head: bytes) -> Optional[str]:
         encoding, body = bom(head)

@@ -10,6 +10,7 @@ reads the header only): more than MAX_IMAGE_PIXELS pixels in a frame is `too_lar
 are read. A truncated image is `truncated`, one Pillow cannot read `corrupt`. Frames are decoded one
 at a time, as the OCR pool takes them (at most ocr.WORKERS + 1 held), scaled to ocr.MAX_SIDE.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,10 +22,10 @@ from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError, No
 from kbingest.pipeline.load.formats.mdtext import plain_lines
 from kbingest.pipeline.load.formats.sniff import describe
 
-MAX_IMAGE_PIXELS = 60_000_000   # per frame (an A4 page at 600 dpi is 35 MP); larger headers: not decoded
-MAX_IMAGE_PAGES = 1_000         # frames of a multi-page TIFF read; beyond, a warning
-MIN_SIDE = 32                   # an image narrower or lower than this holds no line of text worth reading:
-MIN_PIXELS = 4_096              # nor does one of fewer pixels (64 x 64): both skipped without running OCR
+MAX_IMAGE_PIXELS = 60_000_000  # per frame (an A4 page at 600 dpi is 35 MP); larger headers: not decoded
+MAX_IMAGE_PAGES = 1_000  # frames of a multi-page TIFF read; beyond, a warning
+MIN_SIDE = 32  # an image narrower or lower than this holds no line of text worth reading:
+MIN_PIXELS = 4_096  # nor does one of fewer pixels (64 x 64): both skipped without running OCR
 
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")
 
@@ -34,8 +35,10 @@ def is_image(head: bytes) -> bool:
 
 
 def _too_large(w: int, h: int) -> LoadError:
-    return LoadError("too_large", f"the image is {w:,} x {h:,} pixels (limit {MAX_IMAGE_PIXELS:,} pixels a "
-                     "page): not decoded, not loaded")
+    return LoadError(
+        "too_large",
+        f"the image is {w:,} x {h:,} pixels (limit {MAX_IMAGE_PIXELS:,} pixels a page): not decoded, not loaded",
+    )
 
 
 def _open(data: bytes):
@@ -52,8 +55,7 @@ def _open(data: bytes):
     except UnidentifiedImageError:
         raise LoadError("corrupt", "the image is damaged: its header cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        raise LoadError("truncated" if _truncated(e) else "corrupt",
-                        f"the image cannot be read ({_why(e)})") from None
+        raise LoadError("truncated" if _truncated(e) else "corrupt", f"the image cannot be read ({_why(e)})") from None
     w, h = im.size
     if w * h > MAX_IMAGE_PIXELS:
         raise _too_large(w, h)
@@ -69,8 +71,14 @@ def _header_size(data: bytes) -> tuple[int, int]:
 
 def _truncated(e: BaseException) -> bool:
     s = str(e).lower()
-    return isinstance(e, EOFError) or "truncated" in s or "premature end" in s or "broken data stream" in s \
-        or "not enough data" in s or "image data is incomplete" in s
+    return (
+        isinstance(e, EOFError)
+        or "truncated" in s
+        or "premature end" in s
+        or "broken data stream" in s
+        or "not enough data" in s
+        or "image data is incomplete" in s
+    )
 
 
 def _why(e: BaseException) -> str:
@@ -102,17 +110,19 @@ def _frames(im, count: int) -> Iterator[tuple[int, object]]:
         except LoadError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise LoadError("truncated" if _truncated(e) else "corrupt",
-                            f"the image cannot be decoded{f' (frame {i + 1})' if count > 1 else ''}: "
-                            f"{_why(e)}") from None
+            raise LoadError(
+                "truncated" if _truncated(e) else "corrupt",
+                f"the image cannot be decoded{f' (frame {i + 1})' if count > 1 else ''}: {_why(e)}",
+            ) from None
         yield i, arr
 
 
 class ImageFormat(Format):
     name = "image"
     suffixes = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-    description = ("text by OCR (offline, --ocr): each TIFF frame a page, the page of every chunk; "
-                   "confidence under 80% flagged")
+    description = (
+        "text by OCR (offline, --ocr): each TIFF frame a page, the page of every chunk; confidence under 80% flagged"
+    )
 
     def identify(self, head: bytes) -> Optional[str]:
         return None if is_image(head) else describe(head)
@@ -123,8 +133,9 @@ class ImageFormat(Format):
         try:
             w, h = im.size
             if min(w, h) < MIN_SIDE or w * h < MIN_PIXELS:  # an icon, a bullet, a badge: OCR is not run
-                raise NoText(f"an image of {w} x {h} pixels is too small to hold text (an icon?): not read "
-                             "by OCR, not loaded")
+                raise NoText(
+                    f"an image of {w} x {h} pixels is too small to hold text (an icon?): not read by OCR, not loaded"
+                )
             if sess.mode == "off":
                 raise LoadError("no_text_layer", "an image has no text layer and --ocr off reads none: not loaded")
             count = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
@@ -150,8 +161,13 @@ class ImageFormat(Format):
             raise NoText(f"OCR found no text in {what} (a logo, a diagram or a photo?): not loaded")
         if empty and len(results) > 1 and empty < len(results):
             warnings_.append(f"OCR found no text on {empty} of {len(results)} pages")
-        return Extracted(text="\n\n".join(parts), markdown=True, page_starts=tuple(starts),
-                         warnings=tuple(warnings_), page_ocr=tuple(confidence))
+        return Extracted(
+            text="\n\n".join(parts),
+            markdown=True,
+            page_starts=tuple(starts),
+            warnings=tuple(warnings_),
+            page_ocr=tuple(confidence),
+        )
 
 
 IMAGE = ImageFormat()

@@ -1,4 +1,5 @@
 """Writing Markdown from another format's text: what every converter (HTML, PDF, DOCX) shares."""
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,7 @@ def squash(text: str) -> str:
 def escape_line_start(line: str) -> str:
     """A line of plain text that Markdown will not read as a heading, list, quote, fence or table."""
     m = _MD_LINE_START.match(line)  # ends where the backslash goes: after "12" of "12.", before "#"
-    return line[:m.end()] + "\\" + line[m.end():] if m else line
+    return line[: m.end()] + "\\" + line[m.end() :] if m else line
 
 
 _NEEDS_ESCAPE = frozenset("#>+*|-=`~0123456789")

@@ -13,6 +13,7 @@ Limits: PAGE_SECONDS per page (a page past it is left out, with a warning), MAX_
 page image's longer side (larger ones are scaled down first), CONFIDENCE_FLOOR (a page read with less
 is flagged). Nothing here raises anything but LoadError, or Stopped from the session's stop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,10 @@ from typing import Callable, Iterable, Iterator, Optional
 from kbingest.pipeline.load.formats.base import LoadError
 
 MODES = ("auto", "off", "force")
-ENGINE = "rapidocr-onnxruntime"       # the package: PP-OCRv4 det + rec (+ the angle classifier), in its wheel
+ENGINE = "rapidocr-onnxruntime"  # the package: PP-OCRv4 det + rec (+ the angle classifier), in its wheel
 INSTALL_HINT = "pip install 'kbingest[ocr]'"
 WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))  # the cores the embedding phase does not need
-MAX_SIDE = 2400              # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
+MAX_SIDE = 2400  # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
 # The text detector sees the page scaled to at most DET_SIDE pixels on its longer side (RapidOCR's
 # det_limit_type "max"; its default, "min" 736, fed a 300 dpi page to the detector whole, 1697 x 2400):
 # 0.69 of the area, about half the detection time, CER unchanged. RapidOCR 1.4 picks the side itself in
@@ -41,10 +42,10 @@ MAX_SIDE = 2400              # pixels on a page image's longer side given to the
 # what it does. Lines are still cut from the MAX_SIDE image for recognition, which is where the time
 # goes (80 %: docs/formats.md, OCR figures).
 DET_SIDE = 2000
-PAGE_SECONDS = 120.0         # one page's OCR; past it, the page is left out (a warning says so)
-CONFIDENCE_FLOOR = 0.80      # pages read with a lower mean confidence are flagged
-MIN_LAYER_CHARS = 16         # --ocr auto: a PDF page with fewer characters of text layer is read by OCR
-WAIT_SLICE = 0.1             # seconds the loader waits for a page between two looks at the stop
+PAGE_SECONDS = 120.0  # one page's OCR; past it, the page is left out (a warning says so)
+CONFIDENCE_FLOOR = 0.80  # pages read with a lower mean confidence are flagged
+MIN_LAYER_CHARS = 16  # --ocr auto: a PDF page with fewer characters of text layer is read by OCR
+WAIT_SLICE = 0.1  # seconds the loader waits for a page between two looks at the stop
 
 log = logging.getLogger("kbingest.ocr")
 
@@ -54,8 +55,8 @@ class Session:
     """What OCR may do for the document being loaded, and whom it tells."""
 
     mode: str = "auto"
-    stop: Callable[[], None] = lambda: None                # raises Stopped when the run is asked to stop
-    on_page: Callable[[bool], None] = lambda ocr: None     # a page was read (ocr: by OCR)
+    stop: Callable[[], None] = lambda: None  # raises Stopped when the run is asked to stop
+    on_page: Callable[[bool], None] = lambda ocr: None  # a page was read (ocr: by OCR)
 
 
 _SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())  # noqa: B039 (frozen)
@@ -66,8 +67,9 @@ def current() -> Session:
 
 
 @contextlib.contextmanager
-def session(mode: str = "auto", stop: Optional[Callable[[], None]] = None,
-            on_page: Optional[Callable[[bool], None]] = None) -> Iterator[Session]:
+def session(
+    mode: str = "auto", stop: Optional[Callable[[], None]] = None, on_page: Optional[Callable[[bool], None]] = None
+) -> Iterator[Session]:
     """Within it, formats read pages with this mode, stop and counter (the loader: one per document)."""
     if mode not in MODES:
         raise ValueError(f"ocr mode must be one of {', '.join(MODES)}")
@@ -106,8 +108,10 @@ def available() -> bool:
 
 
 def unavailable(what: str) -> LoadError:
-    return LoadError("ocr_unavailable", f"{what} needs OCR, and the OCR engine ({ENGINE}) is not installed: "
-                     f"{INSTALL_HINT} (or ingest with --ocr off)")
+    return LoadError(
+        "ocr_unavailable",
+        f"{what} needs OCR, and the OCR engine ({ENGINE}) is not installed: {INSTALL_HINT} (or ingest with --ocr off)",
+    )
 
 
 def _load_engine():
@@ -125,8 +129,14 @@ def _load_engine():
             quiet.setLevel(logging.WARNING)
             # no angle classifier: on upright pages it turned whole lines upside down (garbage, or dropped
             # under text_score) and took a third of the time; pages rotated by 180 degrees are not read
-            _engine = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1, max_side_len=MAX_SIDE,
-                               use_cls=False, det_limit_type="max", det_limit_side_len=DET_SIDE)
+            _engine = RapidOCR(
+                intra_op_num_threads=1,
+                inter_op_num_threads=1,
+                max_side_len=MAX_SIDE,
+                use_cls=False,
+                det_limit_type="max",
+                det_limit_side_len=DET_SIDE,
+            )
         return _engine
 
 
@@ -186,8 +196,8 @@ def recognize(image) -> PageText:
 # ---------------------------------------------------------------------------------- pages
 @dataclass(frozen=True)
 class PageResult:
-    index: int                  # the page's 0-based index in its document
-    page: Optional[PageText]    # None: left out (timed out or failed), `warning` says why
+    index: int  # the page's 0-based index in its document
+    page: Optional[PageText]  # None: left out (timed out or failed), `warning` says why
     warning: Optional[str] = None
 
 
@@ -228,8 +238,9 @@ def _settle(entry: tuple[int, Future, list], sess: Session) -> PageResult:
         except FutureTimeout:
             if started and time.monotonic() - started[0] > PAGE_SECONDS:
                 fut.cancel()
-                return PageResult(index, None, f"page {index + 1}: OCR took more than {PAGE_SECONDS:.0f} s: "
-                                  "its text is left out")
+                return PageResult(
+                    index, None, f"page {index + 1}: OCR took more than {PAGE_SECONDS:.0f} s: its text is left out"
+                )
             continue
         except LoadError:
             raise
@@ -237,21 +248,25 @@ def _settle(entry: tuple[int, Future, list], sess: Session) -> PageResult:
             return PageResult(index, None, f"page {index + 1}: OCR ran out of memory: its text is left out")
         except Exception as e:  # one page the engine cannot read loses its own text only
             log.debug("OCR failed on page %d", index + 1, exc_info=True)
-            return PageResult(index, None, f"page {index + 1}: OCR failed ({type(e).__name__}): "
-                              "its text is left out")
+            return PageResult(index, None, f"page {index + 1}: OCR failed ({type(e).__name__}): its text is left out")
         sess.on_page(True)
         return PageResult(index, page)
 
 
 def low_confidence(results: list[PageResult], what: str = "page") -> list[str]:
     """Warnings for pages read under CONFIDENCE_FLOOR (one line, listing up to 10 page numbers)."""
-    low = [(r.index + 1, r.page.confidence) for r in results
-           if r.page is not None and r.page.confidence is not None and r.page.confidence < CONFIDENCE_FLOOR]
+    low = [
+        (r.index + 1, r.page.confidence)
+        for r in results
+        if r.page is not None and r.page.confidence is not None and r.page.confidence < CONFIDENCE_FLOOR
+    ]
     if not low:
         return []
     shown = ", ".join(f"{n} ({c:.0%})" for n, c in low[:10]) + (" ..." if len(low) > 10 else "")
-    return [f"{len(low)} {what}{'s' if len(low) > 1 else ''} read by OCR with confidence under "
-            f"{CONFIDENCE_FLOOR:.0%}: {shown}: check their text"]
+    return [
+        f"{len(low)} {what}{'s' if len(low) > 1 else ''} read by OCR with confidence under "
+        f"{CONFIDENCE_FLOOR:.0%}: {shown}: check their text"
+    ]
 
 
 def mean_confidence(results: list[PageResult]) -> Optional[float]:
@@ -260,8 +275,8 @@ def mean_confidence(results: list[PageResult]) -> Optional[float]:
 
 
 # ---------------------------------------------------------------------------------- PDF pages
-RENDER_DPI = 300             # a PDF page is rendered at this resolution, at most MAX_SIDE on its longer side
-MAX_OCR_PAGES = 2_000        # pages of one PDF read by OCR; beyond, a warning
+RENDER_DPI = 300  # a PDF page is rendered at this resolution, at most MAX_SIDE on its longer side
+MAX_OCR_PAGES = 2_000  # pages of one PDF read by OCR; beyond, a warning
 
 
 @dataclass
@@ -341,8 +356,10 @@ def pdf_pages(pdf, pages: list[list[str]], sess: Optional[Session] = None) -> Pd
         return out
     if not available():
         out.missing_engine = True
-        out.warnings.append(f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: "
-                            f"OCR needs {ENGINE} ({INSTALL_HINT})")
+        out.warnings.append(
+            f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: "
+            f"OCR needs {ENGINE} ({INSTALL_HINT})"
+        )
         return out
     order = sorted(taken)
     for r in read_pages(_render(pdf, order), sess):

@@ -6,12 +6,13 @@ before. So each chunk's start is found by looking its first lines up in the text
 only, within SEARCH_WINDOW of where the previous chunk was found (chunks are at most a few thousand
 characters): linear in the text. A chunk none of whose lines is found stays on the previous one's page.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
 from typing import Optional, Protocol, Sequence
 
-ANCHOR_LINES = 3      # first lines of a chunk looked up, in order; the first one found is its start
+ANCHOR_LINES = 3  # first lines of a chunk looked up, in order; the first one found is its start
 MIN_ANCHOR_CHARS = 4  # shorter lines ("|", "```", "1.") say too little about where they are
 SEARCH_WINDOW = 1 << 16  # characters after the previous chunk's start where the next one is looked for
 
@@ -39,7 +40,7 @@ def chunk_pages(text: str, page_starts: Sequence[int], chunks: Sequence[_Chunk])
     if not page_starts:
         return [None] * len(chunks)
     out: list[Optional[int]] = []
-    cursor, start = 0, 0   # where the previous chunk was found; where to look for the next one
+    cursor, start = 0, 0  # where the previous chunk was found; where to look for the next one
     for ch in chunks:
         for anchor in _anchors(ch):
             found = text.find(anchor, start, start + SEARCH_WINDOW)

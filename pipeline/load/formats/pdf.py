@@ -12,6 +12,7 @@ Refused, each with its own kind: no text layer nor OCR'd text (no_text_layer), e
 truncated, corrupt, too_large (its streams decode to more than the job's inflation limit, counted
 before PDFium sees the bytes: check_decoded_size). Nothing here raises anything but LoadError.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,24 +21,24 @@ import zlib
 from collections import Counter
 from typing import Optional
 
-from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError, inflation_limit, too_inflated
 import kbingest.pipeline.load.formats.ocr as ocr  # not `from ...formats import`: no cycle through the package (tests/test_architecture.py)
+from kbingest.pipeline.load.formats.base import Extracted, Format, LoadError, inflation_limit, too_inflated
 from kbingest.pipeline.load.formats.mdtext import heading, plain_lines, squash
 from kbingest.pipeline.load.formats.sniff import describe
 
-MAX_PAGES = 100_000          # pages read; beyond, the rest is not loaded (with a warning)
+MAX_PAGES = 100_000  # pages read; beyond, the rest is not loaded (with a warning)
 MAX_OUTLINE_ENTRIES = 10_000
-MAX_OUTLINE_DEPTH = 6        # Markdown has six heading levels
-EDGE_LINES = 2               # lines at the top and at the bottom of a page that may be running text
-RUNNING_MIN_PAGES = 3        # documents shorter than this keep every line
-RUNNING_SHARE = 0.5          # a line at the edge of more than this share of pages is running text
-RUNNING_MAX_CHARS = 100      # longer lines are body text, however often they repeat
-MAGIC_WINDOW = 1024          # "%PDF-" may follow junk bytes this far (as readers accept)
-PIECE = 1 << 20              # bytes decoded at a time while a stream's decoded size is counted
+MAX_OUTLINE_DEPTH = 6  # Markdown has six heading levels
+EDGE_LINES = 2  # lines at the top and at the bottom of a page that may be running text
+RUNNING_MIN_PAGES = 3  # documents shorter than this keep every line
+RUNNING_SHARE = 0.5  # a line at the edge of more than this share of pages is running text
+RUNNING_MAX_CHARS = 100  # longer lines are body text, however often they repeat
+MAGIC_WINDOW = 1024  # "%PDF-" may follow junk bytes this far (as readers accept)
+PIECE = 1 << 20  # bytes decoded at a time while a stream's decoded size is counted
 
 _HYPHENATED = re.compile(r"-(?<=[^\W\d_]-)\n(?=[a-zäöüßàâçéèêëîïôûùüÿñæœ])")  # starts with a literal: fast to scan
 _DIGITS = re.compile(r"\d+")
-_PDFIUM = threading.Lock()   # PDFium is not thread-safe: one document at a time per process
+_PDFIUM = threading.Lock()  # PDFium is not thread-safe: one document at a time per process
 
 # PDFium's FPDF_GetLastError codes
 _ERR_FILE, _ERR_FORMAT, _ERR_PASSWORD, _ERR_SECURITY = 2, 3, 4, 5
@@ -134,8 +135,11 @@ def _load_error(e: Exception, data: bytes) -> LoadError:
         return LoadError("encrypted", "the PDF is encrypted (password-protected): not loaded")
     if b"%%EOF" not in data[-MAGIC_WINDOW:]:
         return LoadError("truncated", "the PDF is truncated (it does not end with %%EOF) and could not be read")
-    return LoadError("corrupt", "the PDF is damaged and could not be read"
-                     + (" (bad file structure)" if code in (_ERR_FILE, _ERR_FORMAT) else ""))
+    return LoadError(
+        "corrupt",
+        "the PDF is damaged and could not be read"
+        + (" (bad file structure)" if code in (_ERR_FILE, _ERR_FORMAT) else ""),
+    )
 
 
 def _page_text(pdf, index: int) -> Optional[str]:
@@ -163,16 +167,27 @@ def _page_text(pdf, index: int) -> Optional[str]:
 # all streams but images together, decode to more than the job's inflation limit.
 
 _STREAM = re.compile(rb"(?<![A-Za-z0-9])stream[ \t]*(?:\r\n|\n|\r)?")
-_TOKEN = re.compile(rb"[\x00\t\n\x0c\r ]*(?:%[^\r\n]*[\x00\t\n\x0c\r ]*)*"
-                    rb"(<<|>>|\[|\]|\(|<[0-9A-Fa-f\x00\t\n\x0c\r ]*>|/[^\x00\t\n\x0c\r ()<>\[\]{}/%]*"
-                    rb"|[+-]?(?:\d+\.?\d*|\.\d+)|[A-Za-z]+)")
+_TOKEN = re.compile(
+    rb"[\x00\t\n\x0c\r ]*(?:%[^\r\n]*[\x00\t\n\x0c\r ]*)*"
+    rb"(<<|>>|\[|\]|\(|<[0-9A-Fa-f\x00\t\n\x0c\r ]*>|/[^\x00\t\n\x0c\r ()<>\[\]{}/%]*"
+    rb"|[+-]?(?:\d+\.?\d*|\.\d+)|[A-Za-z]+)"
+)
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
-DICT_WINDOW = 64 * 1024      # a stream's dictionary is looked for this far before its data
+DICT_WINDOW = 64 * 1024  # a stream's dictionary is looked for this far before its data
 MAX_NESTING = 32
 _FLATE, _LZW, _A85, _AHX, _RL = "flate", "lzw", "a85", "ahx", "rl"
-_FILTERS = {b"FlateDecode": _FLATE, b"Fl": _FLATE, b"LZWDecode": _LZW, b"LZW": _LZW,
-            b"ASCII85Decode": _A85, b"A85": _A85, b"ASCIIHexDecode": _AHX, b"AHx": _AHX,
-            b"RunLengthDecode": _RL, b"RL": _RL}
+_FILTERS = {
+    b"FlateDecode": _FLATE,
+    b"Fl": _FLATE,
+    b"LZWDecode": _LZW,
+    b"LZW": _LZW,
+    b"ASCII85Decode": _A85,
+    b"A85": _A85,
+    b"ASCIIHexDecode": _AHX,
+    b"AHx": _AHX,
+    b"RunLengthDecode": _RL,
+    b"RL": _RL,
+}
 
 
 class _Name(bytes):
@@ -324,7 +339,7 @@ def _data_end(objs: _Objects, d: Optional[dict], start: int) -> int:
     data = objs.data
     n = objs.resolve(d.get(b"Length")) if d else None
     if isinstance(n, int) and 0 <= n <= len(data) - start:
-        if data[start + n:start + n + 64].lstrip(b"\x00\t\n\x0c\r ").startswith(b"endstream"):
+        if data[start + n : start + n + 64].lstrip(b"\x00\t\n\x0c\r ").startswith(b"endstream"):
             return start + n
     return len(data)
 
@@ -332,7 +347,7 @@ def _data_end(objs: _Objects, d: Optional[dict], start: int) -> int:
 def _pieces(data: bytes, start: int, end: int):
     view = memoryview(data)
     for i in range(start, end, PIECE):
-        yield view[i:min(end, i + PIECE)]
+        yield view[i : min(end, i + PIECE)]
 
 
 def _flate(chunks):
@@ -399,7 +414,7 @@ def _run_length(chunks):
             need = n + 2 if n < 128 else 2
             if i + need > len(buf):
                 break
-            out += buf[i + 1:i + need] if n < 128 else buf[i + 1:i + 2] * (257 - n)
+            out += buf[i + 1 : i + need] if n < 128 else buf[i + 1 : i + 2] * (257 - n)
             i += need
             if len(out) >= PIECE:
                 yield bytes(out)
@@ -429,7 +444,7 @@ def _ascii85(chunks):
     carry = b""
     for chunk in chunks:
         bad = re.search(rb"[^!-uz\x00\t\n\x0c\r ]", chunk)  # PDFium stops at the first other byte ("~>")
-        text = carry + re.sub(rb"[\x00\t\n\x0c\r ]", b"", bytes(chunk if bad is None else chunk[:bad.start()]))
+        text = carry + re.sub(rb"[\x00\t\n\x0c\r ]", b"", bytes(chunk if bad is None else chunk[: bad.start()]))
         whole = re.match(rb"(?:z|[!-u]{5})*", text).end()
         try:
             yield base64.a85decode(text[:whole])
@@ -461,7 +476,8 @@ def _decoded_size(data: bytes, start: int, end: int, chain: list[str], early: bo
     source = _pieces(data, start, end)
     for kind in chain:
         source = {_FLATE: _flate, _RL: _run_length, _AHX: _ascii_hex, _A85: _ascii85}.get(
-            kind, lambda s: _lzw(s, early))(source)
+            kind, lambda s: _lzw(s, early)
+        )(source)
         counts.append(0)
         source = _counted(source, counts, len(counts) - 1, budget)
         stages.append(source)
@@ -479,14 +495,20 @@ def check_decoded_size(data: bytes, limit: int) -> None:
         at = m.start()
         head = data.rfind(b"obj", max(0, at - DICT_WINDOW), at)
         d = None
-        if head > 0 and data[head - 3:head] != b"end":  # the object's header, not an "endobj"
+        if head > 0 and data[head - 3 : head] != b"end":  # the object's header, not an "endobj"
             d = _parse_dict(data, head + 3, at)
         chain, image = _chain(objs, d)
         if not chain:
             continue
         try:
-            size = _decoded_size(data, m.end(), _data_end(objs, d, m.end()), chain, _early_change(objs, d),
-                                 limit if image else limit - total)
+            size = _decoded_size(
+                data,
+                m.end(),
+                _data_end(objs, d, m.end()),
+                chain,
+                _early_change(objs, d),
+                limit if image else limit - total,
+            )
         except _Over:
             raise too_inflated("a stream of the PDF" if image or not total else "the PDF's streams", limit) from None
         if not image:
@@ -526,8 +548,9 @@ def extract_pdf(data: bytes, max_inflated: Optional[int] = None) -> Extracted:
         if unreadable == len(pages) and pages:
             raise LoadError("corrupt", f"the PDF is damaged: none of its {len(pages)} pages could be read")
         if read.missing_engine:
-            raise ocr.unavailable(f"this PDF has no text layer: none of its {len(pages)} pages has text, it "
-                                  "is probably scanned; it")
+            raise ocr.unavailable(
+                f"this PDF has no text layer: none of its {len(pages)} pages has text, it is probably scanned; it"
+            )
         raise LoadError("no_text_layer", _no_text(len(pages), read, ocr.current().mode))
     drop_running_lines(pages)
     parts, starts, offset = [], [], 0
@@ -535,25 +558,41 @@ def extract_pdf(data: bytes, max_inflated: Optional[int] = None) -> Extracted:
         md = _page_markdown(_place_headings(lines, outline.get(i, [])))
         starts.append(offset)
         parts.append(md)
-        offset += len(md) + 2   # the blank line between pages
+        offset += len(md) + 2  # the blank line between pages
     warnings = list(read.warnings)
     if with_text < len(pages) and not read.missing_engine:
-        warnings.append(f"{len(pages) - with_text} of {len(pages)} pages have no text"
-                        + (" (--ocr off: scanned pages are not read)" if ocr.current().mode == "off" else ""))
+        warnings.append(
+            f"{len(pages) - with_text} of {len(pages)} pages have no text"
+            + (" (--ocr off: scanned pages are not read)" if ocr.current().mode == "off" else "")
+        )
     if count > MAX_PAGES:
         warnings.append(f"only the first {MAX_PAGES} of {count} pages were loaded")
     if b"%%EOF" not in data[-MAGIC_WINDOW:]:
         warnings.append("the PDF looks truncated (no %%EOF at its end): the pages that could be read were loaded")
-    page_ocr = tuple((r.page.confidence or 0.0) if (r := read.results.get(i)) is not None and r.page is not None
-                     else None for i in range(len(pages))) if read.results else ()
-    return Extracted(text="\n\n".join(parts), markdown=True, title=title, page_starts=tuple(starts),
-                     warnings=tuple(warnings), page_ocr=page_ocr)
+    page_ocr = (
+        tuple(
+            (r.page.confidence or 0.0) if (r := read.results.get(i)) is not None and r.page is not None else None
+            for i in range(len(pages))
+        )
+        if read.results
+        else ()
+    )
+    return Extracted(
+        text="\n\n".join(parts),
+        markdown=True,
+        title=title,
+        page_starts=tuple(starts),
+        warnings=tuple(warnings),
+        page_ocr=page_ocr,
+    )
 
 
 def _no_text(n: int, read: "ocr.PdfOcr", mode: str) -> str:
     if mode == "off":
-        return (f"no text layer: none of its {n} pages has text, it is probably scanned "
-                "(--ocr off: ingest with --ocr auto to read it by OCR)")
+        return (
+            f"no text layer: none of its {n} pages has text, it is probably scanned "
+            "(--ocr off: ingest with --ocr auto to read it by OCR)"
+        )
     if read.wanted:
         return f"no text found: none of its {n} pages has a text layer, and OCR found no text on them"
     return f"no text layer: none of its {n} pages has text or an image to read by OCR"
@@ -562,8 +601,10 @@ def _no_text(n: int, read: "ocr.PdfOcr", mode: str) -> str:
 class PdfFormat(Format):
     name = "pdf"
     suffixes = (".pdf",)
-    description = ("the text layer, page by page: bookmarks as the heading path, the page of every chunk; "
-                   "hyphenation joined, running headers and footers dropped")
+    description = (
+        "the text layer, page by page: bookmarks as the heading path, the page of every chunk; "
+        "hyphenation joined, running headers and footers dropped"
+    )
 
     def identify(self, head: bytes) -> Optional[str]:
         return None if b"%PDF-" in head[:MAGIC_WINDOW] else describe(head)

@@ -1,5 +1,6 @@
 """What a document's first bytes say it really is, for the "wrong_format" error ("not a pdf file:
 it looks like a ZIP archive"). Magic numbers only: nothing here parses."""
+
 from __future__ import annotations
 
 from typing import Optional

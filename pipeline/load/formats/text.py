@@ -1,4 +1,5 @@
 """Plain text and Markdown: decoded from UTF-8/16/32 (BOM-aware), invalid bytes replaced and counted."""
+
 from __future__ import annotations
 
 import codecs
@@ -53,7 +54,7 @@ def bom(data: bytes) -> tuple[str, bytes]:
     """(encoding its byte-order mark names, the bytes after it); ("utf-8", data) without one."""
     for bom, enc in _BOMS:
         if data.startswith(bom):
-            return enc, data[len(bom):]
+            return enc, data[len(bom) :]
     return "utf-8", data
 
 
