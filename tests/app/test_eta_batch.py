@@ -64,7 +64,11 @@ def test_batch_lines_carry_an_eta_that_agrees_with_the_phases_and_the_time_left(
             if p["eta_seconds"] is not None:  # no phase ETA beyond the job's
                 assert s["eta_seconds"] is not None and p["eta_seconds"] <= s["eta_seconds"] + 0.05, s
             if p["items_total_estimate"] is not None:  # items beside the bar agree with it
-                assert abs(100 * p["items_processed"] / p["items_total_estimate"] - p["progress"]) <= 1, p
+                est = p["items_total_estimate"]
+                # the estimate is a whole number (processed / bar, rounded): rounding it by 0.5 moves
+                # processed / estimate by processed * 0.5 / estimate**2, a few points while both are small
+                slack = 1 + 100 * p["items_processed"] * 0.5 / est**2
+                assert abs(100 * p["items_processed"] / est - p["progress"]) <= slack, p
         if s["status"] == "running" and t - t0 >= 0.2 * total and s["eta_seconds"] is not None:
             errors.append(abs(s["eta_seconds"] - (t1 - t)) / total)
     assert len(errors) >= 3, (len(samples), total)

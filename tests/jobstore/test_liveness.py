@@ -120,7 +120,9 @@ def test_sigstopped_engine_is_not_responding_then_recovers(tmp_path):
             time.sleep(0.3)
         assert s["status"] == "running" and s["message"].startswith("not responding")
         human = run_cli("status", home=home, timeout=60)
-        assert "not responding" in human.stdout and "heartbeat_age_seconds=" in human.stdout
+        assert (
+            "not responding" in human.stdout and "heartbeat age seconds:" in human.stdout
+        )  # issue 30: words, not keys
 
         os.kill(engine.pid, signal.SIGCONT)
         resumed_at = time.monotonic()

@@ -110,7 +110,8 @@ def test_drain_commits_what_was_loaded_and_completes(tmp_path, status_validator)
     phases = {p["name"]: p["status"] for p in lines[-1]["phase_details"]}
     assert set(phases.values()) == {"completed"}, phases
     again = run_cli("status", job, home=h)
-    assert "drained" in again.stdout and "documents_not_processed" in again.stdout
+    not_processed = f"{m['documents_not_processed']} document(s) not processed"  # issue 30: words, not keys
+    assert "drained" in again.stdout and not_processed in again.stdout
 
 
 def test_dry_run_loads_no_model_writes_nothing_and_reports(tmp_path, corpus, status_validator):

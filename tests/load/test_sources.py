@@ -392,7 +392,7 @@ def test_cli_refuses_a_malformed_uri_and_serve_a_malformed_allow_url(tmp_path):
 
 
 def test_dashboard_search_lists_a_remote_document_by_its_uri():
-    from kbingest.app.console import source_label
+    from kbingest.app.screens.console import source_label
 
     assert source_label("https://docs.example.org/guide/install.html") == "https://docs.example.org/guide/install.html"
     assert source_label("s3://bucket/manuals/a.md") == "s3://bucket/manuals/a.md"

@@ -4,7 +4,7 @@ IndexStage); EmbedStage runs the fake embedder."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import pytest
 
@@ -40,8 +40,14 @@ class RecordingReporter:
     def total_known(self, phase: JobPhase) -> None:
         self._rec("total_known", phase)
 
-    def progress(self, phase: JobPhase, n: int = 1) -> None:
+    def progress(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
         self._rec("progress", phase, n)
+
+    def add_bytes(self, n: int) -> None:
+        self._rec("add_bytes", n)
+
+    def settle_bytes(self, n: int, chunks: Optional[int] = None) -> None:
+        self._rec("settle_bytes", n, chunks)
 
     def phase_done(self, phase: JobPhase) -> None:
         self._rec("phase_done", phase)
