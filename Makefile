@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
 .PHONY: run test lint style types bench bench-tools setup setup-test clean
-# `make run` installs the package and its OCR and S3 extras (what the dashboard, the sample, scans and s3:// need); `make test` adds
+# `make run` installs the package and its OCR and S3 extras (the dashboard, the sample, scans, s3://); `make test` adds
 # the test extras, and the Ray and interop extras whose tests run in the suite. Each target
 # re-installs only when pyproject.toml changed since its stamp.
 $(VENV)/.run-installed: pyproject.toml
@@ -34,7 +34,7 @@ lint: setup-test  ## ruff ([tool.ruff] in pyproject.toml): the lint rules, then 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-style: setup-test  ## what the lead runs once the branches are merged: imports sorted (ruff's I rules), then the formatter
+style: setup-test  ## sorts imports (ruff's I rules), then formats: what `make lint` then finds clean
 	$(BIN)/ruff check --select I --fix .
 	$(BIN)/ruff format .
 
