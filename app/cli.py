@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="N",
-        help="requests a second each client address may make, 304s and long-poll waits not counted "
-        "(default 50, burst twice that; 0: no limit; docs/serve.md)",
+        help="requests a second each client address may make, 304s, long-poll waits and loopback peers "
+        "not counted (default 50, burst twice that; 0: no limit; docs/serve.md)",
     )
     sv.add_argument(
         "--no-status-front",

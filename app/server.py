@@ -40,6 +40,7 @@ from kbingest.pipeline.service import (
     JobHandle,
     JobInfo,
     KbError,
+    NotFound,
     Service,
     WrongState,
     printable,
@@ -54,7 +55,8 @@ CONTROL_TIMEOUT_S = 120.0
 STATUS_TTL_S = 0.05  # a kb status is computed at most this often (polled by many clients)
 LONG_POLL_MAX_S = 30.0  # GET .../status?wait=SECONDS waits at most this long
 LONG_POLL_STEP_S = 0.1  # how often a long poll looks for a change
-RATE_LIMIT = 50.0  # requests a second per client address (burst: twice that); 304s not counted
+RATE_LIMIT = 50.0  # requests a second per client address (burst: twice that); 304s and loopback peers not counted
+MAX_CONNECTIONS = 1000  # uvicorn's limit_concurrency: what slow or idle clients can hold (503 past it)
 JOURNAL_EVENTS = 4096  # SSE events a job's journal keeps for Last-Event-ID
 
 
@@ -273,6 +275,8 @@ class EngineHost:
                 raise InvalidInput(f"sources: {printable(s)!r} is not a valid file name") from None
             if not any(real == root or real.is_relative_to(root) for root in self.allow_roots):
                 raise Forbidden(f"source {printable(s)!r} is not under an --allow-root folder of this server")
+            if not real.exists():  # under a root, but nothing there: the source is not found (404)
+                raise NotFound(f"source {printable(s)!r} does not exist on this server")
 
     @property
     def roots(self) -> list[str]:
@@ -466,8 +470,10 @@ class Guard:
                 "this server needs `Authorization: Bearer <token>`",
                 extra=[(b"www-authenticate", b"Bearer")],
             )
-        if self.rate > 0 and scope.get("path") != "/healthz":
-            client = (scope.get("client") or ("?", 0))[0]
+        client = (scope.get("client") or ("?", 0))[0]
+        if self.rate > 0 and scope.get("path") != "/healthz" and not is_loopback(client):
+            # a loopback peer is this machine: its own tools, or a reverse proxy that sees the real
+            # addresses and limits them itself (docs/serve.md, "Rate limit")
             wait = self._retry_after(client)
             if wait:
                 return await _send_error(
@@ -624,6 +630,8 @@ def _offline_docs(app: Any) -> None:
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",
             swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            # Swagger UI would otherwise send the spec to validator.swagger.io for its badge
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
 
@@ -1018,6 +1026,9 @@ def uvicorn_config(app: Guard, host: str = "127.0.0.1", port: int = 8000) -> Any
         server_header=False,
         proxy_headers=False,  # no proxy is trusted: the peer is the client
         timeout_keep_alive=5,  # an idle connection is closed after 5 s
+        # open connections and requests in flight at most (slow and idle ones included): past it a
+        # request is answered 503 at once. uvicorn has no header timeout (docs/serve.md, "Slow clients")
+        limit_concurrency=MAX_CONNECTIONS,
         timeout_graceful_shutdown=5,
     )  # then open streams are cut: the jobs are paused next
 

@@ -109,7 +109,7 @@ def test_errors_are_one_json_shape(serve, corpus):
             (c.post(f"{API}/kb/bad name/jobs", json={"sources": [str(corpus)]}), 422, "invalid_input"),
             (c.post(f"{API}/kb/waf/jobs", json={"sources": [str(corpus)], "overlap_tokens": -1}), 422, "invalid_input"),
             (c.post(f"{API}/kb/waf/jobs", json={"sources": [str(corpus)], "unknown": 1}), 422, "invalid_input"),
-            (c.post(f"{API}/kb/waf/jobs", json={"sources": [str(corpus / "missing")]}), 422, "invalid_input"),
+            (c.post(f"{API}/kb/waf/jobs", json={"sources": [str(corpus / "missing")]}), 404, "not_found"),
             (c.post(f"{API}/jobs/nope/pause"), 404, "not_found"),
             (c.get("/nothing-here"), 404, "not_found"),
         ]

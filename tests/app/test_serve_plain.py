@@ -59,19 +59,90 @@ def test_a_long_poll_answers_at_the_change_or_304_when_the_wait_runs_out(serve, 
         assert bad.status_code == 422 and bad.json()["error"] == "invalid_input"
 
 
+def asgi_get(app, path: str, times: int, client: str, headers: dict | None = None) -> list[httpx.Response]:
+    """`times` GETs through the app's ASGI interface as if from `client` (an address a test on
+    127.0.0.1 cannot have)."""
+    import asyncio
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=(client, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return [await c.get(path, headers=headers or {}) for _ in range(times)]
+
+    return asyncio.run(run())
+
+
 def test_a_client_over_the_rate_limit_gets_429_with_retry_after_and_304s_are_free(serve, corpus):
     s = serve(allow_roots=[str(corpus)], rate_limit=5)  # burst 10
+    far = "192.0.2.7"  # a client on the network (TEST-NET-1)
+    tag = asgi_get(s.app, f"{API}/jobs", 1, far)[0].headers["etag"]
+    conditional = [r.status_code for r in asgi_get(s.app, f"{API}/jobs", 40, far, {"If-None-Match": tag})]
+    assert conditional == [304] * 40, "a poller that sends If-None-Match is not counted"
+    plain = asgi_get(s.app, f"{API}/jobs", 40, far)
+    limited = [r for r in plain if r.status_code == 429]
+    assert limited and plain[0].status_code == 200
+    assert limited[0].json()["error"] == "rate_limited" and int(limited[0].headers["retry-after"]) >= 1
+    assert asgi_get(s.app, "/healthz", 1, far)[0].status_code == 200  # never limited
+    other = asgi_get(s.app, f"{API}/jobs", 1, "192.0.2.8")[0]
+    assert other.status_code == 200, "each address has its own budget"
+    time.sleep(float(limited[-1].headers["retry-after"]) + 0.5)
+    assert asgi_get(s.app, f"{API}/jobs", 1, far)[0].status_code == 200
+
+
+def test_loopback_peers_are_not_rate_limited(serve, corpus):
+    """This machine's own clients, or a reverse proxy on it (which sees the real addresses and limits
+    them itself): the bench's 50 pollers on 127.0.0.1 run against the default settings."""
+    s = serve(allow_roots=[str(corpus)], rate_limit=5)
     with httpx.Client(base_url=s.url, timeout=60) as c:
-        tag = c.get(f"{API}/jobs").headers["etag"]
-        conditional = [c.get(f"{API}/jobs", headers={"If-None-Match": tag}).status_code for _ in range(40)]
-        assert conditional == [304] * 40, "a poller that sends If-None-Match is not counted"
-        plain = [c.get(f"{API}/jobs") for _ in range(40)]
-        limited = [r for r in plain if r.status_code == 429]
-        assert limited and plain[0].status_code == 200
-        assert limited[0].json()["error"] == "rate_limited" and int(limited[0].headers["retry-after"]) >= 1
-        assert c.get("/healthz").status_code == 200  # never limited
-        time.sleep(float(limited[-1].headers["retry-after"]) + 0.5)
-        assert c.get(f"{API}/jobs").status_code == 200
+        assert [c.get(f"{API}/jobs").status_code for _ in range(40)] == [200] * 40
+    assert [r.status_code for r in asgi_get(s.app, f"{API}/jobs", 40, "::1")] == [200] * 40
+
+
+# ---- slow clients -----------------------------------------------------------------------------------
+def test_slow_header_clients_do_not_starve_a_poller_and_connections_are_bounded(serve, corpus, monkeypatch):
+    from kbingest.app import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 16)
+    s = serve(allow_roots=[str(corpus)])
+    stop = threading.Event()
+    slow = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(6)]
+
+    def trickle() -> None:  # a header byte every 0.2 s, never the blank line that ends them
+        head = request(f"{API}/jobs")[:-2]
+        i = 0
+        while not stop.is_set():
+            for sock in slow:
+                sock.sendall(head[i : i + 1] if i < len(head) else b"a")
+            i += 1
+            stop.wait(0.2)
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    idle: list[socket.socket] = []
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            took = []
+            for _ in range(20):  # a poller at 10 Hz while six clients send their headers a byte at a time
+                began = time.monotonic()
+                assert c.get(f"{API}/jobs").status_code == 200
+                took.append(time.monotonic() - began)
+                time.sleep(0.1)
+            assert max(took) < 5, took
+        # past MAX_CONNECTIONS open connections (slow and idle ones count), a request is answered 503 at once
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(12)]
+        time.sleep(0.5)
+        began = time.monotonic()
+        r = httpx.get(f"{s.url}{API}/jobs", timeout=30)
+        assert r.status_code == 503 and time.monotonic() - began < 10
+    finally:
+        stop.set()
+        trickler.join(10)
+        for sock in slow + idle:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{s.url}{API}/jobs", timeout=30).status_code != 200:  # the server holds them no more
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
 
 
 # ---- SSE through pause and resume -----------------------------------------------------------------
@@ -206,9 +277,13 @@ def test_docs_load_offline_from_this_server_only(serve):
         named = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
         assert named and not [u for u in named if "//" in u], named  # no other host, no scheme-relative URL
         assert not re.search(r"https?://", page.text), "the page names another host"
+        assert re.search(r'"validatorUrl":\s*null', page.text), "Swagger UI would send the spec to validator.swagger.io"
         for url in named:
             r = c.get(url)
             assert r.status_code == 200 and r.content, url
+            if url.endswith(".css"):  # what a stylesheet loads (fonts, images) comes from here too
+                loads = re.findall(r"url\(\s*['\"]?([^'\")]+)", r.text)
+                assert not [u for u in loads if re.match(r"(?:[a-z]+:)?//", u)], url  # data: URIs are inline
         assert httpx.get(f"{s.url}/docs").status_code == 401
 
 
@@ -263,6 +338,10 @@ def test_one_process_answers_every_request_mixed_on_one_connection(command, corp
         sock.sendall(request(f"{API}/kb/nope/jobs", auth, "Content-Length: 70000", method="POST"))
         status, _, body = _Responses(sock).next()
         assert status == 413 and json.loads(body)["error"] == "too_large"
+    s.stop()  # the start line: its address, the token on, no web UI
+    start = [ln for ln in s.stderr.splitlines() if "kbingest serve: " in ln]
+    assert len(start) == 1 and f"{s.url} (home" in start[0] and "token on" in start[0], s.stderr
+    assert "web UI: none" in start[0], start
 
 
 def test_start_and_stop_lines_and_idle_connections_are_closed(command, corpus):
@@ -282,7 +361,8 @@ def test_start_and_stop_lines_and_idle_connections_are_closed(command, corpus):
     assert s.proc.returncode == 0
     lines = [ln for ln in s.stderr.splitlines() if ln.strip()]
     start = [ln for ln in lines if "kbingest serve: http://127.0.0.1:" in ln]
-    assert len(start) == 1 and "token off" in start[0] and str(corpus.resolve()) in start[0], lines
+    assert len(start) == 1 and f"{s.url} (home" in start[0] and "token off" in start[0], lines
+    assert f"allowed roots: {corpus.resolve()}," in start[0] and "web UI: none" in start[0], lines
     stop = [ln for ln in lines if "kbingest serve stopped" in ln]
     assert len(stop) == 1 and f"paused {job_id}" in stop[0], lines
     assert not [ln for ln in lines if "exited with" in ln or "Traceback" in ln], lines
