@@ -7,7 +7,8 @@ from bench.context import Ctx, fj, json_module
 
 
 def fig_serve(ctx: Ctx) -> list[Row]:
-    """kbingest serve under load: 50 clients polling status at 10 Hz + one SSE client, real model."""
+    """kbingest serve under load: 50 clients polling status at 10 Hz (half plain, half honouring the
+    ETag) + one SSE client, real model, the server with its default settings."""
     return _serve_rows(ctx, "pollers")
 
 
@@ -28,6 +29,14 @@ def fig_serve_wrk(ctx: Ctx) -> list[Row]:
     return _serve_rows(ctx, "wrk")
 
 
+def _latencies(d: dict) -> str:
+    by = ", ".join(
+        f"{k} p50 {d['p50_ms_by_kind'][k]:.1f} / p99 {d['p99_ms_by_kind'][k]:.1f} ms ({d['polls_by_kind'][k]} polls)"
+        for k in ("plain", "etag")
+    )
+    return f"{d['polls']} polls ({by}; {d['not_modified']} answered 304), {d['errors']} errors"
+
+
 def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     from bench.serve_load import nginx_binary
 
@@ -39,11 +48,20 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
     )
     d = json_module(
         "bench.serve_load", "--pages", str(pages), "--reps", str(reps), "--load-generator", generator, *floor
-    )  # the load generator niced (10) below the server: serve_load's default
+    )
     w = "" if generator == "pollers" else "w"
-    by = "" if generator == "pollers" else ", the clients from wrk"
-    load = f"{d['clients']} clients at {d['hz']:g} Hz + 1 SSE client, {d['pages']} pages ({d['chunks']} chunks){by}"
     cmd = f"python -m bench.serve_load{' --load-generator wrk' if w else ''}"
+    kinds = d["clients_by_kind"]
+    load = (
+        f"{d['clients']} clients at {d['hz']:g} Hz ({kinds['plain']} plain, {kinds['etag']} with If-None-Match) "
+        f"+ 1 SSE client, {d['pages']} pages ({d['chunks']} chunks)"
+        + ("" if not w else ", the clients from wrk")
+        + f"; the load generator at {d['placement']}; the server with its default settings"
+    )
+    cpu = (
+        f"CPU seconds of the server (job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
+        f"{fj(d['server_cpu_s'], '.1f')}; the load generator {fj(d['client_cpu_s'], '.2f')}"
+    )
     rows = [
         Row(
             f"15.1{w}",
@@ -53,11 +71,10 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
             op="<",
             target=50.0,
             goal="< 50 ms",
-            note=f"`{cmd}`: {d['polls']} polls, p50 {d['p50_ms']:.1f} ms, p99 of all "
-            f"{d['p99_ms']:.1f} ms, max {d['max_ms']:.0f} ms, {d['errors']} non-200; SSE events per job "
-            f"{d['sse_events']}, final {d['sse_final']}; the same clients with no job running: p50 "
-            f"{d['idle_p50_ms']:.1f} ms, p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end "
-            f"{fj(d['load_avg'], '.1f')} (2 cores)",
+            note=f"`{cmd}`: {_latencies(d)}, max {d['max_ms']:.0f} ms; SSE events per job {d['sse_events']}, "
+            f"final {d['sse_final']}; the same clients with no job running: p50 {d['idle_p50_ms']:.1f} ms, "
+            f"p99 {d['idle_p99_ms']:.1f} ms; 1-min load average at each job's end {fj(d['load_avg'], '.1f')} "
+            "(2 cores)",
         ),
         Row(
             f"15.2{w}",
@@ -67,39 +84,22 @@ def _serve_rows(ctx: Ctx, generator: str) -> list[Row]:
             op=">=",
             target=0.95,
             goal=">= 0.95",
-            note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates_loaded'], '.1f')} "
-            f"(job wall time from the status, model load included); CPU seconds of the server "
-            f"(job included) without {fj(d['server_cpu_bare_s'], '.1f')}, with "
-            f"{fj(d['server_cpu_loaded_s'], '.1f')}; the load generator (same 2 cores, nice "
-            f"{d['client_nice']}) {fj(d['client_cpu_s'], '.2f')}",
+            note=f"chunks/s without {fj(d['rates_bare'], '.1f')}, with {fj(d['rates'], '.1f')} (job wall time "
+            f"from the status, model load included); {cpu}",
         ),
     ]
-    if d.get("nofront_ratios"):
-        rows.append(
-            Row(
-                f"15.2{w}n",
-                f"serve, a diagnostic: job throughput with the same clients on a second `kbingest serve "
-                f"--no-status-front` (polls answered in the job's process) / without, same run ({load})",
-                unit="x",
-                values=d["nofront_ratios"],
-                note=f"`{cmd} --without-front-too`: chunks/s {fj(d['rates_nofront'], '.1f')}; {d['nofront_polls']} polls, "
-                f"p99 per job {fj(d['nofront_p99_per_run_ms'], '.1f')} ms; CPU seconds of that server (job "
-                f"included) {fj(d['nofront_server_cpu_s'], '.1f')}, the load generator "
-                f"{fj(d['nofront_client_cpu_s'], '.2f')}",
-            )
-        )
-    if d.get("floor_ratios"):
+    f = d.get("floor")
+    if f:
         rows.append(
             Row(
                 f"15.2{w}f",
                 f"serve, a diagnostic (the floor): job throughput with the same clients polling the same status "
                 f"bytes served by nginx instead / without, same run, rotating ({load})",
                 unit="x",
-                values=d["floor_ratios"],
-                note=f"`{cmd} --floor`: chunks/s {fj(d['rates_floor'], '.1f')}; {d['floor_polls']} "
-                f"polls; CPU seconds of nginx {fj(d['floor_nginx_cpu_s'], '.2f')}, the load generator "
-                f"{fj(d['floor_client_cpu_s'], '.2f')}, the server process (job and SSE) "
-                f"{fj(d['floor_server_cpu_s'], '.1f')}",
+                values=f["ratios"],
+                note=f"`{cmd} --floor`: chunks/s {fj(f['rates'], '.1f')}; {_latencies(f)}; CPU seconds of nginx "
+                f"{fj(f['nginx_cpu_s'], '.2f')}, the load generator {fj(f['client_cpu_s'], '.2f')}, the server "
+                f"process (job and SSE) {fj(f['server_cpu_s'], '.1f')}",
             )
         )
     return rows

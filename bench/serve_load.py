@@ -1,13 +1,18 @@
-"""Load on `kbingest serve` while a job ingests (issue 15): 50 clients polling the kb status at 10 Hz
-plus one SSE client, against the same job with no clients, in one run, alternating (A B A B).
+"""Load on `kbingest serve` while a job ingests (issues 15, 29): 50 clients polling the kb status at
+10 Hz plus one SSE client, against the same job with no clients, in one run, alternating (A B, B A).
 
-    python -m bench.serve_load [--pages 16] [--reps 2] [--clients 50] [--hz 10] [--json]
+    python -m bench.serve_load [--pages 16] [--reps 2] [--clients 50] [--hz 10] [--client-nice 10]
+                               [--pin-cpu N] [--json]
 
 Only 127.0.0.1; every job and the whole run are bounded in time; the server is stopped at the end.
-The polling clients are HTTP/1.1 keep-alive connections (one request at a time each) driven from
-one thread on epoll (`Pollers`), so that the load generator takes little of the CPU the job and the
-server share with it; the SSE client is asyncio. The CPU seconds of the server and of the load
-generator are reported per job (/proc).
+The server runs with its default settings (the rate limit included: loopback peers are not counted,
+docs/serve.md). Half the polling clients poll plainly (a 200 and the whole status each time), half
+honour the ETag (`If-None-Match`: a 304 while the status is unchanged); each kind's latencies are
+reported apart. The clients are HTTP/1.1 keep-alive connections (one request at a time each) driven
+from one thread on epoll (`Pollers`), so that the load generator takes little of the CPU the job and
+the server share with it; the SSE client is asyncio. The load generator runs at a lower priority
+(`--client-nice`, default 10) or pinned to one CPU (`--pin-cpu`, as `taskset`): the output says
+which. The CPU seconds of the server and of the load generator are reported per job (/proc).
 Figures: p99 (and p50, max) status latency under load; job throughput (chunks indexed / job
 wall time, real model) with clients over without, per pair, and its median.
 
@@ -71,23 +76,44 @@ async def _request(reader, writer, raw: bytes) -> tuple[int, bytes]:
     return status, body
 
 
-def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n".encode()
+def _get(path: str, etag: bytes = b"") -> bytes:
+    conditional = b"If-None-Match: " + etag + b"\r\n" if etag else b""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: keep-alive\r\n".encode() + conditional + b"\r\n"
+
+
+KINDS = ("plain", "etag")  # the two kinds of pollers: every other client honours the ETag
+
+
+def kind_of(i: int) -> str:
+    return KINDS[i % 2]
+
+
+def _header(head: bytes, name: bytes) -> bytes:
+    at = head.lower().find(b"\r\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 3
+    end = head.find(b"\r\n", start)
+    return head[start : end if end >= 0 else len(head)].strip()
 
 
 class Pollers:
     """`clients` keep-alive connections polling one path at `hz` each, staggered evenly, in one
     thread on epoll: a request is written when due (skipped while one is in flight, as a client
-    with a timer and one connection would), its response parsed as bytes arrive. No event loop,
-    task or timer object a poll: about a send, a recv and a share of an epoll wake-up, so that the
-    load generator, which shares the job's cores here and has its own machine in production, takes
-    as little of them as it can."""
+    with a timer and one connection would), its response parsed as bytes arrive. Every other client
+    honours the ETag (sends `If-None-Match` with the last one it got: a 304 while nothing changed).
+    No event loop, task or timer object a poll: about a send, a recv and a share of an epoll
+    wake-up, so that the load generator, which shares the job's cores here and has its own machine
+    in production, takes as little of them as it can. `lat` by kind of client, `not_modified` the
+    304s, `errors` every other status than 200 and 304."""
 
     def __init__(self, port: int, path: str, clients: int, hz: float) -> None:
-        self.raw = _get(path)
+        self.path = path
         self.period, self.n = 1.0 / hz, clients
-        self.lat: list[float] = []
+        self.lat: dict[str, list[float]] = {k: [] for k in KINDS}
+        self.not_modified = 0
         self.errors: list[int] = []
+        self.cpu_s = 0.0  # counted in the bench's own process time
         self.socks = []
         for _ in range(clients):
             s = socket.create_connection((HOST, port))
@@ -102,6 +128,9 @@ class Pollers:
         by_fd = {s.fileno(): i for i, s in enumerate(self.socks)}
         for fd in by_fd:
             ep.register(fd, select.EPOLLIN)
+        plain = _get(self.path)
+        etags = [b""] * self.n
+        kinds = [kind_of(i) for i in range(self.n)]
         sent: list[Optional[float]] = [None] * self.n
         bufs = [b""] * self.n
         step = self.period / self.n
@@ -112,7 +141,7 @@ class Pollers:
                 while due <= now:  # every poll now due, round robin
                     if sent[k] is None:
                         sent[k] = now
-                        self.socks[k].send(self.raw)
+                        self.socks[k].send(_get(self.path, etags[k]) if kinds[k] == "etag" else plain)
                     k = (k + 1) % self.n
                     due += step
                 for fd, _ in ep.poll(min(max(due - time.perf_counter(), 0.0), 0.1)):
@@ -125,17 +154,21 @@ class Pollers:
                     if end < 0:
                         bufs[i] = buf
                         continue
-                    at = buf.lower().find(b"content-length:", 0, end)
-                    length = int(buf[at + 15 : buf.index(b"\r\n", at)]) if at >= 0 else 0
+                    length = int(_header(buf[:end], b"content-length") or 0)
                     if len(buf) < end + 4 + length:
                         bufs[i] = buf
                         continue
                     bufs[i] = buf[end + 4 + length :]
                     if sent[i] is not None:
-                        self.lat.append(time.perf_counter() - sent[i])
+                        self.lat[kinds[i]].append(time.perf_counter() - sent[i])
                     sent[i] = None
-                    if buf[9:12] != b"200":
-                        self.errors.append(int(buf[9:12]))
+                    status = int(buf[9:12])
+                    if status == 304:
+                        self.not_modified += 1
+                    elif status != 200:
+                        self.errors.append(status)
+                    if kinds[i] == "etag":
+                        etags[i] = _header(buf[:end], b"etag") or etags[i]
         finally:
             ep.close()
             for s in self.socks:
@@ -181,6 +214,7 @@ WRK_SCRIPT = """-- each connection: one request at a time, the next {lo}-{hi} ms
 -- connections drifting apart); at the end, every latency recorded (microseconds, count) as JSON
 math.randomseed(os.time())
 delay = function() return math.random({lo}, {hi}) end
+{conditional}
 done = function(summary, latency, requests)
   local parts, i, last = {{}}, 1, -1
   while i <= latency.max - latency.min + 1 do
@@ -190,9 +224,24 @@ done = function(summary, latency, requests)
     last = v
     i = i + 1
   end
-  local e = summary.errors
-  io.write(string.format('{{"requests": %d, "non2xx": %d, "socket_errors": %d, "latency_us": [%s]}}\\n',
-    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, table.concat(parts, ",")))
+  local e, nm = summary.errors, 0
+  for _, t in ipairs(threads) do nm = nm + (t:get("not_modified") or 0) end
+  io.write(string.format('{{"requests": %d, "non2xx": %d, "socket_errors": %d, "not_modified": %d, "latency_us": [%s]}}\\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, nm, table.concat(parts, ",")))
+end
+"""
+WRK_THREADS = """threads = {}
+setup = function(thread) table.insert(threads, thread) end
+"""
+WRK_CONDITIONAL = """-- the ETag honoured: If-None-Match with the last one received (a 304 while nothing changed)
+etag, not_modified = nil, 0
+request = function()
+  if etag then return wrk.format(nil, nil, {["If-None-Match"] = etag}) end
+  return wrk.format()
+end
+response = function(status, headers, body)
+  if status == 304 then not_modified = not_modified + 1 end
+  etag = headers["etag"] or headers["ETag"] or etag
 end
 """
 
@@ -202,48 +251,66 @@ def wrk_binary() -> Optional[str]:
 
 
 class WrkPollers:
-    """`clients` connections of one wrk thread polling `path`, each waiting a uniform 0.5-1.5
-    periods after a response: the same load as `Pollers` from a C load generator. Stopped with
-    SIGINT (wrk then reports); `lat`, `errors` and `cpu_s` (wrk's own, from wait4) as Pollers'."""
+    """The same load as `Pollers` from a C load generator: two wrk processes of one thread each,
+    one for the plain clients, one for those honouring the ETag, each connection waiting a uniform
+    0.5-1.5 periods after a response. Stopped with SIGINT (wrk then reports); `lat`, `not_modified`,
+    `errors` as Pollers', and `cpu_s` (wrk's own, from wait4)."""
 
     def __init__(self, port: int, path: str, clients: int, hz: float, script_dir: Path) -> None:
         binary = wrk_binary()
         if binary is None:
             raise RuntimeError("--load-generator wrk needs wrk (Debian: apt-get install wrk)")
         mean_ms = 1000.0 / hz
-        script = script_dir / "poll.lua"
-        script.write_text(WRK_SCRIPT.format(lo=round(mean_ms / 2), hi=round(mean_ms * 1.5), hz=hz))
-        self.lat: list[float] = []
+        self.lat: dict[str, list[float]] = {k: [] for k in KINDS}
+        self.not_modified = 0
         self.errors: list[int] = []
         self.cpu_s = 0.0
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "-t1",
-                f"-c{clients}",
-                "-d3600s",
-                "--timeout",
-                "10s",
-                "-s",
-                str(script),
-                f"http://{HOST}:{port}{path}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        self.procs: dict[str, subprocess.Popen] = {}
+        for kind in KINDS:
+            n = sum(1 for i in range(clients) if kind_of(i) == kind)
+            if not n:
+                continue
+            script = script_dir / f"poll-{kind}.lua"
+            script.write_text(
+                WRK_THREADS
+                + WRK_SCRIPT.format(
+                    lo=round(mean_ms / 2),
+                    hi=round(mean_ms * 1.5),
+                    hz=hz,
+                    conditional=WRK_CONDITIONAL if kind == "etag" else "",
+                )
+            )
+            self.procs[kind] = subprocess.Popen(
+                [
+                    binary,
+                    "-t1",
+                    f"-c{n}",
+                    "-d3600s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(script),
+                    f"http://{HOST}:{port}{path}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
 
     def stop(self) -> "WrkPollers":
-        self.proc.send_signal(signal.SIGINT)
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.cpu_s = usage.ru_utime + usage.ru_stime
-        out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-        report = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), None)
-        if report is None:
-            raise RuntimeError(f"wrk reported nothing (exit {self.proc.returncode}): {out[-400:]}")
-        for us, count in report["latency_us"]:
-            self.lat += [us / 1e6] * count
-        self.errors = [0] * (report["non2xx"] + report["socket_errors"])
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for kind, proc in self.procs.items():
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            self.cpu_s += usage.ru_utime + usage.ru_stime
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            report = next((json.loads(line) for line in out.splitlines() if line.startswith("{")), None)
+            if report is None:
+                raise RuntimeError(f"wrk reported nothing (exit {proc.returncode}): {out[-400:]}")
+            for us, count in report["latency_us"]:
+                self.lat[kind] += [us / 1e6] * count
+            self.not_modified += report["not_modified"]
+            self.errors += [0] * (report["non2xx"] + report["socket_errors"])
         return self
 
 
@@ -377,8 +444,6 @@ async def _one_job(
         if final["status"] not in ("pending", "running"):
             break
     pollers = await polling() if polling is not None else None
-    lat, errors = (pollers.lat, pollers.errors) if pollers is not None else ([], [])
-    wrk_cpu_s = getattr(pollers, "cpu_s", 0.0)  # a child's: not in the bench's process_time
     if sse is not None:
         try:
             await asyncio.wait_for(sse, 10)
@@ -390,27 +455,25 @@ async def _one_job(
 
     wall = (datetime.fromisoformat(final["completed_at"]) - datetime.fromisoformat(final["started_at"])).total_seconds()
     chunks = int(final["metrics"].get("chunks_indexed") or 0)
-    phases_seen = sorted({e["phase"] for e in events})
-    load_avg = os.getloadavg()[0]
     return {
         "job_id": job_id,
         "clients": clients,
         "wall": wall,
         "chunks": chunks,
         "rate": chunks / wall,
-        "latencies": lat,
-        "errors": errors,
-        "wrk_cpu_s": wrk_cpu_s,
+        "lat": pollers.lat if pollers is not None else {k: [] for k in KINDS},
+        "not_modified": pollers.not_modified if pollers is not None else 0,
+        "errors": pollers.errors if pollers is not None else [],
+        "wrk_cpu_s": pollers.cpu_s if pollers is not None else 0.0,  # a child's: not in the bench's process_time
         "sse_events": len(events),
-        "sse_phases": phases_seen,
-        "load_avg": load_avg,
+        "load_avg": os.getloadavg()[0],
         "sse_final": events[-1]["status"] if events else None,
     }
 
 
 async def _idle_polls(
     port: int, kb: str, clients: int, hz: float, wrk_dir: Optional[Path] = None, seconds: float = 5.0
-) -> list[float]:
+) -> dict[str, list[float]]:
     """The same clients for a few seconds with no job running: the machine's share of the latency."""
     polling = await _polling(port, f"{API}/kb/{kb}/status", clients, hz, wrk_dir)
     await asyncio.sleep(seconds)
@@ -444,12 +507,16 @@ def _pct(xs: list[float], q: float) -> Optional[float]:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-class _Server:
-    """`kbingest serve` on 127.0.0.1, a free port, its own home; stopped with SIGTERM."""
+def _ms(xs: list[float], q: float) -> float:
+    return (_pct(xs, q) or 0.0) * 1e3
 
-    def __init__(self, home: Path, docs: Path, extra: list[str]) -> None:
+
+class _Server:
+    """`kbingest serve` on 127.0.0.1, a free port, its own home, its default settings (the rate limit
+    too); stopped with SIGTERM."""
+
+    def __init__(self, home: Path, docs: Path) -> None:
         self.port = _free_port()
-        self.front: Optional[int] = None  # the status front's pid
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -464,9 +531,6 @@ class _Server:
                 str(self.port),
                 "--allow-root",
                 str(docs),
-                "--rate-limit",
-                "0",  # its 50 clients stand for 50 machines
-                *extra,
             ],
             cwd=str(REPO),
             env=bench_env(),
@@ -481,9 +545,7 @@ class _Server:
         deadline = time.monotonic() + 60
         while True:
             try:
-                health = httpx.get(f"http://{HOST}:{self.port}/healthz", timeout=1)
-                if health.status_code == 200:
-                    self.front = (health.json().get("status_front") or {}).get("pid")
+                if httpx.get(f"http://{HOST}:{self.port}/healthz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -501,11 +563,49 @@ class _Server:
             self.proc.wait()
 
 
+def place_load_generator(nice: int, cpu: Optional[int]) -> str:
+    """This process (the load generator: its threads and wrk inherit it) niced and/or pinned to one CPU,
+    once the server has started (which keeps its priority and every CPU): said in the output."""
+    if nice:
+        os.nice(nice)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # what `taskset -p -c CPU` does
+    where = f"pinned to CPU {cpu} (sched_setaffinity, as taskset)" if cpu is not None else "on every CPU"
+    return f"nice {nice}, {where}"
+
+
+def _summary(runs: list[dict], bare: list[dict]) -> dict:
+    """One mode's figures: latencies by kind of poller and all, throughput ratios to the bare jobs."""
+    lat = {k: [x for r in runs for x in r["lat"][k]] for k in KINDS}
+    every = lat["plain"] + lat["etag"]
+    ratios = [a["rate"] / b["rate"] for a, b in zip(runs, bare)]
+    return {
+        "polls": len(every),
+        "polls_by_kind": {k: len(v) for k, v in lat.items()},
+        "not_modified": sum(r["not_modified"] for r in runs),
+        "errors": sum(len(r["errors"]) for r in runs),
+        "p50_ms": _ms(every, 0.5),
+        "p99_ms": _ms(every, 0.99),
+        "max_ms": max(every, default=0.0) * 1e3,
+        "p50_ms_by_kind": {k: _ms(v, 0.5) for k, v in lat.items()},
+        "p99_ms_by_kind": {k: _ms(v, 0.99) for k, v in lat.items()},
+        "p99_per_run_ms": [_ms(r["lat"]["plain"] + r["lat"]["etag"], 0.99) for r in runs],
+        "rates": [r["rate"] for r in runs],
+        "ratios": ratios,
+        "ratio_median": median(ratios) if ratios else None,
+        "sse_events": [r["sse_events"] for r in runs],
+        "sse_final": [r["sse_final"] for r in runs],
+        "server_cpu_s": [r["server_cpu_s"] for r in runs],
+        "client_cpu_s": [r["client_cpu_s"] for r in runs],
+        "nginx_cpu_s": [r["responder_cpu_s"] for r in runs],
+    }
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve_load")
     p.add_argument("--pages", type=int, default=16)
     p.add_argument("--reps", type=int, default=2, help="pairs (without clients, with clients), alternating")
-    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--clients", type=int, default=50, help="polling clients: half plain, half honouring the ETag")
     p.add_argument("--hz", type=float, default=10.0)
     p.add_argument(
         "--client-nice",
@@ -515,6 +615,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="the load generator's nice value once the server runs (default 10: below the job; 0 is the job's "
         "priority; 19 leaves the job the CPU the clients would take, and their latency is then "
         "their own scheduling's)",
+    )
+    p.add_argument(
+        "--pin-cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pin the load generator to CPU N (as `taskset -c N`), the server keeping every CPU",
     )
     p.add_argument(
         "--floor",
@@ -527,143 +634,92 @@ def main(argv: Optional[list[str]] = None) -> int:
         default="pollers",
         help="the polling clients: `Pollers` (Python, epoll; the default) or wrk (C), a diagnostic",
     )
-    p.add_argument(
-        "--no-status-front",
-        action="store_true",
-        help="a diagnostic: `kbingest serve --no-status-front` (polls answered in the process of the job)",
-    )
-    p.add_argument(
-        "--without-front-too",
-        action="store_true",
-        help="a diagnostic: one more job a round, on a second `kbingest serve --no-status-front`, the "
-        "clients polling it (its own home, idle otherwise)",
-    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="kbingest-serve-load-"))
     docs = _copy_subset(tmp / "docs", args.pages)
-    servers: list[_Server] = []
     runs: list[dict] = []
-    idle: list[float] = []
+    idle: dict[str, list[float]] = {k: [] for k in KINDS}
     responder: Optional[StaticResponder] = None
+    server = _Server(tmp / "home", docs)
     try:
-        server = _Server(tmp / "home", docs, ["--no-status-front"] if args.no_status_front else [])
-        servers.append(server)
-        if args.without_front_too:
-            servers.append(_Server(tmp / "home-without-front", docs, ["--no-status-front"]))
-        for s in servers:
-            s.wait_ready()
-        port, front = server.port, server.front
+        server.wait_ready()
         responder = StaticResponder(tmp / "nginx") if args.floor else None
         wrk_dir = tmp if args.load_generator == "wrk" else None
         import httpx
 
-        if args.client_nice:
-            os.nice(args.client_nice)  # the server (started above) keeps its priority
-        modes = (
-            ["bare", "server"]
-            + (["floor"] if responder is not None else [])
-            + (["nofront"] if args.without_front_too else [])
-        )
+        placement = place_load_generator(args.client_nice, args.pin_cpu)
+        log(f"  the load generator: {placement}; the server: nice 0, every CPU")
+        modes = ["bare", "server"] + (["floor"] if responder is not None else [])
         order = []
         for i in range(args.reps):  # A B, B A, A B... (A B C, B C A, C A B...): no mode always goes first
             order += modes[i % len(modes) :] + modes[: i % len(modes)]
         for i, mode in enumerate(order):
             clients = 0 if mode == "bare" else args.clients
             poll_at = (responder.port, "/status") if mode == "floor" and responder is not None else None
-            on = servers[-1] if mode == "nofront" else server
-            cpu0 = (
-                _cpu_s(on.proc.pid),
-                time.process_time(),
-                _cpu_s(responder.proc.pid) if responder else 0.0,
-                _cpu_s(front) if front else 0.0,
-            )
-            r = _run(_one_job(on.port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
+            pids = [server.proc.pid] + ([responder.proc.pid] if responder else [])
+            cpu0 = [_cpu_s(pid) for pid in pids] + [time.process_time()]
+            r = _run(_one_job(server.port, docs, f"load{i}", clients, args.hz, poll_at, wrk_dir))
             r["mode"] = mode
-            r["server_cpu_s"] = _cpu_s(on.proc.pid) - cpu0[0]
-            r["client_cpu_s"] = time.process_time() - cpu0[1] + r["wrk_cpu_s"]
-            r["responder_cpu_s"] = (_cpu_s(responder.proc.pid) - cpu0[2]) if responder else 0.0
-            r["front_cpu_s"] = (_cpu_s(front) - cpu0[3]) if front else 0.0
+            r["server_cpu_s"] = _cpu_s(server.proc.pid) - cpu0[0]
+            r["responder_cpu_s"] = _cpu_s(responder.proc.pid) - cpu0[1] if responder else 0.0
+            r["client_cpu_s"] = time.process_time() - cpu0[-1] + r["wrk_cpu_s"]
             runs.append(r)
             if responder is not None:  # the floor's clients get the bytes the server answers
-                responder.serve(httpx.get(f"http://{HOST}:{on.port}{API}/kb/load{i}/status", timeout=10).content)
-            extra = ""
+                responder.serve(httpx.get(f"http://{HOST}:{server.port}{API}/kb/load{i}/status", timeout=10).content)
+            polls = ""
             if clients:
-                extra = (
-                    f", {len(r['latencies'])} polls p50 {_pct(r['latencies'], 0.5) * 1e3:.1f} ms p99 "
-                    f"{_pct(r['latencies'], 0.99) * 1e3:.1f} ms, {r['sse_events']} SSE events"
+                polls = (
+                    "".join(
+                        f", {k} {len(r['lat'][k])} polls p50 {_ms(r['lat'][k], 0.5):.1f} ms p99 {_ms(r['lat'][k], 0.99):.1f} ms"
+                        for k in KINDS
+                    )
+                    + f" ({r['not_modified']} answered 304), {r['sse_events']} SSE events"
                 )
             nginx = f", nginx {r['responder_cpu_s']:.2f} s" if mode == "floor" else ""
             log(
                 f"  job {i + 1}/{len(order)} ({mode}) with {clients} clients: {r['chunks']} chunks in {r['wall']:.1f} s "
-                f"({r['rate']:.1f}/s){extra}; CPU: server (with the job) {r['server_cpu_s']:.1f} s, "
-                f"status front {r['front_cpu_s']:.2f} s, load generator {r['client_cpu_s']:.2f} s{nginx}"
+                f"({r['rate']:.1f}/s){polls}; CPU: server (with the job) {r['server_cpu_s']:.1f} s, "
+                f"load generator {r['client_cpu_s']:.2f} s{nginx}"
             )
-        idle = _run(_idle_polls(port, f"load{len(order) - 1}", args.clients, args.hz, wrk_dir))
+        idle = _run(_idle_polls(server.port, f"load{len(order) - 1}", args.clients, args.hz, wrk_dir))
         log(
-            f"  no job running: {len(idle)} polls p50 {_pct(idle, 0.5) * 1e3:.1f} ms p99 {_pct(idle, 0.99) * 1e3:.1f} ms"
+            "  no job running: "
+            + ", ".join(
+                f"{k} {len(v)} polls p50 {_ms(v, 0.5):.1f} ms p99 {_ms(v, 0.99):.1f} ms" for k, v in idle.items()
+            )
         )
     finally:
         if responder is not None:
             responder.stop()
-        for s in servers:
-            s.stop()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    loaded = [r for r in runs if r["mode"] == "server"]
     bare = [r for r in runs if r["mode"] == "bare"]
-    floor = [r for r in runs if r["mode"] == "floor"]
-    floor_ratios = [a["rate"] / b["rate"] for a, b in zip(floor, bare)]
-    nofront = [r for r in runs if r["mode"] == "nofront"]
-    nofront_ratios = [a["rate"] / b["rate"] for a, b in zip(nofront, bare)]
-    lat = [x for r in loaded for x in r["latencies"]]
-    ratios = [a["rate"] / b["rate"] for a, b in zip(loaded, bare)]
+    loaded = _summary([r for r in runs if r["mode"] == "server"], bare)
+    floor = _summary([r for r in runs if r["mode"] == "floor"], bare)
+    idle_all = idle["plain"] + idle["etag"]
     out = {
         "pages": args.pages,
         "clients": args.clients,
+        "clients_by_kind": {k: sum(1 for i in range(args.clients) if kind_of(i) == k) for k in KINDS},
         "hz": args.hz,
         "client_nice": args.client_nice,
+        "pin_cpu": args.pin_cpu,
+        "placement": placement,
         "load_generator": args.load_generator,
+        "server_settings": "defaults (rate limit 50/s per address, loopback peers not counted)",
         "chunks": runs[0]["chunks"],
-        "polls": len(lat),
-        "errors": sum(len(r["errors"]) for r in loaded),
-        "p50_ms": _pct(lat, 0.5) * 1e3,
-        "p99_ms": _pct(lat, 0.99) * 1e3,
-        "max_ms": max(lat) * 1e3,
-        "p99_per_run_ms": [_pct(r["latencies"], 0.99) * 1e3 for r in loaded],
         "rates_bare": [r["rate"] for r in bare],
-        "rates_loaded": [r["rate"] for r in loaded],
-        "ratios": ratios,
-        "ratio_median": median(ratios),
-        "sse_events": [r["sse_events"] for r in loaded],
-        "sse_phases": [r["sse_phases"] for r in loaded],
-        "sse_final": [r["sse_final"] for r in loaded],
-        "load_avg": [r["load_avg"] for r in runs],
         "server_cpu_bare_s": [r["server_cpu_s"] for r in bare],
-        "server_cpu_loaded_s": [r["server_cpu_s"] for r in loaded],
-        "client_cpu_s": [r["client_cpu_s"] for r in loaded],
-        "status_front": not args.no_status_front,
-        "front_cpu_s": [r["front_cpu_s"] for r in loaded],
-        "floor_ratios": floor_ratios,
-        "floor_ratio_median": median(floor_ratios) if floor_ratios else None,
-        "rates_floor": [r["rate"] for r in floor],
-        "floor_polls": sum(len(r["latencies"]) for r in floor),
-        "floor_client_cpu_s": [r["client_cpu_s"] for r in floor],
-        "floor_nginx_cpu_s": [r["responder_cpu_s"] for r in floor],
-        "floor_server_cpu_s": [r["server_cpu_s"] for r in floor],
-        "nofront_ratios": nofront_ratios,
-        "rates_nofront": [r["rate"] for r in nofront],
-        "nofront_polls": sum(len(r["latencies"]) for r in nofront),
-        "nofront_p99_per_run_ms": [_pct(r["latencies"], 0.99) * 1e3 for r in nofront],
-        "nofront_server_cpu_s": [r["server_cpu_s"] for r in nofront],
-        "nofront_client_cpu_s": [r["client_cpu_s"] for r in nofront],
-        "idle_polls": len(idle),
-        "idle_p50_ms": (_pct(idle, 0.5) or 0) * 1e3,
-        "idle_p99_ms": (_pct(idle, 0.99) or 0) * 1e3,
+        "load_avg": [r["load_avg"] for r in runs],
+        **loaded,
+        "floor": floor if floor["rates"] else None,
+        "idle_polls": len(idle_all),
+        "idle_p50_ms": _ms(idle_all, 0.5),
+        "idle_p99_ms": _ms(idle_all, 0.99),
+        "idle_p99_ms_by_kind": {k: _ms(v, 0.99) for k, v in idle.items()},
     }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(json.dumps(out, indent=2))
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
 
