@@ -699,6 +699,8 @@ def create_app(service: Service, cfg: ServerConfig):
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, e: RequestValidationError) -> JSONResponse:
         first = (e.errors() or [{}])[0]
+        if first.get("type") == "json_invalid":  # not JSON at all: 400, as a body too deep to read
+            return err(400, "invalid_input", f"the request body is not JSON that can be read: {first.get('msg')}")
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return err(422, "invalid_input", f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request")
 

@@ -100,7 +100,9 @@ def test_post_jobs_reaches_every_status_it_documents(tmp_path, live):
         reached[202] = started
         assert started.headers["location"] == f"{API}/jobs/{started.json()['job_id']}"
         wait_status(c, started.json()["job_id"], {"completed"})
-        reached[400] = c.post(url, content=b"[" * 30000 + b"]" * 30000, headers={"Content-Type": "application/json"})
+        reached[400] = c.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
+        deep = c.post(url, content=b"[" * 30000 + b"]" * 30000, headers={"Content-Type": "application/json"})
+        assert deep.status_code == 400 and deep.json()["error"] == "invalid_input", deep.text
         reached[403] = c.post(url, json={"sources": [str(tmp_path)]})
         reached[404] = c.post(url, json={"sources": [str(corpus / "missing")]})
         reached[409] = c.post(url, json={**ok, "job_id": done_job})
