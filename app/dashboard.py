@@ -42,7 +42,7 @@ from kbingest.pipeline.models import JobStatusResponse, utcnow
 from kbingest.pipeline.service import JobHandle, JobInfo, JobService, KbError, Service, printable
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.error_pane import ErrorPane
-from kbingest.widgets.event_log import EventBook, EventLog, diff_events
+from kbingest.widgets.event_log import NOTICES, EventBook, EventLog, diff_events, notice
 from kbingest.widgets.format import JobView, fmt_clock, safe, status_style, theme_style
 from kbingest.widgets.instrument import FlowPane, InFlightPane, RateHistory
 from kbingest.widgets.job_table import SORTS, JobTable
@@ -396,7 +396,7 @@ class KbIngestApp(App[None]):
         if not items:
             return
         added = self._events.add(job_id, self.clock(), items)
-        if job_id == self._shown and self._ui_ready and not self.frozen:
+        if self._ui_ready and (job_id == NOTICES or (job_id == self._shown and not self.frozen)):
             self._q(EventLog).add(added)
 
     # ---- rendering --------------------------------------------------------------------------
@@ -551,7 +551,7 @@ class KbIngestApp(App[None]):
 
     # ---- actions ----------------------------------------------------------------------------
     def _say(self, message: str, severity: str = "information", title: str = "") -> None:
-        self.notify(printable(message), title=printable(title), severity=severity, markup=False)  # type: ignore[arg-type]
+        self._log_events(NOTICES, [notice(message, severity, title)])  # in the events pane, no toast over the panes
 
     def action_freeze_view(self) -> None:
         self._set_frozen(True)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from bench.common import Row, bench_env, corpus_pages, kbingest_cmd, log, median, perturb
+from bench.common import OUT_DIR, Row, bench_env, corpus_pages, kbingest_cmd, log, median, perturb
 from bench.context import Ctx, fj
 
 FROM_SHARE = 0.2
@@ -48,8 +48,9 @@ def make_skewed(ws_root: Path, even: Path, n_pages: int) -> Path:
     return dest
 
 
-def sample_run(home: Path, docs: Path, timeout: float) -> dict[str, Any]:
-    """One ingest --batch; each stdout line with its arrival time (monotonic)."""
+def sample_run(home: Path, docs: Path, timeout: float, record: Optional[Path] = None) -> dict[str, Any]:
+    """One ingest --batch; each stdout line with its arrival time (monotonic). record: a file to
+    write every sample to (JSON lines: time since the first line, ETA, progress, phases)."""
     cmd = kbingest_cmd() + ["--home", str(home), "ingest", str(docs), "--kb", "eta", "--batch"]
     samples: list[tuple[float, dict[str, Any]]] = []
     p = subprocess.Popen(
@@ -68,7 +69,30 @@ def sample_run(home: Path, docs: Path, timeout: float) -> dict[str, Any]:
     rc = p.wait()
     if rc != 0 or not samples or samples[-1][1].get("status") != "completed":
         raise RuntimeError(f"ingest of {docs} exited {rc}")
+    if record is not None:
+        write_samples(record, samples)
     return judge(samples)
+
+
+def write_samples(path: Path, samples: list[tuple[float, dict[str, Any]]]) -> None:
+    """The samples as JSON lines, the actual remaining time beside each ETA: where an error comes from."""
+    t0, t1 = samples[0][0], samples[-1][0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for t, s in samples:
+            phases = {
+                d["name"]: [d["status"], d["items_processed"], d["items_total"], d.get("rate"), d.get("eta_seconds")]
+                for d in s.get("phase_details", [])
+            }
+            line = {
+                "t": round(t - t0, 2),
+                "remaining": round(t1 - t, 2),
+                "eta": s.get("eta_seconds"),
+                "progress": s.get("progress"),
+                "status": s.get("status"),
+                "phases": phases,  # name: [status, processed, total, rate, eta]
+            }
+            f.write(json.dumps(line) + "\n")
 
 
 def judge(samples: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
@@ -122,6 +146,47 @@ def _load() -> str:
         return "?"
 
 
+def _rows(ctx: Ctx, name: str, rs: list[dict[str, Any]], n_pages: Optional[int], load_note: str) -> list[Row]:
+    """The four rows of one folder: ETA error median and worst, progress error, monotonic."""
+    what = (
+        "even folder" if name == "even" else "skewed folder (one document of ~40 % of the chunks, last in walk order)"
+    )
+    label = f"{ctx.corpus_label(n_pages)}{'' if name == 'even' else ' + the big document'}"
+    note = (
+        f"|eta_seconds - actual remaining| / job time T; real model, {label}; T {fj([x['total_s'] for x in rs], '.1f')} s; "
+        f"{fj([x['chunks'] or 0 for x in rs], 'd')} chunks; worst at {[x['worst_at'] for x in rs]} of T; samples "
+        f"with no ETA yet: {[x['eta_unknown'] for x in rs]}; samples in bench/out/eta-{name}-*.jsonl; {load_note}"
+    )
+    on = "sample from 20 % of the job on"
+    specs = [  # key, figure, unit, result, op, target, goal
+        ("median", f"job ETA error, median {on}", "share of T", "eta_err_median", "<=", 0.15, "<= 0.15"),
+        ("worst", f"job ETA error, worst {on}", "share of T", "eta_err_worst", "<=", 0.30, "<= 0.30"),
+        ("progress", f"job progress vs elapsed / T, median {on}", "points", "progress_err_median", "<=", 15.0, "<= 15"),
+        (
+            "monotonic",
+            "progress (job and each phase) never went back",
+            "1 = yes",
+            "monotonic",
+            ">=",
+            1.0,
+            "every sample",
+        ),
+    ]
+    return [
+        Row(
+            f"eta.{name}.{key}",
+            f"{figure}, {what}",
+            unit=unit,
+            values=[None if x[result] is None else float(x[result]) for x in rs],  # monotonic: 1.0 or 0.0
+            op=op,
+            target=target,
+            goal=goal,
+            note=note if key == "median" else "",
+        )
+        for key, figure, unit, result, op, target, goal in specs
+    ]
+
+
 def fig_eta(ctx: Ctx) -> list[Row]:
     n_pages = ctx.pages(60, 24)
     reps = ctx.reps(2, 1)
@@ -133,7 +198,7 @@ def fig_eta(ctx: Ctx) -> list[Row]:
         for name, docs in (("even", even), ("skewed", skewed)):
             home = ctx.ws.home(f"eta-{name}")
             log(f"figure eta ({name}, run {r + 1}/{reps}): ingest --batch of {docs.name}, real model, load {_load()}")
-            res = sample_run(home, docs, timeout=3600)
+            res = sample_run(home, docs, timeout=3600, record=OUT_DIR / f"eta-{name}-{r + 1}.jsonl")
             log(
                 f"  {res['total_s']:.1f} s, {res['chunks']} chunks, {res['samples']} samples: ETA error median "
                 f"{res['eta_err_median']}, worst {res['eta_err_worst']} (at {res['worst_at']} of T), progress error median "
@@ -143,53 +208,4 @@ def fig_eta(ctx: Ctx) -> list[Row]:
             ctx.ws.drop(home)
             loads.append(_load())
     load_note = f"1-minute load average during the runs: {', '.join(loads)} (2 cores; above ~2 is provisional)"
-    rows: list[Row] = []
-    for name, rs in runs.items():
-        what = (
-            "even folder"
-            if name == "even"
-            else "skewed folder (one document of ~40 % of the chunks, last in walk order)"
-        )
-        label = f"{ctx.corpus_label(n_pages)}{'' if name == 'even' else ' + the big document'}"
-        rows += [
-            Row(
-                f"eta.{name}.median",
-                f"job ETA error, median sample from 20 % of the job on, {what}",
-                unit="share of T",
-                values=[x["eta_err_median"] for x in rs],
-                op="<=",
-                target=0.15,
-                goal="<= 0.15",
-                note=f"|eta_seconds - actual remaining| / job time T; real model, {label}; T "
-                f"{fj([x['total_s'] for x in rs], '.1f')} s; {fj([x['chunks'] or 0 for x in rs], 'd')} chunks; "
-                f"samples with no ETA yet: {[x['eta_unknown'] for x in rs]}; {load_note}",
-            ),
-            Row(
-                f"eta.{name}.worst",
-                f"job ETA error, worst sample from 20 % on, {what}",
-                unit="share of T",
-                values=[x["eta_err_worst"] for x in rs],
-                op="<=",
-                target=0.30,
-                goal="<= 0.30",
-            ),
-            Row(
-                f"eta.{name}.progress",
-                f"job progress vs elapsed / T, median sample from 20 % on, {what}",
-                unit="points",
-                values=[x["progress_err_median"] for x in rs],
-                op="<=",
-                target=15.0,
-                goal="<= 15",
-            ),
-            Row(
-                f"eta.{name}.monotonic",
-                f"progress (job and each phase) never went back, {what}",
-                unit="1 = yes",
-                values=[1.0 if x["monotonic"] else 0.0 for x in rs],
-                op=">=",
-                target=1.0,
-                goal="every sample",
-            ),
-        ]
-    return rows
+    return [row for name, rs in runs.items() for row in _rows(ctx, name, rs, n_pages, load_note)]

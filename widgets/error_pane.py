@@ -10,12 +10,15 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.geometry import Region
 from textual.message import Message
 from textual.widgets import Static
 
 from kbingest.pipeline.models import DocumentError
 from kbingest.pipeline.status import JobStatus
 from kbingest.widgets.format import JobView, safe, theme_style
+
+CHOSEN = "▶"  # the mark of the selected document
 
 
 class ErrorPane(VerticalScroll):
@@ -57,8 +60,19 @@ class ErrorPane(VerticalScroll):
             return
         self.cursor = max(0, min(self.count - 1, self.cursor + step))
         self.show(self._view, force=True)
-        # each document takes two lines or more (wrapped): keep the selected one in sight
-        self.scroll_to(y=max(0, 2 * self.cursor - 1), animate=False)
+        self.call_after_refresh(self._keep_cursor_in_sight)
+
+    def _keep_cursor_in_sight(self) -> None:
+        """Scroll the selected document (its marked line and the detail under it) into the pane. Its
+        line is found in what is drawn: the phase's error above and wrapped lines take room."""
+        static = self.query_one("#error-text", Static)
+        width, height = static.size
+        if not width or not height:
+            return
+        lines = static.render_lines(Region(0, 0, width, height))
+        y = next((i for i, line in enumerate(lines) if line.text.startswith(CHOSEN)), None)
+        if y is not None:
+            self.scroll_to_region(Region(0, y, width, 2), animate=False, force=True)
 
     def action_open(self) -> None:
         err = self.selected_error
@@ -122,7 +136,8 @@ class ErrorPane(VerticalScroll):
                 detail += f" ({e.attempts} attempts)"
             chosen = i == self.cursor and self.has_focus
             grid.add_row(
-                Text("▶" if chosen else "✗", style=err), Text(safe(e.path), style="bold reverse" if chosen else "bold")
+                Text(CHOSEN if chosen else "✗", style=err),
+                Text(safe(e.path), style="bold reverse" if chosen else "bold"),
             )
             grid.add_row(Text(""), Text(" " + detail))
             rows += 1

@@ -21,13 +21,24 @@ from kbingest.widgets.phase_timeline import UNITS
 
 MAX_EVENTS = 500  # kept per job
 MAX_ERRORS_LOGGED = 20  # new document errors logged one by one per poll; the rest are summed up
+NOTICES = ""  # the EventBook key of the dashboard's own notices: in the events pane whichever job is shown
+NOTICE_MARKS = {"warning": "⚠ ", "error": "✗ "}  # a notice's severity, in its text as well as its colour
 
 
 @dataclass(frozen=True)
 class Event:
     at: datetime
     text: str  # plain text, already escaped with printable()
-    kind: str = "info"  # a status value (coloured like it), "error", or "info"
+    kind: str = "info"  # a status value (coloured like it), "error", "warning" or "info"
+
+
+def notice(message: str, severity: str = "information", title: str = "") -> tuple[str, str]:
+    """A notice of the dashboard (what a key did, what it refused) as an event: (text, kind). Notices
+    go to the events pane rather than toasts over the panes (issue 30 item 5); the severity stays
+    visible by its mark and colour."""
+    kind = severity if severity in NOTICE_MARKS else "info"
+    text = f"{title}: {message}" if title and title not in message else message  # not "frozen: view frozen"
+    return NOTICE_MARKS.get(kind, "") + safe(text), kind
 
 
 def diff_events(prev: Optional[JobView], cur: JobView) -> list[tuple[str, str]]:
@@ -103,7 +114,12 @@ class EventBook:
         return added
 
     def of(self, job_id: Optional[str]) -> list[Event]:
-        return list(self._events.get(job_id, ())) if job_id else []
+        """A job's events with the dashboard's notices among them, in time order."""
+        own = list(self._events.get(job_id, ())) if job_id else []
+        notices = self._events.get(NOTICES)
+        if not notices:
+            return own
+        return sorted(own + list(notices), key=lambda e: e.at)[-self.maxlen :]
 
 
 class EventLog(RichLog):
@@ -119,8 +135,8 @@ class EventLog(RichLog):
 
     def line(self, ev: Event) -> Text:
         muted = theme_style(self.app, "foreground-muted")
-        if ev.kind == "error":
-            style = theme_style(self.app, "error")
+        if ev.kind in ("error", "warning"):
+            style = theme_style(self.app, ev.kind)
         elif ev.kind in ("pending", "running", "paused", "completed", "failed", "cancelled"):
             style = status_style(self.app, ev.kind, bold=False)
         else:

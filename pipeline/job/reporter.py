@@ -64,8 +64,8 @@ class TrackerReporter:
     def total_known(self, phase: JobPhase) -> None:
         self.t.finish_total(phase)
 
-    def progress(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
-        self.t.advance(phase, n, free)
+    def progress(self, phase: JobPhase, n: int = 1, free: bool = False, seconds: Optional[float] = None) -> None:
+        self.t.advance(phase, n, free, seconds)
 
     def add_bytes(self, n: int) -> None:
         self.t.add_bytes(n)

@@ -54,6 +54,8 @@ class _PhaseState:
     running_since: Optional[float] = None
     worked: int = 0  # items processed with work (not reused, not skipped): what the rate counts
     samples: deque = field(default_factory=lambda: deque(maxlen=256))  # (time, worked)
+    busy_seconds: float = 0.0  # time the phase's own work took (its commits), apart from waiting for input
+    busy_items: int = 0  # the items of that work
     last_frac: float = 0.0  # the progress last published in this pass: never shown lower
 
     def elapsed(self, now: float) -> float:
@@ -255,9 +257,10 @@ class PhaseTracker:
             self._phases[phase].total_final = True
             self._version += 1
 
-    def advance(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
+    def advance(self, phase: JobPhase, n: int = 1, free: bool = False, seconds: Optional[float] = None) -> None:
         """n more items done; free: done without work (a reused vector, a skipped document), so
-        they count in progress and not in the rate."""
+        they count in progress and not in the rate; seconds: how long their work took (the indexer's
+        commit), the phase's own speed apart from the time it waited for its input."""
         with self._lock:
             st = self._phases[phase]
             st.processed += n
@@ -266,6 +269,9 @@ class PhaseTracker:
             if not free:
                 st.worked += n
                 st.samples.append((self._clock(), st.worked))
+                if seconds is not None and n > 0:
+                    st.busy_seconds += max(0.0, seconds)
+                    st.busy_items += n
             self._version += 1
 
     def add_bytes(self, n: int) -> None:
@@ -392,7 +398,7 @@ class PhaseTracker:
 
     def _job_eta(self, now: float) -> Optional[float]:
         """Seconds left of a running job: chunks still to embed over the embedding rate of this
-        pass; once all is embedded, the indexer's rows left over its rate."""
+        pass; once all is embedded, the indexer's rows left at its commits' own speed."""
         if self._status != JobStatus.RUNNING or all(st.status.is_done for st in self._phases.values()):
             return None  # not running, or between a watch job's bursts: nothing to promise
         emb, idx = self._phases[JobPhase.EMBEDDING], self._phases[JobPhase.INDEXING]
@@ -411,9 +417,13 @@ class PhaseTracker:
             return work / rate if rate else None
         if idx.status.is_done:
             return 0.0
-        rate = idx.rate(now) if idx.status == JobStatus.RUNNING else None
         left = max(0, idx.total - idx.processed)
-        return (left / rate) if rate else (0.0 if not left else None)
+        if not left:
+            return 0.0
+        if idx.busy_items:  # the commits' own speed: its rate so far was embedding's, which it waited for
+            return left * idx.busy_seconds / idx.busy_items
+        rate = idx.rate(now) if idx.status == JobStatus.RUNNING else None
+        return (left / rate) if rate else None
 
     def _work_progress(self) -> Optional[float]:
         """The job's share done in the ETA's unit (chunks embedded over chunks to embed), or None."""

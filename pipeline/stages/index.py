@@ -68,6 +68,7 @@ class IndexStage:
             for row in d.rows
         ]
         r.phase_started(PHASE)
+        t0 = time.monotonic()
         note_document(docs[0].path)
         if rows:
             kb.ensure(len(rows[0]["vector"]))
@@ -80,8 +81,9 @@ class IndexStage:
         )
         self.last_commit_at = time.monotonic()
         fault_point("after_commit", kb.commits)
-        # the table holds them now: record the checkpoint after
-        r.progress(PHASE, len(rows))
+        # the table holds them now: record the checkpoint after. The commit's time is the indexer's own
+        # speed (the job's ETA once all is embedded), positional: the Ray executor replays args only
+        r.progress(PHASE, len(rows), False, self.last_commit_at - t0)
         r.count("chunks_indexed", len(rows))
         r.count("commits")
         for d in docs:

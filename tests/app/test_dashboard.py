@@ -262,7 +262,7 @@ def test_resume_refused_while_another_job_runs_here(home, pages, monkeypatch):
             await pilot.press("r")
             await pilot.pause()
             assert app._live is job, "the running job stays the one running"
-            assert any("one job at a time" in n.message for n in app._notifications)
+            assert any("one job at a time" in e.text for e in app._events.of(None))  # a notice, in the events
             await pilot.press("up")
             assert app.selected.job_id == job.job_id
             await pilot.press("p")

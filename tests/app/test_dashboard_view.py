@@ -129,7 +129,7 @@ def test_a_job_of_another_process_shows_running_and_r_says_where(tmp_path):
             await pilot.press("r")
             await pilot.pause()
             assert app._live is job  # nothing started
-            assert any("runs in another process" in str(n.message) for n in app._notifications)
+            assert any("runs in another process" in e.text for e in app._events.of(None))  # a notice, in the events
             job.pause()
 
     try:

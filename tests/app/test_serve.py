@@ -170,6 +170,24 @@ def test_pause_resume_cancel_have_the_cli_semantics(serve, corpus, monkeypatch):
             assert r.status_code == 409 and r.json()["error"] == "wrong_state", r.text
 
 
+def test_a_running_jobs_status_over_http_carries_its_eta(serve, corpus, monkeypatch):
+    """Issue 30 item 2: eta_seconds at the status's top level over HTTP, no phase's beyond it."""
+    monkeypatch.setenv("KBINGEST_FAKE_DELAY", "0.02")
+    s = serve(allow_roots=[str(corpus)])
+    with httpx.Client(base_url=s.url, timeout=60) as c:
+        job_id = start_job(c, [corpus])
+        deadline, st = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            st = c.get(f"{API}/jobs/{job_id}").json()["status"]
+            if st["status"] not in ("pending", "running") or st["eta_seconds"] is not None:
+                break
+            time.sleep(0.05)
+        assert st["status"] == "running" and st["eta_seconds"] > 0, st
+        assert all(p["eta_seconds"] is None or p["eta_seconds"] <= st["eta_seconds"] for p in st["phase_details"])
+        assert c.post(f"{API}/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+        assert c.get(f"{API}/jobs/{job_id}").json()["status"]["eta_seconds"] is None  # not running: none
+
+
 def test_a_job_of_another_process_is_seen_and_paused(serve, corpus, tmp_path):
     s = serve(allow_roots=[str(corpus)])
     env = dict(os.environ, KBINGEST_FAKE_DELAY="0.02")

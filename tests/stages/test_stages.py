@@ -4,6 +4,7 @@ IndexStage); EmbedStage runs the fake embedder."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Optional
 
 import pytest
@@ -40,7 +41,7 @@ class RecordingReporter:
     def total_known(self, phase: JobPhase) -> None:
         self._rec("total_known", phase)
 
-    def progress(self, phase: JobPhase, n: int = 1, free: bool = False) -> None:
+    def progress(self, phase: JobPhase, n: int = 1, free: bool = False, seconds: Optional[float] = None) -> None:
         self._rec("progress", phase, n)
 
     def add_bytes(self, n: int) -> None:
@@ -196,3 +197,31 @@ def test_index_stage_commits_when_due_and_checkpoints_after(tmp_path, src):
     assert r.calls.index(("checkpoint",)) > r.calls.index(("progress", IX, rows))  # checkpoint after the write
     stage.finish()
     assert r.named("phase_done") == [(IX,)]
+
+
+def test_index_stage_reports_how_long_its_commit_took(tmp_path, src):
+    """Issue 30: once all is embedded, the job's ETA is the rows left at the commits' own speed, not
+    at the rate the indexer was fed (it waited for embedding): the stage says each commit's time."""
+    docs = _chunked(tmp_path, _loaded(tmp_path, RecordingReporter()), RecordingReporter())
+    for d in docs:
+        for row in d.rows:
+            row["vector"] = [0.0] * 4
+
+    class SlowTable(FakeTable):
+        def write(self, rows: list[dict[str, Any]], doc_ids: list[str], replacing: list[str]) -> None:
+            time.sleep(0.05)
+            super().write(rows, doc_ids, replacing)
+
+    timed: list[tuple[int, Optional[float]]] = []
+
+    class Timed(RecordingReporter):
+        def progress(self, phase: JobPhase, n: int = 1, free: bool = False, seconds: Optional[float] = None) -> None:
+            if phase == IX:
+                timed.append((n, seconds))
+
+    stage = IndexStage(_config(tmp_path, commit_rows=10_000), Timed(), RunControl(), SlowTable())  # type: ignore[arg-type]
+    for d in docs:
+        stage.add(d)
+    stage.flush()
+    ((n, seconds),) = timed
+    assert n == sum(len(d.rows) for d in docs) and seconds is not None and 0.05 <= seconds < 5
