@@ -5,7 +5,6 @@ a 404, a slow page, a page that changes between runs, ETag / Last-Modified)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import run_cli
 
+from bench.moto_server import free_port as _free_port
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import LoadLimits
 from kbingest.pipeline.paths import Home
@@ -23,39 +23,8 @@ BUCKET = "kbingest-sources"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------- S3
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("moto.server")
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        server.stop()
+# moto's server: the session's `s3_endpoint` (tests/conftest.py), with this file's bucket
 
 
 @pytest.fixture
