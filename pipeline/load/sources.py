@@ -136,7 +136,7 @@ def _s3_client():
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    key = (os.getpid(), endpoint, region, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_PROFILE"))
+    key = (os.getpid(), tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))))  # rotated: anew
     with _clients_lock:
         if key not in _clients:
             _clients[key] = boto3.client(
