@@ -242,8 +242,9 @@ def driver_rows(ctx) -> list[Row]:
         import boto3
 
         client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
-        for i in range(n):  # documents of about 4 KB
+        for i in range(n):  # documents of about 3.3 KB
             client.put_object(Bucket=BUCKET, Key=f"ray/d{i:03d}.md", Body=(_text(i) * 50).encode())
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as RaySession: Ray's notes are not ours
         ray.init(
             address="local",
             num_cpus=2,
