@@ -3,9 +3,9 @@
     driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
              (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI)
     cluster: pull_and_chunk tasks (an s3:// object read there; ChunkStage; the stored vectors of
-             texts the table holds, read there) --> EmbedWriter actor pool (EmbedStage, the model loaded once an actor, GPU where
-             given) --> Lance fragments written by the actors into the job's staging dataset, under
-             the knowledge base's location
+             texts the table holds, read there) --> EmbedWriter actor pool (EmbedStage, the model
+             loaded once an actor, GPU where given) --> Lance fragments written by the actors into
+             the job's staging dataset, under the knowledge base's location
     driver:  a wave (ray_wave_docs documents, or WAVE_SECONDS) at a time: its fragments become one
              version of the staging dataset, then ONE merge_insert keyed by chunk id (IndexStage.flush:
              metrics and checkpoint as for threads); the wave's staged files are deleted

@@ -121,7 +121,6 @@ def check_allowed(uri: str, limits: LoadLimits, resolve: bool = True) -> None:
 
 _clients: dict[tuple, object] = {}
 _clients_lock = threading.Lock()
-bytes_read = 0  # object bytes this process read (the bench's driver-bytes figure: 0 on a Ray driver)
 
 
 def _s3_client():
@@ -150,7 +149,6 @@ def _s3_client():
 
 def _get_object(client, bucket: str, key: str, limits: LoadLimits) -> bytes:
     """One object's bytes, within the size limit; raise LoadError."""
-    global bytes_read
     try:
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
         data = body.read(limits.max_file_bytes + 1)
@@ -158,7 +156,6 @@ def _get_object(client, bucket: str, key: str, limits: LoadLimits) -> bytes:
         if "NoSuchKey" in type(e).__name__ or "NoSuchKey" in str(e):
             raise LoadError("vanished", "the object was deleted before it could be read") from None
         raise LoadError("read_failed", f"cannot read the object: {_one_line(e)}") from None
-    bytes_read += len(data)
     if len(data) > limits.max_file_bytes:
         raise LoadError("too_large", f"object is too large (limit {limits.max_file_bytes} bytes)")
     return data
