@@ -6,8 +6,11 @@
 - A crawl of a site of P pages (200; 60 with --quick) on a local HTTP server (127.0.0.1): pages per
   second (with the politeness delay, sources.WEB_DELAY_S, and WEB_CONCURRENCY fetches at once), against
   the same pages ingested as local .html files (documents per second, same run).
+- The bytes the Ray driver reads per document of an s3:// prefix (64; 16 with --quick) on a real local
+  Ray, before (the driver reads the objects) and after (the workers read them; goal 0), counted from
+  moto's request log by client process (driver_rows).
 
-Both run in this process through the Service with the fake embedder (the figure is the loading's: an
+All run in this process through the Service with the fake embedder (the figure is the loading's: an
 unchanged re-run loads no model).
 
     python -m bench --only sources
@@ -205,5 +208,108 @@ def crawl_rows(ctx) -> list[Row]:
     ]
 
 
+def driver_rows(ctx) -> list[Row]:
+    """Bytes the Ray driver reads of each document of an s3:// prefix (issue 34 item 3), before (the
+    driver reads the objects and ships their text: RayExecutor.workers_fetch False, the code before)
+    and after (the workers read them). Counted from moto's request log by client process
+    (bench/moto_server.py: kbingest's S3 client names its pid in its user agent): the bytes of the
+    object GETs answered to this process (the driver) over the documents, and those answered to the
+    cluster's workers. A real local Ray (2 CPUs, started here), the fake embedder."""
+    import os
+    import shutil
+    import tempfile
+
+    import ray
+
+    from bench.moto_server import LoggedMotoServer
+    from kbingest.pipeline.executors.ray import RayExecutor
+    from kbingest.pipeline.service import Service
+
+    n = 16 if ctx.quick else 64
+    server = LoggedMotoServer().start()
+    server.create_buckets(BUCKET)
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_ENDPOINT_URL=server.url,
+    )
+    temp = tempfile.mkdtemp(prefix="kbb-")
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
+        for i in range(n):  # documents of about 3.3 KB
+            client.put_object(Bucket=BUCKET, Key=f"ray/d{i:03d}.md", Body=(_text(i) * 50).encode())
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # as RaySession: Ray's notes are not ours
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=100 * 1024 * 1024,
+            _temp_dir=temp,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        svc = Service(ctx.ws.root / "ray-sources" / "home")
+        per_doc: dict[bool, tuple[float, float]] = {}
+        for fetch in (False, True):
+            RayExecutor.workers_fetch = fetch
+            before = len(server.requests())
+            settings = dict(embedder="fake", executor="ray", ray_embed_actors=1, ray_wave_docs=16)
+            job = svc.start(svc.config([f"s3://{BUCKET}/ray/"], f"ray-{'after' if fetch else 'before'}", **settings))
+            snap = job.run()
+            if snap.m.documents_added != n:
+                raise RuntimeError(f"ray job: {snap.status.value}: {snap.error} ({snap.m.documents_added} added)")
+            gets = [r for r in server.requests()[before:] if r.object_get]
+            driver = sum(r.body_bytes for r in gets if r.pid == os.getpid())
+            workers = sum(r.body_bytes for r in gets if r.pid != os.getpid())
+            per_doc[fetch] = (driver / n, workers / n)
+    finally:
+        RayExecutor.workers_fetch = True
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    (drv_before, _), (drv_after, wrk_after) = per_doc[False], per_doc[True]
+    how = "moto's log of object GETs by client pid (user agent kbingest-pid/PID)"
+    return [
+        Row(
+            "34.ray_driver_bytes_before",
+            f"bytes the Ray driver reads per s3:// document, driver reads ({n} objects, before)",
+            "B/doc",
+            [drv_before],
+            note=how,
+        ),
+        Row(
+            "34.ray_driver_bytes_after",
+            f"bytes the Ray driver reads per s3:// document, workers read ({n} objects, after)",
+            "B/doc",
+            [drv_after],
+            op="<=",
+            target=0,
+            goal="0: no document passes through the driver",
+            note=f"{how}; the workers read {wrk_after:.0f} B/doc",
+        ),
+        Row(
+            "34.ray_driver_bytes_ratio",
+            "bytes the Ray driver reads per s3:// document, after over before (same run)",
+            "x",
+            [drv_after / drv_before if drv_before else float("nan")],
+            op="<=",
+            target=0,
+            goal="0",
+        ),
+    ]
+
+
 def fig_sources(ctx) -> list[Row]:
-    return rerun_rows(ctx) + crawl_rows(ctx)
+    return rerun_rows(ctx) + crawl_rows(ctx) + driver_rows(ctx)

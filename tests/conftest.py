@@ -44,6 +44,29 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("KBINGEST_FAKE_FAIL_ON", raising=False)
 
 
+S3_BUCKETS = ("kbingest-test", "kbingest-sources")  # tests/kb/test_storage.py's, tests/load/test_sources.py's
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port, started once for the session, with the suite's
+    buckets, every request logged (bench/moto_server.py: which process read which object)."""
+    pytest.importorskip("moto.server")
+    from bench.moto_server import LoggedMotoServer
+
+    server = LoggedMotoServer().start()
+    try:
+        server.create_buckets(*S3_BUCKETS)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server) -> str:
+    return s3_server.url
+
+
 @pytest.fixture
 def home(tmp_path):
     from kbingest.pipeline.paths import Home

@@ -1,10 +1,11 @@
 """The Ray executor: the same pass on a Ray cluster (Ray Data).
 
     driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
-    cluster: pull_and_chunk tasks (ChunkStage; the stored vectors of texts the table holds, read
-             there) --> EmbedWriter actor pool (EmbedStage, the model loaded once an actor, GPU where
-             given) --> Lance fragments written by the actors into the job's staging dataset, under
-             the knowledge base's location
+             (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI)
+    cluster: pull_and_chunk tasks (an s3:// object read there; ChunkStage; the stored vectors of
+             texts the table holds, read there) --> EmbedWriter actor pool (EmbedStage, the model
+             loaded once an actor, GPU where given) --> Lance fragments written by the actors into
+             the job's staging dataset, under the knowledge base's location
     driver:  a wave (ray_wave_docs documents, or WAVE_SECONDS) at a time: its fragments become one
              version of the staging dataset, then ONE merge_insert keyed by chunk id (IndexStage.flush:
              metrics and checkpoint as for threads); the wave's staged files are deleted
@@ -42,6 +43,7 @@ from kbingest.pipeline.job.control import PhaseFailed, RunControl, Stopped
 from kbingest.pipeline.models import JobConfig
 from kbingest.pipeline.stages.base import Doc, PassStages
 from kbingest.pipeline.stages.index import IndexStage, fault_point
+from kbingest.pipeline.stages.load import LoadStage
 from kbingest.pipeline.status import JobPhase
 
 log = logging.getLogger("kbingest.engine")
@@ -122,6 +124,9 @@ class RaySession:
 
 class RayExecutor(Executor):
     name = "ray"
+    # the workers read the documents of object storage (Doc.fetch): the driver lists and plans only.
+    # False: the driver reads them and ships their text (what bench/sources.py measures against)
+    workers_fetch = True
 
     def __init__(self, control: RunControl) -> None:
         super().__init__(control)
@@ -151,6 +156,8 @@ class RayExecutor(Executor):
         index = self._table_stage(stages)
         config: JobConfig = index.config
         kb = index.kb
+        if isinstance(stages.load, LoadStage):
+            stages.load.defer_remote = self.workers_fetch
         if self.session is None:
             self.session = RaySession(config)
         self._failure: Optional[PhaseFailed] = None
@@ -292,6 +299,10 @@ class RayExecutor(Executor):
         from kbingest.pipeline.executors.ray_workers import EmbedWriter, pull_and_chunk
 
         env = {k: os.environ[k] for k in ENV_FORWARDED if k in os.environ}
+        # the workers read object storage (documents, a --db s3:// table) with the driver's AWS_*
+        # environment: given as the tasks' runtime environment, never as an argument (arguments are logged)
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        remote_env: dict[str, Any] = {"runtime_env": {"env_vars": aws}} if aws else {}
         gpus = config.ray_gpus_per_actor or None
         cfg = config.model_dump_json()
         ds = ray.data.range(PULLERS, override_num_blocks=PULLERS)
@@ -302,6 +313,7 @@ class RayExecutor(Executor):
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=CHUNK_TASK_CPUS,
+            **remote_env,
         )
         with warnings.catch_warnings():  # restarts are a remote argument Ray Data still takes (pinned < 2.64)
             warnings.simplefilter("ignore")
@@ -315,6 +327,7 @@ class RayExecutor(Executor):
                 num_gpus=gpus,
                 max_restarts=ACTOR_RESTARTS,
                 max_task_retries=ACTOR_RESTARTS,
+                **remote_env,
             )
 
     def _consume(self, ds, out: queue.Queue) -> None:

@@ -138,7 +138,8 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple
         docs, reports = [], []
         for blob in group:
             d: Doc = pickle.loads(blob)
-            out = stage(d)
+            fetched = fetch_document(d, config, rec) if d.fetch is not None else d
+            out = stage(fetched) if fetched is not None else None
             docs.append(pickle.dumps(out if out is not None else _failed(d)))
             reports.append(pickle.dumps(rec.take()))
         yield pa.table(
@@ -148,6 +149,53 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple
                 "staging": pa.array([staging_uri] * len(docs), pa.string()),
             }
         )
+
+
+def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter) -> Optional[Doc]:
+    """A document the driver planned from its listing (Doc.fetch), read here from its URI with the
+    job's limits and format identification, as the driver reads one with threads. A read that fails is
+    this document's error (loading), recorded for the driver; the pass goes on. Its stored chunks stay."""
+    from kbingest.pipeline.load import loading, sources
+    from kbingest.pipeline.load.formats import ocr
+    from kbingest.pipeline.load.formats.base import LoadError
+    from kbingest.pipeline.messages import note_document, reason
+    from kbingest.pipeline.status import JobPhase
+
+    f = d.fetch
+    assert f is not None
+    limits = config.load_limits()
+
+    def page_read(by_ocr: bool) -> None:
+        rec.count("pages_read")
+        if by_ocr:
+            rec.count("pages_ocr")
+
+    note_document(f.uri)
+    try:
+        data, ctype = sources.read_remote(f.uri, limits)
+        fmt = sources.format_for(f.uri, ctype)
+        if fmt is None:
+            raise LoadError("unsupported_format", "no format reads this document: not loaded")
+        with ocr.session(config.ocr, lambda: None, page_read):
+            doc = loading.loaded_from_bytes(f.uri, f.root, data, fmt, limits)
+    except LoadError as e:
+        rec.doc_error(f.uri, JobPhase.LOADING, e.kind, e.message)
+        rec.settle_bytes(f.size)
+        return None
+    except MemoryError as e:
+        rec.doc_error(f.uri, JobPhase.LOADING, "out_of_memory", reason(e))
+        rec.settle_bytes(f.size)
+        return None
+    if doc.warnings:
+        rec.warning(doc.path, doc.warnings)
+    return Doc(
+        path=d.path,
+        doc_id=d.doc_id,
+        version=d.version,
+        replaces=d.replaces,
+        loaded=doc,
+        canonical=d.canonical,
+    )
 
 
 def _failed(d: Doc) -> Doc:

@@ -59,6 +59,7 @@ class RemoteItem:
     read: Callable[[], tuple[bytes, Optional[str]]] = field(default=lambda: (b"", None), repr=False)
     not_modified: bool = False  # the server answered 304 to a conditional request: unchanged, no body
     validators: dict = field(default_factory=dict)  # ETag / Last-Modified of a page (WebState)
+    by_uri: bool = False  # its bytes can be read from its URI alone (read_remote): a Ray worker reads it
 
 
 @dataclass(frozen=True)
@@ -118,17 +119,61 @@ def check_allowed(uri: str, limits: LoadLimits, resolve: bool = True) -> None:
 # ------------------------------------------------------------------------------------ S3
 
 
+_clients: dict[tuple, object] = {}
+_clients_lock = threading.Lock()
+
+
 def _s3_client():
+    """An S3 client from the AWS_* environment (as for --db), one a process and endpoint. Its user agent
+    names the process (`kbingest-pid/PID`): a server's log tells which process read what (a Ray driver
+    reads no object: its workers do, bench/sources.py and tests/executors count it so)."""
     try:
         import boto3
+        from botocore.config import Config
     except ImportError:
         raise SourceUnusable("s3:// sources need boto3: pip install 'kbingest[s3]'") from None
     env = os.environ
-    return boto3.client(
-        "s3",
-        endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    )
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    key = (os.getpid(), tuple(sorted((k, v) for k, v in env.items() if k.startswith("AWS_"))))  # rotated: anew
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                config=Config(user_agent_extra=f"kbingest-pid/{os.getpid()}"),
+            )
+        return _clients[key]
+
+
+def _get_object(client, bucket: str, key: str, limits: LoadLimits) -> bytes:
+    """One object's bytes, within the size limit; raise LoadError."""
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        data = body.read(limits.max_file_bytes + 1)
+    except Exception as e:
+        if "NoSuchKey" in type(e).__name__ or "NoSuchKey" in str(e):
+            raise LoadError("vanished", "the object was deleted before it could be read") from None
+        raise LoadError("read_failed", f"cannot read the object: {_one_line(e)}") from None
+    if len(data) > limits.max_file_bytes:
+        raise LoadError("too_large", f"object is too large (limit {limits.max_file_bytes} bytes)")
+    return data
+
+
+def read_remote(uri: str, limits: LoadLimits) -> tuple[bytes, Optional[str]]:
+    """A remote document's bytes from its URI alone, wherever this runs (a Ray worker: the driver
+    planned it from the listing and never read it). s3:// only: a web page is read by the crawl,
+    which needs its links. Raise LoadError (the document's error)."""
+    check_allowed(uri, limits)
+    if not uri.startswith("s3://"):
+        raise LoadError("read_failed", "only s3:// documents are read from their URI alone: not read")
+    try:
+        client = _s3_client()
+    except SourceUnusable as e:
+        raise LoadError("read_failed", str(e)) from None
+    bucket, key = split_s3(uri)
+    return _get_object(client, bucket, key, limits), None
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -178,6 +223,7 @@ class S3Source:
                         f"s3-etag:{etag}" if etag else None,
                         o.get("Size"),
                         read=self._reader(client, key),
+                        by_uri=True,
                     )
         except LoadError as e:
             yield Problem(self.uri, e.kind, e.message)
@@ -188,16 +234,8 @@ class S3Source:
 
     def _reader(self, client, key: str):
         def read() -> tuple[bytes, Optional[str]]:
-            try:
-                body = client.get_object(Bucket=self.bucket, Key=key)["Body"]
-                data = body.read(self.limits.max_file_bytes + 1)
-            except Exception as e:
-                if "NoSuchKey" in type(e).__name__ or "NoSuchKey" in str(e):
-                    raise LoadError("vanished", "the object was deleted before it could be read") from None
-                raise LoadError("read_failed", f"cannot read the object: {_one_line(e)}") from None
+            data = _get_object(client, self.bucket, key, self.limits)
             self.downloads += 1
-            if len(data) > self.limits.max_file_bytes:
-                raise LoadError("too_large", f"object is too large (limit {self.limits.max_file_bytes} bytes)")
             return data, None
 
         return read

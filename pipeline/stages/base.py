@@ -13,6 +13,16 @@ from typing import Any, Iterable, Iterator, Optional, Protocol
 from kbingest.pipeline.status import JobPhase
 
 
+@dataclass(frozen=True)
+class Fetch:
+    """A remote document planned from its listing and not read: whoever chunks it reads it from its URI
+    (a Ray worker: pipeline/executors/ray_workers.py), so its bytes never pass through the driver."""
+
+    uri: str  # the document's URI (its identity)
+    root: str  # the SOURCE it was listed under
+    size: int  # as listed (the ETA's bytes; settled when it is chunked or fails)
+
+
 @dataclass
 class Doc:
     """A document on its way through the pipeline."""
@@ -26,6 +36,7 @@ class Doc:
     rows: list[dict[str, Any]] = field(default_factory=list)  # chunk rows, vectors added by embedding
     dropped: bool = False  # failed in embedding: nothing of it is written
     canonical: str = ""  # its identity, resolved once at load: doc_id and chunk ids come from it
+    fetch: Optional[Fetch] = None  # not loaded yet: read from its URI where it is chunked (loaded is None)
 
     @property
     def removal(self) -> bool:

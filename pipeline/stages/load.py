@@ -28,7 +28,7 @@ from kbingest.pipeline.load.loading import (
 )
 from kbingest.pipeline.messages import note_document, reason
 from kbingest.pipeline.models import JobConfig
-from kbingest.pipeline.stages.base import Doc, Reporter
+from kbingest.pipeline.stages.base import Doc, Fetch, Reporter
 from kbingest.pipeline.status import JobPhase
 from kbingest.pipeline.textsafe import fs_text
 
@@ -75,6 +75,9 @@ class LoadStage:
         self.remote = [s for s in config.sources if sources.is_uri(s)]
         self.state_path = state_path  # where the pages' ETag / Last-Modified are kept (sources.WebState)
         self.opened: list = []  # the remote sources this pass opened (their counters: the bench reads them)
+        # set by the Ray executor: a changed document readable from its URI alone (an s3:// object) is
+        # planned, not read, and the worker that chunks it reads it (Doc.fetch): no byte of it here
+        self.defer_remote = False
         self._by_name: Optional[dict[str, list[str]]] = None  # stored documents by file name (_same_file)
         self.limits = config.load_limits()
         self.version_key = config.version_key()
@@ -227,6 +230,8 @@ class LoadStage:
                     seen.add(did)
                     fed.add(uri)
                     r.add_total(PHASE)
+                    size = item.size or 0  # an object's listed size; a page's once fetched (none before)
+                    r.add_bytes(size)
                     doc = yield_doc = None
                     old = self.stored.get(did)
                     fmt = sources.format_for(item.uri, "text/html" if item.not_modified else None)
@@ -234,8 +239,21 @@ class LoadStage:
                     if item.not_modified or (version is not None and old is not None and old.version == version):
                         r.found(fmt.name if fmt else "unknown")
                         r.progress(PHASE)
+                        r.settle_bytes(size)
                         if old is not None:
                             self._count_skipped(old.chunks)
+                        continue
+                    if self.defer_remote and item.by_uri and version is not None and fmt is not None:
+                        r.found(fmt.name)  # planned from the listing: a worker reads it (Doc.fetch)
+                        r.progress(PHASE)
+                        yield Doc(
+                            path=item.uri,
+                            doc_id=did,
+                            version=version,
+                            replaces=old is not None,
+                            canonical=item.uri,
+                            fetch=Fetch(item.uri, uri, size),
+                        )
                         continue
                     note_document(item.uri)
                     try:
@@ -253,11 +271,13 @@ class LoadStage:
                         else:
                             held.append(item.uri)
                         r.progress(PHASE)
+                        r.settle_bytes(size)
                         continue
                     except MemoryError as e:
                         r.doc_error(item.uri, PHASE, "out_of_memory", reason(e))
                         held.append(item.uri)
                         r.progress(PHASE)
+                        r.settle_bytes(size)
                         continue
                     r.progress(PHASE)
                     if doc.warnings:
@@ -268,6 +288,7 @@ class LoadStage:
                         state.put(item.uri, {**v, "version": version})
                     if old is not None and old.version == version:
                         self._count_skipped(old.chunks)
+                        r.settle_bytes(size)
                         continue
                     yield_doc = Doc(
                         path=item.uri,

@@ -377,6 +377,56 @@ def test_a_stopped_pass_silences_ray_data_only_while_it_ends(tmp_path, ray_addre
     assert logger.level == level != logging.CRITICAL + 1
 
 
+# ---- documents on object storage: the workers read them (issue 34, item 3) ----------------------------
+def test_ray_workers_read_the_s3_objects_and_the_driver_none(tmp_path, ray_address, s3_server):
+    """`ingest s3://...` with --executor ray on the session cluster: the driver lists and plans, the
+    workers read every object (moto's log by client process: each object's GET from a worker, none
+    from the driver, which did list); the credentials and endpoint reach the workers by their runtime
+    environment (the cluster was started without them); an object a worker may not read is that
+    document's loading error and the job completes with the others in the table."""
+    import boto3
+    import lancedb
+
+    bucket, prefix = "kbingest-sources", "ray-workers-read/"
+    aws = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+    client = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1", **_keys(aws))
+    rels = waf_pages(8)
+    for rel in rels:
+        client.put_object(Bucket=bucket, Key=prefix + rel, Body=(WAF / rel).read_bytes())
+    client.put_object(Bucket=bucket, Key=prefix + "denied.md", Body=b"# Denied\n\nListed, not readable.\n")
+    s3_server.denied.add(f"/{bucket}/{prefix}denied.md")
+    home, before = tmp_path / "h", len(s3_server.requests())
+    args = ["ingest", f"s3://{bucket}/{prefix}", "--kb", KB, "--batch", "--embedder", "fake", *ray_opts(ray_address)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kbingest", "--home", str(home), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO),
+        env=dict(os.environ, AWS_ENDPOINT_URL=s3_server.url, **aws),
+    )
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-3000:]  # completed, with the unreadable object as a document error
+    final = last_status(out)
+    assert final["status"] == "completed" and final["metrics"]["documents_added"] == len(rels), final["metrics"]
+    errors = final["metrics"]["document_errors"]
+    assert [(e["path"], e["phase"], e["kind"]) for e in errors] == [
+        (f"s3://{bucket}/{prefix}denied.md", "loading", "read_failed")
+    ], errors
+    assert "AccessDenied" in errors[0]["message"]
+    sent = s3_server.requests()[before:]
+    gets = [r for r in sent if r.object_get and r.path.startswith(f"/{bucket}/{prefix}")]
+    assert sorted({r.path for r in gets}) == sorted(f"/{bucket}/{prefix}{k}" for k in [*rels, "denied.md"])
+    assert all(r.pid is not None and r.pid != proc.pid for r in gets), gets  # read by the workers
+    assert [r for r in sent if r.pid == proc.pid and not r.object_get], "the driver lists the prefix"
+    t = lancedb.connect(str(home / "lancedb")).open_table(KB).to_arrow()
+    assert sorted(set(t.column("source").to_pylist())) == sorted(f"s3://{bucket}/{prefix}{k}" for k in rels)
+
+
+def _keys(aws: dict) -> dict:
+    return {"aws_access_key_id": aws["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"]}
+
+
 # ---- two local nodes ---------------------------------------------------------------------------------
 @ray_slow
 def test_ray_two_local_nodes_share_the_work(tmp_path, corpus, clean_table):

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from test_control import KB, Batch, corpus  # noqa: F401
 from test_repair import _ingest_here
-from test_storage import _table_ids, s3, s3_endpoint  # noqa: F401
+from test_storage import _table_ids, s3  # noqa: F401
 
 from kbingest.pipeline.paths import Home, HomeError
 

@@ -1,10 +1,9 @@
 """Knowledge bases on object storage (issue 16, item 4): `--db s3://bucket/prefix` against moto's S3
-server on 127.0.0.1, started and stopped by these tests; and the validation of --db / --db-option."""
+server on 127.0.0.1 (the session's, tests/conftest.py); and the validation of --db / --db-option."""
 
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from conftest import run_cli
@@ -12,39 +11,6 @@ from conftest import run_cli
 BUCKET = "kbingest-test"
 KB = "k"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto's S3 server on a free loopback port, for the whole session, with one bucket."""
-    pytest.importorskip("moto.server")
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture

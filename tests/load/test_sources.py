@@ -5,7 +5,6 @@ a 404, a slow page, a page that changes between runs, ETag / Last-Modified)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import run_cli
 
+from bench.moto_server import free_port as _free_port
 from kbingest.pipeline.kb.table import KnowledgeBase
 from kbingest.pipeline.models import LoadLimits
 from kbingest.pipeline.paths import Home
@@ -23,39 +23,8 @@ BUCKET = "kbingest-sources"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------- S3
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("moto.server")
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=BUCKET)
-        yield url
-    finally:
-        server.stop()
+# moto's server: the session's `s3_endpoint` (tests/conftest.py), with this file's bucket
 
 
 @pytest.fixture
@@ -176,6 +145,76 @@ def test_s3_cli_ingest_and_status_show_the_uri(tmp_path, s3):
     r = run_cli("search", "object 1", "--kb", "docs", "--json", home=h)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)[0]["source"] == f"{uri}a.md"
+
+
+def test_s3_listing_feeds_the_eta_its_sizes_and_settles_the_skipped(s3):
+    """The ETA's bytes (issue 34): each listed object's size is added as it is listed, as a scoped walk
+    adds a file's; an unchanged object's bytes are settled at once (a changed one's when chunked)."""
+    from test_stages import RecordingReporter
+
+    from kbingest.pipeline.job.control import RunControl
+    from kbingest.pipeline.kb import ids
+    from kbingest.pipeline.kb.kbstate import StoredDoc
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.stages.load import LoadStage
+
+    client, uri, prefix = s3
+    for i in range(3):
+        _put(client, f"{prefix}d{i}.md", i, "x" * (100 * i))
+    sizes = sorted(o["Size"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"])
+    config = JobConfig(sources=[uri], kb="docs", embedder="fake")
+    r = RecordingReporter()
+    docs = list(LoadStage(config, r, RunControl(), stored={}))
+    assert len(docs) == 3
+    assert sorted(n for (n,) in r.named("add_bytes")) == sizes
+    assert r.named("settle_bytes") == []  # all to chunk: ChunkStage settles them
+    stored = {d.doc_id: StoredDoc(d.version, d.path, 1) for d in docs}
+    r = RecordingReporter()
+    assert list(LoadStage(config, r, RunControl(), stored=stored)) == []
+    assert sorted(n for (n,) in r.named("add_bytes")) == sizes
+    assert sorted(n for n, _ in r.named("settle_bytes")) == sizes  # unchanged: nothing left to chunk
+    assert ids.doc_id(f"{uri}d0.md") in stored
+
+
+def test_a_deferred_s3_object_is_planned_not_read_and_the_worker_reads_it(s3, s3_server):
+    """With the Ray executor's deferral (LoadStage.defer_remote) a changed object is planned from its
+    listing (Doc.fetch: URI, source, size; nothing loaded) and this process GETs no object; the worker's
+    read (ray_workers.fetch_document) loads it with the job's limits, and an object it may not read is
+    that document's loading error, its bytes settled."""
+    from test_stages import RecordingReporter
+
+    from kbingest.pipeline.executors.ray_workers import RecordingReporter as WorkerReporter
+    from kbingest.pipeline.executors.ray_workers import fetch_document
+    from kbingest.pipeline.job.control import RunControl
+    from kbingest.pipeline.models import JobConfig
+    from kbingest.pipeline.stages.load import LoadStage
+    from kbingest.pipeline.status import JobPhase
+
+    client, uri, prefix = s3
+    _put(client, f"{prefix}a.md", 1)
+    _put(client, f"{prefix}b.md", 2)
+    config = JobConfig(sources=[uri], kb="docs", embedder="fake")
+    stage = LoadStage(config, RecordingReporter(), RunControl(), stored={})
+    stage.defer_remote = True
+    before = len(s3_server.requests())
+    docs = sorted(stage, key=lambda d: d.path)
+    assert [(d.path, d.loaded, d.fetch.uri, d.fetch.root) for d in docs] == [
+        (f"{uri}a.md", None, f"{uri}a.md", uri),
+        (f"{uri}b.md", None, f"{uri}b.md", uri),
+    ]
+    assert all(d.version and d.fetch.size > 0 for d in docs)
+    assert [r for r in s3_server.requests()[before:] if r.object_get] == []  # planned: not read
+    s3_server.denied.add(f"/{BUCKET}/{prefix}b.md")
+    rec = WorkerReporter()
+    read = fetch_document(docs[0], config, rec)
+    assert read is not None and read.fetch is None and "object 1" in read.loaded.text
+    assert (read.doc_id, read.version, read.path) == (docs[0].doc_id, docs[0].version, docs[0].path)
+    rec.take()
+    assert fetch_document(docs[1], config, rec) is None
+    calls = rec.take()
+    (call,) = [args for name, args in calls if name == "doc_error"]
+    assert call[:3] == (f"{uri}b.md", JobPhase.LOADING, "read_failed") and "AccessDenied" in call[3]
+    assert ("settle_bytes", (docs[1].fetch.size,)) in calls
 
 
 # ------------------------------------------------------------------------------------ web
@@ -401,8 +440,8 @@ def test_dashboard_search_lists_a_remote_document_by_its_uri():
 
 @pytest.mark.xdist_group("ray")
 def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
-    """--executor ray (a private local Ray): the driver lists and reads (issue 34 item 3, the workers
-    fetching, is not done); the table holds the same pages, a re-run skips them all, a page gone is removed."""
+    """--executor ray (a private local Ray): the driver crawls and reads the pages (a crawl needs each
+    page's links; s3:// objects are read by the workers, tests/executors); the table holds the same pages, a re-run skips them all, a page gone is removed."""
     pytest.importorskip("ray")
     d = site.base + "/docs/"
     ray = ("--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "2")
