@@ -100,7 +100,8 @@ def test_page_needs_the_token_and_the_login_form_sets_an_httponly_strict_cookie(
 
         page = httpx.get(server.url + "/ui/", cookies={"kbingest_ui": cookie}, timeout=10)
         assert page.status_code == 200 and "/ui/static/js/textual.js" in page.text
-        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
         # offline: the page names no other host (textual-serve's own template loads a font from one)
         assert not re.search(r"(https?:)?//[a-z]", page.text.replace('"wss://"', "").replace('"ws://"', ""))
         for asset in ("js/textual.js", "css/xterm.css", "fonts/RobotoMono-VariableFont_wght.ttf"):
