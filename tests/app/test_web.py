@@ -212,6 +212,25 @@ def test_idle_session_is_closed_and_its_process_ended(tmp_path):
         server.stop()
 
 
+def test_server_stop_ends_every_session_process(tmp_path):
+    server = ProcessServer(tmp_path / "home", "--web")
+
+    async def scenario() -> list[int]:
+        ws = await _open(server)
+        await asyncio.wait_for(ws.recv(), 60)  # drawn
+        pids = [p.pid for p in sessions_of(server.proc.pid)]
+        assert len(pids) == 1
+        await asyncio.to_thread(server.stop)  # SIGTERM, the socket still open
+        return pids
+
+    try:
+        pids = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.stderr
+    wait_for("the session's process ended with the server", lambda: not any(psutil.pid_exists(p) for p in pids))
+
+
 def test_serve_web_refuses_bad_options_in_one_line(tmp_path):
     for args, words in (
         (["--web", "--host", "0.0.0.0"], "not a loopback address: give a token"),
