@@ -228,6 +228,7 @@ def test_server_stop_ends_every_session_process(tmp_path):
     finally:
         server.stop()
     assert server.proc.returncode == 0, server.stderr
+    assert f"web UI: {server.url}/ui/ " in server.stderr  # the start line says where the page is
     wait_for("the session's process ended with the server", lambda: not any(psutil.pid_exists(p) for p in pids))
 
 
