@@ -100,7 +100,9 @@ class _Browsers:
         import websockets
 
         ws_url = self.url.replace("http://", "ws://") + "/ui/ws?width=120&height=40"
-        async with websockets.connect(ws_url, additional_headers={"Origin": self.url}, open_timeout=60) as ws:
+        async with websockets.connect(
+            ws_url, additional_headers={"Origin": self.url}, open_timeout=60, close_timeout=2
+        ) as ws:
             self.open += 1
             while not self._stop.is_set():
                 try:

@@ -65,7 +65,7 @@ async def _open(server, *, origin=True, cookie=None, host=None, headers=None):
         h["Cookie"] = f"kbingest_ui={cookie}"
     if host:
         h["Host"] = host
-    return await websockets.connect(ws_url(server), additional_headers=h, open_timeout=30)
+    return await websockets.connect(ws_url(server), additional_headers=h, open_timeout=30, close_timeout=2)
 
 
 async def _refused(server, **kw) -> int:
