@@ -5,19 +5,20 @@ BIN := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.kbingest
 
 .PHONY: run test lint style types bench bench-tools setup setup-test clean
-# `make run` installs the package and its OCR and S3 extras (the dashboard, the sample, scans, s3://); `make test` adds
+# `make run` installs the package and its OCR, S3 and web extras (the dashboard, the sample, scans, s3://,
+# `serve --web`); `make test` adds
 # the test extras, and the Ray and interop extras whose tests run in the suite. Each target
 # re-installs only when pyproject.toml changed since its stamp.
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[ocr,s3]"
+	$(BIN)/pip install -q -e ".[ocr,s3,web]"
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test,interop,ray,ocr,s3]"
+	$(BIN)/pip install -q -e ".[test,interop,ray,ocr,s3,web]"
 	touch $(VENV)/.run-installed $@
 
 setup: $(VENV)/.run-installed

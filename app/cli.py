@@ -287,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests a second each client address may make, 304s, long-poll waits and loopback peers "
         "not counted (default 50, burst twice that; 0: no limit; docs/serve.md)",
     )
+    sv.add_argument("--web", action="store_true", help="also serve the dashboard in a browser at /ui/ (docs/serve.md)")
+    sv.add_argument(
+        "--web-sessions",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --web: browser sessions at once, each a dashboard process (default 4; 503 beyond)",
+    )
+    sv.add_argument(
+        "--web-idle",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="with --web: a browser session without input for this long is closed (default 900)",
+    )
     sv.add_argument(
         "--no-status-front",
         action="store_false",
@@ -553,6 +568,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         notify=args.notify,
         allow_hosts=args.allow_hosts,
         allow_urls=args.allow_urls,
+        web=args.web,
+        web_sessions=args.web_sessions,
+        web_idle=args.web_idle,
         **({} if args.rate_limit is None else {"rate_limit": args.rate_limit}),
     )
     return serve(cfg, getattr(args, "home", None))

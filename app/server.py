@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from kbingest.app import web
 from kbingest.app.batch import JsonLinesReporter
 from kbingest.app.http_guard import API, ENV_TOKEN, authorized, host_allowed, host_name, host_rule
 from kbingest.app.notify import Notifier
@@ -146,6 +147,9 @@ class ServerConfig:
     notify: list[str] = field(default_factory=list)
     status_front: bool = True  # no effect (--no-status-front is kept for scripts: the server is one process)
     rate_limit: float = RATE_LIMIT  # requests a second per client address; 0: no limit
+    web: bool = False  # --web: the dashboard in a browser at /ui/ (app/web.py)
+    web_sessions: int = 4  # --web-sessions: browser sessions at once
+    web_idle: float = 900.0  # --web-idle: seconds without input before a session is closed
 
 
 def is_loopback(host: str) -> bool:
@@ -395,8 +399,10 @@ class Guard:
         max_body: int = MAX_BODY,
         hosts: Optional[frozenset[str]] = None,
         rate_limit: float = 0.0,
+        web: bool = False,
     ) -> None:
         self.app = app
+        self.web = web  # /ui/: the login page answered without the token, the rest with its cookie too
         self.token = token.encode() if token else None
         self.max_body = max_body
         self.hosts = hosts  # http_guard.host_rule: the Host names answered (None: any, a token guards)
@@ -404,6 +410,8 @@ class Guard:
         self._buckets: dict[str, list[float]] = {}  # address -> [tokens, monotonic time of the last refill]
 
     def authorized(self, headers: dict, path: str) -> bool:
+        if self.web and (path == web.PREFIX or path.startswith(web.PREFIX + "/")):
+            return path in web.OPEN or web.web_authorized(self.token, headers)
         return authorized(self.token, headers, path)
 
     def _retry_after(self, client: str) -> int:
@@ -913,7 +921,11 @@ def create_app(service: Service, cfg: ServerConfig):
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return Guard(app, cfg.token, hosts=hosts, rate_limit=cfg.rate_limit)
+    if cfg.web:
+        app.state.web = web.mount(
+            app, web.WebConfig(web.own_url(cfg.host, cfg.port), cfg.token, hosts, cfg.web_sessions, cfg.web_idle)
+        )
+    return Guard(app, cfg.token, hosts=hosts, rate_limit=cfg.rate_limit, web=cfg.web)
 
 
 def _bounded(timeout: float) -> float:
@@ -1082,6 +1094,8 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
             )
     if not 0 <= cfg.rate_limit <= 1e6:
         raise InvalidInput("--rate-limit: between 0 (no limit) and 1000000 requests a second")
+    if cfg.web:
+        web.check(cfg.web_sessions, cfg.web_idle)
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
     _ = service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)
@@ -1092,13 +1106,14 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     host.stopping = lambda: server.should_exit
     url = f"http://{cfg.host if ':' not in cfg.host else f'[{cfg.host}]'}:{cfg.port}"
     log.warning(
-        "kbingest serve: %s (home %s), token %s, allowed roots: %s, web UI: none (API %s, OpenAPI %s/docs)",
+        "kbingest serve: %s (home %s), token %s, allowed roots: %s, web UI: %s (API %s, OpenAPI %s/docs)",
         url,
         service.home.root,
         "on" if cfg.token else "off",
         ", ".join(host.roots)
         if cfg.allow_roots
         else ("none" if cfg.allow_urls else "none (starting jobs over HTTP is off)"),
+        f"{url}{web.PREFIX}/" if cfg.web else "none (--web)",
         API,
         url,
     )
@@ -1113,6 +1128,8 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
         ):
             server.run(sockets=[listen])
     finally:
+        if cfg.web:
+            app.app.state.web.end_all()  # the browser sessions' processes
         paused = host.join()
         listen.close()
         log.warning(

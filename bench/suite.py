@@ -28,6 +28,7 @@ from bench.store import fig_store
 from bench.sweep import fig_sweep
 from bench.throughput import fig_rerun, fig_throughput
 from bench.watch import fig_watch
+from bench.web import fig_web
 
 __all__ = ["FIGURES", "Ctx"]
 
@@ -55,4 +56,5 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "retrieval": fig_retrieval,
     "docsites": fig_docsites,
     "sources": fig_sources,
+    "web": fig_web,
 }
