@@ -357,6 +357,64 @@ def test_ocr_setting_is_versioned_and_its_default_keeps_versions():
     assert JobConfig(sources=["x"], kb="k", ocr="force").version_key() != base.version_key()
 
 
+# ---- re-runs: an unchanged scan is not read again -------------------------------------------------
+
+
+def _ingest(home, src: Path):
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+
+    config = JobConfig(sources=[str(src.resolve())], kb="scans", embedder="fake")
+    snap = IngestJob.create(home, open_store(home), config).run()
+    assert snap.status.value == "completed", (snap.message, snap.error)
+    return snap.metrics
+
+
+def test_an_unchanged_folder_of_scans_is_not_read_again(tmp_path, home, monkeypatch):
+    """A document's version comes from its bytes and the settings, before its format extracts it: a
+    re-run over unchanged scans calls no OCR engine and extracts nothing; a changed scan is read."""
+    from kbingest.pipeline.load import loading
+
+    engine_calls: list = []
+    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "_load_engine", lambda: None)
+
+    def fake_engine(image):  # behind the same interface as RapidOCR's page reader
+        engine_calls.append(image.shape)
+        return ocr.PageText(f"Retire idle virtual machines every week, page {len(engine_calls)}.", 0.95, 1)
+
+    monkeypatch.setattr(ocr, "recognize", fake_engine)
+    extracted: list = []
+    real_extract = loading.loaded_from_bytes
+
+    def counting_extract(path, *args, **kwargs):
+        extracted.append(Path(path).name)
+        return real_extract(path, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "loaded_from_bytes", counting_extract)
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
+    (docs / "photo.png").write_bytes(image_bytes("PNG", [PAGE_1]))
+    (docs / "notes.md").write_text("# Notes\n\nPlain text is read as before.\n")
+
+    first = _ingest(home, docs)
+    assert len(engine_calls) == 3 and first["documents_added"] == 3 and first["chunks_embedded"] > 0
+    assert sorted(extracted) == ["notes.md", "photo.png", "scan.pdf"]
+
+    engine_calls.clear()
+    extracted.clear()
+    again = _ingest(home, docs)
+    assert engine_calls == [] and extracted == []  # nothing parsed, no page read by OCR
+    assert again["documents_skipped"] == 3 and not again.get("chunks_embedded") and not again.get("pages_ocr")
+
+    (docs / "photo.png").write_bytes(image_bytes("PNG", [PAGE_2]))  # a new scan under the same name
+    changed = _ingest(home, docs)
+    assert len(engine_calls) == 1 and extracted == ["photo.png"]
+    assert changed["documents_replaced"] == 1 and changed["documents_skipped"] == 2 and changed["pages_ocr"] == 1
+
+
 # ---- end to end: the CLI, then search --------------------------------------------------------------
 
 
