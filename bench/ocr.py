@@ -1,4 +1,4 @@
-"""Figure: OCR (pipeline/load/formats/ocr.py, RapidOCR PP-OCRv4 on onnxruntime) against Tesseract, on the
+"""Figure: OCR (pipeline/load/formats/ocr.py, RapidOCR 3.10, PP-OCRv6 small, on onnxruntime) against Tesseract, on the
 same page images, in the same run.
 
 The pages: a few bench corpus (WAF) pages typeset to PDF with reportlab (bench.formats.make_pdf), each
@@ -198,7 +198,7 @@ def fig_ocr(ctx) -> list:
     rows.append(
         Row(
             "41.1",
-            "OCR character error rate at 300 dpi, kbingest (RapidOCR PP-OCRv4)",
+            "OCR character error rate at 300 dpi, kbingest (RapidOCR PP-OCRv6 small)",
             unit="%",
             values=[100 * k["cer"]],
             op="<=",

@@ -286,6 +286,24 @@ def test_a_docs_folder_with_icons_and_logos_ingests_with_exit_0(tmp_path):
     assert m["pages_ocr"] == 2  # the logo and the scan; the favicon never reached OCR
 
 
+def test_a_box_read_as_no_letter_or_digit_is_a_shape_not_text():
+    box = [[0, 0], [100, 0], [100, 20], [0, 20]]
+    below = [[0, 40], [100, 40], [100, 60], [0, 60]]
+    page = ocr._layout([(box, "●-", 0.81), (below, "Retire idle machines.", 0.97)])
+    assert page.text == "Retire idle machines." and page.lines == 1 and page.confidence == pytest.approx(0.97)
+    assert ocr._layout([(box, "•", 0.9)]) == ocr.PageText("", None, 0)
+
+
+@needs_engine
+def test_the_engine_only_uses_the_models_in_its_wheel_and_never_downloads(monkeypatch):
+    """kbingest names RapidOCR's model files: one missing is ocr_unavailable, never a download."""
+    monkeypatch.setattr(ocr, "_engine", None)
+    monkeypatch.setattr(ocr, "MODEL_FILES", {**ocr.MODEL_FILES, "Rec": "not-in-the-wheel.onnx"})
+    with pytest.raises(LoadError) as e:
+        ocr._load_engine()
+    assert e.value.kind == "ocr_unavailable" and ocr._engine is None
+
+
 @needs_engine
 def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
     """A 300 dpi page is not fed whole to the text detector (its cost and buffers grow with the area):
@@ -294,18 +312,19 @@ def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
 
     engine = ocr._load_engine()
     seen = []
-    real = engine.text_det.infer
+    real = engine.text_det.session
 
     def spy(x):
         seen.append(x.shape)
         return real(x)
 
-    engine.text_det.infer = spy
+    engine.text_det.session = spy
     try:
-        ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
+        page = ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
     finally:
-        engine.text_det.infer = real
+        engine.text_det.session = real
     assert seen and max(seen[0][2:]) <= ocr.DET_SIDE < ocr.MAX_SIDE
+    assert page == ocr.PageText("", None, 0)
 
 
 # ---- the pool: pause within one page, time limit --------------------------------------------------

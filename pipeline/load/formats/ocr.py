@@ -1,9 +1,10 @@
 """OCR: the text of page images, offline, for the formats (scanned PDF pages, image files).
 
-The engine is RapidOCR (`rapidocr-onnxruntime`, the extra `kbingest[ocr]`): PaddleOCR's PP-OCRv4
+The engine is RapidOCR (`rapidocr` 3.10, the extra `kbingest[ocr]`): PaddleOCR's PP-OCRv6 small
 detection and recognition models, shipped inside its wheel, run on the onnxruntime kbingest already
-has. Nothing is downloaded, ever. The engine is loaded once per process, at the first page that needs
-it; pages run on a pool of its own (WORKERS threads, one onnxruntime thread each: the cores the
+has. kbingest names the model files (MODEL_FILES): RapidOCR never looks for, or downloads, any other;
+a file missing is `ocr_unavailable`. The engine is loaded once per process, at the first page that
+needs it; pages run on a pool of its own (WORKERS threads, one onnxruntime thread each: the cores the
 embedding phase does not need), at most WORKERS pages in flight, while the loader renders the next.
 
 The loader sets, per document, what OCR may do (`session`): the mode (--ocr auto|off|force), how to
@@ -31,17 +32,25 @@ from typing import Callable, Iterable, Iterator, Optional
 from kbingest.pipeline.load.formats.base import LoadError
 
 MODES = ("auto", "off", "force")
-ENGINE = "rapidocr-onnxruntime"  # the package: PP-OCRv4 det + rec (+ the angle classifier), in its wheel
+ENGINE = "rapidocr"  # the package (3.10.x): PP-OCRv6 small det + rec, in its wheel
+# the models in rapidocr 3.10's wheel (rapidocr/models/), named so that nothing is downloaded; the angle
+# classifier's file is named too, though it is off (RapidOCR would fetch a default one otherwise)
+MODEL_FILES = {
+    "Det": "PP-OCRv6_det_small.onnx",
+    "Rec": "PP-OCRv6_rec_small.onnx",
+    "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+}
 INSTALL_HINT = "pip install 'kbingest[ocr]'"
 WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))  # the cores the embedding phase does not need
 MAX_SIDE = 2400  # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
 # The text detector sees the page scaled to at most DET_SIDE pixels on its longer side (RapidOCR's
-# det_limit_type "max"; its default, "min" 736, fed a 300 dpi page to the detector whole, 1697 x 2400):
-# 0.69 of the area, about half the detection time, CER unchanged. RapidOCR 1.4 picks the side itself in
-# "max" mode (960, 1500, or 2000 for pages over 1500 px) and ignores det_limit_side_len: DET_SIDE says
-# what it does. Lines are still cut from the MAX_SIDE image for recognition, which is where the time
-# goes (80 %: docs/formats.md, OCR figures).
-DET_SIDE = 2000
+# Det.limit_type "max"; its default, "min" 736, feeds a 300 dpi page to the detector whole, 1697 x 2400):
+# at 1280, a third of the time of 2000 and CER unchanged (docs/formats.md, OCR figures). Lines are still
+# cut from the MAX_SIDE image for recognition, which is where the time goes (about 90 %).
+DET_SIDE = 1280
+# One line a recognition call: RapidOCR pads a batch's lines to its widest, so batches of 6 cost
+# 1.4 times as much on a page of prose (docs/formats.md, OCR figures).
+REC_BATCH = 1
 PAGE_SECONDS = 120.0  # one page's OCR; past it, the page is left out (a warning says so)
 CONFIDENCE_FLOOR = 0.80  # pages read with a lower mean confidence are flagged
 MIN_LAYER_CHARS = 16  # --ocr auto: a PDF page with fewer characters of text layer is read by OCR
@@ -102,7 +111,7 @@ def available() -> bool:
     try:
         import importlib.util
 
-        return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+        return importlib.util.find_spec("rapidocr") is not None
     except (ImportError, ValueError):
         return False
 
@@ -119,24 +128,43 @@ def _load_engine():
     with _lock:
         if _engine is None:
             try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as e:  # not installed, or its OpenCV cannot load (e.g. no libGL)
+                import rapidocr
+                from rapidocr import RapidOCR
+            except ImportError as e:  # not installed, or its OpenCV cannot load
                 log.debug("OCR engine not importable: %s", e)
                 raise unavailable("this page") from None
             quiet = logging.getLogger("RapidOCR")  # it adds a stderr handler of its own: not in a dashboard
             for h in list(quiet.handlers):
                 quiet.removeHandler(h)
             quiet.setLevel(logging.WARNING)
+            models = os.path.join(os.path.dirname(rapidocr.__file__), "models")
+            paths = {task: os.path.join(models, name) for task, name in MODEL_FILES.items()}
+            if not all(os.path.isfile(p) for p in paths.values()):  # another rapidocr: never download
+                log.debug("OCR models not found: %s", paths)
+                raise unavailable("this page")
             # no angle classifier: on upright pages it turned whole lines upside down (garbage, or dropped
             # under text_score) and took a third of the time; pages rotated by 180 degrees are not read
-            _engine = RapidOCR(
-                intra_op_num_threads=1,
-                inter_op_num_threads=1,
-                max_side_len=MAX_SIDE,
-                use_cls=False,
-                det_limit_type="max",
-                det_limit_side_len=DET_SIDE,
+            engine = RapidOCR(
+                params={
+                    "Global.use_cls": False,
+                    "Global.max_side_len": MAX_SIDE,
+                    "Global.log_level": "warning",
+                    "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                    "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                    "Det.model_path": paths["Det"],
+                    "Det.limit_type": "max",
+                    "Det.limit_side_len": DET_SIDE,
+                    "Rec.model_path": paths["Rec"],
+                    "Rec.rec_batch_num": REC_BATCH,
+                    "Cls.model_path": paths["Cls"],
+                }
             )
+            for h in list(quiet.handlers):
+                quiet.removeHandler(h)
+            # RapidOCR loads its models at the first page; here, once, so a page's time is its own
+            engine._load_det_model()
+            engine._load_rec_model()
+            _engine = engine
         return _engine
 
 
@@ -150,13 +178,14 @@ def _workers() -> ThreadPoolExecutor:
 
 def _layout(result) -> PageText:
     """Lines in reading order (top to bottom, left to right on one row); a blank line where the gap
-    to the next line is larger than a line's height (a new paragraph)."""
+    to the next line is larger than a line's height (a new paragraph). A box read as no letter and no
+    digit (PP-OCRv6 reads a logo's disc and bar as "●-") is a shape, not text: left out."""
     if not result:
         return PageText("", None, 0)
     items = []
     for box, text, score in result:
         text = (text or "").strip()
-        if not text:
+        if not any(ch.isalnum() for ch in text):
             continue
         ys = [p[1] for p in box]
         xs = [p[0] for p in box]
@@ -189,8 +218,11 @@ def _layout(result) -> PageText:
 def recognize(image) -> PageText:
     """The text of one page image (a 2-D uint8 grayscale array, or H x W x 3 BGR), in this thread."""
     engine = _load_engine()
-    result, _ = engine(image)
-    return _layout(result)
+    out = engine(image)
+    boxes, txts, scores = out.boxes, out.txts, out.scores
+    if boxes is None or txts is None or scores is None:  # no text found
+        return _layout(None)
+    return _layout([(box.tolist(), text, score) for box, text, score in zip(boxes, txts, scores)])
 
 
 # ---------------------------------------------------------------------------------- pages
