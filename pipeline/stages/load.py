@@ -247,7 +247,7 @@ class LoadStage:
                         if fmt is None:
                             raise LoadError("unsupported_format", "no format reads this document: not loaded")
                         r.found(fmt.name)
-                        with ocr.session(self.config.ocr, self.control.check, self._page_read):
+                        with ocr.session(self.config.ocr, self.control.check, self._page_read, self.config.ocr_engine):
                             doc = loading.loaded_from_bytes(item.uri, uri, data, fmt, self.limits)
                     except LoadError as e:
                         r.doc_error(item.uri, PHASE, e.kind, e.message)
@@ -402,7 +402,7 @@ class LoadStage:
     def _extract(self, raw: RawDocument) -> Optional[LoadedDocument]:
         """The document extracted by its format, or None with its error (or its warning) recorded."""
         try:  # OCR (formats/ocr.py): --ocr's mode, a stop within one page, pages counted as they are read
-            with ocr.session(self.config.ocr, self.control.check, self._page_read):
+            with ocr.session(self.config.ocr, self.control.check, self._page_read, self.config.ocr_engine):
                 return raw.extract(self.limits)
         except NoText as e:  # an image without text (an icon): skipped, warned and counted, not an error
             self.r.warning(raw.path, [e.message])

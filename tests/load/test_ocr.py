@@ -434,6 +434,83 @@ def test_an_unchanged_folder_of_scans_is_not_read_again(tmp_path, home, monkeypa
     assert changed["documents_replaced"] == 1 and changed["documents_skipped"] == 2 and changed["pages_ocr"] == 1
 
 
+# ---- --ocr-engine tesseract: the system's Tesseract behind the same page reader -------------------
+
+needs_tesseract = pytest.mark.skipif(
+    __import__("shutil").which("tesseract") is None, reason="tesseract is not installed (Debian's tesseract-ocr)"
+)
+
+
+def test_ocr_engine_setting_is_versioned_and_its_default_keeps_versions():
+    base = JobConfig(sources=["x"], kb="k")
+    assert "ocr_engine" in JobConfig.VERSIONED and "ocr_engine" in JobConfig.USER_SETTABLE
+    assert base.ocr_engine == "rapidocr" and "ocr_engine" not in base.version_key()
+    assert JobConfig(sources=["x"], kb="k", ocr_engine="tesseract").version_key() != base.version_key()
+
+
+def test_tesseract_tsv_becomes_lines_paragraphs_and_a_confidence():
+    head = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext"
+
+    def word(block, par, line, n, conf, text):
+        return f"5\t1\t{block}\t{par}\t{line}\t{n}\t0\t0\t10\t10\t{conf}\t{text}"
+
+    tsv = "\n".join(
+        [
+            head,
+            "4\t1\t1\t1\t1\t0\t0\t0\t10\t10\t-1\t",  # a line row: not a word
+            word(1, 1, 1, 1, 90, "Retire"),
+            word(1, 1, 1, 2, 80, "idle"),
+            word(1, 1, 2, 1, 100, "machines."),
+            word(1, 1, 3, 1, 50, "~"),  # a speck read as a symbol: left out
+            word(2, 1, 1, 1, 70, "Weekly"),
+        ]
+    )
+    page = ocr._tesseract_layout(tsv)
+    assert page.text == "Retire idle\nmachines.\n\nWeekly" and page.lines == 3
+    assert page.confidence == pytest.approx((6 * 0.9 + 4 * 0.8 + 9 * 1.0 + 6 * 0.7) / 25)
+
+
+def test_tesseract_missing_is_ocr_unavailable_in_kbingest_words(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with ocr.session("auto", engine="tesseract"), pytest.raises(LoadError) as e:
+        IMAGE.extract(image_bytes("PNG", [PAGE_1]), path="photo.png")
+    assert e.value.kind == "ocr_unavailable" and "tesseract-ocr" in e.value.message
+    with ocr.session("auto", engine="tesseract"), pytest.raises(LoadError) as e:
+        PDF.extract(scanned_pdf([PAGE_1]), path="scan.pdf")
+    assert e.value.kind == "ocr_unavailable" and "(tesseract)" in e.value.message
+
+
+@needs_tesseract
+def test_ocr_engine_tesseract_from_the_cli_reads_the_scan_and_search_finds_its_page(tmp_path):
+    import os
+    import shutil
+    import stat
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
+    home = tmp_path / "home"
+    calls = tmp_path / "tesseract-calls"
+    wrapper = tmp_path / "bin" / "tesseract"  # the real one, each call noted: the pages went through it
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("tesseract")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    path = {"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--kb", "scans", "--batch", "--embedder", "fake", "--chunk-tokens", "16", "--overlap", "0"]
+    r = run_cli("ingest", str(docs), *args, "--ocr-engine", "tesseract", home=home, env=path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.splitlines()[-1])["metrics"]
+    assert m["documents_added"] == 1 and m["pages_ocr"] == 2
+    assert len(calls.read_text().splitlines()) == 2  # one Tesseract run a page
+    hits = json.loads(
+        run_cli("search", "--kb", "scans", "idle virtual machines", "--json", "--mode", "text", home=home).stdout
+    )
+    assert hits[0]["page"] == 2 and "virtual machines" in hits[0]["text"].lower()
+    assert "turbine" not in hits[0]["text"].lower()
+
+
 # ---- end to end: the CLI, then search --------------------------------------------------------------
 
 

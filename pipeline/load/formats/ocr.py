@@ -21,6 +21,8 @@ import contextlib
 import contextvars
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections import deque
@@ -41,6 +43,8 @@ MODEL_FILES = {
     "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
 }
 INSTALL_HINT = "pip install 'kbingest[ocr]'"
+ENGINES = ("rapidocr", "tesseract")  # --ocr-engine
+TESSERACT_HINT = "install Debian's tesseract-ocr (apt-get install tesseract-ocr), or ingest with --ocr-engine rapidocr"
 WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))  # the cores the embedding phase does not need
 MAX_SIDE = 2400  # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
 # The text detector sees the page scaled to at most DET_SIDE pixels on its longer side (RapidOCR's
@@ -66,6 +70,7 @@ class Session:
     mode: str = "auto"
     stop: Callable[[], None] = lambda: None  # raises Stopped when the run is asked to stop
     on_page: Callable[[bool], None] = lambda ocr: None  # a page was read (ocr: by OCR)
+    engine: str = "rapidocr"  # --ocr-engine: rapidocr (the extra kbingest[ocr]) or tesseract (the system's)
 
 
 _SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())  # noqa: B039 (frozen)
@@ -77,12 +82,17 @@ def current() -> Session:
 
 @contextlib.contextmanager
 def session(
-    mode: str = "auto", stop: Optional[Callable[[], None]] = None, on_page: Optional[Callable[[bool], None]] = None
+    mode: str = "auto",
+    stop: Optional[Callable[[], None]] = None,
+    on_page: Optional[Callable[[bool], None]] = None,
+    engine: str = "rapidocr",
 ) -> Iterator[Session]:
-    """Within it, formats read pages with this mode, stop and counter (the loader: one per document)."""
+    """Within it, formats read pages with this mode, engine, stop and counter (the loader: one per document)."""
     if mode not in MODES:
         raise ValueError(f"ocr mode must be one of {', '.join(MODES)}")
-    s = Session(mode=mode, stop=stop or (lambda: None), on_page=on_page or (lambda ocr: None))
+    if engine not in ENGINES:
+        raise ValueError(f"ocr engine must be one of {', '.join(ENGINES)}")
+    s = Session(mode=mode, stop=stop or (lambda: None), on_page=on_page or (lambda ocr: None), engine=engine)
     token = _SESSION.set(s)
     try:
         yield s
@@ -106,8 +116,11 @@ _engine = None
 _pool: Optional[ThreadPoolExecutor] = None
 
 
-def available() -> bool:
-    """Whether the OCR engine can be imported here (the extra kbingest[ocr] is installed)."""
+def available(engine: Optional[str] = None) -> bool:
+    """Whether the session's OCR engine (or `engine`) is here: the extra kbingest[ocr] installed, or
+    for --ocr-engine tesseract the `tesseract` command on PATH."""
+    if (engine or current().engine) == "tesseract":
+        return shutil.which("tesseract") is not None
     try:
         import importlib.util
 
@@ -116,11 +129,19 @@ def available() -> bool:
         return False
 
 
-def unavailable(what: str) -> LoadError:
+def unavailable(what: str, engine: Optional[str] = None) -> LoadError:
+    name, hint = engine_and_hint(engine)
     return LoadError(
         "ocr_unavailable",
-        f"{what} needs OCR, and the OCR engine ({ENGINE}) is not installed: {INSTALL_HINT} (or ingest with --ocr off)",
+        f"{what} needs OCR, and the OCR engine ({name}) is not installed: {hint} (or ingest with --ocr off)",
     )
+
+
+def engine_and_hint(engine: Optional[str] = None) -> tuple[str, str]:
+    """The session's engine (or `engine`) as a person reads it, and how to install it."""
+    if (engine or current().engine) == "tesseract":
+        return "tesseract", TESSERACT_HINT
+    return ENGINE, INSTALL_HINT
 
 
 def _load_engine():
@@ -225,6 +246,63 @@ def recognize(image) -> PageText:
     return _layout([(box.tolist(), text, score) for box, text, score in zip(boxes, txts, scores)])
 
 
+# ---------------------------------------------------------------------------------- Tesseract
+def tesseract_page(image) -> PageText:
+    """The text of one page image by the system's Tesseract (--ocr-engine tesseract), in this thread: the
+    image given on stdin as a PNM (no image library needed), one core (OMP_THREAD_LIMIT=1: the pool runs
+    pages side by side), its TSV read back. Lines as Tesseract finds them; a blank line between its
+    paragraphs; the confidence its words' mean (0-100 -> 0-1), weighted by their characters."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(image, dtype=np.uint8)
+    if arr.ndim == 3:  # H x W x 3 BGR, as OpenCV gives it: PNM is RGB
+        pnm = b"P6\n%d %d\n255\n" % (arr.shape[1], arr.shape[0]) + np.ascontiguousarray(arr[:, :, ::-1]).tobytes()
+    else:
+        pnm = b"P5\n%d %d\n255\n" % (arr.shape[1], arr.shape[0]) + arr.tobytes()
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run(
+        ["tesseract", "stdin", "stdout", "-l", "eng", "tsv"],
+        input=pnm,
+        capture_output=True,
+        env=env,
+        timeout=PAGE_SECONDS + 10,  # the loader gives up at PAGE_SECONDS; the process does not outlive it long
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"tesseract exited {done.returncode}: {tail[0][:200]}")
+    return _tesseract_layout(done.stdout.decode("utf-8", "replace"))
+
+
+def _tesseract_layout(tsv: str) -> PageText:
+    lines: dict[tuple[int, int, int], list[tuple[str, float]]] = {}
+    for row in tsv.splitlines()[1:]:
+        f = row.split("\t")
+        if len(f) < 12 or f[0] != "5":  # words only
+            continue
+        text = f[11].strip()
+        if not text:
+            continue
+        lines.setdefault((int(f[2]), int(f[3]), int(f[4])), []).append((text, max(0.0, float(f[10])) / 100.0))
+    out: list[str] = []
+    prev = None
+    chars = weighted = 0.0
+    count = 0
+    for (block, par, _), words in lines.items():  # in Tesseract's reading order
+        line = " ".join(w for w, _ in words)
+        if not any(ch.isalnum() for ch in line):
+            continue
+        if prev is not None and prev != (block, par):
+            out.append("")
+        prev = (block, par)
+        out.append(line)
+        count += 1
+        for w, c in words:
+            chars += len(w)
+            weighted += len(w) * c
+    return PageText("\n".join(out), weighted / chars if chars else None, count)
+
+
 # ---------------------------------------------------------------------------------- pages
 @dataclass(frozen=True)
 class PageResult:
@@ -238,13 +316,19 @@ def read_pages(images: Iterable[tuple[int, object]], sess: Optional[Session] = N
     the next page while the pool reads this one); at most WORKERS + 1 page images are held at once. Between
     slices of WAIT_SLICE the session's stop is called: a pause or cancel lands within one page."""
     sess = sess or current()
-    _load_engine()  # in the caller's thread: a missing engine is this document's error, early
+    if sess.engine == "tesseract":
+        if not available("tesseract"):
+            raise unavailable("this page", "tesseract")
+        reader = tesseract_page
+    else:
+        _load_engine()  # in the caller's thread: a missing engine is this document's error, early
+        reader = recognize
     pool = _workers()
     inflight: deque[tuple[int, Future, list]] = deque()
 
     def run(image, started: list):
         started.append(time.monotonic())
-        return recognize(image)
+        return reader(image)
 
     try:
         for index, image in images:
@@ -386,11 +470,11 @@ def pdf_pages(pdf, pages: list[list[str]], sess: Optional[Session] = None) -> Pd
             sess.on_page(False)
     if not wanted:
         return out
-    if not available():
+    if not available(sess.engine):
         out.missing_engine = True
+        name, hint = engine_and_hint(sess.engine)
         out.warnings.append(
-            f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: "
-            f"OCR needs {ENGINE} ({INSTALL_HINT})"
+            f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: OCR needs {name} ({hint})"
         )
         return out
     order = sorted(taken)
