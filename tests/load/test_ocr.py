@@ -257,7 +257,7 @@ def test_a_tiny_image_is_skipped_as_without_text_and_never_ocrd(monkeypatch):
 
 
 def test_an_image_where_ocr_finds_no_text_is_no_text_not_an_error(monkeypatch):
-    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "available", lambda engine=None: True)
     monkeypatch.setattr(ocr, "_load_engine", lambda: None)
     monkeypatch.setattr(ocr, "recognize", lambda image: ocr.PageText("", None, 0))
     with pytest.raises(NoText) as e:
@@ -395,7 +395,7 @@ def test_an_unchanged_folder_of_scans_is_not_read_again(tmp_path, home, monkeypa
     from kbingest.pipeline.load import loading
 
     engine_calls: list = []
-    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "available", lambda engine=None: True)
     monkeypatch.setattr(ocr, "_load_engine", lambda: None)
 
     def fake_engine(image):  # behind the same interface as RapidOCR's page reader
