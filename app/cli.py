@@ -50,6 +50,7 @@ JOB_OPTIONS: list[tuple[str, str, dict]] = [
     ("--ray-wave-docs", "ray_wave_docs", {"type": int, "metavar": "N"}),
     ("--embed-context", "embed_context", {"choices": ["yes", "no"]}),  # docs/search.md
     ("--ocr", "ocr", {"choices": ["auto", "off", "force"]}),  # docs/formats.md (OCR)
+    ("--ocr-engine", "ocr_engine", {"choices": ["rapidocr", "tesseract"]}),  # docs/formats.md (OCR)
     ("--interval", "interval", {"type": float, "metavar": "SECONDS"}),
 ]
 OPTION_OF_FIELD = {f: opt for opt, f, _ in JOB_OPTIONS} | {

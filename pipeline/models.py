@@ -274,6 +274,13 @@ class JobConfig(BaseModel):
             "a scanned PDF is the error no_text_layer), force (every page, even one with a text layer)"
         ),
     )
+    ocr_engine: Literal["rapidocr", "tesseract"] = Field(
+        "rapidocr",
+        description=(
+            "the OCR engine: rapidocr (offline, the extra kbingest[ocr]) or tesseract (the system's "
+            "`tesseract` command, e.g. Debian's tesseract-ocr: more accurate and faster on clean scans)"
+        ),
+    )
     watch: bool = Field(False, description="keep running and ingest what changes under the sources")
     interval: float = Field(
         60.0,
@@ -348,6 +355,7 @@ class JobConfig(BaseModel):
         "max_chars",
         "embed_context",
         "ocr",
+        "ocr_engine",
     )
     UNVERSIONED: ClassVar[tuple[str, ...]] = (
         "sources",
@@ -402,6 +410,7 @@ class JobConfig(BaseModel):
         "embedder",
         "embed_context",
         "ocr",
+        "ocr_engine",
         "interval",
     )
 

@@ -108,6 +108,7 @@ CHANGED = {
     "overlap_tokens": 8,
     "max_chars": 2000,
     "ocr": "force",
+    "ocr_engine": "tesseract",
     "embed_context": True,
 }
 

@@ -10,6 +10,7 @@ names survive as surrogate escapes).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 from kbingest.pipeline.load import formats
-from kbingest.pipeline.load.formats.base import LoadError, inflation_limit
+from kbingest.pipeline.load.formats.base import Format, LoadError, inflation_limit
 from kbingest.pipeline.models import LoadLimits
 
 BINARY_SAMPLE = 8192  # the bytes a format's `identify` sees
@@ -638,8 +639,36 @@ def _too_large(size: int, limits: LoadLimits) -> str:
 # --------------------------------------------------------------------------------------- read
 
 
+@dataclass(frozen=True)
+class RawDocument:
+    """A document's bytes as read, before its format extracts them: enough to know its version
+    (the hash of its bytes), so an unchanged document is skipped without being extracted (no PDF
+    parsed, no page read by OCR)."""
+
+    path: str
+    root: str
+    data: bytes
+    fmt: Format  # its format (pipeline/load/formats)
+    warnings: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def extract(self, limits: LoadLimits) -> LoadedDocument:
+        """The document extracted by its format; raises LoadError."""
+        return loaded_from_bytes(
+            self.path, self.root, self.data, self.fmt, limits, self.warnings, content_hash=self.content_hash
+        )
+
+
 def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     """Read one Candidate and extract it with its format; raise LoadError(kind, message) on failure."""
+    return read_raw(c, limits).extract(limits)
+
+
+def read_raw(c: Candidate, limits: LoadLimits) -> RawDocument:
+    """Read one Candidate's bytes safely, not extracted yet; raise LoadError(kind, message) on failure."""
     fmt = formats.for_path(c.path)
     if fmt is None:
         raise LoadError("unsupported_format", "no format reads this file type: not loaded")
@@ -667,11 +696,17 @@ def read_document(c: Candidate, limits: LoadLimits) -> LoadedDocument:
     warnings = []
     if (before.st_size, before.st_mtime_ns) != (c.size, c.mtime_ns):
         warnings.append("changed since it was listed: its current content was loaded")
-    return loaded_from_bytes(c.path, c.root, data, fmt, limits, tuple(warnings))
+    return RawDocument(c.path, c.root, data, fmt, tuple(warnings))
 
 
 def loaded_from_bytes(
-    path: str, root: str, data: bytes, fmt, limits: LoadLimits, warnings: tuple[str, ...] = ()
+    path: str,
+    root: str,
+    data: bytes,
+    fmt,
+    limits: LoadLimits,
+    warnings: tuple[str, ...] = (),
+    content_hash: Optional[str] = None,
 ) -> LoadedDocument:
     """A document's bytes identified and extracted by its format: the one way files and remote
     documents (pipeline/load/sources.py) become text. Raises LoadError."""
@@ -692,7 +727,7 @@ def loaded_from_bytes(
         path=path,
         root=root,
         text=ex.text,
-        content_hash=hashlib.sha256(data).hexdigest(),
+        content_hash=content_hash or hashlib.sha256(data).hexdigest(),
         size=len(data),
         markdown=ex.markdown,
         warnings=warnings + ex.warnings,

@@ -21,6 +21,7 @@ from kbingest.pipeline.load.loading import (
     LoadedDocument,
     LoadError,
     Problem,
+    RawDocument,
     Skipped,
     walk,
     walk_within,
@@ -157,20 +158,22 @@ class LoadStage:
             listed += 1
             fmt = formats.for_path(item.path)
             r.found(fmt.name if fmt else "unknown")
-            doc, gone = self._read(item)
-            if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
-                r.warning(doc.path, doc.warnings)
+            raw, gone = self._read(item)
             if not gone:  # a document that failed to load keeps what it had indexed
                 seen.add(did)
                 self._feeds(fed, item.path)
+            # its version from its bytes and the settings, before its format extracts it: an unchanged
+            # document is skipped unparsed (a scan is not read by OCR again)
+            version = ids.doc_version(raw.content_hash, self.version_key) if raw is not None else ""
+            old = self.stored.get(did)
+            unchanged = raw is not None and old is not None and old.version == version
+            doc = self._extract(raw) if raw is not None and not unchanged else None
+            if doc is not None and doc.warnings:  # loaded (e.g. invalid UTF-8 replaced), but flagged
+                r.warning(doc.path, doc.warnings)
             r.progress(PHASE)
             if doc is None:
-                r.settle_bytes(item.size)
-                continue
-            version = ids.doc_version(doc.content_hash, self.version_key)
-            old = self.stored.get(did)
-            if old is not None and old.version == version:
-                self._count_skipped(old.chunks)
+                if unchanged and old is not None:
+                    self._count_skipped(old.chunks)
                 r.settle_bytes(item.size)
                 continue
             yield Doc(path=doc.path, doc_id=did, version=version, replaces=old is not None, loaded=doc, canonical=canon)
@@ -262,7 +265,7 @@ class LoadStage:
                         if fmt is None:
                             raise LoadError("unsupported_format", "no format reads this document: not loaded")
                         r.found(fmt.name)
-                        with ocr.session(self.config.ocr, self.control.check, self._page_read):
+                        with ocr.session(self.config.ocr, self.control.check, self._page_read, self.config.ocr_engine):
                             doc = loading.loaded_from_bytes(item.uri, uri, data, fmt, self.limits)
                     except LoadError as e:
                         r.doc_error(item.uri, PHASE, e.kind, e.message)
@@ -401,16 +404,12 @@ class LoadStage:
         )
         return True
 
-    def _read(self, cand: Candidate) -> tuple[Optional[LoadedDocument], bool]:
-        """The document, or None with its error recorded; and whether it is gone from disk."""
+    def _read(self, cand: Candidate) -> tuple[Optional[RawDocument], bool]:
+        """The document's bytes (not extracted yet), or None with its error recorded; and whether it
+        is gone from disk."""
         note_document(cand.path)
-        try:  # OCR (formats/ocr.py): --ocr's mode, a stop within one page, pages counted as they are read
-            with ocr.session(self.config.ocr, self.control.check, self._page_read):
-                return loading.read_document(cand, self.limits), False
-        except NoText as e:  # an image without text (an icon): skipped, warned and counted, not an error
-            self.r.warning(cand.path, [e.message])
-            self.r.count("documents_without_text")
-            return None, False
+        try:
+            return loading.read_raw(cand, self.limits), False
         except LoadError as e:
             self.r.doc_error(cand.path, PHASE, e.kind, e.message)
             if e.kind == "vanished":  # deleted between walk and read: its chunks go too
@@ -420,6 +419,22 @@ class LoadStage:
         except MemoryError as e:  # one document too large for this process: recorded, the job goes on
             self.r.doc_error(cand.path, PHASE, "out_of_memory", reason(e))
         return None, False
+
+    def _extract(self, raw: RawDocument) -> Optional[LoadedDocument]:
+        """The document extracted by its format, or None with its error (or its warning) recorded."""
+        try:  # OCR (formats/ocr.py): --ocr's mode, a stop within one page, pages counted as they are read
+            with ocr.session(self.config.ocr, self.control.check, self._page_read, self.config.ocr_engine):
+                return raw.extract(self.limits)
+        except NoText as e:  # an image without text (an icon): skipped, warned and counted, not an error
+            self.r.warning(raw.path, [e.message])
+            self.r.count("documents_without_text")
+        except LoadError as e:
+            self.r.doc_error(raw.path, PHASE, e.kind, e.message)
+        except OSError as e:
+            self.r.doc_error(raw.path, PHASE, "os_error", f"{e.strerror or e}")
+        except MemoryError as e:  # one document too large for this process: recorded, the job goes on
+            self.r.doc_error(raw.path, PHASE, "out_of_memory", reason(e))
+        return None
 
     def _page_read(self, by_ocr: bool) -> None:
         self.r.count("pages_read")

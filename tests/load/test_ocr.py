@@ -257,7 +257,7 @@ def test_a_tiny_image_is_skipped_as_without_text_and_never_ocrd(monkeypatch):
 
 
 def test_an_image_where_ocr_finds_no_text_is_no_text_not_an_error(monkeypatch):
-    monkeypatch.setattr(ocr, "available", lambda: True)
+    monkeypatch.setattr(ocr, "available", lambda engine=None: True)
     monkeypatch.setattr(ocr, "_load_engine", lambda: None)
     monkeypatch.setattr(ocr, "recognize", lambda image: ocr.PageText("", None, 0))
     with pytest.raises(NoText) as e:
@@ -286,6 +286,24 @@ def test_a_docs_folder_with_icons_and_logos_ingests_with_exit_0(tmp_path):
     assert m["pages_ocr"] == 2  # the logo and the scan; the favicon never reached OCR
 
 
+def test_a_box_read_as_no_letter_or_digit_is_a_shape_not_text():
+    box = [[0, 0], [100, 0], [100, 20], [0, 20]]
+    below = [[0, 40], [100, 40], [100, 60], [0, 60]]
+    page = ocr._layout([(box, "●-", 0.81), (below, "Retire idle machines.", 0.97)])
+    assert page.text == "Retire idle machines." and page.lines == 1 and page.confidence == pytest.approx(0.97)
+    assert ocr._layout([(box, "•", 0.9)]) == ocr.PageText("", None, 0)
+
+
+@needs_engine
+def test_the_engine_only_uses_the_models_in_its_wheel_and_never_downloads(monkeypatch):
+    """kbingest names RapidOCR's model files: one missing is ocr_unavailable, never a download."""
+    monkeypatch.setattr(ocr, "_engine", None)
+    monkeypatch.setattr(ocr, "MODEL_FILES", {**ocr.MODEL_FILES, "Rec": "not-in-the-wheel.onnx"})
+    with pytest.raises(LoadError) as e:
+        ocr._load_engine()
+    assert e.value.kind == "ocr_unavailable" and ocr._engine is None
+
+
 @needs_engine
 def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
     """A 300 dpi page is not fed whole to the text detector (its cost and buffers grow with the area):
@@ -294,18 +312,19 @@ def test_the_detector_sees_a_page_at_most_det_side_pixels_long():
 
     engine = ocr._load_engine()
     seen = []
-    real = engine.text_det.infer
+    real = engine.text_det.session
 
     def spy(x):
         seen.append(x.shape)
         return real(x)
 
-    engine.text_det.infer = spy
+    engine.text_det.session = spy
     try:
-        ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
+        page = ocr.recognize(np.full((ocr.MAX_SIDE, 1697), 255, dtype=np.uint8))  # an A4 page, blank: no lines
     finally:
-        engine.text_det.infer = real
+        engine.text_det.session = real
     assert seen and max(seen[0][2:]) <= ocr.DET_SIDE < ocr.MAX_SIDE
+    assert page == ocr.PageText("", None, 0)
 
 
 # ---- the pool: pause within one page, time limit --------------------------------------------------
@@ -355,6 +374,141 @@ def test_ocr_setting_is_versioned_and_its_default_keeps_versions():
     assert "ocr" in JobConfig.VERSIONED and base.ocr == "auto"
     assert "ocr" not in base.version_key()  # the default re-ingests nothing
     assert JobConfig(sources=["x"], kb="k", ocr="force").version_key() != base.version_key()
+
+
+# ---- re-runs: an unchanged scan is not read again -------------------------------------------------
+
+
+def _ingest(home, src: Path):
+    from kbingest.pipeline.job.engine import IngestJob
+    from kbingest.pipeline.jobstore.recovery import open_store
+
+    config = JobConfig(sources=[str(src.resolve())], kb="scans", embedder="fake")
+    snap = IngestJob.create(home, open_store(home), config).run()
+    assert snap.status.value == "completed", (snap.message, snap.error)
+    return snap.metrics
+
+
+def test_an_unchanged_folder_of_scans_is_not_read_again(tmp_path, home, monkeypatch):
+    """A document's version comes from its bytes and the settings, before its format extracts it: a
+    re-run over unchanged scans calls no OCR engine and extracts nothing; a changed scan is read."""
+    from kbingest.pipeline.load import loading
+
+    engine_calls: list = []
+    monkeypatch.setattr(ocr, "available", lambda engine=None: True)
+    monkeypatch.setattr(ocr, "_load_engine", lambda: None)
+
+    def fake_engine(image):  # behind the same interface as RapidOCR's page reader
+        engine_calls.append(image.shape)
+        return ocr.PageText(f"Retire idle virtual machines every week, page {len(engine_calls)}.", 0.95, 1)
+
+    monkeypatch.setattr(ocr, "recognize", fake_engine)
+    extracted: list = []
+    real_extract = loading.loaded_from_bytes
+
+    def counting_extract(path, *args, **kwargs):
+        extracted.append(Path(path).name)
+        return real_extract(path, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "loaded_from_bytes", counting_extract)
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
+    (docs / "photo.png").write_bytes(image_bytes("PNG", [PAGE_1]))
+    (docs / "notes.md").write_text("# Notes\n\nPlain text is read as before.\n")
+
+    first = _ingest(home, docs)
+    assert len(engine_calls) == 3 and first["documents_added"] == 3 and first["chunks_embedded"] > 0
+    assert sorted(extracted) == ["notes.md", "photo.png", "scan.pdf"]
+
+    engine_calls.clear()
+    extracted.clear()
+    again = _ingest(home, docs)
+    assert engine_calls == [] and extracted == []  # nothing parsed, no page read by OCR
+    assert again["documents_skipped"] == 3 and not again.get("chunks_embedded") and not again.get("pages_ocr")
+
+    (docs / "photo.png").write_bytes(image_bytes("PNG", [PAGE_2]))  # a new scan under the same name
+    changed = _ingest(home, docs)
+    assert len(engine_calls) == 1 and extracted == ["photo.png"]
+    assert changed["documents_replaced"] == 1 and changed["documents_skipped"] == 2 and changed["pages_ocr"] == 1
+
+
+# ---- --ocr-engine tesseract: the system's Tesseract behind the same page reader -------------------
+
+needs_tesseract = pytest.mark.skipif(
+    __import__("shutil").which("tesseract") is None, reason="tesseract is not installed (Debian's tesseract-ocr)"
+)
+
+
+def test_ocr_engine_setting_is_versioned_and_its_default_keeps_versions():
+    base = JobConfig(sources=["x"], kb="k")
+    assert "ocr_engine" in JobConfig.VERSIONED and "ocr_engine" in JobConfig.USER_SETTABLE
+    assert base.ocr_engine == "rapidocr" and "ocr_engine" not in base.version_key()
+    assert JobConfig(sources=["x"], kb="k", ocr_engine="tesseract").version_key() != base.version_key()
+
+
+def test_tesseract_tsv_becomes_lines_paragraphs_and_a_confidence():
+    head = "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext"
+
+    def word(block, par, line, n, conf, text):
+        return f"5\t1\t{block}\t{par}\t{line}\t{n}\t0\t0\t10\t10\t{conf}\t{text}"
+
+    tsv = "\n".join(
+        [
+            head,
+            "4\t1\t1\t1\t1\t0\t0\t0\t10\t10\t-1\t",  # a line row: not a word
+            word(1, 1, 1, 1, 90, "Retire"),
+            word(1, 1, 1, 2, 80, "idle"),
+            word(1, 1, 2, 1, 100, "machines."),
+            word(1, 1, 3, 1, 50, "~"),  # a speck read as a symbol: left out
+            word(2, 1, 1, 1, 70, "Weekly"),
+        ]
+    )
+    page = ocr._tesseract_layout(tsv)
+    assert page.text == "Retire idle\nmachines.\n\nWeekly" and page.lines == 3
+    assert page.confidence == pytest.approx((6 * 0.9 + 4 * 0.8 + 9 * 1.0 + 6 * 0.7) / 25)
+
+
+def test_tesseract_missing_is_ocr_unavailable_in_kbingest_words(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with ocr.session("auto", engine="tesseract"), pytest.raises(LoadError) as e:
+        IMAGE.extract(image_bytes("PNG", [PAGE_1]), path="photo.png")
+    assert e.value.kind == "ocr_unavailable" and "tesseract-ocr" in e.value.message
+    with ocr.session("auto", engine="tesseract"), pytest.raises(LoadError) as e:
+        PDF.extract(scanned_pdf([PAGE_1]), path="scan.pdf")
+    assert e.value.kind == "ocr_unavailable" and "(tesseract)" in e.value.message
+
+
+@needs_tesseract
+def test_ocr_engine_tesseract_from_the_cli_reads_the_scan_and_search_finds_its_page(tmp_path):
+    import os
+    import shutil
+    import stat
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "scan.pdf").write_bytes(scanned_pdf([PAGE_1, PAGE_2]))
+    home = tmp_path / "home"
+    calls = tmp_path / "tesseract-calls"
+    wrapper = tmp_path / "bin" / "tesseract"  # the real one, each call noted: the pages went through it
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("tesseract")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    path = {"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"}
+    args = ["--kb", "scans", "--batch", "--embedder", "fake", "--chunk-tokens", "16", "--overlap", "0"]
+    r = run_cli("ingest", str(docs), *args, "--ocr-engine", "tesseract", home=home, env=path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.splitlines()[-1])["metrics"]
+    assert m["documents_added"] == 1 and m["pages_ocr"] == 2
+    assert len(calls.read_text().splitlines()) == 2  # one Tesseract run a page
+    hits = json.loads(
+        run_cli("search", "--kb", "scans", "idle virtual machines", "--json", "--mode", "text", home=home).stdout
+    )
+    assert hits[0]["page"] == 2 and "virtual machines" in hits[0]["text"].lower()
+    assert "turbine" not in hits[0]["text"].lower()
 
 
 # ---- end to end: the CLI, then search --------------------------------------------------------------

@@ -1,9 +1,10 @@
 """OCR: the text of page images, offline, for the formats (scanned PDF pages, image files).
 
-The engine is RapidOCR (`rapidocr-onnxruntime`, the extra `kbingest[ocr]`): PaddleOCR's PP-OCRv4
+The engine is RapidOCR (`rapidocr` 3.10, the extra `kbingest[ocr]`): PaddleOCR's PP-OCRv6 small
 detection and recognition models, shipped inside its wheel, run on the onnxruntime kbingest already
-has. Nothing is downloaded, ever. The engine is loaded once per process, at the first page that needs
-it; pages run on a pool of its own (WORKERS threads, one onnxruntime thread each: the cores the
+has. kbingest names the model files (MODEL_FILES): RapidOCR never looks for, or downloads, any other;
+a file missing is `ocr_unavailable`. The engine is loaded once per process, at the first page that
+needs it; pages run on a pool of its own (WORKERS threads, one onnxruntime thread each: the cores the
 embedding phase does not need), at most WORKERS pages in flight, while the loader renders the next.
 
 The loader sets, per document, what OCR may do (`session`): the mode (--ocr auto|off|force), how to
@@ -20,6 +21,8 @@ import contextlib
 import contextvars
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections import deque
@@ -31,17 +34,27 @@ from typing import Callable, Iterable, Iterator, Optional
 from kbingest.pipeline.load.formats.base import LoadError
 
 MODES = ("auto", "off", "force")
-ENGINE = "rapidocr-onnxruntime"  # the package: PP-OCRv4 det + rec (+ the angle classifier), in its wheel
+ENGINE = "rapidocr"  # the package (3.10.x): PP-OCRv6 small det + rec, in its wheel
+# the models in rapidocr 3.10's wheel (rapidocr/models/), named so that nothing is downloaded; the angle
+# classifier's file is named too, though it is off (RapidOCR would fetch a default one otherwise)
+MODEL_FILES = {
+    "Det": "PP-OCRv6_det_small.onnx",
+    "Rec": "PP-OCRv6_rec_small.onnx",
+    "Cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+}
 INSTALL_HINT = "pip install 'kbingest[ocr]'"
+ENGINES = ("rapidocr", "tesseract")  # --ocr-engine
+TESSERACT_HINT = "install Debian's tesseract-ocr (apt-get install tesseract-ocr), or ingest with --ocr-engine rapidocr"
 WORKERS = max(1, min(4, (os.cpu_count() or 2) - 1))  # the cores the embedding phase does not need
 MAX_SIDE = 2400  # pixels on a page image's longer side given to the engine (A4 at ~200 dpi)
 # The text detector sees the page scaled to at most DET_SIDE pixels on its longer side (RapidOCR's
-# det_limit_type "max"; its default, "min" 736, fed a 300 dpi page to the detector whole, 1697 x 2400):
-# 0.69 of the area, about half the detection time, CER unchanged. RapidOCR 1.4 picks the side itself in
-# "max" mode (960, 1500, or 2000 for pages over 1500 px) and ignores det_limit_side_len: DET_SIDE says
-# what it does. Lines are still cut from the MAX_SIDE image for recognition, which is where the time
-# goes (80 %: docs/formats.md, OCR figures).
-DET_SIDE = 2000
+# Det.limit_type "max"; its default, "min" 736, feeds a 300 dpi page to the detector whole, 1697 x 2400):
+# at 1280, a third of the time of 2000 and CER unchanged (docs/formats.md, OCR figures). Lines are still
+# cut from the MAX_SIDE image for recognition, which is where the time goes (about 90 %).
+DET_SIDE = 1280
+# One line a recognition call: RapidOCR pads a batch's lines to its widest, so batches of 6 cost
+# 1.4 times as much on a page of prose (docs/formats.md, OCR figures).
+REC_BATCH = 1
 PAGE_SECONDS = 120.0  # one page's OCR; past it, the page is left out (a warning says so)
 CONFIDENCE_FLOOR = 0.80  # pages read with a lower mean confidence are flagged
 MIN_LAYER_CHARS = 16  # --ocr auto: a PDF page with fewer characters of text layer is read by OCR
@@ -57,6 +70,7 @@ class Session:
     mode: str = "auto"
     stop: Callable[[], None] = lambda: None  # raises Stopped when the run is asked to stop
     on_page: Callable[[bool], None] = lambda ocr: None  # a page was read (ocr: by OCR)
+    engine: str = "rapidocr"  # --ocr-engine: rapidocr (the extra kbingest[ocr]) or tesseract (the system's)
 
 
 _SESSION: contextvars.ContextVar[Session] = contextvars.ContextVar("kbingest_ocr_session", default=Session())  # noqa: B039 (frozen)
@@ -68,12 +82,17 @@ def current() -> Session:
 
 @contextlib.contextmanager
 def session(
-    mode: str = "auto", stop: Optional[Callable[[], None]] = None, on_page: Optional[Callable[[bool], None]] = None
+    mode: str = "auto",
+    stop: Optional[Callable[[], None]] = None,
+    on_page: Optional[Callable[[bool], None]] = None,
+    engine: str = "rapidocr",
 ) -> Iterator[Session]:
-    """Within it, formats read pages with this mode, stop and counter (the loader: one per document)."""
+    """Within it, formats read pages with this mode, engine, stop and counter (the loader: one per document)."""
     if mode not in MODES:
         raise ValueError(f"ocr mode must be one of {', '.join(MODES)}")
-    s = Session(mode=mode, stop=stop or (lambda: None), on_page=on_page or (lambda ocr: None))
+    if engine not in ENGINES:
+        raise ValueError(f"ocr engine must be one of {', '.join(ENGINES)}")
+    s = Session(mode=mode, stop=stop or (lambda: None), on_page=on_page or (lambda ocr: None), engine=engine)
     token = _SESSION.set(s)
     try:
         yield s
@@ -97,21 +116,32 @@ _engine = None
 _pool: Optional[ThreadPoolExecutor] = None
 
 
-def available() -> bool:
-    """Whether the OCR engine can be imported here (the extra kbingest[ocr] is installed)."""
+def available(engine: Optional[str] = None) -> bool:
+    """Whether the session's OCR engine (or `engine`) is here: the extra kbingest[ocr] installed, or
+    for --ocr-engine tesseract the `tesseract` command on PATH."""
+    if (engine or current().engine) == "tesseract":
+        return shutil.which("tesseract") is not None
     try:
         import importlib.util
 
-        return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+        return importlib.util.find_spec("rapidocr") is not None
     except (ImportError, ValueError):
         return False
 
 
-def unavailable(what: str) -> LoadError:
+def unavailable(what: str, engine: Optional[str] = None) -> LoadError:
+    name, hint = engine_and_hint(engine)
     return LoadError(
         "ocr_unavailable",
-        f"{what} needs OCR, and the OCR engine ({ENGINE}) is not installed: {INSTALL_HINT} (or ingest with --ocr off)",
+        f"{what} needs OCR, and the OCR engine ({name}) is not installed: {hint} (or ingest with --ocr off)",
     )
+
+
+def engine_and_hint(engine: Optional[str] = None) -> tuple[str, str]:
+    """The session's engine (or `engine`) as a person reads it, and how to install it."""
+    if (engine or current().engine) == "tesseract":
+        return "tesseract", TESSERACT_HINT
+    return ENGINE, INSTALL_HINT
 
 
 def _load_engine():
@@ -119,24 +149,43 @@ def _load_engine():
     with _lock:
         if _engine is None:
             try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as e:  # not installed, or its OpenCV cannot load (e.g. no libGL)
+                import rapidocr
+                from rapidocr import RapidOCR
+            except ImportError as e:  # not installed, or its OpenCV cannot load
                 log.debug("OCR engine not importable: %s", e)
                 raise unavailable("this page") from None
             quiet = logging.getLogger("RapidOCR")  # it adds a stderr handler of its own: not in a dashboard
             for h in list(quiet.handlers):
                 quiet.removeHandler(h)
             quiet.setLevel(logging.WARNING)
+            models = os.path.join(os.path.dirname(rapidocr.__file__), "models")
+            paths = {task: os.path.join(models, name) for task, name in MODEL_FILES.items()}
+            if not all(os.path.isfile(p) for p in paths.values()):  # another rapidocr: never download
+                log.debug("OCR models not found: %s", paths)
+                raise unavailable("this page")
             # no angle classifier: on upright pages it turned whole lines upside down (garbage, or dropped
             # under text_score) and took a third of the time; pages rotated by 180 degrees are not read
-            _engine = RapidOCR(
-                intra_op_num_threads=1,
-                inter_op_num_threads=1,
-                max_side_len=MAX_SIDE,
-                use_cls=False,
-                det_limit_type="max",
-                det_limit_side_len=DET_SIDE,
+            engine = RapidOCR(
+                params={
+                    "Global.use_cls": False,
+                    "Global.max_side_len": MAX_SIDE,
+                    "Global.log_level": "warning",
+                    "EngineConfig.onnxruntime.intra_op_num_threads": 1,
+                    "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                    "Det.model_path": paths["Det"],
+                    "Det.limit_type": "max",
+                    "Det.limit_side_len": DET_SIDE,
+                    "Rec.model_path": paths["Rec"],
+                    "Rec.rec_batch_num": REC_BATCH,
+                    "Cls.model_path": paths["Cls"],
+                }
             )
+            for h in list(quiet.handlers):
+                quiet.removeHandler(h)
+            # RapidOCR loads its models at the first page; here, once, so a page's time is its own
+            engine._load_det_model()
+            engine._load_rec_model()
+            _engine = engine
         return _engine
 
 
@@ -150,13 +199,14 @@ def _workers() -> ThreadPoolExecutor:
 
 def _layout(result) -> PageText:
     """Lines in reading order (top to bottom, left to right on one row); a blank line where the gap
-    to the next line is larger than a line's height (a new paragraph)."""
+    to the next line is larger than a line's height (a new paragraph). A box read as no letter and no
+    digit (PP-OCRv6 reads a logo's disc and bar as "●-") is a shape, not text: left out."""
     if not result:
         return PageText("", None, 0)
     items = []
     for box, text, score in result:
         text = (text or "").strip()
-        if not text:
+        if not any(ch.isalnum() for ch in text):
             continue
         ys = [p[1] for p in box]
         xs = [p[0] for p in box]
@@ -189,8 +239,68 @@ def _layout(result) -> PageText:
 def recognize(image) -> PageText:
     """The text of one page image (a 2-D uint8 grayscale array, or H x W x 3 BGR), in this thread."""
     engine = _load_engine()
-    result, _ = engine(image)
-    return _layout(result)
+    out = engine(image)
+    boxes, txts, scores = out.boxes, out.txts, out.scores
+    if boxes is None or txts is None or scores is None:  # no text found
+        return _layout(None)
+    return _layout([(box.tolist(), text, score) for box, text, score in zip(boxes, txts, scores)])
+
+
+# ---------------------------------------------------------------------------------- Tesseract
+def tesseract_page(image) -> PageText:
+    """The text of one page image by the system's Tesseract (--ocr-engine tesseract), in this thread: the
+    image given on stdin as a PNM (no image library needed), one core (OMP_THREAD_LIMIT=1: the pool runs
+    pages side by side), its TSV read back. Lines as Tesseract finds them; a blank line between its
+    paragraphs; the confidence its words' mean (0-100 -> 0-1), weighted by their characters."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(image, dtype=np.uint8)
+    if arr.ndim == 3:  # H x W x 3 BGR, as OpenCV gives it: PNM is RGB
+        pnm = b"P6\n%d %d\n255\n" % (arr.shape[1], arr.shape[0]) + np.ascontiguousarray(arr[:, :, ::-1]).tobytes()
+    else:
+        pnm = b"P5\n%d %d\n255\n" % (arr.shape[1], arr.shape[0]) + arr.tobytes()
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run(
+        ["tesseract", "stdin", "stdout", "-l", "eng", "tsv"],
+        input=pnm,
+        capture_output=True,
+        env=env,
+        timeout=PAGE_SECONDS + 10,  # the loader gives up at PAGE_SECONDS; the process does not outlive it long
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"tesseract exited {done.returncode}: {tail[0][:200]}")
+    return _tesseract_layout(done.stdout.decode("utf-8", "replace"))
+
+
+def _tesseract_layout(tsv: str) -> PageText:
+    lines: dict[tuple[int, int, int], list[tuple[str, float]]] = {}
+    for row in tsv.splitlines()[1:]:
+        f = row.split("\t")
+        if len(f) < 12 or f[0] != "5":  # words only
+            continue
+        text = f[11].strip()
+        if not text:
+            continue
+        lines.setdefault((int(f[2]), int(f[3]), int(f[4])), []).append((text, max(0.0, float(f[10])) / 100.0))
+    out: list[str] = []
+    prev = None
+    chars = weighted = 0.0
+    count = 0
+    for (block, par, _), words in lines.items():  # in Tesseract's reading order
+        line = " ".join(w for w, _ in words)
+        if not any(ch.isalnum() for ch in line):
+            continue
+        if prev is not None and prev != (block, par):
+            out.append("")
+        prev = (block, par)
+        out.append(line)
+        count += 1
+        for w, c in words:
+            chars += len(w)
+            weighted += len(w) * c
+    return PageText("\n".join(out), weighted / chars if chars else None, count)
 
 
 # ---------------------------------------------------------------------------------- pages
@@ -206,13 +316,19 @@ def read_pages(images: Iterable[tuple[int, object]], sess: Optional[Session] = N
     the next page while the pool reads this one); at most WORKERS + 1 page images are held at once. Between
     slices of WAIT_SLICE the session's stop is called: a pause or cancel lands within one page."""
     sess = sess or current()
-    _load_engine()  # in the caller's thread: a missing engine is this document's error, early
+    if sess.engine == "tesseract":
+        if not available("tesseract"):
+            raise unavailable("this page", "tesseract")
+        reader = tesseract_page
+    else:
+        _load_engine()  # in the caller's thread: a missing engine is this document's error, early
+        reader = recognize
     pool = _workers()
     inflight: deque[tuple[int, Future, list]] = deque()
 
     def run(image, started: list):
         started.append(time.monotonic())
-        return recognize(image)
+        return reader(image)
 
     try:
         for index, image in images:
@@ -354,11 +470,11 @@ def pdf_pages(pdf, pages: list[list[str]], sess: Optional[Session] = None) -> Pd
             sess.on_page(False)
     if not wanted:
         return out
-    if not available():
+    if not available(sess.engine):
         out.missing_engine = True
+        name, hint = engine_and_hint(sess.engine)
         out.warnings.append(
-            f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: "
-            f"OCR needs {ENGINE} ({INSTALL_HINT})"
+            f"{len(wanted)} of {len(pages)} pages have no text layer and were not read: OCR needs {name} ({hint})"
         )
         return out
     order = sorted(taken)
