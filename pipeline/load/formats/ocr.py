@@ -182,11 +182,21 @@ def _load_engine():
             )
             for h in list(quiet.handlers):
                 quiet.removeHandler(h)
-            # RapidOCR loads its models at the first page; here, once, so a page's time is its own
-            engine._load_det_model()
-            engine._load_rec_model()
+            # RapidOCR loads its models at the first page; here, once, on a line of text drawn for the
+            # purpose (its public call: both models load), so a page's time is its own
+            engine(_warm_up_image())
             _engine = engine
         return _engine
+
+
+def _warm_up_image():
+    """A small image of one printed word: enough for the detector to find a box and the recogniser to run."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (160, 48), "white")
+    ImageDraw.Draw(img).text((10, 16), "kbingest", fill="black")
+    return np.asarray(img.resize((480, 144)))
 
 
 def _workers() -> ThreadPoolExecutor:
