@@ -75,7 +75,7 @@ class KbIngestApp(App[None]):
     CSS_PATH = "dashboard.tcss"
     ENABLE_COMMAND_PALETTE = True
     NOTIFICATION_TIMEOUT = 4
-    BINDINGS = BINDINGS  # app/bindings.py: the footer, the help screen and the palette come from them
+    BINDINGS = [*BINDINGS]  # app/bindings.py: the footer, the help screen and the palette come from them
 
     def __init__(
         self,
@@ -331,7 +331,7 @@ class KbIngestApp(App[None]):
         self.actions.open_error(event.error)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(help_from_bindings(self.BINDINGS), HELP_NOTES))
+        self.push_screen(HelpScreen(help_from_bindings(BINDINGS), HELP_NOTES))
 
     async def action_quit(self) -> None:
         await self.actions.quit()
@@ -402,7 +402,7 @@ class KbIngestApp(App[None]):
                 pass
 
 
-HELP_KEYS: list[tuple[str, str]] = help_from_bindings(KbIngestApp.BINDINGS)
+HELP_KEYS: list[tuple[str, str]] = help_from_bindings(BINDINGS)
 
 
 def run_dashboard(service: JobService, job: Optional[JobHandle]) -> ExitCode:

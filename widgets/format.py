@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, overload
 
 from rich.style import Style
 from rich.text import Text
@@ -100,6 +100,12 @@ def fmt_count(n: int) -> str:
     return f"{n / 1_000_000:.1f}M" if n >= 10_000_000 else str(n)
 
 
+@overload
+def as_aware(dt: datetime) -> datetime: ...
+@overload
+def as_aware(dt: None) -> None: ...
+@overload
+def as_aware(dt: Optional[datetime]) -> Optional[datetime]: ...
 def as_aware(dt: Optional[datetime]) -> Optional[datetime]:
     if dt is None:
         return None
