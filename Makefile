@@ -39,7 +39,7 @@ style: setup-test  ## sorts imports (ruff's I rules), then formats: what `make l
 	$(BIN)/ruff check --select I --fix .
 	$(BIN)/ruff format .
 
-# mypy checks the engine and the service seam under their installed names (kbingest.pipeline...): the
+# mypy checks the engine and the front ends under their installed names (kbingest.pipeline...): the
 # folders sit at the root (pyproject's package-dir), so a link tree in build/mypy maps them as installed.
 MYPY_TREE := build/mypy/kbingest
 types: setup-test  ## mypy ([tool.mypy] in pyproject.toml)
@@ -48,7 +48,7 @@ types: setup-test  ## mypy ([tool.mypy] in pyproject.toml)
 	ln -sfn ../../../pipeline $(MYPY_TREE)/pipeline
 	ln -sfn ../../../app $(MYPY_TREE)/app
 	ln -sfn ../../../widgets $(MYPY_TREE)/widgets
-	MYPYPATH=build/mypy $(BIN)/mypy $(MYPY_TREE)/pipeline $(MYPY_TREE)/app/remote.py tests/test_seams_typed.py
+	MYPYPATH=build/mypy $(BIN)/mypy $(MYPY_TREE)/pipeline $(MYPY_TREE)/app $(MYPY_TREE)/widgets tests/test_seams_typed.py
 
 bench: setup-test
 	$(BIN)/pip install -q -e ".[test,bench]"

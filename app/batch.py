@@ -144,10 +144,11 @@ def run_batch(
     if tty:
         err.write("\r\x1b[2K")
     if "error" in result:
-        e = result["error"]
-        if isinstance(e, (KbError, KeyboardInterrupt, SystemExit)) or debug():
-            raise e  # type: ignore[misc]
-        raise _stopped(job, e) from None  # e.g. a library's panic (a BaseException) when no thread could start
+        failure = result["error"]
+        assert isinstance(failure, BaseException)
+        if isinstance(failure, (KbError, KeyboardInterrupt, SystemExit)) or debug():
+            raise failure
+        raise _stopped(job, failure) from None  # e.g. a library's panic (a BaseException) when no thread could start
     snaps, seq = job.snapshots_since(seq)
     for snap in snaps[:-1]:
         reporter.offer(snap)

@@ -108,7 +108,7 @@ def _help(field: str, unit: str = "") -> str:
 class _Parser(argparse.ArgumentParser):
     """argparse, with "did you mean" for a mistyped command or choice."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = [c.strip().strip("'") for c in m.group(2).split(",")]
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument(
         "--follow-links",
         action="store_true",
-        help=JobConfig.model_fields["follow_links"].description + " (default: not followed)",
+        help=f"{JobConfig.model_fields['follow_links'].description} (default: not followed)",
     )
     ing.add_argument(
         "--allow-mass-removal",

@@ -343,7 +343,8 @@ class RemoteService:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for(r, path)
-                event, data = "", []  # type: tuple[str, list[str]]
+                event = ""
+                data: list[str] = []
                 for line in r.iter_lines():
                     if line == "":
                         if event == "status" and data:

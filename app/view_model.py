@@ -8,8 +8,10 @@ running_elsewhere, failed_docs, status).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional
+from collections import Counter
+from typing import Any, Iterable, Mapping, Optional
 
+from kbingest.pipeline.service import printable
 from kbingest.pipeline.status import JobStatus
 
 EMBEDDERS = ("fastembed",)  # what the new-job form offers
@@ -117,3 +119,80 @@ def summary_counts(v: Any) -> str:
         chunks.append(f"{m.get('chunks_indexed', 0)} chunks indexed in {commits} commit{'s' if commits != 1 else ''}")
     line = ", ".join(parts) + (" · " if parts and chunks else "") + ", ".join(chunks)
     return line
+
+
+# ---- which actions apply to a job (the footer greys the others out) ----------------------------
+def can_pause(v: Any) -> bool:
+    """p: a job running or waiting, here or in another process."""
+    return v is not None and (v.local or v.running_elsewhere) and v.status in (JobStatus.RUNNING, JobStatus.PENDING)
+
+
+def can_resume(v: Any) -> bool:
+    """r: a job at rest (paused, interrupted, failed, pending), or a completed one with failed documents."""
+    if v is None or v.local or v.running_elsewhere:
+        return False
+    s = v.status
+    return s in (JobStatus.PAUSED, JobStatus.FAILED, JobStatus.PENDING) or (
+        s == JobStatus.COMPLETED and v.failed_docs > 0
+    )
+
+
+def can_drain(v: Any, drain_supported: bool) -> bool:
+    """d: a running job, where the service can drain."""
+    return v is not None and drain_supported and v.status == JobStatus.RUNNING
+
+
+def can_cancel(v: Any) -> bool:
+    """c: any job that has not ended completed or cancelled."""
+    return v is not None and v.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED)
+
+
+def action_state(v: Any, drain_supported: bool) -> tuple[bool, bool, bool, bool]:
+    """(pause, resume, cancel, drain) for the selected job: the footer is refreshed when it changes."""
+    return can_pause(v), can_resume(v), can_cancel(v), can_drain(v, drain_supported)
+
+
+# ---- the job list's title ---------------------------------------------------------------------------
+def jobs_title(
+    base: str,
+    statuses: Iterable[str],
+    filter_text: str,
+    shown: Optional[int],
+    sort_label: Optional[str],
+    frozen: bool,
+) -> str:
+    """The job list's title: the home, the jobs counted by status (most first), the filter and how many
+    it shows, the sort when not the default one, and a frozen view said as such."""
+    counts = Counter(statuses)
+    parts = [base]
+    if counts:
+        parts.append(", ".join(f"{n} {st}" for st, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+    if filter_text:
+        parts.append(f"filter {filter_text!r}: {shown if shown is not None else '?'} shown")
+    if sort_label is not None:
+        parts.append(f"sorted {sort_label}")
+    if frozen:
+        parts.append("VIEW FROZEN, the jobs go on: f follows live")
+    return printable(" · ".join(parts))
+
+
+def errors_title(failed_docs: int) -> str:
+    """The errors pane's title: how many documents failed."""
+    n = failed_docs
+    return f"errors ({n} document{'s' if n != 1 else ''})" if n else "errors"
+
+
+def cancel_outcome(job_id: str, outcome: str) -> str:
+    """What the service's answer to cancelling a job run elsewhere means, in words."""
+    return {"requested": f"asked the process running {job_id} to cancel it", "cancelled": f"{job_id} cancelled"}.get(
+        outcome, f"{job_id} was not cancelled: it had ended"
+    )
+
+
+def applies(action: str, v: Any, drain_supported: bool) -> bool:
+    """Whether an action of the bindings applies to the selected job (the others do everywhere)."""
+    rules = {"pause": can_pause, "resume": can_resume, "cancel": can_cancel}
+    if action == "drain":
+        return can_drain(v, drain_supported)
+    rule = rules.get(action)
+    return True if rule is None else rule(v)

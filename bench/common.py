@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "bench" / "out"
@@ -136,6 +136,30 @@ class Row:
             }[self.op]
             self.status = "pass" if ok else "fail"
         return self
+
+
+GOAL = re.compile(r"(>=|<=|<|>|=)\s*(-?[0-9.]+)")
+T = TypeVar("T")
+
+
+def goal_row(key: str, figure: str, values: Sequence[float], goal: str, note: str = "", unit: str = "") -> Row:
+    """A Row whose goal is written once, as people read it, and read from there: "<op> <target>[ rest]"
+    (">= 0.8", "< 5 s", "<= 1.10 (reference)"); "= 0", of a figure that cannot go below 0, is "<= 0"."""
+    m = GOAL.match(goal)
+    if m is None:
+        raise ValueError(f"{key}: goal {goal!r} does not start with an operator and a number")
+    op = "<=" if m.group(1) == "=" else m.group(1)
+    return Row(key, figure, unit=unit, values=list(values), op=op, target=float(m.group(2)), goal=goal, note=note)
+
+
+def alternating(reps: int, sample: Callable[[str], T], sides: tuple[str, str] = ("1x", "10x")) -> list[dict[str, T]]:
+    """`reps` pairs of samples, one of each side, the order alternating between repetitions (1x then
+    10x, then 10x then 1x...), so that a drift in the machine's load falls on both sides alike."""
+    pairs = []
+    for rep in range(reps):
+        order = sides if rep % 2 == 0 else sides[::-1]
+        pairs.append({side: sample(side) for side in order})
+    return pairs
 
 
 def _fmt(x: Optional[float]) -> str:

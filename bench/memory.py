@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.common import Row, default_config, log, median, run_ingest, run_inproc
+from typing import Any, Optional
+
+from bench.common import Row, alternating, default_config, goal_row, log, median, run_ingest, run_inproc
 from bench.context import GIB_MIB, Ctx, check_final, embedding_phase, first_run, fj
 
 # ---- figure 3: memory ------------------------------------------------------------------------
@@ -47,14 +49,12 @@ def fig_memory(ctx: Ctx) -> list[Row]:
         ctx.ws.drop(home)
     rss1_med = median(rss1)
     rows.append(
-        Row(
+        goal_row(
             "3.2",
             f"peak RSS, 10x corpus bounded prefix / {label} full run (real model)",
+            [p["rss"] / rss1_med for p in prefix],
+            "<= 1.10",
             unit="x",
-            values=[p["rss"] / rss1_med for p in prefix],
-            op="<=",
-            target=1.10,
-            goal="<= 1.10",
             note=f"REAL MODEL on a bounded prefix: the 10x ingest gets SIGINT (pause, checkpoint) after "
             f"{bound:.0f} s ({', '.join(str(p['n']) for p in prefix)} chunks embedded, status "
             f"{prefix[0]['status']}); peak RSS {fj([p['rss'] for p in prefix], '.0f')} MiB against "
@@ -62,100 +62,79 @@ def fig_memory(ctx: Ctx) -> list[Row]:
             f"and the table is opened as for a full run; only the embedding is cut short.",
         )
     )
+
     # the streaming claim: fake embedder, full 1x vs full 10x, alternating
-    pairs = []
-    for rep in range(ctx.reps(3, 1)):
-        res = {}
-        for which in ("1x", "10x") if rep % 2 == 0 else ("10x", "1x"):
-            home = ctx.ws.home(f"fake{which}")
-            r = run_ingest(
-                ctx.ws,
-                home,
-                [docs1 if which == "1x" else docs10],
-                extra=["--embedder", "fake"],
-                timeout=3600,
-                tag=f"fake{which}",
-            )
-            final = check_final(r, f"fake {which} ingest")
-            if final.get("status") != "completed":
-                raise RuntimeError(f"fake {which} ingest ended {final.get('status')}")
-            fm = final.get("metrics") or {}
-            res[which] = {
-                "rss": r.maxrss_mib,
-                "wall": r.wall,
-                "n": embedding_phase(final)[0],
-                "own": fm.get("peak_rss_mib"),
-                "child": fm.get("optimize_peak_rss_mib"),
-            }
-            log(
-                f"  fake embedder, {which}: {res[which]['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB "
-                f"(the job's process {res[which]['own']} MiB, its compaction child {res[which]['child']} MiB)"
-            )
-            ctx.ws.drop(home)
-        pairs.append(res)
-    rows.append(
-        Row(
+    def fake_ingest(which: str, env: Optional[dict[str, str]] = None) -> tuple[dict, Any]:
+        """One whole ingest of the 1x or 10x corpus with the fake embedder: its final status and run."""
+        tag = ("arena" if env else "fake") + which
+        home = ctx.ws.home(tag)
+        docs = [docs1 if which == "1x" else docs10]
+        r = run_ingest(ctx.ws, home, docs, extra=["--embedder", "fake"], env_extra=env, timeout=3600, tag=tag)
+        final = check_final(r, f"fake {which} ingest" + (", MALLOC_ARENA_MAX=2" if env else ""))
+        ctx.ws.drop(home)
+        return final, r
+
+    def streaming(which: str) -> dict:
+        final, r = fake_ingest(which)
+        if final.get("status") != "completed":
+            raise RuntimeError(f"fake {which} ingest ended {final.get('status')}")
+        fm = final.get("metrics") or {}
+        res = {
+            "rss": r.maxrss_mib,
+            "wall": r.wall,
+            "n": embedding_phase(final)[0],
+            "own": fm.get("peak_rss_mib"),
+            "child": fm.get("optimize_peak_rss_mib"),
+        }
+        log(
+            f"  fake embedder, {which}: {res['n']} chunks in {r.wall:.1f} s, peak RSS {r.maxrss_mib:.0f} MiB "
+            f"(the job's process {res['own']} MiB, its compaction child {res['child']} MiB)"
+        )
+        return res
+
+    pairs = alternating(ctx.reps(3, 1), streaming)
+    rss = {w: fj([p[w]["rss"] for p in pairs], ".0f") for w in ("1x", "10x")}
+    ratios = [  # (key, figure, the field of each side divided, note)
+        (
             "3.3",
             "peak RSS, full 10x corpus / full 1x corpus, FAKE embedder (streaming claim)",
-            unit="x",
-            values=[p["10x"]["rss"] / p["1x"]["rss"] for p in pairs],
-            op="<=",
-            target=1.10,
-            goal="<= 1.10",
-            note=f"--embedder fake (no model: what is left is the pipeline itself), whole corpora, "
-            f"alternating order: 1x {fj([p['1x']['rss'] for p in pairs], '.0f')} MiB "
-            f"({pairs[0]['1x']['n']} chunks), 10x {fj([p['10x']['rss'] for p in pairs], '.0f')} MiB "
-            f"({pairs[0]['10x']['n']} chunks)",
+            "rss",
+            f"--embedder fake (no model: what is left is the pipeline itself), whole corpora, alternating order: "
+            f"1x {rss['1x']} MiB ({pairs[0]['1x']['n']} chunks), 10x {rss['10x']} MiB ({pairs[0]['10x']['n']} chunks)",
         )
-    )
+    ]
     if all(p[w]["own"] for p in pairs for w in ("1x", "10x")):
-        rows.append(
-            Row(
+        ratios.append(
+            (
                 "3.5",
                 "peak RSS of the job's own process (not its compaction child), full 10x / full 1x, "
                 "FAKE embedder, same runs as 3.3",
-                unit="x",
-                values=[p["10x"]["own"] / p["1x"]["own"] for p in pairs],
-                op="<=",
-                target=1.10,
-                goal="<= 1.10",
-                note=f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
+                "own",
+                f"the status's peak_rss_mib (VmHWM): 1x {fj([p['1x']['own'] for p in pairs], '.0f')} "
                 f"MiB, 10x {fj([p['10x']['own'] for p in pairs], '.0f')} MiB; 3.3's wait4 figure is the "
                 f"largest of the job and its children: at 10x the table (over 20,000 rows) is compacted "
                 f"in a child (pylance's bounded compaction, pipeline/kb/compaction.py), whose own peak "
                 f"(VmHWM) was {fj([p['10x']['child'] or 0 for p in pairs], '.0f')} MiB",
             )
         )
+    for key, figure, field, note in ratios:
+        rows.append(goal_row(key, figure, [p["10x"][field] / p["1x"][field] for p in pairs], "<= 1.10", note, "x"))
     ctx.shared["fake10x_wall"] = median([p["10x"]["wall"] for p in pairs])
+
     # a candidate fix for what grows: glibc malloc arenas (LanceDB's writer threads), measured the same way
-    arena_pairs = []
-    for rep in range(ctx.reps(2, 1)):
-        res = {}
-        for which in ("1x", "10x") if rep % 2 == 0 else ("10x", "1x"):
-            home = ctx.ws.home(f"arena{which}")
-            r = run_ingest(
-                ctx.ws,
-                home,
-                [docs1 if which == "1x" else docs10],
-                extra=["--embedder", "fake"],
-                env_extra={"MALLOC_ARENA_MAX": "2"},
-                timeout=3600,
-                tag=f"arena{which}",
-            )
-            check_final(r, f"fake {which} ingest, MALLOC_ARENA_MAX=2")
-            res[which] = r.maxrss_mib
-            ctx.ws.drop(home)
+    def arena(which: str) -> float:
+        return fake_ingest(which, {"MALLOC_ARENA_MAX": "2"})[1].maxrss_mib
+
+    arena_pairs = alternating(ctx.reps(2, 1), arena)
+    for res in arena_pairs:
         log(f"  MALLOC_ARENA_MAX=2, fake embedder: 1x {res['1x']:.0f} MiB, 10x {res['10x']:.0f} MiB")
-        arena_pairs.append(res)
     rows.append(
-        Row(
+        goal_row(
             "3.4",
             "(candidate fix) the same with MALLOC_ARENA_MAX=2",
+            [p["10x"] / p["1x"] for p in arena_pairs],
+            "<= 1.10 (reference)",
             unit="x",
-            values=[p["10x"] / p["1x"] for p in arena_pairs],
-            op="<=",
-            target=1.10,
-            goal="<= 1.10 (reference)",
             note=f"1x {fj([p['1x'] for p in arena_pairs], '.0f')} MiB, "
             f"10x {fj([p['10x'] for p in arena_pairs], '.0f')} MiB",
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.common import Row, log
+from bench.common import Row, goal_row, log
 from bench.context import Ctx, fj, json_module
 
 
@@ -12,14 +12,12 @@ def fig_watch(ctx: Ctx) -> list[Row]:
     log(f"watch latency: {runs} saves into a watched folder of 4 pages, real model")
     d = json_module("bench.watch_latency", "--runs", str(runs))
     return [
-        Row(
+        goal_row(
             "9.1",
             "watch mode: save of a one-page change to its new sentence found by search (real model)",
+            d["latencies"],
+            "< 5 s",
             unit="s",
-            values=d["latencies"],
-            op="<",
-            target=5.0,
-            goal="< 5 s",
             note=f"`python -m bench.watch_latency`: {d['pages']} pages watched ({d['chunks']} chunks), a unique "
             f"sentence appended to one page per run, top-3 vector search polled every 0.2 s with the query "
             f"embedded before the save; the job picked each save up after {fj(d['pickups'], '.2f')} s (feed: "
@@ -33,15 +31,13 @@ def fig_watch(ctx: Ctx) -> list[Row]:
 def _watch_as_a_user(runs: int) -> Row:
     """Issue 12: the watch job in its own process, each poll a fresh `kbingest search` process."""
     d = json_module("bench.watch_cli", "--runs", str(runs))
-    return Row(
+    return goal_row(
         "9.2",
         "watch as a user: save to the new sentence found by a fresh `kbingest search` process "
         "(`ingest --watch` in its own process, real model)",
+        d["latencies"],
+        "< 3 s (issue 12)",
         unit="s",
-        values=d["latencies"],
-        op="<",
-        target=3.0,
-        goal="< 3 s (issue 12)",
         note=f"`python -m bench.watch_cli`: {d['pages']} pages; fresh searches per run {d['polls']}; one "
         f"fresh-process search (answered warm by the watch process) {fj(d['search_s'], '.2f')} s, "
         f"`python -c pass` {fj(d['python_s'], '.3f')} s in the same run",

@@ -232,6 +232,27 @@ def test_pyproject_declares_every_package_folder():
     assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
 
 
+def test_make_types_checks_every_front_end_and_silences_only_the_documented_modules():
+    """Issue 28 item 7: mypy runs over pipeline/, app/ and widgets/ (all of them); error codes are
+    silenced only where pyproject says why (Ray's stubs; app/server.py until the serve work is merged)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    types_line = next(ln for ln in (REPO / "Makefile").read_text().splitlines() if "$(BIN)/mypy" in ln)
+    targets = set(types_line.split("$(BIN)/mypy", 1)[1].split())
+    assert {"$(MYPY_TREE)/pipeline", "$(MYPY_TREE)/app", "$(MYPY_TREE)/widgets"} <= targets, types_line
+    overrides = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]["overrides"]
+    silenced = {}
+    for o in overrides:
+        if o.get("disable_error_code"):
+            for m in [o["module"]] if isinstance(o["module"], str) else o["module"]:
+                silenced[m] = sorted(o["disable_error_code"])
+    assert set(silenced) <= {"kbingest.pipeline.executors.ray", "kbingest.app.server"}, silenced
+    assert silenced.get("kbingest.pipeline.executors.ray", ["arg-type"]) == ["arg-type"]
+
+
 def test_no_folder_at_the_root_shadows_the_installed_package():
     assert not (REPO / "kbingest").exists(), "a kbingest/ folder at the root shadows an installed kbingest"
 

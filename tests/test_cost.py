@@ -3,8 +3,12 @@ progress stays truthful when most chunks are reused."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from conftest import REPO
 
 from kbingest.pipeline.embed.embedding import FakeEmbedder
 from kbingest.pipeline.kb.table import KnowledgeBase
@@ -33,6 +37,25 @@ def _embedded(t) -> list[str]:
 
 def _svc(home, emb):
     return Service(home, embedder_factory=lambda c: emb)
+
+
+def _kbingest_importing(home, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`kbingest --home HOME ARGS` in a fresh process under `-X importtime`: its result, and the
+    modules it imported."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        timeout=timeout,
+    )
+    imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
+    return r, imported
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """`python -c CODE` in a fresh process."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 def test_repeated_text_is_embedded_once(tmp_path, home):
@@ -126,10 +149,7 @@ def test_a_document_that_breaks_the_model_does_not_strand_its_shared_text(tmp_pa
 
 def test_cold_commands_import_only_what_they_use(tmp_path, pages):
     """status, jobs, pause, cancel and --help import neither lancedb, fastembed, numpy nor textual."""
-    import subprocess
-    import sys
-
-    from conftest import REPO, run_cli
+    from conftest import run_cli
 
     h = tmp_path / "h"
     assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
@@ -143,14 +163,7 @@ def test_cold_commands_import_only_what_they_use(tmp_path, pages):
         ["--help"],
         ["ingest", "--help"],
     ):
-        r = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "kbingest", "--home", str(h), *args],
-            capture_output=True,
-            text=True,
-            cwd=str(REPO),
-            timeout=120,
-        )
-        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
+        r, imported = _kbingest_importing(h, *args)
         heavy = imported & {"lancedb", "fastembed", "numpy", "pyarrow", "textual", "onnxruntime"}
         assert not heavy, (args, heavy)
 
@@ -159,10 +172,8 @@ def test_search_asks_the_resident_server_first_and_starts_cold_without_it(tmp_pa
     """With `kbingest serve` running on the home, `kbingest search` answers through it: the same hits,
     without importing LanceDB or the model; once it is gone, search starts cold and still answers."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO, run_cli
+    from conftest import run_cli
     from live_server import ProcessServer
 
     h = tmp_path / "h"
@@ -172,28 +183,8 @@ def test_search_asks_the_resident_server_first_and_starts_cold_without_it(tmp_pa
     server = ProcessServer(h)
     try:
         assert (h / "serve.json").exists()
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-X",
-                "importtime",
-                "-m",
-                "kbingest",
-                "--home",
-                str(h),
-                "search",
-                "--kb",
-                "docs",
-                "reliability principles",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=str(REPO),
-            timeout=120,
-        )
+        r, imported = _kbingest_importing(h, "search", "--kb", "docs", "reliability principles", "--json")
         assert r.returncode == 0, r.stderr[-2000:]
-        imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time")}
         assert not imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
         assert [h_["id"] for h_ in json.loads(r.stdout)] == [h_["id"] for h_ in json.loads(cold.stdout)]
         missing = run_cli("search", "--kb", "nope", "x", home=h)
@@ -212,13 +203,11 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
     import json
     import shutil
     import signal
-    import subprocess
-    import sys
     import time
     import urllib.error
     import urllib.request
 
-    from conftest import REPO, run_cli
+    from conftest import run_cli
     from test_control import Batch
 
     h = tmp_path / "h"
@@ -236,28 +225,8 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
         assert no_secret.value.code == 401
 
         def search(query: str) -> tuple[list, set]:
-            r = subprocess.run(
-                [
-                    sys.executable,
-                    "-X",
-                    "importtime",
-                    "-m",
-                    "kbingest",
-                    "--home",
-                    str(h),
-                    "search",
-                    "--kb",
-                    "docs",
-                    query,
-                    "--json",
-                ],
-                capture_output=True,
-                text=True,
-                cwd=str(REPO),
-                timeout=120,
-            )
+            r, imported = _kbingest_importing(h, "search", "--kb", "docs", query, "--json")
             assert r.returncode == 0, r.stderr[-2000:]
-            imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
             return json.loads(r.stdout), imported & {"lancedb", "fastembed", "numpy", "pyarrow"}
 
         hits, heavy = search("reliability principles")
@@ -284,9 +253,6 @@ def test_a_watch_job_answers_searches_warm_while_it_runs(tmp_path, pages):
 def test_lancedb_is_imported_without_the_rest_client_it_never_uses(tmp_path):
     """pipeline/kb/fastimport.py: the REST namespace client's package __init__ (0.9 s) does not run for
     LanceDB on a folder; a name of that package, once used, is there (its __init__ runs then)."""
-    import subprocess
-    import sys
-
     code = f"""
 import sys
 from kbingest.pipeline.kb.fastimport import import_lancedb
@@ -299,7 +265,7 @@ from lance_namespace_urllib3_client import ApiClient  # used: the package's __in
 assert "lance_namespace_urllib3_client.api" in sys.modules and ApiClient.__name__ == "ApiClient"
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = _python(code)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
@@ -308,39 +274,15 @@ def test_a_cold_search_imports_neither_pandas_nor_the_overrides_checks(tmp_path,
     it: ~0.45 s) and lancedb imports with `overrides` as the marker it is on Python 3.12 (~0.3 s);
     every search mode still answers, and the real `overrides` is there for anything imported after."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO, run_cli
+    from conftest import run_cli
 
     h = tmp_path / "h"
     assert run_cli("ingest", str(pages), "--kb", "docs", "--batch", "--embedder", "fake", home=h).returncode == 0
     for mode in ("hybrid", "vector", "text"):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-X",
-                "importtime",
-                "-m",
-                "kbingest",
-                "--home",
-                str(h),
-                "search",
-                "--kb",
-                "docs",
-                "reliability",
-                "--mode",
-                mode,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=str(REPO),
-            timeout=120,
-        )
+        r, imported = _kbingest_importing(h, "search", "--kb", "docs", "reliability", "--mode", mode, "--json")
         assert r.returncode == 0, r.stderr[-2000:]
         assert json.loads(r.stdout), f"{mode}: no hits"
-        imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
         assert "lancedb" in imported, mode
         assert not any(m.startswith("pandas.") for m in imported), f"{mode}: pandas was loaded"  # only tried
         if sys.version_info < (3, 12):
@@ -354,43 +296,18 @@ assert hasattr(overrides, "__VERSION__") and "overrides.enforce" in sys.modules,
 import pandas
 print("ok")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = _python(code)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def _ingest_importing(home, src, *extra: str):
     """`kbingest ingest --batch` in a fresh process: (its final status, whether it imported lancedb)."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO
-
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "kbingest",
-            "--home",
-            str(home),
-            "ingest",
-            str(src),
-            "--kb",
-            "docs",
-            "--batch",
-            "--embedder",
-            "fake",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=str(REPO),
-        timeout=300,
+    r, imported = _kbingest_importing(
+        home, "ingest", str(src), "--kb", "docs", "--batch", "--embedder", "fake", *extra, timeout=300
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    imported = {x.rsplit("|", 1)[-1].strip() for x in r.stderr.splitlines() if x.startswith("import time")}
     return json.loads(r.stdout.splitlines()[-1])["metrics"], "lancedb" in imported
 
 

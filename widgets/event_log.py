@@ -12,6 +12,7 @@ from datetime import datetime, tzinfo
 from typing import Iterable, Optional
 
 from rich.text import Text
+from textual import events
 from textual.widgets import RichLog
 
 from kbingest.app.view_model import status_text
@@ -159,7 +160,7 @@ class EventLog(RichLog):
             self._shown.append(ev)
             self._write(ev)
 
-    def on_resize(self) -> None:
+    def on_resize(self, event: events.Resize) -> None:
         # lines are wrapped when written: wrap them again to the new width, once laid out
         self.call_after_refresh(self._rewrap)
 

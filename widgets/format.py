@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, overload
 
 from rich.style import Style
 from rich.text import Text
@@ -100,6 +100,12 @@ def fmt_count(n: int) -> str:
     return f"{n / 1_000_000:.1f}M" if n >= 10_000_000 else str(n)
 
 
+@overload
+def as_aware(dt: datetime) -> datetime: ...
+@overload
+def as_aware(dt: None) -> None: ...
+@overload
+def as_aware(dt: Optional[datetime]) -> Optional[datetime]: ...
 def as_aware(dt: Optional[datetime]) -> Optional[datetime]:
     if dt is None:
         return None
@@ -157,6 +163,32 @@ class JobView:
     updated_at: Optional[str] = field(default=None, compare=False)
     local: bool = False  # running in this process (a worker of this dashboard)
     running_elsewhere: bool = False  # running in another process on this home
+
+    @classmethod
+    def of_record(cls, info: Any) -> "JobView":
+        """A job as the service lists it (a JobInfo): running while its engine holds its knowledge base."""
+        snap = info.status
+        return cls(
+            job_id=info.job_id,
+            kb=info.kb,
+            snap=snap,
+            errors=snap.errors,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            running_elsewhere=snap.status == JobStatus.RUNNING,
+        )
+
+    @classmethod
+    def of_live(cls, job: Any, created_at: str) -> "JobView":
+        """A job running in this process (a JobHandle), from its snapshot now."""
+        return cls(
+            job_id=job.job_id,
+            kb=job.config.kb,
+            snap=job.snapshot(),
+            errors=list(job.errors),
+            created_at=created_at,
+            local=True,
+        )
 
     @property
     def status(self) -> JobStatus:

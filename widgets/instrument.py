@@ -91,7 +91,7 @@ def flags(snap: Optional[JobStatusResponse]) -> list[tuple[str, str]]:
     """(phase, why) for each phase starved by its upstream or blocked by its downstream."""
     if snap is None or snap.status != JobStatus.RUNNING:
         return []
-    status = {d.name: d.status for d in snap.phase_details}
+    status: dict[str, JobStatus] = {d.name: d.status for d in snap.phase_details}
     out: list[tuple[str, str]] = []
     gauges = [snap.metrics.get(key) for key, _, _ in QUEUES]
     for i, (_key, writer, reader) in enumerate(QUEUES):

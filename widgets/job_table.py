@@ -168,7 +168,7 @@ class JobTable(DataTable):
         id_w, kb_w, note_w = layout
         s = v.snap
         warn = s.status.value == "completed" and v.failed_docs > 0
-        cells = (
+        cells: tuple[Text, ...] = (
             Text(fit_job_id(safe(v.job_id), safe(v.kb), id_w), no_wrap=True, end=""),
             Text(fit(safe(v.kb), kb_w), no_wrap=True, end=""),
             Text(s.status.value, style=status_style(self.app, s.status.value, warn=warn), no_wrap=True, end=""),

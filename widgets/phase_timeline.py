@@ -82,8 +82,7 @@ class PhaseRow(Horizontal):
         spark_label.update(
             Text(" " + spark, no_wrap=True, style=theme_style(self.app, "warning" if slowing else "accent"))
         )
-        cells = cells[:6]
-        progress, items, rate, eta, status, dur = cells
+        progress, items, rate, eta, status, dur = cells[:6]
         self.query_one(ProgressBar).update(total=100, progress=progress)
         self.query_one(".ph-items", Label).update(Text(items, justify="right", no_wrap=True))
         self.query_one(".ph-rate", Label).update(Text(rate, justify="right", no_wrap=True))
@@ -106,6 +105,6 @@ class PhaseTimeline(Vertical):
         force: bool = False,
         history: Optional[dict[str, list[float]]] = None,
     ) -> None:
-        by_name = {d.name: d for d in (details or [])}
+        by_name: dict[str, PhaseDetail] = {d.name: d for d in (details or [])}
         for row in self.query(PhaseRow):
             row.show(by_name.get(row.phase), (history or {}).get(row.phase), force=force)

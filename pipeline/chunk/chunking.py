@@ -21,7 +21,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from markdown_it import MarkdownIt
 
@@ -124,7 +124,8 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str]:
     first_end = text.find("\n")
     if first_end < 0 or text[:first_end].rstrip() != "---":
         return {}, text
-    pos, lines = first_end + 1, []
+    pos = first_end + 1
+    lines: list[str] = []
     while pos < len(text) and len(lines) < FRONT_MATTER_MAX_LINES:
         end = text.find("\n", pos)
         end = len(text) if end < 0 else end
@@ -399,9 +400,10 @@ class Chunker:
         # 1. ONE batched count: prefixes, wrappers, and each block -- or, for a block long enough to
         #    be over budget, its atoms (the block's count is then their sum).
         texts: list[str] = []
-        slots: list[tuple[object, object]] = []
+        slots: list[tuple[Any, str | int]] = []
 
-        def want(target: object, key: object, text: str) -> None:
+        def want(target: Any, key: str | int, text: str) -> None:
+            """Count `text` into target.key (an attribute), or target[key] (a list's item)."""
             texts.append(text)
             slots.append((target, key))
 
@@ -435,8 +437,9 @@ class Chunker:
         for sec in sections:
             units: list[_Unit] = []
             for bi, b in enumerate(sec.blocks):
-                if self._fits_whole(sec, b):
-                    units.append(_Unit(bi, 0, len(b.text), b.tokens))
+                whole = self._whole_tokens(sec, b)
+                if whole is not None:
+                    units.append(_Unit(bi, 0, len(b.text), whole))
                 else:
                     units += [u._replace(block=bi) for u in self._units_from_atoms(sec, b)]
             out += [(sec.path, text) for text in self._pack(sec, units)]
@@ -450,21 +453,29 @@ class Chunker:
             if e - a <= self.settings.max_chars:  # longer ones are cut by characters anyway
                 want(b.atom_tokens, i, b.text[a:e])
 
-    def _count_into(self, texts: list[str], slots: list[tuple[object, object]]) -> None:
+    def _count_into(self, texts: list[str], slots: list[tuple[Any, str | int]]) -> None:
         for (target, key), n in zip(slots, self._count(texts)):
-            if isinstance(target, list):
+            if isinstance(key, int):
                 target[key] = n
             else:
                 setattr(target, key, n)
 
     def _fits_whole(self, sec: _Section, b: _Block) -> bool:
-        if b.tokens is None and b.atom_tokens is not None and None not in b.atom_tokens:
-            b.tokens = sum(b.atom_tokens)  # whitespace-separated atoms: counts add up
-        return (
+        return self._whole_tokens(sec, b) is not None
+
+    def _whole_tokens(self, sec: _Section, b: _Block) -> int | None:
+        """The block's token count when it fits whole in a chunk of this section, else None."""
+        if b.tokens is None and b.atom_tokens is not None:
+            counted = [t for t in b.atom_tokens if t is not None]
+            if len(counted) == len(b.atom_tokens):
+                b.tokens = sum(counted)  # whitespace-separated atoms: counts add up
+        if (
             b.tokens is not None
             and b.wrap_tokens + b.tokens <= self.settings.max_tokens - sec.prefix_tokens
             and b.wrap_chars + len(b.text) <= self.settings.max_chars - sec.prefix_chars
-        )
+        ):
+            return b.tokens
+        return None
 
     def _fit_prefix(self, sec: _Section) -> None:
         """Keep the heading-path prefix within a quarter of the token budget (cut it, or drop it)."""
@@ -507,12 +518,14 @@ class Chunker:
         """Whole list items (or other groups) that fit, else their atoms, else atoms cut smaller."""
         max_t = self.settings.max_tokens - sec.prefix_tokens - b.wrap_tokens
         max_c = self.settings.max_chars - sec.prefix_chars - b.wrap_chars
+        assert b.groups is not None and b.atom_tokens is not None, "the block's atoms are counted first"
         counts = iter(b.atom_tokens)
         units: list[_Unit] = []
         for group in b.groups:
             atoms = [(a, e, next(counts)) for a, e in group]
-            if all(t is not None for _, _, t in atoms):
-                group_tokens = sum(t for _, _, t in atoms)
+            counted = [t for _, _, t in atoms if t is not None]
+            if len(counted) == len(atoms):
+                group_tokens = sum(counted)
                 if group_tokens <= max_t and group[-1][1] - group[0][0] <= max_c:
                     units.append(_Unit(0, group[0][0], group[-1][1], group_tokens))
                     continue

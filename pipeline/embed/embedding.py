@@ -92,6 +92,7 @@ class FastEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._fast is not None:
             return self._fast.embed(texts)
+        assert self._te is not None, "fastembed is built whenever kbingest's runtime is not"
         vecs = list(self._te.embed(texts, batch_size=self.batch_size))
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 

@@ -122,7 +122,7 @@ def _match_layer(g: _Graph, softmax: Any) -> dict[str, Any]:
         raise RewriteError(f"{softmax.name}: probabilities do not feed one MatMul")
     tr = g.only_consumer(ctx.output[0], "Transpose")
     rs = g.only_consumer(tr.output[0], "Reshape") if tr is not None else None
-    if rs is None:
+    if tr is None or rs is None:
         raise RewriteError(f"{softmax.name}: context is not Transpose -> Reshape")
     perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), None)
     if perm != [0, 2, 1, 3]:

@@ -215,7 +215,9 @@ class OnnxRuntimeEmbedder:
         finally:
             for f in futs:
                 f.result()
-        return np.stack(results).astype(np.float32, copy=False)
+        vectors = [v for v in results if v is not None]
+        assert len(vectors) == len(encs), "every text was embedded"
+        return np.stack(vectors).astype(np.float32, copy=False)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -75,7 +75,11 @@ def mark_interrupted(home: Home, store: JobStore) -> list[str]:
     for rec in store.all():
         if _interrupted(rec, home):
             snap = effective_status(rec, home)
-            store.update(rec.job_id, lambda r, s=snap: r.model_copy(update={"status": s, "owner_pid": None}))
+
+            def paused(r: JobRecord, s: JobStatusResponse = snap) -> JobRecord:
+                return r.model_copy(update={"status": s, "owner_pid": None})
+
+            store.update(rec.job_id, paused)
             found.append(rec.job_id)
     return found
 

@@ -41,8 +41,9 @@ def defer_package_init(name: str) -> bool:
         if name in sys.modules:
             return False
         spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations or spec.loader is None:
-            return False
+        loader = spec.loader if spec is not None else None
+        if spec is None or not spec.submodule_search_locations or not isinstance(loader, importlib.abc.InspectLoader):
+            return False  # not a package whose code can be read (a namespace package, an unusual loader)
         mod = types.ModuleType(name)
         mod.__path__ = list(spec.submodule_search_locations)
         mod.__spec__, mod.__file__, mod.__package__, mod.__loader__ = spec, spec.origin, name, spec.loader
@@ -53,7 +54,9 @@ def defer_package_init(name: str) -> bool:
                 if not ran.is_set():
                     ran.set()
                     del mod.__dict__["__getattr__"]
-                    exec(spec.loader.get_code(name), mod.__dict__)
+                    code = loader.get_code(name)
+                    if code is not None:  # a package's __init__ without code defines nothing
+                        exec(code, mod.__dict__)
             try:
                 return mod.__dict__[attr]
             except KeyError:

@@ -130,7 +130,8 @@ def fuse(vector_hits: list[SearchHit], text_hits: list[SearchHit], k: int, fusio
                 bm25 if bm25 is not None else t_floor, fusion.bm25_half
             )
             relevance = score
-        rows.append((-score, vr or 1 << 30, tr or 1 << 30, hid, vh or th, score, relevance, cos, bm25))
+        hit = vh if vh is not None else txt[hid][1]  # a hit of the text list only
+        rows.append((-score, vr or 1 << 30, tr or 1 << 30, hid, hit, score, relevance, cos, bm25))
     rows.sort(key=lambda r: r[:4])
     return [
         replace(

@@ -175,6 +175,13 @@ MIGRATIONS: tuple[AddColumn, ...] = (
 )
 
 
+def original_schema(dim: int) -> pa.Schema:
+    """The schema of a table made before any migration (kbingest 0.2.0): `schema(dim)` without the
+    columns MIGRATIONS add."""
+    added = {step.name for step in MIGRATIONS}
+    return pa.schema([f for f in schema(dim) if f.name not in added])
+
+
 def migrate(table) -> list[str]:
     """Apply the steps this table needs; returns their column names."""
     done = []

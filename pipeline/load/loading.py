@@ -492,7 +492,7 @@ class _Walker:
             self.count += 1
             yield Candidate(path, root, st.st_size, st.st_mtime_ns, real, (st.st_dev, st.st_ino))
 
-    def _list(self, r: _Root, parts: tuple[str, ...]) -> tuple[Optional[tuple[int, int]], list[_Entry]]:
+    def _list(self, r: _Root, parts: tuple[str, ...]) -> tuple[tuple[int, int], list[_Entry]]:
         """Open the folder beneath the root and list it: its identity and its entries, each looked
         at (lstat) through the folder's descriptor before that descriptor is closed."""
         fd = _open_beneath(r.fd, parts, self.limits.follow_links)
@@ -555,6 +555,8 @@ class _Walker:
             yield _problem(r.join(parts), _os_kind(entry.error, "look at this entry"))
         elif entry.link:
             yield from self._link(r, parts, depth, ancestors)
+        elif entry.st is None:  # never: an entry is looked at (st) or has its error
+            raise AssertionError(f"{entry.name}: neither looked at nor failed")
         elif stat.S_ISDIR(entry.st.st_mode):  # a folder named like a document is still a folder
             yield from self._subdir(r, parts, depth + 1, ancestors)
         else:

@@ -98,6 +98,77 @@ def test_job_eta_comes_from_the_snapshot_while_running():
     assert vm.job_eta(running_snapshot()) is None
 
 
+def _view(status: JobStatus, *, local: bool = False, elsewhere: bool = False, failed: int = 0) -> JobView:
+    snap = running_snapshot().model_copy(update={"status": status})
+    snap = snap.model_copy(update={"metrics": {**snap.metrics, "documents_failed": failed}})
+    return JobView(job_id=snap.job_id, kb="docs", snap=snap, local=local, running_elsewhere=elsewhere)
+
+
+# (status, where it runs, failed documents) -> which of pause, resume, cancel, drain apply
+ACTIONS_BY_STATE = [
+    ((JobStatus.RUNNING, "here", 0), (True, False, True, True)),
+    ((JobStatus.RUNNING, "elsewhere", 0), (True, False, True, True)),
+    ((JobStatus.PENDING, "elsewhere", 0), (True, False, True, False)),
+    ((JobStatus.PENDING, "", 0), (False, True, True, False)),
+    ((JobStatus.PAUSED, "", 0), (False, True, True, False)),
+    ((JobStatus.FAILED, "", 0), (False, True, True, False)),
+    ((JobStatus.COMPLETED, "", 0), (False, False, False, False)),
+    ((JobStatus.COMPLETED, "", 2), (False, True, False, False)),  # r retries the failed documents
+    ((JobStatus.CANCELLED, "", 0), (False, False, False, False)),
+]
+
+
+@pytest.mark.parametrize("state,expected", ACTIONS_BY_STATE, ids=lambda x: "-".join(map(str, x)))
+def test_which_actions_apply_to_a_job_without_a_terminal(state, expected):
+    status, where, failed = state
+    v = _view(status, local=where == "here", elsewhere=where == "elsewhere", failed=failed)
+    assert vm.action_state(v, drain_supported=True) == expected
+    got = tuple(vm.applies(a, v, True) for a in ("pause", "resume", "cancel", "drain"))
+    assert got == expected
+    assert (vm.can_pause(v), vm.can_resume(v), vm.can_cancel(v), vm.can_drain(v, True)) == expected
+
+
+def test_no_action_applies_to_no_job_and_drain_only_where_the_service_can():
+    assert vm.action_state(None, drain_supported=True) == (False, False, False, False)
+    running = _view(JobStatus.RUNNING, local=True)
+    assert vm.can_drain(running, True) and not vm.can_drain(running, False)  # --server: no drain
+    assert vm.applies("help", None, False) and vm.applies("new_job", None, False)  # keys of no job
+
+
+def test_the_jobs_title_counts_filters_sorts_and_says_frozen():
+    base = "jobs in ~/kb"
+    assert vm.jobs_title(base, [], "", None, None, False) == base
+    statuses = ["completed", "paused", "completed", "failed", "completed", "paused"]
+    assert vm.jobs_title(base, statuses, "", 6, None, False) == f"{base} · 3 completed, 2 paused, 1 failed"
+    assert vm.jobs_title(base, ["paused", "failed"], "", 2, None, False) == f"{base} · 1 failed, 1 paused"  # ties: a-z
+    titled = vm.jobs_title(base, statuses, "docs", 2, "by status", True)
+    assert titled == (
+        f"{base} · 3 completed, 2 paused, 1 failed · filter 'docs': 2 shown · sorted by status"
+        " · VIEW FROZEN, the jobs go on: f follows live"
+    )
+    assert "filter 'x': ? shown" in vm.jobs_title(base, statuses, "x", None, None, False)  # not counted yet
+    assert "\x1b" not in vm.jobs_title("jobs in ~/\x1b[31mkb", ["running"], "", 1, None, False)  # escaped
+
+
+def test_the_errors_title_and_a_cancel_outcome_in_words():
+    assert vm.errors_title(0) == "errors"
+    assert vm.errors_title(1) == "errors (1 document)"
+    assert vm.errors_title(3) == "errors (3 documents)"
+    assert vm.cancel_outcome("j-1", "requested") == "asked the process running j-1 to cancel it"
+    assert vm.cancel_outcome("j-1", "cancelled") == "j-1 cancelled"
+    assert vm.cancel_outcome("j-1", "ended") == "j-1 was not cancelled: it had ended"
+
+
+def test_the_app_class_stays_under_350_lines():
+    """Issue 28 item 5: the App holds state and polling; what to show is the view model's, the panes'
+    drawing app/panes.py's, the actions' bodies app/actions.py's. It cannot grow back."""
+    import ast
+
+    tree = ast.parse((REPO / "app" / "dashboard.py").read_text())
+    (app_class,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "KbIngestApp"]
+    assert app_class.end_lineno - app_class.lineno < 350, app_class.end_lineno - app_class.lineno
+
+
 # ---- on screen ------------------------------------------------------------------------------------
 def _elsewhere_record():
     """A job another process runs now: its knowledge base's lock held (here, by this test), recorded

@@ -99,6 +99,33 @@ def corpus(tmp_path_factory) -> Path:
     return copy_corpus(tmp_path_factory.mktemp("ray-corpus") / "docs")
 
 
+@pytest.fixture
+def ray_job(ray_address, corpus):
+    """start(home, job, delay=...): `kbingest ingest CORPUS --batch --job-id JOB` on the session's cluster,
+    as a user runs it (a subprocess; the fake embedder takes `delay` seconds a chunk). Any still running
+    when the test ends is killed."""
+    procs: list[subprocess.Popen] = []
+
+    def start(home: Path, job: str, delay: str = "0.05", **pipes) -> subprocess.Popen:
+        args = ["ingest", str(corpus), "--kb", KB, "--batch", "--embedder", "fake", "--job-id", job]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--home", str(home), *args, *ray_opts(ray_address)],
+            stdout=pipes.get("stdout", subprocess.DEVNULL),
+            stderr=pipes.get("stderr", subprocess.PIPE),
+            text=True,
+            cwd=str(REPO),
+            env=dict(os.environ, KBINGEST_FAKE_DELAY=delay),
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def clean_table(tmp_path_factory, corpus) -> list[tuple]:
     """The table the thread executor makes of the corpus: what every Ray run must end with."""
@@ -189,33 +216,10 @@ def test_ray_driver_sigkill_then_resume_gives_the_clean_table(tmp_path, ray_addr
 
 
 @ray_slow
-def test_ray_driver_killed_mid_wave_then_resume(tmp_path, ray_address, corpus, clean_table):
+def test_ray_driver_killed_mid_wave_then_resume(tmp_path, ray_job, clean_table):
     """A timed SIGKILL of the driver while the actors embed, then resume: the clean table."""
     home = tmp_path / "h"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kbingest",
-            "--home",
-            str(home),
-            "ingest",
-            str(corpus),
-            "--kb",
-            KB,
-            "--batch",
-            "--embedder",
-            "fake",
-            "--job-id",
-            "j2",
-            *ray_opts(ray_address),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=str(REPO),
-        env=dict(os.environ, KBINGEST_FAKE_DELAY="0.01"),
-    )
+    proc = ray_job(home, "j2", delay="0.01", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     for line in proc.stdout:  # the first wave committed: kill in the middle of the next
         if line.startswith("{") and (json.loads(line)["metrics"].get("ray_waves") or 0) >= 1:
             break
@@ -255,36 +259,9 @@ def _wait_for_embedding(home: Path, job: str, proc: subprocess.Popen, timeout: f
     raise AssertionError("the job did not reach embedding in time")
 
 
-def _start(home: Path, corpus: Path, job: str, address: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kbingest",
-            "--home",
-            str(home),
-            "ingest",
-            str(corpus),
-            "--kb",
-            KB,
-            "--batch",
-            "--embedder",
-            "fake",
-            "--job-id",
-            job,
-            *ray_opts(address),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=str(REPO),
-        env=dict(os.environ, KBINGEST_FAKE_DELAY="0.05"),
-    )
-
-
-def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
+def test_ray_pause_resume_cancel(tmp_path, ray_job, clean_table):
     home = tmp_path / "h"
-    proc = _start(home, corpus, "jp", ray_address)
+    proc = ray_job(home, "jp")
     _wait_for_embedding(home, "jp", proc)
     t0 = time.monotonic()
     assert run_cli("pause", "jp", home=home).returncode == 0
@@ -299,7 +276,7 @@ def test_ray_pause_resume_cancel(tmp_path, ray_address, corpus, clean_table):
     assert table(home) == clean_table
 
     home2 = tmp_path / "h2"
-    proc = _start(home2, corpus, "jc", ray_address)
+    proc = ray_job(home2, "jc")
     _wait_for_embedding(home2, "jc", proc)
     assert run_cli("cancel", "jc", home=home2).returncode == 0
     assert proc.wait(timeout=60) == 4, proc.stderr.read()

@@ -102,24 +102,13 @@ def test_search_without_its_jobs_embeds_with_the_model_the_kb_names(tmp_path):
     assert all(h["path"] == h["source"] for h in json.loads(alone.stdout))
 
 
-# the schema of a knowledge base made by kbingest 0.2.0, before the metadata column
+# the schema of a knowledge base made by kbingest 0.2.0, before the metadata column: the engine's own
 def _v020_schema(dim: int):
-    import pyarrow as pa
+    from kbingest.pipeline.kb.table import original_schema
 
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("text", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("source", pa.string()),
-            pa.field("heading_path", pa.string()),
-            pa.field("doc_id", pa.string()),
-            pa.field("doc_version", pa.string()),
-            pa.field("position", pa.int32()),
-            pa.field("title", pa.string()),
-            pa.field("model", pa.string()),
-        ]
-    )
+    v020 = original_schema(dim)
+    assert v020.names == "id text vector source heading_path doc_id doc_version position title model".split()
+    return v020
 
 
 def test_earlier_table_gains_metadata_on_next_job_with_nothing_embedded(tmp_path):

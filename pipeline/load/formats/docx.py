@@ -99,7 +99,8 @@ def _inflated_size(data: bytes, info: zipfile.ZipInfo, budget: int) -> int:
     d = _decompressor(info.compress_type)
     if d is None:
         return len(raw)
-    total, pos, pending = 0, 0, b""
+    total, pos = 0, 0
+    pending: bytes | memoryview = b""
     try:
         while total <= budget and not d.eof:
             if isinstance(d, bz2.BZ2Decompressor):  # holds what it has not given out yet itself

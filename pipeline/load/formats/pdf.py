@@ -105,17 +105,18 @@ def _place_headings(lines: list[str], entries: list[tuple[int, str]]) -> list[st
             where.setdefault(squash(ln).lower(), i)
     top: list[str] = []
     for level, title in entries:
-        i = where.pop(title.lower(), None)
-        if i is None:
+        key = title.lower()
+        if key not in where:
             top.append("\x00" + heading(level, title))
         else:
-            lines[i] = "\x00" + heading(level, title)
+            lines[where.pop(key)] = "\x00" + heading(level, title)
     return top + lines
 
 
 def _page_markdown(lines: list[str]) -> str:
     """Page lines as Markdown: headings (marked with NUL) stand in blocks of their own, text is escaped."""
-    blocks, para = [], []
+    blocks: list[str] = []
+    para: list[str] = []
     for ln in lines:
         if ln.startswith("\x00"):
             if para:
@@ -571,7 +572,9 @@ def extract_pdf(data: bytes, max_inflated: Optional[int] = None) -> Extracted:
         warnings.append("the PDF looks truncated (no %%EOF at its end): the pages that could be read were loaded")
     page_ocr = (
         tuple(
-            (r.page.confidence or 0.0) if (r := read.results.get(i)) is not None and r.page is not None else None
+            (done.page.confidence or 0.0)
+            if (done := read.results.get(i)) is not None and done.page is not None
+            else None
             for i in range(len(pages))
         )
         if read.results
