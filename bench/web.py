@@ -37,7 +37,12 @@ class _Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = kbingest_cmd() + ["--home", str(home), "serve", "--port", str(self.port), "--web"]
-        cmd += ["--web-sessions", str(SESSIONS), "--allow-root", str(docs)]  # default rate limit: loopback is not counted
+        cmd += [
+            "--web-sessions",
+            str(SESSIONS),
+            "--allow-root",
+            str(docs),
+        ]  # default rate limit: loopback is not counted
         self.proc = subprocess.Popen(cmd, cwd=str(REPO), env=bench_env(), stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while True:
