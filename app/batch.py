@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, Protocol, TextIO
 
 from kbingest.app.exit_codes import ExitCode, exit_code_for
 from kbingest.app.text import progress_line
@@ -24,10 +24,18 @@ MIN_INTERVAL_S = 0.5  # at most one progress line every 0.5 s while only progres
 RESUME_HINT = "then resume the job"  # how the words of an exhausted resource end (pipeline/messages.py RESUME_HINT)
 
 
+class LineSink(Protocol):
+    """Where the lines go: stdout, or the SSE journal's list (app/server.py)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class JsonLinesReporter:
     """Decides which snapshots become lines: every status or phase change, progress at most every 0.5 s."""
 
-    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, out: LineSink, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.clock = clock
         self._last_key: Optional[tuple] = None
@@ -70,14 +78,14 @@ class JsonLinesReporter:
         return True
 
 
-def _silence(out: TextIO) -> None:
+def _silence(out: LineSink) -> None:
     """Point a closed pipe's descriptor at /dev/null, so that nothing fails flushing it at exit."""
     try:
-        fd = out.fileno()
+        fd = out.fileno()  # type: ignore[attr-defined]  # a sink without a descriptor: AttributeError below
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, fd)
         os.close(null)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
 
 

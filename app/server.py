@@ -259,7 +259,7 @@ class EngineHost:
         `allowed_urls`, enforced at every request: pipeline/load/sources.py)."""
         uris = [s for s in sources if isinstance(s, str) and Service.uri_source(s) is not None]
         for u in uris:
-            canon = Service.uri_source(u)
+            canon = Service.uri_source(u) or ""
             if not any(canon.startswith(p) for p in self.allow_urls):
                 raise Forbidden(f"source {printable(u)!r} is not under an --allow-url prefix of this server")
         sources = [s for s in sources if s not in uris]
@@ -581,7 +581,7 @@ def _error_model():
 
     from pydantic import ConfigDict, Field, create_model
 
-    kind = Literal[tuple(_error_kinds())]  # type: ignore[valid-type]
+    kind = Literal[tuple(_error_kinds())]
     return create_model(
         "Error",
         __config__=ConfigDict(extra="forbid"),
@@ -652,7 +652,7 @@ def _start_request_model():
     fields: dict[str, Any] = {"sources": (list[str], Field(min_length=1, max_length=256)), "job_id": (Opt[str], None)}
     for name in JobConfig.USER_SETTABLE:
         info = JobConfig.model_fields[name]
-        fields[name] = (Opt[info.annotation], Field(None, description=info.description))  # type: ignore[name-defined]
+        fields[name] = (Opt[info.annotation], Field(None, description=info.description))
     return create_model("StartJobRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -987,10 +987,10 @@ class _Journal:
         newest = max(0, self.last_id - 1)
         if not last_event_id:
             return newest
-        boot, _, n = last_event_id.strip().partition(".")
-        if boot != self.host.boot or not n.isdigit():
+        boot, _, digits = last_event_id.strip().partition(".")
+        if boot != self.host.boot or not digits.isdigit():
             return newest
-        n = int(n)
+        n = int(digits)
         oldest = self.events[0][0] if self.events else self.last_id + 1
         return n if oldest - 1 <= n <= self.last_id else newest
 

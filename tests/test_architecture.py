@@ -234,7 +234,7 @@ def test_pyproject_declares_every_package_folder():
 
 def test_make_types_checks_every_front_end_and_silences_only_the_documented_modules():
     """Issue 28 item 7: mypy runs over pipeline/, app/ and widgets/ (all of them); error codes are
-    silenced only where pyproject says why (Ray's stubs; app/server.py until the serve work is merged)."""
+    silenced only where pyproject says why (Ray's stubs)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -249,7 +249,7 @@ def test_make_types_checks_every_front_end_and_silences_only_the_documented_modu
         if o.get("disable_error_code"):
             for m in [o["module"]] if isinstance(o["module"], str) else o["module"]:
                 silenced[m] = sorted(o["disable_error_code"])
-    assert set(silenced) <= {"kbingest.pipeline.executors.ray", "kbingest.app.server"}, silenced
+    assert set(silenced) <= {"kbingest.pipeline.executors.ray"}, silenced
     assert silenced.get("kbingest.pipeline.executors.ray", ["arg-type"]) == ["arg-type"]
 
 
