@@ -440,8 +440,9 @@ def test_dashboard_search_lists_a_remote_document_by_its_uri():
 
 @pytest.mark.xdist_group("ray")
 def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
-    """--executor ray (a private local Ray): the driver crawls and reads the pages (a crawl needs each
-    page's links; s3:// objects are read by the workers, tests/executors); the table holds the same pages, a re-run skips them all, a page gone is removed."""
+    """--executor ray (a private local Ray): the driver crawls, the workers fetch and read the pages
+    (tests/executors: which process fetched what); the table holds the same pages, a re-run skips them
+    all, a page gone is removed."""
     pytest.importorskip("ray")
     d = site.base + "/docs/"
     ray = ("--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "2")
