@@ -351,6 +351,47 @@ def test_sitemap_lists_the_pages(home, site):
     assert sorted(_stored(home)) == [d + "api.html", d + "guide.html"]
 
 
+def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_it_gets(site):
+    """WebSource.fetch_remote (the Ray executor's workers fetch): the crawl still starts every fetch,
+    at most `concurrency` at once and `delay` apart however long a fetch takes, follows the links the
+    fetcher found, and takes a page's text as the fetcher's handle (never its bytes)."""
+    from kbingest.pipeline.load import sources
+
+    d = site.base + "/docs/"
+    src = sources.WebSource(d, LoadLimits(), delay=0.1, concurrency=2)
+    starts: list[float] = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def fetch(url, headers, old, root, prefix, delay):
+        with lock:
+            starts.append(time.monotonic())
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.3)  # a fetch far longer than the delay: the limit, not the delay, holds them back
+            meta = sources.fetch_page(
+                url, root, headers, old, LoadLimits(), prefix, delay, keep=lambda doc: ("ref", doc.path)
+            )
+            return sources.item_from_fetched(meta, url, root, old)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    src.fetch_remote = fetch
+    items = list(src.items())
+    pages = {i.uri: i for i in items if isinstance(i, sources.RemoteItem)}
+    assert sorted(pages) == sorted([d, d + "guide.html", d + "api.html", d + "deep/page.html", d + "slow.html"])
+    assert all(i.loaded == ("ref", u) and i.content_hash and i.fmt == "html" for u, i in pages.items())
+    assert {(p.path, p.kind) for p in items if isinstance(p, sources.Problem)} == {
+        (d + "missing.html", "not_found"),
+        (d + "away.html", "redirect_outside"),
+    }
+    assert most[0] == 2  # the concurrency limit held (and was used)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) == 7 and min(gaps) >= 0.1 - 0.005, gaps  # the delay between starts held
+
+
 def test_server_jobs_may_not_fetch_private_addresses_or_outside_allowed_prefixes():
     from kbingest.pipeline.load.formats.base import LoadError
     from kbingest.pipeline.load.sources import check_allowed
