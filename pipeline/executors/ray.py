@@ -1,7 +1,9 @@
 """The Ray executor: the same pass on a Ray cluster (Ray Data).
 
     driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
-             (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI)
+             (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI;
+             a crawl's pages are fetched and read by fetch_page_task tasks the crawl starts, which
+             answer links, validators, hash and the text's ObjectRef: Doc.fetch carries the ref)
     cluster: pull_and_chunk tasks (an s3:// object read there; ChunkStage; the stored vectors of
              texts the table holds, read there) --> EmbedWriter actor pool (EmbedStage, the model
              loaded once an actor, GPU where given) --> Lance fragments written by the actors into

@@ -224,10 +224,12 @@ def fetch_page_task(
     and format, and the ObjectRef, which it hands to the worker that chunks the page (pull_and_chunk)."""
     import ray
 
-    from kbingest.pipeline.load import sources
+    from kbingest.pipeline.load import loading, sources
 
     limits = JobConfig.model_validate_json(config_json).load_limits()
-    return sources.fetch_page(url, root, headers, old, limits, prefix, delay, keep=ray.put)
+    return sources.fetch_page(
+        url, root, headers, old, limits, prefix, delay, keep=ray.put, extract=loading.loaded_from_bytes
+    )
 
 
 def _failed(d: Doc) -> Doc:

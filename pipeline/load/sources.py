@@ -541,15 +541,22 @@ def page_result(
 
 
 def fetch_page(
-    url: str, root: str, headers: dict, old: Optional[dict], limits: LoadLimits, prefix: str, delay: float, keep
+    url: str,
+    root: str,
+    headers: dict,
+    old: Optional[dict],
+    limits: LoadLimits,
+    prefix: str,
+    delay: float,
+    keep: Callable[[Any], Any],
+    extract: Callable[..., Any],
 ) -> dict:
     """One page fetched AND read here (a Ray worker; the crawl on the driver started it): the same
     conditional GET as the crawl's (get_page: limits, redirect and SSRF rules; the delay between a
     redirect's hops), its links, its text extracted by the format that reads it. What goes back is
     small: the outcome, the links, the validators, the text's hash and format, and `keep(document)`'s
-    handle to the text (which stays where it was read). A plain dict, for any transport."""
-    from kbingest.pipeline.load import loading
-
+    handle to the text (which stays where it was read). A plain dict, for any transport. `extract` is
+    loading.loaded_from_bytes (given: the loading imports this module)."""
     started = [False]
 
     def turn() -> None:
@@ -576,7 +583,7 @@ def fetch_page(
         fmt = format_for(item.uri, ctype)
         if fmt is None:
             raise LoadError("unsupported_format", "no format reads this document: not loaded")
-        doc = loading.loaded_from_bytes(item.uri, root, data, fmt, limits)
+        doc = extract(item.uri, root, data, fmt, limits)
     except LoadError as e:
         return {**out, "error": (e.kind, e.message)}
     except MemoryError as e:

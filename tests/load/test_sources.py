@@ -356,6 +356,7 @@ def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_i
     at most `concurrency` at once and `delay` apart however long a fetch takes, follows the links the
     fetcher found, and takes a page's text as the fetcher's handle (never its bytes)."""
     from kbingest.pipeline.load import sources
+    from kbingest.pipeline.load.loading import loaded_from_bytes
 
     d = site.base + "/docs/"
     src = sources.WebSource(d, LoadLimits(), delay=0.1, concurrency=2)
@@ -371,7 +372,15 @@ def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_i
         try:
             time.sleep(0.3)  # a fetch far longer than the delay: the limit, not the delay, holds them back
             meta = sources.fetch_page(
-                url, root, headers, old, LoadLimits(), prefix, delay, keep=lambda doc: ("ref", doc.path)
+                url,
+                root,
+                headers,
+                old,
+                LoadLimits(),
+                prefix,
+                delay,
+                keep=lambda doc: ("ref", doc.path),
+                extract=loaded_from_bytes,
             )
             return sources.item_from_fetched(meta, url, root, old)
         finally:
