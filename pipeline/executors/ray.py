@@ -393,11 +393,11 @@ def _page_fetcher(config: JobConfig):
 
     task = ray.remote(num_cpus=0, max_retries=0)(fetch_page_task)
     cfg = config.model_dump_json()
-    deadline = sources.WEB_TIMEOUT_S * (sources.MAX_REDIRECTS + 2)
+    deadline = sources.WEB_TIMEOUT_S * 2  # one request (a redirect is answered, not followed)
 
-    def fetch(url: str, headers: dict, old: Optional[dict], root: str, prefix: str, delay: float):
+    def fetch(url: str, headers: dict, old: Optional[dict], root: str, prefix: str):
         try:
-            meta = ray.get(task.remote(url, root, headers, old, cfg, prefix, delay), timeout=deadline)
+            meta = ray.get(task.remote(url, root, headers, old, cfg, prefix), timeout=deadline)
         except Exception as e:  # the task failed or timed out: this page's error
             return sources.Problem(url, "fetch_failed", f"cannot fetch the page on a worker: {type(e).__name__}"), []
         return sources.item_from_fetched(meta, url, root, old)

@@ -215,11 +215,9 @@ def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter, page: Any 
     )
 
 
-def fetch_page_task(
-    url: str, root: str, headers: dict, old: Optional[dict], config_json: str, prefix: str, delay: float
-) -> dict:
-    """Ray task: one page of a crawl the driver runs (frontier, robots.txt, politeness, validators),
-    fetched and read here (sources.fetch_page: the conditional GET, the same limits, redirect and SSRF
+def fetch_page_task(url: str, root: str, headers: dict, old: Optional[dict], config_json: str, prefix: str) -> dict:
+    """Ray task: one request of a page of a crawl the driver runs (frontier, robots.txt, politeness,
+    validators; a redirect is answered, and the driver starts its next hop), the page fetched and read here (sources.fetch_page: the conditional GET, the same limits, redirect and SSRF
     rules). Its text is put in this node's object store: the driver gets its links, validators, hash
     and format, and the ObjectRef, which it hands to the worker that chunks the page (pull_and_chunk)."""
     import ray
@@ -227,9 +225,7 @@ def fetch_page_task(
     from kbingest.pipeline.load import loading, sources
 
     limits = JobConfig.model_validate_json(config_json).load_limits()
-    return sources.fetch_page(
-        url, root, headers, old, limits, prefix, delay, keep=ray.put, extract=loading.loaded_from_bytes
-    )
+    return sources.fetch_page(url, root, headers, old, limits, prefix, keep=ray.put, extract=loading.loaded_from_bytes)
 
 
 def _failed(d: Doc) -> Doc:

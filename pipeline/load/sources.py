@@ -321,6 +321,14 @@ def _sitemap_urls(xml: bytes) -> list[str]:
 
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """fetch_page's answer to a redirect inside the prefix: the next hop, which the crawl starts."""
+
+    url: str
 
 
 class WebSource:
@@ -345,9 +353,10 @@ class WebSource:
         self._last = 0.0
         self._pace = threading.Lock()
         self.requests = 0
-        # (url, headers, stored validators, root, prefix, delay) -> (item or problem, links): a page
-        # fetched and read by someone else (the Ray executor's workers: fetch_page); None: here
-        self.fetch_remote: Optional[Callable[..., tuple[Optional[RemoteItem | Problem], list[str]]]] = None
+        # (url, headers, stored validators, root, prefix) -> (item, problem or redirect; links): a
+        # page's request made and the page read by someone else (the Ray executor's workers:
+        # fetch_page); None: here
+        self.fetch_remote: Optional[Callable[..., tuple[Optional[RemoteItem | Problem | Redirect], list[str]]]] = None
 
     def inside(self, url: str) -> bool:
         return url.startswith(self.prefix) or url == self.prefix.rstrip("/")
@@ -398,18 +407,37 @@ class WebSource:
             if old.get("last_modified"):
                 headers["If-Modified-Since"] = old["last_modified"]
         if self.fetch_remote is not None:
-            try:
-                check_allowed(url, self.limits)
-            except LoadError as e:
-                return Problem(url, e.kind, e.message), []
-            self._wait_turn()
-            self.requests += 1
-            return self.fetch_remote(url, headers, old, self.uri, self.prefix, self.delay)
+            return self._fetch_elsewhere(url, headers, old)
         try:
             final, resp, body = self._get(client, url, headers)
         except LoadError as e:
             return Problem(url, e.kind, e.message), []
         return page_result(self.uri, url, final, resp.status_code, resp.headers, body, old)
+
+    def _fetch_elsewhere(
+        self, url: str, headers: dict, old: Optional[dict]
+    ) -> tuple[Optional[RemoteItem | Problem], list[str]]:
+        """One page by fetch_remote, each request (a redirect's hops too) started here, in turn."""
+        fetch = self.fetch_remote
+        assert fetch is not None
+        hop = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                check_allowed(hop, self.limits)
+            except LoadError as e:
+                return Problem(url, e.kind, e.message), []
+            self._wait_turn()
+            self.requests += 1
+            item, links = fetch(hop, headers, old, self.uri, self.prefix)
+            if isinstance(item, Redirect):
+                hop = item.url
+                continue
+            if isinstance(item, Problem) and item.path == hop != url:
+                item = Problem(url, item.kind, item.message)  # reported under the page the crawl asked for
+            elif isinstance(item, RemoteItem) and item.not_modified:
+                item.uri = url
+            return item, links
+        return Problem(url, "redirect_loop", f"more than {MAX_REDIRECTS} redirects: not followed"), []
 
     def items(self) -> Iterator[RemoteItem | Problem]:
         import httpx
@@ -478,22 +506,27 @@ def _web_client(limits=None):
     )
 
 
-def get_page(client, url: str, headers: Optional[dict], limits: LoadLimits, inside, turn: Callable[[], None]):
+def get_page(
+    client, url: str, headers: Optional[dict], limits: LoadLimits, inside, turn: Callable[[], None], follow=True
+):
     """GET with redirects followed by hand, each hop inside the prefix (`inside`) and allowed
     (check_allowed: the SSRF rules), within the size limit; `turn()` before each request (the
-    politeness delay). Returns (final canonical url, response, body). Raises LoadError."""
+    politeness delay). Returns (final canonical url, response, body). Raises LoadError. With `follow`
+    False a redirect inside the prefix is not followed: (its target, the 3xx response, no body)."""
     for _ in range(MAX_REDIRECTS + 1):
         check_allowed(url, limits)
         turn()
         try:
             with client.stream("GET", url, headers=headers or {}) as resp:
-                if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
+                if resp.status_code in _REDIRECTS and resp.headers.get("location"):
                     target = canonical_url(urljoin(url, resp.headers.get("location", "")))
                     if not inside(target):
                         raise LoadError(
                             "redirect_outside",
                             f"redirected out of the crawled prefix ({target[:200]}): not followed",
                         )
+                    if not follow:
+                        return target, resp, b""
                     url = target
                     continue
                 body = b""
@@ -547,29 +580,25 @@ def fetch_page(
     old: Optional[dict],
     limits: LoadLimits,
     prefix: str,
-    delay: float,
     keep: Callable[[Any], Any],
     extract: Callable[..., Any],
 ) -> dict:
-    """One page fetched AND read here (a Ray worker; the crawl on the driver started it): the same
-    conditional GET as the crawl's (get_page: limits, redirect and SSRF rules; the delay between a
-    redirect's hops), its links, its text extracted by the format that reads it. What goes back is
+    """One request of a page, and the page read here (a Ray worker; the crawl on the driver started
+    it): the same conditional GET as the crawl's (get_page: limits, redirect and SSRF rules), its links,
+    its text extracted by the format that reads it. A redirect inside the prefix is answered, not
+    followed (the crawl starts the next hop: its politeness holds for every request). What goes back is
     small: the outcome, the links, the validators, the text's hash and format, and `keep(document)`'s
     handle to the text (which stays where it was read). A plain dict, for any transport. `extract` is
     loading.loaded_from_bytes (given: the loading imports this module)."""
-    started = [False]
-
-    def turn() -> None:
-        if started[0]:
-            time.sleep(delay)
-        started[0] = True
 
     def inside(u: str) -> bool:
         return u.startswith(prefix) or u == prefix.rstrip("/")
 
     try:
         with _web_client() as client:
-            final, resp, body = get_page(client, url, headers, limits, inside, turn)
+            final, resp, body = get_page(client, url, headers, limits, inside, lambda: None, follow=False)
+            if resp.status_code in _REDIRECTS and final != url:
+                return {"redirect": final}
             item, links = page_result(root, url, final, resp.status_code, resp.headers, body, old)
     except LoadError as e:
         return {"problem": (url, e.kind, e.message)}
@@ -599,8 +628,11 @@ def fetch_page(
 
 def item_from_fetched(
     meta: dict, url: str, root: str, old: Optional[dict]
-) -> tuple[Optional[RemoteItem | Problem], list[str]]:
-    """fetch_page's answer as the crawl takes it (on the driver): an item holding no byte of the page."""
+) -> tuple[Optional[RemoteItem | Problem | Redirect], list[str]]:
+    """fetch_page's answer as the crawl takes it (on the driver): an item holding no byte of the page,
+    or the redirect it answered (the crawl starts the next hop)."""
+    if "redirect" in meta:
+        return Redirect(meta["redirect"]), []
     if "problem" in meta:
         return Problem(*meta["problem"]), []
     if meta.get("not_modified") and old:

@@ -352,19 +352,24 @@ def test_sitemap_lists_the_pages(home, site):
 
 
 def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_it_gets(site):
-    """WebSource.fetch_remote (the Ray executor's workers fetch): the crawl still starts every fetch,
-    at most `concurrency` at once and `delay` apart however long a fetch takes, follows the links the
-    fetcher found, and takes a page's text as the fetcher's handle (never its bytes)."""
+    """WebSource.fetch_remote (the Ray executor's workers fetch): the crawl still starts every request,
+    a redirect's next hop too, at most `concurrency` at once and `delay` apart however long a fetch
+    takes, follows the links the fetcher found, and takes a page's text as the fetcher's handle (never
+    its bytes)."""
     from kbingest.pipeline.load import sources
     from kbingest.pipeline.load.loading import loaded_from_bytes
 
     d = site.base + "/docs/"
+    home_links = ["guide.html", "api.html#section", "missing.html", "away.html", "moved.html", "slow.html"]
+    site.page("/docs/", "Home", "The start page of the documentation.", links=home_links)
+    site.pages["/docs/moved.html"] = (301, {"Location": "/docs/new.html"}, b"")  # inside the prefix
+    site.page("/docs/new.html", "New", "Where the moved page went.")
     src = sources.WebSource(d, LoadLimits(), delay=0.1, concurrency=2)
     starts: list[float] = []
     running, most = [0], [0]
     lock = threading.Lock()
 
-    def fetch(url, headers, old, root, prefix, delay):
+    def fetch(url, headers, old, root, prefix):
         with lock:
             starts.append(time.monotonic())
             running[0] += 1
@@ -378,7 +383,6 @@ def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_i
                 old,
                 LoadLimits(),
                 prefix,
-                delay,
                 keep=lambda doc: ("ref", doc.path),
                 extract=loaded_from_bytes,
             )
@@ -390,7 +394,9 @@ def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_i
     src.fetch_remote = fetch
     items = list(src.items())
     pages = {i.uri: i for i in items if isinstance(i, sources.RemoteItem)}
-    assert sorted(pages) == sorted([d, d + "guide.html", d + "api.html", d + "deep/page.html", d + "slow.html"])
+    assert sorted(pages) == sorted(
+        [d, d + "guide.html", d + "api.html", d + "deep/page.html", d + "slow.html", d + "new.html"]
+    )
     assert all(i.loaded == ("ref", u) and i.content_hash and i.fmt == "html" for u, i in pages.items())
     assert {(p.path, p.kind) for p in items if isinstance(p, sources.Problem)} == {
         (d + "missing.html", "not_found"),
@@ -398,7 +404,8 @@ def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_i
     }
     assert most[0] == 2  # the concurrency limit held (and was used)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(starts) == 7 and min(gaps) >= 0.1 - 0.005, gaps  # the delay between starts held
+    assert len(starts) == 9 and min(gaps) >= 0.1 - 0.005, gaps  # the delay between starts held: 8 pages, 1 hop
+    assert site.hits("/docs/moved.html") == [301] and site.hits("/docs/new.html") == [200]
 
 
 def test_server_jobs_may_not_fetch_private_addresses_or_outside_allowed_prefixes():
