@@ -8,7 +8,8 @@
   the same pages ingested as local .html files (documents per second, same run).
 - The bytes the Ray driver reads per document of an s3:// prefix (64; 16 with --quick) on a real local
   Ray, before (the driver reads the objects) and after (the workers read them; goal 0), counted from
-  moto's request log by client process (driver_rows).
+  moto's request log by client process (driver_rows); the same for the pages of a crawl (as many, on
+  a local HTTP server that logs each answer's bytes by the client's User-Agent, kbingest-pid/PID).
 
 All run in this process through the Service with the fake embedder (the figure is the loading's: an
 unchanged re-run loads no model).
@@ -226,6 +227,17 @@ def driver_rows(ctx) -> list[Row]:
     from kbingest.pipeline.service import Service
 
     n = 16 if ctx.quick else 64
+    site, answered = _pid_logged_site(
+        {
+            f"/site/p{i}.html": (
+                f"<html><head><title>Page {i}</title></head><body><h1>Page {i}</h1><p>{_text(i) * 40}</p>"
+                + "".join(f'<a href="p{j}.html">page {j}</a> ' for j in (2 * i + 1, 2 * i + 2) if j < n)
+                + "</body></html>"
+            ).encode()
+            for i in range(n)
+        }
+    )
+    web = f"http://127.0.0.1:{site.server_address[1]}/site/p0.html"
     server = LoggedMotoServer().start()
     server.create_buckets(BUCKET)
     saved = {
@@ -256,6 +268,7 @@ def driver_rows(ctx) -> list[Row]:
         )
         svc = Service(ctx.ws.root / "ray-sources" / "home")
         per_doc: dict[bool, tuple[float, float]] = {}
+        web_per_doc: dict[bool, tuple[float, float]] = {}
         for fetch in (False, True):
             RayExecutor.workers_fetch = fetch
             before = len(server.requests())
@@ -268,18 +281,30 @@ def driver_rows(ctx) -> list[Row]:
             driver = sum(r.body_bytes for r in gets if r.pid == os.getpid())
             workers = sum(r.body_bytes for r in gets if r.pid != os.getpid())
             per_doc[fetch] = (driver / n, workers / n)
+            before = len(answered)
+            job = svc.start(svc.config([web], f"ray-web-{'after' if fetch else 'before'}", **settings))
+            snap = job.run()
+            if snap.m.documents_added != n:
+                raise RuntimeError(f"ray crawl: {snap.status.value}: {snap.error} ({snap.m.documents_added} added)")
+            pages = [a for a in answered[before:] if a[0].startswith("/site/")]  # robots.txt is no document
+            driver = sum(b for _, pid, b in pages if pid == os.getpid())
+            workers = sum(b for _, pid, b in pages if pid != os.getpid())
+            web_per_doc[fetch] = (driver / n, workers / n)
     finally:
         RayExecutor.workers_fetch = True
         if ray.is_initialized():
             ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
         server.stop()
+        site.shutdown()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
     (drv_before, _), (drv_after, wrk_after) = per_doc[False], per_doc[True]
+    (web_before, _), (web_after, web_workers) = web_per_doc[False], web_per_doc[True]
+    site_how = "the site's log of page bytes by client pid (User-Agent kbingest-pid/PID); robots.txt not counted"
     how = "moto's log of object GETs by client pid (user agent kbingest-pid/PID)"
     return [
         Row(
@@ -308,7 +333,60 @@ def driver_rows(ctx) -> list[Row]:
             target=0,
             goal="0",
         ),
+        Row(
+            "34.ray_driver_web_bytes_before",
+            f"bytes the Ray driver reads per crawled page, driver fetches ({n} pages, before)",
+            "B/doc",
+            [web_before],
+            note=site_how,
+        ),
+        Row(
+            "34.ray_driver_web_bytes_after",
+            f"bytes the Ray driver reads per crawled page, workers fetch ({n} pages, after)",
+            "B/doc",
+            [web_after],
+            op="<=",
+            target=0,
+            goal="0: no page passes through the driver (it crawls: links, validators)",
+            note=f"{site_how}; the workers read {web_workers:.0f} B/doc",
+        ),
+        Row(
+            "34.ray_driver_web_bytes_ratio",
+            "bytes the Ray driver reads per crawled page, after over before (same run)",
+            "x",
+            [web_after / web_before if web_before else float("nan")],
+            op="<=",
+            target=0,
+            goal="0",
+        ),
     ]
+
+
+def _pid_logged_site(pages: dict[str, bytes]):
+    """A site on 127.0.0.1 answering `pages` (404 else) and logging (path, client pid, body bytes): the
+    pid from kbingest's User-Agent (sources.web_user_agent), None for another client."""
+    import re
+
+    answered: list[tuple[str, int | None, int]] = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html" if body else "text/plain")
+            body = body or b"no"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            m = re.search(r"kbingest-pid/(\d+)", self.headers.get("User-Agent") or "")
+            answered.append((self.path, int(m.group(1)) if m else None, len(body)))
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, answered
 
 
 def fig_sources(ctx) -> list[Row]:

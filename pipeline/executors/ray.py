@@ -1,7 +1,9 @@
 """The Ray executor: the same pass on a Ray cluster (Ray Data).
 
     driver:  LoadStage (walk, read, hash, skip unchanged: the plan) --groups--> a bounded queue actor
-             (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI)
+             (an s3:// object is planned from its listing, not read: Doc.fetch carries its URI;
+             a crawl's pages are fetched and read by fetch_page_task tasks the crawl starts, which
+             answer links, validators, hash and the text's ObjectRef: Doc.fetch carries the ref)
     cluster: pull_and_chunk tasks (an s3:// object read there; ChunkStage; the stored vectors of
              texts the table holds, read there) --> EmbedWriter actor pool (EmbedStage, the model
              loaded once an actor, GPU where given) --> Lance fragments written by the actors into
@@ -24,6 +26,7 @@ starts with the job and stops with it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -156,10 +159,11 @@ class RayExecutor(Executor):
         index = self._table_stage(stages)
         config: JobConfig = index.config
         kb = index.kb
-        if isinstance(stages.load, LoadStage):
-            stages.load.defer_remote = self.workers_fetch
         if self.session is None:
             self.session = RaySession(config)
+        if isinstance(stages.load, LoadStage):
+            stages.load.defer_remote = self.workers_fetch
+            stages.load.page_fetch = _page_fetcher(config) if self.workers_fetch else None
         self._failure: Optional[PhaseFailed] = None
         staging = kb.staging_uri(getattr(stages, "job_id", None) or f"run-{uuid.uuid4().hex[:12]}")
         kb.remove_staging(staging)  # a killed run's staged waves: never committed, so discarded
@@ -252,9 +256,9 @@ class RayExecutor(Executor):
     ) -> None:
         """The driver's part: walk, read, hash and skip unchanged documents (LoadStage); the plan goes
         to the cluster in groups through a bounded queue, then one end mark per puller."""
-        group: list[Optional[bytes]] = []
+        group: list[Any] = []
 
-        def send(group: list[Optional[bytes]]) -> None:
+        def send(group: list[Any]) -> None:
             if not consumer.is_alive() and consumer.ident is None:
                 consumer.start()
             self._put(plan, group)
@@ -264,7 +268,12 @@ class RayExecutor(Executor):
                 if d.removal:
                     removals.append(d)  # no work on the cluster: committed with the last wave
                     continue
-                group.append(pickle.dumps(d))
+                if d.fetch is not None and d.fetch.loaded is not None:  # a page's text, on a worker: its ref
+                    ref = d.fetch.loaded
+                    d = dataclasses.replace(d, fetch=dataclasses.replace(d.fetch, loaded=None))
+                    group.append((pickle.dumps(d), ref))
+                else:
+                    group.append(pickle.dumps(d))
                 if len(group) >= CHUNK_BATCH_DOCS:
                     send(group)
                     group = []
@@ -369,6 +378,31 @@ class RayExecutor(Executor):
             index.flush()
             index.r.count("ray_waves")
         _drop_files(staging, fragments)
+
+
+def _page_fetcher(config: JobConfig):
+    """The crawl's fetch on Ray (sources.WebSource.fetch_remote): each page a task on a worker
+    (fetch_page_task), started by the crawl on the driver (its politeness delay and concurrency limit:
+    one thread waits on each task); the driver gets the page's links, validators, hash and format, and
+    its text's ObjectRef, never its bytes. No CPU reserved: a page's fetch never waits behind the
+    pass's chunking and embedding (which wait on it)."""
+    import ray
+
+    from kbingest.pipeline.executors.ray_workers import fetch_page_task
+    from kbingest.pipeline.load import sources
+
+    task = ray.remote(num_cpus=0, max_retries=0)(fetch_page_task)
+    cfg = config.model_dump_json()
+    deadline = sources.WEB_TIMEOUT_S * 2  # one request (a redirect is answered, not followed)
+
+    def fetch(url: str, headers: dict, old: Optional[dict], root: str, prefix: str):
+        try:
+            meta = ray.get(task.remote(url, root, headers, old, cfg, prefix), timeout=deadline)
+        except Exception as e:  # the task failed or timed out: this page's error
+            return sources.Problem(url, "fetch_failed", f"cannot fetch the page on a worker: {type(e).__name__}"), []
+        return sources.item_from_fetched(meta, url, root, old)
+
+    return fetch
 
 
 @contextlib.contextmanager

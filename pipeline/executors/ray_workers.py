@@ -137,8 +137,11 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple
             return
         docs, reports = [], []
         for blob in group:
+            page = None
+            if isinstance(blob, tuple):  # a page a worker read (fetch_page_task): (the Doc, its text's ref)
+                blob, page = blob
             d: Doc = pickle.loads(blob)
-            fetched = fetch_document(d, config, rec) if d.fetch is not None else d
+            fetched = fetch_document(d, config, rec, page) if d.fetch is not None else d
             out = stage(fetched) if fetched is not None else None
             docs.append(pickle.dumps(out if out is not None else _failed(d)))
             reports.append(pickle.dumps(rec.take()))
@@ -151,10 +154,12 @@ def pull_and_chunk(batch, config_json: str, plan, staging_uri: str, table: tuple
         )
 
 
-def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter) -> Optional[Doc]:
+def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter, page: Any = None) -> Optional[Doc]:
     """A document the driver planned from its listing (Doc.fetch), read here from its URI with the
-    job's limits and format identification, as the driver reads one with threads. A read that fails is
-    this document's error (loading), recorded for the driver; the pass goes on. Its stored chunks stay."""
+    job's limits and format identification, as the driver reads one with threads; or a page that
+    another worker fetched and read (fetch_page_task), its text taken here by `page`, its ObjectRef.
+    A read that fails is this document's error (loading), recorded for the driver; the pass goes on.
+    Its stored chunks stay."""
     from kbingest.pipeline.load import loading, sources
     from kbingest.pipeline.load.formats import ocr
     from kbingest.pipeline.load.formats.base import LoadError
@@ -171,6 +176,18 @@ def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter) -> Optiona
             rec.count("pages_ocr")
 
     note_document(f.uri)
+    if page is not None:
+        import ray
+
+        try:
+            loaded = ray.get(page)
+        except Exception as e:  # the worker that read it is gone with its text
+            rec.doc_error(f.uri, JobPhase.LOADING, "fetch_failed", f"the page's text was lost: {reason(e)}"[:500])
+            rec.settle_bytes(f.size)
+            return None
+        return Doc(
+            path=d.path, doc_id=d.doc_id, version=d.version, replaces=d.replaces, loaded=loaded, canonical=d.canonical
+        )
     try:
         data, ctype = sources.read_remote(f.uri, limits)
         fmt = sources.format_for(f.uri, ctype)
@@ -196,6 +213,19 @@ def fetch_document(d: Doc, config: JobConfig, rec: RecordingReporter) -> Optiona
         loaded=doc,
         canonical=d.canonical,
     )
+
+
+def fetch_page_task(url: str, root: str, headers: dict, old: Optional[dict], config_json: str, prefix: str) -> dict:
+    """Ray task: one request of a page of a crawl the driver runs (frontier, robots.txt, politeness,
+    validators; a redirect is answered, and the driver starts its next hop), the page fetched and read here (sources.fetch_page: the conditional GET, the same limits, redirect and SSRF
+    rules). Its text is put in this node's object store: the driver gets its links, validators, hash
+    and format, and the ObjectRef, which it hands to the worker that chunks the page (pull_and_chunk)."""
+    import ray
+
+    from kbingest.pipeline.load import loading, sources
+
+    limits = JobConfig.model_validate_json(config_json).load_limits()
+    return sources.fetch_page(url, root, headers, old, limits, prefix, keep=ray.put, extract=loading.loaded_from_bytes)
 
 
 def _failed(d: Doc) -> Doc:

@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from kbingest.pipeline.load import formats
@@ -60,6 +60,12 @@ class RemoteItem:
     not_modified: bool = False  # the server answered 304 to a conditional request: unchanged, no body
     validators: dict = field(default_factory=dict)  # ETag / Last-Modified of a page (WebState)
     by_uri: bool = False  # its bytes can be read from its URI alone (read_remote): a Ray worker reads it
+    # a page fetched and read where it was fetched (a Ray worker: fetch_page): its text stays there,
+    # `loaded` is the handle the worker that chunks it reads it by; the driver has its hash and format
+    loaded: Any = field(default=None, repr=False)
+    content_hash: str = ""
+    fmt: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,14 @@ def _sitemap_urls(xml: bytes) -> list[str]:
 
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """fetch_page's answer to a redirect inside the prefix: the next hop, which the crawl starts."""
+
+    url: str
 
 
 class WebSource:
@@ -339,6 +353,10 @@ class WebSource:
         self._last = 0.0
         self._pace = threading.Lock()
         self.requests = 0
+        # (url, headers, stored validators, root, prefix) -> (item, problem or redirect; links): a
+        # page's request made and the page read by someone else (the Ray executor's workers:
+        # fetch_page); None: here
+        self.fetch_remote: Optional[Callable[..., tuple[Optional[RemoteItem | Problem | Redirect], list[str]]]] = None
 
     def inside(self, url: str) -> bool:
         return url.startswith(self.prefix) or url == self.prefix.rstrip("/")
@@ -353,47 +371,13 @@ class WebSource:
             self._last = time.monotonic()
 
     def _get(self, client, url: str, headers: Optional[dict] = None):
-        """GET with redirects followed by hand, each hop inside the prefix and allowed; returns
-        (final canonical url, response). Raises LoadError."""
-        for _ in range(MAX_REDIRECTS + 1):
-            check_allowed(url, self.limits)
+        """GET with redirects followed by hand, each hop inside the prefix and allowed (get_page)."""
+
+        def turn() -> None:
             self._wait_turn()
             self.requests += 1
-            try:
-                with client.stream("GET", url, headers=headers or {}) as resp:
-                    if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
-                        target = canonical_url(urljoin(url, resp.headers.get("location", "")))
-                        if not self.inside(target):
-                            raise LoadError(
-                                "redirect_outside",
-                                f"redirected out of the crawled prefix ({target[:200]}): not followed",
-                            )
-                        url = target
-                        continue
-                    body = b""
-                    if resp.status_code == 200:
-                        declared = resp.headers.get("content-length")
-                        if declared and declared.isdigit() and int(declared) > self.limits.max_file_bytes:
-                            raise LoadError(
-                                "too_large",
-                                f"page is too large ({declared} bytes, limit {self.limits.max_file_bytes}): not loaded",
-                            )
-                        parts, n = [], 0
-                        for chunk in resp.iter_bytes():
-                            n += len(chunk)
-                            if n > self.limits.max_file_bytes:
-                                raise LoadError(
-                                    "too_large",
-                                    f"page is larger than the limit ({self.limits.max_file_bytes} bytes): not loaded",
-                                )
-                            parts.append(chunk)
-                        body = b"".join(parts)
-                    return url, resp, body
-            except LoadError:
-                raise
-            except Exception as e:  # httpx's timeouts and connection errors
-                raise LoadError("fetch_failed", f"cannot fetch the page: {_one_line(e)}") from None
-        raise LoadError("redirect_loop", f"more than {MAX_REDIRECTS} redirects: not followed")
+
+        return get_page(client, url, headers, self.limits, self.inside, turn)
 
     def _robots(self, client):
         from urllib.robotparser import RobotFileParser
@@ -410,7 +394,9 @@ class WebSource:
         return rp
 
     def _fetch(self, client, robots, url: str) -> tuple[Optional[RemoteItem | Problem], list[str]]:
-        """One page: (its item or problem, its links to follow)."""
+        """One page: (its item or problem, its links to follow). With `fetch_remote` set (the Ray
+        executor) the page is fetched and read elsewhere: this crawl, the one place that starts
+        fetches, keeps the politeness delay and the concurrency limit (its pool's threads)."""
         if not robots.can_fetch(USER_AGENT, url):
             return None, []
         old = self.state.get(url)
@@ -420,26 +406,38 @@ class WebSource:
                 headers["If-None-Match"] = old["etag"]
             if old.get("last_modified"):
                 headers["If-Modified-Since"] = old["last_modified"]
+        if self.fetch_remote is not None:
+            return self._fetch_elsewhere(url, headers, old)
         try:
             final, resp, body = self._get(client, url, headers)
         except LoadError as e:
             return Problem(url, e.kind, e.message), []
-        if resp.status_code == 304 and old:
-            item = RemoteItem(url, self.uri, old.get("version"), None, not_modified=True, validators=old)
-            return item, list(old.get("links", []))
-        if resp.status_code == 404 or resp.status_code == 410:
-            return Problem(url, "not_found", f"the server answered {resp.status_code}: not loaded"), []
-        if resp.status_code != 200:
-            return Problem(url, "http_error", f"the server answered {resp.status_code}: not loaded"), []
-        ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-        links = _links(body, final) if ctype in _HTML_TYPES else []
-        validators = {
-            "etag": resp.headers.get("etag"),
-            "last_modified": resp.headers.get("last-modified"),
-            "links": links,
-        }
-        item = RemoteItem(final, self.uri, None, len(body), read=lambda: (body, ctype), validators=validators)
-        return item, links
+        return page_result(self.uri, url, final, resp.status_code, resp.headers, body, old)
+
+    def _fetch_elsewhere(
+        self, url: str, headers: dict, old: Optional[dict]
+    ) -> tuple[Optional[RemoteItem | Problem], list[str]]:
+        """One page by fetch_remote, each request (a redirect's hops too) started here, in turn."""
+        fetch = self.fetch_remote
+        assert fetch is not None
+        hop = url
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                check_allowed(hop, self.limits)
+            except LoadError as e:
+                return Problem(url, e.kind, e.message), []
+            self._wait_turn()
+            self.requests += 1
+            item, links = fetch(hop, headers, old, self.uri, self.prefix)
+            if isinstance(item, Redirect):
+                hop = item.url
+                continue
+            if isinstance(item, Problem) and item.path == hop != url:
+                item = Problem(url, item.kind, item.message)  # reported under the page the crawl asked for
+            elif isinstance(item, RemoteItem) and item.not_modified:
+                item.uri = url
+            return item, links
+        return Problem(url, "redirect_loop", f"more than {MAX_REDIRECTS} redirects: not followed"), []
 
     def items(self) -> Iterator[RemoteItem | Problem]:
         import httpx
@@ -451,9 +449,7 @@ class WebSource:
             return
         limits = httpx.Limits(max_connections=self.concurrency)
         with (
-            httpx.Client(
-                follow_redirects=False, timeout=WEB_TIMEOUT_S, limits=limits, headers={"User-Agent": USER_AGENT}
-            ) as client,
+            _web_client(limits) as client,
             ThreadPoolExecutor(self.concurrency, thread_name_prefix="kbingest-crawl") as pool,
         ):
             robots = self._robots(client)
@@ -490,6 +486,181 @@ class WebSource:
                         self.uri, "too_many_files", f"more than {self.max_pages} pages found: stopped crawling here"
                     )
                     return
+
+
+def web_user_agent() -> str:
+    """The web client's User-Agent: kbingest, and the process that fetches (`kbingest-pid/PID`), so a
+    server's log tells which process read what (on Ray: the workers, not the driver). robots.txt is
+    matched against USER_AGENT alone."""
+    return f"{USER_AGENT} kbingest-pid/{os.getpid()}"
+
+
+def _web_client(limits=None):
+    import httpx
+
+    return httpx.Client(
+        follow_redirects=False,
+        timeout=WEB_TIMEOUT_S,
+        limits=limits or httpx.Limits(max_connections=WEB_CONCURRENCY),
+        headers={"User-Agent": web_user_agent()},
+    )
+
+
+def get_page(
+    client, url: str, headers: Optional[dict], limits: LoadLimits, inside, turn: Callable[[], None], follow=True
+):
+    """GET with redirects followed by hand, each hop inside the prefix (`inside`) and allowed
+    (check_allowed: the SSRF rules), within the size limit; `turn()` before each request (the
+    politeness delay). Returns (final canonical url, response, body). Raises LoadError. With `follow`
+    False a redirect inside the prefix is not followed: (its target, the 3xx response, no body)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        check_allowed(url, limits)
+        turn()
+        try:
+            with client.stream("GET", url, headers=headers or {}) as resp:
+                if resp.status_code in _REDIRECTS and resp.headers.get("location"):
+                    target = canonical_url(urljoin(url, resp.headers.get("location", "")))
+                    if not inside(target):
+                        raise LoadError(
+                            "redirect_outside",
+                            f"redirected out of the crawled prefix ({target[:200]}): not followed",
+                        )
+                    if not follow:
+                        return target, resp, b""
+                    url = target
+                    continue
+                body = b""
+                if resp.status_code == 200:
+                    declared = resp.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > limits.max_file_bytes:
+                        raise LoadError(
+                            "too_large",
+                            f"page is too large ({declared} bytes, limit {limits.max_file_bytes}): not loaded",
+                        )
+                    parts, n = [], 0
+                    for chunk in resp.iter_bytes():
+                        n += len(chunk)
+                        if n > limits.max_file_bytes:
+                            raise LoadError(
+                                "too_large",
+                                f"page is larger than the limit ({limits.max_file_bytes} bytes): not loaded",
+                            )
+                        parts.append(chunk)
+                    body = b"".join(parts)
+                return url, resp, body
+        except LoadError:
+            raise
+        except Exception as e:  # httpx's timeouts and connection errors
+            raise LoadError("fetch_failed", f"cannot fetch the page: {_one_line(e)}") from None
+    raise LoadError("redirect_loop", f"more than {MAX_REDIRECTS} redirects: not followed")
+
+
+def page_result(
+    root: str, url: str, final: str, status: int, headers, body: bytes, old: Optional[dict]
+) -> tuple[RemoteItem | Problem, list[str]]:
+    """A fetched page as the crawl takes it: (its item or problem, its links to follow)."""
+    if status == 304 and old:
+        item = RemoteItem(url, root, old.get("version"), None, not_modified=True, validators=old)
+        return item, list(old.get("links", []))
+    if status == 404 or status == 410:
+        return Problem(url, "not_found", f"the server answered {status}: not loaded"), []
+    if status != 200:
+        return Problem(url, "http_error", f"the server answered {status}: not loaded"), []
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    links = _links(body, final) if ctype in _HTML_TYPES else []
+    validators = {"etag": headers.get("etag"), "last_modified": headers.get("last-modified"), "links": links}
+    item = RemoteItem(final, root, None, len(body), read=lambda: (body, ctype), validators=validators)
+    return item, links
+
+
+def fetch_page(
+    url: str,
+    root: str,
+    headers: dict,
+    old: Optional[dict],
+    limits: LoadLimits,
+    prefix: str,
+    keep: Callable[[Any], Any],
+    extract: Callable[..., Any],
+) -> dict:
+    """One request of a page, and the page read here (a Ray worker; the crawl on the driver started
+    it): the same conditional GET as the crawl's (get_page: limits, redirect and SSRF rules), its links,
+    its text extracted by the format that reads it. A redirect inside the prefix is answered, not
+    followed (the crawl starts the next hop: its politeness holds for every request). What goes back is
+    small: the outcome, the links, the validators, the text's hash and format, and `keep(document)`'s
+    handle to the text (which stays where it was read). A plain dict, for any transport. `extract` is
+    loading.loaded_from_bytes (given: the loading imports this module)."""
+
+    def inside(u: str) -> bool:
+        return u.startswith(prefix) or u == prefix.rstrip("/")
+
+    try:
+        with _web_client() as client:
+            final, resp, body = get_page(client, url, headers, limits, inside, lambda: None, follow=False)
+            if resp.status_code in _REDIRECTS and final != url:
+                return {"redirect": final}
+            item, links = page_result(root, url, final, resp.status_code, resp.headers, body, old)
+    except LoadError as e:
+        return {"problem": (url, e.kind, e.message)}
+    if isinstance(item, Problem):
+        return {"problem": (item.path, item.kind, item.message)}
+    if item.not_modified:
+        return {"not_modified": True}
+    out: dict = {"uri": item.uri, "size": item.size, "validators": item.validators, "links": links}
+    data, ctype = item.read()
+    try:
+        fmt = format_for(item.uri, ctype)
+        if fmt is None:
+            raise LoadError("unsupported_format", "no format reads this document: not loaded")
+        doc = extract(item.uri, root, data, fmt, limits)
+    except LoadError as e:
+        return {**out, "error": (e.kind, e.message)}
+    except MemoryError as e:
+        return {**out, "error": ("out_of_memory", _one_line(e))}
+    return {
+        **out,
+        "content_hash": doc.content_hash,
+        "fmt": fmt.name,
+        "warnings": tuple(doc.warnings),
+        "loaded": keep(doc),
+    }
+
+
+def item_from_fetched(
+    meta: dict, url: str, root: str, old: Optional[dict]
+) -> tuple[Optional[RemoteItem | Problem | Redirect], list[str]]:
+    """fetch_page's answer as the crawl takes it (on the driver): an item holding no byte of the page,
+    or the redirect it answered (the crawl starts the next hop)."""
+    if "redirect" in meta:
+        return Redirect(meta["redirect"]), []
+    if "problem" in meta:
+        return Problem(*meta["problem"]), []
+    if meta.get("not_modified") and old:
+        return RemoteItem(url, root, old.get("version"), None, not_modified=True, validators=old), list(
+            old.get("links", [])
+        )
+    if meta.get("not_modified"):
+        return Problem(url, "http_error", "the server answered 304 to an unconditional request: not loaded"), []
+    links = list(meta.get("links", []))
+    if "error" in meta:
+        kind, message = meta["error"]
+
+        def failed() -> tuple[bytes, Optional[str]]:
+            raise LoadError(kind, message)
+
+        return RemoteItem(meta["uri"], root, None, meta["size"], read=failed, validators=meta["validators"]), links
+    item = RemoteItem(
+        meta["uri"],
+        root,
+        None,
+        meta["size"],
+        validators=meta["validators"],
+        loaded=meta["loaded"],
+        content_hash=meta["content_hash"],
+        fmt=meta["fmt"],
+        warnings=tuple(meta.get("warnings", ())),
+    )
+    return item, links
 
 
 _REGISTRY: dict[str, type] = {"s3": S3Source, "http": WebSource, "https": WebSource}

@@ -21,6 +21,9 @@ class Fetch:
     uri: str  # the document's URI (its identity)
     root: str  # the SOURCE it was listed under
     size: int  # as listed (the ETA's bytes; settled when it is chunked or fails)
+    # a page read already where it was fetched (a Ray worker): the handle of its text there (an
+    # ObjectRef), read by the worker that chunks it; never pickled with the Doc (the executor carries it)
+    loaded: Any = field(default=None, compare=False)
 
 
 @dataclass

@@ -79,6 +79,9 @@ class LoadStage:
         # set by the Ray executor: a changed document readable from its URI alone (an s3:// object) is
         # planned, not read, and the worker that chunks it reads it (Doc.fetch): no byte of it here
         self.defer_remote = False
+        # set by the Ray executor: a crawl's pages are fetched and read by the workers
+        # (sources.WebSource.fetch_remote): the crawl here keeps the frontier, politeness and state
+        self.page_fetch = None
         self._by_name: Optional[dict[str, list[str]]] = None  # stored documents by file name (_same_file)
         self.limits = config.load_limits()
         self.version_key = config.version_key()
@@ -214,6 +217,8 @@ class LoadStage:
         try:
             for uri in self.remote:
                 src = sources.open_source(uri, self.limits, state)
+                if self.page_fetch is not None and isinstance(src, sources.WebSource):
+                    src.fetch_remote = self.page_fetch
                 self.opened.append(src)
                 for item in src.items():
                     self.control.check()
@@ -245,6 +250,28 @@ class LoadStage:
                         r.settle_bytes(size)
                         if old is not None:
                             self._count_skipped(old.chunks)
+                        continue
+                    if item.loaded is not None:  # a page a worker fetched and read: its text stays there
+                        r.found(item.fmt)
+                        r.progress(PHASE)
+                        if item.warnings:
+                            r.warning(item.uri, list(item.warnings))
+                        version = ids.doc_version(item.content_hash, key)
+                        v = item.validators
+                        if v.get("etag") or v.get("last_modified") or v.get("links"):
+                            state.put(item.uri, {**v, "version": version})
+                        if old is not None and old.version == version:
+                            self._count_skipped(old.chunks)
+                            r.settle_bytes(size)
+                            continue
+                        yield Doc(
+                            path=item.uri,
+                            doc_id=did,
+                            version=version,
+                            replaces=old is not None,
+                            canonical=item.uri,
+                            fetch=Fetch(item.uri, uri, size, loaded=item.loaded),
+                        )
                         continue
                     if self.defer_remote and item.by_uri and version is not None and fmt is not None:
                         r.found(fmt.name)  # planned from the listing: a worker reads it (Doc.fetch)

@@ -404,6 +404,129 @@ def _keys(aws: dict) -> dict:
     return {"aws_access_key_id": aws["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": aws["AWS_SECRET_ACCESS_KEY"]}
 
 
+# ---- web pages: the workers fetch them, the driver crawls (issue 34, item 3) ------------------------
+class _Site:
+    """A small site on 127.0.0.1 that logs each request's path, status, User-Agent and If-None-Match."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.pages: dict[str, tuple[int, dict, bytes]] = {}
+        self.log: list[tuple[str, int, str, str]] = []
+        self.lock = threading.Lock()
+        site = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                status, headers, body = site.pages.get(self.path, (404, {"Content-Type": "text/plain"}, b"no"))
+                sent = self.headers.get("If-None-Match") or ""
+                if status == 200 and sent and sent == headers.get("ETag"):
+                    status, body = 304, b""
+                with site.lock:
+                    site.log.append((self.path, status, self.headers.get("User-Agent") or "", sent))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def page(self, path: str, title: str, body: str, links=()) -> None:
+        html = (
+            f"<html><head><title>{title}</title></head><body><h1>{title}</h1><p>{body}</p>"
+            + "".join(f'<a href="{u}">{u}</a> ' for u in links)
+            + "</body></html>"
+        ).encode()
+        self.pages[path] = (200, {"Content-Type": "text/html", "ETag": f'"{len(self.log)}-{abs(hash(html))}"'}, html)
+
+    def requests(self) -> list[tuple[str, int, str, str]]:
+        with self.lock:
+            return list(self.log)
+
+
+def _pid(agent: str):
+    import re
+
+    m = re.search(r"kbingest-pid/(\d+)", agent)
+    return int(m.group(1)) if m else None
+
+
+def test_ray_workers_fetch_the_crawled_pages_and_the_driver_none(tmp_path, ray_address):
+    """`ingest https://...` with --executor ray on the session cluster: the driver crawls (robots.txt,
+    the frontier) and every page is fetched by a worker (the site's log of User-Agents: each page's
+    GET from a worker process, none from the driver); the links a worker found are followed (a page
+    two links deep is in the table); a 404 and a redirect out of the prefix are those pages' errors;
+    a re-run sends conditional requests, from the workers, and skips the 304s; a changed page is
+    replaced."""
+    site = _Site()
+    site.pages["/robots.txt"] = (200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /docs/private/\n")
+    site.page(
+        "/docs/", "Home", "The start page.", links=["a.html", "b.html#x", "missing.html", "away.html", "private/s.html"]
+    )
+    site.page("/docs/a.html", "Alpha", "About sprockets and gears.", links=["deep/c.html", "/docs/"])
+    site.page("/docs/b.html", "Beta", "About widgets.")
+    site.page("/docs/deep/c.html", "Gamma", "Two links from the start: frobnicate.")
+    site.page("/docs/private/s.html", "Secret", "robots.txt says no.")
+    site.pages["/docs/away.html"] = (302, {"Location": "/outside.html"}, b"")
+    d = site.base + "/docs/"
+    home = tmp_path / "h"
+    pages = {"/docs/", "/docs/a.html", "/docs/b.html", "/docs/deep/c.html"}
+
+    def run() -> tuple[dict, int, list]:
+        before = len(site.requests())
+        args = ["ingest", d, "--kb", KB, "--batch", "--embedder", "fake", *ray_opts(ray_address)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kbingest", "--home", str(home), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(REPO),
+        )
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 3, err[-3000:]  # completed, with the 404 and the redirect as document errors
+        final = last_status(out)
+        assert final["status"] == "completed", final
+        return final["metrics"], proc.pid, site.requests()[before:]
+
+    try:
+        m, driver, sent = run()
+        assert m["documents_added"] == 4, m
+        kinds = {(e["path"], e["kind"]) for e in m["document_errors"]}
+        assert kinds == {(d + "missing.html", "not_found"), (d + "away.html", "redirect_outside")}, kinds
+        fetched = [r for r in sent if r[0].startswith("/docs/")]
+        assert {r[0] for r in fetched} == pages | {"/docs/missing.html", "/docs/away.html"}, fetched
+        assert all(_pid(r[2]) not in (None, driver) for r in fetched), fetched  # by the workers
+        assert [r for r in sent if r[0] == "/robots.txt" and _pid(r[2]) == driver], "the driver reads robots.txt"
+        t = lancedb_table(home)
+        assert sorted(set(t.column("source").to_pylist())) == sorted(site.base + p for p in pages)
+
+        m, driver, sent = run()  # unchanged: conditional requests, from the workers, answered 304
+        assert m["documents_skipped"] == 4 and not m.get("documents_added") and not m.get("documents_replaced"), m
+        got = {r[0]: r for r in sent if r[0] in pages}
+        assert set(got) == pages and all(r[1] == 304 and r[3] for r in got.values()), sent
+        assert all(_pid(r[2]) not in (None, driver) for r in sent if r[0].startswith("/docs/")), sent
+
+        site.page("/docs/b.html", "Beta", "About widgets, and now about frobs too.")
+        m, driver, sent = run()
+        assert m["documents_replaced"] == 1 and m["documents_skipped"] == 3, m
+    finally:
+        site.server.shutdown()
+
+
+def lancedb_table(home: Path):
+    import lancedb
+
+    return lancedb.connect(str(home / "lancedb")).open_table(KB).to_arrow()
+
+
 # ---- two local nodes ---------------------------------------------------------------------------------
 @ray_slow
 def test_ray_two_local_nodes_share_the_work(tmp_path, corpus, clean_table):

@@ -351,6 +351,63 @@ def test_sitemap_lists_the_pages(home, site):
     assert sorted(_stored(home)) == [d + "api.html", d + "guide.html"]
 
 
+def test_a_crawl_fetching_elsewhere_keeps_its_politeness_and_follows_the_links_it_gets(site):
+    """WebSource.fetch_remote (the Ray executor's workers fetch): the crawl still starts every request,
+    a redirect's next hop too, at most `concurrency` at once and `delay` apart however long a fetch
+    takes, follows the links the fetcher found, and takes a page's text as the fetcher's handle (never
+    its bytes)."""
+    from kbingest.pipeline.load import sources
+    from kbingest.pipeline.load.loading import loaded_from_bytes
+
+    d = site.base + "/docs/"
+    home_links = ["guide.html", "api.html#section", "missing.html", "away.html", "moved.html", "slow.html"]
+    site.page("/docs/", "Home", "The start page of the documentation.", links=home_links)
+    site.pages["/docs/moved.html"] = (301, {"Location": "/docs/new.html"}, b"")  # inside the prefix
+    site.page("/docs/new.html", "New", "Where the moved page went.")
+    src = sources.WebSource(d, LoadLimits(), delay=0.1, concurrency=2)
+    starts: list[float] = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def fetch(url, headers, old, root, prefix):
+        with lock:
+            starts.append(time.monotonic())
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.3)  # a fetch far longer than the delay: the limit, not the delay, holds them back
+            meta = sources.fetch_page(
+                url,
+                root,
+                headers,
+                old,
+                LoadLimits(),
+                prefix,
+                keep=lambda doc: ("ref", doc.path),
+                extract=loaded_from_bytes,
+            )
+            return sources.item_from_fetched(meta, url, root, old)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    src.fetch_remote = fetch
+    items = list(src.items())
+    pages = {i.uri: i for i in items if isinstance(i, sources.RemoteItem)}
+    assert sorted(pages) == sorted(
+        [d, d + "guide.html", d + "api.html", d + "deep/page.html", d + "slow.html", d + "new.html"]
+    )
+    assert all(i.loaded == ("ref", u) and i.content_hash and i.fmt == "html" for u, i in pages.items())
+    assert {(p.path, p.kind) for p in items if isinstance(p, sources.Problem)} == {
+        (d + "missing.html", "not_found"),
+        (d + "away.html", "redirect_outside"),
+    }
+    assert most[0] == 2  # the concurrency limit held (and was used)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) == 9 and min(gaps) >= 0.1 - 0.005, gaps  # the delay between starts held: 8 pages, 1 hop
+    assert site.hits("/docs/moved.html") == [301] and site.hits("/docs/new.html") == [200]
+
+
 def test_server_jobs_may_not_fetch_private_addresses_or_outside_allowed_prefixes():
     from kbingest.pipeline.load.formats.base import LoadError
     from kbingest.pipeline.load.sources import check_allowed
@@ -440,8 +497,9 @@ def test_dashboard_search_lists_a_remote_document_by_its_uri():
 
 @pytest.mark.xdist_group("ray")
 def test_crawl_on_ray_ingests_reruns_and_removes_like_threads(tmp_path, site):
-    """--executor ray (a private local Ray): the driver crawls and reads the pages (a crawl needs each
-    page's links; s3:// objects are read by the workers, tests/executors); the table holds the same pages, a re-run skips them all, a page gone is removed."""
+    """--executor ray (a private local Ray): the driver crawls, the workers fetch and read the pages
+    (tests/executors: which process fetched what); the table holds the same pages, a re-run skips them
+    all, a page gone is removed."""
     pytest.importorskip("ray")
     d = site.base + "/docs/"
     ray = ("--executor", "ray", "--ray-embed-actors", "1", "--ray-wave-docs", "2")
