@@ -322,7 +322,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
     snap = IngestJob.create(home, store, config).run()
     assert snap.metrics["documents_added"] == len(SMALL_PAGES) + 1
 
-    real_open, real_read = os.open, loading_mod.read_document
+    real_open, real_read = os.open, loading_mod.read_raw
 
     def refusing_open(path, *a, **k):
         if os.path.basename(os.fsdecode(path)) == locked.name:  # by path, or by name beneath its folder
@@ -336,7 +336,7 @@ def test_permission_denied_vanished_file_in_process(tmp_path, home, monkeypatch)
 
     locked.write_text("# Locked\n\nchanged, and still cannot be read\n")
     monkeypatch.setattr(os, "open", refusing_open)
-    monkeypatch.setattr(loading_mod, "read_document", vanishing_read)
+    monkeypatch.setattr(loading_mod, "read_raw", vanishing_read)
     job = IngestJob.create(home, store, config)
     snap = job.run()
     monkeypatch.undo()

@@ -61,7 +61,7 @@ def test_system_and_own_errors_keep_their_plain_words():
 def test_failed_worker_says_what_failed_and_on_which_document(home, pages, monkeypatch, caplog):
     """A failure escaping a worker: the job's error and the log line say the phase, the document and
     what went wrong, without library internals; never a bare 'worker loader' line."""
-    real = engine_mod.read_document
+    real = engine_mod.read_raw  # the loading stage reads a document's bytes through it, then extracts
     bad = sorted(str(p) for p in pages.rglob("*.md"))[2]
 
     def read(cand, limits):
@@ -72,7 +72,7 @@ def test_failed_worker_says_what_failed_and_on_which_document(home, pages, monke
             )
         return real(cand, limits)
 
-    monkeypatch.setattr(engine_mod, "read_document", read)
+    monkeypatch.setattr(engine_mod, "read_raw", read)
     caplog.set_level(logging.ERROR, logger="kbingest")
     snap = IngestJob.create(home, open_store(home), JobConfig(sources=[str(pages)], kb="docs", embedder="fake")).run()
     assert snap.status == JobStatus.FAILED and snap.phase == JobPhase.LOADING
