@@ -117,7 +117,7 @@ def fused_model_file(source: Path, num_heads: int, int8: bool = False) -> Path:
 # ---- sessions --------------------------------------------------------------------------------
 
 
-def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
+def session_options(threads: int = 1, arena: bool = True, level: str = "all", spin: Optional[bool] = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -132,6 +132,8 @@ def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
     }[level]
     so.enable_cpu_mem_arena = arena
     so.log_severity_level = 3
+    if spin is not None:  # the intra-op pool's threads spin while waiting (onnxruntime's default: on)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 
@@ -178,6 +180,7 @@ class OnnxRuntimeEmbedder:
         arena: bool = True,
         level: str = "basic",
         int8: Optional[bool] = None,
+        spin: Optional[bool] = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -188,7 +191,7 @@ class OnnxRuntimeEmbedder:
         self.int8 = bool(int8 and fuse)
         self.graph_file = fused_model_file(Path(model_file), num_heads, self.int8) if fuse else Path(model_file)
         self.n_sessions = max(1, sessions or available_cores())
-        so = session_options(threads_per_session, arena=arena, level=level)
+        so = session_options(threads_per_session, arena=arena, level=level, spin=spin)
         try:
             self._sessions = [
                 ort.InferenceSession(str(self.graph_file), so, providers=["CPUExecutionProvider"])

@@ -215,3 +215,13 @@ def test_int8_runtime_keeps_fastembeds_vectors_within_the_strict_bound(tmp_path,
     got = np.concatenate([fast.embed(texts[i : i + 8]) for i in range(0, len(texts), 8)])
     cos = (got * want).sum(axis=1)
     assert cos.min() >= 0.99999, f"cosine min {cos.min():.7f}"
+
+
+def test_session_options_set_spinning_only_when_asked():
+    from kbingest.pipeline.embed.runtime import session_options
+
+    key = "session.intra_op.allow_spinning"
+    assert session_options(2, spin=False).get_session_config_entry(key) == "0"
+    assert session_options(2, spin=True).get_session_config_entry(key) == "1"
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's default stands
+        session_options(2).get_session_config_entry(key)
