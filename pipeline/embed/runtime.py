@@ -189,7 +189,13 @@ class OnnxRuntimeEmbedder:
         if int8 is None:  # default: two-term int8 MatMuls where the CPU has int8 dot products
             int8 = fuse and os.environ.get(INT8_ENV, "") != "0" and cpu_has_int8_dot()
         self.int8 = bool(int8 and fuse)
-        self.graph_file = fused_model_file(Path(model_file), num_heads, self.int8) if fuse else Path(model_file)
+        try:
+            self.graph_file = fused_model_file(Path(model_file), num_heads, self.int8) if fuse else Path(model_file)
+        except RuntimeUnavailable:
+            if not self.int8:
+                raise
+            self.int8 = False  # the int8 rewrite failed: the fp32 attention-fused graph still serves
+            self.graph_file = fused_model_file(Path(model_file), num_heads)
         self.n_sessions = max(1, sessions or available_cores())
         so = session_options(threads_per_session, arena=arena, level=level, spin=spin)
         try:

