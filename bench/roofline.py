@@ -150,7 +150,7 @@ def fig_roofline(ctx: Ctx) -> list[Row]:
             values=ratio(NEW, "fastembed"),
             op=">=",
             target=1.5,
-            goal=">= 1.5 (issue 35, provisional under load)",
+            goal=">= 1.5 (issue 35)",
             note=f"{n} WAF chunks, {bs} texts a call; load average {fj(load, '.1f')}",
         ),
         Row(
