@@ -12,6 +12,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import threading
@@ -309,6 +310,7 @@ def _route_embedders(p: dict[str, Any]) -> dict[str, Any]:
     routes["int8 one term (DynamicQuantizeMatMul, 18 MatMuls)"] = calls(
         OnnxRuntimeEmbedder(path, tok, fuse=False, int8=False)
     )
+    shutil.rmtree(path.parent, ignore_errors=True)  # the sessions hold the graph: the file can go
     return routes
 
 
