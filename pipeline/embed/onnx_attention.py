@@ -291,7 +291,7 @@ def _int8_weight(g: _Graph, name: str) -> Optional[tuple[Any, Any, str]]:
     cast = g.producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
     wq = cast.input[0] if cast is not None and cast.op_type == "Cast" else None
     w = g.const(wq) if wq else None
-    s = g.const(mul.input[1]) if w is not None else None
+    s = g.const(mul.input[1]) if w is not None and mul is not None else None
     if w is None or s is None or w.dtype.name != "int8" or w.ndim != 2 or s.size not in (1, w.shape[1]):
         return None
     import numpy as np
