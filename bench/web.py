@@ -60,6 +60,12 @@ class _Server:
 
         return [p for p in psutil.Process(self.proc.pid).children(recursive=True) if "--server" in p.cmdline()]
 
+    def wait_sessions_ended(self, timeout: float = 60.0) -> None:
+        """Until no session's process is left (each ends within seconds of its socket closing)."""
+        deadline = time.monotonic() + timeout
+        while self.sessions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def job(self, kb: str, docs: Path) -> dict[str, Any]:
         """A job of the real model in the server, to its end: its final status."""
         import httpx
@@ -173,6 +179,7 @@ def fig_web(ctx: Ctx) -> list[Row]:
         for rep in range(reps):
             res = {}
             for n in (0, SESSIONS) if rep % 2 == 0 else (SESSIONS, 0):
+                server.wait_sessions_ended()  # the last round's processes end as their sockets close
                 browsers = _Browsers(server.url, n) if n else None
                 try:
                     final = server.job(f"web-{rep}-{n}", docs)
