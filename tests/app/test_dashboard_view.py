@@ -269,9 +269,13 @@ def test_the_footer_keeps_new_job_search_and_drain_at_80x24(tmp_path):
     async def scenario() -> None:
         app = make_app(home, store, job)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
-            seen = {k.key: k.region for k in app.screen.query(FooterKey)}
-            for key in ("n", "slash", "d", "p", "r", "c", "q"):
+            keys = ("n", "slash", "d", "p", "r", "c", "q")
+            for _ in range(100):  # the footer recomposes when the bindings refresh: wait for its layout (bounded)
+                await pilot.pause(0.02)
+                seen = {k.key: k.region for k in app.screen.query(FooterKey)}
+                if all(k in seen and seen[k].width > 0 for k in keys):
+                    break
+            for key in keys:
                 assert key in seen, f"{key} not in the footer"
                 region = seen[key]
                 assert region.width > 0 and region.right <= 80, f"{key} is cut off the footer: {region}"
