@@ -166,21 +166,7 @@ def crawl_rows(ctx) -> list[Row]:
         pages[f"/site/p{i}.html"] = html
         (folder / f"p{i}.html").write_bytes(html)
 
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_GET(self):
-            body = pages.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "text/html" if body else "text/plain")
-            body = body or b"no"
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd, _ = _pid_logged_site(pages)
     try:
         svc = Service(root / "home")
         crawl, local = [], []
