@@ -399,7 +399,32 @@ def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
             "differ": diff,
             "gaps": gaps,
         }
+    if p.get("samples"):
+        out["samples"] = _top5_over_samples(p["corpus"], fe, kb, qs, p["samples"], len(texts), bs)
     return out
+
+
+def _top5_over_samples(corpus: str, fe: Any, kb: Any, qs: list[str], k: int, size: int, bs: int) -> dict[str, Any]:
+    """The top-5 check repeated on `k` random samples (seed 0) of `size` chunks drawn from every
+    distinct chunk of the corpus: how many (question, sample) pairs differ from fastembed's order,
+    and fastembed's own score gap between the results that swap (a near-tie or a real move)."""
+    import numpy as np
+
+    texts = list(dict.fromkeys(spread_chunks(corpus, 10**7)))
+    want = fe.embed(texts)
+    got = np.concatenate([kb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+    ref, scores = fe.embed(qs) @ want.T, kb.embed(qs) @ got.T
+    rng = np.random.default_rng(0)
+    differ, gaps = 0, []
+    for _ in range(k):
+        idx = np.sort(rng.choice(len(texts), min(size, len(texts)), replace=False))
+        r, g = ref[:, idx], scores[:, idx]
+        top_w = np.argsort(-r, axis=1, kind="stable")[:, :5]
+        top_g = np.argsort(-g, axis=1, kind="stable")[:, :5]
+        for i in np.flatnonzero(~(top_w == top_g).all(axis=1)):
+            differ += 1
+            gaps.append(float(np.abs(r[i, top_w[i]] - r[i, top_g[i]]).max()))
+    return {"chunks": len(texts), "samples": k, "pairs": k * len(ref), "differ": differ, "gaps": sorted(gaps)}
 
 
 # ---- figure 2: chunking against the peers ---------------------------------------------------

@@ -73,7 +73,10 @@ def fig_roofline(ctx: Ctx) -> list[Row]:
         load.append(d["load"])
     n_vec = 200 if ctx.quick else 1000
     vec, _ = run_inproc(
-        ctx.ws, "vectors_check", {"corpus": str(corpus_root()), "n": n_vec, "batch_size": bs}, timeout=5400
+        ctx.ws,
+        "vectors_check",
+        {"corpus": str(corpus_root()), "n": n_vec, "batch_size": bs, "samples": 0 if ctx.quick else 20},
+        timeout=5400,
     )
     for name in ("default", "fp32"):
         v = vec[name]
@@ -81,6 +84,13 @@ def fig_roofline(ctx: Ctx) -> list[Row]:
             f"  vectors ({name} runtime) on {vec['n']} distinct chunks: cosine min {v['cos_min']:.7f}; top 5 the "
             f"same for {v['top5_same']}/{vec['questions']} questions (the same 5, any order: {v['top5_same_set']}); "
             "fastembed's score gaps where they differ: " + fj(v["gaps"], ".1e")
+        )
+    smp = vec.get("samples")
+    if smp:
+        log(
+            f"  vectors (default runtime), {smp['samples']} random samples of {vec['n']} of the corpus's "
+            f"{smp['chunks']} chunks: {smp['differ']}/{smp['pairs']} (question, sample) pairs differ; fastembed's "
+            "gaps there: " + fj(smp["gaps"], ".1e")
         )
     load.append(os.getloadavg()[0])
 
@@ -188,4 +198,17 @@ def fig_roofline(ctx: Ctx) -> list[Row]:
             f"runtime (cosine min {vec['fp32']['cos_min']:.7f}): {vec['fp32']['top5_same']}/{vec['questions']} "
             f"the same, gaps {fj(vec['fp32']['gaps'], '.1e')}",
         ),
-    ]
+    ] + (
+        []
+        if not smp
+        else [
+            Row(
+                "R.9",
+                f"(question, sample) pairs whose top 5 differ from fastembed's, {smp['samples']} random samples of "
+                f"{vec['n']} of the corpus's {smp['chunks']} chunks (the default embedder)",
+                values=[smp["differ"]],
+                note=f"of {smp['pairs']}; fastembed's own score gap between the results that swap: "
+                f"{fj(smp['gaps'], '.1e') or 'none'} (how near a tie must be for the int8 noise to reorder it)",
+            )
+        ]
+    )

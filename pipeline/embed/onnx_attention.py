@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-REWRITE_VERSION = 2  # part of the derived file's cache key: bump when the rewrite changes
+REWRITE_VERSION = 3  # part of the derived file's cache key: bump when the rewrite changes
 
 
 class RewriteError(RuntimeError):
@@ -299,31 +299,52 @@ def _int8_weight(g: _Graph, name: str) -> Optional[tuple[Any, Any, str]]:
     return w, np.broadcast_to(s.reshape(-1).astype(np.float32), (w.shape[1],)).copy(), str(wq)
 
 
-def _two_term(p: str, x: str, wq: str, scale: str, y: str) -> list[Any]:
-    """y = x W for W = wq * scale: x = x1 + r, each quantised to uint8 per tensor, two int8 GEMMs."""
+def _terms(p: str, x: str, wq: str, scale: str, y: str, terms: int) -> list[Any]:
+    """y = x W for W = wq * scale with x as `terms` uint8 terms (each per tensor; each one after the
+    first carries the rounding error of those before it): one int8 GEMM per term, summed."""
     from onnx import helper
 
-    ms = "com.microsoft"
+    nodes, cur, ys = [], x, []
+    for t in range(1, terms + 1):
+        q, s, z = f"{p}_q{t}", f"{p}_s{t}", f"{p}_z{t}"
+        nodes.append(helper.make_node("DynamicQuantizeLinear", [cur], [q, s, z], name=f"{p}_quant{t}"))
+        if t < terms:
+            nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [f"{p}_x{t}"], name=f"{p}_dq{t}"))
+            nodes.append(helper.make_node("Sub", [cur, f"{p}_x{t}"], [f"{p}_r{t}"], name=f"{p}_residual{t}"))
+            cur = f"{p}_r{t}"
+        ys.append(f"{p}_y{t}")
+        nodes.append(
+            helper.make_node(
+                "MatMulIntegerToFloat", [q, wq, s, scale, z], [ys[-1]], domain="com.microsoft", name=f"{p}_mm{t}"
+            )
+        )
+    for k in range(1, terms):
+        out = y if k == terms - 1 else f"{p}_sum{k}"
+        nodes.append(
+            helper.make_node("Add", [ys[0] if k == 1 else f"{p}_sum{k - 1}", ys[k]], [out], name=f"{p}_add{k}")
+        )
+    return nodes
+
+
+FIRST_TOKEN_TERMS, REST_TERMS = 3, 2
+_SLICE_CONSTS = {"kbingest_i8_zero": 0, "kbingest_i8_one": 1, "kbingest_i8_end": 1 << 62}
+
+
+def _projection(p: str, x: str, wq: str, scale: str, y: str) -> list[Any]:
+    """y = x W in int8 with the first token apart: x[:, :1] (BERT's [CLS], whose activations are
+    several times the others', the "attention sink") in three terms on its own scale, x[:, 1:] in two
+    terms on theirs, the rows joined again. Quantised together, that one row set the scale of every
+    token, and the ranking noise was 2.6x larger (docs/runtime.md). Expects [batch, tokens, width]
+    with at least two tokens (the tokenizer always adds [CLS] and [SEP])."""
+    from onnx import helper
+
+    zero, one, end = _SLICE_CONSTS
     return [
-        helper.make_node("DynamicQuantizeLinear", [x], [f"{p}_q1", f"{p}_s1", f"{p}_z1"], name=f"{p}_quant1"),
-        helper.make_node("DequantizeLinear", [f"{p}_q1", f"{p}_s1", f"{p}_z1"], [f"{p}_x1"], name=f"{p}_dq1"),
-        helper.make_node("Sub", [x, f"{p}_x1"], [f"{p}_r"], name=f"{p}_residual"),
-        helper.make_node("DynamicQuantizeLinear", [f"{p}_r"], [f"{p}_q2", f"{p}_s2", f"{p}_z2"], name=f"{p}_quant2"),
-        helper.make_node(
-            "MatMulIntegerToFloat",
-            [f"{p}_q1", wq, f"{p}_s1", scale, f"{p}_z1"],
-            [f"{p}_y1"],
-            domain=ms,
-            name=f"{p}_mm1",
-        ),
-        helper.make_node(
-            "MatMulIntegerToFloat",
-            [f"{p}_q2", wq, f"{p}_s2", scale, f"{p}_z2"],
-            [f"{p}_y2"],
-            domain=ms,
-            name=f"{p}_mm2",
-        ),
-        helper.make_node("Add", [f"{p}_y1", f"{p}_y2"], [y], name=f"{p}_sum"),
+        helper.make_node("Slice", [x, zero, one, one], [f"{p}_first"], name=f"{p}_first"),
+        helper.make_node("Slice", [x, one, end, one], [f"{p}_rest"], name=f"{p}_rest"),
+        *_terms(f"{p}_a", f"{p}_first", wq, scale, f"{p}_yfirst", FIRST_TOKEN_TERMS),
+        *_terms(f"{p}_b", f"{p}_rest", wq, scale, f"{p}_yrest", REST_TERMS),
+        helper.make_node("Concat", [f"{p}_yfirst", f"{p}_yrest"], [y], axis=1, name=f"{p}_rows"),
     ]
 
 
@@ -339,7 +360,9 @@ def int8_matmuls(model: Any) -> int:
     The weight is exact (it is int8 in the file); the second term carries the first one's rounding
     error, so X is represented to ~16 bits instead of 8: one-term dynamic quantisation moved the
     vectors to cosine 0.992 to fastembed's, two terms keep them >= 0.99999 (docs/runtime.md), and
-    int8 GEMMs run several times faster than fp32 on AVX-512 VNNI. Returns the number rewritten."""
+    int8 GEMMs run several times faster than fp32 on AVX-512 VNNI. The first token's row is
+    quantised apart, in three terms (`_projection`): its activations are several times the others',
+    so one scale for all would cost the other tokens 1-2 bits. Returns the number rewritten."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -355,7 +378,7 @@ def int8_matmuls(model: Any) -> int:
     for nd in model.graph.node:
         p = f"kbingest_i8_{done}"
         if nd.op_type == "MatMul" and (ws := _int8_weight(g, nd.input[1])) is not None:
-            body += _two_term(p, nd.input[0], ws[2], add_init(ws[1], f"{p}_wscale"), nd.output[0])
+            body += _projection(p, nd.input[0], ws[2], add_init(ws[1], f"{p}_wscale"), nd.output[0])
             done += 1
             continue
         cat = g.producer.get(nd.input[1]) if nd.op_type == "Attention" and len(nd.input) > 1 else None
@@ -366,7 +389,7 @@ def int8_matmuls(model: Any) -> int:
         w = np.concatenate([w[0] for w in parts], axis=1)  # type: ignore[index]
         sc = np.concatenate([w[1] for w in parts])  # type: ignore[index]
         widths = [int(w[0].shape[1]) for w in parts]  # type: ignore[index]
-        body += _two_term(p, nd.input[0], add_init(w, f"{p}_w"), add_init(sc, f"{p}_wscale"), f"{p}_qkv")
+        body += _projection(p, nd.input[0], add_init(w, f"{p}_w"), add_init(sc, f"{p}_wscale"), f"{p}_qkv")
         body.append(
             helper.make_node(
                 "Split",
@@ -389,6 +412,8 @@ def int8_matmuls(model: Any) -> int:
         )
         done += 1
     if done:
+        for name, value in _SLICE_CONSTS.items():
+            add_init(np.array([value], dtype=np.int64), name)
         del model.graph.node[:]
         model.graph.node.extend(body)
         if not any(o.domain == ms for o in model.opset_import):
