@@ -12,7 +12,8 @@ What it does differently from fastembed, each measured (docs/runtime.md):
   queue so that the cores finish together;
 - on a CPU with int8 dot products (AVX-512 VNNI here), every projection runs in two-term int8
   (`onnx_attention.int8_matmuls`: the file's exact int8 weights, the activations as two uint8
-  terms, ~16 bits): cosine >= 0.99999 to fastembed's vectors; `KBINGEST_RUNTIME_INT8=0` keeps fp32.
+  terms, ~16 bits of their own range; the first token's row apart, in three): cosine >= 0.99999 to
+  fastembed's vectors and the labelled questions' top 5 unchanged; `KBINGEST_RUNTIME_INT8=0` keeps fp32.
 
 Tokenizer, mean pooling and L2 normalisation are fastembed's (same files, same settings, same
 float64 pooling), so the vectors are fastembed's (cosine >= 0.999, tested).
