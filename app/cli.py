@@ -304,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --web: a browser session without input for this long is closed (default 900)",
     )
     sv.add_argument(
+        "--web-refresh",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --web: how often a browser session's dashboard redraws (default 2; 0.5 to 60; "
+        "each redraw is CPU the job does not get)",
+    )
+    sv.add_argument(
         "--no-status-front",
         action="store_false",
         dest="status_front",
@@ -572,6 +580,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web=args.web,
         web_sessions=args.web_sessions,
         web_idle=args.web_idle,
+        web_refresh=args.web_refresh,
         **({} if args.rate_limit is None else {"rate_limit": args.rate_limit}),
     )
     return serve(cfg, getattr(args, "home", None))

@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import datetime, tzinfo
 from functools import partial
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from rich.text import Text
 from textual import events
@@ -47,6 +47,24 @@ from kbingest.widgets.phase_timeline import PhaseTimeline
 
 POLL_S = 0.5  # the job running in this process (2 Hz: each refresh costs the model CPU on 2 cores)
 STORE_POLL_S = 1.0  # every job, from the job store
+
+
+def poll_periods(env: Optional[Mapping[str, str]] = None) -> tuple[float, float]:
+    """(live, store) poll periods: POLL_S and STORE_POLL_S, or what `serve --web-refresh` asked for
+    (seconds, 0.5 to 60; the job store at half that rate). Each refresh redraws the panes, which on
+    2 cores is CPU taken from the job: ten browser sessions at 2 Hz cost it a third of its speed."""
+    from kbingest.app.web import REFRESH_ENV  # set by `serve --web` for its sessions
+
+    raw = (os.environ if env is None else env).get(REFRESH_ENV, "")
+    try:
+        live = float(raw)
+    except ValueError:
+        return POLL_S, STORE_POLL_S
+    if not 0.5 <= live <= 60:
+        return POLL_S, STORE_POLL_S
+    return live, max(STORE_POLL_S, 2 * live)
+
+
 WIDE = 150  # columns from which errors and log sit side by side
 TALL = 36  # rows from which the job list and summary get more room
 
@@ -86,8 +104,8 @@ class KbIngestApp(App[None]):
         clock: Optional[Callable[[], datetime]] = None,
         tz: Optional[tzinfo] = None,
         home_label: Optional[str] = None,
-        poll_seconds: float = POLL_S,
-        store_poll_seconds: float = STORE_POLL_S,
+        poll_seconds: Optional[float] = None,
+        store_poll_seconds: Optional[float] = None,
         job_factory: Optional[Callable[[str], JobLike]] = None,
     ) -> None:
         super().__init__()
@@ -103,8 +121,9 @@ class KbIngestApp(App[None]):
         self.clock = clock or utcnow
         self.tz = tz
         self.home_label = home_label if home_label is not None else _short_path(str(self.home.root))
-        self.poll_seconds = poll_seconds
-        self.store_poll_seconds = store_poll_seconds
+        live, stored = poll_periods()
+        self.poll_seconds = live if poll_seconds is None else poll_seconds
+        self.store_poll_seconds = stored if store_poll_seconds is None else store_poll_seconds
         self._job_factory = job_factory or self.service.resume
         self._live: Optional[JobLike] = None
         self._live_worker: Optional[Worker] = None

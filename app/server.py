@@ -150,6 +150,7 @@ class ServerConfig:
     web: bool = False  # --web: the dashboard in a browser at /ui/ (app/web.py)
     web_sessions: int = 4  # --web-sessions: browser sessions at once
     web_idle: float = 900.0  # --web-idle: seconds without input before a session is closed
+    web_refresh: float = 2.0  # --web-refresh: a browser session's dashboard redraws this often
 
 
 def is_loopback(host: str) -> bool:
@@ -923,7 +924,10 @@ def create_app(service: Service, cfg: ServerConfig):
     app.openapi = openapi  # type: ignore[method-assign]
     if cfg.web:
         app.state.web = web.mount(
-            app, web.WebConfig(web.own_url(cfg.host, cfg.port), cfg.token, hosts, cfg.web_sessions, cfg.web_idle)
+            app,
+            web.WebConfig(
+                web.own_url(cfg.host, cfg.port), cfg.token, hosts, cfg.web_sessions, cfg.web_idle, cfg.web_refresh
+            ),
         )
     return Guard(app, cfg.token, hosts=hosts, rate_limit=cfg.rate_limit, web=cfg.web)
 
@@ -1095,7 +1099,7 @@ def serve(cfg: ServerConfig, home: Any = None, embedder_factory: Any = None) -> 
     if not 0 <= cfg.rate_limit <= 1e6:
         raise InvalidInput("--rate-limit: between 0 (no limit) and 1000000 requests a second")
     if cfg.web:
-        web.check(cfg.web_sessions, cfg.web_idle)
+        web.check(cfg.web_sessions, cfg.web_idle, cfg.web_refresh)
     service = Service(home, embedder_factory=embedder_factory, cached_reads=True)
     _ = service.store  # opened (and recovered if need be) before the first request
     app = create_app(service, cfg)

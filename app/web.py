@@ -42,6 +42,8 @@ OPEN = frozenset({PREFIX, PREFIX + "/", PREFIX + "/login"})  # answered without 
 COOKIE = "kbingest_ui"
 SESSIONS = 4  # --web-sessions: browser sessions at once
 IDLE_S = 900.0  # --web-idle: a session without input for this long is closed
+REFRESH_S = 2.0  # --web-refresh: how often a browser session's dashboard polls and redraws (the terminal's: 0.5)
+REFRESH_ENV = "KBINGEST_DASHBOARD_REFRESH"  # how a session's process is told (app/dashboard.py reads it)
 END_GRACE_S = 3.0  # a session's process is asked to quit, then terminated, then killed, this long apart
 MAX_PRELUDE_LINES = 20
 # what a page may load: only this server (textual.js injects its styles; no font or script elsewhere)
@@ -66,7 +68,7 @@ def statics() -> Path:
     return Path(textual_serve.__file__).parent / "static"
 
 
-def check(sessions: int, idle: float) -> None:
+def check(sessions: int, idle: float, refresh: float = REFRESH_S) -> None:
     """--web's options, and textual-serve installed: else one line, before the server starts."""
     from kbingest.pipeline.service import InvalidInput
 
@@ -74,6 +76,8 @@ def check(sessions: int, idle: float) -> None:
         raise InvalidInput("--web-sessions: between 1 and 64 browser sessions at once")
     if not 1 <= idle <= 86400:
         raise InvalidInput("--web-idle: between 1 and 86400 seconds")
+    if not 0.5 <= refresh <= 60:
+        raise InvalidInput("--web-refresh: between 0.5 and 60 seconds")
     statics()
 
 
@@ -129,6 +133,7 @@ class WebConfig:
     hosts: Optional[frozenset[str]] = None  # the Host rule (http_guard.host_rule)
     sessions: int = SESSIONS
     idle: float = IDLE_S
+    refresh: float = REFRESH_S
 
 
 class Sessions:
@@ -304,6 +309,7 @@ async def _session(ws: Any, cfg: WebConfig, sessions: Sessions) -> None:
     env.update(
         TEXTUAL_DRIVER="textual.drivers.web_driver:WebDriver",
         TEXTUAL_FPS="30",
+        **{REFRESH_ENV: str(float(cfg.refresh))},
         TEXTUAL_COLOR_SYSTEM="truecolor",
         TERM_PROGRAM="textual",
         COLUMNS=str(width),

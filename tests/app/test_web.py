@@ -22,6 +22,9 @@ from live_server import ProcessServer, ThreadServer
 from test_crash_resume import waf_pages
 
 pytest.importorskip("textual_serve", reason="the extra kbingest[web] is not installed")
+from kbingest.app.dashboard import POLL_S, STORE_POLL_S, poll_periods  # noqa: E402
+from kbingest.app.web import REFRESH_ENV  # noqa: E402
+
 websockets = pytest.importorskip("websockets")
 
 pytestmark = pytest.mark.timeout(240)
@@ -212,6 +215,32 @@ def test_idle_session_is_closed_and_its_process_ended(tmp_path):
         server.stop()
 
 
+def test_browser_sessions_redraw_at_the_web_refresh_rate(tmp_path, monkeypatch):
+    """Each redraw is CPU the job does not get (ten sessions at the terminal's 2 Hz cost a job a third
+    of its speed): a session's dashboard polls and redraws every --web-refresh seconds."""
+    server = ThreadServer(tmp_path / "home", web=True, web_refresh=3)
+    me = os.getpid()
+
+    async def scenario() -> str:
+        ws = await _open(server)
+        await asyncio.wait_for(ws.recv(), 60)  # drawn
+        proc = (await asyncio.to_thread(wait_for, "a session process", lambda: sessions_of(me)))[0]
+        env = proc.environ().get(REFRESH_ENV, "")
+        await ws.close()
+        return env
+
+    try:
+        told = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert told == "3.0"
+    monkeypatch.setenv(REFRESH_ENV, told)
+    assert poll_periods() == (3.0, 6.0)  # what that process's dashboard polls at (the job store half as often)
+    for bad in ("0.1", "61", "nan", "soon", ""):
+        assert poll_periods({REFRESH_ENV: bad}) == (POLL_S, STORE_POLL_S)  # the terminal's rates
+    assert (POLL_S, STORE_POLL_S) == (0.5, 1.0)
+
+
 def test_server_stop_ends_every_session_process(tmp_path):
     server = ProcessServer(tmp_path / "home", "--web")
 
@@ -220,6 +249,7 @@ def test_server_stop_ends_every_session_process(tmp_path):
         await asyncio.wait_for(ws.recv(), 60)  # drawn
         pids = [p.pid for p in sessions_of(server.proc.pid)]
         assert len(pids) == 1
+        assert psutil.Process(pids[0]).environ().get(REFRESH_ENV) == "2.0"  # --web-refresh's default
         await asyncio.to_thread(server.stop)  # SIGTERM, the socket still open
         return pids
 
@@ -237,6 +267,7 @@ def test_serve_web_refuses_bad_options_in_one_line(tmp_path):
         (["--web", "--host", "0.0.0.0"], "not a loopback address: give a token"),
         (["--web", "--web-sessions", "0"], "--web-sessions: between 1 and 64"),
         (["--web", "--web-idle", "0"], "--web-idle: between 1 and 86400"),
+        (["--web", "--web-refresh", "0.1"], "--web-refresh: between 0.5 and 60"),
     ):
         r = subprocess.run(
             [sys.executable, "-m", "kbingest", "--home", str(tmp_path / "h"), "serve", "--port", "1", *args],
