@@ -102,10 +102,11 @@ def test_follow_links_over_http_follows_only_links_that_stay_inside_an_allowed_r
 
 
 def test_a_post_cannot_set_its_own_allowed_roots(servers, allowed):
-    root, src, _ = allowed
+    root, src, outside = allowed
     s = servers(allow_roots=[str(src)])
     with httpx.Client(base_url=s.url, timeout=30) as c:
-        r = c.post(f"{API}/kb/k/jobs", json={"sources": [str(src)], "embedder": "fake", "allowed_roots": ["/"]})
+        body = {"sources": [str(src)], "embedder": "fake", "allowed_roots": [str(outside)]}  # a wider root
+        r = c.post(f"{API}/kb/k/jobs", json=body)
         assert r.status_code == 422 and assert_documented_error(r)["error"] == "invalid_input"
         assert c.get(f"{API}/jobs").json() == []
 
@@ -353,9 +354,10 @@ FIELDS = [
     "allowed_roots",
 ]
 # paths: hostile text, NUL and lone surrogates (JSON escapes), and spellings of places in and out of the root
+# (those out of it are the fixture's own folder beside the root: the test names nothing of this machine's)
 PATH_TEXT = st.one_of(
     st.text(max_size=30),
-    st.sampled_from(["\x00", "\ud800", "\udcff", "~", "~nobody/x", "..", "/etc", "/proc/self/root", "//", ".", "\n"]),
+    st.sampled_from(["\x00", "\ud800", "\udcff", "~", "~nobody/x", "..", ".", "\n"]),
 )
 
 
@@ -363,7 +365,15 @@ def bodies(root: str):
     paths = st.one_of(
         PATH_TEXT,
         PATH_TEXT.map(lambda p: f"{root}/{p}"),
-        st.sampled_from([f"{root}/src/../../outside", f"{root}/src/escape", f"{root}/missing"]),
+        st.sampled_from(
+            [
+                f"{root}/src/../../outside",
+                f"{root}/src/escape",
+                f"{root}/missing",
+                f"{root}/../outside",  # absolute, out of the root
+                f"/{root}/../outside",  # the same, spelt with a double slash
+            ]
+        ),
     )
     settings_ = st.dictionaries(st.sampled_from(FIELDS), json_values(), max_size=4)
     body = st.builds(

@@ -383,9 +383,11 @@ def test_a_token_guards_every_endpoint_but_healthz(serve, corpus):
 def test_sources_must_lie_under_an_allow_root_symlinks_resolved(serve, corpus, tmp_path):
     outside = copy_pages(tmp_path / "private")
     (corpus / "escape").symlink_to(outside, target_is_directory=True)
+    elsewhere = tmp_path / "elsewhere"  # a folder of its own, away from both (in place of a system folder)
+    elsewhere.mkdir()
     s = serve(allow_roots=[str(corpus)])
     with httpx.Client(base_url=s.url, timeout=30) as c:
-        for src in (outside, corpus / "escape", corpus / ".." / "private", "/etc"):
+        for src in (outside, corpus / "escape", corpus / ".." / "private", elsewhere):
             r = c.post(f"{API}/kb/waf/jobs", json={"sources": [str(src)], "embedder": "fake"})
             assert r.status_code == 403 and r.json()["error"] == "forbidden", (src, r.text)
         assert c.get(f"{API}/jobs").json() == []  # nothing was started

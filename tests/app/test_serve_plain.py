@@ -226,7 +226,7 @@ def _lines_of(r: httpx.Response):
 
 
 # ---- the OpenAPI, /docs offline --------------------------------------------------------------------
-def test_every_route_documents_its_statuses_with_the_one_error_schema(serve, corpus):
+def test_every_route_documents_its_statuses_with_the_one_error_schema(serve, corpus, tmp_path):
     import jsonschema
 
     s = serve(token="t", allow_roots=[str(corpus)])
@@ -252,7 +252,7 @@ def test_every_route_documents_its_statuses_with_the_one_error_schema(serve, cor
         answers = [
             ("get", API + "/jobs/{job_id}", c.get(f"{API}/jobs/nope")),
             ("get", API + "/kb/{kb_id}/status", c.get(f"{API}/kb/nope/status")),
-            ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"sources": ["/etc"]})),
+            ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"sources": [str(tmp_path)]})),
             ("post", API + "/kb/{kb_id}/jobs", c.post(f"{API}/kb/waf/jobs", json={"nope": 1})),
             (
                 "post",
