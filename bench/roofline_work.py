@@ -37,11 +37,9 @@ def model_macs(n: int) -> float:
 def _session(model: Any, threads: int, spin: bool = True):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    from kbingest.pipeline.embed.runtime import session_options
+
+    so = session_options(threads, spin=spin)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -126,25 +124,24 @@ def int8_projection_graph(fused_file: Path):
     import onnx
     from onnx import helper, numpy_helper
 
+    from kbingest.pipeline.embed.onnx_attention import _Graph, _int8_weight, _prune
+
     model = onnx.load(str(fused_file))
     g = model.graph
-    producer = {o: nd for nd in g.node for o in nd.output}
-    inits = {t.name: t for t in g.initializer}
+    weights = _Graph(g)
     out = []
     done = 0
     for nd in g.node:
-        mul = producer.get(nd.input[1]) if nd.op_type == "MatMul" else None
-        cast = producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
-        if cast is None or cast.op_type != "Cast" or cast.input[0] not in inits or mul.input[1] not in inits:
+        ws = _int8_weight(weights, nd.input[1]) if nd.op_type == "MatMul" else None
+        if ws is None:
             out.append(nd)
             continue
-        scale = numpy_helper.to_array(inits[mul.input[1]]).reshape(-1)
-        sname = f"{mul.input[1]}_col"
-        g.initializer.append(numpy_helper.from_array(scale.astype(np.float32), sname))
+        sname = f"{ws[2]}_col"
+        g.initializer.append(numpy_helper.from_array(ws[1], sname))
         out.append(
             helper.make_node(
                 "DynamicQuantizeMatMul",
-                [nd.input[0], cast.input[0], sname],
+                [nd.input[0], ws[2], sname],
                 list(nd.output),
                 domain="com.microsoft",
                 name=f"{nd.name}_int8",
@@ -153,8 +150,6 @@ def int8_projection_graph(fused_file: Path):
         done += 1
     del g.node[:]
     g.node.extend(out)
-    from kbingest.pipeline.embed.onnx_attention import _prune
-
     _prune(g)
     return model, done
 

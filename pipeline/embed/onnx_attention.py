@@ -304,7 +304,7 @@ def _terms(p: str, x: str, wq: str, scale: str, y: str, terms: int) -> list[Any]
     first carries the rounding error of those before it): one int8 GEMM per term, summed."""
     from onnx import helper
 
-    nodes, cur, ys = [], x, []
+    nodes, cur, acc = [], x, ""
     for t in range(1, terms + 1):
         q, s, z = f"{p}_q{t}", f"{p}_s{t}", f"{p}_z{t}"
         nodes.append(helper.make_node("DynamicQuantizeLinear", [cur], [q, s, z], name=f"{p}_quant{t}"))
@@ -312,17 +312,17 @@ def _terms(p: str, x: str, wq: str, scale: str, y: str, terms: int) -> list[Any]
             nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [f"{p}_x{t}"], name=f"{p}_dq{t}"))
             nodes.append(helper.make_node("Sub", [cur, f"{p}_x{t}"], [f"{p}_r{t}"], name=f"{p}_residual{t}"))
             cur = f"{p}_r{t}"
-        ys.append(f"{p}_y{t}")
+        out = y if terms == 1 else f"{p}_y{t}"
         nodes.append(
             helper.make_node(
-                "MatMulIntegerToFloat", [q, wq, s, scale, z], [ys[-1]], domain="com.microsoft", name=f"{p}_mm{t}"
+                "MatMulIntegerToFloat", [q, wq, s, scale, z], [out], domain="com.microsoft", name=f"{p}_mm{t}"
             )
         )
-    for k in range(1, terms):
-        out = y if k == terms - 1 else f"{p}_sum{k}"
-        nodes.append(
-            helper.make_node("Add", [ys[0] if k == 1 else f"{p}_sum{k - 1}", ys[k]], [out], name=f"{p}_add{k}")
-        )
+        if acc:  # the running sum: the last one is y
+            total = y if t == terms else f"{p}_sum{t}"
+            nodes.append(helper.make_node("Add", [acc, out], [total], name=f"{p}_add{t}"))
+            out = total
+        acc = out
     return nodes
 
 
@@ -424,7 +424,7 @@ def int8_matmuls(model: Any) -> int:
 
 def load_fused(model_path: str, num_heads: int, int8: bool = False):
     """The fused ModelProto of an ONNX file (raises RewriteError / onnx errors on failure); with
-    `int8`, the MatMuls outside attention in two-term int8 arithmetic (`int8_matmuls`)."""
+    `int8`, every projection in int8 arithmetic (`int8_matmuls`)."""
     import onnx
 
     model = onnx.load(model_path)
